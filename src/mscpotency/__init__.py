@@ -1,0 +1,18 @@
+"""mscpotency: find the cells that carry a cell-therapy product's potency.
+
+Pool scRNA-seq cells of several lots, cluster them, find the cluster whose share of each
+lot tracks a lot-level potency assay, describe it with markers, and map new lots onto the
+reference. ``pp``/``tl``/``pl`` follow scanpy's conventions.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, get, io, pl, pp, tl
+from ._provenance import replay
+
+try:
+    __version__ = version("mscpotency")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["datasets", "get", "io", "pl", "pp", "replay", "tl"]

@@ -1,0 +1,238 @@
+"""The record of every public ``pp``/``tl`` call.
+
+Each call appends one JSON entry to ``adata.uns["mscpotency"]["log"]``: the function, its
+parameters, the package versions, the random seed, a fingerprint of the input and the
+time it took. :func:`mscpotency.get.provenance` reads the log back as a DataFrame and
+:func:`mscpotency.replay` re-runs it on the same input.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from . import _keys
+
+logger = logging.getLogger("mscpotency")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TRACKED_PACKAGES = (
+    "mscpotency", "anndata", "scanpy", "numpy", "scipy", "pandas",
+    "scikit-learn", "leidenalg", "igraph", "pynndescent", "umap-learn",
+)
+#: At most this many matrix values enter the fingerprint (evenly strided), so that
+#: fingerprinting stays cheap at 10^6 cells.
+_FINGERPRINT_MAX_VALUES = 1 << 22
+
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("mscpotency_call_depth", default=0)
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes a result (``"not installed"`` if absent)."""
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _hash_array(h: hashlib.blake2b, values: np.ndarray) -> None:
+    values = np.ascontiguousarray(values)
+    if values.size > _FINGERPRINT_MAX_VALUES:
+        step = values.size // _FINGERPRINT_MAX_VALUES + 1
+        values = np.ascontiguousarray(values.ravel()[::step])
+    h.update(str(values.dtype).encode())
+    h.update(values.tobytes())
+
+
+def fingerprint(adata: AnnData) -> str:
+    """A short content hash of an AnnData's matrix and names.
+
+    Hashes the shape, the cell and gene names, the sparsity structure and (evenly
+    strided, at most ~4 million) values of ``X``. Two inputs with the same fingerprint are the
+    same data for every practical purpose; the hash is cheap at 10^6 cells.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    h.update(repr(adata.shape).encode())
+    h.update("\x1f".join(map(str, adata.obs_names)).encode())
+    h.update("\x1f".join(map(str, adata.var_names)).encode())
+    X = adata.X
+    if X is None:
+        h.update(b"X=None")
+    elif sparse.issparse(X):
+        X = X.tocsr() if not sparse.isspmatrix_csr(X) and not isinstance(X, sparse.csr_array) else X
+        _hash_array(h, X.indptr)
+        _hash_array(h, X.indices)
+        _hash_array(h, X.data)
+    elif isinstance(X, np.ndarray):
+        _hash_array(h, X)
+    else:  # dask and other lazy arrays: their task-graph token is a content-derived name
+        try:
+            from dask.base import tokenize
+
+            h.update(tokenize(X).encode())
+        except ImportError:  # pragma: no cover - lazy arrays come with dask
+            h.update(repr(type(X)).encode())
+    return h.hexdigest()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn a parameter value into something ``json.dumps`` writes and a replay can read."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, AnnData):
+        return {"__anndata__": fingerprint(value), "shape": list(value.shape)}
+    if isinstance(value, pd.Series):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, pd.DataFrame):
+        return {"__dataframe__": value.shape, "columns": [str(c) for c in value.columns]}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.size <= 1000:
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple, set, frozenset, pd.Index)) and len(value) <= 10000:
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.random.Generator):
+        return {"__repr__": "numpy.random.Generator (state not recorded)"}
+    return {"__repr__": repr(value)[:200]}
+
+
+def _entry(func_name: str, params: dict[str, Any], input_fp: str | None, seconds: float) -> str:
+    seed = next(
+        (params[k] for k in ("random_state", "seed", "rng") if k in params), None
+    )
+    entry = {
+        "function": func_name,
+        "params": params,
+        "random_state": seed,
+        "input_fingerprint": input_fp,
+        "versions": package_versions(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 4),
+    }
+    return json.dumps(entry, sort_keys=True)
+
+
+def append_log(adata: AnnData, entry_json: str) -> None:
+    """Append one JSON entry to ``adata.uns['mscpotency']['log']``."""
+    root = adata.uns.setdefault(_keys.PACKAGE, {})
+    log = root.get(_keys.LOG, [])
+    root[_keys.LOG] = [*list(log), entry_json]
+
+
+def record(public_name: str) -> Callable[[F], F]:
+    """Decorate a public ``pp``/``tl``/``io`` function so every call is logged.
+
+    The input fingerprint is taken before the call; the entry is written into the AnnData
+    the call returns (``copy=True``, readers) or, when it returns ``None``, into the
+    AnnData it modified in place. Calls made from inside another recorded call are not
+    logged again: the outer call's entry covers them.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _depth.get() > 0:
+                return func(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            first_name = next(iter(arguments))
+            first = arguments[first_name]
+            input_fp = fingerprint(first) if isinstance(first, AnnData) else None
+            params = {
+                k: to_jsonable(v) for k, v in arguments.items() if k != first_name or input_fp is None
+            }
+            token = _depth.set(1)
+            start = time.perf_counter()
+            try:
+                result = func(*args, **kwargs)
+            finally:
+                _depth.reset(token)
+            seconds = time.perf_counter() - start
+            target = result if isinstance(result, AnnData) else first
+            if isinstance(target, AnnData):
+                append_log(target, _entry(public_name, params, input_fp, seconds))
+            logger.info("%s finished in %.2f s", public_name, seconds)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def read_log(adata: AnnData) -> list[dict[str, Any]]:
+    """The provenance entries of ``adata`` as dictionaries, oldest first."""
+    log = adata.uns.get(_keys.PACKAGE, {}).get(_keys.LOG, [])
+    return [json.loads(str(e)) for e in list(log)]
+
+
+def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = True) -> AnnData:
+    """Re-run the ``pp``/``tl`` calls of a provenance log on ``adata``.
+
+    Parameters
+    ----------
+    adata
+        The input the log was recorded on (its fingerprint is checked against the first
+        entry that recorded one).
+    log
+        Entries from :func:`mscpotency.get.provenance` (``.to_dict('records')``) or
+        :func:`read_log`, or an AnnData whose log to replay.
+    copy
+        Work on a copy of ``adata`` (default) or in place.
+
+    Returns
+    -------
+    The AnnData after every call of the log, with its own log.
+    """
+    import importlib
+
+    entries = read_log(log) if isinstance(log, AnnData) else list(log)
+    adata = adata.copy() if copy else adata
+    first_fp = next((e["input_fingerprint"] for e in entries if e.get("input_fingerprint")), None)
+    if first_fp is not None and fingerprint(adata) != first_fp:
+        msg = (
+            f"The input's fingerprint {fingerprint(adata)!r} differs from the logged input "
+            f"{first_fp!r}: replay needs the data the log was recorded on."
+        )
+        raise ValueError(msg)
+    package = importlib.import_module("mscpotency")
+    for entry in entries:
+        module_name, func_name = entry["function"].rsplit(".", 1)
+        func = getattr(getattr(package, module_name), func_name)
+        params = dict(entry["params"])
+        opaque = [k for k, v in params.items() if isinstance(v, dict) and ("__repr__" in v or "__anndata__" in v or "__dataframe__" in v)]
+        if opaque:
+            msg = (
+                f"{entry['function']} was called with {opaque} that the log cannot restore; "
+                "re-run that step by hand."
+            )
+            raise ValueError(msg)
+        params.pop("copy", None)
+        func(adata, **params)
+    return adata

@@ -1,0 +1,151 @@
+"""Input checks shared by the public functions; each error says what was wrong and what to do."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from . import _keys
+
+
+def require_obs_column(adata: AnnData, key: str, *, what: str, hint: str = "") -> pd.Series:
+    """``adata.obs[key]``, or a ``KeyError`` that names the column and how to get it."""
+    if key not in adata.obs.columns:
+        shown = ", ".join(map(repr, list(adata.obs.columns)[:12]))
+        msg = f"adata.obs has no column {key!r} ({what}); columns are: {shown}. {hint}".strip()
+        raise KeyError(msg)
+    return adata.obs[key]
+
+
+def require_uns(adata: AnnData, key: str, *, tool: str | None = None) -> dict:
+    """``adata.uns[key]`` written by a tool, or a ``KeyError`` naming the tool to run first."""
+    if key not in adata.uns:
+        tool = tool or _keys.producer_of(key)
+        msg = f"adata.uns has no {key!r}. Run `{tool}` first (or pass the key it was written under)."
+        raise KeyError(msg)
+    return adata.uns[key]
+
+
+def lots_of(adata: AnnData, lot_key: str) -> pd.Series:
+    """The lot of every cell as a categorical without unused categories; NaN lots are an error."""
+    lots = require_obs_column(adata, lot_key, what="the lot of each cell", hint="Pass lot_key=.")
+    if lots.isna().any():
+        msg = f"{int(lots.isna().sum())} cells have no lot in obs[{lot_key!r}]; assign one or remove them."
+        raise ValueError(msg)
+    lots = lots.astype("category").cat.remove_unused_categories()
+    return lots
+
+
+def require_unique_cell_names(adata: AnnData) -> None:
+    """Duplicate cell names make per-cell results ambiguous."""
+    if not adata.obs_names.is_unique:
+        duplicated = adata.obs_names[adata.obs_names.duplicated()].unique()[:5].tolist()
+        msg = (
+            f"cell names are not unique (e.g. {duplicated}); pool lots with "
+            "`pp.pool_lots` (which prefixes the lot) or call adata.obs_names_make_unique()."
+        )
+        raise ValueError(msg)
+
+
+def count_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
+    """The matrix that must hold raw counts: ``layers[layer]`` if given and present, else X."""
+    if layer is not None and layer in adata.layers:
+        return adata.layers[layer]
+    return adata.X
+
+
+def check_counts(X, *, where: str) -> None:
+    """Raise unless ``X`` holds non-negative integers (raw UMI counts).
+
+    Checks every stored value (sparse ``data`` is cheap to scan). Lazy (dask) arrays are
+    checked on their first chunk only, so as not to load the whole matrix.
+    """
+    if hasattr(X, "dask") or type(X).__module__.startswith("dask"):
+        X = X.blocks[0, 0].compute() if X.ndim == 2 else X.compute()
+    values = X.data if sparse.issparse(X) else np.asarray(X)
+    if values.size == 0:
+        return
+    if not np.isfinite(values).all():
+        msg = f"{where} contains NaN or inf; raw counts are required."
+        raise ValueError(msg)
+    if (values < 0).any():
+        msg = f"{where} contains negative values; raw counts are required, not scaled data."
+        raise ValueError(msg)
+    sample = values if values.size <= 10_000_000 else values[:: values.size // 10_000_000 + 1]
+    if not np.array_equal(sample, np.round(sample)):
+        msg = (
+            f"{where} contains non-integer values (e.g. {sample[sample != np.round(sample)][:3].tolist()}); "
+            "it looks normalised or log-transformed. Raw integer counts are required: pass the "
+            "layer that holds them (e.g. counts_layer='counts')."
+        )
+        raise ValueError(msg)
+
+
+def lot_level_values(adata: AnnData, key: str, lot_key: str) -> pd.Series:
+    """One value per lot from an obs column that must be constant within each lot."""
+    column = require_obs_column(adata, key, what="a lot-level measurement")
+    lots = lots_of(adata, lot_key)
+    frame = pd.DataFrame({"lot": lots.values, "value": column.values})
+    n_distinct = frame.groupby("lot", observed=True)["value"].nunique(dropna=False)
+    varying = n_distinct[n_distinct > 1].index.tolist()
+    if varying:
+        msg = (
+            f"obs[{key!r}] is not constant within lots {varying[:5]}: a lot-level column must "
+            "have one value per lot. Join lot tables with `pp.add_lot_table`."
+        )
+        raise ValueError(msg)
+    return frame.groupby("lot", observed=True)["value"].first()
+
+
+def finite_outcome(values: pd.Series, *, name: str) -> pd.Series:
+    """A lot-level outcome with numbers only: NaN/inf/non-numeric values are errors."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = values.index[~np.isfinite(numeric.to_numpy(dtype=float))].tolist()
+    if bad:
+        msg = f"{name} is missing, non-numeric, NaN or infinite for lots {bad}; every lot needs a finite value."
+        raise ValueError(msg)
+    return numeric.astype(float)
+
+
+def match_lots(values: Mapping | pd.Series, lots: pd.Index, *, name: str) -> pd.Series:
+    """Align a lot -> value table to the lots present; any unmatched lot is an error."""
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    series.index = series.index.astype(str)
+    present = pd.Index(lots.astype(str))
+    no_cells = series.index.difference(present).tolist()
+    no_value = present.difference(series.index).tolist()
+    problems = []
+    if no_cells:
+        problems.append(f"lots {no_cells} in the {name} table have no cells")
+    if no_value:
+        problems.append(f"lots {no_value} have cells but no {name} value")
+    if problems:
+        msg = "; ".join(problems) + ". Check lot names, or subset the data/table to the same lots."
+        raise ValueError(msg)
+    if series.index.duplicated().any():
+        msg = f"the {name} table names lots {series.index[series.index.duplicated()].tolist()} more than once"
+        raise ValueError(msg)
+    return series.loc[present]
+
+
+def require_min_lots(n_lots: int, minimum: int = 3, *, what: str = "a rank correlation") -> None:
+    """At least ``minimum`` lots."""
+    if n_lots < minimum:
+        msg = f"{what} needs at least {minimum} lots, got {n_lots}."
+        raise ValueError(msg)
+
+
+def warn_small_lots(counts: pd.Series, minimum: int, *, context: str) -> None:
+    """Warn (not fail) when lots have too few cells for their fractions to mean much."""
+    small = counts[counts < minimum]
+    if len(small):
+        warnings.warn(
+            f"{context}: lots {small.to_dict()} have fewer than {minimum} cells; their fractions are noisy.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,1 @@
+"""Readers of per-lot single-cell data and lot tables, with validation."""

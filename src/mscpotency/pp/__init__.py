@@ -1,0 +1,8 @@
+"""Preprocessing: pool lots, join lot tables, QC, normalise and reduce."""
+
+from ._lot_table import add_lot_table
+from ._pool import pool_lots
+from ._preprocess import preprocess
+from ._qc import qc
+
+__all__ = ["add_lot_table", "pool_lots", "preprocess", "qc"]

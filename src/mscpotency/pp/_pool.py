@@ -1,0 +1,141 @@
+"""Pool per-lot AnnData objects into one population."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._provenance import record
+
+logger = logging.getLogger("mscpotency")
+
+
+@record("pp.pool_lots")
+def pool_lots(
+    lots: Mapping[str, AnnData] | Sequence[AnnData],
+    *,
+    lot_key: str = _keys.LOT,
+    cells_per_lot: int | str | None = None,
+    join: str = "inner",
+    random_state: int = 0,
+) -> AnnData:
+    """Concatenate the cells of several lots into one AnnData.
+
+    The study pooled about equal numbers of cells per lot, so that the pooled population
+    stands for "MSC in general" rather than for the largest lots; ``cells_per_lot`` does
+    that by seeded subsampling.
+
+    Parameters
+    ----------
+    lots
+        Lot name -> AnnData, or AnnData objects whose ``obs[lot_key]`` already names their lot.
+    lot_key
+        obs column written with the lot of each cell.
+    cells_per_lot
+        ``None`` keeps every cell; an integer subsamples each lot to at most that many;
+        ``"min"`` subsamples every lot to the size of the smallest.
+    join
+        ``"inner"`` keeps genes measured in every lot, ``"outer"`` keeps all and fills zeros.
+        Genes left out are reported in ``uns['pool_lots']['genes_dropped']``.
+    random_state
+        Seed of the subsampling.
+
+    Returns
+    -------
+    One AnnData with unique cell names ``{lot}_{barcode}``, ``obs[lot_key]`` (categorical,
+    in the given lot order) and ``uns['pool_lots']`` with cells kept per lot and dropped genes.
+    """
+    named = _name_lots(lots, lot_key)
+    if not named:
+        msg = "no lots given; pass a mapping lot name -> AnnData."
+        raise ValueError(msg)
+    empty = [name for name, a in named.items() if a.n_obs == 0]
+    if empty:
+        msg = f"lots {empty} have no cells."
+        raise ValueError(msg)
+    if join not in ("inner", "outer"):
+        msg = f"join must be 'inner' or 'outer', got {join!r}"
+        raise ValueError(msg)
+    sizes = {name: a.n_obs for name, a in named.items()}
+    target = _target_size(cells_per_lot, sizes)
+    rng = np.random.default_rng(random_state)
+    parts, kept = {}, {}
+    for name, part in named.items():
+        if target is not None and part.n_obs > target:
+            chosen = np.sort(rng.choice(part.n_obs, size=target, replace=False))
+            part = part[chosen]
+        kept[name] = part.n_obs
+        parts[name] = part
+    all_genes = pd.Index(sorted(set().union(*(set(a.var_names) for a in parts.values()))))
+    pooled = ad.concat(parts, join=join, label=lot_key, index_unique="_", merge="same")
+    pooled.obs_names = [f"{lot}_{cell}" for lot, cell in zip(pooled.obs[lot_key], _barcodes(parts), strict=True)]
+    pooled.obs[lot_key] = pd.Categorical(pooled.obs[lot_key], categories=list(parts))
+    genes_dropped = {
+        name: sorted(set(all_genes) - set(pooled.var_names) & set(a.var_names))
+        for name, a in parts.items()
+    }
+    genes_dropped = {k: v for k, v in genes_dropped.items() if v}
+    if genes_dropped:
+        n_dropped = len(all_genes) - pooled.n_vars
+        logger.warning("pool_lots: %d genes not measured in every lot were left out (join='inner')", n_dropped)
+    pooled.uns["pool_lots"] = {
+        "cells_before": {k: int(v) for k, v in sizes.items()},
+        "cells_kept": {k: int(v) for k, v in kept.items()},
+        "genes_dropped": genes_dropped,
+        "params": {"cells_per_lot": cells_per_lot, "join": join, "random_state": random_state},
+    }
+    return pooled
+
+
+def _barcodes(parts: Mapping[str, AnnData]) -> list[str]:
+    return [str(name) for a in parts.values() for name in a.obs_names]
+
+
+def _name_lots(lots, lot_key: str) -> dict[str, AnnData]:
+    if isinstance(lots, Mapping):
+        named = {str(k): v for k, v in lots.items()}
+    else:
+        named = {}
+        for i, part in enumerate(lots):
+            if lot_key not in part.obs or part.obs[lot_key].nunique() != 1:
+                msg = (
+                    f"lot #{i} has no single value in obs[{lot_key!r}]; pass a mapping "
+                    "lot name -> AnnData instead."
+                )
+                raise ValueError(msg)
+            name = str(part.obs[lot_key].iloc[0])
+            if name in named:
+                msg = f"lot {name!r} is given twice"
+                raise ValueError(msg)
+            named[name] = part
+    for name, part in named.items():
+        if not isinstance(part, AnnData):
+            msg = f"lot {name!r} is a {type(part).__name__}, not an AnnData"
+            raise TypeError(msg)
+        if not part.obs_names.is_unique:
+            msg = f"lot {name!r} has duplicate cell barcodes; call .obs_names_make_unique() on it first."
+            raise ValueError(msg)
+        if not part.var_names.is_unique:
+            msg = f"lot {name!r} has duplicate gene names; call .var_names_make_unique() on it first."
+            raise ValueError(msg)
+    return named
+
+
+def _target_size(cells_per_lot: int | str | None, sizes: Mapping[str, int]) -> int | None:
+    if cells_per_lot is None:
+        return None
+    if cells_per_lot == "min":
+        return min(sizes.values())
+    if isinstance(cells_per_lot, (int, np.integer)) and not isinstance(cells_per_lot, bool) and cells_per_lot > 0:
+        small = {k: v for k, v in sizes.items() if v < cells_per_lot}
+        if small:
+            logger.warning("pool_lots: lots %s have fewer than %d cells and are kept whole", small, cells_per_lot)
+        return int(cells_per_lot)
+    msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
+    raise ValueError(msg)

@@ -1,0 +1,173 @@
+"""Leiden clustering of the pooled lots, optionally to a target number of clusters."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+
+from .. import _keys
+from .._provenance import record
+
+logger = logging.getLogger("mscpotency")
+
+_RESOLUTION_BOUNDS = (0.01, 5.0)
+#: Up to this many cells ``knn_method="auto"`` uses exact neighbours.
+_EXACT_KNN_MAX_CELLS = 50_000
+
+
+@record("tl.cluster")
+def cluster(
+    adata: AnnData,
+    *,
+    n_clusters: int | None = None,
+    resolution: float = 1.0,
+    n_neighbors: int = 15,
+    use_rep: str = "X_pca",
+    n_iterations: int = 2,
+    knn_method: Literal["auto", "exact", "approximate"] = "auto",
+    max_search_steps: int = 30,
+    random_state: int = 0,
+    prefix: str = "CL",
+    key_added: str = _keys.CLUSTER,
+    copy: bool = False,
+) -> AnnData | None:
+    """Leiden clustering (igraph) of the cell kNN graph, labelled ``CL0``, ``CL1`` ... by size.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obsm[use_rep]`` (run :func:`mscpotency.pp.preprocess` first).
+    n_clusters
+        Target number of clusters: the resolution is found by bisection. ``None`` uses
+        ``resolution`` as given.
+    resolution
+        Leiden resolution when ``n_clusters`` is ``None``.
+    n_neighbors
+        Neighbours of the kNN graph (computed here, stored in ``obsp`` under ``key_added``).
+    use_rep
+        Embedding the graph is built on.
+    n_iterations
+        Leiden iterations (``-1``: until stable).
+    knn_method
+        ``"exact"`` (scikit-learn, deterministic), ``"approximate"`` (pynndescent, fast on
+        large data) or ``"auto"``: exact up to 50,000 cells.
+    max_search_steps
+        Bisection steps of the resolution search.
+    random_state
+        Seed of the graph construction and of Leiden; the same seed gives the same labels.
+    prefix
+        Label prefix; clusters are numbered from the largest (``CL0``) down.
+    key_added
+        obs column of the labels and ``adata.uns`` key of the parameters.
+    copy
+        Return a copy instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Writes ``obs[key_added]`` (categorical),
+    ``obsp[f'{key_added}_connectivities']``, ``obsp[f'{key_added}_distances']`` and
+    ``uns[key_added]`` with the resolution used, the cluster sizes and the parameters.
+    """
+    if use_rep not in adata.obsm:
+        msg = f"adata.obsm has no {use_rep!r}. Run `pp.preprocess` first (or pass use_rep=)."
+        raise KeyError(msg)
+    if n_clusters is not None and not (1 <= n_clusters < adata.n_obs):
+        msg = f"n_clusters must be between 1 and the number of cells, got {n_clusters!r}"
+        raise ValueError(msg)
+    adata = adata.copy() if copy else adata
+    neighbors_key = f"{key_added}_neighbors"
+    if knn_method not in ("auto", "exact", "approximate"):
+        msg = f"knn_method must be 'auto', 'exact' or 'approximate', got {knn_method!r}"
+        raise ValueError(msg)
+    exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep=use_rep,
+        random_state=random_state,
+        key_added=neighbors_key,
+        transformer="sklearn" if exact else None,
+    )
+    if n_clusters is None:
+        labels = _leiden(adata, resolution, neighbors_key, n_iterations, random_state)
+        searched = False
+    else:
+        resolution, labels = _search_resolution(
+            adata, n_clusters, neighbors_key, n_iterations, random_state, max_search_steps
+        )
+        searched = True
+    named = pd.Series(_name_by_size(labels, prefix), index=adata.obs_names)
+    adata.obs[key_added] = named
+    adata.uns[key_added] = {
+        "resolution": float(resolution),
+        "n_clusters": int(named.cat.categories.size),
+        "sizes": {str(k): int(v) for k, v in named.value_counts().reindex(named.cat.categories).items()},
+        "params": {
+            "n_clusters": n_clusters, "resolution_searched": searched, "n_neighbors": n_neighbors,
+            "use_rep": use_rep, "n_iterations": n_iterations, "knn_method": knn_method, "random_state": random_state,
+            "neighbors_key": neighbors_key,
+        },
+    }
+    return adata if copy else None
+
+
+def _leiden(adata: AnnData, resolution: float, neighbors_key: str, n_iterations: int, seed: int) -> np.ndarray:
+    scratch = "_mscpotency_leiden"
+    sc.tl.leiden(
+        adata,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=n_iterations,
+        directed=False,
+        random_state=seed,
+        neighbors_key=neighbors_key,
+        key_added=scratch,
+    )
+    labels = adata.obs.pop(scratch).to_numpy()
+    adata.uns.pop(scratch, None)
+    return labels
+
+
+def _search_resolution(
+    adata: AnnData, target: int, neighbors_key: str, n_iterations: int, seed: int, max_steps: int
+) -> tuple[float, np.ndarray]:
+    """Bisection on log-resolution for a clustering with ``target`` clusters."""
+    low, high = np.log(_RESOLUTION_BOUNDS[0]), np.log(_RESOLUTION_BOUNDS[1])
+    best: tuple[int, float, np.ndarray] | None = None
+    for _ in range(max_steps):
+        middle = (low + high) / 2
+        resolution = float(np.exp(middle))
+        labels = _leiden(adata, resolution, neighbors_key, n_iterations, seed)
+        found = len(np.unique(labels))
+        logger.debug("resolution %.4f gives %d clusters", resolution, found)
+        if best is None or abs(found - target) < abs(best[0] - target):
+            best = (found, resolution, labels)
+        if found == target:
+            return resolution, labels
+        if found < target:
+            low = middle
+        else:
+            high = middle
+    assert best is not None
+    warnings.warn(
+        f"no resolution in {_RESOLUTION_BOUNDS} gave exactly {target} clusters; "
+        f"using {best[1]:.4f}, which gives {best[0]}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return best[1], best[2]
+
+
+def _name_by_size(labels: np.ndarray, prefix: str) -> pd.Categorical:
+    """Rename clusters by decreasing size (ties broken by first appearance)."""
+    series = pd.Series(labels)
+    order = series.value_counts(sort=True).index
+    mapping = {old: f"{prefix}{i}" for i, old in enumerate(order)}
+    names = [mapping[v] for v in labels]
+    return pd.Categorical(names, categories=[f"{prefix}{i}" for i in range(len(order))])

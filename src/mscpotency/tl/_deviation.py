@@ -1,0 +1,125 @@
+"""How far each lot's composition is from the pooled population."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._provenance import record
+from .._stats import clr
+from .._validate import require_uns
+
+Metric = Literal["jsd", "tvd", "aitchison"]
+
+
+def composition_distance(lot: np.ndarray, pooled: np.ndarray, metric: Metric) -> np.ndarray:
+    """Distance of each row of ``lot`` (fractions) from ``pooled`` (fractions).
+
+    ``jsd``: Jensen-Shannon divergence in bits (0-1); ``tvd``: total variation distance
+    (0-1, the share of cells that would have to change cluster); ``aitchison``: Euclidean
+    distance of CLR-transformed compositions (pseudocount half the smallest positive fraction).
+    """
+    lot = np.atleast_2d(lot)
+    if metric == "tvd":
+        return 0.5 * np.abs(lot - pooled).sum(axis=1)
+    if metric == "jsd":
+        middle = 0.5 * (lot + pooled)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(lot > 0, lot * np.log2(lot / middle), 0.0).sum(axis=1)
+            b = np.where(pooled > 0, pooled * np.log2(pooled / middle), 0.0).sum(axis=1)
+        return 0.5 * (a + b)
+    if metric == "aitchison":
+        both = clr(np.vstack([lot, pooled]))
+        return np.sqrt(((both[:-1] - both[-1]) ** 2).sum(axis=1))
+    msg = f"metric must be 'jsd', 'tvd' or 'aitchison', got {metric!r}"
+    raise ValueError(msg)
+
+
+@record("tl.composition_deviation")
+def composition_deviation(
+    adata: AnnData,
+    *,
+    fractions_key: str = _keys.LOT_FRACTIONS,
+    metric: Metric = "jsd",
+    n_simulations: int = 1000,
+    random_state: int = 0,
+    key_added: str = _keys.COMPOSITION_DEVIATION,
+    copy: bool = False,
+) -> AnnData | None:
+    """Compare every lot's cluster composition with the pooled population's.
+
+    The pooled composition is the share of all cells in each cluster. A lot of ``n`` cells
+    drawn from the pool would still differ from it by chance; ``sampling_p`` is the share of
+    ``n_simulations`` multinomial draws of ``n`` pooled cells that lie at least as far away,
+    so a small value says the lot's composition differs beyond counting noise (cells are
+    not independent in practice, so read it as a screen, not a test of the lot).
+
+    Parameters
+    ----------
+    adata
+        Cells with ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
+    fractions_key
+        Key of the lot fractions.
+    metric
+        ``"jsd"``, ``"tvd"`` or ``"aitchison"``; see :func:`composition_distance`.
+    n_simulations
+        Multinomial draws for ``sampling_p``.
+    random_state
+        Seed of the draws.
+    key_added
+        ``adata.uns`` key of the result.
+    copy
+        Return a copy instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
+    ``'per_lot'`` : DataFrame (lot, n_cells, distance, sampling_p, most deviating cluster and
+    its log2 ratio), ``'log2_ratio'`` : DataFrame (lots x clusters, log2 of lot over pooled
+    fraction), ``'pooled'`` : pooled fractions and ``'params'``.
+    """
+    stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
+    counts: pd.DataFrame = stored["counts"]
+    if counts.shape[0] < 2:
+        msg = f"composition_deviation needs at least 2 lots, got {counts.shape[0]}"
+        raise ValueError(msg)
+    n_cells = counts.sum(axis=1).to_numpy()
+    pooled = counts.sum(axis=0).to_numpy() / counts.to_numpy().sum()
+    fractions = counts.div(n_cells, axis=0).to_numpy()
+    distance = composition_distance(fractions, pooled, metric)
+    rng = np.random.default_rng(random_state)
+    sampling_p = np.empty(len(counts))
+    for i, n in enumerate(np.rint(n_cells).astype(int)):
+        draws = rng.multinomial(max(n, 1), pooled, size=n_simulations) / max(n, 1)
+        null = composition_distance(draws, pooled, metric)
+        sampling_p[i] = (1 + (null >= distance[i] - 1e-12).sum()) / (1 + n_simulations)
+    floor = 0.5 / max(n_cells.max(), 1)
+    log2_ratio = pd.DataFrame(
+        np.log2((fractions + floor) / (pooled + floor)), index=counts.index, columns=counts.columns
+    )
+    most = np.abs(log2_ratio.to_numpy()).argmax(axis=1)
+    per_lot = pd.DataFrame(
+        {
+            "n_cells": n_cells,
+            "distance": distance,
+            "sampling_p": sampling_p,
+            "most_deviating_cluster": counts.columns.to_numpy()[most].astype(str),
+            "log2_ratio_of_most_deviating": log2_ratio.to_numpy()[np.arange(len(most)), most],
+        },
+        index=counts.index,
+    )
+    adata = adata.copy() if copy else adata
+    adata.uns[key_added] = {
+        "per_lot": per_lot,
+        "log2_ratio": log2_ratio,
+        "pooled": pd.DataFrame({"fraction": pooled}, index=counts.columns),
+        "params": {
+            "fractions_key": fractions_key, "metric": metric, "n_simulations": n_simulations,
+            "random_state": random_state,
+        },
+    }
+    return adata if copy else None

@@ -1,0 +1,101 @@
+"""Per-lot cluster counts and fractions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._provenance import record
+from .._validate import lots_of, require_obs_column, warn_small_lots
+
+
+@record("tl.lot_fractions")
+def lot_fractions(
+    adata: AnnData,
+    *,
+    lot_key: str = _keys.LOT,
+    cluster_key: str = _keys.CLUSTER,
+    weights_key: str | None = None,
+    min_cells_per_lot: int = 50,
+    key_added: str = _keys.LOT_FRACTIONS,
+    copy: bool = False,
+) -> AnnData | None:
+    """Count the cells of each cluster in each lot and turn counts into fractions.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``obs[lot_key]`` and ``obs[cluster_key]``.
+    lot_key
+        obs column with the lot of each cell.
+    cluster_key
+        obs column with the cluster (or transferred label) of each cell.
+    weights_key
+        Optional ``obsm`` key of a cells x clusters probability matrix (e.g. from
+        ``tl.map_to_reference``); then each cell contributes its probabilities instead of
+        one count to its label, so label uncertainty reaches the fractions.
+    min_cells_per_lot
+        Lots with fewer cells get a warning (their fractions are noisy); none is dropped.
+    key_added
+        ``adata.uns`` key of the result.
+    copy
+        Return a copy instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
+    ``'counts'`` : DataFrame (lots x clusters, cells), ``'fractions'`` : DataFrame
+    (lots x clusters, rows sum to 1), ``'n_cells'`` : per-lot cell numbers and ``'params'``.
+    """
+    lots = lots_of(adata, lot_key)
+    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+    if labels.isna().any():
+        msg = f"{int(labels.isna().sum())} cells have no label in obs[{cluster_key!r}]"
+        raise ValueError(msg)
+    labels = labels.astype("category")
+    if weights_key is not None:
+        counts = _weighted_counts(adata, lots, labels, weights_key)
+    else:
+        counts = pd.crosstab(lots, labels, dropna=False)
+        counts = counts.reindex(index=lots.cat.categories, columns=labels.cat.categories, fill_value=0)
+    counts.index.name = lot_key
+    counts.columns.name = cluster_key
+    n_cells = counts.sum(axis=1)
+    warn_small_lots(lots.value_counts().reindex(counts.index), min_cells_per_lot, context="lot_fractions")
+    fractions = counts.div(n_cells, axis=0)
+    adata = adata.copy() if copy else adata
+    adata.uns[key_added] = {
+        "counts": counts.astype(float),
+        "fractions": fractions,
+        "n_cells": lots.value_counts().reindex(counts.index).astype(int).to_frame("n_cells"),
+        "params": {
+            "lot_key": lot_key, "cluster_key": cluster_key, "weights_key": weights_key,
+            "min_cells_per_lot": min_cells_per_lot,
+        },
+    }
+    return adata if copy else None
+
+
+def _weighted_counts(adata: AnnData, lots: pd.Series, labels: pd.Series, weights_key: str) -> pd.DataFrame:
+    if weights_key not in adata.obsm:
+        msg = f"adata.obsm has no {weights_key!r}. Run `tl.map_to_reference` first (or pass weights_key=None)."
+        raise KeyError(msg)
+    weights = adata.obsm[weights_key]
+    if isinstance(weights, pd.DataFrame):
+        columns = [str(c) for c in weights.columns]
+        weights = weights.to_numpy(dtype=float)
+    else:
+        columns = [str(c) for c in labels.cat.categories]
+        weights = np.asarray(weights, dtype=float)
+        if weights.shape[1] != len(columns):
+            msg = f"obsm[{weights_key!r}] has {weights.shape[1]} columns but obs has {len(columns)} labels"
+            raise ValueError(msg)
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        msg = f"obsm[{weights_key!r}] must hold finite, non-negative probabilities"
+        raise ValueError(msg)
+    codes = lots.cat.codes.to_numpy()
+    summed = np.zeros((lots.cat.categories.size, weights.shape[1]))
+    np.add.at(summed, codes, weights / weights.sum(axis=1, keepdims=True))
+    return pd.DataFrame(summed, index=lots.cat.categories, columns=columns)

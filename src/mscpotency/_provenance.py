@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -99,6 +100,8 @@ def to_jsonable(value: Any) -> Any:
     """Turn a parameter value into something ``json.dumps`` writes and a replay can read."""
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
@@ -199,7 +202,8 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
     ----------
     adata
         The input the log was recorded on (its fingerprint is checked against the first
-        entry that recorded one).
+        entry that recorded one). Entries that built that input (readers, ``pp.pool_lots``)
+        record no input fingerprint and are not replayed.
     log
         Entries from :func:`mscpotency.get.provenance` (``.to_dict('records')``) or
         :func:`read_log`, or an AnnData whose log to replay.
@@ -222,6 +226,9 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
         )
         raise ValueError(msg)
     package = importlib.import_module("mscpotency")
+    # entries that built the AnnData from files or parts (readers, pool_lots) came before
+    # the input given here: replay starts after them
+    entries = [e for e in entries if e.get("input_fingerprint") is not None]
     for entry in entries:
         module_name, func_name = entry["function"].rsplit(".", 1)
         func = getattr(getattr(package, module_name), func_name)

@@ -157,7 +157,7 @@ def exact_pvalues(
     if np.ptp(b) == 0:
         return pvalues
     for pattern, columns in patterns.items():
-        values, counts = permutation_distribution(pattern, tuple(b.tolist()))
+        values, counts = permutation_distribution(pattern, tuple(np.sort(b).tolist()))
         centered = n * values - sum(pattern) * int(b.sum())
         pvalues[columns] = _tail_probability(centered, counts, observed[columns], alternative)
     return pvalues

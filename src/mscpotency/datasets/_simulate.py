@@ -293,10 +293,11 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     adata = AnnData(X=X, obs=obs, var=var)
     adata.layers[_keys.COUNTS_LAYER] = X.copy()
     settings = asdict(config)
-    settings["sets"] = [asdict(s) for s in config.sets]
+    settings.pop("sets")
     settings["random_state"] = random_state
     settings.pop("extra")
     adata.uns["simulation"] = _plain(settings)
+    adata.uns["simulation"]["sets"] = pd.DataFrame([asdict(s) for s in config.sets]).set_index("name")
     return adata
 
 

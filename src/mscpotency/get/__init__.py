@@ -11,6 +11,7 @@ from ._results import (
     qc_report,
     stored_table,
 )
+from ._bulk import consensus_candidates, marker_counts, marker_validation, propensity, propensity_loadings, rank_association
 
 __all__ = [
     "composition_deviation",
@@ -23,3 +24,4 @@ __all__ = [
     "qc_report",
     "stored_table",
 ]
+__all__ += ["consensus_candidates", "marker_counts", "marker_validation", "propensity", "propensity_loadings", "rank_association"]

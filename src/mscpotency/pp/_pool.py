@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -39,12 +40,15 @@ def pool_lots(
         obs column written with the lot of each cell.
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
-        ``"min"`` subsamples every lot to the size of the smallest.
+        ``"min"`` subsamples every lot to the size of the smallest. Lots smaller than the
+        target are kept whole.
     join
-        ``"inner"`` keeps genes measured in every lot, ``"outer"`` keeps all and fills zeros.
-        Genes left out are reported in ``uns['pool_lots']['genes_dropped']``.
+        ``"inner"`` keeps genes measured in every lot (lots that share no gene are an
+        error), ``"outer"`` keeps all and fills zeros. Genes left out are reported per lot in
+        ``uns['pool_lots']['genes_dropped']``.
     random_state
-        Seed of the subsampling.
+        Seed of the subsampling. Each lot draws from its own stream seeded by
+        ``(random_state, lot name)``, so the cells kept of a lot do not depend on the other lots.
 
     Returns
     -------
@@ -64,17 +68,42 @@ def pool_lots(
         raise ValueError(msg)
     sizes = {name: a.n_obs for name, a in named.items()}
     target = _target_size(cells_per_lot, sizes)
-    rng = np.random.default_rng(random_state)
+    if target is not None and (
+        not isinstance(random_state, (int, np.integer)) or isinstance(random_state, bool) or random_state < 0
+    ):
+        msg = f"random_state must be a non-negative integer, got {random_state!r}"
+        raise ValueError(msg)
     parts, kept = {}, {}
     for name, part in named.items():
         if target is not None and part.n_obs > target:
+            # One stream per lot, seeded by (random_state, lot name): the cells kept of a lot
+            # do not change when other lots are added, removed or reordered.
+            rng = np.random.default_rng([int(random_state), zlib.crc32(name.encode())])
             chosen = np.sort(rng.choice(part.n_obs, size=target, replace=False))
             part = part[chosen]
         kept[name] = part.n_obs
         parts[name] = part
     all_genes = pd.Index(sorted(set().union(*(set(a.var_names) for a in parts.values()))))
-    pooled = ad.concat(parts, join=join, label=lot_key, index_unique="_", merge="same")
-    pooled.obs_names = [f"{lot}_{cell}" for lot, cell in zip(pooled.obs[lot_key], _barcodes(parts), strict=True)]
+    if join == "inner":
+        shared = set.intersection(*(set(a.var_names) for a in parts.values()))
+        if not shared:
+            examples = {name: a.var_names[:3].tolist() for name, a in parts.items()}
+            msg = (
+                f"the lots share no gene names (e.g. {examples}), so join='inner' keeps nothing. "
+                "Use the same gene naming (symbols or ids) in every lot."
+            )
+            raise ValueError(msg)
+    # fill_value=0: a gene not measured in a lot has zero counts there (dense X would get NaN).
+    pooled = ad.concat(parts, join=join, label=lot_key, index_unique="_", merge="same", fill_value=0)
+    names = pd.Index([f"{lot}_{cell}" for lot, cell in zip(pooled.obs[lot_key], _barcodes(parts), strict=True)])
+    if not names.is_unique:
+        clashes = names[names.duplicated()].unique()[:5].tolist()
+        msg = (
+            f"pooled cell names {{lot}}_{{barcode}} collide (e.g. {clashes}) because a lot name plus "
+            "a barcode spells another lot's name plus barcode; rename the lots."
+        )
+        raise ValueError(msg)
+    pooled.obs_names = names
     pooled.obs[lot_key] = pd.Categorical(pooled.obs[lot_key], categories=list(parts))
     genes_dropped = {
         name: sorted(set(all_genes) - set(pooled.var_names) & set(a.var_names))
@@ -98,11 +127,33 @@ def _barcodes(parts: Mapping[str, AnnData]) -> list[str]:
 
 
 def _name_lots(lots, lot_key: str) -> dict[str, AnnData]:
+    if isinstance(lots, AnnData):
+        msg = (
+            "pool_lots takes several lots (a mapping lot name -> AnnData, or a list of AnnData), "
+            "got one AnnData. Split it by lot first, e.g. "
+            "{lot: adata[adata.obs['lot'] == lot] for lot in adata.obs['lot'].unique()}."
+        )
+        raise TypeError(msg)
+    if isinstance(lots, (str, bytes)) or hasattr(lots, "__fspath__"):
+        msg = f"pool_lots takes AnnData objects, got the path {lots!r}; read files with `io.read_lots`."
+        raise TypeError(msg)
     if isinstance(lots, Mapping):
         named = {str(k): v for k, v in lots.items()}
+        if len(named) < len(lots):
+            msg = f"lot names {list(lots)} are not unique once written as text"
+            raise ValueError(msg)
+    elif not isinstance(lots, Iterable):
+        msg = f"lots must be a mapping lot name -> AnnData or a list of AnnData, got a {type(lots).__name__}"
+        raise TypeError(msg)
     else:
         named = {}
         for i, part in enumerate(lots):
+            if not isinstance(part, AnnData):
+                msg = f"lot #{i} is a {type(part).__name__}, not an AnnData"
+                raise TypeError(msg)
+            if part.n_obs == 0:
+                msg = f"lot #{i} has no cells."
+                raise ValueError(msg)
             if lot_key not in part.obs or part.obs[lot_key].nunique() != 1:
                 msg = (
                     f"lot #{i} has no single value in obs[{lot_key!r}]; pass a mapping "

@@ -49,7 +49,7 @@ def cluster(
     resolution
         Leiden resolution when ``n_clusters`` is ``None``.
     n_neighbors
-        Neighbours of the kNN graph (computed here, stored in ``obsp`` under ``key_added``).
+        Neighbours of the kNN graph (computed here, stored under ``f'{key_added}_neighbors'``).
     use_rep
         Embedding the graph is built on.
     n_iterations
@@ -71,8 +71,10 @@ def cluster(
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes ``obs[key_added]`` (categorical),
-    ``obsp[f'{key_added}_connectivities']``, ``obsp[f'{key_added}_distances']`` and
-    ``uns[key_added]`` with the resolution used, the cluster sizes and the parameters.
+    the kNN graph as ``obsp[f'{key_added}_neighbors_connectivities']`` and
+    ``obsp[f'{key_added}_neighbors_distances']`` (scanpy's ``neighbors_key``
+    ``f'{key_added}_neighbors'``, usable by ``sc.tl.umap``), and ``uns[key_added]`` with the
+    resolution used, the cluster sizes and the parameters.
     """
     if use_rep not in adata.obsm:
         msg = f"adata.obsm has no {use_rep!r}. Run `pp.preprocess` first (or pass use_rep=)."

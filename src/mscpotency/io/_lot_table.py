@@ -1,0 +1,126 @@
+"""Read a lot-level table (potency assays, tissue, passage) from CSV, TSV or Excel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .. import _keys
+
+_READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx"}
+
+
+def read_lot_table(
+    path: str | os.PathLike,
+    *,
+    lot_column: str = _keys.LOT,
+    sheet_name: str | int = 0,
+) -> pd.DataFrame:
+    """Read a table with one row per lot, indexed by lot name.
+
+    Every cell is read as text first, so lot names such as ``"007"`` keep their leading
+    zeros; then each other column whose every non-empty value is a number becomes numeric,
+    and the rest stay text. Column names and lot names are stripped of surrounding
+    whitespace, and empty unnamed columns (trailing separators, spreadsheet debris) are
+    dropped. Join the result into the cells with :func:`mscpotency.pp.add_lot_table`.
+
+    Parameters
+    ----------
+    path
+        A ``.csv``, ``.tsv``/``.txt``/``.tab`` (tab-separated) or ``.xlsx`` file.
+    lot_column
+        Column holding the lot names.
+    sheet_name
+        Sheet of an Excel file: its name or 0-based position.
+
+    Returns
+    -------
+    DataFrame indexed by lot name (``str``, index name ``lot_column``), one column per other
+    column of the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"lot table {str(path)!r} does not exist."
+        raise FileNotFoundError(msg)
+    if path.is_dir():
+        msg = f"lot table {str(path)!r} is a folder; pass the table file."
+        raise ValueError(msg)
+    kind = _READERS.get(path.suffix.lower())
+    if kind is None:
+        msg = (
+            f"lot table {str(path)!r}: unknown format {path.suffix!r}. Accepted: .csv, "
+            ".tsv/.txt/.tab (tab-separated), .xlsx (Excel)."
+        )
+        raise ValueError(msg)
+    table = _read_text(path, kind, sheet_name)
+    table.columns = [str(c).strip() for c in table.columns]
+    debris = [
+        c for c in table.columns
+        if (c == "" or c.startswith("Unnamed:")) and table[c].isna().all()
+    ]
+    table = table.drop(columns=debris)
+    table = table.dropna(how="all")
+    if table.empty:
+        msg = f"lot table {str(path)!r} has no rows; it needs a header and one row per lot."
+        raise ValueError(msg)
+    if lot_column not in table.columns:
+        close = [c for c in table.columns if c.lower() == lot_column.lower()]
+        hint = f" Did you mean lot_column={close[0]!r}?" if close else " Pass lot_column=."
+        msg = f"lot table {str(path)!r} has no column {lot_column!r}; its columns are {list(table.columns)}.{hint}"
+        raise KeyError(msg)
+    if list(table.columns).count(lot_column) > 1:
+        msg = f"lot table {str(path)!r} has the column {lot_column!r} more than once."
+        raise ValueError(msg)
+    lots = table[lot_column].str.strip()
+    # 1-based line numbers as a spreadsheet shows them (the header is line 1).
+    lines = table.index.to_numpy() + 2
+    empty = lines[(lots.isna() | (lots == "")).to_numpy()].tolist()
+    if empty:
+        msg = f"lot table {str(path)!r} has rows without a lot name in {lot_column!r} (lines {empty}); fill them in or delete them."
+        raise ValueError(msg)
+    duplicated = sorted(lots[lots.duplicated()].unique().tolist())
+    if duplicated:
+        msg = f"lot table {str(path)!r} names lots {duplicated} more than once; keep one row per lot."
+        raise ValueError(msg)
+    table = table.drop(columns=[lot_column])
+    table.index = pd.Index(lots.to_numpy(dtype=str), name=lot_column)
+    for column in table.columns:
+        table[column] = _numeric_if_all(table[column])
+    return table
+
+
+def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
+    """Read every cell as text (missing cells as NaN), row index 0..n-1 in file order."""
+    if kind == "xlsx":
+        try:
+            import openpyxl  # noqa: F401
+        except ImportError as error:  # pragma: no cover - openpyxl is a test dependency
+            msg = "reading .xlsx lot tables needs openpyxl: pip install openpyxl (or mscpotency[excel])."
+            raise ImportError(msg) from error
+        try:
+            return pd.read_excel(path, sheet_name=sheet_name, dtype=str, engine="openpyxl")
+        except (ValueError, IndexError) as error:
+            with pd.ExcelFile(path, engine="openpyxl") as workbook:
+                sheets = workbook.sheet_names
+            if sheet_name in sheets or (isinstance(sheet_name, int) and 0 <= sheet_name < len(sheets)):
+                raise  # the sheet exists: the error is about its content
+            msg = f"lot table {str(path)!r} has no sheet {sheet_name!r}; its sheets are {sheets}."
+            raise ValueError(msg) from error
+    sep = "," if kind == "csv" else "\t"
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, skipinitialspace=True)
+    except pd.errors.EmptyDataError as error:
+        msg = f"lot table {str(path)!r} is empty; it needs a header and one row per lot."
+        raise ValueError(msg) from error
+
+
+def _numeric_if_all(column: pd.Series) -> pd.Series:
+    """Return the column as numbers when every non-empty value is one, else as stripped text."""
+    text = column.str.strip()
+    text = text.where(text != "")
+    numbers = pd.to_numeric(text, errors="coerce")
+    if text.notna().any() and numbers.notna().sum() == text.notna().sum():
+        return numbers
+    return text

@@ -1,0 +1,243 @@
+"""Which cluster's share tracks potency? One cluster's lots, or every cluster's rho at a glance."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .. import _keys, get
+from ._utils import (
+    RHO,
+    _axes,
+    _category_colors,
+    _cluster_key,
+    _finish,
+    _stored,
+    format_association,
+    potency_label,
+    potency_name,
+)
+
+
+def _association(adata: AnnData, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Read the stored association, its per-cluster table and its lots table (string labels)."""
+    stored = _stored(adata, key, tool="tl.potency_association")
+    table = get.potency_association(adata, key=key, sort=False)
+    table.index = table.index.astype(str)
+    lots = get.potency_lots(adata, key=key)
+    lots.index = lots.index.astype(str)
+    lots.columns = lots.columns.astype(str)
+    return stored, table, lots
+
+
+def _scatter_one(
+    ax: Axes, x: np.ndarray, y: np.ndarray, lot_names: list[str], row: pd.Series, *, cluster: str,
+    color: str, assay: str, on_clr: bool, is_potency: bool, line: bool, label_lots: bool, kwargs: dict,
+) -> None:
+    kwargs = {"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs}
+    ax.scatter(x, y, color=color, **kwargs)
+    if line and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        grid = np.linspace(x.min(), x.max(), 50)
+        ax.plot(grid, intercept + slope * grid, ls="--", color="#555555", lw=1, zorder=2,
+                label="least-squares line")
+    if label_lots:
+        for xi, yi, name in zip(x, y, lot_names, strict=True):
+            ax.annotate(name, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+    ax.set_xlabel(f"{cluster} (% of the lot's cells)")
+    ax.set_ylabel(potency_label(assay))
+    statistic = format_association(row) + (" on CLR of shares" if on_clr else "")
+    title = f"{cluster}{' (potency cluster)' if is_potency else ''}\n{statistic}, n = {int(row['n_lots'])} lots"
+    ax.set_title(title, fontweight="bold" if is_potency else "normal", fontsize="medium")
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def potency_scatter(
+    adata: AnnData,
+    cluster: str | None = None,
+    *,
+    key: str = _keys.POTENCY_ASSOCIATION,
+    line: bool = True,
+    label_lots: bool = True,
+    ncols: int = 3,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | np.ndarray | Figure | None:
+    """Lot potency against the share of one cluster (or of every cluster), one point per lot.
+
+    The title gives Spearman's rho, its p-value and how that p-value was obtained (exact
+    enumeration or permutations), as stored by :func:`mscpotency.tl.potency_association`.
+    The dashed least-squares line is a guide to the eye; the statistic is rank-based.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
+    cluster
+        Cluster to show; ``None``: the potency cluster; ``"all"``: a grid with every cluster.
+    key
+        Key of the potency association.
+    line
+        Draw the least-squares line.
+    label_lots
+        Write each lot's name next to its point.
+    ncols
+        Columns of the grid when ``cluster="all"``.
+    ax
+        Axes to draw on (one cluster only); a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``; when not shown, the Axes (one cluster) or an array
+    of Axes (``cluster="all"``); else ``None``.
+    """
+    stored, table, lots = _association(adata, key)
+    assay = str(stored["params"]["potency"])
+    on_clr = stored["params"].get("transform") == "clr"
+    potency_cluster = str(stored.get("potency_cluster", ""))
+    clusters = list(table.index)
+    colors = _category_colors(adata, _cluster_key(adata, str(stored["params"].get("fractions_key", _keys.LOT_FRACTIONS))), clusters)
+    if cluster is None:
+        if not potency_cluster:
+            msg = "no cluster's share rises with potency (no potency cluster stored); pass cluster= explicitly"
+            raise ValueError(msg)
+        cluster = potency_cluster
+    if cluster != "all" and str(cluster) not in clusters:
+        msg = f"unknown cluster {cluster!r}; clusters are {clusters} or 'all'"
+        raise ValueError(msg)
+    if ncols < 1:
+        msg = f"ncols must be at least 1, got {ncols!r}"
+        raise ValueError(msg)
+    y = lots[assay].to_numpy(dtype=float)
+    lot_names = list(lots.index)
+    common = {"assay": assay, "on_clr": on_clr, "line": line, "label_lots": label_lots, "kwargs": kwargs}
+
+    if cluster != "all":
+        cluster = str(cluster)
+        fig, ax = _axes(ax, (4.6, 4.0))
+        _scatter_one(ax, 100 * lots[cluster].to_numpy(dtype=float), y, lot_names, table.loc[cluster],
+                     cluster=cluster, color=colors[cluster], is_potency=cluster == potency_cluster, **common)
+        return _finish(fig, ax, show, return_fig)
+
+    if ax is not None:
+        msg = "cluster='all' draws one panel per cluster and cannot use a single ax; leave ax=None"
+        raise ValueError(msg)
+    ncols = min(ncols, len(clusters))
+    nrows = int(np.ceil(len(clusters) / ncols))
+    fig, grid = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 3.5 * nrows), sharey=True,
+                             layout="constrained", squeeze=False)
+    axes = grid.ravel()
+    for panel, name in zip(axes, clusters, strict=False):
+        _scatter_one(panel, 100 * lots[name].to_numpy(dtype=float), y, lot_names, table.loc[name],
+                     cluster=name, color=colors[name], is_potency=name == potency_cluster, **common)
+    for panel in axes[len(clusters):]:
+        panel.remove()
+    fig.suptitle(f"{potency_label(assay)} against each cluster's share of the lot")
+    return _finish(fig, axes[: len(clusters)], show, return_fig)
+
+
+def association_overview(
+    adata: AnnData,
+    *,
+    key: str = _keys.POTENCY_ASSOCIATION,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Spearman rho of every cluster's share with potency, with its bootstrap CI, coloured by FDR.
+
+    Clusters run from the strongest positive rho to the strongest negative; the potency
+    cluster's tick label is bold and its point ringed.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
+    key
+        Key of the potency association.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    stored, table, _ = _association(adata, key)
+    params = stored["params"]
+    potency_cluster = str(stored.get("potency_cluster", ""))
+    table = table.sort_values("rho", ascending=False, kind="stable")
+    clusters = list(table.index)
+    x = np.arange(len(clusters))
+    rho = table["rho"].to_numpy(dtype=float)
+    fdr = table["fdr"].to_numpy(dtype=float)
+
+    fig, ax = _axes(ax, (max(4.8, 0.6 * len(clusters) + 2.8), 4.0))
+    ax.axhline(0, color="#888888", lw=0.8, zorder=1)
+    has_ci = {"ci_low", "ci_high"} <= set(table.columns)
+    if has_ci:
+        low, high = table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float)
+        err = np.vstack([np.clip(rho - low, 0, None), np.clip(high - rho, 0, None)])
+        ax.errorbar(x, rho, yerr=err, fmt="none", ecolor="#404040", elinewidth=1.2, capsize=4, zorder=2)
+    finite = fdr[np.isfinite(fdr) & (fdr > 0)]
+    vmin = min(1e-3, float(finite.min())) if finite.size else 1e-3
+    norm = mcolors.LogNorm(vmin=vmin, vmax=1.0)
+    kwargs = {"s": 70, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, "cmap": "Greys_r", **kwargs}
+    points = ax.scatter(x, rho, c=np.clip(np.nan_to_num(fdr, nan=1.0), vmin, 1.0), norm=norm, **kwargs)
+    colorbar = fig.colorbar(points, ax=ax, pad=0.02, fraction=0.06)
+    ticks = [t for t in (1e-4, 1e-3, 0.01, 0.05, 0.1, 1.0) if t >= vmin]
+    colorbar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+    colorbar.minorticks_off()
+    colorbar.set_label("FDR (Benjamini-Hochberg)")
+    colors = _category_colors(adata, _cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))), clusters)
+    handles = []
+    if potency_cluster in clusters:
+        i = clusters.index(potency_cluster)
+        ring = colors[potency_cluster]
+        ax.scatter([x[i]], [rho[i]], s=300, facecolor="none", edgecolor=ring, linewidth=2.5, zorder=4,
+                   gid="potency_cluster")
+        handles.append(Line2D([], [], marker="o", ls="none", markerfacecolor="none", markeredgecolor=ring,
+                              markeredgewidth=2.5, markersize=13, label="potency cluster"))
+    ax.set_xticks(x, clusters, rotation=45 if len(clusters) > 10 else 0)
+    for tick, name in zip(ax.get_xticklabels(), clusters, strict=True):
+        tick.set_color(colors[name])
+        if name == potency_cluster:
+            tick.set_fontweight("bold")
+    ax.set_xlim(-0.6, len(clusters) - 0.4)
+    ax.set_ylim(-1.08, 1.08)
+    ax.set_xlabel(_cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))))
+    share = "CLR of share" if params.get("transform") == "clr" else "share"
+    ax.set_ylabel(f"Spearman {RHO}, {share} vs {potency_label(str(params['potency']))}")
+    ax.spines[["top", "right"]].set_visible(False)
+    n_lots = int(table["n_lots"].max()) if len(table) else 0
+    detail = f"n = {n_lots} lots, {params.get('method', '')} p"
+    if has_ci:
+        detail += f"; bars: {100 * float(params.get('ci_level', 0.95)):g}% bootstrap CI over lots"
+    ax.set_title(f"Which cluster's share tracks {potency_name(str(params['potency']))}?\n{detail}", fontsize="medium")
+    if handles:
+        ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
+    note = str(stored.get("note", ""))
+    if "no Spearman test can reach" in note:
+        ax.text(0.0, -0.2, note, transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
+    return _finish(fig, ax, show, return_fig)
+

@@ -1,0 +1,254 @@
+"""Which lots differ in composition? Cluster shares per lot and each lot's distance from the pool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .. import _keys, get
+from ._utils import (
+    _axes,
+    _category_colors,
+    _finish,
+    _outside_legend,
+    _stored,
+    format_value,
+    potency_label,
+    potency_name,
+)
+
+#: Neutral colours, so that no bar reads as a cluster.
+MARKED, UNMARKED = "#404040", "#d0d0d0"
+
+_METRIC_LABELS = {
+    "jsd": "Jensen-Shannon divergence from pooled (bits)",
+    "tvd": "Total variation distance from pooled",
+    "aitchison": "Aitchison distance from pooled",
+}
+
+
+def _potency_info(adata: AnnData, association_key: str, *, required: bool) -> tuple[pd.Series, str, str] | None:
+    """Potency per lot, its name and the potency cluster; ``None`` if absent and not required."""
+    if not required and association_key not in adata.uns:
+        return None
+    stored = _stored(adata, association_key, tool="tl.potency_association")
+    name = str(stored["params"]["potency"])
+    lots = get.potency_lots(adata, key=association_key)
+    return lots[name], name, str(stored.get("potency_cluster", ""))
+
+
+def _lot_order(
+    fractions: pd.DataFrame, order: str | Sequence[str] | None, info: tuple[pd.Series, str, str] | None
+) -> tuple[list[str], str]:
+    """Lots in plotting order and a few words saying how they were ordered."""
+    lots = [str(lot) for lot in fractions.index]
+    if order is None:
+        return lots, ""
+    if isinstance(order, str):
+        if order not in ("potency", "potency_cluster"):
+            msg = f"order must be 'potency', 'potency_cluster', a list of lots or None, got {order!r}"
+            raise ValueError(msg)
+        if info is None:  # pragma: no cover - _potency_info(required=True) raises first
+            msg = f"order={order!r} needs `tl.potency_association` to have been run"
+            raise KeyError(msg)
+        potency, name, cluster = info
+        if order == "potency":
+            values = potency.reindex(lots)
+            return list(values.sort_values(kind="stable").index), f"lots ordered by {potency_name(name)}"
+        if not cluster:
+            msg = "no cluster's share rises with potency, so order='potency_cluster' is undefined; use order='potency'"
+            raise ValueError(msg)
+        values = pd.Series(fractions[cluster].to_numpy(), index=lots)
+        return list(values.sort_values(kind="stable").index), f"lots ordered by the share of {cluster}"
+    wanted = [str(lot) for lot in order]
+    if sorted(wanted) != sorted(lots):
+        missing = sorted(set(lots) - set(wanted))
+        unknown = sorted(set(wanted) - set(lots))
+        repeated = sorted({lot for lot in wanted if wanted.count(lot) > 1})
+        msg = f"order must name every lot once; missing {missing}, unknown {unknown}, repeated {repeated}"
+        raise ValueError(msg)
+    return wanted, ""
+
+
+def lot_composition(
+    adata: AnnData,
+    *,
+    key: str = _keys.LOT_FRACTIONS,
+    order: str | Sequence[str] | None = None,
+    association_key: str = _keys.POTENCY_ASSOCIATION,
+    annotate_potency: bool | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Stacked bars of the cluster shares of every lot.
+
+    The potency cluster (from :func:`mscpotency.tl.potency_association`, when run) sits at
+    the bottom of each stack so its share reads off the axis, and each lot's potency is
+    written above its bar.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``uns[key]`` from :func:`mscpotency.tl.lot_fractions`.
+    key
+        Key of the lot fractions.
+    order
+        ``None`` (stored order), ``"potency"`` (increasing lot potency),
+        ``"potency_cluster"`` (increasing share of the potency cluster) or a list of every lot.
+        The first two need :func:`mscpotency.tl.potency_association`.
+    association_key
+        Key of the potency association (for the potency cluster and the potency values).
+    annotate_potency
+        Write each lot's potency above its bar; ``None``: when the association is stored.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.bar` (e.g. ``width``, ``edgecolor``).
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    stored = _stored(adata, key, tool="tl.lot_fractions")
+    fractions = get.lot_fractions(adata, key=key)
+    fractions.index = fractions.index.astype(str)
+    fractions.columns = fractions.columns.astype(str)
+    required = (isinstance(order, str) and order in ("potency", "potency_cluster")) or bool(annotate_potency)
+    info = _potency_info(adata, association_key, required=required)
+    if info is not None and set(info[0].index.astype(str)) != set(fractions.index):
+        if required:
+            msg = (
+                f"adata.uns[{association_key!r}] was computed on lots {sorted(info[0].index.astype(str))}, "
+                f"but adata.uns[{key!r}] holds lots {sorted(fractions.index)}; run `tl.potency_association` "
+                "on these fractions or leave order/annotate_potency unset."
+            )
+            raise ValueError(msg)
+        info = None  # an association of other lots says nothing about these bars
+    lots, how = _lot_order(fractions, order, info)
+    fractions = fractions.loc[lots]
+    cluster_key = str(stored["params"].get("cluster_key", _keys.CLUSTER))
+    colors = _category_colors(adata, cluster_key, list(fractions.columns))
+    potency_cluster = info[2] if info is not None else ""
+    stack = list(fractions.columns)
+    if potency_cluster in stack:
+        stack.remove(potency_cluster)
+        stack.insert(0, potency_cluster)
+
+    fig, ax = _axes(ax, (max(5.0, 0.55 * len(lots) + 2.5), 4.2))
+    kwargs.setdefault("width", 0.8)
+    kwargs.setdefault("edgecolor", "white")
+    kwargs.setdefault("linewidth", 0.5)
+    x = np.arange(len(lots))
+    bottom = np.zeros(len(lots))
+    for cluster in stack:
+        label = f"{cluster} (potency)" if cluster == potency_cluster else cluster
+        values = fractions[cluster].to_numpy(dtype=float)
+        ax.bar(x, values, bottom=bottom, color=colors[cluster], label=label, **kwargs)
+        bottom += values
+    ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
+    ax.set_xlim(-0.6, len(lots) - 0.4)
+    ax.set_xlabel("Lot")
+    ax.set_ylabel("Fraction of cells")
+    ax.spines[["top", "right"]].set_visible(False)
+    handles, labels = ax.get_legend_handles_labels()
+    _outside_legend(ax, handles=handles[::-1], labels=labels[::-1], title=cluster_key)
+    title = "Cluster composition per lot"
+    annotate = info is not None if annotate_potency is None else annotate_potency
+    if annotate and info is not None:
+        potency, name, _ = info
+        values = potency.reindex(lots).to_numpy(dtype=float)
+        ax.set_ylim(0, 1.09)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        for xi, value in zip(x, values, strict=True):
+            ax.text(xi, 1.02, format_value(value), ha="center", va="bottom", fontsize="small")
+        title += f"\nabove bars: {potency_label(name)}"
+    if how:
+        title += f"; {how}" if "\n" in title else f"\n{how}"
+    ax.set_title(title)
+    return _finish(fig, ax, show, return_fig)
+
+
+def composition_deviation(
+    adata: AnnData,
+    *,
+    key: str = _keys.COMPOSITION_DEVIATION,
+    alpha: float = 0.05,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """One bar per lot: how far its composition lies from the pooled population.
+
+    Lots whose ``sampling_p`` (chance that counting noise alone puts a lot this far away)
+    is below ``alpha`` are filled and starred; the most deviating cluster is written on
+    each bar.
+
+    Parameters
+    ----------
+    adata
+        Cells with ``uns[key]`` from :func:`mscpotency.tl.composition_deviation`.
+    key
+        Key of the deviation result.
+    alpha
+        ``sampling_p`` below which a lot is marked.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.bar`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    if not 0 < alpha < 1:
+        msg = f"alpha must lie between 0 and 1, got {alpha!r}"
+        raise ValueError(msg)
+    stored = _stored(adata, key, tool="tl.composition_deviation")
+    per_lot = get.composition_deviation(adata, key=key)
+    lots = [str(lot) for lot in per_lot.index]
+    marked = per_lot["sampling_p"].to_numpy(dtype=float) < alpha
+    metric = str(stored["params"].get("metric", ""))
+
+    fig, ax = _axes(ax, (max(5.0, 0.55 * len(lots) + 2.5), 3.8))
+    kwargs.setdefault("width", 0.7)
+    x = np.arange(len(lots))
+    distance = per_lot["distance"].to_numpy(dtype=float)
+    face = np.where(marked, MARKED, UNMARKED)
+    ax.bar(x, distance, color=face, edgecolor="#404040", linewidth=0.6, **kwargs)
+    top = np.nanmax(distance) if len(distance) and np.isfinite(distance).any() else 1.0
+    for xi, d, is_marked, cluster in zip(
+        x, distance, marked, per_lot["most_deviating_cluster"].astype(str), strict=True
+    ):
+        ax.text(xi, d + 0.01 * top, ("* " if is_marked else "") + cluster, ha="center", va="bottom",
+                fontsize="small", rotation=90 if len(lots) > 12 else 0)
+    ax.set_ylim(0, top * 1.18)
+    ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
+    ax.set_xlim(-0.6, len(lots) - 0.4)
+    ax.set_xlabel("Lot")
+    ax.set_ylabel(_METRIC_LABELS.get(metric, f"{metric} distance from pooled"))
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [
+        Patch(facecolor=MARKED, edgecolor="#404040", label=f"sampling p < {alpha:g}"),
+        Patch(facecolor=UNMARKED, edgecolor="#404040", label=f"sampling p ≥ {alpha:g}"),
+    ]
+    _outside_legend(ax, handles=handles)
+    ax.set_title(f"Composition of each lot vs the pooled population\n"
+                 f"label: most deviating cluster; {int(marked.sum())} of {len(lots)} lots marked")
+    return _finish(fig, ax, show, return_fig)

@@ -1,0 +1,137 @@
+"""Shared plumbing of the plots: reading results, figures, colours, labels, show/return."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib import colors as mcolors
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .. import _keys
+from .._validate import require_uns
+
+#: The Greek letter of Spearman's rank correlation.
+RHO = "\N{GREEK SMALL LETTER RHO}"
+
+#: Display name and unit of known lot-level potency assays; any other name is shown as is.
+POTENCY_ASSAYS = {
+    "vegf": ("VEGF", "pg/mL"),
+}
+
+
+def _stored(adata: AnnData, key: str, *, tool: str) -> dict:
+    """``adata.uns[key]`` written by ``tool``, or a ``KeyError`` naming ``tool`` to run first.
+
+    The one way every plot reads a stored result (tables then come from ``mscpotency.get``).
+    """
+    stored = require_uns(adata, key, tool=tool)
+    if not isinstance(stored, dict) or "params" not in stored:
+        msg = f"adata.uns[{key!r}] does not look like the output of `{tool}`; run `{tool}` again."
+        raise KeyError(msg)
+    return stored
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """Return the figure and axes to draw on: a new figure only when ``ax`` is ``None``."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax
+    return ax.get_figure(), ax
+
+
+def _finish(fig: Figure, ax, show: bool | None, return_fig: bool):
+    """Return what the caller asked for: the Figure, the Axes, or ``None`` once shown.
+
+    ``show=None`` follows ``scanpy.settings.autoshow``. ``return_fig=True`` wins over ``show``.
+    """
+    if return_fig:
+        return fig
+    if show is None:
+        import scanpy as sc
+
+        show = sc.settings.autoshow
+    if show:
+        plt.show()
+        return None
+    return ax
+
+
+def _fixed_palette(n: int) -> list[str]:
+    """Return scanpy's default categorical palettes (20, 28 or 102 colours), independent of rcParams."""
+    from scanpy.pl import palettes
+
+    for palette in (palettes.default_20, palettes.default_28, palettes.default_102):
+        if n <= len(palette):
+            return [mcolors.to_hex(c) for c in palette[:n]]
+    return ["#808080"] * n
+
+
+def _category_colors(adata: AnnData, key: str, categories: Sequence[str]) -> dict[str, str]:
+    """Colour of each category of ``obs[key]``, the same in every plot (and in ``sc.pl.umap``).
+
+    Uses ``adata.uns[f"{key}_colors"]`` when it has one colour per category of ``obs[key]``;
+    otherwise builds a fixed palette and stores it there, as scanpy does.
+    """
+    categories = [str(c) for c in categories]
+    colors_key = f"{key}_colors"
+    obs_categories: list[str] | None = None
+    if key in adata.obs.columns:
+        column = adata.obs[key]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            obs_categories = [str(c) for c in column.cat.categories]
+    if obs_categories is not None and set(categories) <= set(obs_categories):
+        stored = adata.uns.get(colors_key)
+        if stored is None or len(stored) != len(obs_categories) or not all(map(mcolors.is_color_like, stored)):
+            stored = _fixed_palette(len(obs_categories))
+            adata.uns[colors_key] = list(stored)
+        mapping = {c: mcolors.to_hex(col) for c, col in zip(obs_categories, stored, strict=True)}
+        return {c: mapping[c] for c in categories}
+    # labels not in obs (e.g. only the lot table survives): a fixed palette by position
+    return dict(zip(categories, _fixed_palette(len(categories)), strict=True))
+
+
+def _cluster_key(adata: AnnData, fractions_key: str = _keys.LOT_FRACTIONS) -> str:
+    """Return the obs column the lot fractions were counted from (default ``'cluster'``)."""
+    stored = adata.uns.get(fractions_key)
+    if isinstance(stored, dict):
+        return str(stored.get("params", {}).get("cluster_key", _keys.CLUSTER))
+    return _keys.CLUSTER
+
+
+def potency_name(name: str) -> str:
+    """Display name of a potency assay (``'vegf'`` -> ``'VEGF'``)."""
+    return POTENCY_ASSAYS.get(str(name).lower(), (str(name), ""))[0]
+
+
+def potency_label(name: str) -> str:
+    """Axis label of a potency assay, with its unit when known (``'vegf'`` -> ``'VEGF (pg/mL)'``)."""
+    display, unit = POTENCY_ASSAYS.get(str(name).lower(), (str(name), ""))
+    return f"{display} ({unit})" if unit else display
+
+
+def format_value(value: float) -> str:
+    """Format a measurement for a label: whole numbers from 100 up, else three significant digits."""
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def format_pvalue(p: float) -> str:
+    """Two significant digits: ``0.0022``, ``5e-05``; ``nan`` when not computed."""
+    return "nan" if not np.isfinite(p) else f"{p:.2g}"
+
+
+def format_association(row: pd.Series) -> str:
+    """Format one row of ``get.potency_association`` as ``'rho = 0.93, p = 0.0022 (exact)'`` (Greek rho)."""
+    return f"{RHO} = {row['rho']:.2f}, p = {format_pvalue(row['pvalue'])} ({row['pvalue_method']})"
+
+
+def _outside_legend(ax: Axes, **kwargs) -> None:
+    """Draw the legend to the right of the axes, outside the data."""
+    kwargs.setdefault("frameon", False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)

@@ -1,0 +1,207 @@
+"""Do candidate markers keep their sign and significance on held-out lines?"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _stats
+from .._provenance import record
+from ._rank_association import (
+    OnMissing,
+    align_lines,
+    dense_matrix,
+    outcome_frame,
+    require_unique_lines,
+)
+
+#: Default ``key_added`` of :func:`validate_markers`.
+MARKER_VALIDATION = "marker_validation"
+
+
+def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
+    """Expected sign per candidate feature (and its training rho, when given)."""
+    rho_train = None
+    if isinstance(candidates, pd.DataFrame):
+        if "sign" not in candidates.columns:
+            msg = (
+                "a candidates DataFrame needs a 'sign' column (+1/-1 per feature, index = feature); "
+                "get one from `get.consensus_candidates`"
+            )
+            raise KeyError(msg)
+        signs = candidates["sign"]
+        if "rho" in candidates.columns:
+            rho_train = pd.to_numeric(candidates["rho"], errors="coerce")
+    elif isinstance(candidates, (pd.Series, Mapping)):
+        signs = pd.Series(candidates)
+    else:
+        msg = (
+            "candidates must map each feature to its expected sign (+1/-1): a Series, a dict or a "
+            f"DataFrame with a 'sign' column, got {type(candidates).__name__}"
+        )
+        raise TypeError(msg)
+    signs.index = signs.index.astype(str)
+    if signs.empty:
+        msg = "no candidates to validate"
+        raise ValueError(msg)
+    if signs.index.duplicated().any():
+        msg = f"candidates name {signs.index[signs.index.duplicated()].unique().tolist()} more than once"
+        raise ValueError(msg)
+    numeric = pd.to_numeric(signs, errors="coerce")
+    bad = signs.index[~numeric.isin([1, -1])].tolist()
+    if bad:
+        msg = f"expected signs must be +1 or -1; candidates {bad[:5]} have {signs.loc[bad[:5]].tolist()}"
+        raise ValueError(msg)
+    if rho_train is not None:
+        rho_train.index = signs.index
+    return numeric.astype(int), rho_train
+
+
+@record("tl.validate_markers")
+def validate_markers(
+    adata: AnnData,
+    candidates: Mapping[str, int] | pd.Series | pd.DataFrame,
+    outcome: str | Mapping | pd.Series,
+    *,
+    alpha: float = 0.05,
+    test: Literal["directional", "two-sided"] = "directional",
+    layer: str | None = None,
+    method: _stats.PvalueMethod = "auto",
+    n_permutations: int = 9999,
+    exact_max_n: int = _stats.EXACT_MAX_N,
+    random_state: int = 0,
+    on_missing: OnMissing = "error",
+    key_added: str = MARKER_VALIDATION,
+    copy: bool = False,
+) -> AnnData | None:
+    """Test candidate markers on held-out lines: same sign, and significant?
+
+    A candidate found on training lines is confirmed when, on new lines, its Spearman rho
+    with the outcome has the expected sign and its p-value is below ``alpha``. By default
+    the test is one-sided in the expected direction (the hypothesis was fixed on the
+    training lines); p-values are exact up to ``exact_max_n`` lines, permutation-based
+    above (13 held-out lines: 9,999 permutations by default).
+
+    Parameters
+    ----------
+    adata
+        Held-out lines x features (same platform and feature names as the candidates).
+    candidates
+        feature -> expected sign (+1/-1), or a DataFrame indexed by feature with a ``sign``
+        column and optionally the training ``rho`` (see :func:`mscpotency.get.consensus_candidates`).
+    outcome
+        The held-out lines' outcome: obs column or line -> value Series/Mapping.
+    alpha
+        Level a candidate's p-value must be below.
+    test
+        ``"directional"`` (one-sided in the expected direction) or ``"two-sided"``.
+    layer
+        Layer with the values (default: ``X``).
+    method
+        ``"auto"``, ``"exact"`` or ``"permutation"``.
+    n_permutations
+        Monte-Carlo permutations when not exact.
+    exact_max_n
+        Largest number of lines that ``"auto"`` enumerates exactly.
+    random_state
+        Seed of the permutations.
+    on_missing
+        Lines without an outcome value or without a profile: ``"error"`` or ``"intersect"``.
+    key_added
+        ``adata.uns`` key of the result.
+    copy
+        Return a copy instead of writing in place.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
+    ``'table'`` : DataFrame (one row per candidate: expected_sign, rho_train (when given),
+    rho, pvalue, pvalue_method, fdr, same_sign, significant, validated, n_lines),
+    ``'summary'`` : DataFrame (candidates, validated, share), ``'outcome'`` : DataFrame
+    (lines x outcome used), ``'missing_lines'`` and ``'params'``.
+    """
+    require_unique_lines(adata)
+    if not 0 < alpha < 1:
+        msg = f"alpha must be between 0 and 1, got {alpha}"
+        raise ValueError(msg)
+    if test not in ("directional", "two-sided"):
+        msg = f"test must be 'directional' or 'two-sided', got {test!r}"
+        raise ValueError(msg)
+    signs, rho_train = _candidate_signs(candidates)
+    absent = [f for f in signs.index if f not in adata.var_names]
+    if absent:
+        msg = (
+            f"{len(absent)} candidates are not features of the held-out data: {absent[:10]}. Use the "
+            "same platform and feature names (for CAGE vs gene names, map them first)."
+        )
+        raise KeyError(msg)
+    frame = outcome_frame(adata, outcome)
+    if frame.shape[1] != 1:
+        msg = f"validate_markers takes one outcome, got {list(frame.columns)}"
+        raise ValueError(msg)
+    name = str(frame.columns[0])
+    used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
+    lines = used[name]
+    y = frame.loc[lines, name].to_numpy(dtype=float)
+    if np.ptp(y) == 0:
+        msg = f"outcome {name!r} is the same for every held-out line; nothing can be validated"
+        raise ValueError(msg)
+    rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str)).loc[lines].to_numpy()
+    X = dense_matrix(adata[:, signs.index.tolist()], layer)[rows]
+    testable = np.isfinite(X).all(axis=0)
+    testable[testable] = np.ptp(X[:, testable], axis=0) > 0
+    rho = np.full(len(signs), np.nan)
+    pvalue = np.full(len(signs), np.nan)
+    used_method = method
+    if testable.any():
+        kwargs = {
+            "method": method, "n_permutations": n_permutations, "exact_max_n": exact_max_n,
+            "random_state": random_state,
+        }
+        if test == "two-sided":
+            result = _stats.spearman_test(X[:, testable], y, alternative="two-sided", **kwargs)
+            pvalue[testable] = result.pvalue
+        else:
+            greater = _stats.spearman_test(X[:, testable], y, alternative="greater", **kwargs)
+            less = _stats.spearman_test(X[:, testable], y, alternative="less", **kwargs)
+            result = greater
+            expected = signs.to_numpy()[testable]
+            pvalue[testable] = np.where(expected > 0, greater.pvalue, less.pvalue)
+        rho[testable] = result.rho
+        used_method = result.pvalue_method
+    table = pd.DataFrame({"expected_sign": signs.to_numpy()}, index=pd.Index(signs.index, name="feature"))
+    if rho_train is not None:
+        table["rho_train"] = rho_train.to_numpy()
+    table["rho"] = rho
+    table["pvalue"] = pvalue
+    table["pvalue_method"] = np.where(testable, used_method, "untestable (constant or missing)")
+    table["fdr"] = _stats.benjamini_hochberg(pvalue)
+    table["same_sign"] = np.sign(rho) == signs.to_numpy()
+    table["significant"] = pvalue < alpha
+    table["validated"] = table["same_sign"] & table["significant"]
+    table["n_lines"] = len(lines)
+    summary = pd.DataFrame(
+        {
+            "candidates": [len(table)],
+            "validated": [int(table["validated"].sum())],
+            "share": [float(table["validated"].mean())],
+        },
+        index=pd.Index([name], name="outcome"),
+    )
+    adata = adata.copy() if copy else adata
+    adata.uns[key_added] = {
+        "table": table,
+        "summary": summary,
+        "outcome": frame.loc[lines, [name]].rename_axis(index="line"),
+        "missing_lines": missing_lines,
+        "params": {
+            "outcome": name, "alpha": alpha, "test": test, "layer": layer, "method": method,
+            "n_permutations": n_permutations, "exact_max_n": exact_max_n,
+            "random_state": random_state, "on_missing": on_missing,
+        },
+    }
+    return adata if copy else None

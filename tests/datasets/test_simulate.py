@@ -1,0 +1,83 @@
+"""The simulator: shapes, truth columns, reproducibility, and the planted signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse, stats
+
+import mscpotency as mp
+from mscpotency.datasets import simulate_lots, tiny_config
+
+
+def test_tiny_has_the_study_arms_and_truth(tiny_all):
+    obs = tiny_all.obs
+    assert list(obs["set"].cat.categories) == ["BM-train", "BM-test", "AD", "UC"]
+    assert obs.groupby("set", observed=True)["lot"].nunique().to_dict() == {
+        "BM-train": 8, "BM-test": 3, "AD": 2, "UC": 2
+    }
+    for column in ("true_subpopulation", "true_potency_cell", "true_low_quality", "true_potency_fraction"):
+        assert column in obs
+    assert (obs["true_potency_cell"] == (obs["true_subpopulation"] == "SP3")).all()
+    assert tiny_all.uns["simulation"]["marker_gene"] == "LRRC75A"
+    for gene in ("LRRC75A", "THY1", "ENG", "NT5E", "VEGFA", "MKI67"):
+        assert gene in tiny_all.var_names
+
+
+def test_counts_are_sparse_integers_in_x_and_layer(tiny_all):
+    X = tiny_all.X
+    assert sparse.issparse(X)
+    assert np.array_equal(X.data, np.round(X.data)) and (X.data >= 0).all()
+    assert (tiny_all.layers["counts"] != X).nnz == 0
+
+
+def test_same_seed_same_counts_bit_for_bit():
+    a, b = mp.datasets.tiny(random_state=3), mp.datasets.tiny(random_state=3)
+    assert (a.X != b.X).nnz == 0
+    assert a.obs.equals(b.obs)
+    c = mp.datasets.tiny(random_state=4)
+    assert (a.X != c.X).nnz > 0
+
+
+def test_potency_tracks_the_potency_fraction(study_all):
+    lots = study_all.obs.groupby("lot", observed=True)[["vegf", "true_potency_fraction"]].first()
+    rho = stats.spearmanr(lots["vegf"], lots["true_potency_fraction"])[0]
+    assert rho > 0.8
+    fractions = study_all.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
+    np.testing.assert_allclose(fractions, lots["true_potency_fraction"], atol=0.04)
+
+
+def test_null_study_breaks_the_link():
+    null = mp.datasets.tiny(potency_slope=0.0, random_state=1)
+    lots = null.obs.groupby("lot", observed=True)[["vegf", "true_potency_fraction"]].first()
+    slope = np.polyfit(lots["true_potency_fraction"], lots["vegf"], 1)[0]
+    assert abs(slope) < 4000  # the effect of a real study is 4000 per unit fraction
+
+
+def test_marker_is_higher_in_potency_cells_and_weaker_in_uc(tiny_all):
+    counts = tiny_all[:, "LRRC75A"].X.toarray().ravel() / np.asarray(tiny_all.X.sum(axis=1)).ravel()
+    obs = tiny_all.obs.assign(marker=counts * 1e4)
+    potency = obs[obs["true_potency_cell"]]
+    assert potency["marker"].mean() > 4 * obs.loc[~obs["true_potency_cell"], "marker"].mean()
+    by_tissue = potency.groupby("tissue", observed=True)["marker"].mean()
+    assert by_tissue["UC"] < 0.6 * by_tissue["BM"]
+
+
+def test_study_preset_shape(study_all):
+    assert study_all.shape == (36_000, 2_000)
+    assert study_all.obs["lot"].nunique() == 24
+
+
+def test_low_quality_cells_have_few_counts_and_high_mito(tiny_all):
+    mito = tiny_all.var_names.str.startswith("MT-")
+    total = np.asarray(tiny_all.X.sum(axis=1)).ravel()
+    pct_mito = np.asarray(tiny_all.X[:, mito].sum(axis=1)).ravel() / total
+    bad = tiny_all.obs["true_low_quality"].to_numpy()
+    assert bad.any()
+    assert np.median(total[bad]) < 0.3 * np.median(total[~bad])
+    assert np.median(pct_mito[bad]) > 3 * np.median(pct_mito[~bad])
+
+
+def test_too_few_genes_is_an_error():
+    with pytest.raises(ValueError, match="no room"):
+        simulate_lots(tiny_config(n_genes=100))

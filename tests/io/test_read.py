@@ -1,0 +1,400 @@
+"""io.read_lots against real 10x mtx folders, 10x .h5 files and .h5ad files written here."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+from scipy import sparse
+
+import mscpotency as mp
+
+N_GENES = 60
+SIZES = {"BM01": 40, "BM02": 30, "AD01": 50, "UC01": 25}
+
+
+def _barcodes(n: int) -> list[str]:
+    # The same barcodes in every lot, as 10x gives: pooling must still make cell names unique.
+    return [f"AAAC{i:06d}-1" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def lots() -> dict[str, ad.AnnData]:
+    """Four lots of the simulator with integer counts, 10x-style barcodes and gene ids."""
+    tiny = mp.datasets.tiny()
+    out = {}
+    for lot, n in SIZES.items():
+        part = tiny[tiny.obs["lot"] == lot][:n, :N_GENES]
+        X = sparse.csr_matrix(part.layers["counts"]).astype(np.int64)
+        var = pd.DataFrame({"gene_ids": [f"ENSG{i:011d}" for i in range(N_GENES)]}, index=part.var_names.copy())
+        obs = pd.DataFrame({"true_subpopulation": part.obs["true_subpopulation"].astype(str).to_numpy()}, index=_barcodes(n))
+        out[lot] = ad.AnnData(X=X, obs=obs, var=var)
+    return out
+
+
+def write_mtx(folder, part: ad.AnnData, *, legacy: bool = False) -> None:
+    """A Cell Ranger v3 (gzipped) or v2 (plain) matrix folder: genes x cells."""
+    folder.mkdir(parents=True)
+    genes = [f"{gid}\t{name}" + ("" if legacy else "\tGene Expression") for gid, name in zip(part.var["gene_ids"], part.var_names, strict=True)]
+    files = {
+        "genes.tsv" if legacy else "features.tsv": "\n".join(genes) + "\n",
+        "barcodes.tsv": "\n".join(part.obs_names) + "\n",
+    }
+    scipy.io.mmwrite(folder / "matrix.mtx", sparse.coo_matrix(part.X.T).astype(np.int64), field="integer")
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    if not legacy:
+        for name in ["matrix.mtx", "features.tsv", "barcodes.tsv"]:
+            with open(folder / name, "rb") as src, gzip.open(folder / f"{name}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            (folder / name).unlink()
+
+
+def write_h5(path, part: ad.AnnData) -> None:
+    """A Cell Ranger v3 filtered_feature_bc_matrix.h5: CSC genes x cells = CSR cells x genes."""
+    X = sparse.csr_matrix(part.X)
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m.create_dataset("data", data=X.data.astype(np.int32))
+        m.create_dataset("indices", data=X.indices.astype(np.int64))
+        m.create_dataset("indptr", data=X.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array([part.n_vars, part.n_obs], dtype=np.int32))
+        m.create_dataset("barcodes", data=np.array(part.obs_names, dtype="S"))
+        feats = m.create_group("features")
+        feats.create_dataset("id", data=np.array(part.var["gene_ids"], dtype="S"))
+        feats.create_dataset("name", data=np.array(part.var_names, dtype="S"))
+        feats.create_dataset("feature_type", data=np.array(["Gene Expression"] * part.n_vars, dtype="S"))
+        feats.create_dataset("genome", data=np.array(["GRCh38"] * part.n_vars, dtype="S"))
+        feats.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
+
+
+def write_h5ad(path, part: ad.AnnData) -> None:
+    part.write_h5ad(path)
+
+
+WRITERS = {
+    "mtx": lambda folder, name, part: write_mtx(folder / name, part),
+    "mtx_v2": lambda folder, name, part: write_mtx(folder / name, part, legacy=True),
+    "h5": lambda folder, name, part: write_h5(folder / f"{name}.h5", part),
+    "h5ad": lambda folder, name, part: write_h5ad(folder / f"{name}.h5ad", part),
+}
+FORMAT_NAME = {"mtx": "10x_mtx", "mtx_v2": "10x_mtx", "h5": "10x_h5", "h5ad": "h5ad"}
+
+
+def write_folder(folder, lots: dict[str, ad.AnnData], formats) -> dict[str, str]:
+    """One entry per lot; ``formats`` is one format for all or one per lot. Returns lot -> path."""
+    folder.mkdir(exist_ok=True)
+    formats = [formats] * len(lots) if isinstance(formats, str) else list(formats)
+    for (name, part), fmt in zip(lots.items(), formats, strict=True):
+        WRITERS[fmt](folder, name, part)
+    suffix = {"mtx": "", "mtx_v2": "", "h5": ".h5", "h5ad": ".h5ad"}
+    return {name: str(folder / f"{name}{suffix[fmt]}") for name, fmt in zip(lots, formats, strict=True)}
+
+
+def assert_lots_equal(pooled: ad.AnnData, lots: dict[str, ad.AnnData]) -> None:
+    """Every lot's counts, cells and genes come back exactly."""
+    assert pooled.obs_names.is_unique
+    for name, part in lots.items():
+        mask = (pooled.obs["lot"] == name).to_numpy()
+        assert mask.sum() == part.n_obs
+        sub = pooled[mask, part.var_names]
+        assert list(sub.obs_names) == [f"{name}_{bc}" for bc in part.obs_names]
+        np.testing.assert_array_equal(sub.X.toarray(), part.X.toarray())
+
+
+@pytest.mark.parametrize("fmt", ["mtx", "mtx_v2", "h5", "h5ad"])
+def test_folder_round_trip(tmp_path, lots, fmt):
+    write_folder(tmp_path / "lots", lots, fmt)
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert pooled.shape == (sum(SIZES.values()), N_GENES)
+    # a folder is read in name order
+    assert list(pooled.obs["lot"].cat.categories) == sorted(SIZES)
+    assert isinstance(pooled.obs["lot"].dtype, pd.CategoricalDtype)
+    assert sparse.issparse(pooled.X) and pooled.X.dtype == np.float32
+    assert_lots_equal(pooled, lots)
+    # gene symbols are the names, 10x ids are kept
+    assert list(pooled.var_names) == list(lots["BM01"].var_names)
+    assert list(pooled.var["gene_ids"]) == list(lots["BM01"].var["gene_ids"])
+    assert pooled.uns["read_lots"]["formats"] == dict.fromkeys(sorted(SIZES), FORMAT_NAME[fmt])
+    assert pooled.uns["pool_lots"]["cells_kept"] == SIZES
+    assert pooled.uns["pool_lots"]["genes_dropped"] == {}
+    # the pooled counts are raw counts the rest of the pipeline accepts
+    totals = pd.Series(np.asarray(pooled.X.sum(axis=1)).ravel(), index=pooled.obs_names)
+    mp.pp.qc(pooled, min_genes=1)
+    assert pooled.n_obs > 0
+    np.testing.assert_array_equal(pooled.obs["total_counts"], totals[pooled.obs_names])
+
+
+def test_h5ad_obs_is_kept_and_truth_travels(tmp_path, lots):
+    write_folder(tmp_path / "lots", lots, "h5ad")
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    for name, part in lots.items():
+        got = pooled.obs.loc[[f"{name}_{bc}" for bc in part.obs_names], "true_subpopulation"]
+        assert list(got) == list(part.obs["true_subpopulation"])
+
+
+def test_mapping_gives_the_same_as_the_folder(tmp_path, lots):
+    paths = write_folder(tmp_path / "lots", lots, "mtx")
+    from_folder = mp.io.read_lots(tmp_path / "lots")
+    order = sorted(paths)
+    from_mapping = mp.io.read_lots({name: paths[name] for name in order})
+    assert (from_folder.obs_names == from_mapping.obs_names).all()
+    assert (from_folder.var_names == from_mapping.var_names).all()
+    assert (from_folder.X != from_mapping.X).nnz == 0
+    assert from_folder.obs["lot"].equals(from_mapping.obs["lot"])
+    # a mapping keeps its own lot order, and may rename the lots
+    renamed = mp.io.read_lots({"lot-b": paths["BM02"], "lot-a": paths["BM01"]})
+    assert list(renamed.obs["lot"].cat.categories) == ["lot-b", "lot-a"]
+    assert renamed.obs_names[0] == "lot-b_AAAC000000-1"
+
+
+def test_mixed_formats_in_one_folder(tmp_path, lots):
+    write_folder(tmp_path / "lots", lots, ["mtx", "h5", "h5ad", "mtx_v2"])
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert_lots_equal(pooled, lots)
+    assert pooled.uns["read_lots"]["formats"] == {"AD01": "h5ad", "BM01": "10x_mtx", "BM02": "10x_h5", "UC01": "10x_mtx"}
+
+
+def test_cellranger_output_folders(tmp_path, lots):
+    """A lot folder may be Cell Ranger's sample folder: outs/filtered_feature_bc_matrix/."""
+    write_mtx(tmp_path / "lots" / "BM01" / "outs" / "filtered_feature_bc_matrix", lots["BM01"])
+    write_mtx(tmp_path / "lots" / "BM02" / "filtered_feature_bc_matrix", lots["BM02"])
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert_lots_equal(pooled, {k: lots[k] for k in ["BM01", "BM02"]})
+
+
+def test_hidden_entries_are_skipped(tmp_path, lots):
+    write_folder(tmp_path / "lots", {"BM01": lots["BM01"]}, "h5")
+    (tmp_path / "lots" / ".DS_Store").write_bytes(b"\x00\x01")
+    (tmp_path / "lots" / ".ipynb_checkpoints").mkdir()
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert list(pooled.obs["lot"].cat.categories) == ["BM01"]
+
+
+def test_gene_mismatch_inner_drops_and_reports_outer_fills_zeros(tmp_path, lots):
+    first = lots["BM01"]
+    second = lots["BM02"][:, 10:]  # lacks the first ten genes
+    third = lots["AD01"][:, :50]  # lacks the last ten genes
+    parts = {"BM01": first, "BM02": second.copy(), "AD01": third.copy()}
+    paths = write_folder(tmp_path / "lots", parts, ["mtx", "h5", "h5ad"])
+    inner = mp.io.read_lots(paths)
+    assert list(inner.var_names) == list(first.var_names[10:50])
+    dropped = inner.uns["pool_lots"]["genes_dropped"]
+    assert dropped["BM01"] == sorted(first.var_names[:10].tolist() + first.var_names[50:].tolist())
+    assert dropped["BM02"] == sorted(first.var_names[50:])
+    assert dropped["AD01"] == sorted(first.var_names[:10])
+    assert_lots_equal(inner, {k: v[:, first.var_names[10:50]] for k, v in parts.items()})
+
+    outer = mp.io.read_lots(paths, join="outer")
+    assert set(outer.var_names) == set(first.var_names)
+    assert outer.uns["pool_lots"]["genes_dropped"] == {}
+    assert_lots_equal(outer, parts)
+    missing = outer[(outer.obs["lot"] == "BM02").to_numpy(), first.var_names[:10]].X
+    assert missing.nnz == 0 and not np.isnan(missing.toarray()).any()
+    missing = outer[(outer.obs["lot"] == "AD01").to_numpy(), first.var_names[50:]].X
+    assert missing.nnz == 0
+
+
+def test_duplicate_gene_symbols_are_made_unique_and_reported(tmp_path, lots):
+    part = lots["BM01"].copy()
+    names = part.var_names.tolist()
+    names[5] = names[3]
+    names[7] = names[3]
+    part.var_names = names
+    paths = {}
+    for fmt in ["mtx", "h5"]:
+        write_folder(tmp_path / fmt, {"BM01": part}, fmt)
+        pooled = mp.io.read_lots(tmp_path / fmt)
+        assert pooled.var_names.is_unique
+        assert list(pooled.var_names[[3, 5, 7]]) == [names[3], f"{names[3]}-1", f"{names[3]}-2"]
+        assert pooled.uns["read_lots"]["genes_made_unique"] == {"BM01": [names[3]]}
+        np.testing.assert_array_equal(pooled.X.toarray(), part.X.toarray())
+        paths[fmt] = pooled
+    assert list(paths["mtx"].var["gene_ids"]) == list(part.var["gene_ids"])
+
+
+def test_subsampling_is_seeded_and_equalises_lots(tmp_path, lots):
+    paths = write_folder(tmp_path / "lots", lots, "h5")
+    a = mp.io.read_lots(paths, cells_per_lot="min", random_state=1)
+    b = mp.io.read_lots(paths, cells_per_lot="min", random_state=1)
+    c = mp.io.read_lots(paths, cells_per_lot="min", random_state=2)
+    assert a.obs["lot"].value_counts().eq(min(SIZES.values())).all()
+    assert list(a.obs_names) == list(b.obs_names)
+    assert list(a.obs_names) != list(c.obs_names)
+    capped = mp.io.read_lots(paths, cells_per_lot=35)
+    assert capped.obs["lot"].value_counts().to_dict() == {k: min(v, 35) for k, v in SIZES.items()}
+
+
+def test_normalised_h5ad_uses_its_counts_layer(tmp_path, lots):
+    part = lots["BM01"].copy()
+    part.layers["counts"] = part.X.copy()
+    part.X = sparse.csr_matrix(np.log1p(part.X.toarray() / 3.0))
+    write_h5ad(tmp_path / "BM01.h5ad", part)
+    pooled = mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
+    np.testing.assert_array_equal(pooled.X.toarray(), lots["BM01"].X.toarray())
+    assert pooled.uns["read_lots"]["count_source"] == {"BM01": "layers['counts']"}
+    assert list(pooled.layers) == []
+
+
+def test_provenance_records_read_lots(tmp_path, lots):
+    paths = write_folder(tmp_path / "lots", lots, "h5ad")
+    pooled = mp.io.read_lots(tmp_path / "lots", cells_per_lot=20, random_state=3)
+    log = mp.get.provenance(pooled)
+    # pool_lots runs inside read_lots and is covered by its entry
+    assert log["function"].tolist() == ["io.read_lots"]
+    entry = log.iloc[0]
+    assert entry["random_state"] == 3
+    assert entry["params"]["cells_per_lot"] == 20 and entry["params"]["join"] == "inner"
+    assert entry["input_fingerprint"] is None
+    # the result, provenance and reports included, can be saved and read back
+    pooled.write_h5ad(tmp_path / "pooled.h5ad")
+    back = ad.read_h5ad(tmp_path / "pooled.h5ad")
+    assert mp.get.provenance(back)["function"].tolist() == ["io.read_lots"]
+    assert back.uns["read_lots"]["sources"]["BM01"] == paths["BM01"]
+    assert (back.X != pooled.X).nnz == 0
+
+
+def test_lot_table_joins_after_reading(tmp_path, lots):
+    write_folder(tmp_path / "lots", lots, "mtx")
+    pd.DataFrame({"lot": list(SIZES), "vegf": [1.5, 2.0, 0.5, 3.0], "tissue": ["BM", "BM", "AD", "UC"]}).to_csv(
+        tmp_path / "lots.csv", index=False
+    )
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    mp.pp.add_lot_table(pooled, mp.io.read_lot_table(tmp_path / "lots.csv"))
+    assert pooled.obs.groupby("lot", observed=True)["vegf"].first().to_dict() == {
+        "AD01": 0.5, "BM01": 1.5, "BM02": 2.0, "UC01": 3.0
+    }
+    assert mp.get.provenance(pooled)["function"].tolist() == ["io.read_lots", "pp.add_lot_table"]
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_missing_paths(tmp_path, lots):
+    with pytest.raises(FileNotFoundError, match=r"does not exist; pass the folder"):
+        mp.io.read_lots(tmp_path / "nowhere")
+    paths = write_folder(tmp_path / "lots", {"BM01": lots["BM01"]}, "h5")
+    with pytest.raises(FileNotFoundError, match=r"lot 'BM02': .*BM02.h5' does not exist"):
+        mp.io.read_lots({"BM01": paths["BM01"], "BM02": tmp_path / "lots" / "BM02.h5"})
+
+
+def test_unknown_formats_say_what_is_accepted(tmp_path, lots):
+    (tmp_path / "BM01.loom").write_bytes(b"loom")
+    with pytest.raises(ValueError, match=r"lot 'BM01': .*BM01.loom' is not in a format .*Accepted: a 10x matrix folder.*'.h5'.*'.h5ad'"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.loom"})
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match=r"is not in a format read_lots reads"):
+        mp.io.read_lots({"BM01": tmp_path / "empty_dir"})
+
+
+def test_non_lot_entries_are_named(tmp_path, lots):
+    write_folder(tmp_path / "lots", lots, "h5")
+    (tmp_path / "lots" / "README.md").write_text("lots of the 2024 campaign")
+    (tmp_path / "lots" / "notes").mkdir()
+    with pytest.raises(ValueError, match=r"entries \['README.md', 'notes'\] of folder .* are not lot data.*hidden files are skipped"):
+        mp.io.read_lots(tmp_path / "lots")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "lots").mkdir()
+    (tmp_path / "lots" / ".hidden").write_text("")
+    with pytest.raises(ValueError, match=r"is empty; it should hold one entry per lot"):
+        mp.io.read_lots(tmp_path / "lots")
+    with pytest.raises(ValueError, match=r"mapping lot name -> path is empty"):
+        mp.io.read_lots({})
+
+
+def test_duplicate_lot_names(tmp_path, lots):
+    folder = tmp_path / "lots"
+    write_folder(folder, {"BM01": lots["BM01"]}, "h5")
+    write_h5ad(folder / "BM01.h5ad", lots["BM01"])
+    with pytest.raises(ValueError, match=r"several entries give the same lot name: \{'BM01': \['BM01.h5', 'BM01.h5ad'\]\}"):
+        mp.io.read_lots(folder)
+    with pytest.raises(ValueError, match=r"lot '1' is named twice"):
+        mp.io.read_lots({1: folder / "BM01.h5", "1": folder / "BM01.h5ad"})
+    with pytest.raises(ValueError, match=r"lot name ' ' is empty"):
+        mp.io.read_lots({" ": folder / "BM01.h5"})
+
+
+def test_source_must_be_a_folder_or_mapping(tmp_path, lots):
+    paths = write_folder(tmp_path / "lots", lots, ["h5", "mtx", "h5", "h5"])
+    with pytest.raises(ValueError, match=r"is a file, not a folder of lots. It looks like one lot \(10x_h5\)"):
+        mp.io.read_lots(paths["BM01"])
+    (tmp_path / "table.csv").write_text("lot\nA\n")
+    with pytest.raises(ValueError, match=r"is a file, not a folder of lots. Accepted lot formats"):
+        mp.io.read_lots(tmp_path / "table.csv")
+    with pytest.raises(ValueError, match=r"is a single 10x matrix folder, not a folder of lots"):
+        mp.io.read_lots(paths["BM02"])
+    with pytest.raises(TypeError, match=r"source must be a folder or a mapping.*got a list"):
+        mp.io.read_lots([paths["BM01"]])
+    with pytest.raises(TypeError, match=r"lot 'BM01': expected a path, got a AnnData. To pool AnnData objects use `pp.pool_lots`"):
+        mp.io.read_lots({"BM01": lots["BM01"]})
+
+
+def test_lot_without_cells(tmp_path, lots):
+    write_h5(tmp_path / "BM01.h5", lots["BM01"][:0].copy())
+    write_h5ad(tmp_path / "BM02.h5ad", lots["BM02"][:0].copy())
+    for path in [tmp_path / "BM01.h5", tmp_path / "BM02.h5ad"]:
+        with pytest.raises(ValueError, match=r"lot 'x' \(.*\) has no cells"):
+            mp.io.read_lots({"x": path})
+
+
+def test_non_integer_counts_are_refused(tmp_path, lots):
+    part = lots["BM01"].copy()
+    part.X = part.X.astype(np.float32) * 0.5
+    write_h5ad(tmp_path / "BM01.h5ad", part)
+    with pytest.raises(ValueError, match=r"X of lot 'BM01' .* contains non-integer values.*Raw integer counts are required"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
+    # a counts layer that is not counts either does not rescue it
+    part.layers["counts"] = part.X.copy()
+    write_h5ad(tmp_path / "BM01.h5ad", part)
+    with pytest.raises(ValueError, match=r"Raw integer counts are required"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
+    part = lots["BM01"].copy()
+    part.X = -part.X.astype(np.float32)
+    write_h5ad(tmp_path / "neg.h5ad", part)
+    with pytest.raises(ValueError, match=r"negative values; raw counts are required"):
+        mp.io.read_lots({"BM01": tmp_path / "neg.h5ad"})
+
+
+def test_incomplete_or_broken_files(tmp_path, lots):
+    write_mtx(tmp_path / "BM01", lots["BM01"])
+    (tmp_path / "BM01" / "barcodes.tsv.gz").unlink()
+    with pytest.raises(ValueError, match=r"has matrix.mtx.gz but lacks \['barcodes.tsv.gz'\]"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01"})
+    (tmp_path / "BM02.h5").write_bytes(b"this is not an HDF5 file")
+    with pytest.raises(ValueError, match=r"could not read lot 'BM02' .* as a 10x .h5 file"):
+        mp.io.read_lots({"BM02": tmp_path / "BM02.h5"})
+    (tmp_path / "BM03.h5ad").write_bytes(b"neither is this")
+    with pytest.raises(ValueError, match=r"could not read lot 'BM03' .* as an .h5ad file"):
+        mp.io.read_lots({"BM03": tmp_path / "BM03.h5ad"})
+
+
+def test_duplicate_barcodes_within_a_lot(tmp_path, lots):
+    part = lots["BM01"].copy()
+    part.obs_names = ["AAAC-1"] * part.n_obs
+    write_h5ad(tmp_path / "BM01.h5ad", part)
+    with pytest.raises(ValueError, match=r"lot 'BM01' .* has duplicate cell barcodes \(e.g. \['AAAC-1'\]\)"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
+
+
+def test_lots_sharing_no_genes(tmp_path, lots):
+    other = lots["BM02"].copy()
+    other.var_names = other.var["gene_ids"].to_numpy()
+    paths = write_folder(tmp_path / "lots", {"BM01": lots["BM01"], "BM02": other}, "h5ad")
+    with pytest.raises(ValueError, match=r"the lots share no gene names"):
+        mp.io.read_lots(paths)
+
+
+def test_options_are_checked_before_reading(tmp_path):
+    (tmp_path / "BM01.h5").write_bytes(b"not read: the options fail first")
+    with pytest.raises(ValueError, match=r"join must be 'inner' or 'outer', got 'left'"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.h5"}, join="left")
+    with pytest.raises(ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got 0"):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.h5"}, cells_per_lot=0)

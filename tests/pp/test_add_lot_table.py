@@ -1,0 +1,151 @@
+"""pp.add_lot_table: a lot-level table joined into obs, every lot matched both ways."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import mscpotency as mp
+from mscpotency._provenance import fingerprint
+
+LOT_COLUMNS = ["vegf", "tissue", "set", "true_potency_fraction"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ad.AnnData:
+    return mp.datasets.tiny()
+
+
+@pytest.fixture(scope="module")
+def truth(tiny) -> pd.DataFrame:
+    """The simulator's lot-level columns, one row per lot."""
+    return mp.get.lot_table(tiny, columns=LOT_COLUMNS)
+
+
+@pytest.fixture
+def bare(tiny) -> ad.AnnData:
+    """The simulated cells without their lot-level columns."""
+    adata = tiny.copy()
+    adata.obs = adata.obs.drop(columns=LOT_COLUMNS)
+    return adata
+
+
+def test_rebuilds_the_lot_columns(bare, tiny, truth):
+    table = truth.assign(passage=np.arange(len(truth)) + 3)
+    assert mp.pp.add_lot_table(bare, table) is None
+    np.testing.assert_array_equal(bare.obs["vegf"].to_numpy(), tiny.obs["vegf"].to_numpy())
+    np.testing.assert_array_equal(
+        bare.obs["true_potency_fraction"].to_numpy(), tiny.obs["true_potency_fraction"].to_numpy()
+    )
+    assert (bare.obs["tissue"].astype(str) == tiny.obs["tissue"].astype(str)).all()
+    # constant within lots, and the lot table read back equals the one joined
+    back = mp.get.lot_table(bare, columns=["vegf", "passage"])
+    pd.testing.assert_series_equal(back["vegf"], table["vegf"].loc[back.index], check_names=False)
+    assert back["passage"].to_dict() == table["passage"].to_dict()
+    # numbers keep their dtype; text becomes categorical
+    assert bare.obs["passage"].dtype == table["passage"].dtype
+    assert isinstance(bare.obs["set"].dtype, pd.CategoricalDtype)
+
+
+def test_table_is_not_modified(bare, truth):
+    table = truth.copy()
+    table.index = pd.Index(table.index.astype(object), name="lot")
+    before = table.copy()
+    mp.pp.add_lot_table(bare, table)
+    pd.testing.assert_frame_equal(table, before)
+
+
+def test_lot_column_and_plain_index(bare, truth):
+    flat = truth.reset_index()  # 0..n-1 index with a 'lot' column
+    mp.pp.add_lot_table(bare, flat)
+    assert "vegf" in bare.obs and "lot" in bare.obs
+    renamed = truth.reset_index().rename(columns={"lot": "donor"})
+    mp.pp.add_lot_table(bare, renamed, lot_column="donor", columns=["vegf"])
+    assert "donor" not in bare.obs
+
+
+def test_columns_subset(bare, truth):
+    mp.pp.add_lot_table(bare, truth, columns=["vegf"])
+    assert "vegf" in bare.obs and "tissue" not in bare.obs
+
+
+def test_copy_leaves_the_input_untouched(bare, truth):
+    before = bare.copy()
+    out = mp.pp.add_lot_table(bare, truth, copy=True)
+    assert isinstance(out, ad.AnnData)
+    pd.testing.assert_frame_equal(bare.obs, before.obs)
+    assert mp.get.provenance(bare).empty
+    inplace = before.copy()
+    mp.pp.add_lot_table(inplace, truth)
+    pd.testing.assert_frame_equal(out.obs, inplace.obs)
+
+
+def test_provenance_gains_an_entry(bare, truth):
+    mp.pp.add_lot_table(bare, truth, columns=["vegf"])
+    mp.pp.add_lot_table(bare, truth, columns=["tissue"])
+    log = mp.get.provenance(bare)
+    assert log["function"].tolist() == ["pp.add_lot_table", "pp.add_lot_table"]
+    assert log["params"].iloc[0]["columns"] == ["vegf"]
+    assert log["params"].iloc[0]["table"]["columns"] == LOT_COLUMNS
+    # the fingerprint covers the matrix and names, which joining a table leaves alone
+    assert log["input_fingerprint"].tolist() == [fingerprint(bare)] * 2
+
+
+def test_subset_of_lots_after_subsetting_cells(tiny, truth):
+    """Cells of some lots only: the table must be subset too (categories of absent lots do not count)."""
+    some = tiny[tiny.obs["set"] == "BM-train"].copy()
+    with pytest.raises(ValueError, match=r"lots \[.*'AD01'.*\] of the lot table have no cells"):
+        mp.pp.add_lot_table(some, truth)
+    train = truth[truth["set"] == "BM-train"]
+    mp.pp.add_lot_table(some, train[["vegf"]].rename(columns={"vegf": "potency"}))
+    np.testing.assert_array_equal(some.obs["potency"].to_numpy(), some.obs["vegf"].to_numpy())
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_table_lot_without_cells(bare, truth):
+    extra = pd.concat([truth, truth.iloc[[0]].rename(index={truth.index[0]: "BM99"})])
+    with pytest.raises(ValueError, match=r"lots \['BM99'\] of the lot table have no cells in obs\['lot'\]"):
+        mp.pp.add_lot_table(bare, extra)
+    assert "vegf" not in bare.obs  # nothing written on error
+
+
+def test_lot_with_cells_missing_from_table(bare, truth):
+    with pytest.raises(ValueError, match=r"lots \['UC02'\] have cells but no row in the lot table"):
+        mp.pp.add_lot_table(bare, truth.drop(index="UC02"))
+    renamed = truth.rename(index={"BM03": "BM3"})
+    with pytest.raises(ValueError, match=r"lots \['BM3'\] of the lot table have no cells.*lots \['BM03'\] have cells but no row"):
+        mp.pp.add_lot_table(bare, renamed)
+
+
+def test_duplicate_and_missing_lot_names(bare, truth):
+    with pytest.raises(ValueError, match=r"names lots \['BM02'\] more than once"):
+        mp.pp.add_lot_table(bare, pd.concat([truth, truth.loc[["BM02"]]]))
+    flat = truth.reset_index()
+    flat.loc[2, "lot"] = np.nan
+    with pytest.raises(ValueError, match=r"1 rows of the lot table have no lot name"):
+        mp.pp.add_lot_table(bare, flat, lot_column="lot")
+
+
+def test_bad_columns(bare, truth):
+    with pytest.raises(KeyError, match=r"columns \['potency'\] are not in the lot table"):
+        mp.pp.add_lot_table(bare, truth, columns=["potency"])
+    with pytest.raises(KeyError, match=r"the lot table has no column 'donor'; its columns are \['vegf'"):
+        mp.pp.add_lot_table(bare, truth, lot_column="donor")
+    clash = truth.assign(lot="x")
+    with pytest.raises(ValueError, match=r"has a column 'lot', which would overwrite obs\['lot'\]"):
+        mp.pp.add_lot_table(bare, clash)
+
+
+def test_bad_inputs(bare, truth):
+    with pytest.raises(TypeError, match=r"table must be a pandas DataFrame .* got a dict"):
+        mp.pp.add_lot_table(bare, truth["vegf"].to_dict())
+    with pytest.raises(KeyError, match=r"adata.obs has no column 'donor'"):
+        mp.pp.add_lot_table(bare, truth, lot_key="donor")
+    bare.obs["lot"] = bare.obs["lot"].astype(object)
+    bare.obs.iloc[0, bare.obs.columns.get_loc("lot")] = np.nan
+    with pytest.raises(ValueError, match=r"1 cells have no lot in obs\['lot'\]"):
+        mp.pp.add_lot_table(bare, truth)

@@ -1,0 +1,224 @@
+"""pp.pool_lots: concatenation, seeded equal-size subsampling, gene joins and validation."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import mscpotency as mp
+
+SIZES = {"BM01": 150, "BM02": 120, "AD01": 90, "UC01": 60}
+N_GENES = 100
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ad.AnnData:
+    return mp.datasets.tiny()
+
+
+@pytest.fixture
+def lots(tiny) -> dict[str, ad.AnnData]:
+    """Four simulated lots of unequal size, with the same 10x-style barcodes in each."""
+    out = {}
+    for lot, n in SIZES.items():
+        part = tiny[tiny.obs["lot"] == lot][:n, :N_GENES].copy()
+        part.uns = {}
+        part.obs_names = [f"AAAC{i:05d}-1" for i in range(n)]
+        out[lot] = part
+    return out
+
+
+def _cells_of(pooled: ad.AnnData, lot: str) -> list[str]:
+    return pooled.obs_names[(pooled.obs["lot"] == lot).to_numpy()].tolist()
+
+
+def test_pools_every_cell_with_unique_names(lots):
+    pooled = mp.pp.pool_lots(lots)
+    assert pooled.shape == (sum(SIZES.values()), N_GENES)
+    assert pooled.obs_names.is_unique  # every lot has the same barcodes
+    assert list(pooled.obs["lot"].cat.categories) == list(SIZES)
+    for lot, part in lots.items():
+        assert _cells_of(pooled, lot) == [f"{lot}_{bc}" for bc in part.obs_names]
+        sub = pooled[(pooled.obs["lot"] == lot).to_numpy()]
+        assert (sub.X != part.X).nnz == 0
+        assert (sub.layers["counts"] != part.layers["counts"]).nnz == 0
+        # per-cell truth travels with its cell
+        assert list(sub.obs["true_subpopulation"]) == list(part.obs["true_subpopulation"])
+    assert pooled.uns["pool_lots"]["cells_before"] == SIZES
+    assert pooled.uns["pool_lots"]["cells_kept"] == SIZES
+    assert pooled.uns["pool_lots"]["genes_dropped"] == {}
+
+
+def test_mapping_and_list_give_the_same_result(lots):
+    from_mapping = mp.pp.pool_lots(lots, cells_per_lot=70, random_state=5)
+    from_list = mp.pp.pool_lots(list(lots.values()), cells_per_lot=70, random_state=5)
+    assert list(from_mapping.obs_names) == list(from_list.obs_names)
+    assert (from_mapping.X != from_list.X).nnz == 0
+    assert from_mapping.obs["lot"].equals(from_list.obs["lot"])
+
+
+def test_cells_per_lot_is_seeded(lots):
+    a = mp.pp.pool_lots(lots, cells_per_lot=80, random_state=0)
+    b = mp.pp.pool_lots(lots, cells_per_lot=80, random_state=0)
+    c = mp.pp.pool_lots(lots, cells_per_lot=80, random_state=1)
+    assert list(a.obs_names) == list(b.obs_names)
+    assert (a.X != b.X).nnz == 0
+    for lot in ["BM01", "BM02"]:
+        assert _cells_of(a, lot) != _cells_of(c, lot)
+    # lots smaller than the target are kept whole, whatever the seed
+    for lot in ["UC01"]:
+        assert _cells_of(a, lot) == _cells_of(c, lot) == [f"{lot}_{bc}" for bc in lots[lot].obs_names]
+    assert a.obs["lot"].value_counts().to_dict() == {"BM01": 80, "BM02": 80, "AD01": 80, "UC01": 60}
+    assert a.uns["pool_lots"]["cells_kept"] == {"BM01": 80, "BM02": 80, "AD01": 80, "UC01": 60}
+    assert a.uns["pool_lots"]["cells_before"] == SIZES
+
+
+def test_min_gives_equal_lots_of_real_cells(lots):
+    pooled = mp.pp.pool_lots(lots, cells_per_lot="min", random_state=2)
+    assert pooled.obs["lot"].value_counts().eq(60).all()
+    for lot, part in lots.items():
+        names = _cells_of(pooled, lot)
+        barcodes = [n.removeprefix(f"{lot}_") for n in names]
+        assert len(set(barcodes)) == 60 and set(barcodes) <= set(part.obs_names)
+        # subsampled cells keep their counts, in the lot's original order
+        assert barcodes == [bc for bc in part.obs_names if bc in set(barcodes)]
+        sub = pooled[names]
+        assert (sub.X != part[barcodes].X).nnz == 0
+
+
+def test_subsampling_keeps_the_simulated_composition(tiny):
+    """Uniform subsampling: the potency-cell share of each lot stays near its truth."""
+    lots = {lot: tiny[tiny.obs["lot"] == lot] for lot in tiny.obs["lot"].cat.categories}
+    pooled = mp.pp.pool_lots(lots, cells_per_lot=100, random_state=0)
+    full = tiny.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
+    kept = pooled.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
+    # hypergeometric sd of a 100-of-150 share is <= 0.03; 0.1 is > 3 sd
+    assert np.abs(kept - full.loc[kept.index]).max() < 0.1
+    assert np.corrcoef(kept, full.loc[kept.index])[0, 1] > 0.9
+
+
+def test_lot_subsample_does_not_depend_on_other_lots(lots):
+    together = mp.pp.pool_lots(lots, cells_per_lot=50, random_state=4)
+    alone = mp.pp.pool_lots({"BM02": lots["BM02"]}, cells_per_lot=50, random_state=4)
+    reordered = mp.pp.pool_lots({k: lots[k] for k in reversed(list(lots))}, cells_per_lot=50, random_state=4)
+    assert _cells_of(together, "BM02") == _cells_of(alone, "BM02") == _cells_of(reordered, "BM02")
+
+
+def test_inner_join_drops_and_reports_outer_fills_zeros(lots):
+    a = lots["BM01"]
+    b = lots["BM02"][:, 10:].copy()
+    c = lots["AD01"][:, :90].copy()
+    c.X = c.X.toarray()  # dense X must get zeros too, not NaN
+    del c.layers["counts"]
+    genes = a.var_names
+    inner = mp.pp.pool_lots({"A": a, "B": b, "C": c})
+    assert list(inner.var_names) == list(genes[10:90])
+    assert inner.uns["pool_lots"]["genes_dropped"] == {
+        "A": sorted([*genes[:10], *genes[90:]]), "B": sorted(genes[90:]), "C": sorted(genes[:10])
+    }
+    assert "counts" not in inner.layers  # a layer missing from one lot is not pooled
+    outer = mp.pp.pool_lots({"A": a, "B": b, "C": c}, join="outer")
+    assert set(outer.var_names) == set(genes)
+    assert outer.uns["pool_lots"]["genes_dropped"] == {}
+    X = outer.X.toarray() if sparse.issparse(outer.X) else np.asarray(outer.X)
+    assert not np.isnan(X).any()
+    in_b = (outer.obs["lot"] == "B").to_numpy()
+    in_c = (outer.obs["lot"] == "C").to_numpy()
+    assert (X[np.ix_(in_b, outer.var_names.get_indexer(genes[:10]))] == 0).all()
+    assert (X[np.ix_(in_c, outer.var_names.get_indexer(genes[90:]))] == 0).all()
+    np.testing.assert_array_equal(X[np.ix_(in_c, outer.var_names.get_indexer(genes[:90]))], c.X)
+
+
+def test_provenance_entry(lots):
+    pooled = mp.pp.pool_lots(lots, cells_per_lot="min", random_state=7)
+    log = mp.get.provenance(pooled)
+    assert log["function"].tolist() == ["pp.pool_lots"]
+    assert log["random_state"].iloc[0] == 7
+    assert log["params"].iloc[0]["cells_per_lot"] == "min"
+    # each input lot is fingerprinted
+    assert set(log["params"].iloc[0]["lots"]) == set(SIZES)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_empty_lots(lots):
+    with pytest.raises(ValueError, match=r"lots \['B'\] have no cells"):
+        mp.pp.pool_lots({"A": lots["BM01"], "B": lots["BM02"][:0]})
+    with pytest.raises(ValueError, match=r"lot #1 has no cells"):
+        mp.pp.pool_lots([lots["BM01"], lots["BM02"][:0]])
+
+
+def test_no_lots():
+    with pytest.raises(ValueError, match=r"no lots given"):
+        mp.pp.pool_lots({})
+    with pytest.raises(ValueError, match=r"no lots given"):
+        mp.pp.pool_lots([])
+
+
+def test_wrong_types(lots, tmp_path):
+    with pytest.raises(TypeError, match=r"got one AnnData. Split it by lot first"):
+        mp.pp.pool_lots(lots["BM01"])
+    with pytest.raises(TypeError, match=r"got the path .* read files with `io.read_lots`"):
+        mp.pp.pool_lots(str(tmp_path))
+    with pytest.raises(TypeError, match=r"got the path .* read files with `io.read_lots`"):
+        mp.pp.pool_lots(tmp_path)
+    with pytest.raises(TypeError, match=r"lots must be a mapping .* got a int"):
+        mp.pp.pool_lots(3)
+    with pytest.raises(TypeError, match=r"lot 'B' is a DataFrame, not an AnnData"):
+        mp.pp.pool_lots({"A": lots["BM01"], "B": lots["BM02"].to_df()})
+    with pytest.raises(TypeError, match=r"lot #1 is a str, not an AnnData"):
+        mp.pp.pool_lots([lots["BM01"], "BM02.h5ad"])
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "max", True, "10"])
+def test_bad_cells_per_lot(lots, bad):
+    with pytest.raises(ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got"):
+        mp.pp.pool_lots(lots, cells_per_lot=bad)
+
+
+def test_bad_join_and_seed(lots):
+    with pytest.raises(ValueError, match=r"join must be 'inner' or 'outer', got 'left'"):
+        mp.pp.pool_lots(lots, join="left")
+    with pytest.raises(ValueError, match=r"random_state must be a non-negative integer, got -1"):
+        mp.pp.pool_lots(lots, cells_per_lot=10, random_state=-1)
+
+
+def test_list_input_needs_one_lot_name_each(lots):
+    unnamed = lots["BM01"].copy()
+    del unnamed.obs["lot"]
+    with pytest.raises(ValueError, match=r"lot #0 has no single value in obs\['lot'\]; pass a mapping"):
+        mp.pp.pool_lots([unnamed, lots["BM02"]])
+    mixed = ad.concat([lots["BM01"], lots["BM02"]], index_unique="-")
+    with pytest.raises(ValueError, match=r"lot #0 has no single value in obs\['lot'\]"):
+        mp.pp.pool_lots([mixed])
+    with pytest.raises(ValueError, match=r"lot 'BM01' is given twice"):
+        mp.pp.pool_lots([lots["BM01"], lots["BM01"]])
+    with pytest.raises(ValueError, match=r"lot names .* are not unique once written as text"):
+        mp.pp.pool_lots({1: lots["BM01"], "1": lots["BM02"]})
+
+
+def test_duplicate_names_within_a_lot(lots):
+    part = lots["BM01"].copy()
+    part.obs_names = ["X"] * part.n_obs
+    with pytest.raises(ValueError, match=r"lot 'BM01' has duplicate cell barcodes; call .obs_names_make_unique"):
+        mp.pp.pool_lots({"BM01": part})
+    part = lots["BM01"].copy()
+    part.var_names = ["G"] * part.n_vars
+    with pytest.raises(ValueError, match=r"lot 'BM01' has duplicate gene names; call .var_names_make_unique"):
+        mp.pp.pool_lots({"BM01": part})
+
+
+def test_no_shared_genes_and_name_collisions(lots):
+    other = lots["BM02"].copy()
+    other.var_names = [f"ENSG{i:011d}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match=r"the lots share no gene names"):
+        mp.pp.pool_lots({"A": lots["BM01"], "B": other})
+    a = lots["BM01"][:2].copy()
+    a.obs_names = ["1_x", "y"]
+    b = lots["BM02"][:2].copy()
+    b.obs_names = ["x", "z"]
+    with pytest.raises(ValueError, match=r"pooled cell names \{lot\}_\{barcode\} collide \(e.g. \['A_1_x'\]\)"):
+        mp.pp.pool_lots({"A": a, "A_1": b})

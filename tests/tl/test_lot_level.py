@@ -152,6 +152,7 @@ def test_markers_put_the_planted_marker_first(tiny_ref):
     assert top["n_lots_up"] == top["n_lots_tested"] >= 6  # lots with < 5 potency cells are not tested
     assert top["lot_sign_pvalue"] < 0.05 and top["median_lot_log2fc"] > 1
     assert (table["pct_in"] >= 0).all() and len(table) == 20
+    assert table["pct_in"].iloc[0] > 2 * table["pct_out"].iloc[0]
 
 
 def test_markers_of_a_named_cluster_and_unknown_cluster(tiny_ref):

@@ -11,6 +11,7 @@ from ._composition import composition_deviation, lot_composition
 from ._embedding import umap
 from ._markers import markers
 from ._qc import qc_per_lot
+from ._bulk import marker_overlap, marker_validation, propensity_scores, rank_volcano, validation_scatter
 
 __all__ = [
     "association_overview",
@@ -21,3 +22,4 @@ __all__ = [
     "qc_per_lot",
     "umap",
 ]
+__all__ += ["marker_overlap", "marker_validation", "propensity_scores", "rank_volcano", "validation_scatter"]

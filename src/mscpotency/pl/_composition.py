@@ -27,9 +27,9 @@ from ._utils import (
 MARKED, UNMARKED = "#404040", "#d0d0d0"
 
 _METRIC_LABELS = {
-    "jsd": "Jensen-Shannon divergence from pooled (bits)",
-    "tvd": "Total variation distance from pooled",
-    "aitchison": "Aitchison distance from pooled",
+    "jsd": "Distance from pooled\n(Jensen-Shannon, bits)",
+    "tvd": "Distance from pooled\n(total variation)",
+    "aitchison": "Distance from pooled\n(Aitchison)",
 }
 
 
@@ -146,7 +146,7 @@ def lot_composition(
         stack.remove(potency_cluster)
         stack.insert(0, potency_cluster)
 
-    fig, ax = _axes(ax, (max(5.0, 0.55 * len(lots) + 2.5), 4.2))
+    fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.0), 4.2))
     kwargs.setdefault("width", 0.8)
     kwargs.setdefault("edgecolor", "white")
     kwargs.setdefault("linewidth", 0.5)
@@ -193,8 +193,8 @@ def composition_deviation(
     """One bar per lot: how far its composition lies from the pooled population.
 
     Lots whose ``sampling_p`` (chance that counting noise alone puts a lot this far away)
-    is below ``alpha`` are filled and starred; the most deviating cluster is written on
-    each bar.
+    is below ``alpha`` are filled dark and starred; above each bar stand the cluster that
+    deviates most and the log2 ratio of its share in the lot over its pooled share.
 
     Parameters
     ----------
@@ -226,29 +226,30 @@ def composition_deviation(
     marked = per_lot["sampling_p"].to_numpy(dtype=float) < alpha
     metric = str(stored["params"].get("metric", ""))
 
-    fig, ax = _axes(ax, (max(5.0, 0.55 * len(lots) + 2.5), 3.8))
+    fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.0), 3.8))
     kwargs.setdefault("width", 0.7)
     x = np.arange(len(lots))
     distance = per_lot["distance"].to_numpy(dtype=float)
     face = np.where(marked, MARKED, UNMARKED)
     ax.bar(x, distance, color=face, edgecolor="#404040", linewidth=0.6, **kwargs)
     top = np.nanmax(distance) if len(distance) and np.isfinite(distance).any() else 1.0
-    for xi, d, is_marked, cluster in zip(
-        x, distance, marked, per_lot["most_deviating_cluster"].astype(str), strict=True
+    for xi, d, is_marked, cluster, ratio in zip(
+        x, distance, marked, per_lot["most_deviating_cluster"].astype(str),
+        per_lot["log2_ratio_of_most_deviating"].to_numpy(dtype=float), strict=True,
     ):
-        ax.text(xi, d + 0.01 * top, ("* " if is_marked else "") + cluster, ha="center", va="bottom",
-                fontsize="small", rotation=90 if len(lots) > 12 else 0)
-    ax.set_ylim(0, top * 1.18)
+        ax.text(xi, d + 0.01 * top, f"{'* ' if is_marked else ''}{cluster}\n{ratio:+.1f}", ha="center",
+                va="bottom", fontsize="x-small", rotation=90 if len(lots) > 12 else 0)
+    ax.set_ylim(0, top * 1.22)
     ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
     ax.set_xlim(-0.6, len(lots) - 0.4)
     ax.set_xlabel("Lot")
     ax.set_ylabel(_METRIC_LABELS.get(metric, f"{metric} distance from pooled"))
     ax.spines[["top", "right"]].set_visible(False)
     handles = [
-        Patch(facecolor=MARKED, edgecolor="#404040", label=f"sampling p < {alpha:g}"),
-        Patch(facecolor=UNMARKED, edgecolor="#404040", label=f"sampling p ≥ {alpha:g}"),
+        Patch(facecolor=MARKED, edgecolor="#404040", label=f"sampling p < {alpha:g} ({int(marked.sum())} lots)"),
+        Patch(facecolor=UNMARKED, edgecolor="#404040", label=f"sampling p ≥ {alpha:g} ({int((~marked).sum())} lots)"),
     ]
     _outside_legend(ax, handles=handles)
-    ax.set_title(f"Composition of each lot vs the pooled population\n"
-                 f"label: most deviating cluster; {int(marked.sum())} of {len(lots)} lots marked")
+    ax.set_title("Lot composition vs the pooled population\n"
+                 "above bars: most deviating cluster, log2(lot / pooled)", fontsize="medium")
     return _finish(fig, ax, show, return_fig)

@@ -67,7 +67,7 @@ def qc_per_lot(
     removed = report["cells_removed"].to_numpy(dtype=float)
     before = report["cells_before"].to_numpy(dtype=float)
 
-    fig, ax = _axes(ax, (max(5.0, 0.55 * len(lots) + 3.0), 4.6))
+    fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.5), 4.6))
     x = np.arange(len(lots))
     kwargs = {"width": 0.75, "edgecolor": "white", "linewidth": 0.5, **kwargs}
     ax.bar(x, kept, color=KEPT, label="kept", **kwargs)

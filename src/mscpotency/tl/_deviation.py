@@ -104,7 +104,7 @@ def composition_deviation(
     most = np.abs(log2_ratio.to_numpy()).argmax(axis=1)
     per_lot = pd.DataFrame(
         {
-            "n_cells": n_cells,
+            "n_cells": n_cells if stored["params"].get("weights_key") else np.rint(n_cells).astype(int),
             "distance": distance,
             "sampling_p": sampling_p,
             "most_deviating_cluster": counts.columns.to_numpy()[most].astype(str),

@@ -96,7 +96,7 @@ def potency_markers(
     )
     view.uns["log1p"] = {"base": None}
     sc.tl.rank_genes_groups(
-        view, "group", groups=["in"], reference="out", method=method, n_genes=n_genes, pts=True,
+        view, "group", groups=["in"], reference="rest", method=method, n_genes=n_genes, pts=True,
         use_raw=False,
     )
     table = sc.get.rank_genes_groups_df(view, group="in").head(n_genes)

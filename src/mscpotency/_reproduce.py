@@ -1,0 +1,256 @@
+"""The main job: the reference analysis of the study-shaped preset, end to end.
+
+``mscpotency reproduce --out DIR`` simulates the study (11 bone-marrow training lots, 4
+held-out bone-marrow lots, 4 adipose and 5 umbilical-cord lots), runs the reference
+analysis on the training lots and writes figures (PNG), tables (CSV) and a report
+(Markdown and HTML) that a QC scientist can read.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scanpy as sc  # noqa: E402
+from anndata import AnnData  # noqa: E402
+
+from . import datasets, get, pl, pp, tl  # noqa: E402
+from ._provenance import package_versions  # noqa: E402
+
+logger = logging.getLogger("mscpotency")
+
+
+@dataclass
+class Report:
+    """Sections of the report, written as Markdown and HTML at the end."""
+
+    title: str
+    sections: list[tuple[str, list]] = field(default_factory=list)
+
+    def section(self, heading: str) -> list:
+        """Start a section; append str (paragraphs), DataFrames (tables) or Paths (figures)."""
+        items: list = []
+        self.sections.append((heading, items))
+        return items
+
+    def markdown(self, root: Path) -> str:
+        """The report as Markdown, figures linked relative to ``root``."""
+        lines = [f"# {self.title}", ""]
+        for heading, items in self.sections:
+            lines += [f"## {heading}", ""]
+            for item in items:
+                if isinstance(item, pd.DataFrame):
+                    lines += [_markdown_table(item), ""]
+                elif isinstance(item, Path):
+                    lines += [f"![{item.stem}]({item.relative_to(root).as_posix()})", ""]
+                else:
+                    lines += [str(item), ""]
+        return "\n".join(lines)
+
+    def html(self, root: Path) -> str:
+        """The report as a standalone HTML page."""
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for heading, items in self.sections:
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            for item in items:
+                if isinstance(item, pd.DataFrame):
+                    body.append(item.to_html(float_format=_format_float, border=0, classes="table"))
+                elif isinstance(item, Path):
+                    body.append(f'<img src="{item.relative_to(root).as_posix()}" alt="{item.stem}">')
+                else:
+                    body.append(f"<p>{html.escape(str(item))}</p>")
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;font-size:0.9em;margin:1em 0}"
+            "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+            "img{max-width:100%;margin:1em 0}"
+        )
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        )
+
+
+def _format_float(value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return f"{value:.3g}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    frame = frame.reset_index()
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = [_format_float(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def _save(fig_or_ax, path: Path) -> Path:
+    fig = fig_or_ax if isinstance(fig_or_ax, plt.Figure) else np.ravel(fig_or_ax)[0].figure
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def reference_analysis(adata: AnnData, *, n_clusters: int = 8, random_state: int = 0) -> AnnData:
+    """Run the reference analysis on pooled training lots (in place) and return them."""
+    pp.qc(adata)
+    pp.preprocess(adata, random_state=random_state)
+    tl.cluster(adata, n_clusters=n_clusters, random_state=random_state)
+    sc.tl.umap(adata, neighbors_key="cluster_neighbors", random_state=random_state)
+    tl.lot_fractions(adata)
+    tl.composition_deviation(adata, random_state=random_state)
+    tl.potency_association(adata, "vegf", random_state=random_state)
+    tl.potency_markers(adata)
+    return adata
+
+
+def truth_summary(adata: AnnData) -> pd.DataFrame:
+    """How the analysis compares with the simulator's truth (only for simulated data)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    cluster = adata.uns["potency_association"]["potency_cluster"]
+    truth = adata.obs["true_potency_cell"].to_numpy()
+    found = (adata.obs["cluster"] == cluster).to_numpy()
+    f1 = 2 * (truth & found).sum() / (truth.sum() + found.sum())
+    marker = adata.uns["simulation"]["marker_gene"]
+    genes = list(get.potency_markers(adata)["gene"])
+    rank = genes.index(marker) + 1 if marker in genes else np.nan
+    return pd.DataFrame(
+        {
+            "value": [
+                adjusted_rand_score(adata.obs["true_subpopulation"], adata.obs["cluster"]),
+                f1,
+                rank,
+            ]
+        },
+        index=pd.Index(
+            ["ARI of clusters vs true subpopulations", f"F1 of {cluster} vs true potency cells",
+             f"rank of the planted marker {marker}"],
+            name="check",
+        ),
+    )
+
+
+def reproduce(
+    out: str | Path, *, random_state: int = 0, n_clusters: int = 8, preset: str = "study"
+) -> Path:
+    """Run the main job and write figures, tables and the report under ``out``.
+
+    Parameters
+    ----------
+    out
+        Output folder (created).
+    random_state
+        Seed of the simulation and of every random step.
+    n_clusters
+        Target number of Leiden clusters.
+    preset
+        ``"study"`` (the study-shaped dataset) or ``"tiny"`` (a quick smoke run).
+
+    Returns
+    -------
+    Path of the HTML report.
+    """
+    out = Path(out)
+    figures, tables = out / "figures", out / "tables"
+    figures.mkdir(parents=True, exist_ok=True)
+    tables.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    presets = {"study": datasets.study, "tiny": datasets.tiny}
+    if preset not in presets:
+        msg = f"preset must be one of {sorted(presets)}, got {preset!r}"
+        raise ValueError(msg)
+    study = presets[preset](random_state=random_state)
+    reference = study[study.obs["set"] == "BM-train"].copy()
+    reference_analysis(reference, n_clusters=n_clusters, random_state=random_state)
+
+    association = get.potency_association(reference)
+    markers = get.potency_markers(reference)
+    cluster = reference.uns["potency_association"]["potency_cluster"]
+    row = association.loc[cluster]
+    fractions = get.lot_fractions(reference)
+    deviation = get.composition_deviation(reference)
+    qc_report = get.qc_report(reference)
+    lot_table = get.lot_table(reference)
+    provenance = get.provenance(reference)
+
+    for name, frame in {
+        "qc_per_lot": qc_report, "lot_fractions": fractions,
+        "lot_counts": get.lot_fractions(reference, kind="counts"), "composition_deviation": deviation,
+        "potency_association": association, "potency_markers": markers, "lots": lot_table,
+        "provenance": provenance.assign(
+            params=provenance["params"].map(str), versions=provenance["versions"].map(str)
+        ),
+    }.items():
+        frame.to_csv(tables / f"{name}.csv")
+
+    report = Report("mscpotency: potency-linked subpopulation of MSC lots (study-shaped simulation)")
+    intro = report.section("Summary")
+    intro.append(
+        f"{reference.obs['lot'].nunique()} bone-marrow training lots, {reference.n_obs:,} cells after QC, "
+        f"clustered into {reference.obs['cluster'].nunique()} Leiden clusters. "
+        f"The cluster whose share of each lot tracks VEGF under ischemia is {cluster}: "
+        f"Spearman rho = {row['rho']:.2f}, {row['pvalue_method']} p = {row['pvalue']:.2g} "
+        f"(asymptotic p = {row['pvalue_asymptotic']:.2g}), FDR = {row['fdr']:.2g}, "
+        f"95% bootstrap CI of rho {row['ci_low']:.2f} to {row['ci_high']:.2f}, "
+        f"leave-one-lot-out rho {row['loo_min']:.2f} to {row['loo_max']:.2f}. "
+        f"Its top marker gene is {markers['gene'].iloc[0]} (up in {int(markers['n_lots_up'].iloc[0])} "
+        f"of {int(markers['n_lots_tested'].iloc[0])} lots)."
+    )
+    intro.append(reference.uns["potency_association"]["note"])
+    truth = report.section("Check against the simulator's truth")
+    truth.append(truth_summary(reference))
+
+    qc_items = report.section("Quality control per lot")
+    qc_items.append(qc_report)
+    qc_items.append(_save(pl.qc_per_lot(reference, show=False), figures / "qc_per_lot.png"))
+
+    clusters = report.section("Clusters")
+    clusters.append(_save(pl.umap(reference, color=["cluster", "lot"], return_fig=True, show=False),
+                          figures / "umap.png"))
+    comp = report.section("Composition of each lot")
+    comp.append(_save(pl.lot_composition(reference, return_fig=True, show=False), figures / "lot_composition.png"))
+    comp.append("Distance of each lot's composition from the pooled population (Jensen-Shannon, bits); "
+                "sampling_p: share of same-size draws from the pool at least as far away.")
+    comp.append(deviation)
+    comp.append(_save(pl.composition_deviation(reference, return_fig=True, show=False),
+                      figures / "composition_deviation.png"))
+
+    assoc = report.section("Association of cluster fractions with potency")
+    assoc.append(association.drop(columns=["n_lots"]))
+    assoc.append(_save(pl.association_overview(reference, return_fig=True, show=False),
+                       figures / "association_overview.png"))
+    assoc.append(_save(pl.potency_scatter(reference, return_fig=True, show=False), figures / "potency_scatter.png"))
+    assoc.append(_save(pl.potency_scatter(reference, cluster="all",
+                                          return_fig=True, show=False), figures / "potency_scatter_all.png"))
+
+    mark = report.section(f"Marker genes of {cluster}")
+    mark.append(markers[["rank", "gene", "score", "logfoldchange", "pvalue_adj", "pct_in", "pct_out",
+                         "n_lots_up", "n_lots_tested", "lot_sign_pvalue", "median_lot_log2fc"]].set_index("rank"))
+    mark.append(_save(pl.markers(reference, return_fig=True, show=False), figures / "markers.png"))
+
+    prov = report.section("Provenance")
+    prov.append(f"mscpotency {package_versions()['mscpotency']}, scanpy {package_versions()['scanpy']}, "
+                f"anndata {package_versions()['anndata']}; random_state = {random_state}; "
+                f"total time {time.perf_counter() - start:.0f} s.")
+    prov.append(provenance[["function", "input_fingerprint", "random_state", "seconds"]])
+
+    (out / "report.md").write_text(report.markdown(out))
+    (out / "report.html").write_text(report.html(out))
+    reference.write_h5ad(out / "reference.h5ad")
+    logger.info("report written to %s", out / "report.html")
+    return out / "report.html"

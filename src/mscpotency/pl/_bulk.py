@@ -1,0 +1,423 @@
+"""Plots of the iPS line analysis: propensity per line, rho volcano, overlap, held-out validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .. import get
+from ..tl._consensus import association_tables
+from ..tl._marker_validation import MARKER_VALIDATION
+from ..tl._propensity import PROPENSITY
+from ..tl._rank_association import RANK_ASSOCIATION, dense_matrix
+from ._utils import _axes, _finish, _outside_legend, _stored, format_pvalue
+
+POSITIVE = "#b2182b"
+NEGATIVE = "#2166ac"
+NEUTRAL = "#bdbdbd"
+VALIDATED = "#1a9850"
+NOT_VALIDATED = "#969696"
+
+
+def propensity_scores(
+    adata: AnnData,
+    *,
+    key: str = PROPENSITY,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Each line's propensity score (PC1 of its marker panel), lines ranked.
+
+    Which lines differentiate most readily into this lineage? Bars run from the most
+    differentiated line (top) to the least; the title gives the share of the panel's
+    variance PC1 carries.
+
+    Parameters
+    ----------
+    adata
+        A panel scored by :func:`mscpotency.tl.propensity_score`.
+    key
+        Key of the propensity score.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.barh`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    stored = _stored(adata, key, tool="tl.propensity_score")
+    scores = get.propensity(adata, key=key).sort_values("score", ascending=True, kind="stable")
+    values = scores["score"].to_numpy(dtype=float)
+    fig, ax = _axes(ax, (4.6, max(2.5, 0.28 * len(scores) + 1.2)))
+    colors = np.where(values >= 0, POSITIVE, NEGATIVE)
+    ax.barh(np.arange(len(scores)), values, color=colors, **{"edgecolor": "black", "linewidth": 0.4, **kwargs})
+    ax.set_yticks(np.arange(len(scores)), [f"{name} (#{rank})" for name, rank in zip(scores.index, scores["rank"], strict=True)])
+    ax.axvline(0, color="#555555", lw=0.8)
+    ax.set_xlabel("propensity score (PC1; higher = more differentiated)")
+    kind = " (reference loadings)" if stored["params"].get("reference") else ""
+    ax.set_title(f"{key}: PC1 = {float(stored['pc1_variance_ratio']):.0%} of panel variance{kind}", fontsize="medium")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _finish(fig, ax, show, return_fig)
+
+
+def _one_outcome(table: pd.DataFrame, outcome: str | None, key: str) -> tuple[str, pd.DataFrame]:
+    outcomes = list(dict.fromkeys(table["outcome"].astype(str)))
+    if outcome is None:
+        if len(outcomes) > 1:
+            msg = f"adata.uns[{key!r}] holds several outcomes {outcomes}; pass outcome= to pick one"
+            raise ValueError(msg)
+        outcome = outcomes[0]
+    if outcome not in outcomes:
+        msg = f"adata.uns[{key!r}] has no outcome {outcome!r}; it has {outcomes}"
+        raise KeyError(msg)
+    return outcome, table[table["outcome"].astype(str) == outcome]
+
+
+def rank_volcano(
+    adata: AnnData,
+    *,
+    outcome: str | None = None,
+    key: str = RANK_ASSOCIATION,
+    alpha: float = 0.05,
+    use: Literal["pvalue", "fdr"] = "pvalue",
+    highlight: Sequence[str] | None = None,
+    n_labels: int = 5,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Spearman rho against -log10 p for every feature of one platform and outcome.
+
+    How many features track this propensity, in which direction, and how strongly? Features
+    below ``alpha`` are coloured by the sign of rho; the strongest and any ``highlight``
+    features are named. With ~10 lines exact p-values take few distinct values, so points
+    line up in rows.
+
+    Parameters
+    ----------
+    adata
+        One platform with :func:`mscpotency.tl.rank_association` results.
+    outcome
+        Outcome to show (needed when several are stored).
+    key
+        Key of the rank association.
+    alpha
+        Significance threshold (dashed line).
+    use
+        Plot and threshold ``"pvalue"`` or ``"fdr"``.
+    highlight
+        Features to ring and name (e.g. known markers).
+    n_labels
+        Name this many of the most significant features.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    if use not in ("pvalue", "fdr"):
+        msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
+        raise ValueError(msg)
+    stored = _stored(adata, key, tool="tl.rank_association")
+    outcome, table = _one_outcome(get.rank_association(adata, key=key, sort=True).reset_index(), outcome, key)
+    rho = table["rho"].to_numpy(dtype=float)
+    p = table[use].to_numpy(dtype=float)
+    y = -np.log10(np.clip(p, 1e-300, 1))
+    significant = p < alpha
+    colors = np.where(significant & (rho > 0), POSITIVE, np.where(significant & (rho < 0), NEGATIVE, NEUTRAL))
+    fig, ax = _axes(ax, (4.8, 4.2))
+    ax.scatter(rho, y, c=colors, **{"s": 10, "linewidths": 0, "alpha": 0.8, **kwargs})
+    ax.axhline(-np.log10(alpha), color="#555555", ls="--", lw=0.8)
+    ax.axvline(0, color="#888888", lw=0.6)
+    features = table["feature"].astype(str).to_numpy()
+    labelled = list(features[significant][: max(0, n_labels)])
+    if highlight:
+        missing = [h for h in highlight if h not in set(features)]
+        if missing:
+            msg = f"highlight features {missing} are not in the table for outcome {outcome!r}"
+            raise KeyError(msg)
+        mask = np.isin(features, list(highlight))
+        ax.scatter(rho[mask], y[mask], s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
+        labelled += [h for h in highlight if h not in labelled]
+    position = {f: i for i, f in enumerate(features)}
+    for name in labelled:
+        i = position[name]
+        ax.annotate(name, (rho[i], y[i]), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+    n_pos, n_neg = int((significant & (rho > 0)).sum()), int((significant & (rho < 0)).sum())
+    label = "P" if use == "pvalue" else "FDR"
+    ax.text(0.02, 0.98, f"{label} < {alpha:g}: {n_pos} positive, {n_neg} negative\nof {len(table)} features",
+            transform=ax.transAxes, va="top", fontsize="small")
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel("Spearman \N{GREEK SMALL LETTER RHO}")
+    ax.set_ylabel(f"-log10 {'p' if use == 'pvalue' else 'FDR'}")
+    platform = str(stored["params"].get("platform") or "")
+    n_lines = int(table["n_lines"].max())
+    ax.set_title(f"{platform + ' · ' if platform else ''}{outcome} ({n_lines} lines)", fontsize="medium")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _finish(fig, ax, show, return_fig)
+
+
+def marker_overlap(
+    results: Mapping[str, AnnData],
+    *,
+    outcomes: Sequence[str] | Mapping[str, int],
+    platforms: Sequence[str] | None = None,
+    key: str = RANK_ASSOCIATION,
+    alpha: float = 0.05,
+    use: Literal["pvalue", "fdr"] = "pvalue",
+    match_on: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    cmap: str = "Blues",
+) -> Axes | Figure | None:
+    """How many candidates two platforms (or methods, or lineages) share, pair by pair.
+
+    Each platform x outcome gives a candidate list (features with p below ``alpha``, with
+    their sign). A cell counts the features significant in both lists with agreeing signs;
+    the diagonal is each list's size. With ``outcomes`` as a mapping of outcome -> +1/-1,
+    signs are compared after flipping, so ``{"ectoderm": 1, "mesoderm": -1}`` counts
+    features positive for ectoderm and negative for mesoderm (the SALL3 pattern).
+
+    Parameters
+    ----------
+    results
+        platform name -> AnnData with :func:`mscpotency.tl.rank_association` results.
+    outcomes
+        Outcomes to compare (each with sign +1), or outcome -> expected relative sign.
+    platforms
+        Platforms to compare (default: all).
+    key
+        ``uns`` key of the rank associations.
+    alpha
+        Level of a candidate.
+    use
+        ``"pvalue"`` or ``"fdr"``.
+    match_on
+        var column naming the same entity across platforms (e.g. ``"gene"``).
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    cmap
+        Colour map of the counts.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    if use not in ("pvalue", "fdr"):
+        msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
+        raise ValueError(msg)
+    signs = dict(outcomes) if isinstance(outcomes, Mapping) else {str(o): 1 for o in outcomes}
+    if not signs or any(v not in (1, -1) for v in signs.values()):
+        msg = f"outcomes must be a non-empty list or an outcome -> +1/-1 mapping, got {outcomes!r}"
+        raise ValueError(msg)
+    tables = association_tables(results, key=key, match_on=match_on)
+    platforms = list(tables) if platforms is None else [str(p) for p in platforms]
+    unknown = [p for p in platforms if p not in tables]
+    if unknown:
+        msg = f"platforms {unknown} are not among the results {list(tables)}"
+        raise KeyError(msg)
+    labels, sets = [], []
+    for platform in platforms:
+        table = tables[platform]
+        for outcome, sign in signs.items():
+            part = table[table["outcome"].astype(str) == outcome]
+            if part.empty:
+                msg = f"platform {platform!r} has no rank association for outcome {outcome!r}"
+                raise KeyError(msg)
+            hit = part[part[use] < alpha]
+            sets.append({(m, int(np.sign(r)) * sign) for m, r in zip(hit["match"], hit["rho"], strict=True)})
+            labels.append(f"{platform}\n{outcome}" + ("" if sign > 0 else " (−)"))
+    k = len(sets)
+    counts = np.array([[len(sets[i] & sets[j]) for j in range(k)] for i in range(k)])
+    fig, ax = _axes(ax, (1.0 * k + 2.2, 0.9 * k + 1.6))
+    image = ax.imshow(counts, cmap=cmap)
+    top = counts.max() if counts.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize="small",
+                    color="white" if top and counts[i, j] > 0.6 * top else "black",
+                    fontweight="bold" if i == j else "normal")
+    ax.set_xticks(np.arange(k), labels, fontsize="x-small")
+    ax.set_yticks(np.arange(k), labels, fontsize="x-small")
+    fig.colorbar(image, ax=ax, shrink=0.7, label="shared candidates (same sign)")
+    label = "P" if use == "pvalue" else "FDR"
+    ax.set_title(f"Candidates at {label} < {alpha:g} shared between lists", fontsize="medium")
+    return _finish(fig, ax, show, return_fig)
+
+
+def marker_validation(
+    adata: AnnData,
+    *,
+    key: str = MARKER_VALIDATION,
+    label: bool = True,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Training rho against held-out rho of every candidate, validated ones in colour.
+
+    Which candidates hold on new lines? Points in the upper-right and lower-left quadrants
+    kept their sign; green ones are also significant on the held-out lines. Without a
+    training rho (candidates given as signs only) the x axis is the expected sign.
+
+    Parameters
+    ----------
+    adata
+        Held-out lines with :func:`mscpotency.tl.validate_markers` results.
+    key
+        Key of the validation.
+    label
+        Name the validated candidates.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    stored = _stored(adata, key, tool="tl.validate_markers")
+    table = get.marker_validation(adata, key=key)
+    has_train = "rho_train" in table.columns and table["rho_train"].notna().any()
+    if has_train:
+        x = table["rho_train"].to_numpy(dtype=float)
+        xlabel = "training \N{GREEK SMALL LETTER RHO}"
+    else:
+        offsets = np.linspace(-0.25, 0.25, len(table)) if len(table) > 1 else np.zeros(len(table))
+        x = table["expected_sign"].to_numpy(dtype=float) + offsets
+        xlabel = "expected sign"
+    y = table["rho"].to_numpy(dtype=float)
+    validated = table["validated"].to_numpy(dtype=bool)
+    fig, ax = _axes(ax, (4.6, 4.2))
+    ax.axhline(0, color="#888888", lw=0.6)
+    ax.axvline(0, color="#888888", lw=0.6)
+    ax.scatter(x, y, c=np.where(validated, VALIDATED, NOT_VALIDATED),
+               **{"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3, **kwargs})
+    if label:
+        for xi, yi, name in zip(x[validated], y[validated], table.index[validated], strict=True):
+            ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+    params = stored["params"]
+    n_lines = int(table["n_lines"].max()) if len(table) else 0
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"held-out \N{GREEK SMALL LETTER RHO} ({params['outcome']})")
+    ax.set_ylim(-1.05, 1.05)
+    if has_train:
+        ax.set_xlim(-1.05, 1.05)
+    ax.set_title(
+        f"{int(validated.sum())} of {len(table)} candidates validated on {n_lines} held-out lines",
+        fontsize="medium",
+    )
+    handles = [
+        Line2D([], [], marker="o", ls="", color=VALIDATED, label=f"same sign, p < {params['alpha']:g}"),
+        Line2D([], [], marker="o", ls="", color=NOT_VALIDATED, label="not validated"),
+    ]
+    _outside_legend(ax, handles=handles, fontsize="small")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _finish(fig, ax, show, return_fig)
+
+
+def validation_scatter(
+    adata: AnnData,
+    feature: str,
+    *,
+    key: str = MARKER_VALIDATION,
+    layer: str | None = None,
+    label_lines: bool = True,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """One candidate on the held-out lines: its baseline level against the lines' outcome.
+
+    Does the marker measured in undifferentiated new lines predict how they differentiate?
+    The title gives the held-out rho, p-value and whether the candidate was validated.
+
+    Parameters
+    ----------
+    adata
+        Held-out lines with :func:`mscpotency.tl.validate_markers` results.
+    feature
+        A validated (or rejected) candidate.
+    key
+        Key of the validation.
+    layer
+        Layer with the values (default: ``X``).
+    label_lines
+        Write each line's name next to its point.
+    ax
+        Axes to draw on; a new figure when ``None``.
+    show
+        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
+    return_fig
+        Return the Figure.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    stored = _stored(adata, key, tool="tl.validate_markers")
+    table = get.marker_validation(adata, key=key)
+    if feature not in table.index:
+        msg = f"{feature!r} was not among the validated candidates ({table.index[:10].tolist()} ...)"
+        raise KeyError(msg)
+    row = table.loc[feature]
+    outcome = pd.DataFrame(stored["outcome"])
+    name = str(outcome.columns[0])
+    lines = outcome.index.astype(str)
+    position = pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str))
+    x = dense_matrix(adata[:, [feature]], layer)[position.loc[lines].to_numpy(), 0]
+    y = outcome[name].to_numpy(dtype=float)
+    color = VALIDATED if bool(row["validated"]) else NOT_VALIDATED
+    fig, ax = _axes(ax, (4.4, 4.0))
+    ax.scatter(x, y, color=color, **{"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs})
+    if label_lines:
+        for xi, yi, line in zip(x, y, lines, strict=True):
+            ax.annotate(line, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+    verdict = "validated" if bool(row["validated"]) else "not validated"
+    test = stored["params"]["test"]
+    ax.set_title(
+        f"{feature}: \N{GREEK SMALL LETTER RHO} = {row['rho']:.2f}, p = {format_pvalue(float(row['pvalue']))} "
+        f"({test}), {len(lines)} held-out lines\n{verdict}",
+        fontsize="medium",
+    )
+    ax.set_xlabel(f"{feature} (baseline, undifferentiated)")
+    ax.set_ylabel(name)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _finish(fig, ax, show, return_fig)

@@ -6,10 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-from anndata import AnnData  # noqa: E402
+import pytest
+from anndata import AnnData
 
-import mscpotency as mp  # noqa: E402
+import mscpotency as mp
 
 
 def run_reference(adata: AnnData, *, n_clusters: int = 8) -> AnnData:

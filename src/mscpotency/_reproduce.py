@@ -18,14 +18,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scanpy as sc  # noqa: E402
-from anndata import AnnData  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
 
-from . import datasets, get, pl, pp, tl  # noqa: E402
-from ._provenance import package_versions  # noqa: E402
+from . import datasets, get, pl, pp, tl
+from ._provenance import package_versions
 
 logger = logging.getLogger("mscpotency")
 

@@ -214,7 +214,7 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
         base_log[index[g]] = rng.uniform(3.0, 4.0)
     for g in MITO_GENES:
         base_log[index[g]] = rng.uniform(2.0, 3.0)
-    base_log[index[config.marker_gene]] = 0.5
+    base_log[index[config.marker_gene]] = -1.0
     dispersion = np.exp(rng.normal(np.log(config.dispersion_median), 0.5, n_genes))
     programs = _programs(config, genes, rng)
     cycle_idx = np.array([index[g] for g in CYCLE_GENES])

@@ -8,7 +8,7 @@ from anndata import AnnData
 
 from .. import _keys
 from .._provenance import record
-from .._validate import lots_of, require_obs_column, warn_small_lots
+from .._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
 
 
 @record("tl.lot_fractions")
@@ -49,6 +49,7 @@ def lot_fractions(
     ``'counts'`` : DataFrame (lots x clusters, cells), ``'fractions'`` : DataFrame
     (lots x clusters, rows sum to 1), ``'n_cells'`` : per-lot cell numbers and ``'params'``.
     """
+    require_unique_cell_names(adata)
     lots = lots_of(adata, lot_key)
     labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
     if labels.isna().any():

@@ -104,7 +104,7 @@ class LinesConfig:
     #: qRT-PCR panel sizes per lineage (ectoderm, mesoderm, endoderm) and gene loadings.
     panel_sizes: tuple[int, int, int] = (45, 56, 27)
     panel_loading: tuple[float, float] = (0.5, 0.9)
-    neural_panel_loading: tuple[float, float] = (0.85, 0.95)
+    neural_panel_loading: tuple[float, float] = (0.9, 0.97)
     n_undetected_mirnas: int = 3
     preset: str = "custom"
     extra: dict = field(default_factory=dict)
@@ -477,7 +477,7 @@ def _promoters(
 def _detection_floor(
     X: np.ndarray, center: np.ndarray, config: LinesConfig, factor_of: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """miRNA arrays floor weak signals at a detection limit: ties, and a few always-absent miRNAs."""
+    """Floor weak miRNA signals at a detection limit: ties, and a few always-absent miRNAs."""
     limit = 2.5
     free = np.flatnonzero(factor_of == "")
     absent = rng.choice(free, size=config.n_undetected_mirnas, replace=False)

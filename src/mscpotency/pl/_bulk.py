@@ -163,19 +163,24 @@ def rank_volcano(
         ax.scatter(rho[mask], y[mask], s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
         labelled += [h for h in highlight if h not in labelled]
     position = {f: i for i, f in enumerate(features)}
+    stacked: dict[tuple[float, float], int] = {}  # tied features share a point: stack their names
     for name in labelled:
         i = position[name]
-        ax.annotate(name, (rho[i], y[i]), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+        spot = (round(float(rho[i]), 6), round(float(y[i]), 6))
+        k = stacked[spot] = stacked.get(spot, -1) + 1
+        ax.annotate(name, (rho[i], y[i]), xytext=(3, 3 + 8 * k), textcoords="offset points", fontsize="x-small")
     n_pos, n_neg = int((significant & (rho > 0)).sum()), int((significant & (rho < 0)).sum())
     label = "P" if use == "pvalue" else "FDR"
-    ax.text(0.02, 0.98, f"{label} < {alpha:g}: {n_pos} positive, {n_neg} negative\nof {len(table)} features",
-            transform=ax.transAxes, va="top", fontsize="small")
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel("Spearman \N{GREEK SMALL LETTER RHO}")
     ax.set_ylabel(f"-log10 {'p' if use == 'pvalue' else 'FDR'}")
     platform = str(stored["params"].get("platform") or "")
     n_lines = int(table["n_lines"].max())
-    ax.set_title(f"{platform + ' · ' if platform else ''}{outcome} ({n_lines} lines)", fontsize="medium")
+    ax.set_title(
+        f"{platform + ' · ' if platform else ''}{outcome} ({n_lines} lines)\n"
+        f"{label} < {alpha:g}: {n_pos} positive, {n_neg} negative of {len(table)} features",
+        fontsize="medium",
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return _finish(fig, ax, show, return_fig)
 
@@ -254,7 +259,7 @@ def marker_overlap(
                 raise KeyError(msg)
             hit = part[part[use] < alpha]
             sets.append({(m, int(np.sign(r)) * sign) for m, r in zip(hit["match"], hit["rho"], strict=True)})
-            labels.append(f"{platform}\n{outcome}" + ("" if sign > 0 else " (−)"))
+            labels.append(f"{platform}\n{outcome}" + ("" if sign > 0 else " (-)"))
     k = len(sets)
     counts = np.array([[len(sets[i] & sets[j]) for j in range(k)] for i in range(k)])
     fig, ax = _axes(ax, (1.0 * k + 2.2, 0.9 * k + 1.6))
@@ -414,7 +419,7 @@ def validation_scatter(
     test = stored["params"]["test"]
     ax.set_title(
         f"{feature}: \N{GREEK SMALL LETTER RHO} = {row['rho']:.2f}, p = {format_pvalue(float(row['pvalue']))} "
-        f"({test}), {len(lines)} held-out lines\n{verdict}",
+        f"({test})\n{len(lines)} held-out lines, {verdict}",
         fontsize="medium",
     )
     ax.set_xlabel(f"{feature} (baseline, undifferentiated)")

@@ -165,7 +165,9 @@ def consensus(
     n_cells, n_significant, max_pvalue (the largest p, or FDR, over the cells), min_abs_rho,
     and per cell ``rho:<platform>:<outcome>``, ``<use>:<platform>:<outcome>`` and, with
     ``match_on``, ``feature:<platform>:<outcome>``. ``DataFrame.attrs['n_tested']`` holds,
-    per rule, how many features were measured in every cell.
+    per rule, how many features were measured in every cell; ``attrs['n_lines']`` the number
+    of lines behind each ``platform:outcome`` (different where a line was not profiled on
+    every platform and :func:`rank_association` used ``on_missing="intersect"``).
     """
     if not 0 < alpha < 1:
         msg = f"alpha must be between 0 and 1, got {alpha}"
@@ -232,5 +234,11 @@ def consensus(
     table = table.reindex(columns=columns)
     table.attrs["n_tested"] = n_tested
     table.attrs["patterns"] = patterns
+    # lines behind each platform x outcome (they differ where a line is missing on a platform)
+    table.attrs["n_lines"] = {
+        f"{platform}:{outcome}": int(part["n_lines"].max())
+        for platform, frame in tables.items()
+        for outcome, part in frame.groupby(frame["outcome"].astype(str), sort=False)
+    }
     table.attrs["params"] = {"alpha": alpha, "use": use, "match_on": match_on, "key": key}
     return table

@@ -1,4 +1,4 @@
-"""Do candidate markers keep their sign and significance on held-out lines?"""
+"""Whether candidate markers keep their sign and significance on held-out lines."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
 def validate_markers(
     adata: AnnData,
     candidates: Mapping[str, int] | pd.Series | pd.DataFrame,
-    outcome: str | Mapping | pd.Series,
     *,
+    outcome: str | Mapping | pd.Series,
     alpha: float = 0.05,
     test: Literal["directional", "two-sided"] = "directional",
     layer: str | None = None,
@@ -78,7 +78,7 @@ def validate_markers(
     key_added: str = MARKER_VALIDATION,
     copy: bool = False,
 ) -> AnnData | None:
-    """Test candidate markers on held-out lines: same sign, and significant?
+    """Test candidate markers on held-out lines: same sign, and significant.
 
     A candidate found on training lines is confirmed when, on new lines, its Spearman rho
     with the outcome has the expected sign and its p-value is below ``alpha``. By default

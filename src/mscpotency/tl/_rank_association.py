@@ -113,9 +113,12 @@ def align_lines(
     missing = pd.DataFrame(rows, columns=["line", "outcome", "reason"])
     if on_missing == "error" and len(missing):
         parts = []
-        for (outcome, reason), group in missing.groupby(["outcome", "reason"], sort=False):
-            what = "have an outcome value but no profile" if reason == "not profiled" else "are profiled but have no value"
-            parts.append(f"{outcome!r}: lines {group['line'].tolist()} {what}")
+        without_profile = missing.loc[missing["reason"] == "not profiled", "line"].unique().tolist()
+        if without_profile:
+            parts.append(f"lines {without_profile} have an outcome value but no profile in this data")
+        no_value = missing[missing["reason"] == "no outcome value"]
+        for outcome, group in no_value.groupby("outcome", sort=False):
+            parts.append(f"lines {group['line'].tolist()} are profiled but have no {outcome!r} value")
         msg = (
             "lines do not match between the data and the outcome (" + "; ".join(parts) + "). Pass "
             "on_missing='intersect' to use the lines present in both (they are reported), or align them."
@@ -278,6 +281,7 @@ def rank_association(
             notes[-1] += f"; no feature can reach p < {alpha} with this few lines"
     excluded = pd.DataFrame(excluded_rows, columns=["outcome", "feature", "reason"])
     if len(excluded):
+        notes.append(f"{excluded['feature'].nunique()} features excluded (constant or missing values)")
         counts = excluded.drop_duplicates("feature")["reason"].value_counts().to_dict()
         examples = excluded["feature"].drop_duplicates().tolist()[:5]
         warnings.warn(

@@ -111,7 +111,9 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, pd.Series):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, pd.DataFrame):
-        return {"__dataframe__": value.shape, "columns": [str(c) for c in value.columns]}
+        if value.size <= 10000:  # small tables (lot -> outcomes) are recorded whole: replayable
+            return {str(c): to_jsonable(value[c]) for c in value.columns}
+        return {"__dataframe__": list(value.shape), "columns": [str(c) for c in value.columns]}
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, np.ndarray) and value.size <= 1000:

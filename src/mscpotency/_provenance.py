@@ -39,7 +39,7 @@ _TRACKED_PACKAGES = (
 )
 #: At most this many matrix values enter the fingerprint (evenly strided), so that
 #: fingerprinting stays cheap at 10^6 cells.
-_FINGERPRINT_MAX_VALUES = 1 << 22
+_FINGERPRINT_MAX_VALUES = 1 << 20
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("mscpotency_call_depth", default=0)
 
@@ -69,7 +69,7 @@ def fingerprint(adata: AnnData) -> str:
     """A short content hash of an AnnData's matrix and names.
 
     Hashes the shape, the cell and gene names, the sparsity structure and (evenly
-    strided, at most ~4 million) values of ``X``. Two inputs with the same fingerprint are the
+    strided, at most ~1 million per array) values of ``X``. Two inputs with the same fingerprint are the
     same data for every practical purpose; the hash is cheap at 10^6 cells.
     """
     h = hashlib.blake2b(digest_size=12)

@@ -1,5 +1,32 @@
 """Accessors: every stored result as a tidy DataFrame."""
 
+from ._bulk import (
+    consensus_candidates,
+    marker_counts,
+    marker_validation,
+    propensity,
+    propensity_loadings,
+    rank_association,
+)
+from ._decisions import (
+    association_stability,
+    comparability,
+    count_association,
+    gene_association,
+    influential_lots,
+    method_agreement,
+    neighbourhood_association,
+    potency_model,
+    potency_prediction,
+    pseudobulk_markers,
+)
+from ._mapping import (
+    mapping_calibration,
+    mapping_qc,
+    marker_by_set,
+    potency_validation,
+    reference_info,
+)
 from ._results import (
     composition_deviation,
     lot_fractions,
@@ -11,7 +38,6 @@ from ._results import (
     qc_report,
     stored_table,
 )
-from ._bulk import consensus_candidates, marker_counts, marker_validation, propensity, propensity_loadings, rank_association
 
 __all__ = [
     "composition_deviation",
@@ -25,3 +51,5 @@ __all__ = [
     "stored_table",
 ]
 __all__ += ["consensus_candidates", "marker_counts", "marker_validation", "propensity", "propensity_loadings", "rank_association"]
+__all__ += ["association_stability", "comparability", "count_association", "gene_association", "influential_lots", "method_agreement", "neighbourhood_association", "potency_model", "potency_prediction", "pseudobulk_markers"]
+__all__ += ["mapping_calibration", "mapping_qc", "marker_by_set", "potency_validation", "reference_info"]

@@ -7,11 +7,32 @@ from ``adata.uns[f"{cluster_key}_colors"]`` as in scanpy.
 """
 
 from ._association import association_overview, potency_scatter
+from ._bulk import (
+    marker_overlap,
+    marker_validation,
+    propensity_scores,
+    rank_volcano,
+    validation_scatter,
+)
 from ._composition import composition_deviation, lot_composition
+from ._decisions import (
+    association_stability,
+    comparability,
+    influential_lots,
+    method_agreement,
+    neighbourhood_association,
+    potency_prediction,
+)
 from ._embedding import umap
+from ._mapping import (
+    mapping_calibration,
+    mapping_confidence,
+    mapping_umap,
+    marker_by_set,
+    potency_validation,
+)
 from ._markers import markers
 from ._qc import qc_per_lot
-from ._bulk import marker_overlap, marker_validation, propensity_scores, rank_volcano, validation_scatter
 
 __all__ = [
     "association_overview",
@@ -23,3 +44,5 @@ __all__ = [
     "umap",
 ]
 __all__ += ["marker_overlap", "marker_validation", "propensity_scores", "rank_volcano", "validation_scatter"]
+__all__ += ["association_stability", "comparability", "influential_lots", "method_agreement", "neighbourhood_association", "potency_prediction"]
+__all__ += ["mapping_calibration", "mapping_confidence", "mapping_umap", "marker_by_set", "potency_validation"]

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 from anndata import AnnData
+from scipy import sparse
 
-from .. import _keys
+from .. import _dask, _keys
 from .._provenance import record
 from .._validate import check_counts, count_matrix, lots_of
 
@@ -56,6 +57,13 @@ def qc(
     copy
         Return a filtered copy instead of filtering in place.
 
+    Notes
+    -----
+    A Dask-backed count matrix (chunked along cells, e.g. from
+    :func:`mscpotency.io.read_lots_lazy`) is supported: the metrics are computed block by
+    block and the filtered matrix stays lazy. In memory, CSR matrices are filtered in place
+    (no second copy of the counts).
+
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes obs ``n_genes_by_counts``,
@@ -68,7 +76,14 @@ def qc(
     adata = adata.copy() if copy else adata
     adata.var["mt"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
     layer = counts_layer if counts_layer in adata.layers else None
-    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], layer=layer, percent_top=None, log1p=False, inplace=True)
+    if _dask.is_dask(X):
+        obs_metrics, var_metrics = _dask.qc_metrics(X, adata.var["mt"].to_numpy())
+        for column in obs_metrics:
+            adata.obs[column] = obs_metrics[column].to_numpy()
+        for column in var_metrics:
+            adata.var[column] = var_metrics[column].to_numpy()
+    else:
+        sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], layer=layer, percent_top=None, log1p=False, inplace=True)
     reasons = pd.DataFrame(index=adata.obs_names)
     reasons["min_genes"] = adata.obs["n_genes_by_counts"].to_numpy() < min_genes
     if min_counts is not None:
@@ -90,12 +105,10 @@ def qc(
             "Relax the thresholds or remove these lots explicitly."
         )
         raise ValueError(msg)
-    n_cells_detected = np.asarray((count_matrix(adata, counts_layer)[~removed] > 0).sum(axis=0)).ravel()
+    n_cells_detected = _detected_per_gene(count_matrix(adata, counts_layer), ~removed)
     gene_removed = n_cells_detected < min_cells_per_gene
     genes_removed = adata.var_names[gene_removed].tolist()
-    adata._inplace_subset_obs(~removed)
-    if gene_removed.any():
-        adata._inplace_subset_var(~gene_removed)
+    _subset_inplace(adata, ~removed, ~gene_removed)
     adata.uns[key_added] = {
         "per_lot": report,
         "genes_removed": genes_removed,
@@ -115,3 +128,157 @@ def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np
     median = grouped.transform("median").to_numpy()
     mad = grouped.transform(lambda v: np.median(np.abs(v - np.median(v)))).to_numpy()
     return log_counts < median - n_mad * 1.4826 * mad
+
+
+#: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).
+_CHUNK_ROWS = 8192
+
+
+def _is_plain_csr(X) -> bool:
+    """A scipy CSR matrix whose arrays can be rewritten in place."""
+    return (
+        sparse.issparse(X)
+        and X.format == "csr"
+        and all(a.ndim == 1 and a.flags.c_contiguous and a.flags.writeable for a in (X.data, X.indices, X.indptr))
+    )
+
+
+def _detected_per_gene(X, rows: np.ndarray) -> np.ndarray:
+    """Number of cells among ``rows`` (boolean mask) with a non-zero count, per gene.
+
+    CSR input is scanned in row chunks (no copy of the matrix); other inputs are subset.
+    """
+    if _dask.is_dask(X):
+        return _dask.detected_per_gene(X, rows)
+    if not _is_plain_csr(X):
+        return np.asarray((X[rows] > 0).sum(axis=0)).ravel()
+    detected = np.zeros(X.shape[1], dtype=np.int64)
+    indptr = X.indptr
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, X.shape[0])
+        lo, hi = indptr[start], indptr[stop]
+        entry_row = np.repeat(rows[start:stop], np.diff(indptr[start : stop + 1]))
+        hit = entry_row & (X.data[lo:hi] > 0)
+        detected += np.bincount(X.indices[lo:hi][hit], minlength=X.shape[1])
+    return detected
+
+
+def _subset_inplace(adata: AnnData, keep_obs: np.ndarray, keep_var: np.ndarray) -> None:
+    """Remove cells and genes from ``adata`` without a second copy of its CSR matrices.
+
+    AnnData's own subsetting copies every matrix while the original is still alive (peak:
+    twice the counts). CSR ``X`` and layers are instead compacted in place, chunk by chunk
+    (arrays shared between matrices, e.g. the sparsity structure ``pp.preprocess`` shares
+    between ``X`` and the counts layer, are compacted once and stay shared); everything
+    else (obs, var, obsm, obsp, dense layers) goes through AnnData.
+    """
+    if keep_obs.all() and keep_var.all():
+        return
+    inplace = {}
+    if not adata.is_view:
+        candidates = {"X": adata.X, **{f"layers/{k}": v for k, v in adata.layers.items()}}
+        inplace = {k: v for k, v in candidates.items() if v is not None and _is_plain_csr(v)}
+        if not _shares_cleanly(list(inplace.values())):
+            inplace = {}
+    for key in inplace:
+        if key == "X":
+            adata.X = None
+        else:
+            del adata.layers[key.removeprefix("layers/")]
+    compacted = _compact_csr(list(inplace.values()), keep_obs, keep_var)
+    if not keep_obs.all():
+        adata._inplace_subset_obs(keep_obs)
+    if not keep_var.all():
+        adata._inplace_subset_var(keep_var)
+    for key, matrix in zip(inplace, compacted, strict=True):
+        if key == "X":
+            adata.X = matrix
+        else:
+            adata.layers[key.removeprefix("layers/")] = matrix
+
+
+def _shares_cleanly(matrices: list) -> bool:
+    """True unless matrices share some arrays but not their whole structure (left to AnnData)."""
+    structures = {(_buffer(X.indptr), _buffer(X.indices)) for X in matrices}
+    indptrs = {s[0] for s in structures}
+    indices = {s[1] for s in structures}
+    data = {}
+    for X in matrices:
+        data.setdefault(_buffer(X.data), set()).add((_buffer(X.indptr), _buffer(X.indices)))
+    return len(indptrs) == len(indices) == len(structures) and all(len(v) == 1 for v in data.values())
+
+
+def _buffer(a: np.ndarray) -> tuple[int, int]:
+    return a.__array_interface__["data"][0], a.nbytes
+
+
+def _compact_csr(matrices: list, keep_obs: np.ndarray, keep_var: np.ndarray) -> list:
+    """Rows ``keep_obs`` and columns ``keep_var`` of CSR matrices, written over their own arrays.
+
+    Entries are moved forward chunk by chunk (a kept entry only moves to a position that
+    has been read already), so the scratch memory is one chunk, not one matrix. The
+    results are views of the leading part of the original buffers. Matrices that share
+    their sparsity structure are compacted in one pass and keep sharing it; the same
+    matrix object listed twice comes back as one object.
+    """
+    groups: dict[tuple, list] = {}
+    for X in matrices:
+        groups.setdefault((_buffer(X.indptr), _buffer(X.indices)), []).append(X)
+    shape = (int(keep_obs.sum()), int(keep_var.sum()))
+    new_column = np.cumsum(keep_var) - 1
+    by_id: dict[int, object] = {}
+    for members in groups.values():
+        first = members[0]
+        data_arrays: dict[tuple[int, int], np.ndarray] = {}
+        for X in members:
+            data_arrays.setdefault(_buffer(X.data), X.data)
+        indptr, indices, moved = _compact_pass(first, keep_obs, keep_var, new_column, list(data_arrays.values()))
+        compacted = dict(zip(data_arrays, moved, strict=True))
+        for X in members:
+            if id(X) not in by_id:
+                by_id[id(X)] = type(X)((compacted[_buffer(X.data)], indices, indptr), shape=shape, copy=False)
+    return [by_id[id(X)] for X in matrices]
+
+
+def _compact_pass(X, keep_obs, keep_var, new_column, data_arrays):
+    if keep_var.all():
+        return _compact_rows(X, keep_obs, data_arrays)
+    indptr, indices = X.indptr, X.indices
+    new_counts = np.zeros(X.shape[0], dtype=np.int64)
+    write = 0
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, X.shape[0])
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        lengths = np.diff(indptr[start : stop + 1])
+        columns = indices[lo:hi].copy()
+        kept = np.repeat(keep_obs[start:stop], lengths) & keep_var[columns]
+        n_kept = int(kept.sum())
+        for a in data_arrays:
+            a[write : write + n_kept] = a[lo:hi][kept]
+        indices[write : write + n_kept] = new_column[columns[kept]]
+        local_row = np.repeat(np.arange(stop - start), lengths)
+        new_counts[start:stop] = np.bincount(local_row[kept], minlength=stop - start)
+        write += n_kept
+    new_indptr = np.zeros(int(keep_obs.sum()) + 1, dtype=indptr.dtype)
+    np.cumsum(new_counts[keep_obs], out=new_indptr[1:])
+    return new_indptr, indices[:write], [a[:write] for a in data_arrays]
+
+
+def _compact_rows(X, keep_obs, data_arrays):
+    """Row removal only: move each run of kept rows forward as a block (at most a chunk at a time)."""
+    indptr, indices = X.indptr, X.indices
+    edges = np.flatnonzero(np.diff(np.r_[0, keep_obs.astype(np.int8), 0]))
+    step = max(1, int(indptr[-1]) // max(1, X.shape[0]) * _CHUNK_ROWS)
+    write = 0
+    for first, last in zip(edges[::2], edges[1::2], strict=True):  # kept rows first..last-1
+        lo, hi = int(indptr[first]), int(indptr[last])
+        if lo != write:
+            for start in range(lo, hi, step):
+                stop = min(start + step, hi)
+                target = write + start - lo
+                for a in (indices, *data_arrays):
+                    a[target : target + stop - start] = a[start:stop]
+        write += hi - lo
+    new_indptr = np.zeros(int(keep_obs.sum()) + 1, dtype=indptr.dtype)
+    np.cumsum(np.diff(indptr)[keep_obs], out=new_indptr[1:])
+    return new_indptr, indices[:write], [a[:write] for a in data_arrays]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
 import warnings
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import scanpy as sc
 from anndata import AnnData
+from scipy import sparse
 
 from .. import _keys
 from .._provenance import record
+
+if TYPE_CHECKING:
+    import igraph
 
 logger = logging.getLogger("mscpotency")
 
@@ -96,13 +101,12 @@ def cluster(
         key_added=neighbors_key,
         transformer="sklearn" if exact else None,
     )
+    graph = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
     if n_clusters is None:
-        labels = _leiden(adata, resolution, neighbors_key, n_iterations, random_state)
+        labels = _leiden(graph, resolution, n_iterations, random_state)
         searched = False
     else:
-        resolution, labels = _search_resolution(
-            adata, n_clusters, neighbors_key, n_iterations, random_state, max_search_steps
-        )
+        resolution, labels = _search_resolution(graph, n_clusters, n_iterations, random_state, max_search_steps)
         searched = True
     named = pd.Series(_name_by_size(labels, prefix), index=adata.obs_names)
     adata.obs[key_added] = named
@@ -119,33 +123,69 @@ def cluster(
     return adata if copy else None
 
 
-def _leiden(adata: AnnData, resolution: float, neighbors_key: str, n_iterations: int, seed: int) -> np.ndarray:
-    scratch = "_mscpotency_leiden"
-    sc.tl.leiden(
-        adata,
-        resolution=resolution,
-        flavor="igraph",
-        n_iterations=n_iterations,
-        directed=False,
-        random_state=seed,
-        neighbors_key=neighbors_key,
-        key_added=scratch,
-    )
-    labels = adata.obs.pop(scratch).to_numpy()
-    adata.uns.pop(scratch, None)
-    return labels
+class _IgraphRandom:
+    """igraph's random number source, seeded per call (as scanpy's ``leiden`` seeds it)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.RandomState(seed)
+
+    def getrandbits(self, k: int) -> int:
+        return self._rng.tomaxint() & ((1 << k) - 1)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b + 1)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._rng, "normal" if attr == "gauss" else attr)
+
+
+def _igraph_of(adjacency) -> igraph.Graph:
+    """The weighted undirected igraph graph of a kNN connectivity matrix, built once.
+
+    Edges and weights in the order ``scanpy.tl.leiden`` builds them (every stored non-zero
+    of the CSR matrix, row by row), so Leiden on it gives scanpy's labels; building it from
+    arrays instead of a Python list of tuples is what makes repeated Leiden runs cheap.
+    """
+    import igraph
+
+    adjacency = sparse.csr_matrix(adjacency)
+    if not adjacency.has_canonical_format:
+        adjacency = adjacency.copy()
+        adjacency.sum_duplicates()
+    sources = np.repeat(np.arange(adjacency.shape[0]), np.diff(adjacency.indptr))
+    nonzero = adjacency.data != 0
+    edges = np.column_stack([sources[nonzero], adjacency.indices[nonzero]]).astype(np.int64)
+    graph = igraph.Graph(directed=False)
+    graph.add_vertices(adjacency.shape[0])
+    graph.add_edges(edges)  # (add_edges takes the array as is; Graph(edges=array) is 10x slower)
+    graph.es["weight"] = adjacency.data[nonzero].astype(np.float64)
+    return graph
+
+
+def _leiden(graph: igraph.Graph, resolution: float, n_iterations: int, seed: int) -> np.ndarray:
+    """Leiden of igraph (modularity, edge weights) with its own seeded random source."""
+    import igraph
+
+    igraph.set_random_number_generator(_IgraphRandom(seed))
+    try:
+        partition = graph.community_leiden(
+            objective_function="modularity", weights="weight", resolution=resolution, n_iterations=n_iterations
+        )
+    finally:
+        igraph.set_random_number_generator(random)
+    return np.asarray(partition.membership)
 
 
 def _search_resolution(
-    adata: AnnData, target: int, neighbors_key: str, n_iterations: int, seed: int, max_steps: int
+    graph: igraph.Graph, target: int, n_iterations: int, seed: int, max_steps: int
 ) -> tuple[float, np.ndarray]:
-    """Bisection on log-resolution for a clustering with ``target`` clusters."""
+    """Bisection on log-resolution for a clustering with ``target`` clusters (one graph, many Leidens)."""
     low, high = np.log(_RESOLUTION_BOUNDS[0]), np.log(_RESOLUTION_BOUNDS[1])
     best: tuple[int, float, np.ndarray] | None = None
     for _ in range(max_steps):
         middle = (low + high) / 2
         resolution = float(np.exp(middle))
-        labels = _leiden(adata, resolution, neighbors_key, n_iterations, seed)
+        labels = _leiden(graph, resolution, n_iterations, seed)
         found = len(np.unique(labels))
         logger.debug("resolution %.4f gives %d clusters", resolution, found)
         if best is None or abs(found - target) < abs(best[0] - target):

@@ -1,0 +1,323 @@
+"""tl.map_to_reference on the tiny preset: schema, truth, determinism, bad input, freezing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import sparse
+
+import mscpotency as mp
+from mscpotency.tl._mapping import _calibration, _neighbors
+from mscpotency.tl._mapping._anchors import Anchors, find_transfer_anchors, transfer_data
+
+BACKENDS = ["fast", "anchors"]
+
+
+def truth_labels(reference: AnnData, query: AnnData, label_key: str = "cluster") -> np.ndarray:
+    """Each query cell's true reference cluster: the majority cluster of its true population.
+
+    Low-quality cells form their own population; query cells of a population the reference
+    lacks get ``""``.
+    """
+
+    def population(adata):
+        return np.where(adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str))
+
+    table = pd.crosstab(population(reference), reference.obs[label_key].astype(str))
+    majority = table.idxmax(axis=1).to_dict()
+    return np.array([majority.get(p, "") for p in population(query)])
+
+
+@pytest.fixture(scope="module")
+def tiny_query(tiny_all) -> AnnData:
+    query = tiny_all[tiny_all.obs["set"] != "BM-train"].copy()
+    mp.pp.qc(query)
+    return query
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def mapped(request, tiny_query, tiny_ref) -> AnnData:
+    return mp.tl.map_to_reference(tiny_query, tiny_ref, method=request.param, copy=True)
+
+
+def test_schema_and_truth(mapped, tiny_ref):
+    categories = list(tiny_ref.obs["cluster"].cat.categories)
+    labels = mapped.obs["predicted"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    assert list(labels.cat.categories) == categories
+    probabilities = mapped.obsm["predicted_probabilities"]
+    assert isinstance(probabilities, pd.DataFrame)
+    assert list(probabilities.columns) == categories
+    assert probabilities.index.equals(mapped.obs_names)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(mapped.obs["predicted_score"], probabilities.max(axis=1))
+    assert (probabilities.idxmax(axis=1).to_numpy() == labels.astype(str).to_numpy()).all()
+    mapping = mapped.obs["predicted_mapping_score"]
+    assert mapping.between(0, 1).all()
+    stored = mapped.uns["predicted"]
+    assert stored["potency_label"] == tiny_ref.uns["potency_association"]["potency_cluster"]
+    assert stored["genes_missing"] == []
+    assert stored["n_genes_shared"] == stored["n_genes_reference"]
+    assert len(stored["reference_hash"]) == 32
+    per_lot = mp.get.mapping_qc(mapped)
+    assert set(per_lot.index) == set(mapped.obs["lot"].astype(str))
+    assert per_lot["n_cells"].sum() == mapped.n_obs
+    assert stored["calibration"]["fitted"]
+    # truth: every population the reference knows is found again in the held-out lots and other tissues
+    truth = truth_labels(tiny_ref, mapped)
+    known = truth != ""
+    assert (labels.astype(str).to_numpy()[known] == truth[known]).mean() > 0.93
+    potency = stored["potency_label"]
+    for name in ("BM-test", "AD", "UC"):
+        in_set = (mapped.obs["set"] == name).to_numpy() & known
+        predicted, true = labels.astype(str).to_numpy()[in_set] == potency, truth[in_set] == potency
+        f1 = 2 * (predicted & true).sum() / (predicted.sum() + true.sum())
+        assert f1 > 0.9, name
+    # on-reference cells are not flagged as off-reference
+    assert stored["summary"]["share_off_reference"] < 0.02
+    # the transferred labels are calibrated on these held-out lots
+    correct = labels.astype(str).to_numpy()[known] == truth[known]
+    assert mp.tl._mapping.expected_calibration_error(mapped.obs["predicted_score"].to_numpy()[known], correct) < 0.1
+    assert not mp.get.mapping_calibration(mapped).empty
+
+
+def test_mapping_score_does_not_depend_on_the_backend(tiny_query, tiny_ref):
+    fast = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    anchors = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", calibrate=False, copy=True)
+    np.testing.assert_array_equal(fast.obs["predicted_mapping_score"], anchors.obs["predicted_mapping_score"])
+    assert anchors.uns["predicted"]["anchors"]["n_anchors"] > 0
+
+
+def test_copy_determinism_and_provenance(tiny_query, tiny_ref):
+    query = tiny_query.copy()
+    before = query.copy()
+    returned = mp.tl.map_to_reference(query, tiny_ref, method="fast", copy=True)
+    assert "predicted" not in query.obs and "predicted" not in query.uns
+    assert query.obs.equals(before.obs)
+    assert mp.tl.map_to_reference(query, tiny_ref, method="fast") is None
+    pd.testing.assert_frame_equal(query.obsm["predicted_probabilities"], returned.obsm["predicted_probabilities"])
+    pd.testing.assert_series_equal(query.obs["predicted_mapping_score"], returned.obs["predicted_mapping_score"])
+    entry = mp.get.provenance(query).iloc[-1]
+    assert entry["function"] == "tl.map_to_reference"
+    assert entry["params"]["reference_hash"] == query.uns["predicted"]["reference_hash"]
+    assert entry["params"]["reference"]["__anndata__"] == mp._provenance.fingerprint(tiny_ref)
+
+
+def test_umap_placement_is_a_weighted_mean_of_reference_positions(tiny_query, tiny_ref):
+    reference = tiny_ref.copy()
+    # a stand-in UMAP with the clusters on a circle, so "next to its cluster" is unambiguous
+    codes = reference.obs["cluster"].cat.codes.to_numpy()
+    angle = 2 * np.pi * codes / (codes.max() + 1)
+    jitter = np.random.default_rng(0).normal(scale=0.3, size=(reference.n_obs, 2))
+    reference.obsm["X_umap"] = 10 * np.column_stack([np.cos(angle), np.sin(angle)]) + jitter
+    out = mp.tl.map_to_reference(tiny_query, reference, method="fast", calibrate=False, copy=True)
+    placed = out.obsm["predicted_umap"]
+    assert placed.shape == (out.n_obs, 2)
+    low, high = reference.obsm["X_umap"].min(axis=0), reference.obsm["X_umap"].max(axis=0)
+    assert ((placed >= low) & (placed <= high)).all()
+    # cells land next to reference cells of their predicted label
+    centroids = pd.DataFrame(reference.obsm["X_umap"]).groupby(reference.obs["cluster"].to_numpy()).mean()
+    nearest = centroids.index[np.linalg.norm(placed[:, None, :] - centroids.to_numpy()[None], axis=2).argmin(axis=1)]
+    assert (nearest == out.obs["predicted"].astype(str).to_numpy()).mean() > 0.9
+    no_umap = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    assert "predicted_umap" not in no_umap.obsm
+    assert not no_umap.uns["predicted"]["params"]["umap_placed"]
+
+
+def test_missing_genes_are_zero_padded_and_reported(tiny_query, tiny_ref):
+    dropped = tiny_ref.var_names[tiny_ref.var["highly_variable"]][::10]
+    query = tiny_query[:, ~tiny_query.var_names.isin(dropped)].copy()
+    out = mp.tl.map_to_reference(query, tiny_ref, method="fast", copy=True)
+    stored = out.uns["predicted"]
+    assert sorted(stored["genes_missing"]) == sorted(dropped)
+    assert stored["n_genes_shared"] == stored["n_genes_reference"] - len(dropped)
+    truth = truth_labels(tiny_ref, out)
+    known = truth != ""
+    assert (out.obs["predicted"].astype(str).to_numpy()[known] == truth[known]).mean() > 0.9
+    with pytest.raises(ValueError, match="shares only"):
+        mp.tl.map_to_reference(query, tiny_ref, method="fast", min_shared_genes=0.95)
+
+
+def test_counts_in_x_without_a_counts_layer(tiny_query, tiny_ref):
+    query = AnnData(X=tiny_query.layers["counts"].copy(), obs=tiny_query.obs[["lot", "set"]].copy(),
+                    var=pd.DataFrame(index=tiny_query.var_names))
+    out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
+    reference_run = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    np.testing.assert_array_equal(out.obs["predicted"], reference_run.obs["predicted"])
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_no_shared_genes(tiny_query, tiny_ref):
+    query = tiny_query.copy()
+    query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+    with pytest.raises(ValueError, match="shares no genes"):
+        mp.tl.map_to_reference(query, tiny_ref)
+
+
+def test_reference_without_labels_or_embedding(tiny_query, tiny_ref):
+    with pytest.raises(KeyError, match=r"no labels in obs\['leiden'\].*tl.cluster"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, label_key="leiden")
+    for remove, match in (("obsm", "X_pca"), ("varm", "PCs"), ("var", "pca_mean"), ("uns", "target_sum")):
+        reference = tiny_ref.copy()
+        if remove == "obsm":
+            del reference.obsm["X_pca"]
+        elif remove == "varm":
+            del reference.varm["PCs"]
+        elif remove == "var":
+            del reference.var["pca_mean"]
+        else:
+            del reference.uns["preprocess"]
+        with pytest.raises(KeyError, match=rf"{match}.*pp.preprocess"):
+            mp.tl.map_to_reference(tiny_query, reference)
+    raw = tiny_ref.copy()
+    raw.obs["cluster"] = raw.obs["cluster"].astype(object)
+    raw.obs.iloc[0, raw.obs.columns.get_loc("cluster")] = np.nan
+    with pytest.raises(ValueError, match="have no label"):
+        mp.tl.map_to_reference(tiny_query, raw)
+    with pytest.raises(TypeError, match="must be an AnnData"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref.obs)
+
+
+def test_log_normalised_query_declared_as_counts(tiny_query, tiny_ref):
+    query = tiny_query.copy()
+    processed = mp.pp.preprocess(query.copy(), copy=True)
+    query.layers["counts"] = processed.X.copy()
+    with pytest.raises(ValueError, match=r"raw counts.*looks normalised or log-transformed"):
+        mp.tl.map_to_reference(query, tiny_ref)
+    query = tiny_query.copy()
+    del query.layers["counts"]
+    query.X = processed.X.copy()
+    with pytest.raises(ValueError, match=r"query.X.*non-integer"):
+        mp.tl.map_to_reference(query, tiny_ref)
+
+
+def test_tiny_lot_is_named_in_a_warning(tiny_query, tiny_ref):
+    keep = (tiny_query.obs["lot"] != "AD02").to_numpy() | (np.cumsum(tiny_query.obs["lot"] == "AD02") <= 7).to_numpy()
+    query = tiny_query[keep].copy()
+    with pytest.warns(UserWarning, match=r"'AD02' \(7 cells\).*fewer than 50 cells"):
+        out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
+    # mapped, not dropped
+    assert (out.obs["lot"] == "AD02").sum() == 7
+    assert out.obs["predicted"].notna().all()
+    assert mp.get.mapping_qc(out).loc["AD02", "n_cells"] == 7
+
+
+def test_invalid_options(tiny_query, tiny_ref):
+    with pytest.raises(ValueError, match="method must be one of"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, method="seurat")
+    with pytest.raises(ValueError, match="centre must be"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, centre="median")
+    with pytest.raises(ValueError, match="min_mapping_score must lie"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, min_mapping_score=2)
+    with pytest.raises(KeyError, match="no column 'batch'"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, lot_key="batch")
+    duplicated = tiny_query.copy()
+    duplicated.var_names = ["G"] * 2 + list(duplicated.var_names[2:])
+    with pytest.raises(ValueError, match="gene names are not unique"):
+        mp.tl.map_to_reference(duplicated, tiny_ref)
+
+
+# ----------------------------------------------------------------------------- frozen reference
+def test_freeze_write_read_and_map(tmp_path, tiny_query, tiny_ref):
+    frozen = mp.tl.freeze_reference(tiny_ref)
+    info = mp.get.reference_info(frozen)
+    assert info.loc[0, "potency_label"] == tiny_ref.uns["potency_association"]["potency_cluster"]
+    assert frozen.n_vars == int(tiny_ref.var["highly_variable"].sum())
+    path = mp.io.write_reference(frozen, tmp_path / "reference.h5ad")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        mp.io.write_reference(frozen, path)
+    loaded = mp.io.read_reference(path)
+    assert loaded.uns["reference"]["hash"] == frozen.uns["reference"]["hash"]
+    direct = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", copy=True)
+    from_file = mp.tl.map_to_reference(tiny_query, str(path), method="anchors", copy=True)
+    assert from_file.uns["predicted"]["reference_hash"] == direct.uns["predicted"]["reference_hash"]
+    assert from_file.uns["predicted"]["reference_hash"] == frozen.uns["reference"]["hash"]
+    np.testing.assert_allclose(
+        from_file.obsm["predicted_probabilities"].to_numpy(), direct.obsm["predicted_probabilities"].to_numpy()
+    )
+    log = json.loads(str(from_file.uns["mscpotency"]["log"][-1]))
+    assert log["params"]["reference_hash"] == frozen.uns["reference"]["hash"]
+    # the frozen reference keeps the log of how it was built
+    functions = [e["function"] for e in mp.get.provenance(frozen).to_dict("records")]
+    assert functions[-1] == "tl.freeze_reference" and "tl.cluster" in functions
+
+
+def test_tampered_or_unfrozen_references_are_refused(tmp_path, tiny_ref):
+    frozen = mp.tl.freeze_reference(tiny_ref)
+    frozen.obsm["X_pca"][0, 0] += 1.0
+    with pytest.raises(ValueError, match="modified after `tl.freeze_reference`"):
+        mp.io.write_reference(frozen, tmp_path / "bad.h5ad")
+    with pytest.raises(ValueError, match="not a frozen reference"):
+        mp.io.write_reference(tiny_ref, tmp_path / "plain.h5ad")
+    with pytest.raises(ValueError, match=r"\.h5ad"):
+        mp.io.write_reference(mp.tl.freeze_reference(tiny_ref), tmp_path / "reference.zarr")
+    with pytest.raises(FileNotFoundError, match="no frozen reference"):
+        mp.io.read_reference(tmp_path / "missing.h5ad")
+    with pytest.raises(KeyError, match="carries labels 'cluster'"):
+        mp.tl.map_to_reference(tiny_ref, mp.tl.freeze_reference(tiny_ref), label_key="leiden")
+
+
+# ----------------------------------------------------------------------------- kernels
+def test_exact_neighbours_match_brute_force():
+    rng = np.random.default_rng(1)
+    data, query = rng.normal(size=(300, 5)), rng.normal(size=(40, 5))
+    indices, distances = _neighbors.knn(data, query, 7, method="exact")
+    full = np.linalg.norm(query[:, None] - data[None], axis=2)
+    np.testing.assert_array_equal(indices, np.argsort(full, axis=1)[:, :7])
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :7])
+    own, _ = _neighbors.knn(data, data, 5, exclude_self=True)
+    assert not (own == np.arange(300)[:, None]).any()
+
+
+def test_anchors_pair_matching_populations_and_weights_follow_seurat():
+    rng = np.random.default_rng(0)
+    centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+    ref_labels = np.repeat(np.arange(3), 100)
+    reference = centres[ref_labels] + rng.normal(size=(300, 3))
+    query_labels = np.repeat(np.arange(3), 60)
+    query = centres[query_labels] + rng.normal(size=(180, 3)) + 0.5
+    anchors = find_transfer_anchors(reference, query, reference_filter=None, query_filter=None, k_score=20)
+    assert anchors.reference.size > 50
+    assert (ref_labels[anchors.reference] == query_labels[anchors.query]).all()
+    assert anchors.score.min() >= 0 and anchors.score.max() == 1
+    probabilities = transfer_data(query, anchors, ref_labels, 3, k_weight=20)
+    assert (probabilities.argmax(axis=1) == query_labels).all()
+    # one query cell, three anchors at distances 0, 1, 2 (k_weight = 3): Seurat's weights
+    toy = Anchors(reference=np.array([0, 1, 2]), query=np.array([1, 2, 3]), score=np.array([1.0, 0.5, 1.0]), n_mnn=3)
+    embedding = np.array([[0.0], [0.0], [1.0], [2.0]])
+    labels = np.array([0, 1, 1])
+    weights = 1 - np.exp(-np.array([1.0, 0.5, 0.0]) * np.array([1.0, 0.5, 1.0]) / 2)
+    expected = np.array([weights[0], weights[1] + weights[2]]) / weights.sum()
+    got = transfer_data(embedding, toy, labels, 2, k_weight=3)[0]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_calibration_error_and_temperature():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 20000)
+    calibrated = rng.random(20000) < confidence
+    assert _calibration.expected_calibration_error(confidence, calibrated) < 0.02
+    overconfident = rng.random(20000) < confidence - 0.25
+    assert _calibration.expected_calibration_error(confidence, overconfident) > 0.2
+    table = _calibration.reliability_table(confidence, calibrated, n_bins=5)
+    assert table["n_cells"].sum() == 20000 and len(table) == 5
+    # probabilities sharpened with temperature 0.5: fitting recovers T ~ 2 to undo it
+    true = rng.dirichlet(np.ones(4), size=5000)
+    labels = np.array([rng.choice(4, p=p) for p in true])
+    sharp = _calibration.apply_temperature(true, 0.5, floor=0.0)
+    fitted = _calibration.fit_temperature(sharp, labels)
+    assert 1.6 < fitted < 2.5
+    with pytest.raises(ValueError, match="equal length"):
+        _calibration.reliability_table(confidence, calibrated[:10])
+
+
+def test_sparse_and_dense_counts_agree(tiny_query, tiny_ref):
+    dense = tiny_query.copy()
+    dense.layers["counts"] = sparse.csr_matrix(dense.layers["counts"]).toarray()
+    a = mp.tl.map_to_reference(dense, tiny_ref, method="fast", calibrate=False, copy=True)
+    b = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    np.testing.assert_allclose(a.obs["predicted_mapping_score"], b.obs["predicted_mapping_score"], atol=1e-9)

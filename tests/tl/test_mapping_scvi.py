@@ -1,0 +1,52 @@
+"""The optional scvi backend (skipped without scvi-tools): same schema, right labels on the tiny preset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mscpotency as mp
+
+from .test_mapping import truth_labels
+
+scvi = pytest.importorskip("scvi")
+
+# scvi-tools and lightning warn about their own settings (workers, logging, accelerators) on
+# every training run; none of it concerns the result checked here
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning:lightning.*"),
+    pytest.mark.filterwarnings("ignore::UserWarning:pytorch_lightning.*"),
+    pytest.mark.filterwarnings("ignore::UserWarning:scvi.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def mapped(tiny_all, tiny_ref):
+    query = tiny_all[tiny_all.obs["set"] != "BM-train"].copy()
+    mp.pp.qc(query)
+    mp.tl.map_to_reference(
+        query, tiny_ref, method="scvi", scvi_kwargs={"max_epochs": 100, "scanvi_epochs": 30, "query_epochs": 50,
+                                                     "accelerator": "cpu"},
+    )
+    return query
+
+
+def test_scvi_backend_schema_and_truth(mapped, tiny_ref):
+    probabilities = mapped.obsm["predicted_probabilities"]
+    assert list(probabilities.columns) == list(tiny_ref.obs["cluster"].cat.categories)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert isinstance(mapped.obs["predicted"].dtype, pd.CategoricalDtype)
+    assert mapped.uns["predicted"]["params"]["method"] == "scvi"
+    assert not mapped.uns["predicted"]["calibration"]["fitted"]
+    truth = truth_labels(tiny_ref, mapped)
+    known = truth != ""
+    assert (mapped.obs["predicted"].astype(str).to_numpy()[known] == truth[known]).mean() > 0.85
+
+
+def test_scvi_backend_needs_reference_counts(mapped, tiny_ref):
+    frozen = mp.tl.freeze_reference(tiny_ref)
+    with pytest.raises(ValueError, match="raw counts"):
+        mp.tl.map_to_reference(mapped, frozen, method="scvi", copy=True)

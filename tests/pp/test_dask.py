@@ -30,7 +30,7 @@ from mscpotency.pp import _preprocess, _qc
 def client():
     distributed = pytest.importorskip("dask.distributed")
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
         distributed.Client(cluster) as client,
     ):
         yield client

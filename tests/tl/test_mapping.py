@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -321,3 +322,12 @@ def test_sparse_and_dense_counts_agree(tiny_query, tiny_ref):
     a = mp.tl.map_to_reference(dense, tiny_ref, method="fast", calibrate=False, copy=True)
     b = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
     np.testing.assert_allclose(a.obs["predicted_mapping_score"], b.obs["predicted_mapping_score"], atol=1e-9)
+
+
+def test_mapped_query_round_trips_through_h5ad(tmp_path, mapped):
+    query = mapped.copy()
+    query.uns.pop("simulation", None)  # the simulator's settings are not this test's concern
+    query.write_h5ad(tmp_path / "mapped.h5ad")
+    read = anndata.read_h5ad(tmp_path / "mapped.h5ad")
+    pd.testing.assert_frame_equal(mp.get.mapping_qc(read), mp.get.mapping_qc(query), check_dtype=False)
+    np.testing.assert_allclose(read.obsm["predicted_probabilities"], query.obsm["predicted_probabilities"])

@@ -40,7 +40,8 @@ def test_scvi_backend_schema_and_truth(mapped, tiny_ref):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert isinstance(mapped.obs["predicted"].dtype, pd.CategoricalDtype)
     assert mapped.uns["predicted"]["params"]["method"] == "scvi"
-    assert not mapped.uns["predicted"]["calibration"]["fitted"]
+    calibration = mapped.uns["predicted"]["calibration"]
+    assert calibration["fitted"] and calibration["n_cells"] > 50  # scANVI's validation cells
     truth = truth_labels(tiny_ref, mapped)
     known = truth != ""
     assert (mapped.obs["predicted"].astype(str).to_numpy()[known] == truth[known]).mean() > 0.85
@@ -50,3 +51,27 @@ def test_scvi_backend_needs_reference_counts(mapped, tiny_ref):
     frozen = mp.tl.freeze_reference(tiny_ref)
     with pytest.raises(ValueError, match="raw counts"):
         mp.tl.map_to_reference(mapped, frozen, method="scvi", copy=True)
+
+
+@pytest.mark.slow
+def test_scvi_backend_on_the_study_preset(study_all, study_ref):
+    from scipy import stats
+
+    from mscpotency.tl._mapping import expected_calibration_error
+
+    query = study_all[study_all.obs["set"] != "BM-train"].copy()
+    mp.pp.qc(query)
+    mp.tl.map_to_reference(query, study_ref, method="scvi")
+    potency = study_ref.uns["potency_association"]["potency_cluster"]
+    truth = truth_labels(study_ref, query)
+    labels = query.obs["predicted"].astype(str).to_numpy()
+    correct = labels == truth
+    assert expected_calibration_error(query.obs["predicted_score"].to_numpy(), correct) <= 0.1
+    for name, minimum in (("BM-test", 0.9), ("AD", 0.8), ("UC", 0.8)):
+        in_set = (query.obs["set"] == name).to_numpy()
+        predicted, true = labels[in_set] == potency, truth[in_set] == potency
+        assert 2 * (predicted & true).sum() / (predicted.sum() + true.sum()) >= minimum, name
+        lots = query.obs.loc[in_set, "lot"].astype(str).to_numpy()
+        share = pd.Series(predicted).groupby(lots).mean()
+        true_share = pd.Series(query.obs["true_potency_cell"].to_numpy()[in_set]).groupby(lots).mean()
+        assert stats.spearmanr(share, true_share.loc[share.index])[0] >= 0.9, name

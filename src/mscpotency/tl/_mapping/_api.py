@@ -145,7 +145,8 @@ def map_to_reference(
       surgery (optional dependency ``scvi-tools``).
 
     Every backend writes the same fields. The probabilities are temperature-scaled on the
-    reference (its lots held out in turn and mapped onto the others), and a mapping score,
+    reference (its lots held out in turn and mapped onto the others; for scvi, the reference
+    cells scANVI's classifier did not train on), and a mapping score,
     computed from the query's own structure, says how well the reference represents each
     cell: cells of a population the reference lacks score low instead of hiding behind a
     confident label.
@@ -177,7 +178,8 @@ def map_to_reference(
         Anchor backend parameters, as Seurat's of the same names (``k_filter=0`` skips
         the filter).
     calibrate
-        Fit a temperature on reference lots held out in turn and apply it.
+        Fit a temperature on reference lots held out in turn (scvi: on scANVI's validation
+        cells) and apply it.
     n_calibration_folds
         Folds of reference lots for the calibration.
     min_shared_genes
@@ -258,7 +260,7 @@ def map_to_reference(
     if method == "scvi":
         from ._scvi import scvi_transfer
 
-        probabilities, embedding_q, embedding_r = scvi_transfer(
+        probabilities, embedding_q, embedding_r, held_out = scvi_transfer(
             query, reference, model, harmonised, counts_layer=counts_layer, lots=lots,
             random_state=random_state, **(scvi_kwargs or {}),
         )
@@ -273,10 +275,11 @@ def map_to_reference(
     calibration: dict[str, Any] = {"temperature": 1.0, "fitted": False}
     if calibrate:
         if method == "scvi":
-            calibration["note"] = "not fitted: the scvi backend's soft predictions are used as they are"
+            # the scANVI classifier never trained on its validation cells: fit the temperature there
+            calibration = calibration_summary(*held_out) if held_out[1].size else calibration
         else:
             calibration = _fit_calibration(model, settings, n_calibration_folds)
-            probabilities = apply_temperature(probabilities, calibration["temperature"])
+        probabilities = apply_temperature(probabilities, calibration["temperature"])
     placement = _umap_placement(model, placement_q, placement_r, knn_method, random_state)
     categories = model.categories
     predicted = pd.Categorical.from_codes(probabilities.argmax(axis=1), categories=categories)
@@ -417,8 +420,13 @@ def _calibration_fit(model: ReferenceModel, s: _Settings, n_folds: int) -> dict[
         probabilities, _ = _transfer(model, rows, A, own, s)
         collected.append(probabilities)
         truth.append(model.labels[held_out])
-    probabilities = np.vstack(collected)
-    labels = np.concatenate(truth)
+    summary = calibration_summary(np.vstack(collected), np.concatenate(truth))
+    summary["n_folds"] = n_folds
+    return summary
+
+
+def calibration_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Fit the temperature on held-out reference cells and describe the fit."""
     temperature = fit_temperature(probabilities, labels)
     scaled = apply_temperature(probabilities, temperature)
     before = reliability_table(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels)
@@ -426,7 +434,6 @@ def _calibration_fit(model: ReferenceModel, s: _Settings, n_folds: int) -> dict[
     return {
         "temperature": temperature,
         "fitted": True,
-        "n_folds": n_folds,
         "n_cells": int(labels.size),
         "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
         "ece_before": expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels),

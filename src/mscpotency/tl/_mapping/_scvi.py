@@ -72,7 +72,7 @@ def scvi_transfer(
     batch_size: int = 128,
     accelerator: str = "auto",
     torch_threads: int | None = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Label probabilities of query cells from a scANVI reference model with query surgery.
 
     Parameters
@@ -112,6 +112,9 @@ def scvi_transfer(
         ``(n_query, n_labels)`` in the order of ``model.categories``; rows sum to 1.
     query_latent, reference_latent
         The cells in the shared latent space (for the UMAP placement).
+    held_out
+        Probabilities and labels of the reference cells scANVI kept for validation (its
+        classifier never trained on them), for calibration.
     """
     scvi = _require_scvi()
     del harmonised  # reported by the caller; scvi trains on the counts of the reference genes
@@ -134,7 +137,7 @@ def _train_and_predict(
     scvi, query: AnnData, reference: AnnData, model: ReferenceModel, *, counts_layer: str | None,
     lots: np.ndarray | None, random_state: int, n_latent: int, n_layers: int, max_epochs: int | None,
     scanvi_epochs: int | None, query_epochs: int | None, batch_size: int, accelerator: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     if "counts" not in reference.layers:
         msg = (
             "the scvi backend trains on the reference's raw counts (layers['counts']); a frozen "
@@ -183,13 +186,23 @@ def _train_and_predict(
     scanvi = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=_UNLABELLED)
     scanvi.train(max_epochs=scanvi_epochs, n_samples_per_label=100, **train)
     reference_latent = scanvi.get_latent_representation()
+    validation = getattr(scanvi, "validation_indices", None)
+    validation = np.asarray(validation if validation is not None else [], dtype=np.int64)
+    if validation.size:
+        held_out = (_ordered(scanvi.predict(ref[validation].copy(), soft=True), model), model.labels[validation])
+    else:
+        held_out = (np.zeros((0, len(model.categories))), np.zeros(0, dtype=np.int64))
     scvi.model.SCANVI.prepare_query_anndata(qry, scanvi)
     surgery = scvi.model.SCANVI.load_query_data(qry, scanvi)
     surgery.train(max_epochs=query_epochs, plan_kwargs={"weight_decay": 0.0}, **train)
-    soft = surgery.predict(soft=True)
+    probabilities = _ordered(surgery.predict(soft=True), model)
+    query_latent = surgery.get_latent_representation()
+    return probabilities, np.asarray(query_latent, dtype=float), np.asarray(reference_latent, dtype=float), held_out
+
+
+def _ordered(soft: pd.DataFrame, model: ReferenceModel) -> np.ndarray:
+    """Soft predictions of scANVI in the order of the reference labels, rows summing to 1."""
     probabilities = soft.reindex(columns=list(model.categories), fill_value=0.0).to_numpy(dtype=float)
     totals = probabilities.sum(axis=1, keepdims=True)
-    probabilities = np.divide(probabilities, totals, out=np.full_like(probabilities, 1 / probabilities.shape[1]),
-                              where=totals > 0)
-    query_latent = surgery.get_latent_representation()
-    return probabilities, np.asarray(query_latent, dtype=float), np.asarray(reference_latent, dtype=float)
+    return np.divide(probabilities, totals, out=np.full_like(probabilities, 1 / probabilities.shape[1]),
+                     where=totals > 0)

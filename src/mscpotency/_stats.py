@@ -234,7 +234,7 @@ def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
 
 def minimum_attainable_pvalue(n: int, alternative: Alternative = "two-sided") -> float:
     """Smallest exact p-value any Spearman test on ``n`` untied lots can reach."""
-    p = 1.0 / math.factorial(n)
+    p = math.exp(-math.lgamma(n + 1))  # 1 / n!, without overflow at hundreds of lots
     return 2 * p if alternative == "two-sided" else p
 
 

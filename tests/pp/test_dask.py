@@ -115,6 +115,25 @@ def test_dask_path_goes_on_to_lot_level_statistics(both_paths):
     assert share > 0.9
 
 
+def test_dask_path_finds_the_markers_the_in_memory_path_finds(both_paths, monkeypatch):
+    from mscpotency import _cell_stats
+
+    lazy, memory = (adata.copy() for adata in both_paths)
+    memory.obs["cluster"] = lazy.obs["cluster"].to_numpy()  # the same labels on both paths
+    for adata in (lazy, memory):
+        mp.tl.lot_fractions(adata)
+        mp.tl.potency_association(adata, "vegf")
+    # a small sorted-side budget: several gene passes over the blocks
+    monkeypatch.setattr(_cell_stats, "SORTED_ENTRIES", 2_000)
+    mp.tl.potency_markers(lazy, n_genes=50)
+    mp.tl.potency_markers(memory, n_genes=50)
+    ours, expected = mp.get.potency_markers(lazy), mp.get.potency_markers(memory)
+    assert ours["gene"].iloc[0] == "LRRC75A"
+    assert list(ours["gene"]) == list(expected["gene"])
+    numeric = ours.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(ours[numeric], expected[numeric], rtol=1e-5, atol=1e-8)
+
+
 def test_matrix_chunked_along_genes_is_an_error(client, tiny_train):
     import dask.array as da
 

@@ -1,0 +1,369 @@
+"""Cell-level statistics of a cells x genes matrix in bounded memory (no AnnData).
+
+The kernels behind :func:`mscpotency.tl.potency_markers` and the in-memory QC metrics.
+Every function walks the matrix in row blocks, so its scratch memory is one block, not one
+matrix, and takes the same three kinds of input: a CSR matrix (or any scipy sparse
+matrix), a dense array, or a :class:`dask.array.Array` of row blocks (the out-of-core path:
+each block is a Dask task, and only per-gene results come back).
+
+- :func:`group_moments`: per group of cells and per gene, the sum, the sum of squares and
+  the number of non-zero values, in one pass (group means, variances, detection rates;
+  groups can be as fine as lot x cluster).
+- :func:`rank_sum_z`: the Wilcoxon rank-sum z of one group of cells against the others,
+  per gene, exactly as ``scanpy.tl.rank_genes_groups(method="wilcoxon")`` computes it
+  (average ranks for ties, no tie correction of the variance), without ranking the whole
+  matrix: see the function's notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from . import _dask
+
+#: Stored entries per row chunk of the in-memory walks (bounds their scratch memory:
+#: about 40 bytes per entry, i.e. ~80 MB).
+CHUNK_ENTRIES = 1 << 21
+#: Default cap on the stored entries of the smaller group held sorted in memory by
+#: :func:`rank_sum_z` at once (genes are processed in as many passes as needed).
+SORTED_ENTRIES = 1 << 26
+
+
+# --------------------------------------------------------------------------------------
+# walking a matrix in row blocks
+# --------------------------------------------------------------------------------------
+def _as_csr(block) -> sparse.csr_matrix:
+    if sparse.issparse(block):
+        return block if block.format == "csr" else sparse.csr_matrix(block)
+    return sparse.csr_matrix(np.asarray(block))
+
+
+def _row_chunks(X, max_entries: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of an in-memory matrix holding at most ``max_entries`` stored entries each."""
+    n_obs = X.shape[0]
+    if sparse.issparse(X) and X.format == "csr":
+        targets = np.arange(max_entries, int(X.indptr[-1]), max_entries)
+        cuts = np.unique(np.searchsorted(X.indptr, targets, side="right") - 1)
+        edges = np.unique(np.r_[0, cuts, n_obs])
+    else:
+        step = max(1, max_entries // max(1, X.shape[1]))
+        edges = np.r_[np.arange(0, n_obs, step), n_obs]
+    if n_obs == 0:
+        yield 0, 0
+    for start, stop in pairwise(edges):
+        if stop > start:
+            yield int(start), int(stop)
+
+
+def _row_block(X, start: int, stop: int) -> sparse.csr_matrix:
+    """Rows ``start:stop`` as CSR; a view of the arrays of a CSR ``X`` (no copy)."""
+    if sparse.issparse(X) and X.format == "csr":
+        lo, hi = int(X.indptr[start]), int(X.indptr[stop])
+        return sparse.csr_matrix(
+            (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo),
+            shape=(stop - start, X.shape[1]),
+        )
+    return _as_csr(X[start:stop])
+
+
+def _add(a, b):
+    if isinstance(a, tuple):
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+    return a + b
+
+
+def _sum_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int):
+    """``func(rows, *row_args_of_rows, shared)`` summed over row chunks of one in-memory block."""
+    total = None
+    for start, stop in _row_chunks(block, max_entries):
+        part = func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
+        total = part if total is None else _add(total, part)
+    return total
+
+
+def _shared_for_dask(value: Any):
+    """``value`` once in the task graph: scattered to the workers when a distributed client runs."""
+    import dask
+
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return dask.delayed(value, pure=True)
+    return client.scatter(value, broadcast=True, hash=False)
+
+
+def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
+                max_entries: int | None = None):
+    """Sum of ``func(csr_rows, *row_args[rows], shared)`` over the row blocks of ``X``.
+
+    ``func`` returns an array or a tuple of arrays (summed elementwise). ``row_args`` are
+    per-cell arrays sliced like the rows; ``shared`` is passed whole (on Dask it enters the
+    graph once, or is broadcast when a distributed client runs). On Dask, each block is
+    one task (itself walked in row chunks) and partial results are added pairwise, so at
+    most a few of them are alive at once. ``max_entries``: stored entries per row chunk
+    (default :data:`CHUNK_ENTRIES`).
+    """
+    max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
+    if not _dask.is_dask(X):
+        return _sum_in_memory(X, func, row_args, shared, max_entries)
+    import dask
+
+    _dask.check_cell_chunks(X, where="the matrix")
+    bounds = np.cumsum((0, *X.chunks[0]))
+    shared_value = _shared_for_dask(shared)
+    parts = [
+        dask.delayed(_sum_in_memory)(
+            block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries
+        )
+        for i, block in enumerate(X.to_delayed().ravel())
+    ]
+    while len(parts) > 1:
+        parts = [dask.delayed(_add)(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return dask.compute(parts[0])[0]
+
+
+def collect_rows(X, func: Callable, *, row_args: tuple = (), max_entries: int | None = None) -> sparse.csr_matrix:
+    """``func(csr_rows, *row_args[rows])`` (a CSR matrix) for every row block, stacked."""
+    max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
+    if not _dask.is_dask(X):
+        pieces = [func(_row_block(X, start, stop), *(a[start:stop] for a in row_args))
+                  for start, stop in _row_chunks(X, max_entries)]
+    else:
+        import dask
+
+        _dask.check_cell_chunks(X, where="the matrix")
+        bounds = np.cumsum((0, *X.chunks[0]))
+        tasks = [dask.delayed(func)(dask.delayed(_as_csr)(block), *(a[bounds[i] : bounds[i + 1]] for a in row_args))
+                 for i, block in enumerate(X.to_delayed().ravel())]
+        pieces = list(dask.compute(*tasks))
+    return sparse.vstack(pieces, format="csr")
+
+
+# --------------------------------------------------------------------------------------
+# per-group moments
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupMoments:
+    """Per group x gene: cells, sum, sum of squares and number of non-zero values."""
+
+    n: np.ndarray
+    sums: np.ndarray
+    squares: np.ndarray
+    nonzero: np.ndarray
+
+    def mean(self) -> np.ndarray:
+        """Group x gene means (``nan`` for an empty group)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sums / self.n[:, None]
+
+    def var(self, ddof: int = 1) -> np.ndarray:
+        """Group x gene variances (one-pass formula in float64, clipped at 0)."""
+        n = self.n[:, None].astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.sums / n
+            var = np.maximum(self.squares / n - mean**2, 0.0)
+            return var * n / (n - ddof)
+
+    def fraction_nonzero(self) -> np.ndarray:
+        """Group x gene share of cells with a non-zero value."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.nonzero / self.n[:, None]
+
+    def merge(self, target: np.ndarray, n_targets: int) -> GroupMoments:
+        """Moments of coarser groups: group ``g`` is added into ``target[g]``."""
+        indicator = sparse.csr_matrix(
+            (np.ones(target.size), (target, np.arange(target.size))), shape=(n_targets, target.size)
+        )
+        return GroupMoments(
+            n=np.bincount(target, weights=self.n, minlength=n_targets).astype(np.int64),
+            sums=indicator @ self.sums, squares=indicator @ self.squares, nonzero=indicator @ self.nonzero,
+        )
+
+
+def _moments_rows(rows: sparse.csr_matrix, codes: np.ndarray, n_groups: int):
+    n_genes = rows.shape[1]
+    entry_group = np.repeat(codes.astype(np.int64), np.diff(rows.indptr))
+    key = entry_group * n_genes + rows.indices
+    values = rows.data.astype(np.float64)
+    size = n_groups * n_genes
+    sums = np.bincount(key, weights=values, minlength=size)
+    squares = np.bincount(key, weights=values * values, minlength=size)
+    nonzero = np.bincount(key[values != 0], minlength=size).astype(np.float64)
+    return sums.reshape(n_groups, n_genes), squares.reshape(n_groups, n_genes), nonzero.reshape(n_groups, n_genes)
+
+
+def group_moments(X, codes: np.ndarray, n_groups: int) -> GroupMoments:
+    """Per-group sums, sums of squares and non-zero counts of every gene, in one pass.
+
+    Parameters
+    ----------
+    X
+        Cells x genes: scipy sparse, dense, or a Dask array of row blocks.
+    codes
+        Group of each cell, integers ``0 .. n_groups - 1``.
+    n_groups
+        Number of groups.
+    """
+    codes = np.asarray(codes)
+    if codes.shape != (X.shape[0],):
+        msg = f"codes must have one entry per cell ({X.shape[0]}), got shape {codes.shape}"
+        raise ValueError(msg)
+    if codes.size and (codes.min() < 0 or codes.max() >= n_groups):
+        msg = f"codes must lie in 0..{n_groups - 1}, got {codes.min()}..{codes.max()}"
+        raise ValueError(msg)
+
+    sums, squares, nonzero = reduce_rows(X, _moments_rows, row_args=(codes,), shared=n_groups)
+    return GroupMoments(n=np.bincount(codes, minlength=n_groups).astype(np.int64),
+                        sums=sums, squares=squares, nonzero=nonzero)
+
+
+# --------------------------------------------------------------------------------------
+# Wilcoxon rank-sum
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SortedSide:
+    """The non-zero values of one group of cells for genes ``start:stop``, sorted per gene."""
+
+    start: int
+    stop: int
+    values: np.ndarray  # concatenated, sorted within each gene
+    offsets: np.ndarray  # gene j's values: values[offsets[j]:offsets[j + 1]]
+    zeros: np.ndarray  # cells of the group with a zero value, per gene
+    positives: np.ndarray  # values above zero, per gene
+
+
+def _select(rows: sparse.csr_matrix, keep: np.ndarray, start: int, stop: int) -> sparse.csr_matrix:
+    """Rows ``keep`` (mask) and genes ``start:stop`` of a CSR row block, zeros dropped."""
+    part = rows[keep] if not keep.all() else rows
+    if start != 0 or stop != rows.shape[1]:
+        part = part[:, start:stop]
+    part = sparse.csr_matrix(part, copy=part is rows)
+    part.eliminate_zeros()
+    return part
+
+
+def _sorted_side(X, cells: np.ndarray, start: int, stop: int) -> _SortedSide:
+    def select(rows, keep):
+        return _select(rows, keep, start, stop)
+
+    gathered = collect_rows(X, select, row_args=(cells,)).tocsc()
+    values, offsets = gathered.data, gathered.indptr.astype(np.int64)
+    for j in range(offsets.size - 1):
+        values[offsets[j] : offsets[j + 1]].sort()
+    stored = np.diff(offsets)
+    gene_of_value = np.repeat(np.arange(stored.size), stored)
+    positives = np.bincount(gene_of_value[values > 0], minlength=stored.size).astype(np.int64)
+    return _SortedSide(start=start, stop=stop, values=values, offsets=offsets,
+                       zeros=int(cells.sum()) - stored, positives=positives)
+
+
+def _twice_u_rows(rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide) -> np.ndarray:
+    """Twice the Mann-Whitney U of ``side`` against the ``other`` cells among these rows, per gene.
+
+    The other cells' values of each gene are sorted here (one row block: small) and the
+    side's sorted values are placed among them by binary search; zeros are counts.
+    """
+    part = _select(rows, other, side.start, side.stop).tocsc()
+    n_other = int(other.sum())
+    n_genes = side.stop - side.start
+    twice_u = np.zeros(n_genes, dtype=np.int64)
+    side_zeros, side_positives = side.zeros, side.positives
+    for j in range(n_genes):
+        values = part.data[part.indptr[j] : part.indptr[j + 1]]
+        values.sort()  # a private copy of the block's values (``_select`` copies)
+        other_zeros = n_other - values.size
+        other_negatives = int(np.searchsorted(values, 0, side="left"))
+        # each zero of the side: above the other's negatives, tied with the other's zeros
+        total = side_zeros[j] * (2 * other_negatives + other_zeros)
+        side_values = side.values[side.offsets[j] : side.offsets[j + 1]]
+        if side_values.size:
+            left = np.searchsorted(values, side_values, side="left")
+            right = np.searchsorted(values, side_values, side="right")
+            # each non-zero value of the side: above the other's smaller values (and its
+            # zeros when positive), tied with its equal values
+            total += 2 * int(left.sum()) + 2 * other_zeros * int(side_positives[j]) + int((right - left).sum())
+        twice_u[j] = total
+    return twice_u
+
+
+def _gene_chunks(nonzero: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
+    """Consecutive gene ranges whose ``nonzero`` entries stay within ``max_entries`` (>= 1 gene)."""
+    chunks, start, total = [], 0, 0
+    for j, count in enumerate(nonzero):
+        if j > start and total + count > max_entries:
+            chunks.append((start, j))
+            start, total = j, 0
+        total += count
+    chunks.append((start, len(nonzero)))
+    return chunks
+
+
+def rank_sum_z(
+    X, in_group: np.ndarray, *, nonzero: np.ndarray | None = None, max_sorted_entries: int | None = None
+) -> np.ndarray:
+    """Wilcoxon rank-sum z of the cells ``in_group`` against all other cells, per gene.
+
+    The statistic of ``scanpy.tl.rank_genes_groups(method="wilcoxon", tie_correct=False)``
+    for one group against the rest: ``(R - n1 (n + 1) / 2) / sqrt(n1 n2 (n + 1) / 12)``
+    with ``R`` the group's sum of average ranks. The sum is exact (integers and halves in
+    int64), so z agrees with scanpy's to rounding.
+
+    Parameters
+    ----------
+    X
+        Cells x genes: scipy sparse, dense, or a Dask array of row blocks.
+    in_group
+        Boolean mask of the group's cells.
+    nonzero
+        Optional ``(2, n_genes)`` non-zero counts (group, rest) per gene, e.g. from
+        :func:`group_moments`; they size the gene passes without another pass over ``X``.
+    max_sorted_entries
+        At most this many values of the smaller side are held sorted at once (default
+        :data:`SORTED_ENTRIES`; a single gene with more is still processed whole).
+
+    Notes
+    -----
+    ``R = n1 (n1 + 1) / 2 + U`` where ``U`` counts, over pairs (group cell, other cell),
+    how often the group's value is larger (ties count a half). ``U`` needs only the
+    smaller side's values sorted per gene (zeros as a count, not stored): the other side
+    is streamed block by block, its values sorted per gene within the block, and the
+    side's values placed among them by binary search; zeros are counted, not stored. Memory: the smaller side's non-zero values for a range of genes
+    (``max_sorted_entries``) plus one row block. On Dask: one pass over the blocks to
+    gather the smaller side and one to stream the other, per gene range; the sorted side
+    is broadcast to the workers.
+    """
+    in_group = np.asarray(in_group, dtype=bool)
+    max_sorted_entries = SORTED_ENTRIES if max_sorted_entries is None else max_sorted_entries
+    n = in_group.size
+    n1 = int(in_group.sum())
+    n2 = n - n1
+    if in_group.shape != (X.shape[0],):
+        msg = f"in_group must be a boolean mask over the {X.shape[0]} cells, got shape {in_group.shape}"
+        raise ValueError(msg)
+    if n1 == 0 or n2 == 0:
+        msg = f"the rank-sum test needs cells in both groups, got {n1} in and {n2} out"
+        raise ValueError(msg)
+    small_is_group = n1 <= n2
+    small = in_group if small_is_group else ~in_group
+    if nonzero is None:  # group 1 = in_group: reversed to (group, rest)
+        nonzero = group_moments(X, in_group.astype(np.int64), 2).nonzero[::-1]
+    nonzero_small = np.asarray(nonzero[0] if small_is_group else nonzero[1])
+    twice_u_small = np.zeros(X.shape[1], dtype=np.int64)
+    for start, stop in _gene_chunks(nonzero_small, max_sorted_entries):
+        side = _sorted_side(X, small, start, stop)
+        twice_u_small[start:stop] = reduce_rows(X, _twice_u_rows, row_args=(~small,), shared=side)
+    u_small = twice_u_small / 2.0
+    u_group = u_small if small_is_group else n1 * n2 - u_small
+    rank_sum = u_group + n1 * (n1 + 1) / 2.0
+    z = (rank_sum - n1 * ((n + 1) / 2.0)) / np.sqrt(n1 * n2 * (n + 1) / 12.0)
+    z[np.isnan(z)] = 0
+    return z

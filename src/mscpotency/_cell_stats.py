@@ -131,21 +131,32 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
     return dask.compute(parts[0])[0]
 
 
-def collect_rows(X, func: Callable, *, row_args: tuple = (), max_entries: int | None = None) -> sparse.csr_matrix:
-    """``func(csr_rows, *row_args[rows])`` (a CSR matrix) for every row block, stacked."""
+def _map_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int) -> list:
+    return [func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
+            for start, stop in _row_chunks(block, max_entries)]
+
+
+def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max_entries: int | None = None) -> list:
+    """``func(csr_rows, *row_args[rows], shared)`` for every row chunk of ``X``, in row order.
+
+    For results that stay small (per-cell values of a chunk, a selection of its entries);
+    use :func:`reduce_rows` to sum large per-gene results. On Dask, each block is one task.
+    """
     max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
     if not _dask.is_dask(X):
-        pieces = [func(_row_block(X, start, stop), *(a[start:stop] for a in row_args))
-                  for start, stop in _row_chunks(X, max_entries)]
-    else:
-        import dask
+        return _map_in_memory(X, func, row_args, shared, max_entries)
+    import dask
 
-        _dask.check_cell_chunks(X, where="the matrix")
-        bounds = np.cumsum((0, *X.chunks[0]))
-        tasks = [dask.delayed(func)(dask.delayed(_as_csr)(block), *(a[bounds[i] : bounds[i + 1]] for a in row_args))
-                 for i, block in enumerate(X.to_delayed().ravel())]
-        pieces = list(dask.compute(*tasks))
-    return sparse.vstack(pieces, format="csr")
+    _dask.check_cell_chunks(X, where="the matrix")
+    bounds = np.cumsum((0, *X.chunks[0]))
+    shared_value = _shared_for_dask(shared)
+    tasks = [
+        dask.delayed(_map_in_memory)(
+            block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries
+        )
+        for i, block in enumerate(X.to_delayed().ravel())
+    ]
+    return [part for block_parts in dask.compute(*tasks) for part in block_parts]
 
 
 # --------------------------------------------------------------------------------------
@@ -241,8 +252,9 @@ class _SortedSide:
     positives: np.ndarray  # values above zero, per gene
 
 
-def _select(rows: sparse.csr_matrix, keep: np.ndarray, start: int, stop: int) -> sparse.csr_matrix:
+def _select(rows: sparse.csr_matrix, keep: np.ndarray, genes: tuple[int, int]) -> sparse.csr_matrix:
     """Rows ``keep`` (mask) and genes ``start:stop`` of a CSR row block, zeros dropped."""
+    start, stop = genes
     part = rows[keep] if not keep.all() else rows
     if start != 0 or stop != rows.shape[1]:
         part = part[:, start:stop]
@@ -252,10 +264,7 @@ def _select(rows: sparse.csr_matrix, keep: np.ndarray, start: int, stop: int) ->
 
 
 def _sorted_side(X, cells: np.ndarray, start: int, stop: int) -> _SortedSide:
-    def select(rows, keep):
-        return _select(rows, keep, start, stop)
-
-    gathered = collect_rows(X, select, row_args=(cells,)).tocsc()
+    gathered = sparse.vstack(map_rows(X, _select, row_args=(cells,), shared=(start, stop)), format="csr").tocsc()
     values, offsets = gathered.data, gathered.indptr.astype(np.int64)
     for j in range(offsets.size - 1):
         values[offsets[j] : offsets[j + 1]].sort()
@@ -272,7 +281,7 @@ def _twice_u_rows(rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide)
     The other cells' values of each gene are sorted here (one row block: small) and the
     side's sorted values are placed among them by binary search; zeros are counts.
     """
-    part = _select(rows, other, side.start, side.stop).tocsc()
+    part = _select(rows, other, (side.start, side.stop)).tocsc()
     n_other = int(other.sum())
     n_genes = side.stop - side.start
     twice_u = np.zeros(n_genes, dtype=np.int64)

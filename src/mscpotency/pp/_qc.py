@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _dask, _keys
+from .. import _keys
+from .._cell_stats import map_rows, reduce_rows
 from .._provenance import record
 from .._validate import check_counts, count_matrix, lots_of
 
@@ -59,7 +59,10 @@ def qc(
 
     Notes
     -----
-    A Dask-backed count matrix (chunked along cells, e.g. from
+    The metrics are those of ``sc.pp.calculate_qc_metrics(qc_vars=["mt"],
+    percent_top=None, log1p=False)`` (same columns, dtypes and arithmetic), computed in one
+    pass over row chunks (scratch memory of one chunk, where scanpy's call holds about one
+    more count matrix). A Dask-backed count matrix (chunked along cells, e.g. from
     :func:`mscpotency.io.read_lots_lazy`) is supported: the metrics are computed block by
     block and the filtered matrix stays lazy. In memory, CSR matrices are filtered in place
     (no second copy of the counts).
@@ -75,15 +78,11 @@ def qc(
     check_counts(X, where="the count matrix" if X is adata.X else f"layers[{counts_layer!r}]")
     adata = adata.copy() if copy else adata
     adata.var["mt"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
-    layer = counts_layer if counts_layer in adata.layers else None
-    if _dask.is_dask(X):
-        obs_metrics, var_metrics = _dask.qc_metrics(X, adata.var["mt"].to_numpy())
-        for column in obs_metrics:
-            adata.obs[column] = obs_metrics[column].to_numpy()
-        for column in var_metrics:
-            adata.var[column] = var_metrics[column].to_numpy()
-    else:
-        sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], layer=layer, percent_top=None, log1p=False, inplace=True)
+    obs_metrics, var_metrics = qc_metrics(X, adata.var["mt"].to_numpy())
+    for column in obs_metrics:
+        adata.obs[column] = obs_metrics[column].to_numpy()
+    for column in var_metrics:
+        adata.var[column] = var_metrics[column].to_numpy()
     reasons = pd.DataFrame(index=adata.obs_names)
     reasons["min_genes"] = adata.obs["n_genes_by_counts"].to_numpy() < min_genes
     if min_counts is not None:
@@ -130,6 +129,59 @@ def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np
     return log_counts < median - n_mad * 1.4826 * mad
 
 
+def _qc_rows(rows: sparse.csr_matrix, mito: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (genes detected, total, mito total) and per gene (cells detected, total) of some rows."""
+    n_obs, n_vars = rows.shape
+    detected = rows.data > 0
+    row_of = np.repeat(np.arange(n_obs), np.diff(rows.indptr))
+    values = rows.data.astype(np.float64)
+    in_mito = mito[rows.indices]
+    per_cell = np.column_stack([
+        np.bincount(row_of[detected], minlength=n_obs),
+        np.bincount(row_of, weights=values, minlength=n_obs),
+        np.bincount(row_of[in_mito], weights=values[in_mito], minlength=n_obs),
+    ])
+    per_gene = np.vstack([
+        np.bincount(rows.indices[detected], minlength=n_vars),
+        np.bincount(rows.indices, weights=values, minlength=n_vars),
+    ])
+    return per_cell, per_gene
+
+
+def qc_metrics(X, mito: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``sc.pp.calculate_qc_metrics(qc_vars=['mt'], percent_top=None, log1p=False)`` in one pass.
+
+    Per-cell and per-gene sums over row chunks (in memory) or blocks (Dask), returned with
+    scanpy's column names, dtypes and arithmetic (float32 totals and percentage), so the
+    same cells pass the thresholds. scanpy's own call holds about one more count matrix
+    in memory, and on Dask computes its metrics in separate graphs that keep blocks alive
+    together (about four count matrices at once at 10^5 cells).
+    """
+    n_obs = X.shape[0]
+    parts = map_rows(X, _qc_rows, shared=np.asarray(mito, dtype=bool))
+    per_cell = np.vstack([cell for cell, _ in parts])
+    per_gene = np.sum([gene for _, gene in parts], axis=0)
+    obs = pd.DataFrame({
+        "n_genes_by_counts": per_cell[:, 0].astype(np.int32),
+        "total_counts": per_cell[:, 1].astype(np.float32),
+        "total_counts_mt": per_cell[:, 2].astype(np.float32),
+    })
+    obs["pct_counts_mt"] = obs["total_counts_mt"] / obs["total_counts"] * 100
+    n_cells = per_gene[0].astype(np.int64)
+    var = pd.DataFrame({
+        "n_cells_by_counts": n_cells,
+        "mean_counts": per_gene[1] / n_obs,
+        "pct_dropout_by_counts": (1 - n_cells / n_obs) * 100,
+        "total_counts": per_gene[1].astype(np.float32),
+    })
+    return obs, var
+
+
+def _detected_rows(rows: sparse.csr_matrix, keep: np.ndarray, n_vars: int) -> np.ndarray:
+    entry_kept = np.repeat(keep, np.diff(rows.indptr)) & (rows.data > 0)
+    return np.bincount(rows.indices[entry_kept], minlength=n_vars)
+
+
 #: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).
 _CHUNK_ROWS = 8192
 
@@ -144,23 +196,8 @@ def _is_plain_csr(X) -> bool:
 
 
 def _detected_per_gene(X, rows: np.ndarray) -> np.ndarray:
-    """Number of cells among ``rows`` (boolean mask) with a non-zero count, per gene.
-
-    CSR input is scanned in row chunks (no copy of the matrix); other inputs are subset.
-    """
-    if _dask.is_dask(X):
-        return _dask.detected_per_gene(X, rows)
-    if not _is_plain_csr(X):
-        return np.asarray((X[rows] > 0).sum(axis=0)).ravel()
-    detected = np.zeros(X.shape[1], dtype=np.int64)
-    indptr = X.indptr
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, X.shape[0])
-        lo, hi = indptr[start], indptr[stop]
-        entry_row = np.repeat(rows[start:stop], np.diff(indptr[start : stop + 1]))
-        hit = entry_row & (X.data[lo:hi] > 0)
-        detected += np.bincount(X.indices[lo:hi][hit], minlength=X.shape[1])
-    return detected
+    """Number of cells among ``rows`` (boolean mask) with a non-zero count, per gene, in row chunks."""
+    return reduce_rows(X, _detected_rows, row_args=(rows,), shared=X.shape[1]).astype(np.int64)
 
 
 def _subset_inplace(adata: AnnData, keep_obs: np.ndarray, keep_var: np.ndarray) -> None:

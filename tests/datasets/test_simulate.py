@@ -81,3 +81,44 @@ def test_low_quality_cells_have_few_counts_and_high_mito(tiny_all):
 def test_too_few_genes_is_an_error():
     with pytest.raises(ValueError, match="no room"):
         simulate_lots(tiny_config(n_genes=100))
+
+
+def test_iter_lots_yields_the_same_population_one_lot_at_a_time():
+    import anndata as ad
+
+    config = tiny_config()
+    lots = list(mp.datasets.iter_lots(config, random_state=5))
+    pooled = simulate_lots(config, random_state=5)
+    assert [lot.obs["lot"].iloc[0] for lot in lots] == list(pooled.obs["lot"].cat.categories)
+    for lot in lots:
+        assert lot.n_obs == config.n_cells_per_lot and lot.obs["lot"].nunique() == 1
+        assert sparse.issparse(lot.X) and np.array_equal(lot.X.data, np.round(lot.X.data))
+        assert lot.var.equals(pooled.var)  # the same genes and programmes
+    # reproducible lot by lot; another seed gives other lots
+    again = next(iter(mp.datasets.iter_lots(config, random_state=5)))
+    assert (again.X != lots[0].X).nnz == 0 and again.obs.equals(lots[0].obs)
+    other = next(iter(mp.datasets.iter_lots(config, random_state=6)))
+    assert (other.X != lots[0].X).nnz > 0
+    # drawn like simulate_lots: the same depth, and potency still follows the SP3 share
+    combined = ad.concat(lots, merge="same")
+    ratio = combined.X.sum() / pooled.X.sum()
+    assert 0.9 < ratio < 1.1
+    per_lot = combined.obs.groupby("lot", observed=True)[["vegf", "true_potency_fraction"]].first()
+    assert stats.spearmanr(per_lot["vegf"], per_lot["true_potency_fraction"])[0] > 0.8
+    assert np.isclose(combined.obs["true_potency_cell"].mean(), pooled.obs["true_potency_cell"].mean(), atol=0.03)
+
+
+def test_lots_from_iter_lots_go_through_the_reference_analysis():
+    import anndata as ad
+
+    from tests.conftest import run_reference
+
+    config = tiny_config(sets=(mp.datasets.SetSpec("BM-train", 8, "BM", "BM"),))
+    adata = ad.concat(list(mp.datasets.iter_lots(config, random_state=0)), merge="same")
+    adata.obs["lot"] = adata.obs["lot"].astype("category")
+    run_reference(adata)
+    potency = adata.uns["potency_association"]["potency_cluster"]
+    in_cluster = (adata.obs["cluster"] == potency).to_numpy()
+    truth = adata.obs["true_potency_cell"].to_numpy()
+    assert 2 * (in_cluster & truth).sum() / (in_cluster.sum() + truth.sum()) > 0.9
+    assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"

@@ -4,6 +4,7 @@ from ._lines import LinesConfig, PlatformSpec, ips_lines, ips_lines_config, simu
 from ._simulate import (
     SetSpec,
     SimulationConfig,
+    iter_lots,
     simulate_lots,
     study,
     study_config,
@@ -11,5 +12,5 @@ from ._simulate import (
     tiny_config,
 )
 
-__all__ = ["SetSpec", "SimulationConfig", "simulate_lots", "study", "study_config", "tiny", "tiny_config"]
+__all__ = ["SetSpec", "SimulationConfig", "iter_lots", "simulate_lots", "study", "study_config", "tiny", "tiny_config"]
 __all__ += ["LinesConfig", "PlatformSpec", "ips_lines", "ips_lines_config", "simulate_lines"]

@@ -10,6 +10,7 @@ assay noise. Truth lives in columns prefixed ``true_``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -186,6 +187,136 @@ def _composition(config: SimulationConfig, n_lots: int, rng: np.random.Generator
     return proportions
 
 
+@dataclass(frozen=True)
+class _Population:
+    """What every lot of one simulation shares: genes, their levels and the programmes."""
+
+    genes: list[str]
+    base_log: np.ndarray
+    dispersion: np.ndarray
+    programs: np.ndarray
+    donor_genes: np.ndarray
+    tissue_genes: np.ndarray
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {g: i for i, g in enumerate(self.genes)}
+
+
+def _population(config: SimulationConfig, rng: np.random.Generator) -> _Population:
+    genes = _gene_names(config.n_genes, config)
+    n_genes = len(genes)
+    index = {g: i for i, g in enumerate(genes)}
+    base_log = rng.normal(0.0, 1.6, n_genes)
+    for g in MSC_GENES:
+        base_log[index[g]] = rng.uniform(3.0, 4.0)
+    for g in MITO_GENES:
+        base_log[index[g]] = rng.uniform(2.0, 3.0)
+    base_log[index[config.marker_gene]] = -1.0
+    dispersion = np.exp(rng.normal(np.log(config.dispersion_median), 0.5, n_genes))
+    programs = _programs(config, genes, rng)
+    donor_genes = rng.random(n_genes) < config.donor_gene_share
+    tissue_genes = rng.random(n_genes) < config.tissue_gene_share
+    return _Population(genes, base_log, dispersion, programs, donor_genes, tissue_genes)
+
+
+def _tissue_effect(spec: SetSpec, population: _Population, rng: np.random.Generator) -> np.ndarray:
+    effect = np.zeros(len(population.genes))
+    if spec.tissue_shift_sd > 0:
+        effect[population.tissue_genes] = rng.normal(0, spec.tissue_shift_sd, population.tissue_genes.sum())
+    return effect
+
+
+def _set_lots(config: SimulationConfig, spec: SetSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Lots x subpopulations proportions and the potency of each lot of one arm."""
+    proportions = _composition(config, spec.n_lots, rng)
+    potency_k = config.subpopulations.index(config.potency_subpopulation)
+    potency = (
+        config.potency_intercept
+        + config.potency_slope * proportions[:, potency_k]
+        + rng.normal(0, config.potency_noise_sd, spec.n_lots)
+    )
+    # a null study keeps the potency spread of a real one, but unrelated to composition
+    if config.potency_slope == 0:
+        potency = potency + rng.uniform(0, 4000 * 0.2, spec.n_lots)
+    return proportions, potency
+
+
+def _lot(
+    config: SimulationConfig, population: _Population, spec: SetSpec, tissue_effect: np.ndarray,
+    lot: str, proportions: np.ndarray, potency: float, rng: np.random.Generator,
+) -> tuple[sparse.csr_matrix, pd.DataFrame]:
+    """The counts and cell annotations of one lot."""
+    index = population.index
+    n_genes = len(population.genes)
+    cycle_idx = np.array([index[g] for g in CYCLE_GENES])
+    mito_idx = np.array([index[g] for g in MITO_GENES])
+    marker_idx = index[config.marker_gene]
+    potency_k = config.subpopulations.index(config.potency_subpopulation)
+    n = config.n_cells_per_lot
+    subpop = rng.choice(len(config.subpopulations), size=n, p=proportions)
+    donor = np.zeros(n_genes)
+    donor[population.donor_genes] = rng.normal(0, config.donor_sd, population.donor_genes.sum())
+    log_rel = population.base_log + tissue_effect + donor + population.programs[subpop]
+    marker_shift = (spec.marker_scale - 1.0) * config.marker_lfc
+    log_rel[subpop == potency_k, marker_idx] += marker_shift
+    cycling = rng.random(n) < config.cycling_share
+    cycle_score = np.where(cycling, rng.uniform(0.5, 1.0, n), 0.0)
+    log_rel[:, cycle_idx] += config.cycle_lfc * cycle_score[:, None] * rng.uniform(0.7, 1.3, cycle_idx.size)
+    low_quality = rng.random(n) < config.low_quality_share
+    log_rel[np.ix_(low_quality, mito_idx)] += 3.0
+    rel = np.exp(log_rel - log_rel.max(axis=1, keepdims=True))
+    rel /= rel.sum(axis=1, keepdims=True)
+    library = np.exp(rng.normal(np.log(config.library_size_mean), config.library_size_sd_log, n))
+    library[low_quality] *= 0.1
+    mean = rel * library[:, None]
+    rate = mean * rng.gamma(population.dispersion, 1.0 / population.dispersion, size=mean.shape)
+    counts = rng.poisson(rate).astype(np.float32)
+    obs = pd.DataFrame(
+        {
+            _keys.LOT: lot,
+            _keys.SET: spec.name,
+            "tissue": spec.tissue,
+            config.potency_key: potency,
+            "true_subpopulation": np.asarray(config.subpopulations)[subpop],
+            "true_potency_cell": subpop == potency_k,
+            "true_cycling": cycle_score,
+            "true_low_quality": low_quality,
+            "true_potency_fraction": proportions[potency_k],
+        },
+        index=[f"{lot}_{i:05d}" for i in range(n)],
+    )
+    return sparse.csr_matrix(counts), obs
+
+
+def _var(config: SimulationConfig, population: _Population) -> pd.DataFrame:
+    programme_of = [
+        ",".join(np.asarray(config.subpopulations)[population.programs[:, j] > 0])
+        for j in range(len(population.genes))
+    ]
+    var = pd.DataFrame({"true_program": programme_of}, index=population.genes)
+    var.loc[list(CYCLE_GENES), "true_program"] = "cycle"
+    return var
+
+
+def _categorical_obs(obs: pd.DataFrame, config: SimulationConfig) -> pd.DataFrame:
+    for column in (_keys.LOT, _keys.SET, "tissue"):
+        obs[column] = pd.Categorical(obs[column], categories=list(dict.fromkeys(obs[column])))
+    obs["true_subpopulation"] = pd.Categorical(obs["true_subpopulation"], categories=list(config.subpopulations))
+    return obs
+
+
+def _settings(config: SimulationConfig, random_state: int, **extra) -> dict:
+    settings = asdict(config)
+    settings.pop("sets")
+    settings["random_state"] = random_state
+    settings.pop("extra")
+    settings = _plain(settings)
+    settings.update(extra)
+    settings["sets"] = pd.DataFrame([asdict(s) for s in config.sets]).set_index("name")
+    return settings
+
+
 def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData:
     """Simulate pooled scRNA-seq counts of MSC lots with known potency population.
 
@@ -204,101 +335,79 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     ``obs['true_potency_cell']``, ``obs['true_cycling']``, ``obs['true_low_quality']``,
     ``obs['true_potency_fraction']`` and ``var['true_program']``; the configuration in
     ``uns['simulation']``.
+
+    See Also
+    --------
+    iter_lots : the same population, one lot at a time (for data larger than memory).
     """
     rng = np.random.default_rng(random_state)
-    genes = _gene_names(config.n_genes, config)
-    n_genes = len(genes)
-    index = {g: i for i, g in enumerate(genes)}
-    base_log = rng.normal(0.0, 1.6, n_genes)
-    for g in MSC_GENES:
-        base_log[index[g]] = rng.uniform(3.0, 4.0)
-    for g in MITO_GENES:
-        base_log[index[g]] = rng.uniform(2.0, 3.0)
-    base_log[index[config.marker_gene]] = -1.0
-    dispersion = np.exp(rng.normal(np.log(config.dispersion_median), 0.5, n_genes))
-    programs = _programs(config, genes, rng)
-    cycle_idx = np.array([index[g] for g in CYCLE_GENES])
-    mito_idx = np.array([index[g] for g in MITO_GENES])
-    marker_idx = index[config.marker_gene]
-    potency_k = config.subpopulations.index(config.potency_subpopulation)
-    donor_genes = rng.random(n_genes) < config.donor_gene_share
-    tissue_genes = rng.random(n_genes) < config.tissue_gene_share
+    population = _population(config, rng)
     tissue_effects: dict[str, np.ndarray] = {}
-
     blocks, obs_frames = [], []
     for spec in config.sets:
         if spec.tissue not in tissue_effects:
-            effect = np.zeros(n_genes)
-            if spec.tissue_shift_sd > 0:
-                effect[tissue_genes] = rng.normal(0, spec.tissue_shift_sd, tissue_genes.sum())
-            tissue_effects[spec.tissue] = effect
-        proportions = _composition(config, spec.n_lots, rng)
-        lots = _lot_names(spec)
-        potency_fraction = proportions[:, potency_k]
-        potency = (
-            config.potency_intercept
-            + config.potency_slope * potency_fraction
-            + rng.normal(0, config.potency_noise_sd, spec.n_lots)
-        )
-        # a null study keeps the potency spread of a real one, but unrelated to composition
-        if config.potency_slope == 0:
-            potency = potency + rng.uniform(0, 4000 * 0.2, spec.n_lots)
-        for lot_i, lot in enumerate(lots):
-            n = config.n_cells_per_lot
-            subpop = rng.choice(len(config.subpopulations), size=n, p=proportions[lot_i])
-            donor = np.zeros(n_genes)
-            donor[donor_genes] = rng.normal(0, config.donor_sd, donor_genes.sum())
-            log_rel = base_log + tissue_effects[spec.tissue] + donor + programs[subpop]
-            marker_shift = (spec.marker_scale - 1.0) * config.marker_lfc
-            log_rel[subpop == potency_k, marker_idx] += marker_shift
-            cycling = rng.random(n) < config.cycling_share
-            cycle_score = np.where(cycling, rng.uniform(0.5, 1.0, n), 0.0)
-            log_rel[:, cycle_idx] += config.cycle_lfc * cycle_score[:, None] * rng.uniform(0.7, 1.3, cycle_idx.size)
-            low_quality = rng.random(n) < config.low_quality_share
-            log_rel[np.ix_(low_quality, mito_idx)] += 3.0
-            rel = np.exp(log_rel - log_rel.max(axis=1, keepdims=True))
-            rel /= rel.sum(axis=1, keepdims=True)
-            library = np.exp(rng.normal(np.log(config.library_size_mean), config.library_size_sd_log, n))
-            library[low_quality] *= 0.1
-            mean = rel * library[:, None]
-            rate = mean * rng.gamma(dispersion, 1.0 / dispersion, size=mean.shape)
-            counts = rng.poisson(rate).astype(np.float32)
-            blocks.append(sparse.csr_matrix(counts))
-            obs_frames.append(
-                pd.DataFrame(
-                    {
-                        _keys.LOT: lot,
-                        _keys.SET: spec.name,
-                        "tissue": spec.tissue,
-                        config.potency_key: potency[lot_i],
-                        "true_subpopulation": np.asarray(config.subpopulations)[subpop],
-                        "true_potency_cell": subpop == potency_k,
-                        "true_cycling": cycle_score,
-                        "true_low_quality": low_quality,
-                        "true_potency_fraction": potency_fraction[lot_i],
-                    },
-                    index=[f"{lot}_{i:05d}" for i in range(n)],
-                )
-            )
-    obs = pd.concat(obs_frames)
-    for column in (_keys.LOT, _keys.SET, "tissue"):
-        obs[column] = pd.Categorical(obs[column], categories=list(dict.fromkeys(obs[column])))
-    obs["true_subpopulation"] = pd.Categorical(obs["true_subpopulation"], categories=list(config.subpopulations))
+            tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
+        proportions, potency = _set_lots(config, spec, rng)
+        for lot_i, lot in enumerate(_lot_names(spec)):
+            counts, obs = _lot(config, population, spec, tissue_effects[spec.tissue], lot,
+                               proportions[lot_i], potency[lot_i], rng)
+            blocks.append(counts)
+            obs_frames.append(obs)
+    obs = _categorical_obs(pd.concat(obs_frames), config)
     X = sparse.vstack(blocks, format="csr")
-    programme_of = [
-        ",".join(np.asarray(config.subpopulations)[programs[:, j] > 0]) for j in range(n_genes)
-    ]
-    var = pd.DataFrame({"true_program": programme_of}, index=genes)
-    var.loc[list(CYCLE_GENES), "true_program"] = "cycle"
-    adata = AnnData(X=X, obs=obs, var=var)
+    adata = AnnData(X=X, obs=obs, var=_var(config, population))
     adata.layers[_keys.COUNTS_LAYER] = X.copy()
-    settings = asdict(config)
-    settings.pop("sets")
-    settings["random_state"] = random_state
-    settings.pop("extra")
-    adata.uns["simulation"] = _plain(settings)
-    adata.uns["simulation"]["sets"] = pd.DataFrame([asdict(s) for s in config.sets]).set_index("name")
+    adata.uns["simulation"] = _settings(config, random_state)
     return adata
+
+
+def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[AnnData]:
+    """Simulate lots one at a time: a study of any size in the memory of one lot.
+
+    The population (genes, levels, subpopulation programmes, which genes carry donor and
+    tissue effects) is that of :func:`simulate_lots` with the same seed; each arm's lot
+    compositions and potency values are drawn up front (one row per lot), and each lot's
+    cells from a random stream of its own (seeded by ``random_state``, the arm and the
+    lot), so only one lot is in memory at a time. The lots are not those of
+    :func:`simulate_lots` (whose lots share one stream), but they are drawn the same way.
+
+    Parameters
+    ----------
+    config
+        Every knob of the simulation; see :func:`study_config`.
+    random_state
+        Seed; the same seed gives the same lots bit for bit.
+
+    Yields
+    ------
+    One AnnData per lot, in the order of ``config.sets``: raw counts (float32 CSR) in
+    ``X`` only, ``obs`` and ``var`` as :func:`simulate_lots` writes them (categorical
+    ``lot``/``set``/``tissue`` with the lot's own value), ``uns['simulation']``.
+
+    Examples
+    --------
+    Per-lot files for the out-of-core path (:func:`mscpotency.io.read_lots_lazy`)::
+
+        for lot in mp.datasets.iter_lots(config):
+            lot.write_h5ad(f"lots/{lot.obs['lot'].iloc[0]}.h5ad")
+    """
+    rng = np.random.default_rng(random_state)
+    population = _population(config, rng)
+    var = _var(config, population)
+    tissue_effects: dict[str, np.ndarray] = {}
+    arms = []
+    for spec in config.sets:
+        if spec.tissue not in tissue_effects:
+            tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
+        arms.append((spec, *_set_lots(config, spec, rng)))
+    for set_i, (spec, proportions, potency) in enumerate(arms):
+        for lot_i, lot in enumerate(_lot_names(spec)):
+            lot_rng = np.random.default_rng([random_state, set_i, lot_i])
+            counts, obs = _lot(config, population, spec, tissue_effects[spec.tissue], lot,
+                               proportions[lot_i], potency[lot_i], lot_rng)
+            adata = AnnData(X=counts, obs=_categorical_obs(obs, config), var=var.copy())
+            adata.uns["simulation"] = _settings(config, random_state, lots="independent streams (iter_lots)")
+            yield adata
 
 
 def _plain(value):

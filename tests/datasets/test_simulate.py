@@ -111,12 +111,15 @@ def test_iter_lots_yields_the_same_population_one_lot_at_a_time():
 def test_lots_from_iter_lots_go_through_the_reference_analysis():
     import anndata as ad
 
-    from tests.conftest import run_reference
-
     config = tiny_config(sets=(mp.datasets.SetSpec("BM-train", 8, "BM", "BM"),))
     adata = ad.concat(list(mp.datasets.iter_lots(config, random_state=0)), merge="same")
     adata.obs["lot"] = adata.obs["lot"].astype("category")
-    run_reference(adata)
+    mp.pp.qc(adata)
+    mp.pp.preprocess(adata)
+    mp.tl.cluster(adata, n_clusters=8)
+    mp.tl.lot_fractions(adata)
+    mp.tl.potency_association(adata, "vegf")
+    mp.tl.potency_markers(adata)
     potency = adata.uns["potency_association"]["potency_cluster"]
     in_cluster = (adata.obs["cluster"] == potency).to_numpy()
     truth = adata.obs["true_potency_cell"].to_numpy()

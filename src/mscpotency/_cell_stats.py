@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+import numba
 import numpy as np
 from scipy import sparse
 
@@ -30,8 +31,9 @@ from . import _dask
 #: Stored entries per row chunk of the in-memory walks (bounds their scratch memory:
 #: about 40 bytes per entry, i.e. ~80 MB).
 CHUNK_ENTRIES = 1 << 21
-#: Default cap on the stored entries of the smaller group held sorted in memory by
-#: :func:`rank_sum_z` at once (genes are processed in as many passes as needed).
+#: Cap on the stored entries of the smaller group held sorted at once by :func:`rank_sum_z`
+#: (genes are processed in as many passes as needed); in memory, also at most an eighth of
+#: the matrix's entries, so the scratch stays a fraction of the matrix.
 SORTED_ENTRIES = 1 << 26
 
 
@@ -78,11 +80,45 @@ def _add(a, b):
     return a + b
 
 
-def _sum_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int):
+def _threads() -> int:
+    """Threads for the in-memory walks: numba's setting (``NUMBA_NUM_THREADS``, default all cores)."""
+    import numba
+
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _chunk_results(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int):
+    """``func`` on every row chunk of an in-memory block, in row order; chunks run in ``threads`` threads.
+
+    The kernels release the GIL, so threads run them in parallel; results come back in
+    row order whatever the threads do, so sums are added in one fixed order (identical
+    results on every run).
+    """
+    def call(bounds):
+        start, stop = bounds
+        return func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
+
+    chunks = list(_row_chunks(block, max_entries))
+    if threads <= 1 or len(chunks) <= 1:
+        yield from map(call, chunks)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        # at most 2 x threads chunks in flight, so memory stays a few chunks
+        pending = [pool.submit(call, c) for c in chunks[: 2 * threads]]
+        for i in range(len(chunks)):
+            result = pending[i].result()
+            pending[i] = None
+            if i + 2 * threads < len(chunks):
+                pending.append(pool.submit(call, chunks[i + 2 * threads]))
+            yield result
+
+
+def _sum_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1):
     """``func(rows, *row_args_of_rows, shared)`` summed over row chunks of one in-memory block."""
     total = None
-    for start, stop in _row_chunks(block, max_entries):
-        part = func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
+    for part in _chunk_results(block, func, row_args, shared, max_entries, threads):
         total = part if total is None else _add(total, part)
     return total
 
@@ -108,12 +144,13 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
     per-cell arrays sliced like the rows; ``shared`` is passed whole (on Dask it enters the
     graph once, or is broadcast when a distributed client runs). On Dask, each block is
     one task (itself walked in row chunks) and partial results are added pairwise, so at
-    most a few of them are alive at once. ``max_entries``: stored entries per row chunk
-    (default :data:`CHUNK_ENTRIES`).
+    most a few of them are alive at once; in memory, row chunks run in parallel threads
+    (:func:`_threads`). ``max_entries``: stored entries per row chunk (default
+    :data:`CHUNK_ENTRIES`).
     """
     max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
     if not _dask.is_dask(X):
-        return _sum_in_memory(X, func, row_args, shared, max_entries)
+        return _sum_in_memory(X, func, row_args, shared, max_entries, _threads())
     import dask
 
     _dask.check_cell_chunks(X, where="the matrix")
@@ -131,9 +168,8 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
     return dask.compute(parts[0])[0]
 
 
-def _map_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int) -> list:
-    return [func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
-            for start, stop in _row_chunks(block, max_entries)]
+def _map_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1) -> list:
+    return list(_chunk_results(block, func, row_args, shared, max_entries, threads))
 
 
 def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max_entries: int | None = None) -> list:
@@ -144,7 +180,7 @@ def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max
     """
     max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
     if not _dask.is_dask(X):
-        return _map_in_memory(X, func, row_args, shared, max_entries)
+        return _map_in_memory(X, func, row_args, shared, max_entries, _threads())
     import dask
 
     _dask.check_cell_chunks(X, where="the matrix")
@@ -200,16 +236,24 @@ class GroupMoments:
         )
 
 
+@numba.njit(nogil=True, cache=True)
+def _moments_kernel(data, indices, indptr, codes, sums, squares, nonzero):  # pragma: no cover - compiled
+    for row in range(indptr.size - 1):
+        group = codes[row]
+        for k in range(indptr[row], indptr[row + 1]):
+            value = np.float64(data[k])
+            gene = indices[k]
+            sums[group, gene] += value
+            squares[group, gene] += value * value
+            if value != 0:
+                nonzero[group, gene] += 1.0
+
+
 def _moments_rows(rows: sparse.csr_matrix, codes: np.ndarray, n_groups: int):
-    n_genes = rows.shape[1]
-    entry_group = np.repeat(codes.astype(np.int64), np.diff(rows.indptr))
-    key = entry_group * n_genes + rows.indices
-    values = rows.data.astype(np.float64)
-    size = n_groups * n_genes
-    sums = np.bincount(key, weights=values, minlength=size)
-    squares = np.bincount(key, weights=values * values, minlength=size)
-    nonzero = np.bincount(key[values != 0], minlength=size).astype(np.float64)
-    return sums.reshape(n_groups, n_genes), squares.reshape(n_groups, n_genes), nonzero.reshape(n_groups, n_genes)
+    shape = (n_groups, rows.shape[1])
+    sums, squares, nonzero = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    _moments_kernel(rows.data, rows.indices, rows.indptr, codes.astype(np.int64), sums, squares, nonzero)
+    return sums, squares, nonzero
 
 
 def group_moments(X, codes: np.ndarray, n_groups: int) -> GroupMoments:
@@ -252,56 +296,92 @@ class _SortedSide:
     positives: np.ndarray  # values above zero, per gene
 
 
-def _select(rows: sparse.csr_matrix, keep: np.ndarray, genes: tuple[int, int]) -> sparse.csr_matrix:
-    """Rows ``keep`` (mask) and genes ``start:stop`` of a CSR row block, zeros dropped."""
-    start, stop = genes
-    part = rows[keep] if not keep.all() else rows
-    if start != 0 or stop != rows.shape[1]:
-        part = part[:, start:stop]
-    part = sparse.csr_matrix(part, copy=part is rows)
-    part.eliminate_zeros()
-    return part
+def _gathered_rows(rows: sparse.csr_matrix, keep: np.ndarray, genes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return _gather_by_gene(rows.data, rows.indices, rows.indptr, keep, *genes)
 
 
 def _sorted_side(X, cells: np.ndarray, start: int, stop: int) -> _SortedSide:
-    gathered = sparse.vstack(map_rows(X, _select, row_args=(cells,), shared=(start, stop)), format="csr").tocsc()
-    values, offsets = gathered.data, gathered.indptr.astype(np.int64)
-    for j in range(offsets.size - 1):
-        values[offsets[j] : offsets[j + 1]].sort()
-    stored = np.diff(offsets)
+    """The non-zero values of ``cells`` for genes ``start:stop``, gathered chunk by chunk, sorted per gene."""
+    pieces = map_rows(X, _gathered_rows, row_args=(cells,), shared=(start, stop))
+    stored = np.sum([np.diff(offsets) for _, offsets in pieces], axis=0)
+    offsets = np.r_[0, np.cumsum(stored)].astype(np.int64)
+    values = np.empty(int(offsets[-1]), dtype=pieces[0][0].dtype)
+    fill = offsets[:-1].copy()
+    for piece, piece_offsets in pieces:  # concatenate gene by gene
+        for j in np.flatnonzero(np.diff(piece_offsets)):
+            part = piece[piece_offsets[j] : piece_offsets[j + 1]]
+            values[fill[j] : fill[j] + part.size] = part
+            fill[j] += part.size
+    del pieces
+    _sort_segments(values, offsets)
     gene_of_value = np.repeat(np.arange(stored.size), stored)
     positives = np.bincount(gene_of_value[values > 0], minlength=stored.size).astype(np.int64)
     return _SortedSide(start=start, stop=stop, values=values, offsets=offsets,
                        zeros=int(cells.sum()) - stored, positives=positives)
 
 
-def _twice_u_rows(rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide) -> np.ndarray:
-    """Twice the Mann-Whitney U of ``side`` against the ``other`` cells among these rows, per gene.
-
-    The other cells' values of each gene are sorted here (one row block: small) and the
-    side's sorted values are placed among them by binary search; zeros are counts.
-    """
-    part = _select(rows, other, (side.start, side.stop)).tocsc()
-    n_other = int(other.sum())
-    n_genes = side.stop - side.start
-    twice_u = np.zeros(n_genes, dtype=np.int64)
-    side_zeros, side_positives = side.zeros, side.positives
+@numba.njit(nogil=True, cache=True)
+def _gather_by_gene(data, indices, indptr, keep, start, stop):  # pragma: no cover - compiled
+    """The non-zero values of rows ``keep`` and genes ``start:stop``, gene by gene (a counting sort)."""
+    n_genes = stop - start
+    offsets = np.zeros(n_genes + 1, dtype=np.int64)
+    for row in range(indptr.size - 1):
+        if keep[row]:
+            for k in range(indptr[row], indptr[row + 1]):
+                j = indices[k] - start
+                if 0 <= j < n_genes and data[k] != 0:
+                    offsets[j + 1] += 1
     for j in range(n_genes):
-        values = part.data[part.indptr[j] : part.indptr[j + 1]]
-        values.sort()  # a private copy of the block's values (``_select`` copies)
-        other_zeros = n_other - values.size
-        other_negatives = int(np.searchsorted(values, 0, side="left"))
-        # each zero of the side: above the other's negatives, tied with the other's zeros
-        total = side_zeros[j] * (2 * other_negatives + other_zeros)
-        side_values = side.values[side.offsets[j] : side.offsets[j + 1]]
-        if side_values.size:
-            left = np.searchsorted(values, side_values, side="left")
-            right = np.searchsorted(values, side_values, side="right")
-            # each non-zero value of the side: above the other's smaller values (and its
-            # zeros when positive), tied with its equal values
-            total += 2 * int(left.sum()) + 2 * other_zeros * int(side_positives[j]) + int((right - left).sum())
-        twice_u[j] = total
-    return twice_u
+        offsets[j + 1] += offsets[j]
+    by_gene = np.empty(offsets[n_genes], dtype=data.dtype)
+    fill = offsets[:-1].copy()
+    for row in range(indptr.size - 1):
+        if keep[row]:
+            for k in range(indptr[row], indptr[row + 1]):
+                j = indices[k] - start
+                if 0 <= j < n_genes and data[k] != 0:
+                    by_gene[fill[j]] = data[k]
+                    fill[j] += 1
+    return by_gene, offsets
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_counts(values, offsets, side_values, side_offsets, side_zeros, twice_u):  # pragma: no cover - compiled
+    """Per gene, both sorted: twice the side values below each value, plus ties, in one merge."""
+    for j in range(offsets.size - 1):
+        first, last = side_offsets[j], side_offsets[j + 1]
+        lower, upper, total = first, first, 0  # first side value >= / > the current value
+        for k in range(offsets[j], offsets[j + 1]):
+            value = values[k]
+            while lower < last and side_values[lower] < value:
+                lower += 1
+            upper = max(upper, lower)
+            while upper < last and side_values[upper] <= value:
+                upper += 1
+            below = lower - first + (side_zeros[j] if value > 0 else 0)
+            total += 2 * below + (upper - lower)
+        twice_u[j] += total
+
+
+def _sort_segments(values: np.ndarray, offsets: np.ndarray) -> None:
+    """Sort ``values`` within each segment, in place (numpy's vectorised sort)."""
+    for j in range(offsets.size - 1):
+        if offsets[j + 1] - offsets[j] > 1:
+            values[offsets[j] : offsets[j + 1]].sort()
+
+
+def _twice_u_rows(rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide) -> tuple[np.ndarray, np.ndarray]:
+    """Twice the U of the ``other`` cells' non-zero values among these rows against ``side``.
+
+    The values are gathered gene by gene, sorted within each gene and merged with that
+    gene's sorted side values (linear in both, and in cache). Also returns how many
+    non-zero values the other cells have, per gene of the side.
+    """
+    values, offsets = _gather_by_gene(rows.data, rows.indices, rows.indptr, other, side.start, side.stop)
+    _sort_segments(values, offsets)
+    twice_u = np.zeros(side.stop - side.start, dtype=np.int64)
+    _merge_counts(values, offsets, side.values, side.offsets, side.zeros, twice_u)
+    return twice_u, np.diff(offsets)
 
 
 def _gene_chunks(nonzero: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
@@ -336,22 +416,28 @@ def rank_sum_z(
         Optional ``(2, n_genes)`` non-zero counts (group, rest) per gene, e.g. from
         :func:`group_moments`; they size the gene passes without another pass over ``X``.
     max_sorted_entries
-        At most this many values of the smaller side are held sorted at once (default
-        :data:`SORTED_ENTRIES`; a single gene with more is still processed whole).
+        At most this many values of the smaller side are held sorted at once (a single
+        gene with more is still processed whole). Default: :data:`SORTED_ENTRIES`, and for
+        an in-memory matrix at most an eighth of its stored entries (at least
+        :data:`CHUNK_ENTRIES`).
 
     Notes
     -----
     ``R = n1 (n1 + 1) / 2 + U`` where ``U`` counts, over pairs (group cell, other cell),
     how often the group's value is larger (ties count a half). ``U`` needs only the
     smaller side's values sorted per gene (zeros as a count, not stored): the other side
-    is streamed block by block, its values sorted per gene within the block, and the
-    side's values placed among them by binary search; zeros are counted, not stored. Memory: the smaller side's non-zero values for a range of genes
-    (``max_sorted_entries``) plus one row block. On Dask: one pass over the blocks to
+    is streamed row chunk by row chunk, its non-zero values sorted per gene and merged with
+    the side's (a compiled kernel, chunks in parallel threads); zeros are counted. Memory: the smaller side's non-zero values for a range of genes
+    (``max_sorted_entries``) plus a few row chunks. On Dask: one pass over the blocks to
     gather the smaller side and one to stream the other, per gene range; the sorted side
     is broadcast to the workers.
     """
     in_group = np.asarray(in_group, dtype=bool)
-    max_sorted_entries = SORTED_ENTRIES if max_sorted_entries is None else max_sorted_entries
+    if max_sorted_entries is None:
+        max_sorted_entries = SORTED_ENTRIES
+        if not _dask.is_dask(X):
+            stored = X.nnz if sparse.issparse(X) else X.size
+            max_sorted_entries = min(SORTED_ENTRIES, max(CHUNK_ENTRIES, stored // 8))
     n = in_group.size
     n1 = int(in_group.sum())
     n2 = n - n1
@@ -367,9 +453,14 @@ def rank_sum_z(
         nonzero = group_moments(X, in_group.astype(np.int64), 2).nonzero[::-1]
     nonzero_small = np.asarray(nonzero[0] if small_is_group else nonzero[1])
     twice_u_small = np.zeros(X.shape[1], dtype=np.int64)
+    n_small, n_other = int(small.sum()), n - int(small.sum())
     for start, stop in _gene_chunks(nonzero_small, max_sorted_entries):
         side = _sorted_side(X, small, start, stop)
-        twice_u_small[start:stop] = reduce_rows(X, _twice_u_rows, row_args=(~small,), shared=side)
+        twice_u_other, other_stored = reduce_rows(X, _twice_u_rows, row_args=(~small,), shared=side)
+        # each zero of the other side: above the side's negative values, tied with its zeros
+        side_negatives = np.diff(side.offsets) - side.positives
+        twice_u_other = twice_u_other + (n_other - other_stored) * (2 * side_negatives + side.zeros)
+        twice_u_small[start:stop] = 2 * n_small * n_other - twice_u_other
     u_small = twice_u_small / 2.0
     u_group = u_small if small_is_group else n1 * n2 - u_small
     rank_sum = u_group + n1 * (n1 + 1) / 2.0

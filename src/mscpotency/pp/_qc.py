@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -129,22 +130,26 @@ def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np
     return log_counts < median - n_mad * 1.4826 * mad
 
 
+@numba.njit(nogil=True, cache=True)
+def _qc_kernel(data, indices, indptr, mito, per_cell, per_gene):  # pragma: no cover - compiled
+    for row in range(indptr.size - 1):
+        for k in range(indptr[row], indptr[row + 1]):
+            value = np.float64(data[k])
+            gene = indices[k]
+            if value > 0:
+                per_cell[row, 0] += 1.0
+                per_gene[0, gene] += 1.0
+            per_cell[row, 1] += value
+            per_gene[1, gene] += value
+            if mito[gene]:
+                per_cell[row, 2] += value
+
+
 def _qc_rows(rows: sparse.csr_matrix, mito: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per cell (genes detected, total, mito total) and per gene (cells detected, total) of some rows."""
-    n_obs, n_vars = rows.shape
-    detected = rows.data > 0
-    row_of = np.repeat(np.arange(n_obs), np.diff(rows.indptr))
-    values = rows.data.astype(np.float64)
-    in_mito = mito[rows.indices]
-    per_cell = np.column_stack([
-        np.bincount(row_of[detected], minlength=n_obs),
-        np.bincount(row_of, weights=values, minlength=n_obs),
-        np.bincount(row_of[in_mito], weights=values[in_mito], minlength=n_obs),
-    ])
-    per_gene = np.vstack([
-        np.bincount(rows.indices[detected], minlength=n_vars),
-        np.bincount(rows.indices, weights=values, minlength=n_vars),
-    ])
+    per_cell = np.zeros((rows.shape[0], 3))
+    per_gene = np.zeros((2, rows.shape[1]))
+    _qc_kernel(rows.data, rows.indices, rows.indptr, mito, per_cell, per_gene)
     return per_cell, per_gene
 
 
@@ -177,9 +182,19 @@ def qc_metrics(X, mito: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     return obs, var
 
 
+@numba.njit(nogil=True, cache=True)
+def _detected_kernel(data, indices, indptr, keep, detected):  # pragma: no cover - compiled
+    for row in range(indptr.size - 1):
+        if keep[row]:
+            for k in range(indptr[row], indptr[row + 1]):
+                if data[k] > 0:
+                    detected[indices[k]] += 1
+
+
 def _detected_rows(rows: sparse.csr_matrix, keep: np.ndarray, n_vars: int) -> np.ndarray:
-    entry_kept = np.repeat(keep, np.diff(rows.indptr)) & (rows.data > 0)
-    return np.bincount(rows.indices[entry_kept], minlength=n_vars)
+    detected = np.zeros(n_vars, dtype=np.int64)
+    _detected_kernel(rows.data, rows.indices, rows.indptr, keep, detected)
+    return detected
 
 
 #: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).

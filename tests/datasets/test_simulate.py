@@ -125,3 +125,10 @@ def test_lots_from_iter_lots_go_through_the_reference_analysis():
     truth = adata.obs["true_potency_cell"].to_numpy()
     assert 2 * (in_cluster & truth).sum() / (in_cluster.sum() + truth.sum()) > 0.9
     assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"
+
+
+def test_lot_names_sort_in_lot_order_beyond_99_lots():
+    config = tiny_config(sets=(mp.datasets.SetSpec("BM-train", 120, "BM", "BM"),), n_cells_per_lot=5)
+    names = [lot.obs["lot"].iloc[0] for lot in mp.datasets.iter_lots(config)]
+    assert names[0] == "BM001" and names[-1] == "BM120" and names == sorted(names)
+    assert list(mp.datasets.tiny().obs["lot"].cat.categories)[:2] == ["BM01", "BM02"]  # presets unchanged

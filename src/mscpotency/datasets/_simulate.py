@@ -167,7 +167,9 @@ def _programs(config: SimulationConfig, genes: list[str], rng: np.random.Generat
 
 
 def _lot_names(spec: SetSpec) -> list[str]:
-    return [f"{spec.lot_prefix}{spec.first_lot + i:02d}" for i in range(spec.n_lots)]
+    """``BM01`` ...; zero-padded to the widest number, so names sort in lot order."""
+    width = max(2, len(str(spec.first_lot + spec.n_lots - 1)))
+    return [f"{spec.lot_prefix}{spec.first_lot + i:0{width}d}" for i in range(spec.n_lots)]
 
 
 def _composition(config: SimulationConfig, n_lots: int, rng: np.random.Generator) -> np.ndarray:

@@ -274,6 +274,60 @@ def test_exact_neighbours_match_brute_force():
     assert not (own == np.arange(300)[:, None]).any()
 
 
+def test_exact_neighbours_across_blocks_with_ties_and_duplicates(monkeypatch):
+    # blocks smaller than the data and the queries, so every merge path runs
+    monkeypatch.setattr(_neighbors, "_QUERY_BLOCK", 16)
+    monkeypatch.setattr(_neighbors, "_DATA_BLOCK", 50)
+    rng = np.random.default_rng(2)
+    data = rng.integers(-2, 3, size=(437, 3)).astype(float)  # many exact ties
+    data[100:110] = data[5]  # duplicated points
+    query = np.vstack([rng.integers(-2, 3, size=(60, 3)).astype(float), data[:5]])
+    indices, distances = _neighbors.knn(data, query, 12, method="exact")
+    full = np.linalg.norm(query[:, None] - data[None], axis=2)
+    expected = np.argsort(full, axis=1, kind="stable")[:, :12]  # ties: lower position first
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(distances, np.take_along_axis(full, expected, axis=1), atol=1e-12)
+    # k beyond the data, and a single data point
+    few, _ = _neighbors.knn(data[:5], query, 30, method="exact")
+    assert few.shape == (query.shape[0], 5)
+    one, _ = _neighbors.knn(data[:1], query, 3, method="exact")
+    assert (one == 0).all()
+
+
+def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, tiny_train):
+    """Above OWN_AXES_MAX_CELLS the axes are fitted on a subset: a missing population still scores low."""
+    from sklearn.metrics import roc_auc_score
+
+    from mscpotency.tl._mapping import _project
+
+    reference = tiny_train[tiny_train.obs["true_subpopulation"] != "SP3"].copy()
+    mp.pp.qc(reference)
+    mp.pp.preprocess(reference)
+    mp.tl.cluster(reference, n_clusters=7)
+    novel = (tiny_query.obs["true_subpopulation"] == "SP3").to_numpy()
+    scores = {}
+    for cap in (_project.OWN_AXES_MAX_CELLS, tiny_query.n_obs // 3):
+        monkeypatch.setattr(_project, "OWN_AXES_MAX_CELLS", cap)
+        mapped = mp.tl.map_to_reference(tiny_query, reference, method="fast", calibrate=False, copy=True)
+        scores[cap] = mapped.obs["predicted_mapping_score"].to_numpy()
+    full, subset = scores.values()
+    assert not np.array_equal(full, subset)  # the subset path ran
+    assert roc_auc_score(novel, -subset) >= 0.9
+    assert roc_auc_score(novel, -subset) >= roc_auc_score(novel, -full) - 0.03
+
+
+def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(monkeypatch, tiny_query, tiny_ref):
+    from mscpotency.tl._mapping import _api
+
+    monkeypatch.setattr(_api, "CALIBRATION_MAX_CELLS", 100)
+    _api._CALIBRATIONS.clear()
+    mapped = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", copy=True)
+    calibration = mapped.uns["predicted"]["calibration"]
+    _api._CALIBRATIONS.clear()
+    assert calibration["fitted"] and calibration["n_cells"] == 100 * calibration["n_folds"]
+    assert 0.05 < calibration["temperature"] < 20
+
+
 def test_anchors_pair_matching_populations_and_weights_follow_seurat():
     rng = np.random.default_rng(0)
     centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])

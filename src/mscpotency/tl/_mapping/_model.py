@@ -160,9 +160,13 @@ def _reference_expression(
     Recomputing from the counts normalises the reference exactly as the query will be.
     """
     if not frozen and counts_layer in reference.layers:
-        return lognormalise(reference.layers[counts_layer], target_sum)[:, np.flatnonzero(used)].tocsr()
+        expression = lognormalise(reference.layers[counts_layer], target_sum)
+        return expression if used.all() else expression[:, np.flatnonzero(used)].tocsr()
     X = reference.X
-    X = X[:, np.flatnonzero(used)]
+    if not used.all():
+        X = X[:, np.flatnonzero(used)]
+    if sparse.issparse(X) and X.format == "csr" and X.dtype == np.float32:
+        return X  # a frozen reference's own matrix: read-only here, no copy
     return sparse.csr_matrix(X, dtype=np.float32)
 
 
@@ -181,10 +185,28 @@ def content_hash(
     h.update(repr(float(target_sum)).encode())
     for values in (pca_mean, loadings, embedding):
         h.update(np.ascontiguousarray(np.asarray(values, dtype=np.float32)).tobytes())
+    expression = _canonical_float32(expression)
+    # the int32 arrays are hashed as int64 (the hash's definition), a chunk at a time
+    h.update(expression.indptr.astype(np.int64).tobytes())
+    for start in range(0, expression.indices.size, _HASH_CHUNK):
+        h.update(expression.indices[start : start + _HASH_CHUNK].astype(np.int64))
+    h.update(np.ascontiguousarray(expression.data))
+    h.update(np.ascontiguousarray(np.asarray(codes, dtype=np.int64)).tobytes())
+    return h.hexdigest()
+
+
+#: Entries per chunk when hashing the expression's column indices.
+_HASH_CHUNK = 1 << 22
+
+
+def _canonical_float32(expression) -> sparse.csr_matrix:
+    """CSR float32 without stored zeros and with sorted indices; the input itself when it is one already."""
+    if (
+        sparse.issparse(expression) and expression.format == "csr" and expression.dtype == np.float32
+        and expression.has_sorted_indices and np.count_nonzero(expression.data) == expression.data.size
+    ):
+        return expression
     expression = sparse.csr_matrix(expression, dtype=np.float32).copy()
     expression.eliminate_zeros()
     expression.sort_indices()
-    for values in (expression.indptr.astype(np.int64), expression.indices.astype(np.int64), expression.data):
-        h.update(np.ascontiguousarray(values).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(codes, dtype=np.int64)).tobytes())
-    return h.hexdigest()
+    return expression

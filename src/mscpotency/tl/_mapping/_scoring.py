@@ -9,14 +9,16 @@ does notice: a new population is a direction of variation in the query. So the s
 1. centres the query per lot (removing donor and tissue shifts, which are not cell types),
 2. finds the query's own principal axes,
 3. splits each cell's coordinates on those axes into the part the reference axes span and
-   the residual, and averages both over the cell and its nearest query neighbours (in the
-   query's own space) so that noise cancels and structure remains,
+   the residual, and averages both over the cell and its nearest neighbours among the
+   cells of its own lot (in the query's own space) so that noise cancels and structure
+   remains (the lot is the frame the centring already defines, and the search stays
+   cheap at any number of lots),
 4. reports ``1 - |residual|^2 / |total|^2``: the share of the cell's local, structured
    deviation from its lot's mean that the reference embedding represents.
 
-On the simulator's study preset, cells of known populations score ~0.9 (1% below 0.75; the
-rest is noise the smoothing leaves) and cells of a population left out of the reference
-~0.2 (AUROC 0.99 between the two, in held-out BM lots and in other tissues alike).
+On the simulator's study preset, cells of known populations score ~0.92 (0.5% below 0.75;
+the rest is noise the smoothing leaves) and cells of a population left out of the reference
+~0.22 (AUROC 0.99 between the two, in held-out BM lots and in other tissues alike).
 Low = off-reference.
 
 What it does not see: a population that the reference *embedding* spans but whose cells
@@ -40,6 +42,7 @@ def mapping_score(
     n_neighbors: int = 20,
     knn_method: str = "auto",
     random_state: int = 0,
+    projected: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-cell mapping score in [0, 1] (low = not represented by the reference).
 
@@ -52,9 +55,12 @@ def mapping_score(
     n_comps
         Number of the query's own principal axes.
     n_neighbors
-        Query neighbours the per-cell quantities are averaged over.
+        Neighbours (in the cell's own lot, i.e. ``A``'s group) the per-cell quantities are
+        averaged over.
     knn_method, random_state
         See :func:`._neighbors.knn`.
+    projected
+        ``A.dot(loadings)`` when already computed.
 
     Returns
     -------
@@ -69,15 +75,33 @@ def mapping_score(
     axes, coordinates = own_axes(A, n_comps, random_state=random_state)
     if n < 3:
         return np.full(n, np.nan), axes, coordinates
-    projected = A.dot(loadings)  # the cells' reference coordinates, centred per lot
+    if projected is None:
+        projected = A.dot(loadings)  # the cells' reference coordinates, centred per lot
     explained = projected @ (loadings.T @ axes)
     residual = coordinates - explained
-    neighbours, _ = knn(coordinates, coordinates, min(n_neighbors, n - 1), exclude_self=True,
-                        method=knn_method, random_state=random_state)
-    neighbours = np.hstack([np.arange(n)[:, None], neighbours])
-    smoothed_residual = residual[neighbours].mean(axis=1)
-    smoothed_total = coordinates[neighbours].mean(axis=1)
+    smoothed_residual, smoothed_total = _smoothed_within_groups(
+        residual, coordinates, A.groups, n_neighbors, knn_method, random_state
+    )
     unexplained = (smoothed_residual**2).sum(axis=1)
     total = (smoothed_total**2).sum(axis=1)
     share = np.divide(unexplained, total, out=np.ones_like(total), where=total > 0)
     return np.clip(1.0 - share, 0.0, 1.0), axes, coordinates
+
+
+def _smoothed_within_groups(
+    residual: np.ndarray, coordinates: np.ndarray, groups: np.ndarray, n_neighbors: int, knn_method: str,
+    random_state: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Residual and coordinates averaged over each cell and its nearest neighbours in its group."""
+    smoothed_residual = residual.copy()
+    smoothed_total = coordinates.copy()
+    for group in np.unique(groups):
+        cells = np.flatnonzero(groups == group)
+        if cells.size < 2:
+            continue  # a single cell: nothing to average with
+        neighbours, _ = knn(coordinates[cells], coordinates[cells], min(n_neighbors, cells.size - 1),
+                            exclude_self=True, method=knn_method, random_state=random_state)
+        neighbours = cells[np.hstack([np.arange(cells.size)[:, None], neighbours])]
+        smoothed_residual[cells] = residual[neighbours].mean(axis=1)
+        smoothed_total[cells] = coordinates[neighbours].mean(axis=1)
+    return smoothed_residual, smoothed_total

@@ -619,7 +619,7 @@ def run_seurat_pipeline(data: Path, json_path: Path) -> dict:
     from _seurat_reference import run_seurat
 
     print("  running seurat ...", flush=True)
-    return run_seurat(data, json_path, n_clusters=N_CLUSTERS, potency=POTENCY)
+    return run_seurat(data, json_path, n_clusters=N_CLUSTERS, potency=POTENCY, timeout=4 * 3600)
 
 
 def summarise(runs: list[dict], n_cells: int):

@@ -82,8 +82,6 @@ def _add(a, b):
 
 def _threads() -> int:
     """Threads for the in-memory walks: numba's setting (``NUMBA_NUM_THREADS``, default all cores)."""
-    import numba
-
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
@@ -153,15 +151,7 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
         return _sum_in_memory(X, func, row_args, shared, max_entries, _threads())
     import dask
 
-    _dask.check_cell_chunks(X, where="the matrix")
-    bounds = np.cumsum((0, *X.chunks[0]))
-    shared_value = _shared_for_dask(shared)
-    parts = [
-        dask.delayed(_sum_in_memory)(
-            block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries
-        )
-        for i, block in enumerate(X.to_delayed().ravel())
-    ]
+    parts = _block_tasks(_sum_in_memory, X, func, row_args, shared, max_entries)
     while len(parts) > 1:
         parts = [dask.delayed(_add)(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
@@ -183,16 +173,21 @@ def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max
         return _map_in_memory(X, func, row_args, shared, max_entries, _threads())
     import dask
 
+    tasks = _block_tasks(_map_in_memory, X, func, row_args, shared, max_entries)
+    return [part for block_parts in dask.compute(*tasks) for part in block_parts]
+
+
+def _block_tasks(walk: Callable, X, func: Callable, row_args: tuple, shared: Any, max_entries: int) -> list:
+    """One delayed ``walk(block, func, row_args_of_block, shared, max_entries)`` per row block of Dask ``X``."""
+    import dask
+
     _dask.check_cell_chunks(X, where="the matrix")
     bounds = np.cumsum((0, *X.chunks[0]))
     shared_value = _shared_for_dask(shared)
-    tasks = [
-        dask.delayed(_map_in_memory)(
-            block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries
-        )
+    return [
+        dask.delayed(walk)(block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries)
         for i, block in enumerate(X.to_delayed().ravel())
     ]
-    return [part for block_parts in dask.compute(*tasks) for part in block_parts]
 
 
 # --------------------------------------------------------------------------------------

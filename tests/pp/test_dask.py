@@ -124,7 +124,7 @@ def test_dask_path_finds_the_markers_the_in_memory_path_finds(both_paths, monkey
         mp.tl.lot_fractions(adata)
         mp.tl.potency_association(adata, "vegf")
     # a small sorted-side budget: several gene passes over the blocks
-    monkeypatch.setattr(_cell_stats, "SORTED_ENTRIES", 2_000)
+    monkeypatch.setattr(_cell_stats, "SORTED_ENTRIES", 8_000)
     mp.tl.potency_markers(lazy, n_genes=50)
     mp.tl.potency_markers(memory, n_genes=50)
     ours, expected = mp.get.potency_markers(lazy), mp.get.potency_markers(memory)

@@ -71,11 +71,12 @@ def _export(data: Path, folder: Path, potency: str) -> tuple[int, object]:
     return count_bytes, truth
 
 
-def _run_sampled(cmd: list[str], log: Path, timeout: int) -> tuple[array, array, int]:
-    """Run ``cmd``; sample its RSS every ``INTERVAL`` s; return times, RSS and ru_maxrss (bytes).
+def _run_sampled(cmd: list[str], log: Path, timeout: int) -> tuple[array, array, int, bool]:
+    """Run ``cmd``; sample its RSS every ``INTERVAL`` s; return times, RSS, ru_maxrss (bytes), timed out.
 
     The child is reaped with ``os.wait4`` so that its own high-water mark (``ru_maxrss``) is
-    known, not the maximum over every child this process ever had.
+    known, not the maximum over every child this process ever had. Past ``timeout`` seconds
+    the child is killed and the samples so far are returned with ``timed out`` True.
     """
     import psutil
 
@@ -84,7 +85,7 @@ def _run_sampled(cmd: list[str], log: Path, timeout: int) -> tuple[array, array,
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     process = psutil.Process(popen.pid)  # Rscript execs R: one process, the same pid
     deadline = time.monotonic() + timeout
-    pid, status, usage = 0, None, None
+    pid, status, usage, timed_out = 0, None, None, False
     try:
         while True:
             pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
@@ -98,17 +99,20 @@ def _run_sampled(cmd: list[str], log: Path, timeout: int) -> tuple[array, array,
                 times.append(time.time())
                 rss.append(value)
             if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(cmd, timeout)
+                timed_out = True
+                break
             time.sleep(INTERVAL)
     finally:
         if pid == 0 or status is None:  # timed out or interrupted: end the R process we started
             os.kill(popen.pid, signal.SIGKILL)
             _, status, usage = os.wait4(popen.pid, 0)
         popen.returncode = os.waitstatus_to_exitcode(status)
+    if timed_out:
+        return times, rss, usage.ru_maxrss * 1024, True
     if popen.returncode != 0:
         tail = log.read_text()[-3000:]
         raise subprocess.CalledProcessError(popen.returncode, cmd, output=tail)
-    return times, rss, usage.ru_maxrss * 1024
+    return times, rss, usage.ru_maxrss * 1024, False
 
 
 def _peak(times, rss, start: float, end: float) -> int:
@@ -124,9 +128,12 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
                timeout: int = 7200) -> dict:
     """Run the reference analysis in Seurat on ``data``; write and return its measurements.
 
-    Raises ``RuntimeError`` when Rscript or Seurat is unavailable (the caller skips),
-    ``subprocess.CalledProcessError`` when the R script fails (output = the log's tail) and
-    ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the R process is killed).
+    Raises ``RuntimeError`` when Rscript or Seurat is unavailable (the caller skips) and
+    ``subprocess.CalledProcessError`` when the R script fails (output = the log's tail).
+    After ``timeout`` seconds the R process is killed: if it had clustered by then, the
+    finished steps are reported as usual and the step under way with the seconds it had run
+    and ``"unfinished": True`` (a lower bound; the summary's ``unfinished_step`` names it);
+    otherwise ``subprocess.TimeoutExpired`` is raised.
     """
     import numpy as np
     import pandas as pd
@@ -145,14 +152,20 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
         count_bytes, truth = _export(data, folder, potency)
         export_seconds = time.perf_counter() - start
         print(f"  running seurat (Rscript {R_SCRIPT.name}) ...", flush=True)
-        times, rss, ru_maxrss = _run_sampled(["Rscript", str(R_SCRIPT), str(folder), str(n_clusters)], log, timeout)
+        cmd = ["Rscript", str(R_SCRIPT), str(folder), str(n_clusters)]
+        times, rss, ru_maxrss, timed_out = _run_sampled(cmd, log, timeout)
+        stopped = time.time()
+        if timed_out and not (folder / "labels.csv").exists():
+            raise subprocess.TimeoutExpired(cmd, timeout, output=log.read_text()[-3000:])
         times, rss = np.frombuffer(times, dtype=np.float64), np.frombuffer(rss, dtype=np.int64)
         timing = pd.read_csv(folder / "timing.csv").set_index("step")
+        running = (folder / "running.txt").read_text().split()
         ready = float((folder / "ready.txt").read_text())
         result = pd.read_csv(folder / "result.csv", dtype=str, keep_default_na=False).set_index("key")["value"]
         labels = pd.read_csv(folder / "labels.csv", dtype=str).set_index("cell")["label"]
         for name in ("association", "markers"):
-            shutil.copyfile(folder / f"{name}.csv", json_path.with_suffix(f".seurat_{name}.csv"))
+            if (folder / f"{name}.csv").exists():
+                shutil.copyfile(folder / f"{name}.csv", json_path.with_suffix(f".seurat_{name}.csv"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -162,7 +175,13 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
     after_load = rss[times >= load_end]
     steps = [{"step": step, "seconds": float(timing.loc[step, "end"] - timing.loc[step, "start"]),
               "peak_rss": _peak(times, rss, timing.loc[step, "start"], timing.loc[step, "end"])}
-             for step in STEPS]
+             for step in STEPS if step in timing.index]
+    unfinished = None
+    if timed_out:
+        unfinished, started = running[0], float(running[1])
+        steps.append({"step": unfinished, "seconds": stopped - started,
+                      "peak_rss": _peak(times, rss, started, stopped), "unfinished": True})
+        print(f"  seurat stopped after {timeout} s, {stopped - started:.0f} s into {unfinished}", flush=True)
     labels.index.name = None
     summary = {
         "pipeline": "seurat",
@@ -178,13 +197,15 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
         "n_clusters": int(labels.nunique()),
         "ari_vs_truth": float(adjusted_rand_score(truth.reindex(labels.index), labels)),
         "potency_cluster": result["potency_cluster"],
-        "top_markers": result["top_markers"].split(";"),
+        "top_markers": result["top_markers"].split(";") if "top_markers" in result else [],
         "steps": steps,
         "seurat_version": result["seurat_version"],
         "cluster_calls": int(result["cluster_calls"]),
         "cluster_single_seconds": float(result["cluster_single_seconds"]),
         "findmarkers_limma": result["findmarkers_limma"] == "TRUE",
         "export_seconds": export_seconds,
+        "unfinished_step": unfinished,
+        "timeout": timeout,
     }
     labels.to_frame("label").to_csv(json_path.with_suffix(".labels.csv"))
     json_path.write_text(json.dumps(summary, default=str))

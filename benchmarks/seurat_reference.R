@@ -12,7 +12,8 @@
 # Writes into <dir>:
 #   ready.txt      epoch seconds once the libraries are loaded (the caller reads the baseline RSS
 #                  between this and the start of `load`)
-#   timing.csv     step, start, end (epoch seconds, as.numeric(Sys.time()))
+#   timing.csv     step, start, end (epoch seconds, as.numeric(Sys.time())), after every step
+#   running.txt    the step under way and its start (a caller that stops the run reads it)
 #   labels.csv     cell, label (the clusters, on the cells kept by QC)
 #   result.csv     key, value (cells and genes after QC, resolution, potency cluster, ...)
 #   association.csv, markers.csv  the tables behind the potency cluster and its markers
@@ -53,11 +54,20 @@ path <- function(name) file.path(dir, name)
 fmt <- function(x) formatC(x, digits = 6, format = "f")
 
 timing <- data.frame(step = character(), start = numeric(), end = numeric())
+write_timing <- function() {
+  write.csv(data.frame(step = timing$step, start = fmt(timing$start), end = fmt(timing$end)),
+            path("timing.csv"), row.names = FALSE, quote = FALSE)
+}
+# timing.csv is rewritten after every step and running.txt names the step under way, so a
+# caller that stops a run past its time limit still knows every finished step and how long
+# the unfinished one had run
 timed <- function(step, expr) {
   start <- now()
+  writeLines(c(step, fmt(start)), path("running.txt"))
   force(expr)
   end <- now()
   timing[nrow(timing) + 1, ] <<- list(step, start, end)
+  write_timing()
   message(sprintf("  seurat %-22s %8.2f s", step, end - start))
   invisible(NULL)
 }
@@ -140,8 +150,29 @@ timed("potency_association", {
   potency_cluster <- association$cluster[which.max(association$rho)]
 })
 
+write_result <- function(extra = character()) {
+  result <- c(
+    seurat_version = as.character(packageVersion("Seurat")),
+    n_cells_after_qc = ncol(obj),
+    n_genes_after_qc = nrow(obj),
+    resolution = format(resolution, digits = 17),
+    n_clusters = nlevels(clusters),
+    cluster_calls = cluster_calls,
+    cluster_single_seconds = fmt(cluster_single_seconds),
+    potency_cluster = potency_cluster,
+    findmarkers_limma = limma_used,
+    extra
+  )
+  write.csv(data.frame(key = names(result), value = unname(result)), path("result.csv"), row.names = FALSE)
+}
+
 # what WilcoxDETest checks before it uses limma (all cells enter the test: ident.1 vs the rest)
 limma_used <- requireNamespace("limma", quietly = TRUE) && !is.na(suppressWarnings(ncol(obj) * ncol(obj)))
+# everything but the markers is known now: written before FindMarkers starts
+write.csv(data.frame(cell = colnames(obj), label = as.character(clusters)), path("labels.csv"), row.names = FALSE)
+write.csv(association, path("association.csv"), row.names = FALSE)
+write_result()
+
 # verbose left at its default: with verbose = FALSE, WilcoxDETest runs through
 # future.apply::future_sapply, which refuses to export the expression matrix once it exceeds
 # future.globals.maxSize (500 MiB; ~10^5 cells here); with the default it uses pbsapply (no
@@ -151,22 +182,5 @@ timed("potency_markers", {
                          logfc.threshold = 0, min.pct = 0)
 })
 
-write.csv(data.frame(step = timing$step, start = fmt(timing$start), end = fmt(timing$end)),
-          path("timing.csv"), row.names = FALSE, quote = FALSE)
-write.csv(data.frame(cell = colnames(obj), label = as.character(clusters)), path("labels.csv"), row.names = FALSE)
-write.csv(association, path("association.csv"), row.names = FALSE)
 write.csv(cbind(gene = rownames(markers), markers), path("markers.csv"), row.names = FALSE)
-result <- c(
-  seurat_version = as.character(packageVersion("Seurat")),
-  n_cells_after_qc = ncol(obj),
-  n_genes_after_qc = nrow(obj),
-  resolution = format(resolution, digits = 17),
-  n_clusters = nlevels(clusters),
-  cluster_calls = cluster_calls,
-  cluster_single_seconds = fmt(cluster_single_seconds),
-  potency_cluster = potency_cluster,
-  top_markers = paste(head(rownames(markers), 5), collapse = ";"),
-  findmarkers_limma = limma_used,
-  n_genes_tested = nrow(markers)
-)
-write.csv(data.frame(key = names(result), value = unname(result)), path("result.csv"), row.names = FALSE)
+write_result(c(top_markers = paste(head(rownames(markers), 5), collapse = ";"), n_genes_tested = nrow(markers)))

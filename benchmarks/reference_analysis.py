@@ -55,6 +55,7 @@ below ~10 GiB (``--memory-limit``): this machine is shared.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -373,10 +374,11 @@ def worker_dask(args) -> None:
     """
     sampler = RssSampler()
     rss_start = sampler.rss()
-    import anndata as ad
+    # imported before the baseline RSS is read
+    import anndata  # noqa: F401
     import dask
-    import numpy as np
-    import pandas as pd
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
     from dask.distributed import Client, LocalCluster
     from sklearn.metrics import adjusted_rand_score
 
@@ -441,52 +443,72 @@ def worker_dask(args) -> None:
     }
     if potency_cluster is not None:
         summary["potency"] = _potency_summary(adata, potency_cluster)
+    # the whole run's results are on disk before the comparison starts
+    labels.to_frame("label").to_csv(Path(args.json).with_suffix(".labels.csv"))
+    Path(args.json).write_text(json.dumps(summary, default=str))
     if args.compare_lots:
         lots = list(adata.obs["lot"].cat.categories[: args.compare_lots])
-        paths = {lot: folder / f"{lot}.h5ad" for lot in lots}
-        lazy = mp.io.read_lots_lazy(paths, chunk_cells=args.chunk_cells)
-        memory = lazy.copy()
-        memory.X = memory.X.compute()
-        for part in (lazy, memory):
-            mp.pp.qc(part)
-            mp.pp.preprocess(part)
-            mp.tl.cluster(part, n_clusters=N_CLUSTERS)
-            mp.tl.lot_fractions(part)
-        relabelled = memory.copy()
-        relabelled.obs["cluster"] = lazy.obs["cluster"].to_numpy()
-        mp.tl.lot_fractions(relabelled)
-        same_fractions = lazy.uns["lot_fractions"]["fractions"].equals(relabelled.uns["lot_fractions"]["fractions"])
-        # the lot-level statistics and markers on identical labels
-        for part in (lazy, relabelled):
-            mp.tl.potency_association(part, POTENCY)
-            mp.tl.potency_markers(part)
-        markers_lazy = mp.get.potency_markers(lazy)
-        markers_memory = mp.get.potency_markers(relabelled)
-        association_lazy = mp.get.potency_association(lazy)
-        association_memory = mp.get.potency_association(relabelled)
-        summary["compare"] = {
-            "lots": len(lots), "cells": int(lazy.n_obs),
-            "same_cells_and_genes": bool(lazy.obs_names.equals(memory.obs_names) and lazy.var_names.equals(memory.var_names)),
-            "same_hvg": bool(lazy.var["highly_variable"].equals(memory.var["highly_variable"])),
-            "max_abs_pca_difference": float(np.abs(lazy.obsm["X_pca"] - memory.obsm["X_pca"]).max()),
-            "ari_dask_vs_memory": float(adjusted_rand_score(lazy.obs["cluster"], memory.obs["cluster"])),
-            "identical_fractions_for_identical_labels": bool(same_fractions),
-            "identical_association_for_identical_labels": bool(association_lazy[["rho", "pvalue"]].equals(
-                association_memory[["rho", "pvalue"]])),
-            "same_potency_cluster": lazy.uns["potency_association"]["potency_cluster"]
-            == relabelled.uns["potency_association"]["potency_cluster"],
-            "same_top_20_markers_in_order": list(markers_lazy["gene"]) == list(markers_memory["gene"]),
-            "max_relative_marker_score_difference": float(
-                (np.abs(markers_lazy["score"].to_numpy() - markers_memory["score"].to_numpy())
-                 / np.abs(markers_memory["score"].to_numpy())).max()),
-            "top_markers": ", ".join(markers_lazy["gene"].head(5)),
-        }
+        # the full run's AnnData is not needed any more: its memory would count against the
+        # in-process worker's limit (a paused worker takes no tasks)
+        del adata, state["adata"]
+        gc.collect()
+        try:
+            summary["compare"] = _compare_with_in_memory(folder, lots, args.chunk_cells)
+        except Exception as error:
+            summary["compare_failed"] = f"{type(error).__name__}: {str(error)[:300]}"
+            print(f"    compare FAILED: {summary['compare_failed']}", flush=True)
+        summary["ru_maxrss"] = ru_maxrss_bytes()
+        Path(args.json).write_text(json.dumps(summary, default=str))
     sampler.stop()
     client.close()
     cluster.close()
-    labels.to_frame("label").to_csv(Path(args.json).with_suffix(".labels.csv"))
-    Path(args.json).write_text(json.dumps(summary, default=str))
-    del ad, pd
+
+
+def _compare_with_in_memory(folder: Path, lots: list[str], chunk_cells: int) -> dict:
+    """The Dask path and the in-memory path on the same lots; what agrees between them."""
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    import mscpotency as mp
+
+    paths = {lot: folder / f"{lot}.h5ad" for lot in lots}
+    lazy = mp.io.read_lots_lazy(paths, chunk_cells=chunk_cells)
+    memory = lazy.copy()
+    memory.X = memory.X.compute()
+    for part in (lazy, memory):
+        mp.pp.qc(part)
+        mp.pp.preprocess(part)
+        mp.tl.cluster(part, n_clusters=N_CLUSTERS)
+    ari = float(adjusted_rand_score(lazy.obs["cluster"], memory.obs["cluster"]))
+    same_hvg = bool(lazy.var["highly_variable"].equals(memory.var["highly_variable"]))
+    same_cells_and_genes = bool(lazy.obs_names.equals(memory.obs_names) and lazy.var_names.equals(memory.var_names))
+    max_pca = float(np.abs(lazy.obsm["X_pca"] - memory.obsm["X_pca"]).max())
+    # the lot-level statistics and markers on identical labels (no copy of the in-memory data)
+    memory.obs["cluster"] = lazy.obs["cluster"].to_numpy()
+    for part in (lazy, memory):
+        mp.tl.lot_fractions(part)
+        mp.tl.potency_association(part, POTENCY)
+        mp.tl.potency_markers(part)
+    same_fractions = lazy.uns["lot_fractions"]["fractions"].equals(memory.uns["lot_fractions"]["fractions"])
+    markers_lazy, markers_memory = mp.get.potency_markers(lazy), mp.get.potency_markers(memory)
+    association_lazy, association_memory = mp.get.potency_association(lazy), mp.get.potency_association(memory)
+    return {
+        "lots": len(lots), "cells": int(lazy.n_obs),
+        "same_cells_and_genes": same_cells_and_genes,
+        "same_hvg": same_hvg,
+        "max_abs_pca_difference": max_pca,
+        "ari_dask_vs_memory": ari,
+        "identical_fractions_for_identical_labels": bool(same_fractions),
+        "identical_association_for_identical_labels": bool(association_lazy[["rho", "pvalue"]].equals(
+            association_memory[["rho", "pvalue"]])),
+        "same_potency_cluster": lazy.uns["potency_association"]["potency_cluster"]
+        == memory.uns["potency_association"]["potency_cluster"],
+        "same_top_20_markers_in_order": list(markers_lazy["gene"]) == list(markers_memory["gene"]),
+        "max_relative_marker_score_difference": float(
+            (np.abs(markers_lazy["score"].to_numpy() - markers_memory["score"].to_numpy())
+             / np.abs(markers_memory["score"].to_numpy())).max()),
+        "top_markers": ", ".join(markers_lazy["gene"].head(5)),
+    }
 
 
 def main_dask(args, folder: Path) -> None:
@@ -498,8 +520,12 @@ def main_dask(args, folder: Path) -> None:
            "--memory-limit", args.memory_limit, "--threads", str(args.threads),
            "--chunk-cells", str(args.chunk_cells), "--compare-lots", str(args.compare_lots)]
     print("  running the Dask path ...", flush=True)
-    subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONHASHSEED="0"))
+    done = subprocess.run(cmd, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
+    if not json_path.exists():  # the worker writes its results before the comparison
+        raise subprocess.CalledProcessError(done.returncode, cmd)
     run = json.loads(json_path.read_text())
+    if done.returncode != 0:
+        run.setdefault("compare_failed", f"the worker exited with status {done.returncode} during the comparison")
     import pandas as pd
 
     steps = pd.DataFrame(run["steps"])
@@ -530,6 +556,8 @@ def main_dask(args, folder: Path) -> None:
     ]
     lines += [f"| {name} | {row.seconds:,.1f} | {row.peak_rss_mb:,.0f} |" for name, row in steps.iterrows()]
     lines += [f"| {name} | failed: {reason} | |" for name, reason in run["failures"].items()]
+    if "compare_failed" in run:
+        lines += ["", f"## Dask path vs in-memory path: failed ({run['compare_failed']})"]
     if "compare" in run:
         c = run["compare"]
         lines += ["", f"## Dask path vs in-memory path on the first {c['lots']} lots ({c['cells']:,} cells)", ""]

@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= test
 OUT ?= results
+# test processes (pytest-xdist): 2 halves the suite's time on 2 cores; each takes ~3 GB
+TEST_WORKERS ?= 2
 
 .PHONY: install reproduce test test-fast notebooks benchmark clean
 
@@ -23,10 +25,10 @@ reproduce: install
 	$(BIN)/mscpotency reproduce --out $(OUT)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 notebooks: install
 	$(BIN)/python scripts/build_notebooks.py

@@ -80,8 +80,11 @@ def _add(a, b):
     return a + b
 
 
-def _threads() -> int:
-    """Threads for the in-memory walks: numba's setting (``NUMBA_NUM_THREADS``, default all cores)."""
+def worker_threads() -> int:
+    """Threads for in-memory compiled work (row-chunk walks, the blocked exact kNN).
+
+    numba's setting: ``NUMBA_NUM_THREADS``, all cores by default.
+    """
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
@@ -143,12 +146,12 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
     graph once, or is broadcast when a distributed client runs). On Dask, each block is
     one task (itself walked in row chunks) and partial results are added pairwise, so at
     most a few of them are alive at once; in memory, row chunks run in parallel threads
-    (:func:`_threads`). ``max_entries``: stored entries per row chunk (default
+    (:func:`worker_threads`). ``max_entries``: stored entries per row chunk (default
     :data:`CHUNK_ENTRIES`).
     """
     max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
     if not _dask.is_dask(X):
-        return _sum_in_memory(X, func, row_args, shared, max_entries, _threads())
+        return _sum_in_memory(X, func, row_args, shared, max_entries, worker_threads())
     import dask
 
     parts = _block_tasks(_sum_in_memory, X, func, row_args, shared, max_entries)
@@ -170,7 +173,7 @@ def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max
     """
     max_entries = CHUNK_ENTRIES if max_entries is None else max_entries
     if not _dask.is_dask(X):
-        return _map_in_memory(X, func, row_args, shared, max_entries, _threads())
+        return _map_in_memory(X, func, row_args, shared, max_entries, worker_threads())
     import dask
 
     tasks = _block_tasks(_map_in_memory, X, func, row_args, shared, max_entries)

@@ -270,6 +270,7 @@ def map_to_reference(
             random_state=random_state, **(scvi_kwargs or {}),
         )
         placement_q, placement_r = embedding_q, embedding_r
+        transfer_neighbours = None
     else:
         A = by_lot if centre == "lot" else centred(
             harmonised.expression, centre=centre, reference_mean=model.pca_mean, lots=lots
@@ -280,8 +281,6 @@ def map_to_reference(
             model, rows, A, own, settings, query_embedding=query_embedding
         )
         placement_q, placement_r = query_embedding, model.embedding
-    if method == "scvi":
-        transfer_neighbours = None
     calibration: dict[str, Any] = {"temperature": 1.0, "fitted": False}
     if calibrate:
         if method == "scvi":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..._cell_stats import worker_threads
+
 #: Above this many query x reference distance evaluations, ``method="auto"`` goes approximate.
 #: The exact search evaluates about 5 x 10^8 30-dimensional distances a second on 2 cores
 #: (10^5 x 10^5 cells: ~20 s); pynndescent's index build, search compilation and queries
@@ -97,7 +99,7 @@ def _exact(data: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.
         candidates[start : start + chunk.shape[0]] = where
 
     starts = range(0, query.shape[0], _QUERY_BLOCK)
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=_threads()) as pool:
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=worker_threads()) as pool:
         list(pool.map(nearest_of, starts))
     # direct distances of the candidates, then the k nearest (stable: ties by position)
     distances = _direct_distances(query, data, candidates)
@@ -110,10 +112,6 @@ _MARGIN = 8
 #: Query rows and data rows of one block of the distance matrix (2 MB of float64).
 _QUERY_BLOCK = 256
 _DATA_BLOCK = 1024
-
-
-def _threads() -> int:
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
 @numba.njit(nogil=True, cache=True)

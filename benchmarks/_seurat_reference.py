@@ -38,8 +38,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 R_SCRIPT = HERE / "seurat_reference.R"
-STEPS = ("load", "qc", "preprocess", "cluster", "lot_fractions", "composition_deviation",
-         "potency_association", "potency_markers")
+STEPS = (
+    "load",
+    "qc",
+    "preprocess",
+    "cluster",
+    "lot_fractions",
+    "composition_deviation",
+    "potency_association",
+    "potency_markers",
+)
 #: seconds between two RSS samples of the R process
 INTERVAL = 0.005
 
@@ -63,8 +71,13 @@ def _export(data: Path, folder: Path, potency: str) -> tuple[int, object]:
     count_bytes = int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
     (folder / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
     _write_counts(folder, "counts", X, adata.obs_names)
-    pd.DataFrame({"cell": adata.obs_names, "lot": adata.obs["lot"].astype(str).to_numpy(),
-                  potency: adata.obs[potency].to_numpy()}).to_csv(folder / "obs.csv", index=False)
+    pd.DataFrame(
+        {
+            "cell": adata.obs_names,
+            "lot": adata.obs["lot"].astype(str).to_numpy(),
+            potency: adata.obs[potency].to_numpy(),
+        }
+    ).to_csv(folder / "obs.csv", index=False)
     truth = adata.obs["true_subpopulation"].astype(str)
     del adata, X
     gc.collect()
@@ -121,11 +134,12 @@ def _peak(times, rss, start: float, end: float) -> int:
 
     first = max(int(np.searchsorted(times, start, side="right")) - 1, 0)
     last = min(int(np.searchsorted(times, end, side="left")), len(times) - 1)
-    return int(rss[first:last + 1].max())
+    return int(rss[first : last + 1].max())
 
 
-def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str = "vegf",
-               timeout: int = 7200) -> dict:
+def run_seurat(
+    data: Path, json_path: Path, *, n_clusters: int = 8, potency: str = "vegf", timeout: int = 7200
+) -> dict:
     """Run the reference analysis in Seurat on ``data``; write and return its measurements.
 
     Raises ``RuntimeError`` when Rscript or Seurat is unavailable (the caller skips) and
@@ -161,11 +175,15 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
         timing = pd.read_csv(folder / "timing.csv").set_index("step")
         running = (folder / "running.txt").read_text().split()
         ready = float((folder / "ready.txt").read_text())
-        result = pd.read_csv(folder / "result.csv", dtype=str, keep_default_na=False).set_index("key")["value"]
+        result = pd.read_csv(folder / "result.csv", dtype=str, keep_default_na=False).set_index(
+            "key"
+        )["value"]
         labels = pd.read_csv(folder / "labels.csv", dtype=str).set_index("cell")["label"]
         for name in ("association", "markers"):
             if (folder / f"{name}.csv").exists():
-                shutil.copyfile(folder / f"{name}.csv", json_path.with_suffix(f".seurat_{name}.csv"))
+                shutil.copyfile(
+                    folder / f"{name}.csv", json_path.with_suffix(f".seurat_{name}.csv")
+                )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -173,15 +191,30 @@ def run_seurat(data: Path, json_path: Path, *, n_clusters: int = 8, potency: str
     quiet = (times >= ready) & (times <= load_start)
     baseline = int(rss[quiet].max()) if quiet.any() else _peak(times, rss, ready, ready)
     after_load = rss[times >= load_end]
-    steps = [{"step": step, "seconds": float(timing.loc[step, "end"] - timing.loc[step, "start"]),
-              "peak_rss": _peak(times, rss, timing.loc[step, "start"], timing.loc[step, "end"])}
-             for step in STEPS if step in timing.index]
+    steps = [
+        {
+            "step": step,
+            "seconds": float(timing.loc[step, "end"] - timing.loc[step, "start"]),
+            "peak_rss": _peak(times, rss, timing.loc[step, "start"], timing.loc[step, "end"]),
+        }
+        for step in STEPS
+        if step in timing.index
+    ]
     unfinished = None
     if timed_out:
         unfinished, started = running[0], float(running[1])
-        steps.append({"step": unfinished, "seconds": stopped - started,
-                      "peak_rss": _peak(times, rss, started, stopped), "unfinished": True})
-        print(f"  seurat stopped after {timeout} s, {stopped - started:.0f} s into {unfinished}", flush=True)
+        steps.append(
+            {
+                "step": unfinished,
+                "seconds": stopped - started,
+                "peak_rss": _peak(times, rss, started, stopped),
+                "unfinished": True,
+            }
+        )
+        print(
+            f"  seurat stopped after {timeout} s, {stopped - started:.0f} s into {unfinished}",
+            flush=True,
+        )
     labels.index.name = None
     summary = {
         "pipeline": "seurat",

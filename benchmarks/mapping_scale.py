@@ -104,8 +104,10 @@ def _two_arm_config(n_lots: int, n_genes: int):
 
     from mscpotency.datasets import SetSpec
 
-    sets = (SetSpec(REFERENCE_SET, n_lots, "BM", "BM", first_lot=1),
-            SetSpec(QUERY_SET, n_lots, "BM", "BM", first_lot=n_lots + 1))
+    sets = (
+        SetSpec(REFERENCE_SET, n_lots, "BM", "BM", first_lot=1),
+        SetSpec(QUERY_SET, n_lots, "BM", "BM", first_lot=n_lots + 1),
+    )
     return replace(_config(n_lots, n_genes), sets=sets)
 
 
@@ -135,7 +137,9 @@ def _ingest_neighbors(reference) -> None:
     """The neighbour graph ingest needs on the reference (scanpy's defaults, the 30 PCs)."""
     import scanpy as sc
 
-    sc.pp.neighbors(reference, n_neighbors=15, n_pcs=reference.obsm["X_pca"].shape[1], random_state=0)
+    sc.pp.neighbors(
+        reference, n_neighbors=15, n_pcs=reference.obsm["X_pca"].shape[1], random_state=0
+    )
 
 
 def prepare(args) -> None:
@@ -171,7 +175,9 @@ def prepare(args) -> None:
     small.write_h5ad(scratch / "reference_small.h5ad")
     # below 8,192 cells scanpy's neighbours are exact (scikit-learn), above it pynndescent: compile
     # pynndescent here so that the reference's neighbour time does not include numba compilation
-    sc.pp.neighbors(small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm")
+    sc.pp.neighbors(
+        small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm"
+    )
     del small
     start = time.perf_counter()
     _ingest_neighbors(reference)
@@ -181,13 +187,18 @@ def prepare(args) -> None:
     query.write_h5ad(scratch / "query.h5ad")
     first = query.obs["lot"].cat.categories[0]
     query[(query.obs["lot"] == first).to_numpy()].copy().write_h5ad(scratch / "query_small.h5ad")
-    info.update({
-        "n_reference": int(reference.n_obs), "n_query": int(query.n_obs), "n_genes": int(reference.n_vars),
-        "n_reference_lots": int(reference.obs["lot"].nunique()), "n_query_lots": int(query.obs["lot"].nunique()),
-        "potency_cluster": str(reference.uns["potency_association"]["potency_cluster"]),
-        "resolution": float(reference.uns["cluster"]["resolution"]),
-        "n_clusters": int(reference.obs["cluster"].nunique()),
-    })
+    info.update(
+        {
+            "n_reference": int(reference.n_obs),
+            "n_query": int(query.n_obs),
+            "n_genes": int(reference.n_vars),
+            "n_reference_lots": int(reference.obs["lot"].nunique()),
+            "n_query_lots": int(query.obs["lot"].nunique()),
+            "potency_cluster": str(reference.uns["potency_association"]["potency_cluster"]),
+            "resolution": float(reference.uns["cluster"]["resolution"]),
+            "n_clusters": int(reference.obs["cluster"].nunique()),
+        }
+    )
     (scratch / "prepare.json").write_text(json.dumps(info))
 
 
@@ -214,9 +225,13 @@ def map_ingest(query, reference) -> None:
 
         positions = query.var_names.get_indexer(reference.var_names)
         found = positions >= 0
-        select = sparse.csr_matrix((np.ones(found.sum(), dtype=np.float32), (positions[found], np.flatnonzero(found))),
-                                   shape=(query.n_vars, reference.n_vars))
-        aligned = AnnData(X=sparse.csr_matrix(query.X) @ select, obs=query.obs, var=reference.var[[]])
+        select = sparse.csr_matrix(
+            (np.ones(found.sum(), dtype=np.float32), (positions[found], np.flatnonzero(found))),
+            shape=(query.n_vars, reference.n_vars),
+        )
+        aligned = AnnData(
+            X=sparse.csr_matrix(query.X) @ select, obs=query.obs, var=reference.var[[]]
+        )
     else:
         aligned = query
     sc.tl.ingest(aligned, reference, obs="cluster", embedding_method="pca")
@@ -285,12 +300,24 @@ def worker(args) -> None:
         predicted = query.obs["cluster"].astype(str).to_numpy()
         confidence = np.full(query.n_obs, np.nan)
     pd.DataFrame({"cell": query.obs_names, "predicted": predicted, "score": confidence}).to_csv(
-        Path(args.json).with_suffix(".predictions.csv"), index=False)
-    Path(args.json).write_text(json.dumps({
-        "method": method, "seconds": seconds, "peak_rss": peak, "rss_before": rss_before,
-        "rss_start": rss_start, "ru_maxrss": ru_maxrss_bytes(), "n_query": int(query.n_obs),
-        "n_reference": int(reference.n_obs), "process_seconds": time.perf_counter() - clock, **phases,
-    }))
+        Path(args.json).with_suffix(".predictions.csv"), index=False
+    )
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "method": method,
+                "seconds": seconds,
+                "peak_rss": peak,
+                "rss_before": rss_before,
+                "rss_start": rss_start,
+                "ru_maxrss": ru_maxrss_bytes(),
+                "n_query": int(query.n_obs),
+                "n_reference": int(reference.n_obs),
+                "process_seconds": time.perf_counter() - clock,
+                **phases,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -324,8 +351,13 @@ def _score(reference_obs, query_obs, predictions, potency: str) -> dict:
     query = query_obs[predictions["cell"].astype(str).to_numpy()]
     confidence = predictions["score"].to_numpy(dtype=float)
     has_score = np.isfinite(confidence).all()
-    metrics = score(reference_obs, query, predictions["predicted"].astype(str).to_numpy(),
-                    confidence if has_score else np.ones(confidence.size), potency)
+    metrics = score(
+        reference_obs,
+        query,
+        predictions["predicted"].astype(str).to_numpy(),
+        confidence if has_score else np.ones(confidence.size),
+        potency,
+    )
     if not has_score:
         metrics["ECE"] = float("nan")
     return metrics
@@ -336,8 +368,14 @@ def run_seurat_side(args, scratch: Path, potency: str) -> tuple[dict | None, lis
     from mapping_vs_seurat import run_seurat, seurat_available
 
     if args.cells > args.seurat_max_cells:
-        return None, [f"Seurat: not run above --seurat-max-cells {args.seurat_max_cells:,} cells "
-                      "(it took ~300 s for 6k query cells on a 16k reference on 2 cores)."], ""
+        return (
+            None,
+            [
+                f"Seurat: not run above --seurat-max-cells {args.seurat_max_cells:,} cells "
+                "(it took ~300 s for 6k query cells on a 16k reference on 2 cores)."
+            ],
+            "",
+        )
     available, detail = seurat_available()
     if not available:
         return None, [f"Seurat: skipped ({detail})."], ""
@@ -347,20 +385,38 @@ def run_seurat_side(args, scratch: Path, potency: str) -> tuple[dict | None, lis
     query = ad.read_h5ad(scratch / "query.h5ad")
     query.layers["counts"] = query.X  # the query's raw counts (pp.qc left them in X)
     try:
-        rows, reference_seconds, version = run_seurat(reference, {QUERY_SET: query}, potency, scratch / "seurat",
-                                                      args.seurat_timeout)
+        rows, reference_seconds, version = run_seurat(
+            reference, {QUERY_SET: query}, potency, scratch / "seurat", args.seurat_timeout
+        )
     except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as error:
-        return None, [f"Seurat: failed or timed out ({type(error).__name__}, limit {args.seurat_timeout} s)."], detail
-    notes = [f"Seurat {version} reference preparation (NormalizeData, vst, ScaleData, RunPCA): "
-             f"{reference_seconds:.0f} s, not counted; map time = NormalizeData + FindTransferAnchors + "
-             "TransferData of the query (R's Sys.time); its memory is not measured."]
+        return (
+            None,
+            [
+                f"Seurat: failed or timed out ({type(error).__name__}, limit {args.seurat_timeout} s)."
+            ],
+            detail,
+        )
+    notes = [
+        f"Seurat {version} reference preparation (NormalizeData, vst, ScaleData, RunPCA): "
+        f"{reference_seconds:.0f} s, not counted; map time = NormalizeData + FindTransferAnchors + "
+        "TransferData of the query (R's Sys.time); its memory is not measured."
+    ]
     return rows[0], notes, version
 
 
 def _versions(seurat: str) -> str:
     from importlib.metadata import version
 
-    packages = ["mscpotency", "scanpy", "anndata", "numpy", "scipy", "scikit-learn", "pynndescent", "numba"]
+    packages = [
+        "mscpotency",
+        "scanpy",
+        "anndata",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "pynndescent",
+        "numba",
+    ]
     text = ", ".join(f"{p} {version(p)}" for p in packages)
     return f"Python {platform.python_version()}, {text}" + (f", Seurat {seurat}" if seurat else "")
 
@@ -385,17 +441,45 @@ def summarise(runs: list[dict], seurat: dict | None, n_reference: int):
     import numpy as np
     import pandas as pd
 
-    long = pd.DataFrame([{
-        "backend": r["backend"], "run": r["run"], "query_cells": r["n_query"], "reference_cells": r["n_reference"],
-        "seconds": r["seconds"], "peak_rss_above_baseline_mib": (r["peak_rss"] - r["rss_before"]) / 2**20,
-        "rss_before_mib": r["rss_before"] / 2**20, "ru_maxrss_mib": r["ru_maxrss"] / 2**20, **r["metrics"],
-    } for r in runs])
+    long = pd.DataFrame(
+        [
+            {
+                "backend": r["backend"],
+                "run": r["run"],
+                "query_cells": r["n_query"],
+                "reference_cells": r["n_reference"],
+                "seconds": r["seconds"],
+                "peak_rss_above_baseline_mib": (r["peak_rss"] - r["rss_before"]) / 2**20,
+                "rss_before_mib": r["rss_before"] / 2**20,
+                "ru_maxrss_mib": r["ru_maxrss"] / 2**20,
+                **r["metrics"],
+            }
+            for r in runs
+        ]
+    )
     if seurat is not None:
-        long = pd.concat([long, pd.DataFrame([{
-            "backend": seurat["backend"], "run": 0, "query_cells": seurat["cells"],
-            "reference_cells": n_reference, "seconds": seurat["seconds"],
-            **{k: v for k, v in seurat.items() if k not in ("backend", "set", "cells", "seconds")},
-        }])], ignore_index=True)
+        long = pd.concat(
+            [
+                long,
+                pd.DataFrame(
+                    [
+                        {
+                            "backend": seurat["backend"],
+                            "run": 0,
+                            "query_cells": seurat["cells"],
+                            "reference_cells": n_reference,
+                            "seconds": seurat["seconds"],
+                            **{
+                                k: v
+                                for k, v in seurat.items()
+                                if k not in ("backend", "set", "cells", "seconds")
+                            },
+                        }
+                    ]
+                ),
+            ],
+            ignore_index=True,
+        )
     best = long.loc[long.groupby("backend", sort=False)["seconds"].idxmin()].set_index("backend")
     best["runs"] = long.groupby("backend", sort=False).size()
     best["cells/s"] = best["query_cells"] / best["seconds"]
@@ -411,34 +495,64 @@ def _format(best) -> object:
     import pandas as pd
 
     columns = {
-        "query_cells": ("query cells", "{:,.0f}"), "reference_cells": ("reference cells", "{:,.0f}"),
-        "seconds": ("seconds (best)", "{:.1f}"), "runs": ("runs", "{:.0f}"), "cells/s": ("cells/s", "{:,.0f}"),
-        "speed-up vs ingest": ("speed-up vs ingest", "{:.3g}x"), "speed-up vs Seurat": ("speed-up vs Seurat", "{:.3g}x"),
+        "query_cells": ("query cells", "{:,.0f}"),
+        "reference_cells": ("reference cells", "{:,.0f}"),
+        "seconds": ("seconds (best)", "{:.1f}"),
+        "runs": ("runs", "{:.0f}"),
+        "cells/s": ("cells/s", "{:,.0f}"),
+        "speed-up vs ingest": ("speed-up vs ingest", "{:.3g}x"),
+        "speed-up vs Seurat": ("speed-up vs Seurat", "{:.3g}x"),
         "peak_rss_above_baseline_mib": ("peak RSS above baseline (MiB)", "{:,.0f}"),
-        "F1 potency-like": ("F1 potency-like", "{:.4f}"), "accuracy": ("accuracy", "{:.4f}"), "ECE": ("ECE", "{:.4f}"),
-        "lot share rho": ("lot share rho", "{:.3f}"), "max |share - true share|": ("max abs share error", "{:.4f}"),
+        "F1 potency-like": ("F1 potency-like", "{:.4f}"),
+        "accuracy": ("accuracy", "{:.4f}"),
+        "ECE": ("ECE", "{:.4f}"),
+        "lot share rho": ("lot share rho", "{:.3f}"),
+        "max |share - true share|": ("max abs share error", "{:.4f}"),
     }
     shown = pd.DataFrame(index=best.index)
     for column, (title, fmt) in columns.items():
         values = best[column] if column in best.columns else pd.Series(np.nan, index=best.index)
-        shown[title] = [fmt.format(v) if pd.notna(v) and np.isfinite(float(v)) else "" for v in values]
+        shown[title] = [
+            fmt.format(v) if pd.notna(v) and np.isfinite(float(v)) else "" for v in values
+        ]
     return shown
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cells", type=int, default=10_000, help="cells per arm: reference and query (10000, 100000)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=10_000,
+        help="cells per arm: reference and query (10000, 100000)",
+    )
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per backend, each in a fresh process (best reported)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: fast, anchors, ingest")
-    parser.add_argument("--seurat-max-cells", type=int, default=10_000, help="run Seurat only up to this many cells")
-    parser.add_argument("--seurat-timeout", type=int, default=3600, help="seconds before Seurat is given up")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per backend, each in a fresh process (best reported)",
+    )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated: fast, anchors, ingest"
+    )
+    parser.add_argument(
+        "--seurat-max-cells", type=int, default=10_000, help="run Seurat only up to this many cells"
+    )
+    parser.add_argument(
+        "--seurat-timeout", type=int, default=3600, help="seconds before Seurat is given up"
+    )
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "mscpotency-bench"))
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--no-warmup", action="store_true", help="time first calls (numba compilation) too")
-    parser.add_argument("--keep-scratch", action="store_true",
-                        help="keep the prepared reference, query and predictions (under --data-dir)")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="time first calls (numba compilation) too"
+    )
+    parser.add_argument(
+        "--keep-scratch",
+        action="store_true",
+        help="keep the prepared reference, query and predictions (under --data-dir)",
+    )
     # internal: one role in this process
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -461,14 +575,22 @@ def main(argv=None) -> None:
     wall = time.perf_counter()
     args.data = ensure_data(args)
     scratch = Path(tempfile.mkdtemp(prefix="mscpotency-mapping-", dir=args.data_dir))
-    print("preparing the reference (qc, preprocess, cluster, association, freeze; ingest's neighbours) ...",
-          flush=True)
+    print(
+        "preparing the reference (qc, preprocess, cluster, association, freeze; ingest's neighbours) ...",
+        flush=True,
+    )
     _subprocess(args, "prepare", scratch)
     info = json.loads((scratch / "prepare.json").read_text())
     potency = info["potency_cluster"]
-    print(f"  reference {info['n_reference']:,} cells ({info['reference_seconds']:.0f} s), query "
-          f"{info['n_query']:,} cells; potency cluster {potency}", flush=True)
-    reference_obs, query_obs = _obs_only(scratch / "reference.h5ad"), _obs_only(scratch / "query.h5ad")
+    print(
+        f"  reference {info['n_reference']:,} cells ({info['reference_seconds']:.0f} s), query "
+        f"{info['n_query']:,} cells; potency cluster {potency}",
+        flush=True,
+    )
+    reference_obs, query_obs = (
+        _obs_only(scratch / "reference.h5ad"),
+        _obs_only(scratch / "query.h5ad"),
+    )
     names = {"fast": "mscpotency fast", "anchors": "mscpotency anchors", "ingest": "scanpy ingest"}
     runs = []
     for r in range(args.repeat):
@@ -478,11 +600,18 @@ def main(argv=None) -> None:
             _subprocess(args, method, scratch, json_path)
             run = json.loads(json_path.read_text())
             predictions = pd.read_csv(json_path.with_suffix(".predictions.csv"))
-            run.update(backend=names[method], run=r, metrics=_score(reference_obs, query_obs, predictions, potency))
+            run.update(
+                backend=names[method],
+                run=r,
+                metrics=_score(reference_obs, query_obs, predictions, potency),
+            )
             runs.append(run)
-            print(f"    {run['seconds']:.1f} s (process {run['process_seconds']:.0f} s, of which loading and "
-                  f"warm-up {run['load_and_warmup']:.0f} s), peak +{(run['peak_rss'] - run['rss_before']) / 2**20:,.0f} MiB, "
-                  f"F1 {run['metrics']['F1 potency-like']:.4f}, accuracy {run['metrics']['accuracy']:.4f}", flush=True)
+            print(
+                f"    {run['seconds']:.1f} s (process {run['process_seconds']:.0f} s, of which loading and "
+                f"warm-up {run['load_and_warmup']:.0f} s), peak +{(run['peak_rss'] - run['rss_before']) / 2**20:,.0f} MiB, "
+                f"F1 {run['metrics']['F1 potency-like']:.4f}, accuracy {run['metrics']['accuracy']:.4f}",
+                flush=True,
+            )
     seurat, seurat_notes, seurat_version = run_seurat_side(args, scratch, potency)
     long, best = summarise(runs, seurat, info["n_reference"])
     out = Path(args.out)
@@ -490,7 +619,8 @@ def main(argv=None) -> None:
     stem = out / f"mapping_scale_{args.cells}"
     long.to_csv(stem.with_suffix(".csv"), index=False)
     lines = [
-        f"# Mapping {info['n_query']:,} query cells onto a {info['n_reference']:,}-cell reference", "",
+        f"# Mapping {info['n_query']:,} query cells onto a {info['n_reference']:,}-cell reference",
+        "",
         f"- data: `simulate_lots`, two bone-marrow arms of {info['n_reference_lots']} lots x {CELLS_PER_LOT:,} cells "
         f"(reference {REFERENCE_SET}, query {QUERY_SET}), {args.genes:,} genes, seed {args.seed}; counts after "
         f"`pp.qc`: reference {info['n_reference']:,} x {info['n_genes']:,}, query {info['n_query']:,} cells",
@@ -518,8 +648,10 @@ def main(argv=None) -> None:
     ]
     if "mscpotency fast" in best.index:
         seconds = best.loc["mscpotency fast", "seconds"]
-        lines.append(f"\nTarget (10^5 query cells onto a 10^5-cell reference, fast backend, well under 60 s on 2 "
-                     f"cores): here {info['n_query']:,} onto {info['n_reference']:,} cells in {seconds:.1f} s.")
+        lines.append(
+            f"\nTarget (10^5 query cells onto a 10^5-cell reference, fast backend, well under 60 s on 2 "
+            f"cores): here {info['n_query']:,} onto {info['n_reference']:,} cells in {seconds:.1f} s."
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(stem.with_suffix(".md").read_text())
     if args.keep_scratch:

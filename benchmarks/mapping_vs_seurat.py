@@ -62,11 +62,21 @@ def seurat_available() -> tuple[bool, str]:
     if shutil.which("Rscript") is None:
         return False, "Rscript is not installed"
     result = subprocess.run(
-        ["Rscript", "-e", "suppressPackageStartupMessages(library(Seurat)); cat(as.character(packageVersion('Seurat')))"],
-        capture_output=True, text=True, check=False, timeout=300,
+        [
+            "Rscript",
+            "-e",
+            "suppressPackageStartupMessages(library(Seurat)); cat(as.character(packageVersion('Seurat')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
     )
     if result.returncode != 0:
-        return False, f"R cannot load Seurat ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'})"
+        return (
+            False,
+            f"R cannot load Seurat ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'unknown error'})",
+        )
     return True, result.stdout.strip().splitlines()[-1]
 
 
@@ -74,11 +84,17 @@ def install_r() -> None:
     """Install R and Seurat from Debian packages (needs root and network)."""
     print("installing r-base-core r-cran-seurat r-bioc-limma with apt-get ...", flush=True)
     subprocess.run(["apt-get", "update"], check=False)
-    subprocess.run(["apt-get", "install", "-y", "r-base-core", "r-cran-seurat", "r-bioc-limma"], check=False)
+    subprocess.run(
+        ["apt-get", "install", "-y", "r-base-core", "r-cran-seurat", "r-bioc-limma"], check=False
+    )
 
 
 def prepare(preset: str, seed: int) -> tuple:
-    adata = mp.datasets.study(random_state=seed) if preset == "study" else mp.datasets.tiny(random_state=seed)
+    adata = (
+        mp.datasets.study(random_state=seed)
+        if preset == "study"
+        else mp.datasets.tiny(random_state=seed)
+    )
     reference = adata[adata.obs["set"] == "BM-train"].copy()
     start = time.perf_counter()
     mp.pp.qc(reference)
@@ -127,10 +143,26 @@ def run_ours(reference, queries, methods, potency) -> list[dict]:
             start = time.perf_counter()
             mapped = mp.tl.map_to_reference(query, reference, method=method, copy=True)
             seconds = time.perf_counter() - start
-            metrics = score(reference, mapped, mapped.obs["predicted"].astype(str).to_numpy(),
-                            mapped.obs["predicted_score"].to_numpy(), potency)
-            rows.append({"backend": f"mscpotency {method}", "set": name, "cells": query.n_obs, "seconds": seconds, **metrics})
-            print(f"{method:8s} {name:8s} {seconds:7.1f} s  F1 {metrics['F1 potency-like']:.4f}  acc {metrics['accuracy']:.4f}", flush=True)
+            metrics = score(
+                reference,
+                mapped,
+                mapped.obs["predicted"].astype(str).to_numpy(),
+                mapped.obs["predicted_score"].to_numpy(),
+                potency,
+            )
+            rows.append(
+                {
+                    "backend": f"mscpotency {method}",
+                    "set": name,
+                    "cells": query.n_obs,
+                    "seconds": seconds,
+                    **metrics,
+                }
+            )
+            print(
+                f"{method:8s} {name:8s} {seconds:7.1f} s  F1 {metrics['F1 potency-like']:.4f}  acc {metrics['accuracy']:.4f}",
+                flush=True,
+            )
     return rows
 
 
@@ -149,65 +181,123 @@ def _on_genes(query, genes) -> sparse.csr_matrix:
     positions = query.var_names.get_indexer(genes)
     found = positions >= 0
     select = sparse.csr_matrix(
-        (np.ones(found.sum()), (positions[found], np.flatnonzero(found))), shape=(query.n_vars, len(genes))
+        (np.ones(found.sum()), (positions[found], np.flatnonzero(found))),
+        shape=(query.n_vars, len(genes)),
     )
     return sparse.csr_matrix(query.layers["counts"]) @ select
 
 
-def run_seurat(reference, queries, potency, data_dir: Path, timeout: int) -> tuple[list[dict], float, str]:
+def run_seurat(
+    reference, queries, potency, data_dir: Path, timeout: int
+) -> tuple[list[dict], float, str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     genes = reference.var_names
     (data_dir / "genes.txt").write_text("\n".join(genes) + "\n")
     _write_counts(data_dir, "reference", reference.layers["counts"], reference.obs_names)
-    (data_dir / "reference_labels.txt").write_text("\n".join(reference.obs["cluster"].astype(str)) + "\n")
+    (data_dir / "reference_labels.txt").write_text(
+        "\n".join(reference.obs["cluster"].astype(str)) + "\n"
+    )
     for name, query in queries.items():
         _write_counts(data_dir, f"query_{name}", _on_genes(query, genes), query.obs_names)
     (data_dir / "sets.txt").write_text("\n".join(queries) + "\n")
     out_dir = data_dir / "out"
     print("running Seurat (FindTransferAnchors + TransferData) ...", flush=True)
-    subprocess.run(["Rscript", str(HERE / "seurat_transfer.R"), str(data_dir), str(out_dir)], check=True, timeout=timeout)
+    subprocess.run(
+        ["Rscript", str(HERE / "seurat_transfer.R"), str(data_dir), str(out_dir)],
+        check=True,
+        timeout=timeout,
+    )
     timing = pd.read_csv(out_dir / "seurat_timing.csv")
     version = (out_dir / "seurat_version.txt").read_text().strip()
     rows = []
     for name, query in queries.items():
-        predictions = pd.read_csv(out_dir / f"seurat_{name}.csv").set_index("cell").loc[query.obs_names]
-        seconds = float(timing.loc[(timing["step"] == "map") & (timing["set"] == name), "seconds"].iloc[0])
-        metrics = score(reference, query, predictions["predicted.id"].astype(str).to_numpy(),
-                        predictions["prediction.score.max"].to_numpy(), potency)
-        rows.append({"backend": f"Seurat {version}", "set": name, "cells": query.n_obs, "seconds": seconds, **metrics})
-        print(f"Seurat   {name:8s} {seconds:7.1f} s  F1 {metrics['F1 potency-like']:.4f}  acc {metrics['accuracy']:.4f}", flush=True)
+        predictions = (
+            pd.read_csv(out_dir / f"seurat_{name}.csv").set_index("cell").loc[query.obs_names]
+        )
+        seconds = float(
+            timing.loc[(timing["step"] == "map") & (timing["set"] == name), "seconds"].iloc[0]
+        )
+        metrics = score(
+            reference,
+            query,
+            predictions["predicted.id"].astype(str).to_numpy(),
+            predictions["prediction.score.max"].to_numpy(),
+            potency,
+        )
+        rows.append(
+            {
+                "backend": f"Seurat {version}",
+                "set": name,
+                "cells": query.n_obs,
+                "seconds": seconds,
+                **metrics,
+            }
+        )
+        print(
+            f"Seurat   {name:8s} {seconds:7.1f} s  F1 {metrics['F1 potency-like']:.4f}  acc {metrics['accuracy']:.4f}",
+            flush=True,
+        )
     reference_seconds = float(timing.loc[timing["step"] == "reference", "seconds"].iloc[0])
     return rows, reference_seconds, version
 
 
 def summarise(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
-    totals = table.groupby("backend", sort=False).agg(
-        cells=("cells", "sum"), seconds=("seconds", "sum"), accuracy=("accuracy", "mean"),
-        ECE=("ECE", "mean"),
-    ).reset_index()
+    totals = (
+        table.groupby("backend", sort=False)
+        .agg(
+            cells=("cells", "sum"),
+            seconds=("seconds", "sum"),
+            accuracy=("accuracy", "mean"),
+            ECE=("ECE", "mean"),
+        )
+        .reset_index()
+    )
     totals["set"] = "all (sum of times, mean of scores)"
-    totals["F1 potency-like"] = table.groupby("backend", sort=False)["F1 potency-like"].mean().to_numpy()
+    totals["F1 potency-like"] = (
+        table.groupby("backend", sort=False)["F1 potency-like"].mean().to_numpy()
+    )
     totals["lot share rho"] = table.groupby("backend", sort=False)["lot share rho"].min().to_numpy()
-    totals["max |share - true share|"] = table.groupby("backend", sort=False)["max |share - true share|"].max().to_numpy()
+    totals["max |share - true share|"] = (
+        table.groupby("backend", sort=False)["max |share - true share|"].max().to_numpy()
+    )
     table = pd.concat([table, totals], ignore_index=True)
     seurat = table[table["backend"].str.startswith("Seurat")].set_index("set")["seconds"]
     table["speed-up vs Seurat"] = [
-        seurat[s] / sec if s in seurat.index else np.nan for s, sec in zip(table["set"], table["seconds"], strict=True)
+        seurat[s] / sec if s in seurat.index else np.nan
+        for s, sec in zip(table["set"], table["seconds"], strict=True)
     ]
     return table
 
 
 def to_markdown(table: pd.DataFrame, header: list[str]) -> str:
-    columns = ["backend", "set", "cells", "seconds", "speed-up vs Seurat", "F1 potency-like", "accuracy", "ECE",
-               "lot share rho", "max |share - true share|"]
+    columns = [
+        "backend",
+        "set",
+        "cells",
+        "seconds",
+        "speed-up vs Seurat",
+        "F1 potency-like",
+        "accuracy",
+        "ECE",
+        "lot share rho",
+        "max |share - true share|",
+    ]
     lines = [*header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in table[columns].iterrows():
         cells = []
         for column in columns:
             value = row[column]
             if isinstance(value, float):
-                cells.append("" if not np.isfinite(value) else (f"{value:.1f}" if column in ("seconds", "speed-up vs Seurat") else f"{value:.4f}"))
+                cells.append(
+                    ""
+                    if not np.isfinite(value)
+                    else (
+                        f"{value:.1f}"
+                        if column in ("seconds", "speed-up vs Seurat")
+                        else f"{value:.4f}"
+                    )
+                )
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -217,12 +307,21 @@ def to_markdown(table: pd.DataFrame, header: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=["study", "tiny"], default="study")
-    parser.add_argument("--methods", default=None, help="comma-separated backends (default: fast,anchors[,scvi])")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated backends (default: fast,anchors[,scvi])"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-seurat", action="store_true")
-    parser.add_argument("--install-r", action="store_true", help="apt-get install R and Seurat when missing")
+    parser.add_argument(
+        "--install-r", action="store_true", help="apt-get install R and Seurat when missing"
+    )
     parser.add_argument("--seurat-timeout", type=int, default=7200)
-    parser.add_argument("--data-dir", type=Path, default=None, help="where the counts for R are written (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the counts for R are written (default: a temp dir)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
 
@@ -233,12 +332,18 @@ def main(argv: list[str] | None = None) -> None:
 
             methods.append("scvi")
         except ImportError:
-            print("scvi-tools is not installed: the scvi backend is skipped (pip install 'mscpotency[scvi]').")
+            print(
+                "scvi-tools is not installed: the scvi backend is skipped (pip install 'mscpotency[scvi]')."
+            )
     reference, queries, reference_seconds = prepare(args.preset, args.seed)
     potency = reference.uns["potency_association"]["potency_cluster"]
-    print(f"reference: {reference.n_obs} cells, processed in {reference_seconds:.0f} s; potency cluster {potency}")
+    print(
+        f"reference: {reference.n_obs} cells, processed in {reference_seconds:.0f} s; potency cluster {potency}"
+    )
     rows = run_ours(reference, queries, methods, potency)
-    notes = [f"mscpotency reference analysis (qc, preprocess, cluster, association): {reference_seconds:.0f} s, not counted per set."]
+    notes = [
+        f"mscpotency reference analysis (qc, preprocess, cluster, association): {reference_seconds:.0f} s, not counted per set."
+    ]
     if args.no_seurat:
         notes.append("Seurat: skipped (--no-seurat).")
     else:
@@ -248,11 +353,17 @@ def main(argv: list[str] | None = None) -> None:
             available, detail = seurat_available()
         if available:
             data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="mapping_vs_seurat_"))
-            seurat_rows, seurat_reference, version = run_seurat(reference, queries, potency, data_dir, args.seurat_timeout)
+            seurat_rows, seurat_reference, version = run_seurat(
+                reference, queries, potency, data_dir, args.seurat_timeout
+            )
             rows.extend(seurat_rows)
-            notes.append(f"Seurat {version} reference preparation (NormalizeData, vst, ScaleData, RunPCA): {seurat_reference:.0f} s, not counted per set.")
+            notes.append(
+                f"Seurat {version} reference preparation (NormalizeData, vst, ScaleData, RunPCA): {seurat_reference:.0f} s, not counted per set."
+            )
         else:
-            print(f"Seurat skipped: {detail}. Install R and Seurat (apt-get install r-base-core r-cran-seurat) or pass --install-r.")
+            print(
+                f"Seurat skipped: {detail}. Install R and Seurat (apt-get install r-base-core r-cran-seurat) or pass --install-r."
+            )
             notes.append(f"Seurat: skipped ({detail}).")
     table = summarise(rows)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
 def _cpu_count() -> int:
     import os
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 if __name__ == "__main__":

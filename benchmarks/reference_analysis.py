@@ -70,8 +70,16 @@ HERE = Path(__file__).resolve().parent
 CELLS_PER_LOT = 1500
 N_CLUSTERS = 8
 POTENCY = "vegf"
-STEPS = ("load", "qc", "preprocess", "cluster", "lot_fractions", "composition_deviation",
-         "potency_association", "potency_markers")
+STEPS = (
+    "load",
+    "qc",
+    "preprocess",
+    "cluster",
+    "lot_fractions",
+    "composition_deviation",
+    "potency_association",
+    "potency_markers",
+)
 #: above this many cells the data are written as per-lot files, generated in chunks
 CHUNKED_ABOVE = 200_000
 
@@ -133,8 +141,11 @@ def _config(n_lots: int, n_genes: int):
 
     from mscpotency.datasets import SetSpec, study_config
 
-    return replace(study_config(n_genes=n_genes), sets=(SetSpec("BM-train", n_lots, "BM", "BM"),),
-                   preset="benchmark")
+    return replace(
+        study_config(n_genes=n_genes),
+        sets=(SetSpec("BM-train", n_lots, "BM", "BM"),),
+        preset="benchmark",
+    )
 
 
 def _strip(adata):
@@ -227,7 +238,9 @@ def _bare_qc(adata):
 
     adata.var["mt"] = adata.var_names.str.upper().str.startswith("MT-")
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
-    keep = (adata.obs["n_genes_by_counts"].to_numpy() >= 200) & (adata.obs["pct_counts_mt"].to_numpy() <= 20)
+    keep = (adata.obs["n_genes_by_counts"].to_numpy() >= 200) & (
+        adata.obs["pct_counts_mt"].to_numpy() <= 20
+    )
     adata._inplace_subset_obs(keep)
     detected = np.asarray((adata.X > 0).sum(axis=0)).ravel()
     if (detected < 3).any():
@@ -249,15 +262,26 @@ def _bare_neighbors(adata):
     import scanpy as sc
 
     exact = adata.n_obs <= 50_000  # the same choice as tl.cluster(knn_method="auto")
-    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=0,
-                    transformer="sklearn" if exact else None)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=15,
+        use_rep="X_pca",
+        random_state=0,
+        transformer="sklearn" if exact else None,
+    )
 
 
 def _bare_leiden(adata, resolution):
     import scanpy as sc
 
-    sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
-                 random_state=0)
+    sc.tl.leiden(
+        adata,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=0,
+    )
 
 
 def _bare_cluster_search(adata):
@@ -282,8 +306,12 @@ def _bare_association(adata, ctx):
     fractions = ctx["fractions"]
     potency = adata.obs.groupby("lot", observed=True)[POTENCY].first().reindex(fractions.index)
     rows = {c: stats.spearmanr(fractions[c], potency) for c in fractions.columns}
-    table = pd.DataFrame({"rho": {c: r.statistic for c, r in rows.items()},
-                          "pvalue": {c: r.pvalue for c, r in rows.items()}})
+    table = pd.DataFrame(
+        {
+            "rho": {c: r.statistic for c, r in rows.items()},
+            "pvalue": {c: r.pvalue for c, r in rows.items()},
+        }
+    )
     table["fdr"] = stats.false_discovery_control(table["pvalue"].fillna(1.0).to_numpy())
     ctx["potency_cluster"] = str(table["rho"].idxmax())
     ctx["association"] = table
@@ -311,9 +339,19 @@ def _steps_bare(adata, ctx, *, search: bool):
     yield "lot_fractions", fractions
     yield "composition_deviation", deviation
     yield "potency_association", lambda: _bare_association(adata, ctx)
-    yield "potency_markers", lambda: sc.tl.rank_genes_groups(
-        adata, "leiden", groups=[ctx["potency_cluster"]], reference="rest", method="wilcoxon",
-        n_genes=20, pts=True, use_raw=False)
+    yield (
+        "potency_markers",
+        lambda: sc.tl.rank_genes_groups(
+            adata,
+            "leiden",
+            groups=[ctx["potency_cluster"]],
+            reference="rest",
+            method="wilcoxon",
+            n_genes=20,
+            pts=True,
+            use_raw=False,
+        ),
+    )
     ctx["labels"] = adata.obs["leiden"].astype(str)
 
 
@@ -333,10 +371,14 @@ def warm_up(args) -> None:
     small = backed[backed.obs["lot"].isin(lots).to_numpy()].to_memory()
     backed.file.close()
     ctx = {"resolution": 0.2}
-    steps = _steps_ours(small, ctx) if args.worker == "ours" else _steps_bare(small, ctx, search=False)
+    steps = (
+        _steps_ours(small, ctx) if args.worker == "ours" else _steps_bare(small, ctx, search=False)
+    )
     for _, call in steps:
         call()
-    sc.pp.neighbors(small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm")
+    sc.pp.neighbors(
+        small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm"
+    )
 
 
 def _count_bytes_on_disk(folder: Path) -> int:
@@ -346,7 +388,9 @@ def _count_bytes_on_disk(folder: Path) -> int:
     total = 0
     for path in sorted(folder.glob("*.h5ad")):
         with h5py.File(path, "r") as f:
-            total += sum(f["X"][k].size * f["X"][k].dtype.itemsize for k in ("data", "indices", "indptr"))
+            total += sum(
+                f["X"][k].size * f["X"][k].dtype.itemsize for k in ("data", "indices", "indptr")
+            )
     return total
 
 
@@ -358,7 +402,9 @@ def _potency_summary(adata, potency_cluster: str) -> dict:
     truth = adata.obs["true_potency_cell"].to_numpy(dtype=bool)
     association = mp.get.potency_association(adata).loc[potency_cluster]
     summary = {
-        "f1_vs_true_potency_cells": float(2 * (inside & truth).sum() / (inside.sum() + truth.sum())),
+        "f1_vs_true_potency_cells": float(
+            2 * (inside & truth).sum() / (inside.sum() + truth.sum())
+        ),
         "rho": float(association["rho"]),
         "pvalue": float(association["pvalue"]),
         "pvalue_method": str(association.get("pvalue_method", "")),
@@ -388,8 +434,13 @@ def worker_dask(args) -> None:
     folder = Path(args.data)
     # one in-process worker, 2 threads: every byte is in this process, where the sampler sees it;
     # the worker's memory limit makes Dask spill to disk before the machine's shared memory runs out
-    cluster = LocalCluster(n_workers=1, threads_per_worker=args.threads, processes=False,
-                           memory_limit=args.memory_limit, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=args.threads,
+        processes=False,
+        memory_limit=args.memory_limit,
+        dashboard_address=None,
+    )
     client = Client(cluster)
     dask.config.set({"array.slicing.split_large_chunks": False})
     records: list[dict] = []
@@ -407,8 +458,13 @@ def worker_dask(args) -> None:
             failures[name] = f"{type(error).__name__}: {str(error)[:160]}"
             print(f"    {name} FAILED: {failures[name]}", flush=True)
             return
-        records.append({"step": name, "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()})
-        print(f"    {name}: {records[-1]['seconds']:.1f} s, peak {records[-1]['peak_rss'] / 2**20:.0f} MiB", flush=True)
+        records.append(
+            {"step": name, "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()}
+        )
+        print(
+            f"    {name}: {records[-1]['seconds']:.1f} s, peak {records[-1]['peak_rss'] / 2**20:.0f} MiB",
+            flush=True,
+        )
 
     def load():
         state["adata"] = mp.io.read_lots_lazy(folder, chunk_cells=args.chunk_cells)
@@ -435,7 +491,9 @@ def worker_dask(args) -> None:
         "ru_maxrss": ru_maxrss_bytes(),
         "resolution": adata.uns["cluster"]["resolution"],
         "n_clusters": int(labels.nunique()),
-        "ari_vs_truth": float(adjusted_rand_score(adata.obs["true_subpopulation"].astype(str), labels)),
+        "ari_vs_truth": float(
+            adjusted_rand_score(adata.obs["true_subpopulation"].astype(str), labels)
+        ),
         "potency_cluster": potency_cluster,
         "failures": failures,
         "n_lots": int(adata.obs["lot"].nunique()),
@@ -481,7 +539,9 @@ def _compare_with_in_memory(folder: Path, lots: list[str], chunk_cells: int) -> 
         mp.tl.cluster(part, n_clusters=N_CLUSTERS)
     ari = float(adjusted_rand_score(lazy.obs["cluster"], memory.obs["cluster"]))
     same_hvg = bool(lazy.var["highly_variable"].equals(memory.var["highly_variable"]))
-    same_cells_and_genes = bool(lazy.obs_names.equals(memory.obs_names) and lazy.var_names.equals(memory.var_names))
+    same_cells_and_genes = bool(
+        lazy.obs_names.equals(memory.obs_names) and lazy.var_names.equals(memory.var_names)
+    )
     max_pca = float(np.abs(lazy.obsm["X_pca"] - memory.obsm["X_pca"]).max())
     # the lot-level statistics and markers on identical labels (no copy of the in-memory data)
     memory.obs["cluster"] = lazy.obs["cluster"].to_numpy()
@@ -489,24 +549,34 @@ def _compare_with_in_memory(folder: Path, lots: list[str], chunk_cells: int) -> 
         mp.tl.lot_fractions(part)
         mp.tl.potency_association(part, POTENCY)
         mp.tl.potency_markers(part)
-    same_fractions = lazy.uns["lot_fractions"]["fractions"].equals(memory.uns["lot_fractions"]["fractions"])
+    same_fractions = lazy.uns["lot_fractions"]["fractions"].equals(
+        memory.uns["lot_fractions"]["fractions"]
+    )
     markers_lazy, markers_memory = mp.get.potency_markers(lazy), mp.get.potency_markers(memory)
-    association_lazy, association_memory = mp.get.potency_association(lazy), mp.get.potency_association(memory)
+    association_lazy, association_memory = (
+        mp.get.potency_association(lazy),
+        mp.get.potency_association(memory),
+    )
     return {
-        "lots": len(lots), "cells": int(lazy.n_obs),
+        "lots": len(lots),
+        "cells": int(lazy.n_obs),
         "same_cells_and_genes": same_cells_and_genes,
         "same_hvg": same_hvg,
         "max_abs_pca_difference": max_pca,
         "ari_dask_vs_memory": ari,
         "identical_fractions_for_identical_labels": bool(same_fractions),
-        "identical_association_for_identical_labels": bool(association_lazy[["rho", "pvalue"]].equals(
-            association_memory[["rho", "pvalue"]])),
+        "identical_association_for_identical_labels": bool(
+            association_lazy[["rho", "pvalue"]].equals(association_memory[["rho", "pvalue"]])
+        ),
         "same_potency_cluster": lazy.uns["potency_association"]["potency_cluster"]
         == memory.uns["potency_association"]["potency_cluster"],
         "same_top_20_markers_in_order": list(markers_lazy["gene"]) == list(markers_memory["gene"]),
         "max_relative_marker_score_difference": float(
-            (np.abs(markers_lazy["score"].to_numpy() - markers_memory["score"].to_numpy())
-             / np.abs(markers_memory["score"].to_numpy())).max()),
+            (
+                np.abs(markers_lazy["score"].to_numpy() - markers_memory["score"].to_numpy())
+                / np.abs(markers_memory["score"].to_numpy())
+            ).max()
+        ),
         "top_markers": ", ".join(markers_lazy["gene"].head(5)),
     }
 
@@ -516,16 +586,34 @@ def main_dask(args, folder: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="mscpotency-bench-"))
     json_path = scratch / "dask_0.json"
-    cmd = [sys.executable, __file__, "--worker", "dask", "--data", str(folder), "--json", str(json_path),
-           "--memory-limit", args.memory_limit, "--threads", str(args.threads),
-           "--chunk-cells", str(args.chunk_cells), "--compare-lots", str(args.compare_lots)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "dask",
+        "--data",
+        str(folder),
+        "--json",
+        str(json_path),
+        "--memory-limit",
+        args.memory_limit,
+        "--threads",
+        str(args.threads),
+        "--chunk-cells",
+        str(args.chunk_cells),
+        "--compare-lots",
+        str(args.compare_lots),
+    ]
     print("  running the Dask path ...", flush=True)
     done = subprocess.run(cmd, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
     if not json_path.exists():  # the worker writes its results before the comparison
         raise subprocess.CalledProcessError(done.returncode, cmd)
     run = json.loads(json_path.read_text())
     if done.returncode != 0:
-        run.setdefault("compare_failed", f"the worker exited with status {done.returncode} during the comparison")
+        run.setdefault(
+            "compare_failed",
+            f"the worker exited with status {done.returncode} during the comparison",
+        )
     import pandas as pd
 
     steps = pd.DataFrame(run["steps"])
@@ -537,7 +625,8 @@ def main_dask(args, folder: Path) -> None:
     steps.assign(cells=args.cells).to_csv(stem.with_suffix(".csv"))
     analysis = steps.drop(index="load")["seconds"].sum()
     lines = [
-        f"# Out-of-core (Dask) reference analysis at {args.cells:,} cells", "",
+        f"# Out-of-core (Dask) reference analysis at {args.cells:,} cells",
+        "",
         f"- {run['n_lots']} lots from per-lot .h5ad files (`io.read_lots_lazy`, {args.chunk_cells:,} cells per "
         f"block); cells after QC {run['n_cells_after_qc']:,}, genes {run['n_genes_after_qc']:,}",
         f"- `dask.distributed.LocalCluster(n_workers=1, threads_per_worker={args.threads}, processes=False, "
@@ -547,21 +636,36 @@ def main_dask(args, folder: Path) -> None:
         f"- clusters: {run['n_clusters']} at resolution {run['resolution']:.4f}, ARI vs truth "
         f"{run['ari_vs_truth']:.3f}; potency cluster {run['potency_cluster']}",
         f"- total wall time of the steps that ran (qc → ...): {analysis:,.1f} s",
-        *([f"- potency cluster vs the simulated potency cells: F1 {run['potency']['f1_vs_true_potency_cells']:.3f}; "
-           f"Spearman rho {run['potency']['rho']:.3f} (p = {run['potency']['pvalue']:.2g}, "
-           f"{run['potency']['pvalue_method']}); top markers {run['potency'].get('top_markers', '-')}"]
-          if "potency" in run else []),
+        *(
+            [
+                f"- potency cluster vs the simulated potency cells: F1 {run['potency']['f1_vs_true_potency_cells']:.3f}; "
+                f"Spearman rho {run['potency']['rho']:.3f} (p = {run['potency']['pvalue']:.2g}, "
+                f"{run['potency']['pvalue_method']}); top markers {run['potency'].get('top_markers', '-')}"
+            ]
+            if "potency" in run
+            else []
+        ),
         "",
-        "| step | seconds | peak RSS (MiB) |", "|---|---|---|",
+        "| step | seconds | peak RSS (MiB) |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {row.seconds:,.1f} | {row.peak_rss_mb:,.0f} |" for name, row in steps.iterrows()]
+    lines += [
+        f"| {name} | {row.seconds:,.1f} | {row.peak_rss_mb:,.0f} |"
+        for name, row in steps.iterrows()
+    ]
     lines += [f"| {name} | failed: {reason} | |" for name, reason in run["failures"].items()]
     if "compare_failed" in run:
         lines += ["", f"## Dask path vs in-memory path: failed ({run['compare_failed']})"]
     if "compare" in run:
         c = run["compare"]
-        lines += ["", f"## Dask path vs in-memory path on the first {c['lots']} lots ({c['cells']:,} cells)", ""]
-        lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("lots", "cells")]
+        lines += [
+            "",
+            f"## Dask path vs in-memory path on the first {c['lots']} lots ({c['cells']:,} cells)",
+            "",
+        ]
+        lines += [
+            f"- {k.replace('_', ' ')}: {v}" for k, v in c.items() if k not in ("lots", "cells")
+        ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(stem.with_suffix(".md").read_text())
 
@@ -589,7 +693,9 @@ def worker(args) -> None:
     adata = ad.read_h5ad(args.data)
     X = adata.X
     count_bytes = int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
-    records.append({"step": "load", "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()})
+    records.append(
+        {"step": "load", "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()}
+    )
     rss_loaded = sampler.rss()
     del X
     if args.worker == "ours":
@@ -600,7 +706,9 @@ def worker(args) -> None:
         sampler.reset()
         start = time.perf_counter()
         call()
-        records.append({"step": name, "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()})
+        records.append(
+            {"step": name, "seconds": time.perf_counter() - start, "peak_rss": sampler.peak()}
+        )
     sampler.stop()
     labels = ctx["labels"]
     truth = adata.obs["true_subpopulation"].astype(str)
@@ -630,8 +738,14 @@ def worker(args) -> None:
 # --------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------
-def run_worker(pipeline: str, data: Path, out: Path, resolution: float | None, env: dict,
-               no_warmup: bool = False) -> dict:
+def run_worker(
+    pipeline: str,
+    data: Path,
+    out: Path,
+    resolution: float | None,
+    env: dict,
+    no_warmup: bool = False,
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", pipeline, "--data", str(data), "--json", str(out)]
     if no_warmup:
         cmd.append("--no-warmup")
@@ -661,12 +775,20 @@ def summarise(runs: list[dict], n_cells: int):
     rows = []
     for run in runs:
         for rec in run["steps"]:
-            rows.append({"cells": n_cells, "pipeline": run["pipeline"], "run": run["run"], "step": rec["step"],
-                         "seconds": rec["seconds"], "step_peak_rss_mb": rec["peak_rss"] / 2**20,
-                         "ru_maxrss_mb": run["ru_maxrss"] / 2**20,
-                         "rss_after_imports_mb": run["rss_after_imports"] / 2**20,
-                         "count_matrix_mb": run["count_matrix_bytes"] / 2**20,
-                         "unfinished": bool(rec.get("unfinished", False))})
+            rows.append(
+                {
+                    "cells": n_cells,
+                    "pipeline": run["pipeline"],
+                    "run": run["run"],
+                    "step": rec["step"],
+                    "seconds": rec["seconds"],
+                    "step_peak_rss_mb": rec["peak_rss"] / 2**20,
+                    "ru_maxrss_mb": run["ru_maxrss"] / 2**20,
+                    "rss_after_imports_mb": run["rss_after_imports"] / 2**20,
+                    "count_matrix_mb": run["count_matrix_bytes"] / 2**20,
+                    "unfinished": bool(rec.get("unfinished", False)),
+                }
+            )
     long = pd.DataFrame(rows)
     best = long.groupby(["pipeline", "step"], sort=False)["seconds"].min().unstack("pipeline")
     best = best.reindex([s for s in STEPS if s in best.index])
@@ -680,15 +802,24 @@ def summarise(runs: list[dict], n_cells: int):
         counts = rs[0]["count_matrix_bytes"]
         peak = min(max(rec["peak_rss"] for rec in r["steps"]) for r in rs)
         base = min(r["rss_after_warmup"] for r in rs)
-        memory[p] = {"peak_rss_mb": peak / 2**20, "baseline_rss_mb": base / 2**20,
-                     "peak_minus_baseline_mb": (peak - base) / 2**20,
-                     "count_matrix_mb": counts / 2**20, "peak_over_counts": peak / counts,
-                     "peak_minus_baseline_over_counts": (peak - base) / counts,
-                     "ru_maxrss_mb": min(r["ru_maxrss"] for r in rs) / 2**20,
-                     "ari_vs_truth": rs[0]["ari_vs_truth"], "n_clusters": rs[0]["n_clusters"],
-                     "potency_cluster": rs[0]["potency_cluster"], "resolution": rs[0]["resolution"]}
+        memory[p] = {
+            "peak_rss_mb": peak / 2**20,
+            "baseline_rss_mb": base / 2**20,
+            "peak_minus_baseline_mb": (peak - base) / 2**20,
+            "count_matrix_mb": counts / 2**20,
+            "peak_over_counts": peak / counts,
+            "peak_minus_baseline_over_counts": (peak - base) / counts,
+            "ru_maxrss_mb": min(r["ru_maxrss"] for r in rs) / 2**20,
+            "ari_vs_truth": rs[0]["ari_vs_truth"],
+            "n_clusters": rs[0]["n_clusters"],
+            "potency_cluster": rs[0]["potency_cluster"],
+            "resolution": rs[0]["resolution"],
+        }
     ari = {}
-    labels = {p: pd.read_csv(rs[0]["labels_path"], index_col=0)["label"].astype(str) for p, rs in by_pipeline.items()}
+    labels = {
+        p: pd.read_csv(rs[0]["labels_path"], index_col=0)["label"].astype(str)
+        for p, rs in by_pipeline.items()
+    }
     if "ours" in labels:
         for p in pipelines:
             if p != "ours":
@@ -705,7 +836,10 @@ def to_markdown(frame, floatfmt: str = ".2f") -> str:
         return str(value)
 
     header = ["", *map(str, frame.columns)]
-    rows = [[str(i), *map(cell, row)] for i, row in zip(frame.index, frame.itertuples(index=False), strict=True)]
+    rows = [
+        [str(i), *map(cell, row)]
+        for i, row in zip(frame.index, frame.itertuples(index=False), strict=True)
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -731,14 +865,27 @@ def write_markdown(path: Path, args, table, memory, ari, runs) -> None:
             shown[f"ours / {p}"] = shown["ours"] / shown[p]
     lines.append(to_markdown(shown))
     lines += ["", "## Memory", ""]
-    mem = pd.DataFrame(memory).T[["peak_rss_mb", "baseline_rss_mb", "peak_minus_baseline_mb", "count_matrix_mb",
-                                    "peak_over_counts", "peak_minus_baseline_over_counts", "ru_maxrss_mb"]]
+    mem = pd.DataFrame(memory).T[
+        [
+            "peak_rss_mb",
+            "baseline_rss_mb",
+            "peak_minus_baseline_mb",
+            "count_matrix_mb",
+            "peak_over_counts",
+            "peak_minus_baseline_over_counts",
+            "ru_maxrss_mb",
+        ]
+    ]
     lines.append(to_markdown(mem.astype(float)))
-    lines += ["", "peak_rss = the largest RSS sampled (every 5 ms) from loading the data to the last step "
-              "(best run); baseline = RSS before loading (interpreter, imports, after the untimed warm-up); "
-              "peak_minus_baseline = what the data and the analysis cost; count matrix = data + indices + "
-              "indptr of the raw CSR counts as loaded; ru_maxrss = the process's high-water mark, warm-up "
-              "included.", ""]
+    lines += [
+        "",
+        "peak_rss = the largest RSS sampled (every 5 ms) from loading the data to the last step "
+        "(best run); baseline = RSS before loading (interpreter, imports, after the untimed warm-up); "
+        "peak_minus_baseline = what the data and the analysis cost; count matrix = data + indices + "
+        "indptr of the raw CSR counts as loaded; ru_maxrss = the process's high-water mark, warm-up "
+        "included.",
+        "",
+    ]
     lines += ["## Results agree", ""]
     res = pd.DataFrame(memory).T[["n_clusters", "resolution", "ari_vs_truth", "potency_cluster"]]
     lines.append(to_markdown(res, ".3f"))
@@ -751,40 +898,76 @@ def write_markdown(path: Path, args, table, memory, ari, runs) -> None:
         unfinished = run.get("unfinished_step")
         at_least = "at least " if unfinished else ""
         lines += [
-            "", "## Seurat", "",
+            "",
+            "## Seurat",
+            "",
             f"- Seurat {run['seurat_version']} (R, one run): ours is {at_least}{total['seurat'] / total['ours']:.1f}x "
             "faster over qc → markers",
-            *([f"- **Seurat was stopped after {run['timeout']:,} s, {table.loc[unfinished, 'seurat']:,.0f} s into "
-               f"`{unfinished}`, unfinished**: its seconds for that step and its total are lower bounds"]
-              if unfinished else []),
+            *(
+                [
+                    f"- **Seurat was stopped after {run['timeout']:,} s, {table.loc[unfinished, 'seurat']:,.0f} s into "
+                    f"`{unfinished}`, unfinished**: its seconds for that step and its total are lower bounds"
+                ]
+                if unfinished
+                else []
+            ),
             f"- cluster: FindNeighbors once, then {run['cluster_calls']} FindClusters call(s) (Louvain) to reach "
             f"{N_CLUSTERS} clusters; the last call alone took {run['cluster_single_seconds']:.1f} s",
             f"- potency_markers: FindMarkers on every gene (logfc.threshold = 0, min.pct = 0); limma's rank-sum "
             f"test used: {run['findmarkers_limma']} (Seurat 4.3 falls back to one wilcox.test per gene above "
-            "46,340 cells); top markers: " + (", ".join(run.get("top_markers") or []) or "none (unfinished)"),
+            "46,340 cells); top markers: "
+            + (", ".join(run.get("top_markers") or []) or "none (unfinished)"),
         ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cells", type=int, default=100_000, help="number of simulated cells (10000/100000/1000000)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=100_000,
+        help="number of simulated cells (10000/100000/1000000)",
+    )
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per pipeline (best is reported)")
-    parser.add_argument("--pipelines", default="ours,bare,bare_search,seurat",
-                        help="any of ours, bare, bare_search, seurat (Seurat runs once, if R and Seurat are installed)")
-    parser.add_argument("--seurat-timeout", type=int, default=4 * 3600,
-                        help="seconds after which Seurat is stopped (its unfinished step then counts as a lower bound)")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per pipeline (best is reported)"
+    )
+    parser.add_argument(
+        "--pipelines",
+        default="ours,bare,bare_search,seurat",
+        help="any of ours, bare, bare_search, seurat (Seurat runs once, if R and Seurat are installed)",
+    )
+    parser.add_argument(
+        "--seurat-timeout",
+        type=int,
+        default=4 * 3600,
+        help="seconds after which Seurat is stopped (its unfinished step then counts as a lower bound)",
+    )
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "mscpotency-bench"))
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--no-warmup", action="store_true", help="time first calls (numba compilation) too")
-    parser.add_argument("--dask", action="store_true", help="run the out-of-core Dask path on per-lot files")
-    parser.add_argument("--memory-limit", default="6GiB", help="the Dask worker's memory limit (with --dask)")
-    parser.add_argument("--threads", type=int, default=2, help="threads of the Dask worker (with --dask)")
-    parser.add_argument("--chunk-cells", type=int, default=10_000, help="cells per Dask block (with --dask)")
-    parser.add_argument("--compare-lots", type=int, default=0,
-                        help="with --dask: also run the in-memory path on the first N lots and compare")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="time first calls (numba compilation) too"
+    )
+    parser.add_argument(
+        "--dask", action="store_true", help="run the out-of-core Dask path on per-lot files"
+    )
+    parser.add_argument(
+        "--memory-limit", default="6GiB", help="the Dask worker's memory limit (with --dask)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="threads of the Dask worker (with --dask)"
+    )
+    parser.add_argument(
+        "--chunk-cells", type=int, default=10_000, help="cells per Dask block (with --dask)"
+    )
+    parser.add_argument(
+        "--compare-lots",
+        type=int,
+        default=0,
+        help="with --dask: also run the in-memory path on the first N lots and compare",
+    )
     # internal: run one pipeline in this process
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -798,7 +981,9 @@ def main(argv=None) -> None:
         main_dask(args, ensure_data(args))
         return
     if args.cells > CHUNKED_ABOVE:
-        parser.error(f"above {CHUNKED_ABOVE:,} cells the in-memory pipelines do not fit this machine; use --dask")
+        parser.error(
+            f"above {CHUNKED_ABOVE:,} cells the in-memory pipelines do not fit this machine; use --dask"
+        )
     data = ensure_data(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -830,7 +1015,10 @@ def main(argv=None) -> None:
                 resolution = run["resolution"]
             runs.append(run)
             total = sum(s["seconds"] for s in run["steps"] if s["step"] != "load")
-            print(f"    {p} run {r}: {total:.1f} s, peak {run['ru_maxrss'] / 2**20:.0f} MiB", flush=True)
+            print(
+                f"    {p} run {r}: {total:.1f} s, peak {run['ru_maxrss'] / 2**20:.0f} MiB",
+                flush=True,
+            )
     long, table, memory, ari = summarise(runs, args.cells)
     stem = out / f"reference_{args.cells}"
     long.to_csv(stem.with_suffix(".csv"), index=False)

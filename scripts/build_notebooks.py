@@ -18,7 +18,10 @@ def build(tutorial: Path, out_dir: Path) -> Path:
     """Execute one tutorial and write the notebook with its outputs."""
     notebook = jupytext.read(tutorial)
     nbclient.NotebookClient(
-        notebook, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}}
+        notebook,
+        timeout=1200,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(out_dir)}},
     ).execute()
     target = out_dir / f"{tutorial.stem}.ipynb"
     jupytext.write(notebook, target, fmt="ipynb")

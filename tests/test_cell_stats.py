@@ -31,7 +31,9 @@ def _tied_matrix(seed: int = 0, n_obs: int = 230, n_genes: int = 17) -> np.ndarr
 
 def _mann_whitney_z(X: np.ndarray, group: np.ndarray) -> np.ndarray:
     n1, n2 = group.sum(), (~group).sum()
-    u = np.array([stats.mannwhitneyu(X[group, j], X[~group, j]).statistic for j in range(X.shape[1])])
+    u = np.array(
+        [stats.mannwhitneyu(X[group, j], X[~group, j]).statistic for j in range(X.shape[1])]
+    )
     z = (u - n1 * n2 / 2) / np.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
     return np.nan_to_num(z)
 
@@ -71,7 +73,9 @@ def test_group_moments_equal_direct_sums(small_chunks):
             np.testing.assert_allclose(moments.sums[g], rows.sum(axis=0, dtype=np.float64))
             np.testing.assert_allclose(moments.nonzero[g], (rows != 0).sum(axis=0))
             if rows.shape[0] > 1:
-                np.testing.assert_allclose(moments.var()[g], rows.var(axis=0, ddof=1), rtol=1e-9, atol=1e-12)
+                np.testing.assert_allclose(
+                    moments.var()[g], rows.var(axis=0, ddof=1), rtol=1e-9, atol=1e-12
+                )
         assert np.isnan(moments.mean()[2]).all()
         merged = moments.merge(np.array([0, 0, 1, 1, 1]), 2)
         np.testing.assert_allclose(merged.sums[1], X[codes >= 2].sum(axis=0))
@@ -97,16 +101,22 @@ def test_potency_markers_equal_scanpys_rank_genes_groups(tiny_ref, small_chunks,
     cluster = adata.uns["potency_markers"]["cluster"]
     view = AnnData(
         X=tiny_ref.X,
-        obs=pd.DataFrame({"group": pd.Categorical(np.where(tiny_ref.obs["cluster"] == cluster, "in", "out"))},
-                         index=tiny_ref.obs_names),
+        obs=pd.DataFrame(
+            {"group": pd.Categorical(np.where(tiny_ref.obs["cluster"] == cluster, "in", "out"))},
+            index=tiny_ref.obs_names,
+        ),
         var=pd.DataFrame(index=tiny_ref.var_names),
     )
     view.uns["log1p"] = {"base": None}
-    sc.tl.rank_genes_groups(view, "group", groups=["in"], reference="rest", method=method, pts=True, use_raw=False)
+    sc.tl.rank_genes_groups(
+        view, "group", groups=["in"], reference="rest", method=method, pts=True, use_raw=False
+    )
     theirs = sc.get.rank_genes_groups_df(view, group="in").set_index("names").loc[ours.index]
     # scanpy stores float32: compare at float32 precision
     np.testing.assert_allclose(ours["score"], theirs["scores"], rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(ours["logfoldchange"], theirs["logfoldchanges"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        ours["logfoldchange"], theirs["logfoldchanges"], rtol=1e-5, atol=1e-4
+    )
     np.testing.assert_allclose(ours["pvalue"], theirs["pvals"], rtol=1e-4, atol=1e-300)
     np.testing.assert_allclose(ours["pvalue_adj"], theirs["pvals_adj"], rtol=1e-4, atol=1e-300)
     np.testing.assert_allclose(ours["pct_in"], theirs["pct_nz_group"], rtol=1e-6)
@@ -126,11 +136,16 @@ def test_potency_markers_per_lot_check_equals_a_direct_computation(tiny_ref):
     for lot in tiny_ref.obs["lot"].cat.categories:
         in_lot = (tiny_ref.obs["lot"] == lot).to_numpy()
         if (in_lot & inside).sum() >= 5 and (in_lot & ~inside).sum() >= 5:
-            diffs.append(X[in_lot & inside][:, genes].mean(axis=0) - X[in_lot & ~inside][:, genes].mean(axis=0))
+            diffs.append(
+                X[in_lot & inside][:, genes].mean(axis=0)
+                - X[in_lot & ~inside][:, genes].mean(axis=0)
+            )
     diffs = np.array(diffs)
     assert (table["n_lots_tested"] == len(diffs)).all()
     np.testing.assert_array_equal(table["n_lots_up"], (diffs > 0).sum(axis=0))
-    np.testing.assert_allclose(table["median_lot_log2fc"], np.median(diffs, axis=0) / np.log(2), rtol=1e-9)
+    np.testing.assert_allclose(
+        table["median_lot_log2fc"], np.median(diffs, axis=0) / np.log(2), rtol=1e-9
+    )
 
 
 def test_potency_markers_rejects_unknown_method_and_layer(tiny_ref):

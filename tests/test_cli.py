@@ -20,7 +20,14 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
     assert f"tracks VEGF under ischemia is {top}" in report
     assert "LRRC75A" in report
     assert "| rank of the planted marker LRRC75A | 1 |" in report
-    for figure in ("lot_composition", "association_overview", "potency_scatter", "markers", "umap", "qc_per_lot"):
+    for figure in (
+        "lot_composition",
+        "association_overview",
+        "potency_scatter",
+        "markers",
+        "umap",
+        "qc_per_lot",
+    ):
         path = tmp_path / "figures" / f"{figure}.png"
         with Image.open(path) as image:
             width, height = image.size

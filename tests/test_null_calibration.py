@@ -30,7 +30,9 @@ def _assert_calibrated(pvalues: np.ndarray, name: str) -> None:
     for alpha in ALPHAS:
         rate = float((pvalues < alpha).mean())
         tolerance = 3 * np.sqrt(alpha * (1 - alpha) / n)
-        assert rate <= alpha + tolerance, f"{name}: type-I error {rate:.4f} at alpha {alpha} (n = {n})"
+        assert rate <= alpha + tolerance, (
+            f"{name}: type-I error {rate:.4f} at alpha {alpha} (n = {n})"
+        )
         assert rate >= alpha / 3, f"{name}: rejects almost never ({rate:.4f} at alpha {alpha})"
 
 
@@ -57,8 +59,12 @@ def test_spearman_exact_p_is_calibrated_with_ties():
 def test_spearman_permutation_p_is_calibrated():
     rng = np.random.default_rng(3)
     pvalues = [
-        _stats.permutation_pvalues(rng.normal(size=(N_LOTS, 1)), rng.normal(size=N_LOTS),
-                                   n_permutations=199, random_state=seed)[0]
+        _stats.permutation_pvalues(
+            rng.normal(size=(N_LOTS, 1)),
+            rng.normal(size=N_LOTS),
+            n_permutations=199,
+            random_state=seed,
+        )[0]
         for seed in range(N_STUDIES)
     ]
     _assert_calibrated(pvalues, "permutation Spearman")
@@ -88,7 +94,11 @@ def test_count_glm_permutation_p_is_calibrated_under_overdispersion(n_lots):
     for seed in range(N_STUDIES):
         counts = _null_counts(rng, n_lots)
         result = count_permutation_test(
-            counts[:, [2]], counts.sum(axis=1), rng.normal(size=n_lots), n_permutations=199, random_state=seed,
+            counts[:, [2]],
+            counts.sum(axis=1),
+            rng.normal(size=n_lots),
+            n_permutations=199,
+            random_state=seed,
         )
         pvalues.append(result["pvalue"][0])
     _assert_calibrated(pvalues, f"count GLM permutation ({n_lots} lots)")
@@ -125,7 +135,9 @@ def test_spatial_fdr_controls_familywise_error_under_the_global_null():
     any_hit = 0
     for _ in range(n_studies):
         latent = rng.normal(size=(N_LOTS, n_nhoods + 5))
-        shares = np.stack([latent[:, i:i + 6].sum(axis=1) for i in range(n_nhoods)], axis=1)  # overlapping
+        shares = np.stack(
+            [latent[:, i : i + 6].sum(axis=1) for i in range(n_nhoods)], axis=1
+        )  # overlapping
         pvalues = _stats.exact_pvalues(shares, rng.normal(size=N_LOTS))
         any_hit += (spatial_fdr(pvalues, rng.uniform(0.5, 2.0, n_nhoods)) < level).any()
     rate = any_hit / n_studies

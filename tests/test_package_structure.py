@@ -14,7 +14,11 @@ TOOLS = [
     for name in module.__all__
     if inspect.isfunction(getattr(module, name))
 ]
-PLOTS = [(name, getattr(mp.pl, name)) for name in mp.pl.__all__ if inspect.isfunction(getattr(mp.pl, name))]
+PLOTS = [
+    (name, getattr(mp.pl, name))
+    for name in mp.pl.__all__
+    if inspect.isfunction(getattr(mp.pl, name))
+]
 # build a result from several AnnData objects, so no single adata comes first
 CREATORS = {"pool_lots", "consensus"}
 
@@ -28,7 +32,10 @@ def test_tools_follow_the_conventions(name, func):
     first = next(iter(params.values()))
     assert first.name in {"adata", "query", "panel", "data"}, f"{name}: AnnData comes first"
     if "copy" in params:
-        assert params["copy"].kind is inspect.Parameter.KEYWORD_ONLY and params["copy"].default is False
+        assert (
+            params["copy"].kind is inspect.Parameter.KEYWORD_ONLY
+            and params["copy"].default is False
+        )
     for param in list(params.values())[2:]:
         assert param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD), (
             f"{name}: option {param.name!r} must be keyword-only"

@@ -15,8 +15,13 @@ from mscpotency import _provenance
 def test_every_step_of_the_reference_analysis_is_logged(tiny_ref):
     log = mp.get.provenance(tiny_ref)
     assert list(log["function"]) == [
-        "pp.qc", "pp.preprocess", "tl.cluster", "tl.lot_fractions", "tl.composition_deviation",
-        "tl.potency_association", "tl.potency_markers",
+        "pp.qc",
+        "pp.preprocess",
+        "tl.cluster",
+        "tl.lot_fractions",
+        "tl.composition_deviation",
+        "tl.potency_association",
+        "tl.potency_markers",
     ]
     first = log.iloc[0]
     assert first["versions"]["scanpy"] and first["versions"]["mscpotency"]
@@ -50,15 +55,21 @@ def test_log_survives_h5ad_round_trip(tiny_ref, tmp_path: Path):
     import anndata as ad
 
     back = ad.read_h5ad(path)
-    pd.testing.assert_series_equal(mp.get.provenance(back)["function"], mp.get.provenance(tiny_ref)["function"])
+    pd.testing.assert_series_equal(
+        mp.get.provenance(back)["function"], mp.get.provenance(tiny_ref)["function"]
+    )
     assert isinstance(back.uns["potency_association"]["table"], pd.DataFrame)
 
 
 def test_replay_reproduces_the_analysis_bit_for_bit(tiny_train, tiny_ref):
     replayed = mp.replay(tiny_train, tiny_ref)
     assert (replayed.obs["cluster"] == tiny_ref.obs["cluster"]).all()
-    pd.testing.assert_frame_equal(mp.get.potency_association(replayed), mp.get.potency_association(tiny_ref))
-    pd.testing.assert_frame_equal(mp.get.potency_markers(replayed), mp.get.potency_markers(tiny_ref))
+    pd.testing.assert_frame_equal(
+        mp.get.potency_association(replayed), mp.get.potency_association(tiny_ref)
+    )
+    pd.testing.assert_frame_equal(
+        mp.get.potency_markers(replayed), mp.get.potency_markers(tiny_ref)
+    )
 
 
 def test_replay_refuses_other_data(tiny_train, tiny_ref):

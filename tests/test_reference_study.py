@@ -39,5 +39,7 @@ def test_planted_marker_in_top_five(study_ref):
 def test_fraction_of_the_potency_cluster_tracks_the_true_fraction(study_ref):
     cluster = study_ref.uns["potency_association"]["potency_cluster"]
     found = mp.get.lot_fractions(study_ref)[cluster]
-    truth = study_ref.obs.groupby("lot", observed=True)["true_potency_cell"].mean().reindex(found.index)
+    truth = (
+        study_ref.obs.groupby("lot", observed=True)["true_potency_cell"].mean().reindex(found.index)
+    )
     np.testing.assert_allclose(found.to_numpy(), truth.to_numpy(), atol=0.01)

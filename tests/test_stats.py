@@ -14,7 +14,9 @@ from mscpotency import _stats
 
 def brute_force_pvalues(X, y, alternative):
     rho = _stats.spearman_rho(X, y)
-    null = np.array([_stats.spearman_rho(X, y[list(p)]) for p in itertools.permutations(range(len(y)))])
+    null = np.array(
+        [_stats.spearman_rho(X, y[list(p)]) for p in itertools.permutations(range(len(y)))]
+    )
     eps = 1e-9
     if alternative == "two-sided":
         return (np.abs(null) >= np.abs(rho) - eps).mean(axis=0)
@@ -27,11 +29,13 @@ def brute_force_pvalues(X, y, alternative):
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 def test_exact_matches_brute_force_with_and_without_ties(n, alternative):
     rng = np.random.default_rng(n)
-    X = np.column_stack([
-        rng.normal(size=n),                        # continuous
-        rng.integers(0, 3, size=n).astype(float),  # heavy ties
-        np.r_[np.zeros(n - 2), rng.random(2)],     # zeros, as absent clusters give
-    ])
+    X = np.column_stack(
+        [
+            rng.normal(size=n),  # continuous
+            rng.integers(0, 3, size=n).astype(float),  # heavy ties
+            np.r_[np.zeros(n - 2), rng.random(2)],  # zeros, as absent clusters give
+        ]
+    )
     for y in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(float)):
         if np.ptp(y) == 0:
             continue
@@ -170,4 +174,6 @@ def test_spearman_test_rejects_bad_input(X, y, match):
 
 def test_exact_refuses_infeasible_n():
     with pytest.raises(ValueError, match="not feasible"):
-        _stats.spearman_test(np.random.default_rng(0).normal(size=(17, 1)), np.arange(17.0), method="exact")
+        _stats.spearman_test(
+            np.random.default_rng(0).normal(size=(17, 1)), np.arange(17.0), method="exact"
+        )

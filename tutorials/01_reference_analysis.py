@@ -106,7 +106,9 @@ potency_cluster = adata.uns["potency_association"]["potency_cluster"]
 truth = adata.obs["true_potency_cell"]
 found = adata.obs["cluster"] == potency_cluster
 print("ARI:", round(adjusted_rand_score(adata.obs["true_subpopulation"], adata.obs["cluster"]), 3))
-print("F1 of the potency cluster:", round(2 * (truth & found).sum() / (truth.sum() + found.sum()), 3))
+print(
+    "F1 of the potency cluster:", round(2 * (truth & found).sum() / (truth.sum() + found.sum()), 3)
+)
 assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"
 
 # %%

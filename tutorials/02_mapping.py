@@ -112,10 +112,13 @@ mp.pl.mapping_umap(query, frozen, color="mapping_score", show=False)
 # The simulator knows each cell's population. A query cell's true label is the reference
 # cluster that holds most reference cells of its population.
 
+
 # %%
 def true_labels(reference, query):
     def population(adata):
-        return np.where(adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str))
+        return np.where(
+            adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str)
+        )
 
     table = pd.crosstab(population(reference), reference.obs["cluster"].astype(str))
     return table.idxmax(axis=1).reindex(population(query)).fillna("").to_numpy()
@@ -128,12 +131,16 @@ for name in ["BM-test", "AD", "UC"]:
     in_set = (query.obs["set"] == name).to_numpy()
     p, t = predicted[in_set] == potency_cluster, truth[in_set] == potency_cluster
     correct = predicted[in_set] == truth[in_set]
-    rows.append({
-        "set": name,
-        f"F1 of {potency_cluster}-like cells": 2 * (p & t).sum() / (p.sum() + t.sum()),
-        "accuracy": correct.mean(),
-        "ECE": mp.tl._mapping.expected_calibration_error(query.obs["predicted_score"].to_numpy()[in_set], correct),
-    })
+    rows.append(
+        {
+            "set": name,
+            f"F1 of {potency_cluster}-like cells": 2 * (p & t).sum() / (p.sum() + t.sum()),
+            "accuracy": correct.mean(),
+            "ECE": mp.tl._mapping.expected_calibration_error(
+                query.obs["predicted_score"].to_numpy()[in_set], correct
+            ),
+        }
+    )
 pd.DataFrame(rows).set_index("set").round(4)
 
 # %% [markdown]
@@ -171,8 +178,12 @@ mp.pl.potency_validation(query, show=False)
 
 # %%
 lots = mp.get.potency_validation(query, table="lots")
-lots["true share"] = query.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
-lots.groupby("set")[["fraction", "true share"]].corr(method="spearman").xs("fraction", level=1)["true share"]
+lots["true share"] = (
+    query.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
+)
+lots.groupby("set")[["fraction", "true share"]].corr(method="spearman").xs("fraction", level=1)[
+    "true share"
+]
 
 # %% [markdown]
 # ## The marker gene in potency-like cells, by tissue
@@ -205,11 +216,15 @@ mp.tl.cluster(partial, n_clusters=7)
 held_out = query[query.obs["set"] == "BM-test"].copy()
 mp.tl.map_to_reference(held_out, partial, method="fast", key_added="partial")
 novel = (held_out.obs["true_subpopulation"] == "SP3").to_numpy()
-summary = pd.DataFrame({
-    "prediction score": held_out.obs["partial_score"].groupby(novel).median(),
-    "mapping score": held_out.obs["partial_mapping_score"].groupby(novel).median(),
-    "share flagged off-reference": (held_out.obs["partial_mapping_score"] < 0.5).groupby(novel).mean(),
-}).rename(index={False: "known populations", True: "SP3 (not in the reference)"})
+summary = pd.DataFrame(
+    {
+        "prediction score": held_out.obs["partial_score"].groupby(novel).median(),
+        "mapping score": held_out.obs["partial_mapping_score"].groupby(novel).median(),
+        "share flagged off-reference": (held_out.obs["partial_mapping_score"] < 0.5)
+        .groupby(novel)
+        .mean(),
+    }
+).rename(index={False: "known populations", True: "SP3 (not in the reference)"})
 summary.round(3)
 
 # %% [markdown]

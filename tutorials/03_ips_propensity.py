@@ -69,12 +69,15 @@ def score_panels(sets_panels, reference=None):
     for lineage in LINEAGES:
         markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
         mp.tl.propensity_score(
-            eb, markers=markers, key_added=lineage,
+            eb,
+            markers=markers,
+            key_added=lineage,
             reference=None if reference is None else reference["embryoid_body"],
         )
     for method in NEURAL:
         mp.tl.propensity_score(
-            sets_panels[method], key_added=method,
+            sets_panels[method],
+            key_added=method,
             reference=None if reference is None else reference[method],
         )
     return pd.concat([eb.obs[LINEAGES]] + [sets_panels[m].obs[[m]] for m in NEURAL], axis=1)
@@ -95,7 +98,9 @@ plt.show()
 
 # %%
 truth = data["truth"]["propensity"]
-pd.Series({c: np.corrcoef(propensity[c], truth.loc[propensity.index, c])[0, 1] for c in propensity}).round(3)
+pd.Series(
+    {c: np.corrcoef(propensity[c], truth.loc[propensity.index, c])[0, 1] for c in propensity}
+).round(3)
 
 # %% [markdown]
 # ## 2. Every baseline feature against every propensity
@@ -132,8 +137,11 @@ plt.show()
 
 # %%
 TRUTH_OF = {
-    "ectoderm": "true_ectoderm", "mesoderm": "true_mesoderm", "endoderm": "true_endoderm",
-    "neural_suspension": "true_neural", "neural_adhesion": "true_neural",
+    "ectoderm": "true_ectoderm",
+    "mesoderm": "true_mesoderm",
+    "endoderm": "true_endoderm",
+    "neural_suspension": "true_neural",
+    "neural_adhesion": "true_neural",
 }
 
 
@@ -150,8 +158,14 @@ for platform in ("mrna", "cage"):
     for outcome in LINEAGES + NEURAL:
         table = mp.get.rank_association(adata, outcome=outcome)
         hits = table[table["pvalue"] < 0.05]
-        rows.append({"list": platform, "outcome": outcome, "candidates": len(hits),
-                     "false": false_share(hits.index, hits["direction"], TRUTH_OF[outcome], adata.var)})
+        rows.append(
+            {
+                "list": platform,
+                "outcome": outcome,
+                "candidates": len(hits),
+                "false": false_share(hits.index, hits["direction"], TRUTH_OF[outcome], adata.var),
+            }
+        )
 single = pd.DataFrame(rows)
 single.pivot(index="outcome", columns="list", values=["candidates", "false"]).round(2)
 
@@ -174,14 +188,30 @@ consensus.groupby("rule", sort=False).size()
 
 # %%
 consensus[consensus["rule"] == "SALL3 pattern"].head(8)[
-    ["feature", "direction", "sign:ectoderm", "sign:mesoderm", "sign:endoderm", "max_pvalue", "min_abs_rho"]
+    [
+        "feature",
+        "direction",
+        "sign:ectoderm",
+        "sign:mesoderm",
+        "sign:endoderm",
+        "max_pvalue",
+        "min_abs_rho",
+    ]
 ]
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
-mp.pl.marker_overlap(train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", ax=axes[0], show=False)
-mp.pl.marker_overlap(train, outcomes={"ectoderm": 1, "mesoderm": -1, "endoderm": -1}, platforms=["mrna", "cage"],
-                     match_on="gene", ax=axes[1], show=False)
+mp.pl.marker_overlap(
+    train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", ax=axes[0], show=False
+)
+mp.pl.marker_overlap(
+    train,
+    outcomes={"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
+    platforms=["mrna", "cage"],
+    match_on="gene",
+    ax=axes[1],
+    show=False,
+)
 plt.show()
 
 # %% [markdown]
@@ -190,14 +220,28 @@ plt.show()
 
 # %%
 var = train["mrna"].var
-RULE_TRUTH = {"ectoderm": "ectoderm", "mesoderm": "mesoderm", "endoderm": "endoderm", "neural (both methods)": "neural_suspension"}
+RULE_TRUTH = {
+    "ectoderm": "ectoderm",
+    "mesoderm": "mesoderm",
+    "endoderm": "endoderm",
+    "neural (both methods)": "neural_suspension",
+}
 summary = []
 for rule, outcome in RULE_TRUTH.items():
     cands = mp.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
-    summary.append({"rule": rule, "consensus": len(cands),
-                    "false (consensus)": false_share(cands.index, cands["sign"], TRUTH_OF[outcome], var),
-                    "false (mRNA alone)": single.query("list == 'mrna' and outcome == @outcome")["false"].item(),
-                    "false (CAGE alone)": single.query("list == 'cage' and outcome == @outcome")["false"].item()})
+    summary.append(
+        {
+            "rule": rule,
+            "consensus": len(cands),
+            "false (consensus)": false_share(cands.index, cands["sign"], TRUTH_OF[outcome], var),
+            "false (mRNA alone)": single.query("list == 'mrna' and outcome == @outcome")[
+                "false"
+            ].item(),
+            "false (CAGE alone)": single.query("list == 'cage' and outcome == @outcome")[
+                "false"
+            ].item(),
+        }
+    )
 pd.DataFrame(summary).round(2)
 
 # %% [markdown]
@@ -216,16 +260,30 @@ for rule, outcome in RULE_TRUTH.items():
     mp.tl.validate_markers(test["mrna"], cands, outcome=propensity_test[outcome], key_added=key)
     table = mp.get.marker_validation(test["mrna"], key=key)
     kept = table[table["validated"]]
-    validated.append({"rule": rule, "consensus": len(table), "validated": len(kept),
-                      "false (consensus)": false_share(table.index, table["expected_sign"], TRUTH_OF[outcome], var),
-                      "false (validated)": false_share(kept.index, kept["expected_sign"], TRUTH_OF[outcome], var)})
+    validated.append(
+        {
+            "rule": rule,
+            "consensus": len(table),
+            "validated": len(kept),
+            "false (consensus)": false_share(
+                table.index, table["expected_sign"], TRUTH_OF[outcome], var
+            ),
+            "false (validated)": false_share(
+                kept.index, kept["expected_sign"], TRUTH_OF[outcome], var
+            ),
+        }
+    )
 pd.DataFrame(validated).round(2)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
-mp.pl.marker_validation(test["mrna"], key="validation_mesoderm", ax=axes[0], show=False, label=False)
+mp.pl.marker_validation(
+    test["mrna"], key="validation_mesoderm", ax=axes[0], show=False, label=False
+)
 mp.pl.validation_scatter(test["mrna"], "PF4", key="validation_mesoderm", ax=axes[1], show=False)
-mp.tl.validate_markers(test["mrna"], {"SALL3": 1}, outcome=propensity_test["ectoderm"], key_added="validation_SALL3")
+mp.tl.validate_markers(
+    test["mrna"], {"SALL3": 1}, outcome=propensity_test["ectoderm"], key_added="validation_SALL3"
+)
 mp.pl.validation_scatter(test["mrna"], "SALL3", key="validation_SALL3", ax=axes[2], show=False)
 plt.show()
 
@@ -236,7 +294,10 @@ plt.show()
 
 # %%
 mp.tl.validate_markers(
-    test["mrna"], {"ROR2": 1}, outcome=propensity_test["neural_adhesion"], key_added="validation_ROR2"
+    test["mrna"],
+    {"ROR2": 1},
+    outcome=propensity_test["neural_adhesion"],
+    key_added="validation_ROR2",
 )
 mp.get.marker_validation(test["mrna"], key="validation_ROR2")
 

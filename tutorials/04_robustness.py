@@ -64,7 +64,9 @@ mp.get.potency_association(ref).head(3)
 # %%
 truth = ref.obs["true_potency_cell"].to_numpy()
 inside = (ref.obs["cluster"] == cluster).to_numpy()
-print(f"{cluster}: Jaccard with the true potency cells = {(truth & inside).sum() / (truth | inside).sum():.3f}")
+print(
+    f"{cluster}: Jaccard with the true potency cells = {(truth & inside).sum() / (truth | inside).sum():.3f}"
+)
 
 # %% [markdown]
 # ## 1. Stability across resolutions, seeds and subsamples
@@ -76,7 +78,9 @@ print(f"{cluster}: Jaccard with the true potency cells = {(truth & inside).sum()
 # %%
 mp.tl.association_stability(ref, n_subsamples=10)
 print(mp.get.association_stability(ref, kind="summary")["text"].iloc[0])
-mp.get.association_stability(ref)[["resolution", "n_clusters", "matched_cluster", "jaccard", "rho", "pvalue", "recovered"]]
+mp.get.association_stability(ref)[
+    ["resolution", "n_clusters", "matched_cluster", "jaccard", "rho", "pvalue", "recovered"]
+]
 
 # %%
 mp.pl.association_stability(ref, show=False)
@@ -97,7 +101,10 @@ mp.get.association_stability(ref, kind="clusters")
 
 # %%
 mp.tl.influential_lots(ref)
-print("flagged on the clean reference:", mp.get.influential_lots(ref).query("influential").index.tolist())
+print(
+    "flagged on the clean reference:",
+    mp.get.influential_lots(ref).query("influential").index.tolist(),
+)
 
 planted = ref.copy()
 potency = mp.get.potency_lots(ref)["vegf"].copy()
@@ -105,7 +112,12 @@ outlier = mp.get.potency_lots(ref)[cluster].idxmax()
 potency[outlier] = potency.min() - 50
 mp.tl.potency_association(planted, potency)
 mp.tl.influential_lots(planted, cluster)
-print("planted:", outlier, "| flagged:", mp.get.influential_lots(planted).query("influential").index.tolist())
+print(
+    "planted:",
+    outlier,
+    "| flagged:",
+    mp.get.influential_lots(planted).query("influential").index.tolist(),
+)
 mp.pl.influential_lots(planted, show=False)
 
 # %% [markdown]
@@ -126,8 +138,20 @@ mp.tl.count_association(ref)
 mp.tl.neighbourhood_association(ref)
 mp.tl.method_agreement(ref)
 print(ref.uns["method_agreement"]["summary"])
-mp.get.method_agreement(ref)[["rho_fraction", "p_fraction", "rho_clr", "p_clr", "coef_count", "p_count",
-                              "nhood_median_rho", "nhood_share_positive", "call", "same_direction"]]
+mp.get.method_agreement(ref)[
+    [
+        "rho_fraction",
+        "p_fraction",
+        "rho_clr",
+        "p_clr",
+        "coef_count",
+        "p_count",
+        "nhood_median_rho",
+        "nhood_share_positive",
+        "call",
+        "same_direction",
+    ]
+]
 
 # %%
 mp.pl.method_agreement(ref, show=False)
@@ -219,8 +243,17 @@ mp.pl.potency_prediction(new, ref, show=False)
 
 # %%
 mp.tl.comparability(new, ref)
-mp.get.comparability(new)[["potency_fraction", "potency_low", "potency_high", "composition_distance",
-                            "distance_limit", "comparable", "reason"]]
+mp.get.comparability(new)[
+    [
+        "potency_fraction",
+        "potency_low",
+        "potency_high",
+        "composition_distance",
+        "distance_limit",
+        "comparable",
+        "reason",
+    ]
+]
 
 # %%
 mp.pl.comparability(new, show=False)

@@ -88,13 +88,16 @@ def worker_threads() -> int:
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
-def _chunk_results(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int):
+def _chunk_results(
+    block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int
+):
     """``func`` on every row chunk of an in-memory block, in row order; chunks run in ``threads`` threads.
 
     The kernels release the GIL, so threads run them in parallel; results come back in
     row order whatever the threads do, so sums are added in one fixed order (identical
     results on every run).
     """
+
     def call(bounds):
         start, stop = bounds
         return func(_row_block(block, start, stop), *(a[start:stop] for a in row_args), shared)
@@ -116,7 +119,9 @@ def _chunk_results(block, func: Callable, row_args: tuple, shared: Any, max_entr
             yield result
 
 
-def _sum_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1):
+def _sum_in_memory(
+    block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1
+):
     """``func(rows, *row_args_of_rows, shared)`` summed over row chunks of one in-memory block."""
     total = None
     for part in _chunk_results(block, func, row_args, shared, max_entries, threads):
@@ -137,8 +142,9 @@ def _shared_for_dask(value: Any):
     return client.scatter(value, broadcast=True, hash=False)
 
 
-def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
-                max_entries: int | None = None):
+def reduce_rows(
+    X, func: Callable, *, row_args: tuple = (), shared: Any = None, max_entries: int | None = None
+):
     """Sum of ``func(csr_rows, *row_args[rows], shared)`` over the row blocks of ``X``.
 
     ``func`` returns an array or a tuple of arrays (summed elementwise). ``row_args`` are
@@ -156,16 +162,22 @@ def reduce_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None,
 
     parts = _block_tasks(_sum_in_memory, X, func, row_args, shared, max_entries)
     while len(parts) > 1:
-        parts = [dask.delayed(_add)(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
+        parts = [
+            dask.delayed(_add)(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i]
+            for i in range(0, len(parts), 2)
+        ]
     return dask.compute(parts[0])[0]
 
 
-def _map_in_memory(block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1) -> list:
+def _map_in_memory(
+    block, func: Callable, row_args: tuple, shared: Any, max_entries: int, threads: int = 1
+) -> list:
     return list(_chunk_results(block, func, row_args, shared, max_entries, threads))
 
 
-def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max_entries: int | None = None) -> list:
+def map_rows(
+    X, func: Callable, *, row_args: tuple = (), shared: Any = None, max_entries: int | None = None
+) -> list:
     """``func(csr_rows, *row_args[rows], shared)`` for every row chunk of ``X``, in row order.
 
     For results that stay small (per-cell values of a chunk, a selection of its entries);
@@ -180,7 +192,9 @@ def map_rows(X, func: Callable, *, row_args: tuple = (), shared: Any = None, max
     return [part for block_parts in dask.compute(*tasks) for part in block_parts]
 
 
-def _block_tasks(walk: Callable, X, func: Callable, row_args: tuple, shared: Any, max_entries: int) -> list:
+def _block_tasks(
+    walk: Callable, X, func: Callable, row_args: tuple, shared: Any, max_entries: int
+) -> list:
     """One delayed ``walk(block, func, row_args_of_block, shared, max_entries)`` per row block of Dask ``X``."""
     import dask
 
@@ -188,7 +202,13 @@ def _block_tasks(walk: Callable, X, func: Callable, row_args: tuple, shared: Any
     bounds = np.cumsum((0, *X.chunks[0]))
     shared_value = _shared_for_dask(shared)
     return [
-        dask.delayed(walk)(block, func, tuple(a[bounds[i] : bounds[i + 1]] for a in row_args), shared_value, max_entries)
+        dask.delayed(walk)(
+            block,
+            func,
+            tuple(a[bounds[i] : bounds[i + 1]] for a in row_args),
+            shared_value,
+            max_entries,
+        )
         for i, block in enumerate(X.to_delayed().ravel())
     ]
 
@@ -230,12 +250,16 @@ class GroupMoments:
         )
         return GroupMoments(
             n=np.bincount(target, weights=self.n, minlength=n_targets).astype(np.int64),
-            sums=indicator @ self.sums, squares=indicator @ self.squares, nonzero=indicator @ self.nonzero,
+            sums=indicator @ self.sums,
+            squares=indicator @ self.squares,
+            nonzero=indicator @ self.nonzero,
         )
 
 
 @numba.njit(nogil=True, cache=True)
-def _moments_kernel(data, indices, indptr, codes, sums, squares, nonzero):  # pragma: no cover - compiled
+def _moments_kernel(
+    data, indices, indptr, codes, sums, squares, nonzero
+):  # pragma: no cover - compiled
     for row in range(indptr.size - 1):
         group = codes[row]
         for k in range(indptr[row], indptr[row + 1]):
@@ -250,7 +274,9 @@ def _moments_kernel(data, indices, indptr, codes, sums, squares, nonzero):  # pr
 def _moments_rows(rows: sparse.csr_matrix, codes: np.ndarray, n_groups: int):
     shape = (n_groups, rows.shape[1])
     sums, squares, nonzero = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    _moments_kernel(rows.data, rows.indices, rows.indptr, codes.astype(np.int64), sums, squares, nonzero)
+    _moments_kernel(
+        rows.data, rows.indices, rows.indptr, codes.astype(np.int64), sums, squares, nonzero
+    )
     return sums, squares, nonzero
 
 
@@ -275,8 +301,12 @@ def group_moments(X, codes: np.ndarray, n_groups: int) -> GroupMoments:
         raise ValueError(msg)
 
     sums, squares, nonzero = reduce_rows(X, _moments_rows, row_args=(codes,), shared=n_groups)
-    return GroupMoments(n=np.bincount(codes, minlength=n_groups).astype(np.int64),
-                        sums=sums, squares=squares, nonzero=nonzero)
+    return GroupMoments(
+        n=np.bincount(codes, minlength=n_groups).astype(np.int64),
+        sums=sums,
+        squares=squares,
+        nonzero=nonzero,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -294,7 +324,9 @@ class _SortedSide:
     positives: np.ndarray  # values above zero, per gene
 
 
-def _gathered_rows(rows: sparse.csr_matrix, keep: np.ndarray, genes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _gathered_rows(
+    rows: sparse.csr_matrix, keep: np.ndarray, genes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     return _gather_by_gene(rows.data, rows.indices, rows.indptr, keep, *genes)
 
 
@@ -314,10 +346,21 @@ def _sorted_side(X, cells: np.ndarray, start: int, stop: int) -> _SortedSide:
     _sort_segments(values, offsets)
     # each gene's values are sorted: its positives follow its last value <= 0 (no per-value
     # temporaries: the sorted side is the largest allocation of the markers step)
-    positives = np.array([stored[j] - np.searchsorted(values[offsets[j] : offsets[j + 1]], 0, side="right")
-                          for j in range(stored.size)], dtype=np.int64)
-    return _SortedSide(start=start, stop=stop, values=values, offsets=offsets,
-                       zeros=int(cells.sum()) - stored, positives=positives)
+    positives = np.array(
+        [
+            stored[j] - np.searchsorted(values[offsets[j] : offsets[j + 1]], 0, side="right")
+            for j in range(stored.size)
+        ],
+        dtype=np.int64,
+    )
+    return _SortedSide(
+        start=start,
+        stop=stop,
+        values=values,
+        offsets=offsets,
+        zeros=int(cells.sum()) - stored,
+        positives=positives,
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -346,7 +389,9 @@ def _gather_by_gene(data, indices, indptr, keep, start, stop):  # pragma: no cov
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_counts(values, offsets, side_values, side_offsets, side_zeros, twice_u):  # pragma: no cover - compiled
+def _merge_counts(
+    values, offsets, side_values, side_offsets, side_zeros, twice_u
+):  # pragma: no cover - compiled
     """Per gene, both sorted: twice the side values below each value, plus ties, in one merge."""
     for j in range(offsets.size - 1):
         first, last = side_offsets[j], side_offsets[j + 1]
@@ -370,14 +415,18 @@ def _sort_segments(values: np.ndarray, offsets: np.ndarray) -> None:
             values[offsets[j] : offsets[j + 1]].sort()
 
 
-def _twice_u_rows(rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide) -> tuple[np.ndarray, np.ndarray]:
+def _twice_u_rows(
+    rows: sparse.csr_matrix, other: np.ndarray, side: _SortedSide
+) -> tuple[np.ndarray, np.ndarray]:
     """Twice the U of the ``other`` cells' non-zero values among these rows against ``side``.
 
     The values are gathered gene by gene, sorted within each gene and merged with that
     gene's sorted side values (linear in both, and in cache). Also returns how many
     non-zero values the other cells have, per gene of the side.
     """
-    values, offsets = _gather_by_gene(rows.data, rows.indices, rows.indptr, other, side.start, side.stop)
+    values, offsets = _gather_by_gene(
+        rows.data, rows.indices, rows.indptr, other, side.start, side.stop
+    )
     _sort_segments(values, offsets)
     twice_u = np.zeros(side.stop - side.start, dtype=np.int64)
     _merge_counts(values, offsets, side.values, side.offsets, side.zeros, twice_u)
@@ -397,7 +446,11 @@ def _gene_chunks(nonzero: np.ndarray, max_entries: int) -> list[tuple[int, int]]
 
 
 def rank_sum_z(
-    X, in_group: np.ndarray, *, nonzero: np.ndarray | None = None, max_sorted_entries: int | None = None
+    X,
+    in_group: np.ndarray,
+    *,
+    nonzero: np.ndarray | None = None,
+    max_sorted_entries: int | None = None,
 ) -> np.ndarray:
     """Wilcoxon rank-sum z of the cells ``in_group`` against all other cells, per gene.
 

@@ -19,9 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     reproduce.add_argument("--out", default="results", help="output folder (default: results)")
     reproduce.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    reproduce.add_argument("--clusters", type=int, default=8, help="target number of clusters (default: 8)")
     reproduce.add_argument(
-        "--preset", choices=["study", "tiny"], default="study",
+        "--clusters", type=int, default=8, help="target number of clusters (default: 8)"
+    )
+    reproduce.add_argument(
+        "--preset",
+        choices=["study", "tiny"],
+        default="study",
         help="built-in dataset: the study-shaped one (default) or a tiny one for a smoke run",
     )
     args = parser.parse_args(argv)

@@ -62,7 +62,11 @@ def as_float32(X):
 
 
 def _dense_float64(block) -> np.ndarray:
-    return block.toarray().astype(np.float64) if sparse.issparse(block) else np.asarray(block, dtype=np.float64)
+    return (
+        block.toarray().astype(np.float64)
+        if sparse.issparse(block)
+        else np.asarray(block, dtype=np.float64)
+    )
 
 
 def pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray:
@@ -86,7 +90,9 @@ def pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray:
         dense, n_comps=n_comps, svd_solver="covariance_eigh", return_info=True
     )
     x_pca, mean = dask.compute(x_pca, dense.mean(axis=0))
-    signs = np.sign(components[np.arange(components.shape[0]), np.argmax(np.abs(components), axis=1)])
+    signs = np.sign(
+        components[np.arange(components.shape[0]), np.argmax(np.abs(components), axis=1)]
+    )
     signs[signs == 0] = 1.0
     components = components * signs[:, None]
     adata.obsm["X_pca"] = (np.asarray(x_pca) * signs[None, :]).astype(np.float32)
@@ -94,8 +100,12 @@ def pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray:
     loadings[hvg] = components.T
     adata.varm["PCs"] = loadings
     adata.uns["pca"] = {
-        "params": {"zero_center": True, "use_highly_variable": True, "mask_var": "highly_variable",
-                   "svd_solver": "covariance_eigh"},
+        "params": {
+            "zero_center": True,
+            "use_highly_variable": True,
+            "mask_var": "highly_variable",
+            "svd_solver": "covariance_eigh",
+        },
         "variance": np.asarray(variance),
         "variance_ratio": np.asarray(ratio),
     }
@@ -143,7 +153,11 @@ def read_lots_lazy(
     from anndata.io import read_elem
 
     da = require_dask()
-    if not isinstance(chunk_cells, (int, np.integer)) or isinstance(chunk_cells, bool) or chunk_cells < 1:
+    if (
+        not isinstance(chunk_cells, (int, np.integer))
+        or isinstance(chunk_cells, bool)
+        or chunk_cells < 1
+    ):
         msg = f"chunk_cells must be a positive integer, got {chunk_cells!r}"
         raise ValueError(msg)
     lots = _lazy_sources(source)
@@ -156,7 +170,11 @@ def read_lots_lazy(
         with h5py.File(path, "r") as handle:
             obs = read_elem(handle["obs"])
             lot_var = read_elem(handle["var"])
-            key = "layers/counts" if "layers" in handle and _keys.COUNTS_LAYER in handle["layers"] else "X"
+            key = (
+                "layers/counts"
+                if "layers" in handle and _keys.COUNTS_LAYER in handle["layers"]
+                else "X"
+            )
             element = handle[key]
             encoding = element.attrs.get("encoding-type", "a dense array")
             if isinstance(element, h5py.Dataset) or encoding != "csr_matrix":

@@ -34,8 +34,17 @@ logger = logging.getLogger("mscpotency")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TRACKED_PACKAGES = (
-    "mscpotency", "anndata", "scanpy", "numpy", "scipy", "pandas",
-    "scikit-learn", "leidenalg", "igraph", "pynndescent", "umap-learn",
+    "mscpotency",
+    "anndata",
+    "scanpy",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "leidenalg",
+    "igraph",
+    "pynndescent",
+    "umap-learn",
 )
 #: At most this many matrix values enter the fingerprint (evenly strided), so that
 #: fingerprinting stays cheap at 10^6 cells.
@@ -126,9 +135,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _entry(func_name: str, params: dict[str, Any], input_fp: str | None, seconds: float) -> str:
-    seed = next(
-        (params[k] for k in ("random_state", "seed", "rng") if k in params), None
-    )
+    seed = next((params[k] for k in ("random_state", "seed", "rng") if k in params), None)
     entry = {
         "function": func_name,
         "params": params,
@@ -171,7 +178,9 @@ def record(public_name: str) -> Callable[[F], F]:
             first = arguments[first_name]
             input_fp = fingerprint(first) if isinstance(first, AnnData) else None
             params = {
-                k: to_jsonable(v) for k, v in arguments.items() if k != first_name or input_fp is None
+                k: to_jsonable(v)
+                for k, v in arguments.items()
+                if k != first_name or input_fp is None
             }
             token = _depth.set(1)
             start = time.perf_counter()
@@ -235,7 +244,12 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
         module_name, func_name = entry["function"].rsplit(".", 1)
         func = getattr(getattr(package, module_name), func_name)
         params = dict(entry["params"])
-        opaque = [k for k, v in params.items() if isinstance(v, dict) and ("__repr__" in v or "__anndata__" in v or "__dataframe__" in v)]
+        opaque = [
+            k
+            for k, v in params.items()
+            if isinstance(v, dict)
+            and ("__repr__" in v or "__anndata__" in v or "__dataframe__" in v)
+        ]
         if opaque:
             msg = (
                 f"{entry['function']} was called with {opaque} that the log cannot restore; "

@@ -66,7 +66,9 @@ class Report:
                 if isinstance(item, pd.DataFrame):
                     body.append(item.to_html(float_format=_format_float, border=0, classes="table"))
                 elif isinstance(item, Path):
-                    body.append(f'<img src="{item.relative_to(root).as_posix()}" alt="{item.stem}">')
+                    body.append(
+                        f'<img src="{item.relative_to(root).as_posix()}" alt="{item.stem}">'
+                    )
                 else:
                     body.append(f"<p>{html.escape(str(item))}</p>")
         style = (
@@ -138,16 +140,25 @@ def truth_summary(adata: AnnData) -> pd.DataFrame:
             ]
         },
         index=pd.Index(
-            ["ARI of clusters vs true subpopulations", f"F1 of {cluster} vs true potency cells",
-             f"rank of the planted marker {marker}"],
+            [
+                "ARI of clusters vs true subpopulations",
+                f"F1 of {cluster} vs true potency cells",
+                f"rank of the planted marker {marker}",
+            ],
             name="check",
         ),
     )
 
 
 def mapping_analysis(
-    report: Report, figures: Path, tables: Path, reference: AnnData, query: AnnData, out: Path,
-    *, random_state: int = 0,
+    report: Report,
+    figures: Path,
+    tables: Path,
+    reference: AnnData,
+    query: AnnData,
+    out: Path,
+    *,
+    random_state: int = 0,
 ) -> AnnData:
     """Map held-out and other-tissue lots onto the frozen reference; check their potency-like share."""
     from . import io
@@ -158,7 +169,9 @@ def mapping_analysis(
     start = time.perf_counter()
     tl.map_to_reference(query, path, method="anchors", random_state=random_state)
     seconds = time.perf_counter() - start
-    tl.lot_fractions(query, cluster_key="predicted", weights_key="predicted_probabilities", min_cells_per_lot=50)
+    tl.lot_fractions(
+        query, cluster_key="predicted", weights_key="predicted_probabilities", min_cells_per_lot=50
+    )
     tl.validate_potency(query, "vegf", random_state=random_state)
     marker = reference.uns["potency_markers"]["table"]["gene"].iloc[0]
     tl.marker_by_set(query, marker)
@@ -167,11 +180,17 @@ def mapping_analysis(
     per_set = get.potency_validation(query)
     combined = get.potency_validation(query, table="combined")
     markers_by_set = get.marker_by_set(query)
-    for name, frame in {"mapping_qc": qc, "query_potency_per_set": per_set,
-                        "query_potency_combined": combined, "query_marker_by_set": markers_by_set,
-                        "query_lots": get.potency_validation(query, table="lots")}.items():
+    for name, frame in {
+        "mapping_qc": qc,
+        "query_potency_per_set": per_set,
+        "query_potency_combined": combined,
+        "query_marker_by_set": markers_by_set,
+        "query_lots": get.potency_validation(query, table="lots"),
+    }.items():
         frame.to_csv(tables / f"{name}.csv")
-    items = report.section(f"Held-out and other-tissue lots mapped onto the reference ({cluster}-like cells)")
+    items = report.section(
+        f"Held-out and other-tissue lots mapped onto the reference ({cluster}-like cells)"
+    )
     items.append(
         f"{query.obs['lot'].nunique()} lots ({', '.join(map(str, query.obs['set'].cat.categories))}), "
         f"{query.n_obs:,} cells after QC, mapped onto the frozen bone-marrow reference "
@@ -180,16 +199,29 @@ def mapping_analysis(
         "represent the cell)."
     )
     items.append(qc)
-    items.append(_save(pl.mapping_umap(query, frozen, color="label", return_fig=True, show=False),
-                       figures / "mapping_umap.png"))
-    items.append(f"Does the share of {cluster}-like cells still track VEGF? Exact Spearman per set, and combined:")
+    items.append(
+        _save(
+            pl.mapping_umap(query, frozen, color="label", return_fig=True, show=False),
+            figures / "mapping_umap.png",
+        )
+    )
+    items.append(
+        f"Does the share of {cluster}-like cells still track VEGF? Exact Spearman per set, and combined:"
+    )
     items.append(per_set)
     items.append(combined)
     items.append(str(query.uns["validate_potency"]["note"]))
-    items.append(_save(pl.potency_validation(query, return_fig=True, show=False), figures / "potency_validation.png"))
+    items.append(
+        _save(
+            pl.potency_validation(query, return_fig=True, show=False),
+            figures / "potency_validation.png",
+        )
+    )
     items.append(f"Expression of {marker} in {cluster}-like cells by set:")
     items.append(markers_by_set)
-    items.append(_save(pl.marker_by_set(query, return_fig=True, show=False), figures / "marker_by_set.png"))
+    items.append(
+        _save(pl.marker_by_set(query, return_fig=True, show=False), figures / "marker_by_set.png")
+    )
     return query
 
 
@@ -205,7 +237,9 @@ IPS_RULES = {
 }
 
 
-def ips_propensity(panels: dict[str, AnnData], reference: dict[str, AnnData] | None = None) -> pd.DataFrame:
+def ips_propensity(
+    panels: dict[str, AnnData], reference: dict[str, AnnData] | None = None
+) -> pd.DataFrame:
     """Propensity of every line for each lineage (embryoid bodies) and neural method (lines x outcomes).
 
     With ``reference`` (the training panels), held-out lines are scored on the training loadings.
@@ -214,14 +248,20 @@ def ips_propensity(panels: dict[str, AnnData], reference: dict[str, AnnData] | N
     for lineage in LINEAGES:
         markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
         tl.propensity_score(
-            eb, markers=markers, key_added=lineage,
+            eb,
+            markers=markers,
+            key_added=lineage,
             reference=None if reference is None else reference["embryoid_body"],
         )
     for method in NEURAL_METHODS:
         tl.propensity_score(
-            panels[method], key_added=method, reference=None if reference is None else reference[method]
+            panels[method],
+            key_added=method,
+            reference=None if reference is None else reference[method],
         )
-    return pd.concat([eb.obs[list(LINEAGES)]] + [panels[m].obs[[m]] for m in NEURAL_METHODS], axis=1)
+    return pd.concat(
+        [eb.obs[list(LINEAGES)]] + [panels[m].obs[[m]] for m in NEURAL_METHODS], axis=1
+    )
 
 
 def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: int = 0) -> None:
@@ -247,15 +287,24 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
         candidates = get.consensus_candidates(consensus, rule=rule, outcome=outcome)
         key = f"validation_{len(rows)}"
         if len(candidates):
-            tl.validate_markers(test["mrna"], candidates, outcome=propensity_test[outcome], key_added=key)
+            tl.validate_markers(
+                test["mrna"], candidates, outcome=propensity_test[outcome], key_added=key
+            )
             table = get.marker_validation(test["mrna"], key=key)
             kept = table.index[table["validated"]].tolist()
         else:
             kept = []
-        rows.append({"rule": rule, "single-platform candidates (mRNA, P<0.05)":
-                     int((get.rank_association(train["mrna"], outcome=outcome)["pvalue"] < 0.05).sum()),
-                     "agree across platforms/methods": len(candidates), "validated on held-out lines": len(kept),
-                     "validated (first 8)": ", ".join(map(str, kept[:8]))})
+        rows.append(
+            {
+                "rule": rule,
+                "single-platform candidates (mRNA, P<0.05)": int(
+                    (get.rank_association(train["mrna"], outcome=outcome)["pvalue"] < 0.05).sum()
+                ),
+                "agree across platforms/methods": len(candidates),
+                "validated on held-out lines": len(kept),
+                "validated (first 8)": ", ".join(map(str, kept[:8])),
+            }
+        )
     summary = pd.DataFrame(rows).set_index("rule")
     propensity.to_csv(tables / "ips_propensity.csv")
     counts.to_csv(tables / "ips_marker_counts.csv")
@@ -269,19 +318,28 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
         f"Constant features excluded before testing: {excluded}."
     )
     items.append(counts)
-    items.append("False positives are removed by agreement across platforms and differentiation methods, "
-                 "then by confirmation on the held-out lines:")
+    items.append(
+        "False positives are removed by agreement across platforms and differentiation methods, "
+        "then by confirmation on the held-out lines:"
+    )
     items.append(summary)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     pl.rank_volcano(train["mrna"], outcome="ectoderm", highlight=["SALL3"], ax=axes[0], show=False)
-    tl.validate_markers(test["mrna"], {"PF4": 1}, outcome=propensity_test["mesoderm"], key_added="validation_PF4")
+    tl.validate_markers(
+        test["mrna"], {"PF4": 1}, outcome=propensity_test["mesoderm"], key_added="validation_PF4"
+    )
     pl.validation_scatter(test["mrna"], "PF4", key="validation_PF4", ax=axes[1], show=False)
     items.append(_save(fig, figures / "ips_markers.png"))
 
 
 def reproduce(
-    out: str | Path, *, random_state: int = 0, n_clusters: int = 8, preset: str = "study",
-    mapping: bool = True, ips: bool = True,
+    out: str | Path,
+    *,
+    random_state: int = 0,
+    n_clusters: int = 8,
+    preset: str = "study",
+    mapping: bool = True,
+    ips: bool = True,
 ) -> Path:
     """Run the main job and write figures, tables and the report under ``out``.
 
@@ -328,16 +386,22 @@ def reproduce(
     provenance = get.provenance(reference)
 
     for name, frame in {
-        "qc_per_lot": qc_report, "lot_fractions": fractions,
-        "lot_counts": get.lot_fractions(reference, kind="counts"), "composition_deviation": deviation,
-        "potency_association": association, "potency_markers": markers, "lots": lot_table,
+        "qc_per_lot": qc_report,
+        "lot_fractions": fractions,
+        "lot_counts": get.lot_fractions(reference, kind="counts"),
+        "composition_deviation": deviation,
+        "potency_association": association,
+        "potency_markers": markers,
+        "lots": lot_table,
         "provenance": provenance.assign(
             params=provenance["params"].map(str), versions=provenance["versions"].map(str)
         ),
     }.items():
         frame.to_csv(tables / f"{name}.csv")
 
-    report = Report("mscpotency: potency-linked subpopulation of MSC lots (study-shaped simulation)")
+    report = Report(
+        "mscpotency: potency-linked subpopulation of MSC lots (study-shaped simulation)"
+    )
     intro = report.section("Summary")
     intro.append(
         f"{reference.obs['lot'].nunique()} bone-marrow training lots, {reference.n_obs:,} cells after QC, "
@@ -359,27 +423,70 @@ def reproduce(
     qc_items.append(_save(pl.qc_per_lot(reference, show=False), figures / "qc_per_lot.png"))
 
     clusters = report.section("Clusters")
-    clusters.append(_save(pl.umap(reference, color=["cluster", "lot"], return_fig=True, show=False),
-                          figures / "umap.png"))
+    clusters.append(
+        _save(
+            pl.umap(reference, color=["cluster", "lot"], return_fig=True, show=False),
+            figures / "umap.png",
+        )
+    )
     comp = report.section("Composition of each lot")
-    comp.append(_save(pl.lot_composition(reference, return_fig=True, show=False), figures / "lot_composition.png"))
-    comp.append("Distance of each lot's composition from the pooled population (Jensen-Shannon, bits); "
-                "sampling_p: share of same-size draws from the pool at least as far away.")
+    comp.append(
+        _save(
+            pl.lot_composition(reference, return_fig=True, show=False),
+            figures / "lot_composition.png",
+        )
+    )
+    comp.append(
+        "Distance of each lot's composition from the pooled population (Jensen-Shannon, bits); "
+        "sampling_p: share of same-size draws from the pool at least as far away."
+    )
     comp.append(deviation)
-    comp.append(_save(pl.composition_deviation(reference, return_fig=True, show=False),
-                      figures / "composition_deviation.png"))
+    comp.append(
+        _save(
+            pl.composition_deviation(reference, return_fig=True, show=False),
+            figures / "composition_deviation.png",
+        )
+    )
 
     assoc = report.section("Association of cluster fractions with potency")
     assoc.append(association.drop(columns=["n_lots"]))
-    assoc.append(_save(pl.association_overview(reference, return_fig=True, show=False),
-                       figures / "association_overview.png"))
-    assoc.append(_save(pl.potency_scatter(reference, return_fig=True, show=False), figures / "potency_scatter.png"))
-    assoc.append(_save(pl.potency_scatter(reference, cluster="all",
-                                          return_fig=True, show=False), figures / "potency_scatter_all.png"))
+    assoc.append(
+        _save(
+            pl.association_overview(reference, return_fig=True, show=False),
+            figures / "association_overview.png",
+        )
+    )
+    assoc.append(
+        _save(
+            pl.potency_scatter(reference, return_fig=True, show=False),
+            figures / "potency_scatter.png",
+        )
+    )
+    assoc.append(
+        _save(
+            pl.potency_scatter(reference, cluster="all", return_fig=True, show=False),
+            figures / "potency_scatter_all.png",
+        )
+    )
 
     mark = report.section(f"Marker genes of {cluster}")
-    mark.append(markers[["rank", "gene", "score", "logfoldchange", "pvalue_adj", "pct_in", "pct_out",
-                         "n_lots_up", "n_lots_tested", "lot_sign_pvalue", "median_lot_log2fc"]].set_index("rank"))
+    mark.append(
+        markers[
+            [
+                "rank",
+                "gene",
+                "score",
+                "logfoldchange",
+                "pvalue_adj",
+                "pct_in",
+                "pct_out",
+                "n_lots_up",
+                "n_lots_tested",
+                "lot_sign_pvalue",
+                "median_lot_log2fc",
+            ]
+        ].set_index("rank")
+    )
     mark.append(_save(pl.markers(reference, return_fig=True, show=False), figures / "markers.png"))
 
     if mapping:
@@ -389,9 +496,11 @@ def reproduce(
         ips_analysis(report, figures, tables, random_state=random_state)
 
     prov = report.section("Provenance")
-    prov.append(f"mscpotency {package_versions()['mscpotency']}, scanpy {package_versions()['scanpy']}, "
-                f"anndata {package_versions()['anndata']}; random_state = {random_state}; "
-                f"total time {time.perf_counter() - start:.0f} s.")
+    prov.append(
+        f"mscpotency {package_versions()['mscpotency']}, scanpy {package_versions()['scanpy']}, "
+        f"anndata {package_versions()['anndata']}; random_state = {random_state}; "
+        f"total time {time.perf_counter() - start:.0f} s."
+    )
     prov.append(provenance[["function", "input_fingerprint", "random_state", "seconds"]])
 
     (out / "report.md").write_text(report.markdown(out))

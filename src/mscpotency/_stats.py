@@ -59,7 +59,9 @@ def _integer_scores(values: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def permutation_distribution(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def permutation_distribution(
+    a: tuple[int, ...], b: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact distribution of ``T = sum_i a_i * b_pi(i)`` over all n! permutations ``pi``.
 
     A dynamic programme over the subsets of ``b`` already assigned: layer k holds, for
@@ -110,7 +112,9 @@ def permutation_distribution(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[np
 
 
 def _tail_probability(
-    null_centered: np.ndarray, weights: np.ndarray | None, observed_centered: np.ndarray,
+    null_centered: np.ndarray,
+    weights: np.ndarray | None,
+    observed_centered: np.ndarray,
     alternative: Alternative,
 ) -> np.ndarray:
     """P(null statistic at least as extreme as observed), for centred integer statistics."""
@@ -203,7 +207,9 @@ def permutation_pvalues(
     return pvalues
 
 
-def asymptotic_pvalues(rho: np.ndarray, n: int, alternative: Alternative = "two-sided") -> np.ndarray:
+def asymptotic_pvalues(
+    rho: np.ndarray, n: int, alternative: Alternative = "two-sided"
+) -> np.ndarray:
     """Student-t approximation of Spearman p-values (shown beside exact ones, never alone)."""
     rho = np.asarray(rho, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -286,7 +292,9 @@ def leave_one_out(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.vstack([spearman_rho(X[keep[i]], y[keep[i]]) for i in range(n)])
 
 
-def clr(fractions: np.ndarray, *, pseudocount: float = 0.5, counts: np.ndarray | None = None) -> np.ndarray:
+def clr(
+    fractions: np.ndarray, *, pseudocount: float = 0.5, counts: np.ndarray | None = None
+) -> np.ndarray:
     """Centred log-ratio transform of compositions (rows are lots).
 
     With ``counts`` given, the pseudocount is added to the counts (the usual choice);

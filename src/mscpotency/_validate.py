@@ -26,7 +26,9 @@ def require_uns(adata: AnnData, key: str, *, tool: str | None = None) -> dict:
     """``adata.uns[key]`` written by a tool, or a ``KeyError`` naming the tool to run first."""
     if key not in adata.uns:
         tool = tool or _keys.producer_of(key)
-        msg = f"adata.uns has no {key!r}. Run `{tool}` first (or pass the key it was written under)."
+        msg = (
+            f"adata.uns has no {key!r}. Run `{tool}` first (or pass the key it was written under)."
+        )
         raise KeyError(msg)
     return adata.uns[key]
 

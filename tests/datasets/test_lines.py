@@ -31,11 +31,18 @@ def test_shaped_like_the_reference_study(data):
     assert cage.var_names.str.match(r"^p[12]@").all()
     assert (cage.var["gene"].astype(str) == cage.var_names.str.split("@").str[1]).all()
     eb = data["panels"]["train"]["embryoid_body"]
-    assert eb.var["lineage"].value_counts().to_dict() == {"mesoderm": 56, "ectoderm": 45, "endoderm": 27, "pluripotency": 4}
+    assert eb.var["lineage"].value_counts().to_dict() == {
+        "mesoderm": 56,
+        "ectoderm": 45,
+        "endoderm": 27,
+        "pluripotency": 4,
+    }
     for method in ("neural_suspension", "neural_adhesion"):
         assert list(data["panels"]["train"][method].var_names) == ["PAX6", "SOX1", "NES"]
         assert data["panels"]["test"][method].n_obs == 13
-    assert list(data["truth"]["propensity"].index) == list(eb.obs_names) + list(data["panels"]["test"]["embryoid_body"].obs_names)
+    assert list(data["truth"]["propensity"].index) == list(eb.obs_names) + list(
+        data["panels"]["test"]["embryoid_body"].obs_names
+    )
 
 
 def test_generates_fast_and_reproducibly():
@@ -48,15 +55,23 @@ def test_generates_fast_and_reproducibly():
         np.testing.assert_array_equal(first["train"][platform].X, second["train"][platform].X)
         np.testing.assert_array_equal(first["test"][platform].X, second["test"][platform].X)
         assert not np.array_equal(first["train"][platform].X, other["train"][platform].X)
-    np.testing.assert_array_equal(first["panels"]["test"]["embryoid_body"].X, second["panels"]["test"]["embryoid_body"].X)
+    np.testing.assert_array_equal(
+        first["panels"]["test"]["embryoid_body"].X, second["panels"]["test"]["embryoid_body"].X
+    )
 
 
 def test_flagship_markers_are_planted_with_their_pattern(data):
     var = data["train"]["mrna"].var
-    assert var.loc["SALL3", ["true_ectoderm", "true_mesoderm", "true_endoderm"]].tolist() == [1, -1, -1]
+    assert var.loc["SALL3", ["true_ectoderm", "true_mesoderm", "true_endoderm"]].tolist() == [
+        1,
+        -1,
+        -1,
+    ]
     assert var.loc["SALL3", "true_factor"] == "bias"
     assert var.loc["PF4", "true_mesoderm"] == 1 and var.loc["PF4", "true_factor"] == "mesoderm"
-    assert var.loc["ROR2", ["true_neural", "true_neural_suspension", "true_neural_adhesion"]].tolist() == [1, 1, 1]
+    assert var.loc[
+        "ROR2", ["true_neural", "true_neural_suspension", "true_neural_adhesion"]
+    ].tolist() == [1, 1, 1]
     markers = data["truth"]["markers"]
     assert {"SALL3", "PF4", "ROR2"} <= set(markers["feature"])
     assert set(markers["platform"]) == {"mrna", "mirna", "cage"}
@@ -71,7 +86,10 @@ def test_truth_matches_the_data(data):
         y = truth["ectoderm"].to_numpy()
         rho = _stats.spearman_rho(X, y)
         strong = var["true_corr_ectoderm"].abs().to_numpy() >= 0.7
-        assert np.mean(np.sign(rho[strong]) == np.sign(var["true_corr_ectoderm"].to_numpy()[strong])) > 0.95
+        assert (
+            np.mean(np.sign(rho[strong]) == np.sign(var["true_corr_ectoderm"].to_numpy()[strong]))
+            > 0.95
+        )
         null = (var["true_factor"] == "").to_numpy()
         assert abs(rho[null].mean()) < 0.05
 
@@ -80,7 +98,9 @@ def test_method_specific_markers_are_not_neural_markers(data):
     var = data["train"]["mrna"].var
     suspension = var[var["true_factor"] == "suspension"]
     assert len(suspension) == 6
-    assert (suspension["true_neural"] == 0).all() and (suspension["true_neural_adhesion"] == 0).all()
+    assert (suspension["true_neural"] == 0).all() and (
+        suspension["true_neural_adhesion"] == 0
+    ).all()
     assert (suspension["true_neural_suspension"] != 0).all()
 
 
@@ -89,7 +109,9 @@ def mean_abs_rho(X, y):
     return np.nanmean(np.abs(_stats.spearman_rho(X, y)))
 
 
-@pytest.mark.parametrize(("platform", "target"), [("mrna", "mesoderm"), ("mirna", "endoderm"), ("cage", "ectoderm")])
+@pytest.mark.parametrize(
+    ("platform", "target"), [("mrna", "mesoderm"), ("mirna", "endoderm"), ("cage", "ectoderm")]
+)
 def test_platform_artefact_follows_a_propensity_in_training_lines_only(data, platform, target):
     train, test = data["train"][platform], data["test"][platform]
     technical = (train.var["true_factor"] == "technical").to_numpy()
@@ -115,7 +137,10 @@ def test_mirna_floor_gives_ties_and_undetected_mirnas(data):
         ({"bias_weight": 1.2}, r"bias_weight must be in \[0, 1\)"),
         ({"neural_weight": 0.9, "method_weight": 0.6}, "must stay below 1"),
         ({"platforms": (PlatformSpec("a", "rnaseq"),)}, "kind must be 'mrna', 'cage' or 'mirna'"),
-        ({"platforms": (PlatformSpec("a", "mrna"), PlatformSpec("a", "cage"))}, "platform names must be unique"),
+        (
+            {"platforms": (PlatformSpec("a", "mrna"), PlatformSpec("a", "cage"))},
+            "platform names must be unique",
+        ),
         ({"n_genes": 100}, "leaves no room"),
     ],
 )

@@ -14,9 +14,17 @@ def test_tiny_has_the_study_arms_and_truth(tiny_all):
     obs = tiny_all.obs
     assert list(obs["set"].cat.categories) == ["BM-train", "BM-test", "AD", "UC"]
     assert obs.groupby("set", observed=True)["lot"].nunique().to_dict() == {
-        "BM-train": 8, "BM-test": 3, "AD": 2, "UC": 2
+        "BM-train": 8,
+        "BM-test": 3,
+        "AD": 2,
+        "UC": 2,
     }
-    for column in ("true_subpopulation", "true_potency_cell", "true_low_quality", "true_potency_fraction"):
+    for column in (
+        "true_subpopulation",
+        "true_potency_cell",
+        "true_low_quality",
+        "true_potency_fraction",
+    ):
         assert column in obs
     assert (obs["true_potency_cell"] == (obs["true_subpopulation"] == "SP3")).all()
     assert tiny_all.uns["simulation"]["marker_gene"] == "LRRC75A"
@@ -105,7 +113,9 @@ def test_iter_lots_yields_the_same_population_one_lot_at_a_time():
     assert 0.9 < ratio < 1.1
     per_lot = combined.obs.groupby("lot", observed=True)[["vegf", "true_potency_fraction"]].first()
     assert stats.spearmanr(per_lot["vegf"], per_lot["true_potency_fraction"])[0] > 0.8
-    assert np.isclose(combined.obs["true_potency_cell"].mean(), pooled.obs["true_potency_cell"].mean(), atol=0.03)
+    assert np.isclose(
+        combined.obs["true_potency_cell"].mean(), pooled.obs["true_potency_cell"].mean(), atol=0.03
+    )
 
 
 def test_lots_from_iter_lots_go_through_the_reference_analysis():
@@ -128,7 +138,12 @@ def test_lots_from_iter_lots_go_through_the_reference_analysis():
 
 
 def test_lot_names_sort_in_lot_order_beyond_99_lots():
-    config = tiny_config(sets=(mp.datasets.SetSpec("BM-train", 120, "BM", "BM"),), n_cells_per_lot=5)
+    config = tiny_config(
+        sets=(mp.datasets.SetSpec("BM-train", 120, "BM", "BM"),), n_cells_per_lot=5
+    )
     names = [lot.obs["lot"].iloc[0] for lot in mp.datasets.iter_lots(config)]
     assert names[0] == "BM001" and names[-1] == "BM120" and names == sorted(names)
-    assert list(mp.datasets.tiny().obs["lot"].cat.categories)[:2] == ["BM01", "BM02"]  # presets unchanged
+    assert list(mp.datasets.tiny().obs["lot"].cat.categories)[:2] == [
+        "BM01",
+        "BM02",
+    ]  # presets unchanged

@@ -52,7 +52,9 @@ def test_excel_sheet_by_name_and_position(tmp_path):
     assert mp.io.read_lot_table(tmp_path / "lots.xlsx")["vegf"].tolist() == [9, 9, 9]
     assert mp.io.read_lot_table(tmp_path / "lots.xlsx", sheet_name=1)["vegf"].iloc[0] == 1.25
     assert mp.io.read_lot_table(tmp_path / "lots.xlsx", sheet_name="lots")["vegf"].iloc[1] == 2.5
-    with pytest.raises(ValueError, match=r"has no sheet 'potency'; its sheets are \['old', 'lots'\]"):
+    with pytest.raises(
+        ValueError, match=r"has no sheet 'potency'; its sheets are \['old', 'lots'\]"
+    ):
         mp.io.read_lot_table(tmp_path / "lots.xlsx", sheet_name="potency")
 
 
@@ -83,7 +85,9 @@ def test_round_trip_recovers_the_simulated_potency(tmp_path):
     stripped = adata.copy()
     stripped.obs = stripped.obs.drop(columns=["vegf", "tissue", "set"])
     mp.pp.add_lot_table(stripped, table)
-    np.testing.assert_allclose(stripped.obs["vegf"].to_numpy(), expected["vegf"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        stripped.obs["vegf"].to_numpy(), expected["vegf"].to_numpy(), rtol=1e-12
+    )
     assert (stripped.obs["tissue"].astype(str) == expected["tissue"].astype(str)).all()
     assert (stripped.obs["set"].astype(str) == expected["set"].astype(str)).all()
 
@@ -97,13 +101,19 @@ def test_missing_file_folder_and_unknown_format(tmp_path):
     with pytest.raises(ValueError, match=r"is a folder; pass the table file"):
         mp.io.read_lot_table(tmp_path)
     (tmp_path / "lots.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"unknown format '.json'. Accepted: .csv, .tsv/.txt/.tab \(tab-separated\), .xlsx"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown format '.json'. Accepted: .csv, .tsv/.txt/.tab \(tab-separated\), .xlsx",
+    ):
         mp.io.read_lot_table(tmp_path / "lots.json")
 
 
 def test_missing_lot_column_lists_columns(tmp_path):
     _write(tmp_path / "lots.csv", _frame().rename(columns={"lot": "Lot"}))
-    with pytest.raises(KeyError, match=r"has no column 'lot'; its columns are \['Lot', 'vegf', 'passage', 'tissue', 'note'\]. Did you mean lot_column='Lot'"):
+    with pytest.raises(
+        KeyError,
+        match=r"has no column 'lot'; its columns are \['Lot', 'vegf', 'passage', 'tissue', 'note'\]. Did you mean lot_column='Lot'",
+    ):
         mp.io.read_lot_table(tmp_path / "lots.csv")
     with pytest.raises(KeyError, match=r"has no column 'donor'.*Pass lot_column="):
         mp.io.read_lot_table(tmp_path / "lots.csv", lot_column="donor")
@@ -112,7 +122,9 @@ def test_missing_lot_column_lists_columns(tmp_path):
 def test_duplicate_lots(tmp_path):
     frame = pd.concat([_frame(), _frame().iloc[[1]].assign(lot=" BM02 ")])
     _write(tmp_path / "lots.tsv", frame)
-    with pytest.raises(ValueError, match=r"names lots \['BM02'\] more than once; keep one row per lot"):
+    with pytest.raises(
+        ValueError, match=r"names lots \['BM02'\] more than once; keep one row per lot"
+    ):
         mp.io.read_lot_table(tmp_path / "lots.tsv")
 
 

@@ -32,8 +32,13 @@ def lots() -> dict[str, ad.AnnData]:
     for lot, n in SIZES.items():
         part = tiny[tiny.obs["lot"] == lot][:n, :N_GENES]
         X = sparse.csr_matrix(part.layers["counts"]).astype(np.int64)
-        var = pd.DataFrame({"gene_ids": [f"ENSG{i:011d}" for i in range(N_GENES)]}, index=part.var_names.copy())
-        obs = pd.DataFrame({"true_subpopulation": part.obs["true_subpopulation"].astype(str).to_numpy()}, index=_barcodes(n))
+        var = pd.DataFrame(
+            {"gene_ids": [f"ENSG{i:011d}" for i in range(N_GENES)]}, index=part.var_names.copy()
+        )
+        obs = pd.DataFrame(
+            {"true_subpopulation": part.obs["true_subpopulation"].astype(str).to_numpy()},
+            index=_barcodes(n),
+        )
         out[lot] = ad.AnnData(X=X, obs=obs, var=var)
     return out
 
@@ -41,12 +46,17 @@ def lots() -> dict[str, ad.AnnData]:
 def write_mtx(folder, part: ad.AnnData, *, legacy: bool = False) -> None:
     """A Cell Ranger v3 (gzipped) or v2 (plain) matrix folder: genes x cells."""
     folder.mkdir(parents=True)
-    genes = [f"{gid}\t{name}" + ("" if legacy else "\tGene Expression") for gid, name in zip(part.var["gene_ids"], part.var_names, strict=True)]
+    genes = [
+        f"{gid}\t{name}" + ("" if legacy else "\tGene Expression")
+        for gid, name in zip(part.var["gene_ids"], part.var_names, strict=True)
+    ]
     files = {
         "genes.tsv" if legacy else "features.tsv": "\n".join(genes) + "\n",
         "barcodes.tsv": "\n".join(part.obs_names) + "\n",
     }
-    scipy.io.mmwrite(folder / "matrix.mtx", sparse.coo_matrix(part.X.T).astype(np.int64), field="integer")
+    scipy.io.mmwrite(
+        folder / "matrix.mtx", sparse.coo_matrix(part.X.T).astype(np.int64), field="integer"
+    )
     for name, text in files.items():
         (folder / name).write_text(text)
     if not legacy:
@@ -69,7 +79,9 @@ def write_h5(path, part: ad.AnnData) -> None:
         feats = m.create_group("features")
         feats.create_dataset("id", data=np.array(part.var["gene_ids"], dtype="S"))
         feats.create_dataset("name", data=np.array(part.var_names, dtype="S"))
-        feats.create_dataset("feature_type", data=np.array(["Gene Expression"] * part.n_vars, dtype="S"))
+        feats.create_dataset(
+            "feature_type", data=np.array(["Gene Expression"] * part.n_vars, dtype="S")
+        )
         feats.create_dataset("genome", data=np.array(["GRCh38"] * part.n_vars, dtype="S"))
         feats.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
 
@@ -94,7 +106,9 @@ def write_folder(folder, lots: dict[str, ad.AnnData], formats) -> dict[str, str]
     for (name, part), fmt in zip(lots.items(), formats, strict=True):
         WRITERS[fmt](folder, name, part)
     suffix = {"mtx": "", "mtx_v2": "", "h5": ".h5", "h5ad": ".h5ad"}
-    return {name: str(folder / f"{name}{suffix[fmt]}") for name, fmt in zip(lots, formats, strict=True)}
+    return {
+        name: str(folder / f"{name}{suffix[fmt]}") for name, fmt in zip(lots, formats, strict=True)
+    }
 
 
 def assert_lots_equal(pooled: ad.AnnData, lots: dict[str, ad.AnnData]) -> None:
@@ -158,7 +172,12 @@ def test_mixed_formats_in_one_folder(tmp_path, lots):
     write_folder(tmp_path / "lots", lots, ["mtx", "h5", "h5ad", "mtx_v2"])
     pooled = mp.io.read_lots(tmp_path / "lots")
     assert_lots_equal(pooled, lots)
-    assert pooled.uns["read_lots"]["formats"] == {"AD01": "h5ad", "BM01": "10x_mtx", "BM02": "10x_h5", "UC01": "10x_mtx"}
+    assert pooled.uns["read_lots"]["formats"] == {
+        "AD01": "h5ad",
+        "BM01": "10x_mtx",
+        "BM02": "10x_h5",
+        "UC01": "10x_mtx",
+    }
 
 
 def test_cellranger_output_folders(tmp_path, lots):
@@ -262,13 +281,16 @@ def test_provenance_records_read_lots(tmp_path, lots):
 
 def test_lot_table_joins_after_reading(tmp_path, lots):
     write_folder(tmp_path / "lots", lots, "mtx")
-    pd.DataFrame({"lot": list(SIZES), "vegf": [1.5, 2.0, 0.5, 3.0], "tissue": ["BM", "BM", "AD", "UC"]}).to_csv(
-        tmp_path / "lots.csv", index=False
-    )
+    pd.DataFrame(
+        {"lot": list(SIZES), "vegf": [1.5, 2.0, 0.5, 3.0], "tissue": ["BM", "BM", "AD", "UC"]}
+    ).to_csv(tmp_path / "lots.csv", index=False)
     pooled = mp.io.read_lots(tmp_path / "lots")
     mp.pp.add_lot_table(pooled, mp.io.read_lot_table(tmp_path / "lots.csv"))
     assert pooled.obs.groupby("lot", observed=True)["vegf"].first().to_dict() == {
-        "AD01": 0.5, "BM01": 1.5, "BM02": 2.0, "UC01": 3.0
+        "AD01": 0.5,
+        "BM01": 1.5,
+        "BM02": 2.0,
+        "UC01": 3.0,
     }
     assert mp.get.provenance(pooled)["function"].tolist() == ["io.read_lots", "pp.add_lot_table"]
 
@@ -286,7 +308,10 @@ def test_missing_paths(tmp_path, lots):
 
 def test_unknown_formats_say_what_is_accepted(tmp_path, lots):
     (tmp_path / "BM01.loom").write_bytes(b"loom")
-    with pytest.raises(ValueError, match=r"lot 'BM01': .*BM01.loom' is not in a format .*Accepted: a 10x matrix folder.*'.h5'.*'.h5ad'"):
+    with pytest.raises(
+        ValueError,
+        match=r"lot 'BM01': .*BM01.loom' is not in a format .*Accepted: a 10x matrix folder.*'.h5'.*'.h5ad'",
+    ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.loom"})
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(ValueError, match=r"is not in a format read_lots reads"):
@@ -297,7 +322,10 @@ def test_non_lot_entries_are_named(tmp_path, lots):
     write_folder(tmp_path / "lots", lots, "h5")
     (tmp_path / "lots" / "README.md").write_text("lots of the 2024 campaign")
     (tmp_path / "lots" / "notes").mkdir()
-    with pytest.raises(ValueError, match=r"entries \['README.md', 'notes'\] of folder .* are not lot data.*hidden files are skipped"):
+    with pytest.raises(
+        ValueError,
+        match=r"entries \['README.md', 'notes'\] of folder .* are not lot data.*hidden files are skipped",
+    ):
         mp.io.read_lots(tmp_path / "lots")
 
 
@@ -314,7 +342,10 @@ def test_duplicate_lot_names(tmp_path, lots):
     folder = tmp_path / "lots"
     write_folder(folder, {"BM01": lots["BM01"]}, "h5")
     write_h5ad(folder / "BM01.h5ad", lots["BM01"])
-    with pytest.raises(ValueError, match=r"several entries give the same lot name: \{'BM01': \['BM01.h5', 'BM01.h5ad'\]\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"several entries give the same lot name: \{'BM01': \['BM01.h5', 'BM01.h5ad'\]\}",
+    ):
         mp.io.read_lots(folder)
     with pytest.raises(ValueError, match=r"lot '1' is named twice"):
         mp.io.read_lots({1: folder / "BM01.h5", "1": folder / "BM01.h5ad"})
@@ -324,7 +355,9 @@ def test_duplicate_lot_names(tmp_path, lots):
 
 def test_source_must_be_a_folder_or_mapping(tmp_path, lots):
     paths = write_folder(tmp_path / "lots", lots, ["h5", "mtx", "h5", "h5"])
-    with pytest.raises(ValueError, match=r"is a file, not a folder of lots. It looks like one lot \(10x_h5\)"):
+    with pytest.raises(
+        ValueError, match=r"is a file, not a folder of lots. It looks like one lot \(10x_h5\)"
+    ):
         mp.io.read_lots(paths["BM01"])
     (tmp_path / "table.csv").write_text("lot\nA\n")
     with pytest.raises(ValueError, match=r"is a file, not a folder of lots. Accepted lot formats"):
@@ -333,7 +366,10 @@ def test_source_must_be_a_folder_or_mapping(tmp_path, lots):
         mp.io.read_lots(paths["BM02"])
     with pytest.raises(TypeError, match=r"source must be a folder or a mapping.*got a list"):
         mp.io.read_lots([paths["BM01"]])
-    with pytest.raises(TypeError, match=r"lot 'BM01': expected a path, got a AnnData. To pool AnnData objects use `pp.pool_lots`"):
+    with pytest.raises(
+        TypeError,
+        match=r"lot 'BM01': expected a path, got a AnnData. To pool AnnData objects use `pp.pool_lots`",
+    ):
         mp.io.read_lots({"BM01": lots["BM01"]})
 
 
@@ -349,7 +385,10 @@ def test_non_integer_counts_are_refused(tmp_path, lots):
     part = lots["BM01"].copy()
     part.X = part.X.astype(np.float32) * 0.5
     write_h5ad(tmp_path / "BM01.h5ad", part)
-    with pytest.raises(ValueError, match=r"X of lot 'BM01' .* contains non-integer values.*Raw integer counts are required"):
+    with pytest.raises(
+        ValueError,
+        match=r"X of lot 'BM01' .* contains non-integer values.*Raw integer counts are required",
+    ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
     # a counts layer that is not counts either does not rescue it
     part.layers["counts"] = part.X.copy()
@@ -380,7 +419,9 @@ def test_duplicate_barcodes_within_a_lot(tmp_path, lots):
     part = lots["BM01"].copy()
     part.obs_names = ["AAAC-1"] * part.n_obs
     write_h5ad(tmp_path / "BM01.h5ad", part)
-    with pytest.raises(ValueError, match=r"lot 'BM01' .* has duplicate cell barcodes \(e.g. \['AAAC-1'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"lot 'BM01' .* has duplicate cell barcodes \(e.g. \['AAAC-1'\]\)"
+    ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
 
 
@@ -396,5 +437,7 @@ def test_options_are_checked_before_reading(tmp_path):
     (tmp_path / "BM01.h5").write_bytes(b"not read: the options fail first")
     with pytest.raises(ValueError, match=r"join must be 'inner' or 'outer', got 'left'"):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5"}, join="left")
-    with pytest.raises(ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got 0"):
+    with pytest.raises(
+        ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got 0"
+    ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5"}, cells_per_lot=0)

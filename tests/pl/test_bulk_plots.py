@@ -24,7 +24,9 @@ def study():
     panels = data["panels"]["train"]
     eb = panels["embryoid_body"]
     for lineage in LINEAGES:
-        mp.tl.propensity_score(eb, markers=eb.var_names[eb.var["lineage"] == lineage].tolist(), key_added=lineage)
+        mp.tl.propensity_score(
+            eb, markers=eb.var_names[eb.var["lineage"] == lineage].tolist(), key_added=lineage
+        )
     for method in NEURAL:
         mp.tl.propensity_score(panels[method], key_added=method)
     propensity = pd.concat([eb.obs[LINEAGES]] + [panels[m].obs[[m]] for m in NEURAL], axis=1)
@@ -35,8 +37,12 @@ def study():
             mp.tl.rank_association(adata, propensity)
     test_eb = data["panels"]["test"]["embryoid_body"]
     mp.tl.propensity_score(test_eb, reference=eb, key_added="mesoderm")
-    consensus = mp.tl.consensus(data["train"], rules={"mesoderm": {"mesoderm": 1}}, platforms=["mrna", "cage"],
-                                match_on="gene")
+    consensus = mp.tl.consensus(
+        data["train"],
+        rules={"mesoderm": {"mesoderm": 1}},
+        platforms=["mrna", "cage"],
+        match_on="gene",
+    )
     candidates = mp.get.consensus_candidates(consensus, rule="mesoderm", outcome="mesoderm")
     test = data["test"]["mrna"]
     mp.tl.validate_markers(test, candidates, outcome=test_eb.obs["mesoderm"])
@@ -65,7 +71,10 @@ def test_rank_volcano_counts_and_highlights(study):
     mrna = study["data"]["train"]["mrna"]
     ax = mp.pl.rank_volcano(mrna, outcome="ectoderm", highlight=["SALL3"], show=False)
     counts = mp.get.marker_counts({"mrna": mrna}).loc[("mrna", "ectoderm")]
-    assert f"{counts['P<0.05 positive']} positive, {counts['P<0.05 negative']} negative of 2000" in ax.get_title()
+    assert (
+        f"{counts['P<0.05 positive']} positive, {counts['P<0.05 negative']} negative of 2000"
+        in ax.get_title()
+    )
     assert "SALL3" in [t.get_text() for t in ax.texts]
     assert ax.get_title().startswith("mrna · ectoderm")
     offsets = ax.collections[0].get_offsets()
@@ -78,7 +87,9 @@ def test_rank_volcano_counts_and_highlights(study):
 
 def test_marker_overlap_counts_shared_candidates(study):
     train = study["data"]["train"]
-    fig = mp.pl.marker_overlap(train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", return_fig=True)
+    fig = mp.pl.marker_overlap(
+        train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", return_fig=True
+    )
     ax = fig.axes[0]
     matrix = ax.images[0].get_array()
     assert matrix.shape == (4, 4) and np.array_equal(matrix, matrix.T)
@@ -86,11 +97,21 @@ def test_marker_overlap_counts_shared_candidates(study):
     row = counts.loc[("mrna", "neural_suspension")]
     assert matrix[0, 0] == row["P<0.05 positive"] + row["P<0.05 negative"]
     assert (np.diag(matrix)[:, None] >= matrix).all()
-    opposite = mp.pl.marker_overlap(train, outcomes={"ectoderm": 1, "mesoderm": -1}, platforms=["mrna"], show=False)
+    opposite = mp.pl.marker_overlap(
+        train, outcomes={"ectoderm": 1, "mesoderm": -1}, platforms=["mrna"], show=False
+    )
     shared = opposite.images[0].get_array()[0, 1]
-    table = mp.get.rank_association(train["mrna"], sort=False).pivot(index="feature", columns="outcome", values="rho")
-    p = mp.get.rank_association(train["mrna"], sort=False).pivot(index="feature", columns="outcome", values="pvalue")
-    expected = ((p["ectoderm"] < 0.05) & (p["mesoderm"] < 0.05) & (np.sign(table["ectoderm"]) == -np.sign(table["mesoderm"]))).sum()
+    table = mp.get.rank_association(train["mrna"], sort=False).pivot(
+        index="feature", columns="outcome", values="rho"
+    )
+    p = mp.get.rank_association(train["mrna"], sort=False).pivot(
+        index="feature", columns="outcome", values="pvalue"
+    )
+    expected = (
+        (p["ectoderm"] < 0.05)
+        & (p["mesoderm"] < 0.05)
+        & (np.sign(table["ectoderm"]) == -np.sign(table["mesoderm"]))
+    ).sum()
     assert shared == expected
     with pytest.raises(ValueError, match="outcomes must be a non-empty list"):
         mp.pl.marker_overlap(train, outcomes={"ectoderm": 3}, show=False)
@@ -100,18 +121,27 @@ def test_marker_validation_and_validation_scatter(study):
     test = study["test"]
     ax = mp.pl.marker_validation(test, show=False)
     table = mp.get.marker_validation(test)
-    assert f"{int(table['validated'].sum())} of {len(table)} candidates validated on 13 held-out lines" == ax.get_title()
+    assert (
+        f"{int(table['validated'].sum())} of {len(table)} candidates validated on 13 held-out lines"
+        == ax.get_title()
+    )
     np.testing.assert_allclose(ax.collections[0].get_offsets()[:, 0], table["rho_train"])
     ax = mp.pl.validation_scatter(test, "PF4", show=False)
     assert len(ax.collections[0].get_offsets()) == 13
-    assert ax.get_title().startswith("PF4: \N{GREEK SMALL LETTER RHO} = ") and ("validated" in ax.get_title())
+    assert ax.get_title().startswith("PF4: \N{GREEK SMALL LETTER RHO} = ") and (
+        "validated" in ax.get_title()
+    )
     with pytest.raises(KeyError, match="'ROR2' was not among the validated candidates"):
         mp.pl.validation_scatter(test, "ROR2", show=False)
 
 
 def test_marker_validation_without_training_rho(study):
     test = study["test"].copy()
-    mp.tl.validate_markers(test, study["candidates"]["sign"], outcome=study["data"]["panels"]["test"]["embryoid_body"].obs["mesoderm"])
+    mp.tl.validate_markers(
+        test,
+        study["candidates"]["sign"],
+        outcome=study["data"]["panels"]["test"]["embryoid_body"].obs["mesoderm"],
+    )
     ax = mp.pl.marker_validation(test, show=False)
     assert ax.get_xlabel() == "expected sign"
 
@@ -130,5 +160,7 @@ def test_plots_name_the_tool_to_run_first():
 
 def test_existing_axes_are_used(study):
     _, axes = plt.subplots(1, 2)
-    out = mp.pl.rank_volcano(study["data"]["train"]["cage"], outcome="mesoderm", ax=axes[1], show=False)
+    out = mp.pl.rank_volcano(
+        study["data"]["train"]["cage"], outcome="mesoderm", ax=axes[1], show=False
+    )
     assert out is axes[1]

@@ -30,8 +30,14 @@ def decided(tiny_ref):
 
 @pytest.mark.parametrize(
     "plot",
-    [mp.pl.association_stability, mp.pl.influential_lots, mp.pl.neighbourhood_association,
-     mp.pl.method_agreement, mp.pl.potency_prediction, mp.pl.comparability],
+    [
+        mp.pl.association_stability,
+        mp.pl.influential_lots,
+        mp.pl.neighbourhood_association,
+        mp.pl.method_agreement,
+        mp.pl.potency_prediction,
+        mp.pl.comparability,
+    ],
 )
 def test_plots_return_figure_or_axes(decided, plot):
     fig = plot(decided, return_fig=True)
@@ -68,7 +74,9 @@ def test_comparability_chart_colours_the_new_lots(decided):
 def test_prediction_plot_with_a_gene_model_and_a_separate_model(decided, tiny_ref):
     adata = decided.copy()
     mp.tl.fit_potency_model(adata, genes=["LRRC75A"], interval="t", key_added="gene_model")
-    mp.tl.predict_potency(adata, model_key="gene_model", potency="vegf", key_added="gene_prediction")
+    mp.tl.predict_potency(
+        adata, model_key="gene_model", potency="vegf", key_added="gene_prediction"
+    )
     ax = mp.pl.potency_prediction(adata, key="gene_prediction", model_key="gene_model", show=False)
     assert "predicted" in ax.get_ylabel()
     plt.close(ax.figure)

@@ -55,10 +55,23 @@ def test_mapping_umap(query, reference, color):
         assert legend[0] == "reference"
         assert set(legend[1:]) <= set(reference.obs["cluster"].cat.categories)
         # the reference's colours are used for its labels
-        colours = dict(zip(reference.obs["cluster"].cat.categories, reference.uns["cluster_colors"], strict=True))
+        colours = dict(
+            zip(
+                reference.obs["cluster"].cat.categories,
+                reference.uns["cluster_colors"],
+                strict=True,
+            )
+        )
         first = query.obs["predicted"].astype(str).iloc[0]
-        drawn = {t.get_text(): h for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles, strict=True)}
-        np.testing.assert_allclose(drawn[first].get_facecolor()[0][:3], matplotlib.colors.to_rgb(colours[first]))
+        drawn = {
+            t.get_text(): h
+            for t, h in zip(
+                ax.get_legend().get_texts(), ax.get_legend().legend_handles, strict=True
+            )
+        }
+        np.testing.assert_allclose(
+            drawn[first].get_facecolor()[0][:3], matplotlib.colors.to_rgb(colours[first])
+        )
     fig = mp.pl.mapping_umap(query, reference, color=color, return_fig=True)
     assert isinstance(fig, Figure)
 
@@ -80,7 +93,9 @@ def test_mapping_confidence_and_calibration(query, reference):
     assert len(ax.lines) == 3
     assert "ECE" in ax.get_legend().get_texts()[1].get_text()
     assert isinstance(mp.pl.mapping_calibration(query, return_fig=True), Figure)
-    uncalibrated = mp.tl.map_to_reference(query, reference, method="fast", calibrate=False, copy=True)
+    uncalibrated = mp.tl.map_to_reference(
+        query, reference, method="fast", calibrate=False, copy=True
+    )
     with pytest.raises(KeyError, match="no fitted calibration"):
         mp.pl.mapping_calibration(uncalibrated, show=False)
 

@@ -56,9 +56,19 @@ def _potency_cluster(adata) -> str:
 # every plot, with the tool whose result it reads and a call that draws on one Axes
 PLOTS = {
     "lot_composition": (mp.pl.lot_composition, {}, "tl.lot_fractions", "lot_fractions"),
-    "composition_deviation": (mp.pl.composition_deviation, {}, "tl.composition_deviation", "composition_deviation"),
+    "composition_deviation": (
+        mp.pl.composition_deviation,
+        {},
+        "tl.composition_deviation",
+        "composition_deviation",
+    ),
     "potency_scatter": (mp.pl.potency_scatter, {}, "tl.potency_association", "potency_association"),
-    "association_overview": (mp.pl.association_overview, {}, "tl.potency_association", "potency_association"),
+    "association_overview": (
+        mp.pl.association_overview,
+        {},
+        "tl.potency_association",
+        "potency_association",
+    ),
     "markers": (mp.pl.markers, {}, "tl.potency_markers", "potency_markers"),
     "umap": (mp.pl.umap, {"color": "cluster"}, None, None),
     "qc_per_lot": (mp.pl.qc_per_lot, {}, "pp.qc", "qc"),
@@ -138,7 +148,9 @@ def test_lot_composition_orders(ref):
     assert [t.get_text() for t in ax.get_xticklabels()] == list(lots["vegf"].sort_values().index)
     assert "ordered by VEGF" in ax.get_title()
     ax = mp.pl.lot_composition(ref, order="potency_cluster", show=False)
-    assert [t.get_text() for t in ax.get_xticklabels()] == list(lots[_potency_cluster(ref)].sort_values().index)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(
+        lots[_potency_cluster(ref)].sort_values().index
+    )
     chosen = list(reversed(lots.index))
     ax = mp.pl.lot_composition(ref, order=chosen, show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == chosen
@@ -186,7 +198,9 @@ def test_composition_deviation_marks_lots_by_sampling_p(ref, tmp_path):
     _save(ax.figure, tmp_path / "deviation.png")
     assert len(ax.patches) == len(per_lot)
     np.testing.assert_allclose([p.get_height() for p in ax.patches], per_lot["distance"])
-    expected = np.where(per_lot["sampling_p"] < 0.05, mcolors.to_hex(MARKED), mcolors.to_hex(UNMARKED))
+    expected = np.where(
+        per_lot["sampling_p"] < 0.05, mcolors.to_hex(MARKED), mcolors.to_hex(UNMARKED)
+    )
     assert [mcolors.to_hex(p.get_facecolor()) for p in ax.patches] == list(expected)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(per_lot.index.astype(str))
     assert "Jensen-Shannon" in ax.get_ylabel()
@@ -209,7 +223,9 @@ def test_potency_scatter_reports_the_stored_statistics(ref, tmp_path):
     assert f"p = {row['pvalue']:.2g}" in title
     assert "(exact)" in title and "potency cluster" in title
     assert row["rho"] > 0.8
-    np.testing.assert_allclose(ax.collections[0].get_offsets(), np.c_[100 * lots[cluster], lots["vegf"]])
+    np.testing.assert_allclose(
+        ax.collections[0].get_offsets(), np.c_[100 * lots[cluster], lots["vegf"]]
+    )
     assert ax.get_ylabel() == "VEGF (pg/mL)"
     assert ax.get_xlabel().startswith(cluster)
     assert len(ax.lines) == 1  # the fitted line
@@ -248,13 +264,17 @@ def test_association_overview_highlights_the_potency_cluster(ref, tmp_path):
     bold = [t.get_text() for t in ax.get_xticklabels() if t.get_fontweight() == "bold"]
     assert bold == [cluster]
     ring = next(c for c in ax.collections if c.get_gid() == "potency_cluster")
-    np.testing.assert_allclose(ring.get_offsets(), [[ticks.index(cluster), table.loc[cluster, "rho"]]])
+    np.testing.assert_allclose(
+        ring.get_offsets(), [[ticks.index(cluster), table.loc[cluster, "rho"]]]
+    )
     dots = [c for c in ax.collections if c.get_array() is not None]
     assert len(dots) == 1
     np.testing.assert_allclose(dots[0].get_offsets()[:, 1], table["rho"])
     np.testing.assert_allclose(dots[0].get_array(), np.clip(table["fdr"], dots[0].norm.vmin, 1))
     # the bootstrap CI is drawn for every cluster
-    segments = next(c for c in ax.collections if c.get_array() is None and c.get_gid() is None).get_segments()
+    segments = next(
+        c for c in ax.collections if c.get_array() is None and c.get_gid() is None
+    ).get_segments()
     np.testing.assert_allclose([s[:, 1].min() for s in segments], table["ci_low"])
     np.testing.assert_allclose([s[:, 1].max() for s in segments], table["ci_high"])
     assert "VEGF" in ax.get_title()
@@ -269,7 +289,9 @@ def test_markers_dot_plot(ref, tmp_path):
     assert "LRRC75A" in genes[:3]  # truth: the simulated potency marker
     clusters = [t.get_text() for t in ax.get_yticklabels()]
     assert clusters == list(ref.obs["cluster"].cat.categories)
-    assert [t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"] == [_potency_cluster(ref)]
+    assert [t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"] == [
+        _potency_cluster(ref)
+    ]
     dots = ax.collections[0]
     assert len(dots.get_offsets()) == len(genes) * len(clusters)
     # the potency cluster has the highest scaled mean for its top marker
@@ -312,9 +334,15 @@ def test_qc_per_lot(ref, tmp_path):
     removed = [p for p in ax.patches if mcolors.to_hex(p.get_facecolor()) == REMOVED]
     np.testing.assert_allclose([p.get_height() for p in kept], report["cells_after"])
     np.testing.assert_allclose([p.get_height() for p in removed], report["cells_removed"])
-    np.testing.assert_allclose([p.get_y() + p.get_height() for p in removed], report["cells_before"])
+    np.testing.assert_allclose(
+        [p.get_y() + p.get_height() for p in removed], report["cells_before"]
+    )
     assert [t.get_text() for t in ax.get_xticklabels()] == list(report.index.astype(str))
     inset = ax.child_axes[0]
-    reasons = [c for c in report.columns if c not in ("cells_before", "cells_removed", "cells_after")]
+    reasons = [
+        c for c in report.columns if c not in ("cells_before", "cells_removed", "cells_after")
+    ]
     assert len(inset.patches) == len(reasons) * len(report)
-    np.testing.assert_allclose([p.get_height() for p in inset.patches], report[reasons].T.to_numpy().ravel())
+    np.testing.assert_allclose(
+        [p.get_height() for p in inset.patches], report[reasons].T.to_numpy().ravel()
+    )

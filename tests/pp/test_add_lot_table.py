@@ -111,7 +111,9 @@ def test_subset_of_lots_after_subsetting_cells(tiny, truth):
 
 def test_table_lot_without_cells(bare, truth):
     extra = pd.concat([truth, truth.iloc[[0]].rename(index={truth.index[0]: "BM99"})])
-    with pytest.raises(ValueError, match=r"lots \['BM99'\] of the lot table have no cells in obs\['lot'\]"):
+    with pytest.raises(
+        ValueError, match=r"lots \['BM99'\] of the lot table have no cells in obs\['lot'\]"
+    ):
         mp.pp.add_lot_table(bare, extra)
     assert "vegf" not in bare.obs  # nothing written on error
 
@@ -120,7 +122,10 @@ def test_lot_with_cells_missing_from_table(bare, truth):
     with pytest.raises(ValueError, match=r"lots \['UC02'\] have cells but no row in the lot table"):
         mp.pp.add_lot_table(bare, truth.drop(index="UC02"))
     renamed = truth.rename(index={"BM03": "BM3"})
-    with pytest.raises(ValueError, match=r"lots \['BM3'\] of the lot table have no cells.*lots \['BM03'\] have cells but no row"):
+    with pytest.raises(
+        ValueError,
+        match=r"lots \['BM3'\] of the lot table have no cells.*lots \['BM03'\] have cells but no row",
+    ):
         mp.pp.add_lot_table(bare, renamed)
 
 
@@ -136,7 +141,9 @@ def test_duplicate_and_missing_lot_names(bare, truth):
 def test_bad_columns(bare, truth):
     with pytest.raises(KeyError, match=r"columns \['potency'\] are not in the lot table"):
         mp.pp.add_lot_table(bare, truth, columns=["potency"])
-    with pytest.raises(KeyError, match=r"the lot table has no column 'donor'; its columns are \['vegf'"):
+    with pytest.raises(
+        KeyError, match=r"the lot table has no column 'donor'; its columns are \['vegf'"
+    ):
         mp.pp.add_lot_table(bare, truth, lot_column="donor")
     clash = truth.assign(lot="x")
     with pytest.raises(ValueError, match=r"has a column 'lot', which would overwrite obs\['lot'\]"):

@@ -30,7 +30,9 @@ from mscpotency.pp import _preprocess, _qc
 def client():
     distributed = pytest.importorskip("dask.distributed")
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
         distributed.Client(cluster) as client,
     ):
         yield client
@@ -52,7 +54,9 @@ def lot_files(tiny_train, tmp_path_factory):
 def both_paths(client, lot_files, tiny_train):
     """(lazy, in-memory) after QC, preprocess, cluster and fractions."""
     lazy = mp.io.read_lots_lazy(lot_files, chunk_cells=64)
-    memory = AnnData(X=tiny_train.X.copy(), obs=tiny_train.obs.copy(), var=tiny_train.var[[]].copy())
+    memory = AnnData(
+        X=tiny_train.X.copy(), obs=tiny_train.obs.copy(), var=tiny_train.var[[]].copy()
+    )
     results = []
     for adata in (lazy, memory):
         mp.pp.qc(adata)
@@ -102,8 +106,12 @@ def test_dask_path_recovers_the_same_clusters_and_fractions(both_paths):
     relabelled = memory.copy()
     relabelled.obs["cluster"] = lazy.obs["cluster"].to_numpy()
     mp.tl.lot_fractions(relabelled)
-    pd.testing.assert_frame_equal(lazy.uns["lot_fractions"]["fractions"], relabelled.uns["lot_fractions"]["fractions"])
-    pd.testing.assert_frame_equal(lazy.uns["lot_fractions"]["counts"], relabelled.uns["lot_fractions"]["counts"])
+    pd.testing.assert_frame_equal(
+        lazy.uns["lot_fractions"]["fractions"], relabelled.uns["lot_fractions"]["fractions"]
+    )
+    pd.testing.assert_frame_equal(
+        lazy.uns["lot_fractions"]["counts"], relabelled.uns["lot_fractions"]["counts"]
+    )
 
 
 def test_dask_path_goes_on_to_lot_level_statistics(both_paths):
@@ -137,7 +145,9 @@ def test_dask_path_finds_the_markers_the_in_memory_path_finds(both_paths, monkey
 def test_matrix_chunked_along_genes_is_an_error(client, tiny_train):
     import dask.array as da
 
-    adata = AnnData(X=da.from_array(tiny_train.X, chunks=(100, 100), asarray=False), obs=tiny_train.obs.copy())
+    adata = AnnData(
+        X=da.from_array(tiny_train.X, chunks=(100, 100), asarray=False), obs=tiny_train.obs.copy()
+    )
     adata.var_names = tiny_train.var_names
     with pytest.raises(ValueError, match="chunked along genes"):
         mp.pp.preprocess(adata)
@@ -212,7 +222,9 @@ def test_qc_after_preprocess_keeps_x_and_counts_consistent(tiny_train, small_chu
 def test_preprocess_normalisation_and_pca_equal_scanpys(tiny_train, small_chunks):
     adata = tiny_train.copy()
     mp.pp.preprocess(adata, n_top_genes=300, n_comps=15)
-    expected = AnnData(X=tiny_train.X.astype(np.float32), var=pd.DataFrame(index=tiny_train.var_names))
+    expected = AnnData(
+        X=tiny_train.X.astype(np.float32), var=pd.DataFrame(index=tiny_train.var_names)
+    )
     sc.pp.normalize_total(expected, target_sum=1e4)
     sc.pp.log1p(expected)
     sc.pp.highly_variable_genes(expected, n_top_genes=300, flavor="seurat")
@@ -226,7 +238,10 @@ def test_preprocess_normalisation_and_pca_equal_scanpys(tiny_train, small_chunks
     np.testing.assert_allclose(adata.uns["pca"]["variance"], expected.uns["pca"]["variance"])
     hvg = expected.var["highly_variable"].to_numpy()
     np.testing.assert_allclose(
-        adata.var["pca_mean"].to_numpy()[hvg], np.asarray(expected.X[:, hvg].mean(axis=0)).ravel(), rtol=1e-5, atol=1e-6
+        adata.var["pca_mean"].to_numpy()[hvg],
+        np.asarray(expected.X[:, hvg].mean(axis=0)).ravel(),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -236,7 +251,9 @@ def test_preprocess_moves_counts_without_copying_and_shares_structure(tiny_train
     counts = adata.X
     mp.pp.preprocess(adata, n_top_genes=300, n_comps=10)
     assert adata.layers["counts"] is counts
-    assert np.shares_memory(adata.X.indptr, counts.indptr) and not np.shares_memory(adata.X.data, counts.data)
+    assert np.shares_memory(adata.X.indptr, counts.indptr) and not np.shares_memory(
+        adata.X.data, counts.data
+    )
     assert (counts != tiny_train.X).nnz == 0
 
 
@@ -260,4 +277,6 @@ def test_chunked_hvg_equals_scanpys_when_genes_tie_or_bins_hold_one_gene(small_c
     ours = _preprocess._seurat_hvg(adata.X, 20)
     sc.pp.highly_variable_genes(adata, n_top_genes=20, flavor="seurat")
     assert (ours["highly_variable"].to_numpy() == adata.var["highly_variable"].to_numpy()).all()
-    np.testing.assert_allclose(ours["dispersions_norm"], adata.var["dispersions_norm"], rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(
+        ours["dispersions_norm"], adata.var["dispersions_norm"], rtol=1e-5, equal_nan=True
+    )

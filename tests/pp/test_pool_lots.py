@@ -69,7 +69,9 @@ def test_cells_per_lot_is_seeded(lots):
         assert _cells_of(a, lot) != _cells_of(c, lot)
     # lots smaller than the target are kept whole, whatever the seed
     for lot in ["UC01"]:
-        assert _cells_of(a, lot) == _cells_of(c, lot) == [f"{lot}_{bc}" for bc in lots[lot].obs_names]
+        assert (
+            _cells_of(a, lot) == _cells_of(c, lot) == [f"{lot}_{bc}" for bc in lots[lot].obs_names]
+        )
     assert a.obs["lot"].value_counts().to_dict() == {"BM01": 80, "BM02": 80, "AD01": 80, "UC01": 60}
     assert a.uns["pool_lots"]["cells_kept"] == {"BM01": 80, "BM02": 80, "AD01": 80, "UC01": 60}
     assert a.uns["pool_lots"]["cells_before"] == SIZES
@@ -103,7 +105,9 @@ def test_subsampling_keeps_the_simulated_composition(tiny):
 def test_lot_subsample_does_not_depend_on_other_lots(lots):
     together = mp.pp.pool_lots(lots, cells_per_lot=50, random_state=4)
     alone = mp.pp.pool_lots({"BM02": lots["BM02"]}, cells_per_lot=50, random_state=4)
-    reordered = mp.pp.pool_lots({k: lots[k] for k in reversed(list(lots))}, cells_per_lot=50, random_state=4)
+    reordered = mp.pp.pool_lots(
+        {k: lots[k] for k in reversed(list(lots))}, cells_per_lot=50, random_state=4
+    )
     assert _cells_of(together, "BM02") == _cells_of(alone, "BM02") == _cells_of(reordered, "BM02")
 
 
@@ -117,7 +121,9 @@ def test_inner_join_drops_and_reports_outer_fills_zeros(lots):
     inner = mp.pp.pool_lots({"A": a, "B": b, "C": c})
     assert list(inner.var_names) == list(genes[10:90])
     assert inner.uns["pool_lots"]["genes_dropped"] == {
-        "A": sorted([*genes[:10], *genes[90:]]), "B": sorted(genes[90:]), "C": sorted(genes[:10])
+        "A": sorted([*genes[:10], *genes[90:]]),
+        "B": sorted(genes[90:]),
+        "C": sorted(genes[:10]),
     }
     assert "counts" not in inner.layers  # a layer missing from one lot is not pooled
     outer = mp.pp.pool_lots({"A": a, "B": b, "C": c}, join="outer")
@@ -176,7 +182,9 @@ def test_wrong_types(lots, tmp_path):
 
 @pytest.mark.parametrize("bad", [0, -5, 2.5, "max", True, "10"])
 def test_bad_cells_per_lot(lots, bad):
-    with pytest.raises(ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got"):
+    with pytest.raises(
+        ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got"
+    ):
         mp.pp.pool_lots(lots, cells_per_lot=bad)
 
 
@@ -190,7 +198,9 @@ def test_bad_join_and_seed(lots):
 def test_list_input_needs_one_lot_name_each(lots):
     unnamed = lots["BM01"].copy()
     del unnamed.obs["lot"]
-    with pytest.raises(ValueError, match=r"lot #0 has no single value in obs\['lot'\]; pass a mapping"):
+    with pytest.raises(
+        ValueError, match=r"lot #0 has no single value in obs\['lot'\]; pass a mapping"
+    ):
         mp.pp.pool_lots([unnamed, lots["BM02"]])
     mixed = ad.concat([lots["BM01"], lots["BM02"]], index_unique="-")
     with pytest.raises(ValueError, match=r"lot #0 has no single value in obs\['lot'\]"):
@@ -204,11 +214,15 @@ def test_list_input_needs_one_lot_name_each(lots):
 def test_duplicate_names_within_a_lot(lots):
     part = lots["BM01"].copy()
     part.obs_names = ["X"] * part.n_obs
-    with pytest.raises(ValueError, match=r"lot 'BM01' has duplicate cell barcodes; call .obs_names_make_unique"):
+    with pytest.raises(
+        ValueError, match=r"lot 'BM01' has duplicate cell barcodes; call .obs_names_make_unique"
+    ):
         mp.pp.pool_lots({"BM01": part})
     part = lots["BM01"].copy()
     part.var_names = ["G"] * part.n_vars
-    with pytest.raises(ValueError, match=r"lot 'BM01' has duplicate gene names; call .var_names_make_unique"):
+    with pytest.raises(
+        ValueError, match=r"lot 'BM01' has duplicate gene names; call .var_names_make_unique"
+    ):
         mp.pp.pool_lots({"BM01": part})
 
 
@@ -221,5 +235,7 @@ def test_no_shared_genes_and_name_collisions(lots):
     a.obs_names = ["1_x", "y"]
     b = lots["BM02"][:2].copy()
     b.obs_names = ["x", "z"]
-    with pytest.raises(ValueError, match=r"pooled cell names \{lot\}_\{barcode\} collide \(e.g. \['A_1_x'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"pooled cell names \{lot\}_\{barcode\} collide \(e.g. \['A_1_x'\]\)"
+    ):
         mp.pp.pool_lots({"A": a, "A_1": b})

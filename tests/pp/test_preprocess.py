@@ -25,8 +25,12 @@ def test_hvg_pca_and_centring_written(processed):
     assert processed.var["highly_variable"].sum() == 300
     assert processed.obsm["X_pca"].shape == (processed.n_obs, 20)
     hvg = processed.var["highly_variable"].to_numpy()
-    projected = (processed.X[:, hvg].toarray() - processed.var["pca_mean"].to_numpy()[hvg]) @ processed.varm["PCs"][hvg]
-    np.testing.assert_allclose(np.abs(projected), np.abs(processed.obsm["X_pca"]), rtol=1e-3, atol=1e-3)
+    projected = (
+        processed.X[:, hvg].toarray() - processed.var["pca_mean"].to_numpy()[hvg]
+    ) @ processed.varm["PCs"][hvg]
+    np.testing.assert_allclose(
+        np.abs(projected), np.abs(processed.obsm["X_pca"]), rtol=1e-3, atol=1e-3
+    )
     assert processed.uns["preprocess"]["params"]["target_sum"] == 1e4
 
 

@@ -91,7 +91,9 @@ def test_metrics_equal_scanpys_calculate_qc_metrics(tiny_all, monkeypatch):
     monkeypatch.setattr(_cell_stats, "CHUNK_ENTRIES", 5_000)  # many row chunks
     expected = tiny_all.copy()
     expected.var["mt"] = expected.var_names.str.startswith("MT-")
-    sc.pp.calculate_qc_metrics(expected, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
+    sc.pp.calculate_qc_metrics(
+        expected, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True
+    )
     obs, var = _qc.qc_metrics(tiny_all.X, expected.var["mt"].to_numpy())
     assert expected.var["mt"].sum() == 8
     for column in obs:
@@ -99,8 +101,12 @@ def test_metrics_equal_scanpys_calculate_qc_metrics(tiny_all, monkeypatch):
         assert obs[column].dtype == theirs.dtype, column
         np.testing.assert_allclose(obs[column].to_numpy(), theirs, rtol=1e-6, err_msg=column)
     for column in var:
-        np.testing.assert_allclose(var[column].to_numpy(), expected.var[column].to_numpy(), rtol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            var[column].to_numpy(), expected.var[column].to_numpy(), rtol=1e-6, err_msg=column
+        )
     # the same cells pass the filters
     removed = (obs["n_genes_by_counts"] < 200) | (obs["pct_counts_mt"] > 20)
-    expected_removed = (expected.obs["n_genes_by_counts"] < 200) | (expected.obs["pct_counts_mt"] > 20)
+    expected_removed = (expected.obs["n_genes_by_counts"] < 200) | (
+        expected.obs["pct_counts_mt"] > 20
+    )
     np.testing.assert_array_equal(removed.to_numpy(), expected_removed.to_numpy())

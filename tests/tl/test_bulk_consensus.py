@@ -18,11 +18,19 @@ import mscpotency as mp
 LINEAGES = ["ectoderm", "mesoderm", "endoderm"]
 NEURAL = ["neural_suspension", "neural_adhesion"]
 TRUTH = {
-    "ectoderm": "true_ectoderm", "mesoderm": "true_mesoderm", "endoderm": "true_endoderm",
-    "neural_suspension": "true_neural", "neural_adhesion": "true_neural",
+    "ectoderm": "true_ectoderm",
+    "mesoderm": "true_mesoderm",
+    "endoderm": "true_endoderm",
+    "neural_suspension": "true_neural",
+    "neural_adhesion": "true_neural",
 }
 #: One question per lineage; neural propensity is asked of both induction methods.
-QUESTIONS = {"ectoderm": ["ectoderm"], "mesoderm": ["mesoderm"], "endoderm": ["endoderm"], "neural": NEURAL}
+QUESTIONS = {
+    "ectoderm": ["ectoderm"],
+    "mesoderm": ["mesoderm"],
+    "endoderm": ["endoderm"],
+    "neural": NEURAL,
+}
 SALL3_RULE = {"ectoderm": 1, "mesoderm": -1, "endoderm": -1}
 
 
@@ -49,8 +57,15 @@ def run(random_state: int) -> dict:
         for adata in data["train"].values():
             mp.tl.rank_association(adata, propensity)
     rules = {q: dict.fromkeys(outcomes, 1) for q, outcomes in QUESTIONS.items()}
-    consensus = mp.tl.consensus(data["train"], rules=rules, platforms=["mrna", "cage"], match_on="gene")
-    return {"data": data, "propensity": propensity, "propensity_test": propensity_test, "consensus": consensus}
+    consensus = mp.tl.consensus(
+        data["train"], rules=rules, platforms=["mrna", "cage"], match_on="gene"
+    )
+    return {
+        "data": data,
+        "propensity": propensity,
+        "propensity_test": propensity_test,
+        "consensus": consensus,
+    }
 
 
 def false_calls(var: pd.DataFrame, features, signs, truth_column: str) -> int:
@@ -74,16 +89,24 @@ def consensus_and_validation(result: dict) -> dict[str, int]:
     test = result["data"]["test"]["mrna"].copy()
     counts = dict.fromkeys(["consensus", "consensus_false", "validated", "validated_false"], 0)
     for question, outcomes in QUESTIONS.items():
-        candidates = mp.get.consensus_candidates(result["consensus"], rule=question, outcome=outcomes[0])
+        candidates = mp.get.consensus_candidates(
+            result["consensus"], rule=question, outcome=outcomes[0]
+        )
         counts["consensus"] += len(candidates)
-        counts["consensus_false"] += false_calls(var, candidates.index, candidates["sign"], TRUTH[outcomes[0]])
+        counts["consensus_false"] += false_calls(
+            var, candidates.index, candidates["sign"], TRUTH[outcomes[0]]
+        )
         if len(candidates) == 0:
             continue
-        mp.tl.validate_markers(test, candidates, outcome=result["propensity_test"][outcomes[0]], key_added=question)
+        mp.tl.validate_markers(
+            test, candidates, outcome=result["propensity_test"][outcomes[0]], key_added=question
+        )
         table = mp.get.marker_validation(test, key=question)
         kept = table[table["validated"]]
         counts["validated"] += len(kept)
-        counts["validated_false"] += false_calls(var, kept.index, kept["expected_sign"], TRUTH[outcomes[0]])
+        counts["validated_false"] += false_calls(
+            var, kept.index, kept["expected_sign"], TRUTH[outcomes[0]]
+        )
     return counts
 
 
@@ -101,7 +124,9 @@ def test_planted_markers_are_recovered_on_each_platform(study):
             truth = adata.var[f"true_corr_{outcome}"]
             strong = truth.index[(truth.abs() >= 0.7) & adata.var["true_factor"].ne("technical")]
             table = mp.get.rank_association(adata, outcome=outcome).loc[strong]
-            recovered += int(((table["pvalue"] < 0.05) & (table["direction"] == np.sign(truth[strong]))).sum())
+            recovered += int(
+                ((table["pvalue"] < 0.05) & (table["direction"] == np.sign(truth[strong]))).sum()
+            )
             total += len(strong)
         assert total > 60
         assert recovered / total > 0.6, (platform, recovered, total)
@@ -110,9 +135,17 @@ def test_planted_markers_are_recovered_on_each_platform(study):
 def test_flagship_markers(study):
     mrna = study["data"]["train"]["mrna"]
     sall3 = mp.get.rank_association(mrna, sort=False).set_index(["outcome", "feature"])["rho"]
-    assert sall3["ectoderm", "SALL3"] > 0.6 and sall3["mesoderm", "SALL3"] < -0.6 and sall3["endoderm", "SALL3"] < -0.6
-    opposite = mp.tl.consensus(study["data"]["train"], rules={"SALL3": SALL3_RULE}, platforms=["mrna", "cage"],
-                               match_on="gene")
+    assert (
+        sall3["ectoderm", "SALL3"] > 0.6
+        and sall3["mesoderm", "SALL3"] < -0.6
+        and sall3["endoderm", "SALL3"] < -0.6
+    )
+    opposite = mp.tl.consensus(
+        study["data"]["train"],
+        rules={"SALL3": SALL3_RULE},
+        platforms=["mrna", "cage"],
+        match_on="gene",
+    )
     assert "SALL3" in set(opposite["feature"])
     row = opposite.set_index("feature").loc["SALL3"]
     assert (row["direction"], row["sign:ectoderm"], row["sign:mesoderm"]) == (1, 1, -1)
@@ -124,8 +157,12 @@ def test_flagship_markers(study):
 
 def test_opposite_direction_rule_keeps_true_pattern_markers(study):
     var = study["data"]["train"]["mrna"].var
-    table = mp.tl.consensus(study["data"]["train"], rules={"SALL3": SALL3_RULE}, platforms=["mrna", "cage"],
-                            match_on="gene")
+    table = mp.tl.consensus(
+        study["data"]["train"],
+        rules={"SALL3": SALL3_RULE},
+        platforms=["mrna", "cage"],
+        match_on="gene",
+    )
     calls = table[[f"sign:{o}" for o in SALL3_RULE]].to_numpy()
     truth = var.loc[table["feature"], [TRUTH[o] for o in SALL3_RULE]].to_numpy()
     right = (calls == truth).all(axis=1)
@@ -134,7 +171,9 @@ def test_opposite_direction_rule_keeps_true_pattern_markers(study):
 
 
 @pytest.mark.parametrize("random_state", [0, 1, 2])
-def test_agreement_lowers_the_false_share_and_held_out_lines_remove_most_of_the_rest(random_state, study):
+def test_agreement_lowers_the_false_share_and_held_out_lines_remove_most_of_the_rest(
+    random_state, study
+):
     result = study if random_state == 0 else run(random_state)
     single = {p: single_platform(result, p) for p in ("mrna", "cage")}
     single_share = {p: false / n for p, (n, false) in single.items()}
@@ -156,15 +195,22 @@ def test_cross_method_rule_on_one_platform(study):
     for method in NEURAL:
         table = mp.get.rank_association(mrna, outcome=method)
         hits = table[table["pvalue"] < 0.05]
-        single[method] = (len(hits), false_calls(mrna.var, hits.index, hits["direction"], "true_neural"))
-    both = mp.tl.consensus(study["data"]["train"], rules={"neural": dict.fromkeys(NEURAL, 1)}, platforms=["mrna"])
+        single[method] = (
+            len(hits),
+            false_calls(mrna.var, hits.index, hits["direction"], "true_neural"),
+        )
+    both = mp.tl.consensus(
+        study["data"]["train"], rules={"neural": dict.fromkeys(NEURAL, 1)}, platforms=["mrna"]
+    )
     both = mp.get.consensus_candidates(both, rule="neural", outcome="neural_suspension")
     both_false = false_calls(mrna.var, both.index, both["sign"], "true_neural")
     # measured (seed 0): suspension 118/124 false, adhesion 72/74, both methods 21/23
     assert len(both) < 0.35 * min(n for n, _ in single.values())
     assert both_false / len(both) < min(false / n for n, false in single.values())
     assert not mrna.var.loc[both.index, "true_factor"].isin(["suspension", "adhesion"]).any()
-    on_both_platforms = mp.get.consensus_candidates(study["consensus"], rule="neural", outcome="neural_suspension")
+    on_both_platforms = mp.get.consensus_candidates(
+        study["consensus"], rule="neural", outcome="neural_suspension"
+    )
     assert len(on_both_platforms) < len(both)
 
 
@@ -172,9 +218,13 @@ def test_platform_artefacts_do_not_survive_validation(study):
     """The technical factor follows a propensity in training lines only."""
     train, test = study["data"]["train"]["cage"], study["data"]["test"]["cage"].copy()
     table = mp.get.rank_association(train, outcome="ectoderm")
-    technical = table.index[(table["pvalue"] < 0.05) & train.var.loc[table.index, "true_factor"].eq("technical")]
+    technical = table.index[
+        (table["pvalue"] < 0.05) & train.var.loc[table.index, "true_factor"].eq("technical")
+    ]
     assert len(technical) >= 20  # a platform artefact shows as a block of candidates
-    mp.tl.validate_markers(test, table.loc[technical, "direction"], outcome=study["propensity_test"]["ectoderm"])
+    mp.tl.validate_markers(
+        test, table.loc[technical, "direction"], outcome=study["propensity_test"]["ectoderm"]
+    )
     assert mp.get.marker_validation(test)["validated"].mean() < 0.15
 
 
@@ -182,8 +232,14 @@ def test_marker_counts_is_the_deck_summary(study):
     counts = mp.get.marker_counts(study["data"]["train"])
     assert counts.index.names == ["platform", "outcome"]
     assert len(counts) == 15
-    assert list(counts.columns) == ["n_lines", "n_features", "P<0.05 positive", "P<0.05 negative",
-                                    "P<0.01 positive", "P<0.01 negative"]
+    assert list(counts.columns) == [
+        "n_lines",
+        "n_features",
+        "P<0.05 positive",
+        "P<0.05 negative",
+        "P<0.01 positive",
+        "P<0.01 negative",
+    ]
     table = mp.get.rank_association(study["data"]["train"]["cage"], outcome="mesoderm")
     row = counts.loc[("cage", "mesoderm")]
     assert row["P<0.05 positive"] == ((table["pvalue"] < 0.05) & (table["rho"] > 0)).sum()
@@ -199,7 +255,9 @@ def test_marker_counts_is_the_deck_summary(study):
 # --- consensus semantics on small hand-made results -------------------------------------
 
 
-def platform(values: dict[str, np.ndarray], outcomes: pd.DataFrame, genes: dict[str, str] | None = None) -> AnnData:
+def platform(
+    values: dict[str, np.ndarray], outcomes: pd.DataFrame, genes: dict[str, str] | None = None
+) -> AnnData:
     X = np.column_stack(list(values.values()))
     var = pd.DataFrame(index=list(values))
     if genes is not None:
@@ -215,18 +273,26 @@ def toy():
     n = 8
     lines = [f"L{i}" for i in range(n)]
     a = np.arange(n, dtype=float)
-    outcomes = pd.DataFrame({"up": a, "down": -a + 0.01 * rng.normal(size=n), "other": rng.permutation(a)},
-                            index=lines)
+    outcomes = pd.DataFrame(
+        {"up": a, "down": -a + 0.01 * rng.normal(size=n), "other": rng.permutation(a)}, index=lines
+    )
     noise = rng.normal(size=n)
     one = platform({"X": a, "Y": -a, "Z": noise, "W": a}, outcomes)
-    two = platform({"p1@X": a, "p2@X": noise, "p1@Y": -a, "p1@Z": noise, "p1@W": -a}, outcomes,
-                   genes={"p1@X": "X", "p2@X": "X", "p1@Y": "Y", "p1@Z": "Z", "p1@W": "W"})
+    two = platform(
+        {"p1@X": a, "p2@X": noise, "p1@Y": -a, "p1@Z": noise, "p1@W": -a},
+        outcomes,
+        genes={"p1@X": "X", "p2@X": "X", "p1@Y": "Y", "p1@Z": "Z", "p1@W": "W"},
+    )
     return {"one": one, "two": two}
 
 
 def test_consensus_signs_directions_and_matching(toy):
-    table = mp.tl.consensus(toy, rules={"same": {"up": 1}, "opposite": {"up": 1, "down": -1}}, match_on=None,
-                            platforms=["one"])
+    table = mp.tl.consensus(
+        toy,
+        rules={"same": {"up": 1}, "opposite": {"up": 1, "down": -1}},
+        match_on=None,
+        platforms=["one"],
+    )
     assert set(table.query("rule == 'same'")["feature"]) == {"X", "Y", "W"}
     opposite = table.query("rule == 'opposite'").set_index("feature")
     assert opposite.loc["X", "direction"] == 1 and opposite.loc["Y", "direction"] == -1
@@ -255,8 +321,9 @@ def test_consensus_reports_lines_per_platform_when_one_is_missing(toy):
 def test_min_significant(toy):
     toy["one"].var["gene"] = toy["one"].var_names
     strict = mp.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene")
-    loose = mp.tl.consensus(toy, rules={"r": mp.tl.SignRule({"up": 1, "other": 1}, min_significant=2)},
-                            match_on="gene")
+    loose = mp.tl.consensus(
+        toy, rules={"r": mp.tl.SignRule({"up": 1, "other": 1}, min_significant=2)}, match_on="gene"
+    )
     assert len(strict) <= len(loose)
     assert (loose["n_significant"] >= 2).all() and (loose["n_cells"] == 4).all()
 
@@ -267,8 +334,16 @@ def test_min_significant(toy):
         ({"rules": {}}, ValueError, "rules must be a non-empty mapping"),
         ({"rules": {"r": {"up": 2}}}, ValueError, r"signs must be \+1 or -1"),
         ({"rules": {"r": {"nope": 1}}}, KeyError, "has no rank association for outcome 'nope'"),
-        ({"rules": {"r": {"up": 1}}, "platforms": ["three"]}, KeyError, r"platforms \['three'\] are not among"),
-        ({"rules": {"r": mp.tl.SignRule({"up": 1}, min_significant=3)}}, ValueError, "min_significant must be between 1 and 2"),
+        (
+            {"rules": {"r": {"up": 1}}, "platforms": ["three"]},
+            KeyError,
+            r"platforms \['three'\] are not among",
+        ),
+        (
+            {"rules": {"r": mp.tl.SignRule({"up": 1}, min_significant=3)}},
+            ValueError,
+            "min_significant must be between 1 and 2",
+        ),
         ({"rules": {"r": {"up": 1}}, "use": "q"}, ValueError, "use must be 'pvalue' or 'fdr'"),
         ({"rules": {"r": [1]}}, TypeError, "must be an outcome -> sign mapping or a SignRule"),
     ],
@@ -284,7 +359,9 @@ def test_consensus_needs_rank_association_results(toy):
 
 
 def test_consensus_candidates_accessor(toy):
-    table = mp.tl.consensus(toy, rules={"empty": {"other": 1}, "same": {"up": 1}}, platforms=["one"])
+    table = mp.tl.consensus(
+        toy, rules={"empty": {"other": 1}, "same": {"up": 1}}, platforms=["one"]
+    )
     empty = mp.get.consensus_candidates(table, rule="empty", outcome="other")
     assert empty.empty and list(empty.columns) == ["sign", "rho"]
     same = mp.get.consensus_candidates(table, rule="same", outcome="up")
@@ -303,15 +380,22 @@ def held_out() -> AnnData:
     rng = np.random.default_rng(1)
     n = 13
     y = rng.normal(size=n)
-    X = np.column_stack([y + 0.2 * rng.normal(size=n), -y + 0.2 * rng.normal(size=n), rng.normal(size=n),
-                         np.ones(n)])
+    X = np.column_stack(
+        [
+            y + 0.2 * rng.normal(size=n),
+            -y + 0.2 * rng.normal(size=n),
+            rng.normal(size=n),
+            np.ones(n),
+        ]
+    )
     obs = pd.DataFrame({"ectoderm": y}, index=[f"T{i:02d}" for i in range(n)])
     return AnnData(X=X, obs=obs, var=pd.DataFrame(index=["up", "down", "noise", "flat"]))
 
 
 def test_validate_markers_sign_and_significance(held_out):
-    candidates = pd.DataFrame({"sign": [1, 1, 1, 1], "rho": [0.9, 0.8, 0.7, 0.75]},
-                              index=["up", "down", "noise", "flat"])
+    candidates = pd.DataFrame(
+        {"sign": [1, 1, 1, 1], "rho": [0.9, 0.8, 0.7, 0.75]}, index=["up", "down", "noise", "flat"]
+    )
     mp.tl.validate_markers(held_out, candidates, outcome="ectoderm", method="exact")
     table = mp.get.marker_validation(held_out)
     assert table["validated"].tolist() == [True, False, False, False]
@@ -320,7 +404,9 @@ def test_validate_markers_sign_and_significance(held_out):
     assert table.loc["flat", "pvalue_method"].startswith("untestable")
     assert table["rho_train"].tolist() == [0.9, 0.8, 0.7, 0.75]
     assert held_out.uns["marker_validation"]["summary"]["validated"].item() == 1
-    two_sided = mp.tl.validate_markers(held_out, {"up": 1}, outcome="ectoderm", test="two-sided", method="exact", copy=True)
+    two_sided = mp.tl.validate_markers(
+        held_out, {"up": 1}, outcome="ectoderm", test="two-sided", method="exact", copy=True
+    )
     p2 = mp.get.marker_validation(two_sided).loc["up", "pvalue"]
     assert p2 == pytest.approx(2 * table.loc["up", "pvalue"])
 
@@ -328,7 +414,11 @@ def test_validate_markers_sign_and_significance(held_out):
 @pytest.mark.parametrize(
     ("candidates", "error", "match"),
     [
-        ({"up": 1, "gone": -1}, KeyError, r"1 candidates are not features of the held-out data: \['gone'\]"),
+        (
+            {"up": 1, "gone": -1},
+            KeyError,
+            r"1 candidates are not features of the held-out data: \['gone'\]",
+        ),
         ({"up": 0}, ValueError, r"expected signs must be \+1 or -1"),
         ({}, ValueError, "no candidates to validate"),
         (pd.DataFrame({"rho": [0.5]}, index=["up"]), KeyError, "needs a 'sign' column"),
@@ -342,9 +432,13 @@ def test_validate_markers_bad_candidates(held_out, candidates, error, match):
 
 def test_validate_markers_missing_lines_and_outcomes(held_out):
     outcome = held_out.obs["ectoderm"].iloc[:11]
-    with pytest.raises(ValueError, match=r"lines \['T11', 'T12'\] are profiled but have no 'ectoderm' value"):
+    with pytest.raises(
+        ValueError, match=r"lines \['T11', 'T12'\] are profiled but have no 'ectoderm' value"
+    ):
         mp.tl.validate_markers(held_out, {"up": 1}, outcome=outcome)
     mp.tl.validate_markers(held_out, {"up": 1}, outcome=outcome, on_missing="intersect")
     assert mp.get.marker_validation(held_out)["n_lines"].item() == 11
     with pytest.raises(ValueError, match="takes one outcome"):
-        mp.tl.validate_markers(held_out, {"up": 1}, outcome=pd.DataFrame({"a": held_out.obs["ectoderm"], "b": 1.0}))
+        mp.tl.validate_markers(
+            held_out, {"up": 1}, outcome=pd.DataFrame({"a": held_out.obs["ectoderm"], "b": 1.0})
+        )

@@ -52,8 +52,12 @@ def test_neural_panels_score_each_method(data):
 def test_orientation_follows_orient_by(eb):
     """Ectoderm and mesoderm genes load with opposite signs on one PC1 (the lineages trade off)."""
     markers = genes_of(eb, "ectoderm") + genes_of(eb, "mesoderm")
-    mp.tl.propensity_score(eb, markers=markers, orient_by=genes_of(eb, "ectoderm"), key_added="ecto")
-    mp.tl.propensity_score(eb, markers=markers, orient_by=genes_of(eb, "mesoderm"), key_added="meso")
+    mp.tl.propensity_score(
+        eb, markers=markers, orient_by=genes_of(eb, "ectoderm"), key_added="ecto"
+    )
+    mp.tl.propensity_score(
+        eb, markers=markers, orient_by=genes_of(eb, "mesoderm"), key_added="meso"
+    )
     np.testing.assert_allclose(eb.obs["ecto"], -eb.obs["meso"])
     assert np.corrcoef(eb.obs["ecto"], eb.obs["true_ectoderm"])[0, 1] > 0.9
     assert np.corrcoef(eb.obs["meso"], eb.obs["true_mesoderm"])[0, 1] > 0.9
@@ -91,7 +95,9 @@ def test_copy_leaves_input_untouched_and_matches_in_place(eb):
 
 
 def test_absent_marker_genes_are_listed(eb):
-    with pytest.raises(KeyError, match=r"2 of the 4 marker genes are absent from the panel: \['NOPE1', 'NOPE2'\]"):
+    with pytest.raises(
+        KeyError, match=r"2 of the 4 marker genes are absent from the panel: \['NOPE1', 'NOPE2'\]"
+    ):
         mp.tl.propensity_score(eb, markers=["PAX6", "NOPE1", "SOX1", "NOPE2"])
 
 
@@ -107,7 +113,9 @@ def test_fewer_than_three_lines(eb):
 
 def test_missing_values_are_an_error(eb):
     eb.X[1, eb.var_names.get_loc("SOX1")] = np.nan
-    with pytest.raises(ValueError, match=r"1 missing or infinite values \(line, gene: \[\('iPS02', 'SOX1'\)\]"):
+    with pytest.raises(
+        ValueError, match=r"1 missing or infinite values \(line, gene: \[\('iPS02', 'SOX1'\)\]"
+    ):
         mp.tl.propensity_score(eb, markers=["PAX6", "SOX1", "NES"])
 
 
@@ -122,7 +130,10 @@ def test_constant_gene_is_left_out_with_a_warning(eb):
 
 def test_all_constant_is_an_error(eb):
     eb.X[:, :] = 2.0
-    with pytest.warns(UserWarning, match="constant"), pytest.raises(ValueError, match="every marker gene is constant"):
+    with (
+        pytest.warns(UserWarning, match="constant"),
+        pytest.raises(ValueError, match="every marker gene is constant"),
+    ):
         mp.tl.propensity_score(eb, markers=["PAX6", "SOX1"])
 
 

@@ -20,8 +20,11 @@ def lines_adata(X: np.ndarray, y: np.ndarray | None = None, *, prefix: str = "L"
     obs = pd.DataFrame(index=[f"{prefix}{i:02d}" for i in range(n)])
     if y is not None:
         obs["outcome"] = y
-    return AnnData(X=np.asarray(X, dtype=float), obs=obs,
-                   var=pd.DataFrame(index=[f"F{j}" for j in range(X.shape[1])]))
+    return AnnData(
+        X=np.asarray(X, dtype=float),
+        obs=obs,
+        var=pd.DataFrame(index=[f"F{j}" for j in range(X.shape[1])]),
+    )
 
 
 def brute_force(x: np.ndarray, y: np.ndarray, alternative: str) -> float:
@@ -44,20 +47,24 @@ def brute_force(x: np.ndarray, y: np.ndarray, alternative: str) -> float:
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 def test_exact_pvalues_match_brute_force_enumeration(n, alternative):
     rng = np.random.default_rng(10 + n)
-    X = np.column_stack([
-        rng.normal(size=n),                          # continuous
-        rng.integers(0, 3, size=n).astype(float),    # ties, as at a detection floor
-        np.arange(n, dtype=float),                   # perfectly ordered
-    ])
+    X = np.column_stack(
+        [
+            rng.normal(size=n),  # continuous
+            rng.integers(0, 3, size=n).astype(float),  # ties, as at a detection floor
+            np.arange(n, dtype=float),  # perfectly ordered
+        ]
+    )
     y = rng.normal(size=n)
-    y[:2] = y[0]                                     # a tie in the outcome too
+    y[:2] = y[0]  # a tie in the outcome too
     adata = lines_adata(X, y)
     mp.tl.rank_association(adata, "outcome", alternative=alternative)
     table = mp.get.rank_association(adata, sort=False)
     assert (table["pvalue_method"] == "exact").all()
     expected = [brute_force(X[:, j], y, alternative) for j in range(X.shape[1])]
     np.testing.assert_allclose(table["pvalue"].to_numpy(), expected, rtol=1e-12)
-    np.testing.assert_allclose(table["rho"].to_numpy(), [stats.spearmanr(X[:, j], y)[0] for j in range(3)])
+    np.testing.assert_allclose(
+        table["rho"].to_numpy(), [stats.spearmanr(X[:, j], y)[0] for j in range(3)]
+    )
 
 
 def test_ten_lines_are_enumerated_exactly():
@@ -77,14 +84,18 @@ def test_ten_lines_are_enumerated_exactly():
 def test_several_outcomes_fdr_within_each_and_permutation_above_twelve_lines():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(14, 30))
-    outcomes = pd.DataFrame({"a": X[:, 0] + 0.1 * rng.normal(size=14), "b": rng.normal(size=14)},
-                            index=[f"L{i:02d}" for i in range(14)])
+    outcomes = pd.DataFrame(
+        {"a": X[:, 0] + 0.1 * rng.normal(size=14), "b": rng.normal(size=14)},
+        index=[f"L{i:02d}" for i in range(14)],
+    )
     adata = lines_adata(X)
     mp.tl.rank_association(adata, outcomes, n_permutations=999)
     long = mp.get.rank_association(adata, sort=False)
     assert list(long.columns[:2]) == ["outcome", "feature"] and len(long) == 60
     for _, part in long.groupby("outcome"):
-        np.testing.assert_allclose(part["fdr"], _stats.benjamini_hochberg(part["pvalue"].to_numpy()))
+        np.testing.assert_allclose(
+            part["fdr"], _stats.benjamini_hochberg(part["pvalue"].to_numpy())
+        )
         assert (part["pvalue_method"] == "permutation").all()
     a = mp.get.rank_association(adata, outcome="a")
     assert a.index[0] == "F0" and a.loc["F0", "pvalue"] == pytest.approx(1 / 1000)
@@ -97,27 +108,41 @@ def test_constant_and_incomplete_features_are_reported_not_silently_dropped():
     X[:, 4] = 0.0
     X[2, 5] = np.nan
     adata = lines_adata(X, rng.normal(size=8))
-    with pytest.warns(UserWarning, match=r"3 features could not be ranked .*'constant': 2, 'missing values': 1"):
+    with pytest.warns(
+        UserWarning, match=r"3 features could not be ranked .*'constant': 2, 'missing values': 1"
+    ):
         mp.tl.rank_association(adata, "outcome")
     excluded = adata.uns["rank_association"]["excluded"]
     assert sorted(excluded["feature"]) == ["F1", "F4", "F5"]
     assert dict(zip(excluded["feature"], excluded["reason"], strict=True)) == {
-        "F1": "constant", "F4": "constant", "F5": "missing values"}
+        "F1": "constant",
+        "F4": "constant",
+        "F5": "missing values",
+    }
     table = mp.get.rank_association(adata)
     assert sorted(table.index) == ["F0", "F2", "F3"]
-    np.testing.assert_allclose(np.sort(table["fdr"]), np.sort(_stats.benjamini_hochberg(table["pvalue"].to_numpy())))
+    np.testing.assert_allclose(
+        np.sort(table["fdr"]), np.sort(_stats.benjamini_hochberg(table["pvalue"].to_numpy()))
+    )
 
 
 def test_lines_missing_on_one_platform_error_or_intersect():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(9, 5))
     adata = lines_adata(X)
-    outcome = pd.Series(rng.normal(size=10), index=[f"L{i:02d}" for i in range(10)], name="ectoderm")
-    with pytest.raises(ValueError, match=r"lines \['L09'\] have an outcome value but no profile.*on_missing='intersect'"):
+    outcome = pd.Series(
+        rng.normal(size=10), index=[f"L{i:02d}" for i in range(10)], name="ectoderm"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"lines \['L09'\] have an outcome value but no profile.*on_missing='intersect'",
+    ):
         mp.tl.rank_association(adata, outcome)
     mp.tl.rank_association(adata, outcome, on_missing="intersect")
     stored = adata.uns["rank_association"]
-    assert stored["missing_lines"].to_dict("records") == [{"line": "L09", "outcome": "ectoderm", "reason": "not profiled"}]
+    assert stored["missing_lines"].to_dict("records") == [
+        {"line": "L09", "outcome": "ectoderm", "reason": "not profiled"}
+    ]
     assert (mp.get.rank_association(adata)["n_lines"] == 9).all()
     expected = stats.spearmanr(X[:, 0], outcome.iloc[:9])[0]
     assert mp.get.rank_association(adata).loc["F0", "rho"] == pytest.approx(expected)
@@ -127,7 +152,9 @@ def test_profiled_line_without_a_value():
     rng = np.random.default_rng(4)
     adata = lines_adata(rng.normal(size=(8, 4)), rng.normal(size=8))
     adata.obs.loc["L03", "outcome"] = np.nan
-    with pytest.raises(ValueError, match=r"lines \['L03'\] are profiled but have no 'outcome' value"):
+    with pytest.raises(
+        ValueError, match=r"lines \['L03'\] are profiled but have no 'outcome' value"
+    ):
         mp.tl.rank_association(adata, "outcome")
     mp.tl.rank_association(adata, "outcome", on_missing="intersect")
     assert adata.uns["rank_association"]["missing_lines"]["reason"].tolist() == ["no outcome value"]
@@ -136,7 +163,9 @@ def test_profiled_line_without_a_value():
 
 def test_fewer_than_three_lines():
     adata = lines_adata(np.random.default_rng(5).normal(size=(4, 3)), [1.0, 2.0, np.nan, np.nan])
-    with pytest.raises(ValueError, match=r"needs at least 3 lines with both a profile and a value, got 2"):
+    with pytest.raises(
+        ValueError, match=r"needs at least 3 lines with both a profile and a value, got 2"
+    ):
         mp.tl.rank_association(adata, "outcome", on_missing="intersect")
 
 
@@ -144,9 +173,21 @@ def test_fewer_than_three_lines():
     ("outcome", "error", "match"),
     [
         ("nope", KeyError, r"adata.obs has no column\(s\) \['nope'\]"),
-        (pd.Series([1.0] * 6, index=[f"L{i:02d}" for i in range(6)]), ValueError, "the same for every line"),
-        (pd.Series(["a", "b", "c", "d", "e", "f"], index=[f"L{i:02d}" for i in range(6)]), ValueError, "not numeric"),
-        (pd.Series([1, 2, np.inf, 4, 5, 6.0], index=[f"L{i:02d}" for i in range(6)]), ValueError, "infinite for lines"),
+        (
+            pd.Series([1.0] * 6, index=[f"L{i:02d}" for i in range(6)]),
+            ValueError,
+            "the same for every line",
+        ),
+        (
+            pd.Series(["a", "b", "c", "d", "e", "f"], index=[f"L{i:02d}" for i in range(6)]),
+            ValueError,
+            "not numeric",
+        ),
+        (
+            pd.Series([1, 2, np.inf, 4, 5, 6.0], index=[f"L{i:02d}" for i in range(6)]),
+            ValueError,
+            "infinite for lines",
+        ),
         (3.0, TypeError, "outcome must be an obs column name"),
     ],
 )
@@ -175,7 +216,9 @@ def test_copy_and_provenance():
     out = mp.tl.rank_association(adata, "outcome", copy=True, key_added="ra")
     assert "ra" not in adata.uns
     mp.tl.rank_association(adata, "outcome", key_added="ra")
-    pd.testing.assert_frame_equal(mp.get.rank_association(out, key="ra"), mp.get.rank_association(adata, key="ra"))
+    pd.testing.assert_frame_equal(
+        mp.get.rank_association(out, key="ra"), mp.get.rank_association(adata, key="ra")
+    )
     assert mp.get.provenance(adata)["function"].tolist() == ["tl.rank_association"]
     with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
         mp.get.rank_association(adata)

@@ -20,7 +20,9 @@ def test_labels_ordered_by_size_and_recorded(tiny_ref):
     assert (np.diff(sizes.to_numpy()) <= 0).all()
     stored = tiny_ref.uns["cluster"]
     assert stored["n_clusters"] == 8 and stored["params"]["resolution_searched"]
-    assert "cluster_neighbors" in tiny_ref.uns and "cluster_neighbors_connectivities" in tiny_ref.obsp
+    assert (
+        "cluster_neighbors" in tiny_ref.uns and "cluster_neighbors_connectivities" in tiny_ref.obsp
+    )
 
 
 def test_same_seed_same_labels_and_copy_equals_inplace(tiny_ref):
@@ -39,7 +41,9 @@ def test_fixed_resolution_without_search(tiny_ref):
 
 def test_unreachable_target_warns_and_uses_closest(tiny_ref):
     with pytest.warns(UserWarning, match="exactly"):
-        adata = mp.tl.cluster(tiny_ref, n_clusters=300, max_search_steps=4, key_added="many", copy=True)
+        adata = mp.tl.cluster(
+            tiny_ref, n_clusters=300, max_search_steps=4, key_added="many", copy=True
+        )
     assert adata.obs["many"].nunique() > 8
 
 

@@ -20,7 +20,9 @@ def _lots(rng, n, potency_range=(0.03, 0.22), cells=1500):
     rest = np.delete(BASE, 2) / np.delete(BASE, 2).sum()
     out = []
     for share in rng.uniform(*potency_range, n):
-        out.append(rng.multinomial(cells, np.insert(rng.dirichlet(60 * rest) * (1 - share), 2, share)))
+        out.append(
+            rng.multinomial(cells, np.insert(rng.dirichlet(60 * rest) * (1 - share), 2, share))
+        )
     return np.array(out)
 
 
@@ -57,7 +59,9 @@ def with_new_lots(tiny_ref):
     removes 95% of one lot's potency cells instead.
     """
     cluster = tiny_ref.uns["potency_association"]["potency_cluster"]
-    keep = tiny_ref.obs["lot"].isin(["BM05", "BM06", "BM07", "BM08"]) & (tiny_ref.obs["cluster"] != cluster)
+    keep = tiny_ref.obs["lot"].isin(["BM05", "BM06", "BM07", "BM08"]) & (
+        tiny_ref.obs["cluster"] != cluster
+    )
     depleted = tiny_ref[keep.to_numpy()].copy()
     depleted.obs["lot"] = "DEPLETED"
     depleted.obs_names = "dep_" + depleted.obs_names
@@ -83,7 +87,9 @@ def test_depleted_lot_is_flagged_and_reference_like_lots_pass(with_new_lots):
     assert (limits["n_reference"] == 6).all()
     reference_values = mp.get.comparability(adata, kind="values")
     inside = reference_values.loc[REFERENCE, cluster]
-    assert ((inside >= limits.loc[cluster, "low_value"]) & (inside <= limits.loc[cluster, "high_value"])).all()
+    assert (
+        (inside >= limits.loc[cluster, "low_value"]) & (inside <= limits.loc[cluster, "high_value"])
+    ).all()
     assert adata.uns["comparability"]["cluster"] == cluster
 
 

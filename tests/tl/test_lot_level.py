@@ -23,7 +23,9 @@ def test_potency_cluster_fraction_tracks_truth(tiny_ref):
     cluster = tiny_ref.uns["potency_association"]["potency_cluster"]
     fractions = mp.get.lot_fractions(tiny_ref)[cluster]
     truth = tiny_ref.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
-    np.testing.assert_allclose(fractions.to_numpy(), truth.reindex(fractions.index).to_numpy(), atol=0.02)
+    np.testing.assert_allclose(
+        fractions.to_numpy(), truth.reindex(fractions.index).to_numpy(), atol=0.02
+    )
 
 
 def test_weighted_fractions_with_one_hot_weights_equal_counts(tiny_ref):
@@ -32,19 +34,24 @@ def test_weighted_fractions_with_one_hot_weights_equal_counts(tiny_ref):
     adata.obsm["onehot"] = pd.get_dummies(labels).astype(float).set_index(adata.obs_names)
     mp.tl.lot_fractions(adata, weights_key="onehot", key_added="weighted")
     np.testing.assert_allclose(
-        mp.get.lot_fractions(adata, key="weighted").to_numpy(), mp.get.lot_fractions(adata).to_numpy()
+        mp.get.lot_fractions(adata, key="weighted").to_numpy(),
+        mp.get.lot_fractions(adata).to_numpy(),
     )
 
 
 def test_small_lot_warns(tiny_ref):
-    adata = tiny_ref[~((tiny_ref.obs["lot"] == "BM01") & (np.arange(tiny_ref.n_obs) % 10 != 0))].copy()
+    adata = tiny_ref[
+        ~((tiny_ref.obs["lot"] == "BM01") & (np.arange(tiny_ref.n_obs) % 10 != 0))
+    ].copy()
     with pytest.warns(UserWarning, match="BM01"):
         mp.tl.lot_fractions(adata, key_added="small")
 
 
 def test_duplicate_cell_names_are_an_error(tiny_ref):
     adata = tiny_ref.copy()
-    adata.obs_names = [name.split("_")[-1] for name in adata.obs_names]  # barcodes repeat across lots
+    adata.obs_names = [
+        name.split("_")[-1] for name in adata.obs_names
+    ]  # barcodes repeat across lots
     with pytest.raises(ValueError, match="cell names are not unique"):
         mp.tl.lot_fractions(adata)
 
@@ -90,7 +97,9 @@ def test_association_finds_the_potency_cluster(tiny_ref):
     assert f1 >= 0.9
     assert table.loc[top, "pvalue"] < 0.05 and table.loc[top, "pvalue_method"] == "exact"
     assert table.loc[top, "ci_low"] > 0
-    assert {"fdr", "pvalue_asymptotic", "loo_min", "loo_max", "loo_most_influential_lot"} <= set(table.columns)
+    assert {"fdr", "pvalue_asymptotic", "loo_min", "loo_max", "loo_most_influential_lot"} <= set(
+        table.columns
+    )
     lots = mp.get.potency_lots(tiny_ref)
     assert list(lots.columns[:1]) == ["vegf"] and len(lots) == 8
 
@@ -158,7 +167,9 @@ def test_markers_put_the_planted_marker_first(tiny_ref):
     table = mp.get.potency_markers(tiny_ref)
     assert table["gene"].iloc[0] == "LRRC75A"
     top = table.iloc[0]
-    assert top["n_lots_up"] == top["n_lots_tested"] >= 6  # lots with < 5 potency cells are not tested
+    assert (
+        top["n_lots_up"] == top["n_lots_tested"] >= 6
+    )  # lots with < 5 potency cells are not tested
     assert top["lot_sign_pvalue"] < 0.05 and top["median_lot_log2fc"] > 1
     assert (table["pct_in"] >= 0).all() and len(table) == 20
     assert table["pct_in"].iloc[0] > 1.5 * table["pct_out"].iloc[0]

@@ -26,7 +26,9 @@ def truth_labels(reference: AnnData, query: AnnData, label_key: str = "cluster")
     """
 
     def population(adata):
-        return np.where(adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str))
+        return np.where(
+            adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str)
+        )
 
     table = pd.crosstab(population(reference), reference.obs[label_key].astype(str))
     majority = table.idxmax(axis=1).to_dict()
@@ -82,14 +84,23 @@ def test_schema_and_truth(mapped, tiny_ref):
     assert stored["summary"]["share_off_reference"] < 0.02
     # the transferred labels are calibrated on these held-out lots
     correct = labels.astype(str).to_numpy()[known] == truth[known]
-    assert mp.tl._mapping.expected_calibration_error(mapped.obs["predicted_score"].to_numpy()[known], correct) < 0.1
+    assert (
+        mp.tl._mapping.expected_calibration_error(
+            mapped.obs["predicted_score"].to_numpy()[known], correct
+        )
+        < 0.1
+    )
     assert not mp.get.mapping_calibration(mapped).empty
 
 
 def test_mapping_score_does_not_depend_on_the_backend(tiny_query, tiny_ref):
     fast = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
-    anchors = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", calibrate=False, copy=True)
-    np.testing.assert_array_equal(fast.obs["predicted_mapping_score"], anchors.obs["predicted_mapping_score"])
+    anchors = mp.tl.map_to_reference(
+        tiny_query, tiny_ref, method="anchors", calibrate=False, copy=True
+    )
+    np.testing.assert_array_equal(
+        fast.obs["predicted_mapping_score"], anchors.obs["predicted_mapping_score"]
+    )
     assert anchors.uns["predicted"]["anchors"]["n_anchors"] > 0
 
 
@@ -100,8 +111,12 @@ def test_copy_determinism_and_provenance(tiny_query, tiny_ref):
     assert "predicted" not in query.obs and "predicted" not in query.uns
     assert query.obs.equals(before.obs)
     assert mp.tl.map_to_reference(query, tiny_ref, method="fast") is None
-    pd.testing.assert_frame_equal(query.obsm["predicted_probabilities"], returned.obsm["predicted_probabilities"])
-    pd.testing.assert_series_equal(query.obs["predicted_mapping_score"], returned.obs["predicted_mapping_score"])
+    pd.testing.assert_frame_equal(
+        query.obsm["predicted_probabilities"], returned.obsm["predicted_probabilities"]
+    )
+    pd.testing.assert_series_equal(
+        query.obs["predicted_mapping_score"], returned.obs["predicted_mapping_score"]
+    )
     entry = mp.get.provenance(query).iloc[-1]
     assert entry["function"] == "tl.map_to_reference"
     assert entry["params"]["reference_hash"] == query.uns["predicted"]["reference_hash"]
@@ -121,10 +136,16 @@ def test_umap_placement_is_a_weighted_mean_of_reference_positions(tiny_query, ti
     low, high = reference.obsm["X_umap"].min(axis=0), reference.obsm["X_umap"].max(axis=0)
     assert ((placed >= low) & (placed <= high)).all()
     # cells land next to reference cells of their predicted label
-    centroids = pd.DataFrame(reference.obsm["X_umap"]).groupby(reference.obs["cluster"].to_numpy()).mean()
-    nearest = centroids.index[np.linalg.norm(placed[:, None, :] - centroids.to_numpy()[None], axis=2).argmin(axis=1)]
+    centroids = (
+        pd.DataFrame(reference.obsm["X_umap"]).groupby(reference.obs["cluster"].to_numpy()).mean()
+    )
+    nearest = centroids.index[
+        np.linalg.norm(placed[:, None, :] - centroids.to_numpy()[None], axis=2).argmin(axis=1)
+    ]
     assert (nearest == out.obs["predicted"].astype(str).to_numpy()).mean() > 0.9
-    no_umap = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    no_umap = mp.tl.map_to_reference(
+        tiny_query, tiny_ref, method="fast", calibrate=False, copy=True
+    )
     assert "predicted_umap" not in no_umap.obsm
     assert not no_umap.uns["predicted"]["params"]["umap_placed"]
 
@@ -144,10 +165,15 @@ def test_missing_genes_are_zero_padded_and_reported(tiny_query, tiny_ref):
 
 
 def test_counts_in_x_without_a_counts_layer(tiny_query, tiny_ref):
-    query = AnnData(X=tiny_query.layers["counts"].copy(), obs=tiny_query.obs[["lot", "set"]].copy(),
-                    var=pd.DataFrame(index=tiny_query.var_names))
+    query = AnnData(
+        X=tiny_query.layers["counts"].copy(),
+        obs=tiny_query.obs[["lot", "set"]].copy(),
+        var=pd.DataFrame(index=tiny_query.var_names),
+    )
     out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
-    reference_run = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    reference_run = mp.tl.map_to_reference(
+        tiny_query, tiny_ref, method="fast", calibrate=False, copy=True
+    )
     np.testing.assert_array_equal(out.obs["predicted"], reference_run.obs["predicted"])
 
 
@@ -162,7 +188,12 @@ def test_no_shared_genes(tiny_query, tiny_ref):
 def test_reference_without_labels_or_embedding(tiny_query, tiny_ref):
     with pytest.raises(KeyError, match=r"no labels in obs\['leiden'\].*tl.cluster"):
         mp.tl.map_to_reference(tiny_query, tiny_ref, label_key="leiden")
-    for remove, match in (("obsm", "X_pca"), ("varm", "PCs"), ("var", "pca_mean"), ("uns", "target_sum")):
+    for remove, match in (
+        ("obsm", "X_pca"),
+        ("varm", "PCs"),
+        ("var", "pca_mean"),
+        ("uns", "target_sum"),
+    ):
         reference = tiny_ref.copy()
         if remove == "obsm":
             del reference.obsm["X_pca"]
@@ -197,7 +228,9 @@ def test_log_normalised_query_declared_as_counts(tiny_query, tiny_ref):
 
 
 def test_tiny_lot_is_named_in_a_warning(tiny_query, tiny_ref):
-    keep = (tiny_query.obs["lot"] != "AD02").to_numpy() | (np.cumsum(tiny_query.obs["lot"] == "AD02") <= 7).to_numpy()
+    keep = (tiny_query.obs["lot"] != "AD02").to_numpy() | (
+        np.cumsum(tiny_query.obs["lot"] == "AD02") <= 7
+    ).to_numpy()
     query = tiny_query[keep].copy()
     with pytest.warns(UserWarning, match=r"'AD02' \(7 cells\).*fewer than 50 cells"):
         out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
@@ -238,7 +271,8 @@ def test_freeze_write_read_and_map(tmp_path, tiny_query, tiny_ref):
     assert from_file.uns["predicted"]["reference_hash"] == direct.uns["predicted"]["reference_hash"]
     assert from_file.uns["predicted"]["reference_hash"] == frozen.uns["reference"]["hash"]
     np.testing.assert_allclose(
-        from_file.obsm["predicted_probabilities"].to_numpy(), direct.obsm["predicted_probabilities"].to_numpy()
+        from_file.obsm["predicted_probabilities"].to_numpy(),
+        direct.obsm["predicted_probabilities"].to_numpy(),
     )
     log = json.loads(str(from_file.uns["mscpotency"]["log"][-1]))
     assert log["params"]["reference_hash"] == frozen.uns["reference"]["hash"]
@@ -308,7 +342,9 @@ def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, t
     scores = {}
     for cap in (_project.OWN_AXES_MAX_CELLS, tiny_query.n_obs // 3):
         monkeypatch.setattr(_project, "OWN_AXES_MAX_CELLS", cap)
-        mapped = mp.tl.map_to_reference(tiny_query, reference, method="fast", calibrate=False, copy=True)
+        mapped = mp.tl.map_to_reference(
+            tiny_query, reference, method="fast", calibrate=False, copy=True
+        )
         scores[cap] = mapped.obs["predicted_mapping_score"].to_numpy()
     full, subset = scores.values()
     assert not np.array_equal(full, subset)  # the subset path ran
@@ -316,7 +352,9 @@ def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, t
     assert roc_auc_score(novel, -subset) >= roc_auc_score(novel, -full) - 0.03
 
 
-def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(monkeypatch, tiny_query, tiny_ref):
+def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(
+    monkeypatch, tiny_query, tiny_ref
+):
     from mscpotency.tl._mapping import _api
 
     monkeypatch.setattr(_api, "CALIBRATION_MAX_CELLS", 100)
@@ -335,14 +373,21 @@ def test_anchors_pair_matching_populations_and_weights_follow_seurat():
     reference = centres[ref_labels] + rng.normal(size=(300, 3))
     query_labels = np.repeat(np.arange(3), 60)
     query = centres[query_labels] + rng.normal(size=(180, 3)) + 0.5
-    anchors = find_transfer_anchors(reference, query, reference_filter=None, query_filter=None, k_score=20)
+    anchors = find_transfer_anchors(
+        reference, query, reference_filter=None, query_filter=None, k_score=20
+    )
     assert anchors.reference.size > 50
     assert (ref_labels[anchors.reference] == query_labels[anchors.query]).all()
     assert anchors.score.min() >= 0 and anchors.score.max() == 1
     probabilities = transfer_data(query, anchors, ref_labels, 3, k_weight=20)
     assert (probabilities.argmax(axis=1) == query_labels).all()
     # one query cell, three anchors at distances 0, 1, 2 (k_weight = 3): Seurat's weights
-    toy = Anchors(reference=np.array([0, 1, 2]), query=np.array([1, 2, 3]), score=np.array([1.0, 0.5, 1.0]), n_mnn=3)
+    toy = Anchors(
+        reference=np.array([0, 1, 2]),
+        query=np.array([1, 2, 3]),
+        score=np.array([1.0, 0.5, 1.0]),
+        n_mnn=3,
+    )
     embedding = np.array([[0.0], [0.0], [1.0], [2.0]])
     labels = np.array([0, 1, 1])
     weights = 1 - np.exp(-np.array([1.0, 0.5, 0.0]) * np.array([1.0, 0.5, 1.0]) / 2)
@@ -375,7 +420,9 @@ def test_sparse_and_dense_counts_agree(tiny_query, tiny_ref):
     dense.layers["counts"] = sparse.csr_matrix(dense.layers["counts"]).toarray()
     a = mp.tl.map_to_reference(dense, tiny_ref, method="fast", calibrate=False, copy=True)
     b = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
-    np.testing.assert_allclose(a.obs["predicted_mapping_score"], b.obs["predicted_mapping_score"], atol=1e-9)
+    np.testing.assert_allclose(
+        a.obs["predicted_mapping_score"], b.obs["predicted_mapping_score"], atol=1e-9
+    )
 
 
 def test_mapped_query_round_trips_through_h5ad(tmp_path, mapped):
@@ -383,5 +430,9 @@ def test_mapped_query_round_trips_through_h5ad(tmp_path, mapped):
     query.uns.pop("simulation", None)  # the simulator's settings are not this test's concern
     query.write_h5ad(tmp_path / "mapped.h5ad")
     read = anndata.read_h5ad(tmp_path / "mapped.h5ad")
-    pd.testing.assert_frame_equal(mp.get.mapping_qc(read), mp.get.mapping_qc(query), check_dtype=False)
-    np.testing.assert_allclose(read.obsm["predicted_probabilities"], query.obsm["predicted_probabilities"])
+    pd.testing.assert_frame_equal(
+        mp.get.mapping_qc(read), mp.get.mapping_qc(query), check_dtype=False
+    )
+    np.testing.assert_allclose(
+        read.obsm["predicted_probabilities"], query.obsm["predicted_probabilities"]
+    )

@@ -28,8 +28,15 @@ def mapped(tiny_all, tiny_ref):
     query = tiny_all[tiny_all.obs["set"] != "BM-train"].copy()
     mp.pp.qc(query)
     mp.tl.map_to_reference(
-        query, tiny_ref, method="scvi", scvi_kwargs={"max_epochs": 100, "scanvi_epochs": 30, "query_epochs": 50,
-                                                     "accelerator": "cpu"},
+        query,
+        tiny_ref,
+        method="scvi",
+        scvi_kwargs={
+            "max_epochs": 100,
+            "scanvi_epochs": 30,
+            "query_epochs": 50,
+            "accelerator": "cpu",
+        },
     )
     return query
 
@@ -73,5 +80,7 @@ def test_scvi_backend_on_the_study_preset(study_all, study_ref):
         assert 2 * (predicted & true).sum() / (predicted.sum() + true.sum()) >= minimum, name
         lots = query.obs.loc[in_set, "lot"].astype(str).to_numpy()
         share = pd.Series(predicted).groupby(lots).mean()
-        true_share = pd.Series(query.obs["true_potency_cell"].to_numpy()[in_set]).groupby(lots).mean()
+        true_share = (
+            pd.Series(query.obs["true_potency_cell"].to_numpy()[in_set]).groupby(lots).mean()
+        )
         assert stats.spearmanr(share, true_share.loc[share.index])[0] >= 0.9, name

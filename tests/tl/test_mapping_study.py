@@ -45,14 +45,18 @@ def test_potency_like_cells_and_their_share_per_lot(study_mapped, study_ref):
     assert study_mapped.uns["predicted"]["potency_label"] == potency
     truth = truth_labels(study_ref, study_mapped)
     # the potency cluster is the true SP3
-    assert (truth[study_mapped.obs["true_subpopulation"].to_numpy() == "SP3"] == potency).mean() > 0.95
+    assert (
+        truth[study_mapped.obs["true_subpopulation"].to_numpy() == "SP3"] == potency
+    ).mean() > 0.95
     labels = study_mapped.obs["predicted"].astype(str).to_numpy()
     probability = study_mapped.obsm["predicted_probabilities"][potency].to_numpy()
     for name in SETS:
         in_set = (study_mapped.obs["set"] == name).to_numpy()
         assert f1(labels[in_set] == potency, truth[in_set] == potency) >= F1_MIN[name], name
         lots = study_mapped.obs.loc[in_set, "lot"].astype(str).to_numpy()
-        true_share = pd.Series(study_mapped.obs["true_potency_cell"].to_numpy()[in_set]).groupby(lots).mean()
+        true_share = (
+            pd.Series(study_mapped.obs["true_potency_cell"].to_numpy()[in_set]).groupby(lots).mean()
+        )
         hard_share = pd.Series(labels[in_set] == potency).groupby(lots).mean()
         soft_share = pd.Series(probability[in_set]).groupby(lots).mean()
         assert stats.spearmanr(hard_share, true_share.loc[hard_share.index])[0] >= 0.9, name
@@ -86,8 +90,12 @@ def reference_without_sp3(study_all) -> AnnData:
 
 
 @pytest.mark.parametrize("method", ["fast", "anchors"])
-def test_a_population_missing_from_the_reference_scores_low(method, study_query, reference_without_sp3):
-    mapped = mp.tl.map_to_reference(study_query, reference_without_sp3, method=method, calibrate=False, copy=True)
+def test_a_population_missing_from_the_reference_scores_low(
+    method, study_query, reference_without_sp3
+):
+    mapped = mp.tl.map_to_reference(
+        study_query, reference_without_sp3, method=method, calibrate=False, copy=True
+    )
     novel = (mapped.obs["true_subpopulation"] == "SP3").to_numpy()
     score = mapped.obs["predicted_mapping_score"].to_numpy()
     assert roc_auc_score(novel, -score) >= 0.9
@@ -108,7 +116,10 @@ def test_validate_potency_and_marker_by_set(study_query, study_ref):
     mp.tl.validate_potency(query, "vegf")
     per_set = mp.get.potency_validation(query)
     assert list(per_set.index) == list(SETS)
-    assert not per_set.loc["BM-test", "can_reach_alpha"] and "cannot reach" in per_set.loc["BM-test", "note"]
+    assert (
+        not per_set.loc["BM-test", "can_reach_alpha"]
+        and "cannot reach" in per_set.loc["BM-test", "note"]
+    )
     assert per_set.loc["UC", "can_reach_alpha"]
     assert (per_set["rho"] > 0.5).all()
     combined = mp.get.potency_validation(query, table="combined")
@@ -116,7 +127,9 @@ def test_validate_potency_and_marker_by_set(study_query, study_ref):
     assert combined.loc["stratified_exact", "n_lots"] == 13
     lots = mp.get.potency_validation(query, table="lots")
     true_share = query.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
-    assert ((lots["ci_low"] <= true_share + 0.01) & (true_share - 0.01 <= lots["ci_high"])).mean() > 0.8
+    assert (
+        (lots["ci_low"] <= true_share + 0.01) & (true_share - 0.01 <= lots["ci_high"])
+    ).mean() > 0.8
     # the marker is weaker in UC potency-like cells (simulated at 55% of its BM effect)
     mp.tl.marker_by_set(query, "LRRC75A")
     tests = mp.get.marker_by_set(query)

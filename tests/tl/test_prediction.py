@@ -18,7 +18,9 @@ def _study(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return observed, 400 + 4000 * fraction + rng.normal(0, 60, n)
 
 
-@pytest.mark.parametrize(("interval", "n_lots"), [("jackknife+", 11), ("t", 11), ("jackknife+", 24), ("t", 8)])
+@pytest.mark.parametrize(
+    ("interval", "n_lots"), [("jackknife+", 11), ("t", 11), ("jackknife+", 24), ("t", 8)]
+)
 def test_90_percent_intervals_cover_85_to_95_percent_over_simulated_studies(interval, n_lots):
     rng = np.random.default_rng(2024)
     covered = []
@@ -65,7 +67,9 @@ def test_fit_recovers_the_simulated_slope(tiny_ref):
     assert cv["rmse"] < 3 * 60  # assay noise sd of the simulator is 60
     lots = mp.get.potency_model(adata)
     np.testing.assert_allclose(lots["vegf"] - lots["loo_prediction"], lots["loo_residual"])
-    assert (lots["loo_low"] < lots["loo_prediction"]).all() and (lots["loo_prediction"] < lots["loo_high"]).all()
+    assert (lots["loo_low"] < lots["loo_prediction"]).all() and (
+        lots["loo_prediction"] < lots["loo_high"]
+    ).all()
 
 
 def test_predict_query_lots_with_measured_potency_and_extrapolation_flag(tiny_ref):
@@ -76,7 +80,9 @@ def test_predict_query_lots_with_measured_potency_and_extrapolation_flag(tiny_re
     mp.tl.fit_potency_model(train, cluster=cluster, interval="t")
     query = tiny_ref[~tiny_ref.obs["lot"].isin(train_lots)].copy()
     # a third query lot: BM08 stripped of its potency cells, far below the training range
-    depleted = tiny_ref[(tiny_ref.obs["lot"] == "BM08") & (tiny_ref.obs["cluster"] != cluster)].copy()
+    depleted = tiny_ref[
+        (tiny_ref.obs["lot"] == "BM08") & (tiny_ref.obs["cluster"] != cluster)
+    ].copy()
     depleted.obs["lot"] = "DEPLETED"
     depleted.obs_names = "dep_" + depleted.obs_names
     query = _concat(query, depleted)
@@ -84,10 +90,15 @@ def test_predict_query_lots_with_measured_potency_and_extrapolation_flag(tiny_re
     mp.tl.predict_potency(query, train, potency="vegf")
     table = mp.get.potency_prediction(query)
     assert list(table.index) == ["BM07", "BM08", "DEPLETED"]
-    assert table.loc["DEPLETED", "outside_range"] and table.loc["DEPLETED", "outside_features"] == f"fraction:{cluster}"
+    assert (
+        table.loc["DEPLETED", "outside_range"]
+        and table.loc["DEPLETED", "outside_features"] == f"fraction:{cluster}"
+    )
     assert not table.loc[["BM07", "BM08"], "outside_range"].any()
     assert table.loc[["BM07", "BM08"], "covered"].all()
-    assert (table["low"] < table["prediction"]).all() and (table["prediction"] < table["high"]).all()
+    assert (table["low"] < table["prediction"]).all() and (
+        table["prediction"] < table["high"]
+    ).all()
     assert table.loc["DEPLETED", "prediction"] < table.loc[["BM07", "BM08"], "prediction"].min()
     summary = query.uns["potency_prediction"]["summary"]
     assert summary["n_outside_range"] == 1 and 0 <= summary["coverage"] <= 1
@@ -112,8 +123,12 @@ def test_model_with_a_marker_gene_and_copy(tiny_ref):
     lots = mp.get.potency_model(returned)
     cluster = returned.uns["potency_association"]["potency_cluster"]
     inside = returned[returned.obs["cluster"] == cluster]
-    manual = pd.Series(np.asarray(inside[:, "LRRC75A"].X.todense()).ravel(), index=inside.obs["lot"].to_numpy())
-    np.testing.assert_allclose(lots["expression:LRRC75A"], manual.groupby(level=0).mean().reindex(lots.index))
+    manual = pd.Series(
+        np.asarray(inside[:, "LRRC75A"].X.todense()).ravel(), index=inside.obs["lot"].to_numpy()
+    )
+    np.testing.assert_allclose(
+        lots["expression:LRRC75A"], manual.groupby(level=0).mean().reindex(lots.index)
+    )
     mp.tl.predict_potency(returned)
     assert len(mp.get.potency_prediction(returned)) == 8
 
@@ -140,7 +155,9 @@ def test_prediction_validation(tiny_ref):
     tied.iloc[:4] = tied.iloc[0]  # ties are fine for a least-squares model
     mp.tl.fit_potency_model(adata, tied, interval="t", key_added="tied")
     with pytest.raises(ValueError, match="needs at least 9 lots, got 8"):
-        mp.tl.fit_potency_model(adata, genes=["LRRC75A", "VEGFA", "THY1", "ENG", "VIM"], interval="t")
+        mp.tl.fit_potency_model(
+            adata, genes=["LRRC75A", "VEGFA", "THY1", "ENG", "VIM"], interval="t"
+        )
     with pytest.raises(KeyError, match="not in adata.var_names"):
         mp.tl.fit_potency_model(adata, genes=["NOTAGENE"], interval="t")
     with pytest.raises(ValueError, match="no cluster 'CLX'"):

@@ -31,7 +31,7 @@ def test_pseudobulk_sums_counts_per_lot(tiny_ref):
     np.testing.assert_allclose(summed, manual)
     assert n_cells.sum() == tiny_ref.n_obs
     cpm = log_cpm(summed)
-    np.testing.assert_allclose((2 ** cpm - 1).sum(axis=1), 1e6)
+    np.testing.assert_allclose((2**cpm - 1).sum(axis=1), 1e6)
 
 
 def test_pseudobulk_markers_rank_the_true_marker_first(tiny_ref):
@@ -40,7 +40,9 @@ def test_pseudobulk_markers_rank_the_true_marker_first(tiny_ref):
     table = mp.get.pseudobulk_markers(adata)
     assert table.index[0] == "LRRC75A"  # the simulator's marker of the potency subpopulation
     top = table.iloc[0]
-    assert top["n_lots_up"] == top["n_lots"] and top["pvalue"] == pytest.approx(2 / 2 ** top["n_lots"])
+    assert top["n_lots_up"] == top["n_lots"] and top["pvalue"] == pytest.approx(
+        2 / 2 ** top["n_lots"]
+    )
     # lots with < 10 potency cells are left out (BM04 has a handful), and said so
     used = adata.uns["pseudobulk_markers"]["params"]["lots_used"]
     counts = mp.get.lot_fractions(adata, kind="counts")[adata.uns["pseudobulk_markers"]["cluster"]]
@@ -72,7 +74,10 @@ def test_gene_association_within_cluster_and_copy(tiny_ref):
     returned = mp.tl.gene_association(adata, min_cells=min(fewest, 5), copy=True)
     assert "gene_association" not in adata.uns
     table = mp.get.gene_association(returned)
-    assert returned.uns["gene_association"]["cluster"] == adata.uns["potency_association"]["potency_cluster"]
+    assert (
+        returned.uns["gene_association"]["cluster"]
+        == adata.uns["potency_association"]["potency_cluster"]
+    )
     # the simulator's marker level inside SP3 does not depend on potency: no within-cluster signal
     assert table.loc["LRRC75A", "pvalue"] > 0.01
     assert np.isfinite(table["fdr"]).all()

@@ -22,7 +22,9 @@ def test_quasibinomial_kernel_equals_statsmodels():
     counts = rng.binomial(totals.astype(int), share).astype(float)
     z = rng.normal(size=11)
     slope, se, t, dispersion = quasibinomial_t(counts, totals, z)
-    model = sm.GLM(counts / totals, sm.add_constant(z), family=sm.families.Binomial(), var_weights=totals)
+    model = sm.GLM(
+        counts / totals, sm.add_constant(z), family=sm.families.Binomial(), var_weights=totals
+    )
     fit = model.fit(scale="X2")
     assert slope[0] == pytest.approx(fit.params[1], rel=1e-7)
     assert se[0] == pytest.approx(fit.bse[1], rel=1e-6)
@@ -43,7 +45,9 @@ def test_exact_count_permutation_p_counts_every_ordering():
     assert result["method"] == "exact"
     z = (y - y.mean()) / y.std(ddof=1)
     observed = abs(quasibinomial_t(counts[:, 0], totals, z)[2][0])
-    null = [abs(quasibinomial_t(counts[:, 0], totals, z[list(p)])[2][0]) for p in permutations(range(5))]
+    null = [
+        abs(quasibinomial_t(counts[:, 0], totals, z[list(p)])[2][0]) for p in permutations(range(5))
+    ]
     assert result["pvalue"][0] == pytest.approx(np.mean(np.asarray(null) >= observed * (1 - 1e-9)))
     assert result["pvalue"][0] >= 1 / 120
 
@@ -60,7 +64,10 @@ def test_count_association_finds_the_potency_cluster(tiny_ref):
     # truth: the slope has the sign of the true potency cells' association
     truth = adata.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
     potency = mp.get.potency_lots(adata)["vegf"]
-    assert truth.corr(potency.reindex(truth.index), method="spearman") > 0 and table.loc[cluster, "coef"] > 0
+    assert (
+        truth.corr(potency.reindex(truth.index), method="spearman") > 0
+        and table.loc[cluster, "coef"] > 0
+    )
 
 
 def test_count_association_permutation_above_eight_lots_and_copy(tiny_all):
@@ -110,8 +117,12 @@ def two_states():
     for i, share in enumerate(shares):
         state_b = rng.random(200) < share
         blocks.append(rng.normal(0, 1, (200, 5)) + 8 * state_b[:, None])
-        obs.append(pd.DataFrame({"lot": f"L{i:02d}", "vegf": 400 + 4000 * share, "true_b": state_b},
-                                index=[f"L{i:02d}_{j}" for j in range(200)]))
+        obs.append(
+            pd.DataFrame(
+                {"lot": f"L{i:02d}", "vegf": 400 + 4000 * share, "true_b": state_b},
+                index=[f"L{i:02d}_{j}" for j in range(200)],
+            )
+        )
     adata = ad.AnnData(obs=pd.concat(obs))
     adata.obsm["X_pca"] = np.vstack(blocks)
     mp.tl.cluster(adata, n_clusters=2)
@@ -123,12 +134,17 @@ def test_neighbourhoods_recover_the_potency_state_without_clusters(two_states):
     mp.tl.neighbourhood_association(adata)
     nhoods = mp.get.neighbourhood_association(adata)
     membership = adata.obsm["neighbourhood_association"]
-    in_b = np.asarray(membership.T @ adata.obs["true_b"].to_numpy(dtype=float)).ravel() / nhoods["size"].to_numpy()
+    in_b = (
+        np.asarray(membership.T @ adata.obs["true_b"].to_numpy(dtype=float)).ravel()
+        / nhoods["size"].to_numpy()
+    )
     mostly_b, mostly_a = in_b > 0.9, in_b < 0.1
     assert mostly_b.sum() >= 5 and mostly_a.sum() >= 5
     assert (nhoods.loc[mostly_b, "rho"] > 0.6).mean() > 0.9
     # state A's share varies less across lots (0.55-0.95), so its neighbourhoods are noisier
-    assert (nhoods.loc[mostly_a, "rho"] < 0).mean() > 0.95 and nhoods.loc[mostly_a, "rho"].median() < -0.4
+    assert (nhoods.loc[mostly_a, "rho"] < 0).mean() > 0.95 and nhoods.loc[
+        mostly_a, "rho"
+    ].median() < -0.4
     assert nhoods.loc[mostly_b, "significant"].mean() > 0.8
     assert (nhoods["size"] == 80).all()  # 'auto': max(30, 8 x 10 lots) nearest cells
     clusters = mp.get.neighbourhood_association(adata, kind="clusters")
@@ -141,7 +157,9 @@ def test_graph_neighbourhoods_and_bh(two_states):
     adata = two_states.copy()
     mp.tl.neighbourhood_association(adata, n_neighbors="graph", fdr="bh", key_added="graph")
     nhoods = mp.get.neighbourhood_association(adata, key="graph")
-    np.testing.assert_allclose(nhoods["fdr"], _stats.benjamini_hochberg(nhoods["pvalue"].to_numpy()))
+    np.testing.assert_allclose(
+        nhoods["fdr"], _stats.benjamini_hochberg(nhoods["pvalue"].to_numpy())
+    )
     connectivities = adata.obsp["cluster_neighbors_connectivities"]
     first = adata.obs_names.get_loc(nhoods["index_cell"].iloc[0])
     assert nhoods["size"].iloc[0] == connectivities[first].nnz + 1

@@ -53,8 +53,12 @@ def test_stability_recovers_the_true_potency_subpopulation_across_resolutions(st
     assert (table.loc[table["recovered"], "jaccard"] >= 0.5).all()
     assert table["n_clusters"].is_monotonic_increasing
     # the sweep at the reference resolution gives the reference clustering back
-    reference = table.loc[np.isclose(table["resolution"], stable.uns["cluster"]["resolution"])].iloc[0]
-    assert reference["jaccard"] == 1.0 and reference["n_clusters"] == stable.obs["cluster"].nunique()
+    reference = table.loc[
+        np.isclose(table["resolution"], stable.uns["cluster"]["resolution"])
+    ].iloc[0]
+    assert (
+        reference["jaccard"] == 1.0 and reference["n_clusters"] == stable.obs["cluster"].nunique()
+    )
 
 
 def test_subsamples_keep_the_potency_cluster(stable):
@@ -65,7 +69,9 @@ def test_subsamples_keep_the_potency_cluster(stable):
     assert subsamples["jaccard"].median() > 0.9
     assert subsamples["recovered"].mean() >= 0.75
     assert (subsamples["n_cells"] == round(0.8 * stable.n_obs)).all()
-    assert clusters.loc[cluster, "mean_jaccard"] > 0.9 and clusters.loc[cluster, "is_potency_cluster"]
+    assert (
+        clusters.loc[cluster, "mean_jaccard"] > 0.9 and clusters.loc[cluster, "is_potency_cluster"]
+    )
     assert clusters["is_potency_cluster"].sum() == 1
     assert set(clusters.index) == set(stable.obs["cluster"].cat.categories)
 
@@ -87,7 +93,9 @@ def test_same_seed_same_result_and_copy(tiny_ref):
         mp.get.association_stability(adata, kind="subsamples"),
         mp.get.association_stability(returned, kind="subsamples"),
     )
-    pd.testing.assert_frame_equal(mp.get.association_stability(adata), mp.get.association_stability(returned))
+    pd.testing.assert_frame_equal(
+        mp.get.association_stability(adata), mp.get.association_stability(returned)
+    )
     assert mp.get.provenance(adata)["function"].iloc[-1] == "tl.association_stability"
 
 
@@ -164,7 +172,10 @@ def test_clean_reference_flags_no_lot(tiny_ref):
     table = mp.get.influential_lots(adata)
     assert not table["influential"].any()
     assert len(table) == 8 and np.isfinite(table["rho_without"]).all()
-    assert adata.uns["influential_lots"]["cluster"] == adata.uns["potency_association"]["potency_cluster"]
+    assert (
+        adata.uns["influential_lots"]["cluster"]
+        == adata.uns["potency_association"]["potency_cluster"]
+    )
 
 
 def test_influence_rule_on_many_simulated_studies():
@@ -213,7 +224,10 @@ def test_stability_on_the_study(study_ref):
     adata = study_ref.copy()
     mp.tl.association_stability(adata, n_subsamples=5)
     summary = mp.get.association_stability(adata, kind="summary").iloc[0]
-    assert summary["share_resolutions_recovered"] >= 0.8 and summary["share_subsamples_recovered"] >= 0.8
+    assert (
+        summary["share_resolutions_recovered"] >= 0.8
+        and summary["share_subsamples_recovered"] >= 0.8
+    )
     cluster = adata.uns["potency_association"]["potency_cluster"]
     truth = adata.obs["true_potency_cell"].to_numpy()
     inside = (adata.obs["cluster"] == cluster).to_numpy()

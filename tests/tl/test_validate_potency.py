@@ -36,7 +36,8 @@ def test_stratified_exact_test_equals_enumeration():
     observed = sum(math.sqrt(len(x) - 1) * _rho(x, y) for x, y in strata)
     assert statistic == pytest.approx(observed)
     null = [
-        math.sqrt(2) * _rho(strata[0][0], strata[0][1][list(p)]) + math.sqrt(3) * _rho(strata[1][0], strata[1][1][list(q)])
+        math.sqrt(2) * _rho(strata[0][0], strata[0][1][list(p)])
+        + math.sqrt(3) * _rho(strata[1][0], strata[1][1][list(q)])
         for p in itertools.permutations(range(3))
         for q in itertools.permutations(range(4))
     ]
@@ -85,7 +86,9 @@ def test_kruskal_permutation_exact_enumeration():
     groups = np.array(["a", "a", "b", "b", "b", "c", "c"])
     h, p, how = vp.kruskal_permutation(values, groups, n_permutations=99, random_state=0)
     assert how == "exact"
-    assert h == pytest.approx(stats.kruskal(values[groups == "a"], values[groups == "b"], values[groups == "c"]).statistic)
+    assert h == pytest.approx(
+        stats.kruskal(values[groups == "a"], values[groups == "b"], values[groups == "c"]).statistic
+    )
     null = []
     for perm in set(itertools.permutations(groups)):
         perm = np.array(perm)
@@ -103,41 +106,59 @@ def test_validate_potency_tables(mapped, tiny_ref):
     assert list(per_set.index) == ["BM-test", "AD", "UC"]
     assert per_set.loc["BM-test", "n_lots"] == 3
     assert "cannot reach p < 0.05" in per_set.loc["BM-test", "note"]
-    assert per_set.loc["AD", "note"].startswith("2 lots: too few") and np.isnan(per_set.loc["AD", "rho"])
+    assert per_set.loc["AD", "note"].startswith("2 lots: too few") and np.isnan(
+        per_set.loc["AD", "rho"]
+    )
     combined = mp.get.potency_validation(out, table="combined")
     assert list(combined.index) == ["stratified_exact", "fisher", "stouffer"]
     assert combined.loc["stratified_exact", "n_sets"] == 1
     # with one stratum the pooled test is that stratum's exact test
-    assert combined.loc["stratified_exact", "pvalue"] == pytest.approx(per_set.loc["BM-test", "pvalue"])
+    assert combined.loc["stratified_exact", "pvalue"] == pytest.approx(
+        per_set.loc["BM-test", "pvalue"]
+    )
     lots = mp.get.potency_validation(out, table="lots")
     assert len(lots) == mapped.obs["lot"].nunique()
     assert ((lots["ci_low"] <= lots["fraction"]) & (lots["fraction"] <= lots["ci_high"])).all()
     # the mapped share is the true share of potency cells, within sampling error
-    true_share = mapped.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
+    true_share = (
+        mapped.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
+    )
     assert np.abs(lots["fraction"] - true_share).max() < 0.05
     assert np.abs(lots["fraction_hard"] - lots["fraction_weighted"]).max() < 0.03
     assert "BM-test" in stored["note"] or "AD" in stored["note"]
 
 
 def test_all_lots_as_one_set_track_potency(mapped):
-    out = mp.tl.validate_potency(mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True)
+    out = mp.tl.validate_potency(
+        mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True
+    )
     per_set = mp.get.potency_validation(out)
     assert list(per_set.index) == ["all"] and per_set.loc["all", "n_lots"] == 7
     assert per_set.loc["all", "rho"] > 0.7 and per_set.loc["all", "pvalue"] < 0.05
     assert per_set.loc["all", "min_attainable_p"] == pytest.approx(1 / math.factorial(7))
-    again = mp.tl.validate_potency(mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True)
-    pd.testing.assert_frame_equal(mp.get.potency_validation(again, table="lots"), mp.get.potency_validation(out, table="lots"))
+    again = mp.tl.validate_potency(
+        mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True
+    )
+    pd.testing.assert_frame_equal(
+        mp.get.potency_validation(again, table="lots"), mp.get.potency_validation(out, table="lots")
+    )
 
 
 def test_exclude_off_reference_cells(mapped):
     query = mapped.copy()
     query.obs.loc[query.obs_names[:40], "predicted_mapping_score"] = 0.0
-    out = mp.tl.validate_potency(query, "vegf", exclude_off_reference=True, n_bootstrap=100, copy=True)
+    out = mp.tl.validate_potency(
+        query, "vegf", exclude_off_reference=True, n_bootstrap=100, copy=True
+    )
     lots = mp.get.potency_validation(out, table="lots")
     first_lot = query.obs["lot"].astype(str).iloc[0]
     assert lots.loc[first_lot, "share_off_reference"] > 0
     threshold = query.uns["predicted"]["params"]["min_mapping_score"]
-    assert lots["n_cells"].sum() == (query.obs["predicted_mapping_score"] >= threshold).sum() < query.n_obs - 40 + 1
+    assert (
+        lots["n_cells"].sum()
+        == (query.obs["predicted_mapping_score"] >= threshold).sum()
+        < query.n_obs - 40 + 1
+    )
 
 
 def test_validate_potency_errors(mapped, tiny_ref):

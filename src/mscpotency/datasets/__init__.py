@@ -12,5 +12,14 @@ from ._simulate import (
     tiny_config,
 )
 
-__all__ = ["SetSpec", "SimulationConfig", "iter_lots", "simulate_lots", "study", "study_config", "tiny", "tiny_config"]
+__all__ = [
+    "SetSpec",
+    "SimulationConfig",
+    "iter_lots",
+    "simulate_lots",
+    "study",
+    "study_config",
+    "tiny",
+    "tiny_config",
+]
 __all__ += ["LinesConfig", "PlatformSpec", "ips_lines", "ips_lines_config", "simulate_lines"]

@@ -32,9 +32,45 @@ FACTORS = ("bias", "ectoderm", "mesoderm", "endoderm", "neural", "suspension", "
 
 #: Named lineage genes at the top of each qRT-PCR panel (the rest are ``ECT12`` ...).
 PANEL_NAMED = {
-    "ectoderm": ("PAX6", "SOX1", "NES", "OTX2", "ZIC1", "LHX2", "PAX3", "MAP2", "TUBB3", "NEUROD1", "OLIG3"),
-    "mesoderm": ("TBXT", "MIXL1", "HAND1", "KDR", "MESP1", "NKX2-5", "MYL7", "TNNT2", "PDGFRA", "ISL1", "RUNX1"),
-    "endoderm": ("SOX17", "FOXA2", "GATA6", "CXCR4", "HNF1B", "HNF4A", "AFP", "CER1", "EOMES", "LEFTY1", "PRDM1"),
+    "ectoderm": (
+        "PAX6",
+        "SOX1",
+        "NES",
+        "OTX2",
+        "ZIC1",
+        "LHX2",
+        "PAX3",
+        "MAP2",
+        "TUBB3",
+        "NEUROD1",
+        "OLIG3",
+    ),
+    "mesoderm": (
+        "TBXT",
+        "MIXL1",
+        "HAND1",
+        "KDR",
+        "MESP1",
+        "NKX2-5",
+        "MYL7",
+        "TNNT2",
+        "PDGFRA",
+        "ISL1",
+        "RUNX1",
+    ),
+    "endoderm": (
+        "SOX17",
+        "FOXA2",
+        "GATA6",
+        "CXCR4",
+        "HNF1B",
+        "HNF4A",
+        "AFP",
+        "CER1",
+        "EOMES",
+        "LEFTY1",
+        "PRDM1",
+    ),
 }
 PANEL_PREFIX = {"ectoderm": "ECT", "mesoderm": "MES", "endoderm": "END"}
 PLURIPOTENCY_GENES = ("POU5F1", "NANOG", "LIN28A", "DNMT3B")
@@ -75,7 +111,9 @@ class LinesConfig:
     platforms: tuple[PlatformSpec, ...] = (
         PlatformSpec("mrna", "mrna", n_technical=150, technical_target="mesoderm"),
         PlatformSpec("mirna", "mirna", n_technical=30, technical_target="endoderm"),
-        PlatformSpec("cage", "cage", reliability=(0.25, 0.85), n_technical=150, technical_target="ectoderm"),
+        PlatformSpec(
+            "cage", "cage", reliability=(0.25, 0.85), n_technical=150, technical_target="ectoderm"
+        ),
     )
     n_genes: int = 2000
     n_mirnas: int = 300
@@ -90,12 +128,22 @@ class LinesConfig:
     method_weight: float = 0.35
     #: Planted gene markers per factor (flagship markers included) and miRNA markers.
     gene_markers: tuple[tuple[str, int], ...] = (
-        ("bias", 12), ("ectoderm", 10), ("mesoderm", 10), ("endoderm", 10), ("neural", 10),
-        ("suspension", 6), ("adhesion", 6),
+        ("bias", 12),
+        ("ectoderm", 10),
+        ("mesoderm", 10),
+        ("endoderm", 10),
+        ("neural", 10),
+        ("suspension", 6),
+        ("adhesion", 6),
     )
     mirna_markers: tuple[tuple[str, int], ...] = (
-        ("bias", 4), ("ectoderm", 3), ("mesoderm", 3), ("endoderm", 3), ("neural", 3),
-        ("suspension", 2), ("adhesion", 2),
+        ("bias", 4),
+        ("ectoderm", 3),
+        ("mesoderm", 3),
+        ("endoderm", 3),
+        ("neural", 3),
+        ("suspension", 2),
+        ("adhesion", 2),
     )
     marker_loading: tuple[float, float] = (0.8, 0.97)
     flagship_loading: float = 0.97
@@ -123,7 +171,9 @@ def ips_lines_config(**overrides) -> LinesConfig:
 
 def _line_names(config: LinesConfig) -> tuple[list[str], list[str]]:
     width = max(2, len(str(config.n_train + config.n_test)))
-    names = [f"{config.line_prefix}{i:0{width}d}" for i in range(1, config.n_train + config.n_test + 1)]
+    names = [
+        f"{config.line_prefix}{i:0{width}d}" for i in range(1, config.n_train + config.n_test + 1)
+    ]
     return names[: config.n_train], names[config.n_train :]
 
 
@@ -140,7 +190,9 @@ def _check_config(config: LinesConfig) -> None:
         raise ValueError(msg)
     for spec in config.platforms:
         if spec.kind not in ("mrna", "cage", "mirna"):
-            msg = f"platform {spec.name!r}: kind must be 'mrna', 'cage' or 'mirna', got {spec.kind!r}"
+            msg = (
+                f"platform {spec.name!r}: kind must be 'mrna', 'cage' or 'mirna', got {spec.kind!r}"
+            )
             raise ValueError(msg)
         if spec.technical_target not in (*LINEAGES, "neural"):
             msg = f"platform {spec.name!r}: technical_target must be one of {[*LINEAGES, 'neural']}"
@@ -210,8 +262,11 @@ def _direction(kind: str, weights: pd.DataFrame) -> np.ndarray:
 
 
 def _plant(
-    n_features: int, markers: tuple[tuple[str, int], ...], weights: pd.DataFrame,
-    config: LinesConfig, rng: np.random.Generator,
+    n_features: int,
+    markers: tuple[tuple[str, int], ...],
+    weights: pd.DataFrame,
+    config: LinesConfig,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature x factor loadings (planted markers first) and the kind of each feature."""
     loadings = np.zeros((n_features, len(FACTORS)))
@@ -238,13 +293,17 @@ def _biology(factors: np.ndarray, loadings: np.ndarray, rng: np.random.Generator
 TRUE_CORRELATION = 0.1
 
 
-def _truth_columns(loadings: np.ndarray, kind_of: np.ndarray, weights: pd.DataFrame) -> dict[str, np.ndarray]:
+def _truth_columns(
+    loadings: np.ndarray, kind_of: np.ndarray, weights: pd.DataFrame
+) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {"true_factor": kind_of.astype(str)}
     columns["true_loading"] = np.sign(loadings.sum(axis=1)) * np.linalg.norm(loadings, axis=1)
     correlation = loadings @ weights.to_numpy()
     for j, outcome in enumerate(weights.columns):
         corr = correlation[:, j]
-        columns[f"true_{outcome}"] = (np.sign(corr) * (np.abs(corr) >= TRUE_CORRELATION)).astype(np.int64)
+        columns[f"true_{outcome}"] = (np.sign(corr) * (np.abs(corr) >= TRUE_CORRELATION)).astype(
+            np.int64
+        )
         columns[f"true_corr_{outcome}"] = corr
     return columns
 
@@ -264,22 +323,35 @@ def _technical_factor(
 
 
 def _measure(
-    biology: np.ndarray, spec: PlatformSpec, technical: np.ndarray, technical_idx: np.ndarray,
-    center: np.ndarray, scale: np.ndarray, reliability: np.ndarray, rng: np.random.Generator,
+    biology: np.ndarray,
+    spec: PlatformSpec,
+    technical: np.ndarray,
+    technical_idx: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    reliability: np.ndarray,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Platform values: reliable share of biology + technical factor + measurement noise."""
     n, p = biology.shape
     tech_loading = np.zeros(p)
     tech_loading[technical_idx] = rng.uniform(*spec.technical_loading, size=technical_idx.size)
     tech_loading[technical_idx] *= rng.choice([-1.0, 1.0], size=technical_idx.size)
-    noise = tech_loading * technical[:, None] + np.sqrt(1 - tech_loading**2) * rng.normal(size=(n, p))
+    noise = tech_loading * technical[:, None] + np.sqrt(1 - tech_loading**2) * rng.normal(
+        size=(n, p)
+    )
     standardized = np.sqrt(reliability) * biology + np.sqrt(1 - reliability) * noise
     return center + scale * standardized, tech_loading
 
 
 def _platform_adatas(
-    X: np.ndarray, var: pd.DataFrame, lines: list[str], sets: np.ndarray, propensity: pd.DataFrame,
-    spec: PlatformSpec, train_n: int,
+    X: np.ndarray,
+    var: pd.DataFrame,
+    lines: list[str],
+    sets: np.ndarray,
+    propensity: pd.DataFrame,
+    spec: PlatformSpec,
+    train_n: int,
 ) -> tuple[AnnData, AnnData]:
     obs = pd.DataFrame({_keys.SET: sets}, index=pd.Index(lines, name="line"))
     for column in propensity.columns:
@@ -294,8 +366,16 @@ def _platform_adatas(
 
 
 def _panel(
-    values: np.ndarray, genes: list[str], lineage: list[str], loadings: np.ndarray, lines: list[str],
-    sets: np.ndarray, propensity: pd.DataFrame, columns: list[str], train_n: int, name: str,
+    values: np.ndarray,
+    genes: list[str],
+    lineage: list[str],
+    loadings: np.ndarray,
+    lines: list[str],
+    sets: np.ndarray,
+    propensity: pd.DataFrame,
+    columns: list[str],
+    train_n: int,
+    name: str,
 ) -> tuple[AnnData, AnnData]:
     var = pd.DataFrame({"lineage": pd.Categorical(lineage), "true_loading": loadings}, index=genes)
     obs = pd.DataFrame({_keys.SET: sets}, index=pd.Index(lines, name="line"))
@@ -379,7 +459,9 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
     gene_biology = _biology(factors, gene_loadings, rng)
     planted_genes = np.flatnonzero(gene_factor != "")
 
-    mirna_loadings, mirna_factor = _plant(config.n_mirnas, config.mirna_markers, weights, config, rng)
+    mirna_loadings, mirna_factor = _plant(
+        config.n_mirnas, config.mirna_markers, weights, config, rng
+    )
     mirnas = [f"hsa-miR-{1000 + i}" for i in range(1, config.n_mirnas + 1)]
     order = rng.permutation(config.n_mirnas)
     mirna_loadings, mirna_factor = mirna_loadings[order], mirna_factor[order]
@@ -392,7 +474,12 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
     for spec in config.platforms:
         technical = _technical_factor(propensity, config.n_train, spec, rng)
         if spec.kind == "mirna":
-            names, loadings, factor_of, biology = mirnas, mirna_loadings, mirna_factor, mirna_biology
+            names, loadings, factor_of, biology = (
+                mirnas,
+                mirna_loadings,
+                mirna_factor,
+                mirna_biology,
+            )
             gene_of = np.asarray(mirnas, dtype=object)
             center = rng.normal(6.0, 2.0, len(names))
             scale = rng.uniform(0.4, 1.2, len(names))
@@ -412,16 +499,23 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
         planted = np.flatnonzero(factor_of != "")
         reliability[planted] = rng.uniform(*config.marker_reliability, size=planted.size)
         main_feature = np.array([not str(name).startswith("p2@") for name in names])
-        reliability[np.isin(gene_of.astype(str), list(FLAGSHIP_MARKERS)) & main_feature] = config.marker_reliability[1]
+        reliability[np.isin(gene_of.astype(str), list(FLAGSHIP_MARKERS)) & main_feature] = (
+            config.marker_reliability[1]
+        )
         free = np.flatnonzero(factor_of == "")
         technical_idx = rng.choice(free, size=min(spec.n_technical, free.size), replace=False)
-        X, tech_loading = _measure(biology, spec, technical, technical_idx, center, scale, reliability, rng)
+        X, tech_loading = _measure(
+            biology, spec, technical, technical_idx, center, scale, reliability, rng
+        )
         if spec.kind == "mirna":
             X = _detection_floor(X, center, config, factor_of, rng)
         truth = _truth_columns(loadings, factor_of, weights)
         truth["true_factor"] = np.where(tech_loading != 0, "technical", truth["true_factor"])
         truth["true_loading"] = np.where(tech_loading != 0, tech_loading, truth["true_loading"])
-        var = pd.DataFrame({"gene": pd.Categorical(gene_of.astype(str)), **truth}, index=pd.Index(names, name="feature"))
+        var = pd.DataFrame(
+            {"gene": pd.Categorical(gene_of.astype(str)), **truth},
+            index=pd.Index(names, name="feature"),
+        )
         var["true_reliability"] = reliability
         train[spec.name], test[spec.name] = _platform_adatas(
             X, var, lines, sets, propensity, spec, config.n_train
@@ -445,8 +539,13 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
 
 
 def _promoters(
-    genes: list[str], loadings: np.ndarray, factor_of: np.ndarray, biology: np.ndarray,
-    planted: np.ndarray, config: LinesConfig, rng: np.random.Generator,
+    genes: list[str],
+    loadings: np.ndarray,
+    factor_of: np.ndarray,
+    biology: np.ndarray,
+    planted: np.ndarray,
+    config: LinesConfig,
+    rng: np.random.Generator,
 ):
     """CAGE promoters: ``p1@GENE`` reads the gene; ``p2@GENE`` only partly follows it."""
     n_genes = len(genes)
@@ -469,13 +568,20 @@ def _promoters(
             gene_of.append(genes[j])
             factors.append(factor_of[j])
     return (
-        names, np.vstack(rows), np.asarray(factors, dtype=object), np.column_stack(columns),
+        names,
+        np.vstack(rows),
+        np.asarray(factors, dtype=object),
+        np.column_stack(columns),
         np.asarray(gene_of, dtype=object),
     )
 
 
 def _detection_floor(
-    X: np.ndarray, center: np.ndarray, config: LinesConfig, factor_of: np.ndarray, rng: np.random.Generator
+    X: np.ndarray,
+    center: np.ndarray,
+    config: LinesConfig,
+    factor_of: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Floor weak miRNA signals at a detection limit: ties, and a few always-absent miRNAs."""
     limit = 2.5
@@ -487,7 +593,10 @@ def _detection_floor(
 
 
 def _panels(
-    propensity: pd.DataFrame, lines: list[str], sets: np.ndarray, config: LinesConfig,
+    propensity: pd.DataFrame,
+    lines: list[str],
+    sets: np.ndarray,
+    config: LinesConfig,
     rng: np.random.Generator,
 ) -> tuple[dict[str, AnnData], dict[str, AnnData]]:
     n = len(lines)
@@ -506,7 +615,15 @@ def _panels(
     latent += np.sqrt(1 - loadings**2) * rng.normal(size=latent.shape)
     values = rng.normal(-6.0, 3.0, len(genes)) + rng.uniform(0.8, 2.0, len(genes)) * latent
     eb_train, eb_test = _panel(
-        values, genes, lineage, loadings, lines, sets, propensity, list(LINEAGES), config.n_train,
+        values,
+        genes,
+        lineage,
+        loadings,
+        lines,
+        sets,
+        propensity,
+        list(LINEAGES),
+        config.n_train,
         "embryoid_body",
     )
     panels_train = {"embryoid_body": eb_train}
@@ -517,10 +634,21 @@ def _panels(
         y = y / y.std()
         load = rng.uniform(*config.neural_panel_loading, size=len(NEURAL_PANEL))
         latent = load * y[:, None] + np.sqrt(1 - load**2) * rng.normal(size=(n, len(NEURAL_PANEL)))
-        values = rng.normal(-4.0, 2.0, len(NEURAL_PANEL)) + rng.uniform(1.0, 2.5, len(NEURAL_PANEL)) * latent
+        values = (
+            rng.normal(-4.0, 2.0, len(NEURAL_PANEL))
+            + rng.uniform(1.0, 2.5, len(NEURAL_PANEL)) * latent
+        )
         panels_train[outcome], panels_test[outcome] = _panel(
-            values, list(NEURAL_PANEL), ["neural"] * len(NEURAL_PANEL), load, lines, sets, propensity,
-            ["neural", outcome], config.n_train, outcome,
+            values,
+            list(NEURAL_PANEL),
+            ["neural"] * len(NEURAL_PANEL),
+            load,
+            lines,
+            sets,
+            propensity,
+            ["neural", outcome],
+            config.n_train,
+            outcome,
         )
     return panels_train, panels_test
 

@@ -22,7 +22,18 @@ from .. import _keys
 
 #: Named genes placed in the simulated transcriptome (all others are ``G0001`` ...).
 MSC_GENES = ("THY1", "ENG", "NT5E", "VIM", "CD44", "PDGFRB")
-CYCLE_GENES = ("MKI67", "TOP2A", "CCNB1", "CDK1", "CENPF", "UBE2C", "BIRC5", "TPX2", "NUSAP1", "PCNA")
+CYCLE_GENES = (
+    "MKI67",
+    "TOP2A",
+    "CCNB1",
+    "CDK1",
+    "CENPF",
+    "UBE2C",
+    "BIRC5",
+    "TPX2",
+    "NUSAP1",
+    "PCNA",
+)
 MITO_GENES = ("MT-CO1", "MT-CO2", "MT-CO3", "MT-ND1", "MT-ND2", "MT-ND4", "MT-CYB", "MT-ATP6")
 #: A few named genes per subpopulation programme, for readable marker tables.
 PROGRAM_NAMED = {
@@ -144,7 +155,9 @@ def _programs(config: SimulationConfig, genes: list[str], rng: np.random.Generat
     n_sub = len(config.subpopulations)
     index = {g: i for i, g in enumerate(genes)}
     named_all = {g for gs in PROGRAM_NAMED.values() for g in gs}
-    pool_start = len(genes) - (len(genes) - len([*MSC_GENES, *CYCLE_GENES, *MITO_GENES]) - len(named_all))
+    pool_start = len(genes) - (
+        len(genes) - len([*MSC_GENES, *CYCLE_GENES, *MITO_GENES]) - len(named_all)
+    )
     pool = np.arange(pool_start, pool_start + config.program_pool_size)
     lfc = np.zeros((n_sub, len(genes)))
     low, high = config.program_lfc
@@ -155,7 +168,9 @@ def _programs(config: SimulationConfig, genes: list[str], rng: np.random.Generat
             lfc[k, index[gene]] = rng.uniform(low, high)
     source, copy = (config.subpopulations.index(s) for s in config.close_pair)
     src_genes = np.flatnonzero(lfc[source])
-    shared = rng.choice(src_genes, size=int(config.close_pair_shared * src_genes.size), replace=False)
+    shared = rng.choice(
+        src_genes, size=int(config.close_pair_shared * src_genes.size), replace=False
+    )
     own = np.flatnonzero(lfc[copy])
     keep_own = own[: max(1, own.size - shared.size)]
     lfc[copy] = 0.0
@@ -225,11 +240,15 @@ def _population(config: SimulationConfig, rng: np.random.Generator) -> _Populati
 def _tissue_effect(spec: SetSpec, population: _Population, rng: np.random.Generator) -> np.ndarray:
     effect = np.zeros(len(population.genes))
     if spec.tissue_shift_sd > 0:
-        effect[population.tissue_genes] = rng.normal(0, spec.tissue_shift_sd, population.tissue_genes.sum())
+        effect[population.tissue_genes] = rng.normal(
+            0, spec.tissue_shift_sd, population.tissue_genes.sum()
+        )
     return effect
 
 
-def _set_lots(config: SimulationConfig, spec: SetSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _set_lots(
+    config: SimulationConfig, spec: SetSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Lots x subpopulations proportions and the potency of each lot of one arm."""
     proportions = _composition(config, spec.n_lots, rng)
     potency_k = config.subpopulations.index(config.potency_subpopulation)
@@ -245,8 +264,14 @@ def _set_lots(config: SimulationConfig, spec: SetSpec, rng: np.random.Generator)
 
 
 def _lot(
-    config: SimulationConfig, population: _Population, spec: SetSpec, tissue_effect: np.ndarray,
-    lot: str, proportions: np.ndarray, potency: float, rng: np.random.Generator,
+    config: SimulationConfig,
+    population: _Population,
+    spec: SetSpec,
+    tissue_effect: np.ndarray,
+    lot: str,
+    proportions: np.ndarray,
+    potency: float,
+    rng: np.random.Generator,
 ) -> tuple[sparse.csr_matrix, pd.DataFrame]:
     """The counts and cell annotations of one lot."""
     index = population.index
@@ -264,7 +289,9 @@ def _lot(
     log_rel[subpop == potency_k, marker_idx] += marker_shift
     cycling = rng.random(n) < config.cycling_share
     cycle_score = np.where(cycling, rng.uniform(0.5, 1.0, n), 0.0)
-    log_rel[:, cycle_idx] += config.cycle_lfc * cycle_score[:, None] * rng.uniform(0.7, 1.3, cycle_idx.size)
+    log_rel[:, cycle_idx] += (
+        config.cycle_lfc * cycle_score[:, None] * rng.uniform(0.7, 1.3, cycle_idx.size)
+    )
     low_quality = rng.random(n) < config.low_quality_share
     log_rel[np.ix_(low_quality, mito_idx)] += 3.0
     rel = np.exp(log_rel - log_rel.max(axis=1, keepdims=True))
@@ -304,7 +331,9 @@ def _var(config: SimulationConfig, population: _Population) -> pd.DataFrame:
 def _categorical_obs(obs: pd.DataFrame, config: SimulationConfig) -> pd.DataFrame:
     for column in (_keys.LOT, _keys.SET, "tissue"):
         obs[column] = pd.Categorical(obs[column], categories=list(dict.fromkeys(obs[column])))
-    obs["true_subpopulation"] = pd.Categorical(obs["true_subpopulation"], categories=list(config.subpopulations))
+    obs["true_subpopulation"] = pd.Categorical(
+        obs["true_subpopulation"], categories=list(config.subpopulations)
+    )
     return obs
 
 
@@ -351,8 +380,16 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
             tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
         proportions, potency = _set_lots(config, spec, rng)
         for lot_i, lot in enumerate(_lot_names(spec)):
-            counts, obs = _lot(config, population, spec, tissue_effects[spec.tissue], lot,
-                               proportions[lot_i], potency[lot_i], rng)
+            counts, obs = _lot(
+                config,
+                population,
+                spec,
+                tissue_effects[spec.tissue],
+                lot,
+                proportions[lot_i],
+                potency[lot_i],
+                rng,
+            )
             blocks.append(counts)
             obs_frames.append(obs)
     obs = _categorical_obs(pd.concat(obs_frames), config)
@@ -405,10 +442,20 @@ def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[An
     for set_i, (spec, proportions, potency) in enumerate(arms):
         for lot_i, lot in enumerate(_lot_names(spec)):
             lot_rng = np.random.default_rng([random_state, set_i, lot_i])
-            counts, obs = _lot(config, population, spec, tissue_effects[spec.tissue], lot,
-                               proportions[lot_i], potency[lot_i], lot_rng)
+            counts, obs = _lot(
+                config,
+                population,
+                spec,
+                tissue_effects[spec.tissue],
+                lot,
+                proportions[lot_i],
+                potency[lot_i],
+                lot_rng,
+            )
             adata = AnnData(X=counts, obs=_categorical_obs(obs, config), var=var.copy())
-            adata.uns["simulation"] = _settings(config, random_state, lots="independent streams (iter_lots)")
+            adata.uns["simulation"] = _settings(
+                config, random_state, lots="independent streams (iter_lots)"
+            )
             yield adata
 
 

@@ -50,6 +50,30 @@ __all__ = [
     "qc_report",
     "stored_table",
 ]
-__all__ += ["consensus_candidates", "marker_counts", "marker_validation", "propensity", "propensity_loadings", "rank_association"]
-__all__ += ["association_stability", "comparability", "count_association", "gene_association", "influential_lots", "method_agreement", "neighbourhood_association", "potency_model", "potency_prediction", "pseudobulk_markers"]
-__all__ += ["mapping_calibration", "mapping_qc", "marker_by_set", "potency_validation", "reference_info"]
+__all__ += [
+    "consensus_candidates",
+    "marker_counts",
+    "marker_validation",
+    "propensity",
+    "propensity_loadings",
+    "rank_association",
+]
+__all__ += [
+    "association_stability",
+    "comparability",
+    "count_association",
+    "gene_association",
+    "influential_lots",
+    "method_agreement",
+    "neighbourhood_association",
+    "potency_model",
+    "potency_prediction",
+    "pseudobulk_markers",
+]
+__all__ += [
+    "mapping_calibration",
+    "mapping_qc",
+    "marker_by_set",
+    "potency_validation",
+    "reference_info",
+]

@@ -96,8 +96,10 @@ def marker_counts(
     for platform, table in association_tables(results, key=key).items():
         for outcome, part in table.groupby(table["outcome"].astype(str), sort=False):
             row = {
-                "platform": platform, "outcome": outcome,
-                "n_lines": int(part["n_lines"].max()), "n_features": len(part),
+                "platform": platform,
+                "outcome": outcome,
+                "n_lines": int(part["n_lines"].max()),
+                "n_features": len(part),
             }
             for t in thresholds:
                 hit = part[use] < t
@@ -125,24 +127,36 @@ def consensus_candidates(consensus: pd.DataFrame, *, rule: str, outcome: str) ->
     association with ``outcome``) and ``rho`` (the mean training rho over the rule's platforms).
     """
     rules = list(consensus.attrs.get("n_tested", {}))
-    rules += [r for r in dict.fromkeys(consensus["rule"].astype(str)) if r not in rules] if "rule" in consensus else []
+    rules += (
+        [r for r in dict.fromkeys(consensus["rule"].astype(str)) if r not in rules]
+        if "rule" in consensus
+        else []
+    )
     if rule not in rules:
         msg = f"the consensus table has no rule {rule!r}; its rules are {rules}"
         raise KeyError(msg)
     part = consensus[consensus["rule"].astype(str) == rule]
     sign_column = f"sign:{outcome}"
     patterns = consensus.attrs.get("patterns", {})
-    known = outcome in patterns[rule] if rule in patterns else sign_column in part.columns and part[sign_column].notna().any()
+    known = (
+        outcome in patterns[rule]
+        if rule in patterns
+        else sign_column in part.columns and part[sign_column].notna().any()
+    )
     if not known:
         outcomes = list(patterns.get(rule, {})) or sorted(
-            c.split(":", 1)[1] for c in part.columns if c.startswith("sign:") and part[c].notna().any()
+            c.split(":", 1)[1]
+            for c in part.columns
+            if c.startswith("sign:") and part[c].notna().any()
         )
         msg = f"rule {rule!r} has no outcome {outcome!r}; its outcomes are {outcomes}"
         raise KeyError(msg)
     rho_columns = [c for c in part.columns if c.startswith("rho:") and c.endswith(f":{outcome}")]
     out = pd.DataFrame(
         {
-            "sign": part[sign_column].astype(int).to_numpy() if len(part) else np.zeros(0, dtype=int),
+            "sign": part[sign_column].astype(int).to_numpy()
+            if len(part)
+            else np.zeros(0, dtype=int),
             "rho": part[rho_columns].mean(axis=1).to_numpy() if rho_columns else np.nan,
         },
         index=pd.Index(part["feature"].astype(str), name="feature"),

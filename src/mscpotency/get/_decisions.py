@@ -35,7 +35,9 @@ def _check_kind(kind: str, allowed: tuple[str, ...]) -> None:
 
 
 def association_stability(
-    adata: AnnData, *, key: str = ASSOCIATION_STABILITY,
+    adata: AnnData,
+    *,
+    key: str = ASSOCIATION_STABILITY,
     kind: Literal["resolutions", "subsamples", "clusters", "summary"] = "resolutions",
 ) -> pd.DataFrame:
     """Results of :func:`mscpotency.tl.association_stability`.
@@ -56,7 +58,10 @@ def influential_lots(adata: AnnData, *, key: str = INFLUENTIAL_LOTS) -> pd.DataF
 
 
 def potency_model(
-    adata: AnnData, *, key: str = POTENCY_MODEL, kind: Literal["lots", "coefficients", "cv"] = "lots"
+    adata: AnnData,
+    *,
+    key: str = POTENCY_MODEL,
+    kind: Literal["lots", "coefficients", "cv"] = "lots",
 ) -> pd.DataFrame:
     """The fitted potency model: per-lot leave-one-out predictions, coefficients, or CV error (one row)."""
     _check_kind(kind, ("lots", "coefficients", "cv"))
@@ -71,21 +76,29 @@ def potency_prediction(adata: AnnData, *, key: str = POTENCY_PREDICTION) -> pd.D
 
 
 def comparability(
-    adata: AnnData, *, key: str = COMPARABILITY, kind: Literal["table", "limits", "values"] = "table"
+    adata: AnnData,
+    *,
+    key: str = COMPARABILITY,
+    kind: Literal["table", "limits", "values"] = "table",
 ) -> pd.DataFrame:
     """Comparability of new lots: verdict per lot, tolerance limits per attribute, or every lot's values."""
     _check_kind(kind, ("table", "limits", "values"))
     return stored_table(adata, key, kind, tool="tl.comparability")
 
 
-def count_association(adata: AnnData, *, key: str = COUNT_ASSOCIATION, sort: bool = True) -> pd.DataFrame:
+def count_association(
+    adata: AnnData, *, key: str = COUNT_ASSOCIATION, sort: bool = True
+) -> pd.DataFrame:
     """One row per cluster: quasi-binomial slope on potency, permutation p, FDR (strongest positive first)."""
     table = stored_table(adata, key, "table", tool="tl.count_association")
     return table.sort_values("coef", ascending=False) if sort else table
 
 
 def neighbourhood_association(
-    adata: AnnData, *, key: str = NEIGHBOURHOOD_ASSOCIATION, kind: Literal["nhoods", "clusters"] = "nhoods"
+    adata: AnnData,
+    *,
+    key: str = NEIGHBOURHOOD_ASSOCIATION,
+    kind: Literal["nhoods", "clusters"] = "nhoods",
 ) -> pd.DataFrame:
     """Neighbourhood test: one row per neighbourhood, or per cluster (shares significant)."""
     _check_kind(kind, ("nhoods", "clusters"))

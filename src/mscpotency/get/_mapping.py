@@ -43,7 +43,10 @@ def mapping_calibration(
 
 
 def potency_validation(
-    adata: AnnData, *, key: str = _VALIDATE, table: Literal["per_set", "combined", "lots"] = "per_set"
+    adata: AnnData,
+    *,
+    key: str = _VALIDATE,
+    table: Literal["per_set", "combined", "lots"] = "per_set",
 ) -> pd.DataFrame:
     """Results of :func:`mscpotency.tl.validate_potency`.
 
@@ -69,7 +72,16 @@ def marker_by_set(
 def reference_info(frozen: AnnData) -> pd.DataFrame:
     """One row describing a frozen reference: hash, labels, sizes, potency label, creation time."""
     stored = require_uns(frozen, "reference", tool="tl.freeze_reference")
-    fields = ["hash", "label_key", "lot_key", "potency_label", "n_cells", "n_genes", "created", "source_fingerprint"]
+    fields = [
+        "hash",
+        "label_key",
+        "lot_key",
+        "potency_label",
+        "n_cells",
+        "n_genes",
+        "created",
+        "source_fingerprint",
+    ]
     row = {field: stored.get(field) for field in fields}
     row["labels"] = ", ".join(map(str, stored.get("labels", [])))
     return pd.DataFrame([row])

@@ -22,7 +22,10 @@ def stored_table(adata: AnnData, key: str, field: str, *, tool: str | None = Non
 
 
 def lot_fractions(
-    adata: AnnData, *, key: str = _keys.LOT_FRACTIONS, kind: Literal["fractions", "counts"] = "fractions",
+    adata: AnnData,
+    *,
+    key: str = _keys.LOT_FRACTIONS,
+    kind: Literal["fractions", "counts"] = "fractions",
     long: bool = False,
 ) -> pd.DataFrame:
     """Lots x clusters fractions (or counts) from :func:`mscpotency.tl.lot_fractions`.
@@ -36,11 +39,17 @@ def lot_fractions(
     if not long:
         return table
     lot_name = table.index.name or "lot"
-    tidy = table.rename_axis(index=lot_name, columns="cluster").stack().rename(kind[:-1] if kind == "fractions" else "count")
+    tidy = (
+        table.rename_axis(index=lot_name, columns="cluster")
+        .stack()
+        .rename(kind[:-1] if kind == "fractions" else "count")
+    )
     return tidy.reset_index()
 
 
-def composition_deviation(adata: AnnData, *, key: str = _keys.COMPOSITION_DEVIATION) -> pd.DataFrame:
+def composition_deviation(
+    adata: AnnData, *, key: str = _keys.COMPOSITION_DEVIATION
+) -> pd.DataFrame:
     """One row per lot: distance from the pooled composition and the most deviating cluster."""
     return stored_table(adata, key, "per_lot", tool="tl.composition_deviation")
 
@@ -74,11 +83,21 @@ def qc_report(adata: AnnData, *, key: str = _keys.QC) -> pd.DataFrame:
 def provenance(adata: AnnData) -> pd.DataFrame:
     """The record of every ``pp``/``tl`` call on ``adata``, oldest first."""
     entries = read_log(adata)
-    columns = ["function", "params", "random_state", "input_fingerprint", "versions", "time", "seconds"]
+    columns = [
+        "function",
+        "params",
+        "random_state",
+        "input_fingerprint",
+        "versions",
+        "time",
+        "seconds",
+    ]
     return pd.DataFrame(entries, columns=columns)
 
 
-def lot_table(adata: AnnData, *, lot_key: str = _keys.LOT, columns: list[str] | None = None) -> pd.DataFrame:
+def lot_table(
+    adata: AnnData, *, lot_key: str = _keys.LOT, columns: list[str] | None = None
+) -> pd.DataFrame:
     """One row per lot with every obs column that is constant within lots.
 
     Parameters

@@ -9,7 +9,14 @@ import pandas as pd
 
 from .. import _keys
 
-_READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".tab": "tsv", ".xlsx": "xlsx", ".xlsm": "xlsx"}
+_READERS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".tab": "tsv",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
+}
 
 
 def read_lot_table(
@@ -57,8 +64,7 @@ def read_lot_table(
     table = _read_text(path, kind, sheet_name)
     table.columns = [str(c).strip() for c in table.columns]
     debris = [
-        c for c in table.columns
-        if (c == "" or c.startswith("Unnamed:")) and table[c].isna().all()
+        c for c in table.columns if (c == "" or c.startswith("Unnamed:")) and table[c].isna().all()
     ]
     table = table.drop(columns=debris)
     table = table.dropna(how="all")
@@ -82,7 +88,9 @@ def read_lot_table(
         raise ValueError(msg)
     duplicated = sorted(lots[lots.duplicated()].unique().tolist())
     if duplicated:
-        msg = f"lot table {str(path)!r} names lots {duplicated} more than once; keep one row per lot."
+        msg = (
+            f"lot table {str(path)!r} names lots {duplicated} more than once; keep one row per lot."
+        )
         raise ValueError(msg)
     table = table.drop(columns=[lot_column])
     table.index = pd.Index(lots.to_numpy(dtype=str), name=lot_column)
@@ -104,7 +112,9 @@ def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
         except (ValueError, IndexError) as error:
             with pd.ExcelFile(path, engine="openpyxl") as workbook:
                 sheets = workbook.sheet_names
-            if sheet_name in sheets or (isinstance(sheet_name, int) and 0 <= sheet_name < len(sheets)):
+            if sheet_name in sheets or (
+                isinstance(sheet_name, int) and 0 <= sheet_name < len(sheets)
+            ):
                 raise  # the sheet exists: the error is about its content
             msg = f"lot table {str(path)!r} has no sheet {sheet_name!r}; its sheets are {sheets}."
             raise ValueError(msg) from error

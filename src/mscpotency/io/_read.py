@@ -97,7 +97,11 @@ def read_lots(
     if not (
         cells_per_lot is None
         or cells_per_lot == "min"
-        or (isinstance(cells_per_lot, (int, np.integer)) and not isinstance(cells_per_lot, bool) and cells_per_lot > 0)
+        or (
+            isinstance(cells_per_lot, (int, np.integer))
+            and not isinstance(cells_per_lot, bool)
+            and cells_per_lot > 0
+        )
     ):
         msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
         raise ValueError(msg)
@@ -113,7 +117,9 @@ def read_lots(
             logger.warning(
                 "read_lots: lot %r has %d gene names occurring more than once (e.g. %s); "
                 "they were made unique by suffixing -1, -2, ...",
-                name, len(duplicated), duplicated[:5],
+                name,
+                len(duplicated),
+                duplicated[:5],
             )
         parts[name] = part
         formats[name] = fmt
@@ -127,13 +133,13 @@ def read_lots(
         "count_source": count_source,
         "genes_made_unique": made_unique,
         "params": {
-            "lot_key": lot_key, "cells_per_lot": cells_per_lot, "join": join,
+            "lot_key": lot_key,
+            "cells_per_lot": cells_per_lot,
+            "join": join,
             "random_state": random_state,
         },
     }
-    logger.info(
-        "read_lots: %d lots, %d cells, %d genes", len(parts), pooled.n_obs, pooled.n_vars
-    )
+    logger.info("read_lots: %d lots, %d cells, %d genes", len(parts), pooled.n_obs, pooled.n_vars)
     return pooled
 
 
@@ -179,7 +185,8 @@ def _resolve_source(source) -> dict[str, tuple[Path, str]]:
         fmt = _detect_format(folder)
         hint = (
             f" It looks like one lot ({fmt}); pass {{'lot name': path}} instead."
-            if fmt is not None else f" Accepted lot formats: {ACCEPTED_FORMATS}."
+            if fmt is not None
+            else f" Accepted lot formats: {ACCEPTED_FORMATS}."
         )
         msg = f"{str(folder)!r} is a file, not a folder of lots.{hint}"
         raise ValueError(msg)
@@ -263,7 +270,11 @@ def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]
             else:
                 part = ad.read_h5ad(path)
         except Exception as error:
-            kind = {"10x_mtx": "a 10x matrix folder", "10x_h5": "a 10x .h5 file", "h5ad": "an .h5ad file"}[fmt]
+            kind = {
+                "10x_mtx": "a 10x matrix folder",
+                "10x_h5": "a 10x .h5 file",
+                "h5ad": "an .h5ad file",
+            }[fmt]
             msg = f"could not read {where} as {kind}: {type(error).__name__}: {error}"
             raise ValueError(msg) from error
     if part.n_obs == 0:

@@ -41,7 +41,9 @@ def write_reference(adata: AnnData, path: str | os.PathLike, *, overwrite: bool 
     if path.exists() and not overwrite:
         msg = f"{path} exists; pass overwrite=True to replace it."
         raise FileExistsError(msg)
-    reference_model(adata, label_key=str(adata.uns[FROZEN]["label_key"]))  # refuses a modified reference
+    reference_model(
+        adata, label_key=str(adata.uns[FROZEN]["label_key"])
+    )  # refuses a modified reference
     adata.write_h5ad(path, compression="gzip")
     return path
 

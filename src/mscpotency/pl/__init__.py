@@ -43,6 +43,25 @@ __all__ = [
     "qc_per_lot",
     "umap",
 ]
-__all__ += ["marker_overlap", "marker_validation", "propensity_scores", "rank_volcano", "validation_scatter"]
-__all__ += ["association_stability", "comparability", "influential_lots", "method_agreement", "neighbourhood_association", "potency_prediction"]
-__all__ += ["mapping_calibration", "mapping_confidence", "mapping_umap", "marker_by_set", "potency_validation"]
+__all__ += [
+    "marker_overlap",
+    "marker_validation",
+    "propensity_scores",
+    "rank_volcano",
+    "validation_scatter",
+]
+__all__ += [
+    "association_stability",
+    "comparability",
+    "influential_lots",
+    "method_agreement",
+    "neighbourhood_association",
+    "potency_prediction",
+]
+__all__ += [
+    "mapping_calibration",
+    "mapping_confidence",
+    "mapping_umap",
+    "marker_by_set",
+    "potency_validation",
+]

@@ -37,19 +37,40 @@ def _association(adata: AnnData, key: str) -> tuple[dict, pd.DataFrame, pd.DataF
 
 
 def _scatter_one(
-    ax: Axes, x: np.ndarray, y: np.ndarray, lot_names: list[str], row: pd.Series, *, cluster: str,
-    color: str, assay: str, on_clr: bool, is_potency: bool, line: bool, label_lots: bool, kwargs: dict,
+    ax: Axes,
+    x: np.ndarray,
+    y: np.ndarray,
+    lot_names: list[str],
+    row: pd.Series,
+    *,
+    cluster: str,
+    color: str,
+    assay: str,
+    on_clr: bool,
+    is_potency: bool,
+    line: bool,
+    label_lots: bool,
+    kwargs: dict,
 ) -> None:
     kwargs = {"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs}
     ax.scatter(x, y, color=color, **kwargs)
     if line and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
         grid = np.linspace(x.min(), x.max(), 50)
-        ax.plot(grid, intercept + slope * grid, ls="--", color="#555555", lw=1, zorder=2,
-                label="least-squares line")
+        ax.plot(
+            grid,
+            intercept + slope * grid,
+            ls="--",
+            color="#555555",
+            lw=1,
+            zorder=2,
+            label="least-squares line",
+        )
     if label_lots:
         for xi, yi, name in zip(x, y, lot_names, strict=True):
-            ax.annotate(name, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+            ax.annotate(
+                name, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small"
+            )
     ax.set_xlabel(f"{cluster} (% of the lot's cells)")
     ax.set_ylabel(potency_label(assay))
     statistic = format_association(row) + (" on CLR of shares" if on_clr else "")
@@ -110,7 +131,11 @@ def potency_scatter(
     on_clr = stored["params"].get("transform") == "clr"
     potency_cluster = str(stored.get("potency_cluster", ""))
     clusters = list(table.index)
-    colors = _category_colors(adata, _cluster_key(adata, str(stored["params"].get("fractions_key", _keys.LOT_FRACTIONS))), clusters)
+    colors = _category_colors(
+        adata,
+        _cluster_key(adata, str(stored["params"].get("fractions_key", _keys.LOT_FRACTIONS))),
+        clusters,
+    )
     if cluster is None:
         if not potency_cluster:
             msg = "no cluster's share rises with potency (no potency cluster stored); pass cluster= explicitly"
@@ -124,13 +149,28 @@ def potency_scatter(
         raise ValueError(msg)
     y = lots[assay].to_numpy(dtype=float)
     lot_names = list(lots.index)
-    common = {"assay": assay, "on_clr": on_clr, "line": line, "label_lots": label_lots, "kwargs": kwargs}
+    common = {
+        "assay": assay,
+        "on_clr": on_clr,
+        "line": line,
+        "label_lots": label_lots,
+        "kwargs": kwargs,
+    }
 
     if cluster != "all":
         cluster = str(cluster)
         fig, ax = _axes(ax, (4.6, 4.0))
-        _scatter_one(ax, 100 * lots[cluster].to_numpy(dtype=float), y, lot_names, table.loc[cluster],
-                     cluster=cluster, color=colors[cluster], is_potency=cluster == potency_cluster, **common)
+        _scatter_one(
+            ax,
+            100 * lots[cluster].to_numpy(dtype=float),
+            y,
+            lot_names,
+            table.loc[cluster],
+            cluster=cluster,
+            color=colors[cluster],
+            is_potency=cluster == potency_cluster,
+            **common,
+        )
         return _finish(fig, ax, show, return_fig)
 
     if ax is not None:
@@ -138,13 +178,28 @@ def potency_scatter(
         raise ValueError(msg)
     ncols = min(ncols, len(clusters))
     nrows = int(np.ceil(len(clusters) / ncols))
-    fig, grid = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 3.5 * nrows), sharey=True,
-                             layout="constrained", squeeze=False)
+    fig, grid = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.9 * ncols, 3.5 * nrows),
+        sharey=True,
+        layout="constrained",
+        squeeze=False,
+    )
     axes = grid.ravel()
     for panel, name in zip(axes, clusters, strict=False):
-        _scatter_one(panel, 100 * lots[name].to_numpy(dtype=float), y, lot_names, table.loc[name],
-                     cluster=name, color=colors[name], is_potency=name == potency_cluster, **common)
-    for panel in axes[len(clusters):]:
+        _scatter_one(
+            panel,
+            100 * lots[name].to_numpy(dtype=float),
+            y,
+            lot_names,
+            table.loc[name],
+            cluster=name,
+            color=colors[name],
+            is_potency=name == potency_cluster,
+            **common,
+        )
+    for panel in axes[len(clusters) :]:
         panel.remove()
     fig.suptitle(f"{potency_label(assay)} against each cluster's share of the lot")
     return _finish(fig, axes[: len(clusters)], show, return_fig)
@@ -198,26 +253,58 @@ def association_overview(
     if has_ci:
         low, high = table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float)
         err = np.vstack([np.clip(rho - low, 0, None), np.clip(high - rho, 0, None)])
-        ax.errorbar(x, rho, yerr=err, fmt="none", ecolor="#404040", elinewidth=1.2, capsize=4, zorder=2)
+        ax.errorbar(
+            x, rho, yerr=err, fmt="none", ecolor="#404040", elinewidth=1.2, capsize=4, zorder=2
+        )
     finite = fdr[np.isfinite(fdr) & (fdr > 0)]
     vmin = min(1e-3, float(finite.min())) if finite.size else 1e-3
     norm = mcolors.LogNorm(vmin=vmin, vmax=1.0)
-    kwargs = {"s": 70, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, "cmap": "Greys_r", **kwargs}
-    points = ax.scatter(x, rho, c=np.clip(np.nan_to_num(fdr, nan=1.0), vmin, 1.0), norm=norm, **kwargs)
+    kwargs = {
+        "s": 70,
+        "edgecolor": "black",
+        "linewidth": 0.6,
+        "zorder": 3,
+        "cmap": "Greys_r",
+        **kwargs,
+    }
+    points = ax.scatter(
+        x, rho, c=np.clip(np.nan_to_num(fdr, nan=1.0), vmin, 1.0), norm=norm, **kwargs
+    )
     colorbar = fig.colorbar(points, ax=ax, pad=0.02, fraction=0.06)
     ticks = [t for t in (1e-4, 1e-3, 0.01, 0.05, 0.1, 1.0) if t >= vmin]
     colorbar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     colorbar.minorticks_off()
     colorbar.set_label("FDR (Benjamini-Hochberg)")
-    colors = _category_colors(adata, _cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))), clusters)
+    colors = _category_colors(
+        adata, _cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))), clusters
+    )
     handles = []
     if potency_cluster in clusters:
         i = clusters.index(potency_cluster)
         ring = colors[potency_cluster]
-        ax.scatter([x[i]], [rho[i]], s=300, facecolor="none", edgecolor=ring, linewidth=2.5, zorder=4,
-                   gid="potency_cluster")
-        handles.append(Line2D([], [], marker="o", ls="none", markerfacecolor="none", markeredgecolor=ring,
-                              markeredgewidth=2.5, markersize=13, label="potency cluster"))
+        ax.scatter(
+            [x[i]],
+            [rho[i]],
+            s=300,
+            facecolor="none",
+            edgecolor=ring,
+            linewidth=2.5,
+            zorder=4,
+            gid="potency_cluster",
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="none",
+                markerfacecolor="none",
+                markeredgecolor=ring,
+                markeredgewidth=2.5,
+                markersize=13,
+                label="potency cluster",
+            )
+        )
     ax.set_xticks(x, clusters, rotation=45 if len(clusters) > 10 else 0)
     for tick, name in zip(ax.get_xticklabels(), clusters, strict=True):
         tick.set_color(colors[name])
@@ -233,11 +320,13 @@ def association_overview(
     detail = f"n = {n_lots} lots, {params.get('method', '')} p"
     if has_ci:
         detail += f"; bars: {100 * float(params.get('ci_level', 0.95)):g}% bootstrap CI over lots"
-    ax.set_title(f"Which cluster's share tracks {potency_name(str(params['potency']))}?\n{detail}", fontsize="medium")
+    ax.set_title(
+        f"Which cluster's share tracks {potency_name(str(params['potency']))}?\n{detail}",
+        fontsize="medium",
+    )
     if handles:
         ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
     note = str(stored.get("note", ""))
     if "no Spearman test can reach" in note:
         ax.text(0.0, -0.2, note, transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
     return _finish(fig, ax, show, return_fig)
-

@@ -65,12 +65,23 @@ def propensity_scores(
     values = scores["score"].to_numpy(dtype=float)
     fig, ax = _axes(ax, (4.6, max(2.5, 0.28 * len(scores) + 1.2)))
     colors = np.where(values >= 0, POSITIVE, NEGATIVE)
-    ax.barh(np.arange(len(scores)), values, color=colors, **{"edgecolor": "black", "linewidth": 0.4, **kwargs})
-    ax.set_yticks(np.arange(len(scores)), [f"{name} (#{rank})" for name, rank in zip(scores.index, scores["rank"], strict=True)])
+    ax.barh(
+        np.arange(len(scores)),
+        values,
+        color=colors,
+        **{"edgecolor": "black", "linewidth": 0.4, **kwargs},
+    )
+    ax.set_yticks(
+        np.arange(len(scores)),
+        [f"{name} (#{rank})" for name, rank in zip(scores.index, scores["rank"], strict=True)],
+    )
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_xlabel("propensity score (PC1; higher = more differentiated)")
     kind = " (reference loadings)" if stored["params"].get("reference") else ""
-    ax.set_title(f"{key}: PC1 = {float(stored['pc1_variance_ratio']):.0%} of panel variance{kind}", fontsize="medium")
+    ax.set_title(
+        f"{key}: PC1 = {float(stored['pc1_variance_ratio']):.0%} of panel variance{kind}",
+        fontsize="medium",
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return _finish(fig, ax, show, return_fig)
 
@@ -142,12 +153,16 @@ def rank_volcano(
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)
     stored = _stored(adata, key, tool="tl.rank_association")
-    outcome, table = _one_outcome(get.rank_association(adata, key=key, sort=True).reset_index(), outcome, key)
+    outcome, table = _one_outcome(
+        get.rank_association(adata, key=key, sort=True).reset_index(), outcome, key
+    )
     rho = table["rho"].to_numpy(dtype=float)
     p = table[use].to_numpy(dtype=float)
     y = -np.log10(np.clip(p, 1e-300, 1))
     significant = p < alpha
-    colors = np.where(significant & (rho > 0), POSITIVE, np.where(significant & (rho < 0), NEGATIVE, NEUTRAL))
+    colors = np.where(
+        significant & (rho > 0), POSITIVE, np.where(significant & (rho < 0), NEGATIVE, NEUTRAL)
+    )
     fig, ax = _axes(ax, (4.8, 4.2))
     ax.scatter(rho, y, c=colors, **{"s": 10, "linewidths": 0, "alpha": 0.8, **kwargs})
     ax.axhline(-np.log10(alpha), color="#555555", ls="--", lw=0.8)
@@ -160,7 +175,15 @@ def rank_volcano(
             msg = f"highlight features {missing} are not in the table for outcome {outcome!r}"
             raise KeyError(msg)
         mask = np.isin(features, list(highlight))
-        ax.scatter(rho[mask], y[mask], s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
+        ax.scatter(
+            rho[mask],
+            y[mask],
+            s=60,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.0,
+            zorder=3,
+        )
         labelled += [h for h in highlight if h not in labelled]
     position = {f: i for i, f in enumerate(features)}
     stacked: dict[tuple[float, float], int] = {}  # tied features share a point: stack their names
@@ -168,7 +191,13 @@ def rank_volcano(
         i = position[name]
         spot = (round(float(rho[i]), 6), round(float(y[i]), 6))
         k = stacked[spot] = stacked.get(spot, -1) + 1
-        ax.annotate(name, (rho[i], y[i]), xytext=(3, 3 + 8 * k), textcoords="offset points", fontsize="x-small")
+        ax.annotate(
+            name,
+            (rho[i], y[i]),
+            xytext=(3, 3 + 8 * k),
+            textcoords="offset points",
+            fontsize="x-small",
+        )
     n_pos, n_neg = int((significant & (rho > 0)).sum()), int((significant & (rho < 0)).sum())
     label = "P" if use == "pvalue" else "FDR"
     ax.set_xlim(-1.05, 1.05)
@@ -258,7 +287,9 @@ def marker_overlap(
                 msg = f"platform {platform!r} has no rank association for outcome {outcome!r}"
                 raise KeyError(msg)
             hit = part[part[use] < alpha]
-            sets.append({(m, int(np.sign(r)) * sign) for m, r in zip(hit["match"], hit["rho"], strict=True)})
+            sets.append(
+                {(m, int(np.sign(r)) * sign) for m, r in zip(hit["match"], hit["rho"], strict=True)}
+            )
             labels.append(f"{platform}\n{outcome}" + ("" if sign > 0 else " (-)"))
     k = len(sets)
     counts = np.array([[len(sets[i] & sets[j]) for j in range(k)] for i in range(k)])
@@ -267,9 +298,16 @@ def marker_overlap(
     top = counts.max() if counts.size else 0
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize="small",
-                    color="white" if top and counts[i, j] > 0.6 * top else "black",
-                    fontweight="bold" if i == j else "normal")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize="small",
+                color="white" if top and counts[i, j] > 0.6 * top else "black",
+                fontweight="bold" if i == j else "normal",
+            )
     ax.set_xticks(np.arange(k), labels, fontsize="x-small")
     ax.set_yticks(np.arange(k), labels, fontsize="x-small")
     fig.colorbar(image, ax=ax, shrink=0.7, label="shared candidates (same sign)")
@@ -330,11 +368,17 @@ def marker_validation(
     fig, ax = _axes(ax, (4.6, 4.2))
     ax.axhline(0, color="#888888", lw=0.6)
     ax.axvline(0, color="#888888", lw=0.6)
-    ax.scatter(x, y, c=np.where(validated, VALIDATED, NOT_VALIDATED),
-               **{"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3, **kwargs})
+    ax.scatter(
+        x,
+        y,
+        c=np.where(validated, VALIDATED, NOT_VALIDATED),
+        **{"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3, **kwargs},
+    )
     if label:
         for xi, yi, name in zip(x[validated], y[validated], table.index[validated], strict=True):
-            ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize="x-small")
+            ax.annotate(
+                str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize="x-small"
+            )
     params = stored["params"]
     n_lines = int(table["n_lines"].max()) if len(table) else 0
     ax.set_xlabel(xlabel)
@@ -347,7 +391,9 @@ def marker_validation(
         fontsize="medium",
     )
     handles = [
-        Line2D([], [], marker="o", ls="", color=VALIDATED, label=f"same sign, p < {params['alpha']:g}"),
+        Line2D(
+            [], [], marker="o", ls="", color=VALIDATED, label=f"same sign, p < {params['alpha']:g}"
+        ),
         Line2D([], [], marker="o", ls="", color=NOT_VALIDATED, label="not validated"),
     ]
     _outside_legend(ax, handles=handles, fontsize="small")
@@ -400,7 +446,9 @@ def validation_scatter(
     stored = _stored(adata, key, tool="tl.validate_markers")
     table = get.marker_validation(adata, key=key)
     if feature not in table.index:
-        msg = f"{feature!r} was not among the validated candidates ({table.index[:10].tolist()} ...)"
+        msg = (
+            f"{feature!r} was not among the validated candidates ({table.index[:10].tolist()} ...)"
+        )
         raise KeyError(msg)
     row = table.loc[feature]
     outcome = pd.DataFrame(stored["outcome"])
@@ -411,10 +459,17 @@ def validation_scatter(
     y = outcome[name].to_numpy(dtype=float)
     color = VALIDATED if bool(row["validated"]) else NOT_VALIDATED
     fig, ax = _axes(ax, (4.4, 4.0))
-    ax.scatter(x, y, color=color, **{"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs})
+    ax.scatter(
+        x,
+        y,
+        color=color,
+        **{"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs},
+    )
     if label_lines:
         for xi, yi, line in zip(x, y, lines, strict=True):
-            ax.annotate(line, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+            ax.annotate(
+                line, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small"
+            )
     verdict = "validated" if bool(row["validated"]) else "not validated"
     test = stored["params"]["test"]
     ax.set_title(

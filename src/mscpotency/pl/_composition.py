@@ -33,7 +33,9 @@ _METRIC_LABELS = {
 }
 
 
-def _potency_info(adata: AnnData, association_key: str, *, required: bool) -> tuple[pd.Series, str, str] | None:
+def _potency_info(
+    adata: AnnData, association_key: str, *, required: bool
+) -> tuple[pd.Series, str, str] | None:
     """Potency per lot, its name and the potency cluster; ``None`` if absent and not required."""
     if not required and association_key not in adata.uns:
         return None
@@ -44,7 +46,9 @@ def _potency_info(adata: AnnData, association_key: str, *, required: bool) -> tu
 
 
 def _lot_order(
-    fractions: pd.DataFrame, order: str | Sequence[str] | None, info: tuple[pd.Series, str, str] | None
+    fractions: pd.DataFrame,
+    order: str | Sequence[str] | None,
+    info: tuple[pd.Series, str, str] | None,
 ) -> tuple[list[str], str]:
     """Lots in plotting order and a few words saying how they were ordered."""
     lots = [str(lot) for lot in fractions.index]
@@ -52,7 +56,9 @@ def _lot_order(
         return lots, ""
     if isinstance(order, str):
         if order not in ("potency", "potency_cluster"):
-            msg = f"order must be 'potency', 'potency_cluster', a list of lots or None, got {order!r}"
+            msg = (
+                f"order must be 'potency', 'potency_cluster', a list of lots or None, got {order!r}"
+            )
             raise ValueError(msg)
         if info is None:  # pragma: no cover - _potency_info(required=True) raises first
             msg = f"order={order!r} needs `tl.potency_association` to have been run"
@@ -60,12 +66,16 @@ def _lot_order(
         potency, name, cluster = info
         if order == "potency":
             values = potency.reindex(lots)
-            return list(values.sort_values(kind="stable").index), f"lots ordered by {potency_name(name)}"
+            return list(
+                values.sort_values(kind="stable").index
+            ), f"lots ordered by {potency_name(name)}"
         if not cluster:
             msg = "no cluster's share rises with potency, so order='potency_cluster' is undefined; use order='potency'"
             raise ValueError(msg)
         values = pd.Series(fractions[cluster].to_numpy(), index=lots)
-        return list(values.sort_values(kind="stable").index), f"lots ordered by the share of {cluster}"
+        return list(
+            values.sort_values(kind="stable").index
+        ), f"lots ordered by the share of {cluster}"
     wanted = [str(lot) for lot in order]
     if sorted(wanted) != sorted(lots):
         missing = sorted(set(lots) - set(wanted))
@@ -125,7 +135,9 @@ def lot_composition(
     fractions = get.lot_fractions(adata, key=key)
     fractions.index = fractions.index.astype(str)
     fractions.columns = fractions.columns.astype(str)
-    required = (isinstance(order, str) and order in ("potency", "potency_cluster")) or bool(annotate_potency)
+    required = (isinstance(order, str) and order in ("potency", "potency_cluster")) or bool(
+        annotate_potency
+    )
     info = _potency_info(adata, association_key, required=required)
     if info is not None and set(info[0].index.astype(str)) != set(fractions.index):
         if required:
@@ -157,7 +169,9 @@ def lot_composition(
         values = fractions[cluster].to_numpy(dtype=float)
         ax.bar(x, values, bottom=bottom, color=colors[cluster], label=label, **kwargs)
         bottom += values
-    ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
+    ax.set_xticks(
+        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
+    )
     ax.set_xlim(-0.6, len(lots) - 0.4)
     ax.set_xlabel("Lot")
     ax.set_ylabel("Fraction of cells")
@@ -234,22 +248,46 @@ def composition_deviation(
     ax.bar(x, distance, color=face, edgecolor="#404040", linewidth=0.6, **kwargs)
     top = np.nanmax(distance) if len(distance) and np.isfinite(distance).any() else 1.0
     for xi, d, is_marked, cluster, ratio in zip(
-        x, distance, marked, per_lot["most_deviating_cluster"].astype(str),
-        per_lot["log2_ratio_of_most_deviating"].to_numpy(dtype=float), strict=True,
+        x,
+        distance,
+        marked,
+        per_lot["most_deviating_cluster"].astype(str),
+        per_lot["log2_ratio_of_most_deviating"].to_numpy(dtype=float),
+        strict=True,
     ):
-        ax.text(xi, d + 0.01 * top, f"{'* ' if is_marked else ''}{cluster}\n{ratio:+.1f}", ha="center",
-                va="bottom", fontsize="x-small", rotation=90 if len(lots) > 12 else 0)
+        ax.text(
+            xi,
+            d + 0.01 * top,
+            f"{'* ' if is_marked else ''}{cluster}\n{ratio:+.1f}",
+            ha="center",
+            va="bottom",
+            fontsize="x-small",
+            rotation=90 if len(lots) > 12 else 0,
+        )
     ax.set_ylim(0, top * 1.22)
-    ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
+    ax.set_xticks(
+        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
+    )
     ax.set_xlim(-0.6, len(lots) - 0.4)
     ax.set_xlabel("Lot")
     ax.set_ylabel(_METRIC_LABELS.get(metric, f"{metric} distance from pooled"))
     ax.spines[["top", "right"]].set_visible(False)
     handles = [
-        Patch(facecolor=MARKED, edgecolor="#404040", label=f"sampling p < {alpha:g} ({int(marked.sum())} lots)"),
-        Patch(facecolor=UNMARKED, edgecolor="#404040", label=f"sampling p ≥ {alpha:g} ({int((~marked).sum())} lots)"),
+        Patch(
+            facecolor=MARKED,
+            edgecolor="#404040",
+            label=f"sampling p < {alpha:g} ({int(marked.sum())} lots)",
+        ),
+        Patch(
+            facecolor=UNMARKED,
+            edgecolor="#404040",
+            label=f"sampling p ≥ {alpha:g} ({int((~marked).sum())} lots)",
+        ),
     ]
     _outside_legend(ax, handles=handles)
-    ax.set_title("Lot composition vs the pooled population\n"
-                 "above bars: most deviating cluster, log2(lot / pooled)", fontsize="medium")
+    ax.set_title(
+        "Lot composition vs the pooled population\n"
+        "above bars: most deviating cluster, log2(lot / pooled)",
+        fontsize="medium",
+    )
     return _finish(fig, ax, show, return_fig)

@@ -67,21 +67,49 @@ def association_stability(
     ax.plot(table["resolution"], table["rho"], color="#999999", lw=1, zorder=1)
     recovered = table["recovered"].to_numpy(dtype=bool)
     colors = cmap(norm(table["jaccard"].to_numpy(dtype=float)))
-    ax.scatter(table["resolution"][recovered], table["rho"][recovered], c=colors[recovered], s=60,
-               edgecolor="black", linewidth=0.6, zorder=3)
-    ax.scatter(table["resolution"][~recovered], table["rho"][~recovered], facecolor="white",
-               edgecolor=colors[~recovered], linewidth=1.8, s=60, zorder=3)
+    ax.scatter(
+        table["resolution"][recovered],
+        table["rho"][recovered],
+        c=colors[recovered],
+        s=60,
+        edgecolor="black",
+        linewidth=0.6,
+        zorder=3,
+    )
+    ax.scatter(
+        table["resolution"][~recovered],
+        table["rho"][~recovered],
+        facecolor="white",
+        edgecolor=colors[~recovered],
+        linewidth=1.8,
+        s=60,
+        zorder=3,
+    )
     for _, row in table.iterrows():
-        ax.annotate(f"{int(row['n_clusters'])}", (row["resolution"], row["rho"]), xytext=(0, 7),
-                    textcoords="offset points", ha="center", fontsize="x-small")
+        ax.annotate(
+            f"{int(row['n_clusters'])}",
+            (row["resolution"], row["rho"]),
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+            fontsize="x-small",
+        )
     reference = float(summary["reference_resolution"])
     ax.axvline(reference, ls=":", color="black", lw=1)
     if len(subsamples):
         width = reference * 0.12
-        ax.boxplot(subsamples["rho"].to_numpy(dtype=float), positions=[reference], widths=width,
-                   manage_ticks=False, showfliers=True, zorder=2,
-                   boxprops={"color": "#4575b4"}, medianprops={"color": "#4575b4"},
-                   whiskerprops={"color": "#4575b4"}, capprops={"color": "#4575b4"})
+        ax.boxplot(
+            subsamples["rho"].to_numpy(dtype=float),
+            positions=[reference],
+            widths=width,
+            manage_ticks=False,
+            showfliers=True,
+            zorder=2,
+            boxprops={"color": "#4575b4"},
+            medianprops={"color": "#4575b4"},
+            whiskerprops={"color": "#4575b4"},
+            capprops={"color": "#4575b4"},
+        )
     ax.set_xscale("log")
     ax.axhline(0, color="#cccccc", lw=0.8, zorder=0)
     ax.set_xlabel("Leiden resolution (numbers: clusters found)")
@@ -91,7 +119,11 @@ def association_stability(
     colorbar.set_label(f"Jaccard with {summary['cluster']}")
     ax.set_title(
         f"{summary['cluster']}: recovered at {summary['share_resolutions_recovered']:.0%} of resolutions"
-        + (f", {summary['share_subsamples_recovered']:.0%} of subsamples" if len(subsamples) else ""),
+        + (
+            f", {summary['share_subsamples_recovered']:.0%} of subsamples"
+            if len(subsamples)
+            else ""
+        ),
         fontsize="medium",
     )
     ax.spines[["top", "right"]].set_visible(False)
@@ -138,7 +170,10 @@ def influential_lots(
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"{RHO} without the lot - {RHO} with all lots")
-    ax.set_title(f"{stored['cluster']}: {RHO} = {stored['rho']:.2f}; red = influential lot", fontsize="medium")
+    ax.set_title(
+        f"{stored['cluster']}: {RHO} = {stored['rho']:.2f}; red = influential lot",
+        fontsize="medium",
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return _finish(fig, ax, show, return_fig)
 
@@ -196,34 +231,72 @@ def potency_prediction(
     if len(features) == 1:
         feature = features[0]
         x_train = training[feature].to_numpy(dtype=float)
-        ax.scatter(x_train, training[potency], color=_REFERENCE, edgecolor="black", linewidth=0.5,
-                   s=35, zorder=3, label="training lots")
+        ax.scatter(
+            x_train,
+            training[potency],
+            color=_REFERENCE,
+            edgecolor="black",
+            linewidth=0.5,
+            s=35,
+            zorder=3,
+            label="training lots",
+        )
         coef = np.asarray(model_stored["model"]["coef"], dtype=float)
-        grid = np.linspace(min(x_train.min(), table[feature].min()), max(x_train.max(), table[feature].max()), 50)
-        ax.plot(grid, coef[0] + coef[1] * grid, color="#555555", lw=1, ls="--", zorder=2, label="model")
+        grid = np.linspace(
+            min(x_train.min(), table[feature].min()), max(x_train.max(), table[feature].max()), 50
+        )
+        ax.plot(
+            grid, coef[0] + coef[1] * grid, color="#555555", lw=1, ls="--", zorder=2, label="model"
+        )
         ax.axvspan(x_train.min(), x_train.max(), color="#eeeeee", zorder=0, label="training range")
         x_query = table[feature].to_numpy(dtype=float)
         ax.set_xlabel(f"{feature.split(':', 1)[-1]} (share of the lot's cells)")
         ax.set_ylabel(potency_label(potency))
     else:
-        ax.scatter(training[potency], training["loo_prediction"], color=_REFERENCE, edgecolor="black",
-                   linewidth=0.5, s=35, zorder=3, label="training lots (leave-one-out)")
-        x_query = table["observed"].to_numpy(dtype=float) if "observed" in table else np.arange(len(table))
+        ax.scatter(
+            training[potency],
+            training["loo_prediction"],
+            color=_REFERENCE,
+            edgecolor="black",
+            linewidth=0.5,
+            s=35,
+            zorder=3,
+            label="training lots (leave-one-out)",
+        )
+        x_query = (
+            table["observed"].to_numpy(dtype=float)
+            if "observed" in table
+            else np.arange(len(table))
+        )
         low = min(training[potency].min(), training["loo_prediction"].min())
         high = max(training[potency].max(), training["loo_prediction"].max())
         ax.plot([low, high], [low, high], color="#555555", lw=1, ls="--", zorder=2)
         ax.set_xlabel(f"measured {potency_label(potency)}" if "observed" in table else "query lot")
         ax.set_ylabel(f"predicted {potency_label(potency)}")
     prediction = table["prediction"].to_numpy(dtype=float)
-    errors = np.vstack([prediction - table["low"].to_numpy(dtype=float), table["high"].to_numpy(dtype=float) - prediction])
-    for xi, yi, lo, hi, color in zip(x_query, prediction, errors[0], errors[1], colors, strict=True):
-        ax.errorbar(xi, yi, yerr=[[lo], [hi]], fmt="o", color=color, ecolor=color, capsize=3, ms=6, zorder=4)
+    errors = np.vstack(
+        [
+            prediction - table["low"].to_numpy(dtype=float),
+            table["high"].to_numpy(dtype=float) - prediction,
+        ]
+    )
+    for xi, yi, lo, hi, color in zip(
+        x_query, prediction, errors[0], errors[1], colors, strict=True
+    ):
+        ax.errorbar(
+            xi, yi, yerr=[[lo], [hi]], fmt="o", color=color, ecolor=color, capsize=3, ms=6, zorder=4
+        )
     if len(features) == 1 and "observed" in table:
-        ax.scatter(x_query, table["observed"], marker="x", color="black", s=40, zorder=5, label="measured")
+        ax.scatter(
+            x_query, table["observed"], marker="x", color="black", s=40, zorder=5, label="measured"
+        )
     for xi, yi, name in zip(x_query, prediction, table.index.astype(str), strict=True):
         ax.annotate(name, (xi, yi), xytext=(5, 3), textcoords="offset points", fontsize="x-small")
     handles, labels = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], marker="o", color="#4575b4", ls="-"), Line2D([], [], marker="o", color=_FAIL, ls="-")]
+    handles += [
+        Line2D([], [], marker="o", color="#4575b4", ls="-"),
+        Line2D([], [], marker="o", color=_FAIL, ls="-"),
+    ]
     labels += [f"query lot, {level:.0%} {interval} interval", "query lot outside training range"]
     ax.legend(handles, labels, fontsize="x-small", frameon=False, loc="upper left")
     ax.set_title("Predicted potency of new lots", fontsize="medium")
@@ -292,7 +365,13 @@ def comparability(
     ax.axhline(centre, color="black", lw=1, label="reference centre")
     if attribute != COMPOSITION_DISTANCE:
         ax.axhline(low, color="#4575b4", ls="--", lw=1, label="tolerance limits")
-    ax.axhline(high, color="#4575b4", ls="--", lw=1, label=None if attribute != COMPOSITION_DISTANCE else "upper tolerance limit")
+    ax.axhline(
+        high,
+        color="#4575b4",
+        ls="--",
+        lw=1,
+        label=None if attribute != COMPOSITION_DISTANCE else "upper tolerance limit",
+    )
     if is_new.any() and (~is_new).any():
         ax.axvline(positions[~is_new].max() + 0.5, color="#bbbbbb", lw=1, ls=":")
     ax.set_xticks(positions, values.index.astype(str), rotation=90, fontsize="x-small")
@@ -347,7 +426,11 @@ def neighbourhood_association(
     stored = _stored(adata, key, tool="tl.neighbourhood_association")
     nhoods = get.neighbourhood_association(adata, key=key, kind="nhoods")
     clusters = get.neighbourhood_association(adata, key=key, kind="clusters")
-    order = [c for c in clusters.sort_values("median_rho", ascending=False).index.astype(str) if (nhoods["cluster"] == c).any()]
+    order = [
+        c
+        for c in clusters.sort_values("median_rho", ascending=False).index.astype(str)
+        if (nhoods["cluster"] == c).any()
+    ]
     fig, ax = _axes(ax, (5.5, 0.45 * len(order) + 1.5))
     rng = np.random.default_rng(0)
     for i, name in enumerate(order):
@@ -364,7 +447,10 @@ def neighbourhood_association(
     ax.set_xlabel(f"Spearman {RHO} of the neighbourhood's share of each lot with potency")
     ax.set_ylabel("majority cluster")
     level = float(stored["params"]["fdr_level"])
-    ax.set_title(f"{len(nhoods)} neighbourhoods; coloured: {stored['params']['fdr']} FDR < {level:g}", fontsize="medium")
+    ax.set_title(
+        f"{len(nhoods)} neighbourhoods; coloured: {stored['params']['fdr']} FDR < {level:g}",
+        fontsize="medium",
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return _finish(fig, ax, show, return_fig)
 
@@ -403,9 +489,12 @@ def method_agreement(
     table = get.method_agreement(adata, key=key)
     methods = [c.removeprefix("call_") for c in table.columns if c.startswith("call_")]
     text_of = {
-        "fraction": lambda r: f"{r['p_fraction']:.2g}", "clr": lambda r: f"{r['p_clr']:.2g}",
+        "fraction": lambda r: f"{r['p_fraction']:.2g}",
+        "clr": lambda r: f"{r['p_clr']:.2g}",
         "count": lambda r: f"{r['p_count']:.2g}",
-        "neighbourhood": lambda r: f"{max(r['nhood_share_positive'], r['nhood_share_negative']):.0%}",
+        "neighbourhood": lambda r: (
+            f"{max(r['nhood_share_positive'], r['nhood_share_negative']):.0%}"
+        ),
     }
     codes = {"+": 2, "0": 1, "-": 0}
     grid = np.array([[codes[str(table.loc[c, f"call_{m}"])] for m in methods] for c in table.index])
@@ -414,9 +503,19 @@ def method_agreement(
     ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto")
     for i, cluster in enumerate(table.index):
         for j, m in enumerate(methods):
-            ax.text(j, i, text_of[m](table.loc[cluster]), ha="center", va="center", fontsize="x-small",
-                    color="white" if grid[i, j] != 1 else "black")
+            ax.text(
+                j,
+                i,
+                text_of[m](table.loc[cluster]),
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if grid[i, j] != 1 else "black",
+            )
     ax.set_xticks(np.arange(len(methods)), methods)
-    ax.set_yticks(np.arange(len(table)), [f"{c}{'' if a else ' *'}" for c, a in zip(table.index, table["agree"], strict=True)])
+    ax.set_yticks(
+        np.arange(len(table)),
+        [f"{c}{'' if a else ' *'}" for c, a in zip(table.index, table["agree"], strict=True)],
+    )
     ax.set_title("Calls per method (* = methods disagree)", fontsize="medium")
     return _finish(fig, ax, show, return_fig)

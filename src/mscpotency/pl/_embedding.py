@@ -78,16 +78,24 @@ def umap(
     for k in keys:
         if k in adata.obs.columns:
             if adata.obs[k].dtype == object or adata.obs[k].dtype.name == "string":
-                adata.obs[k] = adata.obs[k].astype("category")  # as scanpy would, so colours are stored
+                adata.obs[k] = adata.obs[k].astype(
+                    "category"
+                )  # as scanpy would, so colours are stored
             if adata.obs[k].dtype.name == "category":
                 _category_colors(adata, k, list(adata.obs[k].cat.categories))
     assays = [k in adata.obs.columns and str(k).lower() in POTENCY_ASSAYS for k in keys]
     if "title" not in kwargs and any(assays):
-        titles = [potency_label(k) if is_assay else k for k, is_assay in zip(keys, assays, strict=True)]
+        titles = [
+            potency_label(k) if is_assay else k for k, is_assay in zip(keys, assays, strict=True)
+        ]
         kwargs["title"] = titles if len(titles) > 1 else titles[0]
     with warnings.catch_warnings():
         # scanpy <= 1.11 calls Colormap.set_bad, which matplotlib >= 3.11 flags; nothing for users to act on
-        warnings.filterwarnings("ignore", message="The set_bad function", category=PendingDeprecationWarning)
-        axes = sc.pl.umap(adata, color=keys if len(keys) > 1 else keys[0], ax=ax, show=False, save=False, **kwargs)
+        warnings.filterwarnings(
+            "ignore", message="The set_bad function", category=PendingDeprecationWarning
+        )
+        axes = sc.pl.umap(
+            adata, color=keys if len(keys) > 1 else keys[0], ax=ax, show=False, save=False, **kwargs
+        )
     fig = (axes[0] if isinstance(axes, list) else axes).get_figure()
     return _finish(fig, axes, show, return_fig)

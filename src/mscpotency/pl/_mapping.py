@@ -87,9 +87,20 @@ def mapping_umap(
     fig, ax = _axes(ax, (6.2, 5.0))
     background = np.asarray(reference.obsm["X_umap"])[:, :2]
     placed = np.asarray(adata.obsm[placement_key])
-    size = size if size is not None else max(1.0, 60000 / max(placed.shape[0] + background.shape[0], 1))
-    ax.scatter(background[:, 0], background[:, 1], s=size, color="#dddddd", linewidths=0, rasterized=True,
-               label="reference")
+    size = (
+        size
+        if size is not None
+        else max(1.0, 60000 / max(placed.shape[0] + background.shape[0], 1))
+    )
+    ax.scatter(
+        background[:, 0],
+        background[:, 1],
+        s=size,
+        color="#dddddd",
+        linewidths=0,
+        rasterized=True,
+        label="reference",
+    )
     if color == "label":
         label_key = str(stored["params"]["label_key"])
         categories = [str(c) for c in stored["reference_labels"]]
@@ -98,20 +109,44 @@ def mapping_umap(
         for category in categories:
             chosen = labels == category
             if chosen.any():
-                ax.scatter(placed[chosen, 0], placed[chosen, 1], s=size, color=colors[category], linewidths=0,
-                           rasterized=True, label=category, **kwargs)
+                ax.scatter(
+                    placed[chosen, 0],
+                    placed[chosen, 1],
+                    s=size,
+                    color=colors[category],
+                    linewidths=0,
+                    rasterized=True,
+                    label=category,
+                    **kwargs,
+                )
         _outside_legend(ax, markerscale=max(1.0, 6 / np.sqrt(size)), title="transferred label")
     else:
         values = adata.obs[f"{key}_{color}"].to_numpy(dtype=float)
         order = np.argsort(-values)  # low scores on top, where they are seen
-        points = ax.scatter(placed[order, 0], placed[order, 1], c=values[order], s=size, cmap="viridis",
-                            vmin=0, vmax=1, linewidths=0, rasterized=True, **kwargs)
-        fig.colorbar(points, ax=ax, label="prediction score" if color == "score" else "mapping score (low = off-reference)")
+        points = ax.scatter(
+            placed[order, 0],
+            placed[order, 1],
+            c=values[order],
+            s=size,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            linewidths=0,
+            rasterized=True,
+            **kwargs,
+        )
+        fig.colorbar(
+            points,
+            ax=ax,
+            label="prediction score" if color == "score" else "mapping score (low = off-reference)",
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
-    ax.set_title(f"query on the reference ({stored['params']['method']} backend)", fontsize="medium")
+    ax.set_title(
+        f"query on the reference ({stored['params']['method']} backend)", fontsize="medium"
+    )
     return _finish(fig, ax, show, return_fig)
 
 
@@ -152,7 +187,11 @@ def mapping_confidence(
     per_lot = get.mapping_qc(adata, key=key)
     lot_key = lot_key or stored["params"]["lot_key"]
     scores = adata.obs[f"{key}_mapping_score"].to_numpy(dtype=float)
-    lots = adata.obs[lot_key].astype(str).to_numpy() if lot_key is not None and lot_key in adata.obs else np.full(adata.n_obs, "all")
+    lots = (
+        adata.obs[lot_key].astype(str).to_numpy()
+        if lot_key is not None and lot_key in adata.obs
+        else np.full(adata.n_obs, "all")
+    )
     names = [str(n) for n in per_lot.index]
     fig, ax = _axes(ax, (max(4.0, 0.45 * len(names) + 1.5), 3.8))
     data = [scores[lots == name] for name in names]
@@ -161,11 +200,20 @@ def mapping_confidence(
     for patch in boxes["boxes"]:
         patch.set_facecolor("#a6cee3")
     threshold = float(stored["params"]["min_mapping_score"])
-    ax.axhline(threshold, color="#d62728", ls="--", lw=1, label=f"off-reference below {threshold:g}")
+    ax.axhline(
+        threshold, color="#d62728", ls="--", lw=1, label=f"off-reference below {threshold:g}"
+    )
     for i, name in enumerate(names, start=1):
         share = per_lot.loc[name, "share_low_confidence"] if name in per_lot.index else np.nan
-        ax.annotate(f"{100 * share:.1f}%", (i, 1.0), xytext=(0, 2), textcoords="offset points",
-                    ha="center", va="bottom", fontsize="x-small")
+        ax.annotate(
+            f"{100 * share:.1f}%",
+            (i, 1.0),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize="x-small",
+        )
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("mapping score")
     ax.set_xlabel("lot  (above: % low-confidence cells)")
@@ -212,8 +260,14 @@ def mapping_calibration(
         table = get.mapping_calibration(adata, key=key, which=which)
         table = table[table["n_cells"] > 0]
         ece = calibration[f"ece_{which}"]
-        ax.plot(table["mean_score"], table["accuracy"], marker="o", color=colour,
-                label=f"{which} scaling (ECE {ece:.3f})", **kwargs)
+        ax.plot(
+            table["mean_score"],
+            table["accuracy"],
+            marker="o",
+            color=colour,
+            label=f"{which} scaling (ECE {ece:.3f})",
+            **kwargs,
+        )
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("prediction score")
@@ -263,17 +317,41 @@ def potency_validation(
     assay = str(stored["params"]["potency"])
     fig, ax = _axes(ax, (6.0, 4.2))
     palette = _fixed_palette(len(per_set))
-    kwargs = {"fmt": "o", "capsize": 2, "markeredgecolor": "black", "markeredgewidth": 0.5, **kwargs}
+    kwargs = {
+        "fmt": "o",
+        "capsize": 2,
+        "markeredgecolor": "black",
+        "markeredgewidth": 0.5,
+        **kwargs,
+    }
     for colour, (name, row) in zip(palette, per_set.iterrows(), strict=True):
         members = lots[lots["set"].astype(str) == str(name)]
         x = 100 * members["fraction"].to_numpy()
-        error = 100 * np.vstack([members["fraction"] - members["ci_low"], members["ci_high"] - members["fraction"]])
-        statistic = f"{RHO} = {row['rho']:.2f}, p = {format_pvalue(row['pvalue'])}" if np.isfinite(row["rho"]) else "too few lots"
-        ax.errorbar(x, members[assay], xerr=np.clip(error, 0, None), color=colour,
-                    label=f"{name} (n = {int(row['n_lots'])}): {statistic}", **kwargs)
+        error = 100 * np.vstack(
+            [members["fraction"] - members["ci_low"], members["ci_high"] - members["fraction"]]
+        )
+        statistic = (
+            f"{RHO} = {row['rho']:.2f}, p = {format_pvalue(row['pvalue'])}"
+            if np.isfinite(row["rho"])
+            else "too few lots"
+        )
+        ax.errorbar(
+            x,
+            members[assay],
+            xerr=np.clip(error, 0, None),
+            color=colour,
+            label=f"{name} (n = {int(row['n_lots'])}): {statistic}",
+            **kwargs,
+        )
         if label_lots:
             for xi, yi, lot in zip(x, members[assay], members.index, strict=True):
-                ax.annotate(str(lot), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+                ax.annotate(
+                    str(lot),
+                    (xi, yi),
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                    fontsize="x-small",
+                )
     title = f"{stored['potency_label']}-like cells (mapped)"
     if "stratified_exact" in combined.index:
         title += f"; pooled over sets: p = {format_pvalue(combined.loc['stratified_exact', 'pvalue'])} (stratified exact)"
@@ -327,7 +405,12 @@ def marker_by_set(
     tick_labels = []
     for i, (name, colour) in enumerate(zip(names, palette, strict=True)):
         members = lots[(lots["set"].astype(str) == name) & lots["tested"]]
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(members)), members["mean_expression"], color=colour, **kwargs)
+        ax.scatter(
+            i + rng.uniform(-0.12, 0.12, len(members)),
+            members["mean_expression"],
+            color=colour,
+            **kwargs,
+        )
         mean = sets.loc[name, "mean_of_lots"]
         if np.isfinite(mean):
             ax.hlines(mean, i - 0.3, i + 0.3, color="black", lw=2, zorder=4)
@@ -338,7 +421,9 @@ def marker_by_set(
             tick_labels.append(f"{name}\n(reference)" if name == reference_set else name)
     ax.set_xticks(range(len(names)), tick_labels)
     ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_ylabel(f"{stored['gene']} in {stored['potency_label']}-like cells\n(mean log-normalised, per lot)")
+    ax.set_ylabel(
+        f"{stored['gene']} in {stored['potency_label']}-like cells\n(mean log-normalised, per lot)"
+    )
     title = stored["gene"]
     if "all sets" in tests.index:
         row = tests.loc["all sets"]
@@ -346,4 +431,3 @@ def marker_by_set(
     ax.set_title(title, fontsize="medium")
     ax.spines[["top", "right"]].set_visible(False)
     return _finish(fig, ax, show, return_fig)
-

@@ -41,8 +41,10 @@ def _dot_table(
         if len(rows):
             mean[i] = rows.mean(axis=0)
             share[i] = (rows > 0).mean(axis=0)
-    return (pd.DataFrame(mean, index=categories, columns=genes),
-            pd.DataFrame(share, index=categories, columns=genes))
+    return (
+        pd.DataFrame(mean, index=categories, columns=genes),
+        pd.DataFrame(share, index=categories, columns=genes),
+    )
 
 
 def markers(
@@ -105,8 +107,12 @@ def markers(
     genes = [str(g) for g in table["gene"]]
     cluster_key = str(params.get("cluster_key", _keys.CLUSTER))
     potency_cluster = str(stored.get("cluster", ""))
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
-    mean, share = _dot_table(adata, genes, labels, layer if layer is not None else params.get("layer"))
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
+    mean, share = _dot_table(
+        adata, genes, labels, layer if layer is not None else params.get("layer")
+    )
     clusters = list(mean.index)
     colors = _category_colors(adata, cluster_key, clusters)
     if standard_scale == "var":
@@ -117,8 +123,15 @@ def markers(
     xx, yy = np.meshgrid(np.arange(len(genes)), np.arange(len(clusters)))
     max_size = 220.0
     kwargs = {"edgecolor": "#606060", "linewidth": 0.4, **kwargs}
-    dots = ax.scatter(xx.ravel(), yy.ravel(), s=max_size * share.to_numpy().ravel(),
-                      c=mean.to_numpy().ravel(), cmap=cmap, vmin=0 if standard_scale else None, **kwargs)
+    dots = ax.scatter(
+        xx.ravel(),
+        yy.ravel(),
+        s=max_size * share.to_numpy().ravel(),
+        c=mean.to_numpy().ravel(),
+        cmap=cmap,
+        vmin=0 if standard_scale else None,
+        **kwargs,
+    )
     ax.set_xticks(np.arange(len(genes)), genes, rotation=90)
     ax.set_yticks(np.arange(len(clusters)), clusters)
     for tick, name in zip(ax.get_yticklabels(), clusters, strict=True):
@@ -130,11 +143,23 @@ def markers(
     ax.set_ylabel(cluster_key)
     ax.set_xlabel(f"top marker genes of {potency_cluster}")
     colorbar = fig.colorbar(dots, ax=ax, shrink=0.5, anchor=(0.0, 0.0), pad=0.02)
-    colorbar.set_label("mean expression\n(scaled per gene)" if standard_scale else "mean log expression")
+    colorbar.set_label(
+        "mean expression\n(scaled per gene)" if standard_scale else "mean log expression"
+    )
     for size in (0.25, 0.5, 1.0):
-        ax.scatter([], [], s=max_size * size, color="#bbbbbb", edgecolor="#606060", label=f"{size:.0%}")
-    ax.legend(title="cells\nexpressing", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-              labelspacing=1.1, borderaxespad=0.0, fontsize="small", title_fontsize="small")
+        ax.scatter(
+            [], [], s=max_size * size, color="#bbbbbb", edgecolor="#606060", label=f"{size:.0%}"
+        )
+    ax.legend(
+        title="cells\nexpressing",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+        labelspacing=1.1,
+        borderaxespad=0.0,
+        fontsize="small",
+        title_fontsize="small",
+    )
 
     bars = ax.inset_axes((0.0, 1.03, 1.0, 0.28), sharex=ax)
     up = table["n_lots_up"].to_numpy(dtype=float)

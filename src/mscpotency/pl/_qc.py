@@ -76,7 +76,9 @@ def qc_per_lot(
         share = n_removed / total if total else 0.0
         ax.text(xi, total, f"{share:.1%}", ha="center", va="bottom", fontsize="x-small")
     ax.set_ylim(0, before.max() * 1.1 if len(before) else 1)
-    ax.set_xticks(x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center")
+    ax.set_xticks(
+        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
+    )
     ax.set_xlim(-0.6, len(lots) - 0.4)
     ax.set_xlabel(str(stored["params"].get("lot_key", _keys.LOT)).capitalize())
     ax.set_ylabel("Cells")
@@ -88,12 +90,22 @@ def qc_per_lot(
         width = 0.8 / len(reasons)
         palette = [mcolors.to_hex(c) for c in plt.get_cmap("Set2").colors]
         for i, reason in enumerate(reasons):
-            inset.bar(x - 0.4 + width * (i + 0.5), report[reason].to_numpy(dtype=float), width=width,
-                      color=palette[i % len(palette)], label=_REASON_LABELS.get(reason, reason))
+            inset.bar(
+                x - 0.4 + width * (i + 0.5),
+                report[reason].to_numpy(dtype=float),
+                width=width,
+                color=palette[i % len(palette)],
+                label=_REASON_LABELS.get(reason, reason),
+            )
         inset.set_ylabel("cells failing", fontsize="small")
         inset.tick_params(axis="x", labelbottom=False)
         inset.spines[["top", "right"]].set_visible(False)
-        _outside_legend(inset, title="filter (a cell can fail several)", fontsize="small", title_fontsize="small")
+        _outside_legend(
+            inset,
+            title="filter (a cell can fail several)",
+            fontsize="small",
+            title_fontsize="small",
+        )
         inset.set_title("QC per lot", fontsize="medium")
     else:
         ax.set_title("QC per lot", fontsize="medium")

@@ -86,7 +86,11 @@ def _category_colors(adata: AnnData, key: str, categories: Sequence[str]) -> dic
             obs_categories = [str(c) for c in column.cat.categories]
     if obs_categories is not None and set(categories) <= set(obs_categories):
         stored = adata.uns.get(colors_key)
-        if stored is None or len(stored) != len(obs_categories) or not all(map(mcolors.is_color_like, stored)):
+        if (
+            stored is None
+            or len(stored) != len(obs_categories)
+            or not all(map(mcolors.is_color_like, stored))
+        ):
             stored = _fixed_palette(len(obs_categories))
             adata.uns[colors_key] = list(stored)
         mapping = {c: mcolors.to_hex(col) for c, col in zip(obs_categories, stored, strict=True)}

@@ -76,7 +76,10 @@ def add_lot_table(
     if no_row:
         problems.append(f"lots {no_row} have cells but no row in the lot table")
     if problems:
-        msg = "; ".join(problems) + ". Check the lot names, or subset the cells or the table to the same lots."
+        msg = (
+            "; ".join(problems)
+            + ". Check the lot names, or subset the cells or the table to the same lots."
+        )
         raise ValueError(msg)
     adata = adata.copy() if copy else adata
     cell_lots = lots.astype(str).to_numpy()

@@ -69,7 +69,9 @@ def pool_lots(
     sizes = {name: a.n_obs for name, a in named.items()}
     target = _target_size(cells_per_lot, sizes)
     if target is not None and (
-        not isinstance(random_state, (int, np.integer)) or isinstance(random_state, bool) or random_state < 0
+        not isinstance(random_state, (int, np.integer))
+        or isinstance(random_state, bool)
+        or random_state < 0
     ):
         msg = f"random_state must be a non-negative integer, got {random_state!r}"
         raise ValueError(msg)
@@ -94,8 +96,12 @@ def pool_lots(
             )
             raise ValueError(msg)
     # fill_value=0: a gene not measured in a lot has zero counts there (dense X would get NaN).
-    pooled = ad.concat(parts, join=join, label=lot_key, index_unique="_", merge="same", fill_value=0)
-    names = pd.Index([f"{lot}_{cell}" for lot, cell in zip(pooled.obs[lot_key], _barcodes(parts), strict=True)])
+    pooled = ad.concat(
+        parts, join=join, label=lot_key, index_unique="_", merge="same", fill_value=0
+    )
+    names = pd.Index(
+        [f"{lot}_{cell}" for lot, cell in zip(pooled.obs[lot_key], _barcodes(parts), strict=True)]
+    )
     if not names.is_unique:
         clashes = names[names.duplicated()].unique()[:5].tolist()
         msg = (
@@ -112,7 +118,9 @@ def pool_lots(
     genes_dropped = {k: v for k, v in genes_dropped.items() if v}
     if genes_dropped:
         n_dropped = len(all_genes) - pooled.n_vars
-        logger.warning("pool_lots: %d genes not measured in every lot were left out (join='inner')", n_dropped)
+        logger.warning(
+            "pool_lots: %d genes not measured in every lot were left out (join='inner')", n_dropped
+        )
     pooled.uns["pool_lots"] = {
         "cells_before": {k: int(v) for k, v in sizes.items()},
         "cells_kept": {k: int(v) for k, v in kept.items()},
@@ -173,7 +181,9 @@ def _name_lots(lots, lot_key: str) -> dict[str, AnnData]:
             msg = f"lot {name!r} has duplicate cell barcodes; call .obs_names_make_unique() on it first."
             raise ValueError(msg)
         if not part.var_names.is_unique:
-            msg = f"lot {name!r} has duplicate gene names; call .var_names_make_unique() on it first."
+            msg = (
+                f"lot {name!r} has duplicate gene names; call .var_names_make_unique() on it first."
+            )
             raise ValueError(msg)
     return named
 
@@ -183,10 +193,18 @@ def _target_size(cells_per_lot: int | str | None, sizes: Mapping[str, int]) -> i
         return None
     if cells_per_lot == "min":
         return min(sizes.values())
-    if isinstance(cells_per_lot, (int, np.integer)) and not isinstance(cells_per_lot, bool) and cells_per_lot > 0:
+    if (
+        isinstance(cells_per_lot, (int, np.integer))
+        and not isinstance(cells_per_lot, bool)
+        and cells_per_lot > 0
+    ):
         small = {k: v for k, v in sizes.items() if v < cells_per_lot}
         if small:
-            logger.warning("pool_lots: lots %s have fewer than %d cells and are kept whole", small, cells_per_lot)
+            logger.warning(
+                "pool_lots: lots %s have fewer than %d cells and are kept whole",
+                small,
+                cells_per_lot,
+            )
         return int(cells_per_lot)
     msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
     raise ValueError(msg)

@@ -117,7 +117,9 @@ def preprocess(
     if hvg_flavor == "seurat" and batch_key is None and _is_csr(adata.X):
         _write_hvg(adata, _seurat_hvg(adata.X, n_top), hvg_flavor)
     else:
-        sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=hvg_flavor, batch_key=batch_key)
+        sc.pp.highly_variable_genes(
+            adata, n_top_genes=n_top, flavor=hvg_flavor, batch_key=batch_key
+        )
     hvg = adata.var["highly_variable"].to_numpy()
     n_comps = min(n_comps, int(hvg.sum()) - 1, adata.n_obs - 1)
     mean = np.zeros(adata.n_vars)
@@ -131,8 +133,12 @@ def preprocess(
     adata.var["pca_mean"] = mean
     adata.uns[key_added] = {
         "params": {
-            "counts_layer": counts_layer, "target_sum": target_sum, "n_top_genes": n_top,
-            "hvg_flavor": hvg_flavor, "batch_key": batch_key, "n_comps": n_comps,
+            "counts_layer": counts_layer,
+            "target_sum": target_sum,
+            "n_top_genes": n_top,
+            "hvg_flavor": hvg_flavor,
+            "batch_key": batch_key,
+            "n_comps": n_comps,
             "random_state": random_state,
         }
     }
@@ -174,7 +180,8 @@ def _normalize_log1p_inplace(X, target_sum: float) -> None:
         stop = min(start + _CHUNK_ROWS, X.shape[0])
         lo, hi = int(X.indptr[start]), int(X.indptr[stop])
         chunk = sparse.csr_matrix(
-            (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo), shape=(stop - start, X.shape[1])
+            (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo),
+            shape=(stop - start, X.shape[1]),
         )
         part = AnnData(X=chunk)
         sc.pp.normalize_total(part, target_sum=target_sum)
@@ -195,7 +202,12 @@ def _sparse_pca(adata: AnnData, n_comps: int, hvg: np.ndarray, random_state: int
     from sklearn.utils import check_random_state
 
     X = adata.X if hvg.all() else adata.X[:, hvg]
-    pca = PCA(n_components=n_comps, svd_solver="arpack", random_state=check_random_state(random_state), copy=False)
+    pca = PCA(
+        n_components=n_comps,
+        svd_solver="arpack",
+        random_state=check_random_state(random_state),
+        copy=False,
+    )
     x_pca = pca.fit_transform(X).astype(np.float32, copy=False)
     adata.obsm["X_pca"] = x_pca
     loadings = np.zeros((adata.n_vars, n_comps))
@@ -270,4 +282,6 @@ def _write_hvg(adata: AnnData, frame: pd.DataFrame, flavor: str) -> None:
     adata.var["highly_variable"] = frame["highly_variable"].to_numpy()
     adata.var["means"] = frame["means"].to_numpy()
     adata.var["dispersions"] = frame["dispersions"].to_numpy()
-    adata.var["dispersions_norm"] = frame["dispersions_norm"].to_numpy().astype(np.float32, copy=False)
+    adata.var["dispersions_norm"] = (
+        frame["dispersions_norm"].to_numpy().astype(np.float32, copy=False)
+    )

@@ -95,7 +95,12 @@ def qc(
     removed = reasons.any(axis=1).to_numpy()
     report = reasons.groupby(lots.to_numpy(), observed=True).sum().astype(int)
     report.insert(0, "cells_before", lots.value_counts().reindex(report.index).astype(int))
-    report["cells_removed"] = pd.Series(removed, index=adata.obs_names).groupby(lots.to_numpy(), observed=True).sum().astype(int)
+    report["cells_removed"] = (
+        pd.Series(removed, index=adata.obs_names)
+        .groupby(lots.to_numpy(), observed=True)
+        .sum()
+        .astype(int)
+    )
     report["cells_after"] = report["cells_before"] - report["cells_removed"]
     report.index.name = lot_key
     emptied = report.index[report["cells_after"] == 0].tolist()
@@ -113,9 +118,13 @@ def qc(
         "per_lot": report,
         "genes_removed": genes_removed,
         "params": {
-            "min_genes": min_genes, "min_counts": min_counts, "max_pct_mito": max_pct_mito,
-            "mito_prefix": mito_prefix, "min_cells_per_gene": min_cells_per_gene,
-            "mad_counts": mad_counts, "lot_key": lot_key,
+            "min_genes": min_genes,
+            "min_counts": min_counts,
+            "max_pct_mito": max_pct_mito,
+            "mito_prefix": mito_prefix,
+            "min_cells_per_gene": min_cells_per_gene,
+            "mad_counts": mad_counts,
+            "lot_key": lot_key,
         },
     }
     return adata if copy else None
@@ -166,19 +175,23 @@ def qc_metrics(X, mito: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     parts = map_rows(X, _qc_rows, shared=np.asarray(mito, dtype=bool))
     per_cell = np.vstack([cell for cell, _ in parts])
     per_gene = np.sum([gene for _, gene in parts], axis=0)
-    obs = pd.DataFrame({
-        "n_genes_by_counts": per_cell[:, 0].astype(np.int32),
-        "total_counts": per_cell[:, 1].astype(np.float32),
-        "total_counts_mt": per_cell[:, 2].astype(np.float32),
-    })
+    obs = pd.DataFrame(
+        {
+            "n_genes_by_counts": per_cell[:, 0].astype(np.int32),
+            "total_counts": per_cell[:, 1].astype(np.float32),
+            "total_counts_mt": per_cell[:, 2].astype(np.float32),
+        }
+    )
     obs["pct_counts_mt"] = obs["total_counts_mt"] / obs["total_counts"] * 100
     n_cells = per_gene[0].astype(np.int64)
-    var = pd.DataFrame({
-        "n_cells_by_counts": n_cells,
-        "mean_counts": per_gene[1] / n_obs,
-        "pct_dropout_by_counts": (1 - n_cells / n_obs) * 100,
-        "total_counts": per_gene[1].astype(np.float32),
-    })
+    var = pd.DataFrame(
+        {
+            "n_cells_by_counts": n_cells,
+            "mean_counts": per_gene[1] / n_obs,
+            "pct_dropout_by_counts": (1 - n_cells / n_obs) * 100,
+            "total_counts": per_gene[1].astype(np.float32),
+        }
+    )
     return obs, var
 
 
@@ -206,7 +219,10 @@ def _is_plain_csr(X) -> bool:
     return (
         sparse.issparse(X)
         and X.format == "csr"
-        and all(a.ndim == 1 and a.flags.c_contiguous and a.flags.writeable for a in (X.data, X.indices, X.indptr))
+        and all(
+            a.ndim == 1 and a.flags.c_contiguous and a.flags.writeable
+            for a in (X.data, X.indices, X.indptr)
+        )
     )
 
 
@@ -257,7 +273,9 @@ def _shares_cleanly(matrices: list) -> bool:
     data = {}
     for X in matrices:
         data.setdefault(_buffer(X.data), set()).add((_buffer(X.indptr), _buffer(X.indices)))
-    return len(indptrs) == len(indices) == len(structures) and all(len(v) == 1 for v in data.values())
+    return len(indptrs) == len(indices) == len(structures) and all(
+        len(v) == 1 for v in data.values()
+    )
 
 
 def _buffer(a: np.ndarray) -> tuple[int, int]:
@@ -284,11 +302,15 @@ def _compact_csr(matrices: list, keep_obs: np.ndarray, keep_var: np.ndarray) -> 
         data_arrays: dict[tuple[int, int], np.ndarray] = {}
         for X in members:
             data_arrays.setdefault(_buffer(X.data), X.data)
-        indptr, indices, moved = _compact_pass(first, keep_obs, keep_var, new_column, list(data_arrays.values()))
+        indptr, indices, moved = _compact_pass(
+            first, keep_obs, keep_var, new_column, list(data_arrays.values())
+        )
         compacted = dict(zip(data_arrays, moved, strict=True))
         for X in members:
             if id(X) not in by_id:
-                by_id[id(X)] = type(X)((compacted[_buffer(X.data)], indices, indptr), shape=shape, copy=False)
+                by_id[id(X)] = type(X)(
+                    (compacted[_buffer(X.data)], indices, indptr), shape=shape, copy=False
+                )
     return [by_id[id(X)] for X in matrices]
 
 

@@ -18,7 +18,24 @@ from ._second_opinion import count_association, method_agreement, neighbourhood_
 from ._stability import association_stability, influential_lots
 from ._validate_potency import marker_by_set, validate_potency
 
-__all__ = ["cluster", "composition_deviation", "lot_fractions", "potency_association", "potency_markers"]
+__all__ = [
+    "cluster",
+    "composition_deviation",
+    "lot_fractions",
+    "potency_association",
+    "potency_markers",
+]
 __all__ += ["SignRule", "consensus", "propensity_score", "rank_association", "validate_markers"]
-__all__ += ["association_stability", "comparability", "count_association", "fit_potency_model", "gene_association", "influential_lots", "method_agreement", "neighbourhood_association", "predict_potency", "pseudobulk_markers"]
+__all__ += [
+    "association_stability",
+    "comparability",
+    "count_association",
+    "fit_potency_model",
+    "gene_association",
+    "influential_lots",
+    "method_agreement",
+    "neighbourhood_association",
+    "predict_potency",
+    "pseudobulk_markers",
+]
 __all__ += ["freeze_reference", "map_to_reference", "marker_by_set", "validate_potency"]

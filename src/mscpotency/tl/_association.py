@@ -27,7 +27,9 @@ def lot_outcome(
     values = match_lots(values, lots, name=name)
     values = finite_outcome(values, name=name)
     if values.nunique() < 2:
-        msg = f"{name} is the same for every lot ({values.iloc[0]!r}); nothing can correlate with it."
+        msg = (
+            f"{name} is the same for every lot ({values.iloc[0]!r}); nothing can correlate with it."
+        )
         raise ValueError(msg)
     return values, name
 
@@ -105,7 +107,9 @@ def potency_association(
     fractions: pd.DataFrame = stored["fractions"]
     lot_key = stored["params"]["lot_key"]
     require_min_lots(len(fractions))
-    outcome, potency_name = lot_outcome(adata, potency, pd.Index(fractions.index.astype(str)), lot_key)
+    outcome, potency_name = lot_outcome(
+        adata, potency, pd.Index(fractions.index.astype(str)), lot_key
+    )
     if transform == "fraction":
         features = fractions.to_numpy(dtype=float)
     elif transform == "clr":
@@ -115,8 +119,13 @@ def potency_association(
         raise ValueError(msg)
     y = outcome.to_numpy()
     result = _stats.spearman_test(
-        features, y, method=method, alternative=alternative, n_permutations=n_permutations,
-        exact_max_n=exact_max_n, random_state=random_state,
+        features,
+        y,
+        method=method,
+        alternative=alternative,
+        n_permutations=n_permutations,
+        exact_max_n=exact_max_n,
+        random_state=random_state,
     )
     table = pd.DataFrame(
         {
@@ -155,11 +164,18 @@ def potency_association(
         "potency_cluster": potency_cluster,
         "note": _small_n_note(result.n_lots, alternative, alpha),
         "params": {
-            "potency": potency_name, "fractions_key": fractions_key, "transform": transform,
-            "method": result.pvalue_method, "alternative": alternative,
-            "n_permutations": n_permutations, "exact_max_n": exact_max_n,
-            "n_bootstrap": n_bootstrap, "ci_level": ci_level, "alpha": alpha,
-            "random_state": random_state, "lot_key": lot_key,
+            "potency": potency_name,
+            "fractions_key": fractions_key,
+            "transform": transform,
+            "method": result.pvalue_method,
+            "alternative": alternative,
+            "n_permutations": n_permutations,
+            "exact_max_n": exact_max_n,
+            "n_bootstrap": n_bootstrap,
+            "ci_level": ci_level,
+            "alpha": alpha,
+            "random_state": random_state,
+            "lot_key": lot_key,
         },
     }
     return adata if copy else None

@@ -106,17 +106,26 @@ def cluster(
         labels = _leiden(graph, resolution, n_iterations, random_state)
         searched = False
     else:
-        resolution, labels = _search_resolution(graph, n_clusters, n_iterations, random_state, max_search_steps)
+        resolution, labels = _search_resolution(
+            graph, n_clusters, n_iterations, random_state, max_search_steps
+        )
         searched = True
     named = pd.Series(_name_by_size(labels, prefix), index=adata.obs_names)
     adata.obs[key_added] = named
     adata.uns[key_added] = {
         "resolution": float(resolution),
         "n_clusters": int(named.cat.categories.size),
-        "sizes": {str(k): int(v) for k, v in named.value_counts().reindex(named.cat.categories).items()},
+        "sizes": {
+            str(k): int(v) for k, v in named.value_counts().reindex(named.cat.categories).items()
+        },
         "params": {
-            "n_clusters": n_clusters, "resolution_searched": searched, "n_neighbors": n_neighbors,
-            "use_rep": use_rep, "n_iterations": n_iterations, "knn_method": knn_method, "random_state": random_state,
+            "n_clusters": n_clusters,
+            "resolution_searched": searched,
+            "n_neighbors": n_neighbors,
+            "use_rep": use_rep,
+            "n_iterations": n_iterations,
+            "knn_method": knn_method,
+            "random_state": random_state,
             "neighbors_key": neighbors_key,
         },
     }
@@ -169,7 +178,10 @@ def _leiden(graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
     igraph.set_random_number_generator(_IgraphRandom(seed))
     try:
         partition = graph.community_leiden(
-            objective_function="modularity", weights="weight", resolution=resolution, n_iterations=n_iterations
+            objective_function="modularity",
+            weights="weight",
+            resolution=resolution,
+            n_iterations=n_iterations,
         )
     finally:
         igraph.set_random_number_generator(random)

@@ -34,7 +34,9 @@ MIN_REFERENCE_LOTS = 5
 
 
 # --------------------------------------------------------------------------- kernels
-def tolerance_factor(n: int, *, coverage: float = 0.95, confidence: float = 0.95, sided: int = 2) -> float:
+def tolerance_factor(
+    n: int, *, coverage: float = 0.95, confidence: float = 0.95, sided: int = 2
+) -> float:
     """Normal tolerance factor k: ``mean ± k sd`` of n values holds ``coverage`` with ``confidence``.
 
     Two-sided: Howe's (1969) approximation, accurate to a few parts in a thousand for
@@ -44,10 +46,14 @@ def tolerance_factor(n: int, *, coverage: float = 0.95, confidence: float = 0.95
         msg = f"a tolerance factor needs at least 2 values, got {n}"
         raise ValueError(msg)
     if not (0 < coverage < 1 and 0 < confidence < 1):
-        msg = f"coverage and confidence must be between 0 and 1, got {coverage!r} and {confidence!r}"
+        msg = (
+            f"coverage and confidence must be between 0 and 1, got {coverage!r} and {confidence!r}"
+        )
         raise ValueError(msg)
     if sided == 1:
-        return float(stats.nct.ppf(confidence, n - 1, stats.norm.ppf(coverage) * np.sqrt(n)) / np.sqrt(n))
+        return float(
+            stats.nct.ppf(confidence, n - 1, stats.norm.ppf(coverage) * np.sqrt(n)) / np.sqrt(n)
+        )
     if sided == 2:
         z = stats.norm.ppf((1 + coverage) / 2)
         chi2 = stats.chi2.ppf(1 - confidence, n - 1)
@@ -131,21 +137,33 @@ def comparability_kernel(
     else:
         msg = f"scale must be 'logit' or 'fraction', got {scale!r}"
         raise ValueError(msg)
-    ref_distance, new_distance = composition_distances(reference_counts, new_counts, pseudocount=pseudocount)
+    ref_distance, new_distance = composition_distances(
+        reference_counts, new_counts, pseudocount=pseudocount
+    )
     n_clusters = reference_counts.shape[1]
-    limits = np.array([
-        limits_kernel(ref_values[:, j], coverage=coverage, confidence=confidence) for j in range(n_clusters)
-    ] + [limits_kernel(np.log(ref_distance), coverage=coverage, confidence=confidence, sided=1)])
+    limits = np.array(
+        [
+            limits_kernel(ref_values[:, j], coverage=coverage, confidence=confidence)
+            for j in range(n_clusters)
+        ]
+        + [limits_kernel(np.log(ref_distance), coverage=coverage, confidence=confidence, sided=1)]
+    )
     low, high = limits[:, 3], limits[:, 4]
     outside = (new_values < low[:n_clusters]) | (new_values > high[:n_clusters])
     potency_within = ~outside[:, target]
     composition_within = np.log(new_distance) <= high[-1]
     return {
-        "mean": limits[:, 0], "sd": limits[:, 1], "k": limits[:, 2], "low": low, "high": high,
+        "mean": limits[:, 0],
+        "sd": limits[:, 1],
+        "k": limits[:, 2],
+        "low": low,
+        "high": high,
         "reference_values": np.column_stack([ref_values, ref_distance]),
         "new_values": np.column_stack([new_values, new_distance]),
-        "potency_within": potency_within, "composition_within": composition_within,
-        "clusters_outside": outside, "comparable": potency_within & composition_within,
+        "potency_within": potency_within,
+        "composition_within": composition_within,
+        "clusters_outside": outside,
+        "comparable": potency_within & composition_within,
     }
 
 
@@ -262,7 +280,9 @@ def comparability(
         stored = require_uns(association_source, association_key, tool="tl.potency_association")
         cluster = str(stored.get("potency_cluster", ""))
         if not cluster:
-            msg = f"the reference's uns[{association_key!r}] names no potency cluster; pass cluster=."
+            msg = (
+                f"the reference's uns[{association_key!r}] names no potency cluster; pass cluster=."
+            )
             raise ValueError(msg)
     clusters = [str(c) for c in ref_counts.columns]
     if cluster not in clusters:
@@ -276,18 +296,31 @@ def comparability(
         raise ValueError(msg)
     target = clusters.index(cluster)
     result = comparability_kernel(
-        ref_counts.to_numpy(), new_counts.to_numpy(), target, coverage=coverage,
-        confidence=confidence, scale=scale, pseudocount=pseudocount,
+        ref_counts.to_numpy(),
+        new_counts.to_numpy(),
+        target,
+        coverage=coverage,
+        confidence=confidence,
+        scale=scale,
+        pseudocount=pseudocount,
     )
     attributes = [*clusters, COMPOSITION_DISTANCE]
     n_clusters = len(clusters)
     fraction_low = np.append(_to_fraction(result["low"][:n_clusters], scale), 0.0)
-    fraction_high = np.append(_to_fraction(result["high"][:n_clusters], scale), np.exp(result["high"][-1]))
+    fraction_high = np.append(
+        _to_fraction(result["high"][:n_clusters], scale), np.exp(result["high"][-1])
+    )
     limits = pd.DataFrame(
         {
-            "n_reference": len(ref_counts), "mean": result["mean"], "sd": result["sd"], "k": result["k"],
-            "low": result["low"], "high": result["high"], "scale": [scale] * n_clusters + ["log"],
-            "low_value": fraction_low, "high_value": fraction_high,
+            "n_reference": len(ref_counts),
+            "mean": result["mean"],
+            "sd": result["sd"],
+            "k": result["k"],
+            "low": result["low"],
+            "high": result["high"],
+            "scale": [scale] * n_clusters + ["log"],
+            "low_value": fraction_low,
+            "high_value": fraction_high,
         },
         index=pd.Index(attributes, name="attribute"),
     )
@@ -310,10 +343,16 @@ def comparability(
         index=pd.Index(new_counts.index.astype(str), name=own["params"]["lot_key"]),
     )
     table["reason"] = [_reason(row, cluster) for _, row in table.iterrows()]
-    values = pd.concat([
-        ref_fractions.assign(**{COMPOSITION_DISTANCE: result["reference_values"][:, -1]}).assign(group="reference"),
-        new_fractions.assign(**{COMPOSITION_DISTANCE: result["new_values"][:, -1]}).assign(group="new"),
-    ])
+    values = pd.concat(
+        [
+            ref_fractions.assign(
+                **{COMPOSITION_DISTANCE: result["reference_values"][:, -1]}
+            ).assign(group="reference"),
+            new_fractions.assign(**{COMPOSITION_DISTANCE: result["new_values"][:, -1]}).assign(
+                group="new"
+            ),
+        ]
+    )
     values.index = values.index.astype(str)
     values.index.name = own["params"]["lot_key"]
     values = values[["group", *attributes]]
@@ -325,8 +364,13 @@ def comparability(
         "cluster": cluster,
         "params": {
             "reference": "AnnData" if isinstance(reference, AnnData) else list(map(str, reference)),
-            "cluster": cluster, "fractions_key": fractions_key, "association_key": association_key,
-            "coverage": coverage, "confidence": confidence, "scale": scale, "pseudocount": pseudocount,
+            "cluster": cluster,
+            "fractions_key": fractions_key,
+            "association_key": association_key,
+            "coverage": coverage,
+            "confidence": confidence,
+            "scale": scale,
+            "pseudocount": pseudocount,
         },
     }
     return adata if copy else None

@@ -109,7 +109,9 @@ def _cell(table: pd.DataFrame, platform: str, outcome: str, use: str) -> pd.Data
             f"are {outcomes}. Run `tl.rank_association` with that outcome."
         )
         raise KeyError(msg)
-    part = part.assign(_abs=part["rho"].abs()).sort_values([use, "_abs"], ascending=[True, False], kind="stable")
+    part = part.assign(_abs=part["rho"].abs()).sort_values(
+        [use, "_abs"], ascending=[True, False], kind="stable"
+    )
     part = part.drop_duplicates("match", keep="first").set_index("match")
     return part[["feature", "rho", use]]
 
@@ -225,8 +227,12 @@ def consensus(
             out[f"rho:{p}:{o}"] = rho[passed, j]
             out[f"{use}:{p}:{o}"] = pvalue[passed, j]
             if match_on is not None:
-                out[f"feature:{p}:{o}"] = parts[j].loc[common[passed], "feature"].astype(str).to_numpy()
-        out = out.sort_values(["n_significant", "max_pvalue"], ascending=[False, True], kind="stable")
+                out[f"feature:{p}:{o}"] = (
+                    parts[j].loc[common[passed], "feature"].astype(str).to_numpy()
+                )
+        out = out.sort_values(
+            ["n_significant", "max_pvalue"], ascending=[False, True], kind="stable"
+        )
         frames.append(out)
     columns = list(dict.fromkeys(c for frame in frames for c in frame.columns))
     filled = [frame for frame in frames if len(frame)]

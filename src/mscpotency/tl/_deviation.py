@@ -104,7 +104,9 @@ def composition_deviation(
     most = np.abs(log2_ratio.to_numpy()).argmax(axis=1)
     per_lot = pd.DataFrame(
         {
-            "n_cells": n_cells if stored["params"].get("weights_key") else np.rint(n_cells).astype(int),
+            "n_cells": n_cells
+            if stored["params"].get("weights_key")
+            else np.rint(n_cells).astype(int),
             "distance": distance,
             "sampling_p": sampling_p,
             "most_deviating_cluster": counts.columns.to_numpy()[most].astype(str),
@@ -118,7 +120,9 @@ def composition_deviation(
         "log2_ratio": log2_ratio,
         "pooled": pd.DataFrame({"fraction": pooled}, index=counts.columns),
         "params": {
-            "fractions_key": fractions_key, "metric": metric, "n_simulations": n_simulations,
+            "fractions_key": fractions_key,
+            "metric": metric,
+            "n_simulations": n_simulations,
             "random_state": random_state,
         },
     }

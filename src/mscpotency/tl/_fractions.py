@@ -51,7 +51,9 @@ def lot_fractions(
     """
     require_unique_cell_names(adata)
     lots = lots_of(adata, lot_key)
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
     if labels.isna().any():
         msg = f"{int(labels.isna().sum())} cells have no label in obs[{cluster_key!r}]"
         raise ValueError(msg)
@@ -60,11 +62,15 @@ def lot_fractions(
         counts = _weighted_counts(adata, lots, labels, weights_key)
     else:
         counts = pd.crosstab(lots, labels, dropna=False)
-        counts = counts.reindex(index=lots.cat.categories, columns=labels.cat.categories, fill_value=0)
+        counts = counts.reindex(
+            index=lots.cat.categories, columns=labels.cat.categories, fill_value=0
+        )
     counts.index.name = lot_key
     counts.columns.name = cluster_key
     n_cells = counts.sum(axis=1)
-    warn_small_lots(lots.value_counts().reindex(counts.index), min_cells_per_lot, context="lot_fractions")
+    warn_small_lots(
+        lots.value_counts().reindex(counts.index), min_cells_per_lot, context="lot_fractions"
+    )
     fractions = counts.div(n_cells, axis=0)
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
@@ -72,14 +78,18 @@ def lot_fractions(
         "fractions": fractions,
         "n_cells": lots.value_counts().reindex(counts.index).astype(int).to_frame("n_cells"),
         "params": {
-            "lot_key": lot_key, "cluster_key": cluster_key, "weights_key": weights_key,
+            "lot_key": lot_key,
+            "cluster_key": cluster_key,
+            "weights_key": weights_key,
             "min_cells_per_lot": min_cells_per_lot,
         },
     }
     return adata if copy else None
 
 
-def _weighted_counts(adata: AnnData, lots: pd.Series, labels: pd.Series, weights_key: str) -> pd.DataFrame:
+def _weighted_counts(
+    adata: AnnData, lots: pd.Series, labels: pd.Series, weights_key: str
+) -> pd.DataFrame:
     if weights_key not in adata.obsm:
         msg = f"adata.obsm has no {weights_key!r}. Run `tl.map_to_reference` first (or pass weights_key=None)."
         raise KeyError(msg)

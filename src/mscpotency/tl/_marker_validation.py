@@ -150,7 +150,9 @@ def validate_markers(
     if np.ptp(y) == 0:
         msg = f"outcome {name!r} is the same for every held-out line; nothing can be validated"
         raise ValueError(msg)
-    rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str)).loc[lines].to_numpy()
+    rows = (
+        pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str)).loc[lines].to_numpy()
+    )
     X = dense_matrix(adata[:, signs.index.tolist()], layer)[rows]
     testable = np.isfinite(X).all(axis=0)
     testable[testable] = np.ptp(X[:, testable], axis=0) > 0
@@ -159,7 +161,9 @@ def validate_markers(
     used_method = method
     if testable.any():
         kwargs = {
-            "method": method, "n_permutations": n_permutations, "exact_max_n": exact_max_n,
+            "method": method,
+            "n_permutations": n_permutations,
+            "exact_max_n": exact_max_n,
             "random_state": random_state,
         }
         if test == "two-sided":
@@ -173,7 +177,9 @@ def validate_markers(
             pvalue[testable] = np.where(expected > 0, greater.pvalue, less.pvalue)
         rho[testable] = result.rho
         used_method = result.pvalue_method
-    table = pd.DataFrame({"expected_sign": signs.to_numpy()}, index=pd.Index(signs.index, name="feature"))
+    table = pd.DataFrame(
+        {"expected_sign": signs.to_numpy()}, index=pd.Index(signs.index, name="feature")
+    )
     if rho_train is not None:
         table["rho_train"] = rho_train.to_numpy()
     table["rho"] = rho
@@ -199,9 +205,15 @@ def validate_markers(
         "outcome": frame.loc[lines, [name]].rename_axis(index="line"),
         "missing_lines": missing_lines,
         "params": {
-            "outcome": name, "alpha": alpha, "test": test, "layer": layer, "method": method,
-            "n_permutations": n_permutations, "exact_max_n": exact_max_n,
-            "random_state": random_state, "on_missing": on_missing,
+            "outcome": name,
+            "alpha": alpha,
+            "test": test,
+            "layer": layer,
+            "method": method,
+            "n_permutations": n_permutations,
+            "exact_max_n": exact_max_n,
+            "random_state": random_state,
+            "on_missing": on_missing,
         },
     }
     return adata if copy else None

@@ -87,10 +87,14 @@ def potency_markers(
     was the peak memory of the whole analysis. The same code runs on a Dask-backed ``X``
     (``io.read_lots_lazy``), block by block; ties in the score are ordered by gene position.
     """
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
     lots = lots_of(adata, lot_key)
     if cluster is None:
-        if association_key not in adata.uns or not adata.uns[association_key].get("potency_cluster"):
+        if association_key not in adata.uns or not adata.uns[association_key].get(
+            "potency_cluster"
+        ):
             msg = (
                 f"no cluster given and adata.uns[{association_key!r}] names no potency cluster. "
                 "Run `tl.potency_association` first or pass cluster=."
@@ -115,7 +119,9 @@ def potency_markers(
     n_genes = min(n_genes, adata.n_vars)
     n_lots = lots.cat.categories.size
     # one pass: per lot x side (out = 0, in = 1) sums, squares and detection of every gene
-    moments = group_moments(X, lots.cat.codes.to_numpy().astype(np.int64) * 2 + in_cluster, 2 * n_lots)
+    moments = group_moments(
+        X, lots.cat.codes.to_numpy().astype(np.int64) * 2 + in_cluster, 2 * n_lots
+    )
     sides = moments.merge(np.arange(2 * n_lots) % 2, 2)
     table = _cell_level_table(X, in_cluster, sides, adata.var_names, method)
     table = table.iloc[np.argsort(-table["score"].to_numpy(), kind="stable")[:n_genes]]
@@ -129,14 +135,20 @@ def potency_markers(
         "table": table,
         "cluster": cluster,
         "params": {
-            "cluster_key": cluster_key, "lot_key": lot_key, "n_genes": n_genes, "method": method,
-            "layer": layer, "min_cells_per_lot": min_cells_per_lot,
+            "cluster_key": cluster_key,
+            "lot_key": lot_key,
+            "n_genes": n_genes,
+            "method": method,
+            "layer": layer,
+            "min_cells_per_lot": min_cells_per_lot,
         },
     }
     return adata if copy else None
 
 
-def _cell_level_table(X, in_cluster: np.ndarray, sides: GroupMoments, var_names: pd.Index, method: str) -> pd.DataFrame:
+def _cell_level_table(
+    X, in_cluster: np.ndarray, sides: GroupMoments, var_names: pd.Index, method: str
+) -> pd.DataFrame:
     """Per gene: the cluster-vs-rest test as scanpy's ``rank_genes_groups`` reports it."""
     mean_out, mean_in = sides.mean()
     n_in, n_out = int(sides.n[1]), int(sides.n[0])
@@ -147,9 +159,14 @@ def _cell_level_table(X, in_cluster: np.ndarray, sides: GroupMoments, var_names:
         var_out, var_in = sides.var(ddof=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             scores, pvalues = stats.ttest_ind_from_stats(
-                mean1=mean_in, std1=np.sqrt(var_in), nobs1=n_in, mean2=mean_out, std2=np.sqrt(var_out),
+                mean1=mean_in,
+                std1=np.sqrt(var_in),
+                nobs1=n_in,
+                mean2=mean_out,
+                std2=np.sqrt(var_out),
                 # scanpy's "overestim_var": the rest's variance as if it had the cluster's size
-                nobs2=n_out if method == "t-test" else n_in, equal_var=False,
+                nobs2=n_out if method == "t-test" else n_in,
+                equal_var=False,
             )
         scores[np.isnan(scores)] = 0  # equal means and no variance (an undetected gene)
         pvalues[np.isnan(pvalues)] = 1
@@ -168,7 +185,9 @@ def _cell_level_table(X, in_cluster: np.ndarray, sides: GroupMoments, var_names:
     )
 
 
-def _per_lot_consistency(moments: GroupMoments, genes: pd.Index, var_names: pd.Index, min_cells: int) -> pd.DataFrame:
+def _per_lot_consistency(
+    moments: GroupMoments, genes: pd.Index, var_names: pd.Index, min_cells: int
+) -> pd.DataFrame:
     """Inside every lot with enough cells in and out: the mean difference of each gene, and a sign test."""
     columns = var_names.get_indexer(genes)
     means = moments.mean()[:, columns]

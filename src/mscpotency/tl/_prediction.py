@@ -159,7 +159,11 @@ def _fit_from_stored(model: dict) -> LinearFit:
 
 # --------------------------------------------------------------------------- features
 def _lot_features(
-    adata: AnnData, cluster: str, genes: Sequence[str], fractions_key: str, layer: str | None,
+    adata: AnnData,
+    cluster: str,
+    genes: Sequence[str],
+    fractions_key: str,
+    layer: str | None,
 ) -> pd.DataFrame:
     """Lots x (fraction of the cluster, mean expression of each gene inside the cluster)."""
     stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
@@ -181,7 +185,9 @@ def _lot_features(
         if missing:
             msg = f"genes {missing} are not in adata.var_names."
             raise KeyError(msg)
-        labels = require_obs_column(adata, cluster_key, what="cluster labels").astype(str).to_numpy()
+        labels = (
+            require_obs_column(adata, cluster_key, what="cluster labels").astype(str).to_numpy()
+        )
         lots = lots_of(adata, lot_key)
         X = adata.layers[layer] if layer is not None else adata.X
         columns = adata.var_names.get_indexer(list(genes))
@@ -201,7 +207,8 @@ def _lot_features(
             )
             raise ValueError(msg)
         means = pd.DataFrame(
-            sums / n_in[:, None], index=lots.cat.categories.astype(str),
+            sums / n_in[:, None],
+            index=lots.cat.categories.astype(str),
             columns=[f"expression:{g}" for g in genes],
         )
         features = features.join(means, how="left")
@@ -321,13 +328,16 @@ def fit_potency_model(
     for i in range(len(y)):
         if can_nest:
             inner = fit_linear(X[keep[i]], y[keep[i]])
-            _, loo_low[i], loo_high[i] = (v[0] for v in predict_linear(inner, X[i], level=level, interval=interval))
+            _, loo_low[i], loo_high[i] = (
+                v[0] for v in predict_linear(inner, X[i], level=level, interval=interval)
+            )
         else:
             loo_low[i] = loo_high[i] = np.nan
     residual = y - _design(X) @ fit.coef
     se = fit.sigma * np.sqrt(np.diag(fit.xtx_inv))
     coefficients = pd.DataFrame(
-        {"estimate": fit.coef, "se": se}, index=pd.Index(["intercept", *features.columns], name="term")
+        {"estimate": fit.coef, "se": se},
+        index=pd.Index(["intercept", *features.columns], name="term"),
     )
     lots = features.copy()
     lots.insert(0, potency_name, y)
@@ -346,14 +356,26 @@ def fit_potency_model(
         "lots": lots,
         "cv": cv,
         "model": {
-            "features": list(features.columns), "coef": fit.coef, "xtx_inv": fit.xtx_inv,
-            "sigma": fit.sigma, "df": fit.df, "loo_coef": fit.loo_coef,
-            "loo_prediction": fit.loo_prediction, "loo_residual": fit.loo_residual,
-            "feature_min": X.min(axis=0), "feature_max": X.max(axis=0),
+            "features": list(features.columns),
+            "coef": fit.coef,
+            "xtx_inv": fit.xtx_inv,
+            "sigma": fit.sigma,
+            "df": fit.df,
+            "loo_coef": fit.loo_coef,
+            "loo_prediction": fit.loo_prediction,
+            "loo_residual": fit.loo_residual,
+            "feature_min": X.min(axis=0),
+            "feature_max": X.max(axis=0),
         },
         "params": {
-            "potency": potency_name, "cluster": cluster, "genes": genes, "fractions_key": fractions_key,
-            "layer": layer, "interval": interval, "level": level, "lot_key": lot_key,
+            "potency": potency_name,
+            "cluster": cluster,
+            "genes": genes,
+            "fractions_key": fractions_key,
+            "layer": layer,
+            "interval": interval,
+            "level": level,
+            "lot_key": lot_key,
         },
     }
     return adata if copy else None
@@ -417,7 +439,11 @@ def predict_potency(
     level = float(level if level is not None else model_params["level"])
     names = [str(f) for f in stored_model["features"]]
     features = _lot_features(
-        adata, str(model_params["cluster"]), list(model_params["genes"]), fractions_key, model_params["layer"],
+        adata,
+        str(model_params["cluster"]),
+        list(model_params["genes"]),
+        fractions_key,
+        model_params["layer"],
     )
     features = features[names]
     X0 = features.to_numpy(dtype=float)
@@ -445,7 +471,9 @@ def predict_potency(
         observed, potency_name = _measured(adata, potency, pd.Index(table.index), lot_key)
         table["observed"] = observed.to_numpy()
         table["error"] = table["observed"] - table["prediction"]
-        table["covered"] = (table["observed"] >= table["low"]) & (table["observed"] <= table["high"])
+        table["covered"] = (table["observed"] >= table["low"]) & (
+            table["observed"] <= table["high"]
+        )
         summary.update(
             rmse=float(np.sqrt((table["error"] ** 2).mean())),
             mae=float(table["error"].abs().mean()),
@@ -456,9 +484,14 @@ def predict_potency(
         "table": table,
         "summary": summary,
         "params": {
-            "model_key": model_key, "model_from": "adata" if model is None else "model",
-            "fractions_key": fractions_key, "potency": potency_name, "interval": interval, "level": level,
-            "cluster": model_params["cluster"], "model_potency": model_params["potency"],
+            "model_key": model_key,
+            "model_from": "adata" if model is None else "model",
+            "fractions_key": fractions_key,
+            "potency": potency_name,
+            "interval": interval,
+            "level": level,
+            "cluster": model_params["cluster"],
+            "model_potency": model_params["potency"],
         },
     }
     return adata if copy else None

@@ -99,7 +99,9 @@ def propensity_score(
             msg = f"reference.uns[{key_added!r}] is not a propensity score; run `tl.propensity_score` on it"
             raise KeyError(msg)
         fitted: pd.DataFrame = pd.DataFrame(stored["loadings"])
-        markers_used = _marker_list(adata, fitted.index.astype(str).tolist(), what="reference panel genes")
+        markers_used = _marker_list(
+            adata, fitted.index.astype(str).tolist(), what="reference panel genes"
+        )
         if markers is not None and set(map(str, markers)) != set(markers_used):
             msg = "markers differ from the reference's panel genes; leave markers=None with a reference"
             raise ValueError(msg)
@@ -109,7 +111,11 @@ def propensity_score(
             raise ValueError(msg)
     else:
         markers_used = _marker_list(adata, markers, what="marker genes")
-        orient = markers_used if orient_by is None else _marker_list(adata, orient_by, what="orient_by genes")
+        orient = (
+            markers_used
+            if orient_by is None
+            else _marker_list(adata, orient_by, what="orient_by genes")
+        )
         outside = [g for g in orient if g not in markers_used]
         if outside:
             msg = f"orient_by genes {outside} are not among the markers entering the PCA; add them to markers"
@@ -157,7 +163,9 @@ def propensity_score(
         loading[usable] = vt[0]
         orient_mask = np.isin(markers_used, orient) & usable
         if not orient_mask.any():
-            msg = f"every orient_by gene ({orient}) is constant; choose genes that vary to orient PC1"
+            msg = (
+                f"every orient_by gene ({orient}) is constant; choose genes that vary to orient PC1"
+            )
             raise ValueError(msg)
         if loading[orient_mask].mean() < 0:
             loading = -loading
@@ -166,7 +174,8 @@ def propensity_score(
         shares = variance / variance.sum()
         keep = min(5, int((shares > 1e-12).sum()) or 1)
         ratios = pd.DataFrame(
-            {"variance_ratio": shares[:keep]}, index=pd.Index([f"PC{i + 1}" for i in range(keep)], name="pc")
+            {"variance_ratio": shares[:keep]},
+            index=pd.Index([f"PC{i + 1}" for i in range(keep)], name="pc"),
         )
         pc1 = float(shares[0])
         loadings = pd.DataFrame(
@@ -186,7 +195,9 @@ def propensity_score(
         "pc1_variance_ratio": pc1,
         "excluded": excluded,
         "params": {
-            "markers": markers_used, "orient_by": list(orient), "layer": layer,
+            "markers": markers_used,
+            "orient_by": list(orient),
+            "layer": layer,
             "reference": reference is not None,
         },
     }

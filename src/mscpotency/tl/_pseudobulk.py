@@ -43,12 +43,17 @@ SIGNED_RANK_EXACT_MAX_N = 16
 
 # --------------------------------------------------------------------------- kernels
 def pseudobulk(
-    X, lot_codes: np.ndarray, n_lots: int, mask: np.ndarray | None = None,
+    X,
+    lot_codes: np.ndarray,
+    n_lots: int,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed counts per lot (lots x genes) of the cells in ``mask``, and the cells summed."""
     cells = np.arange(X.shape[0]) if mask is None else np.flatnonzero(mask)
     codes = lot_codes[cells]
-    indicator = sparse.csr_matrix((np.ones(cells.size), (codes, np.arange(cells.size))), shape=(n_lots, cells.size))
+    indicator = sparse.csr_matrix(
+        (np.ones(cells.size), (codes, np.arange(cells.size))), shape=(n_lots, cells.size)
+    )
     summed = indicator @ X[cells]
     summed = summed.toarray() if sparse.issparse(summed) else np.asarray(summed)
     return np.asarray(summed, dtype=float), np.bincount(codes, minlength=n_lots)
@@ -63,7 +68,10 @@ def log_cpm(counts: np.ndarray, *, prior: float = 1.0) -> np.ndarray:
 
 
 def signed_rank_test(
-    differences: np.ndarray, *, n_flips: int = 9999, random_state: int | np.random.Generator = 0,
+    differences: np.ndarray,
+    *,
+    n_flips: int = 9999,
+    random_state: int | np.random.Generator = 0,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Two-sided Wilcoxon signed-rank test of every column (paired differences across lots).
 
@@ -93,8 +101,10 @@ def signed_rank_test(
     extreme = np.zeros(n_genes)
     chunk = max(1, 2_000_000 // max(1, flips.shape[0]))
     for start in range(0, n_genes, chunk):
-        null = flips @ magnitude[:, start:start + chunk]
-        extreme[start:start + chunk] = (np.abs(null) >= np.abs(observed[start:start + chunk]) - 1e-9).sum(axis=0)
+        null = flips @ magnitude[:, start : start + chunk]
+        extreme[start : start + chunk] = (
+            np.abs(null) >= np.abs(observed[start : start + chunk]) - 1e-9
+        ).sum(axis=0)
     pvalue = extreme / flips.shape[0] if method == "exact" else (1 + extreme) / (1 + flips.shape[0])
     pvalue[(d == 0).all(axis=0)] = np.nan
     return observed, pvalue, method
@@ -103,7 +113,9 @@ def signed_rank_test(
 # --------------------------------------------------------------------------- helpers
 def _counts_and_lots(adata: AnnData, layer: str | None, lot_key: str):
     if layer is not None and layer not in adata.layers:
-        msg = f"adata.layers has no {layer!r}; pass the layer with raw counts (or layer=None for X)."
+        msg = (
+            f"adata.layers has no {layer!r}; pass the layer with raw counts (or layer=None for X)."
+        )
         raise KeyError(msg)
     X = count_matrix(adata, layer)
     check_counts(X, where=f"adata.layers[{layer!r}]" if layer is not None else "adata.X")
@@ -111,8 +123,12 @@ def _counts_and_lots(adata: AnnData, layer: str | None, lot_key: str):
     return (sparse.csr_matrix(X) if sparse.issparse(X) else np.asarray(X)), lots
 
 
-def _resolve_cluster(adata: AnnData, cluster: str | None, cluster_key: str, association_key: str) -> tuple[str, np.ndarray]:
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+def _resolve_cluster(
+    adata: AnnData, cluster: str | None, cluster_key: str, association_key: str
+) -> tuple[str, np.ndarray]:
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
     if cluster is None:
         stored = require_uns(adata, association_key, tool="tl.potency_association")
         cluster = str(stored.get("potency_cluster", ""))
@@ -199,10 +215,16 @@ def pseudobulk_markers(
     counts_in, cells_in = pseudobulk(X, codes, n_lots, inside)
     counts_out, cells_out = pseudobulk(X, codes, n_lots, ~inside)
     usable = (cells_in >= min_cells) & (cells_out >= min_cells)
-    require_min_lots(int(usable.sum()), min_lots, what=f"an exact paired test with {min_cells}+ cells in and out of {cluster!r}")
+    require_min_lots(
+        int(usable.sum()),
+        min_lots,
+        what=f"an exact paired test with {min_cells}+ cells in and out of {cluster!r}",
+    )
     log2fc = log_cpm(counts_in[usable]) - log_cpm(counts_out[usable])
     expressed = (counts_in[usable] + counts_out[usable]).sum(axis=0) > 0
-    statistic, pvalue, method = signed_rank_test(log2fc[:, expressed], n_flips=n_flips, random_state=random_state)
+    statistic, pvalue, method = signed_rank_test(
+        log2fc[:, expressed], n_flips=n_flips, random_state=random_state
+    )
     genes = adata.var_names[expressed].astype(str)
     table = pd.DataFrame(
         {
@@ -222,23 +244,34 @@ def pseudobulk_markers(
     if markers_key in adata.uns and isinstance(adata.uns[markers_key], dict):
         cell_table = pd.DataFrame(adata.uns[markers_key].get("table", pd.DataFrame()))
         if str(adata.uns[markers_key].get("cluster", "")) == cluster and "rank" in cell_table:
-            cell_rank = table["gene"].map(dict(zip(cell_table["gene"].astype(str), cell_table["rank"], strict=True)))
+            cell_rank = table["gene"].map(
+                dict(zip(cell_table["gene"].astype(str), cell_table["rank"], strict=True))
+            )
     table["cell_rank"] = cell_rank
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table = table.set_index("gene", drop=False)
     table.index.name = None
     top = table["gene"].head(50).tolist()
     lot_names = lots.cat.categories.astype(str)[usable]
-    per_lot = pd.DataFrame(log2fc[:, expressed], index=pd.Index(lot_names, name=lot_key), columns=genes)[top]
+    per_lot = pd.DataFrame(
+        log2fc[:, expressed], index=pd.Index(lot_names, name=lot_key), columns=genes
+    )[top]
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
         "log2fc": per_lot,
         "cluster": cluster,
         "params": {
-            "cluster": cluster, "layer": layer, "cluster_key": cluster_key, "lot_key": lot_key,
-            "min_cells": min_cells, "min_lots": min_lots, "n_flips": n_flips, "random_state": random_state,
-            "pvalue_method": method, "lots_used": list(lot_names),
+            "cluster": cluster,
+            "layer": layer,
+            "cluster_key": cluster_key,
+            "lot_key": lot_key,
+            "min_cells": min_cells,
+            "min_lots": min_lots,
+            "n_flips": n_flips,
+            "random_state": random_state,
+            "pvalue_method": method,
+            "lots_used": list(lot_names),
         },
     }
     return adata if copy else None
@@ -335,7 +368,9 @@ def gene_association(
     codes = lots.cat.codes.to_numpy()
     summed, n_cells = pseudobulk(X, codes, lot_names.size, mask)
     if within == "cluster" and (n_cells < min_cells).any():
-        few = {str(name): int(c) for name, c in zip(lot_names, n_cells, strict=True) if c < min_cells}
+        few = {
+            str(name): int(c) for name, c in zip(lot_names, n_cells, strict=True) if c < min_cells
+        }
         msg = (
             f"lots {few} have fewer than {min_cells} cells in cluster {cluster!r}; their pseudobulk is "
             "too noisy. Lower min_cells, drop those lots, or use within='lot'."
@@ -348,15 +383,24 @@ def gene_association(
         msg = "no gene is expressed in enough lots to be tested; lower min_lots_expressed."
         raise ValueError(msg)
     result = _stats.spearman_test(
-        expression[:, tested], outcome.to_numpy(), method=method, alternative=alternative,
-        n_permutations=n_permutations, random_state=random_state,
+        expression[:, tested],
+        outcome.to_numpy(),
+        method=method,
+        alternative=alternative,
+        n_permutations=n_permutations,
+        random_state=random_state,
     )
     genes = adata.var_names[tested].astype(str)
     table = pd.DataFrame(
         {
-            "gene": genes, "rho": result.rho, "pvalue": result.pvalue, "pvalue_method": result.pvalue_method,
-            "pvalue_asymptotic": result.pvalue_asymptotic, "fdr": result.fdr,
-            "mean_log2cpm": expression[:, tested].mean(axis=0), "n_lots": result.n_lots,
+            "gene": genes,
+            "rho": result.rho,
+            "pvalue": result.pvalue,
+            "pvalue_method": result.pvalue_method,
+            "pvalue_asymptotic": result.pvalue_asymptotic,
+            "fdr": result.fdr,
+            "mean_log2cpm": expression[:, tested].mean(axis=0),
+            "n_lots": result.n_lots,
         }
     )
     table = table.sort_values(["pvalue", "rho"], ascending=[True, False], kind="stable")
@@ -364,17 +408,27 @@ def gene_association(
     table = table.set_index("gene", drop=False)
     table.index.name = None
     top = table["gene"].head(50).tolist()
-    per_lot = pd.DataFrame(expression[:, tested], index=pd.Index(lot_names, name=lot_key), columns=genes)[top]
+    per_lot = pd.DataFrame(
+        expression[:, tested], index=pd.Index(lot_names, name=lot_key), columns=genes
+    )[top]
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
         "expression": per_lot,
         "cluster": cluster,
         "params": {
-            "potency": potency_name, "cluster": cluster, "within": within, "layer": layer,
-            "cluster_key": cluster_key, "lot_key": lot_key, "min_cells": min_cells,
-            "min_lots_expressed": min_lots_expressed, "method": result.pvalue_method,
-            "alternative": alternative, "n_permutations": n_permutations, "random_state": random_state,
+            "potency": potency_name,
+            "cluster": cluster,
+            "within": within,
+            "layer": layer,
+            "cluster_key": cluster_key,
+            "lot_key": lot_key,
+            "min_cells": min_cells,
+            "min_lots_expressed": min_lots_expressed,
+            "method": result.pvalue_method,
+            "alternative": alternative,
+            "n_permutations": n_permutations,
+            "random_state": random_state,
         },
     }
     return adata if copy else None

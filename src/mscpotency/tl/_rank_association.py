@@ -102,8 +102,12 @@ def align_lines(
         raise ValueError(msg)
     lines = pd.Index(lines.astype(str))
     not_profiled = frame.index.difference(lines, sort=False).tolist()
-    rows = [(line, outcome, "not profiled") for outcome in frame.columns for line in not_profiled
-            if np.isfinite(frame.at[line, outcome])]
+    rows = [
+        (line, outcome, "not profiled")
+        for outcome in frame.columns
+        for line in not_profiled
+        if np.isfinite(frame.at[line, outcome])
+    ]
     used: dict[str, list[str]] = {}
     for outcome in frame.columns:
         values = frame[outcome].reindex(lines)
@@ -115,10 +119,14 @@ def align_lines(
         parts = []
         without_profile = missing.loc[missing["reason"] == "not profiled", "line"].unique().tolist()
         if without_profile:
-            parts.append(f"lines {without_profile} have an outcome value but no profile in this data")
+            parts.append(
+                f"lines {without_profile} have an outcome value but no profile in this data"
+            )
         no_value = missing[missing["reason"] == "no outcome value"]
         for outcome, group in no_value.groupby("outcome", sort=False):
-            parts.append(f"lines {group['line'].tolist()} are profiled but have no {outcome!r} value")
+            parts.append(
+                f"lines {group['line'].tolist()} are profiled but have no {outcome!r} value"
+            )
         msg = (
             "lines do not match between the data and the outcome (" + "; ".join(parts) + "). Pass "
             "on_missing='intersect' to use the lines present in both (they are reported), or align them."
@@ -256,8 +264,13 @@ def rank_association(
             msg = f"outcome {name!r}: every feature is constant or has missing values over lines {lines}"
             raise ValueError(msg)
         result = _stats.spearman_test(
-            Xo[:, keep], y, method=method, alternative=alternative, n_permutations=n_permutations,
-            exact_max_n=exact_max_n, random_state=random_state,
+            Xo[:, keep],
+            y,
+            method=method,
+            alternative=alternative,
+            n_permutations=n_permutations,
+            exact_max_n=exact_max_n,
+            random_state=random_state,
         )
         table = pd.DataFrame(
             {
@@ -276,12 +289,16 @@ def rank_association(
         )
         tables.append(table)
         floor = _stats.minimum_attainable_pvalue(len(lines), alternative)
-        notes.append(f"{name}: {len(lines)} lines, smallest attainable p = {floor:.3g} ({result.pvalue_method})")
+        notes.append(
+            f"{name}: {len(lines)} lines, smallest attainable p = {floor:.3g} ({result.pvalue_method})"
+        )
         if floor >= alpha:
             notes[-1] += f"; no feature can reach p < {alpha} with this few lines"
     excluded = pd.DataFrame(excluded_rows, columns=["outcome", "feature", "reason"])
     if len(excluded):
-        notes.append(f"{excluded['feature'].nunique()} features excluded (constant or missing values)")
+        notes.append(
+            f"{excluded['feature'].nunique()} features excluded (constant or missing values)"
+        )
         counts = excluded.drop_duplicates("feature")["reason"].value_counts().to_dict()
         examples = excluded["feature"].drop_duplicates().tolist()[:5]
         warnings.warn(
@@ -305,9 +322,15 @@ def rank_association(
         "missing_lines": missing_lines,
         "note": "; ".join(notes),
         "params": {
-            "outcomes": list(used), "layer": layer, "method": method, "alternative": alternative,
-            "alpha": alpha, "n_permutations": n_permutations, "exact_max_n": exact_max_n,
-            "random_state": random_state, "on_missing": on_missing,
+            "outcomes": list(used),
+            "layer": layer,
+            "method": method,
+            "alternative": alternative,
+            "alpha": alpha,
+            "n_permutations": n_permutations,
+            "exact_max_n": exact_max_n,
+            "random_state": random_state,
+            "on_missing": on_missing,
             "platform": str(adata.uns.get("platform", "")),
         },
     }

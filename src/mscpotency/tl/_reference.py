@@ -64,7 +64,11 @@ def freeze_reference(
     """
     reference = adata
     model = reference_model(
-        reference, label_key=label_key, counts_layer=counts_layer, lot_key=lot_key, umap_key=umap_key,
+        reference,
+        label_key=label_key,
+        counts_layer=counts_layer,
+        lot_key=lot_key,
+        umap_key=umap_key,
         association_key=association_key,
     )
     obs = pd.DataFrame(index=reference.obs_names.copy())

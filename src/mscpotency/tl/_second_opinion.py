@@ -45,7 +45,12 @@ COUNT_EXACT_MAX_N = 8
 
 # --------------------------------------------------------------------------- count GLM kernel
 def quasibinomial_t(
-    successes: np.ndarray, totals: np.ndarray, x: np.ndarray, *, n_iter: int = 50, tol: float = 1e-10,
+    successes: np.ndarray,
+    totals: np.ndarray,
+    x: np.ndarray,
+    *,
+    n_iter: int = 50,
+    tol: float = 1e-10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Quasi-binomial logistic regression ``logit p = a + b x``, vectorised over rows of ``x``.
 
@@ -106,7 +111,9 @@ def quasibinomial_t(
     return b, se, t, dispersion
 
 
-def _permuted(y: np.ndarray, n_permutations: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+def _permuted(
+    y: np.ndarray, n_permutations: int, rng: np.random.Generator
+) -> tuple[np.ndarray, bool]:
     """All orderings of ``y`` (n <= COUNT_EXACT_MAX_N) or ``n_permutations`` random ones."""
     n = y.size
     if n <= COUNT_EXACT_MAX_N:
@@ -115,7 +122,11 @@ def _permuted(y: np.ndarray, n_permutations: int, rng: np.random.Generator) -> t
 
 
 def count_permutation_test(
-    counts: np.ndarray, totals: np.ndarray, y: np.ndarray, *, n_permutations: int = 4999,
+    counts: np.ndarray,
+    totals: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_permutations: int = 4999,
     random_state: int | np.random.Generator = 0,
 ) -> dict[str, np.ndarray | str]:
     """Quasi-binomial slope of every cluster's count on standardised ``y``, with permutation p.
@@ -130,7 +141,10 @@ def count_permutation_test(
     rng = np.random.default_rng(random_state)
     permuted, exact = _permuted(z, n_permutations, rng)
     n_clusters = counts.shape[1]
-    out = {k: np.full(n_clusters, np.nan) for k in ("coef", "se", "t", "dispersion", "pvalue", "pvalue_asymptotic")}
+    out = {
+        k: np.full(n_clusters, np.nan)
+        for k in ("coef", "se", "t", "dispersion", "pvalue", "pvalue_asymptotic")
+    }
     for j in range(n_clusters):
         column = counts[:, j]
         if column.sum() == 0 or np.all(column == totals):
@@ -209,13 +223,22 @@ def count_association(
     outcome, potency_name = lot_outcome(adata, potency, pd.Index(counts.index), lot_key)
     totals = counts.sum(axis=1).to_numpy()
     result = count_permutation_test(
-        counts.to_numpy(), totals, outcome.to_numpy(), n_permutations=n_permutations, random_state=random_state,
+        counts.to_numpy(),
+        totals,
+        outcome.to_numpy(),
+        n_permutations=n_permutations,
+        random_state=random_state,
     )
     table = pd.DataFrame(
         {
-            "coef": result["coef"], "odds_ratio": np.exp(result["coef"]), "se": result["se"],
-            "t": result["t"], "dispersion": result["dispersion"], "pvalue": result["pvalue"],
-            "pvalue_method": result["method"], "pvalue_asymptotic": result["pvalue_asymptotic"],
+            "coef": result["coef"],
+            "odds_ratio": np.exp(result["coef"]),
+            "se": result["se"],
+            "t": result["t"],
+            "dispersion": result["dispersion"],
+            "pvalue": result["pvalue"],
+            "pvalue_method": result["method"],
+            "pvalue_asymptotic": result["pvalue_asymptotic"],
         },
         index=pd.Index(counts.columns, name="cluster"),
     )
@@ -225,8 +248,12 @@ def count_association(
     adata.uns[key_added] = {
         "table": table,
         "params": {
-            "potency": potency_name, "fractions_key": fractions_key, "n_permutations": n_permutations,
-            "random_state": random_state, "lot_key": lot_key, "pvalue_method": result["method"],
+            "potency": potency_name,
+            "fractions_key": fractions_key,
+            "n_permutations": n_permutations,
+            "random_state": random_state,
+            "lot_key": lot_key,
+            "pvalue_method": result["method"],
         },
     }
     return adata if copy else None
@@ -234,7 +261,11 @@ def count_association(
 
 # --------------------------------------------------------------------------- neighbourhoods
 def _neighbourhoods(
-    graph: sparse.csr_matrix | None, embedding: np.ndarray, *, prop: float, rng: np.random.Generator,
+    graph: sparse.csr_matrix | None,
+    embedding: np.ndarray,
+    *,
+    prop: float,
+    rng: np.random.Generator,
     k: int | None,
 ) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray]:
     """Milo's refined sampling and neighbourhoods: index cells, membership, farthest-neighbour distance.
@@ -260,20 +291,31 @@ def _neighbourhoods(
         indptr, indices = graph.indptr, graph.indices
 
         def members_of(cells: np.ndarray) -> list[np.ndarray]:
-            return [np.unique(np.append(indices[indptr[c]:indptr[c + 1]], c)) for c in cells]
+            return [np.unique(np.append(indices[indptr[c] : indptr[c + 1]], c)) for c in cells]
 
-    refined = np.array([
-        members[np.argmin(((embedding[members] - np.median(embedding[members], axis=0)) ** 2).sum(axis=1))]
-        for members in members_of(sampled)
-    ])
+    refined = np.array(
+        [
+            members[
+                np.argmin(
+                    ((embedding[members] - np.median(embedding[members], axis=0)) ** 2).sum(axis=1)
+                )
+            ]
+            for members in members_of(sampled)
+        ]
+    )
     index_cells = np.unique(refined)
     members = members_of(index_cells)
-    farthest = np.array([
-        np.sqrt(((embedding[m] - embedding[c]) ** 2).sum(axis=1)).max() for m, c in zip(members, index_cells, strict=True)
-    ])
+    farthest = np.array(
+        [
+            np.sqrt(((embedding[m] - embedding[c]) ** 2).sum(axis=1)).max()
+            for m, c in zip(members, index_cells, strict=True)
+        ]
+    )
     rows = np.concatenate(members)
     columns = np.repeat(np.arange(index_cells.size), [m.size for m in members])
-    membership = sparse.csr_matrix((np.ones(rows.size), (rows, columns)), shape=(n, index_cells.size))
+    membership = sparse.csr_matrix(
+        (np.ones(rows.size), (rows, columns)), shape=(n, index_cells.size)
+    )
     return index_cells, membership, farthest
 
 
@@ -381,7 +423,9 @@ def neighbourhood_association(
     if fdr not in ("spatial", "bh"):
         msg = f"fdr must be 'spatial' or 'bh', got {fdr!r}"
         raise ValueError(msg)
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
     connectivities, _ = _graph_of(adata, cluster_key)
     if use_rep is None:
         use_rep = str(adata.uns[cluster_key]["params"].get("use_rep", "X_pca"))
@@ -405,22 +449,32 @@ def neighbourhood_association(
     index_cells, membership, farthest = _neighbourhoods(graph, embedding, prop=prop, rng=rng, k=k)
     lot_codes = lots.cat.codes.to_numpy()
     lot_indicator = sparse.csr_matrix(
-        (np.ones(adata.n_obs), (np.arange(adata.n_obs), lot_codes)), shape=(adata.n_obs, lot_names.size)
+        (np.ones(adata.n_obs), (np.arange(adata.n_obs), lot_codes)),
+        shape=(adata.n_obs, lot_names.size),
     )
     per_lot = np.asarray((lot_indicator.T @ membership).todense())  # lots x nhoods
     fractions = per_lot / np.bincount(lot_codes, minlength=lot_names.size)[:, None]
     result = _stats.spearman_test(
-        fractions, outcome.to_numpy(), method=method, alternative=alternative,
-        n_permutations=n_permutations, random_state=random_state,
+        fractions,
+        outcome.to_numpy(),
+        method=method,
+        alternative=alternative,
+        n_permutations=n_permutations,
+        random_state=random_state,
     )
     # Milo's weight: inverse distance from the index cell to its farthest (k-th) neighbour
     weights = 1.0 / np.maximum(farthest, 1e-12)
-    adjusted = spatial_fdr(result.pvalue, weights) if fdr == "spatial" else _stats.benjamini_hochberg(result.pvalue)
+    adjusted = (
+        spatial_fdr(result.pvalue, weights)
+        if fdr == "spatial"
+        else _stats.benjamini_hochberg(result.pvalue)
+    )
     label_values = labels.astype("category")
     categories = [str(c) for c in label_values.cat.categories]
     codes = label_values.cat.codes.to_numpy()
     label_indicator = sparse.csr_matrix(
-        (np.ones(adata.n_obs), (np.arange(adata.n_obs), codes)), shape=(adata.n_obs, len(categories))
+        (np.ones(adata.n_obs), (np.arange(adata.n_obs), codes)),
+        shape=(adata.n_obs, len(categories)),
     )
     per_label = np.asarray((label_indicator.T @ membership).todense())  # clusters x nhoods
     sizes = per_label.sum(axis=0)
@@ -439,12 +493,14 @@ def neighbourhood_association(
         index=pd.Index([f"N{i}" for i in range(index_cells.size)], name="nhood"),
     )
     nhoods["significant"] = nhoods["fdr"] < fdr_level
-    calls = pd.DataFrame({
-        "cluster": nhoods["cluster"],
-        "rho": nhoods["rho"],
-        "positive": (nhoods["significant"] & (nhoods["rho"] > 0)).astype(float),
-        "negative": (nhoods["significant"] & (nhoods["rho"] < 0)).astype(float),
-    })
+    calls = pd.DataFrame(
+        {
+            "cluster": nhoods["cluster"],
+            "rho": nhoods["rho"],
+            "positive": (nhoods["significant"] & (nhoods["rho"] > 0)).astype(float),
+            "negative": (nhoods["significant"] & (nhoods["rho"] < 0)).astype(float),
+        }
+    )
     grouped = calls.groupby("cluster", observed=True)
     clusters = pd.DataFrame(
         {
@@ -466,10 +522,19 @@ def neighbourhood_association(
         "nhoods": nhoods,
         "clusters": clusters,
         "params": {
-            "potency": potency_name, "prop": prop, "cluster_key": cluster_key, "lot_key": lot_key,
-            "fdr": fdr, "fdr_level": fdr_level, "method": result.pvalue_method, "alternative": alternative,
-            "n_permutations": n_permutations, "random_state": random_state, "use_rep": use_rep,
-            "n_neighbors": n_neighbors, "n_nhoods": int(index_cells.size),
+            "potency": potency_name,
+            "prop": prop,
+            "cluster_key": cluster_key,
+            "lot_key": lot_key,
+            "fdr": fdr,
+            "fdr_level": fdr_level,
+            "method": result.pvalue_method,
+            "alternative": alternative,
+            "n_permutations": n_permutations,
+            "random_state": random_state,
+            "use_rep": use_rep,
+            "n_neighbors": n_neighbors,
+            "n_nhoods": int(index_cells.size),
         },
     }
     return adata if copy else None
@@ -539,15 +604,20 @@ def method_agreement(
     potency_name = str(params["potency"])
     lots_table: pd.DataFrame = stored["lots"]
     clusters = [str(c) for c in table_assoc.index]
-    counts = pd.DataFrame(require_uns(adata, params["fractions_key"], tool="tl.lot_fractions")["counts"]).copy()
+    counts = pd.DataFrame(
+        require_uns(adata, params["fractions_key"], tool="tl.lot_fractions")["counts"]
+    ).copy()
     counts.index = counts.index.astype(str)
     counts.columns = counts.columns.astype(str)
     counts = counts.loc[lots_table.index.astype(str), clusters]
     y = lots_table[potency_name].to_numpy(dtype=float)
     clr_result = _stats.spearman_test(
-        _stats.clr(counts.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float)), y,
-        method=params.get("method", "auto"), alternative=params.get("alternative", "two-sided"),
-        n_permutations=int(params.get("n_permutations", 9999)), random_state=int(params.get("random_state", 0)),
+        _stats.clr(counts.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float)),
+        y,
+        method=params.get("method", "auto"),
+        alternative=params.get("alternative", "two-sided"),
+        n_permutations=int(params.get("n_permutations", 9999)),
+        random_state=int(params.get("random_state", 0)),
     )
     table = pd.DataFrame(index=pd.Index(clusters, name="cluster"))
     table["rho_fraction"] = table_assoc["rho"].to_numpy(dtype=float)
@@ -559,20 +629,27 @@ def method_agreement(
         "call_clr": _call(table["rho_clr"], table["p_clr"], alpha),
     }
     if count_key is not None:
-        count_table = pd.DataFrame(require_uns(adata, count_key, tool="tl.count_association")["table"])
+        count_table = pd.DataFrame(
+            require_uns(adata, count_key, tool="tl.count_association")["table"]
+        )
         count_table.index = count_table.index.astype(str)
         table["coef_count"] = count_table["coef"].reindex(clusters).to_numpy()
         table["p_count"] = count_table["pvalue"].reindex(clusters).to_numpy()
         calls["call_count"] = _call(table["coef_count"], table["p_count"], alpha)
     if neighbourhood_key is not None:
-        nh = pd.DataFrame(require_uns(adata, neighbourhood_key, tool="tl.neighbourhood_association")["clusters"])
+        nh = pd.DataFrame(
+            require_uns(adata, neighbourhood_key, tool="tl.neighbourhood_association")["clusters"]
+        )
         nh.index = nh.index.astype(str)
         nh = nh.reindex(clusters)
         table["nhood_median_rho"] = nh["median_rho"].to_numpy()
         table["nhood_share_positive"] = nh["share_positive"].to_numpy()
         table["nhood_share_negative"] = nh["share_negative"].to_numpy()
-        nh_call = np.where(table["nhood_share_positive"] >= min_share, "+",
-                           np.where(table["nhood_share_negative"] >= min_share, "-", "0"))
+        nh_call = np.where(
+            table["nhood_share_positive"] >= min_share,
+            "+",
+            np.where(table["nhood_share_negative"] >= min_share, "-", "0"),
+        )
         calls["call_neighbourhood"] = pd.Series(nh_call, index=table.index)
     for name, values in calls.items():
         table[name] = np.asarray(values)
@@ -580,7 +657,9 @@ def method_agreement(
     table["n_methods"] = len(call_columns)
     table["agree"] = table[call_columns].nunique(axis=1) == 1
     table["call"] = np.where(table["agree"], table["call_fraction"], "mixed")
-    effects = [c for c in ("rho_fraction", "rho_clr", "coef_count", "nhood_median_rho") if c in table]
+    effects = [
+        c for c in ("rho_fraction", "rho_clr", "coef_count", "nhood_median_rho") if c in table
+    ]
     signs = np.sign(table[effects].to_numpy(dtype=float))
     table["same_direction"] = (np.abs(signs.sum(axis=1)) == len(effects)) & (signs != 0).all(axis=1)
     potency_cluster = str(stored.get("potency_cluster", ""))
@@ -600,8 +679,11 @@ def method_agreement(
         "potency_cluster": potency_cluster,
         "summary": summary,
         "params": {
-            "association_key": association_key, "count_key": count_key,
-            "neighbourhood_key": neighbourhood_key, "alpha": alpha, "min_share": min_share,
+            "association_key": association_key,
+            "count_key": count_key,
+            "neighbourhood_key": neighbourhood_key,
+            "alpha": alpha,
+            "min_share": min_share,
             "clr_pvalue_method": clr_result.pvalue_method,
         },
     }

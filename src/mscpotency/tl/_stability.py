@@ -105,7 +105,9 @@ def _graph_of(adata: AnnData, cluster_key: str) -> tuple[sparse.csr_matrix, floa
             "run `tl.cluster` again."
         )
         raise KeyError(msg)
-    connectivities_key = adata.uns[neighbors_key].get("connectivities_key", f"{neighbors_key}_connectivities")
+    connectivities_key = adata.uns[neighbors_key].get(
+        "connectivities_key", f"{neighbors_key}_connectivities"
+    )
     if connectivities_key not in adata.obsp:
         msg = f"adata.obsp has no {connectivities_key!r} (the graph of `tl.cluster`); run `tl.cluster` again."
         raise KeyError(msg)
@@ -127,7 +129,11 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
 
 
 def _association_of(
-    fractions: np.ndarray, y: np.ndarray, matched: int, method: str, alternative: str,
+    fractions: np.ndarray,
+    y: np.ndarray,
+    matched: int,
+    method: str,
+    alternative: str,
     random_state: int,
 ) -> tuple[float, float, str, int, float]:
     """Rho and p of the matched cluster; the cluster with the largest rho and that rho."""
@@ -135,8 +141,12 @@ def _association_of(
     fractions, y = fractions[keep], y[keep]
     rho = _stats.spearman_rho(fractions, y)
     result = _stats.spearman_test(
-        fractions[:, [matched]], y, method=method, alternative=alternative,  # type: ignore[arg-type]
-        n_permutations=1999, random_state=random_state,
+        fractions[:, [matched]],
+        y,
+        method=method,
+        alternative=alternative,  # type: ignore[arg-type]
+        n_permutations=1999,
+        random_state=random_state,
     )
     top = int(np.nanargmax(rho)) if np.isfinite(rho).any() else -1
     top_rho = float(rho[top]) if top >= 0 else float("nan")
@@ -233,7 +243,9 @@ def association_stability(
     (cluster, reference rho and p, share of resolutions and of subsamples that recover
     the association, median subsample Jaccard, a sentence) and ``'params'``.
     """
-    labels = require_obs_column(adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first.")
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
     labels = labels.astype("category")
     categories = [str(c) for c in labels.cat.categories]
     if cluster is None:
@@ -279,7 +291,9 @@ def association_stability(
 
     # the reference association, computed the same way as every re-clustering
     ref_fractions = _lot_fraction_matrix(lot_codes, ref_codes, n_lots)
-    ref_rho, ref_p, _, _, _ = _association_of(ref_fractions, y, target, method, alternative, random_state)
+    ref_rho, ref_p, _, _, _ = _association_of(
+        ref_fractions, y, target, method, alternative, random_state
+    )
 
     adata = adata.copy() if copy else adata
     graph = igraph_from_connectivities(connectivities)
@@ -290,16 +304,28 @@ def association_stability(
         jac = jaccard_matrix(ref_codes, new, len(categories), n_new)[target]
         matched = int(jac.argmax())
         fractions = _lot_fraction_matrix(lot_codes, new, n_lots)
-        rho, p, p_method, top, top_rho = _association_of(fractions, y, matched, method, alternative, random_state)
-        rows.append({
-            "resolution": resolution, "n_clusters": n_new, "matched_cluster": f"R{matched}",
-            "jaccard": float(jac[matched]), "matched_size": int((new == matched).sum()),
-            "rho": rho, "pvalue": p, "pvalue_method": p_method, "top_cluster": f"R{top}",
-            "top_rho": top_rho, "matched_is_top": matched == top,
-        })
+        rho, p, p_method, top, top_rho = _association_of(
+            fractions, y, matched, method, alternative, random_state
+        )
+        rows.append(
+            {
+                "resolution": resolution,
+                "n_clusters": n_new,
+                "matched_cluster": f"R{matched}",
+                "jaccard": float(jac[matched]),
+                "matched_size": int((new == matched).sum()),
+                "rho": rho,
+                "pvalue": p,
+                "pvalue_method": p_method,
+                "top_cluster": f"R{top}",
+                "top_rho": top_rho,
+                "matched_is_top": matched == top,
+            }
+        )
     by_resolution = pd.DataFrame(rows)
     by_resolution["recovered"] = (
-        by_resolution["matched_is_top"] & (by_resolution["jaccard"] >= min_jaccard)
+        by_resolution["matched_is_top"]
+        & (by_resolution["jaccard"] >= min_jaccard)
         & (by_resolution["pvalue"] < alpha)
     )
 
@@ -309,25 +335,41 @@ def association_stability(
     sub_rows = []
     per_cluster = np.full((n_subsamples, len(categories)), np.nan)
     for i, seed in enumerate(seeds):
-        keep = np.sort(rng.choice(adata.n_obs, size=n_keep, replace=False)) if n_keep < adata.n_obs else np.arange(adata.n_obs)
+        keep = (
+            np.sort(rng.choice(adata.n_obs, size=n_keep, replace=False))
+            if n_keep < adata.n_obs
+            else np.arange(adata.n_obs)
+        )
         subgraph = igraph_from_connectivities(connectivities[keep][:, keep])
-        new = _by_size(leiden_labels(subgraph, reference_resolution, seed=int(seed), n_iterations=n_iterations))
+        new = _by_size(
+            leiden_labels(subgraph, reference_resolution, seed=int(seed), n_iterations=n_iterations)
+        )
         n_new = int(new.max()) + 1
         jac = jaccard_matrix(ref_codes[keep], new, len(categories), n_new)
         present = np.bincount(ref_codes[keep], minlength=len(categories)) > 0
         per_cluster[i, present] = jac.max(axis=1)[present]
         matched = int(jac[target].argmax())
         fractions = _lot_fraction_matrix(lot_codes[keep], new, n_lots)
-        rho, p, _, top, _ = _association_of(fractions, y, matched, method, alternative, random_state)
-        sub_rows.append({
-            "seed": int(seed), "n_cells": int(keep.size), "n_clusters": n_new,
-            "jaccard": float(jac[target, matched]), "rho": rho, "pvalue": p, "matched_is_top": matched == top,
-        })
+        rho, p, _, top, _ = _association_of(
+            fractions, y, matched, method, alternative, random_state
+        )
+        sub_rows.append(
+            {
+                "seed": int(seed),
+                "n_cells": int(keep.size),
+                "n_clusters": n_new,
+                "jaccard": float(jac[target, matched]),
+                "rho": rho,
+                "pvalue": p,
+                "matched_is_top": matched == top,
+            }
+        )
     columns = ["seed", "n_cells", "n_clusters", "jaccard", "rho", "pvalue", "matched_is_top"]
     by_subsample = pd.DataFrame(sub_rows, columns=columns)
     by_subsample.index.name = "subsample"
     by_subsample["recovered"] = (
-        by_subsample["matched_is_top"].astype(bool) & (by_subsample["jaccard"] >= min_jaccard)
+        by_subsample["matched_is_top"].astype(bool)
+        & (by_subsample["jaccard"] >= min_jaccard)
         & (by_subsample["pvalue"] < alpha)
     )
 
@@ -337,8 +379,12 @@ def association_stability(
                 "n_cells": np.bincount(ref_codes, minlength=len(categories)),
                 "mean_jaccard": np.nanmean(per_cluster, axis=0) if n_subsamples else np.nan,
                 "min_jaccard": np.nanmin(per_cluster, axis=0) if n_subsamples else np.nan,
-                "share_stable": (per_cluster >= STABLE_JACCARD).mean(axis=0) if n_subsamples else np.nan,
-                "share_dissolved": (per_cluster < DISSOLVED_JACCARD).mean(axis=0) if n_subsamples else np.nan,
+                "share_stable": (per_cluster >= STABLE_JACCARD).mean(axis=0)
+                if n_subsamples
+                else np.nan,
+                "share_dissolved": (per_cluster < DISSOLVED_JACCARD).mean(axis=0)
+                if n_subsamples
+                else np.nan,
             },
             index=pd.Index(categories, name=cluster_key),
         )
@@ -362,17 +408,30 @@ def association_stability(
         "subsamples": by_subsample,
         "clusters": clusters,
         "summary": {
-            "cluster": cluster, "reference_resolution": reference_resolution,
-            "reference_rho": ref_rho, "reference_pvalue": ref_p,
-            "share_resolutions_recovered": share_res, "share_subsamples_recovered": share_sub,
-            "median_subsample_jaccard": median_jac, "text": sentence,
+            "cluster": cluster,
+            "reference_resolution": reference_resolution,
+            "reference_rho": ref_rho,
+            "reference_pvalue": ref_p,
+            "share_resolutions_recovered": share_res,
+            "share_subsamples_recovered": share_sub,
+            "median_subsample_jaccard": median_jac,
+            "text": sentence,
         },
         "params": {
-            "potency": potency_name, "cluster": cluster, "resolutions": resolutions,
-            "n_subsamples": n_subsamples, "subsample_fraction": subsample_fraction,
-            "cluster_key": cluster_key, "lot_key": lot_key, "association_key": association_key,
-            "min_jaccard": min_jaccard, "alpha": alpha, "method": method, "alternative": alternative,
-            "n_iterations": n_iterations, "random_state": random_state,
+            "potency": potency_name,
+            "cluster": cluster,
+            "resolutions": resolutions,
+            "n_subsamples": n_subsamples,
+            "subsample_fraction": subsample_fraction,
+            "cluster_key": cluster_key,
+            "lot_key": lot_key,
+            "association_key": association_key,
+            "min_jaccard": min_jaccard,
+            "alpha": alpha,
+            "method": method,
+            "alternative": alternative,
+            "n_iterations": n_iterations,
+            "random_state": random_state,
         },
     }
     logger.info(sentence)
@@ -381,7 +440,11 @@ def association_stability(
 
 # --------------------------------------------------------------------------- influence
 def influence_kernel(
-    x: np.ndarray, y: np.ndarray, *, z_threshold: float = 3.5, min_shift: float = 0.1,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    z_threshold: float = 3.5,
+    min_shift: float = 0.1,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Rho of ``x`` vs ``y``, rho without each lot, the robust z of those rhos and the flags.
 
@@ -486,13 +549,27 @@ def influential_lots(
     method = params.get("method", "auto")
     alternative = params.get("alternative", "two-sided")
     alpha = float(params.get("alpha", 0.05))
-    p_without = np.array([
-        _stats.spearman_test(x[keep[i], None], y[keep[i]], method=method, alternative=alternative,
-                             random_state=int(params.get("random_state", 0))).pvalue[0]
-        for i in range(n_lots)
-    ])
-    p_full = float(_stats.spearman_test(x[:, None], y, method=method, alternative=alternative,
-                                        random_state=int(params.get("random_state", 0))).pvalue[0])
+    p_without = np.array(
+        [
+            _stats.spearman_test(
+                x[keep[i], None],
+                y[keep[i]],
+                method=method,
+                alternative=alternative,
+                random_state=int(params.get("random_state", 0)),
+            ).pvalue[0]
+            for i in range(n_lots)
+        ]
+    )
+    p_full = float(
+        _stats.spearman_test(
+            x[:, None],
+            y,
+            method=method,
+            alternative=alternative,
+            random_state=int(params.get("random_state", 0)),
+        ).pvalue[0]
+    )
     shift = loo - rho
     table = pd.DataFrame(
         {
@@ -514,9 +591,13 @@ def influential_lots(
         "rho": rho,
         "pvalue": p_full,
         "params": {
-            "association_key": association_key, "cluster": cluster, "z_threshold": z_threshold,
-            "min_shift": min_shift, "transform": params.get("transform", "fraction"),
-            "potency": potency_name, "alpha": alpha,
+            "association_key": association_key,
+            "cluster": cluster,
+            "z_threshold": z_threshold,
+            "min_shift": min_shift,
+            "transform": params.get("transform", "fraction"),
+            "potency": potency_name,
+            "alpha": alpha,
         },
     }
     return adata if copy else None

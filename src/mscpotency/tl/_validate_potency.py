@@ -39,7 +39,9 @@ MARKER_BY_SET = "marker_by_set"
 
 
 # --------------------------------------------------------------------------- kernels
-def spearman_null(fraction: np.ndarray, outcome: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def spearman_null(
+    fraction: np.ndarray, outcome: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Spearman's rho and its exact permutation distribution (values, probabilities).
 
     The distribution is counted over all n! orderings by :func:`mscpotency._stats.permutation_distribution`
@@ -57,7 +59,9 @@ def spearman_null(fraction: np.ndarray, outcome: np.ndarray) -> tuple[float, np.
     return observed, rho_values, counts / counts.sum()
 
 
-def _tail(values: np.ndarray, probabilities: np.ndarray, observed: float, alternative: str) -> float:
+def _tail(
+    values: np.ndarray, probabilities: np.ndarray, observed: float, alternative: str
+) -> float:
     tolerance = 1e-9
     if alternative == "greater":
         return float(probabilities[values >= observed - tolerance].sum())
@@ -99,7 +103,12 @@ def stratified_exact_test(
 
 
 def fraction_intervals(
-    n_cells: np.ndarray, estimate: np.ndarray, *, n_bootstrap: int, level: float, rng: np.random.Generator
+    n_cells: np.ndarray,
+    estimate: np.ndarray,
+    *,
+    n_bootstrap: int,
+    level: float,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bootstrap replicates and percentile intervals of per-lot fractions.
 
@@ -114,8 +123,14 @@ def fraction_intervals(
     low, high
         Percentile interval per lot.
     """
-    replicates = rng.binomial(n_cells[None, :].astype(np.int64), np.clip(estimate, 0, 1)[None, :],
-                              size=(n_bootstrap, n_cells.size)) / n_cells[None, :]
+    replicates = (
+        rng.binomial(
+            n_cells[None, :].astype(np.int64),
+            np.clip(estimate, 0, 1)[None, :],
+            size=(n_bootstrap, n_cells.size),
+        )
+        / n_cells[None, :]
+    )
     alpha = (1 - level) / 2
     low, high = np.quantile(replicates, [alpha, 1 - alpha], axis=0)
     return replicates, low, high
@@ -128,7 +143,9 @@ def fisher_combination(pvalues: np.ndarray) -> tuple[float, float]:
     return statistic, float(stats.chi2.sf(statistic, 2 * pvalues.size))
 
 
-def stouffer_combination(pvalues_greater: np.ndarray, weights: np.ndarray, alternative: str) -> tuple[float, float]:
+def stouffer_combination(
+    pvalues_greater: np.ndarray, weights: np.ndarray, alternative: str
+) -> tuple[float, float]:
     """Weighted Stouffer Z of one-sided ("greater") p-values; returns Z and the p of ``alternative``."""
     z = stats.norm.isf(np.clip(np.asarray(pvalues_greater, dtype=float), 1e-300, 1 - 1e-16))
     weights = np.asarray(weights, dtype=float)
@@ -172,7 +189,11 @@ def _set_order(adata: AnnData, set_key: str | None, sets: pd.Series) -> list[str
     if set_key is not None and isinstance(adata.obs[set_key].dtype, pd.CategoricalDtype):
         order = [str(c) for c in adata.obs[set_key].cat.categories]
     else:
-        order = [str(v) for v in pd.unique(adata.obs[set_key].astype(str))] if set_key is not None else ["all"]
+        order = (
+            [str(v) for v in pd.unique(adata.obs[set_key].astype(str))]
+            if set_key is not None
+            else ["all"]
+        )
     return [s for s in order if s in present]
 
 
@@ -268,19 +289,27 @@ def validate_potency(
         msg = f"n_bootstrap must be positive, got {n_bootstrap!r}"
         raise ValueError(msg)
     label = _potency_label(adata, key, potency_label)
-    labels = require_obs_column(adata, key, what="transferred labels", hint="Run `tl.map_to_reference` first.")
+    labels = require_obs_column(
+        adata, key, what="transferred labels", hint="Run `tl.map_to_reference` first."
+    )
     lots = lots_of(adata, lot_key)
     probabilities_key = f"{key}_probabilities"
     if probabilities_key not in adata.obsm:
         msg = f"adata.obsm has no {probabilities_key!r}. Run `tl.map_to_reference` first."
         raise KeyError(msg)
     probabilities = pd.DataFrame(adata.obsm[probabilities_key])
-    p_label = probabilities[label].to_numpy(dtype=float) if label in probabilities.columns else np.zeros(adata.n_obs)
+    p_label = (
+        probabilities[label].to_numpy(dtype=float)
+        if label in probabilities.columns
+        else np.zeros(adata.n_obs)
+    )
     keep = np.ones(adata.n_obs, dtype=bool)
     mapping_column = f"{key}_mapping_score"
     if exclude_off_reference:
         threshold = float(adata.uns[key]["params"]["min_mapping_score"])
-        scores = require_obs_column(adata, mapping_column, what="mapping scores", hint="Run `tl.map_to_reference` first.")
+        scores = require_obs_column(
+            adata, mapping_column, what="mapping scores", hint="Run `tl.map_to_reference` first."
+        )
         keep = scores.to_numpy(dtype=float) >= threshold
     frame = pd.DataFrame(
         {
@@ -343,13 +372,30 @@ def validate_potency(
                 greater_p.append(_tail(values, mass, rho, "greater"))
                 weights.append(math.sqrt(members.size))
         else:
-            row.update(rho=np.nan, pvalue=np.nan, rho_ci_low=np.nan, rho_ci_high=np.nan, min_attainable_p=np.nan)
-        row["can_reach_alpha"] = bool(np.isfinite(row["min_attainable_p"]) and row["min_attainable_p"] < alpha)
+            row.update(
+                rho=np.nan,
+                pvalue=np.nan,
+                rho_ci_low=np.nan,
+                rho_ci_high=np.nan,
+                min_attainable_p=np.nan,
+            )
+        row["can_reach_alpha"] = bool(
+            np.isfinite(row["min_attainable_p"]) and row["min_attainable_p"] < alpha
+        )
         row["note"] = _small_set_note(members.size, alternative, alpha)
         per_set.append(row)
     per_set_table = pd.DataFrame(per_set).set_index("set")
     per_set_table = per_set_table[
-        ["n_lots", "rho", "pvalue", "min_attainable_p", "can_reach_alpha", "rho_ci_low", "rho_ci_high", "note"]
+        [
+            "n_lots",
+            "rho",
+            "pvalue",
+            "min_attainable_p",
+            "can_reach_alpha",
+            "rho_ci_low",
+            "rho_ci_high",
+            "note",
+        ]
     ]
     combined = _combine(strata, per_set_table, greater_p, weights, alternative)
     adata = adata.copy() if copy else adata
@@ -360,40 +406,66 @@ def validate_potency(
         "potency_label": label,
         "note": _overall_note(per_set_table, combined, alpha),
         "params": {
-            "potency": potency_name, "key": key, "set_key": set_key, "lot_key": lot_key,
-            "weighted": weighted, "exclude_off_reference": exclude_off_reference,
-            "alternative": alternative, "n_bootstrap": n_bootstrap, "ci_level": ci_level,
-            "alpha": alpha, "random_state": random_state,
+            "potency": potency_name,
+            "key": key,
+            "set_key": set_key,
+            "lot_key": lot_key,
+            "weighted": weighted,
+            "exclude_off_reference": exclude_off_reference,
+            "alternative": alternative,
+            "n_bootstrap": n_bootstrap,
+            "ci_level": ci_level,
+            "alpha": alpha,
+            "random_state": random_state,
         },
     }
     return adata if copy else None
 
 
 def _combine(
-    strata: list[tuple[np.ndarray, np.ndarray]], per_set: pd.DataFrame, greater_p: list[float],
-    weights: list[float], alternative: str,
+    strata: list[tuple[np.ndarray, np.ndarray]],
+    per_set: pd.DataFrame,
+    greater_p: list[float],
+    weights: list[float],
+    alternative: str,
 ) -> pd.DataFrame:
     n_sets = len(strata)
     n_lots = int(sum(len(x) for x, _ in strata))
     rows = []
     if n_sets:
         statistic, pvalue = stratified_exact_test(strata, alternative=alternative)
-        rows.append({
-            "method": "stratified_exact", "statistic": statistic, "pvalue": pvalue,
-            "note": "sum of sqrt(n-1)-weighted rho; exact over all within-set orderings of the lots",
-        })
+        rows.append(
+            {
+                "method": "stratified_exact",
+                "statistic": statistic,
+                "pvalue": pvalue,
+                "note": "sum of sqrt(n-1)-weighted rho; exact over all within-set orderings of the lots",
+            }
+        )
         set_p = per_set["pvalue"].dropna().to_numpy()
         fisher_stat, fisher_p = fisher_combination(set_p)
-        rows.append({
-            "method": "fisher", "statistic": fisher_stat, "pvalue": fisher_p,
-            "note": "Fisher on the per-set exact p-values (conservative: they are discrete)",
-        })
-        stouffer_stat, stouffer_p = stouffer_combination(np.array(greater_p), np.array(weights), alternative)
-        rows.append({
-            "method": "stouffer", "statistic": stouffer_stat, "pvalue": stouffer_p,
-            "note": "weighted (sqrt n) Stouffer Z of the per-set one-sided exact p-values",
-        })
-    table = pd.DataFrame(rows, columns=["method", "statistic", "pvalue", "note"]).set_index("method")
+        rows.append(
+            {
+                "method": "fisher",
+                "statistic": fisher_stat,
+                "pvalue": fisher_p,
+                "note": "Fisher on the per-set exact p-values (conservative: they are discrete)",
+            }
+        )
+        stouffer_stat, stouffer_p = stouffer_combination(
+            np.array(greater_p), np.array(weights), alternative
+        )
+        rows.append(
+            {
+                "method": "stouffer",
+                "statistic": stouffer_stat,
+                "pvalue": stouffer_p,
+                "note": "weighted (sqrt n) Stouffer Z of the per-set one-sided exact p-values",
+            }
+        )
+    table = pd.DataFrame(rows, columns=["method", "statistic", "pvalue", "note"]).set_index(
+        "method"
+    )
     table.insert(2, "n_sets", n_sets)
     table.insert(3, "n_lots", n_lots)
     return table
@@ -478,16 +550,22 @@ def marker_by_set(
     if gene not in adata.var_names:
         msg = f"gene {gene!r} is not in adata.var_names"
         raise KeyError(msg)
-    labels = require_obs_column(adata, key, what="transferred labels", hint="Run `tl.map_to_reference` first.")
+    labels = require_obs_column(
+        adata, key, what="transferred labels", hint="Run `tl.map_to_reference` first."
+    )
     lots = lots_of(adata, lot_key)
     target_sum = float(adata.uns[key].get("target_sum", 1e4))
     counts = query_counts(adata, counts_layer)
     counts = counts.compute() if hasattr(counts, "compute") else counts
     totals = np.asarray(counts.sum(axis=1), dtype=float).ravel()
     column = counts[:, adata.var_names.get_loc(gene)]
-    column = np.asarray(column.todense() if sparse.issparse(column) else column, dtype=float).ravel()
+    column = np.asarray(
+        column.todense() if sparse.issparse(column) else column, dtype=float
+    ).ravel()
     # normalised exactly as the mapping normalised the query (and pp.preprocess the reference)
-    values = np.log1p(np.divide(column * target_sum, totals, out=np.zeros_like(column), where=totals > 0))
+    values = np.log1p(
+        np.divide(column * target_sum, totals, out=np.zeros_like(column), where=totals > 0)
+    )
     inside = labels.astype(str).to_numpy() == label
     if inside.sum() == 0:
         msg = f"no cell carries the label {label!r}; nothing to compare"
@@ -501,7 +579,10 @@ def marker_by_set(
             "set": sets.to_numpy(),
             "n_cells": grouped.size().reindex(lot_index, fill_value=0).to_numpy(),
             "mean_expression": grouped["value"].mean().reindex(lot_index).to_numpy(),
-            "pct_expressing": grouped["value"].apply(lambda v: float((v > 0).mean())).reindex(lot_index).to_numpy(),
+            "pct_expressing": grouped["value"]
+            .apply(lambda v: float((v > 0).mean()))
+            .reindex(lot_index)
+            .to_numpy(),
         },
         index=lot_index,
     )
@@ -534,9 +615,15 @@ def marker_by_set(
         "gene": gene,
         "potency_label": label,
         "params": {
-            "key": key, "set_key": set_key, "lot_key": lot_key, "counts_layer": counts_layer,
-            "reference_set": reference_set, "min_cells": min_cells, "n_permutations": n_permutations,
-            "random_state": random_state, "target_sum": target_sum,
+            "key": key,
+            "set_key": set_key,
+            "lot_key": lot_key,
+            "counts_layer": counts_layer,
+            "reference_set": reference_set,
+            "min_cells": min_cells,
+            "n_permutations": n_permutations,
+            "random_state": random_state,
+            "target_sum": target_sum,
         },
     }
     return adata if copy else None
@@ -563,7 +650,11 @@ def kruskal_permutation(
         return observed, float((null >= observed - 1e-9).mean()), "exact"
     rng = np.random.default_rng(random_state)
     null = np.array([h_statistic(rng.permutation(codes)) for _ in range(n_permutations)])
-    return observed, float((1 + (null >= observed - 1e-9).sum()) / (1 + n_permutations)), "permutation"
+    return (
+        observed,
+        float((1 + (null >= observed - 1e-9).sum()) / (1 + n_permutations)),
+        "permutation",
+    )
 
 
 def _assignments(sizes: np.ndarray):
@@ -586,17 +677,31 @@ def _assignments(sizes: np.ndarray):
 
 
 def _set_tests(
-    tested: pd.DataFrame, set_names: list[str], reference_set: str, n_permutations: int, random_state: int
+    tested: pd.DataFrame,
+    set_names: list[str],
+    reference_set: str,
+    n_permutations: int,
+    random_state: int,
 ) -> pd.DataFrame:
     rows = []
     present = [s for s in set_names if (tested["set"] == s).sum() >= 1]
     if len(present) >= 2:
         statistic, pvalue, how = kruskal_permutation(
-            tested["mean_expression"].to_numpy(), tested["set"].to_numpy(),
-            n_permutations=n_permutations, random_state=random_state,
+            tested["mean_expression"].to_numpy(),
+            tested["set"].to_numpy(),
+            n_permutations=n_permutations,
+            random_state=random_state,
         )
-        rows.append({"comparison": "all sets", "test": f"Kruskal-Wallis ({how} permutation)",
-                     "statistic": statistic, "pvalue": pvalue, "difference": np.nan, "log2_ratio": np.nan})
+        rows.append(
+            {
+                "comparison": "all sets",
+                "test": f"Kruskal-Wallis ({how} permutation)",
+                "statistic": statistic,
+                "pvalue": pvalue,
+                "difference": np.nan,
+                "log2_ratio": np.nan,
+            }
+        )
     base = tested.loc[tested["set"] == reference_set, "mean_expression"].to_numpy()
     for name in set_names:
         if name == reference_set:
@@ -607,9 +712,20 @@ def _set_tests(
         result = stats.mannwhitneyu(other, base, alternative="two-sided", method="exact")
         difference = float(other.mean() - base.mean())
         # lot means are natural-log expression; the ratio of the expm1 means is on the linear scale
-        ratio = np.log2(np.expm1(other.mean()) / np.expm1(base.mean())) if base.mean() > 0 and other.mean() > 0 else np.nan
-        rows.append({"comparison": f"{name} vs {reference_set}", "test": "Mann-Whitney (exact, lots)",
-                     "statistic": float(result.statistic), "pvalue": float(result.pvalue),
-                     "difference": difference, "log2_ratio": float(ratio)})
+        ratio = (
+            np.log2(np.expm1(other.mean()) / np.expm1(base.mean()))
+            if base.mean() > 0 and other.mean() > 0
+            else np.nan
+        )
+        rows.append(
+            {
+                "comparison": f"{name} vs {reference_set}",
+                "test": "Mann-Whitney (exact, lots)",
+                "statistic": float(result.statistic),
+                "pvalue": float(result.pvalue),
+                "difference": difference,
+                "log2_ratio": float(ratio),
+            }
+        )
     columns = ["comparison", "test", "statistic", "pvalue", "difference", "log2_ratio"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")

@@ -105,7 +105,9 @@ def find_transfer_anchors(
     k_nn = max(k_anchor, k_score)
     kw = {"method": knn_method, "random_state": random_state}
     rr, _ = knn(ref, ref, k_score - 1, exclude_self=True, **kw)
-    rr = np.hstack([np.arange(ref.shape[0])[:, None], rr])  # Seurat's within-set neighbours include the cell
+    rr = np.hstack(
+        [np.arange(ref.shape[0])[:, None], rr]
+    )  # Seurat's within-set neighbours include the cell
     qq, _ = knn(qry, qry, k_score - 1, exclude_self=True, **kw)
     qq = np.hstack([np.arange(qry.shape[0])[:, None], qq])
     rq, _ = knn(qry, ref, k_nn, **kw)  # reference cell -> its nearest query cells
@@ -135,8 +137,12 @@ def find_transfer_anchors(
 
 
 def _filter(
-    ref_cells: np.ndarray, query_cells: np.ndarray, reference_filter: np.ndarray, query_filter: np.ndarray,
-    k_filter: int, kw: dict,
+    ref_cells: np.ndarray,
+    query_cells: np.ndarray,
+    reference_filter: np.ndarray,
+    query_filter: np.ndarray,
+    k_filter: int,
+    kw: dict,
 ) -> np.ndarray:
     """Keep an anchor when its query cell is among its reference cell's k_filter nearest query cells."""
     unique_ref, position = np.unique(ref_cells, return_inverse=True)
@@ -176,7 +182,9 @@ def transfer_data(
         See :func:`._neighbors.knn`.
     """
     anchor_points = np.asarray(query_embedding, dtype=np.float64)[anchors.query]
-    nearest, distances = knn(anchor_points, query_embedding, k_weight, method=knn_method, random_state=random_state)
+    nearest, distances = knn(
+        anchor_points, query_embedding, k_weight, method=knn_method, random_state=random_state
+    )
     furthest = distances[:, -1:].copy()
     furthest[furthest <= 0] = 1.0
     closeness = 1.0 - distances / furthest

@@ -81,7 +81,9 @@ def _with_reference_hash(func):
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any):
         result = func(*args, **kwargs)
-        target = result if isinstance(result, AnnData) else (args[0] if args else kwargs.get("query"))
+        target = (
+            result if isinstance(result, AnnData) else (args[0] if args else kwargs.get("query"))
+        )
         key = kwargs.get("key_added", MAPPING)
         if isinstance(target, AnnData) and isinstance(target.uns.get(key), dict):
             log = target.uns.get(_keys.PACKAGE, {}).get(_keys.LOG)
@@ -239,25 +241,43 @@ def map_to_reference(
         from ...io._reference import read_reference
 
         reference = read_reference(reference)
-    model = reference_model(reference, label_key=label_key, counts_layer=_keys.COUNTS_LAYER, umap_key=umap_key)
+    model = reference_model(
+        reference, label_key=label_key, counts_layer=_keys.COUNTS_LAYER, umap_key=umap_key
+    )
     require_unique_cell_names(query)
     if query.n_obs == 0:
         msg = "the query has no cells"
         raise ValueError(msg)
     lots = _query_lots(query, lot_key, min_cells_per_lot)
     harmonised = harmonise(
-        query, model.genes, counts_layer=counts_layer, target_sum=model.target_sum, min_shared=min_shared_genes
+        query,
+        model.genes,
+        counts_layer=counts_layer,
+        target_sum=model.target_sum,
+        min_shared=min_shared_genes,
     )
     settings = _Settings(
-        method=method, centre=centre, n_neighbors=n_neighbors, k_anchor=k_anchor, k_filter=k_filter,
-        k_score=k_score, k_weight=k_weight, sd_weight=sd_weight, n_comps_own=n_comps_own,
-        knn_method=knn_method, random_state=random_state,
+        method=method,
+        centre=centre,
+        n_neighbors=n_neighbors,
+        k_anchor=k_anchor,
+        k_filter=k_filter,
+        k_score=k_score,
+        k_weight=k_weight,
+        sd_weight=sd_weight,
+        n_comps_own=n_comps_own,
+        knn_method=knn_method,
+        random_state=random_state,
     )
     start = time.perf_counter()
     by_lot = centred(harmonised.expression, centre="lot", reference_mean=model.pca_mean, lots=lots)
     projected = by_lot.dot(model.loadings)  # the query in the reference PCA, centred per lot
     score_map, own, _ = mapping_score(
-        by_lot, model.loadings, n_comps=n_comps_own, knn_method=knn_method, random_state=random_state,
+        by_lot,
+        model.loadings,
+        n_comps=n_comps_own,
+        knn_method=knn_method,
+        random_state=random_state,
         projected=projected,
     )
     logger.info("mapping score in %.2f s", time.perf_counter() - start)
@@ -266,14 +286,24 @@ def map_to_reference(
         from ._scvi import scvi_transfer
 
         probabilities, embedding_q, embedding_r, held_out = scvi_transfer(
-            query, reference, model, harmonised, counts_layer=counts_layer, lots=lots,
-            random_state=random_state, **(scvi_kwargs or {}),
+            query,
+            reference,
+            model,
+            harmonised,
+            counts_layer=counts_layer,
+            lots=lots,
+            random_state=random_state,
+            **(scvi_kwargs or {}),
         )
         placement_q, placement_r = embedding_q, embedding_r
         transfer_neighbours = None
     else:
-        A = by_lot if centre == "lot" else centred(
-            harmonised.expression, centre=centre, reference_mean=model.pca_mean, lots=lots
+        A = (
+            by_lot
+            if centre == "lot"
+            else centred(
+                harmonised.expression, centre=centre, reference_mean=model.pca_mean, lots=lots
+            )
         )
         rows = np.arange(model.embedding.shape[0])
         query_embedding = projected if A is by_lot else A.dot(model.loadings)
@@ -289,7 +319,9 @@ def map_to_reference(
         else:
             calibration = _fit_calibration(model, settings, n_calibration_folds)
         probabilities = apply_temperature(probabilities, calibration["temperature"])
-    placement = _umap_placement(model, placement_q, placement_r, knn_method, random_state, transfer_neighbours)
+    placement = _umap_placement(
+        model, placement_q, placement_r, knn_method, random_state, transfer_neighbours
+    )
     categories = model.categories
     predicted = pd.Categorical.from_codes(probabilities.argmax(axis=1), categories=categories)
     score = probabilities.max(axis=1)
@@ -298,7 +330,9 @@ def map_to_reference(
     query.obs[key_added] = pd.Categorical(np.asarray(predicted), categories=categories)
     query.obs[f"{key_added}_score"] = score
     query.obs[f"{key_added}_mapping_score"] = score_map
-    query.obsm[f"{key_added}_probabilities"] = pd.DataFrame(probabilities, index=query.obs_names, columns=categories)
+    query.obsm[f"{key_added}_probabilities"] = pd.DataFrame(
+        probabilities, index=query.obs_names, columns=categories
+    )
     if placement is not None:
         query.obsm[f"{key_added}_umap"] = placement
     else:  # a placement left by an earlier mapping would no longer match these labels
@@ -316,13 +350,28 @@ def map_to_reference(
         "calibration": calibration,
         "anchors": anchor_info,
         "params": {
-            "method": method, "label_key": label_key, "counts_layer": counts_layer, "lot_key": lot_key,
-            "centre": centre, "n_neighbors": n_neighbors, "k_anchor": k_anchor, "k_filter": k_filter,
-            "k_score": k_score, "k_weight": k_weight, "sd_weight": sd_weight, "calibrate": calibrate,
-            "n_calibration_folds": n_calibration_folds, "min_shared_genes": min_shared_genes,
-            "min_cells_per_lot": min_cells_per_lot, "min_score": min_score,
-            "min_mapping_score": min_mapping_score, "n_comps_own": n_comps_own, "umap_key": umap_key,
-            "umap_placed": placement is not None, "knn_method": knn_method, "random_state": random_state,
+            "method": method,
+            "label_key": label_key,
+            "counts_layer": counts_layer,
+            "lot_key": lot_key,
+            "centre": centre,
+            "n_neighbors": n_neighbors,
+            "k_anchor": k_anchor,
+            "k_filter": k_filter,
+            "k_score": k_score,
+            "k_weight": k_weight,
+            "sd_weight": sd_weight,
+            "calibrate": calibrate,
+            "n_calibration_folds": n_calibration_folds,
+            "min_shared_genes": min_shared_genes,
+            "min_cells_per_lot": min_cells_per_lot,
+            "min_score": min_score,
+            "min_mapping_score": min_mapping_score,
+            "n_comps_own": n_comps_own,
+            "umap_key": umap_key,
+            "umap_placed": placement is not None,
+            "knn_method": knn_method,
+            "random_state": random_state,
             "reference_frozen": model.frozen,
         },
     }
@@ -356,7 +405,11 @@ def _query_lots(query: AnnData, lot_key: str | None, min_cells_per_lot: int) -> 
 
 
 def _transfer(
-    model: ReferenceModel, rows: np.ndarray, A: CentredMatrix, own: np.ndarray, s: _Settings,
+    model: ReferenceModel,
+    rows: np.ndarray,
+    A: CentredMatrix,
+    own: np.ndarray,
+    s: _Settings,
     query_embedding: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int], tuple[np.ndarray, np.ndarray] | None]:
     """Label probabilities of the query ``A`` from the reference cells ``rows``.
@@ -372,8 +425,13 @@ def _transfer(
         query_embedding = A.dot(model.loadings)
     if s.method == "fast":
         probabilities, indices, distances = fast_transfer(
-            reference_embedding, reference_labels, n_labels, query_embedding,
-            n_neighbors=s.n_neighbors, knn_method=s.knn_method, random_state=s.random_state,
+            reference_embedding,
+            reference_labels,
+            n_labels,
+            query_embedding,
+            n_neighbors=s.n_neighbors,
+            knn_method=s.knn_method,
+            random_state=s.random_state,
         )
         return probabilities, {}, (indices, distances)
     reference_filter = query_filter = None
@@ -386,13 +444,25 @@ def _transfer(
 
         reference_filter, query_filter = filter_space(reference_dot, A.dot, model.loadings, own)
     anchors = find_transfer_anchors(
-        reference_embedding, query_embedding, reference_filter=reference_filter, query_filter=query_filter,
-        k_anchor=s.k_anchor, k_filter=s.k_filter, k_score=s.k_score, knn_method=s.knn_method,
+        reference_embedding,
+        query_embedding,
+        reference_filter=reference_filter,
+        query_filter=query_filter,
+        k_anchor=s.k_anchor,
+        k_filter=s.k_filter,
+        k_score=s.k_score,
+        knn_method=s.knn_method,
         random_state=s.random_state,
     )
     probabilities = transfer_data(
-        query_embedding, anchors, reference_labels, n_labels, k_weight=s.k_weight, sd_weight=s.sd_weight,
-        knn_method=s.knn_method, random_state=s.random_state,
+        query_embedding,
+        anchors,
+        reference_labels,
+        n_labels,
+        k_weight=s.k_weight,
+        sd_weight=s.sd_weight,
+        knn_method=s.knn_method,
+        random_state=s.random_state,
     )
     info = {
         "n_mnn": anchors.n_mnn,
@@ -431,15 +501,26 @@ def _calibration_fit(model: ReferenceModel, s: _Settings, n_folds: int) -> dict[
     for held_out in lot_folds(model.lots, n, n_folds, s.random_state):
         rows = np.flatnonzero(~held_out)
         if held_out.sum() > CALIBRATION_MAX_CELLS:
-            kept = np.sort(rng.choice(np.flatnonzero(held_out), CALIBRATION_MAX_CELLS, replace=False))
+            kept = np.sort(
+                rng.choice(np.flatnonzero(held_out), CALIBRATION_MAX_CELLS, replace=False)
+            )
             held_out = np.zeros(n, dtype=bool)
             held_out[kept] = True
         lots = model.lots[held_out] if model.lots is not None else None
-        A = centred(model.expression[held_out], centre=s.centre, reference_mean=model.pca_mean, lots=lots)
+        A = centred(
+            model.expression[held_out], centre=s.centre, reference_mean=model.pca_mean, lots=lots
+        )
         own = np.zeros((A.X.shape[1], 0))
         if s.method == "anchors" and s.k_filter > 0:
-            by_lot = A if s.centre == "lot" else centred(
-                model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots
+            by_lot = (
+                A
+                if s.centre == "lot"
+                else centred(
+                    model.expression[held_out],
+                    centre="lot",
+                    reference_mean=model.pca_mean,
+                    lots=lots,
+                )
             )
             n_own = int(min(s.n_comps_own, max(1, by_lot.X.shape[0] - 2), by_lot.X.shape[1] - 1))
             own, _ = own_axes(by_lot, n_own, random_state=s.random_state)
@@ -462,15 +543,23 @@ def calibration_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict[s
         "fitted": True,
         "n_cells": int(labels.size),
         "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
-        "ece_before": expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels),
-        "ece_after": expected_calibration_error(scaled.max(axis=1), scaled.argmax(axis=1) == labels),
+        "ece_before": expected_calibration_error(
+            probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+        ),
+        "ece_after": expected_calibration_error(
+            scaled.max(axis=1), scaled.argmax(axis=1) == labels
+        ),
         "reliability_before": before,
         "reliability_after": after,
     }
 
 
 def _umap_placement(
-    model: ReferenceModel, query_embedding: np.ndarray, reference_embedding: np.ndarray, knn_method: str, seed: int,
+    model: ReferenceModel,
+    query_embedding: np.ndarray,
+    reference_embedding: np.ndarray,
+    knn_method: str,
+    seed: int,
     neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """Each query cell at the weighted mean UMAP position of its 15 nearest reference cells.
@@ -483,14 +572,20 @@ def _umap_placement(
     if neighbours is not None and neighbours[0].shape[1] >= min(15, reference_embedding.shape[0]):
         indices, distances = neighbours[0][:, :15], neighbours[1][:, :15]
     else:
-        indices, distances = knn(reference_embedding, query_embedding, 15, method=knn_method, random_state=seed)
+        indices, distances = knn(
+            reference_embedding, query_embedding, 15, method=knn_method, random_state=seed
+        )
     weights = gaussian_weights(distances)
     weights /= weights.sum(axis=1, keepdims=True)
     return np.einsum("ij,ijk->ik", weights, model.umap[indices])
 
 
 def _summaries(
-    lots: np.ndarray | None, score: np.ndarray, score_map: np.ndarray, min_score: float, min_mapping: float
+    lots: np.ndarray | None,
+    score: np.ndarray,
+    score_map: np.ndarray,
+    min_score: float,
+    min_mapping: float,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     low_score = score < min_score
     off = score_map < min_mapping
@@ -520,7 +615,9 @@ def _summaries(
         "n_cells": int(score.size),
         "mean_score": float(score.mean()),
         "share_low_score": float(low_score.mean()),
-        "mean_mapping_score": float(np.nanmean(score_map)) if np.isfinite(score_map).any() else float("nan"),
+        "mean_mapping_score": float(np.nanmean(score_map))
+        if np.isfinite(score_map).any()
+        else float("nan"),
         "share_off_reference": float(off.mean()),
         "share_low_confidence": float((low_score | off).mean()),
     }

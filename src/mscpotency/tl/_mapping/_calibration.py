@@ -18,7 +18,9 @@ import pandas as pd
 FLOOR = 1e-3
 
 
-def reliability_table(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:
+def reliability_table(
+    confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 10
+) -> pd.DataFrame:
     """Cells, mean score and accuracy per equal-width score bin.
 
     Parameters
@@ -52,7 +54,9 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray, *, n_bins: in
     return table
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 10
+) -> float:
     """Cell-weighted mean ``|accuracy - mean score|`` over equal-width score bins."""
     table = reliability_table(confidence, correct, n_bins=n_bins)
     filled = table[table["n_cells"] > 0]
@@ -62,7 +66,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n
     return float((gaps * filled["n_cells"]).sum() / filled["n_cells"].sum())
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float, *, floor: float = FLOOR) -> np.ndarray:
+def apply_temperature(
+    probabilities: np.ndarray, temperature: float, *, floor: float = FLOOR
+) -> np.ndarray:
     """``(p + floor)^(1/T)`` renormalised: T > 1 softens, T < 1 sharpens; argmax unchanged."""
     logits = np.log(np.asarray(probabilities, dtype=float) + floor) / temperature
     logits -= logits.max(axis=1, keepdims=True)
@@ -85,7 +91,9 @@ def fit_temperature(
     """
     low, high = np.log(bounds[0]), np.log(bounds[1])
     grid = np.linspace(low, high, 61)
-    losses = [negative_log_likelihood(apply_temperature(probabilities, np.exp(t)), labels) for t in grid]
+    losses = [
+        negative_log_likelihood(apply_temperature(probabilities, np.exp(t)), labels) for t in grid
+    ]
     best = int(np.argmin(losses))
     a, b = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
     ratio = (np.sqrt(5) - 1) / 2
@@ -100,7 +108,9 @@ def fit_temperature(
     return float(np.exp((a + b) / 2))
 
 
-def lot_folds(lots: np.ndarray | None, n_cells: int, n_folds: int, random_state: int) -> list[np.ndarray]:
+def lot_folds(
+    lots: np.ndarray | None, n_cells: int, n_folds: int, random_state: int
+) -> list[np.ndarray]:
     """Held-out masks: whole lots per fold when there are enough lots, random cells otherwise."""
     rng = np.random.default_rng(random_state)
     if lots is not None:

@@ -62,7 +62,11 @@ def fast_transfer(
         The reference neighbours of every query cell (reused for the UMAP placement).
     """
     indices, distances = knn(
-        reference_embedding, query_embedding, n_neighbors, method=knn_method, random_state=random_state
+        reference_embedding,
+        query_embedding,
+        n_neighbors,
+        method=knn_method,
+        random_state=random_state,
     )
     probabilities = vote(reference_labels[indices], gaussian_weights(distances), n_labels)
     return probabilities, indices, distances

@@ -29,12 +29,17 @@ def lognormalise(counts, target_sum: float) -> sparse.csr_matrix:
     if hasattr(counts, "compute"):
         counts = counts.compute()
     if sparse.issparse(counts) and counts.format == "csr" and counts.has_canonical_format:
-        X = sparse.csr_matrix((counts.data.astype(np.float32, copy=True), counts.indices, counts.indptr),
-                              shape=counts.shape, copy=False)
+        X = sparse.csr_matrix(
+            (counts.data.astype(np.float32, copy=True), counts.indices, counts.indptr),
+            shape=counts.shape,
+            copy=False,
+        )
     else:
         X = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(
+        np.float32
+    )
     _scale_rows(X.data, X.indptr, scale)
     np.log1p(X.data, out=X.data)
     return X
@@ -62,7 +67,11 @@ class Harmonised:
 def query_counts(query: AnnData, counts_layer: str | None):
     """The query's raw counts (``layers[counts_layer]`` or ``X``), checked to be counts."""
     X = count_matrix(query, counts_layer)
-    where = f"query.layers[{counts_layer!r}]" if counts_layer is not None and counts_layer in query.layers else "query.X"
+    where = (
+        f"query.layers[{counts_layer!r}]"
+        if counts_layer is not None and counts_layer in query.layers
+        else "query.X"
+    )
     try:
         check_counts(X, where=where)
     except ValueError as error:
@@ -75,7 +84,12 @@ def query_counts(query: AnnData, counts_layer: str | None):
 
 
 def harmonise(
-    query: AnnData, reference_genes: pd.Index, *, counts_layer: str | None, target_sum: float, min_shared: float
+    query: AnnData,
+    reference_genes: pd.Index,
+    *,
+    counts_layer: str | None,
+    target_sum: float,
+    min_shared: float,
 ) -> Harmonised:
     """Normalise the query's counts and align them to ``reference_genes``.
 
@@ -119,5 +133,8 @@ def harmonise(
     )
     expression = (normalised @ select).tocsr()
     return Harmonised(
-        expression=expression, shared=shared, missing=[str(g) for g in reference_genes[~found]], share=share
+        expression=expression,
+        shared=shared,
+        missing=[str(g) for g in reference_genes[~found]],
+        share=share,
     )

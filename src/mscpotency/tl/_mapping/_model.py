@@ -59,7 +59,11 @@ def reference_model(
     if not isinstance(reference, AnnData):
         msg = f"reference must be an AnnData (processed or from `tl.freeze_reference`), got {type(reference).__name__}"
         raise TypeError(msg)
-    frozen = FROZEN in reference.uns and isinstance(reference.uns[FROZEN], dict) and "hash" in reference.uns[FROZEN]
+    frozen = (
+        FROZEN in reference.uns
+        and isinstance(reference.uns[FROZEN], dict)
+        and "hash" in reference.uns[FROZEN]
+    )
     if frozen:
         stored_key = str(reference.uns[FROZEN]["label_key"])
         if label_key != stored_key:
@@ -85,9 +89,15 @@ def reference_model(
         raise _missing("PCA loadings varm['PCs']", hint)
     if "pca_mean" not in reference.var.columns:
         raise _missing("PCA centring var['pca_mean']", hint)
-    params = reference.uns.get(_keys.PREPROCESS, {}).get("params", {}) if isinstance(reference.uns.get(_keys.PREPROCESS), dict) else {}
+    params = (
+        reference.uns.get(_keys.PREPROCESS, {}).get("params", {})
+        if isinstance(reference.uns.get(_keys.PREPROCESS), dict)
+        else {}
+    )
     if "target_sum" not in params:
-        raise _missing(f"normalisation record uns[{_keys.PREPROCESS!r}]['params']['target_sum']", hint)
+        raise _missing(
+            f"normalisation record uns[{_keys.PREPROCESS!r}]['params']['target_sum']", hint
+        )
     target_sum = float(params["target_sum"])
     loadings_all = np.asarray(reference.varm["PCs"], dtype=np.float64)
     if "highly_variable" in reference.var.columns:
@@ -125,7 +135,9 @@ def reference_model(
         potency_label = _potency_cluster_of(reference, association_key, label_key)
     if potency_label is not None and potency_label not in categories:
         potency_label = None
-    digest = content_hash(genes, pca_mean, loadings, target_sum, embedding, expression, codes, categories, label_key)
+    digest = content_hash(
+        genes, pca_mean, loadings, target_sum, embedding, expression, codes, categories, label_key
+    )
     if frozen and str(reference.uns[FROZEN]["hash"]) != digest:
         msg = (
             f"this frozen reference's content hash {digest!r} differs from the one it was frozen with "
@@ -134,9 +146,20 @@ def reference_model(
         )
         raise ValueError(msg)
     return ReferenceModel(
-        genes=genes, pca_mean=pca_mean, loadings=loadings, target_sum=target_sum, embedding=embedding,
-        expression=expression, labels=codes, categories=categories, label_key=label_key, lots=lots,
-        umap=umap, potency_label=potency_label, hash=digest, frozen=frozen,
+        genes=genes,
+        pca_mean=pca_mean,
+        loadings=loadings,
+        target_sum=target_sum,
+        embedding=embedding,
+        expression=expression,
+        labels=codes,
+        categories=categories,
+        label_key=label_key,
+        lots=lots,
+        umap=umap,
+        potency_label=potency_label,
+        hash=digest,
+        frozen=frozen,
     )
 
 
@@ -146,7 +169,9 @@ def _potency_cluster_of(reference: AnnData, association_key: str, label_key: str
     cluster = stored.get("potency_cluster")
     fractions_key = stored.get("params", {}).get("fractions_key")
     fractions = reference.uns.get(fractions_key, {}) if fractions_key is not None else {}
-    cluster_key = fractions.get("params", {}).get("cluster_key") if isinstance(fractions, dict) else None
+    cluster_key = (
+        fractions.get("params", {}).get("cluster_key") if isinstance(fractions, dict) else None
+    )
     if cluster and cluster_key == label_key:
         return str(cluster)
     return None
@@ -171,8 +196,15 @@ def _reference_expression(
 
 
 def content_hash(
-    genes: pd.Index, pca_mean: np.ndarray, loadings: np.ndarray, target_sum: float, embedding: np.ndarray,
-    expression: sparse.csr_matrix, codes: np.ndarray, categories: pd.Index, label_key: str,
+    genes: pd.Index,
+    pca_mean: np.ndarray,
+    loadings: np.ndarray,
+    target_sum: float,
+    embedding: np.ndarray,
+    expression: sparse.csr_matrix,
+    codes: np.ndarray,
+    categories: pd.Index,
+    label_key: str,
 ) -> str:
     """A hash of everything that decides where a query cell lands and which label it gets.
 
@@ -202,8 +234,11 @@ _HASH_CHUNK = 1 << 22
 def _canonical_float32(expression) -> sparse.csr_matrix:
     """CSR float32 without stored zeros and with sorted indices; the input itself when it is one already."""
     if (
-        sparse.issparse(expression) and expression.format == "csr" and expression.dtype == np.float32
-        and expression.has_sorted_indices and np.count_nonzero(expression.data) == expression.data.size
+        sparse.issparse(expression)
+        and expression.format == "csr"
+        and expression.dtype == np.float32
+        and expression.has_sorted_indices
+        and np.count_nonzero(expression.data) == expression.data.size
     ):
         return expression
     expression = sparse.csr_matrix(expression, dtype=np.float32).copy()

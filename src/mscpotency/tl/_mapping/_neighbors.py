@@ -99,12 +99,17 @@ def _exact(data: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.
         candidates[start : start + chunk.shape[0]] = where
 
     starts = range(0, query.shape[0], _QUERY_BLOCK)
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=worker_threads()) as pool:
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(max_workers=worker_threads()) as pool,
+    ):
         list(pool.map(nearest_of, starts))
     # direct distances of the candidates, then the k nearest (stable: ties by position)
     distances = _direct_distances(query, data, candidates)
     order = np.lexsort((candidates, distances), axis=1)[:, :k]
-    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(distances, order, axis=1)
+    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(
+        distances, order, axis=1
+    )
 
 
 #: Candidates kept beyond ``k`` before the direct distances decide (guards against rounding).
@@ -115,7 +120,9 @@ _DATA_BLOCK = 1024
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_smallest(products, query_norms, data_norms, offset, best, where):  # pragma: no cover - compiled
+def _merge_smallest(
+    products, query_norms, data_norms, offset, best, where
+):  # pragma: no cover - compiled
     """Merge a block's ``|q|^2 + |r|^2 - 2 q.r`` into each row's running smallest (ties: first)."""
     keep = best.shape[1]
     for i in range(products.shape[0]):
@@ -152,7 +159,9 @@ def _direct_distances(query: np.ndarray, data: np.ndarray, candidates: np.ndarra
     return distances
 
 
-def _approximate(data: np.ndarray, query: np.ndarray, k: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+def _approximate(
+    data: np.ndarray, query: np.ndarray, k: int, random_state: int
+) -> tuple[np.ndarray, np.ndarray]:
     from pynndescent import NNDescent
 
     index = NNDescent(data, n_neighbors=max(k, 15), random_state=random_state, n_jobs=1)

@@ -52,7 +52,9 @@ class CentredMatrix:
         group_sums = np.zeros((left.shape[0], self.means.shape[0]))
         for g in range(self.means.shape[0]):
             group_sums[:, g] = left[:, self.groups == g].sum(axis=1)
-        return np.asarray((self.X.T @ left.T).T) - group_sums @ self.means  # scipy upcasts float32 X
+        return (
+            np.asarray((self.X.T @ left.T).T) - group_sums @ self.means
+        )  # scipy upcasts float32 X
 
 
 def centred(
@@ -69,7 +71,9 @@ def centred(
         X = sparse.csr_matrix(X, dtype=np.float64)
     n = X.shape[0]
     if centre == "reference":
-        return CentredMatrix(X, np.zeros(n, dtype=np.int64), np.asarray(reference_mean, dtype=np.float64)[None, :])
+        return CentredMatrix(
+            X, np.zeros(n, dtype=np.int64), np.asarray(reference_mean, dtype=np.float64)[None, :]
+        )
     if centre == "query" or lots is None:
         groups = np.zeros(n, dtype=np.int64)
     elif centre == "lot":
@@ -88,7 +92,9 @@ def centred(
 OWN_AXES_MAX_CELLS = 20_000
 
 
-def own_axes(A: CentredMatrix, n_comps: int, *, random_state: int = 0, n_iter: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def own_axes(
+    A: CentredMatrix, n_comps: int, *, random_state: int = 0, n_iter: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """Top principal axes of the (centred) query itself, by a randomised range finder.
 
     Above :data:`OWN_AXES_MAX_CELLS` cells the axes are fitted on a random subset of that
@@ -106,7 +112,11 @@ def own_axes(A: CentredMatrix, n_comps: int, *, random_state: int = 0, n_iter: i
     rng = np.random.default_rng(random_state)
     full = A
     if A.X.shape[0] > OWN_AXES_MAX_CELLS:
-        subset = np.sort(np.random.default_rng([random_state, 1]).choice(A.X.shape[0], OWN_AXES_MAX_CELLS, replace=False))
+        subset = np.sort(
+            np.random.default_rng([random_state, 1]).choice(
+                A.X.shape[0], OWN_AXES_MAX_CELLS, replace=False
+            )
+        )
         A = CentredMatrix(A.X[subset], A.groups[subset], A.means)
     n, genes = A.X.shape
     # the reference-mean shift is a constant per group; remove the overall mean for a true PCA

@@ -89,7 +89,11 @@ def mapping_score(
 
 
 def _smoothed_within_groups(
-    residual: np.ndarray, coordinates: np.ndarray, groups: np.ndarray, n_neighbors: int, knn_method: str,
+    residual: np.ndarray,
+    coordinates: np.ndarray,
+    groups: np.ndarray,
+    n_neighbors: int,
+    knn_method: str,
     random_state: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Residual and coordinates averaged over each cell and its nearest neighbours in its group."""
@@ -99,8 +103,14 @@ def _smoothed_within_groups(
         cells = np.flatnonzero(groups == group)
         if cells.size < 2:
             continue  # a single cell: nothing to average with
-        neighbours, _ = knn(coordinates[cells], coordinates[cells], min(n_neighbors, cells.size - 1),
-                            exclude_self=True, method=knn_method, random_state=random_state)
+        neighbours, _ = knn(
+            coordinates[cells],
+            coordinates[cells],
+            min(n_neighbors, cells.size - 1),
+            exclude_self=True,
+            method=knn_method,
+            random_state=random_state,
+        )
         neighbours = cells[np.hstack([np.arange(cells.size)[:, None], neighbours])]
         smoothed_residual[cells] = residual[neighbours].mean(axis=1)
         smoothed_total[cells] = coordinates[neighbours].mean(axis=1)

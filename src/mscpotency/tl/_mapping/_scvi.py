@@ -125,18 +125,41 @@ def scvi_transfer(
         torch.set_num_threads(torch_threads)
     try:
         return _train_and_predict(
-            scvi, query, reference, model, counts_layer=counts_layer, lots=lots, random_state=random_state,
-            n_latent=n_latent, n_layers=n_layers, max_epochs=max_epochs, scanvi_epochs=scanvi_epochs,
-            query_epochs=query_epochs, batch_size=batch_size, accelerator=accelerator,
+            scvi,
+            query,
+            reference,
+            model,
+            counts_layer=counts_layer,
+            lots=lots,
+            random_state=random_state,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            max_epochs=max_epochs,
+            scanvi_epochs=scanvi_epochs,
+            query_epochs=query_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
         )
     finally:
         torch.set_num_threads(previous)
 
 
 def _train_and_predict(
-    scvi, query: AnnData, reference: AnnData, model: ReferenceModel, *, counts_layer: str | None,
-    lots: np.ndarray | None, random_state: int, n_latent: int, n_layers: int, max_epochs: int | None,
-    scanvi_epochs: int | None, query_epochs: int | None, batch_size: int, accelerator: str,
+    scvi,
+    query: AnnData,
+    reference: AnnData,
+    model: ReferenceModel,
+    *,
+    counts_layer: str | None,
+    lots: np.ndarray | None,
+    random_state: int,
+    n_latent: int,
+    n_layers: int,
+    max_epochs: int | None,
+    scanvi_epochs: int | None,
+    query_epochs: int | None,
+    batch_size: int,
+    accelerator: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     if "counts" not in reference.layers:
         msg = (
@@ -145,16 +168,20 @@ def _train_and_predict(
         )
         raise ValueError(msg)
     scvi.settings.seed = random_state
-    reference_counts = _on_genes(count_matrix(reference, "counts"), reference.var_names, model.genes)
-    reference_batches = model.lots if model.lots is not None else np.full(reference.n_obs, "reference")
+    reference_counts = _on_genes(
+        count_matrix(reference, "counts"), reference.var_names, model.genes
+    )
+    reference_batches = (
+        model.lots if model.lots is not None else np.full(reference.n_obs, "reference")
+    )
     ref = AnnData(
         X=reference_counts,
         obs=pd.DataFrame(
             {
                 "batch": pd.Categorical([f"reference:{b}" for b in reference_batches]),
-                "label": pd.Categorical.from_codes(model.labels, categories=list(model.categories)).add_categories(
-                    [_UNLABELLED]
-                ),
+                "label": pd.Categorical.from_codes(
+                    model.labels, categories=list(model.categories)
+                ).add_categories([_UNLABELLED]),
             },
             index=reference.obs_names.astype(str),
         ),
@@ -166,7 +193,9 @@ def _train_and_predict(
         obs=pd.DataFrame(
             {
                 "batch": pd.Categorical([f"query:{b}" for b in query_batches]),
-                "label": pd.Categorical([_UNLABELLED] * query.n_obs, categories=[*model.categories, _UNLABELLED]),
+                "label": pd.Categorical(
+                    [_UNLABELLED] * query.n_obs, categories=[*model.categories, _UNLABELLED]
+                ),
             },
             index=query.obs_names.astype(str),
         ),
@@ -174,8 +203,13 @@ def _train_and_predict(
     )
     scvi.model.SCVI.setup_anndata(ref, batch_key="batch", labels_key="label")
     vae = scvi.model.SCVI(
-        ref, n_latent=n_latent, n_layers=n_layers, encode_covariates=True, deeply_inject_covariates=False,
-        use_layer_norm="both", use_batch_norm="none",
+        ref,
+        n_latent=n_latent,
+        n_layers=n_layers,
+        encode_covariates=True,
+        deeply_inject_covariates=False,
+        use_layer_norm="both",
+        use_batch_norm="none",
     )
     train = {"accelerator": accelerator, "batch_size": batch_size, "enable_progress_bar": False}
     n_ref, n_query = ref.n_obs, qry.n_obs
@@ -189,7 +223,10 @@ def _train_and_predict(
     validation = getattr(scanvi, "validation_indices", None)
     validation = np.asarray(validation if validation is not None else [], dtype=np.int64)
     if validation.size:
-        held_out = (_ordered(scanvi.predict(ref[validation].copy(), soft=True), model), model.labels[validation])
+        held_out = (
+            _ordered(scanvi.predict(ref[validation].copy(), soft=True), model),
+            model.labels[validation],
+        )
     else:
         held_out = (np.zeros((0, len(model.categories))), np.zeros(0, dtype=np.int64))
     scvi.model.SCANVI.prepare_query_anndata(qry, scanvi)
@@ -197,12 +234,23 @@ def _train_and_predict(
     surgery.train(max_epochs=query_epochs, plan_kwargs={"weight_decay": 0.0}, **train)
     probabilities = _ordered(surgery.predict(soft=True), model)
     query_latent = surgery.get_latent_representation()
-    return probabilities, np.asarray(query_latent, dtype=float), np.asarray(reference_latent, dtype=float), held_out
+    return (
+        probabilities,
+        np.asarray(query_latent, dtype=float),
+        np.asarray(reference_latent, dtype=float),
+        held_out,
+    )
 
 
 def _ordered(soft: pd.DataFrame, model: ReferenceModel) -> np.ndarray:
     """Soft predictions of scANVI in the order of the reference labels, rows summing to 1."""
-    probabilities = soft.reindex(columns=list(model.categories), fill_value=0.0).to_numpy(dtype=float)
+    probabilities = soft.reindex(columns=list(model.categories), fill_value=0.0).to_numpy(
+        dtype=float
+    )
     totals = probabilities.sum(axis=1, keepdims=True)
-    return np.divide(probabilities, totals, out=np.full_like(probabilities, 1 / probabilities.shape[1]),
-                     where=totals > 0)
+    return np.divide(
+        probabilities,
+        totals,
+        out=np.full_like(probabilities, 1 / probabilities.shape[1]),
+        where=totals > 0,
+    )

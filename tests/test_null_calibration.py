@@ -14,8 +14,12 @@ import pytest
 from scipy import stats
 
 from mscpotency import _stats
-from mscpotency.tl._pseudobulk import signed_rank_test
-from mscpotency.tl._second_opinion import count_permutation_test, quasibinomial_t, spatial_fdr
+from mscpotency.tl._robustness._pseudobulk import signed_rank_test
+from mscpotency.tl._robustness._second_opinion import (
+    count_permutation_test,
+    quasibinomial_t,
+    spatial_fdr,
+)
 
 N_LOTS = 11
 N_STUDIES = 2000

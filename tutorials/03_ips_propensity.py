@@ -37,7 +37,7 @@ import pandas as pd
 
 import mscpotency as mp
 
-data = mp.datasets.ips_lines(random_state=0)
+data = mp.bulk.datasets.ips_lines(random_state=0)
 train, test = data["train"], data["test"]
 panels = data["panels"]
 {name: adata.shape for name, adata in train.items()}
@@ -68,14 +68,14 @@ def score_panels(sets_panels, reference=None):
     eb = sets_panels["embryoid_body"]
     for lineage in LINEAGES:
         markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
-        mp.tl.propensity_score(
+        mp.bulk.tl.propensity_score(
             eb,
             markers=markers,
             key_added=lineage,
             reference=None if reference is None else reference["embryoid_body"],
         )
     for method in NEURAL:
-        mp.tl.propensity_score(
+        mp.bulk.tl.propensity_score(
             sets_panels[method],
             key_added=method,
             reference=None if reference is None else reference[method],
@@ -90,7 +90,7 @@ propensity.round(2)
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
 for lineage, ax in zip(LINEAGES, axes, strict=True):
-    mp.pl.propensity_scores(eb, key=lineage, ax=ax, show=False)
+    mp.bulk.pl.propensity_scores(eb, key=lineage, ax=ax, show=False)
 plt.show()
 
 # %% [markdown]
@@ -112,7 +112,7 @@ pd.Series(
 for platform, adata in train.items():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mp.tl.rank_association(adata, propensity)
+        mp.bulk.tl.rank_association(adata, propensity)
     for w in caught:
         print(f"{platform}: {w.message}")
 train["mirna"].uns["rank_association"]["excluded"]
@@ -121,13 +121,15 @@ train["mirna"].uns["rank_association"]["excluded"]
 # The deck's summary table: positive and negative candidates per platform and lineage.
 
 # %%
-mp.get.marker_counts(train)
+mp.bulk.get.marker_counts(train)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
 highlights = {"mrna": ["SALL3"], "mirna": None, "cage": ["p1@SALL3"]}
 for (platform, adata), ax in zip(train.items(), axes, strict=True):
-    mp.pl.rank_volcano(adata, outcome="ectoderm", highlight=highlights[platform], ax=ax, show=False)
+    mp.bulk.pl.rank_volcano(
+        adata, outcome="ectoderm", highlight=highlights[platform], ax=ax, show=False
+    )
 plt.show()
 
 # %% [markdown]
@@ -156,7 +158,7 @@ rows = []
 for platform in ("mrna", "cage"):
     adata = train[platform]
     for outcome in LINEAGES + NEURAL:
-        table = mp.get.rank_association(adata, outcome=outcome)
+        table = mp.bulk.get.rank_association(adata, outcome=outcome)
         hits = table[table["pvalue"] < 0.05]
         rows.append(
             {
@@ -183,7 +185,7 @@ rules = {
     "neural (both methods)": {"neural_suspension": 1, "neural_adhesion": 1},
     "SALL3 pattern": {"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
 }
-consensus = mp.tl.consensus(train, rules=rules, platforms=["mrna", "cage"], match_on="gene")
+consensus = mp.bulk.tl.consensus(train, rules=rules, platforms=["mrna", "cage"], match_on="gene")
 consensus.groupby("rule", sort=False).size()
 
 # %%
@@ -201,10 +203,10 @@ consensus[consensus["rule"] == "SALL3 pattern"].head(8)[
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
-mp.pl.marker_overlap(
+mp.bulk.pl.marker_overlap(
     train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", ax=axes[0], show=False
 )
-mp.pl.marker_overlap(
+mp.bulk.pl.marker_overlap(
     train,
     outcomes={"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
     platforms=["mrna", "cage"],
@@ -228,7 +230,7 @@ RULE_TRUTH = {
 }
 summary = []
 for rule, outcome in RULE_TRUTH.items():
-    cands = mp.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+    cands = mp.bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
     summary.append(
         {
             "rule": rule,
@@ -255,10 +257,12 @@ pd.DataFrame(summary).round(2)
 # %%
 validated = []
 for rule, outcome in RULE_TRUTH.items():
-    cands = mp.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+    cands = mp.bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
     key = f"validation_{outcome}"
-    mp.tl.validate_markers(test["mrna"], cands, outcome=propensity_test[outcome], key_added=key)
-    table = mp.get.marker_validation(test["mrna"], key=key)
+    mp.bulk.tl.validate_markers(
+        test["mrna"], cands, outcome=propensity_test[outcome], key_added=key
+    )
+    table = mp.bulk.get.marker_validation(test["mrna"], key=key)
     kept = table[table["validated"]]
     validated.append(
         {
@@ -277,14 +281,16 @@ pd.DataFrame(validated).round(2)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
-mp.pl.marker_validation(
+mp.bulk.pl.marker_validation(
     test["mrna"], key="validation_mesoderm", ax=axes[0], show=False, label=False
 )
-mp.pl.validation_scatter(test["mrna"], "PF4", key="validation_mesoderm", ax=axes[1], show=False)
-mp.tl.validate_markers(
+mp.bulk.pl.validation_scatter(
+    test["mrna"], "PF4", key="validation_mesoderm", ax=axes[1], show=False
+)
+mp.bulk.tl.validate_markers(
     test["mrna"], {"SALL3": 1}, outcome=propensity_test["ectoderm"], key_added="validation_SALL3"
 )
-mp.pl.validation_scatter(test["mrna"], "SALL3", key="validation_SALL3", ax=axes[2], show=False)
+mp.bulk.pl.validation_scatter(test["mrna"], "SALL3", key="validation_SALL3", ax=axes[2], show=False)
 plt.show()
 
 # %% [markdown]
@@ -293,13 +299,13 @@ plt.show()
 # so the strict two-method rule drops it. The held-out lines settle it:
 
 # %%
-mp.tl.validate_markers(
+mp.bulk.tl.validate_markers(
     test["mrna"],
     {"ROR2": 1},
     outcome=propensity_test["neural_adhesion"],
     key_added="validation_ROR2",
 )
-mp.get.marker_validation(test["mrna"], key="validation_ROR2")
+mp.bulk.get.marker_validation(test["mrna"], key="validation_ROR2")
 
 # %% [markdown]
 # ## Lines missing on one platform
@@ -309,8 +315,8 @@ mp.get.marker_validation(test["mrna"], key="validation_ROR2")
 # %%
 cage_9 = train["cage"][train["cage"].obs_names != "iPS04"].copy()
 try:
-    mp.tl.rank_association(cage_9, propensity)
+    mp.bulk.tl.rank_association(cage_9, propensity)
 except ValueError as error:
     print(error)
-mp.tl.rank_association(cage_9, propensity, on_missing="intersect")
+mp.bulk.tl.rank_association(cage_9, propensity, on_missing="intersect")
 cage_9.uns["rank_association"]["missing_lines"].head()

@@ -7,7 +7,7 @@ reference. ``pp``/``tl``/``pl`` follow scanpy's conventions.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, get, io, pl, pp, tl
+from . import bulk, datasets, get, io, pl, pp, tl
 from ._provenance import replay
 
 try:
@@ -15,4 +15,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["datasets", "get", "io", "pl", "pp", "replay", "tl"]
+__all__ = ["bulk", "datasets", "get", "io", "pl", "pp", "replay", "tl"]

@@ -24,7 +24,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
-from . import datasets, get, pl, pp, tl
+from . import bulk, datasets, get, pl, pp, tl
 from ._provenance import package_versions
 
 logger = logging.getLogger("mscpotency")
@@ -247,14 +247,14 @@ def ips_propensity(
     eb = panels["embryoid_body"]
     for lineage in LINEAGES:
         markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
-        tl.propensity_score(
+        bulk.tl.propensity_score(
             eb,
             markers=markers,
             key_added=lineage,
             reference=None if reference is None else reference["embryoid_body"],
         )
     for method in NEURAL_METHODS:
-        tl.propensity_score(
+        bulk.tl.propensity_score(
             panels[method],
             key_added=method,
             reference=None if reference is None else reference[method],
@@ -268,7 +268,7 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
     """Differentiation-propensity markers of iPS lines: rank association, consensus, validation."""
     import warnings
 
-    data = datasets.ips_lines(random_state=random_state)
+    data = bulk.datasets.ips_lines(random_state=random_state)
     train, test, panels = data["train"], data["test"], data["panels"]
     propensity = ips_propensity(panels["train"])
     propensity_test = ips_propensity(panels["test"], reference=panels["train"])
@@ -277,20 +277,22 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
         with warnings.catch_warnings():
             # constant features are listed in uns['rank_association']['excluded'] and reported below
             warnings.filterwarnings("ignore", message=".*constant.*", category=UserWarning)
-            tl.rank_association(adata, propensity, random_state=random_state)
+            bulk.tl.rank_association(adata, propensity, random_state=random_state)
         excluded[platform] = len(adata.uns["rank_association"]["excluded"])
-    counts = get.marker_counts(train)
-    consensus = tl.consensus(train, rules=IPS_RULES, platforms=["mrna", "cage"], match_on="gene")
+    counts = bulk.get.marker_counts(train)
+    consensus = bulk.tl.consensus(
+        train, rules=IPS_RULES, platforms=["mrna", "cage"], match_on="gene"
+    )
     rows = []
     for rule, signs in IPS_RULES.items():
         outcome = next(iter(signs))
-        candidates = get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+        candidates = bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
         key = f"validation_{len(rows)}"
         if len(candidates):
-            tl.validate_markers(
+            bulk.tl.validate_markers(
                 test["mrna"], candidates, outcome=propensity_test[outcome], key_added=key
             )
-            table = get.marker_validation(test["mrna"], key=key)
+            table = bulk.get.marker_validation(test["mrna"], key=key)
             kept = table.index[table["validated"]].tolist()
         else:
             kept = []
@@ -298,7 +300,9 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
             {
                 "rule": rule,
                 "single-platform candidates (mRNA, P<0.05)": int(
-                    (get.rank_association(train["mrna"], outcome=outcome)["pvalue"] < 0.05).sum()
+                    (
+                        bulk.get.rank_association(train["mrna"], outcome=outcome)["pvalue"] < 0.05
+                    ).sum()
                 ),
                 "agree across platforms/methods": len(candidates),
                 "validated on held-out lines": len(kept),
@@ -324,11 +328,13 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
     )
     items.append(summary)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
-    pl.rank_volcano(train["mrna"], outcome="ectoderm", highlight=["SALL3"], ax=axes[0], show=False)
-    tl.validate_markers(
+    bulk.pl.rank_volcano(
+        train["mrna"], outcome="ectoderm", highlight=["SALL3"], ax=axes[0], show=False
+    )
+    bulk.tl.validate_markers(
         test["mrna"], {"PF4": 1}, outcome=propensity_test["mesoderm"], key_added="validation_PF4"
     )
-    pl.validation_scatter(test["mrna"], "PF4", key="validation_PF4", ax=axes[1], show=False)
+    bulk.pl.validation_scatter(test["mrna"], "PF4", key="validation_PF4", ax=axes[1], show=False)
     items.append(_save(fig, figures / "ips_markers.png"))
 
 

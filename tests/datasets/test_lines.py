@@ -9,12 +9,12 @@ import pytest
 
 import mscpotency as mp
 from mscpotency import _stats
-from mscpotency.datasets._lines import LinesConfig, PlatformSpec
+from mscpotency.bulk.datasets._lines import LinesConfig, PlatformSpec
 
 
 @pytest.fixture(scope="module")
 def data():
-    return mp.datasets.ips_lines()
+    return mp.bulk.datasets.ips_lines()
 
 
 def test_shaped_like_the_reference_study(data):
@@ -47,10 +47,10 @@ def test_shaped_like_the_reference_study(data):
 
 def test_generates_fast_and_reproducibly():
     start = time.perf_counter()
-    first = mp.datasets.ips_lines(random_state=3)
+    first = mp.bulk.datasets.ips_lines(random_state=3)
     assert time.perf_counter() - start < 2.0
-    second = mp.datasets.ips_lines(random_state=3)
-    other = mp.datasets.ips_lines(random_state=4)
+    second = mp.bulk.datasets.ips_lines(random_state=3)
+    other = mp.bulk.datasets.ips_lines(random_state=4)
     for platform in first["train"]:
         np.testing.assert_array_equal(first["train"][platform].X, second["train"][platform].X)
         np.testing.assert_array_equal(first["test"][platform].X, second["test"][platform].X)
@@ -146,11 +146,11 @@ def test_mirna_floor_gives_ties_and_undetected_mirnas(data):
 )
 def test_config_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
-        mp.datasets.simulate_lines(LinesConfig(**overrides))
+        mp.bulk.datasets.simulate_lines(LinesConfig(**overrides))
 
 
 def test_custom_config():
-    config = mp.datasets.ips_lines_config(n_train=6, n_test=4, n_genes=600, n_mirnas=120)
-    data = mp.datasets.simulate_lines(config, random_state=1)
+    config = mp.bulk.datasets.ips_lines_config(n_train=6, n_test=4, n_genes=600, n_mirnas=120)
+    data = mp.bulk.datasets.simulate_lines(config, random_state=1)
     assert data["train"]["mrna"].shape == (6, 600) and data["test"]["mirna"].shape == (4, 120)
     assert data["truth"]["config"]["n_train"] == 6 and data["truth"]["config"]["random_state"] == 1

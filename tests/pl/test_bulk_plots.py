@@ -20,32 +20,32 @@ NEURAL = ["neural_suspension", "neural_adhesion"]
 
 @pytest.fixture(scope="module")
 def study():
-    data = mp.datasets.ips_lines()
+    data = mp.bulk.datasets.ips_lines()
     panels = data["panels"]["train"]
     eb = panels["embryoid_body"]
     for lineage in LINEAGES:
-        mp.tl.propensity_score(
+        mp.bulk.tl.propensity_score(
             eb, markers=eb.var_names[eb.var["lineage"] == lineage].tolist(), key_added=lineage
         )
     for method in NEURAL:
-        mp.tl.propensity_score(panels[method], key_added=method)
+        mp.bulk.tl.propensity_score(panels[method], key_added=method)
     propensity = pd.concat([eb.obs[LINEAGES]] + [panels[m].obs[[m]] for m in NEURAL], axis=1)
     with warnings.catch_warnings():
         # constant (undetected) miRNAs are reported; tested in tests/tl
         warnings.filterwarnings("ignore", "rank_association: .* could not be ranked", UserWarning)
         for adata in data["train"].values():
-            mp.tl.rank_association(adata, propensity)
+            mp.bulk.tl.rank_association(adata, propensity)
     test_eb = data["panels"]["test"]["embryoid_body"]
-    mp.tl.propensity_score(test_eb, reference=eb, key_added="mesoderm")
-    consensus = mp.tl.consensus(
+    mp.bulk.tl.propensity_score(test_eb, reference=eb, key_added="mesoderm")
+    consensus = mp.bulk.tl.consensus(
         data["train"],
         rules={"mesoderm": {"mesoderm": 1}},
         platforms=["mrna", "cage"],
         match_on="gene",
     )
-    candidates = mp.get.consensus_candidates(consensus, rule="mesoderm", outcome="mesoderm")
+    candidates = mp.bulk.get.consensus_candidates(consensus, rule="mesoderm", outcome="mesoderm")
     test = data["test"]["mrna"]
-    mp.tl.validate_markers(test, candidates, outcome=test_eb.obs["mesoderm"])
+    mp.bulk.tl.validate_markers(test, candidates, outcome=test_eb.obs["mesoderm"])
     return {"data": data, "eb": eb, "test": test, "candidates": candidates}
 
 
@@ -56,21 +56,23 @@ def _close_figures():
 
 
 def test_propensity_scores_bars_ranked(study):
-    ax = mp.pl.propensity_scores(study["eb"], key="ectoderm", show=False)
+    ax = mp.bulk.pl.propensity_scores(study["eb"], key="ectoderm", show=False)
     assert isinstance(ax, Axes)
     widths = [patch.get_width() for patch in ax.patches]
     assert len(widths) == 10 and widths == sorted(widths)  # least differentiated at the bottom
     top = ax.get_yticklabels()[-1].get_text()
-    best = mp.get.propensity(study["eb"], key="ectoderm")["score"].idxmax()
+    best = mp.bulk.get.propensity(study["eb"], key="ectoderm")["score"].idxmax()
     assert top == f"{best} (#1)"
     assert "of panel variance" in ax.get_title()
-    assert isinstance(mp.pl.propensity_scores(study["eb"], key="ectoderm", return_fig=True), Figure)
+    assert isinstance(
+        mp.bulk.pl.propensity_scores(study["eb"], key="ectoderm", return_fig=True), Figure
+    )
 
 
 def test_rank_volcano_counts_and_highlights(study):
     mrna = study["data"]["train"]["mrna"]
-    ax = mp.pl.rank_volcano(mrna, outcome="ectoderm", highlight=["SALL3"], show=False)
-    counts = mp.get.marker_counts({"mrna": mrna}).loc[("mrna", "ectoderm")]
+    ax = mp.bulk.pl.rank_volcano(mrna, outcome="ectoderm", highlight=["SALL3"], show=False)
+    counts = mp.bulk.get.marker_counts({"mrna": mrna}).loc[("mrna", "ectoderm")]
     assert (
         f"{counts['P<0.05 positive']} positive, {counts['P<0.05 negative']} negative of 2000"
         in ax.get_title()
@@ -80,31 +82,31 @@ def test_rank_volcano_counts_and_highlights(study):
     offsets = ax.collections[0].get_offsets()
     assert len(offsets) == mrna.n_vars
     with pytest.raises(ValueError, match="holds several outcomes"):
-        mp.pl.rank_volcano(mrna, show=False)
+        mp.bulk.pl.rank_volcano(mrna, show=False)
     with pytest.raises(KeyError, match=r"highlight features \['NOPE'\]"):
-        mp.pl.rank_volcano(mrna, outcome="ectoderm", highlight=["NOPE"], show=False)
+        mp.bulk.pl.rank_volcano(mrna, outcome="ectoderm", highlight=["NOPE"], show=False)
 
 
 def test_marker_overlap_counts_shared_candidates(study):
     train = study["data"]["train"]
-    fig = mp.pl.marker_overlap(
+    fig = mp.bulk.pl.marker_overlap(
         train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", return_fig=True
     )
     ax = fig.axes[0]
     matrix = ax.images[0].get_array()
     assert matrix.shape == (4, 4) and np.array_equal(matrix, matrix.T)
-    counts = mp.get.marker_counts(train)
+    counts = mp.bulk.get.marker_counts(train)
     row = counts.loc[("mrna", "neural_suspension")]
     assert matrix[0, 0] == row["P<0.05 positive"] + row["P<0.05 negative"]
     assert (np.diag(matrix)[:, None] >= matrix).all()
-    opposite = mp.pl.marker_overlap(
+    opposite = mp.bulk.pl.marker_overlap(
         train, outcomes={"ectoderm": 1, "mesoderm": -1}, platforms=["mrna"], show=False
     )
     shared = opposite.images[0].get_array()[0, 1]
-    table = mp.get.rank_association(train["mrna"], sort=False).pivot(
+    table = mp.bulk.get.rank_association(train["mrna"], sort=False).pivot(
         index="feature", columns="outcome", values="rho"
     )
-    p = mp.get.rank_association(train["mrna"], sort=False).pivot(
+    p = mp.bulk.get.rank_association(train["mrna"], sort=False).pivot(
         index="feature", columns="outcome", values="pvalue"
     )
     expected = (
@@ -114,53 +116,53 @@ def test_marker_overlap_counts_shared_candidates(study):
     ).sum()
     assert shared == expected
     with pytest.raises(ValueError, match="outcomes must be a non-empty list"):
-        mp.pl.marker_overlap(train, outcomes={"ectoderm": 3}, show=False)
+        mp.bulk.pl.marker_overlap(train, outcomes={"ectoderm": 3}, show=False)
 
 
 def test_marker_validation_and_validation_scatter(study):
     test = study["test"]
-    ax = mp.pl.marker_validation(test, show=False)
-    table = mp.get.marker_validation(test)
+    ax = mp.bulk.pl.marker_validation(test, show=False)
+    table = mp.bulk.get.marker_validation(test)
     assert (
         f"{int(table['validated'].sum())} of {len(table)} candidates validated on 13 held-out lines"
         == ax.get_title()
     )
     np.testing.assert_allclose(ax.collections[0].get_offsets()[:, 0], table["rho_train"])
-    ax = mp.pl.validation_scatter(test, "PF4", show=False)
+    ax = mp.bulk.pl.validation_scatter(test, "PF4", show=False)
     assert len(ax.collections[0].get_offsets()) == 13
     assert ax.get_title().startswith("PF4: \N{GREEK SMALL LETTER RHO} = ") and (
         "validated" in ax.get_title()
     )
     with pytest.raises(KeyError, match="'ROR2' was not among the validated candidates"):
-        mp.pl.validation_scatter(test, "ROR2", show=False)
+        mp.bulk.pl.validation_scatter(test, "ROR2", show=False)
 
 
 def test_marker_validation_without_training_rho(study):
     test = study["test"].copy()
-    mp.tl.validate_markers(
+    mp.bulk.tl.validate_markers(
         test,
         study["candidates"]["sign"],
         outcome=study["data"]["panels"]["test"]["embryoid_body"].obs["mesoderm"],
     )
-    ax = mp.pl.marker_validation(test, show=False)
+    ax = mp.bulk.pl.marker_validation(test, show=False)
     assert ax.get_xlabel() == "expected sign"
 
 
 def test_plots_name_the_tool_to_run_first():
     bare = AnnData(np.zeros((3, 2)))
     with pytest.raises(KeyError, match="Run `tl.propensity_score` first"):
-        mp.pl.propensity_scores(bare, show=False)
+        mp.bulk.pl.propensity_scores(bare, show=False)
     with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
-        mp.pl.rank_volcano(bare, show=False)
+        mp.bulk.pl.rank_volcano(bare, show=False)
     with pytest.raises(KeyError, match="Run `tl.validate_markers` first"):
-        mp.pl.marker_validation(bare, show=False)
+        mp.bulk.pl.marker_validation(bare, show=False)
     with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
-        mp.pl.marker_overlap({"bare": bare}, outcomes=["x"], show=False)
+        mp.bulk.pl.marker_overlap({"bare": bare}, outcomes=["x"], show=False)
 
 
 def test_existing_axes_are_used(study):
     _, axes = plt.subplots(1, 2)
-    out = mp.pl.rank_volcano(
+    out = mp.bulk.pl.rank_volcano(
         study["data"]["train"]["cage"], outcome="mesoderm", ax=axes[1], show=False
     )
     assert out is axes[1]

@@ -39,25 +39,25 @@ def score_panels(panels: dict, reference: dict | None = None) -> pd.DataFrame:
     for lineage in LINEAGES:
         markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
         ref = None if reference is None else reference["embryoid_body"]
-        mp.tl.propensity_score(eb, markers=markers, key_added=lineage, reference=ref)
+        mp.bulk.tl.propensity_score(eb, markers=markers, key_added=lineage, reference=ref)
     for method in NEURAL:
         ref = None if reference is None else reference[method]
-        mp.tl.propensity_score(panels[method], key_added=method, reference=ref)
+        mp.bulk.tl.propensity_score(panels[method], key_added=method, reference=ref)
     return pd.concat([eb.obs[LINEAGES]] + [panels[m].obs[[m]] for m in NEURAL], axis=1)
 
 
 def run(random_state: int) -> dict:
     """The whole recipe on one simulated study."""
-    data = mp.datasets.ips_lines(random_state=random_state)
+    data = mp.bulk.datasets.ips_lines(random_state=random_state)
     propensity = score_panels(data["panels"]["train"])
     propensity_test = score_panels(data["panels"]["test"], reference=data["panels"]["train"])
     with warnings.catch_warnings():
         # miRNAs undetected in every line are constant; that report is tested elsewhere
         warnings.filterwarnings("ignore", "rank_association: .* could not be ranked", UserWarning)
         for adata in data["train"].values():
-            mp.tl.rank_association(adata, propensity)
+            mp.bulk.tl.rank_association(adata, propensity)
     rules = {q: dict.fromkeys(outcomes, 1) for q, outcomes in QUESTIONS.items()}
-    consensus = mp.tl.consensus(
+    consensus = mp.bulk.tl.consensus(
         data["train"], rules=rules, platforms=["mrna", "cage"], match_on="gene"
     )
     return {
@@ -77,7 +77,7 @@ def single_platform(result: dict, platform: str) -> tuple[int, int]:
     adata = result["data"]["train"][platform]
     n = false = 0
     for outcomes in QUESTIONS.values():
-        table = mp.get.rank_association(adata, outcome=outcomes[0])
+        table = mp.bulk.get.rank_association(adata, outcome=outcomes[0])
         hits = table[table["pvalue"] < 0.05]
         n += len(hits)
         false += false_calls(adata.var, hits.index, hits["direction"], TRUTH[outcomes[0]])
@@ -89,7 +89,7 @@ def consensus_and_validation(result: dict) -> dict[str, int]:
     test = result["data"]["test"]["mrna"].copy()
     counts = dict.fromkeys(["consensus", "consensus_false", "validated", "validated_false"], 0)
     for question, outcomes in QUESTIONS.items():
-        candidates = mp.get.consensus_candidates(
+        candidates = mp.bulk.get.consensus_candidates(
             result["consensus"], rule=question, outcome=outcomes[0]
         )
         counts["consensus"] += len(candidates)
@@ -98,10 +98,10 @@ def consensus_and_validation(result: dict) -> dict[str, int]:
         )
         if len(candidates) == 0:
             continue
-        mp.tl.validate_markers(
+        mp.bulk.tl.validate_markers(
             test, candidates, outcome=result["propensity_test"][outcomes[0]], key_added=question
         )
-        table = mp.get.marker_validation(test, key=question)
+        table = mp.bulk.get.marker_validation(test, key=question)
         kept = table[table["validated"]]
         counts["validated"] += len(kept)
         counts["validated_false"] += false_calls(
@@ -123,7 +123,7 @@ def test_planted_markers_are_recovered_on_each_platform(study):
         for outcome in LINEAGES + NEURAL:
             truth = adata.var[f"true_corr_{outcome}"]
             strong = truth.index[(truth.abs() >= 0.7) & adata.var["true_factor"].ne("technical")]
-            table = mp.get.rank_association(adata, outcome=outcome).loc[strong]
+            table = mp.bulk.get.rank_association(adata, outcome=outcome).loc[strong]
             recovered += int(
                 ((table["pvalue"] < 0.05) & (table["direction"] == np.sign(truth[strong]))).sum()
             )
@@ -134,13 +134,13 @@ def test_planted_markers_are_recovered_on_each_platform(study):
 
 def test_flagship_markers(study):
     mrna = study["data"]["train"]["mrna"]
-    sall3 = mp.get.rank_association(mrna, sort=False).set_index(["outcome", "feature"])["rho"]
+    sall3 = mp.bulk.get.rank_association(mrna, sort=False).set_index(["outcome", "feature"])["rho"]
     assert (
         sall3["ectoderm", "SALL3"] > 0.6
         and sall3["mesoderm", "SALL3"] < -0.6
         and sall3["endoderm", "SALL3"] < -0.6
     )
-    opposite = mp.tl.consensus(
+    opposite = mp.bulk.tl.consensus(
         study["data"]["train"],
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
@@ -149,15 +149,17 @@ def test_flagship_markers(study):
     assert "SALL3" in set(opposite["feature"])
     row = opposite.set_index("feature").loc["SALL3"]
     assert (row["direction"], row["sign:ectoderm"], row["sign:mesoderm"]) == (1, 1, -1)
-    mesoderm = mp.get.consensus_candidates(study["consensus"], rule="mesoderm", outcome="mesoderm")
+    mesoderm = mp.bulk.get.consensus_candidates(
+        study["consensus"], rule="mesoderm", outcome="mesoderm"
+    )
     assert mesoderm.loc["PF4", "sign"] == 1
-    ror2 = mp.get.rank_association(mrna, outcome="neural_suspension").loc["ROR2"]
+    ror2 = mp.bulk.get.rank_association(mrna, outcome="neural_suspension").loc["ROR2"]
     assert ror2["rho"] > 0.8 and ror2["pvalue"] < 0.01
 
 
 def test_opposite_direction_rule_keeps_true_pattern_markers(study):
     var = study["data"]["train"]["mrna"].var
-    table = mp.tl.consensus(
+    table = mp.bulk.tl.consensus(
         study["data"]["train"],
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
@@ -193,22 +195,22 @@ def test_cross_method_rule_on_one_platform(study):
     mrna = study["data"]["train"]["mrna"]
     single = {}
     for method in NEURAL:
-        table = mp.get.rank_association(mrna, outcome=method)
+        table = mp.bulk.get.rank_association(mrna, outcome=method)
         hits = table[table["pvalue"] < 0.05]
         single[method] = (
             len(hits),
             false_calls(mrna.var, hits.index, hits["direction"], "true_neural"),
         )
-    both = mp.tl.consensus(
+    both = mp.bulk.tl.consensus(
         study["data"]["train"], rules={"neural": dict.fromkeys(NEURAL, 1)}, platforms=["mrna"]
     )
-    both = mp.get.consensus_candidates(both, rule="neural", outcome="neural_suspension")
+    both = mp.bulk.get.consensus_candidates(both, rule="neural", outcome="neural_suspension")
     both_false = false_calls(mrna.var, both.index, both["sign"], "true_neural")
     # measured (seed 0): suspension 118/124 false, adhesion 72/74, both methods 21/23
     assert len(both) < 0.35 * min(n for n, _ in single.values())
     assert both_false / len(both) < min(false / n for n, false in single.values())
     assert not mrna.var.loc[both.index, "true_factor"].isin(["suspension", "adhesion"]).any()
-    on_both_platforms = mp.get.consensus_candidates(
+    on_both_platforms = mp.bulk.get.consensus_candidates(
         study["consensus"], rule="neural", outcome="neural_suspension"
     )
     assert len(on_both_platforms) < len(both)
@@ -217,19 +219,19 @@ def test_cross_method_rule_on_one_platform(study):
 def test_platform_artefacts_do_not_survive_validation(study):
     """The technical factor follows a propensity in training lines only."""
     train, test = study["data"]["train"]["cage"], study["data"]["test"]["cage"].copy()
-    table = mp.get.rank_association(train, outcome="ectoderm")
+    table = mp.bulk.get.rank_association(train, outcome="ectoderm")
     technical = table.index[
         (table["pvalue"] < 0.05) & train.var.loc[table.index, "true_factor"].eq("technical")
     ]
     assert len(technical) >= 20  # a platform artefact shows as a block of candidates
-    mp.tl.validate_markers(
+    mp.bulk.tl.validate_markers(
         test, table.loc[technical, "direction"], outcome=study["propensity_test"]["ectoderm"]
     )
-    assert mp.get.marker_validation(test)["validated"].mean() < 0.15
+    assert mp.bulk.get.marker_validation(test)["validated"].mean() < 0.15
 
 
 def test_marker_counts_is_the_deck_summary(study):
-    counts = mp.get.marker_counts(study["data"]["train"])
+    counts = mp.bulk.get.marker_counts(study["data"]["train"])
     assert counts.index.names == ["platform", "outcome"]
     assert len(counts) == 15
     assert list(counts.columns) == [
@@ -240,16 +242,16 @@ def test_marker_counts_is_the_deck_summary(study):
         "P<0.01 positive",
         "P<0.01 negative",
     ]
-    table = mp.get.rank_association(study["data"]["train"]["cage"], outcome="mesoderm")
+    table = mp.bulk.get.rank_association(study["data"]["train"]["cage"], outcome="mesoderm")
     row = counts.loc[("cage", "mesoderm")]
     assert row["P<0.05 positive"] == ((table["pvalue"] < 0.05) & (table["rho"] > 0)).sum()
     assert row["P<0.01 negative"] == ((table["pvalue"] < 0.01) & (table["rho"] < 0)).sum()
     assert (counts["P<0.01 positive"] <= counts["P<0.05 positive"]).all()
     assert counts.loc[("mirna", "ectoderm"), "n_features"] == 300 - 5  # 5 constant miRNAs left out
-    fdr = mp.get.marker_counts(study["data"]["train"], thresholds=[0.1], use="fdr")
+    fdr = mp.bulk.get.marker_counts(study["data"]["train"], thresholds=[0.1], use="fdr")
     assert list(fdr.columns[-2:]) == ["FDR<0.1 positive", "FDR<0.1 negative"]
     with pytest.raises(ValueError, match="thresholds must be levels between 0 and 1"):
-        mp.get.marker_counts(study["data"]["train"], thresholds=[5])
+        mp.bulk.get.marker_counts(study["data"]["train"], thresholds=[5])
 
 
 # --- consensus semantics on small hand-made results -------------------------------------
@@ -263,7 +265,7 @@ def platform(
     if genes is not None:
         var["gene"] = [genes[f] for f in values]
     adata = AnnData(X=X, obs=pd.DataFrame(index=outcomes.index), var=var)
-    mp.tl.rank_association(adata, outcomes)
+    mp.bulk.tl.rank_association(adata, outcomes)
     return adata
 
 
@@ -287,7 +289,7 @@ def toy():
 
 
 def test_consensus_signs_directions_and_matching(toy):
-    table = mp.tl.consensus(
+    table = mp.bulk.tl.consensus(
         toy,
         rules={"same": {"up": 1}, "opposite": {"up": 1, "down": -1}},
         match_on=None,
@@ -298,9 +300,11 @@ def test_consensus_signs_directions_and_matching(toy):
     assert opposite.loc["X", "direction"] == 1 and opposite.loc["Y", "direction"] == -1
     assert opposite.loc["Y", "sign:up"] == -1 and opposite.loc["Y", "sign:down"] == 1
     with pytest.raises(KeyError, match=r"results\['one'\].var has no column 'gene'"):
-        mp.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
+        mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
     toy["one"].var["gene"] = toy["one"].var_names
-    across = mp.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene").set_index("feature")
+    across = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene").set_index(
+        "feature"
+    )
     assert set(across.index) == {"X", "Y"}  # W flips sign between platforms
     assert across.loc["X", "feature:two:up"] == "p1@X"  # the better promoter speaks for the gene
     assert across.attrs["n_tested"] == {"same": 4}
@@ -312,17 +316,19 @@ def test_consensus_reports_lines_per_platform_when_one_is_missing(toy):
     one = toy["one"][toy["one"].obs_names != "L7"].copy()
     outcomes = toy["two"].uns["rank_association"]["outcomes"]
     with pytest.raises(ValueError, match=r"lines \['L7'\] have an outcome value but no profile"):
-        mp.tl.rank_association(one, outcomes)
-    mp.tl.rank_association(one, outcomes, on_missing="intersect")
-    table = mp.tl.consensus({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
+        mp.bulk.tl.rank_association(one, outcomes)
+    mp.bulk.tl.rank_association(one, outcomes, on_missing="intersect")
+    table = mp.bulk.tl.consensus({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
     assert table.attrs["n_lines"]["one:up"] == 7 and table.attrs["n_lines"]["two:up"] == 8
 
 
 def test_min_significant(toy):
     toy["one"].var["gene"] = toy["one"].var_names
-    strict = mp.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene")
-    loose = mp.tl.consensus(
-        toy, rules={"r": mp.tl.SignRule({"up": 1, "other": 1}, min_significant=2)}, match_on="gene"
+    strict = mp.bulk.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene")
+    loose = mp.bulk.tl.consensus(
+        toy,
+        rules={"r": mp.bulk.tl.SignRule({"up": 1, "other": 1}, min_significant=2)},
+        match_on="gene",
     )
     assert len(strict) <= len(loose)
     assert (loose["n_significant"] >= 2).all() and (loose["n_cells"] == 4).all()
@@ -340,7 +346,7 @@ def test_min_significant(toy):
             r"platforms \['three'\] are not among",
         ),
         (
-            {"rules": {"r": mp.tl.SignRule({"up": 1}, min_significant=3)}},
+            {"rules": {"r": mp.bulk.tl.SignRule({"up": 1}, min_significant=3)}},
             ValueError,
             "min_significant must be between 1 and 2",
         ),
@@ -350,26 +356,26 @@ def test_min_significant(toy):
 )
 def test_consensus_bad_input(toy, kwargs, error, match):
     with pytest.raises(error, match=match):
-        mp.tl.consensus(toy, **kwargs)
+        mp.bulk.tl.consensus(toy, **kwargs)
 
 
 def test_consensus_needs_rank_association_results(toy):
     with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
-        mp.tl.consensus({"bare": AnnData(np.zeros((3, 2)))}, rules={"r": {"up": 1}})
+        mp.bulk.tl.consensus({"bare": AnnData(np.zeros((3, 2)))}, rules={"r": {"up": 1}})
 
 
 def test_consensus_candidates_accessor(toy):
-    table = mp.tl.consensus(
+    table = mp.bulk.tl.consensus(
         toy, rules={"empty": {"other": 1}, "same": {"up": 1}}, platforms=["one"]
     )
-    empty = mp.get.consensus_candidates(table, rule="empty", outcome="other")
+    empty = mp.bulk.get.consensus_candidates(table, rule="empty", outcome="other")
     assert empty.empty and list(empty.columns) == ["sign", "rho"]
-    same = mp.get.consensus_candidates(table, rule="same", outcome="up")
+    same = mp.bulk.get.consensus_candidates(table, rule="same", outcome="up")
     assert same.loc["Y", "sign"] == -1 and same.loc["Y", "rho"] == pytest.approx(-1)
     with pytest.raises(KeyError, match="has no rule 'nope'"):
-        mp.get.consensus_candidates(table, rule="nope", outcome="up")
+        mp.bulk.get.consensus_candidates(table, rule="nope", outcome="up")
     with pytest.raises(KeyError, match="rule 'same' has no outcome 'down'"):
-        mp.get.consensus_candidates(table, rule="same", outcome="down")
+        mp.bulk.get.consensus_candidates(table, rule="same", outcome="down")
 
 
 # --- validate_markers -------------------------------------------------------------------
@@ -396,18 +402,18 @@ def test_validate_markers_sign_and_significance(held_out):
     candidates = pd.DataFrame(
         {"sign": [1, 1, 1, 1], "rho": [0.9, 0.8, 0.7, 0.75]}, index=["up", "down", "noise", "flat"]
     )
-    mp.tl.validate_markers(held_out, candidates, outcome="ectoderm", method="exact")
-    table = mp.get.marker_validation(held_out)
+    mp.bulk.tl.validate_markers(held_out, candidates, outcome="ectoderm", method="exact")
+    table = mp.bulk.get.marker_validation(held_out)
     assert table["validated"].tolist() == [True, False, False, False]
     assert not table.loc["down", "same_sign"]  # expected +, observed -: one-sided p is large
     assert table.loc["down", "pvalue"] > 0.99
     assert table.loc["flat", "pvalue_method"].startswith("untestable")
     assert table["rho_train"].tolist() == [0.9, 0.8, 0.7, 0.75]
     assert held_out.uns["marker_validation"]["summary"]["validated"].item() == 1
-    two_sided = mp.tl.validate_markers(
+    two_sided = mp.bulk.tl.validate_markers(
         held_out, {"up": 1}, outcome="ectoderm", test="two-sided", method="exact", copy=True
     )
-    p2 = mp.get.marker_validation(two_sided).loc["up", "pvalue"]
+    p2 = mp.bulk.get.marker_validation(two_sided).loc["up", "pvalue"]
     assert p2 == pytest.approx(2 * table.loc["up", "pvalue"])
 
 
@@ -427,7 +433,7 @@ def test_validate_markers_sign_and_significance(held_out):
 )
 def test_validate_markers_bad_candidates(held_out, candidates, error, match):
     with pytest.raises(error, match=match):
-        mp.tl.validate_markers(held_out, candidates, outcome="ectoderm")
+        mp.bulk.tl.validate_markers(held_out, candidates, outcome="ectoderm")
 
 
 def test_validate_markers_missing_lines_and_outcomes(held_out):
@@ -435,10 +441,10 @@ def test_validate_markers_missing_lines_and_outcomes(held_out):
     with pytest.raises(
         ValueError, match=r"lines \['T11', 'T12'\] are profiled but have no 'ectoderm' value"
     ):
-        mp.tl.validate_markers(held_out, {"up": 1}, outcome=outcome)
-    mp.tl.validate_markers(held_out, {"up": 1}, outcome=outcome, on_missing="intersect")
-    assert mp.get.marker_validation(held_out)["n_lines"].item() == 11
+        mp.bulk.tl.validate_markers(held_out, {"up": 1}, outcome=outcome)
+    mp.bulk.tl.validate_markers(held_out, {"up": 1}, outcome=outcome, on_missing="intersect")
+    assert mp.bulk.get.marker_validation(held_out)["n_lines"].item() == 11
     with pytest.raises(ValueError, match="takes one outcome"):
-        mp.tl.validate_markers(
+        mp.bulk.tl.validate_markers(
             held_out, {"up": 1}, outcome=pd.DataFrame({"a": held_out.obs["ectoderm"], "b": 1.0})
         )

@@ -57,8 +57,8 @@ def test_exact_pvalues_match_brute_force_enumeration(n, alternative):
     y = rng.normal(size=n)
     y[:2] = y[0]  # a tie in the outcome too
     adata = lines_adata(X, y)
-    mp.tl.rank_association(adata, "outcome", alternative=alternative)
-    table = mp.get.rank_association(adata, sort=False)
+    mp.bulk.tl.rank_association(adata, "outcome", alternative=alternative)
+    table = mp.bulk.get.rank_association(adata, sort=False)
     assert (table["pvalue_method"] == "exact").all()
     expected = [brute_force(X[:, j], y, alternative) for j in range(X.shape[1])]
     np.testing.assert_allclose(table["pvalue"].to_numpy(), expected, rtol=1e-12)
@@ -73,8 +73,8 @@ def test_ten_lines_are_enumerated_exactly():
     y = rng.normal(size=10)
     X = np.column_stack([np.argsort(np.argsort(y)).astype(float), rng.normal(size=(10, 3))])
     adata = lines_adata(X, y)
-    mp.tl.rank_association(adata, "outcome")
-    table = mp.get.rank_association(adata, sort=False)
+    mp.bulk.tl.rank_association(adata, "outcome")
+    table = mp.bulk.get.rank_association(adata, sort=False)
     assert (table["pvalue_method"] == "exact").all() and (table["n_lines"] == 10).all()
     assert table.loc["F0", "pvalue"] == pytest.approx(2 / math.factorial(10), rel=1e-12)
     np.testing.assert_allclose(table["fdr"], _stats.benjamini_hochberg(table["pvalue"].to_numpy()))
@@ -89,15 +89,15 @@ def test_several_outcomes_fdr_within_each_and_permutation_above_twelve_lines():
         index=[f"L{i:02d}" for i in range(14)],
     )
     adata = lines_adata(X)
-    mp.tl.rank_association(adata, outcomes, n_permutations=999)
-    long = mp.get.rank_association(adata, sort=False)
+    mp.bulk.tl.rank_association(adata, outcomes, n_permutations=999)
+    long = mp.bulk.get.rank_association(adata, sort=False)
     assert list(long.columns[:2]) == ["outcome", "feature"] and len(long) == 60
     for _, part in long.groupby("outcome"):
         np.testing.assert_allclose(
             part["fdr"], _stats.benjamini_hochberg(part["pvalue"].to_numpy())
         )
         assert (part["pvalue_method"] == "permutation").all()
-    a = mp.get.rank_association(adata, outcome="a")
+    a = mp.bulk.get.rank_association(adata, outcome="a")
     assert a.index[0] == "F0" and a.loc["F0", "pvalue"] == pytest.approx(1 / 1000)
 
 
@@ -111,7 +111,7 @@ def test_constant_and_incomplete_features_are_reported_not_silently_dropped():
     with pytest.warns(
         UserWarning, match=r"3 features could not be ranked .*'constant': 2, 'missing values': 1"
     ):
-        mp.tl.rank_association(adata, "outcome")
+        mp.bulk.tl.rank_association(adata, "outcome")
     excluded = adata.uns["rank_association"]["excluded"]
     assert sorted(excluded["feature"]) == ["F1", "F4", "F5"]
     assert dict(zip(excluded["feature"], excluded["reason"], strict=True)) == {
@@ -119,7 +119,7 @@ def test_constant_and_incomplete_features_are_reported_not_silently_dropped():
         "F4": "constant",
         "F5": "missing values",
     }
-    table = mp.get.rank_association(adata)
+    table = mp.bulk.get.rank_association(adata)
     assert sorted(table.index) == ["F0", "F2", "F3"]
     np.testing.assert_allclose(
         np.sort(table["fdr"]), np.sort(_stats.benjamini_hochberg(table["pvalue"].to_numpy()))
@@ -137,15 +137,15 @@ def test_lines_missing_on_one_platform_error_or_intersect():
         ValueError,
         match=r"lines \['L09'\] have an outcome value but no profile.*on_missing='intersect'",
     ):
-        mp.tl.rank_association(adata, outcome)
-    mp.tl.rank_association(adata, outcome, on_missing="intersect")
+        mp.bulk.tl.rank_association(adata, outcome)
+    mp.bulk.tl.rank_association(adata, outcome, on_missing="intersect")
     stored = adata.uns["rank_association"]
     assert stored["missing_lines"].to_dict("records") == [
         {"line": "L09", "outcome": "ectoderm", "reason": "not profiled"}
     ]
-    assert (mp.get.rank_association(adata)["n_lines"] == 9).all()
+    assert (mp.bulk.get.rank_association(adata)["n_lines"] == 9).all()
     expected = stats.spearmanr(X[:, 0], outcome.iloc[:9])[0]
-    assert mp.get.rank_association(adata).loc["F0", "rho"] == pytest.approx(expected)
+    assert mp.bulk.get.rank_association(adata).loc["F0", "rho"] == pytest.approx(expected)
 
 
 def test_profiled_line_without_a_value():
@@ -155,8 +155,8 @@ def test_profiled_line_without_a_value():
     with pytest.raises(
         ValueError, match=r"lines \['L03'\] are profiled but have no 'outcome' value"
     ):
-        mp.tl.rank_association(adata, "outcome")
-    mp.tl.rank_association(adata, "outcome", on_missing="intersect")
+        mp.bulk.tl.rank_association(adata, "outcome")
+    mp.bulk.tl.rank_association(adata, "outcome", on_missing="intersect")
     assert adata.uns["rank_association"]["missing_lines"]["reason"].tolist() == ["no outcome value"]
     assert np.isnan(adata.uns["rank_association"]["outcomes"].loc["L03", "outcome"])
 
@@ -166,7 +166,7 @@ def test_fewer_than_three_lines():
     with pytest.raises(
         ValueError, match=r"needs at least 3 lines with both a profile and a value, got 2"
     ):
-        mp.tl.rank_association(adata, "outcome", on_missing="intersect")
+        mp.bulk.tl.rank_association(adata, "outcome", on_missing="intersect")
 
 
 @pytest.mark.parametrize(
@@ -194,31 +194,31 @@ def test_fewer_than_three_lines():
 def test_bad_outcomes(outcome, error, match):
     adata = lines_adata(np.random.default_rng(6).normal(size=(6, 3)))
     with pytest.raises(error, match=match):
-        mp.tl.rank_association(adata, outcome)
+        mp.bulk.tl.rank_association(adata, outcome)
 
 
 def test_bad_options_and_duplicate_lines():
     adata = lines_adata(np.random.default_rng(7).normal(size=(6, 3)), np.arange(6.0))
     with pytest.raises(ValueError, match="on_missing must be 'error' or 'intersect'"):
-        mp.tl.rank_association(adata, "outcome", on_missing="drop")
+        mp.bulk.tl.rank_association(adata, "outcome", on_missing="drop")
     with pytest.raises(ValueError, match="method must be"):
-        mp.tl.rank_association(adata, "outcome", method="asymptotic")
+        mp.bulk.tl.rank_association(adata, "outcome", method="asymptotic")
     with pytest.raises(KeyError, match="adata.layers has no 'raw'"):
-        mp.tl.rank_association(adata, "outcome", layer="raw")
+        mp.bulk.tl.rank_association(adata, "outcome", layer="raw")
     twice = adata.copy()
     twice.obs_names = ["L00", "L00", "L02", "L03", "L04", "L05"]
     with pytest.raises(ValueError, match="line names .* are not unique"):
-        mp.tl.rank_association(twice, "outcome")
+        mp.bulk.tl.rank_association(twice, "outcome")
 
 
 def test_copy_and_provenance():
     adata = lines_adata(np.random.default_rng(8).normal(size=(7, 4)), np.arange(7.0))
-    out = mp.tl.rank_association(adata, "outcome", copy=True, key_added="ra")
+    out = mp.bulk.tl.rank_association(adata, "outcome", copy=True, key_added="ra")
     assert "ra" not in adata.uns
-    mp.tl.rank_association(adata, "outcome", key_added="ra")
+    mp.bulk.tl.rank_association(adata, "outcome", key_added="ra")
     pd.testing.assert_frame_equal(
-        mp.get.rank_association(out, key="ra"), mp.get.rank_association(adata, key="ra")
+        mp.bulk.get.rank_association(out, key="ra"), mp.bulk.get.rank_association(adata, key="ra")
     )
     assert mp.get.provenance(adata)["function"].tolist() == ["tl.rank_association"]
     with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
-        mp.get.rank_association(adata)
+        mp.bulk.get.rank_association(adata)

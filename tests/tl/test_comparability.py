@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import mscpotency as mp
-from mscpotency.tl._comparability import comparability_kernel, tolerance_factor
+from mscpotency.tl._decisions._comparability import comparability_kernel, tolerance_factor
 
 REFERENCE = ["BM01", "BM02", "BM03", "BM04", "BM05", "BM06"]
 

@@ -78,7 +78,7 @@ def test_deviation_flags_a_lot_drawn_away_from_the_pool(tiny_ref):
 
 
 def test_deviation_of_a_lot_sampled_from_the_pool_is_unremarkable():
-    from mscpotency.tl._deviation import composition_distance
+    from mscpotency.tl._population._deviation import composition_distance
 
     pooled = np.array([0.5, 0.3, 0.2])
     assert composition_distance(pooled[None], pooled, "jsd")[0] == pytest.approx(0)

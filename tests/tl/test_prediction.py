@@ -8,7 +8,7 @@ import pytest
 import statsmodels.api as sm
 
 import mscpotency as mp
-from mscpotency.tl._prediction import fit_linear, jackknife_plus_ranks, predict_linear
+from mscpotency.tl._decisions._prediction import fit_linear, jackknife_plus_ranks, predict_linear
 
 
 def _study(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

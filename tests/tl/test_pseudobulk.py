@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 import mscpotency as mp
-from mscpotency.tl._pseudobulk import log_cpm, pseudobulk, signed_rank_test
+from mscpotency.tl._robustness._pseudobulk import log_cpm, pseudobulk, signed_rank_test
 
 
 def test_signed_rank_kernel_equals_scipy_exact_without_ties():

@@ -12,7 +12,11 @@ import statsmodels.api as sm
 
 import mscpotency as mp
 from mscpotency import _stats
-from mscpotency.tl._second_opinion import count_permutation_test, quasibinomial_t, spatial_fdr
+from mscpotency.tl._robustness._second_opinion import (
+    count_permutation_test,
+    quasibinomial_t,
+    spatial_fdr,
+)
 
 
 def test_quasibinomial_kernel_equals_statsmodels():

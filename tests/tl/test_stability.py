@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import mscpotency as mp
-from mscpotency.tl._stability import (
+from mscpotency.tl._robustness._stability import (
     igraph_from_connectivities,
     influence_kernel,
     jaccard_matrix,

@@ -13,7 +13,7 @@ from scipy import stats
 
 import mscpotency as mp
 from mscpotency import _stats
-from mscpotency.tl import _validate_potency as vp
+from mscpotency.tl._mapping import _validate_potency as vp
 
 
 @pytest.fixture(scope="module")

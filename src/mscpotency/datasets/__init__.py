@@ -1,6 +1,5 @@
-"""Simulated data with known truth, and bundled example data."""
+"""Simulated MSC lots with known truth (bulk lines: :mod:`mscpotency.bulk.datasets`)."""
 
-from ._lines import LinesConfig, PlatformSpec, ips_lines, ips_lines_config, simulate_lines
 from ._simulate import (
     SetSpec,
     SimulationConfig,
@@ -22,4 +21,3 @@ __all__ = [
     "tiny",
     "tiny_config",
 ]
-__all__ += ["LinesConfig", "PlatformSpec", "ips_lines", "ips_lines_config", "simulate_lines"]

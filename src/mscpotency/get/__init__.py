@@ -1,13 +1,5 @@
 """Accessors: every stored result as a tidy DataFrame."""
 
-from ._bulk import (
-    consensus_candidates,
-    marker_counts,
-    marker_validation,
-    propensity,
-    propensity_loadings,
-    rank_association,
-)
 from ._decisions import (
     association_stability,
     comparability,
@@ -49,14 +41,6 @@ __all__ = [
     "provenance",
     "qc_report",
     "stored_table",
-]
-__all__ += [
-    "consensus_candidates",
-    "marker_counts",
-    "marker_validation",
-    "propensity",
-    "propensity_loadings",
-    "rank_association",
 ]
 __all__ += [
     "association_stability",

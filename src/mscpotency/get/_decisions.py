@@ -11,11 +11,15 @@ import pandas as pd
 from anndata import AnnData
 
 from .._validate import require_uns
-from ..tl._comparability import COMPARABILITY
-from ..tl._prediction import POTENCY_MODEL, POTENCY_PREDICTION
-from ..tl._pseudobulk import GENE_ASSOCIATION, PSEUDOBULK_MARKERS
-from ..tl._second_opinion import COUNT_ASSOCIATION, METHOD_AGREEMENT, NEIGHBOURHOOD_ASSOCIATION
-from ..tl._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
+from ..tl._decisions._comparability import COMPARABILITY
+from ..tl._decisions._prediction import POTENCY_MODEL, POTENCY_PREDICTION
+from ..tl._robustness._pseudobulk import GENE_ASSOCIATION, PSEUDOBULK_MARKERS
+from ..tl._robustness._second_opinion import (
+    COUNT_ASSOCIATION,
+    METHOD_AGREEMENT,
+    NEIGHBOURHOOD_ASSOCIATION,
+)
+from ..tl._robustness._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
 from ._results import stored_table
 
 

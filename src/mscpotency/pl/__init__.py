@@ -7,13 +7,6 @@ from ``adata.uns[f"{cluster_key}_colors"]`` as in scanpy.
 """
 
 from ._association import association_overview, potency_scatter
-from ._bulk import (
-    marker_overlap,
-    marker_validation,
-    propensity_scores,
-    rank_volcano,
-    validation_scatter,
-)
 from ._composition import composition_deviation, lot_composition
 from ._decisions import (
     association_stability,
@@ -42,13 +35,6 @@ __all__ = [
     "potency_scatter",
     "qc_per_lot",
     "umap",
-]
-__all__ += [
-    "marker_overlap",
-    "marker_validation",
-    "propensity_scores",
-    "rank_volcano",
-    "validation_scatter",
 ]
 __all__ += [
     "association_stability",

@@ -15,10 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import get
-from ..tl._comparability import COMPARABILITY, COMPOSITION_DISTANCE
-from ..tl._prediction import POTENCY_MODEL, POTENCY_PREDICTION
-from ..tl._second_opinion import METHOD_AGREEMENT, NEIGHBOURHOOD_ASSOCIATION
-from ..tl._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
+from ..tl._decisions._comparability import COMPARABILITY, COMPOSITION_DISTANCE
+from ..tl._decisions._prediction import POTENCY_MODEL, POTENCY_PREDICTION
+from ..tl._robustness._second_opinion import METHOD_AGREEMENT, NEIGHBOURHOOD_ASSOCIATION
+from ..tl._robustness._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
 from ._utils import RHO, _axes, _finish, _outside_legend, _stored, potency_label
 
 _PASS, _FAIL, _REFERENCE = "#1a9850", "#d73027", "#8c8c8c"

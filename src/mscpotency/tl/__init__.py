@@ -1,41 +1,23 @@
-"""Tools: clustering, lot composition, potency association and markers."""
+"""Tools on pooled cells (cells x genes, ``obs['lot']``), grouped by the question they answer.
 
-from ._association import potency_association
-from ._cluster import cluster
-from ._comparability import comparability
-from ._consensus import SignRule, consensus
-from ._deviation import composition_deviation
-from ._fractions import lot_fractions
-from ._mapping import map_to_reference
-from ._marker_validation import validate_markers
-from ._markers import potency_markers
-from ._prediction import fit_potency_model, predict_potency
-from ._propensity import propensity_score
-from ._pseudobulk import gene_association, pseudobulk_markers
-from ._rank_association import rank_association
-from ._reference import freeze_reference
-from ._second_opinion import count_association, method_agreement, neighbourhood_association
-from ._stability import association_stability, influential_lots
-from ._validate_potency import marker_by_set, validate_potency
+- which cells carry potency (``_population``): :func:`cluster`, :func:`lot_fractions`,
+  :func:`composition_deviation`, :func:`potency_association`, :func:`potency_markers`;
+- new lots (``_mapping``): :func:`freeze_reference`, :func:`map_to_reference`,
+  :func:`validate_potency`, :func:`marker_by_set`;
+- how sure (``_robustness``): stability, influential lots, second opinions, pseudobulk;
+- decisions (``_decisions``): :func:`fit_potency_model`, :func:`predict_potency`,
+  :func:`comparability`.
 
-__all__ = [
-    "cluster",
-    "composition_deviation",
-    "lot_fractions",
-    "potency_association",
-    "potency_markers",
-]
-__all__ += ["SignRule", "consensus", "propensity_score", "rank_association", "validate_markers"]
-__all__ += [
-    "association_stability",
-    "comparability",
-    "count_association",
-    "fit_potency_model",
-    "gene_association",
-    "influential_lots",
-    "method_agreement",
-    "neighbourhood_association",
-    "predict_potency",
-    "pseudobulk_markers",
-]
-__all__ += ["freeze_reference", "map_to_reference", "marker_by_set", "validate_potency"]
+Bulk lines x genes panels have their own namespace, :mod:`mscpotency.bulk`.
+"""
+
+from ._decisions import *  # noqa: F403
+from ._decisions import __all__ as _decisions_tools
+from ._mapping import *  # noqa: F403
+from ._mapping import __all__ as _mapping_tools
+from ._population import *  # noqa: F403
+from ._population import __all__ as _population_tools
+from ._robustness import *  # noqa: F403
+from ._robustness import __all__ as _robustness_tools
+
+__all__ = [*_population_tools, *_mapping_tools, *_robustness_tools, *_decisions_tools]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
+from ... import _keys
 
 #: Embryoid-body lineages and the neural induction methods of the reference study.
 LINEAGES = ("ectoderm", "mesoderm", "endoderm")

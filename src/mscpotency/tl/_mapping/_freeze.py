@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
-from .._provenance import append_log, fingerprint, package_versions, record
-from ._mapping._model import FROZEN, reference_model
+from ... import _keys
+from ..._provenance import append_log, fingerprint, package_versions, record
+from ._model import FROZEN, reference_model
 
 
 @record("tl.freeze_reference")

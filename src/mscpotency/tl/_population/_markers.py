@@ -9,11 +9,11 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from .. import _keys
-from .._cell_stats import GroupMoments, group_moments, rank_sum_z
-from .._provenance import record
-from .._stats import benjamini_hochberg
-from .._validate import lots_of, require_obs_column
+from ... import _keys
+from ..._cell_stats import GroupMoments, group_moments, rank_sum_z
+from ..._provenance import record
+from ..._stats import benjamini_hochberg
+from ..._validate import lots_of, require_obs_column
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
-from .._provenance import record
-from .._stats import clr
-from .._validate import require_uns
+from ... import _keys
+from ..._provenance import record
+from ..._stats import clr
+from ..._validate import require_uns
 
 Metric = Literal["jsd", "tvd", "aitchison"]
 

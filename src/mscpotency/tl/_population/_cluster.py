@@ -13,8 +13,8 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _keys
-from .._provenance import record
+from ... import _keys
+from ..._provenance import record
 
 if TYPE_CHECKING:
     import igraph

@@ -28,10 +28,10 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import lots_of, require_min_lots, require_obs_column, require_uns
-from ._association import lot_outcome
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import lots_of, require_min_lots, require_obs_column, require_uns
+from .._population._association import lot_outcome
 from ._stability import _graph_of
 
 #: Default ``key_added`` of the tools in this module.

@@ -12,12 +12,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ...pl._utils import _axes, _finish, _outside_legend, _stored, format_pvalue
 from .. import get
 from ..tl._consensus import association_tables
-from ..tl._marker_validation import MARKER_VALIDATION
 from ..tl._propensity import PROPENSITY
 from ..tl._rank_association import RANK_ASSOCIATION, dense_matrix
-from ._utils import _axes, _finish, _outside_legend, _stored, format_pvalue
+from ..tl._validation import MARKER_VALIDATION
 
 POSITIVE = "#b2182b"
 NEGATIVE = "#2166ac"
@@ -44,7 +44,7 @@ def propensity_scores(
     Parameters
     ----------
     adata
-        A panel scored by :func:`mscpotency.tl.propensity_score`.
+        A panel scored by :func:`mscpotency.bulk.tl.propensity_score`.
     key
         Key of the propensity score.
     ax
@@ -123,7 +123,7 @@ def rank_volcano(
     Parameters
     ----------
     adata
-        One platform with :func:`mscpotency.tl.rank_association` results.
+        One platform with :func:`mscpotency.bulk.tl.rank_association` results.
     outcome
         Outcome to show (needed when several are stored).
     key
@@ -239,7 +239,7 @@ def marker_overlap(
     Parameters
     ----------
     results
-        platform name -> AnnData with :func:`mscpotency.tl.rank_association` results.
+        platform name -> AnnData with :func:`mscpotency.bulk.tl.rank_association` results.
     outcomes
         Outcomes to compare (each with sign +1), or outcome -> expected relative sign.
     platforms
@@ -335,7 +335,7 @@ def marker_validation(
     Parameters
     ----------
     adata
-        Held-out lines with :func:`mscpotency.tl.validate_markers` results.
+        Held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
     key
         Key of the validation.
     label
@@ -421,7 +421,7 @@ def validation_scatter(
     Parameters
     ----------
     adata
-        Held-out lines with :func:`mscpotency.tl.validate_markers` results.
+        Held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
     feature
         A validated (or rejected) candidate.
     key

@@ -22,9 +22,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import (
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import (
     check_counts,
     count_matrix,
     lots_of,
@@ -32,7 +32,7 @@ from .._validate import (
     require_obs_column,
     require_uns,
 )
-from ._association import lot_outcome
+from .._population._association import lot_outcome
 
 #: Default ``key_added`` of the tools in this module.
 PSEUDOBULK_MARKERS = "pseudobulk_markers"

@@ -28,9 +28,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import (
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import (
     finite_outcome,
     lot_level_values,
     lots_of,
@@ -38,7 +38,7 @@ from .._validate import (
     require_obs_column,
     require_uns,
 )
-from ._association import lot_outcome
+from .._population._association import lot_outcome
 
 Interval = Literal["jackknife+", "t"]
 

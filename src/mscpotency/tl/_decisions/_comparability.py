@@ -19,9 +19,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from .. import _keys
-from .._provenance import record
-from .._validate import require_uns
+from ... import _keys
+from ..._provenance import record
+from ..._validate import require_uns
 
 Scale = Literal["logit", "fraction"]
 

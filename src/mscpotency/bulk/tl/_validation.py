@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _stats
-from .._provenance import record
+from ... import _stats
+from ..._provenance import record
 from ._rank_association import (
     OnMissing,
     align_lines,
@@ -92,7 +92,7 @@ def validate_markers(
         Held-out lines x features (same platform and feature names as the candidates).
     candidates
         feature -> expected sign (+1/-1), or a DataFrame indexed by feature with a ``sign``
-        column and optionally the training ``rho`` (see :func:`mscpotency.get.consensus_candidates`).
+        column and optionally the training ``rho`` (see :func:`mscpotency.bulk.get.consensus_candidates`).
     outcome
         The held-out lines' outcome: obs column or line -> value Series/Mapping.
     alpha

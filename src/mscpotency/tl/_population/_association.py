@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import finite_outcome, lot_level_values, match_lots, require_min_lots, require_uns
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots, require_uns
 
 
 def lot_outcome(

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._provenance import record
-from .._validate import require_uns
+from ..._provenance import record
+from ..._validate import require_uns
 from ._rank_association import RANK_ASSOCIATION
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from .._provenance import record
-from .._validate import require_uns
+from ..._provenance import record
+from ..._validate import require_uns
 from ._rank_association import dense_matrix, require_unique_lines
 
 #: Default ``key_added`` of :func:`propensity_score`.

@@ -21,11 +21,11 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import lots_of, require_obs_column, require_uns
-from ._association import lot_outcome
-from ._cluster import _igraph_of, _leiden, _name_by_size
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import lots_of, require_obs_column, require_uns
+from .._population._association import lot_outcome
+from .._population._cluster import _igraph_of, _leiden, _name_by_size
 
 logger = logging.getLogger("mscpotency")
 

@@ -26,12 +26,12 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from .. import _keys, _stats
-from .._provenance import record
-from .._validate import lot_level_values, lots_of, require_obs_column, require_uns
-from ._association import lot_outcome
-from ._mapping._api import MAPPING
-from ._mapping._harmonise import query_counts
+from ... import _keys, _stats
+from ..._provenance import record
+from ..._validate import lot_level_values, lots_of, require_obs_column, require_uns
+from .._population._association import lot_outcome
+from ._api import MAPPING
+from ._harmonise import query_counts
 
 #: Default ``key_added`` of the tools in this module.
 VALIDATE_POTENCY = "validate_potency"

@@ -12,8 +12,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _stats
-from .._provenance import record
+from ... import _stats
+from ..._provenance import record
 
 logger = logging.getLogger("mscpotency")
 
@@ -183,7 +183,7 @@ def rank_association(
 
     Bulk profiles of undifferentiated lines (microarray, miRNA array, CAGE: one AnnData per
     platform, lines x features) against one or several outcomes (e.g. the differentiation
-    propensities from :func:`mscpotency.tl.propensity_score`). For each outcome and feature:
+    propensities from :func:`mscpotency.bulk.tl.propensity_score`). For each outcome and feature:
     Spearman's rho, an exact p-value (all n! orderings, ties handled exactly) up to
     ``exact_max_n`` lines or a Monte-Carlo permutation p-value above, the asymptotic p beside
     it, and the Benjamini-Hochberg FDR over the features of that outcome. This is the same

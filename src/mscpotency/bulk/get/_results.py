@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ...get._results import stored_table
 from ..tl._consensus import association_tables
-from ..tl._marker_validation import MARKER_VALIDATION
 from ..tl._propensity import PROPENSITY
 from ..tl._rank_association import RANK_ASSOCIATION
-from ._results import stored_table
+from ..tl._validation import MARKER_VALIDATION
 
 
 def propensity(adata: AnnData, *, key: str = PROPENSITY) -> pd.DataFrame:
-    """Lines x [score, rank] from :func:`mscpotency.tl.propensity_score` (rank 1 = most differentiated)."""
+    """Lines x [score, rank] from :func:`mscpotency.bulk.tl.propensity_score` (rank 1 = most differentiated)."""
     return stored_table(adata, key, "scores", tool="tl.propensity_score")
 
 
@@ -30,7 +30,7 @@ def propensity_loadings(adata: AnnData, *, key: str = PROPENSITY) -> pd.DataFram
 def rank_association(
     adata: AnnData, *, key: str = RANK_ASSOCIATION, outcome: str | None = None, sort: bool = True
 ) -> pd.DataFrame:
-    """Per feature: rho, exact/permutation p and FDR against an outcome, from :func:`mscpotency.tl.rank_association`.
+    """Per feature: rho, exact/permutation p and FDR against an outcome, from :func:`mscpotency.bulk.tl.rank_association`.
 
     With one outcome stored (or ``outcome`` given) the table is indexed by feature; with
     several and ``outcome=None`` it is the long table (outcome, feature, ...). Sorted by
@@ -71,7 +71,7 @@ def marker_counts(
     Parameters
     ----------
     results
-        platform name -> AnnData with :func:`mscpotency.tl.rank_association` results.
+        platform name -> AnnData with :func:`mscpotency.bulk.tl.rank_association` results.
     key
         ``uns`` key of the rank associations.
     thresholds
@@ -115,7 +115,7 @@ def consensus_candidates(consensus: pd.DataFrame, *, rule: str, outcome: str) ->
     Parameters
     ----------
     consensus
-        The table returned by :func:`mscpotency.tl.consensus`.
+        The table returned by :func:`mscpotency.bulk.tl.consensus`.
     rule
         Rule name.
     outcome

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
-from .._provenance import record
-from .._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
+from ... import _keys
+from ..._provenance import record
+from ..._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
 
 
 @record("tl.lot_fractions")

@@ -1,6 +1,6 @@
-"""Every obs/obsm/uns key the package reads or writes, built in one place.
+"""Default names of the columns and layers the package reads, and of its own bookkeeping.
 
-Plots and accessors find what a tool wrote through these names, so a key is spelt once.
+Stored results (``adata.uns`` keys) are declared in :mod:`mscpotency._registry`.
 """
 
 from __future__ import annotations
@@ -22,28 +22,3 @@ TRUTH_PREFIX = "true_"
 PACKAGE = "mscpotency"
 #: Provenance log inside ``adata.uns[PACKAGE]``.
 LOG = "log"
-
-# Default ``key_added`` of each tool; each result lives in ``adata.uns[key]``.
-QC = "qc"
-PREPROCESS = "preprocess"
-CLUSTERING = "cluster"
-LOT_FRACTIONS = "lot_fractions"
-COMPOSITION_DEVIATION = "composition_deviation"
-POTENCY_ASSOCIATION = "potency_association"
-POTENCY_MARKERS = "potency_markers"
-
-#: Which tool writes which default key: used in "run X first" messages.
-PRODUCER = {
-    QC: "pp.qc",
-    PREPROCESS: "pp.preprocess",
-    CLUSTERING: "tl.cluster",
-    LOT_FRACTIONS: "tl.lot_fractions",
-    COMPOSITION_DEVIATION: "tl.composition_deviation",
-    POTENCY_ASSOCIATION: "tl.potency_association",
-    POTENCY_MARKERS: "tl.potency_markers",
-}
-
-
-def producer_of(key: str) -> str:
-    """Name of the tool that writes ``adata.uns[key]`` by default (for error messages)."""
-    return PRODUCER.get(key, f"the tool with key_added={key!r}")

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from . import _keys
+from . import _registry
 
 
 def require_obs_column(adata: AnnData, key: str, *, what: str, hint: str = "") -> pd.Series:
@@ -25,7 +25,7 @@ def require_obs_column(adata: AnnData, key: str, *, what: str, hint: str = "") -
 def require_uns(adata: AnnData, key: str, *, tool: str | None = None) -> dict:
     """``adata.uns[key]`` written by a tool, or a ``KeyError`` naming the tool to run first."""
     if key not in adata.uns:
-        tool = tool or _keys.producer_of(key)
+        tool = tool or _registry.producer_of(key)
         msg = (
             f"adata.uns has no {key!r}. Run `{tool}` first (or pass the key it was written under)."
         )

@@ -7,7 +7,7 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from .. import _keys
+from .. import _keys, _registry
 from .._provenance import read_log
 from .._validate import lots_of, require_uns
 
@@ -16,7 +16,7 @@ def stored_table(adata: AnnData, key: str, field: str, *, tool: str | None = Non
     """``adata.uns[key][field]`` as a DataFrame copy, or a ``KeyError`` naming the tool to run."""
     stored = require_uns(adata, key, tool=tool)
     if not isinstance(stored, dict) or field not in stored:
-        msg = f"adata.uns[{key!r}] has no {field!r}; was it written by `{tool or _keys.producer_of(key)}`?"
+        msg = f"adata.uns[{key!r}] has no {field!r}; was it written by `{tool or _registry.producer_of(key)}`?"
         raise KeyError(msg)
     return pd.DataFrame(stored[field]).copy()
 
@@ -24,7 +24,7 @@ def stored_table(adata: AnnData, key: str, field: str, *, tool: str | None = Non
 def lot_fractions(
     adata: AnnData,
     *,
-    key: str = _keys.LOT_FRACTIONS,
+    key: str = _registry.LOT_FRACTIONS.key,
     kind: Literal["fractions", "counts"] = "fractions",
     long: bool = False,
 ) -> pd.DataFrame:
@@ -48,14 +48,14 @@ def lot_fractions(
 
 
 def composition_deviation(
-    adata: AnnData, *, key: str = _keys.COMPOSITION_DEVIATION
+    adata: AnnData, *, key: str = _registry.COMPOSITION_DEVIATION.key
 ) -> pd.DataFrame:
     """One row per lot: distance from the pooled composition and the most deviating cluster."""
     return stored_table(adata, key, "per_lot", tool="tl.composition_deviation")
 
 
 def potency_association(
-    adata: AnnData, *, key: str = _keys.POTENCY_ASSOCIATION, sort: bool = True
+    adata: AnnData, *, key: str = _registry.POTENCY_ASSOCIATION.key, sort: bool = True
 ) -> pd.DataFrame:
     """One row per cluster: rho, exact/permutation p, FDR, CI and leave-one-lot-out range.
 
@@ -65,17 +65,17 @@ def potency_association(
     return table.sort_values("rho", ascending=False) if sort else table
 
 
-def potency_lots(adata: AnnData, *, key: str = _keys.POTENCY_ASSOCIATION) -> pd.DataFrame:
+def potency_lots(adata: AnnData, *, key: str = _registry.POTENCY_ASSOCIATION.key) -> pd.DataFrame:
     """Lots x (potency, cluster fractions) as used by :func:`mscpotency.tl.potency_association`."""
     return stored_table(adata, key, "lots", tool="tl.potency_association")
 
 
-def potency_markers(adata: AnnData, *, key: str = _keys.POTENCY_MARKERS) -> pd.DataFrame:
+def potency_markers(adata: AnnData, *, key: str = _registry.POTENCY_MARKERS.key) -> pd.DataFrame:
     """Top marker genes of the potency cluster with their per-lot consistency."""
     return stored_table(adata, key, "table", tool="tl.potency_markers")
 
 
-def qc_report(adata: AnnData, *, key: str = _keys.QC) -> pd.DataFrame:
+def qc_report(adata: AnnData, *, key: str = _registry.QC.key) -> pd.DataFrame:
     """Per lot: cells before QC, cells removed per reason, cells after."""
     return stored_table(adata, key, "per_lot", tool="pp.qc")
 

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .. import _keys, get
+from .. import _registry, get
 from ._utils import (
     RHO,
     _axes,
@@ -83,7 +83,7 @@ def potency_scatter(
     adata: AnnData,
     cluster: str | None = None,
     *,
-    key: str = _keys.POTENCY_ASSOCIATION,
+    key: str = _registry.POTENCY_ASSOCIATION.key,
     line: bool = True,
     label_lots: bool = True,
     ncols: int = 3,
@@ -133,7 +133,9 @@ def potency_scatter(
     clusters = list(table.index)
     colors = _category_colors(
         adata,
-        _cluster_key(adata, str(stored["params"].get("fractions_key", _keys.LOT_FRACTIONS))),
+        _cluster_key(
+            adata, str(stored["params"].get("fractions_key", _registry.LOT_FRACTIONS.key))
+        ),
         clusters,
     )
     if cluster is None:
@@ -208,7 +210,7 @@ def potency_scatter(
 def association_overview(
     adata: AnnData,
     *,
-    key: str = _keys.POTENCY_ASSOCIATION,
+    key: str = _registry.POTENCY_ASSOCIATION.key,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -276,7 +278,9 @@ def association_overview(
     colorbar.minorticks_off()
     colorbar.set_label("FDR (Benjamini-Hochberg)")
     colors = _category_colors(
-        adata, _cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))), clusters
+        adata,
+        _cluster_key(adata, str(params.get("fractions_key", _registry.LOT_FRACTIONS.key))),
+        clusters,
     )
     handles = []
     if potency_cluster in clusters:
@@ -312,7 +316,9 @@ def association_overview(
             tick.set_fontweight("bold")
     ax.set_xlim(-0.6, len(clusters) - 0.4)
     ax.set_ylim(-1.08, 1.08)
-    ax.set_xlabel(_cluster_key(adata, str(params.get("fractions_key", _keys.LOT_FRACTIONS))))
+    ax.set_xlabel(
+        _cluster_key(adata, str(params.get("fractions_key", _registry.LOT_FRACTIONS.key)))
+    )
     share = "CLR of share" if params.get("transform") == "clr" else "share"
     ax.set_ylabel(f"Spearman {RHO}, {share} vs {potency_label(str(params['potency']))}")
     ax.spines[["top", "right"]].set_visible(False)

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .. import _keys, get
+from .. import _keys, _registry, get
 from ._utils import (
     _axes,
     _category_colors,
@@ -89,9 +89,9 @@ def _lot_order(
 def lot_composition(
     adata: AnnData,
     *,
-    key: str = _keys.LOT_FRACTIONS,
+    key: str = _registry.LOT_FRACTIONS.key,
     order: str | Sequence[str] | None = None,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     annotate_potency: bool | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -197,7 +197,7 @@ def lot_composition(
 def composition_deviation(
     adata: AnnData,
     *,
-    key: str = _keys.COMPOSITION_DEVIATION,
+    key: str = _registry.COMPOSITION_DEVIATION.key,
     alpha: float = 0.05,
     ax: Axes | None = None,
     show: bool | None = None,

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import sparse
 
-from .. import _keys, get
+from .. import _keys, _registry, get
 from .._validate import require_obs_column
 from ._utils import _axes, _category_colors, _finish, _stored
 
@@ -50,7 +50,7 @@ def _dot_table(
 def markers(
     adata: AnnData,
     *,
-    key: str = _keys.POTENCY_MARKERS,
+    key: str = _registry.POTENCY_MARKERS.key,
     n_genes: int = 10,
     standard_scale: Literal["var"] | None = "var",
     layer: str | None = None,

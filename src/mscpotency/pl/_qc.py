@@ -9,7 +9,7 @@ from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys, get
+from .. import _keys, _registry, get
 from ._utils import _axes, _finish, _outside_legend, _stored
 
 #: Neutral colours (no cluster colour), kept light and removed dark.
@@ -26,7 +26,7 @@ _REASON_LABELS = {
 def qc_per_lot(
     adata: AnnData,
     *,
-    key: str = _keys.QC,
+    key: str = _registry.QC.key,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,

@@ -12,7 +12,7 @@ from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys
+from .. import _keys, _registry
 from .._validate import require_uns
 
 #: The Greek letter of Spearman's rank correlation.
@@ -99,7 +99,7 @@ def _category_colors(adata: AnnData, key: str, categories: Sequence[str]) -> dic
     return dict(zip(categories, _fixed_palette(len(categories)), strict=True))
 
 
-def _cluster_key(adata: AnnData, fractions_key: str = _keys.LOT_FRACTIONS) -> str:
+def _cluster_key(adata: AnnData, fractions_key: str = _registry.LOT_FRACTIONS.key) -> str:
     """Return the obs column the lot fractions were counted from (default ``'cluster'``)."""
     stored = adata.uns.get(fractions_key)
     if isinstance(stored, dict):

@@ -11,7 +11,7 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _dask, _keys
+from .. import _dask, _keys, _registry
 from .._provenance import record
 from .._validate import check_counts, lots_of
 
@@ -30,7 +30,7 @@ def preprocess(
     batch_key: str | None = None,
     n_comps: int = 30,
     random_state: int = 0,
-    key_added: str = _keys.PREPROCESS,
+    key_added: str = _registry.PREPROCESS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Standard reduction of pooled counts: normalise → log1p → HVG → PCA.

@@ -8,7 +8,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _keys
+from .. import _keys, _registry
 from .._cell_stats import map_rows, reduce_rows
 from .._provenance import record
 from .._validate import check_counts, count_matrix, lots_of
@@ -26,7 +26,7 @@ def qc(
     mito_prefix: str = "MT-",
     min_cells_per_gene: int = 3,
     mad_counts: float | None = None,
-    key_added: str = _keys.QC,
+    key_added: str = _registry.QC.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Compute QC metrics and remove low-quality cells and rarely detected genes.

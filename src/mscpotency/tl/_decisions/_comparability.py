@@ -19,7 +19,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from ... import _keys
+from ... import _registry
 from ..._provenance import record
 from ..._validate import require_uns
 
@@ -182,8 +182,8 @@ def comparability(
     reference: AnnData | Sequence[str],
     *,
     cluster: str | None = None,
-    fractions_key: str = _keys.LOT_FRACTIONS,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     coverage: float = 0.95,
     confidence: float = 0.95,
     scale: Scale = "logit",

@@ -28,7 +28,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from ... import _keys, _stats
+from ... import _keys, _registry, _stats
 from ..._provenance import record
 from ..._validate import (
     finite_outcome,
@@ -236,8 +236,8 @@ def fit_potency_model(
     *,
     cluster: str | None = None,
     genes: Sequence[str] | None = None,
-    fractions_key: str = _keys.LOT_FRACTIONS,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     layer: str | None = None,
     interval: Interval = "jackknife+",
     level: float = 0.9,
@@ -387,7 +387,7 @@ def predict_potency(
     model: AnnData | None = None,
     *,
     model_key: str = POTENCY_MODEL,
-    fractions_key: str = _keys.LOT_FRACTIONS,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
     potency: str | Mapping | pd.Series | None = None,
     interval: Interval | None = None,
     level: float | None = None,

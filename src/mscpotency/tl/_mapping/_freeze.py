@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _keys
+from ... import _keys, _registry
 from ..._provenance import append_log, fingerprint, package_versions, record
 from ._model import FROZEN, reference_model
 
@@ -31,7 +31,7 @@ def freeze_reference(
     lot_key: str | None = _keys.LOT,
     counts_layer: str = _keys.COUNTS_LAYER,
     umap_key: str = "X_umap",
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
 ) -> AnnData:
     """A slim, hashed copy of a processed reference, ready to save and to map onto.
 
@@ -83,8 +83,10 @@ def freeze_reference(
     frozen.obsm["X_pca"] = model.embedding.astype(np.float32)
     if model.umap is not None:
         frozen.obsm["X_umap"] = model.umap.astype(np.float32)
-    source = reference.uns.get(_keys.PREPROCESS, {}).get("params", {})
-    frozen.uns[_keys.PREPROCESS] = {"params": {k: v for k, v in source.items() if v is not None}}
+    source = reference.uns.get(_registry.PREPROCESS.key, {}).get("params", {})
+    frozen.uns[_registry.PREPROCESS.key] = {
+        "params": {k: v for k, v in source.items() if v is not None}
+    }
     frozen.uns[FROZEN] = {
         "hash": model.hash,
         "label_key": label_key,

@@ -15,7 +15,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ... import _keys
+from ... import _keys, _registry
 from ._harmonise import lognormalise
 
 #: ``adata.uns`` key of the frozen-reference record (hash, labels, parameters).
@@ -53,7 +53,7 @@ def reference_model(
     counts_layer: str = _keys.COUNTS_LAYER,
     lot_key: str | None = _keys.LOT,
     umap_key: str = "X_umap",
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
 ) -> ReferenceModel:
     """Read and check what mapping needs from ``reference``; every gap is a clear error."""
     if not isinstance(reference, AnnData):
@@ -90,13 +90,13 @@ def reference_model(
     if "pca_mean" not in reference.var.columns:
         raise _missing("PCA centring var['pca_mean']", hint)
     params = (
-        reference.uns.get(_keys.PREPROCESS, {}).get("params", {})
-        if isinstance(reference.uns.get(_keys.PREPROCESS), dict)
+        reference.uns.get(_registry.PREPROCESS.key, {}).get("params", {})
+        if isinstance(reference.uns.get(_registry.PREPROCESS.key), dict)
         else {}
     )
     if "target_sum" not in params:
         raise _missing(
-            f"normalisation record uns[{_keys.PREPROCESS!r}]['params']['target_sum']", hint
+            f"normalisation record uns[{_registry.PREPROCESS.key!r}]['params']['target_sum']", hint
         )
     target_sum = float(params["target_sum"])
     loadings_all = np.asarray(reference.varm["PCs"], dtype=np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _keys, _stats
+from ... import _keys, _registry, _stats
 from ..._provenance import record
 from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots, require_uns
 
@@ -39,7 +39,7 @@ def potency_association(
     adata: AnnData,
     potency: str | Mapping | pd.Series = _keys.POTENCY,
     *,
-    fractions_key: str = _keys.LOT_FRACTIONS,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
     transform: Literal["fraction", "clr"] = "fraction",
     method: _stats.PvalueMethod = "auto",
     alternative: _stats.Alternative = "two-sided",
@@ -49,7 +49,7 @@ def potency_association(
     ci_level: float = 0.95,
     alpha: float = 0.05,
     random_state: int = 0,
-    key_added: str = _keys.POTENCY_ASSOCIATION,
+    key_added: str = _registry.POTENCY_ASSOCIATION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Spearman association of every cluster's lot fraction with lot potency.

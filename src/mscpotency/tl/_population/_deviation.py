@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _keys
+from ... import _registry
 from ..._provenance import record
 from ..._stats import clr
 from ..._validate import require_uns
@@ -43,11 +43,11 @@ def composition_distance(lot: np.ndarray, pooled: np.ndarray, metric: Metric) ->
 def composition_deviation(
     adata: AnnData,
     *,
-    fractions_key: str = _keys.LOT_FRACTIONS,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
     metric: Metric = "jsd",
     n_simulations: int = 1000,
     random_state: int = 0,
-    key_added: str = _keys.COMPOSITION_DEVIATION,
+    key_added: str = _registry.COMPOSITION_DEVIATION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Compare every lot's cluster composition with the pooled population's.

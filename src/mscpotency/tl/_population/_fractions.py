@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _keys
+from ... import _keys, _registry
 from ..._provenance import record
 from ..._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
 
@@ -19,7 +19,7 @@ def lot_fractions(
     cluster_key: str = _keys.CLUSTER,
     weights_key: str | None = None,
     min_cells_per_lot: int = 50,
-    key_added: str = _keys.LOT_FRACTIONS,
+    key_added: str = _registry.LOT_FRACTIONS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Count the cells of each cluster in each lot and turn counts into fractions.

@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from ... import _keys
+from ... import _keys, _registry
 from ..._cell_stats import GroupMoments, group_moments, rank_sum_z
 from ..._provenance import record
 from ..._stats import benjamini_hochberg
@@ -25,12 +25,12 @@ def potency_markers(
     *,
     cluster_key: str = _keys.CLUSTER,
     lot_key: str = _keys.LOT,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     n_genes: int = 20,
     method: Literal["wilcoxon", "t-test", "t-test_overestim_var"] = "wilcoxon",
     layer: str | None = None,
     min_cells_per_lot: int = 5,
-    key_added: str = _keys.POTENCY_MARKERS,
+    key_added: str = _registry.POTENCY_MARKERS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Rank the genes that mark one cluster against all other cells, and check them per lot.

@@ -22,7 +22,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ... import _keys, _stats
+from ... import _keys, _registry, _stats
 from ..._provenance import record
 from ..._validate import (
     check_counts,
@@ -152,8 +152,8 @@ def pseudobulk_markers(
     layer: str | None = _keys.COUNTS_LAYER,
     cluster_key: str = _keys.CLUSTER,
     lot_key: str = _keys.LOT,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
-    markers_key: str = _keys.POTENCY_MARKERS,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
+    markers_key: str = _registry.POTENCY_MARKERS.key,
     min_cells: int = 10,
     min_lots: int = 6,
     n_flips: int = 9999,
@@ -287,7 +287,7 @@ def gene_association(
     layer: str | None = _keys.COUNTS_LAYER,
     cluster_key: str = _keys.CLUSTER,
     lot_key: str = _keys.LOT,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     min_cells: int = 5,
     min_lots_expressed: float = 0.5,
     method: _stats.PvalueMethod = "auto",

@@ -28,7 +28,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse, stats
 
-from ... import _keys, _stats
+from ... import _keys, _registry, _stats
 from ..._provenance import record
 from ..._validate import lots_of, require_min_lots, require_obs_column, require_uns
 from .._population._association import lot_outcome
@@ -174,7 +174,7 @@ def count_association(
     adata: AnnData,
     potency: str | Mapping | pd.Series = _keys.POTENCY,
     *,
-    fractions_key: str = _keys.LOT_FRACTIONS,
+    fractions_key: str = _registry.LOT_FRACTIONS.key,
     n_permutations: int = 4999,
     random_state: int = 0,
     key_added: str = COUNT_ASSOCIATION,
@@ -545,7 +545,7 @@ def neighbourhood_association(
 def method_agreement(
     adata: AnnData,
     *,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     count_key: str | None = COUNT_ASSOCIATION,
     neighbourhood_key: str | None = NEIGHBOURHOOD_ASSOCIATION,
     alpha: float = 0.05,

@@ -21,7 +21,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ... import _keys, _stats
+from ... import _keys, _registry, _stats
 from ..._provenance import record
 from ..._validate import lots_of, require_obs_column, require_uns
 from .._population._association import lot_outcome
@@ -165,7 +165,7 @@ def association_stability(
     subsample_fraction: float = 0.8,
     cluster_key: str = _keys.CLUSTER,
     lot_key: str = _keys.LOT,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     min_jaccard: float = DISSOLVED_JACCARD,
     alpha: float = 0.05,
     method: _stats.PvalueMethod = "auto",
@@ -466,7 +466,7 @@ def influential_lots(
     adata: AnnData,
     cluster: str | None = None,
     *,
-    association_key: str = _keys.POTENCY_ASSOCIATION,
+    association_key: str = _registry.POTENCY_ASSOCIATION.key,
     z_threshold: float = 3.5,
     min_shift: float = 0.1,
     key_added: str = INFLUENTIAL_LOTS,

@@ -1,0 +1,128 @@
+"""The glossary: one name per concept, and the one text that documents it.
+
+Every public function that takes one of these parameters uses this name for it (checked by
+``tests/test_package_structure.py``, which also rejects the synonyms in :data:`SYNONYMS`),
+and writes ``{name}`` as its description in the docstring; :func:`doc_params` fills it in.
+So a parameter is described once, here, and reads the same everywhere.
+
+Concepts
+--------
+lot
+    One manufacturing lot or donor line; ``obs[lot_key]`` names each cell's lot. Lot-level
+    statistics treat lots, not cells, as the replicates.
+potency
+    A lot-level assay (e.g. VEGF secreted under ischemia) in an obs column constant
+    within lots. In :mod:`mscpotency.bulk` the line-level counterpart is the *outcome*
+    (a differentiation-propensity score): lines are not lots and propensity is not potency.
+cluster
+    A label of ``obs[cluster_key]`` (a Leiden cluster, or a label transferred by mapping).
+    The *potency cluster* is the cluster whose per-lot share tracks potency best
+    (:func:`mscpotency.tl.potency_association`); tools that describe one cluster take
+    ``cluster=None`` to mean it.
+key / key_added
+    ``key_added`` is where a tool writes (``adata.uns[key_added]``; for mapping also the
+    prefix of its obs columns); ``key`` is where an accessor or a plot reads that result
+    back; ``<result>_key`` (``fractions_key``, ``association_key`` ...) is where a tool
+    reads an earlier tool's result.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from textwrap import dedent, indent
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+#: Parameter name -> its one description (numpydoc text, without the name line).
+GLOSSARY: dict[str, str] = {
+    "adata": "Annotated data matrix: cells x genes (lines x genes in ``bulk``).",
+    "lot_key": "obs column with the lot of each cell.",
+    "set_key": "obs column with the study arm of each cell (``BM-train``, ``AD`` ...).",
+    "cluster_key": "obs column with the cluster (or transferred label) of each cell.",
+    "cluster": (
+        "The cluster to work on, a label of ``obs[cluster_key]``; ``None``: the potency "
+        "cluster that :func:`mscpotency.tl.potency_association` named."
+    ),
+    "potency": (
+        "obs column with the lot-level potency assay (constant within lots); ``None``: the "
+        "column the potency association used."
+    ),
+    "outcome": (
+        "obs column(s) with the line-level outcome (e.g. a propensity score); ``None``: "
+        "every outcome the earlier step used."
+    ),
+    "layer": (
+        "Layer to read instead of ``X``; for tools that need raw counts, the layer that "
+        "holds them (``X`` when ``None`` or absent)."
+    ),
+    "use_rep": "obsm key of the representation to build neighbours on (e.g. ``'X_pca'``).",
+    "fractions_key": "Key of the lot fractions in ``adata.uns`` (from ``tl.lot_fractions``).",
+    "association_key": (
+        "Key of the potency association in ``adata.uns`` (from ``tl.potency_association``)."
+    ),
+    "mapping_key": "Key of the mapping in ``adata.uns`` and prefix of its obs columns.",
+    "key": "Key in ``adata.uns`` of the stored result to read (the producer's ``key_added``).",
+    "key_added": "Key in ``adata.uns`` the result is written to.",
+    "kind": "Which table of the stored result to return.",
+    "copy": "Return a copy instead of writing in place.",
+    "alternative": (
+        "Direction of the test: ``'greater'`` (share rises with potency), ``'less'`` or "
+        "``'two-sided'``."
+    ),
+    "alpha": "Significance (FDR) level at which a result is called significant.",
+    "level": "Coverage of every interval returned (e.g. 0.95 for 95% intervals).",
+    "method": "How to compute the result; the options are listed in the signature.",
+    "n_permutations": "Number of random permutations where a p-value is not exact.",
+    "n_bootstrap": "Number of bootstrap resamples of lots (0: no bootstrap interval).",
+    "exact_max_n": "Largest number of lots for which p-values are exact (all n! orderings).",
+    "random_state": "Seed of every random step; the same seed gives identical results.",
+    "min_cells_per_lot": "Lots with fewer cells get a warning (their fractions are noisy).",
+    "ax": "Axes to draw on; a new figure when ``None``.",
+    "show": "Show the figure; ``None`` follows ``scanpy.settings.autoshow``.",
+    "return_fig": "Return the Figure instead of the Axes.",
+}
+
+#: Names that mean a glossary concept and must not be used for a parameter
+#: (synonym -> the glossary name). ``outcome`` is the bulk namespace's own concept.
+SYNONYMS: dict[str, str] = {
+    "lot_column": "lot_key",
+    "label_key": "cluster_key",
+    "potency_label": "cluster",
+    "counts_layer": "layer",
+    "fdr_level": "alpha",
+    "ci_level": "level",
+    "confidence": "level",
+    "confidence_level": "level",
+    "test": "alternative",
+    "table": "kind",
+    "which": "kind",
+}
+
+_PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>[a-z_]+)\}[ \t]*$", re.MULTILINE)
+
+
+def doc_params(func: F) -> F:
+    """Fill ``{name}`` lines of ``func``'s docstring with the glossary's text.
+
+    A placeholder stands alone on its line, indented as the description would be::
+
+        lot_key
+            {lot_key}
+
+    Unknown names are an error at import time, so a typo cannot reach the docs.
+    """
+    if func.__doc__ is None:
+        return func
+    doc = dedent(func.__doc__) if func.__doc__.startswith("\n") else func.__doc__
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in GLOSSARY:
+            msg = f"{func.__qualname__}: no glossary entry {name!r} (mscpotency._docs.GLOSSARY)"
+            raise KeyError(msg)
+        return indent(GLOSSARY[name], match.group("indent"))
+
+    func.__doc__ = _PLACEHOLDER.sub(fill, doc)
+    return func

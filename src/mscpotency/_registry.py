@@ -88,7 +88,7 @@ CLUSTER = _named(
     "cluster",
     accessor=None,
     no_accessor="the labels are obs['cluster']; uns['cluster'] holds the search's parameters",
-    plots=("pl.umap",),
+    no_plot="the labels are drawn by pl.umap (and sc.pl.umap)",
 )
 LOT_FRACTIONS = _named("tl.lot_fractions", "lot_fractions", ("fractions", "counts", "n_cells"))
 COMPOSITION_DEVIATION = _named(

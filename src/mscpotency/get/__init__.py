@@ -1,63 +1,22 @@
-"""Accessors: every stored result as a tidy DataFrame."""
+"""Accessors: every stored result as a tidy DataFrame.
 
-from ._decisions import (
-    association_stability,
-    comparability,
-    count_association,
-    gene_association,
-    influential_lots,
-    method_agreement,
-    neighbourhood_association,
-    potency_model,
-    potency_prediction,
-    pseudobulk_markers,
-)
-from ._mapping import (
-    mapping_calibration,
-    mapping_qc,
-    marker_by_set,
-    potency_validation,
-    reference_info,
-)
-from ._results import (
-    composition_deviation,
-    lot_fractions,
-    lot_table,
-    potency_association,
-    potency_lots,
-    potency_markers,
-    provenance,
-    qc_report,
-    stored_table,
-)
+Each accessor shares its name with the tool that wrote the result (``tl.lot_fractions`` ->
+``get.lot_fractions``), takes ``key`` (where the result was written) and, where a result
+holds several tables, ``kind``. The results are declared in :mod:`mscpotency._registry`.
+"""
+
+from ._decisions import *  # noqa: F403
+from ._decisions import __all__ as _decisions_accessors
+from ._mapping import *  # noqa: F403
+from ._mapping import __all__ as _mapping_accessors
+from ._population import *  # noqa: F403
+from ._population import __all__ as _population_accessors
+from ._robustness import *  # noqa: F403
+from ._robustness import __all__ as _robustness_accessors
 
 __all__ = [
-    "composition_deviation",
-    "lot_fractions",
-    "lot_table",
-    "potency_association",
-    "potency_lots",
-    "potency_markers",
-    "provenance",
-    "qc_report",
-    "stored_table",
-]
-__all__ += [
-    "association_stability",
-    "comparability",
-    "count_association",
-    "gene_association",
-    "influential_lots",
-    "method_agreement",
-    "neighbourhood_association",
-    "potency_model",
-    "potency_prediction",
-    "pseudobulk_markers",
-]
-__all__ += [
-    "mapping_calibration",
-    "mapping_qc",
-    "marker_by_set",
-    "potency_validation",
-    "reference_info",
+    *_population_accessors,
+    *_mapping_accessors,
+    *_robustness_accessors,
+    *_decisions_accessors,
 ]

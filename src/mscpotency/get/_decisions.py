@@ -20,7 +20,20 @@ from ..tl._robustness._second_opinion import (
     NEIGHBOURHOOD_ASSOCIATION,
 )
 from ..tl._robustness._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
-from ._results import stored_table
+from ._population import stored_table
+
+__all__ = [
+    "association_stability",
+    "comparability",
+    "count_association",
+    "gene_association",
+    "influential_lots",
+    "method_agreement",
+    "neighbourhood_association",
+    "potency_model",
+    "potency_prediction",
+    "pseudobulk_markers",
+]
 
 
 def _one_row(adata: AnnData, key: str, field: str, tool: str) -> pd.DataFrame:

@@ -8,7 +8,16 @@ import pandas as pd
 from anndata import AnnData
 
 from .._validate import require_uns
-from ._results import stored_table
+from ._population import stored_table
+
+__all__ = [
+    "mapping_calibration",
+    "mapping_qc",
+    "marker_by_set",
+    "potency_validation",
+    "reference_info",
+]
+
 
 _MAPPING = "predicted"
 _VALIDATE = "validate_potency"

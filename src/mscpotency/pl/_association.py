@@ -24,6 +24,8 @@ from ._utils import (
     potency_name,
 )
 
+__all__ = ["association_overview", "potency_scatter"]
+
 
 def _association(adata: AnnData, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Read the stored association, its per-cluster table and its lots table (string labels)."""

@@ -23,6 +23,9 @@ from ._utils import (
     potency_name,
 )
 
+__all__ = ["composition_deviation", "lot_composition"]
+
+
 #: Neutral colours, so that no bar reads as a cluster.
 MARKED, UNMARKED = "#404040", "#d0d0d0"
 

@@ -21,6 +21,16 @@ from ..tl._robustness._second_opinion import METHOD_AGREEMENT, NEIGHBOURHOOD_ASS
 from ..tl._robustness._stability import ASSOCIATION_STABILITY, INFLUENTIAL_LOTS
 from ._utils import RHO, _axes, _finish, _outside_legend, _stored, potency_label
 
+__all__ = [
+    "association_stability",
+    "comparability",
+    "influential_lots",
+    "method_agreement",
+    "neighbourhood_association",
+    "potency_prediction",
+]
+
+
 _PASS, _FAIL, _REFERENCE = "#1a9850", "#d73027", "#8c8c8c"
 
 

@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 from .. import _keys
 from ._utils import POTENCY_ASSAYS, _category_colors, _finish, potency_label
 
+__all__ = ["umap"]
+
 
 def umap(
     adata: AnnData,

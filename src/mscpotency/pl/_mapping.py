@@ -29,6 +29,15 @@ from ._utils import (
     potency_label,
 )
 
+__all__ = [
+    "mapping_calibration",
+    "mapping_confidence",
+    "mapping_umap",
+    "marker_by_set",
+    "potency_validation",
+]
+
+
 _MAPPING = "predicted"
 _TOOL = "tl.map_to_reference"
 

@@ -15,6 +15,8 @@ from .. import _keys, _registry, get
 from .._validate import require_obs_column
 from ._utils import _axes, _category_colors, _finish, _stored
 
+__all__ = ["markers"]
+
 
 def _dot_table(
     adata: AnnData, genes: list[str], labels: pd.Series, layer: str | None

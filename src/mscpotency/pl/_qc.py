@@ -12,6 +12,9 @@ from matplotlib.figure import Figure
 from .. import _keys, _registry, get
 from ._utils import _axes, _finish, _outside_legend, _stored
 
+__all__ = ["qc_per_lot"]
+
+
 #: Neutral colours (no cluster colour), kept light and removed dark.
 KEPT, REMOVED = "#c6cdd6", "#3b3b3b"
 _NOT_REASONS = ("cells_before", "cells_removed", "cells_after")

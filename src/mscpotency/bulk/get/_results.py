@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ...get._results import stored_table
+from ...get._population import stored_table
 from ..tl._consensus import association_tables
 from ..tl._propensity import PROPENSITY
 from ..tl._rank_association import RANK_ASSOCIATION

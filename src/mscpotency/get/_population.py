@@ -11,6 +11,18 @@ from .. import _keys, _registry
 from .._provenance import read_log
 from .._validate import lots_of, require_uns
 
+__all__ = [
+    "composition_deviation",
+    "lot_fractions",
+    "lot_table",
+    "potency_association",
+    "potency_lots",
+    "potency_markers",
+    "provenance",
+    "qc_report",
+    "stored_table",
+]
+
 
 def stored_table(adata: AnnData, key: str, field: str, *, tool: str | None = None) -> pd.DataFrame:
     """``adata.uns[key][field]`` as a DataFrame copy, or a ``KeyError`` naming the tool to run."""

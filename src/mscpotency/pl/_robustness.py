@@ -1,0 +1,3 @@
+"""Robustness results (filled by the robustness tools)."""
+
+__all__: list[str] = []

@@ -30,7 +30,7 @@ What it does
        ``tl.map_to_reference(query, frozen, method=...)`` with defaults, the in-process
        calibration cache cleared first, so the time includes the query's normalisation and
        gene harmonisation, the mapping score, the transfer and the calibration on held-out
-       reference lots (``tl._mapping._api._CALIBRATIONS``, as ``mapping_vs_seurat.py``).
+       reference lots (``tl._mapping._pca_backends._CALIBRATIONS``, as ``mapping_vs_seurat.py``).
    ``ingest``
        bare scanpy, as its tutorial maps onto a reference: ``normalize_total`` (the
        reference's ``target_sum``) + ``log1p`` of the query, its genes aligned to the
@@ -259,7 +259,7 @@ def worker(args) -> None:
     import pandas as pd
 
     import mscpotency as mp
-    from mscpotency.tl._mapping import _api as mapping_api
+    from mscpotency.tl._mapping import _pca_backends
 
     scratch = Path(args.scratch)
     method = args.worker
@@ -284,7 +284,7 @@ def worker(args) -> None:
         call = lambda: map_ingest(query, reference)  # noqa: E731
     phases["load_and_warmup"] = time.perf_counter() - clock
     del small, warm_query
-    mapping_api._CALIBRATIONS.clear()
+    _pca_backends._CALIBRATIONS.clear()
     gc.collect()
     rss_before = sampler.rss()
     sampler.reset()

@@ -246,7 +246,9 @@ def test_no_import_cycle_between_subpackages():
                 graph[source].add(dest)
 
     def reaches(start, goal, seen=()):
-        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph[start])
+        return any(
+            n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph[start]
+        )
 
     cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert not cycles, f"import cycles between subpackages: {cycles}"

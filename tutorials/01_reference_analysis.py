@@ -51,7 +51,7 @@ mp.get.lot_table(adata)
 
 # %%
 mp.pp.qc(adata)
-mp.get.qc_report(adata)
+mp.get.qc(adata)
 
 # %%
 mp.pp.preprocess(adata)
@@ -65,7 +65,7 @@ mp.pl.umap(adata, color=["cluster", "lot"], show=False)
 # %%
 mp.tl.lot_fractions(adata)
 mp.tl.composition_deviation(adata)
-mp.pl.lot_composition(adata, show=False)
+mp.pl.lot_fractions(adata, show=False)
 
 # %%
 mp.get.composition_deviation(adata)
@@ -79,7 +79,7 @@ mp.tl.potency_association(adata, "vegf")
 mp.get.potency_association(adata)
 
 # %%
-mp.pl.association_overview(adata, show=False)
+mp.pl.potency_association(adata, show=False)
 
 # %%
 mp.pl.potency_scatter(adata, show=False)
@@ -94,7 +94,7 @@ mp.tl.potency_markers(adata)
 mp.get.potency_markers(adata).head(10)
 
 # %%
-mp.pl.markers(adata, show=False)
+mp.pl.potency_markers(adata, show=False)
 
 # %% [markdown]
 # ## Check against the truth, and provenance

@@ -69,7 +69,7 @@ mp.get.potency_association(reference).head(3)
 # %%
 frozen = mp.tl.freeze_reference(reference)
 path = mp.io.write_reference(frozen, "bm_reference.h5ad", overwrite=True)
-mp.get.reference_info(mp.io.read_reference(path))
+mp.get.freeze_reference(mp.io.read_reference(path))
 
 # %% [markdown]
 # ## Map the new lots
@@ -89,7 +89,7 @@ print(f"anchors backend: {time.perf_counter() - start:.0f} s for {query.n_obs} c
 query.obs[["set", "lot", "predicted", "predicted_score", "predicted_mapping_score"]].head()
 
 # %%
-mp.get.mapping_qc(query).round(3)
+mp.get.map_to_reference(query).round(3)
 
 # %% [markdown]
 # The hash of the reference travels with the query, into `uns` and the provenance log:
@@ -102,10 +102,10 @@ mp.get.provenance(query).iloc[-1]["params"]["reference_hash"]
 # Query cells on the reference UMAP, by transferred label and by mapping score:
 
 # %%
-mp.pl.mapping_umap(query, frozen, color="label", show=False)
+mp.pl.map_to_reference(query, frozen, color="label", show=False)
 
 # %%
-mp.pl.mapping_umap(query, frozen, color="mapping_score", show=False)
+mp.pl.map_to_reference(query, frozen, color="mapping_score", show=False)
 
 # %% [markdown]
 # ## Are the labels right, and are the scores honest?
@@ -164,20 +164,20 @@ mp.pl.mapping_calibration(query, show=False)
 # %%
 mp.tl.lot_fractions(query, cluster_key="predicted", weights_key="predicted_probabilities")
 mp.tl.validate_potency(query, "vegf")
-mp.get.potency_validation(query)
+mp.get.validate_potency(query)
 
 # %%
-mp.get.potency_validation(query, table="combined")
+mp.get.validate_potency(query, kind="combined")
 
 # %%
 print(query.uns["validate_potency"]["note"])
-mp.pl.potency_validation(query, show=False)
+mp.pl.validate_potency(query, show=False)
 
 # %% [markdown]
 # And against the truth: the mapped share of each lot against its true share of potency cells.
 
 # %%
-lots = mp.get.potency_validation(query, table="lots")
+lots = mp.get.validate_potency(query, kind="lots")
 lots["true share"] = (
     query.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
 )
@@ -230,7 +230,7 @@ summary.round(3)
 # %% [markdown]
 # The SP3 cells still get a label (and often a high prediction score: they are closest to
 # some known cluster), but their mapping score is low, and the per-lot summary
-# (`get.mapping_qc`) shows how many of each lot's cells the reference does not represent.
+# (`get.map_to_reference`) shows how many of each lot's cells the reference does not represent.
 
 # %%
 mp.pl.mapping_confidence(held_out, key="partial", show=False)

@@ -55,42 +55,44 @@ eb.var["lineage"].value_counts()
 # %% [markdown]
 # ## 1. Propensity per line: PC1 of the marker panel
 # PC1 of the standardised lineage genes, oriented so that higher = more differentiated (the
-# mean loading of the lineage genes is made positive). Held-out lines are scored with the
-# training loadings (`reference=`), so both sets share one scale.
+# mean loading of the lineage genes is made positive): `bulk.tl.fit_propensity`. Held-out
+# lines are scored with the training loadings (`bulk.tl.apply_propensity`), so both sets
+# share one scale.
 
 # %%
 LINEAGES = ["ectoderm", "mesoderm", "endoderm"]
 NEURAL = ["neural_suspension", "neural_adhesion"]
 
 
-def score_panels(sets_panels, reference=None):
-    """Score every lineage and method; return lines x outcomes."""
+def fit_panels(sets_panels):
+    """Fit every lineage's and method's propensity; return lines x outcomes."""
     eb = sets_panels["embryoid_body"]
     for lineage in LINEAGES:
-        markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
-        mp.bulk.tl.propensity_score(
-            eb,
-            markers=markers,
-            key_added=lineage,
-            reference=None if reference is None else reference["embryoid_body"],
-        )
+        markers = eb.var_names[eb.var["lineage"] == lineage].tolist()
+        mp.bulk.tl.fit_propensity(eb, markers=markers, key_added=lineage)
     for method in NEURAL:
-        mp.bulk.tl.propensity_score(
-            sets_panels[method],
-            key_added=method,
-            reference=None if reference is None else reference[method],
-        )
+        mp.bulk.tl.fit_propensity(sets_panels[method], key_added=method)
     return pd.concat([eb.obs[LINEAGES]] + [sets_panels[m].obs[[m]] for m in NEURAL], axis=1)
 
 
-propensity = score_panels(panels["train"])
-propensity_test = score_panels(panels["test"], reference=panels["train"])
+def apply_panels(sets_panels, reference):
+    """Score new lines on the reference panels' scale; return lines x outcomes."""
+    eb = sets_panels["embryoid_body"]
+    for lineage in LINEAGES:
+        mp.bulk.tl.apply_propensity(eb, reference["embryoid_body"], key_added=lineage)
+    for method in NEURAL:
+        mp.bulk.tl.apply_propensity(sets_panels[method], reference[method], key_added=method)
+    return pd.concat([eb.obs[LINEAGES]] + [sets_panels[m].obs[[m]] for m in NEURAL], axis=1)
+
+
+propensity = fit_panels(panels["train"])
+propensity_test = apply_panels(panels["test"], reference=panels["train"])
 propensity.round(2)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
 for lineage, ax in zip(LINEAGES, axes, strict=True):
-    mp.bulk.pl.propensity_scores(eb, key=lineage, ax=ax, show=False)
+    mp.bulk.pl.fit_propensity(eb, key=lineage, ax=ax, show=False)
 plt.show()
 
 # %% [markdown]
@@ -127,7 +129,7 @@ mp.bulk.get.marker_counts(train)
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
 highlights = {"mrna": ["SALL3"], "mirna": None, "cage": ["p1@SALL3"]}
 for (platform, adata), ax in zip(train.items(), axes, strict=True):
-    mp.bulk.pl.rank_volcano(
+    mp.bulk.pl.rank_association(
         adata, outcome="ectoderm", highlight=highlights[platform], ax=ax, show=False
     )
 plt.show()
@@ -176,6 +178,8 @@ single.pivot(index="outcome", columns="list", values=["candidates", "false"]).ro
 # Rules are sign patterns over outcomes; a feature passes when its sign follows the pattern
 # and it is significant in every platform x outcome cell. mRNA probes and CAGE promoters are
 # matched by gene (`match_on="gene"`); where a gene has two promoters, the better one speaks.
+# `bulk.tl.consensus` returns a `Consensus`: the table of markers (`.table`), the rules
+# applied, the lines behind each platform x outcome, and the record of the call.
 
 # %%
 rules = {
@@ -186,10 +190,10 @@ rules = {
     "SALL3 pattern": {"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
 }
 consensus = mp.bulk.tl.consensus(train, rules=rules, platforms=["mrna", "cage"], match_on="gene")
-consensus.groupby("rule", sort=False).size()
+consensus.table.groupby("rule", sort=False).size()
 
 # %%
-consensus[consensus["rule"] == "SALL3 pattern"].head(8)[
+consensus.table[consensus.table["rule"] == "SALL3 pattern"].head(8)[
     [
         "feature",
         "direction",
@@ -203,17 +207,8 @@ consensus[consensus["rule"] == "SALL3 pattern"].head(8)[
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
-mp.bulk.pl.marker_overlap(
-    train, outcomes=NEURAL, platforms=["mrna", "cage"], match_on="gene", ax=axes[0], show=False
-)
-mp.bulk.pl.marker_overlap(
-    train,
-    outcomes={"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
-    platforms=["mrna", "cage"],
-    match_on="gene",
-    ax=axes[1],
-    show=False,
-)
+mp.bulk.pl.consensus(consensus, "neural (both methods)", ax=axes[0], show=False)
+mp.bulk.pl.consensus(consensus, "SALL3 pattern", ax=axes[1], show=False)
 plt.show()
 
 # %% [markdown]
@@ -230,7 +225,7 @@ RULE_TRUTH = {
 }
 summary = []
 for rule, outcome in RULE_TRUTH.items():
-    cands = mp.bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+    cands = mp.bulk.get.consensus(consensus, rule=rule, outcome=outcome)
     summary.append(
         {
             "rule": rule,
@@ -257,12 +252,12 @@ pd.DataFrame(summary).round(2)
 # %%
 validated = []
 for rule, outcome in RULE_TRUTH.items():
-    cands = mp.bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+    cands = mp.bulk.get.consensus(consensus, rule=rule, outcome=outcome)
     key = f"validation_{outcome}"
     mp.bulk.tl.validate_markers(
         test["mrna"], cands, outcome=propensity_test[outcome], key_added=key
     )
-    table = mp.bulk.get.marker_validation(test["mrna"], key=key)
+    table = mp.bulk.get.validate_markers(test["mrna"], key=key)
     kept = table[table["validated"]]
     validated.append(
         {
@@ -281,7 +276,7 @@ pd.DataFrame(validated).round(2)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
-mp.bulk.pl.marker_validation(
+mp.bulk.pl.validate_markers(
     test["mrna"], key="validation_mesoderm", ax=axes[0], show=False, label=False
 )
 mp.bulk.pl.validation_scatter(
@@ -305,7 +300,7 @@ mp.bulk.tl.validate_markers(
     outcome=propensity_test["neural_adhesion"],
     key_added="validation_ROR2",
 )
-mp.bulk.get.marker_validation(test["mrna"], key="validation_ROR2")
+mp.bulk.get.validate_markers(test["mrna"], key="validation_ROR2")
 
 # %% [markdown]
 # ## Lines missing on one platform

@@ -107,8 +107,8 @@ print(
 )
 
 planted = ref.copy()
-potency = mp.get.potency_lots(ref)["vegf"].copy()
-outlier = mp.get.potency_lots(ref)[cluster].idxmax()
+potency = mp.get.potency_association(ref, kind="lots")["vegf"].copy()
+outlier = mp.get.potency_association(ref, kind="lots")[cluster].idxmax()
 potency[outlier] = potency.min() - 50
 mp.tl.potency_association(planted, potency)
 mp.tl.influential_lots(planted, cluster)
@@ -137,7 +137,7 @@ mp.pl.influential_lots(planted, show=False)
 mp.tl.count_association(ref)
 mp.tl.neighbourhood_association(ref)
 mp.tl.method_agreement(ref)
-print(ref.uns["method_agreement"]["summary"])
+print(mp.get.method_agreement(ref, kind="summary")["text"].iloc[0])
 mp.get.method_agreement(ref)[
     [
         "rho_fraction",
@@ -211,7 +211,14 @@ mp.get.gene_association(ref, key="genes_cluster").loc[["LRRC75A"], ["rank", "rho
 
 # %%
 mp.tl.fit_potency_model(ref, level=0.9)
-mp.get.potency_model(ref, kind="cv")
+mp.get.fit_potency_model(ref, kind="cv")
+
+# %% [markdown]
+# Each reference lot predicted by the model fitted without it, with its own
+# leave-one-out interval: how well the model does on a lot it has not seen.
+
+# %%
+mp.pl.fit_potency_model(ref, show=False)
 
 # %%
 new = bm[bm.obs["set"] == "BM-test"].copy()
@@ -225,10 +232,10 @@ new = ad.concat([new, depleted], merge="same")
 new.obs["lot"] = new.obs["lot"].astype("category")
 mp.tl.lot_fractions(new)
 mp.tl.predict_potency(new, ref, potency="vegf")
-mp.get.potency_prediction(new)
+mp.get.predict_potency(new)
 
 # %%
-mp.pl.potency_prediction(new, ref, show=False)
+mp.pl.predict_potency(new, ref, show=False)
 
 # %% [markdown]
 # About one lot in ten falls outside its 90% interval, as it should. A lot just above the

@@ -2,8 +2,9 @@
 
 Every public function that takes one of these parameters uses this name for it (checked by
 ``tests/test_package_structure.py``, which also rejects the synonyms in :data:`SYNONYMS`),
-and writes ``{name}`` as its description in the docstring; :func:`doc_params` fills it in.
-So a parameter is described once, here, and reads the same everywhere.
+and is decorated with :func:`doc_params`, which writes the glossary's text into its
+docstring. So a parameter is described once, here, and reads the same everywhere; a
+docstring lists only the parameters that are the function's own.
 
 Concepts
 --------
@@ -28,6 +29,7 @@ key / key_added
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from textwrap import dedent, indent
@@ -49,13 +51,10 @@ GLOSSARY: dict[str, str] = {
         "obs column with the lot-level potency assay (constant within lots); ``None``: the "
         "column the potency association used."
     ),
-    "outcome": (
-        "obs column(s) with the line-level outcome (e.g. a propensity score); ``None``: "
-        "every outcome the earlier step used."
-    ),
+    "outcome": "obs column(s) with the line-level outcome (e.g. a propensity score).",
     "layer": (
-        "Layer to read instead of ``X``; for tools that need raw counts, the layer that "
-        "holds them (``X`` when ``None`` or absent)."
+        "Layer to read instead of ``X`` (``None``: ``X``); where raw counts are needed, the "
+        "layer that holds them (the function says what it does when the layer is absent)."
     ),
     "use_rep": "obsm key of the representation to build neighbours on (e.g. ``'X_pca'``).",
     "fractions_key": "Key of the lot fractions in ``adata.uns`` (from ``tl.lot_fractions``).",
@@ -68,10 +67,13 @@ GLOSSARY: dict[str, str] = {
     "kind": "Which table of the stored result to return.",
     "copy": "Return a copy instead of writing in place.",
     "alternative": (
-        "Direction of the test: ``'greater'`` (share rises with potency), ``'less'`` or "
-        "``'two-sided'``."
+        "Direction of the test (the options are listed in the signature; ``'greater'``: the "
+        "feature rises with the outcome or potency)."
     ),
-    "alpha": "Significance (FDR) level at which a result is called significant.",
+    "alpha": (
+        "Significance level: a result is called significant when its p-value is at most "
+        "``alpha`` (its FDR, where the function says so)."
+    ),
     "level": "Coverage of every interval returned (e.g. 0.95 for 95% intervals).",
     "method": "How to compute the result; the options are listed in the signature.",
     "n_permutations": "Number of random permutations where a p-value is not exact.",
@@ -101,17 +103,25 @@ SYNONYMS: dict[str, str] = {
 }
 
 _PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)\{(?P<name>[a-z_]+)\}[ \t]*$", re.MULTILINE)
+_SECTION = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<title>[A-Z][A-Za-z ]+)\n(?P=indent)-{3,}[ \t]*$", re.MULTILINE
+)
 
 
 def doc_params(func: F) -> F:
-    """Fill ``{name}`` lines of ``func``'s docstring with the glossary's text.
+    """Document ``func``'s glossary parameters with the glossary's text.
 
-    A placeholder stands alone on its line, indented as the description would be::
+    Two ways, both checked at import time (an unknown name is an error):
 
-        lot_key
-            {lot_key}
+    - a glossary parameter the Parameters section does not list is added with the
+      glossary's text, in signature order; so most docstrings list only the parameters
+      that are the function's own;
+    - a ``{name}`` line stands for the glossary's text where a function adds a sentence of
+      its own::
 
-    Unknown names are an error at import time, so a typo cannot reach the docs.
+          random_state
+              {random_state}
+              The default reproduces the documented figures.
     """
     if func.__doc__ is None:
         return func
@@ -124,5 +134,41 @@ def doc_params(func: F) -> F:
             raise KeyError(msg)
         return indent(GLOSSARY[name], match.group("indent"))
 
-    func.__doc__ = _PLACEHOLDER.sub(fill, doc)
+    names = list(inspect.signature(func).parameters)
+    func.__doc__ = _with_glossary_entries(_PLACEHOLDER.sub(fill, doc), names)
     return func
+
+
+def _with_glossary_entries(doc: str, names: list[str]) -> str:
+    """Add the glossary parameters missing from the Parameters section, in signature order."""
+    missing = [n for n in names if n in GLOSSARY]
+    sections = list(_SECTION.finditer(doc))
+    params = next((s for s in sections if s.group("title") == "Parameters"), None)
+    if params is None:
+        if not missing:
+            return doc
+        at, base = (
+            (sections[0].start(), sections[0].group("indent")) if sections else (len(doc), "")
+        )
+        header = f"{base}Parameters\n{base}----------\n"
+        doc = doc[:at] + header + ("\n" if sections else "") + doc[at:]
+        sections = list(_SECTION.finditer(doc))
+        params = next(s for s in sections if s.group("title") == "Parameters")
+    base = params.group("indent")
+    following = [s.start() for s in sections if s.start() > params.start()]
+    end = following[0] if following else len(doc)
+    body = doc[params.end() + 1 : end]
+    trailing = "\n\n" if following else body[len(body.rstrip()) :]
+    entries: dict[str, list[str]] = {}
+    for line in body.rstrip().split("\n"):
+        if line.startswith(base) and line[len(base) : len(base) + 1] not in (" ", "\t", ""):
+            name = line.strip().split(" : ")[0].lstrip("*")
+            entries[name] = [line]
+        elif entries:
+            entries[next(reversed(entries))].append(line)
+    ordered = [n for n in names if n in entries or n in GLOSSARY]
+    ordered += [n for n in entries if n not in ordered]
+    lines = []
+    for name in ordered:
+        lines += entries.get(name) or [base + name, indent(GLOSSARY[name], base + "    ")]
+    return doc[: params.end() + 1] + "\n".join(lines) + trailing + doc[end:]

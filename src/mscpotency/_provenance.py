@@ -2,13 +2,15 @@
 
 Each call appends one JSON entry to ``adata.uns["mscpotency"]["log"]``: the function, its
 parameters, the package versions, the random seed, a fingerprint of the input and the
-time it took. :func:`mscpotency.get.provenance` reads the log back as a DataFrame and
+time it took (a tool without one AnnData, as ``bulk.tl.consensus``, puts the entry in the
+result it returns). :func:`mscpotency.get.provenance` reads the log back as a DataFrame and
 :func:`mscpotency.replay` re-runs it on the same input.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -125,6 +127,8 @@ def to_jsonable(value: Any) -> Any:
         return {"__dataframe__": list(value.shape), "columns": [str(c) for c in value.columns]}
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. bulk.tl.SignRule
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, np.ndarray) and value.size <= 1000:
         return [to_jsonable(v) for v in value.tolist()]
     if isinstance(value, (list, tuple, set, frozenset, pd.Index)) and len(value) <= 10000:
@@ -156,11 +160,13 @@ def append_log(adata: AnnData, entry_json: str) -> None:
 
 
 def record(public_name: str) -> Callable[[F], F]:
-    """Decorate a public ``pp``/``tl``/``io`` function so every call is logged.
+    """Decorate a public ``pp``/``tl``/``io``/``bulk.tl`` function so every call is logged.
 
     The input fingerprint is taken before the call; the entry is written into the AnnData
     the call returns (``copy=True``, readers) or, when it returns ``None``, into the
-    AnnData it modified in place. Calls made from inside another recorded call are not
+    AnnData it modified in place. A tool that neither takes nor returns one AnnData
+    returns an object with a ``with_provenance(entry)`` method, which gets the entry (as
+    a dict) and returns the object that the call then returns. Calls made from inside another recorded call are not
     logged again: the outer call's entry covers them.
     """
 
@@ -189,9 +195,14 @@ def record(public_name: str) -> Callable[[F], F]:
             finally:
                 _depth.reset(token)
             seconds = time.perf_counter() - start
+            entry = _entry(public_name, params, input_fp, seconds)
             target = result if isinstance(result, AnnData) else first
             if isinstance(target, AnnData):
-                append_log(target, _entry(public_name, params, input_fp, seconds))
+                append_log(target, entry)
+            elif callable(getattr(result, "with_provenance", None)):
+                # a tool without one AnnData in or out (bulk.tl.consensus) returns a typed
+                # result that carries its own record (inputs appear as their fingerprints)
+                result = result.with_provenance(json.loads(entry))
             logger.info("%s finished in %.2f s", public_name, seconds)
             return result
 
@@ -241,8 +252,7 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
     # the input given here: replay starts after them
     entries = [e for e in entries if e.get("input_fingerprint") is not None]
     for entry in entries:
-        module_name, func_name = entry["function"].rsplit(".", 1)
-        func = getattr(getattr(package, module_name), func_name)
+        func = functools.reduce(getattr, entry["function"].split("."), package)
         params = dict(entry["params"])
         opaque = [
             k

@@ -92,7 +92,7 @@ CLUSTER = _named(
 )
 LOT_FRACTIONS = _named("tl.lot_fractions", "lot_fractions", ("fractions", "counts", "n_cells"))
 COMPOSITION_DEVIATION = _named(
-    "tl.composition_deviation", "composition_deviation", ("per_lot", "pooled")
+    "tl.composition_deviation", "composition_deviation", ("per_lot", "pooled", "log2_ratio")
 )
 POTENCY_ASSOCIATION = _named(
     "tl.potency_association",
@@ -161,7 +161,12 @@ PROPENSITY = _named(
     ("scores", "loadings"),
 )
 RANK_ASSOCIATION = _named("bulk.tl.rank_association", "rank_association", ("table",))
-MARKER_VALIDATION = _named("bulk.tl.validate_markers", "marker_validation", ("table", "summary"))
+MARKER_VALIDATION = _named(
+    "bulk.tl.validate_markers",
+    "marker_validation",
+    ("table", "summary"),
+    plots=("bulk.pl.validate_markers", "bulk.pl.validation_scatter"),
+)
 
 #: Every stored result, by default key.
 RESULTS: dict[str, Result] = {

@@ -176,16 +176,16 @@ def mapping_analysis(
     marker = reference.uns["potency_markers"]["table"]["gene"].iloc[0]
     tl.marker_by_set(query, marker)
     cluster = reference.uns["potency_association"]["potency_cluster"]
-    qc = get.mapping_qc(query)
-    per_set = get.potency_validation(query)
-    combined = get.potency_validation(query, table="combined")
+    qc = get.map_to_reference(query)
+    per_set = get.validate_potency(query)
+    combined = get.validate_potency(query, kind="combined")
     markers_by_set = get.marker_by_set(query)
     for name, frame in {
         "mapping_qc": qc,
         "query_potency_per_set": per_set,
         "query_potency_combined": combined,
         "query_marker_by_set": markers_by_set,
-        "query_lots": get.potency_validation(query, table="lots"),
+        "query_lots": get.validate_potency(query, kind="lots"),
     }.items():
         frame.to_csv(tables / f"{name}.csv")
     items = report.section(
@@ -201,7 +201,7 @@ def mapping_analysis(
     items.append(qc)
     items.append(
         _save(
-            pl.mapping_umap(query, frozen, color="label", return_fig=True, show=False),
+            pl.map_to_reference(query, frozen, color="label", return_fig=True, show=False),
             figures / "mapping_umap.png",
         )
     )
@@ -213,7 +213,7 @@ def mapping_analysis(
     items.append(str(query.uns["validate_potency"]["note"]))
     items.append(
         _save(
-            pl.potency_validation(query, return_fig=True, show=False),
+            pl.validate_potency(query, return_fig=True, show=False),
             figures / "potency_validation.png",
         )
     )
@@ -246,19 +246,16 @@ def ips_propensity(
     """
     eb = panels["embryoid_body"]
     for lineage in LINEAGES:
-        markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
-        bulk.tl.propensity_score(
-            eb,
-            markers=markers,
-            key_added=lineage,
-            reference=None if reference is None else reference["embryoid_body"],
-        )
+        if reference is None:
+            markers = eb.var_names[eb.var["lineage"] == lineage].tolist()
+            bulk.tl.fit_propensity(eb, markers=markers, key_added=lineage)
+        else:
+            bulk.tl.apply_propensity(eb, reference["embryoid_body"], key_added=lineage)
     for method in NEURAL_METHODS:
-        bulk.tl.propensity_score(
-            panels[method],
-            key_added=method,
-            reference=None if reference is None else reference[method],
-        )
+        if reference is None:
+            bulk.tl.fit_propensity(panels[method], key_added=method)
+        else:
+            bulk.tl.apply_propensity(panels[method], reference[method], key_added=method)
     return pd.concat(
         [eb.obs[list(LINEAGES)]] + [panels[m].obs[[m]] for m in NEURAL_METHODS], axis=1
     )
@@ -286,13 +283,13 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
     rows = []
     for rule, signs in IPS_RULES.items():
         outcome = next(iter(signs))
-        candidates = bulk.get.consensus_candidates(consensus, rule=rule, outcome=outcome)
+        candidates = bulk.get.consensus(consensus, rule=rule, outcome=outcome)
         key = f"validation_{len(rows)}"
         if len(candidates):
             bulk.tl.validate_markers(
                 test["mrna"], candidates, outcome=propensity_test[outcome], key_added=key
             )
-            table = bulk.get.marker_validation(test["mrna"], key=key)
+            table = bulk.get.validate_markers(test["mrna"], key=key)
             kept = table.index[table["validated"]].tolist()
         else:
             kept = []
@@ -312,7 +309,7 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
     summary = pd.DataFrame(rows).set_index("rule")
     propensity.to_csv(tables / "ips_propensity.csv")
     counts.to_csv(tables / "ips_marker_counts.csv")
-    consensus.to_csv(tables / "ips_consensus.csv")
+    consensus.table.to_csv(tables / "ips_consensus.csv")
     summary.to_csv(tables / "ips_validation_summary.csv")
     items = report.section("iPS lines: markers of differentiation propensity (bulk, simulated)")
     items.append(
@@ -328,7 +325,7 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
     )
     items.append(summary)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
-    bulk.pl.rank_volcano(
+    bulk.pl.rank_association(
         train["mrna"], outcome="ectoderm", highlight=["SALL3"], ax=axes[0], show=False
     )
     bulk.tl.validate_markers(
@@ -387,7 +384,7 @@ def reproduce(
     row = association.loc[cluster]
     fractions = get.lot_fractions(reference)
     deviation = get.composition_deviation(reference)
-    qc_report = get.qc_report(reference)
+    qc_report = get.qc(reference)
     lot_table = get.lot_table(reference)
     provenance = get.provenance(reference)
 
@@ -426,7 +423,7 @@ def reproduce(
 
     qc_items = report.section("Quality control per lot")
     qc_items.append(qc_report)
-    qc_items.append(_save(pl.qc_per_lot(reference, show=False), figures / "qc_per_lot.png"))
+    qc_items.append(_save(pl.qc(reference, show=False), figures / "qc_per_lot.png"))
 
     clusters = report.section("Clusters")
     clusters.append(
@@ -438,7 +435,7 @@ def reproduce(
     comp = report.section("Composition of each lot")
     comp.append(
         _save(
-            pl.lot_composition(reference, return_fig=True, show=False),
+            pl.lot_fractions(reference, return_fig=True, show=False),
             figures / "lot_composition.png",
         )
     )
@@ -458,7 +455,7 @@ def reproduce(
     assoc.append(association.drop(columns=["n_lots"]))
     assoc.append(
         _save(
-            pl.association_overview(reference, return_fig=True, show=False),
+            pl.potency_association(reference, return_fig=True, show=False),
             figures / "association_overview.png",
         )
     )
@@ -493,7 +490,9 @@ def reproduce(
             ]
         ].set_index("rank")
     )
-    mark.append(_save(pl.markers(reference, return_fig=True, show=False), figures / "markers.png"))
+    mark.append(
+        _save(pl.potency_markers(reference, return_fig=True, show=False), figures / "markers.png")
+    )
 
     if mapping:
         query = study[study.obs["set"] != "BM-train"].copy()

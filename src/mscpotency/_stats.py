@@ -222,19 +222,19 @@ def asymptotic_pvalues(
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values; ``nan`` entries stay ``nan`` and are not counted."""
+    """Benjamini-Hochberg adjusted p-values; ``nan`` entries stay ``nan`` and are not counted.
+
+    The adjustment is :func:`scipy.stats.false_discovery_control` (``method="bh"``) over the
+    finite p-values only, so a feature without a p-value does not enlarge the family (a
+    p-value a rounding error above 1 counts as 1, as the adjusted values are capped there).
+    """
     pvalues = np.asarray(pvalues, dtype=float)
     adjusted = np.full(pvalues.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(pvalues))
-    if finite.size == 0:
-        return adjusted
-    p = pvalues[finite]
-    order = np.argsort(p)
-    ranked = p[order] * finite.size / np.arange(1, finite.size + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty_like(p)
-    out[order] = np.clip(ranked, 0, 1)
-    adjusted[finite] = out
+    finite = np.isfinite(pvalues)
+    if finite.any():
+        adjusted[finite] = stats.false_discovery_control(
+            np.clip(pvalues[finite], 0.0, 1.0), method="bh"
+        )
     return adjusted
 
 

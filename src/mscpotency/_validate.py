@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from . import _registry
+from ._dask import is_dask
 
 
 def require_obs_column(adata: AnnData, key: str, *, what: str, hint: str = "") -> pd.Series:
@@ -67,7 +68,7 @@ def check_counts(X, *, where: str) -> None:
     Checks every stored value (sparse ``data`` is cheap to scan). Lazy (dask) arrays are
     checked on their first chunk only, so as not to load the whole matrix.
     """
-    if hasattr(X, "dask") or type(X).__module__.startswith("dask"):
+    if is_dask(X):
         X = X.blocks[0, 0].compute() if X.ndim == 2 else X.compute()
     values = X.data if sparse.issparse(X) else np.asarray(X)
     if values.size == 0:
@@ -83,7 +84,7 @@ def check_counts(X, *, where: str) -> None:
         msg = (
             f"{where} contains non-integer values (e.g. {sample[sample != np.round(sample)][:3].tolist()}); "
             "it looks normalised or log-transformed. Raw integer counts are required: pass the "
-            "layer that holds them (e.g. counts_layer='counts')."
+            "layer that holds them (e.g. layer='counts')."
         )
         raise ValueError(msg)
 

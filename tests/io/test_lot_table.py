@@ -68,9 +68,9 @@ def test_spreadsheet_debris_is_cleaned(tmp_path):
     assert table["donor"].tolist() == ["D1", "D2"]
 
 
-def test_other_lot_column(tmp_path):
+def test_other_lot_key(tmp_path):
     _write(tmp_path / "lots.csv", _frame().rename(columns={"lot": "Donor line"}))
-    table = mp.io.read_lot_table(tmp_path / "lots.csv", lot_column="Donor line")
+    table = mp.io.read_lot_table(tmp_path / "lots.csv", lot_key="Donor line")
     assert table.index.name == "Donor line"
     assert table.index.tolist() == ["007", "BM02", "AD01"]
 
@@ -108,15 +108,15 @@ def test_missing_file_folder_and_unknown_format(tmp_path):
         mp.io.read_lot_table(tmp_path / "lots.json")
 
 
-def test_missing_lot_column_lists_columns(tmp_path):
+def test_missing_lot_key_column_lists_columns(tmp_path):
     _write(tmp_path / "lots.csv", _frame().rename(columns={"lot": "Lot"}))
     with pytest.raises(
         KeyError,
-        match=r"has no column 'lot'; its columns are \['Lot', 'vegf', 'passage', 'tissue', 'note'\]. Did you mean lot_column='Lot'",
+        match=r"has no column 'lot'; its columns are \['Lot', 'vegf', 'passage', 'tissue', 'note'\]. Did you mean lot_key='Lot'",
     ):
         mp.io.read_lot_table(tmp_path / "lots.csv")
-    with pytest.raises(KeyError, match=r"has no column 'donor'.*Pass lot_column="):
-        mp.io.read_lot_table(tmp_path / "lots.csv", lot_column="donor")
+    with pytest.raises(KeyError, match=r"has no column 'donor'.*Pass lot_key="):
+        mp.io.read_lot_table(tmp_path / "lots.csv", lot_key="donor")
 
 
 def test_duplicate_lots(tmp_path):

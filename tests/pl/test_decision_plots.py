@@ -35,7 +35,8 @@ def decided(tiny_ref):
         mp.pl.influential_lots,
         mp.pl.neighbourhood_association,
         mp.pl.method_agreement,
-        mp.pl.potency_prediction,
+        mp.pl.fit_potency_model,
+        mp.pl.predict_potency,
         mp.pl.comparability,
     ],
 )
@@ -71,19 +72,28 @@ def test_comparability_chart_colours_the_new_lots(decided):
         mp.pl.comparability(decided, "CLX", show=False)
 
 
+def test_model_plot_draws_every_reference_lot_against_its_loo_prediction(decided):
+    ax = mp.pl.fit_potency_model(decided, show=False)
+    lots = mp.get.fit_potency_model(decided)
+    names = {t.get_text() for t in ax.texts}
+    assert set(lots.index.astype(str)) <= names
+    assert "RMSE" in ax.get_title() and "leave-one-lot-out" in ax.get_ylabel()
+    plt.close(ax.figure)
+
+
 def test_prediction_plot_with_a_gene_model_and_a_separate_model(decided, tiny_ref):
     adata = decided.copy()
     mp.tl.fit_potency_model(adata, genes=["LRRC75A"], interval="t", key_added="gene_model")
     mp.tl.predict_potency(
         adata, model_key="gene_model", potency="vegf", key_added="gene_prediction"
     )
-    ax = mp.pl.potency_prediction(adata, key="gene_prediction", model_key="gene_model", show=False)
+    ax = mp.pl.predict_potency(adata, key="gene_prediction", model_key="gene_model", show=False)
     assert "predicted" in ax.get_ylabel()
     plt.close(ax.figure)
     query = ad.AnnData(obs=tiny_ref.obs[["lot", "cluster"]].copy())
     query.uns["lot_fractions"] = tiny_ref.uns["lot_fractions"]
     mp.tl.predict_potency(query, decided)
-    ax = mp.pl.potency_prediction(query, decided, show=False)
+    ax = mp.pl.predict_potency(query, decided, show=False)
     assert ax.has_data()
     plt.close(ax.figure)
 
@@ -92,7 +102,8 @@ def test_plots_name_the_tool_to_run_first(tiny_ref):
     for plot, tool in [
         (mp.pl.association_stability, "tl.association_stability"),
         (mp.pl.influential_lots, "tl.influential_lots"),
-        (mp.pl.potency_prediction, "tl.predict_potency"),
+        (mp.pl.fit_potency_model, "tl.fit_potency_model"),
+        (mp.pl.predict_potency, "tl.predict_potency"),
         (mp.pl.comparability, "tl.comparability"),
         (mp.pl.neighbourhood_association, "tl.neighbourhood_association"),
         (mp.pl.method_agreement, "tl.method_agreement"),

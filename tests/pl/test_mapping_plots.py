@@ -43,8 +43,8 @@ def query(tiny_all, reference):
 
 
 @pytest.mark.parametrize("color", ["label", "score", "mapping_score"])
-def test_mapping_umap(query, reference, color):
-    ax = mp.pl.mapping_umap(query, reference, color=color, show=False)
+def test_map_to_reference(query, reference, color):
+    ax = mp.pl.map_to_reference(query, reference, color=color, show=False)
     assert isinstance(ax, Axes)
     # reference cells underneath, then the query cells
     offsets = [c.get_offsets() for c in ax.collections]
@@ -72,21 +72,21 @@ def test_mapping_umap(query, reference, color):
         np.testing.assert_allclose(
             drawn[first].get_facecolor()[0][:3], matplotlib.colors.to_rgb(colours[first])
         )
-    fig = mp.pl.mapping_umap(query, reference, color=color, return_fig=True)
+    fig = mp.pl.map_to_reference(query, reference, color=color, return_fig=True)
     assert isinstance(fig, Figure)
 
 
-def test_mapping_umap_needs_a_placement(query, tiny_ref):
+def test_map_to_reference_needs_a_placement(query, tiny_ref):
     unplaced = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
     with pytest.raises(KeyError, match=r"sc.tl.umap.*map again"):
-        mp.pl.mapping_umap(unplaced, tiny_ref, show=False)
+        mp.pl.map_to_reference(unplaced, tiny_ref, show=False)
     with pytest.raises(ValueError, match="color must be"):
-        mp.pl.mapping_umap(query, query, color="lot", show=False)
+        mp.pl.map_to_reference(query, query, color="lot", show=False)
 
 
 def test_mapping_confidence_and_calibration(query, reference):
     ax = mp.pl.mapping_confidence(query, show=False)
-    lots = mp.get.mapping_qc(query).index.tolist()
+    lots = mp.get.map_to_reference(query).index.tolist()
     assert [t.get_text() for t in ax.get_xticklabels()] == lots
     assert len(ax.texts) == len(lots)
     ax = mp.pl.mapping_calibration(query, show=False)
@@ -100,8 +100,8 @@ def test_mapping_confidence_and_calibration(query, reference):
         mp.pl.mapping_calibration(uncalibrated, show=False)
 
 
-def test_potency_validation_and_marker_by_set(query):
-    ax = mp.pl.potency_validation(query, label_lots=True, show=False)
+def test_validate_potency_and_marker_by_set(query):
+    ax = mp.pl.validate_potency(query, label_lots=True, show=False)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [entry.split(" ")[0] for entry in legend] == ["BM-test", "AD", "UC"]
     assert "stratified exact" in ax.get_title()
@@ -118,6 +118,6 @@ def test_plots_name_the_tool_to_run_first(tiny_ref):
     with pytest.raises(KeyError, match="tl.map_to_reference"):
         mp.pl.mapping_confidence(bare, show=False)
     with pytest.raises(KeyError, match="tl.validate_potency"):
-        mp.pl.potency_validation(bare, show=False)
+        mp.pl.validate_potency(bare, show=False)
     with pytest.raises(KeyError, match="tl.marker_by_set"):
         mp.pl.marker_by_set(bare, show=False)

@@ -55,7 +55,7 @@ def _potency_cluster(adata) -> str:
 
 # every plot, with the tool whose result it reads and a call that draws on one Axes
 PLOTS = {
-    "lot_composition": (mp.pl.lot_composition, {}, "tl.lot_fractions", "lot_fractions"),
+    "lot_fractions": (mp.pl.lot_fractions, {}, "tl.lot_fractions", "lot_fractions"),
     "composition_deviation": (
         mp.pl.composition_deviation,
         {},
@@ -63,15 +63,15 @@ PLOTS = {
         "composition_deviation",
     ),
     "potency_scatter": (mp.pl.potency_scatter, {}, "tl.potency_association", "potency_association"),
-    "association_overview": (
-        mp.pl.association_overview,
+    "potency_association": (
+        mp.pl.potency_association,
         {},
         "tl.potency_association",
         "potency_association",
     ),
-    "markers": (mp.pl.markers, {}, "tl.potency_markers", "potency_markers"),
+    "potency_markers": (mp.pl.potency_markers, {}, "tl.potency_markers", "potency_markers"),
     "umap": (mp.pl.umap, {"color": "cluster"}, None, None),
-    "qc_per_lot": (mp.pl.qc_per_lot, {}, "pp.qc", "qc"),
+    "qc": (mp.pl.qc, {}, "pp.qc", "qc"),
 }
 
 
@@ -110,11 +110,11 @@ def test_missing_result_names_the_tool(ref, name):
         plot(bare, show=False, **kwargs)
 
 
-def test_lot_composition_draws_every_lot_and_cluster(ref, tmp_path):
+def test_lot_fractions_draws_every_lot_and_cluster(ref, tmp_path):
     fractions = mp.get.lot_fractions(ref)
     lots, clusters = [str(i) for i in fractions.index], [str(c) for c in fractions.columns]
     potency_cluster = _potency_cluster(ref)
-    ax = mp.pl.lot_composition(ref, show=False)
+    ax = mp.pl.lot_fractions(ref, show=False)
     _save(ax.figure, tmp_path / "composition.png")
     containers = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(containers) == len(clusters)
@@ -136,47 +136,47 @@ def test_lot_composition_draws_every_lot_and_cluster(ref, tmp_path):
     legend = ax.get_legend()
     assert legend.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1 - 1
     # the potency of every lot is written above its bar, with its unit in the title
-    potency = mp.get.potency_lots(ref)["vegf"]
+    potency = mp.get.potency_association(ref, kind="lots")["vegf"]
     texts = [t.get_text() for t in ax.texts]
     assert texts == [f"{v:.0f}" for v in potency.loc[lots]]
     assert "VEGF (pg/mL)" in ax.get_title()
 
 
-def test_lot_composition_orders(ref):
-    lots = mp.get.potency_lots(ref)
-    ax = mp.pl.lot_composition(ref, order="potency", show=False)
+def test_lot_fractions_orders(ref):
+    lots = mp.get.potency_association(ref, kind="lots")
+    ax = mp.pl.lot_fractions(ref, order="potency", show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(lots["vegf"].sort_values().index)
     assert "ordered by VEGF" in ax.get_title()
-    ax = mp.pl.lot_composition(ref, order="potency_cluster", show=False)
+    ax = mp.pl.lot_fractions(ref, order="potency_cluster", show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(
         lots[_potency_cluster(ref)].sort_values().index
     )
     chosen = list(reversed(lots.index))
-    ax = mp.pl.lot_composition(ref, order=chosen, show=False)
+    ax = mp.pl.lot_fractions(ref, order=chosen, show=False)
     assert [t.get_text() for t in ax.get_xticklabels()] == chosen
     with pytest.raises(ValueError, match="order must be"):
-        mp.pl.lot_composition(ref, order="size", show=False)
+        mp.pl.lot_fractions(ref, order="size", show=False)
     with pytest.raises(ValueError, match=r"missing \['BM01'\]"):
-        mp.pl.lot_composition(ref, order=chosen[:-1], show=False)
+        mp.pl.lot_fractions(ref, order=chosen[:-1], show=False)
     with pytest.raises(ValueError, match=r"repeated \['BM02'\]"):
-        mp.pl.lot_composition(ref, order=[*chosen[:-1], "BM02"], show=False)
+        mp.pl.lot_fractions(ref, order=[*chosen[:-1], "BM02"], show=False)
     fewer = ref[ref.obs["lot"] != "BM08"].copy()
     mp.tl.lot_fractions(fewer)  # the stored association still covers 8 lots
-    assert len(mp.pl.lot_composition(fewer, show=False).texts) == 0
+    assert len(mp.pl.lot_fractions(fewer, show=False).texts) == 0
     with pytest.raises(ValueError, match="was computed on lots"):
-        mp.pl.lot_composition(fewer, order="potency", show=False)
+        mp.pl.lot_fractions(fewer, order="potency", show=False)
     only_fractions = ref.copy()
     del only_fractions.uns["potency_association"]
-    ax = mp.pl.lot_composition(only_fractions, show=False)  # no potency: no annotation, no error
+    ax = mp.pl.lot_fractions(only_fractions, show=False)  # no potency: no annotation, no error
     assert len(ax.texts) == 0
     with pytest.raises(KeyError, match=r"tl\.potency_association"):
-        mp.pl.lot_composition(only_fractions, order="potency", show=False)
+        mp.pl.lot_fractions(only_fractions, order="potency", show=False)
 
 
 def test_cluster_colours_are_created_once_and_respected(ref):
     fresh = ref.copy()
     fresh.uns.pop("cluster_colors", None)
-    mp.pl.association_overview(fresh, show=False)
+    mp.pl.potency_association(fresh, show=False)
     n = fresh.obs["cluster"].cat.categories.size
     assert list(fresh.uns["cluster_colors"]) == list(sc.pl.palettes.default_20[:n])
     custom = ["#000000", "#111111", "#222222", "#333333", "#444444", "#555555"][:n]
@@ -210,7 +210,7 @@ def test_composition_deviation_marks_lots_by_sampling_p(ref, tmp_path):
 
 def test_potency_scatter_reports_the_stored_statistics(ref, tmp_path):
     table = mp.get.potency_association(ref)
-    lots = mp.get.potency_lots(ref)
+    lots = mp.get.potency_association(ref, kind="lots")
     cluster = _potency_cluster(ref)
     # truth: the potency cluster is the simulated potency population SP3
     purity = (ref.obs.loc[ref.obs["cluster"] == cluster, "true_subpopulation"] == "SP3").mean()
@@ -254,10 +254,10 @@ def test_potency_scatter_grid(ref, tmp_path):
         mp.pl.potency_scatter(ref, "all", ncols=0, show=False)
 
 
-def test_association_overview_highlights_the_potency_cluster(ref, tmp_path):
+def test_potency_association_highlights_the_potency_cluster(ref, tmp_path):
     table = mp.get.potency_association(ref)
     cluster = _potency_cluster(ref)
-    ax = mp.pl.association_overview(ref, show=False)
+    ax = mp.pl.potency_association(ref, show=False)
     _save(ax.figure, tmp_path / "overview.png")
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == list(table.index)  # strongest positive rho first
@@ -280,9 +280,9 @@ def test_association_overview_highlights_the_potency_cluster(ref, tmp_path):
     assert "VEGF" in ax.get_title()
 
 
-def test_markers_dot_plot(ref, tmp_path):
+def test_potency_markers_dot_plot(ref, tmp_path):
     table = mp.get.potency_markers(ref)
-    ax = mp.pl.markers(ref, n_genes=8, show=False)
+    ax = mp.pl.potency_markers(ref, n_genes=8, show=False)
     _save(ax.figure, tmp_path / "markers.png")
     genes = [t.get_text() for t in ax.get_xticklabels()]
     assert genes == list(table["gene"][:8])
@@ -300,13 +300,15 @@ def test_markers_dot_plot(ref, tmp_path):
     inset = ax.child_axes[0]
     np.testing.assert_allclose([p.get_height() for p in inset.patches], table["n_lots_up"][:8])
     with pytest.raises(ValueError, match="n_genes must be at least 1"):
-        mp.pl.markers(ref, n_genes=0, show=False)
+        mp.pl.potency_markers(ref, n_genes=0, show=False)
     with pytest.raises(KeyError, match=r"adata\.layers has no 'nope'"):
-        mp.pl.markers(ref, layer="nope", show=False)
+        mp.pl.potency_markers(ref, layer="nope", show=False)
     with pytest.raises(ValueError, match="standard_scale must be"):
-        mp.pl.markers(ref, standard_scale="obs", show=False)
+        mp.pl.potency_markers(ref, standard_scale="obs", show=False)
     with pytest.raises(ValueError, match=r"not in adata\.var_names"):
-        mp.pl.markers(ref[:, [g for g in ref.var_names if g != "LRRC75A"]].copy(), show=False)
+        mp.pl.potency_markers(
+            ref[:, [g for g in ref.var_names if g != "LRRC75A"]].copy(), show=False
+        )
 
 
 def test_umap(ref, tmp_path):
@@ -325,9 +327,9 @@ def test_umap(ref, tmp_path):
         mp.pl.umap(bare, show=False)
 
 
-def test_qc_per_lot(ref, tmp_path):
-    report = mp.get.qc_report(ref)
-    ax = mp.pl.qc_per_lot(ref, show=False)
+def test_qc(ref, tmp_path):
+    report = mp.get.qc(ref)
+    ax = mp.pl.qc(ref, show=False)
     _save(ax.figure, tmp_path / "qc.png")
     assert len(ax.patches) == 2 * len(report)
     kept = [p for p in ax.patches if mcolors.to_hex(p.get_facecolor()) == KEPT]

@@ -57,12 +57,12 @@ def test_table_is_not_modified(bare, truth):
     pd.testing.assert_frame_equal(table, before)
 
 
-def test_lot_column_and_plain_index(bare, truth):
+def test_lot_key_column_and_plain_index(bare, truth):
     flat = truth.reset_index()  # 0..n-1 index with a 'lot' column
     mp.pp.add_lot_table(bare, flat)
     assert "vegf" in bare.obs and "lot" in bare.obs
     renamed = truth.reset_index().rename(columns={"lot": "donor"})
-    mp.pp.add_lot_table(bare, renamed, lot_column="donor", columns=["vegf"])
+    mp.pp.add_lot_table(bare, renamed.set_index("donor"), columns=["vegf"])
     assert "donor" not in bare.obs
 
 
@@ -89,7 +89,7 @@ def test_provenance_gains_an_entry(bare, truth):
     assert log["function"].tolist() == ["pp.add_lot_table", "pp.add_lot_table"]
     assert log["params"].iloc[0]["columns"] == ["vegf"]
     # a small lot table is recorded whole (column -> lot -> value), so the call can be replayed
-    recorded = log["params"].iloc[0]["table"]
+    recorded = log["params"].iloc[0]["lot_table"]
     assert sorted(recorded) == sorted(LOT_COLUMNS)
     assert recorded["vegf"] == pytest.approx({str(k): v for k, v in truth["vegf"].items()})
     # the fingerprint covers the matrix and names, which joining a table leaves alone
@@ -135,7 +135,7 @@ def test_duplicate_and_missing_lot_names(bare, truth):
     flat = truth.reset_index()
     flat.loc[2, "lot"] = np.nan
     with pytest.raises(ValueError, match=r"1 rows of the lot table have no lot name"):
-        mp.pp.add_lot_table(bare, flat, lot_column="lot")
+        mp.pp.add_lot_table(bare, flat)
 
 
 def test_bad_columns(bare, truth):
@@ -144,7 +144,7 @@ def test_bad_columns(bare, truth):
     with pytest.raises(
         KeyError, match=r"the lot table has no column 'donor'; its columns are \['vegf'"
     ):
-        mp.pp.add_lot_table(bare, truth, lot_column="donor")
+        mp.pp.add_lot_table(bare, truth.reset_index(drop=True), lot_key="donor")
     clash = truth.assign(lot="x")
     with pytest.raises(ValueError, match=r"has a column 'lot', which would overwrite obs\['lot'\]"):
         mp.pp.add_lot_table(bare, clash)

@@ -22,7 +22,7 @@ def test_qc_removes_the_simulated_low_quality_cells(tiny_train):
 def test_report_accounts_for_every_cell(tiny_train):
     adata = tiny_train.copy()
     mp.pp.qc(adata)
-    report = mp.get.qc_report(adata)
+    report = mp.get.qc(adata)
     assert list(report.index) == list(tiny_train.obs["lot"].cat.categories)
     assert (report["cells_before"] - report["cells_removed"] == report["cells_after"]).all()
     assert report["cells_before"].sum() == tiny_train.n_obs
@@ -68,7 +68,7 @@ def test_nan_and_negative_values_are_rejected(tiny_train):
         mp.pp.qc(adata)
 
 
-def test_missing_lot_column_is_an_error(tiny_train):
+def test_missing_lot_key_is_an_error(tiny_train):
     adata = tiny_train.copy()
     with pytest.raises(KeyError, match="batch"):
         mp.pp.qc(adata, lot_key="batch")
@@ -77,7 +77,7 @@ def test_missing_lot_column_is_an_error(tiny_train):
 def test_adaptive_threshold_is_per_lot(tiny_train):
     adata = tiny_train.copy()
     mp.pp.qc(adata, min_genes=0, max_pct_mito=None, mad_counts=3)
-    report = mp.get.qc_report(adata)
+    report = mp.get.qc(adata)
     assert "mad_counts" in report
     assert report["mad_counts"].sum() > 0
 

@@ -112,7 +112,7 @@ def test_fraction_scale_is_offered_and_wider_limits_pass_more(with_new_lots):
     mp.tl.comparability(adata, REFERENCE, scale="fraction", key_added="linear")
     limits = mp.get.comparability(adata, key="linear", kind="limits")
     assert limits.loc[cluster, "scale"] == "fraction"
-    mp.tl.comparability(adata, REFERENCE, coverage=0.99, confidence=0.99, key_added="loose")
+    mp.tl.comparability(adata, REFERENCE, coverage=0.99, level=0.99, key_added="loose")
     mp.tl.comparability(adata, REFERENCE, key_added="default")
     loose = mp.get.comparability(adata, key="loose", kind="limits")
     default = mp.get.comparability(adata, key="default", kind="limits")

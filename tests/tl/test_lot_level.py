@@ -100,7 +100,7 @@ def test_association_finds_the_potency_cluster(tiny_ref):
     assert {"fdr", "pvalue_asymptotic", "loo_min", "loo_max", "loo_most_influential_lot"} <= set(
         table.columns
     )
-    lots = mp.get.potency_lots(tiny_ref)
+    lots = mp.get.potency_association(tiny_ref, kind="lots")
     assert list(lots.columns[:1]) == ["vegf"] and len(lots) == 8
 
 

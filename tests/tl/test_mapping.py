@@ -18,7 +18,7 @@ from mscpotency.tl._mapping._anchors import Anchors, find_transfer_anchors, tran
 BACKENDS = ["fast", "anchors"]
 
 
-def truth_labels(reference: AnnData, query: AnnData, label_key: str = "cluster") -> np.ndarray:
+def truth_labels(reference: AnnData, query: AnnData, cluster_key: str = "cluster") -> np.ndarray:
     """Each query cell's true reference cluster: the majority cluster of its true population.
 
     Low-quality cells form their own population; query cells of a population the reference
@@ -30,7 +30,7 @@ def truth_labels(reference: AnnData, query: AnnData, label_key: str = "cluster")
             adata.obs["true_low_quality"], "LQ", adata.obs["true_subpopulation"].astype(str)
         )
 
-    table = pd.crosstab(population(reference), reference.obs[label_key].astype(str))
+    table = pd.crosstab(population(reference), reference.obs[cluster_key].astype(str))
     majority = table.idxmax(axis=1).to_dict()
     return np.array([majority.get(p, "") for p in population(query)])
 
@@ -62,11 +62,11 @@ def test_schema_and_truth(mapped, tiny_ref):
     mapping = mapped.obs["predicted_mapping_score"]
     assert mapping.between(0, 1).all()
     stored = mapped.uns["predicted"]
-    assert stored["potency_label"] == tiny_ref.uns["potency_association"]["potency_cluster"]
+    assert stored["potency_cluster"] == tiny_ref.uns["potency_association"]["potency_cluster"]
     assert stored["genes_missing"] == []
     assert stored["n_genes_shared"] == stored["n_genes_reference"]
     assert len(stored["reference_hash"]) == 32
-    per_lot = mp.get.mapping_qc(mapped)
+    per_lot = mp.get.map_to_reference(mapped)
     assert set(per_lot.index) == set(mapped.obs["lot"].astype(str))
     assert per_lot["n_cells"].sum() == mapped.n_obs
     assert stored["calibration"]["fitted"]
@@ -74,7 +74,7 @@ def test_schema_and_truth(mapped, tiny_ref):
     truth = truth_labels(tiny_ref, mapped)
     known = truth != ""
     assert (labels.astype(str).to_numpy()[known] == truth[known]).mean() > 0.93
-    potency = stored["potency_label"]
+    potency = stored["potency_cluster"]
     for name in ("BM-test", "AD", "UC"):
         in_set = (mapped.obs["set"] == name).to_numpy() & known
         predicted, true = labels.astype(str).to_numpy()[in_set] == potency, truth[in_set] == potency
@@ -90,7 +90,7 @@ def test_schema_and_truth(mapped, tiny_ref):
         )
         < 0.1
     )
-    assert not mp.get.mapping_calibration(mapped).empty
+    assert not mp.get.map_to_reference(mapped, kind="reliability_after").empty
 
 
 def test_mapping_score_does_not_depend_on_the_backend(tiny_query, tiny_ref):
@@ -187,7 +187,7 @@ def test_no_shared_genes(tiny_query, tiny_ref):
 
 def test_reference_without_labels_or_embedding(tiny_query, tiny_ref):
     with pytest.raises(KeyError, match=r"no labels in obs\['leiden'\].*tl.cluster"):
-        mp.tl.map_to_reference(tiny_query, tiny_ref, label_key="leiden")
+        mp.tl.map_to_reference(tiny_query, tiny_ref, cluster_key="leiden")
     for remove, match in (
         ("obsm", "X_pca"),
         ("varm", "PCs"),
@@ -237,14 +237,14 @@ def test_tiny_lot_is_named_in_a_warning(tiny_query, tiny_ref):
     # mapped, not dropped
     assert (out.obs["lot"] == "AD02").sum() == 7
     assert out.obs["predicted"].notna().all()
-    assert mp.get.mapping_qc(out).loc["AD02", "n_cells"] == 7
+    assert mp.get.map_to_reference(out).loc["AD02", "n_cells"] == 7
 
 
 def test_invalid_options(tiny_query, tiny_ref):
     with pytest.raises(ValueError, match="method must be one of"):
         mp.tl.map_to_reference(tiny_query, tiny_ref, method="seurat")
     with pytest.raises(ValueError, match="centre must be"):
-        mp.tl.map_to_reference(tiny_query, tiny_ref, centre="median")
+        mp.tl.AnchorOptions(centre="median")
     with pytest.raises(ValueError, match="min_mapping_score must lie"):
         mp.tl.map_to_reference(tiny_query, tiny_ref, min_mapping_score=2)
     with pytest.raises(KeyError, match="no column 'batch'"):
@@ -255,11 +255,66 @@ def test_invalid_options(tiny_query, tiny_ref):
         mp.tl.map_to_reference(duplicated, tiny_ref)
 
 
+def test_options_belong_to_their_method(tiny_query, tiny_ref):
+    from mscpotency.tl._mapping._transfer import BACKENDS
+
+    assert tuple(BACKENDS) == ("fast", "anchors", "scvi")
+    with pytest.raises(TypeError, match=r"method='anchors' takes options=AnchorOptions.*'fast'"):
+        mp.tl.map_to_reference(tiny_query, tiny_ref, options=mp.tl.FastOptions(n_neighbors=15))
+    with pytest.raises(TypeError, match="positional"):
+        mp.tl.FastOptions("lot")  # options are keyword-only
+    out = mp.tl.map_to_reference(
+        tiny_query,
+        tiny_ref,
+        method="fast",
+        options=mp.tl.FastOptions(n_neighbors=15),
+        calibrate=False,
+        copy=True,
+    )
+    params = out.uns["predicted"]["params"]
+    assert params["method"] == "fast"
+    assert params["options"] == {"centre": "lot", "n_calibration_folds": 3, "n_neighbors": 15}
+    default = mp.tl.map_to_reference(
+        tiny_query, tiny_ref, method="fast", options=None, calibrate=False, copy=True
+    )
+    assert default.uns["predicted"]["params"]["options"]["n_neighbors"] == 30
+    assert not np.array_equal(
+        out.obsm["predicted_probabilities"], default.obsm["predicted_probabilities"]
+    )
+    assert mp.tl.ScviOptions().as_params() == {
+        "n_latent": 10,
+        "n_layers": 2,
+        "batch_size": 128,
+        "accelerator": "auto",
+        "torch_threads": 1,
+    }
+
+
+def test_uncalibrated_mapping_stores_empty_reliability_tables(tmp_path, tiny_query, tiny_ref):
+    out = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    assert out.uns["predicted"]["calibration"] == {"temperature": 1.0, "fitted": False}
+    for kind in ("reliability_after", "reliability_before"):
+        table = mp.get.map_to_reference(out, kind=kind)
+        assert table.empty and list(table.columns) == [
+            "low",
+            "high",
+            "n_cells",
+            "mean_score",
+            "accuracy",
+        ]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        mp.get.map_to_reference(out, kind="calibration")
+    out.uns.pop("simulation", None)
+    out.write_h5ad(tmp_path / "uncalibrated.h5ad")
+    read = anndata.read_h5ad(tmp_path / "uncalibrated.h5ad")
+    assert mp.get.map_to_reference(read, kind="reliability_after").empty
+
+
 # ----------------------------------------------------------------------------- frozen reference
 def test_freeze_write_read_and_map(tmp_path, tiny_query, tiny_ref):
     frozen = mp.tl.freeze_reference(tiny_ref)
-    info = mp.get.reference_info(frozen)
-    assert info.loc[0, "potency_label"] == tiny_ref.uns["potency_association"]["potency_cluster"]
+    info = mp.get.freeze_reference(frozen)
+    assert info.loc[0, "potency_cluster"] == tiny_ref.uns["potency_association"]["potency_cluster"]
     assert frozen.n_vars == int(tiny_ref.var["highly_variable"].sum())
     path = mp.io.write_reference(frozen, tmp_path / "reference.h5ad")
     with pytest.raises(FileExistsError, match="overwrite=True"):
@@ -281,6 +336,22 @@ def test_freeze_write_read_and_map(tmp_path, tiny_query, tiny_ref):
     assert functions[-1] == "tl.freeze_reference" and "tl.cluster" in functions
 
 
+def test_a_frozen_record_under_another_key(tmp_path, tiny_query, tiny_ref):
+    frozen = mp.tl.freeze_reference(tiny_ref, key_added="bm_reference")
+    assert "reference" not in frozen.uns
+    record = frozen.uns["bm_reference"]
+    assert record["cluster_key"] == "cluster"
+    assert record["params"]["layer"] == "counts"
+    info = mp.get.freeze_reference(frozen, key="bm_reference")
+    assert info.loc[0, "hash"] == record["hash"]
+    with pytest.raises(KeyError, match="tl.freeze_reference"):
+        mp.get.freeze_reference(frozen)
+    loaded = mp.io.read_reference(mp.io.write_reference(frozen, tmp_path / "bm.h5ad"))
+    mapped = mp.tl.map_to_reference(tiny_query, loaded, method="fast", calibrate=False, copy=True)
+    assert mapped.uns["predicted"]["reference_hash"] == record["hash"]
+    assert mapped.uns["predicted"]["params"]["reference_frozen"]
+
+
 def test_tampered_or_unfrozen_references_are_refused(tmp_path, tiny_ref):
     frozen = mp.tl.freeze_reference(tiny_ref)
     frozen.obsm["X_pca"][0, 0] += 1.0
@@ -293,7 +364,7 @@ def test_tampered_or_unfrozen_references_are_refused(tmp_path, tiny_ref):
     with pytest.raises(FileNotFoundError, match="no frozen reference"):
         mp.io.read_reference(tmp_path / "missing.h5ad")
     with pytest.raises(KeyError, match="carries labels 'cluster'"):
-        mp.tl.map_to_reference(tiny_ref, mp.tl.freeze_reference(tiny_ref), label_key="leiden")
+        mp.tl.map_to_reference(tiny_ref, mp.tl.freeze_reference(tiny_ref), cluster_key="leiden")
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -355,13 +426,13 @@ def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, t
 def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(
     monkeypatch, tiny_query, tiny_ref
 ):
-    from mscpotency.tl._mapping import _api
+    from mscpotency.tl._mapping import _pca_backends
 
-    monkeypatch.setattr(_api, "CALIBRATION_MAX_CELLS", 100)
-    _api._CALIBRATIONS.clear()
+    monkeypatch.setattr(_pca_backends, "CALIBRATION_MAX_CELLS", 100)
+    _pca_backends._CALIBRATIONS.clear()
     mapped = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", copy=True)
     calibration = mapped.uns["predicted"]["calibration"]
-    _api._CALIBRATIONS.clear()
+    _pca_backends._CALIBRATIONS.clear()
     assert calibration["fitted"] and calibration["n_cells"] == 100 * calibration["n_folds"]
     assert 0.05 < calibration["temperature"] < 20
 
@@ -431,7 +502,7 @@ def test_mapped_query_round_trips_through_h5ad(tmp_path, mapped):
     query.write_h5ad(tmp_path / "mapped.h5ad")
     read = anndata.read_h5ad(tmp_path / "mapped.h5ad")
     pd.testing.assert_frame_equal(
-        mp.get.mapping_qc(read), mp.get.mapping_qc(query), check_dtype=False
+        mp.get.map_to_reference(read), mp.get.map_to_reference(query), check_dtype=False
     )
     np.testing.assert_allclose(
         read.obsm["predicted_probabilities"], query.obsm["predicted_probabilities"]

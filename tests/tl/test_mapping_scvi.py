@@ -31,12 +31,9 @@ def mapped(tiny_all, tiny_ref):
         query,
         tiny_ref,
         method="scvi",
-        scvi_kwargs={
-            "max_epochs": 100,
-            "scanvi_epochs": 30,
-            "query_epochs": 50,
-            "accelerator": "cpu",
-        },
+        options=mp.tl.ScviOptions(
+            max_epochs=100, scanvi_epochs=30, query_epochs=50, accelerator="cpu"
+        ),
     )
     return query
 

@@ -42,7 +42,7 @@ def f1(predicted: np.ndarray, true: np.ndarray) -> float:
 
 def test_potency_like_cells_and_their_share_per_lot(study_mapped, study_ref):
     potency = study_ref.uns["potency_association"]["potency_cluster"]
-    assert study_mapped.uns["predicted"]["potency_label"] == potency
+    assert study_mapped.uns["predicted"]["potency_cluster"] == potency
     truth = truth_labels(study_ref, study_mapped)
     # the potency cluster is the true SP3
     assert (
@@ -106,7 +106,7 @@ def test_a_population_missing_from_the_reference_scores_low(
     assert (score[novel] < threshold).mean() > 0.8
     assert (score[~novel] < threshold).mean() < 0.01
     # the per-lot summary shows it: lots with more SP3 cells have more off-reference cells
-    per_lot = mp.get.mapping_qc(mapped)
+    per_lot = mp.get.map_to_reference(mapped)
     true_share = mapped.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
     assert stats.spearmanr(per_lot["share_off_reference"], true_share.loc[per_lot.index])[0] > 0.9
 
@@ -114,7 +114,7 @@ def test_a_population_missing_from_the_reference_scores_low(
 def test_validate_potency_and_marker_by_set(study_query, study_ref):
     query = mp.tl.map_to_reference(study_query, study_ref, method="fast", copy=True)
     mp.tl.validate_potency(query, "vegf")
-    per_set = mp.get.potency_validation(query)
+    per_set = mp.get.validate_potency(query)
     assert list(per_set.index) == list(SETS)
     assert (
         not per_set.loc["BM-test", "can_reach_alpha"]
@@ -122,10 +122,10 @@ def test_validate_potency_and_marker_by_set(study_query, study_ref):
     )
     assert per_set.loc["UC", "can_reach_alpha"]
     assert (per_set["rho"] > 0.5).all()
-    combined = mp.get.potency_validation(query, table="combined")
+    combined = mp.get.validate_potency(query, kind="combined")
     assert combined.loc["stratified_exact", "pvalue"] < 0.01
     assert combined.loc["stratified_exact", "n_lots"] == 13
-    lots = mp.get.potency_validation(query, table="lots")
+    lots = mp.get.validate_potency(query, kind="lots")
     true_share = query.obs.groupby("lot", observed=True)["true_potency_cell"].mean().loc[lots.index]
     assert (
         (lots["ci_low"] <= true_share + 0.01) & (true_share - 0.01 <= lots["ci_high"])

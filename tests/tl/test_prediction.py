@@ -58,14 +58,14 @@ def test_jackknife_plus_needs_enough_lots():
 def test_fit_recovers_the_simulated_slope(tiny_ref):
     adata = tiny_ref.copy()
     mp.tl.fit_potency_model(adata, interval="t")
-    coefficients = mp.get.potency_model(adata, kind="coefficients")
+    coefficients = mp.get.fit_potency_model(adata, kind="coefficients")
     cluster = adata.uns["potency_association"]["potency_cluster"]
     slope = coefficients.loc[f"fraction:{cluster}"]
     assert abs(slope["estimate"] - 4000) < 3 * slope["se"]  # the simulator's potency slope
-    cv = mp.get.potency_model(adata, kind="cv").iloc[0]
+    cv = mp.get.fit_potency_model(adata, kind="cv").iloc[0]
     assert cv["q2"] > 0.5 and cv["rho"] > 0.7 and cv["n_lots"] == 8
     assert cv["rmse"] < 3 * 60  # assay noise sd of the simulator is 60
-    lots = mp.get.potency_model(adata)
+    lots = mp.get.fit_potency_model(adata)
     np.testing.assert_allclose(lots["vegf"] - lots["loo_prediction"], lots["loo_residual"])
     assert (lots["loo_low"] < lots["loo_prediction"]).all() and (
         lots["loo_prediction"] < lots["loo_high"]
@@ -88,7 +88,7 @@ def test_predict_query_lots_with_measured_potency_and_extrapolation_flag(tiny_re
     query = _concat(query, depleted)
     mp.tl.lot_fractions(query)
     mp.tl.predict_potency(query, train, potency="vegf")
-    table = mp.get.potency_prediction(query)
+    table = mp.get.predict_potency(query)
     assert list(table.index) == ["BM07", "BM08", "DEPLETED"]
     assert (
         table.loc["DEPLETED", "outside_range"]
@@ -104,7 +104,7 @@ def test_predict_query_lots_with_measured_potency_and_extrapolation_flag(tiny_re
     assert summary["n_outside_range"] == 1 and 0 <= summary["coverage"] <= 1
     # a wider level gives a wider interval
     mp.tl.predict_potency(query, train, level=0.99, key_added="wide")
-    wide = mp.get.potency_prediction(query, key="wide")
+    wide = mp.get.predict_potency(query, key="wide")
     assert ((wide["high"] - wide["low"]) > (table["high"] - table["low"])).all()
 
 
@@ -118,9 +118,9 @@ def test_model_with_a_marker_gene_and_copy(tiny_ref):
     adata = tiny_ref.copy()
     returned = mp.tl.fit_potency_model(adata, genes=["LRRC75A"], interval="t", copy=True)
     assert "potency_model" not in adata.uns
-    coefficients = mp.get.potency_model(returned, kind="coefficients")
+    coefficients = mp.get.fit_potency_model(returned, kind="coefficients")
     assert list(coefficients.index)[-1] == "expression:LRRC75A"
-    lots = mp.get.potency_model(returned)
+    lots = mp.get.fit_potency_model(returned)
     cluster = returned.uns["potency_association"]["potency_cluster"]
     inside = returned[returned.obs["cluster"] == cluster]
     manual = pd.Series(
@@ -130,7 +130,7 @@ def test_model_with_a_marker_gene_and_copy(tiny_ref):
         lots["expression:LRRC75A"], manual.groupby(level=0).mean().reindex(lots.index)
     )
     mp.tl.predict_potency(returned)
-    assert len(mp.get.potency_prediction(returned)) == 8
+    assert len(mp.get.predict_potency(returned)) == 8
 
 
 def test_prediction_validation(tiny_ref):
@@ -141,7 +141,7 @@ def test_prediction_validation(tiny_ref):
         mp.tl.fit_potency_model(adata, interval="bootstrap")
     with pytest.raises(ValueError, match="level must be"):
         mp.tl.fit_potency_model(adata, interval="t", level=1.5)
-    lots = mp.get.potency_lots(adata)
+    lots = mp.get.potency_association(adata, kind="lots")
     with pytest.raises(ValueError, match="same for every lot"):
         mp.tl.fit_potency_model(adata, dict.fromkeys(lots.index, 3.0), interval="t")
     missing = lots["vegf"].copy()
@@ -181,7 +181,7 @@ def test_prediction_validation(tiny_ref):
 def test_jackknife_plus_model_on_the_study(study_ref):
     adata = study_ref.copy()
     mp.tl.fit_potency_model(adata)  # 11 lots: jackknife+ 90% is available
-    cv = mp.get.potency_model(adata, kind="cv").iloc[0]
+    cv = mp.get.fit_potency_model(adata, kind="cv").iloc[0]
     assert cv["q2"] > 0.8 and cv["rmse"] < 2 * 60
-    lots = mp.get.potency_model(adata)
+    lots = mp.get.fit_potency_model(adata)
     assert lots["loo_covered"].mean() >= 0.7

@@ -97,7 +97,7 @@ def test_pseudobulk_validation(tiny_ref):
         mp.tl.gene_association(adata, within="set")
     with pytest.raises(ValueError, match="min_lots_expressed"):
         mp.tl.gene_association(adata, within="lot", min_lots_expressed=2)
-    lots = mp.get.potency_lots(adata)
+    lots = mp.get.potency_association(adata, kind="lots")
     with pytest.raises(ValueError, match="same for every lot"):
         mp.tl.gene_association(adata, dict.fromkeys(lots.index, 1.0), within="lot")
     missing = lots["vegf"].copy()

@@ -67,7 +67,7 @@ def test_count_association_finds_the_potency_cluster(tiny_ref):
     assert (table["dispersion"] > 0).all() and (table["n_lots"] == 8).all()
     # truth: the slope has the sign of the true potency cells' association
     truth = adata.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
-    potency = mp.get.potency_lots(adata)["vegf"]
+    potency = mp.get.potency_association(adata, kind="lots")["vegf"]
     assert (
         truth.corr(potency.reindex(truth.index), method="spearman") > 0
         and table.loc[cluster, "coef"] > 0
@@ -92,7 +92,7 @@ def test_count_association_validation(tiny_ref):
     adata = tiny_ref.copy()
     with pytest.raises(ValueError, match="n_permutations"):
         mp.tl.count_association(adata, n_permutations=10)
-    lots = mp.get.potency_lots(adata)
+    lots = mp.get.potency_association(adata, kind="lots")
     with pytest.raises(ValueError, match="same for every lot"):
         mp.tl.count_association(adata, dict.fromkeys(lots.index, 1.0))
     missing = lots["vegf"].copy()
@@ -217,7 +217,7 @@ def test_methods_agree_on_the_potency_cluster(tiny_ref):
     assert {"nhood_median_rho", "call_neighbourhood", "agree", "call"} <= set(table.columns)
     assert (table["n_methods"] == 4).all()
     assert table.loc[table["agree"], "call"].isin(["+", "-", "0"]).all()
-    assert cluster in adata.uns["method_agreement"]["summary"]
+    assert cluster in adata.uns["method_agreement"]["summary"]["text"]
     # CLR p equals the association's own CLR transform
     mp.tl.potency_association(adata, transform="clr", key_added="clr")
     clr = mp.get.potency_association(adata, key="clr", sort=False)

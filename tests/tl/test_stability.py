@@ -44,7 +44,7 @@ def test_stability_recovers_the_true_potency_subpopulation_across_resolutions(st
     for _, row in table.iterrows():
         labels = leiden_labels(graph, row["resolution"], seed=0)  # tl.cluster's seed
         fractions = pd.crosstab(stable.obs["lot"].to_numpy(), labels, normalize="index")
-        potency = mp.get.potency_lots(stable)["vegf"].reindex(fractions.index)
+        potency = mp.get.potency_association(stable, kind="lots")["vegf"].reindex(fractions.index)
         rho = fractions.corrwith(potency, method="spearman")
         top = rho.idxmax()
         assert np.isclose(rho.max(), row["top_rho"])
@@ -120,10 +120,10 @@ def test_stability_validation(tiny_ref):
         mp.tl.association_stability(adata, min_jaccard=0)
     with pytest.raises(ValueError, match="resolutions must be positive"):
         mp.tl.association_stability(adata, resolutions=[1.0, -1.0])
-    constant = dict.fromkeys(mp.get.potency_lots(adata).index, 1.0)
+    constant = dict.fromkeys(mp.get.potency_association(adata, kind="lots").index, 1.0)
     with pytest.raises(ValueError, match="same for every lot"):
         mp.tl.association_stability(adata, constant)
-    missing = mp.get.potency_lots(adata)["vegf"].copy()
+    missing = mp.get.potency_association(adata, kind="lots")["vegf"].copy()
     missing.iloc[0] = np.nan
     with pytest.raises(ValueError, match="missing, non-numeric"):
         mp.tl.association_stability(adata, missing)
@@ -147,7 +147,7 @@ def planted(tiny_ref):
     """The tiny reference with one planted discordant lot: most potency cells, lowest potency."""
     adata = tiny_ref.copy()
     cluster = adata.uns["potency_association"]["potency_cluster"]
-    lots = mp.get.potency_lots(adata)
+    lots = mp.get.potency_association(adata, kind="lots")
     potency = lots["vegf"].copy()
     outlier = lots[cluster].idxmax()
     potency[outlier] = potency.min() - 50

@@ -13,6 +13,7 @@ from scipy import stats
 
 import mscpotency as mp
 from mscpotency import _stats
+from mscpotency.tl._mapping import _marker_by_set as mbs
 from mscpotency.tl._mapping import _validate_potency as vp
 
 
@@ -84,7 +85,7 @@ def test_fraction_intervals_cover_the_share():
 def test_kruskal_permutation_exact_enumeration():
     values = np.array([1.0, 2.5, 3.0, 4.0, 0.5, 6.0, 7.0])
     groups = np.array(["a", "a", "b", "b", "b", "c", "c"])
-    h, p, how = vp.kruskal_permutation(values, groups, n_permutations=99, random_state=0)
+    h, p, how = mbs.kruskal_permutation(values, groups, n_permutations=99, random_state=0)
     assert how == "exact"
     assert h == pytest.approx(
         stats.kruskal(values[groups == "a"], values[groups == "b"], values[groups == "c"]).statistic
@@ -101,22 +102,22 @@ def test_validate_potency_tables(mapped, tiny_ref):
     out = mp.tl.validate_potency(mapped, "vegf", n_bootstrap=300, copy=True)
     assert "validate_potency" not in mapped.uns
     stored = out.uns["validate_potency"]
-    assert stored["potency_label"] == tiny_ref.uns["potency_association"]["potency_cluster"]
-    per_set = mp.get.potency_validation(out)
+    assert stored["potency_cluster"] == tiny_ref.uns["potency_association"]["potency_cluster"]
+    per_set = mp.get.validate_potency(out)
     assert list(per_set.index) == ["BM-test", "AD", "UC"]
     assert per_set.loc["BM-test", "n_lots"] == 3
     assert "cannot reach p < 0.05" in per_set.loc["BM-test", "note"]
     assert per_set.loc["AD", "note"].startswith("2 lots: too few") and np.isnan(
         per_set.loc["AD", "rho"]
     )
-    combined = mp.get.potency_validation(out, table="combined")
+    combined = mp.get.validate_potency(out, kind="combined")
     assert list(combined.index) == ["stratified_exact", "fisher", "stouffer"]
     assert combined.loc["stratified_exact", "n_sets"] == 1
     # with one stratum the pooled test is that stratum's exact test
     assert combined.loc["stratified_exact", "pvalue"] == pytest.approx(
         per_set.loc["BM-test", "pvalue"]
     )
-    lots = mp.get.potency_validation(out, table="lots")
+    lots = mp.get.validate_potency(out, kind="lots")
     assert len(lots) == mapped.obs["lot"].nunique()
     assert ((lots["ci_low"] <= lots["fraction"]) & (lots["fraction"] <= lots["ci_high"])).all()
     # the mapped share is the true share of potency cells, within sampling error
@@ -132,7 +133,7 @@ def test_all_lots_as_one_set_track_potency(mapped):
     out = mp.tl.validate_potency(
         mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True
     )
-    per_set = mp.get.potency_validation(out)
+    per_set = mp.get.validate_potency(out)
     assert list(per_set.index) == ["all"] and per_set.loc["all", "n_lots"] == 7
     assert per_set.loc["all", "rho"] > 0.7 and per_set.loc["all", "pvalue"] < 0.05
     assert per_set.loc["all", "min_attainable_p"] == pytest.approx(1 / math.factorial(7))
@@ -140,7 +141,7 @@ def test_all_lots_as_one_set_track_potency(mapped):
         mapped, "vegf", set_key=None, alternative="greater", n_bootstrap=200, copy=True
     )
     pd.testing.assert_frame_equal(
-        mp.get.potency_validation(again, table="lots"), mp.get.potency_validation(out, table="lots")
+        mp.get.validate_potency(again, kind="lots"), mp.get.validate_potency(out, kind="lots")
     )
 
 
@@ -150,7 +151,7 @@ def test_exclude_off_reference_cells(mapped):
     out = mp.tl.validate_potency(
         query, "vegf", exclude_off_reference=True, n_bootstrap=100, copy=True
     )
-    lots = mp.get.potency_validation(out, table="lots")
+    lots = mp.get.validate_potency(out, kind="lots")
     first_lot = query.obs["lot"].astype(str).iloc[0]
     assert lots.loc[first_lot, "share_off_reference"] > 0
     threshold = query.uns["predicted"]["params"]["min_mapping_score"]
@@ -165,7 +166,7 @@ def test_validate_potency_errors(mapped, tiny_ref):
     with pytest.raises(KeyError, match="tl.map_to_reference"):
         mp.tl.validate_potency(tiny_ref, "vegf")
     with pytest.raises(ValueError, match="not a reference label"):
-        mp.tl.validate_potency(mapped, "vegf", potency_label="CL99", copy=True)
+        mp.tl.validate_potency(mapped, "vegf", cluster="CL99", copy=True)
     with pytest.raises(ValueError, match="alternative must be"):
         mp.tl.validate_potency(mapped, "vegf", alternative="bigger", copy=True)
     with pytest.raises(ValueError, match="n_bootstrap must be positive"):
@@ -173,8 +174,8 @@ def test_validate_potency_errors(mapped, tiny_ref):
     with pytest.raises(ValueError, match="have cells but no potency value"):
         mp.tl.validate_potency(mapped, {"BM09": 1.0, "BM10": 2.0}, copy=True)
     no_label = mapped.copy()
-    no_label.uns["predicted"] = dict(no_label.uns["predicted"], potency_label="")
-    with pytest.raises(KeyError, match="pass potency_label="):
+    no_label.uns["predicted"] = dict(no_label.uns["predicted"], potency_cluster="")
+    with pytest.raises(KeyError, match="pass cluster="):
         mp.tl.validate_potency(no_label, "vegf")
 
 
@@ -182,11 +183,11 @@ def test_marker_by_set(mapped):
     out = mp.tl.marker_by_set(mapped, "LRRC75A", n_permutations=199, copy=True)
     tests = mp.get.marker_by_set(out)
     assert list(tests.index) == ["all sets", "AD vs BM-test", "UC vs BM-test"]
-    sets = mp.get.marker_by_set(out, table="sets")
+    sets = mp.get.marker_by_set(out, kind="sets")
     # UC potency cells carry the marker at 55% of its effect: lower than in BM
     assert sets.loc["UC", "mean_of_lots"] < sets.loc["BM-test", "mean_of_lots"] - 0.3
     assert tests.loc["UC vs BM-test", "difference"] < 0
-    lots = mp.get.marker_by_set(out, table="lots")
+    lots = mp.get.marker_by_set(out, kind="lots")
     assert lots["tested"].all() and (lots["n_cells"] > 0).all()
     with pytest.raises(KeyError, match="is not in adata.var_names"):
         mp.tl.marker_by_set(mapped, "NOTAGENE")

@@ -1,4 +1,4 @@
-"""Tidy DataFrames of reference mapping and query-side validation results."""
+"""Tidy DataFrames of new-lot results: the frozen reference, the mapping, its validation."""
 
 from __future__ import annotations
 
@@ -7,90 +7,121 @@ from typing import Literal
 import pandas as pd
 from anndata import AnnData
 
-from .._validate import require_uns
-from ._population import stored_table
+from .._docs import doc_params
+from .._registry import FROZEN_REFERENCE, MAPPING, MARKER_BY_SET, VALIDATE_POTENCY
+from .._stored import stored, stored_table
 
-__all__ = [
-    "mapping_calibration",
-    "mapping_qc",
-    "marker_by_set",
-    "potency_validation",
-    "reference_info",
+__all__ = ["freeze_reference", "map_to_reference", "marker_by_set", "validate_potency"]
+
+#: Fields of a frozen reference's record shown by :func:`freeze_reference`.
+_REFERENCE_FIELDS = [
+    "hash",
+    "cluster_key",
+    "lot_key",
+    "potency_cluster",
+    "n_cells",
+    "n_genes",
+    "created",
+    "source_fingerprint",
 ]
 
 
-_MAPPING = "predicted"
-_VALIDATE = "validate_potency"
-_MARKER = "marker_by_set"
+@doc_params
+def freeze_reference(adata: AnnData, *, key: str = FROZEN_REFERENCE.key) -> pd.DataFrame:
+    """One row describing a frozen reference: hash, labels, sizes, potency cluster, creation time.
 
+    Parameters
+    ----------
+    adata
+        {adata}
+        A frozen reference from :func:`mscpotency.tl.freeze_reference`.
 
-def mapping_qc(adata: AnnData, *, key: str = _MAPPING) -> pd.DataFrame:
-    """Per query lot: cells, mean prediction and mapping scores, shares of low-confidence cells.
-
-    From :func:`mscpotency.tl.map_to_reference`.
+    Returns
+    -------
+    One row: ``hash``, ``cluster_key``, ``lot_key``, ``potency_cluster``, ``n_cells``,
+    ``n_genes``, ``created``, ``source_fingerprint`` and ``labels`` (comma-separated).
     """
-    return stored_table(adata, key, "per_lot", tool="tl.map_to_reference")
+    record = stored(adata, FROZEN_REFERENCE, key)
+    row = {field: record.get(field) for field in _REFERENCE_FIELDS}
+    row["labels"] = ", ".join(map(str, record.get("labels", [])))
+    return pd.DataFrame([row])
 
 
-def mapping_calibration(
-    adata: AnnData, *, key: str = _MAPPING, which: Literal["after", "before"] = "after"
-) -> pd.DataFrame:
-    """Reliability of the prediction score on held-out reference lots, per score bin.
-
-    ``which="before"`` gives the table before temperature scaling. Empty when the mapping
-    was not calibrated.
-    """
-    if which not in ("after", "before"):
-        msg = f"which must be 'after' or 'before', got {which!r}"
-        raise ValueError(msg)
-    stored = require_uns(adata, key, tool="tl.map_to_reference")
-    calibration = stored.get("calibration", {})
-    table = calibration.get(f"reliability_{which}")
-    if table is None:
-        return pd.DataFrame(columns=["low", "high", "n_cells", "mean_score", "accuracy"])
-    return pd.DataFrame(table).copy()
-
-
-def potency_validation(
+@doc_params
+def map_to_reference(
     adata: AnnData,
     *,
-    key: str = _VALIDATE,
-    table: Literal["per_set", "combined", "lots"] = "per_set",
+    key: str = MAPPING.key,
+    kind: Literal["per_lot", "reliability_after", "reliability_before"] = "per_lot",
 ) -> pd.DataFrame:
-    """Results of :func:`mscpotency.tl.validate_potency`.
+    """A table of :func:`mscpotency.tl.map_to_reference`: per lot, or the calibration's reliability.
 
-    ``table="per_set"``: rho and exact p per set; ``"combined"``: pooled tests across sets;
-    ``"lots"``: each lot's potency-like share with its bootstrap interval.
+    Parameters
+    ----------
+    adata
+        {adata}
+        Query cells after :func:`mscpotency.tl.map_to_reference`.
+    kind
+        {kind}
+        ``"per_lot"``: cells, mean prediction and mapping scores and shares of
+        low-confidence cells per query lot; ``"reliability_after"`` /
+        ``"reliability_before"``: per score bin, the held-out reference cells' mean score
+        and accuracy after / before temperature scaling (empty when not calibrated).
+
+    Returns
+    -------
+    The table, a copy.
     """
-    if table not in ("per_set", "combined", "lots"):
-        msg = f"table must be 'per_set', 'combined' or 'lots', got {table!r}"
-        raise ValueError(msg)
-    return stored_table(adata, key, table, tool="tl.validate_potency")
+    return stored_table(adata, MAPPING, kind, key)
 
 
-def marker_by_set(
-    adata: AnnData, *, key: str = _MARKER, table: Literal["tests", "sets", "lots"] = "tests"
+@doc_params
+def validate_potency(
+    adata: AnnData,
+    *,
+    key: str = VALIDATE_POTENCY.key,
+    kind: Literal["per_set", "combined", "lots"] = "per_set",
 ) -> pd.DataFrame:
-    """Results of :func:`mscpotency.tl.marker_by_set`: tests between sets, per-set or per-lot summaries."""
-    if table not in ("tests", "sets", "lots"):
-        msg = f"table must be 'tests', 'sets' or 'lots', got {table!r}"
-        raise ValueError(msg)
-    return stored_table(adata, key, table, tool="tl.marker_by_set")
+    """A table of :func:`mscpotency.tl.validate_potency`.
+
+    Parameters
+    ----------
+    adata
+        {adata}
+        Query cells after :func:`mscpotency.tl.validate_potency`.
+    kind
+        {kind}
+        ``"per_set"``: rho and exact p per set; ``"combined"``: pooled tests across sets;
+        ``"lots"``: each lot's potency-like share with its bootstrap interval.
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, VALIDATE_POTENCY, kind, key)
 
 
-def reference_info(frozen: AnnData) -> pd.DataFrame:
-    """One row describing a frozen reference: hash, labels, sizes, potency label, creation time."""
-    stored = require_uns(frozen, "reference", tool="tl.freeze_reference")
-    fields = [
-        "hash",
-        "label_key",
-        "lot_key",
-        "potency_label",
-        "n_cells",
-        "n_genes",
-        "created",
-        "source_fingerprint",
-    ]
-    row = {field: stored.get(field) for field in fields}
-    row["labels"] = ", ".join(map(str, stored.get("labels", [])))
-    return pd.DataFrame([row])
+@doc_params
+def marker_by_set(
+    adata: AnnData,
+    *,
+    key: str = MARKER_BY_SET.key,
+    kind: Literal["tests", "sets", "lots"] = "tests",
+) -> pd.DataFrame:
+    """A table of :func:`mscpotency.tl.marker_by_set`.
+
+    Parameters
+    ----------
+    adata
+        {adata}
+        Query cells after :func:`mscpotency.tl.marker_by_set`.
+    kind
+        {kind}
+        ``"tests"``: the tests between sets; ``"sets"``: per-set summaries; ``"lots"``:
+        per-lot summaries (the replicates of the tests).
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, MARKER_BY_SET, kind, key)

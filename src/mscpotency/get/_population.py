@@ -1,4 +1,4 @@
-"""Tidy DataFrames of the results the tools store in ``adata.uns``."""
+"""Tidy DataFrames of the reference analysis: QC, lot fractions, deviation, association, markers."""
 
 from __future__ import annotations
 
@@ -8,92 +8,156 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys, _registry
+from .._docs import doc_params
 from .._provenance import read_log
-from .._validate import lots_of, require_uns
+from .._stored import stored_table
+from .._validate import lots_of
 
 __all__ = [
     "composition_deviation",
     "lot_fractions",
     "lot_table",
     "potency_association",
-    "potency_lots",
     "potency_markers",
     "provenance",
-    "qc_report",
-    "stored_table",
+    "qc",
 ]
 
-
-def stored_table(adata: AnnData, key: str, field: str, *, tool: str | None = None) -> pd.DataFrame:
-    """``adata.uns[key][field]`` as a DataFrame copy, or a ``KeyError`` naming the tool to run."""
-    stored = require_uns(adata, key, tool=tool)
-    if not isinstance(stored, dict) or field not in stored:
-        msg = f"adata.uns[{key!r}] has no {field!r}; was it written by `{tool or _registry.producer_of(key)}`?"
-        raise KeyError(msg)
-    return pd.DataFrame(stored[field]).copy()
+#: Name of the value column of ``lot_fractions(long=True)``, per table.
+_LONG_VALUE = {"fractions": "fraction", "counts": "count", "n_cells": "n_cells"}
 
 
+@doc_params
+def qc(
+    adata: AnnData,
+    *,
+    key: str = _registry.QC.key,
+    kind: Literal["per_lot", "genes_removed"] = "per_lot",
+) -> pd.DataFrame:
+    """What :func:`mscpotency.pp.qc` removed.
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"per_lot"``: per lot, cells before QC, cells removed per reason, cells after;
+        ``"genes_removed"``: the genes removed.
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, _registry.QC, kind, key)
+
+
+@doc_params
 def lot_fractions(
     adata: AnnData,
     *,
     key: str = _registry.LOT_FRACTIONS.key,
-    kind: Literal["fractions", "counts"] = "fractions",
+    kind: Literal["fractions", "counts", "n_cells"] = "fractions",
     long: bool = False,
 ) -> pd.DataFrame:
     """Lots x clusters fractions (or counts) from :func:`mscpotency.tl.lot_fractions`.
 
-    With ``long=True`` a tidy frame with columns lot, cluster, value.
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"fractions"`` (lots x clusters, rows sum to 1), ``"counts"`` (lots x clusters,
+        cells) or ``"n_cells"`` (cells per lot).
+    long
+        Return a tidy frame instead: columns lot, cluster and ``fraction`` (or ``count``);
+        for ``"n_cells"`` columns lot and ``n_cells``.
+
+    Returns
+    -------
+    The table, a copy.
     """
-    if kind not in ("fractions", "counts"):
-        msg = f"kind must be 'fractions' or 'counts', got {kind!r}"
-        raise ValueError(msg)
-    table = stored_table(adata, key, kind, tool="tl.lot_fractions")
+    table = stored_table(adata, _registry.LOT_FRACTIONS, kind, key)
     if not long:
         return table
     lot_name = table.index.name or "lot"
-    tidy = (
-        table.rename_axis(index=lot_name, columns="cluster")
-        .stack()
-        .rename(kind[:-1] if kind == "fractions" else "count")
-    )
+    if kind == "n_cells":
+        return table.rename_axis(index=lot_name).reset_index()
+    tidy = table.rename_axis(index=lot_name, columns="cluster").stack().rename(_LONG_VALUE[kind])
     return tidy.reset_index()
 
 
+@doc_params
 def composition_deviation(
-    adata: AnnData, *, key: str = _registry.COMPOSITION_DEVIATION.key
+    adata: AnnData,
+    *,
+    key: str = _registry.COMPOSITION_DEVIATION.key,
+    kind: Literal["per_lot", "pooled", "log2_ratio"] = "per_lot",
 ) -> pd.DataFrame:
-    """One row per lot: distance from the pooled composition and the most deviating cluster."""
-    return stored_table(adata, key, "per_lot", tool="tl.composition_deviation")
+    """How far each lot's composition lies from the pool (:func:`mscpotency.tl.composition_deviation`).
 
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"per_lot"``: one row per lot, its distance from the pooled composition, its
+        sampling p and the most deviating cluster; ``"pooled"``: the pooled fractions;
+        ``"log2_ratio"``: lots x clusters, log2 of each lot's fraction over the pooled one.
 
-def potency_association(
-    adata: AnnData, *, key: str = _registry.POTENCY_ASSOCIATION.key, sort: bool = True
-) -> pd.DataFrame:
-    """One row per cluster: rho, exact/permutation p, FDR, CI and leave-one-lot-out range.
-
-    Sorted by rho, strongest positive first, unless ``sort=False``.
+    Returns
+    -------
+    The table, a copy.
     """
-    table = stored_table(adata, key, "table", tool="tl.potency_association")
-    return table.sort_values("rho", ascending=False) if sort else table
+    return stored_table(adata, _registry.COMPOSITION_DEVIATION, kind, key)
 
 
-def potency_lots(adata: AnnData, *, key: str = _registry.POTENCY_ASSOCIATION.key) -> pd.DataFrame:
-    """Lots x (potency, cluster fractions) as used by :func:`mscpotency.tl.potency_association`."""
-    return stored_table(adata, key, "lots", tool="tl.potency_association")
+@doc_params
+def potency_association(
+    adata: AnnData,
+    *,
+    key: str = _registry.POTENCY_ASSOCIATION.key,
+    kind: Literal["table", "lots"] = "table",
+    sort: bool = True,
+) -> pd.DataFrame:
+    """The association of cluster shares with potency (:func:`mscpotency.tl.potency_association`).
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"table"``: one row per cluster, rho, exact/permutation p, FDR, CI and
+        leave-one-lot-out range; ``"lots"``: lots x (potency, cluster fractions), the
+        values the association was computed on.
+    sort
+        Sort ``"table"`` by rho, strongest positive first (the ``"lots"`` keep their order).
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    table = stored_table(adata, _registry.POTENCY_ASSOCIATION, kind, key)
+    if kind == "table" and sort:
+        return table.sort_values("rho", ascending=False)
+    return table
 
 
+@doc_params
 def potency_markers(adata: AnnData, *, key: str = _registry.POTENCY_MARKERS.key) -> pd.DataFrame:
-    """Top marker genes of the potency cluster with their per-lot consistency."""
-    return stored_table(adata, key, "table", tool="tl.potency_markers")
+    """Top marker genes of the potency cluster with their per-lot consistency.
+
+    Returns
+    -------
+    One row per gene (:func:`mscpotency.tl.potency_markers`), a copy.
+    """
+    return stored_table(adata, _registry.POTENCY_MARKERS, "table", key)
 
 
-def qc_report(adata: AnnData, *, key: str = _registry.QC.key) -> pd.DataFrame:
-    """Per lot: cells before QC, cells removed per reason, cells after."""
-    return stored_table(adata, key, "per_lot", tool="pp.qc")
-
-
+@doc_params
 def provenance(adata: AnnData) -> pd.DataFrame:
-    """The record of every ``pp``/``tl`` call on ``adata``, oldest first."""
+    """The record of every ``pp``/``tl`` call on ``adata``, oldest first.
+
+    Returns
+    -------
+    One row per call: function, params, random_state, input_fingerprint, versions, time
+    and seconds.
+    """
     entries = read_log(adata)
     columns = [
         "function",
@@ -107,6 +171,7 @@ def provenance(adata: AnnData) -> pd.DataFrame:
     return pd.DataFrame(entries, columns=columns)
 
 
+@doc_params
 def lot_table(
     adata: AnnData, *, lot_key: str = _keys.LOT, columns: list[str] | None = None
 ) -> pd.DataFrame:
@@ -114,13 +179,13 @@ def lot_table(
 
     Parameters
     ----------
-    adata
-        Cells with ``obs[lot_key]``.
-    lot_key
-        obs column with the lot of each cell.
     columns
         Columns to return; by default every lot-constant column except ground truth
         (``true_*``) is returned.
+
+    Returns
+    -------
+    Lots x columns.
     """
     lots = lots_of(adata, lot_key)
     obs = adata.obs.drop(columns=[lot_key])

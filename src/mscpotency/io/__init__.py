@@ -1,6 +1,6 @@
 """Readers of per-lot single-cell data and lot tables, with validation."""
 
-from .._dask import read_lots_lazy
+from ._lazy import read_lots_lazy
 from ._lot_table import read_lot_table
 from ._read import read_lots
 from ._reference import read_reference, write_reference

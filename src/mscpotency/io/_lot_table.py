@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import _keys
+from .._docs import doc_params
 
 _READERS = {
     ".csv": "csv",
@@ -19,10 +20,11 @@ _READERS = {
 }
 
 
+@doc_params
 def read_lot_table(
     path: str | os.PathLike,
     *,
-    lot_column: str = _keys.LOT,
+    lot_key: str = _keys.LOT,
     sheet_name: str | int = 0,
 ) -> pd.DataFrame:
     """Read a table with one row per lot, indexed by lot name.
@@ -37,17 +39,30 @@ def read_lot_table(
     ----------
     path
         A ``.csv``, ``.tsv``/``.txt``/``.tab`` (tab-separated) or ``.xlsx`` file.
-    lot_column
-        Column holding the lot names.
+    lot_key
+        {lot_key}
+        The file's column of lot names has the same name; it becomes the table's index
+        (and the index's name), on which :func:`mscpotency.pp.add_lot_table` joins.
     sheet_name
         Sheet of an Excel file: its name or 0-based position.
 
     Returns
     -------
-    DataFrame indexed by lot name (``str``, index name ``lot_column``), one column per other
+    DataFrame indexed by lot name (``str``, index name ``lot_key``), one column per other
     column of the file.
     """
     path = Path(path)
+    table = _without_debris(_read_text(path, _format_of(path), sheet_name), path)
+    lots = _lot_names(table, lot_key, path)
+    table = table.drop(columns=[lot_key])
+    table.index = pd.Index(lots.to_numpy(dtype=str), name=lot_key)
+    for column in table.columns:
+        table[column] = _numeric_if_all(table[column])
+    return table
+
+
+def _format_of(path: Path) -> str:
+    """``'csv'``, ``'tsv'`` or ``'xlsx'`` by the file's suffix; a missing file or folder is an error."""
     if not path.exists():
         msg = f"lot table {str(path)!r} does not exist."
         raise FileNotFoundError(msg)
@@ -61,7 +76,11 @@ def read_lot_table(
             ".tsv/.txt/.tab (tab-separated), .xlsx (Excel)."
         )
         raise ValueError(msg)
-    table = _read_text(path, kind, sheet_name)
+    return kind
+
+
+def _without_debris(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Strip column names; drop empty unnamed columns and empty rows; no row left is an error."""
     table.columns = [str(c).strip() for c in table.columns]
     debris = [
         c for c in table.columns if (c == "" or c.startswith("Unnamed:")) and table[c].isna().all()
@@ -71,20 +90,25 @@ def read_lot_table(
     if table.empty:
         msg = f"lot table {str(path)!r} has no rows; it needs a header and one row per lot."
         raise ValueError(msg)
-    if lot_column not in table.columns:
-        close = [c for c in table.columns if c.lower() == lot_column.lower()]
-        hint = f" Did you mean lot_column={close[0]!r}?" if close else " Pass lot_column=."
-        msg = f"lot table {str(path)!r} has no column {lot_column!r}; its columns are {list(table.columns)}.{hint}"
+    return table
+
+
+def _lot_names(table: pd.DataFrame, lot_key: str, path: Path) -> pd.Series:
+    """The stripped lot names of column ``lot_key``: present, once, none empty or repeated."""
+    if lot_key not in table.columns:
+        close = [c for c in table.columns if c.lower() == lot_key.lower()]
+        hint = f" Did you mean lot_key={close[0]!r}?" if close else " Pass lot_key=."
+        msg = f"lot table {str(path)!r} has no column {lot_key!r}; its columns are {list(table.columns)}.{hint}"
         raise KeyError(msg)
-    if list(table.columns).count(lot_column) > 1:
-        msg = f"lot table {str(path)!r} has the column {lot_column!r} more than once."
+    if list(table.columns).count(lot_key) > 1:
+        msg = f"lot table {str(path)!r} has the column {lot_key!r} more than once."
         raise ValueError(msg)
-    lots = table[lot_column].str.strip()
+    lots = table[lot_key].str.strip()
     # 1-based line numbers as a spreadsheet shows them (the header is line 1).
     lines = table.index.to_numpy() + 2
     empty = lines[(lots.isna() | (lots == "")).to_numpy()].tolist()
     if empty:
-        msg = f"lot table {str(path)!r} has rows without a lot name in {lot_column!r} (lines {empty}); fill them in or delete them."
+        msg = f"lot table {str(path)!r} has rows without a lot name in {lot_key!r} (lines {empty}); fill them in or delete them."
         raise ValueError(msg)
     duplicated = sorted(lots[lots.duplicated()].unique().tolist())
     if duplicated:
@@ -92,11 +116,7 @@ def read_lot_table(
             f"lot table {str(path)!r} names lots {duplicated} more than once; keep one row per lot."
         )
         raise ValueError(msg)
-    table = table.drop(columns=[lot_column])
-    table.index = pd.Index(lots.to_numpy(dtype=str), name=lot_column)
-    for column in table.columns:
-        table[column] = _numeric_if_all(table[column])
-    return table
+    return lots
 
 
 def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:

@@ -15,9 +15,10 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _keys
+from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts
-from ..pp._pool import pool_lots
+from ..pp._pool import check_pool_options, pool_lots
 
 logger = logging.getLogger("mscpotency")
 
@@ -39,6 +40,7 @@ _MTX_SUBFOLDERS = ((), ("filtered_feature_bc_matrix",), ("outs", "filtered_featu
 _DUPLICATE_NAME_WARNINGS = r"(Variable|Observation) names are not unique"
 
 
+@doc_params
 @record("io.read_lots")
 def read_lots(
     source: str | os.PathLike | Mapping[str, str | os.PathLike],
@@ -61,7 +63,8 @@ def read_lots(
         extension; hidden entries, whose name starts with ``.``, are skipped), or a mapping
         lot name -> path of that lot's data.
     lot_key
-        obs column written with the lot of each cell.
+        {lot_key}
+        Written here for every cell.
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
         ``"min"`` subsamples every lot to the size of the smallest (see ``pp.pool_lots``).
@@ -69,7 +72,8 @@ def read_lots(
         ``"inner"`` keeps the genes measured in every lot, ``"outer"`` keeps all and fills
         zeros. Genes left out are reported in ``uns['pool_lots']['genes_dropped']``.
     random_state
-        Seed of the subsampling.
+        {random_state}
+        Here: of the subsampling.
 
     Returns
     -------
@@ -91,46 +95,20 @@ def read_lots(
         The provenance entry of this call.
     """
     # Cheap option checks before reading what may be gigabytes (pool_lots checks them too).
-    if join not in ("inner", "outer"):
-        msg = f"join must be 'inner' or 'outer', got {join!r}"
-        raise ValueError(msg)
-    if not (
-        cells_per_lot is None
-        or cells_per_lot == "min"
-        or (
-            isinstance(cells_per_lot, (int, np.integer))
-            and not isinstance(cells_per_lot, bool)
-            and cells_per_lot > 0
-        )
-    ):
-        msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
-        raise ValueError(msg)
+    check_pool_options(cells_per_lot, join)
     lots = _resolve_source(source)
-    parts: dict[str, AnnData] = {}
-    formats: dict[str, str] = {}
-    count_source: dict[str, str] = {}
-    made_unique: dict[str, list[str]] = {}
-    for name, (path, fmt) in lots.items():
-        part, used, duplicated = _read_one(name, path, fmt)
-        if duplicated:
-            made_unique[name] = duplicated
-            logger.warning(
-                "read_lots: lot %r has %d gene names occurring more than once (e.g. %s); "
-                "they were made unique by suffixing -1, -2, ...",
-                name,
-                len(duplicated),
-                duplicated[:5],
-            )
-        parts[name] = part
-        formats[name] = fmt
-        count_source[name] = used
+    parts, made_unique = _read_all(lots)
     pooled = pool_lots(
-        parts, lot_key=lot_key, cells_per_lot=cells_per_lot, join=join, random_state=random_state
+        {name: part for name, (part, _) in parts.items()},
+        lot_key=lot_key,
+        cells_per_lot=cells_per_lot,
+        join=join,
+        random_state=random_state,
     )
     pooled.uns["read_lots"] = {
         "sources": {name: str(path) for name, (path, _) in lots.items()},
-        "formats": formats,
-        "count_source": count_source,
+        "formats": {name: fmt for name, (_, fmt) in lots.items()},
+        "count_source": {name: used for name, (_, used) in parts.items()},
         "genes_made_unique": made_unique,
         "params": {
             "lot_key": lot_key,
@@ -143,34 +121,65 @@ def read_lots(
     return pooled
 
 
+def _read_all(
+    lots: Mapping[str, tuple[Path, str]],
+) -> tuple[dict[str, tuple[AnnData, str]], dict[str, list[str]]]:
+    """Lot -> (its counts, which matrix held them), and lot -> gene names made unique."""
+    parts: dict[str, tuple[AnnData, str]] = {}
+    made_unique: dict[str, list[str]] = {}
+    for name, (path, fmt) in lots.items():
+        part, used, duplicated = _read_one(name, path, fmt)
+        if duplicated:
+            made_unique[name] = duplicated
+            logger.warning(
+                "read_lots: lot %r has %d gene names occurring more than once (e.g. %s); "
+                "they were made unique by suffixing -1, -2, ...",
+                name,
+                len(duplicated),
+                duplicated[:5],
+            )
+        parts[name] = (part, used)
+    return parts, made_unique
+
+
 def _resolve_source(source) -> dict[str, tuple[Path, str]]:
     """Map lot name -> (path, format) for a folder or a mapping; every problem is an error."""
     if isinstance(source, Mapping):
-        if not source:
-            msg = "the mapping lot name -> path is empty; give at least one lot."
+        return _mapping_source(source)
+    return _folder_source(source)
+
+
+def _mapping_source(source: Mapping) -> dict[str, tuple[Path, str]]:
+    """Lot name -> (path, format) for a mapping lot name -> path."""
+    if not source:
+        msg = "the mapping lot name -> path is empty; give at least one lot."
+        raise ValueError(msg)
+    resolved: dict[str, tuple[Path, str]] = {}
+    for lot, path in source.items():
+        name = str(lot).strip()
+        if not name:
+            msg = f"lot name {lot!r} is empty; every lot needs a name."
             raise ValueError(msg)
-        resolved: dict[str, tuple[Path, str]] = {}
-        for lot, path in source.items():
-            name = str(lot).strip()
-            if not name:
-                msg = f"lot name {lot!r} is empty; every lot needs a name."
-                raise ValueError(msg)
-            if name in resolved:
-                msg = f"lot {name!r} is named twice in the mapping (as {lot!r} and another key)."
-                raise ValueError(msg)
-            if not isinstance(path, (str, os.PathLike)):
-                msg = f"lot {name!r}: expected a path, got a {type(path).__name__}. To pool AnnData objects use `pp.pool_lots`."
-                raise TypeError(msg)
-            path = Path(path)
-            if not path.exists():
-                msg = f"lot {name!r}: {str(path)!r} does not exist."
-                raise FileNotFoundError(msg)
-            fmt = _detect_format(path)
-            if fmt is None:
-                msg = f"lot {name!r}: {str(path)!r} is not in a format read_lots reads. Accepted: {ACCEPTED_FORMATS}."
-                raise ValueError(msg)
-            resolved[name] = (path, fmt)
-        return resolved
+        if name in resolved:
+            msg = f"lot {name!r} is named twice in the mapping (as {lot!r} and another key)."
+            raise ValueError(msg)
+        if not isinstance(path, (str, os.PathLike)):
+            msg = f"lot {name!r}: expected a path, got a {type(path).__name__}. To pool AnnData objects use `pp.pool_lots`."
+            raise TypeError(msg)
+        path = Path(path)
+        if not path.exists():
+            msg = f"lot {name!r}: {str(path)!r} does not exist."
+            raise FileNotFoundError(msg)
+        fmt = _detect_format(path)
+        if fmt is None:
+            msg = f"lot {name!r}: {str(path)!r} is not in a format read_lots reads. Accepted: {ACCEPTED_FORMATS}."
+            raise ValueError(msg)
+        resolved[name] = (path, fmt)
+    return resolved
+
+
+def _folder_source(source) -> dict[str, tuple[Path, str]]:
+    """Lot name -> (path, format) for a folder whose every entry is one lot."""
     if not isinstance(source, (str, os.PathLike)):
         msg = (
             f"source must be a folder or a mapping lot name -> path, got a {type(source).__name__}. "

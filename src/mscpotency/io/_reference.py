@@ -8,21 +8,26 @@ reference it was mapped onto.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anndata
 from anndata import AnnData
 
+from .._docs import doc_params
+from .._frozen import frozen_record, reference_model
 from .._provenance import record
-from ..tl._mapping._model import FROZEN, reference_model
+from .._registry import FROZEN_REFERENCE
 
 
+@doc_params
 def write_reference(adata: AnnData, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a frozen reference to ``.h5ad`` (gzip-compressed).
 
     Parameters
     ----------
     adata
+        {adata}
         A frozen reference from :func:`mscpotency.tl.freeze_reference`.
     path
         Target file, ending in ``.h5ad``.
@@ -33,7 +38,7 @@ def write_reference(adata: AnnData, path: str | os.PathLike, *, overwrite: bool 
     -------
     The path written.
     """
-    _require_frozen(adata)
+    stored = _require_frozen(adata)
     path = Path(path)
     if path.suffix != ".h5ad":
         msg = f"a frozen reference is written as .h5ad, got {path.name!r}"
@@ -41,9 +46,7 @@ def write_reference(adata: AnnData, path: str | os.PathLike, *, overwrite: bool 
     if path.exists() and not overwrite:
         msg = f"{path} exists; pass overwrite=True to replace it."
         raise FileExistsError(msg)
-    reference_model(
-        adata, label_key=str(adata.uns[FROZEN]["label_key"])
-    )  # refuses a modified reference
+    reference_model(adata, cluster_key=str(stored["cluster_key"]))  # refuses a modified one
     adata.write_h5ad(path, compression="gzip")
     return path
 
@@ -66,13 +69,18 @@ def read_reference(path: str | os.PathLike) -> AnnData:
         msg = f"no frozen reference at {path}"
         raise FileNotFoundError(msg)
     adata = anndata.read_h5ad(path)
-    _require_frozen(adata, where=str(path))
-    reference_model(adata, label_key=str(adata.uns[FROZEN]["label_key"]))  # verifies the hash
+    stored = _require_frozen(adata, where=str(path))
+    reference_model(adata, cluster_key=str(stored["cluster_key"]))  # verifies the hash
     return adata
 
 
-def _require_frozen(adata: AnnData, where: str = "this AnnData") -> None:
-    stored = adata.uns.get(FROZEN)
-    if not isinstance(stored, dict) or "hash" not in stored:
-        msg = f"{where} is not a frozen reference (no uns[{FROZEN!r}]['hash']). Make one with `tl.freeze_reference`."
+def _require_frozen(adata: AnnData, where: str = "this AnnData") -> Mapping:
+    """The record of a frozen reference, or a ``ValueError`` saying how to make one."""
+    stored = frozen_record(adata)
+    if stored is None:
+        msg = (
+            f"{where} is not a frozen reference (no uns[{FROZEN_REFERENCE.key!r}]['hash']). "
+            f"Make one with `{FROZEN_REFERENCE.producer}`."
+        )
         raise ValueError(msg)
+    return stored

@@ -1,4 +1,4 @@
-"""Which cluster's share tracks potency? One cluster's lots, or every cluster's rho at a glance."""
+"""Which cluster's share tracks potency? Every cluster's rho at a glance, or one cluster's lots."""
 
 from __future__ import annotations
 
@@ -12,48 +12,61 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import _registry, get
+from .._docs import doc_params
+from .._stored import potency_cluster as named_potency_cluster
+from .._stored import stored
 from ._utils import (
     RHO,
     _axes,
     _category_colors,
     _cluster_key,
     _finish,
-    _stored,
+    _potency_cluster_or_none,
     format_association,
     potency_label,
     potency_name,
 )
 
-__all__ = ["association_overview", "potency_scatter"]
+__all__ = ["potency_association", "potency_scatter"]
 
 
 def _association(adata: AnnData, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Read the stored association, its per-cluster table and its lots table (string labels)."""
-    stored = _stored(adata, key, tool="tl.potency_association")
+    association = stored(adata, _registry.POTENCY_ASSOCIATION, key)
     table = get.potency_association(adata, key=key, sort=False)
     table.index = table.index.astype(str)
-    lots = get.potency_lots(adata, key=key)
+    lots = get.potency_association(adata, key=key, kind="lots")
     lots.index = lots.index.astype(str)
     lots.columns = lots.columns.astype(str)
-    return stored, table, lots
+    return association, table, lots
+
+
+def _fractions_cluster_key(adata: AnnData, association: dict) -> str:
+    """The obs column of the clusters whose fractions the association was computed on."""
+    return _cluster_key(
+        adata, str(association["params"].get("fractions_key", _registry.LOT_FRACTIONS.key))
+    )
 
 
 def _scatter_one(
     ax: Axes,
-    x: np.ndarray,
-    y: np.ndarray,
-    lot_names: list[str],
+    share: pd.Series,
     row: pd.Series,
     *,
-    cluster: str,
+    y: np.ndarray,
+    lot_names: list[str],
     color: str,
     assay: str,
     on_clr: bool,
-    is_potency: bool,
+    potency_cluster: str,
     line: bool,
     label_lots: bool,
     kwargs: dict,
 ) -> None:
+    """Potency against one cluster's share (in %) of each lot, titled with its statistic."""
+    cluster = str(share.name)
+    is_potency = cluster == potency_cluster
+    x = 100 * share.to_numpy(dtype=float)
     kwargs = {"s": 45, "edgecolor": "black", "linewidth": 0.6, "zorder": 3, **kwargs}
     ax.scatter(x, y, color=color, **kwargs)
     if line and np.ptp(x) > 0:
@@ -81,6 +94,7 @@ def _scatter_one(
     ax.spines[["top", "right"]].set_visible(False)
 
 
+@doc_params
 def potency_scatter(
     adata: AnnData,
     cluster: str | None = None,
@@ -103,11 +117,11 @@ def potency_scatter(
     Parameters
     ----------
     adata
-        Cells with ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
     cluster
-        Cluster to show; ``None``: the potency cluster; ``"all"``: a grid with every cluster.
-    key
-        Key of the potency association.
+        {cluster}
+        ``"all"``: a grid with every cluster.
     line
         Draw the least-squares line.
     label_lots
@@ -115,11 +129,8 @@ def potency_scatter(
     ncols
         Columns of the grid when ``cluster="all"``.
     ax
-        Axes to draw on (one cluster only); a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {ax}
+        One cluster only.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -128,58 +139,45 @@ def potency_scatter(
     The Figure when ``return_fig=True``; when not shown, the Axes (one cluster) or an array
     of Axes (``cluster="all"``); else ``None``.
     """
-    stored, table, lots = _association(adata, key)
-    assay = str(stored["params"]["potency"])
-    on_clr = stored["params"].get("transform") == "clr"
-    potency_cluster = str(stored.get("potency_cluster", ""))
+    association, table, lots = _association(adata, key)
     clusters = list(table.index)
-    colors = _category_colors(
-        adata,
-        _cluster_key(
-            adata, str(stored["params"].get("fractions_key", _registry.LOT_FRACTIONS.key))
-        ),
-        clusters,
-    )
     if cluster is None:
-        if not potency_cluster:
-            msg = "no cluster's share rises with potency (no potency cluster stored); pass cluster= explicitly"
-            raise ValueError(msg)
-        cluster = potency_cluster
+        cluster = named_potency_cluster(adata, association_key=key)
     if cluster != "all" and str(cluster) not in clusters:
         msg = f"unknown cluster {cluster!r}; clusters are {clusters} or 'all'"
         raise ValueError(msg)
     if ncols < 1:
         msg = f"ncols must be at least 1, got {ncols!r}"
         raise ValueError(msg)
-    y = lots[assay].to_numpy(dtype=float)
-    lot_names = list(lots.index)
-    common = {
+    assay = str(association["params"]["potency"])
+    colors = _category_colors(adata, _fractions_cluster_key(adata, association), clusters)
+    draw = {
+        "y": lots[assay].to_numpy(dtype=float),
+        "lot_names": list(lots.index),
         "assay": assay,
-        "on_clr": on_clr,
+        "on_clr": association["params"].get("transform") == "clr",
+        "potency_cluster": str(association.get("potency_cluster", "")),
         "line": line,
         "label_lots": label_lots,
         "kwargs": kwargs,
     }
-
     if cluster != "all":
-        cluster = str(cluster)
         fig, ax = _axes(ax, (4.6, 4.0))
-        _scatter_one(
-            ax,
-            100 * lots[cluster].to_numpy(dtype=float),
-            y,
-            lot_names,
-            table.loc[cluster],
-            cluster=cluster,
-            color=colors[cluster],
-            is_potency=cluster == potency_cluster,
-            **common,
-        )
+        cluster = str(cluster)
+        _scatter_one(ax, lots[cluster], table.loc[cluster], color=colors[cluster], **draw)
         return _finish(fig, ax, show, return_fig)
-
     if ax is not None:
         msg = "cluster='all' draws one panel per cluster and cannot use a single ax; leave ax=None"
         raise ValueError(msg)
+    fig, axes = _scatter_grid(lots, table, colors, ncols, draw)
+    return _finish(fig, axes, show, return_fig)
+
+
+def _scatter_grid(
+    lots: pd.DataFrame, table: pd.DataFrame, colors: dict[str, str], ncols: int, draw: dict
+) -> tuple[Figure, np.ndarray]:
+    """One scatter panel per cluster on a new figure; returns it and the used Axes."""
+    clusters = list(table.index)
     ncols = min(ncols, len(clusters))
     nrows = int(np.ceil(len(clusters) / ncols))
     fig, grid = plt.subplots(
@@ -192,24 +190,15 @@ def potency_scatter(
     )
     axes = grid.ravel()
     for panel, name in zip(axes, clusters, strict=False):
-        _scatter_one(
-            panel,
-            100 * lots[name].to_numpy(dtype=float),
-            y,
-            lot_names,
-            table.loc[name],
-            cluster=name,
-            color=colors[name],
-            is_potency=name == potency_cluster,
-            **common,
-        )
+        _scatter_one(panel, lots[name], table.loc[name], color=colors[name], **draw)
     for panel in axes[len(clusters) :]:
         panel.remove()
-    fig.suptitle(f"{potency_label(assay)} against each cluster's share of the lot")
-    return _finish(fig, axes[: len(clusters)], show, return_fig)
+    fig.suptitle(f"{potency_label(draw['assay'])} against each cluster's share of the lot")
+    return fig, axes[: len(clusters)]
 
 
-def association_overview(
+@doc_params
+def potency_association(
     adata: AnnData,
     *,
     key: str = _registry.POTENCY_ASSOCIATION.key,
@@ -226,15 +215,8 @@ def association_overview(
     Parameters
     ----------
     adata
-        Cells with ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
-    key
-        Key of the potency association.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.potency_association`.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -242,15 +224,13 @@ def association_overview(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    stored, table, _ = _association(adata, key)
-    params = stored["params"]
-    potency_cluster = str(stored.get("potency_cluster", ""))
+    association, table, _ = _association(adata, key)
+    params = association["params"]
+    potency_cluster = _potency_cluster_or_none(adata, key)
     table = table.sort_values("rho", ascending=False, kind="stable")
     clusters = list(table.index)
     x = np.arange(len(clusters))
     rho = table["rho"].to_numpy(dtype=float)
-    fdr = table["fdr"].to_numpy(dtype=float)
-
     fig, ax = _axes(ax, (max(4.8, 0.6 * len(clusters) + 2.8), 4.0))
     ax.axhline(0, color="#888888", lw=0.8, zorder=1)
     has_ci = {"ci_low", "ci_high"} <= set(table.columns)
@@ -260,6 +240,41 @@ def association_overview(
         ax.errorbar(
             x, rho, yerr=err, fmt="none", ecolor="#404040", elinewidth=1.2, capsize=4, zorder=2
         )
+    _rho_points_by_fdr(fig, ax, x, rho, table["fdr"].to_numpy(dtype=float), kwargs)
+    cluster_key = _fractions_cluster_key(adata, association)
+    colors = _category_colors(adata, cluster_key, clusters)
+    if potency_cluster in clusters:
+        i = clusters.index(potency_cluster)
+        _ring_potency_cluster(ax, x[i], rho[i], colors[potency_cluster])
+    ax.set_xticks(x, clusters, rotation=45 if len(clusters) > 10 else 0)
+    for tick, name in zip(ax.get_xticklabels(), clusters, strict=True):
+        tick.set_color(colors[name])
+        if name == potency_cluster:
+            tick.set_fontweight("bold")
+    ax.set_xlim(-0.6, len(clusters) - 0.4)
+    ax.set_ylim(-1.08, 1.08)
+    ax.set_xlabel(cluster_key)
+    share = "CLR of share" if params.get("transform") == "clr" else "share"
+    ax.set_ylabel(f"Spearman {RHO}, {share} vs {potency_label(str(params['potency']))}")
+    ax.spines[["top", "right"]].set_visible(False)
+    n_lots = int(table["n_lots"].max()) if len(table) else 0
+    detail = f"n = {n_lots} lots, {params.get('method', '')} p"
+    if has_ci:
+        detail += f"; bars: {100 * float(params.get('level', 0.95)):g}% bootstrap CI over lots"
+    ax.set_title(
+        f"Which cluster's share tracks {potency_name(str(params['potency']))}?\n{detail}",
+        fontsize="medium",
+    )
+    note = str(association.get("note", ""))
+    if "no Spearman test can reach" in note:
+        ax.text(0.0, -0.2, note, transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
+    return _finish(fig, ax, show, return_fig)
+
+
+def _rho_points_by_fdr(
+    fig: Figure, ax: Axes, x: np.ndarray, rho: np.ndarray, fdr: np.ndarray, kwargs: dict
+) -> None:
+    """One point per cluster at its rho, shaded by FDR on a log scale, with a colour bar."""
     finite = fdr[np.isfinite(fdr) & (fdr > 0)]
     vmin = min(1e-3, float(finite.min())) if finite.size else 1e-3
     norm = mcolors.LogNorm(vmin=vmin, vmax=1.0)
@@ -279,62 +294,29 @@ def association_overview(
     colorbar.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     colorbar.minorticks_off()
     colorbar.set_label("FDR (Benjamini-Hochberg)")
-    colors = _category_colors(
-        adata,
-        _cluster_key(adata, str(params.get("fractions_key", _registry.LOT_FRACTIONS.key))),
-        clusters,
+
+
+def _ring_potency_cluster(ax: Axes, xi: float, yi: float, ring: str) -> None:
+    """Ring the potency cluster's point (at ``xi, yi``) and say so in a legend."""
+    ax.scatter(
+        [xi],
+        [yi],
+        s=300,
+        facecolor="none",
+        edgecolor=ring,
+        linewidth=2.5,
+        zorder=4,
+        gid="potency_cluster",
     )
-    handles = []
-    if potency_cluster in clusters:
-        i = clusters.index(potency_cluster)
-        ring = colors[potency_cluster]
-        ax.scatter(
-            [x[i]],
-            [rho[i]],
-            s=300,
-            facecolor="none",
-            edgecolor=ring,
-            linewidth=2.5,
-            zorder=4,
-            gid="potency_cluster",
-        )
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="o",
-                ls="none",
-                markerfacecolor="none",
-                markeredgecolor=ring,
-                markeredgewidth=2.5,
-                markersize=13,
-                label="potency cluster",
-            )
-        )
-    ax.set_xticks(x, clusters, rotation=45 if len(clusters) > 10 else 0)
-    for tick, name in zip(ax.get_xticklabels(), clusters, strict=True):
-        tick.set_color(colors[name])
-        if name == potency_cluster:
-            tick.set_fontweight("bold")
-    ax.set_xlim(-0.6, len(clusters) - 0.4)
-    ax.set_ylim(-1.08, 1.08)
-    ax.set_xlabel(
-        _cluster_key(adata, str(params.get("fractions_key", _registry.LOT_FRACTIONS.key)))
+    handle = Line2D(
+        [],
+        [],
+        marker="o",
+        ls="none",
+        markerfacecolor="none",
+        markeredgecolor=ring,
+        markeredgewidth=2.5,
+        markersize=13,
+        label="potency cluster",
     )
-    share = "CLR of share" if params.get("transform") == "clr" else "share"
-    ax.set_ylabel(f"Spearman {RHO}, {share} vs {potency_label(str(params['potency']))}")
-    ax.spines[["top", "right"]].set_visible(False)
-    n_lots = int(table["n_lots"].max()) if len(table) else 0
-    detail = f"n = {n_lots} lots, {params.get('method', '')} p"
-    if has_ci:
-        detail += f"; bars: {100 * float(params.get('ci_level', 0.95)):g}% bootstrap CI over lots"
-    ax.set_title(
-        f"Which cluster's share tracks {potency_name(str(params['potency']))}?\n{detail}",
-        fontsize="medium",
-    )
-    if handles:
-        ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
-    note = str(stored.get("note", ""))
-    if "no Spearman test can reach" in note:
-        ax.text(0.0, -0.2, note, transform=ax.transAxes, fontsize="x-small", va="top", wrap=True)
-    return _finish(fig, ax, show, return_fig)
+    ax.legend(handles=[handle], loc="lower left", frameon=False, fontsize="small")

@@ -12,18 +12,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .. import _keys, _registry, get
+from .._docs import doc_params
+from .._stored import stored
 from ._utils import (
     _axes,
     _category_colors,
     _finish,
     _outside_legend,
-    _stored,
+    _potency_cluster_or_none,
     format_value,
     potency_label,
     potency_name,
 )
 
-__all__ = ["composition_deviation", "lot_composition"]
+__all__ = ["composition_deviation", "lot_fractions"]
 
 
 #: Neutral colours, so that no bar reads as a cluster.
@@ -40,12 +42,15 @@ def _potency_info(
     adata: AnnData, association_key: str, *, required: bool
 ) -> tuple[pd.Series, str, str] | None:
     """Potency per lot, its name and the potency cluster; ``None`` if absent and not required."""
-    if not required and association_key not in adata.uns:
+    try:
+        association = stored(adata, _registry.POTENCY_ASSOCIATION, association_key)
+    except KeyError:
+        if required:
+            raise
         return None
-    stored = _stored(adata, association_key, tool="tl.potency_association")
-    name = str(stored["params"]["potency"])
-    lots = get.potency_lots(adata, key=association_key)
-    return lots[name], name, str(stored.get("potency_cluster", ""))
+    name = str(association["params"]["potency"])
+    lots = get.potency_association(adata, key=association_key, kind="lots")
+    return lots[name], name, _potency_cluster_or_none(adata, association_key)
 
 
 def _lot_order(
@@ -89,7 +94,8 @@ def _lot_order(
     return wanted, ""
 
 
-def lot_composition(
+@doc_params
+def lot_fractions(
     adata: AnnData,
     *,
     key: str = _registry.LOT_FRACTIONS.key,
@@ -110,23 +116,17 @@ def lot_composition(
     Parameters
     ----------
     adata
-        Cells with ``uns[key]`` from :func:`mscpotency.tl.lot_fractions`.
-    key
-        Key of the lot fractions.
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.lot_fractions`.
     order
         ``None`` (stored order), ``"potency"`` (increasing lot potency),
         ``"potency_cluster"`` (increasing share of the potency cluster) or a list of every lot.
         The first two need :func:`mscpotency.tl.potency_association`.
     association_key
-        Key of the potency association (for the potency cluster and the potency values).
+        {association_key}
+        It gives the potency cluster and the potency values.
     annotate_potency
         Write each lot's potency above its bar; ``None``: when the association is stored.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.bar` (e.g. ``width``, ``edgecolor``).
 
@@ -134,62 +134,28 @@ def lot_composition(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    stored = _stored(adata, key, tool="tl.lot_fractions")
+    fractions_params = stored(adata, _registry.LOT_FRACTIONS, key)["params"]
     fractions = get.lot_fractions(adata, key=key)
     fractions.index = fractions.index.astype(str)
     fractions.columns = fractions.columns.astype(str)
     required = (isinstance(order, str) and order in ("potency", "potency_cluster")) or bool(
         annotate_potency
     )
-    info = _potency_info(adata, association_key, required=required)
-    if info is not None and set(info[0].index.astype(str)) != set(fractions.index):
-        if required:
-            msg = (
-                f"adata.uns[{association_key!r}] was computed on lots {sorted(info[0].index.astype(str))}, "
-                f"but adata.uns[{key!r}] holds lots {sorted(fractions.index)}; run `tl.potency_association` "
-                "on these fractions or leave order/annotate_potency unset."
-            )
-            raise ValueError(msg)
-        info = None  # an association of other lots says nothing about these bars
+    info = _matching_potency_info(adata, association_key, key, fractions, required=required)
     lots, how = _lot_order(fractions, order, info)
     fractions = fractions.loc[lots]
-    cluster_key = str(stored["params"].get("cluster_key", _keys.CLUSTER))
-    colors = _category_colors(adata, cluster_key, list(fractions.columns))
+    cluster_key = str(fractions_params.get("cluster_key", _keys.CLUSTER))
     potency_cluster = info[2] if info is not None else ""
-    stack = list(fractions.columns)
-    if potency_cluster in stack:
-        stack.remove(potency_cluster)
-        stack.insert(0, potency_cluster)
-
     fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.0), 4.2))
-    kwargs.setdefault("width", 0.8)
-    kwargs.setdefault("edgecolor", "white")
-    kwargs.setdefault("linewidth", 0.5)
-    x = np.arange(len(lots))
-    bottom = np.zeros(len(lots))
-    for cluster in stack:
-        label = f"{cluster} (potency)" if cluster == potency_cluster else cluster
-        values = fractions[cluster].to_numpy(dtype=float)
-        ax.bar(x, values, bottom=bottom, color=colors[cluster], label=label, **kwargs)
-        bottom += values
-    ax.set_xticks(
-        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
-    )
-    ax.set_xlim(-0.6, len(lots) - 0.4)
-    ax.set_xlabel("Lot")
-    ax.set_ylabel("Fraction of cells")
-    ax.spines[["top", "right"]].set_visible(False)
+    colors = _category_colors(adata, cluster_key, list(fractions.columns))
+    _stacked_bars(ax, fractions, colors, potency_cluster, kwargs)
     handles, labels = ax.get_legend_handles_labels()
     _outside_legend(ax, handles=handles[::-1], labels=labels[::-1], title=cluster_key)
     title = "Cluster composition per lot"
     annotate = info is not None if annotate_potency is None else annotate_potency
     if annotate and info is not None:
         potency, name, _ = info
-        values = potency.reindex(lots).to_numpy(dtype=float)
-        ax.set_ylim(0, 1.09)
-        ax.set_yticks(np.linspace(0, 1, 6))
-        for xi, value in zip(x, values, strict=True):
-            ax.text(xi, 1.02, format_value(value), ha="center", va="bottom", fontsize="small")
+        _write_potency_above_bars(ax, potency.reindex(lots).to_numpy(dtype=float))
         title += f"\nabove bars: {potency_label(name)}"
     if how:
         title += f"; {how}" if "\n" in title else f"\n{how}"
@@ -197,6 +163,68 @@ def lot_composition(
     return _finish(fig, ax, show, return_fig)
 
 
+def _matching_potency_info(
+    adata: AnnData, association_key: str, key: str, fractions: pd.DataFrame, *, required: bool
+) -> tuple[pd.Series, str, str] | None:
+    """The potency info when the association covers the plotted lots; else ``None`` (or an error)."""
+    info = _potency_info(adata, association_key, required=required)
+    if info is None or set(info[0].index.astype(str)) == set(fractions.index):
+        return info
+    if required:
+        msg = (
+            f"adata.uns[{association_key!r}] was computed on lots {sorted(info[0].index.astype(str))}, "
+            f"but adata.uns[{key!r}] holds lots {sorted(fractions.index)}; run `tl.potency_association` "
+            "on these fractions or leave order/annotate_potency unset."
+        )
+        raise ValueError(msg)
+    return None  # an association of other lots says nothing about these bars
+
+
+def _stacked_bars(
+    ax: Axes,
+    fractions: pd.DataFrame,
+    colors: dict[str, str],
+    potency_cluster: str,
+    kwargs: dict,
+) -> None:
+    """One stack per lot (rows of ``fractions``), the potency cluster at the bottom."""
+    lots = list(fractions.index)
+    stack = list(fractions.columns)
+    if potency_cluster in stack:
+        stack.remove(potency_cluster)
+        stack.insert(0, potency_cluster)
+    kwargs = {"width": 0.8, "edgecolor": "white", "linewidth": 0.5, **kwargs}
+    x = np.arange(len(lots))
+    bottom = np.zeros(len(lots))
+    for cluster in stack:
+        label = f"{cluster} (potency)" if cluster == potency_cluster else cluster
+        values = fractions[cluster].to_numpy(dtype=float)
+        ax.bar(x, values, bottom=bottom, color=colors[cluster], label=label, **kwargs)
+        bottom += values
+    _lot_ticks(ax, lots)
+    ax.set_ylabel("Fraction of cells")
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _lot_ticks(ax: Axes, lots: list[str]) -> None:
+    """One tick per lot (slanted when there are many) and the lot axis label."""
+    x = np.arange(len(lots))
+    ax.set_xticks(
+        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
+    )
+    ax.set_xlim(-0.6, len(lots) - 0.4)
+    ax.set_xlabel("Lot")
+
+
+def _write_potency_above_bars(ax: Axes, values: np.ndarray) -> None:
+    """Each lot's potency written just above its (full-height) bar."""
+    ax.set_ylim(0, 1.09)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    for xi, value in enumerate(values):
+        ax.text(xi, 1.02, format_value(value), ha="center", va="bottom", fontsize="small")
+
+
+@doc_params
 def composition_deviation(
     adata: AnnData,
     *,
@@ -216,17 +244,11 @@ def composition_deviation(
     Parameters
     ----------
     adata
-        Cells with ``uns[key]`` from :func:`mscpotency.tl.composition_deviation`.
-    key
-        Key of the deviation result.
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.composition_deviation`.
     alpha
-        ``sampling_p`` below which a lot is marked.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {alpha}
+        Here the ``sampling_p`` below which a lot is marked.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.bar`.
 
@@ -237,11 +259,11 @@ def composition_deviation(
     if not 0 < alpha < 1:
         msg = f"alpha must lie between 0 and 1, got {alpha!r}"
         raise ValueError(msg)
-    stored = _stored(adata, key, tool="tl.composition_deviation")
+    deviation = stored(adata, _registry.COMPOSITION_DEVIATION, key)
+    metric = str(deviation["params"].get("metric", ""))
     per_lot = get.composition_deviation(adata, key=key)
     lots = [str(lot) for lot in per_lot.index]
     marked = per_lot["sampling_p"].to_numpy(dtype=float) < alpha
-    metric = str(stored["params"].get("metric", ""))
 
     fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.0), 3.8))
     kwargs.setdefault("width", 0.7)
@@ -268,11 +290,7 @@ def composition_deviation(
             rotation=90 if len(lots) > 12 else 0,
         )
     ax.set_ylim(0, top * 1.22)
-    ax.set_xticks(
-        x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
-    )
-    ax.set_xlim(-0.6, len(lots) - 0.4)
-    ax.set_xlabel("Lot")
+    _lot_ticks(ax, lots)
     ax.set_ylabel(_METRIC_LABELS.get(metric, f"{metric} distance from pooled"))
     ax.spines[["top", "right"]].set_visible(False)
     handles = [

@@ -9,12 +9,15 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys
+from .. import _keys, _registry
+from .._docs import doc_params
+from .._stored import params
 from ._utils import POTENCY_ASSAYS, _category_colors, _finish, potency_label
 
 __all__ = ["umap"]
 
 
+@doc_params
 def umap(
     adata: AnnData,
     *,
@@ -33,19 +36,18 @@ def umap(
     Parameters
     ----------
     adata
-        Cells with ``obsm['X_umap']``: run
+        {adata}
+        Needs ``obsm['X_umap']``: run
         ``sc.tl.umap(adata, neighbors_key='cluster_neighbors')`` after :func:`mscpotency.tl.cluster`.
     color
         What to colour by: one key or a list (one panel each); default ``cluster_key``.
         E.g. ``["cluster", "lot", "vegf"]``.
     cluster_key
-        obs column of the cluster labels (the default colouring).
+        {cluster_key}
+        The default colouring.
     ax
-        Axes to draw on (one colour key only); a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {ax}
+        One colour key only.
     **kwargs
         Passed to :func:`scanpy.pl.umap` (``legend_loc``, ``size``, ``ncols`` ...).
 
@@ -57,13 +59,9 @@ def umap(
     import scanpy as sc
 
     if "X_umap" not in adata.obsm:
-        neighbors_key = f"{cluster_key}_neighbors"
-        stored = adata.uns.get(cluster_key)
-        if isinstance(stored, dict):
-            neighbors_key = str(stored.get("params", {}).get("neighbors_key", neighbors_key))
         msg = (
             f"adata.obsm has no 'X_umap'. Run `tl.cluster` and then "
-            f"`sc.tl.umap(adata, neighbors_key={neighbors_key!r})` first."
+            f"`sc.tl.umap(adata, neighbors_key={_neighbors_key(adata, cluster_key)!r})` first."
         )
         raise KeyError(msg)
     keys = [cluster_key] if color is None else [color] if isinstance(color, str) else list(color)
@@ -101,3 +99,11 @@ def umap(
         )
     fig = (axes[0] if isinstance(axes, list) else axes).get_figure()
     return _finish(fig, axes, show, return_fig)
+
+
+def _neighbors_key(adata: AnnData, cluster_key: str) -> str:
+    """The neighbours ``tl.cluster`` stored for ``cluster_key`` (its default when not run)."""
+    try:
+        return str(params(adata, _registry.CLUSTER, cluster_key)["neighbors_key"])
+    except KeyError:
+        return f"{cluster_key}_neighbors"

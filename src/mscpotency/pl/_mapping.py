@@ -1,9 +1,9 @@
 """Plots of reference mapping: where query cells land, how sure the mapping is, what it shows.
 
-- :func:`mapping_umap`: query cells on the reference UMAP, coloured by label or score;
+- :func:`map_to_reference`: query cells on the reference UMAP, coloured by label or score;
 - :func:`mapping_confidence`: per lot, how many cells the reference represents well;
 - :func:`mapping_calibration`: does a prediction score of 0.8 mean 80% right?
-- :func:`potency_validation`: does the potency-like share still track potency in each set?
+- :func:`validate_potency`: does the potency-like share still track potency in each set?
 - :func:`marker_by_set`: does the marker differ between sets (tissues) in potency-like cells?
 """
 
@@ -17,6 +17,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import get
+from .._docs import doc_params
+from .._registry import MAPPING, MARKER_BY_SET, VALIDATE_POTENCY
+from .._stored import stored
 from ._utils import (
     RHO,
     _axes,
@@ -24,29 +27,31 @@ from ._utils import (
     _finish,
     _fixed_palette,
     _outside_legend,
-    _stored,
     format_pvalue,
     potency_label,
 )
 
 __all__ = [
+    "map_to_reference",
     "mapping_calibration",
     "mapping_confidence",
-    "mapping_umap",
     "marker_by_set",
-    "potency_validation",
+    "validate_potency",
 ]
 
+#: Colour-bar title of each score ``pl.map_to_reference`` can colour by.
+_SCORE_TITLES = {
+    "score": "prediction score",
+    "mapping_score": "mapping score (low = off-reference)",
+}
 
-_MAPPING = "predicted"
-_TOOL = "tl.map_to_reference"
 
-
-def mapping_umap(
+@doc_params
+def map_to_reference(
     adata: AnnData,
     reference: AnnData,
     *,
-    key: str = _MAPPING,
+    key: str = MAPPING.key,
     color: Literal["label", "score", "mapping_score"] = "label",
     size: float | None = None,
     ax: Axes | None = None,
@@ -59,19 +64,16 @@ def mapping_umap(
     Parameters
     ----------
     adata
+        {adata}
         Query mapped with :func:`mscpotency.tl.map_to_reference` onto a reference that had a
         UMAP (``obsm['X_umap']``).
     reference
         The reference it was mapped onto (processed or frozen).
-    key
-        ``key_added`` of the mapping.
     color
         ``"label"`` (transferred label, in the reference's colours), ``"score"`` (prediction
         score) or ``"mapping_score"`` (low = not represented by the reference).
     size
         Point size (default scales with the number of cells).
-    ax, show, return_fig
-        As everywhere in ``pl``.
     **kwargs
         Passed to ``Axes.scatter`` of the query cells.
 
@@ -82,7 +84,7 @@ def mapping_umap(
     if color not in ("label", "score", "mapping_score"):
         msg = f"color must be 'label', 'score' or 'mapping_score', got {color!r}"
         raise ValueError(msg)
-    stored = _stored(adata, key, tool=_TOOL)
+    mapping = stored(adata, MAPPING, key)
     placement_key = f"{key}_umap"
     if placement_key not in adata.obsm:
         msg = (
@@ -111,58 +113,82 @@ def mapping_umap(
         label="reference",
     )
     if color == "label":
-        label_key = str(stored["params"]["label_key"])
-        categories = [str(c) for c in stored["reference_labels"]]
-        colors = _category_colors(reference, label_key, categories)
-        labels = adata.obs[key].astype(str).to_numpy()
-        for category in categories:
-            chosen = labels == category
-            if chosen.any():
-                ax.scatter(
-                    placed[chosen, 0],
-                    placed[chosen, 1],
-                    s=size,
-                    color=colors[category],
-                    linewidths=0,
-                    rasterized=True,
-                    label=category,
-                    **kwargs,
-                )
-        _outside_legend(ax, markerscale=max(1.0, 6 / np.sqrt(size)), title="transferred label")
+        _draw_labels(ax, adata, reference, mapping, key, placed, size, **kwargs)
     else:
         values = adata.obs[f"{key}_{color}"].to_numpy(dtype=float)
-        order = np.argsort(-values)  # low scores on top, where they are seen
-        points = ax.scatter(
-            placed[order, 0],
-            placed[order, 1],
-            c=values[order],
-            s=size,
-            cmap="viridis",
-            vmin=0,
-            vmax=1,
-            linewidths=0,
-            rasterized=True,
-            **kwargs,
-        )
-        fig.colorbar(
-            points,
-            ax=ax,
-            label="prediction score" if color == "score" else "mapping score (low = off-reference)",
-        )
+        _draw_scores(fig, ax, values, placed, size, _SCORE_TITLES[color], **kwargs)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     ax.set_title(
-        f"query on the reference ({stored['params']['method']} backend)", fontsize="medium"
+        f"query on the reference ({mapping['params']['method']} backend)", fontsize="medium"
     )
     return _finish(fig, ax, show, return_fig)
 
 
+def _draw_labels(
+    ax: Axes,
+    adata: AnnData,
+    reference: AnnData,
+    mapping: dict,
+    key: str,
+    placed: np.ndarray,
+    size: float,
+    **kwargs,
+) -> None:
+    """Query cells in the colour of their transferred label (the reference's colours)."""
+    cluster_key = str(mapping["params"]["cluster_key"])
+    categories = [str(c) for c in mapping["reference_labels"]]
+    colors = _category_colors(reference, cluster_key, categories)
+    labels = adata.obs[key].astype(str).to_numpy()
+    for category in categories:
+        chosen = labels == category
+        if chosen.any():
+            ax.scatter(
+                placed[chosen, 0],
+                placed[chosen, 1],
+                s=size,
+                color=colors[category],
+                linewidths=0,
+                rasterized=True,
+                label=category,
+                **kwargs,
+            )
+    _outside_legend(ax, markerscale=max(1.0, 6 / np.sqrt(size)), title="transferred label")
+
+
+def _draw_scores(
+    fig: Figure,
+    ax: Axes,
+    values: np.ndarray,
+    placed: np.ndarray,
+    size: float,
+    title: str,
+    **kwargs,
+) -> None:
+    """Query cells coloured by a score in [0, 1], the lowest drawn last (on top)."""
+    order = np.argsort(-values)  # low scores on top, where they are seen
+    points = ax.scatter(
+        placed[order, 0],
+        placed[order, 1],
+        c=values[order],
+        s=size,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        linewidths=0,
+        rasterized=True,
+        **kwargs,
+    )
+    fig.colorbar(points, ax=ax, label=title)
+
+
+@doc_params
 def mapping_confidence(
     adata: AnnData,
     *,
-    key: str = _MAPPING,
+    key: str = MAPPING.key,
     lot_key: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -178,13 +204,11 @@ def mapping_confidence(
     Parameters
     ----------
     adata
+        {adata}
         Query mapped with :func:`mscpotency.tl.map_to_reference`.
-    key
-        ``key_added`` of the mapping.
     lot_key
-        obs column of the lots (default: the one the mapping used).
-    ax, show, return_fig
-        As everywhere in ``pl``.
+        {lot_key}
+        ``None``: the one the mapping used.
     **kwargs
         Passed to ``Axes.boxplot``.
 
@@ -192,9 +216,9 @@ def mapping_confidence(
     -------
     The Axes, the Figure (``return_fig=True``) or ``None`` once shown.
     """
-    stored = _stored(adata, key, tool=_TOOL)
-    per_lot = get.mapping_qc(adata, key=key)
-    lot_key = lot_key or stored["params"]["lot_key"]
+    mapping = stored(adata, MAPPING, key)
+    per_lot = get.map_to_reference(adata, key=key, kind="per_lot")
+    lot_key = lot_key or mapping["params"]["lot_key"]
     scores = adata.obs[f"{key}_mapping_score"].to_numpy(dtype=float)
     lots = (
         adata.obs[lot_key].astype(str).to_numpy()
@@ -208,7 +232,7 @@ def mapping_confidence(
     boxes = ax.boxplot(data, tick_labels=names, **kwargs)
     for patch in boxes["boxes"]:
         patch.set_facecolor("#a6cee3")
-    threshold = float(stored["params"]["min_mapping_score"])
+    threshold = float(mapping["params"]["min_mapping_score"])
     ax.axhline(
         threshold, color="#d62728", ls="--", lw=1, label=f"off-reference below {threshold:g}"
     )
@@ -232,10 +256,11 @@ def mapping_confidence(
     return _finish(fig, ax, show, return_fig)
 
 
+@doc_params
 def mapping_calibration(
     adata: AnnData,
     *,
-    key: str = _MAPPING,
+    key: str = MAPPING.key,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -246,11 +271,8 @@ def mapping_calibration(
     Parameters
     ----------
     adata
+        {adata}
         Query mapped with :func:`mscpotency.tl.map_to_reference` (``calibrate=True``).
-    key
-        ``key_added`` of the mapping.
-    ax, show, return_fig
-        As everywhere in ``pl``.
     **kwargs
         Passed to ``Axes.plot``.
 
@@ -258,15 +280,14 @@ def mapping_calibration(
     -------
     The Axes, the Figure (``return_fig=True``) or ``None`` once shown.
     """
-    stored = _stored(adata, key, tool=_TOOL)
-    calibration = stored.get("calibration", {})
+    calibration = stored(adata, MAPPING, key).get("calibration", {})
     if not calibration.get("fitted"):
         msg = f"adata.uns[{key!r}] has no fitted calibration; map with `tl.map_to_reference(..., calibrate=True)`."
         raise KeyError(msg)
     fig, ax = _axes(ax, (4.2, 4.0))
     ax.plot([0, 1], [0, 1], color="#888888", ls=":", lw=1, label="perfect calibration")
     for which, colour in (("before", "#ff7f0e"), ("after", "#1f77b4")):
-        table = get.mapping_calibration(adata, key=key, which=which)
+        table = get.map_to_reference(adata, key=key, kind=f"reliability_{which}")
         table = table[table["n_cells"] > 0]
         ece = calibration[f"ece_{which}"]
         ax.plot(
@@ -287,10 +308,11 @@ def mapping_calibration(
     return _finish(fig, ax, show, return_fig)
 
 
-def potency_validation(
+@doc_params
+def validate_potency(
     adata: AnnData,
     *,
-    key: str = "validate_potency",
+    key: str = VALIDATE_POTENCY.key,
     label_lots: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -305,13 +327,10 @@ def potency_validation(
     Parameters
     ----------
     adata
+        {adata}
         Query after :func:`mscpotency.tl.validate_potency`.
-    key
-        ``key_added`` of the validation.
     label_lots
         Write each lot's name next to its point.
-    ax, show, return_fig
-        As everywhere in ``pl``.
     **kwargs
         Passed to ``Axes.errorbar``.
 
@@ -319,11 +338,11 @@ def potency_validation(
     -------
     The Axes, the Figure (``return_fig=True``) or ``None`` once shown.
     """
-    stored = _stored(adata, key, tool="tl.validate_potency")
-    lots = get.potency_validation(adata, key=key, table="lots")
-    per_set = get.potency_validation(adata, key=key, table="per_set")
-    combined = get.potency_validation(adata, key=key, table="combined")
-    assay = str(stored["params"]["potency"])
+    validation = stored(adata, VALIDATE_POTENCY, key)
+    lots = get.validate_potency(adata, key=key, kind="lots")
+    per_set = get.validate_potency(adata, key=key, kind="per_set")
+    combined = get.validate_potency(adata, key=key, kind="combined")
+    assay = str(validation["params"]["potency"])
     fig, ax = _axes(ax, (6.0, 4.2))
     palette = _fixed_palette(len(per_set))
     kwargs = {
@@ -361,21 +380,22 @@ def potency_validation(
                     textcoords="offset points",
                     fontsize="x-small",
                 )
-    title = f"{stored['potency_label']}-like cells (mapped)"
+    title = f"{validation['potency_cluster']}-like cells (mapped)"
     if "stratified_exact" in combined.index:
         title += f"; pooled over sets: p = {format_pvalue(combined.loc['stratified_exact', 'pvalue'])} (stratified exact)"
     ax.set_title(title, fontsize="medium")
-    ax.set_xlabel(f"{stored['potency_label']}-like cells (% of the lot's cells)")
+    ax.set_xlabel(f"{validation['potency_cluster']}-like cells (% of the lot's cells)")
     ax.set_ylabel(potency_label(assay))
     ax.spines[["top", "right"]].set_visible(False)
     _outside_legend(ax, fontsize="small")
     return _finish(fig, ax, show, return_fig)
 
 
+@doc_params
 def marker_by_set(
     adata: AnnData,
     *,
-    key: str = "marker_by_set",
+    key: str = MARKER_BY_SET.key,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -389,11 +409,8 @@ def marker_by_set(
     Parameters
     ----------
     adata
+        {adata}
         Query after :func:`mscpotency.tl.marker_by_set`.
-    key
-        ``key_added`` of that call.
-    ax, show, return_fig
-        As everywhere in ``pl``.
     **kwargs
         Passed to ``Axes.scatter``.
 
@@ -401,11 +418,11 @@ def marker_by_set(
     -------
     The Axes, the Figure (``return_fig=True``) or ``None`` once shown.
     """
-    stored = _stored(adata, key, tool="tl.marker_by_set")
-    lots = get.marker_by_set(adata, key=key, table="lots")
-    sets = get.marker_by_set(adata, key=key, table="sets")
-    tests = get.marker_by_set(adata, key=key, table="tests")
-    reference_set = str(stored["params"]["reference_set"])
+    result = stored(adata, MARKER_BY_SET, key)
+    lots = get.marker_by_set(adata, key=key, kind="lots")
+    sets = get.marker_by_set(adata, key=key, kind="sets")
+    tests = get.marker_by_set(adata, key=key, kind="tests")
+    reference_set = str(result["params"]["reference_set"])
     names = [str(s) for s in sets.index]
     fig, ax = _axes(ax, (max(3.5, 1.3 * len(names) + 1.5), 4.0))
     palette = _fixed_palette(len(names))
@@ -431,9 +448,9 @@ def marker_by_set(
     ax.set_xticks(range(len(names)), tick_labels)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(
-        f"{stored['gene']} in {stored['potency_label']}-like cells\n(mean log-normalised, per lot)"
+        f"{result['gene']} in {result['potency_cluster']}-like cells\n(mean log-normalised, per lot)"
     )
-    title = stored["gene"]
+    title = result["gene"]
     if "all sets" in tests.index:
         row = tests.loc["all sets"]
         title += f": {row['test']} p = {format_pvalue(row['pvalue'])}"

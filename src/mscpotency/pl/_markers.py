@@ -12,10 +12,15 @@ from matplotlib.figure import Figure
 from scipy import sparse
 
 from .. import _keys, _registry, get
+from .._docs import doc_params
+from .._stored import stored
 from .._validate import require_obs_column
-from ._utils import _axes, _category_colors, _finish, _stored
+from ._utils import _axes, _category_colors, _finish
 
-__all__ = ["markers"]
+__all__ = ["potency_markers"]
+
+#: Dot area (points^2) of a gene every cell of a cluster expresses.
+_MAX_DOT_SIZE = 220.0
 
 
 def _dot_table(
@@ -49,7 +54,8 @@ def _dot_table(
     )
 
 
-def markers(
+@doc_params
+def potency_markers(
     adata: AnnData,
     *,
     key: str = _registry.POTENCY_MARKERS.key,
@@ -72,24 +78,21 @@ def markers(
     Parameters
     ----------
     adata
-        Cells with ``uns[key]`` from :func:`mscpotency.tl.potency_markers` and the cluster labels.
-    key
-        Key of the marker result.
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.potency_markers` and the cluster labels.
     n_genes
         How many top genes to show (at most those stored).
     standard_scale
         ``"var"``: scale each gene's mean expression to 0-1 across clusters; ``None``: mean
         log-expression as is.
     layer
-        Layer with log-normalised expression; default: the one the markers were found on.
+        {layer}
+        It holds log-normalised expression; default: the one the markers were found on.
     cmap
         Colour map of the mean expression.
     ax
-        Axes of the dot plot (the lot bars go in an inset above it); a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {ax}
+        The lot bars go in an inset above it.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -103,12 +106,12 @@ def markers(
     if standard_scale not in ("var", None):
         msg = f"standard_scale must be 'var' or None, got {standard_scale!r}"
         raise ValueError(msg)
-    stored = _stored(adata, key, tool="tl.potency_markers")
-    params = stored["params"]
+    markers = stored(adata, _registry.POTENCY_MARKERS, key)
+    params = markers["params"]
     table = get.potency_markers(adata, key=key).head(n_genes)
     genes = [str(g) for g in table["gene"]]
     cluster_key = str(params.get("cluster_key", _keys.CLUSTER))
-    potency_cluster = str(stored.get("cluster", ""))
+    potency_cluster = str(markers.get("cluster", ""))
     labels = require_obs_column(
         adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
     )
@@ -120,20 +123,37 @@ def markers(
     if standard_scale == "var":
         low, high = mean.min(axis=0), mean.max(axis=0)
         mean = (mean - low) / (high - low).replace(0, 1)
-
     fig, ax = _axes(ax, (0.45 * len(genes) + 3.2, 0.42 * len(clusters) + 3.0))
     xx, yy = np.meshgrid(np.arange(len(genes)), np.arange(len(clusters)))
-    max_size = 220.0
     kwargs = {"edgecolor": "#606060", "linewidth": 0.4, **kwargs}
     dots = ax.scatter(
         xx.ravel(),
         yy.ravel(),
-        s=max_size * share.to_numpy().ravel(),
+        s=_MAX_DOT_SIZE * share.to_numpy().ravel(),
         c=mean.to_numpy().ravel(),
         cmap=cmap,
         vmin=0 if standard_scale else None,
         **kwargs,
     )
+    _gene_and_cluster_ticks(ax, genes, clusters, colors, potency_cluster, cluster_key)
+    colorbar = fig.colorbar(dots, ax=ax, shrink=0.5, anchor=(0.0, 0.0), pad=0.02)
+    colorbar.set_label(
+        "mean expression\n(scaled per gene)" if standard_scale else "mean log expression"
+    )
+    _dot_size_legend(ax)
+    _lots_up_inset(ax, table, colors.get(potency_cluster, "#777777"), potency_cluster)
+    return _finish(fig, ax, show, return_fig)
+
+
+def _gene_and_cluster_ticks(
+    ax: Axes,
+    genes: list[str],
+    clusters: list[str],
+    colors: dict[str, str],
+    potency_cluster: str,
+    cluster_key: str,
+) -> None:
+    """Genes along x, clusters (in their colours, the potency cluster bold) down y."""
     ax.set_xticks(np.arange(len(genes)), genes, rotation=90)
     ax.set_yticks(np.arange(len(clusters)), clusters)
     for tick, name in zip(ax.get_yticklabels(), clusters, strict=True):
@@ -144,13 +164,18 @@ def markers(
     ax.set_ylim(len(clusters) - 0.5, -0.5)
     ax.set_ylabel(cluster_key)
     ax.set_xlabel(f"top marker genes of {potency_cluster}")
-    colorbar = fig.colorbar(dots, ax=ax, shrink=0.5, anchor=(0.0, 0.0), pad=0.02)
-    colorbar.set_label(
-        "mean expression\n(scaled per gene)" if standard_scale else "mean log expression"
-    )
+
+
+def _dot_size_legend(ax: Axes) -> None:
+    """Legend of dot sizes (share of cells expressing), outside the axes."""
     for size in (0.25, 0.5, 1.0):
         ax.scatter(
-            [], [], s=max_size * size, color="#bbbbbb", edgecolor="#606060", label=f"{size:.0%}"
+            [],
+            [],
+            s=_MAX_DOT_SIZE * size,
+            color="#bbbbbb",
+            edgecolor="#606060",
+            label=f"{size:.0%}",
         )
     ax.legend(
         title="cells\nexpressing",
@@ -163,10 +188,13 @@ def markers(
         title_fontsize="small",
     )
 
+
+def _lots_up_inset(ax: Axes, table: pd.DataFrame, color: str, potency_cluster: str) -> None:
+    """Bars above the dots: in how many lots each gene is up in the cluster."""
     bars = ax.inset_axes((0.0, 1.03, 1.0, 0.28), sharex=ax)
     up = table["n_lots_up"].to_numpy(dtype=float)
     tested = table["n_lots_tested"].to_numpy(dtype=float)
-    bars.bar(np.arange(len(genes)), up, width=0.7, color=colors.get(potency_cluster, "#777777"))
+    bars.bar(np.arange(len(table)), up, width=0.7, color=color)
     n_tested = int(np.nanmax(tested)) if len(tested) else 0
     bars.set_ylim(0, max(n_tested, 1))
     bars.set_yticks([0, max(n_tested, 1)])
@@ -174,4 +202,3 @@ def markers(
     bars.tick_params(axis="x", labelbottom=False)
     bars.spines[["top", "right"]].set_visible(False)
     bars.set_title(f"Markers of the potency cluster {potency_cluster}", fontsize="medium")
-    return _finish(fig, ax, show, return_fig)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys, _registry, get
-from ._utils import _axes, _finish, _outside_legend, _stored
+from .. import _keys, _registry
+from .._docs import doc_params
+from .._stored import stored, stored_table
+from ._utils import _axes, _finish, _outside_legend
 
-__all__ = ["qc_per_lot"]
+__all__ = ["qc"]
 
 
 #: Neutral colours (no cluster colour), kept light and removed dark.
@@ -26,7 +29,8 @@ _REASON_LABELS = {
 }
 
 
-def qc_per_lot(
+@doc_params
+def qc(
     adata: AnnData,
     *,
     key: str = _registry.QC.key,
@@ -45,15 +49,9 @@ def qc_per_lot(
     ----------
     adata
         Cells with ``uns[key]`` from :func:`mscpotency.pp.qc`.
-    key
-        Key of the QC report.
     ax
-        Axes of the kept/removed bars (the per-filter bars go in an inset above it); a new
-        figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {ax}
+        The per-filter bars go in an inset above it.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.bar` of the kept/removed bars.
 
@@ -62,15 +60,26 @@ def qc_per_lot(
     The Figure when ``return_fig=True``, the Axes of the kept/removed bars when not shown,
     else ``None``.
     """
-    stored = _stored(adata, key, tool="pp.qc")
-    report = get.qc_report(adata, key=key)
+    lot_key = stored(adata, _registry.QC, key)["params"].get("lot_key", _keys.LOT)
+    report = stored_table(adata, _registry.QC, "per_lot", key)
     lots = [str(lot) for lot in report.index]
+    fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.5), 4.6))
+    _kept_removed_bars(ax, report, kwargs)
+    ax.set_xlabel(str(lot_key).capitalize())
     reasons = [c for c in report.columns if c not in _NOT_REASONS]
+    if reasons:
+        _reason_bars(ax, report, reasons).set_title("QC per lot", fontsize="medium")
+    else:
+        ax.set_title("QC per lot", fontsize="medium")
+    return _finish(fig, ax, show, return_fig)
+
+
+def _kept_removed_bars(ax: Axes, report: pd.DataFrame, kwargs: dict) -> None:
+    """One stacked bar per lot (kept below, removed above) with the share removed on top."""
+    lots = [str(lot) for lot in report.index]
     kept = report["cells_after"].to_numpy(dtype=float)
     removed = report["cells_removed"].to_numpy(dtype=float)
     before = report["cells_before"].to_numpy(dtype=float)
-
-    fig, ax = _axes(ax, (max(5.5, 0.7 * len(lots) + 3.5), 4.6))
     x = np.arange(len(lots))
     kwargs = {"width": 0.75, "edgecolor": "white", "linewidth": 0.5, **kwargs}
     ax.bar(x, kept, color=KEPT, label="kept", **kwargs)
@@ -83,33 +92,29 @@ def qc_per_lot(
         x, lots, rotation=45 if len(lots) > 8 else 0, ha="right" if len(lots) > 8 else "center"
     )
     ax.set_xlim(-0.6, len(lots) - 0.4)
-    ax.set_xlabel(str(stored["params"].get("lot_key", _keys.LOT)).capitalize())
     ax.set_ylabel("Cells")
     ax.spines[["top", "right"]].set_visible(False)
     _outside_legend(ax, title="cells (% removed above)")
 
-    if reasons:
-        inset = ax.inset_axes((0.0, 1.04, 1.0, 0.3), sharex=ax)
-        width = 0.8 / len(reasons)
-        palette = [mcolors.to_hex(c) for c in plt.get_cmap("Set2").colors]
-        for i, reason in enumerate(reasons):
-            inset.bar(
-                x - 0.4 + width * (i + 0.5),
-                report[reason].to_numpy(dtype=float),
-                width=width,
-                color=palette[i % len(palette)],
-                label=_REASON_LABELS.get(reason, reason),
-            )
-        inset.set_ylabel("cells failing", fontsize="small")
-        inset.tick_params(axis="x", labelbottom=False)
-        inset.spines[["top", "right"]].set_visible(False)
-        _outside_legend(
-            inset,
-            title="filter (a cell can fail several)",
-            fontsize="small",
-            title_fontsize="small",
+
+def _reason_bars(ax: Axes, report: pd.DataFrame, reasons: list[str]) -> Axes:
+    """Grouped bars of the cells failing each filter, in an inset above ``ax``; returns it."""
+    x = np.arange(len(report))
+    inset = ax.inset_axes((0.0, 1.04, 1.0, 0.3), sharex=ax)
+    width = 0.8 / len(reasons)
+    palette = [mcolors.to_hex(c) for c in plt.get_cmap("Set2").colors]
+    for i, reason in enumerate(reasons):
+        inset.bar(
+            x - 0.4 + width * (i + 0.5),
+            report[reason].to_numpy(dtype=float),
+            width=width,
+            color=palette[i % len(palette)],
+            label=_REASON_LABELS.get(reason, reason),
         )
-        inset.set_title("QC per lot", fontsize="medium")
-    else:
-        ax.set_title("QC per lot", fontsize="medium")
-    return _finish(fig, ax, show, return_fig)
+    inset.set_ylabel("cells failing", fontsize="small")
+    inset.tick_params(axis="x", labelbottom=False)
+    inset.spines[["top", "right"]].set_visible(False)
+    _outside_legend(
+        inset, title="filter (a cell can fail several)", fontsize="small", title_fontsize="small"
+    )
+    return inset

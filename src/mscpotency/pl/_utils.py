@@ -1,4 +1,8 @@
-"""Shared plumbing of the plots: reading results, figures, colours, labels, show/return."""
+"""Shared plumbing of the plots: figures, colours, labels, show/return.
+
+Plots read stored results with ``mscpotency._stored.stored`` (its ``KeyError`` names the
+tool to run first) and their tables through ``mscpotency.get``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys, _registry
-from .._validate import require_uns
+from .._stored import params, potency_cluster, stored
 
 #: The Greek letter of Spearman's rank correlation.
 RHO = "\N{GREEK SMALL LETTER RHO}"
@@ -24,16 +28,16 @@ POTENCY_ASSAYS = {
 }
 
 
-def _stored(adata: AnnData, key: str, *, tool: str) -> dict:
-    """``adata.uns[key]`` written by ``tool``, or a ``KeyError`` naming ``tool`` to run first.
+def _potency_cluster_or_none(adata: AnnData, association_key: str) -> str:
+    """The potency cluster the stored association names, or ``""`` when it names none.
 
-    The one way every plot reads a stored result (tables then come from ``mscpotency.get``).
+    The association itself must be stored (else the ``KeyError`` names the tool to run).
     """
-    stored = require_uns(adata, key, tool=tool)
-    if not isinstance(stored, dict) or "params" not in stored:
-        msg = f"adata.uns[{key!r}] does not look like the output of `{tool}`; run `{tool}` again."
-        raise KeyError(msg)
-    return stored
+    stored(adata, _registry.POTENCY_ASSOCIATION, association_key)
+    try:
+        return potency_cluster(adata, association_key=association_key)
+    except KeyError:
+        return ""
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -101,10 +105,12 @@ def _category_colors(adata: AnnData, key: str, categories: Sequence[str]) -> dic
 
 def _cluster_key(adata: AnnData, fractions_key: str = _registry.LOT_FRACTIONS.key) -> str:
     """Return the obs column the lot fractions were counted from (default ``'cluster'``)."""
-    stored = adata.uns.get(fractions_key)
-    if isinstance(stored, dict):
-        return str(stored.get("params", {}).get("cluster_key", _keys.CLUSTER))
-    return _keys.CLUSTER
+    try:
+        return str(
+            params(adata, _registry.LOT_FRACTIONS, fractions_key).get("cluster_key", _keys.CLUSTER)
+        )
+    except KeyError:
+        return _keys.CLUSTER
 
 
 def potency_name(name: str) -> str:

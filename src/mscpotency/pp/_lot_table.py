@@ -6,17 +6,18 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._provenance import record
 from .._validate import lots_of
 
 
+@doc_params
 @record("pp.add_lot_table")
 def add_lot_table(
     adata: AnnData,
-    table: pd.DataFrame,
+    lot_table: pd.DataFrame,
     *,
     lot_key: str = _keys.LOT,
-    lot_column: str | None = None,
     columns: list[str] | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -30,18 +31,15 @@ def add_lot_table(
     ----------
     adata
         Cells with ``obs[lot_key]``.
-    table
-        One row per lot: indexed by lot name, or with the lot name in ``lot_column``. A table
-        with a plain 0..n-1 index and a column named ``lot_key`` is read as lot names in
-        that column. The table itself is not modified.
+    lot_table
+        One row per lot, indexed by lot name (as :func:`mscpotency.io.read_lot_table`
+        returns it); a table with a plain 0..n-1 index has the lot names in its column
+        ``lot_key`` instead. The table itself is not modified.
     lot_key
-        obs column with the lot of each cell.
-    lot_column
-        Column of ``table`` holding the lot names (default: the index, see ``table``).
+        {lot_key}
+        The table's column of lot names has the same name (see ``lot_table``).
     columns
         Columns to add (default: all). Existing obs columns of the same name are replaced.
-    copy
-        Return a modified copy instead of writing in place.
 
     Returns
     -------
@@ -51,36 +49,13 @@ def add_lot_table(
         The lot's value in every cell of the lot (constant within lots); text columns
         become categorical, numbers keep their dtype.
     """
-    if not isinstance(table, pd.DataFrame):
-        msg = f"table must be a pandas DataFrame (one row per lot), got a {type(table).__name__}. Read files with `io.read_lot_table`."
+    if not isinstance(lot_table, pd.DataFrame):
+        msg = f"lot_table must be a pandas DataFrame (one row per lot), got a {type(lot_table).__name__}. Read files with `io.read_lot_table`."
         raise TypeError(msg)
-    table = _lot_indexed(table, lot_column, lot_key)
-    columns = list(table.columns) if columns is None else list(columns)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        msg = f"columns {missing} are not in the lot table (its columns: {list(table.columns)})"
-        raise KeyError(msg)
-    if lot_key in columns:
-        msg = (
-            f"the lot table has a column {lot_key!r}, which would overwrite obs[{lot_key!r}]; "
-            "pass lot_column= if it holds the lot names, or leave it out with columns=."
-        )
-        raise ValueError(msg)
+    table = _lot_indexed(lot_table, lot_key)
+    columns = _columns_to_add(table, columns, lot_key)
     lots = lots_of(adata, lot_key)
-    present = pd.Index(lots.cat.categories.astype(str))
-    no_cells = table.index.difference(present).tolist()
-    no_row = present.difference(table.index).tolist()
-    problems = []
-    if no_cells:
-        problems.append(f"lots {no_cells} of the lot table have no cells in obs[{lot_key!r}]")
-    if no_row:
-        problems.append(f"lots {no_row} have cells but no row in the lot table")
-    if problems:
-        msg = (
-            "; ".join(problems)
-            + ". Check the lot names, or subset the cells or the table to the same lots."
-        )
-        raise ValueError(msg)
+    _require_the_same_lots(table.index, pd.Index(lots.cat.categories.astype(str)), lot_key)
     adata = adata.copy() if copy else adata
     cell_lots = lots.astype(str).to_numpy()
     for column in columns:
@@ -91,15 +66,16 @@ def add_lot_table(
     return adata if copy else None
 
 
-def _lot_indexed(table: pd.DataFrame, lot_column: str | None, lot_key: str) -> pd.DataFrame:
+def _lot_indexed(table: pd.DataFrame, lot_key: str) -> pd.DataFrame:
     """Copy ``table`` indexed by lot name (str); unnamed, missing or repeated lots are errors."""
-    if lot_column is None and isinstance(table.index, pd.RangeIndex) and lot_key in table.columns:
-        lot_column = lot_key
-    if lot_column is not None:
-        if lot_column not in table.columns:
-            msg = f"the lot table has no column {lot_column!r}; its columns are {list(table.columns)}."
+    if isinstance(table.index, pd.RangeIndex):
+        if lot_key not in table.columns:
+            msg = (
+                f"the lot table has no column {lot_key!r}; its columns are {list(table.columns)}. "
+                f"Index it by lot name, or name its column of lot names {lot_key!r}."
+            )
             raise KeyError(msg)
-        table = table.set_index(lot_column)
+        table = table.set_index(lot_key)
     else:
         table = table.copy()
     if table.index.isna().any():
@@ -111,3 +87,37 @@ def _lot_indexed(table: pd.DataFrame, lot_column: str | None, lot_key: str) -> p
         msg = f"the lot table names lots {duplicated} more than once; keep one row per lot."
         raise ValueError(msg)
     return table
+
+
+def _columns_to_add(table: pd.DataFrame, columns: list[str] | None, lot_key: str) -> list[str]:
+    """The requested columns (default all), each in the table; none may overwrite the lots."""
+    columns = list(table.columns) if columns is None else list(columns)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        msg = f"columns {missing} are not in the lot table (its columns: {list(table.columns)})"
+        raise KeyError(msg)
+    if lot_key in columns:
+        msg = (
+            f"the lot table has a column {lot_key!r}, which would overwrite obs[{lot_key!r}]; "
+            "index the table by lot name from that column (table.set_index(...)), or leave it "
+            "out with columns=."
+        )
+        raise ValueError(msg)
+    return columns
+
+
+def _require_the_same_lots(in_table: pd.Index, with_cells: pd.Index, lot_key: str) -> None:
+    """Every lot of the table has cells and every lot with cells has a row."""
+    no_cells = in_table.difference(with_cells).tolist()
+    no_row = with_cells.difference(in_table).tolist()
+    problems = []
+    if no_cells:
+        problems.append(f"lots {no_cells} of the lot table have no cells in obs[{lot_key!r}]")
+    if no_row:
+        problems.append(f"lots {no_row} have cells but no row in the lot table")
+    if problems:
+        msg = (
+            "; ".join(problems)
+            + ". Check the lot names, or subset the cells or the table to the same lots."
+        )
+        raise ValueError(msg)

@@ -12,11 +12,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._provenance import record
 
 logger = logging.getLogger("mscpotency")
 
 
+@doc_params
 @record("pp.pool_lots")
 def pool_lots(
     lots: Mapping[str, AnnData] | Sequence[AnnData],
@@ -37,7 +39,8 @@ def pool_lots(
     lots
         Lot name -> AnnData, or AnnData objects whose ``obs[lot_key]`` already names their lot.
     lot_key
-        obs column written with the lot of each cell.
+        {lot_key}
+        Written here for every pooled cell.
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
         ``"min"`` subsamples every lot to the size of the smallest. Lots smaller than the
@@ -47,7 +50,8 @@ def pool_lots(
         error), ``"outer"`` keeps all and fills zeros. Genes left out are reported per lot in
         ``uns['pool_lots']['genes_dropped']``.
     random_state
-        Seed of the subsampling. Each lot draws from its own stream seeded by
+        {random_state}
+        Each lot draws its subsample from its own stream seeded by
         ``(random_state, lot name)``, so the cells kept of a lot do not depend on the other lots.
 
     Returns
@@ -63,38 +67,71 @@ def pool_lots(
     if empty:
         msg = f"lots {empty} have no cells."
         raise ValueError(msg)
+    check_pool_options(cells_per_lot, join)
+    sizes = {name: a.n_obs for name, a in named.items()}
+    target = _target_size(cells_per_lot, sizes)
+    if target is not None:
+        _check_seed(random_state)
+    parts = {name: _subsample(part, target, random_state, name) for name, part in named.items()}
+    if join == "inner":
+        _require_shared_genes(parts)
+    pooled = _concat(parts, lot_key, join)
+    _report_dropped_genes(pooled, parts, sizes, cells_per_lot, join, random_state)
+    return pooled
+
+
+def check_pool_options(cells_per_lot: int | str | None, join: str) -> None:
+    """Check ``join`` and ``cells_per_lot`` (cheap; ``io.read_lots`` checks before reading)."""
     if join not in ("inner", "outer"):
         msg = f"join must be 'inner' or 'outer', got {join!r}"
         raise ValueError(msg)
-    sizes = {name: a.n_obs for name, a in named.items()}
-    target = _target_size(cells_per_lot, sizes)
-    if target is not None and (
+    if not (
+        cells_per_lot is None
+        or cells_per_lot == "min"
+        or (
+            isinstance(cells_per_lot, (int, np.integer))
+            and not isinstance(cells_per_lot, bool)
+            and cells_per_lot > 0
+        )
+    ):
+        msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
+        raise ValueError(msg)
+
+
+def _check_seed(random_state) -> None:
+    if (
         not isinstance(random_state, (int, np.integer))
         or isinstance(random_state, bool)
         or random_state < 0
     ):
         msg = f"random_state must be a non-negative integer, got {random_state!r}"
         raise ValueError(msg)
-    parts, kept = {}, {}
-    for name, part in named.items():
-        if target is not None and part.n_obs > target:
-            # One stream per lot, seeded by (random_state, lot name): the cells kept of a lot
-            # do not change when other lots are added, removed or reordered.
-            rng = np.random.default_rng([int(random_state), zlib.crc32(name.encode())])
-            chosen = np.sort(rng.choice(part.n_obs, size=target, replace=False))
-            part = part[chosen]
-        kept[name] = part.n_obs
-        parts[name] = part
-    all_genes = pd.Index(sorted(set().union(*(set(a.var_names) for a in parts.values()))))
-    if join == "inner":
-        shared = set.intersection(*(set(a.var_names) for a in parts.values()))
-        if not shared:
-            examples = {name: a.var_names[:3].tolist() for name, a in parts.items()}
-            msg = (
-                f"the lots share no gene names (e.g. {examples}), so join='inner' keeps nothing. "
-                "Use the same gene naming (symbols or ids) in every lot."
-            )
-            raise ValueError(msg)
+
+
+def _subsample(part: AnnData, target: int | None, random_state: int, name: str) -> AnnData:
+    """At most ``target`` cells of one lot, drawn from the lot's own seeded stream."""
+    if target is None or part.n_obs <= target:
+        return part
+    # One stream per lot, seeded by (random_state, lot name): the cells kept of a lot
+    # do not change when other lots are added, removed or reordered.
+    rng = np.random.default_rng([int(random_state), zlib.crc32(name.encode())])
+    chosen = np.sort(rng.choice(part.n_obs, size=target, replace=False))
+    return part[chosen]
+
+
+def _require_shared_genes(parts: Mapping[str, AnnData]) -> None:
+    shared = set.intersection(*(set(a.var_names) for a in parts.values()))
+    if not shared:
+        examples = {name: a.var_names[:3].tolist() for name, a in parts.items()}
+        msg = (
+            f"the lots share no gene names (e.g. {examples}), so join='inner' keeps nothing. "
+            "Use the same gene naming (symbols or ids) in every lot."
+        )
+        raise ValueError(msg)
+
+
+def _concat(parts: Mapping[str, AnnData], lot_key: str, join: str) -> AnnData:
+    """One AnnData of every lot's cells, named ``{lot}_{barcode}``, lots categorical in order."""
     # fill_value=0: a gene not measured in a lot has zero counts there (dense X would get NaN).
     pooled = ad.concat(
         parts, join=join, label=lot_key, index_unique="_", merge="same", fill_value=0
@@ -111,6 +148,19 @@ def pool_lots(
         raise ValueError(msg)
     pooled.obs_names = names
     pooled.obs[lot_key] = pd.Categorical(pooled.obs[lot_key], categories=list(parts))
+    return pooled
+
+
+def _report_dropped_genes(
+    pooled: AnnData,
+    parts: Mapping[str, AnnData],
+    sizes: Mapping[str, int],
+    cells_per_lot: int | str | None,
+    join: str,
+    random_state: int,
+) -> None:
+    """Write ``uns['pool_lots']`` (cells before/kept, genes the join left out) and warn."""
+    all_genes = pd.Index(sorted(set().union(*(set(a.var_names) for a in parts.values()))))
     genes_dropped = {
         name: sorted(set(all_genes) - set(pooled.var_names) & set(a.var_names))
         for name, a in parts.items()
@@ -123,11 +173,10 @@ def pool_lots(
         )
     pooled.uns["pool_lots"] = {
         "cells_before": {k: int(v) for k, v in sizes.items()},
-        "cells_kept": {k: int(v) for k, v in kept.items()},
+        "cells_kept": {k: int(a.n_obs) for k, a in parts.items()},
         "genes_dropped": genes_dropped,
         "params": {"cells_per_lot": cells_per_lot, "join": join, "random_state": random_state},
     }
-    return pooled
 
 
 def _barcodes(parts: Mapping[str, AnnData]) -> list[str]:
@@ -189,22 +238,16 @@ def _name_lots(lots, lot_key: str) -> dict[str, AnnData]:
 
 
 def _target_size(cells_per_lot: int | str | None, sizes: Mapping[str, int]) -> int | None:
+    """Cells to keep per lot (``cells_per_lot`` already checked), warning about small lots."""
     if cells_per_lot is None:
         return None
     if cells_per_lot == "min":
         return min(sizes.values())
-    if (
-        isinstance(cells_per_lot, (int, np.integer))
-        and not isinstance(cells_per_lot, bool)
-        and cells_per_lot > 0
-    ):
-        small = {k: v for k, v in sizes.items() if v < cells_per_lot}
-        if small:
-            logger.warning(
-                "pool_lots: lots %s have fewer than %d cells and are kept whole",
-                small,
-                cells_per_lot,
-            )
-        return int(cells_per_lot)
-    msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
-    raise ValueError(msg)
+    small = {k: v for k, v in sizes.items() if v < cells_per_lot}
+    if small:
+        logger.warning(
+            "pool_lots: lots %s have fewer than %d cells and are kept whole",
+            small,
+            cells_per_lot,
+        )
+    return int(cells_per_lot)

@@ -12,18 +12,21 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _dask, _keys, _registry
+from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts, lots_of
+from ._pca import pca_of_hvg
 
 #: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).
 _CHUNK_ROWS = 8192
 
 
+@doc_params
 @record("pp.preprocess")
 def preprocess(
     adata: AnnData,
     *,
-    counts_layer: str = _keys.COUNTS_LAYER,
+    layer: str = _keys.COUNTS_LAYER,
     target_sum: float = 1e4,
     n_top_genes: int = 2000,
     hvg_flavor: Literal["seurat", "cell_ranger"] = "seurat",
@@ -35,15 +38,16 @@ def preprocess(
 ) -> AnnData | None:
     """Standard reduction of pooled counts: normalise → log1p → HVG → PCA.
 
-    Raw counts are kept in ``layers[counts_layer]`` (copied there from ``X`` if the layer is
+    Raw counts are kept in ``layers[layer]`` (moved there from ``X`` if the layer is
     absent), so every later step (markers, mapping, pseudobulk) can return to them.
 
     Parameters
     ----------
     adata
-        Cells with raw integer counts in ``layers[counts_layer]`` or in ``X``.
-    counts_layer
-        Layer that holds (or receives) the raw counts.
+        Cells with raw integer counts in ``layers[layer]`` or in ``X``.
+    layer
+        {layer}
+        Here it also receives the counts when they come in ``X``.
     target_sum
         Counts per cell after normalisation.
     n_top_genes
@@ -55,17 +59,11 @@ def preprocess(
         varying between lots only do not dominate.
     n_comps
         Number of principal components.
-    random_state
-        Seed of the (randomised) PCA solver.
-    key_added
-        ``adata.uns`` key of the parameters.
-    copy
-        Return a processed copy instead of working in place.
 
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes log-normalised ``X``,
-    ``layers[counts_layer]``, ``var['highly_variable']`` (with scanpy's ``means``,
+    ``layers[layer]``, ``var['highly_variable']`` (with scanpy's ``means``,
     ``dispersions``, ``dispersions_norm``), ``var['pca_mean']`` (the centring used by the PCA,
     needed to project new cells), ``obsm['X_pca']``, ``varm['PCs']``, ``uns['pca']`` and
     ``uns[key_added]['params']``.
@@ -80,60 +78,26 @@ def preprocess(
     ``docs/scale.md``.
 
     Memory: for CSR counts, ``X`` shares the sparsity structure (``indices``, ``indptr``)
-    of ``layers[counts_layer]`` and holds only its own values, so the two cost 1.5x the
+    of ``layers[layer]`` and holds only its own values, so the two cost 1.5x the
     counts instead of 2x; every value-level operation (scaling, ``log1p``, ``expm1``) is
     unaffected, but an in-place *structural* edit of one (e.g. ``X.eliminate_zeros()``)
     would reach the other: run ``adata.X = adata.X.copy()`` first. When the counts come in
     ``X`` they move to the layer without a copy. Highly variable genes (seurat flavour, no
     ``batch_key``) are computed in row chunks instead of on a full ``expm1`` copy.
     """
-    if counts_layer in adata.layers:
-        counts = adata.layers[counts_layer]
-        check_counts(counts, where=f"layers[{counts_layer!r}]")
-    else:
-        counts = adata.X
-        check_counts(counts, where="X (no counts layer yet)")
-    if batch_key is not None:
-        lots_of(adata, batch_key)
-    if adata.n_obs < 3 or adata.n_vars < 3:
-        msg = f"preprocess needs at least 3 cells and 3 genes, got {adata.shape}"
-        raise ValueError(msg)
-    lazy = _dask.is_dask(counts)
-    if lazy:
-        _dask.check_cell_chunks(counts, where="the count matrix")
+    _check_preprocess_input(adata, layer, batch_key)
     adata = adata.copy() if copy else adata
-    if counts_layer not in adata.layers:
-        # the counts move to the layer (no copy): X is rebuilt from them just below
-        adata.layers[counts_layer] = adata.X
-    adata.X = _float_values(adata.layers[counts_layer])
-    if _is_csr(adata.X):
-        _normalize_log1p_inplace(adata.X, target_sum)
-    else:
-        sc.pp.normalize_total(adata, target_sum=target_sum)
-        sc.pp.log1p(adata)
-    adata.uns.pop("log1p", None)
-    adata.uns["log1p"] = {"base": None}
+    _normalise_log1p(adata, layer, target_sum)
     n_top = min(n_top_genes, adata.n_vars)
-    if hvg_flavor == "seurat" and batch_key is None and _is_csr(adata.X):
-        _write_hvg(adata, _seurat_hvg(adata.X, n_top), hvg_flavor)
-    else:
-        sc.pp.highly_variable_genes(
-            adata, n_top_genes=n_top, flavor=hvg_flavor, batch_key=batch_key
-        )
+    _select_hvg(adata, n_top, hvg_flavor, batch_key)
     hvg = adata.var["highly_variable"].to_numpy()
     n_comps = min(n_comps, int(hvg.sum()) - 1, adata.n_obs - 1)
     mean = np.zeros(adata.n_vars)
-    if lazy:
-        mean[hvg] = _dask.pca(adata, n_comps, hvg)
-    elif sparse.issparse(adata.X):
-        mean[hvg] = _sparse_pca(adata, n_comps, hvg, random_state)
-    else:
-        sc.tl.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=random_state)
-        mean[hvg] = np.asarray(adata.X[:, hvg].mean(axis=0)).ravel()
+    mean[hvg] = pca_of_hvg(adata, n_comps, hvg, random_state)
     adata.var["pca_mean"] = mean
     adata.uns[key_added] = {
         "params": {
-            "counts_layer": counts_layer,
+            "layer": layer,
             "target_sum": target_sum,
             "n_top_genes": n_top,
             "hvg_flavor": hvg_flavor,
@@ -143,6 +107,46 @@ def preprocess(
         }
     }
     return adata if copy else None
+
+
+def _check_preprocess_input(adata: AnnData, layer: str, batch_key: str | None) -> None:
+    """Raw counts (in ``layers[layer]`` or ``X``), known batches, at least 3 x 3, whole-cell blocks."""
+    if layer in adata.layers:
+        counts = adata.layers[layer]
+        check_counts(counts, where=f"layers[{layer!r}]")
+    else:
+        counts = adata.X
+        check_counts(counts, where="X (no counts layer yet)")
+    if batch_key is not None:
+        lots_of(adata, batch_key)
+    if adata.n_obs < 3 or adata.n_vars < 3:
+        msg = f"preprocess needs at least 3 cells and 3 genes, got {adata.shape}"
+        raise ValueError(msg)
+    if _dask.is_dask(counts):
+        _dask.check_cell_chunks(counts, where="the count matrix")
+
+
+def _normalise_log1p(adata: AnnData, layer: str, target_sum: float) -> None:
+    """Keep the counts in ``layers[layer]`` and make ``X`` their normalised ``log1p``."""
+    if layer not in adata.layers:
+        # the counts move to the layer (no copy): X is rebuilt from them just below
+        adata.layers[layer] = adata.X
+    adata.X = _float_values(adata.layers[layer])
+    if _is_csr(adata.X):
+        _normalize_log1p_inplace(adata.X, target_sum)
+    else:
+        sc.pp.normalize_total(adata, target_sum=target_sum)
+        sc.pp.log1p(adata)
+    adata.uns.pop("log1p", None)
+    adata.uns["log1p"] = {"base": None}
+
+
+def _select_hvg(adata: AnnData, n_top: int, flavor: str, batch_key: str | None) -> None:
+    """``sc.pp.highly_variable_genes``; seurat on one CSR batch runs on chunked statistics."""
+    if flavor == "seurat" and batch_key is None and _is_csr(adata.X):
+        _write_hvg(adata, _seurat_hvg(adata.X, n_top), flavor)
+    else:
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, batch_key=batch_key)
 
 
 def _is_csr(X) -> bool:
@@ -186,39 +190,6 @@ def _normalize_log1p_inplace(X, target_sum: float) -> None:
         part = AnnData(X=chunk)
         sc.pp.normalize_total(part, target_sum=target_sum)
         np.log1p(part.X.data, out=X.data[lo:hi])
-
-
-def _sparse_pca(adata: AnnData, n_comps: int, hvg: np.ndarray, random_state: int) -> np.ndarray:
-    """``sc.tl.pca(adata, mask_var="highly_variable")`` for sparse ``X``, without its copies.
-
-    The same estimator scanpy builds (scikit-learn ``PCA``, ARPACK on the implicitly
-    centred sparse matrix, the same seed), so the same result; but scikit-learn's
-    defensive copy of the input is skipped (``copy=False``: the sparse ARPACK path never
-    writes to it) and an all-True mask is not applied by copying ``X``. Writes
-    ``obsm['X_pca']``, ``varm['PCs']`` and ``uns['pca']`` as scanpy does, and returns the
-    per-gene centring of the highly variable genes (the estimator's ``mean_``).
-    """
-    from sklearn.decomposition import PCA
-    from sklearn.utils import check_random_state
-
-    X = adata.X if hvg.all() else adata.X[:, hvg]
-    pca = PCA(
-        n_components=n_comps,
-        svd_solver="arpack",
-        random_state=check_random_state(random_state),
-        copy=False,
-    )
-    x_pca = pca.fit_transform(X).astype(np.float32, copy=False)
-    adata.obsm["X_pca"] = x_pca
-    loadings = np.zeros((adata.n_vars, n_comps))
-    loadings[hvg] = pca.components_.T
-    adata.varm["PCs"] = loadings
-    adata.uns["pca"] = {
-        "params": {"zero_center": True, "use_highly_variable": True, "mask_var": "highly_variable"},
-        "variance": pca.explained_variance_,
-        "variance_ratio": pca.explained_variance_ratio_,
-    }
-    return pca.mean_
 
 
 def _seurat_mean_var(X) -> tuple[np.ndarray, np.ndarray]:

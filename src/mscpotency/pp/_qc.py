@@ -10,16 +10,18 @@ from scipy import sparse
 
 from .. import _keys, _registry
 from .._cell_stats import map_rows, reduce_rows
+from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts, count_matrix, lots_of
 
 
+@doc_params
 @record("pp.qc")
 def qc(
     adata: AnnData,
     *,
     lot_key: str = _keys.LOT,
-    counts_layer: str | None = _keys.COUNTS_LAYER,
+    layer: str | None = _keys.COUNTS_LAYER,
     min_genes: int = 200,
     min_counts: int | None = None,
     max_pct_mito: float | None = 20.0,
@@ -34,11 +36,10 @@ def qc(
     Parameters
     ----------
     adata
-        Cells with raw counts in ``layers[counts_layer]`` or, if that layer is absent, in ``X``.
+        Cells with raw counts in ``layers[layer]`` or, if that layer is absent, in ``X``.
     lot_key
-        obs column with the lot of each cell; removals are reported per lot.
-    counts_layer
-        Layer with raw counts (falls back to ``X`` when absent).
+        {lot_key}
+        Removals are reported per lot.
     min_genes
         Cells with fewer detected genes are removed.
     min_counts
@@ -53,10 +54,6 @@ def qc(
     mad_counts
         If set, also remove cells whose log total counts lie more than this many median
         absolute deviations below their own lot's median (per-lot adaptive threshold).
-    key_added
-        ``adata.uns`` key of the report.
-    copy
-        Return a filtered copy instead of filtering in place.
 
     Notes
     -----
@@ -72,45 +69,24 @@ def qc(
     -------
     ``None``, or the copy when ``copy=True``. Writes obs ``n_genes_by_counts``,
     ``total_counts``, ``pct_counts_mt``; ``adata.uns[key_added]['per_lot']`` : DataFrame
-    (lots x removal reasons, cells before and after) and ``['genes_removed']``.
+    (lots x removal reasons, cells before and after) and ``['genes_removed']``
+    (read them back with :func:`mscpotency.get.qc`).
     """
     lots = lots_of(adata, lot_key)
-    X = count_matrix(adata, counts_layer)
-    check_counts(X, where="the count matrix" if X is adata.X else f"layers[{counts_layer!r}]")
+    X = count_matrix(adata, layer)
+    check_counts(X, where="the count matrix" if X is adata.X else f"layers[{layer!r}]")
     adata = adata.copy() if copy else adata
-    adata.var["mt"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
-    obs_metrics, var_metrics = qc_metrics(X, adata.var["mt"].to_numpy())
-    for column in obs_metrics:
-        adata.obs[column] = obs_metrics[column].to_numpy()
-    for column in var_metrics:
-        adata.var[column] = var_metrics[column].to_numpy()
-    reasons = pd.DataFrame(index=adata.obs_names)
-    reasons["min_genes"] = adata.obs["n_genes_by_counts"].to_numpy() < min_genes
-    if min_counts is not None:
-        reasons["min_counts"] = adata.obs["total_counts"].to_numpy() < min_counts
-    if max_pct_mito is not None:
-        reasons["max_pct_mito"] = adata.obs["pct_counts_mt"].to_numpy() > max_pct_mito
-    if mad_counts is not None:
-        reasons["mad_counts"] = _below_lot_mad(adata.obs["total_counts"], lots, mad_counts)
+    _write_metrics(adata, X, mito_prefix)
+    thresholds = {
+        "min_genes": min_genes,
+        "min_counts": min_counts,
+        "max_pct_mito": max_pct_mito,
+        "mad_counts": mad_counts,
+    }
+    reasons = _removal_reasons(adata.obs, lots, **thresholds)
     removed = reasons.any(axis=1).to_numpy()
-    report = reasons.groupby(lots.to_numpy(), observed=True).sum().astype(int)
-    report.insert(0, "cells_before", lots.value_counts().reindex(report.index).astype(int))
-    report["cells_removed"] = (
-        pd.Series(removed, index=adata.obs_names)
-        .groupby(lots.to_numpy(), observed=True)
-        .sum()
-        .astype(int)
-    )
-    report["cells_after"] = report["cells_before"] - report["cells_removed"]
-    report.index.name = lot_key
-    emptied = report.index[report["cells_after"] == 0].tolist()
-    if emptied:
-        msg = (
-            f"QC would remove every cell of lots {emptied} (reasons per lot:\n{report.loc[emptied]}). "
-            "Relax the thresholds or remove these lots explicitly."
-        )
-        raise ValueError(msg)
-    n_cells_detected = _detected_per_gene(count_matrix(adata, counts_layer), ~removed)
+    report = _per_lot_report(reasons, removed, lots, lot_key)
+    n_cells_detected = _detected_per_gene(count_matrix(adata, layer), ~removed)
     gene_removed = n_cells_detected < min_cells_per_gene
     genes_removed = adata.var_names[gene_removed].tolist()
     _subset_inplace(adata, ~removed, ~gene_removed)
@@ -128,6 +104,59 @@ def qc(
         },
     }
     return adata if copy else None
+
+
+def _write_metrics(adata: AnnData, X, mito_prefix: str) -> None:
+    """Write ``var['mt']`` and the per-cell and per-gene QC metrics of the counts ``X``."""
+    adata.var["mt"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
+    obs_metrics, var_metrics = qc_metrics(X, adata.var["mt"].to_numpy())
+    for column in obs_metrics:
+        adata.obs[column] = obs_metrics[column].to_numpy()
+    for column in var_metrics:
+        adata.var[column] = var_metrics[column].to_numpy()
+
+
+def _removal_reasons(
+    obs: pd.DataFrame,
+    lots: pd.Series,
+    *,
+    min_genes: int,
+    min_counts: int | None,
+    max_pct_mito: float | None,
+    mad_counts: float | None,
+) -> pd.DataFrame:
+    """Cells x filters: whether each cell fails each filter in use."""
+    reasons = pd.DataFrame(index=obs.index)
+    reasons["min_genes"] = obs["n_genes_by_counts"].to_numpy() < min_genes
+    if min_counts is not None:
+        reasons["min_counts"] = obs["total_counts"].to_numpy() < min_counts
+    if max_pct_mito is not None:
+        reasons["max_pct_mito"] = obs["pct_counts_mt"].to_numpy() > max_pct_mito
+    if mad_counts is not None:
+        reasons["mad_counts"] = _below_lot_mad(obs["total_counts"], lots, mad_counts)
+    return reasons
+
+
+def _per_lot_report(
+    reasons: pd.DataFrame, removed: np.ndarray, lots: pd.Series, lot_key: str
+) -> pd.DataFrame:
+    """Lots x (cells before, cells failing each filter, removed, after); no lot may be emptied."""
+    by_lot = lots.to_numpy()
+    report = reasons.groupby(by_lot, observed=True).sum().astype(int)
+    report.insert(0, "cells_before", lots.value_counts().reindex(report.index).astype(int))
+    report["cells_removed"] = (
+        pd.Series(removed, index=reasons.index).groupby(by_lot, observed=True).sum().astype(int)
+    )
+    report["cells_after"] = report["cells_before"] - report["cells_removed"]
+    report.index.name = lot_key
+    emptied = report.index[report["cells_after"] == 0].tolist()
+    if emptied:
+        msg = (
+            f"QC would remove every cell of lots {emptied} (reasons per lot:\n{report.loc[emptied]}). "
+            "Relax the thresholds or remove these lots explicitly."
+        )
+        raise ValueError(msg)
+    return report
 
 
 def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np.ndarray:

@@ -1,19 +1,5 @@
 """Tidy tables of the bulk results."""
 
-from ._results import (
-    consensus_candidates,
-    marker_counts,
-    marker_validation,
-    propensity,
-    propensity_loadings,
-    rank_association,
-)
+from ._results import consensus, fit_propensity, marker_counts, rank_association, validate_markers
 
-__all__ = [
-    "consensus_candidates",
-    "marker_counts",
-    "marker_validation",
-    "propensity",
-    "propensity_loadings",
-    "rank_association",
-]
+__all__ = ["consensus", "fit_propensity", "marker_counts", "rank_association", "validate_markers"]

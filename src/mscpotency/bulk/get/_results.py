@@ -9,34 +9,62 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ...get._population import stored_table
-from ..tl._consensus import association_tables
-from ..tl._propensity import PROPENSITY
-from ..tl._rank_association import RANK_ASSOCIATION
-from ..tl._validation import MARKER_VALIDATION
+from ... import _registry
+from ..._docs import doc_params
+from ..._stored import stored_table
+from .._platforms import association_tables
+from .._types import Consensus
 
 
-def propensity(adata: AnnData, *, key: str = PROPENSITY) -> pd.DataFrame:
-    """Lines x [score, rank] from :func:`mscpotency.bulk.tl.propensity_score` (rank 1 = most differentiated)."""
-    return stored_table(adata, key, "scores", tool="tl.propensity_score")
+@doc_params
+def fit_propensity(
+    adata: AnnData,
+    *,
+    kind: Literal["scores", "loadings"] = "scores",
+    key: str = _registry.PROPENSITY.key,
+) -> pd.DataFrame:
+    """The propensity of each line, or the panel's loadings, from :func:`mscpotency.bulk.tl.fit_propensity`.
+
+    Also reads what :func:`mscpotency.bulk.tl.apply_propensity` wrote.
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"scores"``: lines x [score, rank] (rank 1 = most differentiated);
+        ``"loadings"``: panel genes x [loading, mean, sd, orient] of PC1, largest loading first.
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    table = stored_table(adata, _registry.PROPENSITY, kind, key)
+    if kind == "loadings":
+        table = table.sort_values("loading", ascending=False)
+    return table
 
 
-def propensity_loadings(adata: AnnData, *, key: str = PROPENSITY) -> pd.DataFrame:
-    """Panel genes x [loading, mean, sd, orient] of the propensity's PC1, largest loading first."""
-    table = stored_table(adata, key, "loadings", tool="tl.propensity_score")
-    return table.sort_values("loading", ascending=False)
-
-
+@doc_params
 def rank_association(
-    adata: AnnData, *, key: str = RANK_ASSOCIATION, outcome: str | None = None, sort: bool = True
+    adata: AnnData,
+    *,
+    key: str = _registry.RANK_ASSOCIATION.key,
+    outcome: str | None = None,
+    sort: bool = True,
 ) -> pd.DataFrame:
     """Per feature: rho, exact/permutation p and FDR against an outcome, from :func:`mscpotency.bulk.tl.rank_association`.
 
-    With one outcome stored (or ``outcome`` given) the table is indexed by feature; with
-    several and ``outcome=None`` it is the long table (outcome, feature, ...). Sorted by
-    p-value (then |rho|) unless ``sort=False``.
+    Parameters
+    ----------
+    sort
+        Sort by p-value (then by decreasing ``abs(rho)``).
+
+    Returns
+    -------
+    With one outcome stored (or ``outcome`` given) the table indexed by feature; with
+    several and ``outcome=None`` the long table (outcome, feature, ...).
     """
-    table = stored_table(adata, key, "table", tool="tl.rank_association")
+    table = stored_table(adata, _registry.RANK_ASSOCIATION, "table", key)
     outcomes = list(dict.fromkeys(table["outcome"].astype(str)))
     if outcome is not None:
         if outcome not in outcomes:
@@ -51,15 +79,34 @@ def rank_association(
     return table
 
 
-def marker_validation(adata: AnnData, *, key: str = MARKER_VALIDATION) -> pd.DataFrame:
-    """One row per candidate: expected sign, held-out rho and p, validated or not."""
-    return stored_table(adata, key, "table", tool="tl.validate_markers")
+@doc_params
+def validate_markers(
+    adata: AnnData,
+    *,
+    kind: Literal["table", "summary"] = "table",
+    key: str = _registry.MARKER_VALIDATION.key,
+) -> pd.DataFrame:
+    """The held-out test of each candidate, from :func:`mscpotency.bulk.tl.validate_markers`.
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"table"``: one row per candidate (expected sign, held-out rho and p, validated or
+        not); ``"summary"``: candidates, validated and their share, per outcome.
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, _registry.MARKER_VALIDATION, kind, key)
 
 
+@doc_params
 def marker_counts(
     results: Mapping[str, AnnData],
     *,
-    key: str = RANK_ASSOCIATION,
+    key: str = _registry.RANK_ASSOCIATION.key,
     thresholds: Sequence[float] = (0.05, 0.01),
     use: Literal["pvalue", "fdr"] = "pvalue",
 ) -> pd.DataFrame:
@@ -73,7 +120,8 @@ def marker_counts(
     results
         platform name -> AnnData with :func:`mscpotency.bulk.tl.rank_association` results.
     key
-        ``uns`` key of the rank associations.
+        {key}
+        Here the key of the rank associations in every platform's ``uns``.
     thresholds
         Levels to count at.
     use
@@ -109,13 +157,13 @@ def marker_counts(
     return pd.DataFrame(rows).set_index(["platform", "outcome"])
 
 
-def consensus_candidates(consensus: pd.DataFrame, *, rule: str, outcome: str) -> pd.DataFrame:
+def consensus(result: Consensus, *, rule: str, outcome: str) -> pd.DataFrame:
     """The markers of one consensus rule with their sign for one outcome, ready to validate.
 
     Parameters
     ----------
-    consensus
-        The table returned by :func:`mscpotency.bulk.tl.consensus`.
+    result
+        What :func:`mscpotency.bulk.tl.consensus` returned.
     rule
         Rule name.
     outcome
@@ -124,41 +172,24 @@ def consensus_candidates(consensus: pd.DataFrame, *, rule: str, outcome: str) ->
     Returns
     -------
     DataFrame indexed by feature with ``sign`` (+1/-1, the expected direction of the
-    association with ``outcome``) and ``rho`` (the mean training rho over the rule's platforms).
+    association with ``outcome``) and ``rho`` (the mean training rho over the rule's
+    platforms), as :func:`mscpotency.bulk.tl.validate_markers` takes it.
     """
-    rules = list(consensus.attrs.get("n_tested", {}))
-    rules += (
-        [r for r in dict.fromkeys(consensus["rule"].astype(str)) if r not in rules]
-        if "rule" in consensus
-        else []
-    )
-    if rule not in rules:
-        msg = f"the consensus table has no rule {rule!r}; its rules are {rules}"
+    if rule not in result.rules:
+        msg = f"the consensus has no rule {rule!r}; its rules are {list(result.rules)}"
         raise KeyError(msg)
-    part = consensus[consensus["rule"].astype(str) == rule]
-    sign_column = f"sign:{outcome}"
-    patterns = consensus.attrs.get("patterns", {})
-    known = (
-        outcome in patterns[rule]
-        if rule in patterns
-        else sign_column in part.columns and part[sign_column].notna().any()
-    )
-    if not known:
-        outcomes = list(patterns.get(rule, {})) or sorted(
-            c.split(":", 1)[1]
-            for c in part.columns
-            if c.startswith("sign:") and part[c].notna().any()
-        )
-        msg = f"rule {rule!r} has no outcome {outcome!r}; its outcomes are {outcomes}"
+    pattern = result.rules[rule].pattern
+    if outcome not in pattern:
+        msg = f"rule {rule!r} has no outcome {outcome!r}; its outcomes are {list(pattern)}"
         raise KeyError(msg)
-    rho_columns = [c for c in part.columns if c.startswith("rho:") and c.endswith(f":{outcome}")]
-    out = pd.DataFrame(
+    part = result.table[result.table["rule"].astype(str) == rule]
+    rho = part[[f"rho:{p}:{outcome}" for p in result.rules[rule].platforms]]
+    return pd.DataFrame(
         {
-            "sign": part[sign_column].astype(int).to_numpy()
+            "sign": part[f"sign:{outcome}"].astype(int).to_numpy()
             if len(part)
             else np.zeros(0, dtype=int),
-            "rho": part[rho_columns].mean(axis=1).to_numpy() if rho_columns else np.nan,
+            "rho": rho.mean(axis=1).to_numpy(),
         },
         index=pd.Index(part["feature"].astype(str), name="feature"),
     )
-    return out

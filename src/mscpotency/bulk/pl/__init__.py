@@ -1,17 +1,17 @@
 """Plots of the bulk results."""
 
 from ._plots import (
-    marker_overlap,
-    marker_validation,
-    propensity_scores,
-    rank_volcano,
+    consensus,
+    fit_propensity,
+    rank_association,
+    validate_markers,
     validation_scatter,
 )
 
 __all__ = [
-    "marker_overlap",
-    "marker_validation",
-    "propensity_scores",
-    "rank_volcano",
+    "consensus",
+    "fit_propensity",
+    "rank_association",
+    "validate_markers",
     "validation_scatter",
 ]

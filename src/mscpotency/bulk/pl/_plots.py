@@ -1,4 +1,4 @@
-"""Plots of the iPS line analysis: propensity per line, rho volcano, overlap, held-out validation."""
+"""Plots of the iPS line analysis: propensity per line, rho volcano, consensus overlap, validation."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ...pl._utils import _axes, _finish, _outside_legend, _stored, format_pvalue
+from ... import _registry
+from ..._docs import doc_params
+from ..._stored import stored
+from ...pl._utils import _axes, _finish, _outside_legend, format_pvalue
 from .. import get
-from ..tl._consensus import association_tables
-from ..tl._propensity import PROPENSITY
-from ..tl._rank_association import RANK_ASSOCIATION, dense_matrix
-from ..tl._validation import MARKER_VALIDATION
+from .._lines import dense_matrix, line_rows
+from .._types import Consensus
 
 POSITIVE = "#b2182b"
 NEGATIVE = "#2166ac"
@@ -26,10 +27,11 @@ VALIDATED = "#1a9850"
 NOT_VALIDATED = "#969696"
 
 
-def propensity_scores(
+@doc_params
+def fit_propensity(
     adata: AnnData,
     *,
-    key: str = PROPENSITY,
+    key: str = _registry.PROPENSITY.key,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -44,15 +46,9 @@ def propensity_scores(
     Parameters
     ----------
     adata
-        A panel scored by :func:`mscpotency.bulk.tl.propensity_score`.
-    key
-        Key of the propensity score.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
+        {adata}
+        Here a panel scored by :func:`mscpotency.bulk.tl.fit_propensity` (or
+        :func:`mscpotency.bulk.tl.apply_propensity`).
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.barh`.
 
@@ -60,8 +56,8 @@ def propensity_scores(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    stored = _stored(adata, key, tool="tl.propensity_score")
-    scores = get.propensity(adata, key=key).sort_values("score", ascending=True, kind="stable")
+    result = stored(adata, _registry.PROPENSITY, key)
+    scores = get.fit_propensity(adata, key=key).sort_values("score", ascending=True, kind="stable")
     values = scores["score"].to_numpy(dtype=float)
     fig, ax = _axes(ax, (4.6, max(2.5, 0.28 * len(scores) + 1.2)))
     colors = np.where(values >= 0, POSITIVE, NEGATIVE)
@@ -77,9 +73,9 @@ def propensity_scores(
     )
     ax.axvline(0, color="#555555", lw=0.8)
     ax.set_xlabel("propensity score (PC1; higher = more differentiated)")
-    kind = " (reference loadings)" if stored["params"].get("reference") else ""
+    kind = " (reference loadings)" if result["params"].get("reference") else ""
     ax.set_title(
-        f"{key}: PC1 = {float(stored['pc1_variance_ratio']):.0%} of panel variance{kind}",
+        f"{key}: PC1 = {float(result['pc1_variance_ratio']):.0%} of panel variance{kind}",
         fontsize="medium",
     )
     ax.spines[["top", "right"]].set_visible(False)
@@ -99,11 +95,47 @@ def _one_outcome(table: pd.DataFrame, outcome: str | None, key: str) -> tuple[st
     return outcome, table[table["outcome"].astype(str) == outcome]
 
 
-def rank_volcano(
+def _check_use(use: str) -> None:
+    if use not in ("pvalue", "fdr"):
+        msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
+        raise ValueError(msg)
+
+
+def _ring_highlights(ax: Axes, rho, y, features, highlight, outcome: str) -> None:
+    """Circle the ``highlight`` features (each must be in the table)."""
+    missing = [h for h in highlight if h not in set(features)]
+    if missing:
+        msg = f"highlight features {missing} are not in the table for outcome {outcome!r}"
+        raise KeyError(msg)
+    mask = np.isin(features, list(highlight))
+    ax.scatter(
+        rho[mask], y[mask], s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3
+    )
+
+
+def _name_points(ax: Axes, rho, y, features, labelled: list[str]) -> None:
+    """Write each labelled feature's name by its point; tied features' names are stacked."""
+    position = {f: i for i, f in enumerate(features)}
+    stacked: dict[tuple[float, float], int] = {}
+    for name in labelled:
+        i = position[name]
+        spot = (round(float(rho[i]), 6), round(float(y[i]), 6))
+        k = stacked[spot] = stacked.get(spot, -1) + 1
+        ax.annotate(
+            name,
+            (rho[i], y[i]),
+            xytext=(3, 3 + 8 * k),
+            textcoords="offset points",
+            fontsize="x-small",
+        )
+
+
+@doc_params
+def rank_association(
     adata: AnnData,
     *,
     outcome: str | None = None,
-    key: str = RANK_ASSOCIATION,
+    key: str = _registry.RANK_ASSOCIATION.key,
     alpha: float = 0.05,
     use: Literal["pvalue", "fdr"] = "pvalue",
     highlight: Sequence[str] | None = None,
@@ -113,7 +145,7 @@ def rank_volcano(
     return_fig: bool = False,
     **kwargs,
 ) -> Axes | Figure | None:
-    """Spearman rho against -log10 p for every feature of one platform and outcome.
+    """Spearman rho against -log10 p for every feature of one platform and outcome (a volcano).
 
     How many features track this propensity, in which direction, and how strongly? Features
     below ``alpha`` are coloured by the sign of rho; the strongest and any ``highlight``
@@ -123,25 +155,20 @@ def rank_volcano(
     Parameters
     ----------
     adata
-        One platform with :func:`mscpotency.bulk.tl.rank_association` results.
+        {adata}
+        Here one platform with :func:`mscpotency.bulk.tl.rank_association` results.
     outcome
-        Outcome to show (needed when several are stored).
-    key
-        Key of the rank association.
+        {outcome}
+        Here the one outcome to show (needed when several are stored).
     alpha
-        Significance threshold (dashed line).
+        {alpha}
+        Here the threshold of ``use`` (dashed line).
     use
         Plot and threshold ``"pvalue"`` or ``"fdr"``.
     highlight
         Features to ring and name (e.g. known markers).
     n_labels
         Name this many of the most significant features.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -149,10 +176,8 @@ def rank_volcano(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    if use not in ("pvalue", "fdr"):
-        msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
-        raise ValueError(msg)
-    stored = _stored(adata, key, tool="tl.rank_association")
+    _check_use(use)
+    result = stored(adata, _registry.RANK_ASSOCIATION, key)
     outcome, table = _one_outcome(
         get.rank_association(adata, key=key, sort=True).reset_index(), outcome, key
     )
@@ -170,40 +195,15 @@ def rank_volcano(
     features = table["feature"].astype(str).to_numpy()
     labelled = list(features[significant][: max(0, n_labels)])
     if highlight:
-        missing = [h for h in highlight if h not in set(features)]
-        if missing:
-            msg = f"highlight features {missing} are not in the table for outcome {outcome!r}"
-            raise KeyError(msg)
-        mask = np.isin(features, list(highlight))
-        ax.scatter(
-            rho[mask],
-            y[mask],
-            s=60,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1.0,
-            zorder=3,
-        )
+        _ring_highlights(ax, rho, y, features, highlight, outcome)
         labelled += [h for h in highlight if h not in labelled]
-    position = {f: i for i, f in enumerate(features)}
-    stacked: dict[tuple[float, float], int] = {}  # tied features share a point: stack their names
-    for name in labelled:
-        i = position[name]
-        spot = (round(float(rho[i]), 6), round(float(y[i]), 6))
-        k = stacked[spot] = stacked.get(spot, -1) + 1
-        ax.annotate(
-            name,
-            (rho[i], y[i]),
-            xytext=(3, 3 + 8 * k),
-            textcoords="offset points",
-            fontsize="x-small",
-        )
+    _name_points(ax, rho, y, features, labelled)
     n_pos, n_neg = int((significant & (rho > 0)).sum()), int((significant & (rho < 0)).sum())
     label = "P" if use == "pvalue" else "FDR"
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel("Spearman \N{GREEK SMALL LETTER RHO}")
     ax.set_ylabel(f"-log10 {'p' if use == 'pvalue' else 'FDR'}")
-    platform = str(stored["params"].get("platform") or "")
+    platform = str(result["params"].get("platform") or "")
     n_lines = int(table["n_lines"].max())
     ax.set_title(
         f"{platform + ' · ' if platform else ''}{outcome} ({n_lines} lines)\n"
@@ -214,70 +214,46 @@ def rank_volcano(
     return _finish(fig, ax, show, return_fig)
 
 
-def marker_overlap(
-    results: Mapping[str, AnnData],
-    *,
-    outcomes: Sequence[str] | Mapping[str, int],
-    platforms: Sequence[str] | None = None,
-    key: str = RANK_ASSOCIATION,
-    alpha: float = 0.05,
-    use: Literal["pvalue", "fdr"] = "pvalue",
-    match_on: str | None = None,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    return_fig: bool = False,
-    cmap: str = "Blues",
-) -> Axes | Figure | None:
-    """How many candidates two platforms (or methods, or lineages) share, pair by pair.
-
-    Each platform x outcome gives a candidate list (features with p below ``alpha``, with
-    their sign). A cell counts the features significant in both lists with agreeing signs;
-    the diagonal is each list's size. With ``outcomes`` as a mapping of outcome -> +1/-1,
-    signs are compared after flipping, so ``{"ectoderm": 1, "mesoderm": -1}`` counts
-    features positive for ectoderm and negative for mesoderm (the SALL3 pattern).
-
-    Parameters
-    ----------
-    results
-        platform name -> AnnData with :func:`mscpotency.bulk.tl.rank_association` results.
-    outcomes
-        Outcomes to compare (each with sign +1), or outcome -> expected relative sign.
-    platforms
-        Platforms to compare (default: all).
-    key
-        ``uns`` key of the rank associations.
-    alpha
-        Level of a candidate.
-    use
-        ``"pvalue"`` or ``"fdr"``.
-    match_on
-        var column naming the same entity across platforms (e.g. ``"gene"``).
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
-    cmap
-        Colour map of the counts.
-
-    Returns
-    -------
-    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
-    """
-    if use not in ("pvalue", "fdr"):
-        msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
-        raise ValueError(msg)
+def _cells_to_compare(
+    result: Consensus,
+    rule: str | None,
+    outcomes: Sequence[str] | Mapping[str, int] | None,
+    platforms: Sequence[str] | None,
+) -> tuple[dict[str, int], list[str]]:
+    """The sign of each outcome and the platforms to compare: the rule's, unless given."""
+    if rule is None and outcomes is None:
+        if len(result.rules) != 1:
+            msg = f"the consensus has rules {list(result.rules)}; pass rule= or outcomes="
+            raise ValueError(msg)
+        rule = next(iter(result.rules))
+    if rule is not None:
+        if rule not in result.rules:
+            msg = f"the consensus has no rule {rule!r}; its rules are {list(result.rules)}"
+            raise KeyError(msg)
+        outcomes = result.rules[rule].pattern if outcomes is None else outcomes
+        platforms = result.rules[rule].platforms if platforms is None else platforms
     signs = dict(outcomes) if isinstance(outcomes, Mapping) else {str(o): 1 for o in outcomes}
     if not signs or any(v not in (1, -1) for v in signs.values()):
         msg = f"outcomes must be a non-empty list or an outcome -> +1/-1 mapping, got {outcomes!r}"
         raise ValueError(msg)
-    tables = association_tables(results, key=key, match_on=match_on)
-    platforms = list(tables) if platforms is None else [str(p) for p in platforms]
-    unknown = [p for p in platforms if p not in tables]
+    known = list(result.associations)
+    platforms = known if platforms is None else [str(p) for p in platforms]
+    unknown = [p for p in platforms if p not in known]
     if unknown:
-        msg = f"platforms {unknown} are not among the results {list(tables)}"
+        msg = f"platforms {unknown} are not among the results {known}"
         raise KeyError(msg)
+    return signs, platforms
+
+
+def _candidate_sets(
+    tables: Mapping[str, pd.DataFrame],
+    signs: dict[str, int],
+    platforms: list[str],
+    *,
+    alpha: float,
+    use: str,
+) -> tuple[list[str], list[set[tuple[str, int]]]]:
+    """Per platform x outcome: its label and its candidates as (entity, sign after flipping)."""
     labels, sets = [], []
     for platform in platforms:
         table = tables[platform]
@@ -291,11 +267,14 @@ def marker_overlap(
                 {(m, int(np.sign(r)) * sign) for m, r in zip(hit["match"], hit["rho"], strict=True)}
             )
             labels.append(f"{platform}\n{outcome}" + ("" if sign > 0 else " (-)"))
-    k = len(sets)
-    counts = np.array([[len(sets[i] & sets[j]) for j in range(k)] for i in range(k)])
-    fig, ax = _axes(ax, (1.0 * k + 2.2, 0.9 * k + 1.6))
+    return labels, sets
+
+
+def _count_heatmap(ax: Axes, counts: np.ndarray, labels: list[str], cmap: str):
+    """Counts as a heatmap with each number written in its cell (the diagonal in bold)."""
     image = ax.imshow(counts, cmap=cmap)
     top = counts.max() if counts.size else 0
+    k = len(labels)
     for i in range(k):
         for j in range(k):
             ax.text(
@@ -310,16 +289,75 @@ def marker_overlap(
             )
     ax.set_xticks(np.arange(k), labels, fontsize="x-small")
     ax.set_yticks(np.arange(k), labels, fontsize="x-small")
+    return image
+
+
+@doc_params
+def consensus(
+    result: Consensus,
+    rule: str | None = None,
+    *,
+    outcomes: Sequence[str] | Mapping[str, int] | None = None,
+    platforms: Sequence[str] | None = None,
+    alpha: float | None = None,
+    use: Literal["pvalue", "fdr"] | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    cmap: str = "Blues",
+) -> Axes | Figure | None:
+    """How many candidates two platforms (or methods, or lineages) share, pair by pair.
+
+    Each platform x outcome of a consensus gives a candidate list (features with p below
+    ``alpha``, with their sign). A cell counts the features significant in both lists with
+    agreeing signs; the diagonal is each list's size. Signs are compared after flipping by
+    the rule's pattern, so ``{"ectoderm": 1, "mesoderm": -1}`` counts features positive for
+    ectoderm and negative for mesoderm (the SALL3 pattern). Features are matched across
+    platforms as the consensus matched them (its ``match_on``).
+
+    Parameters
+    ----------
+    result
+        What :func:`mscpotency.bulk.tl.consensus` returned.
+    rule
+        The rule whose platforms and outcomes (with their signs) to compare; may be left
+        out when the consensus has one rule or ``outcomes`` is given.
+    outcomes
+        Outcomes to compare instead (each with sign +1), or outcome -> expected relative sign.
+    platforms
+        Platforms to compare instead (default: the rule's; with ``outcomes`` and no rule, all).
+    alpha
+        {alpha}
+        Here the level of a candidate (default: the consensus's).
+    use
+        ``"pvalue"`` or ``"fdr"`` (default: the consensus's).
+    cmap
+        Colour map of the counts.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    alpha = result.params["alpha"] if alpha is None else alpha
+    use = result.params["use"] if use is None else use
+    _check_use(use)
+    signs, platforms = _cells_to_compare(result, rule, outcomes, platforms)
+    labels, sets = _candidate_sets(result.associations, signs, platforms, alpha=alpha, use=use)
+    k = len(sets)
+    counts = np.array([[len(sets[i] & sets[j]) for j in range(k)] for i in range(k)])
+    fig, ax = _axes(ax, (1.0 * k + 2.2, 0.9 * k + 1.6))
+    image = _count_heatmap(ax, counts, labels, cmap)
     fig.colorbar(image, ax=ax, shrink=0.7, label="shared candidates (same sign)")
     label = "P" if use == "pvalue" else "FDR"
     ax.set_title(f"Candidates at {label} < {alpha:g} shared between lists", fontsize="medium")
     return _finish(fig, ax, show, return_fig)
 
 
-def marker_validation(
+@doc_params
+def validate_markers(
     adata: AnnData,
     *,
-    key: str = MARKER_VALIDATION,
+    key: str = _registry.MARKER_VALIDATION.key,
     label: bool = True,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -335,17 +373,10 @@ def marker_validation(
     Parameters
     ----------
     adata
-        Held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
-    key
-        Key of the validation.
+        {adata}
+        Here held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
     label
         Name the validated candidates.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -353,8 +384,8 @@ def marker_validation(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    stored = _stored(adata, key, tool="tl.validate_markers")
-    table = get.marker_validation(adata, key=key)
+    params = stored(adata, _registry.MARKER_VALIDATION, key)["params"]
+    table = get.validate_markers(adata, key=key)
     has_train = "rho_train" in table.columns and table["rho_train"].notna().any()
     if has_train:
         x = table["rho_train"].to_numpy(dtype=float)
@@ -379,7 +410,6 @@ def marker_validation(
             ax.annotate(
                 str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize="x-small"
             )
-    params = stored["params"]
     n_lines = int(table["n_lines"].max()) if len(table) else 0
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"held-out \N{GREEK SMALL LETTER RHO} ({params['outcome']})")
@@ -401,11 +431,12 @@ def marker_validation(
     return _finish(fig, ax, show, return_fig)
 
 
+@doc_params
 def validation_scatter(
     adata: AnnData,
     feature: str,
     *,
-    key: str = MARKER_VALIDATION,
+    key: str = _registry.MARKER_VALIDATION.key,
     layer: str | None = None,
     label_lines: bool = True,
     ax: Axes | None = None,
@@ -421,21 +452,12 @@ def validation_scatter(
     Parameters
     ----------
     adata
-        Held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
+        {adata}
+        Here held-out lines with :func:`mscpotency.bulk.tl.validate_markers` results.
     feature
         A validated (or rejected) candidate.
-    key
-        Key of the validation.
-    layer
-        Layer with the values (default: ``X``).
     label_lines
         Write each line's name next to its point.
-    ax
-        Axes to draw on; a new figure when ``None``.
-    show
-        Show the figure; ``None`` follows ``scanpy.settings.autoshow``.
-    return_fig
-        Return the Figure.
     **kwargs
         Passed to :meth:`matplotlib.axes.Axes.scatter`.
 
@@ -443,19 +465,18 @@ def validation_scatter(
     -------
     The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
     """
-    stored = _stored(adata, key, tool="tl.validate_markers")
-    table = get.marker_validation(adata, key=key)
+    result = stored(adata, _registry.MARKER_VALIDATION, key)
+    table = get.validate_markers(adata, key=key)
     if feature not in table.index:
         msg = (
             f"{feature!r} was not among the validated candidates ({table.index[:10].tolist()} ...)"
         )
         raise KeyError(msg)
     row = table.loc[feature]
-    outcome = pd.DataFrame(stored["outcome"])
+    outcome = pd.DataFrame(result["outcome"])
     name = str(outcome.columns[0])
     lines = outcome.index.astype(str)
-    position = pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str))
-    x = dense_matrix(adata[:, [feature]], layer)[position.loc[lines].to_numpy(), 0]
+    x = dense_matrix(adata[:, [feature]], layer)[line_rows(adata, lines), 0]
     y = outcome[name].to_numpy(dtype=float)
     color = VALIDATED if bool(row["validated"]) else NOT_VALIDATED
     fig, ax = _axes(ax, (4.4, 4.0))
@@ -471,10 +492,10 @@ def validation_scatter(
                 line, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize="x-small"
             )
     verdict = "validated" if bool(row["validated"]) else "not validated"
-    test = stored["params"]["test"]
+    alternative = result["params"]["alternative"]
     ax.set_title(
         f"{feature}: \N{GREEK SMALL LETTER RHO} = {row['rho']:.2f}, p = {format_pvalue(float(row['pvalue']))} "
-        f"({test})\n{len(lines)} held-out lines, {verdict}",
+        f"({alternative})\n{len(lines)} held-out lines, {verdict}",
         fontsize="medium",
     )
     ax.set_xlabel(f"{feature} (baseline, undifferentiated)")

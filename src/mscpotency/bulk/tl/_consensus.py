@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ... import _registry
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import require_uns
-from ._rank_association import RANK_ASSOCIATION
-
-
-@dataclass(frozen=True)
-class SignRule:
-    """A sign pattern a feature must follow to be a consensus marker.
-
-    Parameters
-    ----------
-    pattern
-        outcome -> +1 or -1: the relative direction of the feature's association with each
-        outcome. ``{"neural_suspension": 1, "neural_adhesion": 1}`` asks for the same sign
-        under both induction methods; ``{"ectoderm": 1, "mesoderm": -1, "endoderm": -1}`` for
-        opposite signs between ectoderm and meso/endoderm (the SALL3 pattern). A feature
-        passes in either overall direction (all signs as given, or all flipped).
-    platforms
-        Platforms on which the pattern must hold (default: those given to :func:`consensus`).
-    min_significant
-        How many of the platform x outcome cells must be significant (default: all of
-        them); the signs must agree in every cell regardless.
-    """
-
-    pattern: Mapping[str, int]
-    platforms: Sequence[str] | None = None
-    min_significant: int | None = None
+from .._platforms import association_tables
+from .._types import Consensus, SignRule
 
 
 def _as_rule(name: str, rule) -> SignRule:
@@ -62,45 +39,29 @@ def _as_rule(name: str, rule) -> SignRule:
     )
 
 
-def association_tables(
-    results: Mapping[str, AnnData], *, key: str = RANK_ASSOCIATION, match_on: str | None = None
-) -> dict[str, pd.DataFrame]:
-    """The stored :func:`rank_association` table of every platform, with a ``match`` column.
-
-    ``match`` is the feature name, or ``var[match_on]`` (e.g. the gene a CAGE promoter
-    belongs to) so features can be matched across platforms.
-    """
-    if not isinstance(results, Mapping) or not results:
-        msg = "results must be a non-empty mapping of platform name -> AnnData with tl.rank_association results"
+def _resolved(
+    name: str, raw, platforms: list[str], min_significant: int | None, known: list[str]
+) -> SignRule:
+    """The rule with its platforms (default: ``platforms``) and ``min_significant`` filled in."""
+    rule = _as_rule(name, raw)
+    rule_platforms = list(rule.platforms) if rule.platforms is not None else platforms
+    unknown = [p for p in rule_platforms if p not in known]
+    if unknown or not rule_platforms:
+        msg = f"rule {name!r}: platforms {unknown or rule_platforms} are not among the results {known}"
+        raise KeyError(msg)
+    n_cells = len(rule_platforms) * len(rule.pattern)
+    required = rule.min_significant if rule.min_significant is not None else min_significant
+    required = n_cells if required is None else int(required)
+    if not 1 <= required <= n_cells:
+        msg = (
+            f"rule {name!r}: min_significant must be between 1 and {n_cells} cells, got {required}"
+        )
         raise ValueError(msg)
-    tables = {}
-    for platform, adata in results.items():
-        if not isinstance(adata, AnnData):
-            msg = f"results[{platform!r}] must be an AnnData, got {type(adata).__name__}"
-            raise TypeError(msg)
-        stored = require_uns(adata, key, tool="tl.rank_association")
-        if not isinstance(stored, dict) or "table" not in stored:
-            msg = f"results[{platform!r}].uns[{key!r}] is not a rank association; run `tl.rank_association`"
-            raise KeyError(msg)
-        table = pd.DataFrame(stored["table"]).copy()
-        if match_on is None:
-            table["match"] = table["feature"].astype(str)
-        else:
-            if match_on not in adata.var.columns:
-                msg = (
-                    f"results[{platform!r}].var has no column {match_on!r} to match features across "
-                    f"platforms; columns are {list(adata.var.columns)[:12]}"
-                )
-                raise KeyError(msg)
-            mapping = adata.var[match_on].astype(str)
-            mapping.index = mapping.index.astype(str)
-            table["match"] = mapping.reindex(table["feature"].astype(str)).to_numpy()
-        tables[str(platform)] = table
-    return tables
+    return SignRule(pattern=rule.pattern, platforms=rule_platforms, min_significant=required)
 
 
 def _cell(table: pd.DataFrame, platform: str, outcome: str, use: str) -> pd.DataFrame:
-    """One platform x outcome: per match key, the feature with the smallest p (then largest |rho|)."""
+    """One platform x outcome: per match key, the feature with the smallest p (then largest ``abs(rho)``)."""
     part = table[table["outcome"].astype(str) == outcome]
     if part.empty:
         outcomes = sorted(table["outcome"].astype(str).unique())
@@ -116,18 +77,109 @@ def _cell(table: pd.DataFrame, platform: str, outcome: str, use: str) -> pd.Data
     return part[["feature", "rho", use]]
 
 
-@record("tl.consensus")
+def _rule_frame(
+    name: str,
+    rule: SignRule,
+    cells: list[tuple[str, str]],
+    features: pd.Index,
+    direction: np.ndarray,
+    rho: np.ndarray,
+    pvalue: np.ndarray,
+    n_significant: np.ndarray,
+    use: str,
+    cell_features: list[pd.DataFrame] | None,
+) -> pd.DataFrame:
+    """One row per passing feature: signs, counts, extremes and the value of every cell.
+
+    ``cell_features``: per cell, the table whose ``feature`` speaks for each matched entity.
+    """
+    out = pd.DataFrame(
+        {"rule": name, "feature": features.astype(str), "direction": direction.astype(int)}
+    )
+    for outcome, sign in rule.pattern.items():
+        out[f"sign:{outcome}"] = out["direction"] * sign
+    out["n_cells"] = len(cells)
+    out["n_significant"] = n_significant
+    out["max_pvalue"] = pvalue.max(axis=1) if len(out) else np.zeros(0)
+    out["min_abs_rho"] = np.abs(rho).min(axis=1) if len(out) else np.zeros(0)
+    for j, (p, o) in enumerate(cells):
+        out[f"rho:{p}:{o}"] = rho[:, j]
+        out[f"{use}:{p}:{o}"] = pvalue[:, j]
+        if cell_features is not None:
+            out[f"feature:{p}:{o}"] = (
+                cell_features[j].loc[features, "feature"].astype(str).to_numpy()
+            )
+    return out
+
+
+def _apply_rule(
+    name: str,
+    rule: SignRule,
+    tables: dict[str, pd.DataFrame],
+    *,
+    alpha: float,
+    use: str,
+    match_on: str | None,
+) -> tuple[pd.DataFrame, int]:
+    """The consensus markers of one rule, and how many features were measured in every cell."""
+    cells = [(p, o) for p in rule.platforms for o in rule.pattern]
+    parts = [_cell(tables[p], p, o, use) for p, o in cells]
+    common = parts[0].index
+    for part in parts[1:]:
+        common = common.intersection(part.index, sort=False)
+    rho = np.column_stack([part.loc[common, "rho"].to_numpy(dtype=float) for part in parts])
+    pvalue = np.column_stack([part.loc[common, use].to_numpy(dtype=float) for part in parts])
+    relative = np.sign(rho) * np.array([rule.pattern[o] for _, o in cells])
+    direction = relative[:, 0] if len(common) else np.zeros(0)
+    agree = (relative == direction[:, None]).all(axis=1) & (direction != 0)
+    n_significant = (pvalue < alpha).sum(axis=1)
+    passed = agree & (n_significant >= rule.min_significant)
+    out = _rule_frame(
+        name,
+        rule,
+        cells,
+        common[passed],
+        direction[passed],
+        rho[passed],
+        pvalue[passed],
+        n_significant[passed],
+        use,
+        parts if match_on is not None else None,
+    )
+    out = out.sort_values(["n_significant", "max_pvalue"], ascending=[False, True], kind="stable")
+    return out, len(common)
+
+
+def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rules' tables one under the other, with every column of any of them."""
+    columns = list(dict.fromkeys(c for frame in frames for c in frame.columns))
+    filled = [frame for frame in frames if len(frame)]
+    table = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=columns)
+    return table.reindex(columns=columns)
+
+
+def _lines_per_cell(tables: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Lines behind each platform x outcome (they differ where a line is missing on a platform)."""
+    return {
+        f"{platform}:{outcome}": int(part["n_lines"].max())
+        for platform, frame in tables.items()
+        for outcome, part in frame.groupby(frame["outcome"].astype(str), sort=False)
+    }
+
+
+@doc_params
+@record("bulk.tl.consensus")
 def consensus(
     results: Mapping[str, AnnData],
     *,
     rules: Mapping[str, Mapping[str, int] | SignRule],
     platforms: Sequence[str] | None = None,
-    key: str = RANK_ASSOCIATION,
+    key: str = _registry.RANK_ASSOCIATION.key,
     alpha: float = 0.05,
     use: Literal["pvalue", "fdr"] = "pvalue",
     min_significant: int | None = None,
     match_on: str | None = None,
-) -> pd.DataFrame:
+) -> Consensus:
     """Features whose association follows a sign rule on every platform and outcome asked.
 
     Each rule is a sign pattern over outcomes (see :class:`SignRule`). A feature is a
@@ -147,9 +199,11 @@ def consensus(
     platforms
         Platforms every rule must hold on unless it names its own (default: all results).
     key
-        ``uns`` key of the rank associations.
+        {key}
+        Here the key of the rank associations in every platform's ``uns``.
     alpha
-        Significance level of one cell.
+        {alpha}
+        Here the level a platform x outcome cell's p (or FDR, see ``use``) must be below.
     use
         Compare ``"pvalue"`` (as in the reference work) or the BH ``"fdr"`` with ``alpha``.
     min_significant
@@ -161,15 +215,17 @@ def consensus(
 
     Returns
     -------
-    DataFrame, one row per rule and consensus feature: rule, feature (the feature name or
-    the ``match_on`` entity), direction (+1 when the signs are as in the pattern, -1 when all
-    flipped), ``sign:<outcome>`` (the sign of the association with each outcome),
-    n_cells, n_significant, max_pvalue (the largest p, or FDR, over the cells), min_abs_rho,
-    and per cell ``rho:<platform>:<outcome>``, ``<use>:<platform>:<outcome>`` and, with
-    ``match_on``, ``feature:<platform>:<outcome>``. ``DataFrame.attrs['n_tested']`` holds,
-    per rule, how many features were measured in every cell; ``attrs['n_lines']`` the number
-    of lines behind each ``platform:outcome`` (different where a line was not profiled on
-    every platform and :func:`rank_association` used ``on_missing="intersect"``).
+    A :class:`Consensus`. Its ``table`` has one row per rule and consensus feature: rule,
+    feature (the feature name or the ``match_on`` entity), direction (+1 when the signs are
+    as in the pattern, -1 when all flipped), ``sign:<outcome>`` (the sign of the association
+    with each outcome), n_cells, n_significant, max_pvalue (the largest p, or FDR, over the
+    cells), min_abs_rho, and per cell ``rho:<platform>:<outcome>``,
+    ``<use>:<platform>:<outcome>`` and, with ``match_on``, ``feature:<platform>:<outcome>``.
+    Beside it: the rules applied, ``n_tested`` (per rule, the features measured in every
+    cell), ``n_lines`` (the lines behind each ``platform:outcome``; different where a line
+    was not profiled on every platform and :func:`rank_association` used
+    ``on_missing="intersect"``), the platforms' association tables, the parameters and the
+    record of the call (``provenance``, with the fingerprint of every input).
     """
     if not 0 < alpha < 1:
         msg = f"alpha must be between 0 and 1, got {alpha}"
@@ -182,69 +238,25 @@ def consensus(
         raise ValueError(msg)
     tables = association_tables(results, key=key, match_on=match_on)
     default_platforms = list(tables) if platforms is None else [str(p) for p in platforms]
-    frames, n_tested, patterns = [], {}, {}
+    resolved, frames, n_tested = {}, [], {}
     for name, raw in rules.items():
-        rule = _as_rule(str(name), raw)
-        rule_platforms = list(rule.platforms) if rule.platforms is not None else default_platforms
-        unknown = [p for p in rule_platforms if p not in tables]
-        if unknown or not rule_platforms:
-            msg = f"rule {name!r}: platforms {unknown or rule_platforms} are not among the results {list(tables)}"
-            raise KeyError(msg)
-        cells = [(p, o) for p in rule_platforms for o in rule.pattern]
-        required = rule.min_significant if rule.min_significant is not None else min_significant
-        required = len(cells) if required is None else int(required)
-        if not 1 <= required <= len(cells):
-            msg = f"rule {name!r}: min_significant must be between 1 and {len(cells)} cells, got {required}"
-            raise ValueError(msg)
-        parts = [_cell(tables[p], p, o, use) for p, o in cells]
-        common = parts[0].index
-        for part in parts[1:]:
-            common = common.intersection(part.index, sort=False)
-        n_tested[str(name)] = len(common)
-        patterns[str(name)] = dict(rule.pattern)
-        rho = np.column_stack([part.loc[common, "rho"].to_numpy(dtype=float) for part in parts])
-        pvalue = np.column_stack([part.loc[common, use].to_numpy(dtype=float) for part in parts])
-        expected = np.array([rule.pattern[o] for _, o in cells])
-        relative = np.sign(rho) * expected
-        direction = relative[:, 0] if len(common) else np.zeros(0)
-        agree = (relative == direction[:, None]).all(axis=1) & (direction != 0)
-        n_significant = (pvalue < alpha).sum(axis=1)
-        passed = agree & (n_significant >= required)
-        out = pd.DataFrame(
-            {
-                "rule": str(name),
-                "feature": common[passed].astype(str),
-                "direction": direction[passed].astype(int),
-            }
+        rule = _resolved(str(name), raw, default_platforms, min_significant, list(tables))
+        frame, n_tested[str(name)] = _apply_rule(
+            str(name), rule, tables, alpha=alpha, use=use, match_on=match_on
         )
-        for outcome, sign in rule.pattern.items():
-            out[f"sign:{outcome}"] = out["direction"] * sign
-        out["n_cells"] = len(cells)
-        out["n_significant"] = n_significant[passed]
-        out["max_pvalue"] = pvalue[passed].max(axis=1) if passed.any() else np.zeros(0)
-        out["min_abs_rho"] = np.abs(rho[passed]).min(axis=1) if passed.any() else np.zeros(0)
-        for j, (p, o) in enumerate(cells):
-            out[f"rho:{p}:{o}"] = rho[passed, j]
-            out[f"{use}:{p}:{o}"] = pvalue[passed, j]
-            if match_on is not None:
-                out[f"feature:{p}:{o}"] = (
-                    parts[j].loc[common[passed], "feature"].astype(str).to_numpy()
-                )
-        out = out.sort_values(
-            ["n_significant", "max_pvalue"], ascending=[False, True], kind="stable"
-        )
-        frames.append(out)
-    columns = list(dict.fromkeys(c for frame in frames for c in frame.columns))
-    filled = [frame for frame in frames if len(frame)]
-    table = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=columns)
-    table = table.reindex(columns=columns)
-    table.attrs["n_tested"] = n_tested
-    table.attrs["patterns"] = patterns
-    # lines behind each platform x outcome (they differ where a line is missing on a platform)
-    table.attrs["n_lines"] = {
-        f"{platform}:{outcome}": int(part["n_lines"].max())
-        for platform, frame in tables.items()
-        for outcome, part in frame.groupby(frame["outcome"].astype(str), sort=False)
-    }
-    table.attrs["params"] = {"alpha": alpha, "use": use, "match_on": match_on, "key": key}
-    return table
+        resolved[str(name)] = rule
+        frames.append(frame)
+    return Consensus(
+        table=_stacked(frames),
+        rules=resolved,
+        n_tested=n_tested,
+        n_lines=_lines_per_cell(tables),
+        associations=tables,
+        params={
+            "alpha": alpha,
+            "use": use,
+            "match_on": match_on,
+            "key": key,
+            "min_significant": min_significant,
+        },
+    )

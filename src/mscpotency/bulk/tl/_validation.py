@@ -9,18 +9,17 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _stats
+from ... import _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ._rank_association import (
+from .._lines import (
     OnMissing,
     align_lines,
     dense_matrix,
+    line_rows,
     outcome_frame,
     require_unique_lines,
 )
-
-#: Default ``key_added`` of :func:`validate_markers`.
-MARKER_VALIDATION = "marker_validation"
 
 
 def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
@@ -30,7 +29,7 @@ def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
         if "sign" not in candidates.columns:
             msg = (
                 "a candidates DataFrame needs a 'sign' column (+1/-1 per feature, index = feature); "
-                "get one from `get.consensus_candidates`"
+                "get one from `bulk.get.consensus`"
             )
             raise KeyError(msg)
         signs = candidates["sign"]
@@ -61,21 +60,105 @@ def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
     return numeric.astype(int), rho_train
 
 
-@record("tl.validate_markers")
+def _check_candidates_present(adata: AnnData, signs: pd.Series) -> None:
+    absent = [f for f in signs.index if f not in adata.var_names]
+    if absent:
+        msg = (
+            f"{len(absent)} candidates are not features of the held-out data: {absent[:10]}. Use the "
+            "same platform and feature names (for CAGE vs gene names, map them first)."
+        )
+        raise KeyError(msg)
+
+
+def _single_outcome(adata: AnnData, outcome) -> tuple[str, pd.DataFrame]:
+    """The one outcome to validate against: its name and its lines x 1 frame."""
+    frame = outcome_frame(adata, outcome)
+    if frame.shape[1] != 1:
+        msg = f"validate_markers takes one outcome, got {list(frame.columns)}"
+        raise ValueError(msg)
+    return str(frame.columns[0]), frame
+
+
+def _held_out_test(
+    X: np.ndarray, y: np.ndarray, signs: pd.Series, *, alternative: str, method: str, **options
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The rho and p of every testable candidate (finite, not constant); untestable ones are NaN.
+
+    ``alternative="directional"``: one-sided in each candidate's expected direction.
+    """
+    testable = np.isfinite(X).all(axis=0)
+    testable[testable] = np.ptp(X[:, testable], axis=0) > 0
+    rho = np.full(len(signs), np.nan)
+    pvalue = np.full(len(signs), np.nan)
+    if not testable.any():
+        return rho, pvalue, testable, method
+    kwargs = {"method": method, **options}
+    if alternative == "two-sided":
+        result = _stats.spearman_test(X[:, testable], y, alternative="two-sided", **kwargs)
+        pvalue[testable] = result.pvalue
+    else:
+        greater = _stats.spearman_test(X[:, testable], y, alternative="greater", **kwargs)
+        less = _stats.spearman_test(X[:, testable], y, alternative="less", **kwargs)
+        result = greater
+        expected = signs.to_numpy()[testable]
+        pvalue[testable] = np.where(expected > 0, greater.pvalue, less.pvalue)
+    rho[testable] = result.rho
+    return rho, pvalue, testable, result.pvalue_method
+
+
+def _validation_table(
+    signs: pd.Series,
+    rho_train: pd.Series | None,
+    tested: tuple[np.ndarray, np.ndarray, np.ndarray, str],
+    *,
+    alpha: float,
+    n_lines: int,
+) -> pd.DataFrame:
+    """One row per candidate: expected sign, held-out rho and p, FDR, validated or not."""
+    rho, pvalue, testable, used_method = tested
+    table = pd.DataFrame(
+        {"expected_sign": signs.to_numpy()}, index=pd.Index(signs.index, name="feature")
+    )
+    if rho_train is not None:
+        table["rho_train"] = rho_train.to_numpy()
+    table["rho"] = rho
+    table["pvalue"] = pvalue
+    table["pvalue_method"] = np.where(testable, used_method, "untestable (constant or missing)")
+    table["fdr"] = _stats.benjamini_hochberg(pvalue)
+    table["same_sign"] = np.sign(rho) == signs.to_numpy()
+    table["significant"] = pvalue < alpha
+    table["validated"] = table["same_sign"] & table["significant"]
+    table["n_lines"] = n_lines
+    return table
+
+
+def _summary(table: pd.DataFrame, outcome: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "candidates": [len(table)],
+            "validated": [int(table["validated"].sum())],
+            "share": [float(table["validated"].mean())],
+        },
+        index=pd.Index([outcome], name="outcome"),
+    )
+
+
+@doc_params
+@record("bulk.tl.validate_markers")
 def validate_markers(
     adata: AnnData,
     candidates: Mapping[str, int] | pd.Series | pd.DataFrame,
     *,
     outcome: str | Mapping | pd.Series,
     alpha: float = 0.05,
-    test: Literal["directional", "two-sided"] = "directional",
+    alternative: Literal["directional", "two-sided"] = "directional",
     layer: str | None = None,
     method: _stats.PvalueMethod = "auto",
     n_permutations: int = 9999,
     exact_max_n: int = _stats.EXACT_MAX_N,
     random_state: int = 0,
     on_missing: OnMissing = "error",
-    key_added: str = MARKER_VALIDATION,
+    key_added: str = _registry.MARKER_VALIDATION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Test candidate markers on held-out lines: same sign, and significant.
@@ -89,32 +172,23 @@ def validate_markers(
     Parameters
     ----------
     adata
-        Held-out lines x features (same platform and feature names as the candidates).
+        {adata}
+        Here held-out lines x features (same platform and feature names as the candidates).
     candidates
         feature -> expected sign (+1/-1), or a DataFrame indexed by feature with a ``sign``
-        column and optionally the training ``rho`` (see :func:`mscpotency.bulk.get.consensus_candidates`).
+        column and optionally the training ``rho`` (see :func:`mscpotency.bulk.get.consensus`).
     outcome
-        The held-out lines' outcome: obs column or line -> value Series/Mapping.
+        {outcome}
+        Here the held-out lines' one outcome: an obs column or a line -> value Series/Mapping.
     alpha
-        Level a candidate's p-value must be below.
-    test
-        ``"directional"`` (one-sided in the expected direction) or ``"two-sided"``.
-    layer
-        Layer with the values (default: ``X``).
-    method
-        ``"auto"``, ``"exact"`` or ``"permutation"``.
-    n_permutations
-        Monte-Carlo permutations when not exact.
-    exact_max_n
-        Largest number of lines that ``"auto"`` enumerates exactly.
-    random_state
-        Seed of the permutations.
+        {alpha}
+        Here the level a candidate's p-value must be below.
+    alternative
+        {alternative}
+        Here ``"directional"`` (one-sided in each candidate's expected direction) or
+        ``"two-sided"``.
     on_missing
         Lines without an outcome value or without a profile: ``"error"`` or ``"intersect"``.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -128,91 +202,39 @@ def validate_markers(
     if not 0 < alpha < 1:
         msg = f"alpha must be between 0 and 1, got {alpha}"
         raise ValueError(msg)
-    if test not in ("directional", "two-sided"):
-        msg = f"test must be 'directional' or 'two-sided', got {test!r}"
+    if alternative not in ("directional", "two-sided"):
+        msg = f"alternative must be 'directional' or 'two-sided', got {alternative!r}"
         raise ValueError(msg)
     signs, rho_train = _candidate_signs(candidates)
-    absent = [f for f in signs.index if f not in adata.var_names]
-    if absent:
-        msg = (
-            f"{len(absent)} candidates are not features of the held-out data: {absent[:10]}. Use the "
-            "same platform and feature names (for CAGE vs gene names, map them first)."
-        )
-        raise KeyError(msg)
-    frame = outcome_frame(adata, outcome)
-    if frame.shape[1] != 1:
-        msg = f"validate_markers takes one outcome, got {list(frame.columns)}"
-        raise ValueError(msg)
-    name = str(frame.columns[0])
+    _check_candidates_present(adata, signs)
+    name, frame = _single_outcome(adata, outcome)
     used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
     lines = used[name]
     y = frame.loc[lines, name].to_numpy(dtype=float)
     if np.ptp(y) == 0:
         msg = f"outcome {name!r} is the same for every held-out line; nothing can be validated"
         raise ValueError(msg)
-    rows = (
-        pd.Series(np.arange(adata.n_obs), index=adata.obs_names.astype(str)).loc[lines].to_numpy()
-    )
-    X = dense_matrix(adata[:, signs.index.tolist()], layer)[rows]
-    testable = np.isfinite(X).all(axis=0)
-    testable[testable] = np.ptp(X[:, testable], axis=0) > 0
-    rho = np.full(len(signs), np.nan)
-    pvalue = np.full(len(signs), np.nan)
-    used_method = method
-    if testable.any():
-        kwargs = {
-            "method": method,
-            "n_permutations": n_permutations,
-            "exact_max_n": exact_max_n,
-            "random_state": random_state,
-        }
-        if test == "two-sided":
-            result = _stats.spearman_test(X[:, testable], y, alternative="two-sided", **kwargs)
-            pvalue[testable] = result.pvalue
-        else:
-            greater = _stats.spearman_test(X[:, testable], y, alternative="greater", **kwargs)
-            less = _stats.spearman_test(X[:, testable], y, alternative="less", **kwargs)
-            result = greater
-            expected = signs.to_numpy()[testable]
-            pvalue[testable] = np.where(expected > 0, greater.pvalue, less.pvalue)
-        rho[testable] = result.rho
-        used_method = result.pvalue_method
-    table = pd.DataFrame(
-        {"expected_sign": signs.to_numpy()}, index=pd.Index(signs.index, name="feature")
-    )
-    if rho_train is not None:
-        table["rho_train"] = rho_train.to_numpy()
-    table["rho"] = rho
-    table["pvalue"] = pvalue
-    table["pvalue_method"] = np.where(testable, used_method, "untestable (constant or missing)")
-    table["fdr"] = _stats.benjamini_hochberg(pvalue)
-    table["same_sign"] = np.sign(rho) == signs.to_numpy()
-    table["significant"] = pvalue < alpha
-    table["validated"] = table["same_sign"] & table["significant"]
-    table["n_lines"] = len(lines)
-    summary = pd.DataFrame(
-        {
-            "candidates": [len(table)],
-            "validated": [int(table["validated"].sum())],
-            "share": [float(table["validated"].mean())],
-        },
-        index=pd.Index([name], name="outcome"),
-    )
+    X = dense_matrix(adata[:, signs.index.tolist()], layer)[line_rows(adata, lines)]
+    options = {
+        "method": method,
+        "n_permutations": n_permutations,
+        "exact_max_n": exact_max_n,
+        "random_state": random_state,
+    }
+    tested = _held_out_test(X, y, signs, alternative=alternative, **options)
+    table = _validation_table(signs, rho_train, tested, alpha=alpha, n_lines=len(lines))
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "summary": summary,
+        "summary": _summary(table, name),
         "outcome": frame.loc[lines, [name]].rename_axis(index="line"),
         "missing_lines": missing_lines,
         "params": {
             "outcome": name,
             "alpha": alpha,
-            "test": test,
+            "alternative": alternative,
             "layer": layer,
-            "method": method,
-            "n_permutations": n_permutations,
-            "exact_max_n": exact_max_n,
-            "random_state": random_state,
+            **options,
             "on_missing": on_missing,
         },
     }

@@ -29,22 +29,13 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 from ... import _keys, _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import (
-    finite_outcome,
-    lot_level_values,
-    lots_of,
-    match_lots,
-    require_obs_column,
-    require_uns,
-)
-from .._population._association import lot_outcome
+from ..._stored import params, potency_cluster, stored, stored_table
+from ..._validate import finite_outcome, lot_level_values, lots_of, match_lots, require_obs_column
+from .._robustness._inputs import Potency, lot_potency
 
 Interval = Literal["jackknife+", "t"]
-
-#: Default ``key_added`` of the tools in this module.
-POTENCY_MODEL = "potency_model"
-POTENCY_PREDICTION = "potency_prediction"
 
 
 # --------------------------------------------------------------------------- kernels
@@ -158,6 +149,40 @@ def _fit_from_stored(model: dict) -> LinearFit:
 
 
 # --------------------------------------------------------------------------- features
+def _marker_expression(
+    adata: AnnData, cluster: str, genes: Sequence[str], fractions_params: dict, layer: str | None
+) -> pd.DataFrame:
+    """Lots x genes: each lot's mean expression of ``genes`` inside the cluster."""
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        msg = f"genes {missing} are not in adata.var_names."
+        raise KeyError(msg)
+    labels = require_obs_column(adata, fractions_params["cluster_key"], what="cluster labels")
+    lots = lots_of(adata, fractions_params["lot_key"])
+    X = adata.layers[layer] if layer is not None else adata.X
+    columns = adata.var_names.get_indexer(list(genes))
+    inside = labels.astype(str).to_numpy() == cluster
+    sub = X[inside][:, columns]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=float)
+    codes = lots.cat.codes.to_numpy()[inside]
+    n_lots = lots.cat.categories.size
+    sums = np.zeros((n_lots, len(columns)))
+    np.add.at(sums, codes, sub)
+    n_in = np.bincount(codes, minlength=n_lots)
+    empty = lots.cat.categories[n_in == 0].astype(str).tolist()
+    if empty:
+        msg = (
+            f"lots {empty} have no cells in cluster {cluster!r}, so their marker expression "
+            "inside it is undefined; fit on the fraction only (genes=None)."
+        )
+        raise ValueError(msg)
+    return pd.DataFrame(
+        sums / n_in[:, None],
+        index=lots.cat.categories.astype(str),
+        columns=[f"expression:{g}" for g in genes],
+    )
+
+
 def _lot_features(
     adata: AnnData,
     cluster: str,
@@ -166,8 +191,7 @@ def _lot_features(
     layer: str | None,
 ) -> pd.DataFrame:
     """Lots x (fraction of the cluster, mean expression of each gene inside the cluster)."""
-    stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
-    fractions: pd.DataFrame = stored["fractions"].copy()
+    fractions = stored_table(adata, _registry.LOT_FRACTIONS, "fractions", fractions_key)
     fractions.columns = fractions.columns.astype(str)
     fractions.index = fractions.index.astype(str)
     if cluster not in fractions.columns:
@@ -179,39 +203,9 @@ def _lot_features(
         raise ValueError(msg)
     features = pd.DataFrame({f"fraction:{cluster}": fractions[cluster].astype(float)})
     if genes:
-        params = stored["params"]
-        lot_key, cluster_key = params["lot_key"], params["cluster_key"]
-        missing = [g for g in genes if g not in adata.var_names]
-        if missing:
-            msg = f"genes {missing} are not in adata.var_names."
-            raise KeyError(msg)
-        labels = (
-            require_obs_column(adata, cluster_key, what="cluster labels").astype(str).to_numpy()
-        )
-        lots = lots_of(adata, lot_key)
-        X = adata.layers[layer] if layer is not None else adata.X
-        columns = adata.var_names.get_indexer(list(genes))
-        inside = labels == cluster
-        sub = X[inside][:, columns]
-        sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub, dtype=float)
-        codes = lots.cat.codes.to_numpy()[inside]
-        n_lots = lots.cat.categories.size
-        sums = np.zeros((n_lots, len(columns)))
-        np.add.at(sums, codes, sub)
-        n_in = np.bincount(codes, minlength=n_lots)
-        empty = lots.cat.categories[n_in == 0].astype(str).tolist()
-        if empty:
-            msg = (
-                f"lots {empty} have no cells in cluster {cluster!r}, so their marker expression "
-                "inside it is undefined; fit on the fraction only (genes=None)."
-            )
-            raise ValueError(msg)
-        means = pd.DataFrame(
-            sums / n_in[:, None],
-            index=lots.cat.categories.astype(str),
-            columns=[f"expression:{g}" for g in genes],
-        )
-        features = features.join(means, how="left")
+        fractions_params = params(adata, _registry.LOT_FRACTIONS, fractions_key)
+        expression = _marker_expression(adata, cluster, genes, fractions_params, layer)
+        features = features.join(expression, how="left")
     return features
 
 
@@ -228,11 +222,86 @@ def _measured(
     return finite_outcome(values, name=name), name
 
 
+def _check_interval(interval: str, level: float) -> None:
+    if interval not in ("jackknife+", "t"):
+        msg = f"interval must be 'jackknife+' or 't', got {interval!r}"
+        raise ValueError(msg)
+    if not 0 < level < 1:
+        msg = f"level must be between 0 and 1, got {level!r}"
+        raise ValueError(msg)
+
+
+def _loo_intervals(
+    X: np.ndarray, y: np.ndarray, level: float, interval: Interval
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Each training lot's interval from the model (and residuals) fitted without it.
+
+    NaN, and ``False``, when the lots left are too few for the model or the interval.
+    """
+    n = len(y)
+    can_nest = n - 1 >= X.shape[1] + 3
+    if can_nest and interval == "jackknife+":
+        try:
+            jackknife_plus_ranks(n - 1, level)
+        except ValueError:
+            can_nest = False
+    low, high = np.full(n, np.nan), np.full(n, np.nan)
+    if not can_nest:
+        return low, high, False
+    keep = ~np.eye(n, dtype=bool)
+    for i in range(n):
+        inner = fit_linear(X[keep[i]], y[keep[i]])
+        _, low[i], high[i] = (
+            v[0] for v in predict_linear(inner, X[i], level=level, interval=interval)
+        )
+    return low, high, True
+
+
+def _training_lots(
+    features: pd.DataFrame,
+    y: np.ndarray,
+    fit: LinearFit,
+    loo: tuple[np.ndarray, np.ndarray, bool],
+    potency_name: str,
+    lot_key: str,
+) -> pd.DataFrame:
+    """One row per training lot: potency, features, fit and leave-one-out prediction."""
+    loo_low, loo_high, _ = loo
+    lots = features.copy()
+    lots.insert(0, potency_name, y)
+    residual = y - _design(features.to_numpy(dtype=float)) @ fit.coef
+    lots["fitted"] = y - residual
+    lots["loo_prediction"] = fit.loo_prediction
+    lots["loo_residual"] = fit.loo_residual
+    lots["loo_low"], lots["loo_high"] = loo_low, loo_high
+    lots["loo_covered"] = (y >= loo_low) & (y <= loo_high)
+    lots.index.name = lot_key
+    return lots
+
+
+def _stored_model(fit: LinearFit, features: pd.DataFrame) -> dict:
+    """Everything :func:`predict_potency` needs to predict and flag new lots."""
+    X = features.to_numpy(dtype=float)
+    return {
+        "features": list(features.columns),
+        "coef": fit.coef,
+        "xtx_inv": fit.xtx_inv,
+        "sigma": fit.sigma,
+        "df": fit.df,
+        "loo_coef": fit.loo_coef,
+        "loo_prediction": fit.loo_prediction,
+        "loo_residual": fit.loo_residual,
+        "feature_min": X.min(axis=0),
+        "feature_max": X.max(axis=0),
+    }
+
+
 # --------------------------------------------------------------------------- tools
+@doc_params
 @record("tl.fit_potency_model")
 def fit_potency_model(
     adata: AnnData,
-    potency: str | Mapping | pd.Series = _keys.POTENCY,
+    potency: Potency = _keys.POTENCY,
     *,
     cluster: str | None = None,
     genes: Sequence[str] | None = None,
@@ -241,7 +310,7 @@ def fit_potency_model(
     layer: str | None = None,
     interval: Interval = "jackknife+",
     level: float = 0.9,
-    key_added: str = POTENCY_MODEL,
+    key_added: str = _registry.POTENCY_MODEL.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Fit a lot-level model of potency with leave-one-lot-out error and prediction intervals.
@@ -256,29 +325,23 @@ def fit_potency_model(
     Parameters
     ----------
     adata
-        Reference cells with ``uns[fractions_key]`` (and ``uns[association_key]`` when
+        {adata}
+        Reference lots with ``uns[fractions_key]`` (and ``uns[association_key]`` when
         ``cluster`` is ``None``).
     potency
-        obs column with one value per lot, or a lot -> value mapping/Series.
+        {potency}
+        Or a lot -> value mapping/Series.
     cluster
-        The cluster whose fraction predicts potency; default: the potency cluster.
+        {cluster}
+        Its fraction predicts potency.
     genes
         Optional marker genes whose per-lot mean expression inside the cluster (``X`` or
         ``layer``, log-normalised) enters the model as further features.
-    fractions_key
-        Key of the lot fractions.
-    association_key
-        Where to find the potency cluster when ``cluster`` is ``None``.
     layer
-        Layer with log-normalised expression for ``genes`` (default ``X``).
+        {layer}
+        Here log-normalised expression for ``genes``.
     interval
         ``"jackknife+"`` (distribution-free, needs >= 9 lots at 90%) or ``"t"`` (Gaussian OLS).
-    level
-        Nominal coverage of the prediction intervals.
-    key_added
-        ``adata.uns`` key of the model.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -290,22 +353,14 @@ def fit_potency_model(
     prediction needs (features, coef, xtx_inv, sigma, df, loo_coef, loo_prediction,
     loo_residual, feature_min, feature_max) and ``'params'``.
     """
-    if cluster is None:
-        stored = require_uns(adata, association_key, tool="tl.potency_association")
-        cluster = str(stored.get("potency_cluster", ""))
-        if not cluster:
-            msg = f"adata.uns[{association_key!r}] names no potency cluster; pass cluster=."
-            raise ValueError(msg)
-    if interval not in ("jackknife+", "t"):
-        msg = f"interval must be 'jackknife+' or 't', got {interval!r}"
-        raise ValueError(msg)
-    if not 0 < level < 1:
-        msg = f"level must be between 0 and 1, got {level!r}"
-        raise ValueError(msg)
+    cluster = potency_cluster(adata, cluster=cluster, association_key=association_key)
+    _check_interval(interval, level)
     genes = list(genes) if genes is not None else []
     features = _lot_features(adata, cluster, genes, fractions_key, layer)
-    lot_key = require_uns(adata, fractions_key)["params"]["lot_key"]
-    outcome, potency_name = lot_outcome(adata, potency, pd.Index(features.index), lot_key)
+    lot_key = params(adata, _registry.LOT_FRACTIONS, fractions_key)["lot_key"]
+    outcome, potency_name = lot_potency(
+        adata, potency, pd.Index(features.index), lot_key, association_key=association_key
+    )
     constant = [c for c in features.columns if np.ptp(features[c].to_numpy()) == 0]
     if constant:
         msg = f"features {constant} are the same in every lot; they cannot predict potency."
@@ -315,58 +370,21 @@ def fit_potency_model(
     if interval == "jackknife+":
         jackknife_plus_ranks(len(y), level)
     fit = fit_linear(X, y)
-    # leave-one-out interval of each training lot, from the model (and residuals) without it
-    loo_low = np.empty(len(y))
-    loo_high = np.empty(len(y))
-    keep = ~np.eye(len(y), dtype=bool)
-    can_nest = len(y) - 1 >= X.shape[1] + 3
-    if can_nest and interval == "jackknife+":
-        try:
-            jackknife_plus_ranks(len(y) - 1, level)
-        except ValueError:
-            can_nest = False
-    for i in range(len(y)):
-        if can_nest:
-            inner = fit_linear(X[keep[i]], y[keep[i]])
-            _, loo_low[i], loo_high[i] = (
-                v[0] for v in predict_linear(inner, X[i], level=level, interval=interval)
-            )
-        else:
-            loo_low[i] = loo_high[i] = np.nan
-    residual = y - _design(X) @ fit.coef
-    se = fit.sigma * np.sqrt(np.diag(fit.xtx_inv))
+    loo = _loo_intervals(X, y, level, interval)
+    lots = _training_lots(features, y, fit, loo, potency_name, lot_key)
+    cv = cv_metrics(y, fit.loo_prediction)
+    cv["loo_interval_coverage"] = float(lots["loo_covered"].mean()) if loo[2] else float("nan")
+    cv["n_lots"] = len(y)
     coefficients = pd.DataFrame(
-        {"estimate": fit.coef, "se": se},
+        {"estimate": fit.coef, "se": fit.sigma * np.sqrt(np.diag(fit.xtx_inv))},
         index=pd.Index(["intercept", *features.columns], name="term"),
     )
-    lots = features.copy()
-    lots.insert(0, potency_name, y)
-    lots["fitted"] = y - residual
-    lots["loo_prediction"] = fit.loo_prediction
-    lots["loo_residual"] = fit.loo_residual
-    lots["loo_low"], lots["loo_high"] = loo_low, loo_high
-    lots["loo_covered"] = (y >= loo_low) & (y <= loo_high)
-    lots.index.name = lot_key
-    cv = cv_metrics(y, fit.loo_prediction)
-    cv["loo_interval_coverage"] = float(lots["loo_covered"].mean()) if can_nest else float("nan")
-    cv["n_lots"] = len(y)
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "coefficients": coefficients,
         "lots": lots,
         "cv": cv,
-        "model": {
-            "features": list(features.columns),
-            "coef": fit.coef,
-            "xtx_inv": fit.xtx_inv,
-            "sigma": fit.sigma,
-            "df": fit.df,
-            "loo_coef": fit.loo_coef,
-            "loo_prediction": fit.loo_prediction,
-            "loo_residual": fit.loo_residual,
-            "feature_min": X.min(axis=0),
-            "feature_max": X.max(axis=0),
-        },
+        "model": _stored_model(fit, features),
         "params": {
             "potency": potency_name,
             "cluster": cluster,
@@ -381,17 +399,60 @@ def fit_potency_model(
     return adata if copy else None
 
 
+def _query_features(adata: AnnData, model: dict, fractions_key: str) -> pd.DataFrame:
+    """The query lots' features, computed as the model's, with every value present."""
+    model_params = model["params"]
+    features = _lot_features(
+        adata,
+        str(model_params["cluster"]),
+        list(model_params["genes"]),
+        fractions_key,
+        model_params["layer"],
+    )[[str(f) for f in model["model"]["features"]]]
+    finite = np.isfinite(features.to_numpy(dtype=float)).all(axis=1)
+    if not finite.all():
+        msg = f"lots {features.index[~finite].tolist()} have missing features; check their cells and labels."
+        raise ValueError(msg)
+    return features
+
+
+def _flag_outside_range(table: pd.DataFrame, model: dict) -> None:
+    """Mark the lots whose features lie outside the training lots' range, and which features."""
+    names = [str(f) for f in model["features"]]
+    X0 = table[names].to_numpy(dtype=float)
+    below = X0 < np.asarray(model["feature_min"], dtype=float)
+    above = X0 > np.asarray(model["feature_max"], dtype=float)
+    outside = below | above
+    table["outside_range"] = outside.any(axis=1)
+    table["outside_features"] = [
+        ",".join(n for n, o in zip(names, row, strict=True) if o) for row in outside
+    ]
+
+
+def _compare_with_measured(table: pd.DataFrame, observed: pd.Series) -> dict[str, float]:
+    """Errors of the predictions and whether each interval covers the measured value."""
+    table["observed"] = observed.to_numpy()
+    table["error"] = table["observed"] - table["prediction"]
+    table["covered"] = (table["observed"] >= table["low"]) & (table["observed"] <= table["high"])
+    return {
+        "rmse": float(np.sqrt((table["error"] ** 2).mean())),
+        "mae": float(table["error"].abs().mean()),
+        "coverage": float(table["covered"].mean()),
+    }
+
+
+@doc_params
 @record("tl.predict_potency")
 def predict_potency(
     adata: AnnData,
     model: AnnData | None = None,
     *,
-    model_key: str = POTENCY_MODEL,
+    model_key: str = _registry.POTENCY_MODEL.key,
     fractions_key: str = _registry.LOT_FRACTIONS.key,
     potency: str | Mapping | pd.Series | None = None,
     interval: Interval | None = None,
     level: float | None = None,
-    key_added: str = POTENCY_PREDICTION,
+    key_added: str = _registry.POTENCY_PREDICTION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict the potency of every lot in ``adata`` with a model from :func:`fit_potency_model`.
@@ -406,23 +467,23 @@ def predict_potency(
     Parameters
     ----------
     adata
-        Query cells with ``uns[fractions_key]``.
+        {adata}
+        Query lots with ``uns[fractions_key]``.
     model
         AnnData holding the fitted model in ``uns[model_key]``; default: ``adata`` itself.
     model_key
-        Key of the model.
+        Key of the model in ``adata.uns`` (from :func:`mscpotency.tl.fit_potency_model`).
     fractions_key
-        Key of the query's lot fractions.
+        {fractions_key}
+        Of the query lots.
     potency
-        Optional measured potency of the query lots (obs column or lot -> value table).
+        Measured potency of the query lots, if known (obs column or lot -> value table);
+        ``None`` predicts without comparing.
     interval
         Interval type; default: the model's.
     level
-        Coverage of the intervals; default: the model's.
-    key_added
-        ``adata.uns`` key of the predictions.
-    copy
-        Return a copy instead of writing in place.
+        {level}
+        Default: the model's.
 
     Returns
     -------
@@ -432,53 +493,28 @@ def predict_potency(
     ``'summary'`` : dict (n_lots, n_outside_range and, with ``potency``, rmse, mae,
     coverage) and ``'params'``.
     """
-    source = adata if model is None else model
-    stored = require_uns(source, model_key, tool="tl.fit_potency_model")
-    stored_model, model_params = stored["model"], stored["params"]
+    fitted = stored(adata if model is None else model, _registry.POTENCY_MODEL, model_key)
+    model_params = fitted["params"]
     interval = interval or model_params["interval"]
     level = float(level if level is not None else model_params["level"])
-    names = [str(f) for f in stored_model["features"]]
-    features = _lot_features(
-        adata,
-        str(model_params["cluster"]),
-        list(model_params["genes"]),
-        fractions_key,
-        model_params["layer"],
+    features = _query_features(adata, fitted, fractions_key)
+    prediction, low, high = predict_linear(
+        _fit_from_stored(fitted["model"]),
+        features.to_numpy(dtype=float),
+        level=level,
+        interval=interval,  # type: ignore[arg-type]
     )
-    features = features[names]
-    X0 = features.to_numpy(dtype=float)
-    if not np.isfinite(X0).all():
-        bad = features.index[~np.isfinite(X0).all(axis=1)].tolist()
-        msg = f"lots {bad} have missing features; check their cells and labels."
-        raise ValueError(msg)
-    fit = _fit_from_stored(stored_model)
-    prediction, low, high = predict_linear(fit, X0, level=level, interval=interval)  # type: ignore[arg-type]
-    below = X0 < np.asarray(stored_model["feature_min"], dtype=float)
-    above = X0 > np.asarray(stored_model["feature_max"], dtype=float)
-    outside = below | above
     table = features.copy()
     table["prediction"] = prediction
     table["low"], table["high"] = low, high
-    table["outside_range"] = outside.any(axis=1)
-    table["outside_features"] = [
-        ",".join(n for n, o in zip(names, row, strict=True) if o) for row in outside
-    ]
-    lot_key = require_uns(adata, fractions_key)["params"]["lot_key"]
+    _flag_outside_range(table, fitted["model"])
+    lot_key = params(adata, _registry.LOT_FRACTIONS, fractions_key)["lot_key"]
     table.index.name = lot_key
     summary: dict = {"n_lots": len(table), "n_outside_range": int(table["outside_range"].sum())}
     potency_name = None
     if potency is not None:
         observed, potency_name = _measured(adata, potency, pd.Index(table.index), lot_key)
-        table["observed"] = observed.to_numpy()
-        table["error"] = table["observed"] - table["prediction"]
-        table["covered"] = (table["observed"] >= table["low"]) & (
-            table["observed"] <= table["high"]
-        )
-        summary.update(
-            rmse=float(np.sqrt((table["error"] ** 2).mean())),
-            mae=float(table["error"].abs().mean()),
-            coverage=float(table["covered"].mean()),
-        )
+        summary.update(_compare_with_measured(table, observed))
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,

@@ -27,8 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._frozen import ReferenceModel
 from ._fast import vote
 from ._neighbors import knn
+from ._pca_backends import Neighbours, ProjectionOptions
+from ._project import CentredMatrix
 
 
 @dataclass(frozen=True)
@@ -193,3 +196,95 @@ def transfer_data(
     flat = weights.sum(axis=1) <= 0
     weights[flat] = 1.0
     return vote(reference_labels[anchors.reference[nearest]], weights, n_labels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnchorOptions(ProjectionOptions, method="anchors"):
+    """Options of ``map_to_reference(method="anchors")``: Seurat's anchors, on numpy.
+
+    FindTransferAnchors (``pcaproject``) + TransferData: mutual nearest neighbours as
+    anchors, filtered, scored, and anchor-weighted label transfer; robust to lot and tissue
+    effects. The ``k_*`` and ``sd_weight`` options are Seurat's of the same names.
+
+    Attributes
+    ----------
+    centre
+        Where query cells are centred before projection: on each lot's mean (``"lot"``,
+        removes donor/tissue shifts), on the query's mean (``"query"``) or on the reference
+        mean (``"reference"``, as Seurat and ingest do).
+    n_calibration_folds
+        Folds of reference lots held out in turn to fit the temperature.
+    k_anchor
+        Neighbours searched for mutual nearest neighbours (anchor pairs).
+    k_filter
+        Nearest query cells of an anchor's reference cell, in the gene-level space, among
+        which its query cell must be (``0`` skips the filter).
+    k_score
+        Neighbours whose overlap scores an anchor.
+    k_weight
+        Anchors that weigh in on each query cell.
+    sd_weight
+        Bandwidth of the anchor weights' Gaussian kernel.
+    """
+
+    k_anchor: int = 5
+    k_filter: int = 200
+    k_score: int = 30
+    k_weight: int = 50
+    sd_weight: float = 1.0
+
+    @property
+    def uses_own_axes(self) -> bool:
+        """The anchor filter works in the span of the reference's and the query's own axes."""
+        return self.k_filter > 0
+
+    def label_probabilities(
+        self,
+        model: ReferenceModel,
+        rows: np.ndarray,
+        query: CentredMatrix,
+        own: np.ndarray,
+        query_embedding: np.ndarray,
+        *,
+        knn_method: str,
+        random_state: int,
+    ) -> tuple[np.ndarray, dict[str, int], Neighbours]:
+        """Anchor-weighted votes; the anchor counts come back beside the probabilities."""
+        reference_embedding = model.embedding[rows]
+        reference_filter = query_filter = None
+        if self.k_filter > 0:
+            expression, mean = model.expression[rows], model.pca_mean
+
+            def reference_dot(basis: np.ndarray) -> np.ndarray:
+                return np.asarray(expression @ basis) - mean @ basis
+
+            reference_filter, query_filter = filter_space(
+                reference_dot, query.dot, model.loadings, own
+            )
+        anchors = find_transfer_anchors(
+            reference_embedding,
+            query_embedding,
+            reference_filter=reference_filter,
+            query_filter=query_filter,
+            k_anchor=self.k_anchor,
+            k_filter=self.k_filter,
+            k_score=self.k_score,
+            knn_method=knn_method,
+            random_state=random_state,
+        )
+        probabilities = transfer_data(
+            query_embedding,
+            anchors,
+            model.labels[rows],
+            len(model.categories),
+            k_weight=self.k_weight,
+            sd_weight=self.sd_weight,
+            knn_method=knn_method,
+            random_state=random_state,
+        )
+        counts = {
+            "n_mnn": anchors.n_mnn,
+            "n_anchors": int(anchors.reference.size),
+            "n_query_cells_anchored": int(np.unique(anchors.query).size),
+        }
+        return probabilities, counts, None

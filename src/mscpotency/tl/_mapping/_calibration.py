@@ -122,3 +122,26 @@ def lot_folds(
             return [fold_of == f for f in range(n_folds)]
     fold_of = rng.permutation(n_cells) % n_folds
     return [fold_of == f for f in range(n_folds)]
+
+
+def calibration_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit the temperature on held-out reference cells and describe the fit.
+
+    Returns the temperature, the held-out cells' accuracy, the expected calibration error
+    before and after scaling and the reliability tables (``reliability_before``,
+    ``reliability_after``).
+    """
+    temperature = fit_temperature(probabilities, labels)
+    scaled = apply_temperature(probabilities, temperature)
+    correct_before = probabilities.argmax(axis=1) == labels
+    correct_after = scaled.argmax(axis=1) == labels
+    return {
+        "temperature": temperature,
+        "fitted": True,
+        "n_cells": int(labels.size),
+        "accuracy": float(correct_before.mean()),
+        "ece_before": expected_calibration_error(probabilities.max(axis=1), correct_before),
+        "ece_after": expected_calibration_error(scaled.max(axis=1), correct_after),
+        "reliability_before": reliability_table(probabilities.max(axis=1), correct_before),
+        "reliability_after": reliability_table(scaled.max(axis=1), correct_after),
+    }

@@ -2,9 +2,58 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..._frozen import ReferenceModel
 from ._neighbors import knn
+from ._pca_backends import Neighbours, ProjectionOptions
+from ._project import CentredMatrix
+
+
+@dataclass(frozen=True, kw_only=True)
+class FastOptions(ProjectionOptions, method="fast"):
+    """Options of ``map_to_reference(method="fast")``: weighted votes of the nearest reference cells.
+
+    Right when query lots share the reference's batch; what scanpy's ``ingest`` does.
+
+    Attributes
+    ----------
+    centre
+        Where query cells are centred before projection: on each lot's mean (``"lot"``,
+        removes donor/tissue shifts), on the query's mean (``"query"``) or on the reference
+        mean (``"reference"``, as Seurat and ingest do).
+    n_calibration_folds
+        Folds of reference lots held out in turn to fit the temperature.
+    n_neighbors
+        Reference neighbours that vote (15 of them also place cells on the reference UMAP).
+    """
+
+    n_neighbors: int = 30
+
+    def label_probabilities(
+        self,
+        model: ReferenceModel,
+        rows: np.ndarray,
+        query: CentredMatrix,
+        own: np.ndarray,
+        query_embedding: np.ndarray,
+        *,
+        knn_method: str,
+        random_state: int,
+    ) -> tuple[np.ndarray, dict[str, int], Neighbours]:
+        """Weighted votes of each query cell's ``n_neighbors`` nearest reference cells."""
+        probabilities, indices, distances = fast_transfer(
+            model.embedding[rows],
+            model.labels[rows],
+            len(model.categories),
+            query_embedding,
+            n_neighbors=self.n_neighbors,
+            knn_method=knn_method,
+            random_state=random_state,
+        )
+        return probabilities, {}, (indices, distances)
 
 
 def vote(neighbour_labels: np.ndarray, weights: np.ndarray, n_labels: int) -> np.ndarray:

@@ -13,66 +13,97 @@ reference it used.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ... import _keys, _registry
+from ... import _keys
+from ..._docs import doc_params
+from ..._frozen import ReferenceModel, reference_model
 from ..._provenance import append_log, fingerprint, package_versions, record
-from ._model import FROZEN, reference_model
+from ..._registry import FROZEN_REFERENCE, POTENCY_ASSOCIATION, PREPROCESS
 
 
+@doc_params
 @record("tl.freeze_reference")
 def freeze_reference(
     adata: AnnData,
     *,
-    label_key: str = _keys.CLUSTER,
+    cluster_key: str = _keys.CLUSTER,
     lot_key: str | None = _keys.LOT,
-    counts_layer: str = _keys.COUNTS_LAYER,
+    layer: str = _keys.COUNTS_LAYER,
     umap_key: str = "X_umap",
-    association_key: str = _registry.POTENCY_ASSOCIATION.key,
+    association_key: str = POTENCY_ASSOCIATION.key,
+    key_added: str = FROZEN_REFERENCE.key,
 ) -> AnnData:
     """A slim, hashed copy of a processed reference, ready to save and to map onto.
 
     Parameters
     ----------
     adata
-        The processed reference: ``pp.preprocess`` (embedding) and labels in ``obs[label_key]``
-        (e.g. ``tl.cluster``); ``tl.potency_association`` on those labels, if run, names
-        the potency cluster that query analyses default to.
-    label_key
-        obs column of the labels to ship.
+        {adata}
+        The processed reference: ``pp.preprocess`` (embedding) and labels in
+        ``obs[cluster_key]`` (e.g. ``tl.cluster``); ``tl.potency_association`` on those
+        labels, if run, names the potency cluster that query analyses default to.
+    cluster_key
+        {cluster_key}
+        The labels to ship.
     lot_key
-        obs column with the reference lots (used to calibrate mapping by holding lots out).
-    counts_layer
-        Layer with the reference's raw counts (the expression is recomputed from them
-        exactly as a query's will be); ``X`` is used when absent.
+        {lot_key}
+        The reference lots are held out in turn to calibrate mapping.
+    layer
+        {layer}
+        The reference's expression is recomputed from these counts exactly as a query's
+        will be.
     umap_key
         ``obsm`` key of a UMAP to ship for plotting queries on it (skipped when absent).
-    association_key
-        Where ``tl.potency_association`` stored its result.
+    key_added
+        {key_added}
+        Here: of the frozen reference returned, for its record.
 
     Returns
     -------
     A new AnnData (reference cells x embedding genes) with ``X`` (log-normalised expression),
-    ``obs[label_key]``, ``obs[lot_key]``, ``obsm['X_pca']``, ``obsm['X_umap']`` (if present),
+    ``obs[cluster_key]``, ``obs[lot_key]``, ``obsm['X_pca']``, ``obsm['X_umap']`` (if present),
     ``varm['PCs']``, ``var['pca_mean']``, ``var['highly_variable']``,
-    ``uns['preprocess']['params']`` and ``uns['reference']`` with the content ``'hash'``,
-    ``'label_key'``, ``'lot_key'``, ``'potency_label'``, ``'labels'``, ``'source_fingerprint'``,
-    ``'created'`` and ``'versions'``.
+    ``uns['preprocess']['params']`` and ``uns[key_added]`` with the content ``'hash'``,
+    ``'cluster_key'``, ``'lot_key'``, ``'potency_cluster'``, ``'labels'``,
+    ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``.
     """
-    reference = adata
     model = reference_model(
-        reference,
-        label_key=label_key,
-        counts_layer=counts_layer,
+        adata,
+        cluster_key=cluster_key,
+        layer=layer,
         lot_key=lot_key,
         umap_key=umap_key,
         association_key=association_key,
     )
-    obs = pd.DataFrame(index=reference.obs_names.copy())
-    obs[label_key] = pd.Categorical.from_codes(model.labels, categories=list(model.categories))
+    frozen = _slim_copy(adata, model, cluster_key, lot_key)
+    source = adata.uns.get(PREPROCESS.key, {}).get("params", {})
+    frozen.uns[PREPROCESS.key] = {"params": {k: v for k, v in source.items() if v is not None}}
+    called_with = {
+        "cluster_key": cluster_key,
+        "lot_key": lot_key,
+        "layer": layer,
+        "umap_key": umap_key,
+        "association_key": association_key,
+    }
+    frozen.uns[key_added] = _record(adata, frozen, model, cluster_key, lot_key, called_with)
+    for entry in adata.uns.get(_keys.PACKAGE, {}).get(_keys.LOG, []):
+        append_log(frozen, str(entry))
+    # the hash is taken on float32 values, so the slim float32 copy must reproduce it exactly
+    reference_model(frozen, cluster_key=cluster_key)
+    return frozen
+
+
+def _slim_copy(
+    adata: AnnData, model: ReferenceModel, cluster_key: str, lot_key: str | None
+) -> AnnData:
+    """The reference cells on the embedding genes, with only what mapping reads (float32)."""
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    obs[cluster_key] = pd.Categorical.from_codes(model.labels, categories=list(model.categories))
     if model.lots is not None and lot_key is not None:
         obs[lot_key] = pd.Categorical(model.lots)
     var = pd.DataFrame(index=pd.Index(model.genes, name=None))
@@ -83,24 +114,28 @@ def freeze_reference(
     frozen.obsm["X_pca"] = model.embedding.astype(np.float32)
     if model.umap is not None:
         frozen.obsm["X_umap"] = model.umap.astype(np.float32)
-    source = reference.uns.get(_registry.PREPROCESS.key, {}).get("params", {})
-    frozen.uns[_registry.PREPROCESS.key] = {
-        "params": {k: v for k, v in source.items() if v is not None}
-    }
-    frozen.uns[FROZEN] = {
+    return frozen
+
+
+def _record(
+    adata: AnnData,
+    frozen: AnnData,
+    model: ReferenceModel,
+    cluster_key: str,
+    lot_key: str | None,
+    called_with: dict[str, Any],
+) -> dict[str, Any]:
+    """The frozen reference's record: its hash, what it carries, where it came from."""
+    return {
         "hash": model.hash,
-        "label_key": label_key,
+        "cluster_key": cluster_key,
         "lot_key": lot_key if model.lots is not None and lot_key is not None else "",
-        "potency_label": model.potency_label or "",
+        "potency_cluster": model.potency_cluster or "",
         "labels": list(model.categories),
         "n_cells": int(frozen.n_obs),
         "n_genes": int(frozen.n_vars),
-        "source_fingerprint": fingerprint(reference),
+        "source_fingerprint": fingerprint(adata),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": dict(package_versions()),
+        "params": {k: v for k, v in called_with.items() if v is not None},
     }
-    for entry in reference.uns.get(_keys.PACKAGE, {}).get(_keys.LOG, []):
-        append_log(frozen, str(entry))
-    # the hash is taken on float32 values, so the slim float32 copy must reproduce it exactly
-    reference_model(frozen, label_key=label_key)
-    return frozen

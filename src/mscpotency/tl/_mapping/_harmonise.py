@@ -10,48 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ..._frozen import lognormalise
 from ..._validate import check_counts, count_matrix
-
-
-def lognormalise(counts, target_sum: float) -> sparse.csr_matrix:
-    """``log1p(counts / total_per_cell * target_sum)`` as float32 CSR (cells without counts stay 0).
-
-    Canonical CSR counts (sorted, no stored zeros) give a matrix with its own values but the
-    counts' ``indices``/``indptr`` (nothing here changes the sparsity structure), so only
-    the values are copied. Lazy (Dask) counts are computed first: mapping works in memory.
-    """
-    if hasattr(counts, "compute"):
-        counts = counts.compute()
-    if sparse.issparse(counts) and counts.format == "csr" and counts.has_canonical_format:
-        X = sparse.csr_matrix(
-            (counts.data.astype(np.float32, copy=True), counts.indices, counts.indptr),
-            shape=counts.shape,
-            copy=False,
-        )
-    else:
-        X = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(
-        np.float32
-    )
-    _scale_rows(X.data, X.indptr, scale)
-    np.log1p(X.data, out=X.data)
-    return X
-
-
-@numba.njit(nogil=True, cache=True)
-def _scale_rows(data, indptr, scale):  # pragma: no cover - compiled
-    """``data`` of row i times ``scale[i]`` (single precision, as numpy multiplies), in place."""
-    for row in range(indptr.size - 1):
-        factor = scale[row]
-        for k in range(indptr[row], indptr[row + 1]):
-            data[k] = data[k] * factor
 
 
 @dataclass(frozen=True)
@@ -64,14 +29,10 @@ class Harmonised:
     share: float
 
 
-def query_counts(query: AnnData, counts_layer: str | None):
-    """The query's raw counts (``layers[counts_layer]`` or ``X``), checked to be counts."""
-    X = count_matrix(query, counts_layer)
-    where = (
-        f"query.layers[{counts_layer!r}]"
-        if counts_layer is not None and counts_layer in query.layers
-        else "query.X"
-    )
+def query_counts(query: AnnData, layer: str | None):
+    """The query's raw counts (``layers[layer]`` or ``X``), checked to be counts."""
+    X = count_matrix(query, layer)
+    where = f"query.layers[{layer!r}]" if layer is not None and layer in query.layers else "query.X"
     try:
         check_counts(X, where=where)
     except ValueError as error:
@@ -87,7 +48,7 @@ def harmonise(
     query: AnnData,
     reference_genes: pd.Index,
     *,
-    counts_layer: str | None,
+    layer: str | None,
     target_sum: float,
     min_shared: float,
 ) -> Harmonised:
@@ -122,7 +83,7 @@ def harmonise(
             "knowingly (missing genes are zero-padded)."
         )
         raise ValueError(msg)
-    counts = query_counts(query, counts_layer)
+    counts = query_counts(query, layer)
     normalised = lognormalise(counts, target_sum)
     if shared == query.n_vars == len(reference_genes) and (positions == np.arange(shared)).all():
         # the same genes in the same order: nothing to align

@@ -10,8 +10,10 @@ import pandas as pd
 from anndata import AnnData
 
 from ... import _keys, _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots, require_uns
+from ..._stored import stored
+from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots
 
 
 def lot_outcome(
@@ -34,6 +36,7 @@ def lot_outcome(
     return values, name
 
 
+@doc_params
 @record("tl.potency_association")
 def potency_association(
     adata: AnnData,
@@ -46,7 +49,7 @@ def potency_association(
     n_permutations: int = 9999,
     exact_max_n: int = _stats.EXACT_MAX_N,
     n_bootstrap: int = 2000,
-    ci_level: float = 0.95,
+    level: float = 0.95,
     alpha: float = 0.05,
     random_state: int = 0,
     key_added: str = _registry.POTENCY_ASSOCIATION.key,
@@ -63,60 +66,36 @@ def potency_association(
     Parameters
     ----------
     adata
-        Cells with ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
+        {adata}
+        Needs ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
     potency
-        obs column with one value per lot (e.g. ``"vegf"``), or a lot -> value mapping/Series.
-        Every lot with cells needs a finite value and every value a lot with cells.
-    fractions_key
-        Key of the lot fractions.
+        {potency}
+        Here the default is ``'vegf'``, and a lot -> value mapping or Series is accepted
+        too. Every lot with cells needs a finite value and every value a lot with cells.
     transform
         ``"fraction"`` (as in the study) or ``"clr"`` (centred log-ratio of counts with a
         pseudocount of 0.5, which removes the sum-to-one constraint).
-    method
-        ``"auto"``, ``"exact"`` or ``"permutation"``.
-    alternative
-        ``"two-sided"``, ``"greater"`` or ``"less"``.
-    n_permutations
-        Monte-Carlo permutations when not exact.
-    exact_max_n
-        Largest number of lots that ``"auto"`` enumerates exactly.
-    n_bootstrap
-        Bootstrap resamples of lots for the CI of rho (0 to skip).
-    ci_level
-        Coverage of the CI.
     alpha
-        Level at which a cluster is called significantly associated.
-    random_state
-        Seed of permutations and bootstrap.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
+        {alpha}
+        A cluster whose p-value is below it is marked ``significant``.
 
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
     ``'table'`` : DataFrame (one row per cluster: rho, pvalue, pvalue_method,
     pvalue_asymptotic, fdr, ci_low, ci_high, ci_valid_share, loo_min, loo_max,
-    loo_most_influential_lot, mean_fraction, n_lots), ``'lots'`` : DataFrame (lots x
-    [potency, fraction of every cluster]), ``'potency_cluster'`` (the cluster with the
-    largest positive rho), ``'note'`` (what the lot count allows) and ``'params'``.
+    loo_most_influential_lot, mean_fraction, n_lots, significant), ``'lots'`` : DataFrame
+    (lots x [potency, fraction of every cluster]), ``'potency_cluster'`` (the cluster with
+    the largest positive rho), ``'note'`` (what the lot count allows) and ``'params'``.
     """
-    stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
-    counts: pd.DataFrame = stored["counts"]
-    fractions: pd.DataFrame = stored["fractions"]
-    lot_key = stored["params"]["lot_key"]
+    fractions_result = stored(adata, _registry.LOT_FRACTIONS, fractions_key)
+    fractions: pd.DataFrame = fractions_result["fractions"]
+    lot_key = fractions_result["params"]["lot_key"]
     require_min_lots(len(fractions))
     outcome, potency_name = lot_outcome(
         adata, potency, pd.Index(fractions.index.astype(str)), lot_key
     )
-    if transform == "fraction":
-        features = fractions.to_numpy(dtype=float)
-    elif transform == "clr":
-        features = _stats.clr(fractions.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float))
-    else:
-        msg = f"transform must be 'fraction' or 'clr', got {transform!r}"
-        raise ValueError(msg)
+    features = _features(fractions, fractions_result["counts"], transform)
     y = outcome.to_numpy()
     result = _stats.spearman_test(
         features,
@@ -127,41 +106,21 @@ def potency_association(
         exact_max_n=exact_max_n,
         random_state=random_state,
     )
-    table = pd.DataFrame(
-        {
-            "rho": result.rho,
-            "pvalue": result.pvalue,
-            "pvalue_method": result.pvalue_method,
-            "pvalue_asymptotic": result.pvalue_asymptotic,
-            "fdr": result.fdr,
-        },
-        index=pd.Index(fractions.columns.astype(str), name="cluster"),
-    )
+    table = _association_table(result, fractions)
     if n_bootstrap > 0:
         low, high, valid = _stats.bootstrap_ci(
-            features, y, n_bootstrap=n_bootstrap, level=ci_level, random_state=random_state
+            features, y, n_bootstrap=n_bootstrap, level=level, random_state=random_state
         )
         table["ci_low"], table["ci_high"], table["ci_valid_share"] = low, high, valid
-    loo = _stats.leave_one_out(features, y)
-    table["loo_min"] = np.nanmin(loo, axis=0) if np.isfinite(loo).any() else np.nan
-    table["loo_max"] = np.nanmax(loo, axis=0) if np.isfinite(loo).any() else np.nan
-    shift = np.abs(loo - result.rho)
-    shift[~np.isfinite(shift)] = -1
-    table["loo_most_influential_lot"] = fractions.index.astype(str).to_numpy()[shift.argmax(axis=0)]
+    table = table.join(_leave_one_lot_out(features, y, result.rho, table.index, fractions.index))
     table["mean_fraction"] = fractions.mean(axis=0).to_numpy()
     table["n_lots"] = result.n_lots
     table["significant"] = table["pvalue"] < alpha
-    lots = fractions.copy()
-    lots.columns = lots.columns.astype(str)
-    lots.insert(0, potency_name, y)
-    lots.index = lots.index.astype(str)
-    positive = table["rho"].where(table["rho"] > 0)
-    potency_cluster = str(positive.idxmax()) if positive.notna().any() else ""
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "lots": lots,
-        "potency_cluster": potency_cluster,
+        "lots": _lots_table(fractions, potency_name, y),
+        "potency_cluster": _strongest_positive(table["rho"]),
         "note": _small_n_note(result.n_lots, alternative, alpha),
         "params": {
             "potency": potency_name,
@@ -172,13 +131,70 @@ def potency_association(
             "n_permutations": n_permutations,
             "exact_max_n": exact_max_n,
             "n_bootstrap": n_bootstrap,
-            "ci_level": ci_level,
+            "level": level,
             "alpha": alpha,
             "random_state": random_state,
             "lot_key": lot_key,
         },
     }
     return adata if copy else None
+
+
+def _features(fractions: pd.DataFrame, counts: pd.DataFrame, transform: str) -> np.ndarray:
+    """Lots x clusters matrix the association is computed on: fractions or their CLR."""
+    if transform == "fraction":
+        return fractions.to_numpy(dtype=float)
+    if transform == "clr":
+        return _stats.clr(fractions.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float))
+    msg = f"transform must be 'fraction' or 'clr', got {transform!r}"
+    raise ValueError(msg)
+
+
+def _association_table(result: _stats.AssociationResult, fractions: pd.DataFrame) -> pd.DataFrame:
+    """One row per cluster: rho, its p-values and their FDR."""
+    return pd.DataFrame(
+        {
+            "rho": result.rho,
+            "pvalue": result.pvalue,
+            "pvalue_method": result.pvalue_method,
+            "pvalue_asymptotic": result.pvalue_asymptotic,
+            "fdr": result.fdr,
+        },
+        index=pd.Index(fractions.columns.astype(str), name="cluster"),
+    )
+
+
+def _leave_one_lot_out(
+    features: np.ndarray, y: np.ndarray, rho: np.ndarray, clusters: pd.Index, lots: pd.Index
+) -> pd.DataFrame:
+    """Per cluster: the range of rho with one lot left out, and the lot that moves it most."""
+    loo = _stats.leave_one_out(features, y)
+    any_finite = np.isfinite(loo).any()
+    shift = np.abs(loo - rho)
+    shift[~np.isfinite(shift)] = -1
+    return pd.DataFrame(
+        {
+            "loo_min": np.nanmin(loo, axis=0) if any_finite else np.nan,
+            "loo_max": np.nanmax(loo, axis=0) if any_finite else np.nan,
+            "loo_most_influential_lot": lots.astype(str).to_numpy()[shift.argmax(axis=0)],
+        },
+        index=clusters,
+    )
+
+
+def _lots_table(fractions: pd.DataFrame, potency_name: str, y: np.ndarray) -> pd.DataFrame:
+    """Lots x (potency, fraction of every cluster), with string labels."""
+    lots = fractions.copy()
+    lots.columns = lots.columns.astype(str)
+    lots.insert(0, potency_name, y)
+    lots.index = lots.index.astype(str)
+    return lots
+
+
+def _strongest_positive(rho: pd.Series) -> str:
+    """The cluster with the largest positive rho (the potency cluster), or ``""`` if none."""
+    positive = rho.where(rho > 0)
+    return str(positive.idxmax()) if positive.notna().any() else ""
 
 
 def _small_n_note(n_lots: int, alternative: str, alpha: float) -> str:

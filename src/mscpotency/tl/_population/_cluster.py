@@ -1,10 +1,12 @@
-"""Leiden clustering of the pooled lots, optionally to a target number of clusters."""
+"""Leiden clustering of the pooled lots (igraph or leidenalg), optionally to a target number of clusters."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -13,7 +15,8 @@ import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
-from ... import _keys
+from ... import _registry
+from ..._docs import doc_params
 from ..._provenance import record
 
 if TYPE_CHECKING:
@@ -26,6 +29,12 @@ _RESOLUTION_BOUNDS = (0.01, 5.0)
 _EXACT_KNN_MAX_CELLS = 50_000
 
 
+Flavor = Literal["igraph", "leidenalg"]
+_FLAVORS = ("igraph", "leidenalg")
+_KNN_METHODS = ("auto", "exact", "approximate")
+
+
+@doc_params
 @record("tl.cluster")
 def cluster(
     adata: AnnData,
@@ -34,29 +43,34 @@ def cluster(
     resolution: float = 1.0,
     n_neighbors: int = 15,
     use_rep: str = "X_pca",
+    flavor: Flavor = "igraph",
     n_iterations: int = 2,
     knn_method: Literal["auto", "exact", "approximate"] = "auto",
     max_search_steps: int = 30,
     random_state: int = 0,
     prefix: str = "CL",
-    key_added: str = _keys.CLUSTER,
+    key_added: str = _registry.CLUSTER.key,
     copy: bool = False,
 ) -> AnnData | None:
-    """Leiden clustering (igraph) of the cell kNN graph, labelled ``CL0``, ``CL1`` ... by size.
+    """Leiden clustering of the cell kNN graph, labelled ``CL0``, ``CL1`` ... by size.
 
     Parameters
     ----------
     adata
-        Cells with ``obsm[use_rep]`` (run :func:`mscpotency.pp.preprocess` first).
+        {adata}
+        Needs ``obsm[use_rep]`` (run :func:`mscpotency.pp.preprocess` first).
     n_clusters
         Target number of clusters: the resolution is found by bisection. ``None`` uses
         ``resolution`` as given.
     resolution
         Leiden resolution when ``n_clusters`` is ``None``.
     n_neighbors
-        Neighbours of the kNN graph (computed here, stored under ``f'{key_added}_neighbors'``).
-    use_rep
-        Embedding the graph is built on.
+        Neighbours of the kNN graph (computed here, stored under ``key_added + '_neighbors'``).
+    flavor
+        Leiden implementation, as ``scanpy.tl.leiden`` offers: ``"igraph"`` (igraph's
+        ``community_leiden``, modularity) or ``"leidenalg"`` (the ``leidenalg`` package's
+        ``RBConfigurationVertexPartition``, the same modularity with a resolution). Both
+        weight edges by connectivity, take the same resolution search and the same seed.
     n_iterations
         Leiden iterations (``-1``: until stable).
     knn_method
@@ -65,51 +79,40 @@ def cluster(
     max_search_steps
         Bisection steps of the resolution search.
     random_state
-        Seed of the graph construction and of Leiden; the same seed gives the same labels.
+        {random_state}
+        It seeds the graph construction and Leiden.
     prefix
         Label prefix; clusters are numbered from the largest (``CL0``) down.
     key_added
-        obs column of the labels and ``adata.uns`` key of the parameters.
-    copy
-        Return a copy instead of writing in place.
+        {key_added}
+        Also the obs column of the labels.
 
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes ``obs[key_added]`` (categorical),
-    the kNN graph as ``obsp[f'{key_added}_neighbors_connectivities']`` and
-    ``obsp[f'{key_added}_neighbors_distances']`` (scanpy's ``neighbors_key``
-    ``f'{key_added}_neighbors'``, usable by ``sc.tl.umap``), and ``uns[key_added]`` with the
+    the kNN graph as ``obsp[key_added + '_neighbors_connectivities']`` and
+    ``obsp[key_added + '_neighbors_distances']`` (scanpy's ``neighbors_key``
+    ``key_added + '_neighbors'``, usable by ``sc.tl.umap``), and ``uns[key_added]`` with the
     resolution used, the cluster sizes and the parameters.
     """
-    if use_rep not in adata.obsm:
-        msg = f"adata.obsm has no {use_rep!r}. Run `pp.preprocess` first (or pass use_rep=)."
-        raise KeyError(msg)
-    if n_clusters is not None and not (1 <= n_clusters < adata.n_obs):
-        msg = f"n_clusters must be between 1 and the number of cells, got {n_clusters!r}"
-        raise ValueError(msg)
+    _check_cluster_options(adata, use_rep, n_clusters, knn_method, flavor)
     adata = adata.copy() if copy else adata
     neighbors_key = f"{key_added}_neighbors"
-    if knn_method not in ("auto", "exact", "approximate"):
-        msg = f"knn_method must be 'auto', 'exact' or 'approximate', got {knn_method!r}"
-        raise ValueError(msg)
-    exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
-    sc.pp.neighbors(
+    graph = _neighbour_graph(
         adata,
         n_neighbors=n_neighbors,
         use_rep=use_rep,
+        knn_method=knn_method,
         random_state=random_state,
-        key_added=neighbors_key,
-        transformer="sklearn" if exact else None,
+        neighbors_key=neighbors_key,
     )
-    graph = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
+    leiden = functools.partial(
+        _leiden, graph, n_iterations=n_iterations, seed=random_state, flavor=flavor
+    )
     if n_clusters is None:
-        labels = _leiden(graph, resolution, n_iterations, random_state)
-        searched = False
+        labels = leiden(resolution)
     else:
-        resolution, labels = _search_resolution(
-            graph, n_clusters, n_iterations, random_state, max_search_steps
-        )
-        searched = True
+        resolution, labels = _search_resolution(leiden, n_clusters, max_search_steps)
     named = pd.Series(_name_by_size(labels, prefix), index=adata.obs_names)
     adata.obs[key_added] = named
     adata.uns[key_added] = {
@@ -120,9 +123,10 @@ def cluster(
         },
         "params": {
             "n_clusters": n_clusters,
-            "resolution_searched": searched,
+            "resolution_searched": n_clusters is not None,
             "n_neighbors": n_neighbors,
             "use_rep": use_rep,
+            "flavor": flavor,
             "n_iterations": n_iterations,
             "knn_method": knn_method,
             "random_state": random_state,
@@ -130,6 +134,46 @@ def cluster(
         },
     }
     return adata if copy else None
+
+
+def _check_cluster_options(
+    adata: AnnData, use_rep: str, n_clusters: int | None, knn_method: str, flavor: str
+) -> None:
+    """Raise on a missing embedding or an option out of range, before anything is computed."""
+    if use_rep not in adata.obsm:
+        msg = f"adata.obsm has no {use_rep!r}. Run `pp.preprocess` first (or pass use_rep=)."
+        raise KeyError(msg)
+    if n_clusters is not None and not (1 <= n_clusters < adata.n_obs):
+        msg = f"n_clusters must be between 1 and the number of cells, got {n_clusters!r}"
+        raise ValueError(msg)
+    if knn_method not in _KNN_METHODS:
+        msg = f"knn_method must be 'auto', 'exact' or 'approximate', got {knn_method!r}"
+        raise ValueError(msg)
+    if flavor not in _FLAVORS:
+        msg = f"flavor must be 'igraph' or 'leidenalg', got {flavor!r}"
+        raise ValueError(msg)
+
+
+def _neighbour_graph(
+    adata: AnnData,
+    *,
+    n_neighbors: int,
+    use_rep: str,
+    knn_method: str,
+    random_state: int,
+    neighbors_key: str,
+) -> igraph.Graph:
+    """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph."""
+    exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep=use_rep,
+        random_state=random_state,
+        key_added=neighbors_key,
+        transformer="sklearn" if exact else None,
+    )
+    return _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
 
 
 class _IgraphRandom:
@@ -171,7 +215,18 @@ def _igraph_of(adjacency) -> igraph.Graph:
     return graph
 
 
-def _leiden(graph: igraph.Graph, resolution: float, n_iterations: int, seed: int) -> np.ndarray:
+def _leiden(
+    graph: igraph.Graph, resolution: float, *, n_iterations: int, seed: int, flavor: Flavor
+) -> np.ndarray:
+    """Leiden labels of ``graph`` at ``resolution`` with the chosen implementation."""
+    if flavor == "leidenalg":
+        return _leiden_leidenalg(graph, resolution, n_iterations, seed)
+    return _leiden_igraph(graph, resolution, n_iterations, seed)
+
+
+def _leiden_igraph(
+    graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
+) -> np.ndarray:
     """Leiden of igraph (modularity, edge weights) with its own seeded random source."""
     import igraph
 
@@ -188,8 +243,28 @@ def _leiden(graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
     return np.asarray(partition.membership)
 
 
+def _leiden_leidenalg(
+    graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
+) -> np.ndarray:
+    """Leiden of the ``leidenalg`` package (RB configuration model, edge weights), seeded."""
+    try:
+        import leidenalg
+    except ImportError as error:  # pragma: no cover - a declared dependency
+        msg = "flavor='leidenalg' needs the leidenalg package: pip install leidenalg"
+        raise ImportError(msg) from error
+    partition = leidenalg.find_partition(
+        graph,
+        leidenalg.RBConfigurationVertexPartition,
+        weights="weight",
+        resolution_parameter=resolution,
+        n_iterations=n_iterations,
+        seed=seed,
+    )
+    return np.asarray(partition.membership)
+
+
 def _search_resolution(
-    graph: igraph.Graph, target: int, n_iterations: int, seed: int, max_steps: int
+    leiden: Callable[[float], np.ndarray], target: int, max_steps: int
 ) -> tuple[float, np.ndarray]:
     """Bisection on log-resolution for a clustering with ``target`` clusters (one graph, many Leidens)."""
     low, high = np.log(_RESOLUTION_BOUNDS[0]), np.log(_RESOLUTION_BOUNDS[1])
@@ -197,7 +272,7 @@ def _search_resolution(
     for _ in range(max_steps):
         middle = (low + high) / 2
         resolution = float(np.exp(middle))
-        labels = _leiden(graph, resolution, n_iterations, seed)
+        labels = leiden(resolution)
         found = len(np.unique(labels))
         logger.debug("resolution %.4f gives %d clusters", resolution, found)
         if best is None or abs(found - target) < abs(best[0] - target):

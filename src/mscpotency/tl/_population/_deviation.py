@@ -9,9 +9,10 @@ import pandas as pd
 from anndata import AnnData
 
 from ... import _registry
+from ..._docs import doc_params
 from ..._provenance import record
 from ..._stats import clr
-from ..._validate import require_uns
+from ..._stored import stored
 
 Metric = Literal["jsd", "tvd", "aitchison"]
 
@@ -39,6 +40,7 @@ def composition_distance(lot: np.ndarray, pooled: np.ndarray, metric: Metric) ->
     raise ValueError(msg)
 
 
+@doc_params
 @record("tl.composition_deviation")
 def composition_deviation(
     adata: AnnData,
@@ -61,19 +63,12 @@ def composition_deviation(
     Parameters
     ----------
     adata
-        Cells with ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
-    fractions_key
-        Key of the lot fractions.
+        {adata}
+        Needs ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
     metric
         ``"jsd"``, ``"tvd"`` or ``"aitchison"``; see :func:`composition_distance`.
     n_simulations
         Multinomial draws for ``sampling_p``.
-    random_state
-        Seed of the draws.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -82,8 +77,8 @@ def composition_deviation(
     its log2 ratio), ``'log2_ratio'`` : DataFrame (lots x clusters, log2 of lot over pooled
     fraction), ``'pooled'`` : pooled fractions and ``'params'``.
     """
-    stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
-    counts: pd.DataFrame = stored["counts"]
+    fractions_result = stored(adata, _registry.LOT_FRACTIONS, fractions_key)
+    counts: pd.DataFrame = fractions_result["counts"]
     if counts.shape[0] < 2:
         msg = f"composition_deviation needs at least 2 lots, got {counts.shape[0]}"
         raise ValueError(msg)
@@ -91,28 +86,11 @@ def composition_deviation(
     pooled = counts.sum(axis=0).to_numpy() / counts.to_numpy().sum()
     fractions = counts.div(n_cells, axis=0).to_numpy()
     distance = composition_distance(fractions, pooled, metric)
-    rng = np.random.default_rng(random_state)
-    sampling_p = np.empty(len(counts))
-    for i, n in enumerate(np.rint(n_cells).astype(int)):
-        draws = rng.multinomial(max(n, 1), pooled, size=n_simulations) / max(n, 1)
-        null = composition_distance(draws, pooled, metric)
-        sampling_p[i] = (1 + (null >= distance[i] - 1e-12).sum()) / (1 + n_simulations)
-    floor = 0.5 / max(n_cells.max(), 1)
-    log2_ratio = pd.DataFrame(
-        np.log2((fractions + floor) / (pooled + floor)), index=counts.index, columns=counts.columns
-    )
-    most = np.abs(log2_ratio.to_numpy()).argmax(axis=1)
-    per_lot = pd.DataFrame(
-        {
-            "n_cells": n_cells
-            if stored["params"].get("weights_key")
-            else np.rint(n_cells).astype(int),
-            "distance": distance,
-            "sampling_p": sampling_p,
-            "most_deviating_cluster": counts.columns.to_numpy()[most].astype(str),
-            "log2_ratio_of_most_deviating": log2_ratio.to_numpy()[np.arange(len(most)), most],
-        },
-        index=counts.index,
+    sampling_p = _sampling_p(distance, n_cells, pooled, metric, n_simulations, random_state)
+    log2_ratio = _log2_ratio(counts, fractions, pooled)
+    weighted = bool(fractions_result["params"].get("weights_key"))
+    per_lot = _per_lot_table(
+        n_cells if weighted else np.rint(n_cells).astype(int), distance, sampling_p, log2_ratio
     )
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
@@ -127,3 +105,47 @@ def composition_deviation(
         },
     }
     return adata if copy else None
+
+
+def _sampling_p(
+    distance: np.ndarray,
+    n_cells: np.ndarray,
+    pooled: np.ndarray,
+    metric: Metric,
+    n_simulations: int,
+    random_state: int,
+) -> np.ndarray:
+    """Share of multinomial draws of each lot's size from the pool at least as far away."""
+    rng = np.random.default_rng(random_state)
+    sampling_p = np.empty(len(distance))
+    for i, n in enumerate(np.rint(n_cells).astype(int)):
+        draws = rng.multinomial(max(n, 1), pooled, size=n_simulations) / max(n, 1)
+        null = composition_distance(draws, pooled, metric)
+        sampling_p[i] = (1 + (null >= distance[i] - 1e-12).sum()) / (1 + n_simulations)
+    return sampling_p
+
+
+def _log2_ratio(counts: pd.DataFrame, fractions: np.ndarray, pooled: np.ndarray) -> pd.DataFrame:
+    """Lots x clusters log2 of the lot's over the pooled fraction (floored at half a cell)."""
+    floor = 0.5 / max(counts.sum(axis=1).max(), 1)
+    return pd.DataFrame(
+        np.log2((fractions + floor) / (pooled + floor)), index=counts.index, columns=counts.columns
+    )
+
+
+def _per_lot_table(
+    n_cells: np.ndarray, distance: np.ndarray, sampling_p: np.ndarray, log2_ratio: pd.DataFrame
+) -> pd.DataFrame:
+    """Per lot: cells, distance, sampling p and the cluster deviating most with its log2 ratio."""
+    ratios = log2_ratio.to_numpy()
+    most = np.abs(ratios).argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "n_cells": n_cells,
+            "distance": distance,
+            "sampling_p": sampling_p,
+            "most_deviating_cluster": log2_ratio.columns.to_numpy()[most].astype(str),
+            "log2_ratio_of_most_deviating": ratios[np.arange(len(most)), most],
+        },
+        index=log2_ratio.index,
+    )

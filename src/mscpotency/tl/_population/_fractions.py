@@ -7,10 +7,12 @@ import pandas as pd
 from anndata import AnnData
 
 from ... import _keys, _registry
+from ..._docs import doc_params
 from ..._provenance import record
 from ..._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
 
 
+@doc_params
 @record("tl.lot_fractions")
 def lot_fractions(
     adata: AnnData,
@@ -27,21 +29,15 @@ def lot_fractions(
     Parameters
     ----------
     adata
-        Cells with ``obs[lot_key]`` and ``obs[cluster_key]``.
-    lot_key
-        obs column with the lot of each cell.
-    cluster_key
-        obs column with the cluster (or transferred label) of each cell.
+        {adata}
+        Needs ``obs[lot_key]`` and ``obs[cluster_key]``.
     weights_key
         Optional ``obsm`` key of a cells x clusters probability matrix (e.g. from
         ``tl.map_to_reference``); then each cell contributes its probabilities instead of
         one count to its label, so label uncertainty reaches the fractions.
     min_cells_per_lot
-        Lots with fewer cells get a warning (their fractions are noisy); none is dropped.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
+        {min_cells_per_lot}
+        None is dropped.
 
     Returns
     -------
@@ -61,10 +57,7 @@ def lot_fractions(
     if weights_key is not None:
         counts = _weighted_counts(adata, lots, labels, weights_key)
     else:
-        counts = pd.crosstab(lots, labels, dropna=False)
-        counts = counts.reindex(
-            index=lots.cat.categories, columns=labels.cat.categories, fill_value=0
-        )
+        counts = _label_counts(lots, labels)
     counts.index.name = lot_key
     counts.columns.name = cluster_key
     n_cells = counts.sum(axis=1)
@@ -87,9 +80,16 @@ def lot_fractions(
     return adata if copy else None
 
 
+def _label_counts(lots: pd.Series, labels: pd.Series) -> pd.DataFrame:
+    """Lots x labels cell counts, every lot and label present (zeros included)."""
+    counts = pd.crosstab(lots, labels, dropna=False)
+    return counts.reindex(index=lots.cat.categories, columns=labels.cat.categories, fill_value=0)
+
+
 def _weighted_counts(
     adata: AnnData, lots: pd.Series, labels: pd.Series, weights_key: str
 ) -> pd.DataFrame:
+    """Lots x labels sums of each cell's label probabilities (``obsm[weights_key]``)."""
     if weights_key not in adata.obsm:
         msg = f"adata.obsm has no {weights_key!r}. Run `tl.map_to_reference` first (or pass weights_key=None)."
         raise KeyError(msg)

@@ -11,13 +11,16 @@ from scipy import stats
 
 from ... import _keys, _registry
 from ..._cell_stats import GroupMoments, group_moments, rank_sum_z
+from ..._docs import doc_params
 from ..._provenance import record
 from ..._stats import benjamini_hochberg
+from ..._stored import potency_cluster
 from ..._validate import lots_of, require_obs_column
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 
 
+@doc_params
 @record("tl.potency_markers")
 def potency_markers(
     adata: AnnData,
@@ -29,44 +32,38 @@ def potency_markers(
     n_genes: int = 20,
     method: Literal["wilcoxon", "t-test", "t-test_overestim_var"] = "wilcoxon",
     layer: str | None = None,
-    min_cells_per_lot: int = 5,
+    min_cells: int = 5,
     key_added: str = _registry.POTENCY_MARKERS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Rank the genes that mark one cluster against all other cells, and check them per lot.
 
     Cells are not replicates: next to the cell-level test (the statistics of scanpy's
-    ``rank_genes_groups`` for the cluster against the rest), each top gene is checked inside every lot (cluster cells vs the lot's other cells,
-    mean log expression) and a two-sided sign test across lots says whether it is up
-    consistently, not in a few lots only.
+    ``rank_genes_groups`` for the cluster against the rest), each top gene is checked
+    inside every lot (cluster cells vs the lot's other cells, mean log expression) and a
+    two-sided sign test across lots says whether it is up consistently, not in a few lots
+    only.
 
     Parameters
     ----------
     adata
-        Log-normalised cells (``pp.preprocess``) with cluster labels.
-    cluster
-        The cluster to describe; default: the potency cluster found by
-        :func:`mscpotency.tl.potency_association`.
-    cluster_key
-        obs column of the labels.
-    lot_key
-        obs column with the lot of each cell.
+        {adata}
+        Log-normalised (``pp.preprocess``), with cluster labels.
     association_key
-        Where to find the potency cluster when ``cluster`` is ``None``.
+        {association_key}
+        Read only when ``cluster`` is ``None``.
     n_genes
         How many top genes to report.
     method
+        {method}
         The cell-level test, as in ``rank_genes_groups``: ``"wilcoxon"`` (rank-sum z, no tie
         correction), ``"t-test"`` (Welch) or ``"t-test_overestim_var"``.
     layer
-        Layer with log-normalised expression (default: ``X``).
-    min_cells_per_lot
+        {layer}
+        It holds log-normalised expression.
+    min_cells
         A lot enters the per-lot check when it has at least this many cells in and out
         of the cluster.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -91,31 +88,9 @@ def potency_markers(
         adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
     )
     lots = lots_of(adata, lot_key)
-    if cluster is None:
-        if association_key not in adata.uns or not adata.uns[association_key].get(
-            "potency_cluster"
-        ):
-            msg = (
-                f"no cluster given and adata.uns[{association_key!r}] names no potency cluster. "
-                "Run `tl.potency_association` first or pass cluster=."
-            )
-            raise KeyError(msg)
-        cluster = str(adata.uns[association_key]["potency_cluster"])
-    categories = [str(c) for c in labels.astype("category").cat.categories]
-    if cluster not in categories:
-        msg = f"unknown cluster {cluster!r} in obs[{cluster_key!r}]; known clusters: {categories}"
-        raise ValueError(msg)
-    in_cluster = labels.astype(str).to_numpy() == cluster
-    if in_cluster.sum() < 2 or (~in_cluster).sum() < 2:
-        msg = f"cluster {cluster!r} has {int(in_cluster.sum())} cells; markers need at least 2 in and out"
-        raise ValueError(msg)
-    if method not in _METHODS:
-        msg = f"method must be one of {list(_METHODS)}, got {method!r}"
-        raise ValueError(msg)
-    if layer is not None and layer not in adata.layers:
-        msg = f"layer {layer!r} not found; available layers: {list(adata.layers)}"
-        raise KeyError(msg)
-    X = adata.layers[layer] if layer is not None else adata.X
+    cluster = potency_cluster(adata, cluster=cluster, association_key=association_key)
+    in_cluster = _cluster_cells(labels, cluster, cluster_key)
+    X = _expression(adata, method, layer)
     n_genes = min(n_genes, adata.n_vars)
     n_lots = lots.cat.categories.size
     # one pass: per lot x side (out = 0, in = 1) sums, squares and detection of every gene
@@ -125,8 +100,7 @@ def potency_markers(
     sides = moments.merge(np.arange(2 * n_lots) % 2, 2)
     table = _cell_level_table(X, in_cluster, sides, adata.var_names, method)
     table = table.iloc[np.argsort(-table["score"].to_numpy(), kind="stable")[:n_genes]]
-    per_lot = _per_lot_consistency(moments, table.index, adata.var_names, min_cells_per_lot)
-    table = table.join(per_lot)
+    table = table.join(_per_lot_consistency(moments, table.index, adata.var_names, min_cells))
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.insert(1, "gene", table.index.to_numpy())
     table.index.name = None
@@ -140,10 +114,34 @@ def potency_markers(
             "n_genes": n_genes,
             "method": method,
             "layer": layer,
-            "min_cells_per_lot": min_cells_per_lot,
+            "min_cells": min_cells,
         },
     }
     return adata if copy else None
+
+
+def _cluster_cells(labels: pd.Series, cluster: str, cluster_key: str) -> np.ndarray:
+    """Boolean mask of the cluster's cells; it must be a known label with 2+ cells in and out."""
+    categories = [str(c) for c in labels.astype("category").cat.categories]
+    if cluster not in categories:
+        msg = f"unknown cluster {cluster!r} in obs[{cluster_key!r}]; known clusters: {categories}"
+        raise ValueError(msg)
+    in_cluster = labels.astype(str).to_numpy() == cluster
+    if in_cluster.sum() < 2 or (~in_cluster).sum() < 2:
+        msg = f"cluster {cluster!r} has {int(in_cluster.sum())} cells; markers need at least 2 in and out"
+        raise ValueError(msg)
+    return in_cluster
+
+
+def _expression(adata: AnnData, method: str, layer: str | None):
+    """The expression matrix to test (``X`` or a layer), after checking the method and layer."""
+    if method not in _METHODS:
+        msg = f"method must be one of {list(_METHODS)}, got {method!r}"
+        raise ValueError(msg)
+    if layer is not None and layer not in adata.layers:
+        msg = f"layer {layer!r} not found; available layers: {list(adata.layers)}"
+        raise KeyError(msg)
+    return adata.layers[layer] if layer is not None else adata.X
 
 
 def _cell_level_table(

@@ -14,7 +14,6 @@ Cells are not replicates; lots are. Two lot-level views of the genes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -23,20 +22,12 @@ from anndata import AnnData
 from scipy import sparse
 
 from ... import _keys, _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import (
-    check_counts,
-    count_matrix,
-    lots_of,
-    require_min_lots,
-    require_obs_column,
-    require_uns,
-)
-from .._population._association import lot_outcome
+from ..._stored import potency_cluster, stored
+from ..._validate import check_counts, count_matrix, lots_of, require_min_lots, require_obs_column
+from ._inputs import Potency, lot_potency
 
-#: Default ``key_added`` of the tools in this module.
-PSEUDOBULK_MARKERS = "pseudobulk_markers"
-GENE_ASSOCIATION = "gene_association"
 #: Up to this many lots the signed-rank test enumerates all 2^n sign flips.
 SIGNED_RANK_EXACT_MAX_N = 16
 
@@ -123,18 +114,14 @@ def _counts_and_lots(adata: AnnData, layer: str | None, lot_key: str):
     return (sparse.csr_matrix(X) if sparse.issparse(X) else np.asarray(X)), lots
 
 
-def _resolve_cluster(
+def _cluster_cells(
     adata: AnnData, cluster: str | None, cluster_key: str, association_key: str
 ) -> tuple[str, np.ndarray]:
+    """The cluster to describe (default: the potency cluster) and which cells are in it."""
     labels = require_obs_column(
         adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
     )
-    if cluster is None:
-        stored = require_uns(adata, association_key, tool="tl.potency_association")
-        cluster = str(stored.get("potency_cluster", ""))
-        if not cluster:
-            msg = f"adata.uns[{association_key!r}] names no potency cluster; pass cluster=."
-            raise ValueError(msg)
+    cluster = potency_cluster(adata, cluster=cluster, association_key=association_key)
     values = labels.astype(str).to_numpy()
     known = sorted(set(values))
     if cluster not in known:
@@ -143,7 +130,36 @@ def _resolve_cluster(
     return cluster, values == cluster
 
 
+def _ranked(table: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.DataFrame:
+    """Genes sorted best first, numbered by ``rank`` and indexed by gene name."""
+    table = table.sort_values(by, ascending=ascending, kind="stable")
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    table = table.set_index("gene", drop=False)
+    table.index.name = None
+    return table
+
+
+def _top_genes_per_lot(
+    values: np.ndarray, lot_names, lot_key: str, genes: pd.Index, table: pd.DataFrame
+) -> pd.DataFrame:
+    """Lots x the ranked table's first 50 genes of a lots x genes matrix."""
+    frame = pd.DataFrame(values, index=pd.Index(lot_names, name=lot_key), columns=genes)
+    return frame[table["gene"].head(50).tolist()]
+
+
+def _cell_rank(adata: AnnData, markers_key: str, cluster: str, genes: pd.Series):
+    """Each gene's rank in ``tl.potency_markers`` when that result describes the same cluster."""
+    if not isinstance(adata.uns.get(markers_key), dict):
+        return np.nan
+    markers = stored(adata, _registry.POTENCY_MARKERS, markers_key)
+    cell_table = pd.DataFrame(markers.get("table", pd.DataFrame()))
+    if str(markers.get("cluster", "")) != cluster or "rank" not in cell_table:
+        return np.nan
+    return genes.map(dict(zip(cell_table["gene"].astype(str), cell_table["rank"], strict=True)))
+
+
 # --------------------------------------------------------------------------- tools
+@doc_params
 @record("tl.pseudobulk_markers")
 def pseudobulk_markers(
     adata: AnnData,
@@ -158,7 +174,7 @@ def pseudobulk_markers(
     min_lots: int = 6,
     n_flips: int = 9999,
     random_state: int = 0,
-    key_added: str = PSEUDOBULK_MARKERS,
+    key_added: str = _registry.PSEUDOBULK_MARKERS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Markers of a cluster with lots as replicates: per-lot pseudobulk, exact paired rank test.
@@ -173,17 +189,11 @@ def pseudobulk_markers(
     Parameters
     ----------
     adata
-        Cells with raw counts (``layers[layer]`` or X) and cluster labels.
-    cluster
-        The cluster to describe; default: the potency cluster.
+        {adata}
+        With raw counts (``layers[layer]`` or X) and cluster labels.
     layer
-        Layer with raw counts (``None``: X).
-    cluster_key
-        obs column of the labels.
-    lot_key
-        obs column with the lot of each cell.
-    association_key
-        Where to find the potency cluster when ``cluster`` is ``None``.
+        {layer}
+        A layer that is named must exist.
     markers_key
         Key of :func:`mscpotency.tl.potency_markers`; when present its cell-level rank is
         shown beside the pseudobulk result.
@@ -193,12 +203,6 @@ def pseudobulk_markers(
         Fewest lots for the test.
     n_flips
         Random sign flips above 16 lots.
-    random_state
-        Seed of the random sign flips.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -208,7 +212,7 @@ def pseudobulk_markers(
     ``'log2fc'`` : DataFrame (lots x genes of the ranked table's first 50 genes),
     ``'cluster'`` and ``'params'``.
     """
-    cluster, inside = _resolve_cluster(adata, cluster, cluster_key, association_key)
+    cluster, inside = _cluster_cells(adata, cluster, cluster_key, association_key)
     X, lots = _counts_and_lots(adata, layer, lot_key)
     codes = lots.cat.codes.to_numpy()
     n_lots = lots.cat.categories.size
@@ -220,18 +224,16 @@ def pseudobulk_markers(
         min_lots,
         what=f"an exact paired test with {min_cells}+ cells in and out of {cluster!r}",
     )
-    log2fc = log_cpm(counts_in[usable]) - log_cpm(counts_out[usable])
     expressed = (counts_in[usable] + counts_out[usable]).sum(axis=0) > 0
-    statistic, pvalue, method = signed_rank_test(
-        log2fc[:, expressed], n_flips=n_flips, random_state=random_state
-    )
+    log2fc = (log_cpm(counts_in[usable]) - log_cpm(counts_out[usable]))[:, expressed]
+    statistic, pvalue, method = signed_rank_test(log2fc, n_flips=n_flips, random_state=random_state)
     genes = adata.var_names[expressed].astype(str)
     table = pd.DataFrame(
         {
             "gene": genes,
-            "mean_log2fc": log2fc[:, expressed].mean(axis=0),
-            "median_log2fc": np.median(log2fc[:, expressed], axis=0),
-            "n_lots_up": (log2fc[:, expressed] > 0).sum(axis=0),
+            "mean_log2fc": log2fc.mean(axis=0),
+            "median_log2fc": np.median(log2fc, axis=0),
+            "n_lots_up": (log2fc > 0).sum(axis=0),
             "n_lots": int(usable.sum()),
             "statistic": statistic,
             "pvalue": pvalue,
@@ -239,27 +241,13 @@ def pseudobulk_markers(
         }
     )
     table["fdr"] = _stats.benjamini_hochberg(table["pvalue"].to_numpy())
-    table = table.sort_values(["pvalue", "mean_log2fc"], ascending=[True, False], kind="stable")
-    cell_rank = np.nan
-    if markers_key in adata.uns and isinstance(adata.uns[markers_key], dict):
-        cell_table = pd.DataFrame(adata.uns[markers_key].get("table", pd.DataFrame()))
-        if str(adata.uns[markers_key].get("cluster", "")) == cluster and "rank" in cell_table:
-            cell_rank = table["gene"].map(
-                dict(zip(cell_table["gene"].astype(str), cell_table["rank"], strict=True))
-            )
-    table["cell_rank"] = cell_rank
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    table = table.set_index("gene", drop=False)
-    table.index.name = None
-    top = table["gene"].head(50).tolist()
+    table["cell_rank"] = _cell_rank(adata, markers_key, cluster, table["gene"])
+    table = _ranked(table, ["pvalue", "mean_log2fc"], [True, False])
     lot_names = lots.cat.categories.astype(str)[usable]
-    per_lot = pd.DataFrame(
-        log2fc[:, expressed], index=pd.Index(lot_names, name=lot_key), columns=genes
-    )[top]
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "log2fc": per_lot,
+        "log2fc": _top_genes_per_lot(log2fc, lot_names, lot_key, genes, table),
         "cluster": cluster,
         "params": {
             "cluster": cluster,
@@ -277,10 +265,43 @@ def pseudobulk_markers(
     return adata if copy else None
 
 
+def _check_gene_options(within: str, min_lots_expressed: float) -> None:
+    if within not in ("cluster", "lot"):
+        msg = f"within must be 'cluster' or 'lot', got {within!r}"
+        raise ValueError(msg)
+    if not 0 <= min_lots_expressed <= 1:
+        msg = f"min_lots_expressed must be a share between 0 and 1, got {min_lots_expressed!r}"
+        raise ValueError(msg)
+
+
+def _require_cells_per_lot(
+    n_cells: np.ndarray, lot_names: pd.Index, min_cells: int, cluster: str
+) -> None:
+    """Every lot needs ``min_cells`` cells in the cluster for a within-cluster pseudobulk."""
+    few = {str(name): int(c) for name, c in zip(lot_names, n_cells, strict=True) if c < min_cells}
+    if few:
+        msg = (
+            f"lots {few} have fewer than {min_cells} cells in cluster {cluster!r}; their pseudobulk is "
+            "too noisy. Lower min_cells, drop those lots, or use within='lot'."
+        )
+        raise ValueError(msg)
+
+
+def _tested_genes(summed: np.ndarray, expression: np.ndarray, min_share: float) -> np.ndarray:
+    """Genes with counts in at least ``min_share`` of lots and not constant across lots."""
+    tested = (summed > 0).mean(axis=0) >= min_share
+    tested &= np.ptp(expression, axis=0) > 0
+    if not tested.any():
+        msg = "no gene is expressed in enough lots to be tested; lower min_lots_expressed."
+        raise ValueError(msg)
+    return tested
+
+
+@doc_params
 @record("tl.gene_association")
 def gene_association(
     adata: AnnData,
-    potency: str | Mapping | pd.Series = _keys.POTENCY,
+    potency: Potency = _keys.POTENCY,
     *,
     cluster: str | None = None,
     within: Literal["cluster", "lot"] = "cluster",
@@ -294,7 +315,7 @@ def gene_association(
     alternative: _stats.Alternative = "two-sided",
     n_permutations: int = 9999,
     random_state: int = 0,
-    key_added: str = GENE_ASSOCIATION,
+    key_added: str = _registry.GENE_ASSOCIATION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Spearman association of every gene's lot pseudobulk expression with potency.
@@ -310,37 +331,23 @@ def gene_association(
     Parameters
     ----------
     adata
-        Cells with raw counts (``layers[layer]`` or X).
+        {adata}
+        With raw counts (``layers[layer]`` or X).
     potency
-        obs column with one value per lot, or a lot -> value mapping/Series.
+        {potency}
+        Or a lot -> value mapping/Series.
     cluster
-        The cluster for ``within="cluster"``; default: the potency cluster.
+        {cluster}
+        Used with ``within="cluster"``.
     within
         ``"cluster"`` or ``"lot"``.
     layer
-        Layer with raw counts (``None``: X).
-    cluster_key
-        obs column of the labels.
-    lot_key
-        obs column with the lot of each cell.
-    association_key
-        Where to find the potency cluster when ``cluster`` is ``None``.
+        {layer}
+        A layer that is named must exist.
     min_cells
         With ``within="cluster"``: every lot needs this many cells in the cluster.
     min_lots_expressed
         A gene is tested when it has counts in at least this share of lots.
-    method
-        ``"auto"``, ``"exact"`` or ``"permutation"``.
-    alternative
-        ``"two-sided"``, ``"greater"`` or ``"less"``.
-    n_permutations
-        Monte-Carlo permutations when not exact.
-    random_state
-        Seed of the permutations.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -350,38 +357,23 @@ def gene_association(
     DataFrame (lots x the first 50 genes, log2 CPM), ``'cluster'`` (or ``None`` for
     ``within="lot"``) and ``'params'``.
     """
-    if within not in ("cluster", "lot"):
-        msg = f"within must be 'cluster' or 'lot', got {within!r}"
-        raise ValueError(msg)
-    if not 0 <= min_lots_expressed <= 1:
-        msg = f"min_lots_expressed must be a share between 0 and 1, got {min_lots_expressed!r}"
-        raise ValueError(msg)
+    _check_gene_options(within, min_lots_expressed)
     mask = None
     if within == "cluster":
-        cluster, mask = _resolve_cluster(adata, cluster, cluster_key, association_key)
+        cluster, mask = _cluster_cells(adata, cluster, cluster_key, association_key)
     else:
         cluster = None
     X, lots = _counts_and_lots(adata, layer, lot_key)
     lot_names = pd.Index(lots.cat.categories.astype(str))
     require_min_lots(lot_names.size)
-    outcome, potency_name = lot_outcome(adata, potency, lot_names, lot_key)
-    codes = lots.cat.codes.to_numpy()
-    summed, n_cells = pseudobulk(X, codes, lot_names.size, mask)
-    if within == "cluster" and (n_cells < min_cells).any():
-        few = {
-            str(name): int(c) for name, c in zip(lot_names, n_cells, strict=True) if c < min_cells
-        }
-        msg = (
-            f"lots {few} have fewer than {min_cells} cells in cluster {cluster!r}; their pseudobulk is "
-            "too noisy. Lower min_cells, drop those lots, or use within='lot'."
-        )
-        raise ValueError(msg)
+    outcome, potency_name = lot_potency(
+        adata, potency, lot_names, lot_key, association_key=association_key
+    )
+    summed, n_cells = pseudobulk(X, lots.cat.codes.to_numpy(), lot_names.size, mask)
+    if within == "cluster":
+        _require_cells_per_lot(n_cells, lot_names, min_cells, cluster)
     expression = log_cpm(summed)
-    tested = (summed > 0).mean(axis=0) >= min_lots_expressed
-    tested &= np.ptp(expression, axis=0) > 0
-    if not tested.any():
-        msg = "no gene is expressed in enough lots to be tested; lower min_lots_expressed."
-        raise ValueError(msg)
+    tested = _tested_genes(summed, expression, min_lots_expressed)
     result = _stats.spearman_test(
         expression[:, tested],
         outcome.to_numpy(),
@@ -403,18 +395,11 @@ def gene_association(
             "n_lots": result.n_lots,
         }
     )
-    table = table.sort_values(["pvalue", "rho"], ascending=[True, False], kind="stable")
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    table = table.set_index("gene", drop=False)
-    table.index.name = None
-    top = table["gene"].head(50).tolist()
-    per_lot = pd.DataFrame(
-        expression[:, tested], index=pd.Index(lot_names, name=lot_key), columns=genes
-    )[top]
+    table = _ranked(table, ["pvalue", "rho"], [True, False])
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "expression": per_lot,
+        "expression": _top_genes_per_lot(expression[:, tested], lot_names, lot_key, genes, table),
         "cluster": cluster,
         "params": {
             "potency": potency_name,

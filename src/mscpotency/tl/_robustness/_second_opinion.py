@@ -19,7 +19,6 @@ view that does not depend on the clustering at all:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from itertools import permutations
 from typing import Literal
 
@@ -29,15 +28,11 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 from ... import _keys, _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import lots_of, require_min_lots, require_obs_column, require_uns
-from .._population._association import lot_outcome
-from ._stability import _graph_of
-
-#: Default ``key_added`` of the tools in this module.
-COUNT_ASSOCIATION = "count_association"
-NEIGHBOURHOOD_ASSOCIATION = "neighbourhood_association"
-METHOD_AGREEMENT = "method_agreement"
+from ..._stored import stored, stored_table
+from ..._validate import lots_of, require_min_lots, require_obs_column
+from ._inputs import Potency, fractions_lot_key, lot_counts, lot_potency, reference_graph
 
 #: Up to this many lots the count GLM's permutation p enumerates all n! orderings.
 COUNT_EXACT_MAX_N = 8
@@ -161,23 +156,16 @@ def count_permutation_test(
 
 
 # --------------------------------------------------------------------------- tools
-def _fraction_inputs(adata: AnnData, fractions_key: str) -> tuple[pd.DataFrame, str]:
-    stored = require_uns(adata, fractions_key, tool="tl.lot_fractions")
-    counts = pd.DataFrame(stored["counts"]).astype(float).copy()
-    counts.index = counts.index.astype(str)
-    counts.columns = counts.columns.astype(str)
-    return counts, stored["params"]["lot_key"]
-
-
+@doc_params
 @record("tl.count_association")
 def count_association(
     adata: AnnData,
-    potency: str | Mapping | pd.Series = _keys.POTENCY,
+    potency: Potency = _keys.POTENCY,
     *,
     fractions_key: str = _registry.LOT_FRACTIONS.key,
     n_permutations: int = 4999,
     random_state: int = 0,
-    key_added: str = COUNT_ASSOCIATION,
+    key_added: str = _registry.COUNT_ASSOCIATION.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Count model of every cluster: quasi-binomial GLM on potency, permutation p-value.
@@ -194,19 +182,14 @@ def count_association(
     Parameters
     ----------
     adata
-        Cells with ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
+        {adata}
+        With ``uns[fractions_key]`` from :func:`mscpotency.tl.lot_fractions`.
     potency
-        obs column with one value per lot, or a lot -> value mapping/Series.
-    fractions_key
-        Key of the lot counts.
+        {potency}
+        Or a lot -> value mapping/Series.
     n_permutations
-        Random orderings of potency above 8 lots.
-    random_state
-        Seed of the permutations.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
+        {n_permutations}
+        Used above 8 lots.
 
     Returns
     -------
@@ -215,16 +198,16 @@ def count_association(
     odds_ratio, se, t, dispersion, pvalue, pvalue_method, pvalue_asymptotic, fdr, n_lots)
     and ``'params'``.
     """
-    counts, lot_key = _fraction_inputs(adata, fractions_key)
+    counts = lot_counts(adata, fractions_key)
+    lot_key = fractions_lot_key(adata, fractions_key)
     require_min_lots(len(counts), 4, what="the count model (2 parameters and a dispersion)")
     if n_permutations < 99:
         msg = f"n_permutations must be at least 99, got {n_permutations!r}"
         raise ValueError(msg)
-    outcome, potency_name = lot_outcome(adata, potency, pd.Index(counts.index), lot_key)
-    totals = counts.sum(axis=1).to_numpy()
+    outcome, potency_name = lot_potency(adata, potency, pd.Index(counts.index), lot_key)
     result = count_permutation_test(
         counts.to_numpy(),
-        totals,
+        counts.sum(axis=1).to_numpy(),
         outcome.to_numpy(),
         n_permutations=n_permutations,
         random_state=random_state,
@@ -334,156 +317,46 @@ def spatial_fdr(pvalues: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-@record("tl.neighbourhood_association")
-def neighbourhood_association(
-    adata: AnnData,
-    potency: str | Mapping | pd.Series = _keys.POTENCY,
-    *,
-    prop: float = 0.1,
-    n_neighbors: int | Literal["auto", "graph"] = "auto",
-    use_rep: str | None = None,
-    cluster_key: str = _keys.CLUSTER,
-    lot_key: str = _keys.LOT,
-    fdr: Literal["spatial", "bh"] = "spatial",
-    fdr_level: float = 0.1,
-    method: _stats.PvalueMethod = "auto",
-    alternative: _stats.Alternative = "two-sided",
-    n_permutations: int = 9999,
-    random_state: int = 0,
-    key_added: str = NEIGHBOURHOOD_ASSOCIATION,
-    copy: bool = False,
-) -> AnnData | None:
-    """Cluster-free check: which kNN neighbourhoods of cells track potency across lots.
-
-    As in Milo (Dann et al. 2022), ``prop`` of the cells are sampled and each moved to the
-    cell nearest the median (in the graph's embedding) of its neighbourhood; a
-    neighbourhood is that index cell and its neighbours on the kNN graph of
-    :func:`mscpotency.tl.cluster`. Unlike Milo's negative-binomial GLM, each
-    neighbourhood's share of every lot's cells is tested against the continuous potency
-    with the package's Spearman kernel (exact over all n! orderings at small n), and the
-    p-values are adjusted by Milo's spatial FDR (weighted by the inverse distance to the
-    index cell's farthest neighbour) or by BH. Neighbourhoods are then labelled by their
-    majority cluster, so the clustering can be checked against a view that never used it.
-
-    Parameters
-    ----------
-    adata
-        Cells clustered by :func:`mscpotency.tl.cluster` (its graph and embedding).
-    potency
-        obs column with one value per lot, or a lot -> value mapping/Series.
-    prop
-        Share of cells sampled as index cells (Milo: 0.05-0.1).
-    n_neighbors
-        Size of a neighbourhood: ``"graph"`` takes the index cell's neighbours on the
-        graph of :func:`mscpotency.tl.cluster` (~15-30 cells, often too few per lot);
-        an integer k takes its k nearest cells in the graph's embedding; ``"auto"`` (default)
-        uses k = max(30, 8 x number of lots), so an average lot has ~8 cells in a
-        neighbourhood, as Milo advises (graph k large enough for the number of samples).
-    use_rep
-        obsm embedding the neighbourhoods are built in; default: the one ``tl.cluster``
-        used. Donor effects make each lot's cells sit apart locally in an uncorrected
-        embedding (on the simulator ~60% of a cell's neighbours come from its own lot),
-        so neighbourhoods then mix few lots and the test loses power (it stays valid).
-        A lot-integrated embedding (ComBat then PCA, Harmony, scVI) restores it.
-    cluster_key
-        obs column (and ``uns`` key) of the clustering whose graph is used and whose
-        labels summarise the neighbourhoods.
-    lot_key
-        obs column with the lot of each cell.
-    fdr
-        ``"spatial"`` (Milo's weighted BH) or ``"bh"``.
-    fdr_level
-        Level at which a neighbourhood counts as significant.
-    method
-        p-value method of the Spearman kernel.
-    alternative
-        ``"two-sided"``, ``"greater"`` or ``"less"``.
-    n_permutations
-        Permutations when not exact.
-    random_state
-        Seed of the sampling and of any permutations.
-    key_added
-        ``adata.uns``/``obsm``/``obs`` key of the result.
-    copy
-        Return a copy instead of writing in place.
-
-    Returns
-    -------
-    ``None``, or the copy when ``copy=True``. Writes ``adata.obsm[key_added]`` (sparse
-    cells x neighbourhoods membership), ``adata.obs[f'{key_added}_rho']`` (mean rho of the
-    neighbourhoods a cell is in; NaN in none) and ``adata.uns[key_added]`` with
-    ``'nhoods'`` : DataFrame (one row per neighbourhood: index_cell, size, cluster,
-    purity, rho, pvalue, pvalue_method, fdr, significant), ``'clusters'`` : DataFrame (one
-    row per cluster: n_nhoods, median_rho, share_positive, share_negative, i.e. the shares
-    of its neighbourhoods significant with each sign) and ``'params'``.
-    """
-    if not 0 < prop <= 1:
-        msg = f"prop must be in (0, 1], got {prop!r}"
-        raise ValueError(msg)
-    if fdr not in ("spatial", "bh"):
-        msg = f"fdr must be 'spatial' or 'bh', got {fdr!r}"
-        raise ValueError(msg)
-    labels = require_obs_column(
-        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
-    )
-    connectivities, _ = _graph_of(adata, cluster_key)
-    if use_rep is None:
-        use_rep = str(adata.uns[cluster_key]["params"].get("use_rep", "X_pca"))
-    if use_rep not in adata.obsm:
-        msg = f"adata.obsm has no {use_rep!r}; run `pp.preprocess` and `tl.cluster`, or pass use_rep=."
-        raise KeyError(msg)
-    lots = lots_of(adata, lot_key)
-    lot_names = pd.Index(lots.cat.categories.astype(str))
-    require_min_lots(lot_names.size)
-    outcome, potency_name = lot_outcome(adata, potency, lot_names, lot_key)
-    embedding = np.asarray(adata.obsm[use_rep], dtype=float)
-    rng = np.random.default_rng(random_state)
+def _neighbourhood_size(
+    n_neighbors: int | str, connectivities: sparse.csr_matrix, n_lots: int, n_cells: int
+) -> tuple[sparse.csr_matrix | None, int | None]:
+    """The graph whose neighbours make a neighbourhood, or the k of k nearest cells."""
     if n_neighbors == "graph":
-        graph, k = connectivities, None
-    else:
-        k = min(max(30, 8 * lot_names.size), adata.n_obs) if n_neighbors == "auto" else n_neighbors
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= adata.n_obs:
-            msg = f"n_neighbors must be 'auto', 'graph' or an integer in [2, n_cells], got {n_neighbors!r}"
-            raise ValueError(msg)
-        graph, k = None, int(k)
-    index_cells, membership, farthest = _neighbourhoods(graph, embedding, prop=prop, rng=rng, k=k)
-    lot_codes = lots.cat.codes.to_numpy()
-    lot_indicator = sparse.csr_matrix(
-        (np.ones(adata.n_obs), (np.arange(adata.n_obs), lot_codes)),
-        shape=(adata.n_obs, lot_names.size),
-    )
-    per_lot = np.asarray((lot_indicator.T @ membership).todense())  # lots x nhoods
-    fractions = per_lot / np.bincount(lot_codes, minlength=lot_names.size)[:, None]
-    result = _stats.spearman_test(
-        fractions,
-        outcome.to_numpy(),
-        method=method,
-        alternative=alternative,
-        n_permutations=n_permutations,
-        random_state=random_state,
-    )
-    # Milo's weight: inverse distance from the index cell to its farthest (k-th) neighbour
-    weights = 1.0 / np.maximum(farthest, 1e-12)
-    adjusted = (
-        spatial_fdr(result.pvalue, weights)
-        if fdr == "spatial"
-        else _stats.benjamini_hochberg(result.pvalue)
-    )
-    label_values = labels.astype("category")
-    categories = [str(c) for c in label_values.cat.categories]
-    codes = label_values.cat.codes.to_numpy()
-    label_indicator = sparse.csr_matrix(
-        (np.ones(adata.n_obs), (np.arange(adata.n_obs), codes)),
-        shape=(adata.n_obs, len(categories)),
-    )
-    per_label = np.asarray((label_indicator.T @ membership).todense())  # clusters x nhoods
+        return connectivities, None
+    k = min(max(30, 8 * n_lots), n_cells) if n_neighbors == "auto" else n_neighbors
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= n_cells:
+        msg = f"n_neighbors must be 'auto', 'graph' or an integer in [2, n_cells], got {n_neighbors!r}"
+        raise ValueError(msg)
+    return None, int(k)
+
+
+def _one_hot(codes: np.ndarray, n_categories: int) -> sparse.csr_matrix:
+    """Cells x categories indicator matrix of integer codes."""
+    n = codes.size
+    return sparse.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, n_categories))
+
+
+def _nhood_table(
+    adata: AnnData,
+    labels: pd.Series,
+    index_cells: np.ndarray,
+    membership: sparse.csr_matrix,
+    result: _stats.AssociationResult,
+    adjusted: np.ndarray,
+    alpha: float,
+) -> pd.DataFrame:
+    """One row per neighbourhood: its size, majority cluster and purity, and its test."""
+    labels = labels.astype("category")
+    categories = np.asarray([str(c) for c in labels.cat.categories])
+    per_label = np.asarray(
+        (_one_hot(labels.cat.codes.to_numpy(), categories.size).T @ membership).todense()
+    )  # clusters x nhoods
     sizes = per_label.sum(axis=0)
-    majority = per_label.argmax(axis=0)
     nhoods = pd.DataFrame(
         {
             "index_cell": adata.obs_names[index_cells].astype(str),
             "size": sizes.astype(int),
-            "cluster": np.asarray(categories)[majority],
+            "cluster": categories[per_label.argmax(axis=0)],
             "purity": per_label.max(axis=0) / sizes,
             "rho": result.rho,
             "pvalue": result.pvalue,
@@ -492,7 +365,14 @@ def neighbourhood_association(
         },
         index=pd.Index([f"N{i}" for i in range(index_cells.size)], name="nhood"),
     )
-    nhoods["significant"] = nhoods["fdr"] < fdr_level
+    nhoods["significant"] = nhoods["fdr"] < alpha
+    return nhoods
+
+
+def _clusters_of_nhoods(
+    nhoods: pd.DataFrame, categories: list[str], cluster_key: str
+) -> pd.DataFrame:
+    """Per cluster: its neighbourhoods, their median rho and the shares significant by sign."""
     calls = pd.DataFrame(
         {
             "cluster": nhoods["cluster"],
@@ -512,22 +392,144 @@ def neighbourhood_association(
     ).reindex(categories)
     clusters["n_nhoods"] = clusters["n_nhoods"].fillna(0).astype(int)
     clusters.index.name = cluster_key
-    adata = adata.copy() if copy else adata
-    rho_values = np.nan_to_num(result.rho, nan=0.0)
+    return clusters
+
+
+def _mean_rho_per_cell(membership: sparse.csr_matrix, rho: np.ndarray) -> np.ndarray:
+    """Mean rho of the neighbourhoods each cell is in (NaN in none)."""
     n_in = np.asarray(membership.sum(axis=1)).ravel()
     with np.errstate(invalid="ignore", divide="ignore"):
-        adata.obs[f"{key_added}_rho"] = np.where(n_in > 0, membership @ rho_values / n_in, np.nan)
+        return np.where(n_in > 0, membership @ np.nan_to_num(rho, nan=0.0) / n_in, np.nan)
+
+
+@doc_params
+@record("tl.neighbourhood_association")
+def neighbourhood_association(
+    adata: AnnData,
+    potency: Potency = _keys.POTENCY,
+    *,
+    prop: float = 0.1,
+    n_neighbors: int | Literal["auto", "graph"] = "auto",
+    use_rep: str | None = None,
+    cluster_key: str = _keys.CLUSTER,
+    lot_key: str = _keys.LOT,
+    fdr: Literal["spatial", "bh"] = "spatial",
+    alpha: float = 0.1,
+    method: _stats.PvalueMethod = "auto",
+    alternative: _stats.Alternative = "two-sided",
+    n_permutations: int = 9999,
+    random_state: int = 0,
+    key_added: str = _registry.NEIGHBOURHOOD_ASSOCIATION.key,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cluster-free check: which kNN neighbourhoods of cells track potency across lots.
+
+    As in Milo (Dann et al. 2022), ``prop`` of the cells are sampled and each moved to the
+    cell nearest the median (in the graph's embedding) of its neighbourhood; a
+    neighbourhood is that index cell and its neighbours on the kNN graph of
+    :func:`mscpotency.tl.cluster`. Unlike Milo's negative-binomial GLM, each
+    neighbourhood's share of every lot's cells is tested against the continuous potency
+    with the package's Spearman kernel (exact over all n! orderings at small n), and the
+    p-values are adjusted by Milo's spatial FDR (weighted by the inverse distance to the
+    index cell's farthest neighbour) or by BH. Neighbourhoods are then labelled by their
+    majority cluster, so the clustering can be checked against a view that never used it.
+
+    Parameters
+    ----------
+    adata
+        {adata}
+        Clustered by :func:`mscpotency.tl.cluster` (its graph and embedding).
+    potency
+        {potency}
+        Or a lot -> value mapping/Series.
+    prop
+        Share of cells sampled as index cells (Milo: 0.05-0.1).
+    n_neighbors
+        Size of a neighbourhood: ``"graph"`` takes the index cell's neighbours on the
+        graph of :func:`mscpotency.tl.cluster` (~15-30 cells, often too few per lot);
+        an integer k takes its k nearest cells in the graph's embedding; ``"auto"`` (default)
+        uses k = max(30, 8 x number of lots), so an average lot has ~8 cells in a
+        neighbourhood, as Milo advises (graph k large enough for the number of samples).
+    use_rep
+        {use_rep}
+        Here the embedding the neighbourhoods are built in; default: the one
+        ``tl.cluster`` used. Donor effects make each lot's cells sit apart locally in an
+        uncorrected embedding (on the simulator ~60% of a cell's neighbours come from its
+        own lot), so neighbourhoods then mix few lots and the test loses power (it stays
+        valid). A lot-integrated embedding (ComBat then PCA, Harmony, scVI) restores it.
+    cluster_key
+        {cluster_key}
+        Its graph builds the neighbourhoods and its labels summarise them.
+    fdr
+        ``"spatial"`` (Milo's weighted BH) or ``"bh"``.
+    key_added
+        {key_added}
+        Also the ``obsm`` key of the membership and the prefix of the ``obs`` column.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Writes ``adata.obsm[key_added]`` (sparse
+    cells x neighbourhoods membership), ``adata.obs[key_added + '_rho']`` (mean rho of the
+    neighbourhoods a cell is in; NaN in none) and ``adata.uns[key_added]`` with
+    ``'nhoods'`` : DataFrame (one row per neighbourhood: index_cell, size, cluster,
+    purity, rho, pvalue, pvalue_method, fdr, significant), ``'clusters'`` : DataFrame (one
+    row per cluster: n_nhoods, median_rho, share_positive, share_negative, i.e. the shares
+    of its neighbourhoods significant with each sign) and ``'params'``.
+    """
+    if not 0 < prop <= 1:
+        msg = f"prop must be in (0, 1], got {prop!r}"
+        raise ValueError(msg)
+    if fdr not in ("spatial", "bh"):
+        msg = f"fdr must be 'spatial' or 'bh', got {fdr!r}"
+        raise ValueError(msg)
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    )
+    connectivities, _, cluster_params = reference_graph(adata, cluster_key)
+    use_rep = str(cluster_params.get("use_rep", "X_pca")) if use_rep is None else use_rep
+    if use_rep not in adata.obsm:
+        msg = f"adata.obsm has no {use_rep!r}; run `pp.preprocess` and `tl.cluster`, or pass use_rep=."
+        raise KeyError(msg)
+    lots = lots_of(adata, lot_key)
+    lot_names = pd.Index(lots.cat.categories.astype(str))
+    require_min_lots(lot_names.size)
+    outcome, potency_name = lot_potency(adata, potency, lot_names, lot_key)
+    embedding = np.asarray(adata.obsm[use_rep], dtype=float)
+    rng = np.random.default_rng(random_state)
+    graph, k = _neighbourhood_size(n_neighbors, connectivities, lot_names.size, adata.n_obs)
+    index_cells, membership, farthest = _neighbourhoods(graph, embedding, prop=prop, rng=rng, k=k)
+    lot_codes = lots.cat.codes.to_numpy()
+    per_lot = np.asarray((_one_hot(lot_codes, lot_names.size).T @ membership).todense())
+    fractions = per_lot / np.bincount(lot_codes, minlength=lot_names.size)[:, None]
+    result = _stats.spearman_test(
+        fractions,  # lots x nhoods
+        outcome.to_numpy(),
+        method=method,
+        alternative=alternative,
+        n_permutations=n_permutations,
+        random_state=random_state,
+    )
+    # Milo's weight: inverse distance from the index cell to its farthest (k-th) neighbour
+    adjusted = (
+        spatial_fdr(result.pvalue, 1.0 / np.maximum(farthest, 1e-12))
+        if fdr == "spatial"
+        else _stats.benjamini_hochberg(result.pvalue)
+    )
+    nhoods = _nhood_table(adata, labels, index_cells, membership, result, adjusted, alpha)
+    categories = [str(c) for c in labels.astype("category").cat.categories]
+    adata = adata.copy() if copy else adata
+    adata.obs[f"{key_added}_rho"] = _mean_rho_per_cell(membership, result.rho)
     adata.obsm[key_added] = membership
     adata.uns[key_added] = {
         "nhoods": nhoods,
-        "clusters": clusters,
+        "clusters": _clusters_of_nhoods(nhoods, categories, cluster_key),
         "params": {
             "potency": potency_name,
             "prop": prop,
             "cluster_key": cluster_key,
             "lot_key": lot_key,
             "fdr": fdr,
-            "fdr_level": fdr_level,
+            "alpha": alpha,
             "method": result.pvalue_method,
             "alternative": alternative,
             "n_permutations": n_permutations,
@@ -541,16 +543,124 @@ def neighbourhood_association(
 
 
 # --------------------------------------------------------------------------- agreement
+def _call(effect: pd.Series, pvalue: pd.Series, alpha: float) -> np.ndarray:
+    effect = np.asarray(effect, dtype=float)
+    pvalue = np.asarray(pvalue, dtype=float)
+    significant = np.isfinite(pvalue) & (pvalue < alpha)
+    return np.where(significant & (effect > 0), "+", np.where(significant & (effect < 0), "-", "0"))
+
+
+def _fraction_and_clr_columns(
+    adata: AnnData, association: dict, alpha: float
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], str]:
+    """Spearman on fractions (stored) and on CLR of the same lots' counts (computed here)."""
+    association_params = association["params"]
+    table_assoc: pd.DataFrame = association["table"]
+    lots_table: pd.DataFrame = association["lots"]
+    clusters = [str(c) for c in table_assoc.index]
+    counts = lot_counts(adata, association_params["fractions_key"])
+    counts = counts.loc[lots_table.index.astype(str), clusters].to_numpy(dtype=float)
+    clr_result = _stats.spearman_test(
+        _stats.clr(counts, counts=counts),
+        lots_table[str(association_params["potency"])].to_numpy(dtype=float),
+        method=association_params.get("method", "auto"),
+        alternative=association_params.get("alternative", "two-sided"),
+        n_permutations=int(association_params.get("n_permutations", 9999)),
+        random_state=int(association_params.get("random_state", 0)),
+    )
+    table = pd.DataFrame(index=pd.Index(clusters, name="cluster"))
+    table["rho_fraction"] = table_assoc["rho"].to_numpy(dtype=float)
+    table["p_fraction"] = table_assoc["pvalue"].to_numpy(dtype=float)
+    table["rho_clr"] = clr_result.rho
+    table["p_clr"] = clr_result.pvalue
+    calls = {
+        "call_fraction": _call(table["rho_fraction"], table["p_fraction"], alpha),
+        "call_clr": _call(table["rho_clr"], table["p_clr"], alpha),
+    }
+    return table, calls, clr_result.pvalue_method
+
+
+def _add_count_columns(adata: AnnData, table: pd.DataFrame, count_key: str, alpha: float):
+    """The count model's slope and permutation p per cluster; returns its call."""
+    counts = stored_table(adata, _registry.COUNT_ASSOCIATION, "table", count_key)
+    counts.index = counts.index.astype(str)
+    table["coef_count"] = counts["coef"].reindex(table.index).to_numpy()
+    table["p_count"] = counts["pvalue"].reindex(table.index).to_numpy()
+    return _call(table["coef_count"], table["p_count"], alpha)
+
+
+def _add_neighbourhood_columns(
+    adata: AnnData, table: pd.DataFrame, neighbourhood_key: str, min_share: float
+) -> np.ndarray:
+    """The neighbourhoods' median rho and shares significant by sign; returns their call."""
+    nhoods = stored_table(adata, _registry.NEIGHBOURHOOD_ASSOCIATION, "clusters", neighbourhood_key)
+    nhoods.index = nhoods.index.astype(str)
+    nhoods = nhoods.reindex(table.index)
+    table["nhood_median_rho"] = nhoods["median_rho"].to_numpy()
+    table["nhood_share_positive"] = nhoods["share_positive"].to_numpy()
+    table["nhood_share_negative"] = nhoods["share_negative"].to_numpy()
+    return np.where(
+        table["nhood_share_positive"] >= min_share,
+        "+",
+        np.where(table["nhood_share_negative"] >= min_share, "-", "0"),
+    )
+
+
+def _add_agreement(table: pd.DataFrame, calls: dict[str, np.ndarray]) -> None:
+    """Every method's call, whether they agree, the common call and whether effects share a sign."""
+    for name, values in calls.items():
+        table[name] = np.asarray(values)
+    table["n_methods"] = len(calls)
+    table["agree"] = table[list(calls)].nunique(axis=1) == 1
+    table["call"] = np.where(table["agree"], table["call_fraction"], "mixed")
+    effects = [
+        c for c in ("rho_fraction", "rho_clr", "coef_count", "nhood_median_rho") if c in table
+    ]
+    signs = np.sign(table[effects].to_numpy(dtype=float))
+    table["same_direction"] = (np.abs(signs.sum(axis=1)) == len(effects)) & (signs != 0).all(axis=1)
+
+
+def _agreement_summary(table: pd.DataFrame, n_methods: int, cluster: str) -> dict:
+    """How many methods call the potency cluster positive, and one sentence."""
+    if cluster not in table.index:
+        return {
+            "potency_cluster": cluster,
+            "n_methods": n_methods,
+            "n_positive": 0,
+            "positive_methods": "",
+            "same_direction": False,
+            "text": "no potency cluster named by the association.",
+        }
+    row = table.loc[cluster]
+    calls = [c for c in table.columns if c.startswith("call_")]
+    agreeing = [c.removeprefix("call_") for c in calls if row[c] == "+"]
+    positive = bool(row["same_direction"] and row["rho_fraction"] > 0)
+    text = (
+        f"{cluster}: {len(agreeing)}/{n_methods} methods call a significant positive "
+        f"association ({', '.join(agreeing) if agreeing else 'none'}); every method's effect "
+        f"is {'positive' if positive else 'not of one sign'}."
+    )
+    return {
+        "potency_cluster": cluster,
+        "n_methods": n_methods,
+        "n_positive": len(agreeing),
+        "positive_methods": ", ".join(agreeing),
+        "same_direction": bool(row["same_direction"]),
+        "text": text,
+    }
+
+
+@doc_params
 @record("tl.method_agreement")
 def method_agreement(
     adata: AnnData,
     *,
     association_key: str = _registry.POTENCY_ASSOCIATION.key,
-    count_key: str | None = COUNT_ASSOCIATION,
-    neighbourhood_key: str | None = NEIGHBOURHOOD_ASSOCIATION,
+    count_key: str | None = _registry.COUNT_ASSOCIATION.key,
+    neighbourhood_key: str | None = _registry.NEIGHBOURHOOD_ASSOCIATION.key,
     alpha: float = 0.05,
     min_share: float = 0.5,
-    key_added: str = METHOD_AGREEMENT,
+    key_added: str = _registry.METHOD_AGREEMENT.key,
     copy: bool = False,
 ) -> AnnData | None:
     """One table of every method's verdict per cluster, and where they agree.
@@ -566,22 +676,21 @@ def method_agreement(
     Parameters
     ----------
     adata
-        Cells with the stored results (``count_key``/``neighbourhood_key`` ``None`` to leave
-        a method out).
+        {adata}
+        With the stored results (``count_key``/``neighbourhood_key`` ``None`` to leave a
+        method out).
     association_key
-        Key of :func:`mscpotency.tl.potency_association` (fraction transform).
+        {association_key}
+        It must use the fraction transform.
     count_key
         Key of :func:`count_association`.
     neighbourhood_key
         Key of :func:`neighbourhood_association`.
     alpha
-        Level of the per-method calls (neighbourhoods use their own FDR level).
+        {alpha}
+        For the per-method calls (neighbourhoods use their own FDR level).
     min_share
         Share of a cluster's neighbourhoods that must be significant with one sign.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -589,109 +698,39 @@ def method_agreement(
     ``'table'`` : DataFrame (one row per cluster: rho_fraction, p_fraction, rho_clr,
     p_clr, coef_count, p_count, nhood_median_rho, nhood_share_positive,
     nhood_share_negative, a call column per method, n_methods, agree, call, same_direction:
-    every method's effect has one sign), ``'potency_cluster'``,
-    ``'summary'`` (one sentence) and ``'params'``.
+    every method's effect has one sign), ``'summary'`` : dict (potency_cluster, n_methods,
+    n_positive, positive_methods, same_direction, text: one sentence),
+    ``'potency_cluster'`` and ``'params'``.
     """
-    stored = require_uns(adata, association_key, tool="tl.potency_association")
-    params = stored["params"]
-    if params.get("transform", "fraction") != "fraction":
+    association = stored(adata, _registry.POTENCY_ASSOCIATION, association_key)
+    transform = association["params"].get("transform", "fraction")
+    if transform != "fraction":
         msg = (
-            f"adata.uns[{association_key!r}] used transform={params.get('transform')!r}; "
+            f"adata.uns[{association_key!r}] used transform={transform!r}; "
             "method_agreement needs the fraction association (it computes CLR itself)."
         )
         raise ValueError(msg)
-    table_assoc: pd.DataFrame = stored["table"]
-    potency_name = str(params["potency"])
-    lots_table: pd.DataFrame = stored["lots"]
-    clusters = [str(c) for c in table_assoc.index]
-    counts = pd.DataFrame(
-        require_uns(adata, params["fractions_key"], tool="tl.lot_fractions")["counts"]
-    ).copy()
-    counts.index = counts.index.astype(str)
-    counts.columns = counts.columns.astype(str)
-    counts = counts.loc[lots_table.index.astype(str), clusters]
-    y = lots_table[potency_name].to_numpy(dtype=float)
-    clr_result = _stats.spearman_test(
-        _stats.clr(counts.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float)),
-        y,
-        method=params.get("method", "auto"),
-        alternative=params.get("alternative", "two-sided"),
-        n_permutations=int(params.get("n_permutations", 9999)),
-        random_state=int(params.get("random_state", 0)),
-    )
-    table = pd.DataFrame(index=pd.Index(clusters, name="cluster"))
-    table["rho_fraction"] = table_assoc["rho"].to_numpy(dtype=float)
-    table["p_fraction"] = table_assoc["pvalue"].to_numpy(dtype=float)
-    table["rho_clr"] = clr_result.rho
-    table["p_clr"] = clr_result.pvalue
-    calls = {
-        "call_fraction": _call(table["rho_fraction"], table["p_fraction"], alpha),
-        "call_clr": _call(table["rho_clr"], table["p_clr"], alpha),
-    }
+    table, calls, clr_method = _fraction_and_clr_columns(adata, association, alpha)
     if count_key is not None:
-        count_table = pd.DataFrame(
-            require_uns(adata, count_key, tool="tl.count_association")["table"]
-        )
-        count_table.index = count_table.index.astype(str)
-        table["coef_count"] = count_table["coef"].reindex(clusters).to_numpy()
-        table["p_count"] = count_table["pvalue"].reindex(clusters).to_numpy()
-        calls["call_count"] = _call(table["coef_count"], table["p_count"], alpha)
+        calls["call_count"] = _add_count_columns(adata, table, count_key, alpha)
     if neighbourhood_key is not None:
-        nh = pd.DataFrame(
-            require_uns(adata, neighbourhood_key, tool="tl.neighbourhood_association")["clusters"]
+        calls["call_neighbourhood"] = _add_neighbourhood_columns(
+            adata, table, neighbourhood_key, min_share
         )
-        nh.index = nh.index.astype(str)
-        nh = nh.reindex(clusters)
-        table["nhood_median_rho"] = nh["median_rho"].to_numpy()
-        table["nhood_share_positive"] = nh["share_positive"].to_numpy()
-        table["nhood_share_negative"] = nh["share_negative"].to_numpy()
-        nh_call = np.where(
-            table["nhood_share_positive"] >= min_share,
-            "+",
-            np.where(table["nhood_share_negative"] >= min_share, "-", "0"),
-        )
-        calls["call_neighbourhood"] = pd.Series(nh_call, index=table.index)
-    for name, values in calls.items():
-        table[name] = np.asarray(values)
-    call_columns = list(calls)
-    table["n_methods"] = len(call_columns)
-    table["agree"] = table[call_columns].nunique(axis=1) == 1
-    table["call"] = np.where(table["agree"], table["call_fraction"], "mixed")
-    effects = [
-        c for c in ("rho_fraction", "rho_clr", "coef_count", "nhood_median_rho") if c in table
-    ]
-    signs = np.sign(table[effects].to_numpy(dtype=float))
-    table["same_direction"] = (np.abs(signs.sum(axis=1)) == len(effects)) & (signs != 0).all(axis=1)
-    potency_cluster = str(stored.get("potency_cluster", ""))
-    if potency_cluster in table.index:
-        row = table.loc[potency_cluster]
-        agreeing = [c.removeprefix("call_") for c in call_columns if row[c] == "+"]
-        summary = (
-            f"{potency_cluster}: {len(agreeing)}/{len(call_columns)} methods call a significant positive "
-            f"association ({', '.join(agreeing) if agreeing else 'none'}); every method's effect is "
-            f"{'positive' if row['same_direction'] and row['rho_fraction'] > 0 else 'not of one sign'}."
-        )
-    else:
-        summary = "no potency cluster named by the association."
+    _add_agreement(table, calls)
+    cluster = str(association.get("potency_cluster", ""))
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "potency_cluster": potency_cluster,
-        "summary": summary,
+        "potency_cluster": cluster,
+        "summary": _agreement_summary(table, len(calls), cluster),
         "params": {
             "association_key": association_key,
             "count_key": count_key,
             "neighbourhood_key": neighbourhood_key,
             "alpha": alpha,
             "min_share": min_share,
-            "clr_pvalue_method": clr_result.pvalue_method,
+            "clr_pvalue_method": clr_method,
         },
     }
     return adata if copy else None
-
-
-def _call(effect: pd.Series, pvalue: pd.Series, alpha: float) -> np.ndarray:
-    effect = np.asarray(effect, dtype=float)
-    pvalue = np.asarray(pvalue, dtype=float)
-    significant = np.isfinite(pvalue) & (pvalue < alpha)
-    return np.where(significant & (effect > 0), "+", np.where(significant & (effect < 0), "-", "0"))

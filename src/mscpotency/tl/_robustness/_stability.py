@@ -14,7 +14,8 @@ resolution carries a claim:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,16 +23,14 @@ from anndata import AnnData
 from scipy import sparse
 
 from ... import _keys, _registry, _stats
+from ..._docs import doc_params
 from ..._provenance import record
-from ..._validate import lots_of, require_obs_column, require_uns
-from .._population._association import lot_outcome
+from ..._stored import potency_cluster, stored
+from ..._validate import lots_of, require_obs_column
 from .._population._cluster import _igraph_of, _leiden, _name_by_size
+from ._inputs import Potency, lot_counts, lot_potency, reference_graph
 
 logger = logging.getLogger("mscpotency")
-
-#: Default ``key_added`` of the tools in this module.
-ASSOCIATION_STABILITY = "association_stability"
-INFLUENTIAL_LOTS = "influential_lots"
 
 #: Default resolution sweep, as multiples of the reference clustering's resolution.
 RESOLUTION_FACTORS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
@@ -46,13 +45,18 @@ def igraph_from_connectivities(connectivities: sparse.spmatrix):
     return _igraph_of(connectivities)
 
 
-def leiden_labels(graph, resolution: float, *, seed: int, n_iterations: int = 2) -> np.ndarray:
+def leiden_labels(
+    graph, resolution: float, *, seed: int, n_iterations: int = 2, flavor: str = "igraph"
+) -> np.ndarray:
     """Leiden labels of ``graph`` exactly as :func:`mscpotency.tl.cluster` computes them.
 
-    Same graph, resolution and seed give the reference labels back; igraph's random source
-    is seeded for the call and restored afterwards.
+    Same graph, resolution, seed and flavor give the reference labels back; the random
+    source is seeded for the call and restored afterwards.
     """
-    return np.asarray(_leiden(graph, float(resolution), n_iterations, int(seed)), dtype=np.int64)
+    labels = _leiden(
+        graph, float(resolution), n_iterations=n_iterations, seed=int(seed), flavor=flavor
+    )
+    return np.asarray(labels, dtype=np.int64)
 
 
 def contingency(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
@@ -91,29 +95,6 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- helpers
-def _graph_of(adata: AnnData, cluster_key: str) -> tuple[sparse.csr_matrix, float]:
-    """The kNN connectivities and resolution ``tl.cluster`` used for ``obs[cluster_key]``.
-
-    The clustering's parameters are in ``adata.uns[cluster_key]['params']``.
-    """
-    stored = require_uns(adata, cluster_key, tool="tl.cluster")
-    params = stored.get("params", {}) if isinstance(stored, dict) else {}
-    neighbors_key = params.get("neighbors_key")
-    if neighbors_key is None or neighbors_key not in adata.uns:
-        msg = (
-            f"adata.uns[{cluster_key!r}] names no neighbour graph that is still present; "
-            "run `tl.cluster` again."
-        )
-        raise KeyError(msg)
-    connectivities_key = adata.uns[neighbors_key].get(
-        "connectivities_key", f"{neighbors_key}_connectivities"
-    )
-    if connectivities_key not in adata.obsp:
-        msg = f"adata.obsp has no {connectivities_key!r} (the graph of `tl.cluster`); run `tl.cluster` again."
-        raise KeyError(msg)
-    return sparse.csr_matrix(adata.obsp[connectivities_key]), float(stored["resolution"])
-
-
 def _lot_fraction_matrix(lot_codes: np.ndarray, labels: np.ndarray, n_lots: int) -> np.ndarray:
     n_labels = int(labels.max()) + 1
     counts = contingency(lot_codes, labels, n_lots, n_labels).astype(float)
@@ -153,11 +134,272 @@ def _association_of(
     return float(rho[matched]), float(result.pvalue[0]), result.pvalue_method, top, top_rho
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """The reference clustering and the lots every re-clustering is compared with."""
+
+    codes: np.ndarray  # reference cluster (code) of each cell
+    categories: list[str]
+    target: int  # code of the potency cluster
+    lot_codes: np.ndarray
+    n_lots: int
+    y: np.ndarray  # potency of each lot
+    method: str
+    alternative: str
+    random_state: int
+
+    def association(self) -> tuple[float, float]:
+        """Rho and p of the potency cluster itself, computed as for every re-clustering."""
+        fractions = _lot_fraction_matrix(self.lot_codes, self.codes, self.n_lots)
+        rho, p, *_ = _association_of(
+            fractions, self.y, self.target, self.method, self.alternative, self.random_state
+        )
+        return rho, p
+
+
+@dataclass(frozen=True)
+class _Match:
+    """A new clustering matched to the potency cluster, and the matched cluster's association."""
+
+    n_clusters: int
+    jaccard: np.ndarray  # reference clusters x new clusters
+    matched: int
+    matched_size: int
+    rho: float
+    pvalue: float
+    pvalue_method: str
+    top: int
+    top_rho: float
+
+
+def _match(reference: _Reference, new: np.ndarray, cells: np.ndarray | slice) -> _Match:
+    """Match ``new`` labels of ``cells`` to the potency cluster (Jaccard) and test the match."""
+    n_new = int(new.max()) + 1
+    jaccard = jaccard_matrix(reference.codes[cells], new, len(reference.categories), n_new)
+    matched = int(jaccard[reference.target].argmax())
+    fractions = _lot_fraction_matrix(reference.lot_codes[cells], new, reference.n_lots)
+    rho, p, p_method, top, top_rho = _association_of(
+        fractions,
+        reference.y,
+        matched,
+        reference.method,
+        reference.alternative,
+        reference.random_state,
+    )
+    return _Match(
+        n_new, jaccard, matched, int((new == matched).sum()), rho, p, p_method, top, top_rho
+    )
+
+
+def _recovered(table: pd.DataFrame, min_jaccard: float, alpha: float) -> pd.Series:
+    """Matched cluster is the top one, overlaps the potency cluster enough, and is significant."""
+    return (
+        table["matched_is_top"].astype(bool)
+        & (table["jaccard"] >= min_jaccard)
+        & (table["pvalue"] < alpha)
+    )
+
+
+def _sweep(
+    reference: _Reference, graph, resolutions: Sequence[float], *, leiden: dict
+) -> pd.DataFrame:
+    """One row per resolution: the reference graph re-clustered with the reference seed."""
+    rows = []
+    for resolution in sorted(resolutions):
+        new = _by_size(leiden_labels(graph, resolution, **leiden))
+        match = _match(reference, new, slice(None))
+        rows.append(
+            {
+                "resolution": resolution,
+                "n_clusters": match.n_clusters,
+                "matched_cluster": f"R{match.matched}",
+                "jaccard": float(match.jaccard[reference.target, match.matched]),
+                "matched_size": match.matched_size,
+                "rho": match.rho,
+                "pvalue": match.pvalue,
+                "pvalue_method": match.pvalue_method,
+                "top_cluster": f"R{match.top}",
+                "top_rho": match.top_rho,
+                "matched_is_top": match.matched == match.top,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _subsamples(
+    reference: _Reference,
+    connectivities: sparse.csr_matrix,
+    resolution: float,
+    *,
+    n_subsamples: int,
+    fraction: float,
+    leiden: dict,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per random cell subsample, clustered at ``resolution`` with its own seed.
+
+    Also returns, per subsample and reference cluster, the best Jaccard index of any new
+    cluster (NaN where the subsample has none of the cluster's cells).
+    """
+    rng = np.random.default_rng(reference.random_state)
+    seeds = rng.integers(0, 2**31 - 1, size=n_subsamples)
+    n_cells = connectivities.shape[0]
+    n_keep = max(2, round(fraction * n_cells))
+    n_categories = len(reference.categories)
+    rows = []
+    best_jaccard = np.full((n_subsamples, n_categories), np.nan)
+    for i, seed in enumerate(seeds):
+        keep = (
+            np.sort(rng.choice(n_cells, size=n_keep, replace=False))
+            if n_keep < n_cells
+            else np.arange(n_cells)
+        )
+        subgraph = igraph_from_connectivities(connectivities[keep][:, keep])
+        new = _by_size(leiden_labels(subgraph, resolution, **{**leiden, "seed": int(seed)}))
+        match = _match(reference, new, keep)
+        present = np.bincount(reference.codes[keep], minlength=n_categories) > 0
+        best_jaccard[i, present] = match.jaccard.max(axis=1)[present]
+        rows.append(
+            {
+                "seed": int(seed),
+                "n_cells": int(keep.size),
+                "n_clusters": match.n_clusters,
+                "jaccard": float(match.jaccard[reference.target, match.matched]),
+                "rho": match.rho,
+                "pvalue": match.pvalue,
+                "matched_is_top": match.matched == match.top,
+            }
+        )
+    columns = ["seed", "n_cells", "n_clusters", "jaccard", "rho", "pvalue", "matched_is_top"]
+    table = pd.DataFrame(rows, columns=columns)
+    table.index.name = "subsample"
+    return table, best_jaccard
+
+
+def _cluster_stability(
+    best_jaccard: np.ndarray, reference: _Reference, cluster: str, cluster_key: str
+) -> pd.DataFrame:
+    """Per reference cluster: its subsample Jaccard indices read as in Hennig (2007)."""
+    columns = ("mean_jaccard", "min_jaccard", "share_stable", "share_dissolved")
+    if best_jaccard.shape[0]:
+        with np.errstate(invalid="ignore"):
+            jaccard = {
+                "mean_jaccard": np.nanmean(best_jaccard, axis=0),
+                "min_jaccard": np.nanmin(best_jaccard, axis=0),
+                "share_stable": (best_jaccard >= STABLE_JACCARD).mean(axis=0),
+                "share_dissolved": (best_jaccard < DISSOLVED_JACCARD).mean(axis=0),
+            }
+    else:
+        jaccard = dict.fromkeys(columns, np.nan)
+    clusters = pd.DataFrame(
+        {"n_cells": np.bincount(reference.codes, minlength=len(reference.categories)), **jaccard},
+        index=pd.Index(reference.categories, name=cluster_key),
+    )
+    clusters["is_potency_cluster"] = clusters.index == cluster
+    return clusters
+
+
+def _stability_summary(
+    cluster: str,
+    reference_resolution: float,
+    reference_association: tuple[float, float],
+    by_resolution: pd.DataFrame,
+    by_subsample: pd.DataFrame,
+    subsample_fraction: float,
+) -> dict:
+    """The shares of resolutions and subsamples that recover the association, and a sentence."""
+    ref_rho, ref_p = reference_association
+    n_subsamples = len(by_subsample)
+    median_jaccard = float(by_subsample["jaccard"].median()) if n_subsamples else float("nan")
+    sentence = (
+        f"{cluster} (rho = {ref_rho:.2f}, p = {ref_p:.2g}) is recovered at "
+        f"{int(by_resolution['recovered'].sum())}/{len(by_resolution)} resolutions"
+    )
+    if n_subsamples:
+        sentence += (
+            f" and in {int(by_subsample['recovered'].sum())}/{n_subsamples} subsamples of "
+            f"{subsample_fraction:.0%} of cells (median Jaccard {median_jaccard:.2f})"
+        )
+    return {
+        "cluster": cluster,
+        "reference_resolution": reference_resolution,
+        "reference_rho": ref_rho,
+        "reference_pvalue": ref_p,
+        "share_resolutions_recovered": float(by_resolution["recovered"].mean()),
+        "share_subsamples_recovered": float(by_subsample["recovered"].mean())
+        if n_subsamples
+        else float("nan"),
+        "median_subsample_jaccard": median_jaccard,
+        "text": sentence + ".",
+    }
+
+
+def _check_stability_options(
+    subsample_fraction: float, n_subsamples: int, min_jaccard: float
+) -> None:
+    if not 0 < subsample_fraction <= 1:
+        msg = f"subsample_fraction must be in (0, 1], got {subsample_fraction!r}"
+        raise ValueError(msg)
+    if n_subsamples < 0:
+        msg = f"n_subsamples must be >= 0, got {n_subsamples!r}"
+        raise ValueError(msg)
+    if not 0 < min_jaccard <= 1:
+        msg = f"min_jaccard must be in (0, 1], got {min_jaccard!r}"
+        raise ValueError(msg)
+
+
+def _sweep_resolutions(resolutions: Sequence[float] | None, reference: float) -> list[float]:
+    """The sweep's resolutions: given, or the reference resolution times RESOLUTION_FACTORS."""
+    if resolutions is None:
+        resolutions = [reference * f for f in RESOLUTION_FACTORS]
+    resolutions = [float(r) for r in resolutions]
+    if not resolutions or any(not np.isfinite(r) or r <= 0 for r in resolutions):
+        msg = f"resolutions must be positive numbers, got {resolutions!r}"
+        raise ValueError(msg)
+    return resolutions
+
+
+def _reference_of(
+    adata: AnnData,
+    potency: Potency,
+    cluster: str | None,
+    *,
+    cluster_key: str,
+    lot_key: str,
+    association_key: str,
+    options: dict,
+) -> tuple[_Reference, str]:
+    """The reference labels, the potency cluster's code, the lots and their potency."""
+    labels = require_obs_column(
+        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    ).astype("category")
+    categories = [str(c) for c in labels.cat.categories]
+    cluster = potency_cluster(adata, cluster=cluster, association_key=association_key)
+    if cluster not in categories:
+        msg = f"unknown cluster {cluster!r} in obs[{cluster_key!r}]; known clusters: {categories}"
+        raise ValueError(msg)
+    lots = lots_of(adata, lot_key)
+    lot_names = pd.Index(lots.cat.categories.astype(str))
+    outcome, potency_name = lot_potency(
+        adata, potency, lot_names, lot_key, association_key=association_key
+    )
+    reference = _Reference(
+        codes=labels.cat.codes.to_numpy().astype(np.int64),
+        categories=categories,
+        target=categories.index(cluster),
+        lot_codes=lots.cat.codes.to_numpy().astype(np.int64),
+        n_lots=lot_names.size,
+        y=outcome.to_numpy(),
+        **options,
+    )
+    return reference, potency_name
+
+
 # --------------------------------------------------------------------------- stability
+@doc_params
 @record("tl.association_stability")
 def association_stability(
     adata: AnnData,
-    potency: str | Mapping | pd.Series = _keys.POTENCY,
+    potency: Potency = _keys.POTENCY,
     *,
     cluster: str | None = None,
     resolutions: Sequence[float] | None = None,
@@ -172,7 +414,7 @@ def association_stability(
     alternative: _stats.Alternative = "two-sided",
     n_iterations: int | None = None,
     random_state: int = 0,
-    key_added: str = ASSOCIATION_STABILITY,
+    key_added: str = _registry.ASSOCIATION_STABILITY.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Check that the potency cluster and its association survive other clusterings.
@@ -192,12 +434,11 @@ def association_stability(
     Parameters
     ----------
     adata
-        Cells clustered by :func:`mscpotency.tl.cluster` (its graph in ``obsp``).
+        {adata}
+        Clustered by :func:`mscpotency.tl.cluster` (its graph in ``obsp``).
     potency
-        obs column with one value per lot, or a lot -> value mapping/Series.
-    cluster
-        The reference potency cluster; default: the one found by
-        :func:`mscpotency.tl.potency_association`.
+        {potency}
+        Or a lot -> value mapping/Series.
     resolutions
         Leiden resolutions of the sweep; default: the reference resolution times
         0.25, 0.35, 0.5, 0.7, 1, 1.4 and 2.
@@ -207,29 +448,17 @@ def association_stability(
     subsample_fraction
         Share of cells in each subsample; ``1.0`` varies the seed only.
     cluster_key
-        obs column of the reference labels (and ``uns`` key of the clustering).
-    lot_key
-        obs column with the lot of each cell.
-    association_key
-        Where to find the potency cluster when ``cluster`` is ``None``.
+        {cluster_key}
+        Also the ``uns`` key of the clustering.
     min_jaccard
         Smallest Jaccard index at which the matched cluster counts as the potency cluster.
-    alpha
-        Level at which the matched cluster's association counts as significant.
-    method
-        p-value method of the Spearman kernel: ``"auto"``, ``"exact"`` or ``"permutation"``.
-    alternative
-        ``"two-sided"``, ``"greater"`` or ``"less"``.
     n_iterations
         Leiden iterations; default: those of the reference clustering.
     random_state
-        Seed of the subsamples (and of their Leiden runs). The sweep uses the reference
-        clustering's own seed, so the sweep at the reference resolution gives the
-        reference labels back.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
+        {random_state}
+        Seeds the subsamples (and their Leiden runs); the sweep uses the reference
+        clustering's own seed, so at the reference resolution it gives the reference
+        labels back.
 
     Returns
     -------
@@ -243,180 +472,55 @@ def association_stability(
     (cluster, reference rho and p, share of resolutions and of subsamples that recover
     the association, median subsample Jaccard, a sentence) and ``'params'``.
     """
-    labels = require_obs_column(
-        adata, cluster_key, what="cluster labels", hint="Run `tl.cluster` first."
+    options = {"method": method, "alternative": alternative, "random_state": random_state}
+    reference, potency_name = _reference_of(
+        adata,
+        potency,
+        cluster,
+        cluster_key=cluster_key,
+        lot_key=lot_key,
+        association_key=association_key,
+        options=options,
     )
-    labels = labels.astype("category")
-    categories = [str(c) for c in labels.cat.categories]
-    if cluster is None:
-        stored = require_uns(adata, association_key, tool="tl.potency_association")
-        cluster = str(stored.get("potency_cluster", ""))
-        if not cluster:
-            msg = (
-                f"adata.uns[{association_key!r}] names no potency cluster (no cluster has a "
-                "positive rho); pass cluster= to check one."
-            )
-            raise ValueError(msg)
-    if cluster not in categories:
-        msg = f"unknown cluster {cluster!r} in obs[{cluster_key!r}]; known clusters: {categories}"
-        raise ValueError(msg)
-    if not 0 < subsample_fraction <= 1:
-        msg = f"subsample_fraction must be in (0, 1], got {subsample_fraction!r}"
-        raise ValueError(msg)
-    if n_subsamples < 0:
-        msg = f"n_subsamples must be >= 0, got {n_subsamples!r}"
-        raise ValueError(msg)
-    if not 0 < min_jaccard <= 1:
-        msg = f"min_jaccard must be in (0, 1], got {min_jaccard!r}"
-        raise ValueError(msg)
-    connectivities, reference_resolution = _graph_of(adata, cluster_key)
-    cluster_params = adata.uns[cluster_key]["params"]
-    sweep_seed = int(cluster_params.get("random_state", 0))
+    cluster = reference.categories[reference.target]
+    _check_stability_options(subsample_fraction, n_subsamples, min_jaccard)
+    connectivities, reference_resolution, cluster_params = reference_graph(adata, cluster_key)
     if n_iterations is None:
         n_iterations = int(cluster_params.get("n_iterations", 2))
-    if resolutions is None:
-        resolutions = [reference_resolution * f for f in RESOLUTION_FACTORS]
-    resolutions = [float(r) for r in resolutions]
-    if not resolutions or any(not np.isfinite(r) or r <= 0 for r in resolutions):
-        msg = f"resolutions must be positive numbers, got {resolutions!r}"
-        raise ValueError(msg)
-    lots = lots_of(adata, lot_key)
-    lot_names = pd.Index(lots.cat.categories.astype(str))
-    outcome, potency_name = lot_outcome(adata, potency, lot_names, lot_key)
-    y = outcome.to_numpy()
-    lot_codes = lots.cat.codes.to_numpy().astype(np.int64)
-    n_lots = lot_names.size
-    ref_codes = labels.cat.codes.to_numpy().astype(np.int64)
-    target = categories.index(cluster)
-
-    # the reference association, computed the same way as every re-clustering
-    ref_fractions = _lot_fraction_matrix(lot_codes, ref_codes, n_lots)
-    ref_rho, ref_p, _, _, _ = _association_of(
-        ref_fractions, y, target, method, alternative, random_state
-    )
+    leiden = {
+        "seed": int(cluster_params.get("random_state", 0)),
+        "n_iterations": n_iterations,
+        "flavor": str(cluster_params.get("flavor", "igraph")),
+    }
+    resolutions = _sweep_resolutions(resolutions, reference_resolution)
 
     adata = adata.copy() if copy else adata
-    graph = igraph_from_connectivities(connectivities)
-    rows = []
-    for resolution in sorted(resolutions):
-        new = _by_size(leiden_labels(graph, resolution, seed=sweep_seed, n_iterations=n_iterations))
-        n_new = int(new.max()) + 1
-        jac = jaccard_matrix(ref_codes, new, len(categories), n_new)[target]
-        matched = int(jac.argmax())
-        fractions = _lot_fraction_matrix(lot_codes, new, n_lots)
-        rho, p, p_method, top, top_rho = _association_of(
-            fractions, y, matched, method, alternative, random_state
-        )
-        rows.append(
-            {
-                "resolution": resolution,
-                "n_clusters": n_new,
-                "matched_cluster": f"R{matched}",
-                "jaccard": float(jac[matched]),
-                "matched_size": int((new == matched).sum()),
-                "rho": rho,
-                "pvalue": p,
-                "pvalue_method": p_method,
-                "top_cluster": f"R{top}",
-                "top_rho": top_rho,
-                "matched_is_top": matched == top,
-            }
-        )
-    by_resolution = pd.DataFrame(rows)
-    by_resolution["recovered"] = (
-        by_resolution["matched_is_top"]
-        & (by_resolution["jaccard"] >= min_jaccard)
-        & (by_resolution["pvalue"] < alpha)
+    by_resolution = _sweep(
+        reference, igraph_from_connectivities(connectivities), resolutions, leiden=leiden
     )
-
-    rng = np.random.default_rng(random_state)
-    seeds = rng.integers(0, 2**31 - 1, size=n_subsamples)
-    n_keep = max(2, round(subsample_fraction * adata.n_obs))
-    sub_rows = []
-    per_cluster = np.full((n_subsamples, len(categories)), np.nan)
-    for i, seed in enumerate(seeds):
-        keep = (
-            np.sort(rng.choice(adata.n_obs, size=n_keep, replace=False))
-            if n_keep < adata.n_obs
-            else np.arange(adata.n_obs)
-        )
-        subgraph = igraph_from_connectivities(connectivities[keep][:, keep])
-        new = _by_size(
-            leiden_labels(subgraph, reference_resolution, seed=int(seed), n_iterations=n_iterations)
-        )
-        n_new = int(new.max()) + 1
-        jac = jaccard_matrix(ref_codes[keep], new, len(categories), n_new)
-        present = np.bincount(ref_codes[keep], minlength=len(categories)) > 0
-        per_cluster[i, present] = jac.max(axis=1)[present]
-        matched = int(jac[target].argmax())
-        fractions = _lot_fraction_matrix(lot_codes[keep], new, n_lots)
-        rho, p, _, top, _ = _association_of(
-            fractions, y, matched, method, alternative, random_state
-        )
-        sub_rows.append(
-            {
-                "seed": int(seed),
-                "n_cells": int(keep.size),
-                "n_clusters": n_new,
-                "jaccard": float(jac[target, matched]),
-                "rho": rho,
-                "pvalue": p,
-                "matched_is_top": matched == top,
-            }
-        )
-    columns = ["seed", "n_cells", "n_clusters", "jaccard", "rho", "pvalue", "matched_is_top"]
-    by_subsample = pd.DataFrame(sub_rows, columns=columns)
-    by_subsample.index.name = "subsample"
-    by_subsample["recovered"] = (
-        by_subsample["matched_is_top"].astype(bool)
-        & (by_subsample["jaccard"] >= min_jaccard)
-        & (by_subsample["pvalue"] < alpha)
+    by_resolution["recovered"] = _recovered(by_resolution, min_jaccard, alpha)
+    by_subsample, best_jaccard = _subsamples(
+        reference,
+        connectivities,
+        reference_resolution,
+        n_subsamples=n_subsamples,
+        fraction=subsample_fraction,
+        leiden=leiden,
     )
-
-    with np.errstate(invalid="ignore"):
-        clusters = pd.DataFrame(
-            {
-                "n_cells": np.bincount(ref_codes, minlength=len(categories)),
-                "mean_jaccard": np.nanmean(per_cluster, axis=0) if n_subsamples else np.nan,
-                "min_jaccard": np.nanmin(per_cluster, axis=0) if n_subsamples else np.nan,
-                "share_stable": (per_cluster >= STABLE_JACCARD).mean(axis=0)
-                if n_subsamples
-                else np.nan,
-                "share_dissolved": (per_cluster < DISSOLVED_JACCARD).mean(axis=0)
-                if n_subsamples
-                else np.nan,
-            },
-            index=pd.Index(categories, name=cluster_key),
-        )
-    clusters["is_potency_cluster"] = clusters.index == cluster
-
-    share_res = float(by_resolution["recovered"].mean())
-    share_sub = float(by_subsample["recovered"].mean()) if n_subsamples else float("nan")
-    median_jac = float(by_subsample["jaccard"].median()) if n_subsamples else float("nan")
-    sentence = (
-        f"{cluster} (rho = {ref_rho:.2f}, p = {ref_p:.2g}) is recovered at "
-        f"{int(by_resolution['recovered'].sum())}/{len(by_resolution)} resolutions"
+    by_subsample["recovered"] = _recovered(by_subsample, min_jaccard, alpha)
+    summary = _stability_summary(
+        cluster,
+        reference_resolution,
+        reference.association(),
+        by_resolution,
+        by_subsample,
+        subsample_fraction,
     )
-    if n_subsamples:
-        sentence += (
-            f" and in {int(by_subsample['recovered'].sum())}/{n_subsamples} subsamples of "
-            f"{subsample_fraction:.0%} of cells (median Jaccard {median_jac:.2f})"
-        )
-    sentence += "."
     adata.uns[key_added] = {
         "resolutions": by_resolution,
         "subsamples": by_subsample,
-        "clusters": clusters,
-        "summary": {
-            "cluster": cluster,
-            "reference_resolution": reference_resolution,
-            "reference_rho": ref_rho,
-            "reference_pvalue": ref_p,
-            "share_resolutions_recovered": share_res,
-            "share_subsamples_recovered": share_sub,
-            "median_subsample_jaccard": median_jac,
-            "text": sentence,
-        },
+        "clusters": _cluster_stability(best_jaccard, reference, cluster, cluster_key),
+        "summary": summary,
         "params": {
             "potency": potency_name,
             "cluster": cluster,
@@ -434,7 +538,7 @@ def association_stability(
             "random_state": random_state,
         },
     }
-    logger.info(sentence)
+    logger.info(summary["text"])
     return adata if copy else None
 
 
@@ -461,6 +565,37 @@ def influence_kernel(
     return rho, loo, z, flagged
 
 
+def _association_feature(
+    adata: AnnData, association: dict, cluster: str, clusters: list[str]
+) -> np.ndarray:
+    """The cluster's per-lot feature as the association tested it: fraction, or CLR of counts."""
+    association_params = association["params"]
+    lots_table: pd.DataFrame = association["lots"]
+    if association_params.get("transform") != "clr":
+        return lots_table[cluster].to_numpy(dtype=float)
+    counts = lot_counts(adata, association_params["fractions_key"])
+    counts = counts.loc[lots_table.index, clusters].to_numpy(dtype=float)
+    return _stats.clr(counts, counts=counts)[:, clusters.index(cluster)]
+
+
+def _pvalues_without_each_lot(
+    x: np.ndarray, y: np.ndarray, association_params: dict
+) -> tuple[np.ndarray, float]:
+    """The association's p-value without each lot, and with all lots (same test options)."""
+    options = {
+        "method": association_params.get("method", "auto"),
+        "alternative": association_params.get("alternative", "two-sided"),
+        "random_state": int(association_params.get("random_state", 0)),
+    }
+    keep = ~np.eye(len(x), dtype=bool)
+    without = [
+        _stats.spearman_test(x[keep[i], None], y[keep[i]], **options).pvalue[0]
+        for i in range(len(x))
+    ]
+    return np.array(without), float(_stats.spearman_test(x[:, None], y, **options).pvalue[0])
+
+
+@doc_params
 @record("tl.influential_lots")
 def influential_lots(
     adata: AnnData,
@@ -469,18 +604,18 @@ def influential_lots(
     association_key: str = _registry.POTENCY_ASSOCIATION.key,
     z_threshold: float = 3.5,
     min_shift: float = 0.1,
-    key_added: str = INFLUENTIAL_LOTS,
+    key_added: str = _registry.INFLUENTIAL_LOTS.key,
     copy: bool = False,
 ) -> AnnData | None:
     """Flag a lot that on its own drives the potency association (leave-one-lot-out).
 
     For the cluster's lot fractions (transformed as in :func:`mscpotency.tl.potency_association`),
     rho is recomputed with each lot left out. A lot is *influential* when its leave-one-out
-    rho lies far from the others' (robust z = ``|rho_-i - median| / (1.4826 MAD)``, MeanAD-based when MAD is 0, above
-    ``z_threshold``, the Iglewicz-Hoaglin outlier rule) **and** leaving it out moves rho by
-    at least ``min_shift``. Leaving one lot out cannot be done quietly at n ≈ 10: the
-    exact p-value without the lot is reported too, with whether it changes the call at the
-    association's ``alpha``.
+    rho lies far from the others' (robust z = ``|rho_-i - median| / (1.4826 MAD)``,
+    MeanAD-based when MAD is 0, above ``z_threshold``, the Iglewicz-Hoaglin outlier rule)
+    **and** leaving it out moves rho by at least ``min_shift``. Leaving one lot out cannot
+    be done quietly at n ≈ 10: the exact p-value without the lot is reported too, with
+    whether it changes the call at the association's ``alpha``.
 
     On lot-level simulations shaped like the study (11 lots of 1,500 cells, rho ≈ 0.9) the
     rule flags a planted discordant lot (highest fraction, lowest potency), and only it, in
@@ -492,19 +627,12 @@ def influential_lots(
     Parameters
     ----------
     adata
-        Cells with ``uns[association_key]`` from :func:`mscpotency.tl.potency_association`.
-    cluster
-        Cluster to check; default: the potency cluster.
-    association_key
-        Key of the stored association.
+        {adata}
+        With ``uns[association_key]`` from :func:`mscpotency.tl.potency_association`.
     z_threshold
         Robust z above which a leave-one-out rho is an outlier.
     min_shift
         Smallest change of rho that counts as influence.
-    key_added
-        ``adata.uns`` key of the result.
-    copy
-        Return a copy instead of writing in place.
 
     Returns
     -------
@@ -513,15 +641,11 @@ def influential_lots(
     robust_z, pvalue_without, changes_call, influential), ``'cluster'``, ``'rho'``,
     ``'pvalue'`` and ``'params'``.
     """
-    stored = require_uns(adata, association_key, tool="tl.potency_association")
-    params = stored["params"]
-    lots_table: pd.DataFrame = stored["lots"]
-    if cluster is None:
-        cluster = str(stored.get("potency_cluster", ""))
-        if not cluster:
-            msg = f"adata.uns[{association_key!r}] names no potency cluster; pass cluster=."
-            raise ValueError(msg)
-    potency_name = str(params["potency"])
+    association = stored(adata, _registry.POTENCY_ASSOCIATION, association_key)
+    association_params = association["params"]
+    lots_table: pd.DataFrame = association["lots"]
+    cluster = potency_cluster(adata, cluster=cluster, association_key=association_key)
+    potency_name = str(association_params["potency"])
     clusters = [c for c in lots_table.columns if c != potency_name]
     if cluster not in clusters:
         msg = f"unknown cluster {cluster!r}; the stored association has clusters {clusters}"
@@ -529,61 +653,32 @@ def influential_lots(
     if z_threshold <= 0 or min_shift < 0:
         msg = f"z_threshold must be > 0 and min_shift >= 0, got {z_threshold!r} and {min_shift!r}"
         raise ValueError(msg)
-    n_lots = len(lots_table)
-    if n_lots < 4:
-        msg = f"leave-one-lot-out needs at least 4 lots (3 remain for a rank correlation), got {n_lots}."
+    if len(lots_table) < 4:
+        msg = (
+            "leave-one-lot-out needs at least 4 lots (3 remain for a rank correlation), "
+            f"got {len(lots_table)}."
+        )
         raise ValueError(msg)
-    if params.get("transform") == "clr":
-        counts = require_uns(adata, params["fractions_key"], tool="tl.lot_fractions")["counts"]
-        counts = counts.copy()
-        counts.index = counts.index.astype(str)
-        counts.columns = counts.columns.astype(str)
-        counts = counts.loc[lots_table.index, clusters]
-        features = _stats.clr(counts.to_numpy(dtype=float), counts=counts.to_numpy(dtype=float))
-        x = features[:, clusters.index(cluster)]
-    else:
-        x = lots_table[cluster].to_numpy(dtype=float)
+    x = _association_feature(adata, association, cluster, clusters)
     y = lots_table[potency_name].to_numpy(dtype=float)
     rho, loo, z, flagged = influence_kernel(x, y, z_threshold=z_threshold, min_shift=min_shift)
-    keep = ~np.eye(n_lots, dtype=bool)
-    method = params.get("method", "auto")
-    alternative = params.get("alternative", "two-sided")
-    alpha = float(params.get("alpha", 0.05))
-    p_without = np.array(
-        [
-            _stats.spearman_test(
-                x[keep[i], None],
-                y[keep[i]],
-                method=method,
-                alternative=alternative,
-                random_state=int(params.get("random_state", 0)),
-            ).pvalue[0]
-            for i in range(n_lots)
-        ]
-    )
-    p_full = float(
-        _stats.spearman_test(
-            x[:, None],
-            y,
-            method=method,
-            alternative=alternative,
-            random_state=int(params.get("random_state", 0)),
-        ).pvalue[0]
-    )
-    shift = loo - rho
+    p_without, p_full = _pvalues_without_each_lot(x, y, association_params)
+    alpha = float(association_params.get("alpha", 0.05))
     table = pd.DataFrame(
         {
             potency_name: y,
             "feature": x,
             "rho_without": loo,
-            "shift": shift,
+            "shift": loo - rho,
             "robust_z": z,
             "pvalue_without": p_without,
             "changes_call": (p_without < alpha) != (p_full < alpha),
+            "influential": flagged,
         },
-        index=pd.Index(lots_table.index.astype(str), name=params.get("lot_key", _keys.LOT)),
+        index=pd.Index(
+            lots_table.index.astype(str), name=association_params.get("lot_key", _keys.LOT)
+        ),
     )
-    table["influential"] = flagged
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
@@ -595,7 +690,7 @@ def influential_lots(
             "cluster": cluster,
             "z_threshold": z_threshold,
             "min_shift": min_shift,
-            "transform": params.get("transform", "fraction"),
+            "transform": association_params.get("transform", "fraction"),
             "potency": potency_name,
             "alpha": alpha,
         },

@@ -1,4 +1,4 @@
-"""tl.rank_association: exact p-values (brute force), FDR, excluded features, missing lines."""
+"""bulk.tl.rank_association: exact p-values (brute force), FDR, excluded features, missing lines."""
 
 from __future__ import annotations
 
@@ -219,6 +219,6 @@ def test_copy_and_provenance():
     pd.testing.assert_frame_equal(
         mp.bulk.get.rank_association(out, key="ra"), mp.bulk.get.rank_association(adata, key="ra")
     )
-    assert mp.get.provenance(adata)["function"].tolist() == ["tl.rank_association"]
-    with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
+    assert mp.get.provenance(adata)["function"].tolist() == ["bulk.tl.rank_association"]
+    with pytest.raises(KeyError, match="Run `bulk.tl.rank_association` first"):
         mp.bulk.get.rank_association(adata)

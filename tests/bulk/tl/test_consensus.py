@@ -37,12 +37,16 @@ SALL3_RULE = {"ectoderm": 1, "mesoderm": -1, "endoderm": -1}
 def score_panels(panels: dict, reference: dict | None = None) -> pd.DataFrame:
     eb = panels["embryoid_body"]
     for lineage in LINEAGES:
-        markers = None if reference else eb.var_names[eb.var["lineage"] == lineage].tolist()
-        ref = None if reference is None else reference["embryoid_body"]
-        mp.bulk.tl.propensity_score(eb, markers=markers, key_added=lineage, reference=ref)
+        if reference is None:
+            markers = eb.var_names[eb.var["lineage"] == lineage].tolist()
+            mp.bulk.tl.fit_propensity(eb, markers=markers, key_added=lineage)
+        else:
+            mp.bulk.tl.apply_propensity(eb, reference["embryoid_body"], key_added=lineage)
     for method in NEURAL:
-        ref = None if reference is None else reference[method]
-        mp.bulk.tl.propensity_score(panels[method], key_added=method, reference=ref)
+        if reference is None:
+            mp.bulk.tl.fit_propensity(panels[method], key_added=method)
+        else:
+            mp.bulk.tl.apply_propensity(panels[method], reference[method], key_added=method)
     return pd.concat([eb.obs[LINEAGES]] + [panels[m].obs[[m]] for m in NEURAL], axis=1)
 
 
@@ -89,9 +93,7 @@ def consensus_and_validation(result: dict) -> dict[str, int]:
     test = result["data"]["test"]["mrna"].copy()
     counts = dict.fromkeys(["consensus", "consensus_false", "validated", "validated_false"], 0)
     for question, outcomes in QUESTIONS.items():
-        candidates = mp.bulk.get.consensus_candidates(
-            result["consensus"], rule=question, outcome=outcomes[0]
-        )
+        candidates = mp.bulk.get.consensus(result["consensus"], rule=question, outcome=outcomes[0])
         counts["consensus"] += len(candidates)
         counts["consensus_false"] += false_calls(
             var, candidates.index, candidates["sign"], TRUTH[outcomes[0]]
@@ -101,7 +103,7 @@ def consensus_and_validation(result: dict) -> dict[str, int]:
         mp.bulk.tl.validate_markers(
             test, candidates, outcome=result["propensity_test"][outcomes[0]], key_added=question
         )
-        table = mp.bulk.get.marker_validation(test, key=question)
+        table = mp.bulk.get.validate_markers(test, key=question)
         kept = table[table["validated"]]
         counts["validated"] += len(kept)
         counts["validated_false"] += false_calls(
@@ -145,13 +147,11 @@ def test_flagship_markers(study):
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
         match_on="gene",
-    )
+    ).table
     assert "SALL3" in set(opposite["feature"])
     row = opposite.set_index("feature").loc["SALL3"]
     assert (row["direction"], row["sign:ectoderm"], row["sign:mesoderm"]) == (1, 1, -1)
-    mesoderm = mp.bulk.get.consensus_candidates(
-        study["consensus"], rule="mesoderm", outcome="mesoderm"
-    )
+    mesoderm = mp.bulk.get.consensus(study["consensus"], rule="mesoderm", outcome="mesoderm")
     assert mesoderm.loc["PF4", "sign"] == 1
     ror2 = mp.bulk.get.rank_association(mrna, outcome="neural_suspension").loc["ROR2"]
     assert ror2["rho"] > 0.8 and ror2["pvalue"] < 0.01
@@ -164,7 +164,7 @@ def test_opposite_direction_rule_keeps_true_pattern_markers(study):
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
         match_on="gene",
-    )
+    ).table
     calls = table[[f"sign:{o}" for o in SALL3_RULE]].to_numpy()
     truth = var.loc[table["feature"], [TRUTH[o] for o in SALL3_RULE]].to_numpy()
     right = (calls == truth).all(axis=1)
@@ -204,13 +204,13 @@ def test_cross_method_rule_on_one_platform(study):
     both = mp.bulk.tl.consensus(
         study["data"]["train"], rules={"neural": dict.fromkeys(NEURAL, 1)}, platforms=["mrna"]
     )
-    both = mp.bulk.get.consensus_candidates(both, rule="neural", outcome="neural_suspension")
+    both = mp.bulk.get.consensus(both, rule="neural", outcome="neural_suspension")
     both_false = false_calls(mrna.var, both.index, both["sign"], "true_neural")
     # measured (seed 0): suspension 118/124 false, adhesion 72/74, both methods 21/23
     assert len(both) < 0.35 * min(n for n, _ in single.values())
     assert both_false / len(both) < min(false / n for n, false in single.values())
     assert not mrna.var.loc[both.index, "true_factor"].isin(["suspension", "adhesion"]).any()
-    on_both_platforms = mp.bulk.get.consensus_candidates(
+    on_both_platforms = mp.bulk.get.consensus(
         study["consensus"], rule="neural", outcome="neural_suspension"
     )
     assert len(on_both_platforms) < len(both)
@@ -227,7 +227,7 @@ def test_platform_artefacts_do_not_survive_validation(study):
     mp.bulk.tl.validate_markers(
         test, table.loc[technical, "direction"], outcome=study["propensity_test"]["ectoderm"]
     )
-    assert mp.bulk.get.marker_validation(test)["validated"].mean() < 0.15
+    assert mp.bulk.get.validate_markers(test)["validated"].mean() < 0.15
 
 
 def test_marker_counts_is_the_deck_summary(study):
@@ -294,7 +294,7 @@ def test_consensus_signs_directions_and_matching(toy):
         rules={"same": {"up": 1}, "opposite": {"up": 1, "down": -1}},
         match_on=None,
         platforms=["one"],
-    )
+    ).table
     assert set(table.query("rule == 'same'")["feature"]) == {"X", "Y", "W"}
     opposite = table.query("rule == 'opposite'").set_index("feature")
     assert opposite.loc["X", "direction"] == 1 and opposite.loc["Y", "direction"] == -1
@@ -302,13 +302,12 @@ def test_consensus_signs_directions_and_matching(toy):
     with pytest.raises(KeyError, match=r"results\['one'\].var has no column 'gene'"):
         mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
     toy["one"].var["gene"] = toy["one"].var_names
-    across = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene").set_index(
-        "feature"
-    )
+    result = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
+    across = result.table.set_index("feature")
     assert set(across.index) == {"X", "Y"}  # W flips sign between platforms
     assert across.loc["X", "feature:two:up"] == "p1@X"  # the better promoter speaks for the gene
-    assert across.attrs["n_tested"] == {"same": 4}
-    assert across.attrs["n_lines"]["two:up"] == 8
+    assert result.n_tested == {"same": 4}
+    assert result.n_lines["two:up"] == 8
 
 
 def test_consensus_reports_lines_per_platform_when_one_is_missing(toy):
@@ -318,18 +317,18 @@ def test_consensus_reports_lines_per_platform_when_one_is_missing(toy):
     with pytest.raises(ValueError, match=r"lines \['L7'\] have an outcome value but no profile"):
         mp.bulk.tl.rank_association(one, outcomes)
     mp.bulk.tl.rank_association(one, outcomes, on_missing="intersect")
-    table = mp.bulk.tl.consensus({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
-    assert table.attrs["n_lines"]["one:up"] == 7 and table.attrs["n_lines"]["two:up"] == 8
+    result = mp.bulk.tl.consensus({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
+    assert result.n_lines["one:up"] == 7 and result.n_lines["two:up"] == 8
 
 
 def test_min_significant(toy):
     toy["one"].var["gene"] = toy["one"].var_names
-    strict = mp.bulk.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene")
+    strict = mp.bulk.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene").table
     loose = mp.bulk.tl.consensus(
         toy,
         rules={"r": mp.bulk.tl.SignRule({"up": 1, "other": 1}, min_significant=2)},
         match_on="gene",
-    )
+    ).table
     assert len(strict) <= len(loose)
     assert (loose["n_significant"] >= 2).all() and (loose["n_cells"] == 4).all()
 
@@ -360,22 +359,41 @@ def test_consensus_bad_input(toy, kwargs, error, match):
 
 
 def test_consensus_needs_rank_association_results(toy):
-    with pytest.raises(KeyError, match="Run `tl.rank_association` first"):
+    with pytest.raises(KeyError, match="Run `bulk.tl.rank_association` first"):
         mp.bulk.tl.consensus({"bare": AnnData(np.zeros((3, 2)))}, rules={"r": {"up": 1}})
 
 
-def test_consensus_candidates_accessor(toy):
+def test_consensus_accessor(toy):
     table = mp.bulk.tl.consensus(
         toy, rules={"empty": {"other": 1}, "same": {"up": 1}}, platforms=["one"]
     )
-    empty = mp.bulk.get.consensus_candidates(table, rule="empty", outcome="other")
+    empty = mp.bulk.get.consensus(table, rule="empty", outcome="other")
     assert empty.empty and list(empty.columns) == ["sign", "rho"]
-    same = mp.bulk.get.consensus_candidates(table, rule="same", outcome="up")
+    same = mp.bulk.get.consensus(table, rule="same", outcome="up")
     assert same.loc["Y", "sign"] == -1 and same.loc["Y", "rho"] == pytest.approx(-1)
     with pytest.raises(KeyError, match="has no rule 'nope'"):
-        mp.bulk.get.consensus_candidates(table, rule="nope", outcome="up")
+        mp.bulk.get.consensus(table, rule="nope", outcome="up")
     with pytest.raises(KeyError, match="rule 'same' has no outcome 'down'"):
-        mp.bulk.get.consensus_candidates(table, rule="same", outcome="down")
+        mp.bulk.get.consensus(table, rule="same", outcome="down")
+
+
+def test_consensus_is_a_typed_result_with_its_provenance(toy):
+    result = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, alpha=0.1)
+    assert isinstance(result, mp.bulk.tl.Consensus) and not result.table.attrs
+    assert result.rules["same"] == mp.bulk.tl.SignRule({"up": 1}, ["one", "two"], 2)
+    assert result.params["alpha"] == 0.1 and set(result.associations) == {"one", "two"}
+    record = result.provenance
+    assert record["function"] == "bulk.tl.consensus" and record["params"]["alpha"] == 0.1
+    assert record["params"]["rules"] == {"same": {"up": 1}}
+    assert record["versions"]["mscpotency"] and record["seconds"] >= 0
+    assert result.input_fingerprints == {
+        name: mp._provenance.fingerprint(adata) for name, adata in toy.items()
+    }
+    rule = mp.bulk.tl.SignRule({"up": 1}, platforms=["one"])
+    again = mp.bulk.tl.consensus(toy, rules={"r": rule})
+    assert again.provenance["params"]["rules"] == {
+        "r": {"pattern": {"up": 1}, "platforms": ["one"], "min_significant": None}
+    }
 
 
 # --- validate_markers -------------------------------------------------------------------
@@ -403,7 +421,7 @@ def test_validate_markers_sign_and_significance(held_out):
         {"sign": [1, 1, 1, 1], "rho": [0.9, 0.8, 0.7, 0.75]}, index=["up", "down", "noise", "flat"]
     )
     mp.bulk.tl.validate_markers(held_out, candidates, outcome="ectoderm", method="exact")
-    table = mp.bulk.get.marker_validation(held_out)
+    table = mp.bulk.get.validate_markers(held_out)
     assert table["validated"].tolist() == [True, False, False, False]
     assert not table.loc["down", "same_sign"]  # expected +, observed -: one-sided p is large
     assert table.loc["down", "pvalue"] > 0.99
@@ -411,9 +429,9 @@ def test_validate_markers_sign_and_significance(held_out):
     assert table["rho_train"].tolist() == [0.9, 0.8, 0.7, 0.75]
     assert held_out.uns["marker_validation"]["summary"]["validated"].item() == 1
     two_sided = mp.bulk.tl.validate_markers(
-        held_out, {"up": 1}, outcome="ectoderm", test="two-sided", method="exact", copy=True
+        held_out, {"up": 1}, outcome="ectoderm", alternative="two-sided", method="exact", copy=True
     )
-    p2 = mp.bulk.get.marker_validation(two_sided).loc["up", "pvalue"]
+    p2 = mp.bulk.get.validate_markers(two_sided).loc["up", "pvalue"]
     assert p2 == pytest.approx(2 * table.loc["up", "pvalue"])
 
 
@@ -443,7 +461,7 @@ def test_validate_markers_missing_lines_and_outcomes(held_out):
     ):
         mp.bulk.tl.validate_markers(held_out, {"up": 1}, outcome=outcome)
     mp.bulk.tl.validate_markers(held_out, {"up": 1}, outcome=outcome, on_missing="intersect")
-    assert mp.bulk.get.marker_validation(held_out)["n_lines"].item() == 11
+    assert mp.bulk.get.validate_markers(held_out)["n_lines"].item() == 11
     with pytest.raises(ValueError, match="takes one outcome"):
         mp.bulk.tl.validate_markers(
             held_out, {"up": 1}, outcome=pd.DataFrame({"a": held_out.obs["ectoderm"], "b": 1.0})

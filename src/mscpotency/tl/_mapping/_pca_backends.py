@@ -1,0 +1,210 @@
+"""What the backends that transfer labels in the reference PCA share (``fast``, ``anchors``).
+
+The query is centred (per lot, on its own mean or on the reference mean) and projected onto
+the reference PCA; the backend turns that into label probabilities. The temperature is
+fitted on the reference itself: its lots are held out in turn and mapped onto the others by
+the same backend with the same options (:func:`held_out_calibration`, cached per reference
+and options, since the fit is deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..._frozen import ReferenceModel
+from ._calibration import calibration_summary, lot_folds
+from ._project import Centre, CentredMatrix, centred, own_axes
+from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
+
+_CENTRES = ("reference", "query", "lot")
+
+#: Neighbours of a reference cell and their distances, nearest first (or ``None``).
+Neighbours = tuple[np.ndarray, np.ndarray] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectionOptions(TransferOptions):
+    """Options every backend working in the reference PCA shares.
+
+    Attributes
+    ----------
+    centre
+        Where query cells are centred before projection: on each lot's mean (``"lot"``,
+        removes donor/tissue shifts), on the query's mean (``"query"``) or on the reference
+        mean (``"reference"``, as Seurat and ingest do).
+    n_calibration_folds
+        Folds of reference lots for the calibration (each maps at most
+        ``CALIBRATION_MAX_CELLS`` of its held-out cells, drawn at random: one temperature
+        is fitted).
+    """
+
+    centre: Centre = "lot"
+    n_calibration_folds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.centre not in _CENTRES:
+            msg = f"centre must be 'reference', 'query' or 'lot', got {self.centre!r}"
+            raise ValueError(msg)
+
+    @property
+    def uses_own_axes(self) -> bool:
+        """Whether :meth:`label_probabilities` reads the query's own axes."""
+        return False
+
+    def label_probabilities(
+        self,
+        model: ReferenceModel,
+        rows: np.ndarray,
+        query: CentredMatrix,
+        own: np.ndarray,
+        query_embedding: np.ndarray,
+        *,
+        knn_method: str,
+        random_state: int,
+    ) -> tuple[np.ndarray, dict[str, int], Neighbours]:
+        """Label probabilities of ``query`` from the reference cells ``rows``.
+
+        ``query_embedding`` is ``query`` in the reference PCA, ``own`` the query's own axes.
+        Also returns anchor counts (or ``{}``) and the reference neighbours of each query
+        cell as indices into ``rows`` (or ``None``).
+        """
+        raise NotImplementedError
+
+    def transfer(self, mapping: MappingInput) -> Transfer:
+        """Centre the query as asked, transfer labels from every reference cell, calibrate."""
+        model = mapping.model
+        query = mapping.by_lot
+        if self.centre != "lot":
+            query = centred(
+                mapping.harmonised.expression,
+                centre=self.centre,
+                reference_mean=model.pca_mean,
+                lots=mapping.lots,
+            )
+        query_embedding = (
+            mapping.projected if query is mapping.by_lot else query.dot(model.loadings)
+        )
+        probabilities, anchors, neighbours = self.label_probabilities(
+            model,
+            np.arange(model.embedding.shape[0]),
+            query,
+            mapping.own_axes,
+            query_embedding,
+            knn_method=mapping.knn_method,
+            random_state=mapping.random_state,
+        )
+        calibration = dict(NOT_CALIBRATED)
+        if mapping.calibrate:
+            calibration = held_out_calibration(
+                model, self, mapping.n_comps_own, mapping.knn_method, mapping.random_state
+            )
+        return Transfer(
+            probabilities=probabilities,
+            calibration=calibration,
+            query_embedding=query_embedding,
+            reference_embedding=model.embedding,
+            neighbours=neighbours,
+            anchors=anchors,
+        )
+
+
+#: Calibrations already fitted in this process, by reference hash and options: mapping
+#: several query sets onto one reference fits the temperature once (the fit is deterministic).
+_CALIBRATIONS: dict[tuple, dict[str, Any]] = {}
+_CALIBRATIONS_MAX = 16
+
+#: Held-out reference cells mapped per calibration fold, at most (a random subset above):
+#: one temperature is fitted, and 10^4 cells per fold pin it down.
+CALIBRATION_MAX_CELLS = 10_000
+
+
+def held_out_calibration(
+    model: ReferenceModel,
+    options: ProjectionOptions,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> dict[str, Any]:
+    """Temperature from reference lots held out in turn and mapped onto the rest (cached)."""
+    cache_key = (model.hash, options, n_comps_own, knn_method, random_state)
+    if cache_key not in _CALIBRATIONS:
+        if len(_CALIBRATIONS) >= _CALIBRATIONS_MAX:
+            _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
+        _CALIBRATIONS[cache_key] = _fit_on_held_out_lots(
+            model, options, n_comps_own, knn_method, random_state
+        )
+    stored = _CALIBRATIONS[cache_key]
+    return {k: (v.copy() if isinstance(v, pd.DataFrame) else v) for k, v in stored.items()}
+
+
+def _fit_on_held_out_lots(
+    model: ReferenceModel,
+    options: ProjectionOptions,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> dict[str, Any]:
+    n = model.embedding.shape[0]
+    collected, truth = [], []
+    rng = np.random.default_rng([random_state, 2])
+    for held_out in lot_folds(model.lots, n, options.n_calibration_folds, random_state):
+        rows = np.flatnonzero(~held_out)
+        held_out = _at_most(held_out, CALIBRATION_MAX_CELLS, rng)
+        lots = model.lots[held_out] if model.lots is not None else None
+        query = centred(
+            model.expression[held_out],
+            centre=options.centre,
+            reference_mean=model.pca_mean,
+            lots=lots,
+        )
+        own = np.zeros((query.X.shape[1], 0))
+        if options.uses_own_axes:
+            own = _held_out_own_axes(model, held_out, query, options, n_comps_own, random_state)
+        probabilities, _, _ = options.label_probabilities(
+            model,
+            rows,
+            query,
+            own,
+            query.dot(model.loadings),
+            knn_method=knn_method,
+            random_state=random_state,
+        )
+        collected.append(probabilities)
+        truth.append(model.labels[held_out])
+    summary = calibration_summary(np.vstack(collected), np.concatenate(truth))
+    summary["n_folds"] = options.n_calibration_folds
+    return summary
+
+
+def _at_most(mask: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` with at most ``n_max`` cells kept, drawn at random when it has more."""
+    if mask.sum() <= n_max:
+        return mask
+    kept = np.sort(rng.choice(np.flatnonzero(mask), n_max, replace=False))
+    subset = np.zeros(mask.size, dtype=bool)
+    subset[kept] = True
+    return subset
+
+
+def _held_out_own_axes(
+    model: ReferenceModel,
+    held_out: np.ndarray,
+    query: CentredMatrix,
+    options: ProjectionOptions,
+    n_comps_own: int,
+    random_state: int,
+) -> np.ndarray:
+    """The held-out cells' own axes, found on them centred per lot (as the query's are)."""
+    by_lot = query
+    if options.centre != "lot":
+        lots = model.lots[held_out] if model.lots is not None else None
+        by_lot = centred(
+            model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots
+        )
+    n_own = int(min(n_comps_own, max(1, by_lot.X.shape[0] - 2), by_lot.X.shape[1] - 1))
+    own, _ = own_axes(by_lot, n_own, random_state=random_state)
+    return own

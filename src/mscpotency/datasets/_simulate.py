@@ -19,6 +19,8 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _keys
+from .._docs import doc_params
+from .._simulation import config_settings, numbered_names
 
 #: Named genes placed in the simulated transcriptome (all others are ``G0001`` ...).
 MSC_GENES = ("THY1", "ENG", "NT5E", "VIM", "CD44", "PDGFRB")
@@ -183,8 +185,7 @@ def _programs(config: SimulationConfig, genes: list[str], rng: np.random.Generat
 
 def _lot_names(spec: SetSpec) -> list[str]:
     """``BM01`` ...; zero-padded to the widest number, so names sort in lot order."""
-    width = max(2, len(str(spec.first_lot + spec.n_lots - 1)))
-    return [f"{spec.lot_prefix}{spec.first_lot + i:0{width}d}" for i in range(spec.n_lots)]
+    return numbered_names(spec.lot_prefix, spec.first_lot, spec.n_lots)
 
 
 def _composition(config: SimulationConfig, n_lots: int, rng: np.random.Generator) -> np.ndarray:
@@ -263,6 +264,19 @@ def _set_lots(
     return proportions, potency
 
 
+def _arm(
+    config: SimulationConfig,
+    spec: SetSpec,
+    population: _Population,
+    tissue_effects: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One arm's lot proportions and potency; draws its tissue's effect first when new."""
+    if spec.tissue not in tissue_effects:
+        tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
+    return _set_lots(config, spec, rng)
+
+
 def _lot(
     config: SimulationConfig,
     population: _Population,
@@ -338,11 +352,7 @@ def _categorical_obs(obs: pd.DataFrame, config: SimulationConfig) -> pd.DataFram
 
 
 def _settings(config: SimulationConfig, random_state: int, **extra) -> dict:
-    settings = asdict(config)
-    settings.pop("sets")
-    settings["random_state"] = random_state
-    settings.pop("extra")
-    settings = _plain(settings)
+    settings = config_settings(config, random_state, drop=("sets",))
     settings.update(extra)
     settings["sets"] = pd.DataFrame([asdict(s) for s in config.sets]).set_index("name")
     return settings
@@ -376,9 +386,7 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     tissue_effects: dict[str, np.ndarray] = {}
     blocks, obs_frames = [], []
     for spec in config.sets:
-        if spec.tissue not in tissue_effects:
-            tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
-        proportions, potency = _set_lots(config, spec, rng)
+        proportions, potency = _arm(config, spec, population, tissue_effects, rng)
         for lot_i, lot in enumerate(_lot_names(spec)):
             counts, obs = _lot(
                 config,
@@ -436,9 +444,7 @@ def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[An
     tissue_effects: dict[str, np.ndarray] = {}
     arms = []
     for spec in config.sets:
-        if spec.tissue not in tissue_effects:
-            tissue_effects[spec.tissue] = _tissue_effect(spec, population, rng)
-        arms.append((spec, *_set_lots(config, spec, rng)))
+        arms.append((spec, *_arm(config, spec, population, tissue_effects, rng)))
     for set_i, (spec, proportions, potency) in enumerate(arms):
         for lot_i, lot in enumerate(_lot_names(spec)):
             lot_rng = np.random.default_rng([random_state, set_i, lot_i])
@@ -459,30 +465,39 @@ def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[An
             yield adata
 
 
-def _plain(value):
-    """Tuples to lists, recursively, so the settings write to h5ad."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
+@doc_params
 def study(*, random_state: int = 0, potency_slope: float | None = None) -> AnnData:
     """The study-shaped preset: 24 lots in 4 arms, ~36,000 cells, 2,000 genes.
 
     Parameters
     ----------
     random_state
-        Seed (the default reproduces the documented figures).
+        {random_state}
+        The default reproduces the documented figures.
     potency_slope
         Override the effect of the potency fraction on potency; 0 gives a null study.
+
+    Returns
+    -------
+    Raw counts with ``obs['lot']``, ``obs['set']``, the lot-level assays and the truth
+    (``true_*`` columns).
     """
     overrides = {} if potency_slope is None else {"potency_slope": potency_slope}
     return simulate_lots(study_config(**overrides), random_state=random_state)
 
 
+@doc_params
 def tiny(*, random_state: int = 0, potency_slope: float | None = None) -> AnnData:
-    """A small preset for tests and quick examples: 15 lots of 150 cells, 500 genes."""
+    """A small preset for tests and quick examples: 15 lots of 150 cells, 500 genes.
+
+    Parameters
+    ----------
+    potency_slope
+        Override the effect of the potency fraction on potency; 0 gives a null study.
+
+    Returns
+    -------
+    Raw counts shaped as :func:`study`'s, with the truth in ``true_*`` columns.
+    """
     overrides = {} if potency_slope is None else {"potency_slope": potency_slope}
     return simulate_lots(tiny_config(**overrides), random_state=random_state)

@@ -23,21 +23,19 @@ __all__ = ["comparability", "fit_potency_model", "predict_potency"]
 _PASS, _FAIL, _REFERENCE = "#1a9850", "#d73027", "#8c8c8c"
 
 
+def _training_points(ax: Axes, x, y, label: str) -> None:
+    """The training lots as grey points with a black edge."""
+    ax.scatter(
+        x, y, color=_REFERENCE, edgecolor="black", linewidth=0.5, s=35, zorder=3, label=label
+    )
+
+
 def _training_by_fraction(
     ax: Axes, training: pd.DataFrame, table: pd.DataFrame, fitted: dict, feature: str, potency: str
 ) -> np.ndarray:
     """Training lots against the cluster's fraction, with the fitted line; the query's x."""
     x_train = training[feature].to_numpy(dtype=float)
-    ax.scatter(
-        x_train,
-        training[potency],
-        color=_REFERENCE,
-        edgecolor="black",
-        linewidth=0.5,
-        s=35,
-        zorder=3,
-        label="training lots",
-    )
+    _training_points(ax, x_train, training[potency], "training lots")
     coef = np.asarray(fitted["model"]["coef"], dtype=float)
     grid = np.linspace(
         min(x_train.min(), table[feature].min()), max(x_train.max(), table[feature].max()), 50
@@ -53,15 +51,8 @@ def _training_by_loo_prediction(
     ax: Axes, training: pd.DataFrame, table: pd.DataFrame, potency: str
 ) -> np.ndarray:
     """Training lots' leave-one-out prediction against their measured potency; the query's x."""
-    ax.scatter(
-        training[potency],
-        training["loo_prediction"],
-        color=_REFERENCE,
-        edgecolor="black",
-        linewidth=0.5,
-        s=35,
-        zorder=3,
-        label="training lots (leave-one-out)",
+    _training_points(
+        ax, training[potency], training["loo_prediction"], "training lots (leave-one-out)"
     )
     measured = "observed" in table
     low = min(training[potency].min(), training["loo_prediction"].min())

@@ -103,15 +103,7 @@ def map_to_reference(
         if size is not None
         else max(1.0, 60000 / max(placed.shape[0] + background.shape[0], 1))
     )
-    ax.scatter(
-        background[:, 0],
-        background[:, 1],
-        s=size,
-        color="#dddddd",
-        linewidths=0,
-        rasterized=True,
-        label="reference",
-    )
+    _cells(ax, background, size, "#dddddd", "reference")
     if color == "label":
         _draw_labels(ax, adata, reference, mapping, key, placed, size, **kwargs)
     else:
@@ -125,6 +117,20 @@ def map_to_reference(
         f"query on the reference ({mapping['params']['method']} backend)", fontsize="medium"
     )
     return _finish(fig, ax, show, return_fig)
+
+
+def _cells(ax: Axes, xy: np.ndarray, size: float, color: str, label: str, **kwargs) -> None:
+    """Cells at ``xy`` (their first two columns) in one colour, without edges, rasterised."""
+    ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        s=size,
+        color=color,
+        linewidths=0,
+        rasterized=True,
+        label=label,
+        **kwargs,
+    )
 
 
 def _draw_labels(
@@ -145,16 +151,7 @@ def _draw_labels(
     for category in categories:
         chosen = labels == category
         if chosen.any():
-            ax.scatter(
-                placed[chosen, 0],
-                placed[chosen, 1],
-                s=size,
-                color=colors[category],
-                linewidths=0,
-                rasterized=True,
-                label=category,
-                **kwargs,
-            )
+            _cells(ax, placed[chosen], size, colors[category], category, **kwargs)
     _outside_legend(ax, markerscale=max(1.0, 6 / np.sqrt(size)), title="transferred label")
 
 

@@ -16,13 +16,15 @@ by PAX6/SOX1/NES. Truth lives in columns prefixed ``true_``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from ... import _keys
+from ..._simulation import config_settings, numbered_names
 
 #: Embryoid-body lineages and the neural induction methods of the reference study.
 LINEAGES = ("ectoderm", "mesoderm", "endoderm")
@@ -170,10 +172,7 @@ def ips_lines_config(**overrides) -> LinesConfig:
 
 
 def _line_names(config: LinesConfig) -> tuple[list[str], list[str]]:
-    width = max(2, len(str(config.n_train + config.n_test)))
-    names = [
-        f"{config.line_prefix}{i:0{width}d}" for i in range(1, config.n_train + config.n_test + 1)
-    ]
+    names = numbered_names(config.line_prefix, 1, config.n_train + config.n_test)
     return names[: config.n_train], names[config.n_train :]
 
 
@@ -344,27 +343,6 @@ def _measure(
     return center + scale * standardized, tech_loading
 
 
-def _platform_adatas(
-    X: np.ndarray,
-    var: pd.DataFrame,
-    lines: list[str],
-    sets: np.ndarray,
-    propensity: pd.DataFrame,
-    spec: PlatformSpec,
-    train_n: int,
-) -> tuple[AnnData, AnnData]:
-    obs = pd.DataFrame({_keys.SET: sets}, index=pd.Index(lines, name="line"))
-    for column in propensity.columns:
-        obs[f"true_{column}"] = propensity[column].to_numpy()
-    out = []
-    for rows in (slice(0, train_n), slice(train_n, None)):
-        adata = AnnData(X=X[rows].astype(np.float64), obs=obs.iloc[rows].copy(), var=var.copy())
-        adata.obs[_keys.SET] = pd.Categorical(adata.obs[_keys.SET])
-        adata.uns["platform"] = spec.name
-        out.append(adata)
-    return out[0], out[1]
-
-
 def _panel(
     values: np.ndarray,
     genes: list[str],
@@ -378,14 +356,32 @@ def _panel(
     name: str,
 ) -> tuple[AnnData, AnnData]:
     var = pd.DataFrame({"lineage": pd.Categorical(lineage), "true_loading": loadings}, index=genes)
+    return _train_test(values, var, lines, sets, propensity, columns, train_n, ("panel", name))
+
+
+def _train_test(
+    X: np.ndarray,
+    var: pd.DataFrame,
+    lines: list[str],
+    sets: np.ndarray,
+    propensity: pd.DataFrame,
+    columns: list[str],
+    train_n: int,
+    label: tuple[str, str],
+) -> tuple[AnnData, AnnData]:
+    """Lines x features values split into training and test AnnData (float64 ``X``).
+
+    ``obs`` holds the set and the true propensities of ``columns``; ``uns[label[0]]`` is
+    ``label[1]``.
+    """
     obs = pd.DataFrame({_keys.SET: sets}, index=pd.Index(lines, name="line"))
     for column in columns:
         obs[f"true_{column}"] = propensity[column].to_numpy()
     out = []
     for rows in (slice(0, train_n), slice(train_n, None)):
-        adata = AnnData(X=values[rows], obs=obs.iloc[rows].copy(), var=var.copy())
+        adata = AnnData(X=X[rows].astype(np.float64), obs=obs.iloc[rows].copy(), var=var.copy())
         adata.obs[_keys.SET] = pd.Categorical(adata.obs[_keys.SET])
-        adata.uns["panel"] = name
+        adata.uns[label[0]] = label[1]
         out.append(adata)
     return out[0], out[1]
 
@@ -438,35 +434,13 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
     rng = np.random.default_rng(random_state)
     train_names, test_names = _line_names(config)
     lines = train_names + test_names
-    n = len(lines)
     sets = np.array(["train"] * config.n_train + ["test"] * config.n_test)
-    factors = rng.normal(size=(n, len(FACTORS)))
+    factors = rng.normal(size=(len(lines), len(FACTORS)))
     weights = outcome_weights(config)
     propensity = _propensities(factors, weights, config, rng)
     propensity.index = pd.Index(lines, name="line")
-
-    # genes: planted markers first (flagships at the head of their factor), then the rest
-    gene_loadings, gene_factor = _plant(config.n_genes, config.gene_markers, weights, config, rng)
-    width = len(str(config.n_genes))
-    genes = [f"G{i:0{width}d}" for i in range(1, config.n_genes + 1)]
-    for gene, (kind, sign) in FLAGSHIP_MARKERS.items():
-        position = int(np.flatnonzero(gene_factor == kind)[0])
-        genes[position] = gene
-        gene_loadings[position] = sign * config.flagship_loading * _direction(kind, weights)
-    order = rng.permutation(config.n_genes)
-    gene_loadings, gene_factor = gene_loadings[order], gene_factor[order]
-    genes = [genes[i] for i in order]
-    gene_biology = _biology(factors, gene_loadings, rng)
-    planted_genes = np.flatnonzero(gene_factor != "")
-
-    mirna_loadings, mirna_factor = _plant(
-        config.n_mirnas, config.mirna_markers, weights, config, rng
-    )
-    mirnas = [f"hsa-miR-{1000 + i}" for i in range(1, config.n_mirnas + 1)]
-    order = rng.permutation(config.n_mirnas)
-    mirna_loadings, mirna_factor = mirna_loadings[order], mirna_factor[order]
-    mirnas = [mirnas[i] for i in order]
-    mirna_biology = _biology(factors, mirna_loadings, rng)
+    genes = _gene_features(factors, weights, config, rng)
+    mirnas = _mirna_features(factors, weights, config, rng)
 
     train: dict[str, AnnData] = {}
     test: dict[str, AnnData] = {}
@@ -474,80 +448,134 @@ def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) 
     for spec in config.platforms:
         technical = _technical_factor(propensity, config.n_train, spec, rng)
         if spec.kind == "mirna":
-            names, loadings, factor_of, biology = (
-                mirnas,
-                mirna_loadings,
-                mirna_factor,
-                mirna_biology,
-            )
-            gene_of = np.asarray(mirnas, dtype=object)
-            center = rng.normal(6.0, 2.0, len(names))
-            scale = rng.uniform(0.4, 1.2, len(names))
+            features = mirnas
         elif spec.kind == "mrna":
-            names, loadings, factor_of, biology = genes, gene_loadings, gene_factor, gene_biology
-            gene_of = np.asarray(genes, dtype=object)
-            center = rng.normal(8.0, 2.0, len(names))
-            scale = rng.uniform(0.3, 1.0, len(names))
+            features = genes
         else:
-            names, loadings, factor_of, biology, gene_of = _promoters(
-                genes, gene_loadings, gene_factor, gene_biology, planted_genes, config, rng
-            )
-            center = rng.normal(4.0, 2.0, len(names))
-            scale = rng.uniform(0.4, 1.2, len(names))
-        p = len(names)
-        reliability = rng.uniform(*spec.reliability, size=p)
-        planted = np.flatnonzero(factor_of != "")
-        reliability[planted] = rng.uniform(*config.marker_reliability, size=planted.size)
-        main_feature = np.array([not str(name).startswith("p2@") for name in names])
-        reliability[np.isin(gene_of.astype(str), list(FLAGSHIP_MARKERS)) & main_feature] = (
-            config.marker_reliability[1]
-        )
-        free = np.flatnonzero(factor_of == "")
-        technical_idx = rng.choice(free, size=min(spec.n_technical, free.size), replace=False)
-        X, tech_loading = _measure(
-            biology, spec, technical, technical_idx, center, scale, reliability, rng
-        )
-        if spec.kind == "mirna":
-            X = _detection_floor(X, center, config, factor_of, rng)
-        truth = _truth_columns(loadings, factor_of, weights)
-        truth["true_factor"] = np.where(tech_loading != 0, "technical", truth["true_factor"])
-        truth["true_loading"] = np.where(tech_loading != 0, tech_loading, truth["true_loading"])
-        var = pd.DataFrame(
-            {"gene": pd.Categorical(gene_of.astype(str)), **truth},
-            index=pd.Index(names, name="feature"),
-        )
-        var["true_reliability"] = reliability
-        train[spec.name], test[spec.name] = _platform_adatas(
-            X, var, lines, sets, propensity, spec, config.n_train
+            features = _promoters(genes, config, rng)
+        X, var = _measured_platform(features, spec, technical, weights, config, rng)
+        train[spec.name], test[spec.name] = _train_test(
+            X,
+            var,
+            lines,
+            sets,
+            propensity,
+            list(propensity.columns),
+            config.n_train,
+            ("platform", spec.name),
         )
         rows = var[var["true_factor"].isin(FACTORS)].copy()
         rows.insert(0, "platform", spec.name)
         marker_rows.append(rows.reset_index())
 
     panels_train, panels_test = _panels(propensity, lines, sets, config, rng)
-    settings = asdict(config)
-    settings["platforms"] = [asdict(p) for p in config.platforms]
-    settings.pop("extra")
-    settings["random_state"] = random_state
     markers = pd.concat(marker_rows, ignore_index=True)
     return {
         "train": train,
         "test": test,
         "panels": {"train": panels_train, "test": panels_test},
-        "truth": {"propensity": propensity, "markers": markers, "config": _plain(settings)},
+        "truth": {
+            "propensity": propensity,
+            "markers": markers,
+            "config": config_settings(config, random_state),
+        },
     }
 
 
-def _promoters(
-    genes: list[str],
-    loadings: np.ndarray,
-    factor_of: np.ndarray,
-    biology: np.ndarray,
-    planted: np.ndarray,
+class _Features(NamedTuple):
+    """The features of one platform kind and their truth."""
+
+    names: list[str]
+    loadings: np.ndarray  # features x factors
+    factor_of: np.ndarray  # planted factor of each feature ('' when none)
+    biology: np.ndarray  # lines x features, unit variance
+    gene_of: np.ndarray  # the gene (or miRNA) each feature measures
+    planted: np.ndarray | None = None  # positions of planted genes (genes only)
+
+
+#: Per platform kind: (mean, SD) of the feature centres and the range of their scales.
+_LEVELS = {"mirna": ((6.0, 2.0), (0.4, 1.2)), "mrna": ((8.0, 2.0), (0.3, 1.0))}
+_LEVELS["cage"] = ((4.0, 2.0), (0.4, 1.2))
+
+
+def _gene_features(
+    factors: np.ndarray, weights: pd.DataFrame, config: LinesConfig, rng: np.random.Generator
+) -> _Features:
+    """Genes: planted markers first (flagships at the head of their factor), then shuffled."""
+    loadings, factor_of = _plant(config.n_genes, config.gene_markers, weights, config, rng)
+    width = len(str(config.n_genes))
+    genes = [f"G{i:0{width}d}" for i in range(1, config.n_genes + 1)]
+    for gene, (kind, sign) in FLAGSHIP_MARKERS.items():
+        position = int(np.flatnonzero(factor_of == kind)[0])
+        genes[position] = gene
+        loadings[position] = sign * config.flagship_loading * _direction(kind, weights)
+    order = rng.permutation(config.n_genes)
+    loadings, factor_of = loadings[order], factor_of[order]
+    genes = [genes[i] for i in order]
+    biology = _biology(factors, loadings, rng)
+    gene_of = np.asarray(genes, dtype=object)
+    return _Features(genes, loadings, factor_of, biology, gene_of, np.flatnonzero(factor_of != ""))
+
+
+def _mirna_features(
+    factors: np.ndarray, weights: pd.DataFrame, config: LinesConfig, rng: np.random.Generator
+) -> _Features:
+    """miRNAs: planted markers, shuffled among the rest."""
+    loadings, factor_of = _plant(config.n_mirnas, config.mirna_markers, weights, config, rng)
+    mirnas = [f"hsa-miR-{1000 + i}" for i in range(1, config.n_mirnas + 1)]
+    order = rng.permutation(config.n_mirnas)
+    loadings, factor_of = loadings[order], factor_of[order]
+    mirnas = [mirnas[i] for i in order]
+    biology = _biology(factors, loadings, rng)
+    return _Features(mirnas, loadings, factor_of, biology, np.asarray(mirnas, dtype=object))
+
+
+def _measured_platform(
+    features: _Features,
+    spec: PlatformSpec,
+    technical: np.ndarray,
+    weights: pd.DataFrame,
     config: LinesConfig,
     rng: np.random.Generator,
-):
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """One platform's lines x features values and its var table with the truth.
+
+    Values = reliable share of biology + technical factor + measurement noise (floored at a
+    detection limit for miRNAs).
+    """
+    names, factor_of, gene_of = features.names, features.factor_of, features.gene_of
+    center_loc, scale_range = _LEVELS[spec.kind]
+    center = rng.normal(*center_loc, len(names))
+    scale = rng.uniform(*scale_range, len(names))
+    reliability = rng.uniform(*spec.reliability, size=len(names))
+    planted = np.flatnonzero(factor_of != "")
+    reliability[planted] = rng.uniform(*config.marker_reliability, size=planted.size)
+    main_feature = np.array([not str(name).startswith("p2@") for name in names])
+    reliability[np.isin(gene_of.astype(str), list(FLAGSHIP_MARKERS)) & main_feature] = (
+        config.marker_reliability[1]
+    )
+    free = np.flatnonzero(factor_of == "")
+    technical_idx = rng.choice(free, size=min(spec.n_technical, free.size), replace=False)
+    X, tech_loading = _measure(
+        features.biology, spec, technical, technical_idx, center, scale, reliability, rng
+    )
+    if spec.kind == "mirna":
+        X = _detection_floor(X, center, config, factor_of, rng)
+    truth = _truth_columns(features.loadings, factor_of, weights)
+    truth["true_factor"] = np.where(tech_loading != 0, "technical", truth["true_factor"])
+    truth["true_loading"] = np.where(tech_loading != 0, tech_loading, truth["true_loading"])
+    var = pd.DataFrame(
+        {"gene": pd.Categorical(gene_of.astype(str)), **truth},
+        index=pd.Index(names, name="feature"),
+    )
+    var["true_reliability"] = reliability
+    return X, var
+
+
+def _promoters(genes: _Features, config: LinesConfig, rng: np.random.Generator) -> _Features:
     """CAGE promoters: ``p1@GENE`` reads the gene; ``p2@GENE`` only partly follows it."""
+    loadings, factor_of, biology = genes.loadings, genes.factor_of, genes.biology
+    planted, genes = genes.planted, genes.names
     n_genes = len(genes)
     covered = rng.random(n_genes) < config.cage_gene_share
     covered[planted] = True
@@ -567,7 +595,7 @@ def _promoters(
             columns.append(share * biology[:, j] + np.sqrt(1 - share**2) * free)
             gene_of.append(genes[j])
             factors.append(factor_of[j])
-    return (
+    return _Features(
         names,
         np.vstack(rows),
         np.asarray(factors, dtype=object),
@@ -651,15 +679,6 @@ def _panels(
             outcome,
         )
     return panels_train, panels_test
-
-
-def _plain(value):
-    """Tuples to lists, recursively, so the settings write to h5ad."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def ips_lines(*, random_state: int = 0) -> dict:

@@ -14,6 +14,7 @@ from ..._docs import doc_params
 from ..._provenance import record
 from .._platforms import association_tables
 from .._types import Consensus, SignRule
+from ._rank_association import check_alpha
 
 
 def _as_rule(name: str, rule) -> SignRule:
@@ -227,9 +228,7 @@ def consensus(
     ``on_missing="intersect"``), the platforms' association tables, the parameters and the
     record of the call (``provenance``, with the fingerprint of every input).
     """
-    if not 0 < alpha < 1:
-        msg = f"alpha must be between 0 and 1, got {alpha}"
-        raise ValueError(msg)
+    check_alpha(alpha)
     if use not in ("pvalue", "fdr"):
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)

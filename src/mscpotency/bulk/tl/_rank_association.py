@@ -25,11 +25,16 @@ from .._lines import (
 logger = logging.getLogger("mscpotency")
 
 
-def check_test_options(alpha: float, alternative: str, method: str) -> None:
-    """The level, direction and p-value method of a rank test, or a ``ValueError``."""
+def check_alpha(alpha: float) -> None:
+    """The level of a test, strictly between 0 and 1, or a ``ValueError``."""
     if not 0 < alpha < 1:
         msg = f"alpha must be between 0 and 1, got {alpha}"
         raise ValueError(msg)
+
+
+def check_test_options(alpha: float, alternative: str, method: str) -> None:
+    """The level, direction and p-value method of a rank test, or a ``ValueError``."""
+    check_alpha(alpha)
     if alternative not in ("two-sided", "greater", "less"):
         msg = f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}"
         raise ValueError(msg)
@@ -38,7 +43,7 @@ def check_test_options(alpha: float, alternative: str, method: str) -> None:
         raise ValueError(msg)
 
 
-def _excluded(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unrankable(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Masks of features with a missing/infinite value and of constant features."""
     non_finite = ~np.isfinite(X).all(axis=0)
     constant = np.zeros(X.shape[1], dtype=bool)
@@ -56,7 +61,7 @@ def _associate_outcome(
             f"outcome {name!r} is the same for every line ({y[0]!r}); nothing can correlate with it"
         )
         raise ValueError(msg)
-    non_finite, constant = _excluded(X)
+    non_finite, constant = unrankable(X)
     excluded = [
         (name, f, reason)
         for mask, reason in ((non_finite, "missing values"), (constant, "constant"))

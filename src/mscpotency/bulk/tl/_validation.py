@@ -20,6 +20,7 @@ from .._lines import (
     outcome_frame,
     require_unique_lines,
 )
+from ._rank_association import check_alpha, unrankable
 
 
 def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
@@ -86,8 +87,8 @@ def _held_out_test(
 
     ``alternative="directional"``: one-sided in each candidate's expected direction.
     """
-    testable = np.isfinite(X).all(axis=0)
-    testable[testable] = np.ptp(X[:, testable], axis=0) > 0
+    non_finite, constant = unrankable(X)
+    testable = ~(non_finite | constant)
     rho = np.full(len(signs), np.nan)
     pvalue = np.full(len(signs), np.nan)
     if not testable.any():
@@ -199,9 +200,7 @@ def validate_markers(
     (lines x outcome used), ``'missing_lines'`` and ``'params'``.
     """
     require_unique_lines(adata)
-    if not 0 < alpha < 1:
-        msg = f"alpha must be between 0 and 1, got {alpha}"
-        raise ValueError(msg)
+    check_alpha(alpha)
     if alternative not in ("directional", "two-sided"):
         msg = f"alternative must be 'directional' or 'two-sided', got {alternative!r}"
         raise ValueError(msg)

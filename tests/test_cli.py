@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import mscpotency
 from mscpotency._cli import main
+from mscpotency._reproduce import Report
 
 
 def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys):
@@ -41,3 +49,140 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+# -- argument checks, --version (issue 14 item 9) ------------------------------------------
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mscpotency {mscpotency.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clusters", "0"], r"--clusters must be at least 2 \(a potency cluster needs others\)"),
+        (["--clusters", "-3"], r"--clusters must be at least 2"),
+        (["--seed", "-1"], r"--seed must be a non-negative integer, got -1"),
+        (["--out", "{file}"], r"--out '.*' is a file, not a folder"),
+        (["--out", "{file}/inside"], r"--out '.*' lies under the file"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_before_any_work(args, message, tmp_path):
+    """No simulation runs: the command fails in well under a second, as a real process."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    args = [a.replace("{file}", str(afile)) for a in args]
+    command = [sys.executable, "-m", "mscpotency._cli", "reproduce", "--preset", "tiny"]
+    start = time.perf_counter()
+    done = subprocess.run([*command, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.match(rf"mscpotency reproduce: error: {message}", lines[0]), lines[0]
+    assert "Traceback" not in done.stderr
+    assert time.perf_counter() - start < 30  # an import, not a simulation
+    assert afile.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# -- the report escapes every user-controlled string (issue 14 item 7) ---------------------
+
+NASTY = [
+    "<script>alert('lot')</script>",
+    'BM"01\' onerror="alert(1)',
+    "A&B &amp; <b>bold</b>",
+    "../../etc/passwd",
+    "Ünïcødé-" + "λ" * 300 + "🧬",
+    "pipe | in | name",
+    "[link](javascript:alert(1))",
+    "[here](https://example.org/x)",
+]
+
+
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, and all text, of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(page: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(page)
+    return parser
+
+
+def _nasty_report(root: Path) -> Report:
+    report = Report(title=f"Study {NASTY[0]}")
+    items = report.section(f"Lots {NASTY[2]}")
+    items.append(f"The potency cluster of lot {NASTY[1]} is {NASTY[0]}; gene {NASTY[4]}.")
+    items.append(f"Read more {NASTY[-1]} or {NASTY[-2]}.")
+    table = pd.DataFrame(
+        {gene: np.arange(len(NASTY), dtype=float) for gene in NASTY[:5]},
+        index=pd.Index(NASTY, name="lot <i>"),
+    )
+    table["note"] = NASTY
+    items.append(table)
+    items.append(root / "figures" / 'umap " onerror="alert(1) <x>.png')
+    return report
+
+
+def test_html_report_escapes_every_user_string(tmp_path):
+    page = _nasty_report(tmp_path).html(tmp_path)
+    parsed = _parse(page)
+    allowed = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p"}
+    allowed |= {"table", "thead", "tbody", "tr", "th", "td", "img"}
+    assert {tag for tag, _ in parsed.tags} <= allowed
+    images = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    assert images == [
+        {
+            "src": "figures/umap%20%22%20onerror%3D%22alert%281%29%20%3Cx%3E.png",
+            "alt": 'umap " onerror="alert(1) <x>',
+        }
+    ]
+    text = "".join(parsed.text)
+    for name in NASTY:  # every name is shown as the text it is
+        assert name in text
+    assert "<script" not in page.lower()
+
+
+def test_markdown_report_escapes_every_user_string(tmp_path):
+    page = _nasty_report(tmp_path).markdown(tmp_path)
+    assert not re.search(r"<[A-Za-z/!?]", page), "raw HTML in report.md"
+    rows = [line for line in page.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(NASTY)
+    cells = {len(re.split(r"(?<!\\)\|", row)) for row in rows}
+    assert cells == {len(NASTY[:5]) + 2 + 2}  # lot, 5 genes, note, and the two outer bars
+    markdown_it = pytest.importorskip("markdown_it")
+    rendered = markdown_it.MarkdownIt("commonmark").enable("table").render(page)
+    parsed = _parse(rendered)  # commonmark passes raw HTML through: none must be there
+    allowed = {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "img", "em"}
+    assert {tag for tag, _ in parsed.tags} <= allowed, {tag for tag, _ in parsed.tags}
+    assert [a["src"] for t, a in parsed.tags if t == "img"] == [
+        "figures/umap%20%22%20onerror%3D%22alert%281%29%20%3Cx%3E.png"
+    ]
+    text = "".join(parsed.text)
+    for name in NASTY[:5]:
+        assert name in text
+
+
+def test_report_refuses_a_figure_outside_its_folder(tmp_path):
+    report = Report(title="t")
+    report.section("s").append(tmp_path / "figures" / ".." / ".." / "elsewhere.png")
+    with pytest.raises(ValueError, match="outside the report folder"):
+        report.html(tmp_path)
+    with pytest.raises(ValueError, match="outside the report folder"):
+        report.markdown(tmp_path)

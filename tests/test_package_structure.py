@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import mscpotency as mp
-from mscpotency import _docs, _registry
+from mscpotency import _docs, _provenance, _registry
 
 SRC = Path(mp.__file__).parent
 NAMESPACES = {
@@ -188,7 +188,8 @@ def test_plots_take_ax_show_return_fig_and_no_save(name, func):
 
 def test_every_tool_is_recorded():
     for name, func in TOOLS:
-        assert hasattr(func, "__wrapped__"), f"{name} is not decorated with @record"
+        recorded = getattr(func, _provenance.RECORDED, None)
+        assert recorded == name, f"{name} is not decorated with @record({name!r})"
 
 
 def test_top_level_modules():

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from textwrap import dedent, indent
 from typing import TypeVar
 
+from . import _checks
+
 F = TypeVar("F", bound=Callable)
 
 #: Parameter name -> its one description (numpydoc text, without the name line).
@@ -122,9 +124,13 @@ def doc_params(func: F) -> F:
           random_state
               {random_state}
               The default reproduces the documented figures.
+
+    It also makes every call check its arguments (:func:`mscpotency._checks.checked`:
+    ``Literal`` options and numeric ranges), unless ``func`` checks them already (a
+    ``@record`` tool).
     """
     if func.__doc__ is None:
-        return func
+        return _checks.checked(func)
     doc = dedent(func.__doc__) if func.__doc__.startswith("\n") else func.__doc__
 
     def fill(match: re.Match[str]) -> str:
@@ -136,7 +142,7 @@ def doc_params(func: F) -> F:
 
     names = list(inspect.signature(func).parameters)
     func.__doc__ = _with_glossary_entries(_PLACEHOLDER.sub(fill, doc), names)
-    return func
+    return _checks.checked(func)
 
 
 def _with_glossary_entries(doc: str, names: list[str]) -> str:

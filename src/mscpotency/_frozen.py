@@ -11,6 +11,7 @@ it, so it lives below both.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ class ReferenceModel:
     potency_cluster: str | None  # the reference's potency cluster, if it was determined
     hash: str
     frozen: bool
+    hash_parts: dict[str, str]  # a digest per part (what :func:`content_hash` combines)
 
 
 # --------------------------------------------------------------------------- frozen record
@@ -112,12 +114,15 @@ def reference_model(
     lot_key: str | None = _keys.LOT,
     umap_key: str = "X_umap",
     association_key: str = POTENCY_ASSOCIATION.key,
+    expected_hash: str | None = None,
 ) -> ReferenceModel:
     """Read and check what mapping needs from ``reference``; every gap is a clear error.
 
     ``layer`` holds the reference's raw counts (the expression is recomputed from them);
-    a frozen reference's own ``X`` is used as is, and its record decides the lots and the
-    potency cluster. A frozen reference whose content no longer matches its hash is refused.
+    a frozen reference's own ``X`` is used as is, and its record decides the lots, the
+    potency cluster and the UMAP (``obsm['X_umap']``). A frozen reference whose content no
+    longer matches its hash, or whose record disagrees with its content, is refused; so is
+    any reference whose hash is not ``expected_hash`` (when given).
     """
     if not isinstance(reference, AnnData):
         msg = (
@@ -125,7 +130,11 @@ def reference_model(
             f"{type(reference).__name__}"
         )
         raise TypeError(msg)
+    expected_hash = expected_hash_value(expected_hash)
     record = frozen_record(reference)
+    if record is not None:
+        lot_key = str(record.get("lot_key", "")) or None
+        umap_key = "X_umap"  # where tl.freeze_reference puts it
     labels = _labels(reference, cluster_key, record)
     target_sum = _target_sum(reference)
     used, loadings, embedding = _embedding(reference)
@@ -135,12 +144,27 @@ def reference_model(
     categorical = labels.astype("category")
     categories = pd.Index([str(c) for c in categorical.cat.categories])
     codes = categorical.cat.codes.to_numpy().astype(np.int64)
-    digest = content_hash(
-        genes, pca_mean, loadings, target_sum, embedding, expression, codes, categories, cluster_key
+    lots = _reference_lots(reference, lot_key)
+    umap = _reference_umap(reference, umap_key)
+    potency = _potency_cluster(reference, record, association_key, cluster_key, categories)
+    parts = hash_parts(
+        genes=genes,
+        categories=categories,
+        codes=codes,
+        cluster_key=cluster_key,
+        potency_cluster=potency,
+        lots=lots,
+        parameters=_parameters(reference, target_sum),
+        pca_mean=pca_mean,
+        loadings=loadings,
+        embedding=embedding,
+        expression=expression,
+        umap=umap,
     )
-    _check_hash(record, digest)
-    if record is not None:
-        lot_key = str(record.get("lot_key", "")) or None
+    digest = content_hash(parts)
+    _check_hash(record, digest, parts, cluster_key=cluster_key, lot_key=lot_key)
+    _check_record(record, categories, n_cells=reference.n_obs, n_genes=len(genes))
+    _check_expected(expected_hash, digest)
     return ReferenceModel(
         genes=genes,
         pca_mean=pca_mean,
@@ -151,13 +175,12 @@ def reference_model(
         labels=codes,
         categories=categories,
         cluster_key=cluster_key,
-        lots=_reference_lots(reference, lot_key),
-        umap=_reference_umap(reference, umap_key),
-        potency_cluster=_potency_cluster(
-            reference, record, association_key, cluster_key, categories
-        ),
+        lots=lots,
+        umap=umap,
+        potency_cluster=potency,
         hash=digest,
         frozen=record is not None,
+        hash_parts=parts,
     )
 
 
@@ -286,46 +309,206 @@ def _reference_expression(
 
 
 # --------------------------------------------------------------------------- the hash
-def _check_hash(record: Mapping | None, digest: str) -> None:
-    """A frozen reference must still hash to what it was frozen with."""
-    if record is not None and str(record["hash"]) != digest:
+#: Version of the hash's definition; a record without it (or with another) was frozen by a
+#: release whose hash covered less, and must be frozen again.
+HASH_VERSION = 2
+
+#: What each part of the hash covers, as the refusal names it.
+_PART_NAMES = {
+    "genes": "the embedding genes (var_names)",
+    "labels": "the labels (obs[{cluster_key!r}], their categories and the label key)",
+    "potency_cluster": "the potency cluster (the record's 'potency_cluster')",
+    "lots": "the reference lots (obs[{lot_key!r}])",
+    "parameters": "the normalisation and embedding parameters (uns['preprocess']['params'])",
+    "pca": "the PCA centring and loadings (var['pca_mean'], varm['PCs'])",
+    "embedding": "the reference cells' embedding (obsm['X_pca'])",
+    "expression": "the expression matrix (X)",
+    "umap": "the reference UMAP (obsm['X_umap'])",
+}
+
+
+def expected_hash_value(expected_hash: str | None) -> str | None:
+    """``expected_hash`` normalised (stripped, lower case), or a ``ValueError`` if it is no hash."""
+    if expected_hash is None:
+        return None
+    value = str(expected_hash).strip().lower() if isinstance(expected_hash, str) else None
+    if value is None or len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
         msg = (
-            f"this frozen reference's content hash {digest!r} differs from the one it was "
-            f"frozen with ({record['hash']!r}): it was modified after `tl.freeze_reference`. "
-            "Freeze it again from the processed reference."
+            "expected_hash must be a reference's content hash: 32 hexadecimal digits, as "
+            f"`get.freeze_reference(reference)['hash']` shows it; got {expected_hash!r}"
+        )
+        raise ValueError(msg)
+    return value
+
+
+def _check_hash(
+    record: Mapping | None,
+    digest: str,
+    parts: Mapping[str, str],
+    *,
+    cluster_key: str,
+    lot_key: str | None,
+) -> None:
+    """A frozen reference must still hash to what it was frozen with; name what changed."""
+    if record is None or str(record["hash"]) == digest:
+        return
+    if record.get("hash_version") != HASH_VERSION:
+        msg = (
+            f"this frozen reference's hash {record['hash']!r} was computed by an earlier "
+            "mscpotency whose hash covered less than this version's (labels, lots, potency "
+            "cluster, parameters and UMAP are now included). Freeze it again from the "
+            "processed reference with `tl.freeze_reference`."
+        )
+        raise ValueError(msg)
+    stored_parts = record.get("hash_parts")
+    changed = (
+        [name for name in _PART_NAMES if str(stored_parts.get(name)) != parts[name]]
+        if isinstance(stored_parts, Mapping)
+        else []
+    )
+    what = "; ".join(
+        _PART_NAMES[name].format(cluster_key=cluster_key, lot_key=lot_key or "lot")
+        for name in changed
+    )
+    msg = (
+        f"this frozen reference's content hash {digest!r} differs from the one it was "
+        f"frozen with ({record['hash']!r}): it was modified after `tl.freeze_reference`"
+        f"{' (changed: ' + what + ')' if what else ''}. Freeze it again from the processed "
+        "reference, or use the original file."
+    )
+    raise ValueError(msg)
+
+
+def _check_record(
+    record: Mapping | None, categories: pd.Index, *, n_cells: int, n_genes: int
+) -> None:
+    """The record's description of the content (labels, sizes) must match the content."""
+    if record is None:
+        return
+    claims = {
+        "labels": ([str(c) for c in record.get("labels", [])], list(categories)),
+        "n_cells": (record.get("n_cells"), n_cells),
+        "n_genes": (record.get("n_genes"), n_genes),
+    }
+    wrong = [
+        f"{field} {claimed!r} (content: {actual!r})"
+        for field, (claimed, actual) in claims.items()
+        if _plain(claimed) != actual
+    ]
+    if wrong:
+        msg = (
+            f"this frozen reference's record disagrees with its content: it states "
+            f"{'; '.join(wrong)}. The record was edited after `tl.freeze_reference`; freeze "
+            "the reference again or use the original file."
         )
         raise ValueError(msg)
 
 
-def content_hash(
+def _check_expected(expected_hash: str | None, digest: str) -> None:
+    """The reference must be the one the caller pinned."""
+    if expected_hash is not None and digest != expected_hash:
+        msg = (
+            f"the reference's content hash is {digest!r}, not the expected {expected_hash!r}: "
+            "this is not the reference you pinned, or its content was changed (even if its "
+            "stored hash was recomputed to match). Use the reference with the expected hash; "
+            "pin a new hash only after reviewing what changed."
+        )
+        raise ValueError(msg)
+
+
+def _parameters(reference: AnnData, target_sum: float) -> dict[str, Any]:
+    """The normalisation and embedding parameters ``pp.preprocess`` recorded (set ones only)."""
+    recorded = reference.uns.get(PREPROCESS.key, {}).get("params", {})
+    parameters = {str(k): _plain(v) for k, v in recorded.items() if v is not None}
+    parameters["target_sum"] = float(target_sum)
+    return parameters
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain Python (numpy scalars and arrays, as an h5ad round trip returns them)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, list, tuple, pd.Index)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def hash_parts(
+    *,
     genes: pd.Index,
+    categories: pd.Index,
+    codes: np.ndarray,
+    cluster_key: str,
+    potency_cluster: str | None,
+    lots: np.ndarray | None,
+    parameters: Mapping[str, Any],
     pca_mean: np.ndarray,
     loadings: np.ndarray,
-    target_sum: float,
     embedding: np.ndarray,
     expression: sparse.csr_matrix,
-    codes: np.ndarray,
-    categories: pd.Index,
-    cluster_key: str,
-) -> str:
-    """A hash of everything that decides where a query cell lands and which label it gets.
+    umap: np.ndarray | None,
+) -> dict[str, str]:
+    """A digest of each part of a reference that can change a mapping's answer.
 
-    Arrays are rounded to float32 before hashing so a save/load round trip keeps the hash.
+    Names are hashed as JSON lists, arrays as float32 (so a save/load round trip keeps the
+    digests) with their shapes, absent parts (no lots, no UMAP) as ``null``.
     """
+    return {
+        "genes": _digest(_json([str(g) for g in genes])),
+        "labels": _digest(
+            _json([cluster_key, [str(c) for c in categories]]), _int64(codes, codes.size)
+        ),
+        "potency_cluster": _digest(_json(potency_cluster or "")),
+        "lots": _digest(_json(None if lots is None else [str(lot) for lot in lots])),
+        "parameters": _digest(_json(dict(sorted(parameters.items())))),
+        "pca": _digest(_float32(pca_mean), _float32(loadings)),
+        "embedding": _digest(_float32(embedding)),
+        "expression": _expression_digest(expression),
+        "umap": _digest(_json(None) if umap is None else _float32(umap)),
+    }
+
+
+def content_hash(parts: Mapping[str, str]) -> str:
+    """The reference's content hash: BLAKE2b (128 bits) over its parts' digests and the version."""
     h = hashlib.blake2b(digest_size=16)
-    h.update("\x1f".join(map(str, genes)).encode())
-    h.update("\x1f".join(map(str, categories)).encode())
-    h.update(cluster_key.encode())
-    h.update(repr(float(target_sum)).encode())
-    for values in (pca_mean, loadings, embedding):
-        h.update(np.ascontiguousarray(np.asarray(values, dtype=np.float32)).tobytes())
+    h.update(f"mscpotency reference hash v{HASH_VERSION}\n".encode())
+    for name in sorted(parts):
+        h.update(f"{name}={parts[name]}\n".encode())
+    return h.hexdigest()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _float32(values: np.ndarray) -> bytes:
+    values = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
+    return _json(list(values.shape)) + values.tobytes()
+
+
+def _int64(values: np.ndarray, size: int) -> bytes:
+    return _json([size]) + np.ascontiguousarray(np.asarray(values, dtype=np.int64)).tobytes()
+
+
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(8, "little"))
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _expression_digest(expression: sparse.csr_matrix) -> str:
+    """The expression's digest, streamed: shape, row pointers, column indices (as int64), values."""
     expression = _canonical_float32(expression)
-    # the int32 arrays are hashed as int64 (the hash's definition), a chunk at a time
+    h = hashlib.blake2b(digest_size=16)
+    h.update(_json(list(expression.shape)))
     h.update(expression.indptr.astype(np.int64).tobytes())
     for start in range(0, expression.indices.size, _HASH_CHUNK):
         h.update(expression.indices[start : start + _HASH_CHUNK].astype(np.int64))
     h.update(np.ascontiguousarray(expression.data))
-    h.update(np.ascontiguousarray(np.asarray(codes, dtype=np.int64)).tobytes())
     return h.hexdigest()
 
 

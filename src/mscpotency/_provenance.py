@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from . import _keys
+from . import _checks, _keys
 
 logger = logging.getLogger("mscpotency")
 
@@ -159,22 +159,41 @@ def append_log(adata: AnnData, entry_json: str) -> None:
     root[_keys.LOG] = [*list(log), entry_json]
 
 
-def record(public_name: str) -> Callable[[F], F]:
+#: Attribute of a recorded tool's wrapper: its public name (``"tl.cluster"``).
+RECORDED = "__mscpotency_record__"
+#: Attribute of a recorded tool's wrapper: what it does with a view (``record(views=...)``).
+VIEWS = "__mscpotency_views__"
+
+
+def record(
+    public_name: str, *, views: Literal["refuse", "actualise"] = "refuse"
+) -> Callable[[F], F]:
     """Decorate a public ``pp``/``tl``/``io``/``bulk.tl`` function so every call is logged.
+
+    Before the call, the arguments are checked (:mod:`mscpotency._checks`: ``Literal``
+    options and the numeric ranges of :data:`mscpotency._checks.RULES`) and the input
+    AnnData is guarded: a backed AnnData (``read_h5ad(..., backed=...)``) is refused, so a
+    user's file is never modified; a view (``adata[mask]``) that the tool would write into
+    in place (it has ``copy`` and ``copy=False``) is refused with a message to pass
+    ``adata[mask].copy()``, unless ``views="actualise"``: then the view is made an actual
+    AnnData in place first (as AnnData does on the first write), the result lands in it
+    and the parent object is left as it is.
 
     The input fingerprint is taken before the call; the entry is written into the AnnData
     the call returns (``copy=True``, readers) or, when it returns ``None``, into the
     AnnData it modified in place. A tool that neither takes nor returns one AnnData
     returns an object with a ``with_provenance(entry)`` method, which gets the entry (as
-    a dict) and returns the object that the call then returns. Calls made from inside another recorded call are not
-    logged again: the outer call's entry covers them.
+    a dict) and returns the object that the call then returns. Calls made from inside
+    another recorded call are not logged (nor guarded) again: the outer call covers them.
     """
 
     def decorate(func: F) -> F:
         signature = inspect.signature(func)
+        func.__mscpotency_name__ = public_name  # type: ignore[attr-defined]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _checks.check_arguments(func, args, kwargs)
             if _depth.get() > 0:
                 return func(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
@@ -182,6 +201,9 @@ def record(public_name: str) -> Callable[[F], F]:
             arguments = dict(bound.arguments)
             first_name = next(iter(arguments))
             first = arguments[first_name]
+            if isinstance(first, AnnData):
+                writes = "copy" in signature.parameters and not arguments["copy"]
+                _guard_input(public_name, first, writes=writes, views=views)
             input_fp = fingerprint(first) if isinstance(first, AnnData) else None
             params = {
                 k: to_jsonable(v)
@@ -206,9 +228,37 @@ def record(public_name: str) -> Callable[[F], F]:
             logger.info("%s finished in %.2f s", public_name, seconds)
             return result
 
+        setattr(wrapper, _checks.CHECKED, True)
+        setattr(wrapper, RECORDED, public_name)
+        setattr(wrapper, VIEWS, views)
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _guard_input(
+    public_name: str, adata: AnnData, *, writes: bool, views: Literal["refuse", "actualise"]
+) -> None:
+    """Refuse a backed input, and a view the tool would write into (or make it actual)."""
+    if adata.isbacked:
+        msg = (
+            f"{public_name}: adata is backed by the file {str(adata.filename)!r} "
+            "(read_h5ad(..., backed=...)). mscpotency never writes into your file and does "
+            "not compute on backed data: load it into memory first with "
+            "`adata = adata.to_memory()` (the file stays as it is)."
+        )
+        raise ValueError(msg)
+    if not (adata.is_view and writes):
+        return
+    if views == "refuse":
+        msg = (
+            f"{public_name}: adata is a view (a subset such as adata[mask]); a result written "
+            "into it in place would be lost or only partly written. Pass a copy, "
+            f"`{public_name}(adata[mask].copy(), ...)`, or use copy=True."
+        )
+        raise ValueError(msg)
+    logger.info("%s: adata is a view; it is made an actual AnnData first", public_name)
+    adata._init_as_actual(adata.copy())
 
 
 def read_log(adata: AnnData) -> list[dict[str, Any]]:
@@ -235,9 +285,14 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
     Returns
     -------
     The AnnData after every call of the log, with its own log.
-    """
-    import importlib
 
+    Raises
+    ------
+    ValueError
+        When an entry to replay names anything but one of the package's own recorded
+        ``pp``/``tl``/``bulk.tl`` tools (checked for every entry before any is run), or
+        when ``adata`` is not the logged input.
+    """
     entries = read_log(log) if isinstance(log, AnnData) else list(log)
     adata = adata.copy() if copy else adata
     first_fp = next((e["input_fingerprint"] for e in entries if e.get("input_fingerprint")), None)
@@ -247,12 +302,11 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
             f"{first_fp!r}: replay needs the data the log was recorded on."
         )
         raise ValueError(msg)
-    package = importlib.import_module("mscpotency")
     # entries that built the AnnData from files or parts (readers, pool_lots) came before
     # the input given here: replay starts after them
     entries = [e for e in entries if e.get("input_fingerprint") is not None]
-    for entry in entries:
-        func = functools.reduce(getattr, entry["function"].split("."), package)
+    funcs = [replayable(e.get("function")) for e in entries]
+    for entry, func in zip(entries, funcs, strict=True):
         params = dict(entry["params"])
         opaque = [
             k
@@ -269,3 +323,33 @@ def replay(adata: AnnData, log: list[dict[str, Any]] | AnnData, *, copy: bool = 
         params.pop("copy", None)
         func(adata, **params)
     return adata
+
+
+#: The namespaces whose tools :func:`replay` runs.
+REPLAYABLE = ("pp", "tl", "bulk.tl")
+
+
+def replayable(name: Any) -> Callable[..., Any]:
+    """The package's own recorded ``pp``/``tl``/``bulk.tl`` tool that a log entry names.
+
+    Anything else (a reader or writer such as ``io.write_reference``, a private or
+    unknown name, a name that is not a string) raises a ``ValueError``: a provenance log
+    is data, and a hand-edited one must not make :func:`replay` run arbitrary code.
+    """
+    import importlib
+
+    namespace, _, short = str(name).rpartition(".")
+    func = None
+    if isinstance(name, str) and namespace in REPLAYABLE:
+        module = importlib.import_module(f"mscpotency.{namespace}")
+        if short in getattr(module, "__all__", ()):
+            func = getattr(module, short, None)
+    if func is None or getattr(func, RECORDED, None) != name:
+        allowed = ", ".join(f"{n}.*" for n in REPLAYABLE)
+        msg = (
+            f"replay runs only the package's own tools ({allowed}); the log names "
+            f"{name!r}, which is not one of them. Was the log edited? Run that step by hand "
+            "if you trust it."
+        )
+        raise ValueError(msg)
+    return func

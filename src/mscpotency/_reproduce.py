@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import matplotlib
 
@@ -44,33 +46,42 @@ class Report:
         return items
 
     def markdown(self, root: Path) -> str:
-        """The report as Markdown, figures linked relative to ``root``."""
-        lines = [f"# {self.title}", ""]
+        """The report as Markdown, figures linked relative to ``root``.
+
+        Every string is written as text, never as markup: no raw HTML (``<tag``, entities)
+        survives, table cells cannot break their row, image links cannot leave their
+        brackets (see :func:`_md_text`).
+        """
+        lines = [f"# {_md_line(self.title)}", ""]
         for heading, items in self.sections:
-            lines += [f"## {heading}", ""]
+            lines += [f"## {_md_line(heading)}", ""]
             for item in items:
                 if isinstance(item, pd.DataFrame):
                     lines += [_markdown_table(item), ""]
                 elif isinstance(item, Path):
-                    lines += [f"![{item.stem}]({item.relative_to(root).as_posix()})", ""]
+                    alt = re.sub(r"([\\\[\]])", r"\\\1", _md_line(item.stem))
+                    lines += [f"![{alt}]({_url(item, root)})", ""]
                 else:
-                    lines += [str(item), ""]
+                    lines += [_md_text(item), ""]
         return "\n".join(lines)
 
     def html(self, root: Path) -> str:
-        """The report as a standalone HTML page."""
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        """The report as a standalone HTML page; every string is escaped as text."""
+        body = [f"<h1>{_html_text(self.title)}</h1>"]
         for heading, items in self.sections:
-            body.append(f"<h2>{html.escape(heading)}</h2>")
+            body.append(f"<h2>{_html_text(heading)}</h2>")
             for item in items:
                 if isinstance(item, pd.DataFrame):
-                    body.append(item.to_html(float_format=_format_float, border=0, classes="table"))
-                elif isinstance(item, Path):
                     body.append(
-                        f'<img src="{item.relative_to(root).as_posix()}" alt="{item.stem}">'
+                        item.to_html(
+                            float_format=_format_float, border=0, classes="table", escape=True
+                        )
                     )
+                elif isinstance(item, Path):
+                    src, alt = _html_text(_url(item, root)), _html_text(item.stem)
+                    body.append(f'<img src="{src}" alt="{alt}">')
                 else:
-                    body.append(f"<p>{html.escape(str(item))}</p>")
+                    body.append(f"<p>{_html_text(item)}</p>")
         style = (
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
             "table{border-collapse:collapse;font-size:0.9em;margin:1em 0}"
@@ -78,9 +89,50 @@ class Report:
             "img{max-width:100%;margin:1em 0}"
         )
         return (
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_html_text(self.title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
         )
+
+
+def _html_text(value: object) -> str:
+    """``value`` as HTML text, safe in element content and in quoted attribute values."""
+    return html.escape(str(value), quote=True)
+
+
+def _md_text(value: object) -> str:
+    """``value`` as Markdown text that renders as itself, never as HTML.
+
+    Markdown passes raw HTML through, so a ``<`` that could open a tag, a comment or an
+    autolink (``<script``, ``</``, ``<!``, ``<?``) and an ``&`` that could start an entity
+    are written as entities, and ``](`` cannot make a link; a plain ``p < 0.05`` stays as
+    it is.
+    """
+    text = re.sub(r"&(?=[#A-Za-z])", "&amp;", str(value))
+    text = text.replace("](", "]\\(")  # nor a link: [text](url)
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
+
+
+def _md_line(value: object) -> str:
+    """:func:`_md_text` on one line (headings, table cells, image text)."""
+    return " ".join(_md_text(value).split())
+
+
+def _md_cell(value: object) -> str:
+    """A Markdown table cell: one line, ``|`` escaped so that it cannot end the cell."""
+    return _md_line(value).replace("|", "\\|")
+
+
+def _url(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a percent-encoded URL path (quotes, spaces, ``<``).
+
+    A figure outside the report's folder (``..`` in a name) is an error, not a link.
+    """
+    try:
+        relative = path.resolve().relative_to(root.resolve())
+    except ValueError as error:
+        msg = f"figure {str(path)!r} lies outside the report folder {str(root)!r}"
+        raise ValueError(msg) from error
+    return quote(relative.as_posix(), safe="/")
 
 
 def _format_float(value: float) -> str:
@@ -91,12 +143,12 @@ def _format_float(value: float) -> str:
 
 def _markdown_table(frame: pd.DataFrame) -> str:
     frame = frame.reset_index()
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    header = "| " + " | ".join(map(_md_cell, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
     rows = []
     for _, row in frame.iterrows():
-        cells = [_format_float(v) if isinstance(v, (float, np.floating)) else str(v) for v in row]
-        rows.append("| " + " | ".join(cells) + " |")
+        cells = [_format_float(v) if isinstance(v, (float, np.floating)) else v for v in row]
+        rows.append("| " + " | ".join(map(_md_cell, cells)) + " |")
     return "\n".join([header, rule, *rows])
 
 
@@ -508,8 +560,8 @@ def reproduce(
     )
     prov.append(provenance[["function", "input_fingerprint", "random_state", "seconds"]])
 
-    (out / "report.md").write_text(report.markdown(out))
-    (out / "report.html").write_text(report.html(out))
+    (out / "report.md").write_text(report.markdown(out), encoding="utf-8")
+    (out / "report.html").write_text(report.html(out), encoding="utf-8")
     reference.write_h5ad(out / "reference.h5ad")
     logger.info("report written to %s", out / "report.html")
     return out / "report.html"

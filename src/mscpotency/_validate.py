@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -143,12 +143,99 @@ def require_min_lots(n_lots: int, minimum: int = 3, *, what: str = "a rank corre
         raise ValueError(msg)
 
 
+#: How a lot with few cells enters each lot-level statistic (said wherever one is kept).
+SMALL_LOT_EFFECT = (
+    "A small lot is kept as a full lot: its cluster fractions (tl.lot_fractions) rest on its "
+    "few cells (with n cells a fraction moves in steps of 1/n and its standard error is up to "
+    "0.5/sqrt(n), 0.22 at 5 cells); the rank association (tl.potency_association) and its "
+    "leave-one-lot-out and bootstrap count it as one lot with the same weight as the largest; "
+    "tl.composition_deviation tests it against draws of its own size, so it is rarely flagged; "
+    "per-lot marker consistency (tl.potency_markers) skips lots with fewer than min_cells cells "
+    "in the cluster."
+)
+
+
 def warn_small_lots(counts: pd.Series, minimum: int, *, context: str) -> None:
     """Warn (not fail) when lots have too few cells for their fractions to mean much."""
     small = counts[counts < minimum]
     if len(small):
         warnings.warn(
-            f"{context}: lots {small.to_dict()} have fewer than {minimum} cells; their fractions are noisy.",
+            f"{context}: lots {small.to_dict()} have fewer than {minimum} cells; their fractions "
+            f"are noisy. {SMALL_LOT_EFFECT} To leave such lots out, pass small_lots='drop' to "
+            "pp.qc (or pp.pool_lots), or subset the cells.",
             UserWarning,
             stacklevel=3,
         )
+
+
+def check_small_lot_rule(min_cells_per_lot, small_lots) -> None:
+    """``min_cells_per_lot`` a non-negative integer, ``small_lots`` one of the three rules."""
+    if (
+        not isinstance(min_cells_per_lot, (int, np.integer))
+        or isinstance(min_cells_per_lot, bool)
+        or min_cells_per_lot < 0
+    ):
+        msg = f"min_cells_per_lot must be a non-negative integer, got {min_cells_per_lot!r}"
+        raise ValueError(msg)
+    if small_lots not in ("warn", "drop", "error"):
+        msg = f"small_lots must be one of 'warn', 'drop', 'error', got {small_lots!r}"
+        raise ValueError(msg)
+
+
+def negative_columns(
+    table: pd.DataFrame, allow_negative: bool | str | Sequence[str]
+) -> dict[str, list[str]]:
+    """Numeric columns of a lot table with negative values not allowed: column -> its lots.
+
+    ``allow_negative`` is ``True`` (every column may be negative), ``False`` (none) or the
+    column name(s) that may be. An unknown column name is an error.
+    """
+    if isinstance(allow_negative, (bool, np.bool_)):
+        allowed = set(table.columns) if allow_negative else set()
+    else:
+        names = [allow_negative] if isinstance(allow_negative, str) else list(allow_negative)
+        unknown = [c for c in names if c not in table.columns]
+        if unknown:
+            msg = (
+                f"allow_negative names columns {unknown} that are not in the lot table "
+                f"(its columns: {list(table.columns)})."
+            )
+            raise KeyError(msg)
+        allowed = set(names)
+    found = {}
+    for column in table.columns:
+        values = table[column]
+        if column in allowed or not pd.api.types.is_numeric_dtype(values):
+            continue
+        if pd.api.types.is_bool_dtype(values):
+            continue
+        negative = values.to_numpy(dtype=float) < 0
+        if negative.any():
+            found[str(column)] = [str(lot) for lot in table.index[negative]]
+    return found
+
+
+def warn_negative(found: Mapping[str, list[str]], *, where: str, stacklevel: int = 3) -> None:
+    """Warn that lot-level values are negative, naming columns and lots, and how to allow them."""
+    if not found:
+        return
+    listed = "; ".join(f"{column!r}: lots {lots[:10]}" for column, lots in found.items())
+    warnings.warn(
+        f"{where}: negative values in {listed}. Most assays (secreted protein, potency "
+        "readouts, passage, cell counts) are non-negative, so a negative value is often a "
+        "sign error, a missing-value code (-1, -999), or a log-ratio or baseline-subtracted "
+        "value. Check the table; if the values are real, pass allow_negative="
+        f"{list(found)!r} (or allow_negative=True) to say so.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def unreadable_file(path, what: str, error: BaseException) -> str:
+    """The message for a file a reader could not parse: which file, why, and what to do."""
+    return (
+        f"could not read {str(path)!r} ({what}): {type(error).__name__}: {error}. The file looks "
+        "truncated or corrupt (e.g. an interrupted copy or download) or is not in the format "
+        "its name says; copy it again from its source (compare its size or checksum with the "
+        "original) or write it again."
+    )

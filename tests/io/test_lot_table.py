@@ -144,3 +144,59 @@ def test_empty_tables(tmp_path):
     pd.DataFrame({"lot": [], "vegf": []}).to_excel(tmp_path / "empty.xlsx", index=False)
     with pytest.raises(ValueError, match=r"has no rows"):
         mp.io.read_lot_table(tmp_path / "empty.xlsx")
+
+
+# --- negative assay values; files that cannot be parsed ---------------------------------
+
+
+def test_negative_values_warn_naming_column_and_lots(tmp_path):
+    frame = _frame().assign(vegf=["1.25", "-2.5", "-999"], delta=["-1", "0.5", "2"])
+    _write(tmp_path / "lots.csv", frame)
+    # before: read silently
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"negative values in 'vegf': lots \['BM02', 'AD01'\]; 'delta': lots \['007'\]\. "
+            r"Most assays .* are non-negative.*allow_negative=\['vegf', 'delta'\]"
+        ),
+    ):
+        table = mp.io.read_lot_table(tmp_path / "lots.csv")
+    assert table["vegf"].tolist() == [1.25, -2.5, -999.0]  # read as given
+    assert table.attrs["allow_negative"] == []
+
+
+def test_allow_negative_names_the_columns_that_may_be(tmp_path):
+    frame = _frame().assign(delta=["-1", "0.5", "2"])
+    _write(tmp_path / "lots.csv", frame)
+    table = mp.io.read_lot_table(tmp_path / "lots.csv", allow_negative=["delta"])
+    assert table["delta"].tolist() == [-1.0, 0.5, 2.0]
+    assert table.attrs["allow_negative"] == ["delta"]
+    assert mp.io.read_lot_table(tmp_path / "lots.csv", allow_negative=True).attrs[
+        "allow_negative"
+    ] == ["vegf", "passage", "tissue", "note", "delta"]
+    with pytest.warns(UserWarning, match=r"'delta': lots \['007'\]"):
+        mp.io.read_lot_table(tmp_path / "lots.csv", allow_negative=["vegf"])
+    with pytest.raises(KeyError, match=r"allow_negative names columns \['dleta'\] that are not"):
+        mp.io.read_lot_table(tmp_path / "lots.csv", allow_negative="dleta")
+
+
+def test_corrupt_excel_file_names_the_file_and_what_to_do(tmp_path):
+    _write(tmp_path / "lots.xlsx", _frame())
+    data = (tmp_path / "lots.xlsx").read_bytes()
+    (tmp_path / "cut.xlsx").write_bytes(data[: len(data) // 2])
+    # before: zipfile.BadZipFile "File is not a zip file", no path
+    with pytest.raises(
+        ValueError,
+        match=r"could not read '.*cut\.xlsx' \(a lot table in .xlsx format.*BadZipFile.*truncated",
+    ):
+        mp.io.read_lot_table(tmp_path / "cut.xlsx")
+    (tmp_path / "renamed.xlsx").write_text("lot,vegf\nBM01,1\n")
+    with pytest.raises(ValueError, match=r"could not read '.*renamed\.xlsx'.*CSV renamed"):
+        mp.io.read_lot_table(tmp_path / "renamed.xlsx")
+
+
+def test_binary_file_named_csv_names_the_file(tmp_path):
+    _write(tmp_path / "lots.xlsx", _frame())
+    (tmp_path / "lots.csv").write_bytes((tmp_path / "lots.xlsx").read_bytes())
+    with pytest.raises(ValueError, match=r"could not read '.*lots\.csv' \(a lot table as comma"):
+        mp.io.read_lot_table(tmp_path / "lots.csv")

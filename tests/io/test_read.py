@@ -441,3 +441,82 @@ def test_options_are_checked_before_reading(tmp_path):
         ValueError, match=r"cells_per_lot must be None, 'min' or a positive integer, got 0"
     ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5"}, cells_per_lot=0)
+
+
+# --- truncated files, small lots, repeated gene symbols ---------------------------------
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    """Cut a file as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("fmt", ["h5", "h5ad"])
+def test_truncated_file_names_the_file_and_what_to_do(tmp_path, lots, fmt):
+    paths = write_folder(tmp_path / "lots", {"BM01": lots["BM01"], "BM02": lots["BM02"]}, fmt)
+    _truncate(tmp_path / "lots" / f"BM02.{fmt}")
+    with pytest.raises(
+        ValueError,
+        match=(
+            rf"could not read lot 'BM02' \('.*BM02\.{fmt}'\) as .*truncated or corrupt.*copy it "
+            r"again from its source"
+        ),
+    ):
+        mp.io.read_lots(paths)
+
+
+def test_truncated_file_read_lazily_names_the_file(tmp_path, lots):
+    pytest.importorskip("dask")
+    for name in ["BM01", "BM02"]:
+        write_h5ad(tmp_path / f"{name}.h5ad", lots[name])
+    _truncate(tmp_path / "BM02.h5ad")
+    # before: a bare OSError "Unable to synchronously open file (truncated file ...)"
+    with pytest.raises(
+        ValueError,
+        match=r"could not read '.*BM02\.h5ad' \(lot 'BM02', an .h5ad file\).*truncated or corrupt",
+    ):
+        mp.io.read_lots_lazy(tmp_path)
+
+
+def test_lazy_reader_makes_repeated_gene_names_unique_and_reports_them(tmp_path, lots, caplog):
+    pytest.importorskip("dask")
+    part = lots["BM01"].copy()
+    names = part.var_names.tolist()
+    names[5] = names[3]
+    part.var_names = names
+    part.write_h5ad(tmp_path / "BM01.h5ad")
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        lazy = mp.io.read_lots_lazy(tmp_path)  # before: anndata's generic warning only
+    assert lazy.var_names.is_unique
+    assert list(lazy.var_names[[3, 5]]) == [names[3], f"{names[3]}-1"]
+    assert lazy.uns["read_lots_lazy"]["genes_made_unique"] == [names[3]]
+    assert f"['{names[3]}']" in caplog.text and "not summed" in caplog.text
+
+
+def test_read_lots_says_repeated_symbols_are_kept_apart(tmp_path, lots, caplog):
+    part = lots["BM01"].copy()
+    names = part.var_names.tolist()
+    names[5] = names[3]
+    part.var_names = names
+    write_folder(tmp_path / "lots", {"BM01": part}, "h5")
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        mp.io.read_lots(tmp_path / "lots")
+    assert f"['{names[3]}']" in caplog.text
+    assert "counts kept apart, not summed" in caplog.text
+
+
+def test_min_subsampling_to_a_tiny_lot_is_refused_when_reading(tmp_path, lots):
+    parts = {"BM01": lots["BM01"], "BM02": lots["BM02"], "TINY": lots["UC01"][:4].copy()}
+    paths = write_folder(tmp_path / "lots", parts, "h5")
+    with pytest.raises(
+        ValueError, match=r"cells_per_lot='min' would subsample every lot to 4 cells.*'TINY': 4"
+    ):
+        mp.io.read_lots(paths, cells_per_lot="min")
+    pooled = mp.io.read_lots(paths, cells_per_lot="min", small_lots="drop")
+    assert pooled.obs["lot"].value_counts().to_dict() == {"BM01": 30, "BM02": 30}
+    assert pooled.uns["pool_lots"]["lots_dropped"] == {"TINY": 4}
+    assert pooled.uns["read_lots"]["params"]["small_lots"] == "drop"
+    # the options are checked before any file is read
+    with pytest.raises((TypeError, ValueError), match=r"small_lots must be one of"):
+        mp.io.read_lots(tmp_path / "nowhere", small_lots="skip")

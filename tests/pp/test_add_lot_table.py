@@ -159,3 +159,40 @@ def test_bad_inputs(bare, truth):
     bare.obs.iloc[0, bare.obs.columns.get_loc("lot")] = np.nan
     with pytest.raises(ValueError, match=r"1 cells have no lot in obs\['lot'\]"):
         mp.pp.add_lot_table(bare, truth)
+
+
+# --- negative assay values ----------------------------------------------------------------
+
+
+def test_negative_potency_warns_naming_lots_and_is_still_joined(bare, truth):
+    table = truth.copy()
+    table.loc[table.index[:2], "vegf"] = -table["vegf"].iloc[:2]
+    # before: joined silently
+    with pytest.warns(
+        UserWarning,
+        match=(
+            rf"add_lot_table: negative values in 'vegf': lots \['{table.index[0]}', "
+            rf"'{table.index[1]}'\]\. Most assays .* non-negative.*allow_negative=\['vegf'\]"
+        ),
+    ):
+        mp.pp.add_lot_table(bare, table)
+    back = mp.get.lot_table(bare, columns=["vegf"])["vegf"]
+    np.testing.assert_array_equal(back.to_numpy(), table["vegf"].loc[back.index].to_numpy())
+
+
+def test_allow_negative_and_the_readers_decision(bare, truth, tmp_path):
+    table = truth.assign(delta=np.linspace(-1, 1, len(truth)))
+    mp.pp.add_lot_table(bare.copy(), table, allow_negative=["delta"])  # no warning
+    mp.pp.add_lot_table(bare.copy(), table, allow_negative=True)
+    mp.pp.add_lot_table(bare.copy(), table, columns=["vegf", "tissue"])  # delta not joined
+    with pytest.warns(UserWarning, match=r"'delta': lots"):
+        mp.pp.add_lot_table(bare.copy(), table, allow_negative=False)
+    # what io.read_lot_table was told travels with its table
+    table.reset_index().to_csv(tmp_path / "lots.csv", index=False)
+    read = mp.io.read_lot_table(tmp_path / "lots.csv", allow_negative="delta")
+    mp.pp.add_lot_table(bare.copy(), read)
+    mp.pp.add_lot_table(bare.copy(), read[["vegf", "delta"]])
+    with pytest.warns(UserWarning, match=r"'delta': lots"):
+        mp.pp.add_lot_table(bare.copy(), read, allow_negative=False)
+    with pytest.raises(KeyError, match=r"allow_negative names columns \['nope'\]"):
+        mp.pp.add_lot_table(bare.copy(), table, allow_negative=["nope"])

@@ -239,3 +239,119 @@ def test_no_shared_genes_and_name_collisions(lots):
         ValueError, match=r"pooled cell names \{lot\}_\{barcode\} collide \(e.g. \['A_1_x'\]\)"
     ):
         mp.pp.pool_lots({"A": a, "A_1": b})
+
+
+# --- what subsampling removes, and lots too small to pool -------------------------------
+
+
+@pytest.fixture
+def with_tiny_lot(lots) -> dict[str, ad.AnnData]:
+    """Three lots of 150/120/90 cells and one of 3 cells (the issue's case: 363 cells)."""
+    out = {k: lots[k] for k in ["BM01", "BM02", "AD01"]}
+    out["TINY"] = lots["UC01"][:3].copy()
+    return out
+
+
+def test_min_refuses_to_subsample_every_lot_to_a_tiny_lot(with_tiny_lot):
+    # before: 363 -> 12 cells (97% removed) without a word
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"cells_per_lot='min' would subsample every lot to 3 cells, the size of lots "
+            r"\{'TINY': 3\}, below min_cells_per_lot=20: 351 of 363 cells \(97%\) would be "
+            r"removed\. Leave the small lots out \(small_lots='drop'\).*min_cells_per_lot=3"
+        ),
+    ):
+        mp.pp.pool_lots(with_tiny_lot, cells_per_lot="min")
+
+
+def test_min_down_to_a_tiny_lot_when_asked_reports_what_it_removed(with_tiny_lot, caplog):
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        pooled = mp.pp.pool_lots(with_tiny_lot, cells_per_lot="min", min_cells_per_lot=3)
+    assert pooled.n_obs == 12
+    report = pooled.uns["pool_lots"]
+    assert report["cells_removed"] == {"BM01": 147, "BM02": 117, "AD01": 87, "TINY": 0}
+    assert report["lots_dropped"] == {}
+    assert report["params"]["min_cells_per_lot"] == 3
+    assert "subsampling to 3 cells per lot removed 351 of 363 cells (97%)" in caplog.text
+    assert "'BM01': 147" in caplog.text
+
+
+def test_small_lots_drop_leaves_the_tiny_lot_out_and_reports_it(with_tiny_lot):
+    pooled = mp.pp.pool_lots(with_tiny_lot, cells_per_lot="min", small_lots="drop")
+    assert list(pooled.obs["lot"].cat.categories) == ["BM01", "BM02", "AD01"]
+    assert pooled.obs["lot"].value_counts().eq(90).all()
+    report = pooled.uns["pool_lots"]
+    assert report["lots_dropped"] == {"TINY": 3}
+    assert report["cells_before"] == {"BM01": 150, "BM02": 120, "AD01": 90, "TINY": 3}
+    assert report["cells_kept"] == {"BM01": 90, "BM02": 90, "AD01": 90, "TINY": 0}
+    assert report["cells_removed"] == {"BM01": 60, "BM02": 30, "AD01": 0, "TINY": 3}
+    assert sum(report["cells_kept"].values()) == pooled.n_obs
+    # without subsampling too
+    kept = mp.pp.pool_lots(with_tiny_lot, small_lots="drop")
+    assert kept.n_obs == 360 and kept.uns["pool_lots"]["lots_dropped"] == {"TINY": 3}
+
+
+def test_a_small_lot_kept_whole_warns_how_it_enters_the_statistics(with_tiny_lot):
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"lots \{'TINY': 3\} have fewer than min_cells_per_lot=20 cells and are kept "
+            r"whole\. A small lot is kept as a full lot.*same weight as the largest.*"
+            r"small_lots='drop'"
+        ),
+    ):
+        pooled = mp.pp.pool_lots(with_tiny_lot)
+    assert pooled.n_obs == 363
+    with pytest.raises(ValueError, match=r"lots \{'TINY': 3\} have fewer than min_cells_per_lot"):
+        mp.pp.pool_lots(with_tiny_lot, small_lots="error")
+    # a lower minimum accepts it silently
+    assert mp.pp.pool_lots(with_tiny_lot, min_cells_per_lot=3).n_obs == 363
+
+
+def test_integer_subsampling_reports_cells_removed_per_lot(lots, caplog):
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        pooled = mp.pp.pool_lots(lots, cells_per_lot=80)
+    report = pooled.uns["pool_lots"]
+    assert report["cells_removed"] == {"BM01": 70, "BM02": 40, "AD01": 10, "UC01": 0}
+    assert all(
+        report["cells_before"][k] - report["cells_kept"][k] == v
+        for k, v in report["cells_removed"].items()
+    )
+    assert "removed 120 of 420 cells (29%)" in caplog.text
+    # nothing removed: nothing said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        full = mp.pp.pool_lots(lots)
+    assert full.uns["pool_lots"]["cells_removed"] == dict.fromkeys(SIZES, 0)
+    assert "subsampling" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"min_cells_per_lot": -1}, r"min_cells_per_lot must be a non-negative integer, got -1"),
+        ({"min_cells_per_lot": 2.5}, r"min_cells_per_lot must be a non-negative integer"),
+        ({"small_lots": "skip"}, r"small_lots must be one of 'warn', 'drop', 'error', got 'skip'"),
+    ],
+)
+def test_bad_small_lot_options(lots, options, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        mp.pp.pool_lots(lots, **options)
+
+
+def test_every_lot_too_small_to_drop(lots):
+    with pytest.raises(ValueError, match=r"every lot has fewer than min_cells_per_lot=1000"):
+        mp.pp.pool_lots(lots, min_cells_per_lot=1000, small_lots="drop")
+
+
+def test_duplicate_gene_names_are_named(lots):
+    part = lots["BM01"].copy()
+    names = part.var_names.tolist()
+    names[4] = names[2]
+    names[9] = names[7]
+    part.var_names = names
+    with pytest.raises(
+        ValueError, match=rf"Repeated \(2\): \['{names[2]}', '{names[7]}'\].*sum their counts"
+    ):
+        mp.pp.pool_lots({"BM01": part, "BM02": lots["BM02"]})

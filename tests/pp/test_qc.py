@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import mscpotency as mp
@@ -78,8 +79,8 @@ def test_adaptive_threshold_is_per_lot(tiny_train):
     adata = tiny_train.copy()
     mp.pp.qc(adata, min_genes=0, max_pct_mito=None, mad_counts=3)
     report = mp.get.qc(adata)
-    assert "mad_counts" in report
-    assert report["mad_counts"].sum() > 0
+    assert "cells_below_mad_counts" in report
+    assert report["cells_below_mad_counts"].sum() > 0
 
 
 def test_metrics_equal_scanpys_calculate_qc_metrics(tiny_all, monkeypatch):
@@ -110,3 +111,114 @@ def test_metrics_equal_scanpys_calculate_qc_metrics(tiny_all, monkeypatch):
         expected.obs["pct_counts_mt"] > 20
     )
     np.testing.assert_array_equal(removed.to_numpy(), expected_removed.to_numpy())
+
+
+# --- the report names counts and states its thresholds; lots left small -----------------
+
+
+def test_report_columns_are_counts_of_failing_cells_and_thresholds_are_stated(tiny_train):
+    adata = tiny_train.copy()
+    mp.pp.qc(adata, min_counts=500)
+    report = mp.get.qc(adata)
+    assert list(report.columns) == [
+        "cells_before",
+        "cells_below_min_genes",
+        "cells_below_min_counts",
+        "cells_above_max_pct_mito",
+        "cells_removed",
+        "cells_after",
+    ]
+    # each column counts the cells failing its filter, recomputed here from the raw counts
+    X = tiny_train.layers["counts"]
+    n_genes = np.asarray((X > 0).sum(axis=1)).ravel()
+    total = np.asarray(X.sum(axis=1)).ravel()
+    mito = tiny_train.var_names.str.upper().str.startswith("MT-")
+    pct_mito = np.asarray(X[:, mito].sum(axis=1)).ravel() / total * 100
+    lots = tiny_train.obs["lot"].to_numpy()
+    for column, failing in [
+        ("cells_below_min_genes", n_genes < 200),
+        ("cells_below_min_counts", total < 500),
+        ("cells_above_max_pct_mito", pct_mito > 20),
+    ]:
+        expected = pd.Series(failing).groupby(lots).sum()
+        assert report[column].to_dict() == expected.loc[report.index].to_dict(), column
+    assert report["cells_below_min_genes"].sum() > 0
+    thresholds = adata.uns["qc"]["thresholds"]
+    assert list(thresholds.index) == [
+        "cells_below_min_genes",
+        "cells_below_min_counts",
+        "cells_above_max_pct_mito",
+        "genes_removed",
+    ]
+    assert thresholds["threshold"].tolist() == [200.0, 500.0, 20.0, 3.0]
+    assert thresholds["removed_if"].tolist() == ["<", "<", ">", "<"]
+    assert thresholds.loc["cells_below_min_genes", "rule"] == "n_genes_by_counts < 200"
+    assert thresholds.loc["cells_above_max_pct_mito", "rule"] == (
+        "pct_counts_mt > 20 (genes starting with 'MT-')"
+    )
+
+
+def test_refused_qc_leaves_the_input_untouched(tiny_train):
+    adata = tiny_train.copy()
+    with pytest.raises(ValueError, match="every cell of lots"):
+        mp.pp.qc(adata, min_genes=10**6)
+    pd.testing.assert_frame_equal(adata.obs, tiny_train.obs)
+    assert list(adata.var.columns) == list(tiny_train.var.columns) and "qc" not in adata.uns
+
+
+@pytest.fixture
+def small_lot(tiny_train):
+    """The training lots with BM08 cut to its first 12 cells."""
+    in_lot = (tiny_train.obs["lot"] == "BM08").to_numpy()
+    keep = ~in_lot | (np.cumsum(in_lot) <= 12)
+    return tiny_train[keep].copy()
+
+
+def test_a_lot_left_small_warns_how_it_enters_the_statistics(small_lot):
+    adata = small_lot.copy()
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"after QC, lots \{'BM08': \d+\} have fewer than min_cells_per_lot=20 cells and "
+            r"are kept\. A small lot is kept as a full lot.*rank association.*same weight"
+        ),
+    ):
+        mp.pp.qc(adata)
+    assert "BM08" in set(adata.obs["lot"])
+    with pytest.raises(ValueError, match=r"lots \{'BM08': \d+\} have fewer than min_cells_per_lot"):
+        mp.pp.qc(small_lot.copy(), small_lots="error")
+
+
+def test_small_lots_drop_removes_the_lot_and_reports_it(small_lot):
+    adata = small_lot.copy()
+    mp.pp.qc(adata, small_lots="drop")
+    assert "BM08" not in set(adata.obs["lot"])
+    assert "BM08" not in adata.obs["lot"].cat.categories
+    report = mp.get.qc(adata)
+    assert report.loc["BM08", "cells_in_small_lot"] == 12
+    assert report.loc["BM08", "cells_after"] == 0
+    assert (report.drop(index="BM08")["cells_in_small_lot"] == 0).all()
+    assert report["cells_after"].sum() == adata.n_obs
+    assert adata.uns["qc"]["thresholds"].loc["cells_in_small_lot", "threshold"] == 20
+    # the other lots are filtered exactly as without the rule
+    others = small_lot[(small_lot.obs["lot"] != "BM08").to_numpy()].copy()
+    mp.pp.qc(others)
+    assert adata.obs_names.equals(others.obs_names)
+    # a lower minimum keeps it without a word
+    kept = small_lot.copy()
+    mp.pp.qc(kept, min_cells_per_lot=5)
+    assert "BM08" in set(kept.obs["lot"])
+
+
+def test_small_lot_warning_of_the_tools_says_how_the_lot_enters_each_statistic():
+    from mscpotency._validate import warn_small_lots
+
+    counts = pd.Series({"BM01": 150, "BM02": 4})
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"lot_fractions: lots \{'BM02': 4\} have fewer than 50 cells; their fractions are "
+            r"noisy\. .*0\.22 at 5 cells.*same weight as the largest.*small_lots='drop'"
+        ),
+    ):
+        warn_small_lots(counts, 50, context="lot_fractions")

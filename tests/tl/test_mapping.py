@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import anndata
 import numpy as np
@@ -162,6 +164,105 @@ def test_missing_genes_are_zero_padded_and_reported(tiny_query, tiny_ref):
     assert (out.obs["predicted"].astype(str).to_numpy()[known] == truth[known]).mean() > 0.9
     with pytest.raises(ValueError, match="shares only"):
         mp.tl.map_to_reference(query, tiny_ref, method="fast", min_shared_genes=0.95)
+
+
+def _variance_weights(reference: AnnData) -> pd.Series:
+    """Each embedding gene's share of the reference embedding's variance, computed here from scratch."""
+    genes = reference.var_names[reference.var["highly_variable"].to_numpy()]
+    loadings = np.asarray(reference[:, genes].varm["PCs"], dtype=float)
+    variance = np.asarray(reference.obsm["X_pca"], dtype=float).var(axis=0)
+    weights = (loadings**2 * variance).sum(axis=1)
+    return pd.Series(weights / weights.sum(), index=genes)
+
+
+def test_missing_gene_thresholds(tiny_query, tiny_ref):
+    """Missing genes are weighed by the embedding variance they carry: warn above 15%, refuse above 35%.
+
+    Measured (anchors backend, share of labels equal to the full-gene mapping; tiny / study):
+    genes carrying < 15% missing kept >= 97.7% / 98.6% of the labels (e.g. random 10% of the
+    genes: 9.9% of the variance, 98.5%; first 5% of the study's genes: 12.4%, 98.6%); between
+    15% and 35%: 87.2% (tiny, first 20%: 26.7%) to 98.3% (study, random 30%: 27.8%); above
+    35%: 59.5% (study, first 20%: 41.7%), 77.8% (tiny, first 30%: 39.7%) and, for the issue's
+    case of the first 45% of the genes missing (61.5% / 63.1% of the variance), 22.7% / 17.5%.
+    Counting genes instead misleads: without the 45% of genes with the smallest loadings
+    (11.1% / 4.2% of the variance) 98.3% / 99.9% of the labels are kept.
+    """
+    weights = _variance_weights(tiny_ref)
+    # the issue's case: 45% of the embedding genes missing (here, those listed first) is refused
+    first = weights.index[: int(0.45 * weights.size)]
+    query = tiny_query[:, ~tiny_query.var_names.isin(first)].copy()
+    with pytest.raises(ValueError, match=r"carry 6\d% of the reference.*max_variance_missing=35%"):
+        mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False)
+    assert "predicted" not in query.obs
+    # ... unless the user raises the limit knowingly: then it warns, and says so in uns
+    with pytest.warns(UserWarning) as record:
+        out = mp.tl.map_to_reference(
+            query, tiny_ref, method="fast", calibrate=False, max_variance_missing=0.7, copy=True
+        )
+    messages = [str(w.message) for w in record]
+    assert any(
+        re.search(r"lacks 225 of the reference's 500.*above warn_variance", m) for m in messages
+    )
+    assert any("off-reference" in m for m in messages)  # most cells now are
+    stored = out.uns["predicted"]
+    assert stored["share_genes_missing"] == pytest.approx(0.45)
+    assert stored["share_variance_missing"] == pytest.approx(weights[first].sum(), rel=1e-6)
+    assert stored["params"]["max_variance_missing"] == 0.7
+    assert stored["params"]["warn_variance_missing"] == 0.15
+    assert any("lacks 225" in w for w in stored["warnings"])
+    # genes carrying little of the embedding: as many missing, no warning, labels kept
+    bottom = weights.sort_values().index[: int(0.45 * weights.size)]
+    query = tiny_query[:, ~tiny_query.var_names.isin(bottom)].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
+    assert out.uns["predicted"]["share_variance_missing"] < 0.15
+    assert out.uns["predicted"]["warnings"] == []
+    truth = truth_labels(tiny_ref, out)
+    known = truth != ""
+    assert (out.obs["predicted"].astype(str).to_numpy()[known] == truth[known]).mean() > 0.9
+    # the most important genes (20% of the variance) warn, naming the most important one
+    top = weights.sort_values(ascending=False)
+    dropped = top.index[: int(np.searchsorted(top.cumsum().to_numpy(), 0.2)) + 1]
+    query = tiny_query[:, ~tiny_query.var_names.isin(dropped)].copy()
+    with pytest.warns(UserWarning, match=rf"Most important missing genes: \['{top.index[0]}'"):
+        mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
+    with pytest.raises(ValueError, match="max_variance_missing must lie in"):
+        mp.tl.map_to_reference(query, tiny_ref, max_variance_missing=1.5)
+
+
+def test_off_reference_warning(tiny_query, tiny_ref):
+    """A query whose genes do not match the reference maps with high scores: it must warn.
+
+    Measured share of off-reference cells (anchors backend; tiny / study): the matching query
+    0.3% / 0.0% overall, at most 1.4% / 0.0% in any lot; the query with shuffled gene names
+    100% / 98.1% overall, at least 100% / 97.7% in every lot, with a mean prediction score of
+    0.84 / 0.75 (0.90 in the issue). The default warn_off_reference=0.25 lies far from both.
+    """
+    query = tiny_query.copy()
+    query.var_names = np.random.default_rng(0).permutation(query.var_names.to_numpy())
+    with pytest.warns(UserWarning, match=r"off-reference") as record:
+        out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
+    (message,) = [str(w.message) for w in record if "off-reference" in str(w.message)]
+    assert re.search(r"(9\d|100)% of the query cells are off-reference", message)
+    for cause in ("gene identifiers", "another tissue or technology", "not raw counts"):
+        assert cause in message
+    for lot in query.obs["lot"].unique():
+        assert f"'{lot}'" in message  # every lot is named
+    stored = out.uns["predicted"]
+    assert stored["params"]["warn_off_reference"] == 0.25
+    assert message in stored["warnings"]
+    # the threshold is the user's: at 1.0 nothing warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = mp.tl.map_to_reference(
+            query, tiny_ref, method="fast", calibrate=False, warn_off_reference=1.0, copy=True
+        )
+    assert quiet.uns["predicted"]["warnings"] == []
+    # the matching query does not warn (filterwarnings = error) and stays far below
+    out = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
+    assert mp.get.map_to_reference(out)["share_off_reference"].max() < 0.05
+    assert out.uns["predicted"]["warnings"] == []
 
 
 def test_counts_in_x_without_a_counts_layer(tiny_query, tiny_ref):

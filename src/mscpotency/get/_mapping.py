@@ -16,6 +16,7 @@ __all__ = ["freeze_reference", "map_to_reference", "marker_by_set", "validate_po
 #: Fields of a frozen reference's record shown by :func:`freeze_reference`.
 _REFERENCE_FIELDS = [
     "hash",
+    "hash_version",
     "cluster_key",
     "lot_key",
     "potency_cluster",
@@ -38,8 +39,10 @@ def freeze_reference(adata: AnnData, *, key: str = FROZEN_REFERENCE.key) -> pd.D
 
     Returns
     -------
-    One row: ``hash``, ``cluster_key``, ``lot_key``, ``potency_cluster``, ``n_cells``,
-    ``n_genes``, ``created``, ``source_fingerprint`` and ``labels`` (comma-separated).
+    One row: ``hash``, ``hash_version`` (the definition of the hash; what it covers is
+    described under :func:`mscpotency.tl.freeze_reference`), ``cluster_key``, ``lot_key``,
+    ``potency_cluster``, ``n_cells``, ``n_genes``, ``created``, ``source_fingerprint`` and
+    ``labels`` (comma-separated).
     """
     record = stored(adata, FROZEN_REFERENCE, key)
     row = {field: record.get(field) for field in _REFERENCE_FIELDS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from anndata import AnnData
 from .. import _dask, _keys
 from .._docs import doc_params
 from .._provenance import record
+from .._validate import unreadable_file
+from ._read import _unique_names
+
+logger = logging.getLogger("mscpotency")
 
 #: Cells per block when reading lots lazily.
 DEFAULT_CHUNK_CELLS = 10_000
@@ -66,7 +71,9 @@ def read_lots_lazy(
         The lot of each cell, lots in the order read (a folder: sorted by name).
     `adata.uns['read_lots_lazy']` : dict
         ``'sources'`` (lot -> path), ``'count_source'`` (lot -> ``'X'`` or
-        ``"layers['counts']"``), ``'params'``.
+        ``"layers['counts']"``), ``'genes_made_unique'`` (gene names that occurred more
+        than once and were suffixed ``-1``, ``-2``, ... as :func:`mscpotency.io.read_lots`
+        does, counts kept apart), ``'params'``.
     """
     da = _dask.require_dask()
     _check_chunk_cells(chunk_cells)
@@ -74,13 +81,23 @@ def read_lots_lazy(
     lots = _open_lots(sources, chunk_cells)
     X = da.concatenate([part.block for part in lots.values()], axis=0)
     var = next(iter(lots.values())).var
-    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=pd.DataFrame(index=var.index.copy()))
+    genes, made_unique = _unique_names(var.index)
+    if made_unique:
+        logger.warning(
+            "read_lots_lazy: %d gene names occur more than once: %s; their later features were "
+            "made unique by suffixing -1, -2, ... and their counts kept apart, not summed "
+            "(see uns['read_lots_lazy']['genes_made_unique'])",
+            len(made_unique),
+            made_unique[:20],
+        )
+    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=pd.DataFrame(index=genes))
     adata.uns["read_lots_lazy"] = {
         "sources": {lot: str(path) for lot, path in sources.items()},
         "count_source": {
             lot: "X" if part.count_key == "X" else f"layers[{_keys.COUNTS_LAYER!r}]"
             for lot, part in lots.items()
         },
+        "genes_made_unique": made_unique,
         "params": {"lot_key": lot_key, "chunk_cells": int(chunk_cells)},
     }
     return adata
@@ -129,9 +146,17 @@ def _open_lot(lot: str, path: Path, chunk_cells: int) -> _LazyLot:
     from anndata.io import read_elem
 
     # the lazy blocks reopen the file by path when they are computed
-    with h5py.File(path, "r") as handle:
-        obs = read_elem(handle["obs"])
-        var = read_elem(handle["var"])
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(unreadable_file(path, f"lot {lot!r}, an .h5ad file", error)) from error
+    with handle:
+        try:
+            obs = read_elem(handle["obs"])
+            var = read_elem(handle["var"])
+        except (OSError, KeyError) as error:
+            what = f"lot {lot!r}, an .h5ad file: its obs and var"
+            raise ValueError(unreadable_file(path, what, error)) from error
         has_counts = "layers" in handle and _keys.COUNTS_LAYER in handle["layers"]
         key = "layers/counts" if has_counts else "X"
         element = handle[key]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from .. import _keys
 from .._docs import doc_params
+from .._validate import negative_columns, unreadable_file, warn_negative
 
 _READERS = {
     ".csv": "csv",
@@ -26,6 +29,7 @@ def read_lot_table(
     *,
     lot_key: str = _keys.LOT,
     sheet_name: str | int = 0,
+    allow_negative: bool | str | Sequence[str] = False,
 ) -> pd.DataFrame:
     """Read a table with one row per lot, indexed by lot name.
 
@@ -34,6 +38,13 @@ def read_lot_table(
     and the rest stay text. Column names and lot names are stripped of surrounding
     whitespace, and empty unnamed columns (trailing separators, spreadsheet debris) are
     dropped. Join the result into the cells with :func:`mscpotency.pp.add_lot_table`.
+
+    A numeric column with negative values gets a warning naming the column and the lots:
+    most assays (secreted protein, potency readouts, passage) are non-negative, so a
+    negative value is often a sign error or a missing-value code such as ``-999``. Say
+    which columns may be negative (log-ratios, baseline-subtracted values) with
+    ``allow_negative``. A file that cannot be parsed (a truncated or corrupt ``.xlsx``, a
+    binary file named ``.csv``) is an error naming the file and what to do.
 
     Parameters
     ----------
@@ -45,6 +56,10 @@ def read_lot_table(
         (and the index's name), on which :func:`mscpotency.pp.add_lot_table` joins.
     sheet_name
         Sheet of an Excel file: its name or 0-based position.
+    allow_negative
+        Columns whose negative values are expected: ``True`` (all), ``False`` (none: warn
+        about any) or their names. Recorded in the table's ``attrs['allow_negative']``,
+        which :func:`mscpotency.pp.add_lot_table` honours.
 
     Returns
     -------
@@ -58,6 +73,14 @@ def read_lot_table(
     table.index = pd.Index(lots.to_numpy(dtype=str), name=lot_key)
     for column in table.columns:
         table[column] = _numeric_if_all(table[column])
+    warn_negative(
+        negative_columns(table, allow_negative), where=f"lot table {str(path)!r}", stacklevel=2
+    )
+    table.attrs["allow_negative"] = (
+        list(table.columns)
+        if allow_negative is True
+        else ([allow_negative] if isinstance(allow_negative, str) else list(allow_negative or []))
+    )
     return table
 
 
@@ -129,6 +152,9 @@ def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
             raise ImportError(msg) from error
         try:
             return pd.read_excel(path, sheet_name=sheet_name, dtype=str, engine="openpyxl")
+        except (zipfile.BadZipFile, OSError, KeyError) as error:
+            what = "a lot table in .xlsx format; an old .xls or a CSV renamed .xlsx is not one"
+            raise ValueError(unreadable_file(path, what, error)) from error
         except (ValueError, IndexError) as error:
             with pd.ExcelFile(path, engine="openpyxl") as workbook:
                 sheets = workbook.sheet_names
@@ -144,6 +170,9 @@ def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
     except pd.errors.EmptyDataError as error:
         msg = f"lot table {str(path)!r} is empty; it needs a header and one row per lot."
         raise ValueError(msg) from error
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        what = f"a lot table as {'comma' if kind == 'csv' else 'tab'}-separated text"
+        raise ValueError(unreadable_file(path, what, error)) from error
 
 
 def _numeric_if_all(column: pd.Series) -> pd.Series:

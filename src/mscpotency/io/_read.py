@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -18,7 +19,7 @@ from .. import _keys
 from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts
-from ..pp._pool import check_pool_options, pool_lots
+from ..pp._pool import MIN_CELLS_PER_LOT, check_pool_options, pool_lots
 
 logger = logging.getLogger("mscpotency")
 
@@ -47,14 +48,22 @@ def read_lots(
     *,
     lot_key: str = _keys.LOT,
     cells_per_lot: int | str | None = None,
+    min_cells_per_lot: int = MIN_CELLS_PER_LOT,
+    small_lots: Literal["warn", "drop", "error"] = "warn",
     join: str = "inner",
     random_state: int = 0,
 ) -> AnnData:
     """Read the raw counts of several lots and pool them into one AnnData.
 
     Each lot is one 10x matrix folder, one 10x ``.h5`` file or one ``.h5ad`` file. Gene
-    symbols become the gene names (made unique, with a report) and the 10x gene ids are
-    kept in ``var['gene_ids']``. The lots are pooled with :func:`mscpotency.pp.pool_lots`.
+    symbols become the gene names and the 10x gene ids are kept in ``var['gene_ids']``.
+    A symbol that occurs more than once in a lot (10x maps several ids to one symbol, e.g.
+    ``TBCE``) is made unique, not summed: its second and later features are suffixed
+    ``-1``, ``-2``, ... (as ``anndata``'s ``var_names_make_unique``), their counts kept
+    apart, and the repeated symbols are named in a logged warning and in
+    ``uns['read_lots']['genes_made_unique']``. The lots are pooled with
+    :func:`mscpotency.pp.pool_lots`. A file that cannot be parsed (e.g. truncated by an
+    interrupted copy) is an error naming the lot, the file and what to do.
 
     Parameters
     ----------
@@ -68,6 +77,13 @@ def read_lots(
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
         ``"min"`` subsamples every lot to the size of the smallest (see ``pp.pool_lots``).
+    min_cells_per_lot
+        {min_cells_per_lot}
+        Here: as in :func:`mscpotency.pp.pool_lots` (with ``small_lots``, and the floor of
+        ``cells_per_lot="min"``).
+    small_lots
+        Lots of fewer than ``min_cells_per_lot`` cells: ``"warn"`` (keep), ``"drop"`` or
+        ``"error"``, as in :func:`mscpotency.pp.pool_lots`.
     join
         ``"inner"`` keeps the genes measured in every lot, ``"outer"`` keeps all and fills
         zeros. Genes left out are reported in ``uns['pool_lots']['genes_dropped']``.
@@ -90,18 +106,20 @@ def read_lots(
         ``'genes_made_unique'`` (lot -> gene symbols that occurred more than once and were
         suffixed ``-1``, ``-2``, ...), ``'params'``.
     `adata.uns['pool_lots']` : dict
-        Cells before/after subsampling per lot and genes dropped by the join.
+        Cells before/kept/removed per lot, lots left out, genes dropped by the join.
     `adata.uns['mscpotency']['log']`
         The provenance entry of this call.
     """
     # Cheap option checks before reading what may be gigabytes (pool_lots checks them too).
-    check_pool_options(cells_per_lot, join)
+    check_pool_options(cells_per_lot, join, min_cells_per_lot, small_lots)
     lots = _resolve_source(source)
     parts, made_unique = _read_all(lots)
     pooled = pool_lots(
         {name: part for name, (part, _) in parts.items()},
         lot_key=lot_key,
         cells_per_lot=cells_per_lot,
+        min_cells_per_lot=min_cells_per_lot,
+        small_lots=small_lots,
         join=join,
         random_state=random_state,
     )
@@ -113,6 +131,8 @@ def read_lots(
         "params": {
             "lot_key": lot_key,
             "cells_per_lot": cells_per_lot,
+            "min_cells_per_lot": int(min_cells_per_lot),
+            "small_lots": small_lots,
             "join": join,
             "random_state": random_state,
         },
@@ -132,11 +152,13 @@ def _read_all(
         if duplicated:
             made_unique[name] = duplicated
             logger.warning(
-                "read_lots: lot %r has %d gene names occurring more than once (e.g. %s); "
-                "they were made unique by suffixing -1, -2, ...",
+                "read_lots: lot %r has %d gene symbols occurring more than once: %s; their "
+                "later features were made unique by suffixing -1, -2, ... and their counts "
+                "kept apart, not summed (see var['gene_ids'] and "
+                "uns['read_lots']['genes_made_unique'])",
                 name,
                 len(duplicated),
-                duplicated[:5],
+                duplicated[:20],
             )
         parts[name] = (part, used)
     return parts, made_unique
@@ -284,7 +306,12 @@ def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]
                 "10x_h5": "a 10x .h5 file",
                 "h5ad": "an .h5ad file",
             }[fmt]
-            msg = f"could not read {where} as {kind}: {type(error).__name__}: {error}"
+            msg = (
+                f"could not read {where} as {kind}: {type(error).__name__}: {error}. If the "
+                "file is truncated or corrupt (e.g. an interrupted copy or download), copy it "
+                "again from its source and compare its size or checksum with the original; "
+                f"else check that it is {kind} (Cell Ranger's output, or written by anndata)."
+            )
             raise ValueError(msg) from error
     if part.n_obs == 0:
         msg = f"{where} has no cells; remove it or check that Cell Ranger's output is complete."

@@ -22,10 +22,11 @@ __all__ = ["qc"]
 KEPT, REMOVED = "#c6cdd6", "#3b3b3b"
 _NOT_REASONS = ("cells_before", "cells_removed", "cells_after")
 _REASON_LABELS = {
-    "min_genes": "too few genes",
-    "min_counts": "too few counts",
-    "max_pct_mito": "too much mitochondrial RNA",
-    "mad_counts": "low counts for the lot (MAD)",
+    "cells_below_min_genes": "too few genes",
+    "cells_below_min_counts": "too few counts",
+    "cells_above_max_pct_mito": "too much mitochondrial RNA",
+    "cells_below_mad_counts": "low counts for the lot (MAD)",
+    "cells_in_small_lot": "lot below the minimum size",
 }
 
 

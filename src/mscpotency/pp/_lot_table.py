@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
 from .._docs import doc_params
 from .._provenance import record
-from .._validate import lots_of
+from .._validate import lots_of, negative_columns, warn_negative
 
 
 @doc_params
@@ -19,6 +21,7 @@ def add_lot_table(
     *,
     lot_key: str = _keys.LOT,
     columns: list[str] | None = None,
+    allow_negative: bool | str | Sequence[str] | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Add lot-level columns (one value per lot) to ``adata.obs``.
@@ -26,6 +29,10 @@ def add_lot_table(
     Every lot with cells must be in the table and every lot in the table must have cells;
     anything else is an error naming the lots, so no lot is dropped silently. Read the
     table from a file with :func:`mscpotency.io.read_lot_table`.
+
+    Negative values in a numeric column get a warning naming the column and the lots
+    (most assays are non-negative: a negative value is often a sign error or a
+    missing-value code such as ``-999``); ``allow_negative`` says which columns may be.
 
     Parameters
     ----------
@@ -40,6 +47,10 @@ def add_lot_table(
         The table's column of lot names has the same name (see ``lot_table``).
     columns
         Columns to add (default: all). Existing obs columns of the same name are replaced.
+    allow_negative
+        Columns whose negative values are expected: ``True`` (all), ``False`` (none) or
+        their names; ``None`` takes the table's ``attrs['allow_negative']`` (set by
+        :func:`mscpotency.io.read_lot_table`), else none.
 
     Returns
     -------
@@ -56,6 +67,14 @@ def add_lot_table(
     columns = _columns_to_add(table, columns, lot_key)
     lots = lots_of(adata, lot_key)
     _require_the_same_lots(table.index, pd.Index(lots.cat.categories.astype(str)), lot_key)
+    if allow_negative is None:  # what io.read_lot_table was told, for the columns still here
+        allowed = lot_table.attrs.get("allow_negative", [])
+        allow_negative = (
+            allowed if isinstance(allowed, bool) else [c for c in allowed if c in table.columns]
+        )
+    negative = {
+        c: names for c, names in negative_columns(table, allow_negative).items() if c in columns
+    }
     adata = adata.copy() if copy else adata
     cell_lots = lots.astype(str).to_numpy()
     for column in columns:
@@ -63,6 +82,7 @@ def add_lot_table(
         if values.dtype == object and values.dropna().map(type).eq(str).all():
             values = values.astype("category")
         adata.obs[column] = values.set_axis(adata.obs_names)
+    warn_negative(negative, where="add_lot_table", stacklevel=4)
     return adata if copy else None
 
 

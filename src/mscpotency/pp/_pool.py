@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -14,8 +16,12 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._provenance import record
+from .._validate import SMALL_LOT_EFFECT, check_small_lot_rule
 
 logger = logging.getLogger("mscpotency")
+
+#: Default smallest lot ``pp.pool_lots`` and ``pp.qc`` accept without a warning.
+MIN_CELLS_PER_LOT = 20
 
 
 @doc_params
@@ -25,6 +31,8 @@ def pool_lots(
     *,
     lot_key: str = _keys.LOT,
     cells_per_lot: int | str | None = None,
+    min_cells_per_lot: int = MIN_CELLS_PER_LOT,
+    small_lots: Literal["warn", "drop", "error"] = "warn",
     join: str = "inner",
     random_state: int = 0,
 ) -> AnnData:
@@ -32,7 +40,13 @@ def pool_lots(
 
     The study pooled about equal numbers of cells per lot, so that the pooled population
     stands for "MSC in general" rather than for the largest lots; ``cells_per_lot`` does
-    that by seeded subsampling.
+    that by seeded subsampling. What subsampling removes is reported per lot (in
+    ``uns['pool_lots']`` and as a logged warning), and ``cells_per_lot="min"`` refuses to
+    bring every lot down to a lot smaller than ``min_cells_per_lot``.
+
+    Each lot's genes must have unique names: a lot with repeated gene names is refused,
+    naming the genes (make them unique with ``adata.var_names_make_unique()``, which
+    :func:`mscpotency.io.read_lots` does for you and reports, or sum them yourself).
 
     Parameters
     ----------
@@ -43,8 +57,20 @@ def pool_lots(
         Written here for every pooled cell.
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
-        ``"min"`` subsamples every lot to the size of the smallest. Lots smaller than the
-        target are kept whole.
+        ``"min"`` subsamples every lot to the size of the smallest, which must have at least
+        ``min_cells_per_lot`` cells (else an error names it: leave it out with
+        ``small_lots="drop"``, give an integer, or lower ``min_cells_per_lot`` to accept
+        it). Lots smaller than the target are kept whole.
+    min_cells_per_lot
+        {min_cells_per_lot}
+        Here: lots with fewer cells are handled by ``small_lots``, and ``"min"`` may not
+        subsample below it. The default, 20, flags lots that are broken rather than small
+        (a fraction of 20 cells moves in steps of 5 percentage points);
+        :func:`mscpotency.tl.lot_fractions` warns again below 50 cells after QC.
+    small_lots
+        What to do with lots of fewer than ``min_cells_per_lot`` cells: ``"warn"`` keeps
+        them whole and warns, saying how they enter each statistic; ``"drop"`` leaves them
+        out (reported in ``uns['pool_lots']['lots_dropped']``); ``"error"`` refuses.
     join
         ``"inner"`` keeps genes measured in every lot (lots that share no gene are an
         error), ``"outer"`` keeps all and fills zeros. Genes left out are reported per lot in
@@ -57,7 +83,10 @@ def pool_lots(
     Returns
     -------
     One AnnData with unique cell names ``{lot}_{barcode}``, ``obs[lot_key]`` (categorical,
-    in the given lot order) and ``uns['pool_lots']`` with cells kept per lot and dropped genes.
+    in the given lot order) and ``uns['pool_lots']``: ``'cells_before'``, ``'cells_kept'``
+    and ``'cells_removed'`` (lot -> cells; a dropped lot keeps 0), ``'lots_dropped'`` (lot
+    -> cells, by ``small_lots="drop"``), ``'genes_dropped'`` (lot -> genes the join left
+    out) and ``'params'``.
     """
     named = _name_lots(lots, lot_key)
     if not named:
@@ -67,21 +96,37 @@ def pool_lots(
     if empty:
         msg = f"lots {empty} have no cells."
         raise ValueError(msg)
-    check_pool_options(cells_per_lot, join)
+    check_pool_options(cells_per_lot, join, min_cells_per_lot, small_lots)
     sizes = {name: a.n_obs for name, a in named.items()}
-    target = _target_size(cells_per_lot, sizes)
+    small = {name: n for name, n in sizes.items() if n < min_cells_per_lot}
+    dropped = _apply_small_lot_rule(small, sizes, min_cells_per_lot, small_lots)
+    named = {name: a for name, a in named.items() if name not in dropped}
+    target = _target_size(cells_per_lot, {k: sizes[k] for k in named}, min_cells_per_lot)
     if target is not None:
         _check_seed(random_state)
     parts = {name: _subsample(part, target, random_state, name) for name, part in named.items()}
     if join == "inner":
         _require_shared_genes(parts)
     pooled = _concat(parts, lot_key, join)
-    _report_dropped_genes(pooled, parts, sizes, cells_per_lot, join, random_state)
+    params = {
+        "cells_per_lot": cells_per_lot,
+        "min_cells_per_lot": int(min_cells_per_lot),
+        "small_lots": small_lots,
+        "join": join,
+        "random_state": random_state,
+    }
+    _report(pooled, parts, sizes, dropped, join, params)
+    _warn_removed(pooled.uns["pool_lots"], target, small, small_lots, min_cells_per_lot)
     return pooled
 
 
-def check_pool_options(cells_per_lot: int | str | None, join: str) -> None:
-    """Check ``join`` and ``cells_per_lot`` (cheap; ``io.read_lots`` checks before reading)."""
+def check_pool_options(
+    cells_per_lot: int | str | None,
+    join: str,
+    min_cells_per_lot: int = MIN_CELLS_PER_LOT,
+    small_lots: str = "warn",
+) -> None:
+    """Check the options (cheap; ``io.read_lots`` checks them before reading)."""
     if join not in ("inner", "outer"):
         msg = f"join must be 'inner' or 'outer', got {join!r}"
         raise ValueError(msg)
@@ -96,6 +141,34 @@ def check_pool_options(cells_per_lot: int | str | None, join: str) -> None:
     ):
         msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
         raise ValueError(msg)
+    check_small_lot_rule(min_cells_per_lot, small_lots)
+
+
+def _apply_small_lot_rule(
+    small: Mapping[str, int], sizes: Mapping[str, int], minimum: int, rule: str
+) -> dict[str, int]:
+    """The lots to leave out (``rule="drop"``); ``"error"`` refuses small lots."""
+    if not small or rule == "warn":
+        return {}
+    if rule == "error":
+        msg = (
+            f"lots {dict(small)} have fewer than min_cells_per_lot={minimum} cells "
+            "(small_lots='error'). Leave them out (small_lots='drop'), keep them with a "
+            "warning (small_lots='warn'), or lower min_cells_per_lot."
+        )
+        raise ValueError(msg)
+    if len(small) == len(sizes):
+        msg = (
+            f"every lot has fewer than min_cells_per_lot={minimum} cells ({dict(small)}), "
+            "so small_lots='drop' would leave nothing; lower min_cells_per_lot."
+        )
+        raise ValueError(msg)
+    logger.warning(
+        "pool_lots: left out lots %s with fewer than %d cells (small_lots='drop')",
+        dict(small),
+        minimum,
+    )
+    return dict(small)
 
 
 def _check_seed(random_state) -> None:
@@ -151,15 +224,15 @@ def _concat(parts: Mapping[str, AnnData], lot_key: str, join: str) -> AnnData:
     return pooled
 
 
-def _report_dropped_genes(
+def _report(
     pooled: AnnData,
     parts: Mapping[str, AnnData],
     sizes: Mapping[str, int],
-    cells_per_lot: int | str | None,
+    dropped: Mapping[str, int],
     join: str,
-    random_state: int,
+    params: dict,
 ) -> None:
-    """Write ``uns['pool_lots']`` (cells before/kept, genes the join left out) and warn."""
+    """Write ``uns['pool_lots']`` (cells before/kept/removed, lots and genes left out)."""
     all_genes = pd.Index(sorted(set().union(*(set(a.var_names) for a in parts.values()))))
     genes_dropped = {
         name: sorted(set(all_genes) - set(pooled.var_names) & set(a.var_names))
@@ -169,14 +242,48 @@ def _report_dropped_genes(
     if genes_dropped:
         n_dropped = len(all_genes) - pooled.n_vars
         logger.warning(
-            "pool_lots: %d genes not measured in every lot were left out (join='inner')", n_dropped
+            "pool_lots: %d genes not measured in every lot were left out (join=%r)",
+            n_dropped,
+            join,
         )
+    kept = {k: int(parts[k].n_obs) if k in parts else 0 for k in sizes}
     pooled.uns["pool_lots"] = {
         "cells_before": {k: int(v) for k, v in sizes.items()},
-        "cells_kept": {k: int(a.n_obs) for k, a in parts.items()},
+        "cells_kept": kept,
+        "cells_removed": {k: int(sizes[k]) - kept[k] for k in sizes},
+        "lots_dropped": {k: int(v) for k, v in dropped.items()},
         "genes_dropped": genes_dropped,
-        "params": {"cells_per_lot": cells_per_lot, "join": join, "random_state": random_state},
+        "params": params,
     }
+
+
+def _warn_removed(
+    report: Mapping, target: int | None, small: Mapping[str, int], rule: str, minimum: int
+) -> None:
+    """Say what subsampling removed per lot (logged), and warn about small lots kept whole."""
+    removed = {
+        k: v for k, v in report["cells_removed"].items() if v and k not in report["lots_dropped"]
+    }
+    if removed:
+        total = sum(report["cells_before"].values())
+        n_removed = sum(removed.values())
+        logger.warning(
+            "pool_lots: subsampling to %d cells per lot removed %d of %d cells (%.0f%%); "
+            "per lot: %s (see uns['pool_lots']['cells_removed'])",
+            target,
+            n_removed,
+            total,
+            100 * n_removed / total,
+            removed,
+        )
+    if small and rule == "warn":
+        warnings.warn(
+            f"pool_lots: lots {dict(small)} have fewer than min_cells_per_lot={minimum} cells "
+            f"and are kept whole. {SMALL_LOT_EFFECT} To leave them out, pass "
+            "small_lots='drop' (here or to pp.qc).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _barcodes(parts: Mapping[str, AnnData]) -> list[str]:
@@ -230,19 +337,38 @@ def _name_lots(lots, lot_key: str) -> dict[str, AnnData]:
             msg = f"lot {name!r} has duplicate cell barcodes; call .obs_names_make_unique() on it first."
             raise ValueError(msg)
         if not part.var_names.is_unique:
+            repeated = part.var_names[part.var_names.duplicated()].unique().tolist()
             msg = (
-                f"lot {name!r} has duplicate gene names; call .var_names_make_unique() on it first."
+                f"lot {name!r} has duplicate gene names; call .var_names_make_unique() on it first. "
+                f"Repeated ({len(repeated)}): {repeated[:20]}. pool_lots does not guess whether "
+                "they are one gene (sum their counts) or distinct features (suffix -1, -2 with "
+                ".var_names_make_unique(), as io.read_lots does and reports)."
             )
             raise ValueError(msg)
     return named
 
 
-def _target_size(cells_per_lot: int | str | None, sizes: Mapping[str, int]) -> int | None:
-    """Cells to keep per lot (``cells_per_lot`` already checked), warning about small lots."""
+def _target_size(
+    cells_per_lot: int | str | None, sizes: Mapping[str, int], minimum: int
+) -> int | None:
+    """Cells to keep per lot (``cells_per_lot`` already checked); ``"min"`` below ``minimum`` is refused."""
     if cells_per_lot is None:
         return None
     if cells_per_lot == "min":
-        return min(sizes.values())
+        target = min(sizes.values())
+        if target < minimum:
+            smallest = {k: v for k, v in sizes.items() if v < minimum}
+            total = sum(sizes.values())
+            kept = target * len(sizes)
+            msg = (
+                f"cells_per_lot='min' would subsample every lot to {target} cells, the size of "
+                f"lots {smallest}, below min_cells_per_lot={minimum}: {total - kept} of {total} "
+                f"cells ({(total - kept) / total:.0%}) would be removed. Leave the small lots out "
+                "(small_lots='drop'), give an integer cells_per_lot (smaller lots are kept "
+                f"whole), or pass min_cells_per_lot={target} to accept it."
+            )
+            raise ValueError(msg)
+        return target
     small = {k: v for k, v in sizes.items() if v < cells_per_lot}
     if small:
         logger.warning(

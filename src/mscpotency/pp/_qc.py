@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from typing import Literal
+
 import numba
 import numpy as np
 import pandas as pd
@@ -12,11 +16,52 @@ from .. import _keys, _registry
 from .._cell_stats import map_rows, reduce_rows
 from .._docs import doc_params
 from .._provenance import record
-from .._validate import check_counts, count_matrix, lots_of
+from .._validate import (
+    SMALL_LOT_EFFECT,
+    check_counts,
+    check_small_lot_rule,
+    count_matrix,
+    lots_of,
+)
+from ._pool import MIN_CELLS_PER_LOT
+
+logger = logging.getLogger("mscpotency")
+
+
+#: Filter -> (QC metric, removed if, the parameter holding the threshold, the rule in words).
+#: The per-lot report names its columns after these filters and counts the cells failing each.
+FILTERS = {
+    "cells_below_min_genes": ("n_genes_by_counts", "<", "min_genes", "n_genes_by_counts < {v}"),
+    "cells_below_min_counts": ("total_counts", "<", "min_counts", "total_counts < {v}"),
+    "cells_above_max_pct_mito": (
+        "pct_counts_mt",
+        ">",
+        "max_pct_mito",
+        "pct_counts_mt > {v} (genes starting with {mito!r})",
+    ),
+    "cells_below_mad_counts": (
+        "log1p(total_counts)",
+        "<",
+        "mad_counts",
+        "log1p(total_counts) < the lot's median - {v} x 1.4826 x its MAD",
+    ),
+    "cells_in_small_lot": (
+        "cells of the lot kept by the filters above",
+        "<",
+        "min_cells_per_lot",
+        "the lot keeps < {v} cells (small_lots='drop')",
+    ),
+    "genes_removed": (
+        "n_cells_by_counts (of the cells kept)",
+        "<",
+        "min_cells_per_gene",
+        "a gene detected in < {v} of the cells kept",
+    ),
+}
 
 
 @doc_params
-@record("pp.qc")
+@record("pp.qc", views="actualise")
 def qc(
     adata: AnnData,
     *,
@@ -28,6 +73,8 @@ def qc(
     mito_prefix: str = "MT-",
     min_cells_per_gene: int = 3,
     mad_counts: float | None = None,
+    min_cells_per_lot: int = MIN_CELLS_PER_LOT,
+    small_lots: Literal["warn", "drop", "error"] = "warn",
     key_added: str = _registry.QC.key,
     copy: bool = False,
 ) -> AnnData | None:
@@ -54,6 +101,14 @@ def qc(
     mad_counts
         If set, also remove cells whose log total counts lie more than this many median
         absolute deviations below their own lot's median (per-lot adaptive threshold).
+    min_cells_per_lot
+        {min_cells_per_lot}
+        Here: lots left with fewer cells by the cell filters are handled by ``small_lots``.
+    small_lots
+        What to do with lots left with fewer than ``min_cells_per_lot`` cells: ``"warn"``
+        keeps them and warns, saying how such a lot enters each statistic; ``"drop"``
+        removes their cells (counted in the report's ``cells_in_small_lot``); ``"error"``
+        refuses. A lot emptied by the cell filters is always an error.
 
     Notes
     -----
@@ -68,48 +123,73 @@ def qc(
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes obs ``n_genes_by_counts``,
-    ``total_counts``, ``pct_counts_mt``; ``adata.uns[key_added]['per_lot']`` : DataFrame
-    (lots x removal reasons, cells before and after) and ``['genes_removed']``
-    (read them back with :func:`mscpotency.get.qc`).
+    ``total_counts``, ``pct_counts_mt`` and
+
+    `adata.uns[key_added]['per_lot']` : DataFrame
+        Per lot: ``cells_before``; the number of cells failing each filter in use, named
+        after the filter (``cells_below_min_genes``, ``cells_below_min_counts``,
+        ``cells_above_max_pct_mito``, ``cells_below_mad_counts``, and
+        ``cells_in_small_lot`` with ``small_lots="drop"``; a cell can fail several);
+        ``cells_removed`` and ``cells_after``.
+    `adata.uns[key_added]['thresholds']` : DataFrame
+        One row per filter in use (the report's column, and ``genes_removed``): the
+        ``metric``, ``removed_if`` (``<`` or ``>``), the ``threshold`` and the ``rule`` in words.
+    `adata.uns[key_added]['genes_removed']` : list
+        The genes removed.
+
+    Read the tables back with :func:`mscpotency.get.qc`.
     """
     lots = lots_of(adata, lot_key)
+    check_small_lot_rule(min_cells_per_lot, small_lots)
     X = count_matrix(adata, layer)
     check_counts(X, where="the count matrix" if X is adata.X else f"layers[{layer!r}]")
-    adata = adata.copy() if copy else adata
-    _write_metrics(adata, X, mito_prefix)
     thresholds = {
         "min_genes": min_genes,
         "min_counts": min_counts,
         "max_pct_mito": max_pct_mito,
         "mad_counts": mad_counts,
     }
-    reasons = _removal_reasons(adata.obs, lots, **thresholds)
+    mito = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
+    obs_metrics, var_metrics = qc_metrics(X, mito)
+    obs_metrics.index = adata.obs_names
+    reasons = _removal_reasons(obs_metrics, lots, **thresholds)
     removed = reasons.any(axis=1).to_numpy()
-    report = _per_lot_report(reasons, removed, lots, lot_key)
+    _per_lot_report(reasons, removed, lots, lot_key)  # refuses before anything is written
+    in_small = _small_lots(lots, removed, min_cells_per_lot, small_lots)
+    if in_small is not None:
+        reasons["cells_in_small_lot"] = in_small
+        removed = removed | in_small
+    report = _per_lot_report(reasons, removed, lots, lot_key, check=False)
+    adata = adata.copy() if copy else adata
+    _write_metrics(adata, mito, obs_metrics, var_metrics)
     n_cells_detected = _detected_per_gene(count_matrix(adata, layer), ~removed)
     gene_removed = n_cells_detected < min_cells_per_gene
     genes_removed = adata.var_names[gene_removed].tolist()
     _subset_inplace(adata, ~removed, ~gene_removed)
+    if in_small is not None and isinstance(adata.obs[lot_key].dtype, pd.CategoricalDtype):
+        adata.obs[lot_key] = adata.obs[lot_key].cat.remove_unused_categories()
+    params = {
+        **thresholds,
+        "mito_prefix": mito_prefix,
+        "min_cells_per_gene": min_cells_per_gene,
+        "min_cells_per_lot": int(min_cells_per_lot),
+        "small_lots": small_lots,
+        "lot_key": lot_key,
+    }
     adata.uns[key_added] = {
         "per_lot": report,
+        "thresholds": _thresholds_table(list(report.columns), params),
         "genes_removed": genes_removed,
-        "params": {
-            "min_genes": min_genes,
-            "min_counts": min_counts,
-            "max_pct_mito": max_pct_mito,
-            "mito_prefix": mito_prefix,
-            "min_cells_per_gene": min_cells_per_gene,
-            "mad_counts": mad_counts,
-            "lot_key": lot_key,
-        },
+        "params": params,
     }
     return adata if copy else None
 
 
-def _write_metrics(adata: AnnData, X, mito_prefix: str) -> None:
-    """Write ``var['mt']`` and the per-cell and per-gene QC metrics of the counts ``X``."""
-    adata.var["mt"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
-    obs_metrics, var_metrics = qc_metrics(X, adata.var["mt"].to_numpy())
+def _write_metrics(
+    adata: AnnData, mito: np.ndarray, obs_metrics: pd.DataFrame, var_metrics: pd.DataFrame
+) -> None:
+    """Write ``var['mt']`` and the per-cell and per-gene QC metrics."""
+    adata.var["mt"] = mito
     for column in obs_metrics:
         adata.obs[column] = obs_metrics[column].to_numpy()
     for column in var_metrics:
@@ -125,20 +205,25 @@ def _removal_reasons(
     max_pct_mito: float | None,
     mad_counts: float | None,
 ) -> pd.DataFrame:
-    """Cells x filters: whether each cell fails each filter in use."""
+    """Cells x filters: whether each cell fails each filter in use (columns as in the report)."""
     reasons = pd.DataFrame(index=obs.index)
-    reasons["min_genes"] = obs["n_genes_by_counts"].to_numpy() < min_genes
+    reasons["cells_below_min_genes"] = obs["n_genes_by_counts"].to_numpy() < min_genes
     if min_counts is not None:
-        reasons["min_counts"] = obs["total_counts"].to_numpy() < min_counts
+        reasons["cells_below_min_counts"] = obs["total_counts"].to_numpy() < min_counts
     if max_pct_mito is not None:
-        reasons["max_pct_mito"] = obs["pct_counts_mt"].to_numpy() > max_pct_mito
+        reasons["cells_above_max_pct_mito"] = obs["pct_counts_mt"].to_numpy() > max_pct_mito
     if mad_counts is not None:
-        reasons["mad_counts"] = _below_lot_mad(obs["total_counts"], lots, mad_counts)
+        reasons["cells_below_mad_counts"] = _below_lot_mad(obs["total_counts"], lots, mad_counts)
     return reasons
 
 
 def _per_lot_report(
-    reasons: pd.DataFrame, removed: np.ndarray, lots: pd.Series, lot_key: str
+    reasons: pd.DataFrame,
+    removed: np.ndarray,
+    lots: pd.Series,
+    lot_key: str,
+    *,
+    check: bool = True,
 ) -> pd.DataFrame:
     """Lots x (cells before, cells failing each filter, removed, after); no lot may be emptied."""
     by_lot = lots.to_numpy()
@@ -150,13 +235,60 @@ def _per_lot_report(
     report["cells_after"] = report["cells_before"] - report["cells_removed"]
     report.index.name = lot_key
     emptied = report.index[report["cells_after"] == 0].tolist()
-    if emptied:
+    if check and emptied:
+        failing = {
+            str(lot): {c: int(report.loc[lot, c]) for c in reasons.columns if report.loc[lot, c]}
+            for lot in emptied
+        }
         msg = (
-            f"QC would remove every cell of lots {emptied} (reasons per lot:\n{report.loc[emptied]}). "
-            "Relax the thresholds or remove these lots explicitly."
+            f"QC would remove every cell of lots {emptied} (cells failing each filter, per lot: "
+            f"{failing}). Relax the thresholds or remove these lots explicitly."
         )
         raise ValueError(msg)
     return report
+
+
+def _small_lots(lots: pd.Series, removed: np.ndarray, minimum: int, rule: str) -> np.ndarray | None:
+    """Cells of lots left with fewer than ``minimum`` cells: warned about, refused, or returned."""
+    after = pd.Series(~removed, index=lots.index).groupby(lots.to_numpy(), observed=True).sum()
+    small = {str(k): int(v) for k, v in after[after < minimum].items()}
+    if not small:
+        return None
+    if rule == "error":
+        msg = (
+            f"after QC, lots {small} have fewer than min_cells_per_lot={minimum} cells "
+            "(small_lots='error'). Remove them (small_lots='drop'), keep them with a warning "
+            "(small_lots='warn'), relax the thresholds, or lower min_cells_per_lot."
+        )
+        raise ValueError(msg)
+    if rule == "warn":
+        warnings.warn(
+            f"qc: after QC, lots {small} have fewer than min_cells_per_lot={minimum} cells and "
+            f"are kept. {SMALL_LOT_EFFECT} To remove them, pass small_lots='drop'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    logger.warning(
+        "qc: removed lots %s, left with fewer than %d cells (small_lots='drop')", small, minimum
+    )
+    return lots.astype(str).isin(list(small)).to_numpy()
+
+
+def _thresholds_table(columns: list[str], params: dict) -> pd.DataFrame:
+    """One row per filter in use (the report's columns and the gene filter)."""
+    rows = {}
+    for name in [*columns, "genes_removed"]:
+        if name in FILTERS:
+            metric, removed_if, param, rule = FILTERS[name]
+            value = params[param]
+            text = rule.format(v=f"{value:g}", mito=params["mito_prefix"])
+            rows[name] = (metric, removed_if, float(value), text)
+    table = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["metric", "removed_if", "threshold", "rule"]
+    )
+    table.index.name = "filter"
+    return table
 
 
 def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np.ndarray:

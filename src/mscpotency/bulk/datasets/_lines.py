@@ -24,6 +24,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ... import _keys
+from ..._docs import doc_params
 from ..._simulation import config_settings, numbered_names
 
 #: Embryoid-body lineages and the neural induction methods of the reference study.
@@ -160,6 +161,7 @@ class LinesConfig:
     extra: dict = field(default_factory=dict)
 
 
+@doc_params
 def ips_lines_config(**overrides) -> LinesConfig:
     """Configuration shaped like the reference iPS study.
 
@@ -398,6 +400,7 @@ def _eb_panel_genes(config: LinesConfig) -> tuple[list[str], list[str]]:
     return genes, lineage
 
 
+@doc_params
 def simulate_lines(config: LinesConfig | None = None, *, random_state: int = 0) -> dict:
     """Simulate iPS lines: baseline profiles per platform and differentiation panels, with truth.
 
@@ -681,6 +684,7 @@ def _panels(
     return panels_train, panels_test
 
 
+@doc_params
 def ips_lines(*, random_state: int = 0) -> dict:
     """The iPS-study-shaped preset: 10 training and 13 test lines, 3 platforms, 5 outcomes.
 

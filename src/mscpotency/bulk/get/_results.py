@@ -157,6 +157,7 @@ def marker_counts(
     return pd.DataFrame(rows).set_index(["platform", "outcome"])
 
 
+@doc_params
 def consensus(result: Consensus, *, rule: str, outcome: str) -> pd.DataFrame:
     """The markers of one consensus rule with their sign for one outcome, ready to validate.
 

@@ -21,7 +21,7 @@ from anndata import AnnData
 
 from ... import _keys
 from ..._docs import doc_params
-from ..._frozen import ReferenceModel, reference_model
+from ..._frozen import HASH_VERSION, ReferenceModel, reference_model
 from ..._provenance import append_log, fingerprint, package_versions, record
 from ..._registry import FROZEN_REFERENCE, POTENCY_ASSOCIATION, PREPROCESS
 
@@ -69,8 +69,30 @@ def freeze_reference(
     ``obs[cluster_key]``, ``obs[lot_key]``, ``obsm['X_pca']``, ``obsm['X_umap']`` (if present),
     ``varm['PCs']``, ``var['pca_mean']``, ``var['highly_variable']``,
     ``uns['preprocess']['params']`` and ``uns[key_added]`` with the content ``'hash'``,
-    ``'cluster_key'``, ``'lot_key'``, ``'potency_cluster'``, ``'labels'``,
-    ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``.
+    ``'hash_version'``, ``'hash_parts'`` (a digest per part, to name what changed),
+    ``'cluster_key'``, ``'lot_key'``, ``'potency_cluster'``, ``'labels'``, ``'n_cells'``,
+    ``'n_genes'``, ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``.
+
+    Notes
+    -----
+    What the content hash guarantees: it covers everything mapping reads from the frozen
+    reference, so that editing any of it makes :func:`mscpotency.io.read_reference` and
+    :func:`mscpotency.tl.map_to_reference` refuse the reference: the embedding genes, the
+    labels (values, categories and ``cluster_key``), the potency cluster, the reference lots,
+    the normalisation and embedding parameters (``uns['preprocess']['params']``), the PCA
+    centring and loadings, the cells' embedding, the expression matrix and the UMAP (BLAKE2b,
+    128 bits, arrays rounded to float32 so a save/load round trip keeps it). The record's
+    description of that content (``'labels'``, ``'n_cells'``, ``'n_genes'``) is checked
+    against it. The same reference, processed or frozen, has the same hash.
+
+    What it does not guarantee: it is an integrity check, not a signature. It detects a
+    reference changed after freezing, but whoever changes the content can also store a
+    recomputed hash, and the file then verifies. To know that a reference is *the* approved
+    one, record its hash where it cannot be changed (a validation report) and pin it:
+    ``io.read_reference(path, expected_hash=...)`` or
+    ``tl.map_to_reference(..., expected_hash=...)``. Provenance (cell names, ``'created'``,
+    ``'versions'``, ``'source_fingerprint'``, ``'params'`` and the provenance log) changes no
+    answer and is not hashed.
     """
     model = reference_model(
         adata,
@@ -128,6 +150,8 @@ def _record(
     """The frozen reference's record: its hash, what it carries, where it came from."""
     return {
         "hash": model.hash,
+        "hash_version": HASH_VERSION,
+        "hash_parts": dict(model.hash_parts),
         "cluster_key": cluster_key,
         "lot_key": lot_key if model.lots is not None and lot_key is not None else "",
         "potency_cluster": model.potency_cluster or "",

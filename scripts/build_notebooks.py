@@ -5,6 +5,7 @@ Run with ``make notebooks``; the executed notebooks keep their figures and table
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import jupytext
 import nbclient
 
 ROOT = Path(__file__).resolve().parent.parent
+# tqdm warns in every kernel without ipywidgets, with the installing machine's path: noise
+# in a published notebook, not a finding (the kernel inherits this environment)
+os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
 
 
 def build(tutorial: Path, out_dir: Path) -> Path:

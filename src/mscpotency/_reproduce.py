@@ -26,7 +26,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
-from . import bulk, datasets, get, pl, pp, tl
+from . import _registry, _stored, bulk, datasets, get, pl, pp, tl
 from ._provenance import package_versions
 
 logger = logging.getLogger("mscpotency")
@@ -176,7 +176,7 @@ def truth_summary(adata: AnnData) -> pd.DataFrame:
     """How the analysis compares with the simulator's truth (only for simulated data)."""
     from sklearn.metrics import adjusted_rand_score
 
-    cluster = adata.uns["potency_association"]["potency_cluster"]
+    cluster = _stored.potency_cluster(adata)
     truth = adata.obs["true_potency_cell"].to_numpy()
     found = (adata.obs["cluster"] == cluster).to_numpy()
     f1 = 2 * (truth & found).sum() / (truth.sum() + found.sum())
@@ -222,12 +222,15 @@ def mapping_analysis(
     tl.map_to_reference(query, path, method="anchors", random_state=random_state)
     seconds = time.perf_counter() - start
     tl.lot_fractions(
-        query, cluster_key="predicted", weights_key="predicted_probabilities", min_cells_per_lot=50
+        query,
+        cluster_key=_registry.MAPPING.key,
+        weights_key=f"{_registry.MAPPING.key}_probabilities",
+        min_cells_per_lot=50,
     )
     tl.validate_potency(query, "vegf", random_state=random_state)
     marker = reference.uns["potency_markers"]["table"]["gene"].iloc[0]
     tl.marker_by_set(query, marker)
-    cluster = reference.uns["potency_association"]["potency_cluster"]
+    cluster = _stored.potency_cluster(reference)
     qc = get.map_to_reference(query)
     per_set = get.validate_potency(query)
     combined = get.validate_potency(query, kind="combined")
@@ -432,7 +435,7 @@ def reproduce(
 
     association = get.potency_association(reference)
     markers = get.potency_markers(reference)
-    cluster = reference.uns["potency_association"]["potency_cluster"]
+    cluster = _stored.potency_cluster(reference)
     row = association.loc[cluster]
     fractions = get.lot_fractions(reference)
     deviation = get.composition_deviation(reference)
@@ -469,7 +472,7 @@ def reproduce(
         f"Its top marker gene is {markers['gene'].iloc[0]} (up in {int(markers['n_lots_up'].iloc[0])} "
         f"of {int(markers['n_lots_tested'].iloc[0])} lots)."
     )
-    intro.append(reference.uns["potency_association"]["note"])
+    intro.append(_stored.stored(reference, _registry.POTENCY_ASSOCIATION)["note"])
     truth = report.section("Check against the simulator's truth")
     truth.append(truth_summary(reference))
 
@@ -562,6 +565,7 @@ def reproduce(
 
     (out / "report.md").write_text(report.markdown(out), encoding="utf-8")
     (out / "report.html").write_text(report.html(out), encoding="utf-8")
+    reference.strings_to_categoricals()  # as write_h5ad would, without its per-column notice
     reference.write_h5ad(out / "reference.h5ad")
     logger.info("report written to %s", out / "report.html")
     return out / "report.html"

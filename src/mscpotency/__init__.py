@@ -7,7 +7,16 @@ reference. ``pp``/``tl``/``pl`` follow scanpy's conventions.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import bulk, datasets, get, io, pl, pp, tl
+from . import (  # _numba_cache first: numba's cache directory is set before any kernel
+    _numba_cache,  # noqa: F401
+    bulk,
+    datasets,
+    get,
+    io,
+    pl,
+    pp,
+    tl,
+)
 from ._provenance import replay
 
 try:

@@ -135,6 +135,8 @@ RULES: dict[str, Rule] = {
     "pseudocount": _POSITIVE,
     "resolution": _POSITIVE,
     "mad_counts": _POSITIVE,
+    "n_mads": _POSITIVE,
+    "max_removed_share": _share(),
     "size": _POSITIVE,
     "z_threshold": _POSITIVE,
     "min_shift": Rule("real", "be a non-negative number", low=0),

@@ -107,6 +107,17 @@ def fingerprint(adata: AnnData) -> str:
     return h.hexdigest()
 
 
+#: Larger mappings and Series are recorded by size and content hash, not item by item.
+_MAX_RECORDED_ITEMS = 10000
+
+
+def _items_hash(value: Mapping | pd.Series) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for key, item in value.items():
+        h.update(f"{key}\x1f{item}\x1e".encode())
+    return h.hexdigest()
+
+
 def to_jsonable(value: Any) -> Any:
     """Turn a parameter value into something ``json.dumps`` writes and a replay can read."""
     if value is None or isinstance(value, (bool, str)):
@@ -119,6 +130,9 @@ def to_jsonable(value: Any) -> Any:
         return float(value)
     if isinstance(value, AnnData):
         return {"__anndata__": fingerprint(value), "shape": list(value.shape)}
+    if isinstance(value, (pd.Series, Mapping)) and len(value) > _MAX_RECORDED_ITEMS:
+        # e.g. a barcode -> lot table of 10^5 cells: its size and a content hash, not every item
+        return {"__items__": len(value), "hash": _items_hash(value)}
     if isinstance(value, pd.Series):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, pd.DataFrame):

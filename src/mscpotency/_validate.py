@@ -239,3 +239,54 @@ def unreadable_file(path, what: str, error: BaseException) -> str:
         "its name says; copy it again from its source (compare its size or checksum with the "
         "original) or write it again."
     )
+
+
+#: An Ensembl gene id (human ``ENSG``, mouse ``ENSMUSG``, other species ``ENS<code>G``),
+#: with an optional version suffix (``ENSG00000198888.2``).
+_ENSEMBL_GENE = r"^ENS[A-Z]*G\d{6,}(?:\.\d+)?$"
+
+#: The ``var`` column read first for gene symbols (written by :func:`mscpotency.io.read_lots`).
+SYMBOL_COLUMN = "gene_symbols"
+
+
+def looks_like_ensembl(names) -> bool:
+    """True when at least half of the gene names are Ensembl gene ids (``ENSG00000198888``)."""
+    names = pd.Index(names).astype(str)
+    if len(names) == 0:
+        return False
+    return bool(names.str.match(_ENSEMBL_GENE).mean() >= 0.5)
+
+
+def gene_symbols(var: pd.DataFrame, symbol_key: str | None) -> tuple[pd.Index, str]:
+    """The gene symbols of ``var`` (one per gene) and where they were read, in words.
+
+    ``symbol_key`` names a ``var`` column (an error if absent); ``None`` reads
+    ``var['gene_symbols']`` when present, else the gene names (``var_names``). A gene with
+    no symbol in the column keeps its name.
+    """
+    if symbol_key is None and SYMBOL_COLUMN in var.columns:
+        symbol_key = SYMBOL_COLUMN
+    if symbol_key is None:
+        return pd.Index(var.index.astype(str)), "var_names"
+    if symbol_key not in var.columns:
+        shown = ", ".join(map(repr, list(var.columns)[:12])) or "none"
+        msg = (
+            f"adata.var has no column {symbol_key!r} (the gene symbols); its columns are: "
+            f"{shown}. Pass symbol_key= naming the column of gene symbols, or None to use var_names."
+        )
+        raise KeyError(msg)
+    column = var[symbol_key]
+    symbols = column.astype(object).where(column.notna(), pd.Series(var.index, index=var.index))
+    return pd.Index(symbols.astype(str)), f"var[{symbol_key!r}]"
+
+
+def symbol_columns(var: pd.DataFrame) -> list[str]:
+    """``var`` columns of text whose values are mostly not Ensembl ids (candidate symbol columns)."""
+    found = []
+    for column in var.columns:
+        values = var[column]
+        if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype):
+            text = values.dropna().astype(str)
+            if len(text) and not looks_like_ensembl(text):
+                found.append(str(column))
+    return found

@@ -208,7 +208,97 @@ IO_CASES = [
     ),
 ]
 
+
+def _one_h5ad_of_many_lots(d: Inputs) -> Path:
+    """One .h5ad file of 30 cells without a lot column."""
+    _write_lot(d.tmp_path / "study.h5ad", 30, 0)
+    return d.tmp_path / "study.h5ad"
+
+
+def _text_matrix(d: Inputs) -> Path:
+    """Genes x cells as CSV text with an ``NA`` among the counts."""
+    return _csv(d, ",AAAC0001-1,AAAC0002-1\nMT-CO1,3,1\nACTB,NA,2\n", "BM01.csv")
+
+
+IO_CASES += [
+    Case(
+        "read_lots: one .h5ad without the lot column",
+        lambda d: mp.io.read_lots(_one_h5ad_of_many_lots(d), lot_key="donor"),
+        ValueError,
+        r"its obs has no column 'donor'.*Pass lot_key=.*barcodes_to_lots=",
+        data=None,
+    ),
+    Case(
+        "read_lots: barcodes_to_lots shares no barcode with the file",
+        lambda d: mp.io.read_lots(_one_h5ad_of_many_lots(d), barcodes_to_lots={"AAAC0001": "BM01"}),
+        ValueError,
+        r"no barcode of '.*study\.h5ad' is in barcodes_to_lots \(file: e\.g\. \['AAAC0000-1'",
+        data=None,
+    ),
+    Case(
+        "read_lots: barcodes_to_lots with a folder of lots",
+        lambda d: mp.io.read_lots(_h5ad_lots(d), barcodes_to_lots={"AAAC0000-1": "BM01"}),
+        ValueError,
+        r"barcodes_to_lots is for one file holding many lots",
+        data=None,
+    ),
+    Case(
+        "read_lots: a text count matrix with NA",
+        lambda d: mp.io.read_lots({"BM01": _text_matrix(d)}),
+        ValueError,
+        r"could not read lot 'BM01' .*value 'NA' \(row 'ACTB', column 'AAAC0001-1'\) is not a number",
+        data=None,
+    ),
+    Case(
+        "read_lots: misspelt orientation",
+        lambda d: mp.io.read_lots({"BM01": _text_matrix(d)}, orientation="genes_by_cells"),
+        (TypeError, ValueError),
+        r"orientation.*'genes_by_cells'",
+        data=None,
+    ),
+]
+
 PP_CASES = [
+    Case(
+        "qc: symbol_key names no column",
+        lambda d: mp.pp.qc(d.adata, symbol_key="symbol"),
+        KeyError,
+        r"adata\.var has no column 'symbol' \(the gene symbols\).*Pass symbol_key=",
+    ),
+    Case(
+        "qc: max_removed_share as a percentage",
+        lambda d: mp.pp.qc(d.adata, max_removed_share=50),
+        ValueError,
+        r"max_removed_share must lie between 0 and 1.*got 50",
+    ),
+    Case(
+        "qc: negative n_mads",
+        lambda d: mp.pp.qc(d.adata, thresholds="mad", n_mads=-3),
+        ValueError,
+        r"n_mads must be greater than 0.*got -3",
+    ),
+    Case(
+        "qc: misspelt thresholds",
+        lambda d: mp.pp.qc(d.adata, thresholds="MAD"),
+        (TypeError, ValueError),
+        r"thresholds.*'MAD'",
+    ),
+    Case(
+        "add_lot_table: would overwrite an obs column",
+        lambda d: mp.pp.add_lot_table(d.adata[0], d.adata[1].assign(vegf=d.adata[1]["vegf"] * 2)),
+        ValueError,
+        r"obs already has columns \['vegf'\] with other values.*overwrite=True",
+        data=_table,
+    ),
+    Case(
+        "add_lot_table: the table lists lots without cells",
+        lambda d: mp.pp.add_lot_table(
+            d.adata[0], pd.concat([d.adata[1], d.adata[1].iloc[:1].rename(index=lambda _: "X9")])
+        ),
+        ValueError,
+        r"lots \['X9'\] of the lot table have no cells.*extra_lots='ignore'",
+        data=_table,
+    ),
     Case(
         "pool_lots: min subsampling down to a 3-cell lot",
         lambda d: mp.pp.pool_lots(d.adata, cells_per_lot="min"),

@@ -520,3 +520,176 @@ def test_min_subsampling_to_a_tiny_lot_is_refused_when_reading(tmp_path, lots):
     # the options are checked before any file is read
     with pytest.raises((TypeError, ValueError), match=r"small_lots must be one of"):
         mp.io.read_lots(tmp_path / "nowhere", small_lots="skip")
+
+
+# --- count matrices as CSV/TSV text ------------------------------------------------------
+
+
+def _dense_frame(part: ad.AnnData, *, genes_on_rows: bool, cells=None, genes=None) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        part.X.toarray().astype(np.int64),
+        index=part.obs_names if cells is None else cells,
+        columns=part.var_names if genes is None else genes,
+    )
+    return frame.T if genes_on_rows else frame
+
+
+def test_text_count_matrices_are_read_in_either_orientation(tmp_path, lots, caplog):
+    folder = tmp_path / "lots"
+    folder.mkdir()
+    drop_seq = [
+        "".join("ACGT"[int(d)] for d in np.base_repr(i, 4).zfill(12)) + "-1" for i in range(30)
+    ]
+    ensembl = list(lots["AD01"].var["gene_ids"])
+    # BM01: genes x cells, comma-separated, symbols on the rows (known genes: MT-, ...)
+    _dense_frame(lots["BM01"], genes_on_rows=True).to_csv(folder / "BM01.csv")
+    # BM02: cells x genes, tab-separated and gzipped, barcodes on the rows
+    _dense_frame(lots["BM02"], genes_on_rows=False, cells=drop_seq).to_csv(
+        folder / "BM02.tsv.gz", sep="\t"
+    )
+    # AD01: genes x cells with Ensembl ids (.txt, tab-separated)
+    _dense_frame(lots["AD01"], genes_on_rows=True, genes=ensembl).to_csv(
+        folder / "AD01.txt", sep="\t"
+    )
+    # UC01: cells x genes, gzipped CSV
+    _dense_frame(lots["UC01"], genes_on_rows=False).to_csv(folder / "UC01.csv.gz")
+    with caplog.at_level("INFO", logger="mscpotency"):
+        pooled = mp.io.read_lots(folder, join="outer")
+    assert pooled.uns["read_lots"]["formats"] == {
+        "AD01": "tsv",
+        "BM01": "csv",
+        "BM02": "tsv",
+        "UC01": "csv",
+    }
+    how = pooled.uns["read_lots"]["orientation"]
+    assert how["BM01"] == "genes x cells (auto: known gene symbols name the rows)"
+    assert how["BM02"] == "cells x genes (auto: cell barcodes name the rows)"
+    assert how["AD01"] == "genes x cells (auto: Ensembl gene ids name the rows)"
+    assert how["UC01"] == "cells x genes (auto: known gene symbols name the columns)"
+    assert "read as genes x cells (auto: known gene symbols name the rows)" in caplog.text
+    for lot, cells, genes in [
+        ("BM01", lots["BM01"].obs_names, lots["BM01"].var_names),
+        ("BM02", drop_seq, lots["BM02"].var_names),
+        ("AD01", lots["AD01"].obs_names, ensembl),
+        ("UC01", lots["UC01"].obs_names, lots["UC01"].var_names),
+    ]:
+        sub = pooled[(pooled.obs["lot"] == lot).to_numpy(), list(genes)]
+        assert list(sub.obs_names) == [f"{lot}_{c}" for c in cells]
+        np.testing.assert_array_equal(sub.X.toarray(), lots[lot].X.toarray())
+    assert sparse.issparse(pooled.X) and pooled.X.dtype == np.float32
+    # AD01 named its genes by id: the outer join reports what it added with zeros
+    assert len(pooled.uns["pool_lots"]["genes_added"]["AD01"]) == N_GENES
+
+
+def test_text_matrix_orientation_falls_back_on_the_longer_axis_or_is_stated(tmp_path, lots, caplog):
+    part = lots["BM01"][:, 40:].copy()  # G001.. only: no known gene symbol
+    wells = [f"plate1_{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 6)]  # 40 cells
+    _dense_frame(part, genes_on_rows=False, cells=wells).to_csv(tmp_path / "P1.csv")
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        guessed = mp.io.read_lots({"P1": tmp_path / "P1.csv"}, min_cells_per_lot=0)
+    # 40 cells x 20 genes: the longer axis (the rows) is taken for genes, and said so
+    assert guessed.shape == (20, 40)
+    assert guessed.uns["read_lots"]["orientation"]["P1"] == (
+        "genes x cells (auto: the longer axis taken for genes)"
+    )
+    assert "Pass orientation= if that is wrong" in caplog.text
+    stated = mp.io.read_lots(
+        {"P1": tmp_path / "P1.csv"}, orientation="cells_x_genes", min_cells_per_lot=0
+    )
+    assert stated.shape == (40, 20)
+    assert stated.uns["read_lots"]["orientation"]["P1"] == "cells x genes (as stated)"
+    np.testing.assert_array_equal(stated.X.toarray(), part.X.toarray())
+
+
+def test_text_matrix_that_is_not_counts_is_an_error_naming_it(tmp_path, lots):
+    frame = _dense_frame(lots["BM01"], genes_on_rows=True)
+    frame = frame.astype(object)
+    frame.iloc[3, 2] = "n/a"
+    frame.to_csv(tmp_path / "BM01.csv")
+    with pytest.raises(
+        ValueError, match=r"could not read lot 'BM01' .*value 'n/a' \(row 'VIM', column"
+    ):
+        mp.io.read_lots({"BM01": tmp_path / "BM01.csv"})
+    (tmp_path / "notes.csv").write_text("lot,comment\nBM01,fine\n")  # a table, not counts
+    with pytest.raises(ValueError, match=r"is not in a format read_lots reads"):
+        mp.io.read_lots({"x": tmp_path / "notes.csv"})
+
+
+# --- one file holding many lots ---------------------------------------------------------
+
+
+def _one_file(lots) -> ad.AnnData:
+    """Every lot's cells in one AnnData, barcodes made unique by a lot-specific suffix."""
+    parts = []
+    for i, (lot, part) in enumerate(lots.items()):
+        part = part.copy()
+        part.obs_names = [name.replace("-1", f"-{i + 1}") for name in part.obs_names]
+        part.obs["donor"] = lot
+        parts.append(part)
+    return ad.concat(parts, merge="same")
+
+
+def test_one_h5ad_with_a_lot_column(tmp_path, lots):
+    whole = _one_file(lots)
+    whole.obs["donor"] = pd.Categorical(whole.obs["donor"], categories=["UC01", *SIZES][:4])
+    whole.obs["donor"] = whole.obs["donor"].cat.set_categories(["UC01", "AD01", "BM02", "BM01"])
+    whole.write_h5ad(tmp_path / "study.h5ad")
+    pooled = mp.io.read_lots(tmp_path / "study.h5ad", lot_key="donor")
+    assert list(pooled.obs["donor"].cat.categories) == ["UC01", "AD01", "BM02", "BM01"]
+    assert pooled.uns["read_lots"]["lots_from"] == "obs['donor']"
+    assert pooled.uns["pool_lots"]["cells_kept"] == {
+        k: SIZES[k] for k in pooled.obs["donor"].cat.categories
+    }
+    for i, (lot, part) in enumerate(lots.items()):
+        sub = pooled[(pooled.obs["donor"] == lot).to_numpy()]
+        np.testing.assert_array_equal(sub.X.toarray(), part.X.toarray())
+        assert sub.obs_names[0] == f"{lot}_{part.obs_names[0].replace('-1', f'-{i + 1}')}"
+    with pytest.raises(
+        ValueError,
+        match=r"is a file, not a folder of lots. It looks like one lot \(h5ad\) without a lot "
+        r"column: its obs has no column 'lot'.*barcodes_to_lots=",
+    ):
+        mp.io.read_lots(tmp_path / "study.h5ad")
+
+
+def test_one_10x_file_with_a_barcode_to_lot_table(tmp_path, lots):
+    whole = _one_file(lots)
+    write_h5(tmp_path / "aggr.h5", whole)
+    table = whole.obs["donor"].rename("lot")
+    pd.DataFrame({"barcode": table.index, "lot": table.to_numpy()}).to_csv(
+        tmp_path / "lots.csv", index=False
+    )
+    from_path = mp.io.read_lots(tmp_path / "aggr.h5", barcodes_to_lots=tmp_path / "lots.csv")
+    from_dict = mp.io.read_lots(tmp_path / "aggr.h5", barcodes_to_lots=table.to_dict())
+    from_frame = mp.io.read_lots(tmp_path / "aggr.h5", barcodes_to_lots=table.to_frame())
+    for pooled in (from_path, from_dict, from_frame):
+        assert list(pooled.obs["lot"].cat.categories) == list(SIZES)
+        assert pooled.uns["read_lots"]["lots_from"] == "barcodes_to_lots"
+        for lot, part in lots.items():
+            sub = pooled[(pooled.obs["lot"] == lot).to_numpy()]
+            np.testing.assert_array_equal(sub.X.toarray(), part.X.toarray())
+        # 10x symbols kept as a column (mitochondrial genes are found there)
+        assert list(pooled.var["gene_symbols"]) == list(lots["BM01"].var_names)
+    # a 10x matrix folder too; cells without a lot are left out with a warning
+    write_mtx(tmp_path / "aggr_mtx", whole)
+    partial = table.drop(index=table.index[:5])
+    with pytest.warns(UserWarning, match=r"5 of 145 cells of .* have no lot in barcodes_to_lots"):
+        pooled = mp.io.read_lots(tmp_path / "aggr_mtx", barcodes_to_lots=partial)
+    assert pooled.n_obs == 140 and pooled.uns["read_lots"]["cells_without_lot"] == 5
+    with pytest.raises(ValueError, match=r"no barcode of .* is in barcodes_to_lots.*'-1' suffix"):
+        mp.io.read_lots(tmp_path / "aggr.h5", barcodes_to_lots={"x": "BM01"})
+    with pytest.raises(ValueError, match=r"barcodes_to_lots is for one file holding many lots"):
+        write_folder(tmp_path / "lots", lots, "h5")
+        mp.io.read_lots(tmp_path / "lots", barcodes_to_lots=table.to_dict())
+    conflicting = pd.concat([table, pd.Series({table.index[0]: "BM02"})])
+    with pytest.raises(ValueError, match=r"gives barcodes \['AAAC000000-1'\] more than one lot"):
+        mp.io.read_lots(tmp_path / "aggr.h5", barcodes_to_lots=conflicting)
+
+
+def test_10x_lots_keep_their_symbols_in_a_column(tmp_path, lots):
+    write_folder(tmp_path / "lots", lots, "mtx")
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert list(pooled.var["gene_symbols"]) == list(lots["BM01"].var_names)
+    mp.pp.qc(pooled, min_genes=0, min_cells_per_gene=0)
+    assert pooled.uns["qc"]["params"]["symbols_from"] == "var['gene_symbols']"
+    assert pooled.var["mt"].sum() == 8

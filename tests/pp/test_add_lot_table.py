@@ -196,3 +196,39 @@ def test_allow_negative_and_the_readers_decision(bare, truth, tmp_path):
         mp.pp.add_lot_table(bare.copy(), read, allow_negative=False)
     with pytest.raises(KeyError, match=r"allow_negative names columns \['nope'\]"):
         mp.pp.add_lot_table(bare.copy(), table, allow_negative=["nope"])
+
+
+# --- a table of every lot of the study; existing columns ---------------------------------
+
+
+def test_a_table_of_more_lots_is_joined_when_asked_and_the_others_reported(tiny, truth, caplog):
+    some = tiny[tiny.obs["set"] == "BM-train"].copy()
+    some.obs = some.obs.drop(columns=LOT_COLUMNS)
+    with pytest.raises(ValueError, match=r"have no cells in obs\['lot'\].*extra_lots='ignore'"):
+        mp.pp.add_lot_table(some, truth)
+    assert "vegf" not in some.obs
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        mp.pp.add_lot_table(some, truth, extra_lots="ignore")
+    in_train = tiny.obs["set"] == "BM-train"
+    np.testing.assert_array_equal(some.obs["vegf"], tiny.obs["vegf"][in_train])
+    unmatched = sorted(set(truth.index) - set(some.obs["lot"]))
+    assert f"lots {unmatched} of the lot table have no cells" in caplog.text
+    # only the lots with cells become categories of a text column
+    assert set(some.obs["set"].cat.categories) == {"BM-train"}
+    # a lot with cells but no row is still an error
+    with pytest.raises(ValueError, match=r"lots \['BM01'\] have cells but no row"):
+        mp.pp.add_lot_table(some.copy(), truth.drop(index="BM01"), extra_lots="ignore")
+
+
+def test_an_existing_column_is_not_overwritten_without_saying_so(tiny, truth):
+    adata = tiny.copy()
+    changed = truth.assign(vegf=truth["vegf"] + 1)
+    with pytest.raises(
+        ValueError, match=r"obs already has columns \['vegf'\] with other values.*overwrite=True"
+    ):
+        mp.pp.add_lot_table(adata, changed)
+    np.testing.assert_array_equal(adata.obs["vegf"], tiny.obs["vegf"])  # nothing written
+    mp.pp.add_lot_table(adata, truth)  # the same values: nothing is overwritten
+    mp.pp.add_lot_table(adata, changed, overwrite=True)
+    np.testing.assert_array_equal(adata.obs["vegf"], tiny.obs["vegf"] + 1)
+    mp.pp.add_lot_table(adata, changed, columns=["tissue"])  # another column only

@@ -280,3 +280,30 @@ def test_chunked_hvg_equals_scanpys_when_genes_tie_or_bins_hold_one_gene(small_c
     np.testing.assert_allclose(
         ours["dispersions_norm"], adata.var["dispersions_norm"], rtol=1e-5, equal_nan=True
     )
+
+
+def test_lazy_reader_keeps_the_gene_symbols_every_file_agrees_on(client, tiny_train, tmp_path):
+    ids = [f"ENSG{i:011d}" for i in range(tiny_train.n_vars)]
+    for i, lot in enumerate(["BM01", "BM02"]):
+        part = tiny_train[(tiny_train.obs["lot"] == lot).to_numpy()]
+        var = pd.DataFrame(
+            {
+                "gene_symbols": tiny_train.var_names.to_numpy(),
+                "batch_note": [f"file{i}"] * len(ids),
+            },
+            index=ids,
+        )
+        AnnData(X=part.X.copy(), obs=part.obs[[]].copy(), var=var).write_h5ad(
+            tmp_path / f"{lot}.h5ad"
+        )
+    lazy = mp.io.read_lots_lazy(tmp_path)
+    assert list(lazy.var.columns) == [
+        "gene_symbols"
+    ]  # the column the files disagree on is left out
+    assert list(lazy.var["gene_symbols"]) == list(tiny_train.var_names)
+    memory = AnnData(X=lazy.X.compute(), obs=lazy.obs.copy(), var=lazy.var.copy())
+    for adata in (lazy, memory):
+        mp.pp.qc(adata, thresholds="mad", min_cells_per_lot=0)
+    assert lazy.var["mt"].sum() == 8
+    assert lazy.obs_names.equals(memory.obs_names)  # per-lot MAD thresholds on Dask too
+    pd.testing.assert_frame_equal(mp.get.qc(lazy), mp.get.qc(memory))

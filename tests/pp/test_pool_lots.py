@@ -355,3 +355,38 @@ def test_duplicate_gene_names_are_named(lots):
         ValueError, match=rf"Repeated \(2\): \['{names[2]}', '{names[7]}'\].*sum their counts"
     ):
         mp.pp.pool_lots({"BM01": part, "BM02": lots["BM02"]})
+
+
+def test_outer_join_reports_the_genes_added_per_lot_and_keeps_symbols(lots, caplog):
+    ids = {g: f"ENSG{i:011d}" for i, g in enumerate(lots["BM01"].var_names)}
+    parts = {}
+    for name, genes in {"A": slice(None), "B": slice(10, None), "C": slice(None, 90)}.items():
+        part = lots[{"A": "BM01", "B": "BM02", "C": "AD01"}[name]][:, genes].copy()
+        part.var["gene_symbols"] = part.var_names.to_numpy()  # symbols in a column
+        part.var_names = [ids[g] for g in part.var_names]  # Ensembl ids as names
+        parts[name] = part
+    genes = [ids[g] for g in lots["BM01"].var_names]
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        outer = mp.pp.pool_lots(parts, join="outer")
+    added = outer.uns["pool_lots"]["genes_added"]
+    assert added == {"B": sorted(genes[:10]), "C": sorted(genes[90:])}
+    assert "join='outer' added genes" in caplog.text and "{'B': 10, 'C': 10}" in caplog.text
+    # the symbol column survives the outer join (anndata's merge='same' would drop it)
+    symbols = dict(zip(genes, lots["BM01"].var_names, strict=True))
+    assert outer.var["gene_symbols"].to_dict() == {g: symbols[g] for g in outer.var_names}
+    inner = mp.pp.pool_lots(parts)
+    assert inner.uns["pool_lots"]["genes_added"] == {}
+    assert inner.var["gene_symbols"].to_dict() == {g: symbols[g] for g in inner.var_names}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mscpotency"):
+        mp.pp.pool_lots(parts)
+    assert "per lot: {'A': 20, 'B': 10, 'C': 10}" in caplog.text
+    assert "pass join='outer'" in caplog.text
+
+
+def test_a_var_column_the_lots_disagree_on_is_left_out(lots):
+    a, b = lots["BM01"].copy(), lots["BM02"][:, 10:].copy()
+    a.var["gene_symbols"] = a.var_names.to_numpy()
+    b.var["gene_symbols"] = [f"other{i}" for i in range(b.n_vars)]
+    outer = mp.pp.pool_lots({"A": a, "B": b}, join="outer")
+    assert "gene_symbols" not in outer.var.columns

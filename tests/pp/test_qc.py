@@ -222,3 +222,183 @@ def test_small_lot_warning_of_the_tools_says_how_the_lot_enters_each_statistic()
         ),
     ):
         warn_small_lots(counts, 50, context="lot_fractions")
+
+
+# --- gene identifiers: Ensembl ids, a symbol column, no mitochondrial gene -------------
+
+
+def _with_ensembl_ids(adata, symbol_key="gene_symbols"):
+    """The same cells with Ensembl-like ids as gene names and the symbols in a var column."""
+    out = adata.copy()
+    out.var[symbol_key] = out.var_names.to_numpy()
+    out.var_names = [f"ENSG{i:011d}" for i in range(out.n_vars)]
+    return out
+
+
+def test_ensembl_ids_are_detected():
+    from mscpotency._validate import looks_like_ensembl
+
+    assert looks_like_ensembl(["ENSG00000198888", "ENSG00000198763.3", "MT-ND1"])
+    assert looks_like_ensembl(["ENSMUSG00000064341", "ENSMUSG00000064345"])
+    assert not looks_like_ensembl(["MT-ND1", "ACTB", "ENSG00000198888"])
+    assert not looks_like_ensembl([])
+
+
+def test_mito_genes_are_found_through_the_symbol_column(tiny_train):
+    by_symbol = tiny_train.copy()
+    mp.pp.qc(by_symbol)
+    # var['gene_symbols'] is read by default
+    ensembl = _with_ensembl_ids(tiny_train)
+    mp.pp.qc(ensembl)
+    assert ensembl.var["mt"].sum() == 8
+    assert ensembl.uns["qc"]["params"]["symbols_from"] == "var['gene_symbols']"
+    np.testing.assert_array_equal(ensembl.obs_names, by_symbol.obs_names)
+    pd.testing.assert_frame_equal(mp.get.qc(ensembl), mp.get.qc(by_symbol))
+    # a column the user names
+    named = _with_ensembl_ids(tiny_train, symbol_key="symbol")
+    mp.pp.qc(named, symbol_key="symbol")
+    np.testing.assert_array_equal(named.obs_names, by_symbol.obs_names)
+    np.testing.assert_allclose(named.obs["pct_counts_mt"], by_symbol.obs["pct_counts_mt"])
+
+
+def test_no_mito_gene_found_warns_where_it_searched_and_how_to_point_at_symbols(tiny_train):
+    named = _with_ensembl_ids(tiny_train, symbol_key="symbol")
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"no mitochondrial gene found: no gene in var_names starts with 'MT-'.*removes no "
+            r"cell.*look like Ensembl ids.*var\['symbol'\] has 8 genes starting with it: pass "
+            r"symbol_key='symbol'.*max_pct_mito=None"
+        ),
+    ):
+        mp.pp.qc(named)
+    assert named.var["mt"].sum() == 0
+    assert mp.get.qc(named)["cells_above_max_pct_mito"].sum() == 0
+    # saying there are none silences it
+    mp.pp.qc(_with_ensembl_ids(tiny_train, symbol_key="symbol"), max_pct_mito=None)
+    with pytest.raises(KeyError, match=r"adata.var has no column 'symbols'.*'symbol'"):
+        mp.pp.qc(_with_ensembl_ids(tiny_train, symbol_key="symbol"), symbol_key="symbols")
+
+
+def test_ribosomal_genes_are_measured_by_symbol(tiny_train):
+    adata = _with_ensembl_ids(tiny_train)
+    symbols = adata.var["gene_symbols"].to_numpy().copy()
+    symbols[[10, 11, 12]] = ["RPS3", "RPL7", "rpl13"]
+    adata.var["gene_symbols"] = symbols
+    counts = adata.layers["counts"]
+    mp.pp.qc(adata, min_genes=0, max_pct_mito=None, min_cells_per_gene=0)
+    assert adata.var["ribo"].sum() == 3
+    ribo = np.asarray(counts[:, [10, 11, 12]].sum(axis=1)).ravel()
+    total = np.asarray(counts.sum(axis=1)).ravel()
+    np.testing.assert_allclose(adata.obs["total_counts_ribo"], ribo, rtol=1e-6)
+    np.testing.assert_allclose(adata.obs["pct_counts_ribo"], ribo / total * 100, rtol=1e-5)
+
+
+# --- QC that fits the data: shares removed, per-lot MAD thresholds --------------------
+
+
+def test_removing_most_of_a_lot_warns_and_is_flagged(tiny_train):
+    adata = tiny_train.copy()
+    n_genes = np.asarray((adata.layers["counts"] > 0).sum(axis=1)).ravel()
+    threshold = int(np.quantile(n_genes, 0.6))  # removes about 60% of the cells
+    with pytest.warns(
+        UserWarning,
+        match=r"the cell filters remove more than 50% of the cells of lots \{'BM0\d': '\d+ of "
+        r"150 \(\d+%\), most by cells_below_min_genes'.*thresholds='mad'",
+    ):
+        mp.pp.qc(adata, min_genes=threshold)
+    flagged = adata.uns["qc"]["lots_flagged"]
+    report = mp.get.qc(adata)
+    share = report["cells_removed"] / report["cells_before"]
+    assert sorted(flagged.index) == sorted(share.index[share > 0.5])
+    np.testing.assert_allclose(flagged["share_removed"], share.loc[flagged.index])
+    assert flagged["above_max_removed_share"].all()
+    # the share is an option; None never warns but still lists the lots
+    quiet = tiny_train.copy()
+    mp.pp.qc(quiet, min_genes=threshold, max_removed_share=0.9)
+    assert quiet.uns["qc"]["lots_flagged"].empty
+    silent = tiny_train.copy()
+    mp.pp.qc(silent, min_genes=threshold, max_removed_share=None)
+    assert silent.uns["qc"]["lots_flagged"].empty
+    with pytest.raises(ValueError, match=r"max_removed_share must lie between 0 and 1"):
+        mp.pp.qc(tiny_train.copy(), max_removed_share=50)
+
+
+def test_a_lot_taken_below_the_minimum_is_flagged(small_lot):
+    adata = small_lot.copy()
+    with pytest.warns(UserWarning, match=r"Cells before -> after QC: \{'BM08': '12 -> \d+'\}"):
+        mp.pp.qc(adata)
+    flagged = adata.uns["qc"]["lots_flagged"]
+    assert list(flagged.index) == ["BM08"]
+    assert flagged.loc["BM08", "below_min_cells_per_lot"]
+    assert flagged.loc["BM08", "cells_before"] == 12
+
+
+def _scater_outliers(values, lots, n_mads, lower):
+    """scater's isOutlier(values, nmads, type, batch=lots) written out: median -/+ n x mad()."""
+    out = np.zeros(len(values), dtype=bool)
+    limits = {}
+    for lot in np.unique(lots):
+        v = values[lots == lot]
+        median = np.median(v)
+        mad = 1.4826 * np.median(np.abs(v - median))
+        limit = median - n_mads * mad if lower else median + n_mads * mad
+        limits[lot] = limit
+        out[lots == lot] = v < limit if lower else v > limit
+    return out, limits
+
+
+def test_mad_thresholds_are_scaters_per_lot_and_stated(tiny_train):
+    adata = tiny_train.copy()
+    mp.pp.qc(adata, thresholds="mad", n_mads=3)
+    X = tiny_train.layers["counts"]
+    lots = tiny_train.obs["lot"].astype(str).to_numpy()
+    total = np.asarray(X.sum(axis=1)).ravel()
+    n_genes = np.asarray((X > 0).sum(axis=1)).ravel()
+    mito = tiny_train.var_names.str.startswith("MT-")
+    pct = np.asarray(X[:, mito].sum(axis=1)).ravel() / total * 100
+    expected = {
+        "cells_below_mad_log_counts": _scater_outliers(np.log1p(total), lots, 3, True),
+        "cells_below_mad_log_genes": _scater_outliers(np.log1p(n_genes), lots, 3, True),
+        "cells_above_mad_pct_mito": _scater_outliers(pct, lots, 3, False),
+    }
+    report = mp.get.qc(adata)
+    table = adata.uns["qc"]["thresholds"]
+    assert "cells_below_min_genes" not in report.columns  # the fixed filters are replaced
+    removed = np.zeros(len(lots), dtype=bool)
+    for name, (fails, limits) in expected.items():
+        counted = pd.Series(fails).groupby(lots).sum()
+        assert report[name].to_dict() == counted.loc[report.index].to_dict(), name
+        rows = table.loc[name].set_index("lot")
+        for lot, limit in limits.items():
+            np.testing.assert_allclose(rows.loc[lot, "threshold"], limit, rtol=1e-5)
+        removed |= fails
+    assert table.loc["cells_below_mad_log_counts", "removed_if"].eq("<").all()
+    assert table.loc["cells_above_mad_pct_mito", "removed_if"].eq(">").all()
+    assert table.loc["genes_removed", "lot"] == "all"
+    assert adata.n_obs == (~removed).sum()
+    # the simulated low-quality cells are found, and few others
+    truth = tiny_train.obs["true_low_quality"].to_numpy(dtype=bool)
+    assert removed[truth].mean() >= 0.9
+    assert removed[~truth].mean() <= 0.05
+    assert adata.uns["qc"]["params"]["thresholds"] == "mad"
+    copied = mp.pp.qc(tiny_train, thresholds="mad", n_mads=3, copy=True)
+    assert copied.obs_names.equals(adata.obs_names) and "qc" not in tiny_train.uns
+    pd.testing.assert_frame_equal(copied.uns["qc"]["thresholds"], adata.uns["qc"]["thresholds"])
+
+
+def test_mad_of_zero_sets_no_threshold_in_that_lot(tiny_train):
+    adata = tiny_train[tiny_train.obs["lot"].isin(["BM01", "BM02"]).to_numpy()].copy()
+    counts = adata.layers["counts"].tolil()
+    mito = np.flatnonzero(adata.var_names.str.startswith("MT-"))
+    in_bm01 = np.flatnonzero((adata.obs["lot"] == "BM01").to_numpy())
+    for cell in in_bm01:  # BM01: no mitochondrial counts but in 3 cells
+        counts[cell, mito] = 0
+    counts[in_bm01[:3], mito[0]] = 50
+    adata.layers["counts"] = counts.tocsr()
+    mp.pp.qc(adata, thresholds="mad", min_cells_per_lot=0)
+    rows = adata.uns["qc"]["thresholds"].loc["cells_above_mad_pct_mito"].set_index("lot")
+    assert rows.loc["BM01", "threshold"] == np.inf
+    assert rows.loc["BM01", "rule"].startswith("not applied")
+    assert np.isfinite(rows.loc["BM02", "threshold"])
+    assert mp.get.qc(adata).loc["BM01", "cells_above_mad_pct_mito"] == 0

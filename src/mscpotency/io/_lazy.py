@@ -65,7 +65,8 @@ def read_lots_lazy(
     Returns
     -------
     AnnData with ``X`` a Dask array of CSR blocks (the raw counts: each file's
-    ``layers['counts']`` if it has one, else its ``X``), cell names ``{lot}_{cell}``, and
+    ``layers['counts']`` if it has one, else its ``X``), cell names ``{lot}_{cell}``, the
+    ``var`` columns every file agrees on (gene symbols, ids), and
 
     `adata.obs[lot_key]` : categorical
         The lot of each cell, lots in the order read (a folder: sorted by name).
@@ -90,7 +91,7 @@ def read_lots_lazy(
             len(made_unique),
             made_unique[:20],
         )
-    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=pd.DataFrame(index=genes))
+    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=_shared_var(lots, genes))
     adata.uns["read_lots_lazy"] = {
         "sources": {lot: str(path) for lot, path in sources.items()},
         "count_source": {
@@ -101,6 +102,16 @@ def read_lots_lazy(
         "params": {"lot_key": lot_key, "chunk_cells": int(chunk_cells)},
     }
     return adata
+
+
+def _shared_var(lots: Mapping[str, _LazyLot], genes: pd.Index) -> pd.DataFrame:
+    """The gene annotations every lot agrees on (e.g. ``gene_symbols``, ``gene_ids``)."""
+    parts = [part.var for part in lots.values()]
+    first = parts[0]
+    same = [c for c in first.columns if all(c in v and v[c].equals(first[c]) for v in parts[1:])]
+    var = first[same].copy()
+    var.index = genes
+    return var
 
 
 def _check_chunk_cells(chunk_cells) -> None:

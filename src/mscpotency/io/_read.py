@@ -1,9 +1,11 @@
-"""Read per-lot single-cell count data (10x mtx folders, 10x ``.h5``, ``.h5ad``) into one AnnData."""
+"""Read per-lot single-cell count data (10x mtx folders, 10x ``.h5``, ``.h5ad``, CSV/TSV) into one AnnData."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +20,7 @@ from scipy import sparse
 from .. import _keys
 from .._docs import doc_params
 from .._provenance import record
-from .._validate import check_counts
+from .._validate import check_counts, looks_like_ensembl
 from ..pp._pool import MIN_CELLS_PER_LOT, check_pool_options, pool_lots
 
 logger = logging.getLogger("mscpotency")
@@ -28,8 +30,22 @@ ACCEPTED_FORMATS = (
     "a 10x matrix folder (matrix.mtx.gz + features.tsv.gz + barcodes.tsv.gz, or the "
     "Cell Ranger v2 matrix.mtx + genes.tsv + barcodes.tsv; the folder itself or its "
     "filtered_feature_bc_matrix/ or outs/filtered_feature_bc_matrix/), "
-    "a 10x '.h5' file, or an '.h5ad' file"
+    "a 10x '.h5' file, an '.h5ad' file, or a count matrix as CSV/TSV text (.csv, .tsv, "
+    ".tab, .txt, optionally .gz; genes x cells or cells x genes, names in the first row "
+    "and column)"
 )
+
+#: Suffixes of count matrices as delimited text (each also gzipped, ``.csv.gz``).
+_TEXT_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
+
+#: A cell barcode (10x and most droplet technologies): 8 or more bases, an optional suffix.
+_BARCODE = re.compile(r"(?:^|[_:-])[ACGTN]{8,}(?:[-_.]\d+)?$")
+
+#: Gene symbols that name genes in every annotation (mitochondrial, ribosomal protein).
+_KNOWN_GENES = re.compile(r"^(?:MT-|RP[SL]\d|ACTB$|GAPDH$|B2M$|MALAT1$)", re.IGNORECASE)
+
+#: Rows of a text count matrix converted to sparse at a time.
+_TEXT_CHUNK_ROWS = 2000
 
 # The two file sets scanpy.read_10x_mtx reads: Cell Ranger >= 3 (gzipped) and Cell Ranger 2.
 _MTX_V3 = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
@@ -47,17 +63,27 @@ def read_lots(
     source: str | os.PathLike | Mapping[str, str | os.PathLike],
     *,
     lot_key: str = _keys.LOT,
+    barcodes_to_lots: Mapping | pd.Series | pd.DataFrame | str | os.PathLike | None = None,
+    orientation: Literal["auto", "genes_x_cells", "cells_x_genes"] = "auto",
     cells_per_lot: int | str | None = None,
     min_cells_per_lot: int = MIN_CELLS_PER_LOT,
     small_lots: Literal["warn", "drop", "error"] = "warn",
-    join: str = "inner",
+    join: Literal["inner", "outer"] = "inner",
     random_state: int = 0,
 ) -> AnnData:
     """Read the raw counts of several lots and pool them into one AnnData.
 
-    Each lot is one 10x matrix folder, one 10x ``.h5`` file or one ``.h5ad`` file. Gene
-    symbols become the gene names and the 10x gene ids are kept in ``var['gene_ids']``.
-    A symbol that occurs more than once in a lot (10x maps several ids to one symbol, e.g.
+    Each lot is one 10x matrix folder, one 10x ``.h5`` file, one ``.h5ad`` file or one
+    count matrix as CSV/TSV text (``.csv``, ``.tsv``, ``.tab``, ``.txt``, each optionally
+    gzipped; genes x cells or cells x genes, with the names in the first row and column:
+    the orientation is detected, see ``orientation``). Or one file holds many lots: an
+    ``.h5ad`` file whose ``obs[lot_key]`` names the lot of each cell, or any of the
+    formats with a ``barcodes_to_lots`` table.
+
+    For 10x data, gene symbols become the gene names, the symbols are also kept in
+    ``var['gene_symbols']`` (where :func:`mscpotency.pp.qc` looks for mitochondrial
+    genes) and the 10x gene ids in ``var['gene_ids']``. A symbol that occurs more than
+    once in a lot (10x maps several ids to one symbol, e.g.
     ``TBCE``) is made unique, not summed: its second and later features are suffixed
     ``-1``, ``-2``, ... (as ``anndata``'s ``var_names_make_unique``), their counts kept
     apart, and the repeated symbols are named in a logged warning and in
@@ -69,11 +95,26 @@ def read_lots(
     ----------
     source
         A folder whose every entry is one lot (the lot is named after the entry without its
-        extension; hidden entries, whose name starts with ``.``, are skipped), or a mapping
-        lot name -> path of that lot's data.
+        extension; hidden entries, whose name starts with ``.``, are skipped), a mapping
+        lot name -> path of that lot's data, or one file (or 10x matrix folder) holding
+        many lots: an ``.h5ad`` file with the lots in ``obs[lot_key]``, or any lot format
+        with ``barcodes_to_lots``.
     lot_key
         {lot_key}
-        Written here for every cell.
+        Written here for every cell; for one ``.h5ad`` file holding many lots, read from here.
+    barcodes_to_lots
+        For one file holding many lots: the lot of each cell barcode, as a mapping or Series
+        barcode -> lot, a DataFrame (column ``lot_key``; barcodes in its index or first
+        column), or the path of such a CSV/TSV table (first column the barcodes, lots in
+        column ``lot_key`` or the second column). Cells of the file missing from the table
+        are left out with a warning (counted in ``uns['read_lots']['cells_without_lot']``);
+        no barcode in common is an error.
+    orientation
+        Of CSV/TSV count matrices: ``"auto"`` detects it per file from the names (Ensembl
+        ids, cell barcodes, well-known gene symbols on one axis, else the longer axis is
+        taken for genes) and says which it chose and why in a log line and in
+        ``uns['read_lots']['orientation']``; ``"genes_x_cells"`` or ``"cells_x_genes"``
+        states it.
     cells_per_lot
         ``None`` keeps every cell; an integer subsamples each lot to at most that many;
         ``"min"`` subsamples every lot to the size of the smallest (see ``pp.pool_lots``).
@@ -85,8 +126,10 @@ def read_lots(
         Lots of fewer than ``min_cells_per_lot`` cells: ``"warn"`` (keep), ``"drop"`` or
         ``"error"``, as in :func:`mscpotency.pp.pool_lots`.
     join
-        ``"inner"`` keeps the genes measured in every lot, ``"outer"`` keeps all and fills
-        zeros. Genes left out are reported in ``uns['pool_lots']['genes_dropped']``.
+        ``"inner"`` keeps the genes measured in every lot (those left out are reported in
+        ``uns['pool_lots']['genes_dropped']``), ``"outer"`` keeps all and fills zeros
+        (the genes added per lot in ``uns['pool_lots']['genes_added']``); see
+        :func:`mscpotency.pp.pool_lots`.
     random_state
         {random_state}
         Here: of the subsampling.
@@ -97,23 +140,33 @@ def read_lots(
     ``{lot}_{barcode}``, and
 
     `adata.obs[lot_key]` : categorical
-        The lot of each cell, lots in the order read (a folder: sorted by name).
-    `adata.var['gene_ids']`
-        10x gene ids, where every lot has the same id for a gene.
+        The lot of each cell, lots in the order read (a folder: sorted by name; one file:
+        as in its lot column or table).
+    `adata.var['gene_ids']`, `adata.var['gene_symbols']`
+        10x gene ids and symbols, where every lot that measured a gene agrees on them.
     `adata.uns['read_lots']` : dict
-        ``'sources'`` (lot -> path), ``'formats'`` (lot -> ``'10x_mtx'``, ``'10x_h5'`` or
-        ``'h5ad'``), ``'count_source'`` (lot -> ``'X'`` or ``"layers['counts']"``),
-        ``'genes_made_unique'`` (lot -> gene symbols that occurred more than once and were
-        suffixed ``-1``, ``-2``, ...), ``'params'``.
+        ``'sources'`` (lot -> path), ``'formats'`` (lot -> ``'10x_mtx'``, ``'10x_h5'``,
+        ``'h5ad'``, ``'csv'`` or ``'tsv'``), ``'count_source'`` (lot -> ``'X'`` or
+        ``"layers['counts']"``), ``'genes_made_unique'`` (lot -> gene symbols that
+        occurred more than once and were suffixed ``-1``, ``-2``, ...), ``'orientation'``
+        (lot -> how a CSV/TSV matrix was read, and why), ``'lots_from'`` (``'files'``,
+        ``"obs['<lot_key>']"`` or ``'barcodes_to_lots'``), ``'cells_without_lot'``,
+        ``'params'``.
     `adata.uns['pool_lots']` : dict
-        Cells before/kept/removed per lot, lots left out, genes dropped by the join.
+        Cells before/kept/removed per lot, lots left out, genes dropped or added by the join.
     `adata.uns['mscpotency']['log']`
         The provenance entry of this call.
     """
     # Cheap option checks before reading what may be gigabytes (pool_lots checks them too).
     check_pool_options(cells_per_lot, join, min_cells_per_lot, small_lots)
-    lots = _resolve_source(source)
-    parts, made_unique = _read_all(lots)
+    single = _single_source(source, lot_key, barcodes_to_lots)
+    if single is not None:
+        parts, lots, made_unique, info = _read_many_lots_file(
+            *single, lot_key, barcodes_to_lots, orientation
+        )
+    else:
+        lots = _resolve_source(source)
+        parts, made_unique, info = _read_all(lots, orientation)
     pooled = pool_lots(
         {name: part for name, (part, _) in parts.items()},
         lot_key=lot_key,
@@ -128,8 +181,11 @@ def read_lots(
         "formats": {name: fmt for name, (_, fmt) in lots.items()},
         "count_source": {name: used for name, (_, used) in parts.items()},
         "genes_made_unique": made_unique,
+        **info,
         "params": {
             "lot_key": lot_key,
+            "barcodes_to_lots": _describe_table(barcodes_to_lots),
+            "orientation": orientation,
             "cells_per_lot": cells_per_lot,
             "min_cells_per_lot": int(min_cells_per_lot),
             "small_lots": small_lots,
@@ -141,14 +197,184 @@ def read_lots(
     return pooled
 
 
+def _describe_table(barcodes_to_lots) -> str | None:
+    """How ``barcodes_to_lots`` was given, for the params (a path as text, a table by its size)."""
+    if barcodes_to_lots is None or isinstance(barcodes_to_lots, (str, os.PathLike)):
+        return None if barcodes_to_lots is None else str(barcodes_to_lots)
+    return f"a {type(barcodes_to_lots).__name__} of {len(barcodes_to_lots)} barcodes"
+
+
+def _single_source(source, lot_key: str, barcodes_to_lots) -> tuple[Path, str] | None:
+    """(path, format) when ``source`` is one file or 10x folder holding many lots, else ``None``.
+
+    One ``.h5ad`` file is read as many lots (its ``obs[lot_key]`` is checked when read);
+    another single lot format needs ``barcodes_to_lots``. A folder of lots or a mapping
+    gives ``None``; ``barcodes_to_lots`` with them is an error.
+    """
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        path = Path(source)
+        fmt = _detect_format(path)
+        single = fmt is not None and (not path.is_dir() or _mtx_folder(path) is not None)
+        if single and (fmt == "h5ad" or barcodes_to_lots is not None):
+            return path, fmt
+    if barcodes_to_lots is not None:
+        msg = (
+            "barcodes_to_lots is for one file holding many lots (an .h5ad, 10x .h5, 10x "
+            f"matrix folder or CSV/TSV count matrix), got {source!r}; a folder of lots or a "
+            "mapping names each lot by its entry."
+        )
+        raise ValueError(msg)
+    return None
+
+
+def _read_many_lots_file(
+    path: Path, fmt: str, lot_key: str, barcodes_to_lots, orientation: str
+) -> tuple[dict, dict, dict, dict]:
+    """Read one file and split its cells by lot: (parts, lot sources, genes made unique, info)."""
+    part, used, duplicated, how = _read_one(path.name, path, fmt, orientation)
+    if barcodes_to_lots is None:
+        if lot_key not in part.obs.columns:
+            shown = ", ".join(map(repr, list(part.obs.columns)[:12])) or "none"
+            msg = (
+                f"{str(path)!r} is a file, not a folder of lots. It looks like one lot ({fmt}) "
+                f"without a lot column: its obs has no column {lot_key!r} (its columns: "
+                f"{shown}). Pass lot_key= naming the column that holds each cell's lot, "
+                "barcodes_to_lots= (a barcode -> lot table), or {'lot name': path} if it "
+                "holds one lot."
+            )
+            raise ValueError(msg)
+        cell_lots, names = _lots_from_obs(part, lot_key, path)
+        lots_from, missing = f"obs[{lot_key!r}]", 0
+    else:
+        table = _barcode_table(barcodes_to_lots, lot_key)
+        cell_lots, missing = _lots_from_table(part.obs_names, table, path)
+        names = [lot for lot in pd.unique(table) if (cell_lots == lot).any()]
+        lots_from = "barcodes_to_lots"
+    part.obs = part.obs.drop(columns=[lot_key], errors="ignore")
+    parts, lots = {}, {}
+    for name in names:
+        parts[name] = (part[(cell_lots == name).to_numpy()].copy(), used)
+        lots[name] = (path, fmt)
+    made_unique = dict.fromkeys(names, duplicated) if duplicated else {}
+    if duplicated:
+        logger.warning(
+            "read_lots: %r has %d gene symbols occurring more than once: %s; their later "
+            "features were made unique by suffixing -1, -2, ... (counts kept apart)",
+            str(path),
+            len(duplicated),
+            duplicated[:20],
+        )
+    info = {"lots_from": lots_from, "cells_without_lot": int(missing)}
+    info["orientation"] = dict.fromkeys(names, how) if how else {}
+    logger.info("read_lots: %r holds %d lots (from %s)", str(path), len(names), lots_from)
+    return parts, lots, made_unique, info
+
+
+def _lots_from_obs(part: AnnData, lot_key: str, path: Path) -> tuple[pd.Series, list[str]]:
+    """The lot of each cell from the file's ``obs[lot_key]`` (as text), and the lots in order.
+
+    The order is the column's categories (a categorical column) or first appearance. A
+    cell without a lot is an error.
+    """
+    lots = part.obs[lot_key]
+    if lots.isna().any():
+        msg = (
+            f"{int(lots.isna().sum())} cells of {str(path)!r} have no lot in obs[{lot_key!r}]; "
+            "assign one or remove them from the file."
+        )
+        raise ValueError(msg)
+    text = lots.astype(str)
+    if isinstance(lots.dtype, pd.CategoricalDtype):
+        present = set(text)
+        return text, [str(c) for c in lots.cat.categories if str(c) in present]
+    return text, [str(lot) for lot in pd.unique(text)]
+
+
+def _barcode_table(barcodes_to_lots, lot_key: str) -> pd.Series:
+    """``barcodes_to_lots`` as a Series barcode (str) -> lot (str), barcodes unique."""
+    table = barcodes_to_lots
+    if isinstance(table, (str, os.PathLike)):
+        path = Path(table)
+        if not path.is_file():
+            msg = f"barcodes_to_lots {str(path)!r} does not exist (a CSV/TSV table barcode -> lot)."
+            raise FileNotFoundError(msg)
+        table = pd.read_csv(path, sep=_separator(path), dtype=str)
+    if isinstance(table, Mapping):
+        table = pd.Series(table, dtype=object)
+    if isinstance(table, pd.DataFrame):
+        table = _table_lots(table, lot_key)
+    if not isinstance(table, pd.Series):
+        msg = (
+            "barcodes_to_lots must be a mapping or Series barcode -> lot, a DataFrame, or the "
+            f"path of a CSV/TSV table, got a {type(barcodes_to_lots).__name__}."
+        )
+        raise TypeError(msg)
+    table = table.dropna()
+    table.index = table.index.astype(str).str.strip()
+    table = table.astype(str).str.strip()
+    repeated = table.index[table.index.duplicated()]
+    conflicting = [b for b in repeated.unique() if table.loc[[b]].nunique() > 1]
+    if conflicting:
+        msg = f"barcodes_to_lots gives barcodes {conflicting[:5]} more than one lot; keep one row per barcode."
+        raise ValueError(msg)
+    return table[~table.index.duplicated()]
+
+
+def _table_lots(table: pd.DataFrame, lot_key: str) -> pd.Series:
+    """Barcode -> lot from a DataFrame: column ``lot_key`` (else the second of two columns)."""
+    if lot_key not in table.columns:
+        if table.shape[1] != 2:
+            msg = (
+                f"the barcodes_to_lots table has no column {lot_key!r} (its columns: "
+                f"{list(table.columns)}); name the column of lots {lot_key!r} or pass lot_key=."
+            )
+            raise KeyError(msg)
+        return table.set_index(table.columns[0])[table.columns[1]]
+    if isinstance(table.index, pd.RangeIndex):
+        others = [c for c in table.columns if c != lot_key]
+        if not others:
+            msg = "the barcodes_to_lots table has no column of barcodes; index it by barcode."
+            raise ValueError(msg)
+        table = table.set_index(others[0])
+    return table[lot_key]
+
+
+def _lots_from_table(barcodes: pd.Index, table: pd.Series, path: Path) -> tuple[pd.Series, int]:
+    """The lot of each cell (``NaN``: not in the table) and how many cells have none."""
+    cell_lots = pd.Series(table.reindex(barcodes.astype(str)).to_numpy(), index=barcodes)
+    missing = int(cell_lots.isna().sum())
+    if missing == len(cell_lots):
+        msg = (
+            f"no barcode of {str(path)!r} is in barcodes_to_lots (file: e.g. "
+            f"{barcodes[:3].tolist()}; table: e.g. {table.index[:3].tolist()}). Check that both "
+            "spell barcodes the same way (e.g. the '-1' suffix)."
+        )
+        raise ValueError(msg)
+    if missing:
+        warnings.warn(
+            f"read_lots: {missing} of {len(cell_lots)} cells of {str(path)!r} have no lot in "
+            f"barcodes_to_lots (e.g. {cell_lots.index[cell_lots.isna()][:3].tolist()}) and are "
+            "left out; add them to the table to keep them.",
+            UserWarning,
+            stacklevel=5,
+        )
+    unused = len(table) - int(table.index.isin(barcodes.astype(str)).sum())
+    if unused:
+        logger.info("read_lots: %d barcodes of barcodes_to_lots are not in %r", unused, str(path))
+    return cell_lots, missing
+
+
 def _read_all(
-    lots: Mapping[str, tuple[Path, str]],
-) -> tuple[dict[str, tuple[AnnData, str]], dict[str, list[str]]]:
-    """Lot -> (its counts, which matrix held them), and lot -> gene names made unique."""
+    lots: Mapping[str, tuple[Path, str]], orientation: str
+) -> tuple[dict[str, tuple[AnnData, str]], dict[str, list[str]], dict]:
+    """Lot -> (its counts, which matrix held them), lot -> gene names made unique, and info."""
     parts: dict[str, tuple[AnnData, str]] = {}
     made_unique: dict[str, list[str]] = {}
+    orientations: dict[str, str] = {}
     for name, (path, fmt) in lots.items():
-        part, used, duplicated = _read_one(name, path, fmt)
+        part, used, duplicated, how = _read_one(name, path, fmt, orientation)
+        if how:
+            orientations[name] = how
         if duplicated:
             made_unique[name] = duplicated
             logger.warning(
@@ -161,7 +387,8 @@ def _read_all(
                 duplicated[:20],
             )
         parts[name] = (part, used)
-    return parts, made_unique
+    info = {"lots_from": "files", "cells_without_lot": 0, "orientation": orientations}
+    return parts, made_unique, info
 
 
 def _resolve_source(source) -> dict[str, tuple[Path, str]]:
@@ -215,7 +442,8 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
     if not folder.is_dir():
         fmt = _detect_format(folder)
         hint = (
-            f" It looks like one lot ({fmt}); pass {{'lot name': path}} instead."
+            f" It looks like one lot ({fmt}); pass {{'lot name': path}} instead, or "
+            "barcodes_to_lots= (a barcode -> lot table) if it holds many lots."
             if fmt is not None
             else f" Accepted lot formats: {ACCEPTED_FORMATS}."
         )
@@ -224,7 +452,8 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
     if _mtx_folder(folder) is not None:
         msg = (
             f"{str(folder)!r} is a single 10x matrix folder, not a folder of lots; "
-            "pass {'lot name': path} instead."
+            "pass {'lot name': path} instead, or barcodes_to_lots= (a barcode -> lot table) "
+            "if it holds many lots."
         )
         raise ValueError(msg)
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -260,6 +489,9 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
 def _lot_name(path: Path, fmt: str) -> str:
     if fmt == "10x_mtx":
         return path.name
+    if fmt in ("csv", "tsv"):
+        name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+        return name[: name.rfind(".")]
     return path.name[: -len(".h5ad")] if fmt == "h5ad" else path.name[: -len(".h5")]
 
 
@@ -271,7 +503,44 @@ def _detect_format(path: Path) -> str | None:
         return "h5ad"
     if suffix.endswith(".h5"):
         return "10x_h5"
+    if suffix.removesuffix(".gz").endswith(_TEXT_SUFFIXES):
+        return _text_matrix_format(path)
     return None
+
+
+def _open_text(path: Path):
+    """Open a text file for reading, gunzipping a ``.gz`` one."""
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", newline="")
+    return open(path, newline="")
+
+
+def _separator(path: Path) -> str:
+    """Tab or comma: the one the first line of the file holds more of."""
+    try:
+        with _open_text(path) as handle:
+            first = handle.readline()
+    except (OSError, UnicodeDecodeError, EOFError):
+        first = ""
+    return "\t" if first.count("\t") > first.count(",") else ","
+
+
+def _text_matrix_format(path: Path) -> str | None:
+    """``'csv'``/``'tsv'`` when the file looks like a count matrix (a header, a numeric row)."""
+    sep = _separator(path)
+    try:
+        with _open_text(path) as handle:
+            header, row = handle.readline(), handle.readline()
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+    fields = row.rstrip("\r\n").split(sep)[1:]
+    if len(header.split(sep)) < 2 or not fields:
+        return None
+    try:
+        [float(v.strip().strip('"')) for v in fields[:50]]
+    except ValueError:
+        return None
+    return "tsv" if sep == "\t" else "csv"
 
 
 def _mtx_folder(path: Path) -> Path | None:
@@ -283,9 +552,15 @@ def _mtx_folder(path: Path) -> Path | None:
     return None
 
 
-def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]:
-    """Read one lot's raw counts as CSR float32, checked; which matrix held them; repeated genes."""
+def _read_one(
+    name: str, path: Path, fmt: str, orientation: str = "auto"
+) -> tuple[AnnData, str, list[str], str | None]:
+    """One lot's counts (CSR float32, checked), their matrix, repeated genes, orientation.
+
+    The orientation says how a text matrix was read (``None`` for the other formats).
+    """
     where = f"lot {name!r} ({str(path)!r})"
+    how = None
     if fmt == "10x_mtx":
         folder = _mtx_folder(path)
         _check_mtx_files(folder, where)
@@ -298,6 +573,8 @@ def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]
                 part = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False)
             elif fmt == "10x_h5":
                 part = sc.read_10x_h5(path)
+            elif fmt in ("csv", "tsv"):
+                part, how = _read_text_matrix(path, orientation)
             else:
                 part = ad.read_h5ad(path)
         except Exception as error:
@@ -305,6 +582,8 @@ def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]
                 "10x_mtx": "a 10x matrix folder",
                 "10x_h5": "a 10x .h5 file",
                 "h5ad": "an .h5ad file",
+                "csv": "a count matrix as comma-separated text",
+                "tsv": "a count matrix as tab-separated text",
             }[fmt]
             msg = (
                 f"could not read {where} as {kind}: {type(error).__name__}: {error}. If the "
@@ -338,9 +617,95 @@ def _read_one(name: str, path: Path, fmt: str) -> tuple[AnnData, str, list[str]]
     X = sparse.csr_matrix(X, dtype=np.float32)
     obs = part.obs.copy()
     var = part.var.copy()
+    if fmt in ("10x_mtx", "10x_h5") and "gene_symbols" not in var.columns:
+        var["gene_symbols"] = var.index.astype(str)  # the symbols, before being made unique
     var.index, duplicated = _unique_names(var.index)
     # Keep raw counts and annotations only: per-lot embeddings, layers and uns do not pool.
-    return AnnData(X=X, obs=obs, var=var), used, duplicated
+    return AnnData(X=X, obs=obs, var=var), used, duplicated, how
+
+
+def _read_text_matrix(path: Path, orientation: str) -> tuple[AnnData, str]:
+    """A count matrix as delimited text (gzip or not), cells x genes, and how it was oriented.
+
+    Read in row chunks straight into a sparse matrix (a dense copy of one chunk at a time).
+    A value that is not a number (``NA``, an empty field, text) is an error naming it.
+    """
+    chunks, row_names, columns = [], [], None
+    with pd.read_csv(
+        path,
+        sep=_separator(path),
+        index_col=0,
+        chunksize=_TEXT_CHUNK_ROWS,
+        dtype=str,
+        keep_default_na=False,  # "NA", "n/a" or an empty field is not a count: an error below
+    ) as reader:
+        for chunk in reader:
+            columns = chunk.columns if columns is None else columns
+            chunks.append(_numeric_chunk(chunk))
+            row_names.extend(chunk.index.astype(str))
+    if columns is None:
+        msg = "the file holds a header only; a count matrix needs one row per gene or per cell."
+        raise ValueError(msg)
+    X = sparse.vstack(chunks, format="csr")
+    rows, cols = pd.Index(row_names), pd.Index(columns.astype(str).str.strip())
+    genes_on_rows, how = _orientation(rows, cols, orientation)
+    logger.info("read_lots: %r read as %s", str(path), how)
+    if genes_on_rows:
+        X, rows, cols = X.T.tocsr(), cols, rows
+    return AnnData(X=X, obs=pd.DataFrame(index=rows), var=pd.DataFrame(index=cols)), how
+
+
+def _numeric_chunk(chunk: pd.DataFrame) -> sparse.csr_matrix:
+    """Rows of a text count matrix as CSR float32; the first value that is not a number is an error."""
+    try:
+        return sparse.csr_matrix(chunk.to_numpy().astype(np.float32))
+    except ValueError:  # find the first value that is not a number, to name it
+        numbers = chunk.apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        msg = (
+            f"value {chunk.iat[row, column]!r} (row {chunk.index[row]!r}, column "
+            f"{chunk.columns[column]!r}) is not a number; a count matrix holds counts only, "
+            "with the gene and cell names in the first row and column."
+        )
+        raise ValueError(msg)
+    return sparse.csr_matrix(numbers.to_numpy(dtype=np.float32))
+
+
+def _orientation(rows: pd.Index, cols: pd.Index, orientation: str) -> tuple[bool, str]:
+    """Whether the genes are the rows, and the reason in words.
+
+    Evidence in order: Ensembl gene ids on one axis only, cell barcodes on one axis only,
+    well-known gene symbols (``MT-``, ``RPS``/``RPL``, ``ACTB``, ``GAPDH``, ``B2M``,
+    ``MALAT1``) on one axis only; else the longer axis is taken for genes.
+    """
+    if orientation != "auto":
+        genes_on_rows = orientation == "genes_x_cells"
+        return genes_on_rows, f"{orientation.replace('_x_', ' x ')} (as stated)"
+    tests = [
+        ("Ensembl gene ids", looks_like_ensembl, True),
+        ("cell barcodes", lambda names: names.str.contains(_BARCODE).mean() >= 0.5, False),
+        ("known gene symbols", lambda names: names.str.contains(_KNOWN_GENES).any(), True),
+    ]
+    for what, test, marks_genes in tests:
+        on_rows, on_cols = bool(test(rows)), bool(test(cols))
+        if on_rows != on_cols:
+            genes_on_rows = on_rows == marks_genes
+            axis = "rows" if on_rows else "columns"
+            shape = "genes x cells" if genes_on_rows else "cells x genes"
+            return genes_on_rows, f"{shape} (auto: {what} name the {axis})"
+    genes_on_rows = len(rows) >= len(cols)
+    shape = "genes x cells" if genes_on_rows else "cells x genes"
+    logger.warning(
+        "read_lots: no gene ids, barcodes or known gene symbols tell the orientation of a "
+        "%d x %d count matrix; read as %s (the longer axis as genes). Pass orientation= if "
+        "that is wrong",
+        len(rows),
+        len(cols),
+        shape,
+    )
+    return genes_on_rows, f"{shape} (auto: the longer axis taken for genes)"
 
 
 def _is_counts(X) -> bool:

@@ -33,7 +33,7 @@ def pool_lots(
     cells_per_lot: int | str | None = None,
     min_cells_per_lot: int = MIN_CELLS_PER_LOT,
     small_lots: Literal["warn", "drop", "error"] = "warn",
-    join: str = "inner",
+    join: Literal["inner", "outer"] = "inner",
     random_state: int = 0,
 ) -> AnnData:
     """Concatenate the cells of several lots into one AnnData.
@@ -73,8 +73,12 @@ def pool_lots(
         out (reported in ``uns['pool_lots']['lots_dropped']``); ``"error"`` refuses.
     join
         ``"inner"`` keeps genes measured in every lot (lots that share no gene are an
-        error), ``"outer"`` keeps all and fills zeros. Genes left out are reported per lot in
-        ``uns['pool_lots']['genes_dropped']``.
+        error); genes left out are reported per lot in ``uns['pool_lots']['genes_dropped']``
+        and in a logged warning. ``"outer"`` keeps every gene of every lot and gives a lot
+        zero counts for the genes it did not measure (right for lots measured on one
+        platform whose annotations differ, wrong for panels that did not measure a gene);
+        the genes added to each lot are reported in ``uns['pool_lots']['genes_added']``
+        and in a logged warning.
     random_state
         {random_state}
         Each lot draws its subsample from its own stream seeded by
@@ -86,7 +90,9 @@ def pool_lots(
     in the given lot order) and ``uns['pool_lots']``: ``'cells_before'``, ``'cells_kept'``
     and ``'cells_removed'`` (lot -> cells; a dropped lot keeps 0), ``'lots_dropped'`` (lot
     -> cells, by ``small_lots="drop"``), ``'genes_dropped'`` (lot -> genes the join left
-    out) and ``'params'``.
+    out), ``'genes_added'`` (lot -> genes ``join="outer"`` added with zero counts) and
+    ``'params'``. A ``var`` column (gene ids, ``gene_symbols``) is kept when every lot that
+    measured a gene gives it the same value.
     """
     named = _name_lots(lots, lot_key)
     if not named:
@@ -221,7 +227,30 @@ def _concat(parts: Mapping[str, AnnData], lot_key: str, join: str) -> AnnData:
         raise ValueError(msg)
     pooled.obs_names = names
     pooled.obs[lot_key] = pd.Categorical(pooled.obs[lot_key], categories=list(parts))
+    _keep_var_columns(pooled, parts)
     return pooled
+
+
+def _keep_var_columns(pooled: AnnData, parts: Mapping[str, AnnData]) -> None:
+    """Restore the ``var`` columns every lot that measured a gene agrees on.
+
+    ``anndata.concat(merge="same")`` drops a column when a lot lacks some genes (an outer
+    join), so gene symbols and ids would be lost exactly where lots differ.
+    """
+    names = {c for a in parts.values() for c in a.var.columns} - set(pooled.var.columns)
+    for column in sorted(names, key=str):
+        values = [
+            a.var[column].astype(object).reindex(pooled.var_names)
+            for a in parts.values()
+            if column in a.var.columns
+        ]
+        stacked = pd.concat(values, axis=1)
+        if (stacked.nunique(axis=1, dropna=True) > 1).any():
+            continue  # lots disagree on a gene: as merge="same", the column is left out
+        table = stacked.to_numpy(dtype=object)
+        first = np.argmax(~pd.isna(table), axis=1)  # the first lot that measured the gene
+        merged = pd.Series(table[np.arange(len(table)), first], index=pooled.var_names)
+        pooled.var[column] = merged.infer_objects()
 
 
 def _report(
@@ -242,9 +271,21 @@ def _report(
     if genes_dropped:
         n_dropped = len(all_genes) - pooled.n_vars
         logger.warning(
-            "pool_lots: %d genes not measured in every lot were left out (join=%r)",
+            "pool_lots: %d genes not measured in every lot were left out (join=%r); per lot: "
+            "%s. To keep them with zero counts where a lot lacks them, pass join='outer'",
             n_dropped,
             join,
+            {k: len(v) for k, v in genes_dropped.items()},
+        )
+    genes_added = {
+        name: sorted(set(pooled.var_names) - set(a.var_names)) for name, a in parts.items()
+    }
+    genes_added = {k: v for k, v in genes_added.items() if v}
+    if genes_added:
+        logger.warning(
+            "pool_lots: join='outer' added genes a lot did not measure, with zero counts; "
+            "genes added per lot: %s (see uns['pool_lots']['genes_added'])",
+            {k: len(v) for k, v in genes_added.items()},
         )
     kept = {k: int(parts[k].n_obs) if k in parts else 0 for k in sizes}
     pooled.uns["pool_lots"] = {
@@ -253,6 +294,7 @@ def _report(
         "cells_removed": {k: int(sizes[k]) - kept[k] for k in sizes},
         "lots_dropped": {k: int(v) for k, v in dropped.items()},
         "genes_dropped": genes_dropped,
+        "genes_added": genes_added,
         "params": params,
     }
 

@@ -21,12 +21,21 @@ from .._validate import (
     check_counts,
     check_small_lot_rule,
     count_matrix,
+    gene_symbols,
+    looks_like_ensembl,
     lots_of,
+    symbol_columns,
 )
 from ._pool import MIN_CELLS_PER_LOT
 
 logger = logging.getLogger("mscpotency")
 
+
+#: Prefixes of ribosomal protein genes (RPS*, RPL*; matched case-insensitively).
+RIBO_PREFIXES = ("RPS", "RPL")
+
+#: Scale factor of the median absolute deviation (consistent for the normal SD, as R's ``mad``).
+MAD_SCALE = 1.4826
 
 #: Filter -> (QC metric, removed if, the parameter holding the threshold, the rule in words).
 #: The per-lot report names its columns after these filters and counts the cells failing each.
@@ -44,6 +53,24 @@ FILTERS = {
         "<",
         "mad_counts",
         "log1p(total_counts) < the lot's median - {v} x 1.4826 x its MAD",
+    ),
+    "cells_below_mad_log_counts": (
+        "log1p(total_counts)",
+        "<",
+        None,
+        "log1p(total_counts) < {v:.4g} (total_counts < {raw:.4g}): the lot's median - {n} MADs",
+    ),
+    "cells_below_mad_log_genes": (
+        "log1p(n_genes_by_counts)",
+        "<",
+        None,
+        "log1p(n_genes_by_counts) < {v:.4g} (n_genes_by_counts < {raw:.4g}): the lot's median - {n} MADs",
+    ),
+    "cells_above_mad_pct_mito": (
+        "pct_counts_mt",
+        ">",
+        None,
+        "pct_counts_mt > {v:.4g}: the lot's median + {n} MADs",
     ),
     "cells_in_small_lot": (
         "cells of the lot kept by the filters above",
@@ -67,14 +94,18 @@ def qc(
     *,
     lot_key: str = _keys.LOT,
     layer: str | None = _keys.COUNTS_LAYER,
+    thresholds: Literal["fixed", "mad"] = "fixed",
     min_genes: int = 200,
     min_counts: int | None = None,
     max_pct_mito: float | None = 20.0,
+    n_mads: float = 3.0,
     mito_prefix: str = "MT-",
+    symbol_key: str | None = None,
     min_cells_per_gene: int = 3,
     mad_counts: float | None = None,
     min_cells_per_lot: int = MIN_CELLS_PER_LOT,
     small_lots: Literal["warn", "drop", "error"] = "warn",
+    max_removed_share: float | None = 0.5,
     key_added: str = _registry.QC.key,
     copy: bool = False,
 ) -> AnnData | None:
@@ -87,15 +118,37 @@ def qc(
     lot_key
         {lot_key}
         Removals are reported per lot.
+    thresholds
+        ``"fixed"``: the same thresholds for every cell (``min_genes``, ``min_counts``,
+        ``max_pct_mito``), which fit whole-transcriptome droplet data (10x) and may remove
+        most cells of plate-based or targeted-panel data. ``"mad"``: data-adaptive
+        thresholds per lot, as scater's ``isOutlier`` (``perCellQCFilters``): a cell is
+        removed when its ``log1p(total_counts)`` or ``log1p(n_genes_by_counts)`` lies more
+        than ``n_mads`` median absolute deviations (MAD, scaled by 1.4826 as R's ``mad``)
+        below its lot's median, or its ``pct_counts_mt`` more than ``n_mads`` MADs above it
+        (when mitochondrial genes are found). ``min_genes``, ``min_counts`` and
+        ``max_pct_mito`` are then not applied; a metric with a MAD of 0 in a lot (it does
+        not vary there) gets no threshold in that lot. The thresholds chosen for every lot
+        are stated in ``uns[key_added]['thresholds']``.
     min_genes
-        Cells with fewer detected genes are removed.
+        Cells with fewer detected genes are removed (``thresholds="fixed"``).
     min_counts
-        Cells with fewer total counts are removed (``None``: no threshold).
+        Cells with fewer total counts are removed (``None``: no threshold; ``"fixed"``).
     max_pct_mito
-        Cells with a larger percentage of counts in genes starting with ``mito_prefix``
-        are removed (``None``: no threshold).
+        Cells with a larger percentage of counts in mitochondrial genes are removed
+        (``None``: no threshold; ``"fixed"``).
+    n_mads
+        How many MADs from the lot's median a cell may lie (``thresholds="mad"``); 3 as scater.
     mito_prefix
-        Prefix of mitochondrial gene names.
+        Prefix of mitochondrial gene symbols (matched case-insensitively, so ``"MT-"``
+        finds mouse ``mt-`` genes too). Ribosomal protein genes (``RPS*``, ``RPL*``) are
+        found the same way.
+    symbol_key
+        ``var`` column of gene symbols in which ``mito_prefix`` and the ribosomal prefixes
+        are searched (e.g. when the gene names are Ensembl ids). ``None``:
+        ``var['gene_symbols']`` when present (as :func:`mscpotency.io.read_lots` writes
+        it), else the gene names. When no mitochondrial gene is found a warning says where
+        it searched and how to point at the symbols.
     min_cells_per_gene
         Genes detected in fewer cells are removed.
     mad_counts
@@ -109,6 +162,10 @@ def qc(
         keeps them and warns, saying how such a lot enters each statistic; ``"drop"``
         removes their cells (counted in the report's ``cells_in_small_lot``); ``"error"``
         refuses. A lot emptied by the cell filters is always an error.
+    max_removed_share
+        Warn when the cell filters remove more than this share of a lot's cells (default
+        0.5: thresholds that remove most of a lot rarely fit its data); ``None``: never.
+        Such lots are listed in ``uns[key_added]['lots_flagged']`` either way.
 
     Notes
     -----
@@ -123,17 +180,25 @@ def qc(
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes obs ``n_genes_by_counts``,
-    ``total_counts``, ``pct_counts_mt`` and
+    ``total_counts``, ``total_counts_mt``, ``pct_counts_mt``, ``total_counts_ribo``,
+    ``pct_counts_ribo``; var ``mt`` and ``ribo`` (bool) and the per-gene metrics; and
 
     `adata.uns[key_added]['per_lot']` : DataFrame
         Per lot: ``cells_before``; the number of cells failing each filter in use, named
         after the filter (``cells_below_min_genes``, ``cells_below_min_counts``,
-        ``cells_above_max_pct_mito``, ``cells_below_mad_counts``, and
-        ``cells_in_small_lot`` with ``small_lots="drop"``; a cell can fail several);
-        ``cells_removed`` and ``cells_after``.
+        ``cells_above_max_pct_mito``, ``cells_below_mad_counts``; with
+        ``thresholds="mad"`` ``cells_below_mad_log_counts``, ``cells_below_mad_log_genes``,
+        ``cells_above_mad_pct_mito``; ``cells_in_small_lot`` with ``small_lots="drop"``; a
+        cell can fail several); ``cells_removed`` and ``cells_after``.
     `adata.uns[key_added]['thresholds']` : DataFrame
-        One row per filter in use (the report's column, and ``genes_removed``): the
-        ``metric``, ``removed_if`` (``<`` or ``>``), the ``threshold`` and the ``rule`` in words.
+        One row per filter in use (the report's column, and ``genes_removed``), and for
+        per-lot thresholds one row per filter and lot: the ``metric``, ``removed_if``
+        (``<`` or ``>``), the ``threshold`` (on the metric's scale), the ``lot`` it applies
+        to (``"all"`` for a fixed one) and the ``rule`` in words.
+    `adata.uns[key_added]['lots_flagged']` : DataFrame
+        Lots that lost more than ``max_removed_share`` of their cells or were left below
+        ``min_cells_per_lot``: ``cells_before``, ``cells_after``, ``share_removed``,
+        ``above_max_removed_share``, ``below_min_cells_per_lot``.
     `adata.uns[key_added]['genes_removed']` : list
         The genes removed.
 
@@ -143,25 +208,30 @@ def qc(
     check_small_lot_rule(min_cells_per_lot, small_lots)
     X = count_matrix(adata, layer)
     check_counts(X, where="the count matrix" if X is adata.X else f"layers[{layer!r}]")
-    thresholds = {
-        "min_genes": min_genes,
-        "min_counts": min_counts,
-        "max_pct_mito": max_pct_mito,
-        "mad_counts": mad_counts,
-    }
-    mito = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
-    obs_metrics, var_metrics = qc_metrics(X, mito)
+    mito, ribo, symbols_from = _mito_and_ribo(adata.var, symbol_key, mito_prefix)
+    obs_metrics, var_metrics = qc_metrics(X, mito, ribo)
     obs_metrics.index = adata.obs_names
-    reasons = _removal_reasons(obs_metrics, lots, **thresholds)
+    if not mito.any() and (max_pct_mito is not None or thresholds == "mad"):
+        _warn_no_mito(adata.var, mito_prefix, symbols_from)
+    fixed = {"min_genes": min_genes, "min_counts": min_counts, "max_pct_mito": max_pct_mito}
+    if thresholds == "mad":
+        fixed = dict.fromkeys(fixed)
+    reasons = _removal_reasons(obs_metrics, lots, **fixed, mad_counts=mad_counts)
+    per_lot_thresholds = {}
+    if thresholds == "mad":
+        per_lot_thresholds = _mad_thresholds(obs_metrics, lots, n_mads, use_mito=bool(mito.any()))
+        for name, by_lot in per_lot_thresholds.items():
+            reasons[name] = _fails(obs_metrics, lots, name, by_lot)
     removed = reasons.any(axis=1).to_numpy()
     _per_lot_report(reasons, removed, lots, lot_key)  # refuses before anything is written
+    flagged = _flag_lots(reasons, removed, lots, max_removed_share, min_cells_per_lot)
     in_small = _small_lots(lots, removed, min_cells_per_lot, small_lots)
     if in_small is not None:
         reasons["cells_in_small_lot"] = in_small
         removed = removed | in_small
     report = _per_lot_report(reasons, removed, lots, lot_key, check=False)
     adata = adata.copy() if copy else adata
-    _write_metrics(adata, mito, obs_metrics, var_metrics)
+    _write_metrics(adata, {"mt": mito, "ribo": ribo}, obs_metrics, var_metrics)
     n_cells_detected = _detected_per_gene(count_matrix(adata, layer), ~removed)
     gene_removed = n_cells_detected < min_cells_per_gene
     genes_removed = adata.var_names[gene_removed].tolist()
@@ -169,27 +239,158 @@ def qc(
     if in_small is not None and isinstance(adata.obs[lot_key].dtype, pd.CategoricalDtype):
         adata.obs[lot_key] = adata.obs[lot_key].cat.remove_unused_categories()
     params = {
-        **thresholds,
+        "thresholds": thresholds,
+        **fixed,
+        "n_mads": float(n_mads),
+        "mad_counts": mad_counts,
         "mito_prefix": mito_prefix,
+        "symbol_key": symbol_key,
+        "symbols_from": symbols_from,
         "min_cells_per_gene": min_cells_per_gene,
         "min_cells_per_lot": int(min_cells_per_lot),
         "small_lots": small_lots,
+        "max_removed_share": max_removed_share,
         "lot_key": lot_key,
     }
     adata.uns[key_added] = {
         "per_lot": report,
-        "thresholds": _thresholds_table(list(report.columns), params),
+        "thresholds": _thresholds_table(list(report.columns), params, per_lot_thresholds),
+        "lots_flagged": flagged,
         "genes_removed": genes_removed,
         "params": params,
     }
     return adata if copy else None
 
 
+def _mito_and_ribo(
+    var: pd.DataFrame, symbol_key: str | None, mito_prefix: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mitochondrial and ribosomal genes (bool masks) by their symbols, and where those were read."""
+    symbols, where = gene_symbols(var, symbol_key)
+    upper = symbols.str.upper()
+    mito = np.asarray(upper.str.startswith(mito_prefix.upper()), dtype=bool)
+    ribo = np.asarray(upper.str.startswith(RIBO_PREFIXES), dtype=bool)
+    return mito, ribo, where
+
+
+def _warn_no_mito(var: pd.DataFrame, mito_prefix: str, symbols_from: str) -> None:
+    """Warn that no gene matched ``mito_prefix``: where it was searched, and how to point at symbols."""
+    names = var.index if symbols_from == "var_names" else var[symbols_from[5:-2]]
+    examples = pd.Index(names).astype(str)[:3].tolist()
+    ensembl = looks_like_ensembl(names)
+    candidates = [c for c in symbol_columns(var) if f"var[{c!r}]" != symbols_from]
+    hint = (
+        f"they look like Ensembl ids (e.g. {examples}): pass symbol_key= naming the var "
+        "column of gene symbols"
+        if ensembl
+        else f"e.g. {examples}: if they are not symbols, pass symbol_key= naming the var column "
+        "of gene symbols"
+    )
+    matching = {
+        c: int(var[c].astype(str).str.upper().str.startswith(mito_prefix.upper()).sum())
+        for c in candidates
+    }
+    matching = {c: n for c, n in matching.items() if n}
+    if matching:
+        column, n = next(iter(matching.items()))
+        hint += f"; var[{column!r}] has {n} genes starting with it: pass symbol_key={column!r}"
+    elif candidates:
+        hint += f" (text columns of var: {candidates[:8]})"
+    warnings.warn(
+        f"qc: no mitochondrial gene found: no gene in {symbols_from} starts with "
+        f"{mito_prefix!r} (case-insensitive), so the mitochondrial filter removes no cell. "
+        f"Gene names searched: {hint}; or set mito_prefix=; or, if the data hold no "
+        "mitochondrial genes (a targeted panel), pass max_pct_mito=None to say so.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _mad_thresholds(
+    obs: pd.DataFrame, lots: pd.Series, n_mads: float, *, use_mito: bool
+) -> dict[str, pd.Series]:
+    """Filter -> lot -> threshold on the filter's metric: median -/+ n_mads x 1.4826 x MAD.
+
+    As scater's ``isOutlier`` (``nmads``, ``type="lower"``/``"higher"``, ``batch=lot``) on
+    ``log1p`` of the counts and genes and on the mitochondrial percentage. A lot whose MAD
+    is 0 gets no threshold (``-inf`` or ``inf``).
+    """
+    metrics = {
+        "cells_below_mad_log_counts": (np.log1p(obs["total_counts"].to_numpy(float)), -1),
+        "cells_below_mad_log_genes": (np.log1p(obs["n_genes_by_counts"].to_numpy(float)), -1),
+    }
+    if use_mito:
+        metrics["cells_above_mad_pct_mito"] = (obs["pct_counts_mt"].to_numpy(float), 1)
+    found = {}
+    for name, (values, sign) in metrics.items():
+        grouped = pd.Series(values).groupby(lots.to_numpy(), observed=True)
+        median = grouped.median()
+        mad = MAD_SCALE * grouped.apply(lambda v: np.median(np.abs(v - np.median(v))))
+        limit = median + sign * n_mads * mad
+        found[name] = limit.where(mad > 0, sign * np.inf).astype(float)
+    return found
+
+
+def _fails(obs: pd.DataFrame, lots: pd.Series, name: str, by_lot: pd.Series) -> np.ndarray:
+    """Cells failing one per-lot MAD filter."""
+    metric, removed_if, _, _ = FILTERS[name]
+    column = metric.removeprefix("log1p(").removesuffix(")")
+    values = obs[column].to_numpy(float)
+    values = np.log1p(values) if metric.startswith("log1p(") else values
+    limit = by_lot.reindex(lots.to_numpy()).to_numpy(float)
+    return values < limit if removed_if == "<" else values > limit
+
+
+def _flag_lots(
+    reasons: pd.DataFrame,
+    removed: np.ndarray,
+    lots: pd.Series,
+    max_share: float | None,
+    minimum: int,
+) -> pd.DataFrame:
+    """Lots the cell filters take above ``max_share`` of or below ``minimum`` cells; warn of the first."""
+    by_lot = lots.to_numpy()
+    before = lots.value_counts().reindex(lots.cat.categories).astype(int)
+    failing = reasons.groupby(by_lot, observed=True).sum().reindex(before.index)
+    lost = pd.Series(removed, index=lots.index).groupby(by_lot, observed=True).sum()
+    lost = lost.reindex(before.index).astype(int)
+    share = (lost / before).astype(float)
+    frame = pd.DataFrame(
+        {
+            "cells_before": before,
+            "cells_after": before - lost,
+            "share_removed": share,
+            "above_max_removed_share": share > (1.0 if max_share is None else max_share),
+            "below_min_cells_per_lot": (before - lost) < minimum,
+        }
+    )
+    frame.index.name = lots.name
+    flagged = frame[frame["above_max_removed_share"] | frame["below_min_cells_per_lot"]].copy()
+    heavy = flagged[flagged["above_max_removed_share"]]
+    if max_share is not None and len(heavy):
+        listed = {
+            str(lot): f"{int(lost[lot])} of {int(before[lot])} ({share[lot]:.0%}), most by "
+            f"{failing.loc[lot].idxmax()}"
+            for lot in heavy.index
+        }
+        warnings.warn(
+            f"qc: the cell filters remove more than {max_share:.0%} of the cells of lots "
+            f"{listed}. The thresholds may not fit these data (min_genes=200 assumes "
+            "whole-transcriptome droplet data): check mp.get.qc(adata), consider "
+            "thresholds='mad' (per-lot thresholds), or pass max_removed_share=None if "
+            "this is expected.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return flagged
+
+
 def _write_metrics(
-    adata: AnnData, mito: np.ndarray, obs_metrics: pd.DataFrame, var_metrics: pd.DataFrame
+    adata: AnnData, masks: dict, obs_metrics: pd.DataFrame, var_metrics: pd.DataFrame
 ) -> None:
-    """Write ``var['mt']`` and the per-cell and per-gene QC metrics."""
-    adata.var["mt"] = mito
+    """Write ``var['mt']``, ``var['ribo']`` and the per-cell and per-gene QC metrics."""
+    for name, mask in masks.items():
+        adata.var[name] = mask
     for column in obs_metrics:
         adata.obs[column] = obs_metrics[column].to_numpy()
     for column in var_metrics:
@@ -200,14 +401,15 @@ def _removal_reasons(
     obs: pd.DataFrame,
     lots: pd.Series,
     *,
-    min_genes: int,
+    min_genes: int | None,
     min_counts: int | None,
     max_pct_mito: float | None,
     mad_counts: float | None,
 ) -> pd.DataFrame:
     """Cells x filters: whether each cell fails each filter in use (columns as in the report)."""
     reasons = pd.DataFrame(index=obs.index)
-    reasons["cells_below_min_genes"] = obs["n_genes_by_counts"].to_numpy() < min_genes
+    if min_genes is not None:
+        reasons["cells_below_min_genes"] = obs["n_genes_by_counts"].to_numpy() < min_genes
     if min_counts is not None:
         reasons["cells_below_min_counts"] = obs["total_counts"].to_numpy() < min_counts
     if max_pct_mito is not None:
@@ -254,6 +456,8 @@ def _small_lots(lots: pd.Series, removed: np.ndarray, minimum: int, rule: str) -
     small = {str(k): int(v) for k, v in after[after < minimum].items()}
     if not small:
         return None
+    before = lots.astype(str).value_counts()
+    taken = {lot: f"{int(before[lot])} -> {n}" for lot, n in small.items()}
     if rule == "error":
         msg = (
             f"after QC, lots {small} have fewer than min_cells_per_lot={minimum} cells "
@@ -264,7 +468,8 @@ def _small_lots(lots: pd.Series, removed: np.ndarray, minimum: int, rule: str) -
     if rule == "warn":
         warnings.warn(
             f"qc: after QC, lots {small} have fewer than min_cells_per_lot={minimum} cells and "
-            f"are kept. {SMALL_LOT_EFFECT} To remove them, pass small_lots='drop'.",
+            f"are kept. {SMALL_LOT_EFFECT} Cells before -> after QC: {taken}. To remove them, "
+            "pass small_lots='drop'; if the thresholds took them there, see thresholds='mad'.",
             UserWarning,
             stacklevel=4,
         )
@@ -275,20 +480,30 @@ def _small_lots(lots: pd.Series, removed: np.ndarray, minimum: int, rule: str) -
     return lots.astype(str).isin(list(small)).to_numpy()
 
 
-def _thresholds_table(columns: list[str], params: dict) -> pd.DataFrame:
-    """One row per filter in use (the report's columns and the gene filter)."""
-    rows = {}
+def _thresholds_table(
+    columns: list[str], params: dict, per_lot: dict[str, pd.Series]
+) -> pd.DataFrame:
+    """One row per filter in use (the report's columns and the gene filter); per lot for MAD ones."""
+    rows = []
     for name in [*columns, "genes_removed"]:
-        if name in FILTERS:
-            metric, removed_if, param, rule = FILTERS[name]
-            value = params[param]
-            text = rule.format(v=f"{value:g}", mito=params["mito_prefix"])
-            rows[name] = (metric, removed_if, float(value), text)
-    table = pd.DataFrame.from_dict(
-        rows, orient="index", columns=["metric", "removed_if", "threshold", "rule"]
+        if name not in FILTERS:
+            continue
+        metric, removed_if, param, rule = FILTERS[name]
+        if name in per_lot:
+            for lot, value in per_lot[name].items():
+                raw = np.expm1(value) if metric.startswith("log1p(") else value
+                text = rule.format(v=value, raw=raw, n=f"{params['n_mads']:g}")
+                if not np.isfinite(value):
+                    text = f"not applied: {metric} does not vary in the lot (MAD 0)"
+                rows.append((name, metric, removed_if, float(value), str(lot), text))
+            continue
+        value = params[param]
+        text = rule.format(v=f"{value:g}", mito=params["mito_prefix"])
+        rows.append((name, metric, removed_if, float(value), "all", text))
+    table = pd.DataFrame(
+        rows, columns=["filter", "metric", "removed_if", "threshold", "lot", "rule"]
     )
-    table.index.name = "filter"
-    return table
+    return table.set_index("filter")
 
 
 def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np.ndarray:
@@ -301,7 +516,7 @@ def _below_lot_mad(total_counts: pd.Series, lots: pd.Series, n_mad: float) -> np
 
 
 @numba.njit(nogil=True, cache=True)
-def _qc_kernel(data, indices, indptr, mito, per_cell, per_gene):  # pragma: no cover - compiled
+def _qc_kernel(data, indices, indptr, mito, ribo, per_cell, per_gene):  # pragma: no cover
     for row in range(indptr.size - 1):
         for k in range(indptr[row], indptr[row + 1]):
             value = np.float64(data[k])
@@ -313,27 +528,34 @@ def _qc_kernel(data, indices, indptr, mito, per_cell, per_gene):  # pragma: no c
             per_gene[1, gene] += value
             if mito[gene]:
                 per_cell[row, 2] += value
+            if ribo[gene]:
+                per_cell[row, 3] += value
 
 
-def _qc_rows(rows: sparse.csr_matrix, mito: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell (genes detected, total, mito total) and per gene (cells detected, total) of some rows."""
-    per_cell = np.zeros((rows.shape[0], 3))
+def _qc_rows(rows: sparse.csr_matrix, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (genes detected, total, mito, ribo) and per gene (cells detected, total) of some rows."""
+    per_cell = np.zeros((rows.shape[0], 4))
     per_gene = np.zeros((2, rows.shape[1]))
-    _qc_kernel(rows.data, rows.indices, rows.indptr, mito, per_cell, per_gene)
+    _qc_kernel(rows.data, rows.indices, rows.indptr, masks[0], masks[1], per_cell, per_gene)
     return per_cell, per_gene
 
 
-def qc_metrics(X, mito: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+def qc_metrics(
+    X, mito: np.ndarray, ribo: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``sc.pp.calculate_qc_metrics(qc_vars=['mt'], percent_top=None, log1p=False)`` in one pass.
 
     Per-cell and per-gene sums over row chunks (in memory) or blocks (Dask), returned with
     scanpy's column names, dtypes and arithmetic (float32 totals and percentage), so the
     same cells pass the thresholds. scanpy's own call holds about one more count matrix
     in memory, and on Dask computes its metrics in separate graphs that keep blocks alive
-    together (about four count matrices at once at 10^5 cells).
+    together (about four count matrices at once at 10^5 cells). With ``ribo`` (a gene mask)
+    also ``total_counts_ribo`` and ``pct_counts_ribo``, as ``qc_vars=["mt", "ribo"]``.
     """
     n_obs = X.shape[0]
-    parts = map_rows(X, _qc_rows, shared=np.asarray(mito, dtype=bool))
+    mito = np.asarray(mito, dtype=bool)
+    masks = np.vstack([mito, np.zeros_like(mito) if ribo is None else np.asarray(ribo, dtype=bool)])
+    parts = map_rows(X, _qc_rows, shared=masks)
     per_cell = np.vstack([cell for cell, _ in parts])
     per_gene = np.sum([gene for _, gene in parts], axis=0)
     obs = pd.DataFrame(
@@ -344,6 +566,9 @@ def qc_metrics(X, mito: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
     )
     obs["pct_counts_mt"] = obs["total_counts_mt"] / obs["total_counts"] * 100
+    if ribo is not None:
+        obs["total_counts_ribo"] = per_cell[:, 3].astype(np.float32)
+        obs["pct_counts_ribo"] = obs["total_counts_ribo"] / obs["total_counts"] * 100
     n_cells = per_gene[0].astype(np.int64)
     var = pd.DataFrame(
         {

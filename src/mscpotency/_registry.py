@@ -75,7 +75,7 @@ def _named(
 
 
 # --- pooled cells: which cells carry potency ---------------------------------------------
-QC = _named("pp.qc", "qc", ("per_lot", "genes_removed"))
+QC = _named("pp.qc", "qc", ("per_lot", "thresholds", "lots_flagged", "genes_removed"))
 PREPROCESS = _named(
     "pp.preprocess",
     "preprocess",
@@ -101,6 +101,9 @@ POTENCY_ASSOCIATION = _named(
     plots=("pl.potency_association", "pl.potency_scatter"),
 )
 POTENCY_MARKERS = _named("tl.potency_markers", "potency_markers", ("table",))
+POTENCY_POPULATION = _named(
+    "tl.potency_population", "potency_population", ("candidates", "summary", "lots", "overlap")
+)
 
 # --- new lots: frozen reference, mapping, validation --------------------------------------
 FROZEN_REFERENCE = _named(
@@ -179,6 +182,7 @@ RESULTS: dict[str, Result] = {
         COMPOSITION_DEVIATION,
         POTENCY_ASSOCIATION,
         POTENCY_MARKERS,
+        POTENCY_POPULATION,
         FROZEN_REFERENCE,
         MAPPING,
         VALIDATE_POTENCY,

@@ -7,8 +7,9 @@ and so know which tool to name when something is missing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from anndata import AnnData
@@ -87,18 +88,33 @@ def params(adata: AnnData, result: Result, key: str | None = None) -> dict[str, 
     return dict(stored(adata, result, key)["params"])
 
 
+class NotSignificantWarning(UserWarning):
+    """A potency cluster or population was looked up or named without being significant."""
+
+
 def potency_cluster(
-    adata: AnnData, *, cluster: str | None = None, association_key: str | None = None
+    adata: AnnData,
+    *,
+    cluster: str | None = None,
+    association_key: str | None = None,
+    if_not_significant: Literal["warn", "raise", "ignore"] = "warn",
 ) -> str:
     """The cluster a tool should work on: ``cluster`` if given, else the potency cluster.
 
     The potency cluster is the one :func:`mscpotency.tl.potency_association` named (stored
-    under ``association_key``).
+    under ``association_key``): the cluster whose share rises most with potency. Unless
+    its FDR is at most the association's ``alpha`` it is only a candidate, and the
+    lookup says so (``if_not_significant``): ``"warn"`` (a :class:`NotSignificantWarning`, the default
+    for tools building on it: markers, validation, prediction), ``"raise"`` (a
+    ``ValueError``) or ``"ignore"`` (plots, which show the p-value themselves). An
+    explicit ``cluster`` is the user's choice and is never questioned.
 
     Raises
     ------
     KeyError
         When ``cluster`` is ``None`` and no potency association names a cluster.
+    ValueError
+        With ``if_not_significant="raise"``, when the named cluster is not significant.
     """
     if cluster is not None:
         return str(cluster)
@@ -111,7 +127,36 @@ def potency_cluster(
             "potency); pass cluster= to choose one."
         )
         raise KeyError(msg)
-    return str(name)
+    name = str(name)
+    if if_not_significant != "ignore" and not _significant(association, name):
+        table = association.get("table")
+        fdr = float(table.loc[name, "fdr"]) if isinstance(table, pd.DataFrame) else float("nan")
+        alpha = float(association["params"].get("alpha", 0.05))
+        msg = (
+            f"the potency cluster {name!r} of adata.uns[{key!r}] is not significant "
+            f"(FDR = {fdr:.3g} > alpha = {alpha:g}): no cluster's share is shown to track "
+            "potency, so what is built on it may describe noise. Run `tl.potency_population` "
+            "to search finer populations, or pass cluster= to choose one explicitly."
+        )
+        if if_not_significant == "raise":
+            raise ValueError(msg)
+        warnings.warn(msg, NotSignificantWarning, stacklevel=3)
+    return name
+
+
+def _significant(association: Mapping, name: str) -> bool:
+    """Whether the stored association's potency cluster has FDR <= its alpha.
+
+    Results written before ``'found'`` was stored are judged from their table.
+    """
+    if "found" in association:
+        return bool(association["found"])
+    table = association.get("table")
+    if not isinstance(table, pd.DataFrame) or name not in table.index or "fdr" not in table:
+        return True  # nothing to judge by: do not cry wolf
+    alpha = float(association["params"].get("alpha", 0.05))
+    fdr = float(table.loc[name, "fdr"])
+    return bool(fdr == fdr and fdr <= alpha)
 
 
 def potency_column(adata: AnnData, *, association_key: str | None = None) -> str:

@@ -478,12 +478,7 @@ PUBLIC = [
 ]
 #: Public functions without ``@doc_params`` or ``@record`` (so unchecked): the simulators'
 #: settings and raw generators, and an accessor of a typed result.
-NOT_DECORATED = {
-    "datasets.iter_lots",
-    "datasets.simulate_lots",
-    "datasets.study_config",
-    "datasets.tiny_config",
-}
+NOT_DECORATED: set[str] = set()
 
 
 @pytest.mark.parametrize(("name", "func"), PUBLIC, ids=[n for n, _ in PUBLIC])

@@ -147,3 +147,68 @@ def test_lot_names_sort_in_lot_order_beyond_99_lots():
         "BM01",
         "BM02",
     ]  # presets unchanged
+
+
+# --------------------------------------------------------------------------- the hard preset
+def _small_hard(**overrides):
+    """The hard preset's biology on 4 small lots (fast): the same programmes and continuum."""
+    config = mp.datasets.hard_config(
+        sets=(mp.datasets.SetSpec("BM-train", 4, "BM", "BM"),), n_cells_per_lot=600, **overrides
+    )
+    return simulate_lots(config, random_state=0)
+
+
+def test_hard_preset_plants_a_transitional_state():
+    adata = _small_hard()
+    obs = adata.obs
+    potency = obs["true_potency_cell"].to_numpy()
+    commitment = obs["true_commitment"].to_numpy()
+    assert (commitment[~potency] == 0).all()
+    moving = commitment > 0
+    # a quarter of the potency cells, within binomial error (n ~ 230: 4 SE ~ 0.11)
+    assert abs(moving[potency].mean() - 0.25) < 0.11
+    assert ((commitment[moving] >= 0.2) & (commitment[moving] <= 0.8)).all()
+    assert (obs["true_subpopulation"][moving] == "SP3").all()
+    settings = adata.uns["simulation"]
+    assert settings["preset"] == "hard" and settings["transitional_share"] == 0.25
+    assert list(settings["close_pair"]) == ["SP4", "SP3"]
+
+
+def test_transitional_cells_lose_the_marker_and_move_towards_the_neighbour():
+    adata = _small_hard()
+    per_cell = np.asarray(adata.X.sum(axis=1)).ravel()
+    marker = adata[:, "LRRC75A"].X.toarray().ravel() / per_cell * 1e4
+    obs = adata.obs.assign(marker=marker)
+    core = obs["true_potency_cell"] & (obs["true_commitment"] == 0)
+    committed = obs["true_commitment"] > 0.5
+    assert obs.loc[committed, "marker"].mean() < 0.6 * obs.loc[core, "marker"].mean()
+    # the neighbour's programme (genes SP4 has and SP3 has not) rises with commitment
+    programmes = adata.var["true_program"].astype(str)
+    own_sp4 = programmes.str.contains("SP4") & ~programmes.str.contains("SP3")
+    score = np.asarray(adata[:, own_sp4.to_numpy()].X.sum(axis=1)).ravel() / per_cell
+    obs = obs.assign(sp4=score)
+    sp4 = obs["true_subpopulation"] == "SP4"
+    assert (
+        obs.loc[core, "sp4"].mean() < obs.loc[committed, "sp4"].mean() < obs.loc[sp4, "sp4"].mean()
+    )
+
+
+def test_presets_without_a_transitional_state_are_unchanged():
+    """The transitional state draws nothing when its share is 0: tiny keeps its counts."""
+    import hashlib
+
+    tiny = mp.datasets.tiny(random_state=0)
+    assert float(tiny.X.sum()) == 14273373.0
+    assert hashlib.sha256(tiny.X.data.tobytes()).hexdigest()[:16] == "68ffa6ed1ceb951b"
+    assert (tiny.obs["true_commitment"] == 0).all()
+    assert tiny.uns["simulation"]["transitional_share"] == 0.0
+
+
+def test_hard_preset_shape_and_null():
+    config = mp.datasets.hard_config()
+    assert [s.name for s in config.sets] == ["BM-train", "BM-test", "AD", "UC"]
+    assert config.potency_fraction_range == (0.03, 0.16)
+    null = _small_hard(potency_slope=0.0)
+    assert "true_commitment" in null.obs
+    with pytest.raises(ValueError, match="transitional_target"):
+        _small_hard(transitional_target="SP99")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import mscpotency as mp
+from mscpotency._stored import NotSignificantWarning
 
 
 def test_fractions_match_a_manual_crosstab(tiny_ref):
@@ -107,9 +110,14 @@ def test_association_finds_the_potency_cluster(tiny_ref):
 def test_association_with_a_table_and_clr(tiny_ref):
     adata = tiny_ref.copy()
     potency = mp.get.lot_table(adata)["vegf"]
-    mp.tl.potency_association(adata, potency, transform="clr", key_added="clr")
+    # on 8 tiny lots the CLR share of the potency cluster has p = 0.007 but FDR = 0.058 over
+    # 8 clusters: the association says it is not significant at FDR <= 0.05
+    with pytest.warns(NotSignificantWarning, match="No cluster's share tracks vegf at FDR"):
+        mp.tl.potency_association(adata, potency, transform="clr", key_added="clr")
     clr_table = mp.get.potency_association(adata, key="clr")
     assert clr_table.index[0] == adata.uns["potency_association"]["potency_cluster"]
+    assert adata.uns["clr"]["found"] is False
+    assert "FDR = 0.0579" in adata.uns["clr"]["message"]
 
 
 def test_association_permutation_method_is_reproducible(tiny_ref):
@@ -124,6 +132,9 @@ def test_four_lots_say_they_cannot_reach_significance(tiny_ref):
     mp.tl.lot_fractions(four)
     mp.tl.potency_association(four)
     assert "no Spearman test can reach" in four.uns["potency_association"]["note"]
+    # no warning (the note says it), but the result does not claim a potency cluster
+    assert four.uns["potency_association"]["found"] is False
+    assert "with 4 lots no test can reach it" in four.uns["potency_association"]["message"]
     assert (mp.get.potency_association(four)["pvalue"] >= 2 / 24 - 1e-12).all()
 
 
@@ -187,3 +198,21 @@ def test_markers_need_association_or_a_cluster(tiny_ref):
     del adata.uns["potency_association"]
     with pytest.raises(KeyError, match="tl.potency_association"):
         mp.tl.potency_markers(adata)
+
+
+def test_four_lots_with_an_absent_cluster_give_no_all_nan_warning(tiny_ref):
+    """Leave-one-lot-out on 4 lots: a label absent from every lot (a reference class no new
+    lot has) has no finite rho in any fold; numpy used to warn "All-NaN slice"."""
+    four = tiny_ref[tiny_ref.obs["lot"].isin(["BM01", "BM02", "BM03", "BM04"]).to_numpy()].copy()
+    labels = four.obs["cluster"].astype(str).to_numpy()
+    labels[np.flatnonzero(four.obs["lot"] == "BM01")[:5]] = "ONLY1"
+    four.obs["cluster"] = pd.Categorical(labels, categories=[*sorted(set(labels)), "ABSENT"])
+    mp.tl.lot_fractions(four, min_cells_per_lot=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mp.tl.potency_association(four)
+    table = mp.get.potency_association(four, sort=False)
+    assert np.isnan(table.loc["ABSENT", ["rho", "loo_min", "loo_max"]].astype(float)).all()
+    assert np.isfinite(table.loc["ONLY1", ["loo_min", "loo_max"]].astype(float)).all()
+    finite = table["loo_min"].notna()
+    assert (table.loc[finite, "loo_min"] <= table.loc[finite, "loo_max"]).all()

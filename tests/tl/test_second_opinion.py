@@ -203,6 +203,7 @@ def test_neighbourhoods_of_the_potency_cluster_rank_first_on_the_study(study_ref
 
 
 # ----------------------------------------------------------------------------- agreement
+@pytest.mark.filterwarnings("ignore::mscpotency._stored.NotSignificantWarning")
 def test_methods_agree_on_the_potency_cluster(tiny_ref):
     adata = tiny_ref.copy()
     mp.tl.count_association(adata)
@@ -224,6 +225,7 @@ def test_methods_agree_on_the_potency_cluster(tiny_ref):
     np.testing.assert_allclose(table["p_clr"], clr["pvalue"].reindex(table.index))
 
 
+@pytest.mark.filterwarnings("ignore::mscpotency._stored.NotSignificantWarning")
 def test_method_agreement_without_optional_methods_and_validation(tiny_ref):
     adata = tiny_ref.copy()
     mp.tl.method_agreement(adata, count_key=None, neighbourhood_key=None)

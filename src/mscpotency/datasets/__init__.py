@@ -3,6 +3,8 @@
 from ._simulate import (
     SetSpec,
     SimulationConfig,
+    hard,
+    hard_config,
     iter_lots,
     simulate_lots,
     study,
@@ -14,6 +16,8 @@ from ._simulate import (
 __all__ = [
     "SetSpec",
     "SimulationConfig",
+    "hard",
+    "hard_config",
     "iter_lots",
     "simulate_lots",
     "study",

@@ -97,6 +97,12 @@ class SimulationConfig:
     potency_slope: float = 4000.0
     potency_noise_sd: float = 60.0
     potency_key: str = _keys.POTENCY
+    #: Share of potency cells partly committed towards ``transitional_target``: a continuum
+    #: whose expression mixes the two programmes (0: no transitional state, as the study).
+    transitional_share: float = 0.0
+    transitional_target: str = "SP4"
+    #: Range of the commitment ``w`` of transitional cells (programme = (1-w) potency + w target).
+    transitional_commitment: tuple[float, float] = (0.2, 0.8)
     preset: str = "custom"
     extra: dict = field(default_factory=dict)
 
@@ -110,6 +116,7 @@ def _study_sets() -> tuple[SetSpec, ...]:
     )
 
 
+@doc_params
 def study_config(**overrides) -> SimulationConfig:
     """Configuration shaped like the reference study (Miura et al. 2023).
 
@@ -119,6 +126,35 @@ def study_config(**overrides) -> SimulationConfig:
     return SimulationConfig(sets=_study_sets(), preset="study", **overrides)
 
 
+@doc_params
+def hard_config(**overrides) -> SimulationConfig:
+    """The study's arms with a potency population that a single fixed-k cut often misses.
+
+    Shaped after the studies of issue 12: the potency population (``SP3``) shares half of
+    its programme with its neighbour ``SP4`` (weak programmes tell them apart), a quarter
+    of its cells are partly committed towards ``SP4`` (a continuum: their programme mixes
+    the two with a commitment drawn from 0.2-0.8; they still carry potency,
+    ``true_potency_cell``, with their commitment in ``true_commitment``), one large
+    population (``SP1``, 30% of cells) that 8-cluster Leiden tends to split, and a smaller
+    potency population (3-16% of a lot) than the study's. The ``SP6``/``SP7`` close pair of
+    :func:`study_config` is replaced by the ``SP4``/``SP3`` one.
+    """
+    params = {
+        "sets": _study_sets(),
+        "base_proportions": (0.30, 0.15, 0.08, 0.12, 0.12, 0.10, 0.08, 0.05),
+        "potency_fraction_range": (0.03, 0.16),
+        "close_pair": ("SP4", "SP3"),
+        "close_pair_shared": 0.5,
+        "transitional_share": 0.25,
+        "transitional_target": "SP4",
+        "transitional_commitment": (0.2, 0.8),
+        "preset": "hard",
+    }
+    params.update(overrides)
+    return SimulationConfig(**params)
+
+
+@doc_params
 def tiny_config(**overrides) -> SimulationConfig:
     """A small configuration for unit tests: the study's arms with fewer, smaller lots."""
     params = {
@@ -301,6 +337,7 @@ def _lot(
     log_rel = population.base_log + tissue_effect + donor + population.programs[subpop]
     marker_shift = (spec.marker_scale - 1.0) * config.marker_lfc
     log_rel[subpop == potency_k, marker_idx] += marker_shift
+    commitment = _commit(config, population, subpop, log_rel, marker_idx, marker_shift, rng)
     cycling = rng.random(n) < config.cycling_share
     cycle_score = np.where(cycling, rng.uniform(0.5, 1.0, n), 0.0)
     log_rel[:, cycle_idx] += (
@@ -323,6 +360,7 @@ def _lot(
             config.potency_key: potency,
             "true_subpopulation": np.asarray(config.subpopulations)[subpop],
             "true_potency_cell": subpop == potency_k,
+            "true_commitment": commitment,
             "true_cycling": cycle_score,
             "true_low_quality": low_quality,
             "true_potency_fraction": proportions[potency_k],
@@ -330,6 +368,46 @@ def _lot(
         index=[f"{lot}_{i:05d}" for i in range(n)],
     )
     return sparse.csr_matrix(counts), obs
+
+
+def _commit(
+    config: SimulationConfig,
+    population: _Population,
+    subpop: np.ndarray,
+    log_rel: np.ndarray,
+    marker_idx: int,
+    marker_shift: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Move a share of potency cells part of the way to the target programme (in place).
+
+    A transitional cell with commitment ``w`` expresses ``(1 - w)`` of the potency
+    programme (its marker included) and ``w`` of the target's. Returns each cell's
+    commitment (0 for every other cell). Draws nothing when ``transitional_share`` is 0,
+    so the presets without a transitional state keep their counts bit for bit.
+    """
+    commitment = np.zeros(subpop.size)
+    if config.transitional_share <= 0:
+        return commitment
+    if config.transitional_target not in config.subpopulations or (
+        config.transitional_target == config.potency_subpopulation
+    ):
+        msg = (
+            "transitional_target must be one of the other subpopulations "
+            f"{list(config.subpopulations)}, got {config.transitional_target!r}"
+        )
+        raise ValueError(msg)
+    potency_k = config.subpopulations.index(config.potency_subpopulation)
+    target_k = config.subpopulations.index(config.transitional_target)
+    cells = np.flatnonzero(subpop == potency_k)
+    moving = cells[rng.random(cells.size) < config.transitional_share]
+    w = rng.uniform(*config.transitional_commitment, size=moving.size)
+    programs = population.programs
+    shift = programs[target_k] - programs[potency_k]
+    log_rel[moving] += w[:, None] * shift
+    log_rel[moving, marker_idx] -= w * marker_shift
+    commitment[moving] = w
+    return commitment
 
 
 def _var(config: SimulationConfig, population: _Population) -> pd.DataFrame:
@@ -358,6 +436,7 @@ def _settings(config: SimulationConfig, random_state: int, **extra) -> dict:
     return settings
 
 
+@doc_params
 def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData:
     """Simulate pooled scRNA-seq counts of MSC lots with known potency population.
 
@@ -373,7 +452,9 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     Cells x genes AnnData with raw counts (float32, CSR) in ``X`` and in
     ``layers['counts']``; ``obs['lot']``, ``obs['set']``, ``obs['tissue']`` and the
     lot-level potency column; truth in ``obs['true_subpopulation']``,
-    ``obs['true_potency_cell']``, ``obs['true_cycling']``, ``obs['true_low_quality']``,
+    ``obs['true_potency_cell']``, ``obs['true_commitment']`` (how far a potency cell is
+    committed towards the transitional target; 0 without a transitional state),
+    ``obs['true_cycling']``, ``obs['true_low_quality']``,
     ``obs['true_potency_fraction']`` and ``var['true_program']``; the configuration in
     ``uns['simulation']``.
 
@@ -408,6 +489,7 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     return adata
 
 
+@doc_params
 def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[AnnData]:
     """Simulate lots one at a time: a study of any size in the memory of one lot.
 
@@ -484,6 +566,30 @@ def study(*, random_state: int = 0, potency_slope: float | None = None) -> AnnDa
     """
     overrides = {} if potency_slope is None else {"potency_slope": potency_slope}
     return simulate_lots(study_config(**overrides), random_state=random_state)
+
+
+@doc_params
+def hard(*, random_state: int = 0, potency_slope: float | None = None) -> AnnData:
+    """The hard preset: the study's 24 lots with a potency population next to a continuum.
+
+    See :func:`hard_config`: the potency population shares half its programme with a
+    neighbour, a quarter of its cells are partly committed towards it, and one large
+    population invites fixed-k Leiden to spend a cluster on splitting it.
+
+    Parameters
+    ----------
+    random_state
+        {random_state}
+    potency_slope
+        Override the effect of the potency fraction on potency; 0 gives a null study.
+
+    Returns
+    -------
+    Raw counts shaped as :func:`study`'s, with the truth in ``true_*`` columns
+    (``true_commitment`` too).
+    """
+    overrides = {} if potency_slope is None else {"potency_slope": potency_slope}
+    return simulate_lots(hard_config(**overrides), random_state=random_state)
 
 
 @doc_params

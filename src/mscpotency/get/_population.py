@@ -19,6 +19,7 @@ __all__ = [
     "lot_table",
     "potency_association",
     "potency_markers",
+    "potency_population",
     "provenance",
     "qc",
 ]
@@ -32,16 +33,19 @@ def qc(
     adata: AnnData,
     *,
     key: str = _registry.QC.key,
-    kind: Literal["per_lot", "genes_removed"] = "per_lot",
+    kind: Literal["per_lot", "thresholds", "lots_flagged", "genes_removed"] = "per_lot",
 ) -> pd.DataFrame:
-    """What :func:`mscpotency.pp.qc` removed.
+    """What :func:`mscpotency.pp.qc` removed, and by which thresholds.
 
     Parameters
     ----------
     kind
         {kind}
         ``"per_lot"``: per lot, cells before QC, cells removed per reason, cells after;
-        ``"genes_removed"``: the genes removed.
+        ``"thresholds"``: every filter's metric, direction, threshold and rule (per lot
+        for data-adaptive thresholds); ``"lots_flagged"``: lots QC took above
+        ``max_removed_share`` or below the minimum lot size; ``"genes_removed"``: the genes
+        removed.
 
     Returns
     -------
@@ -147,6 +151,34 @@ def potency_markers(adata: AnnData, *, key: str = _registry.POTENCY_MARKERS.key)
     One row per gene (:func:`mscpotency.tl.potency_markers`), a copy.
     """
     return stored_table(adata, _registry.POTENCY_MARKERS, "table", key)
+
+
+@doc_params
+def potency_population(
+    adata: AnnData,
+    *,
+    key: str = _registry.POTENCY_POPULATION.key,
+    kind: Literal["candidates", "summary", "lots", "overlap"] = "candidates",
+) -> pd.DataFrame:
+    """The search for the potency population (:func:`mscpotency.tl.potency_population`).
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"candidates"``: one row per candidate population, the strongest first (rho,
+        per-candidate permutation p, size, overlap with the population found);
+        ``"summary"``: one row, what was found (``found``, ``population``, ``rho``,
+        ``pvalue`` selection-aware, ``pvalue_naive``, the fixed-k cluster beside it,
+        ``changed``); ``"lots"``: lots x (potency, share of the population found, share
+        of the fixed-k potency cluster); ``"overlap"``: every fixed-k cluster's cells
+        inside the population found and its Jaccard index with it.
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, _registry.POTENCY_POPULATION, kind, key)
 
 
 @doc_params

@@ -1,4 +1,4 @@
-"""Which cluster's share tracks potency? Every cluster's rho at a glance, or one cluster's lots."""
+"""Which cluster's share tracks potency? Every cluster's rho, one cluster's lots, the search."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -27,7 +28,7 @@ from ._utils import (
     potency_name,
 )
 
-__all__ = ["potency_association", "potency_scatter"]
+__all__ = ["potency_association", "potency_population", "potency_scatter"]
 
 
 def _association(adata: AnnData, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -142,7 +143,7 @@ def potency_scatter(
     association, table, lots = _association(adata, key)
     clusters = list(table.index)
     if cluster is None:
-        cluster = named_potency_cluster(adata, association_key=key)
+        cluster = named_potency_cluster(adata, association_key=key, if_not_significant="ignore")
     if cluster != "all" and str(cluster) not in clusters:
         msg = f"unknown cluster {cluster!r}; clusters are {clusters} or 'all'"
         raise ValueError(msg)
@@ -320,3 +321,106 @@ def _ring_potency_cluster(ax: Axes, xi: float, yi: float, ring: str) -> None:
         label="potency cluster",
     )
     ax.legend(handles=[handle], loc="lower left", frameon=False, fontsize="small")
+
+
+@doc_params
+def potency_population(
+    adata: AnnData,
+    *,
+    key: str = _registry.POTENCY_POPULATION.key,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | Figure | None:
+    """Every candidate of the search by size and rho, the fixed-k clusters and the one found.
+
+    Grey points are the candidate populations of :func:`mscpotency.tl.potency_population`
+    (x: share of all cells, log scale; y: Spearman rho of their per-lot share with
+    potency), coloured diamonds the fixed-k clusters, the ring the population found (or
+    the best candidate, dashed, when nothing was found). The dashed line is the
+    selection-aware threshold: the ``1 - alpha`` quantile of the best rho of the whole
+    search on permuted potency; only a candidate above it is beyond what the search
+    finds by chance.
+
+    Parameters
+    ----------
+    adata
+        {adata}
+        Needs ``uns[key]`` from :func:`mscpotency.tl.potency_population`.
+    **kwargs
+        Passed to :meth:`matplotlib.axes.Axes.scatter` for the candidates.
+
+    Returns
+    -------
+    The Figure when ``return_fig=True``, the Axes when not shown, else ``None``.
+    """
+    result = stored(adata, _registry.POTENCY_POPULATION, key)
+    table = get.potency_population(adata, key=key)
+    summary = result["summary"]
+    share = table["n_cells"].to_numpy(dtype=float) / adata.n_obs
+    rho = table["rho"].to_numpy(dtype=float)
+    fig, ax = _axes(ax, (6.4, 4.4))
+    kwargs = {"s": 14, "color": "#b0b0b0", "edgecolor": "none", "zorder": 2, **kwargs}
+    ax.scatter(share, rho, label="candidates", **kwargs)
+    fixed = (table["kind"] == "cluster").to_numpy()
+    cluster_key = str(result["params"]["cluster_key"])
+    names = [str(n) for n in table.index[fixed]]
+    colors = _category_colors(adata, cluster_key, _cluster_categories(adata, cluster_key))
+    for x_i, y_i, name in zip(share[fixed], rho[fixed], names, strict=True):
+        ax.scatter([x_i], [y_i], marker="D", s=40, color=colors.get(name, "#404040"), zorder=3)
+        ax.annotate(name, (x_i, y_i), xytext=(4, 3), textcoords="offset points", fontsize="x-small")
+    chosen = table["chosen"].to_numpy(dtype=bool)
+    if chosen.any():
+        ax.scatter(
+            share[chosen],
+            rho[chosen],
+            s=220,
+            facecolor="none",
+            edgecolor="black",
+            linewidth=2.0,
+            linestyle="-" if summary["found"] else "--",
+            zorder=4,
+            gid="population_found",
+            label="population found" if summary["found"] else "best candidate (not significant)",
+        )
+    alpha = float(summary["alpha"])
+    threshold = float(np.quantile(np.asarray(result["null_max"], dtype=float), 1 - alpha))
+    ax.axhline(
+        threshold, color="#c0392b", ls="--", lw=1.0, zorder=1, label=f"selection-aware {alpha:g}"
+    )
+    ax.axhline(0, color="#888888", lw=0.8, zorder=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.set_ylim(-1.08, 1.08)
+    ax.set_xlabel("candidate's share of all cells")
+    potency = str(result["params"]["potency"])
+    ax.set_ylabel(f"Spearman {RHO}, share vs {potency_label(potency)}")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(loc="best", frameon=False, fontsize="x-small")
+    ax.set_title(_population_title(summary), fontsize="small")
+    return _finish(fig, ax, show, return_fig)
+
+
+def _cluster_categories(adata: AnnData, cluster_key: str) -> list[str]:
+    """The categories of the fixed-k clustering (for its colours), or none if it is gone."""
+    if cluster_key not in adata.obs:
+        return []
+    return [str(c) for c in pd.Categorical(adata.obs[cluster_key]).categories]
+
+
+def _population_title(summary: dict) -> str:
+    """Two lines: what was found (or not), then the p-value and the fixed-k comparison."""
+    p = f"selection-aware p = {summary['pvalue']:.3g} over {summary['n_candidates']} candidates"
+    if not summary["found"]:
+        return (
+            f"No population found (best: {summary['population']}, "
+            f"{RHO} = {summary['rho']:.2f})\n{p}"
+        )
+    if not summary["changed"]:
+        return f"Found the fixed-k cluster {summary['population']}\n{p}; the search changed nothing"
+    return (
+        f"Found {summary['population']} ({RHO} = {summary['rho']:.2f}; fixed-k "
+        f"{summary['fixed_k_cluster']}: {RHO} = {summary['fixed_k_rho']:.2f}, "
+        f"Jaccard {summary['jaccard_with_fixed_k']:.2f})\n{p}"
+    )

@@ -35,7 +35,7 @@ def _potency_cluster_or_none(adata: AnnData, association_key: str) -> str:
     """
     stored(adata, _registry.POTENCY_ASSOCIATION, association_key)
     try:
-        return potency_cluster(adata, association_key=association_key)
+        return potency_cluster(adata, association_key=association_key, if_not_significant="ignore")
     except KeyError:
         return ""
 

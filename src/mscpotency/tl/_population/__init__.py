@@ -1,10 +1,11 @@
-"""Which cells carry potency: clustering, lot composition, potency association, markers."""
+"""Which cells carry potency: clustering, lot composition, potency association, the search, markers."""
 
 from ._association import potency_association
 from ._cluster import cluster
 from ._deviation import composition_deviation
 from ._fractions import lot_fractions
 from ._markers import potency_markers
+from ._search import potency_population
 
 __all__ = [
     "cluster",
@@ -12,4 +13,5 @@ __all__ = [
     "lot_fractions",
     "potency_association",
     "potency_markers",
+    "potency_population",
 ]

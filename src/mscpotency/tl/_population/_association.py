@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Literal
 
@@ -12,7 +13,7 @@ from anndata import AnnData
 from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
-from ..._stored import stored
+from ..._stored import NotSignificantWarning, stored
 from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots
 
 
@@ -86,7 +87,17 @@ def potency_association(
     pvalue_asymptotic, fdr, ci_low, ci_high, ci_valid_share, loo_min, loo_max,
     loo_most_influential_lot, mean_fraction, n_lots, significant), ``'lots'`` : DataFrame
     (lots x [potency, fraction of every cluster]), ``'potency_cluster'`` (the cluster with
-    the largest positive rho), ``'note'`` (what the lot count allows) and ``'params'``.
+    the largest positive rho, a candidate until ``'found'`` says it is significant),
+    ``'found'`` (whether its FDR is at most ``alpha``), ``'message'`` (a plain sentence:
+    the potency cluster found, or that no cluster's share tracks potency at that FDR and
+    which candidate came closest), ``'note'`` (what the lot count allows) and ``'params'``.
+
+    Warns
+    -----
+    NotSignificantWarning
+        A ``UserWarning``, when no cluster's share tracks potency at FDR <= ``alpha`` although the lots could
+        reach it (with 4 lots or fewer no test can; ``'note'`` says so instead). Tools
+        that look the potency cluster up (markers, validation, prediction) warn again.
     """
     fractions_result = stored(adata, _registry.LOT_FRACTIONS, fractions_key)
     fractions: pd.DataFrame = fractions_result["fractions"]
@@ -116,11 +127,15 @@ def potency_association(
     table["mean_fraction"] = fractions.mean(axis=0).to_numpy()
     table["n_lots"] = result.n_lots
     table["significant"] = table["pvalue"] < alpha
+    named = _strongest_positive(table["rho"])
+    found, message = _honesty(table, named, potency_name, alpha, result.n_lots, alternative)
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
         "lots": _lots_table(fractions, potency_name, y),
-        "potency_cluster": _strongest_positive(table["rho"]),
+        "potency_cluster": named,
+        "found": found,
+        "message": message,
         "note": _small_n_note(result.n_lots, alternative, alpha),
         "params": {
             "potency": potency_name,
@@ -137,6 +152,8 @@ def potency_association(
             "lot_key": lot_key,
         },
     }
+    if not found and _stats.minimum_attainable_pvalue(result.n_lots, alternative) < alpha:
+        warnings.warn(message, NotSignificantWarning, stacklevel=3)
     return adata if copy else None
 
 
@@ -169,13 +186,18 @@ def _leave_one_lot_out(
 ) -> pd.DataFrame:
     """Per cluster: the range of rho with one lot left out, and the lot that moves it most."""
     loo = _stats.leave_one_out(features, y)
-    any_finite = np.isfinite(loo).any()
+    finite = np.isfinite(loo)
+    has_value = finite.any(axis=0)
+    # masked min/max: a cluster with no finite rho left (e.g. absent from all but one of
+    # 4 lots) gets NaN without numpy's "All-NaN slice" RuntimeWarning
+    loo_min = np.where(has_value, np.where(finite, loo, np.inf).min(axis=0), np.nan)
+    loo_max = np.where(has_value, np.where(finite, loo, -np.inf).max(axis=0), np.nan)
     shift = np.abs(loo - rho)
     shift[~np.isfinite(shift)] = -1
     return pd.DataFrame(
         {
-            "loo_min": np.nanmin(loo, axis=0) if any_finite else np.nan,
-            "loo_max": np.nanmax(loo, axis=0) if any_finite else np.nan,
+            "loo_min": loo_min,
+            "loo_max": loo_max,
             "loo_most_influential_lot": lots.astype(str).to_numpy()[shift.argmax(axis=0)],
         },
         index=clusters,
@@ -195,6 +217,33 @@ def _strongest_positive(rho: pd.Series) -> str:
     """The cluster with the largest positive rho (the potency cluster), or ``""`` if none."""
     positive = rho.where(rho > 0)
     return str(positive.idxmax()) if positive.notna().any() else ""
+
+
+def _honesty(
+    table: pd.DataFrame,
+    named: str,
+    potency_name: str,
+    alpha: float,
+    n_lots: int,
+    alternative: str,
+) -> tuple[bool, str]:
+    """Whether the potency cluster is significant (FDR <= alpha), and the sentence saying so."""
+    if named == "":
+        return False, (
+            f"No cluster's share rises with {potency_name}; no potency cluster is named."
+        )
+    row = table.loc[named]
+    found = bool(np.isfinite(row["fdr"]) and row["fdr"] <= alpha)
+    stats = f"rho = {row['rho']:.2f}, p = {row['pvalue']:.3g}, FDR = {row['fdr']:.3g}"
+    if found:
+        return True, f"Potency cluster: {named} ({stats}, {n_lots} lots)."
+    floor = _stats.minimum_attainable_pvalue(n_lots, alternative)  # type: ignore[arg-type]
+    reach = f"; with {n_lots} lots no test can reach it" if floor >= alpha else ""
+    return False, (
+        f"No cluster's share tracks {potency_name} at FDR <= {alpha:g}{reach}: the best "
+        f"candidate is {named} ({stats}); it is not a demonstrated potency cluster. "
+        "Run tl.potency_population to search finer populations, or pass cluster= explicitly."
+    )
 
 
 def _small_n_note(n_lots: int, alternative: str, alpha: float) -> str:

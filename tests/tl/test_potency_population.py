@@ -1,0 +1,349 @@
+"""The search for the potency population: candidates, selection-aware p, honesty, truth."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+import mscpotency as mp
+from mscpotency import _stats
+from mscpotency.tl._population import _search
+from mscpotency.tl._population._search import PopulationNotFoundWarning
+
+
+def _f1(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
+
+
+def _reference(adata, **cluster):
+    """The fixed-k analysis the search starts from (association warnings silenced)."""
+    adata = adata[adata.obs["set"] == "BM-train"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.pp.qc(adata)
+        mp.pp.preprocess(adata)
+        mp.tl.cluster(adata, n_clusters=8, **cluster)
+        mp.tl.lot_fractions(adata)
+        mp.tl.potency_association(adata, "vegf")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_ref):
+    adata = tiny_ref.copy()
+    mp.tl.potency_population(adata, "vegf", n_permutations=999)
+    return adata
+
+
+# --------------------------------------------------------------------------- kernel
+def test_statistic_is_spearman_and_p_counts_the_permutation_maxima():
+    rng = np.random.default_rng(3)
+    shares = rng.random((40, 9))
+    shares[5] = 0.1  # a constant candidate never wins
+    y = rng.normal(size=9)
+    search = _search._selection_aware_search(
+        shares, y, "greater", 999, 0.0, np.random.default_rng(0)
+    )
+    expected = _stats.spearman_rho(shares.T, y)
+    np.testing.assert_allclose(search.rho, expected, atol=1e-12, equal_nan=True)
+    assert np.isnan(search.rho[5])
+    assert search.chosen == int(np.nanargmax(expected))
+    # brute force with the same stream of permutations
+    rng = np.random.default_rng(0)
+    ry = _stats.midranks(y)
+    maxima, exceed = [], np.zeros(40)
+    for start in range(0, 999, _search._PERMUTATION_BLOCK):
+        size = min(_search._PERMUTATION_BLOCK, 999 - start)
+        for perm in rng.permuted(np.tile(ry, (size, 1)), axis=1):
+            rho = _stats.spearman_rho(shares.T, perm)
+            maxima.append(np.nanmax(rho))
+            exceed += np.nan_to_num(rho, nan=-2) >= np.nan_to_num(expected, nan=9) - 1e-12
+    np.testing.assert_allclose(search.null_max, maxima, atol=1e-12)
+    assert search.pvalue == pytest.approx(
+        (1 + (np.array(maxima) >= search.best - 1e-12).sum()) / 1000
+    )
+    exceed[5] = np.nan  # no rho, no p-value
+    np.testing.assert_allclose(search.pvalue_candidate, (1 + exceed) / 1000, equal_nan=True)
+    two_sided = _search._selection_aware_search(
+        shares, y, "two-sided", 199, 0.0, np.random.default_rng(0)
+    )
+    assert two_sided.best == pytest.approx(np.nanmax(np.abs(expected)))
+
+
+def test_ties_go_to_the_largest_candidate():
+    y = np.arange(8.0)
+    whole = np.linspace(0.1, 0.3, 8)
+    piece = whole / 3
+    shares = np.vstack([piece, whole, np.full(8, 0.2)])
+    sizes = np.array([100, 300, 500])
+    search = _search._selection_aware_search(
+        shares, y, "greater", 199, 0.02, np.random.default_rng(0), sizes=sizes
+    )
+    np.testing.assert_allclose(search.rho[:2], 1.0)
+    assert search.chosen == 1
+
+
+def test_a_fixed_k_cluster_within_tolerance_is_kept():
+    y = np.arange(8.0)
+    fixed = np.array([0.10, 0.12, 0.11, 0.14, 0.15, 0.16, 0.18, 0.2])  # one swap: rho 0.976
+    merged = np.linspace(0.2, 0.4, 8)  # rho 1, larger
+    shares = np.vstack([fixed, merged])
+    sizes = np.array([100, 300])
+    rng = np.random.default_rng(0)
+    kept = _search._selection_aware_search(
+        shares, y, "greater", 199, 0.03, rng, sizes=sizes, preferred=np.array([0])
+    )
+    assert kept.chosen == 0 and kept.best == pytest.approx(1.0)
+    strict = _search._selection_aware_search(
+        shares, y, "greater", 199, 0.01, rng, sizes=sizes, preferred=np.array([0])
+    )
+    assert strict.chosen == 1
+
+
+def test_selection_aware_p_is_calibrated_on_a_fixed_candidate_set(searched):
+    """Random potency vectors on one candidate matrix: the null of 'potency unrelated to
+    composition'. 400 nulls at alpha 0.05: rejection rate <= 0.05 + 2.5 Monte-Carlo SE
+    (SE = sqrt(0.05 * 0.95 / 400) = 0.011), i.e. at most 0.078; the per-candidate p of the
+    best candidate rejects far more often (that is what selection costs)."""
+    table = mp.get.potency_population(searched)
+    base, lot_series, graph, _ = _search._search_inputs(searched, "cluster", "lot")
+    candidates = _search._generate_candidates(
+        _search._igraph_of(graph),
+        base,
+        lot_series.cat.codes.to_numpy(),
+        len(lot_series.cat.categories),
+        resolutions=_search.DEFAULT_RESOLUTIONS,
+        sub_resolutions=_search.DEFAULT_SUB_RESOLUTIONS,
+        n_graph_neighbours=2,
+        min_cells=max(10, int(np.ceil(0.02 * searched.n_obs))),
+        seed=0,
+        n_iterations=2,
+        flavor="igraph",
+        connectivities=graph,
+    )
+    assert len(candidates.source) == len(table)
+    shares = candidates.counts / np.bincount(lot_series.cat.codes)
+    rng = np.random.default_rng(11)
+    selection, naive = [], []
+    for i in range(400):
+        y = rng.normal(size=shares.shape[1])
+        search = _search._selection_aware_search(
+            shares, y, "greater", 199, 0.0, np.random.default_rng(i)
+        )
+        selection.append(search.pvalue <= 0.05)
+        naive.append(search.pvalue_candidate[search.chosen] <= 0.05)
+    assert np.mean(selection) <= 0.078
+    assert np.mean(naive) > 0.2
+
+
+# --------------------------------------------------------------------------- the tool
+def test_search_finds_the_true_population_and_writes_every_key(searched):
+    result = searched.uns["potency_population"]
+    summary = result["summary"]
+    assert summary["found"] and summary["pvalue"] <= 0.05
+    assert summary["pvalue_naive"] <= summary["pvalue"]
+    found = (searched.obs["potency_population"] == "potency").to_numpy()
+    assert _f1(found, searched.obs["true_potency_cell"].to_numpy()) >= 0.9
+    assert summary["n_cells"] == found.sum()
+    assert set(result) >= {"candidates", "summary", "lots", "overlap", "null_max", "message"}
+    assert set(result["params"]) >= {"potency", "cluster_key", "alpha", "n_permutations"}
+    assert result["null_max"].shape == (999,)
+    table = mp.get.potency_population(searched)
+    assert table["chosen"].sum() == 1 and table.index[table["chosen"]][0] == summary["population"]
+    assert table.loc[summary["population"], "jaccard_with_chosen"] == 1.0
+    assert (table["n_cells"] >= 0.02 * searched.n_obs).all()
+    assert table.index.is_unique
+    lots = mp.get.potency_population(searched, kind="lots")
+    assert list(lots.columns) == ["vegf", "population_share", "fixed_k_share"]
+    assert _stats.spearman_rho(lots[["population_share"]].to_numpy(), lots["vegf"])[0] == (
+        pytest.approx(summary["rho"])
+    )
+    overlap = mp.get.potency_population(searched, kind="overlap")
+    assert overlap["n_in_population"].sum() == found.sum()
+    assert mp.get.potency_population(searched, kind="summary").shape[0] == 1
+    labels = searched.obs["potency_population"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype) and labels.cat.categories[0] == "potency"
+    assert (labels[~found] == searched.obs["cluster"][~found].astype(str)).all()
+
+
+def test_the_search_says_when_it_changed_nothing(searched):
+    summary = searched.uns["potency_population"]["summary"]
+    # on the tiny preset the fixed-k potency cluster is already the true population
+    assert summary["fixed_k_cluster"] == searched.uns["potency_association"]["potency_cluster"]
+    if not summary["changed"]:
+        assert "changed nothing" in searched.uns["potency_population"]["message"]
+        assert summary["jaccard_with_fixed_k"] >= 0.95
+
+
+def test_labels_feed_the_downstream_tools(searched):
+    adata = searched.copy()
+    mp.tl.lot_fractions(adata, cluster_key="potency_population", key_added="pop_fractions")
+    mp.tl.potency_association(adata, fractions_key="pop_fractions", key_added="pop_association")
+    assert adata.uns["pop_association"]["potency_cluster"] == "potency"
+    mp.tl.potency_markers(
+        adata, cluster_key="potency_population", association_key="pop_association"
+    )
+    assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"
+
+
+def test_copy_equals_in_place_and_is_reproducible(tiny_ref, searched):
+    copied = mp.tl.potency_population(tiny_ref, "vegf", n_permutations=999, copy=True)
+    assert "potency_population" not in tiny_ref.uns
+    pd.testing.assert_frame_equal(
+        mp.get.potency_population(copied), mp.get.potency_population(searched)
+    )
+    np.testing.assert_array_equal(
+        copied.uns["potency_population"]["null_max"], searched.uns["potency_population"]["null_max"]
+    )
+    left, right = copied.obs["potency_population"], searched.obs["potency_population"]
+    assert list(left.cat.categories) == list(right.cat.categories)
+    np.testing.assert_array_equal(left.astype(str), right.astype(str))
+
+
+def test_plot_draws_the_search(searched):
+    fig = mp.pl.potency_population(searched, return_fig=True)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert any(c.get_gid() == "population_found" for c in ax.collections)
+    assert "search changed nothing" in ax.get_title() or ax.get_title().startswith("Found")
+    plt.close(fig)
+    with pytest.raises(KeyError, match="tl.potency_population"):
+        mp.pl.potency_population(searched, key="absent")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min_fraction": 0.6}, "min_fraction"),
+        ({"tolerance": 1.5}, "tolerance"),
+        ({"alternative": "less"}, "alternative"),
+        ({"n_permutations": 10}, "n_permutations"),
+        ({"alpha": 0.0}, "alpha"),
+    ],
+)
+def test_rejects_bad_options(tiny_ref, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mp.tl.potency_population(tiny_ref, copy=True, **kwargs)
+
+
+def test_no_candidate_large_enough_is_an_error(tiny_ref):
+    adata = tiny_ref.copy()
+    adata.obs["one"] = pd.Categorical(["A"] * adata.n_obs)  # one cluster: nothing to compare
+    adata.uns["one"] = adata.uns["cluster"]
+    with pytest.raises(ValueError, match="no candidate population"):
+        mp.tl.potency_population(
+            adata, cluster_key="one", resolutions=(), sub_resolutions=(), copy=True
+        )
+
+
+def test_needs_the_clustering_and_its_graph(tiny_ref, tiny_train):
+    with pytest.raises(KeyError, match="tl.cluster"):
+        mp.tl.potency_population(tiny_train.copy(), copy=True)
+    adata = tiny_ref.copy()
+    del adata.obsp["cluster_neighbors_connectivities"]
+    with pytest.raises(KeyError, match="tl.cluster"):
+        mp.tl.potency_population(adata, copy=True)
+    adata = tiny_ref.copy()
+    adata.obs["relabelled"] = adata.obs["cluster"].cat.rename_categories(
+        {adata.obs["cluster"].cat.categories[0]: "potency"}
+    )
+    with pytest.raises(ValueError, match="earlier search"):
+        mp.tl.potency_population(adata, cluster_key="relabelled", copy=True)
+
+
+# --------------------------------------------------------------------------- honesty
+@pytest.fixture(scope="module")
+def null_studies():
+    """Four tiny null studies (potency unrelated to composition), reference-analysed."""
+    return [_reference(mp.datasets.tiny(random_state=s, potency_slope=0)) for s in range(4)]
+
+
+def test_null_studies_report_that_nothing_was_found(null_studies):
+    """At alpha 0.05 each null study names a population with probability <= 0.05; with
+    these four fixed seeds none does (P(no false positive in 4) >= 0.81 for any seeds)."""
+    for adata in null_studies:
+        with pytest.warns(PopulationNotFoundWarning, match="No population's share tracks"):
+            mp.tl.potency_population(adata, n_permutations=999)
+        summary = adata.uns["potency_population"]["summary"]
+        assert not summary["found"] and summary["pvalue"] > 0.05
+        assert "potency" not in adata.obs["potency_population"].cat.categories
+        assert (adata.obs["potency_population"] == adata.obs["cluster"].astype(str)).all()
+        assert "the best candidate is" in adata.uns["potency_population"]["message"]
+        fig = mp.pl.potency_population(adata, return_fig=True)
+        assert fig.axes[0].get_title().startswith("No population found")
+        plt.close(fig)
+
+
+def test_association_on_a_null_study_says_no_cluster_is_significant(null_studies):
+    adata = null_studies[0].copy()
+    with pytest.warns(UserWarning, match="No cluster's share tracks vegf at FDR"):
+        mp.tl.potency_association(adata, "vegf")
+    association = adata.uns["potency_association"]
+    assert association["found"] is False
+    assert "the best candidate is" in association["message"]
+    # downstream tools warn instead of silently using it, or refuse when asked to
+    with pytest.warns(UserWarning, match="is not significant"):
+        mp.tl.potency_markers(adata)
+    with pytest.raises(ValueError, match="is not significant"):
+        mp._stored.potency_cluster(adata, if_not_significant="raise")
+    assert (
+        mp._stored.potency_cluster(adata, if_not_significant="ignore")
+        == (association["potency_cluster"])
+    )
+    # an explicit cluster is the user's choice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mp.tl.potency_markers(adata, association["potency_cluster"])
+
+
+def test_a_significant_association_names_its_cluster_without_warning(tiny_ref):
+    association = tiny_ref.uns["potency_association"]
+    assert association["found"] is True
+    assert association["message"].startswith("Potency cluster:")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mp._stored.potency_cluster(tiny_ref) == association["potency_cluster"]
+
+
+# --------------------------------------------------------------------------- on the presets
+def _marker_rank(adata, cluster: str, cluster_key: str) -> int:
+    adata = adata.copy()
+    mp.tl.potency_markers(adata, cluster, cluster_key=cluster_key, n_genes=50)
+    genes = list(mp.get.potency_markers(adata)["gene"])
+    return genes.index("LRRC75A") + 1 if "LRRC75A" in genes else 51
+
+
+@pytest.mark.slow
+def test_on_the_study_the_search_keeps_the_fixed_k_cluster(study_ref):
+    adata = study_ref.copy()
+    mp.tl.potency_population(adata, "vegf")
+    summary = adata.uns["potency_population"]["summary"]
+    assert summary["found"] and not summary["changed"]
+    assert "changed nothing" in adata.uns["potency_population"]["message"]
+    found = (adata.obs["potency_population"] == "potency").to_numpy()
+    assert _f1(found, adata.obs["true_potency_cell"].to_numpy()) >= 0.95
+    assert _marker_rank(adata, "potency", "potency_population") == 1
+
+
+@pytest.mark.slow
+def test_on_the_hard_preset_the_search_finds_what_fixed_k_merges():
+    """Seed 1 of the hard preset: 8-cluster Leiden merges the potency population with its
+    transitional neighbour (F1 ~0.6, association not significant, marker ranked ~14th);
+    the search names the population (F1 >= 0.9) and its marker first."""
+    adata = _reference(mp.datasets.hard(random_state=1))
+    truth = adata.obs["true_potency_cell"].to_numpy()
+    fixed = adata.uns["potency_association"]["potency_cluster"]
+    assert _f1((adata.obs["cluster"] == fixed).to_numpy(), truth) < 0.7
+    assert adata.uns["potency_association"]["found"] is False
+    mp.tl.potency_population(adata, "vegf")
+    summary = adata.uns["potency_population"]["summary"]
+    assert summary["found"] and summary["changed"] and summary["pvalue"] <= 0.01
+    found = (adata.obs["potency_population"] == "potency").to_numpy()
+    assert _f1(found, truth) >= 0.9
+    assert _marker_rank(adata, "potency", "potency_population") == 1
+    assert _marker_rank(adata, fixed, "cluster") > 1

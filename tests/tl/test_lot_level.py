@@ -216,3 +216,13 @@ def test_four_lots_with_an_absent_cluster_give_no_all_nan_warning(tiny_ref):
     assert np.isfinite(table.loc["ONLY1", ["loo_min", "loo_max"]].astype(float)).all()
     finite = table["loo_min"].notna()
     assert (table.loc[finite, "loo_min"] <= table.loc[finite, "loo_max"]).all()
+
+
+def test_lot_table_leaves_out_per_cell_qc_metrics_even_when_constant(tiny_train):
+    adata = tiny_train.copy()
+    mp.pp.qc(adata)
+    # the simulator measures no ribosomal gene: its QC metrics are 0 in every cell
+    assert (adata.obs["pct_counts_ribo"] == 0).all()
+    table = mp.get.lot_table(adata)
+    assert list(table.columns) == ["set", "tissue", "vegf"]
+    assert table.index.tolist() == sorted(adata.obs["lot"].unique().tolist())

@@ -203,6 +203,10 @@ def provenance(adata: AnnData) -> pd.DataFrame:
     return pd.DataFrame(entries, columns=columns)
 
 
+#: obs column prefixes that are never lot attributes: ground truth and per-cell QC metrics.
+_NOT_LOT_ATTRIBUTES = (_keys.TRUTH_PREFIX, "total_counts", "pct_counts", "n_genes", "log1p_")
+
+
 @doc_params
 def lot_table(
     adata: AnnData, *, lot_key: str = _keys.LOT, columns: list[str] | None = None
@@ -213,7 +217,9 @@ def lot_table(
     ----------
     columns
         Columns to return; by default every lot-constant column except ground truth
-        (``true_*``) is returned.
+        (``true_*``) and per-cell QC metrics (scanpy's names: ``total_counts*``,
+        ``pct_counts*``, ``n_genes*``, ``log1p_*``), which can be constant by chance (no
+        ribosomal gene measured) but are never lot attributes.
 
     Returns
     -------
@@ -222,7 +228,7 @@ def lot_table(
     lots = lots_of(adata, lot_key)
     obs = adata.obs.drop(columns=[lot_key])
     if columns is None:
-        candidates = [c for c in obs.columns if not str(c).startswith(_keys.TRUTH_PREFIX)]
+        candidates = [c for c in obs.columns if not str(c).startswith(_NOT_LOT_ATTRIBUTES)]
     else:
         missing = [c for c in columns if c not in obs.columns]
         if missing:

@@ -202,9 +202,3 @@ RESULTS: dict[str, Result] = {
         MARKER_VALIDATION,
     )
 }
-
-
-def producer_of(key: str) -> str:
-    """Name of the tool that writes ``adata.uns[key]`` by default (for error messages)."""
-    result = RESULTS.get(key)
-    return result.producer if result is not None else f"the tool with key_added={key!r}"

@@ -10,7 +10,6 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from . import _registry
 from ._dask import is_dask
 
 
@@ -21,17 +20,6 @@ def require_obs_column(adata: AnnData, key: str, *, what: str, hint: str = "") -
         msg = f"adata.obs has no column {key!r} ({what}); columns are: {shown}. {hint}".strip()
         raise KeyError(msg)
     return adata.obs[key]
-
-
-def require_uns(adata: AnnData, key: str, *, tool: str | None = None) -> dict:
-    """``adata.uns[key]`` written by a tool, or a ``KeyError`` naming the tool to run first."""
-    if key not in adata.uns:
-        tool = tool or _registry.producer_of(key)
-        msg = (
-            f"adata.uns has no {key!r}. Run `{tool}` first (or pass the key it was written under)."
-        )
-        raise KeyError(msg)
-    return adata.uns[key]
 
 
 def lots_of(adata: AnnData, lot_key: str) -> pd.Series:
@@ -166,20 +154,6 @@ def warn_small_lots(counts: pd.Series, minimum: int, *, context: str) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def check_small_lot_rule(min_cells_per_lot, small_lots) -> None:
-    """``min_cells_per_lot`` a non-negative integer, ``small_lots`` one of the three rules."""
-    if (
-        not isinstance(min_cells_per_lot, (int, np.integer))
-        or isinstance(min_cells_per_lot, bool)
-        or min_cells_per_lot < 0
-    ):
-        msg = f"min_cells_per_lot must be a non-negative integer, got {min_cells_per_lot!r}"
-        raise ValueError(msg)
-    if small_lots not in ("warn", "drop", "error"):
-        msg = f"small_lots must be one of 'warn', 'drop', 'error', got {small_lots!r}"
-        raise ValueError(msg)
 
 
 def negative_columns(

@@ -16,7 +16,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._provenance import record
-from .._validate import SMALL_LOT_EFFECT, check_small_lot_rule
+from .._validate import SMALL_LOT_EFFECT
 
 logger = logging.getLogger("mscpotency")
 
@@ -147,7 +147,6 @@ def check_pool_options(
     ):
         msg = f"cells_per_lot must be None, 'min' or a positive integer, got {cells_per_lot!r}"
         raise ValueError(msg)
-    check_small_lot_rule(min_cells_per_lot, small_lots)
 
 
 def _apply_small_lot_rule(

@@ -19,7 +19,6 @@ from .._provenance import record
 from .._validate import (
     SMALL_LOT_EFFECT,
     check_counts,
-    check_small_lot_rule,
     count_matrix,
     gene_symbols,
     looks_like_ensembl,
@@ -205,7 +204,6 @@ def qc(
     Read the tables back with :func:`mscpotency.get.qc`.
     """
     lots = lots_of(adata, lot_key)
-    check_small_lot_rule(min_cells_per_lot, small_lots)
     X = count_matrix(adata, layer)
     check_counts(X, where="the count matrix" if X is adata.X else f"layers[{layer!r}]")
     mito, ribo, symbols_from = _mito_and_ribo(adata.var, symbol_key, mito_prefix)

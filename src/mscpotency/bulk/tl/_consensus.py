@@ -14,7 +14,6 @@ from ..._docs import doc_params
 from ..._provenance import record
 from .._platforms import association_tables
 from .._types import Consensus, SignRule
-from ._rank_association import check_alpha
 
 
 def _as_rule(name: str, rule) -> SignRule:
@@ -228,7 +227,6 @@ def consensus(
     ``on_missing="intersect"``), the platforms' association tables, the parameters and the
     record of the call (``provenance``, with the fingerprint of every input).
     """
-    check_alpha(alpha)
     if use not in ("pvalue", "fdr"):
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)

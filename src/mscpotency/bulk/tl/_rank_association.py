@@ -25,24 +25,6 @@ from .._lines import (
 logger = logging.getLogger("mscpotency")
 
 
-def check_alpha(alpha: float) -> None:
-    """The level of a test, strictly between 0 and 1, or a ``ValueError``."""
-    if not 0 < alpha < 1:
-        msg = f"alpha must be between 0 and 1, got {alpha}"
-        raise ValueError(msg)
-
-
-def check_test_options(alpha: float, alternative: str, method: str) -> None:
-    """The level, direction and p-value method of a rank test, or a ``ValueError``."""
-    check_alpha(alpha)
-    if alternative not in ("two-sided", "greater", "less"):
-        msg = f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}"
-        raise ValueError(msg)
-    if method not in ("auto", "exact", "permutation"):
-        msg = f"method must be 'auto', 'exact' or 'permutation', got {method!r}"
-        raise ValueError(msg)
-
-
 def unrankable(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Masks of features with a missing/infinite value and of constant features."""
     non_finite = ~np.isfinite(X).all(axis=0)
@@ -178,7 +160,6 @@ def rank_association(
     out), ``'note'`` (lines per outcome and the smallest attainable p) and ``'params'``.
     """
     require_unique_lines(adata)
-    check_test_options(alpha, alternative, method)
     frame = outcome_frame(adata, outcome)
     used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
     X = dense_matrix(adata, layer)

@@ -20,7 +20,7 @@ from .._lines import (
     outcome_frame,
     require_unique_lines,
 )
-from ._rank_association import check_alpha, unrankable
+from ._rank_association import unrankable
 
 
 def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
@@ -200,7 +200,6 @@ def validate_markers(
     (lines x outcome used), ``'missing_lines'`` and ``'params'``.
     """
     require_unique_lines(adata)
-    check_alpha(alpha)
     if alternative not in ("directional", "two-sided"):
         msg = f"alternative must be 'directional' or 'two-sided', got {alternative!r}"
         raise ValueError(msg)

@@ -18,10 +18,11 @@ from . import (  # _numba_cache first: numba's cache directory is set before any
     tl,
 )
 from ._provenance import replay
+from ._settings import settings
 
 try:
     __version__ = version("mscpotency")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["bulk", "datasets", "get", "io", "pl", "pp", "replay", "tl"]
+__all__ = ["bulk", "datasets", "get", "io", "pl", "pp", "replay", "settings", "tl"]

@@ -20,6 +20,7 @@ from scipy import sparse
 
 from .. import _keys
 from .._docs import doc_params
+from .._settings import progress
 from .._simulation import config_settings, numbered_names
 
 #: Named genes placed in the simulated transcriptome (all others are ``G0001`` ...).
@@ -466,27 +467,41 @@ def simulate_lots(config: SimulationConfig, *, random_state: int = 0) -> AnnData
     population = _population(config, rng)
     tissue_effects: dict[str, np.ndarray] = {}
     blocks, obs_frames = [], []
-    for spec in config.sets:
-        proportions, potency = _arm(config, spec, population, tissue_effects, rng)
-        for lot_i, lot in enumerate(_lot_names(spec)):
-            counts, obs = _lot(
-                config,
-                population,
-                spec,
-                tissue_effects[spec.tissue],
-                lot,
-                proportions[lot_i],
-                potency[lot_i],
-                rng,
-            )
-            blocks.append(counts)
-            obs_frames.append(obs)
+    lots = progress(
+        _lots_in_order(config, population, tissue_effects, rng),
+        desc="simulating lots",
+        total=sum(spec.n_lots for spec in config.sets),
+        unit="lot",
+    )
+    for spec, lot, proportions, potency in lots:
+        counts, obs = _lot(
+            config, population, spec, tissue_effects[spec.tissue], lot, proportions, potency, rng
+        )
+        blocks.append(counts)
+        obs_frames.append(obs)
     obs = _categorical_obs(pd.concat(obs_frames), config)
     X = sparse.vstack(blocks, format="csr")
     adata = AnnData(X=X, obs=obs, var=_var(config, population))
     adata.layers[_keys.COUNTS_LAYER] = X.copy()
     adata.uns["simulation"] = _settings(config, random_state)
     return adata
+
+
+def _lots_in_order(
+    config: SimulationConfig,
+    population: _Population,
+    tissue_effects: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> Iterator[tuple[SetSpec, str, np.ndarray, float]]:
+    """Each lot's arm, name, proportions and potency, drawing each arm's lots when it is reached.
+
+    A generator, so the random draws keep their order: an arm's compositions, then its
+    lots' cells (drawn by the caller between two items), then the next arm.
+    """
+    for spec in config.sets:
+        proportions, potency = _arm(config, spec, population, tissue_effects, rng)
+        for lot_i, lot in enumerate(_lot_names(spec)):
+            yield spec, lot, proportions[lot_i], potency[lot_i]
 
 
 @doc_params
@@ -527,24 +542,29 @@ def iter_lots(config: SimulationConfig, *, random_state: int = 0) -> Iterator[An
     arms = []
     for spec in config.sets:
         arms.append((spec, *_arm(config, spec, population, tissue_effects, rng)))
-    for set_i, (spec, proportions, potency) in enumerate(arms):
-        for lot_i, lot in enumerate(_lot_names(spec)):
-            lot_rng = np.random.default_rng([random_state, set_i, lot_i])
-            counts, obs = _lot(
-                config,
-                population,
-                spec,
-                tissue_effects[spec.tissue],
-                lot,
-                proportions[lot_i],
-                potency[lot_i],
-                lot_rng,
-            )
-            adata = AnnData(X=counts, obs=_categorical_obs(obs, config), var=var.copy())
-            adata.uns["simulation"] = _settings(
-                config, random_state, lots="independent streams (iter_lots)"
-            )
-            yield adata
+    indices = [
+        (set_i, lot_i, lot)
+        for set_i, (spec, _, _) in enumerate(arms)
+        for lot_i, lot in enumerate(_lot_names(spec))
+    ]
+    for set_i, lot_i, lot in progress(indices, desc="simulating lots", unit="lot"):
+        spec, proportions, potency = arms[set_i]
+        lot_rng = np.random.default_rng([random_state, set_i, lot_i])
+        counts, obs = _lot(
+            config,
+            population,
+            spec,
+            tissue_effects[spec.tissue],
+            lot,
+            proportions[lot_i],
+            potency[lot_i],
+            lot_rng,
+        )
+        adata = AnnData(X=counts, obs=_categorical_obs(obs, config), var=var.copy())
+        adata.uns["simulation"] = _settings(
+            config, random_state, lots="independent streams (iter_lots)"
+        )
+        yield adata
 
 
 @doc_params

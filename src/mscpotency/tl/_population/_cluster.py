@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -18,6 +19,7 @@ from scipy import sparse
 from ... import _registry
 from ..._docs import doc_params
 from ..._provenance import record
+from ..._settings import progress
 
 if TYPE_CHECKING:
     import igraph
@@ -47,6 +49,7 @@ def cluster(
     n_iterations: int = 2,
     knn_method: Literal["auto", "exact", "approximate"] = "auto",
     max_search_steps: int = 30,
+    scanpy_neighbors: bool | None = None,
     random_state: int = 0,
     prefix: str = "CL",
     key_added: str = _registry.CLUSTER.key,
@@ -78,6 +81,13 @@ def cluster(
         large data) or ``"auto"``: exact up to 50,000 cells.
     max_search_steps
         Bisection steps of the resolution search.
+    scanpy_neighbors
+        Also store the graph where scanpy looks by default (``uns['neighbors']``,
+        ``obsp['connectivities']``, ``obsp['distances']``), so ``sc.tl.umap(adata)`` and
+        ``sc.tl.paga(adata)`` use it. ``None`` (default): only when those slots are free or
+        hold a graph an earlier ``tl.cluster`` wrote; a graph of the user's own (e.g. from
+        ``sc.pp.neighbors``) is kept, with a warning naming the ``neighbors_key`` to pass
+        instead. ``True``: always (replaces the user's graph). ``False``: never.
     random_state
         {random_state}
         It seeds the graph construction and Leiden.
@@ -92,8 +102,17 @@ def cluster(
     ``None``, or the copy when ``copy=True``. Writes ``obs[key_added]`` (categorical),
     the kNN graph as ``obsp[key_added + '_neighbors_connectivities']`` and
     ``obsp[key_added + '_neighbors_distances']`` (scanpy's ``neighbors_key``
-    ``key_added + '_neighbors'``, usable by ``sc.tl.umap``), and ``uns[key_added]`` with the
-    resolution used, the cluster sizes and the parameters.
+    ``key_added + '_neighbors'``), the same graph in scanpy's default slots
+    (``uns['neighbors']``, ``obsp['connectivities']``, ``obsp['distances']``; see
+    ``scanpy_neighbors``), and ``uns[key_added]`` with the resolution used, the cluster sizes
+    and the parameters (``params['scanpy_neighbors']``: whether the default slots got it).
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> mp.tl.cluster(adata, n_clusters=8)  # doctest: +SKIP
+    >>> sc.tl.umap(adata)  # the default graph is tl.cluster's  # doctest: +SKIP
+    >>> sc.tl.umap(adata, neighbors_key="cluster_neighbors")  # always tl.cluster's  # doctest: +SKIP
     """
     _check_cluster_options(adata, use_rep, n_clusters, knn_method, flavor)
     adata = adata.copy() if copy else adata
@@ -106,6 +125,7 @@ def cluster(
         random_state=random_state,
         neighbors_key=neighbors_key,
     )
+    in_default_slots = _store_default_graph(adata, neighbors_key, key_added, scanpy_neighbors)
     leiden = functools.partial(
         _leiden, graph, n_iterations=n_iterations, seed=random_state, flavor=flavor
     )
@@ -131,6 +151,7 @@ def cluster(
             "knn_method": knn_method,
             "random_state": random_state,
             "neighbors_key": neighbors_key,
+            "scanpy_neighbors": in_default_slots,
         },
     }
     return adata if copy else None
@@ -165,6 +186,7 @@ def _neighbour_graph(
 ) -> igraph.Graph:
     """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph."""
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
+    start = time.perf_counter()
     sc.pp.neighbors(
         adata,
         n_neighbors=n_neighbors,
@@ -173,7 +195,55 @@ def _neighbour_graph(
         key_added=neighbors_key,
         transformer="sklearn" if exact else None,
     )
-    return _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
+    logger.info(
+        "kNN graph (%s, k=%d) of %d cells in %.2f s",
+        "exact" if exact else "approximate",
+        n_neighbors,
+        adata.n_obs,
+        time.perf_counter() - start,
+    )
+    start = time.perf_counter()
+    graph = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
+    logger.debug("igraph graph built in %.2f s", time.perf_counter() - start)
+    return graph
+
+
+#: Marks scanpy's default neighbour slots as written by ``tl.cluster`` (free to rewrite).
+_WRITTEN_BY = "mscpotency.tl.cluster"
+
+
+def _store_default_graph(
+    adata: AnnData, neighbors_key: str, key_added: str, scanpy_neighbors: bool | None
+) -> bool:
+    """Put the graph of ``neighbors_key`` in scanpy's default slots too, unless that would clobber the user's."""
+    if scanpy_neighbors is False:
+        return False
+    current = adata.uns.get("neighbors")
+    ours = isinstance(current, dict) and current.get("params", {}).get("written_by") == _WRITTEN_BY
+    occupied = (current is not None or "connectivities" in adata.obsp) and not ours
+    if occupied and scanpy_neighbors is None:
+        warnings.warn(
+            "adata already holds a neighbour graph of its own in uns['neighbors'] / "
+            "obsp['connectivities'], kept as it is: scanpy functions called without "
+            f"neighbors_key use it, not tl.cluster's. Pass neighbors_key={neighbors_key!r} "
+            "to sc.tl.umap / sc.tl.paga, or scanpy_neighbors=True to replace it.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return False
+    stored = adata.uns[neighbors_key]
+    adata.obsp["connectivities"] = adata.obsp[stored["connectivities_key"]]
+    adata.obsp["distances"] = adata.obsp[stored["distances_key"]]
+    adata.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "distances_key": "distances",
+        "params": {**stored["params"], "written_by": _WRITTEN_BY, "key_added": key_added},
+    }
+    if occupied:
+        logger.info(
+            "tl.cluster replaced the neighbour graph in uns['neighbors'] (scanpy_neighbors=True)"
+        )
+    return True
 
 
 class _IgraphRandom:
@@ -269,12 +339,18 @@ def _search_resolution(
     """Bisection on log-resolution for a clustering with ``target`` clusters (one graph, many Leidens)."""
     low, high = np.log(_RESOLUTION_BOUNDS[0]), np.log(_RESOLUTION_BOUNDS[1])
     best: tuple[int, float, np.ndarray] | None = None
-    for _ in range(max_steps):
+    for _ in progress(range(max_steps), desc="resolution search", unit="Leiden"):
         middle = (low + high) / 2
         resolution = float(np.exp(middle))
+        start = time.perf_counter()
         labels = leiden(resolution)
         found = len(np.unique(labels))
-        logger.debug("resolution %.4f gives %d clusters", resolution, found)
+        logger.debug(
+            "resolution %.4f gives %d clusters (%.2f s)",
+            resolution,
+            found,
+            time.perf_counter() - start,
+        )
         if best is None or abs(found - target) < abs(best[0] - target):
             best = (found, resolution, labels)
         if found == target:

@@ -16,6 +16,7 @@ from ..._provenance import record
 from ..._stats import benjamini_hochberg
 from ..._stored import potency_cluster
 from ..._validate import lots_of, require_obs_column
+from ._scanpy_markers import store_rank_genes_groups
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 
@@ -117,6 +118,7 @@ def potency_markers(
             "min_cells": min_cells,
         },
     }
+    store_rank_genes_groups(adata, key_added)
     return adata if copy else None
 
 

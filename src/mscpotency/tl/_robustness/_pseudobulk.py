@@ -24,6 +24,7 @@ from scipy import sparse
 from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
+from ..._settings import progress
 from ..._stored import potency_cluster, stored
 from ..._validate import check_counts, count_matrix, lots_of, require_min_lots, require_obs_column
 from ._inputs import Potency, lot_potency
@@ -91,7 +92,7 @@ def signed_rank_test(
     flips = flips.astype(float)
     extreme = np.zeros(n_genes)
     chunk = max(1, 2_000_000 // max(1, flips.shape[0]))
-    for start in range(0, n_genes, chunk):
+    for start in progress(range(0, n_genes, chunk), desc="sign-flip null", unit="chunk"):
         null = flips @ magnitude[:, start : start + chunk]
         extreme[start : start + chunk] = (
             np.abs(null) >= np.abs(observed[start : start + chunk]) - 1e-9

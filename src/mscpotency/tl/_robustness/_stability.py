@@ -25,6 +25,7 @@ from scipy import sparse
 from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
+from ..._settings import progress
 from ..._stored import potency_cluster, stored
 from ..._validate import lots_of, require_obs_column
 from .._population._cluster import _igraph_of, _leiden, _name_by_size
@@ -205,7 +206,7 @@ def _sweep(
 ) -> pd.DataFrame:
     """One row per resolution: the reference graph re-clustered with the reference seed."""
     rows = []
-    for resolution in sorted(resolutions):
+    for resolution in progress(sorted(resolutions), desc="resolution sweep", unit="Leiden"):
         new = _by_size(leiden_labels(graph, resolution, **leiden))
         match = _match(reference, new, slice(None))
         rows.append(
@@ -247,7 +248,7 @@ def _subsamples(
     n_categories = len(reference.categories)
     rows = []
     best_jaccard = np.full((n_subsamples, n_categories), np.nan)
-    for i, seed in enumerate(seeds):
+    for i, seed in enumerate(progress(seeds, desc="subsamples", unit="Leiden")):
         keep = (
             np.sort(rng.choice(n_cells, size=n_keep, replace=False))
             if n_keep < n_cells

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # tqdm warns in every kernel without ipywidgets, with the installing machine's path: noise
 # in a published notebook, not a finding (the kernel inherits this environment)
 os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
+# progress bars are for people watching a run, not for a published notebook's stderr
+os.environ["MSCPOTENCY_PROGRESS"] = "0"
 
 
 def build(tutorial: Path, out_dir: Path) -> Path:

@@ -56,7 +56,8 @@ mp.get.qc(adata)
 # %%
 mp.pp.preprocess(adata)
 mp.tl.cluster(adata, n_clusters=8)
-sc.tl.umap(adata, neighbors_key="cluster_neighbors")
+# tl.cluster's graph is also where scanpy looks by default (uns["neighbors"])
+sc.tl.umap(adata)
 mp.pl.umap(adata, color=["cluster", "lot"], show=False)
 
 # %% [markdown]
@@ -95,6 +96,16 @@ mp.get.potency_markers(adata).head(10)
 
 # %%
 mp.pl.potency_markers(adata, show=False)
+
+# %% [markdown]
+# The same markers are stored in scanpy's `rank_genes_groups` format, so scanpy's own
+# plots and tables read them as they are (genes by `var_names`; pass
+# `gene_symbols="gene_symbols"` to show symbols when `var` has them).
+
+# %%
+potency_cluster = adata.uns["potency_markers"]["cluster"]
+sc.pl.rank_genes_groups_dotplot(adata, n_genes=8, show=False)
+sc.get.rank_genes_groups_df(adata, group=potency_cluster).head()
 
 # %% [markdown]
 # ## Check against the truth, and provenance

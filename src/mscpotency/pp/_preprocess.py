@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -16,6 +20,8 @@ from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts, lots_of
 from ._pca import pca_of_hvg
+
+logger = logging.getLogger("mscpotency")
 
 #: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).
 _CHUNK_ROWS = 8192
@@ -87,13 +93,16 @@ def preprocess(
     """
     _check_preprocess_input(adata, layer, batch_key)
     adata = adata.copy() if copy else adata
-    _normalise_log1p(adata, layer, target_sum)
+    with _step(f"normalise + log1p of {adata.n_obs} cells x {adata.n_vars} genes"):
+        _normalise_log1p(adata, layer, target_sum)
     n_top = min(n_top_genes, adata.n_vars)
-    _select_hvg(adata, n_top, hvg_flavor, batch_key)
+    with _step(f"{n_top} highly variable genes ({hvg_flavor})"):
+        _select_hvg(adata, n_top, hvg_flavor, batch_key)
     hvg = adata.var["highly_variable"].to_numpy()
     n_comps = min(n_comps, int(hvg.sum()) - 1, adata.n_obs - 1)
     mean = np.zeros(adata.n_vars)
-    mean[hvg] = pca_of_hvg(adata, n_comps, hvg, random_state)
+    with _step(f"PCA, {n_comps} components"):
+        mean[hvg] = pca_of_hvg(adata, n_comps, hvg, random_state)
     adata.var["pca_mean"] = mean
     adata.uns[key_added] = {
         "params": {
@@ -107,6 +116,14 @@ def preprocess(
         }
     }
     return adata if copy else None
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Log one step of the preprocessing with its wall time (info level)."""
+    start = time.perf_counter()
+    yield
+    logger.info("pp.preprocess: %s in %.2f s", what, time.perf_counter() - start)
 
 
 def _check_preprocess_input(adata: AnnData, layer: str, batch_key: str | None) -> None:

@@ -339,7 +339,7 @@ def _search_resolution(
     """Bisection on log-resolution for a clustering with ``target`` clusters (one graph, many Leidens)."""
     low, high = np.log(_RESOLUTION_BOUNDS[0]), np.log(_RESOLUTION_BOUNDS[1])
     best: tuple[int, float, np.ndarray] | None = None
-    for _ in progress(range(max_steps), desc="resolution search", unit="Leiden"):
+    for step in progress(range(max_steps), desc="resolution search", unit="Leiden"):
         middle = (low + high) / 2
         resolution = float(np.exp(middle))
         start = time.perf_counter()
@@ -354,6 +354,7 @@ def _search_resolution(
         if best is None or abs(found - target) < abs(best[0] - target):
             best = (found, resolution, labels)
         if found == target:
+            logger.info("resolution %.4f gives %d clusters (Leiden run %d)", resolution, found, step + 1)
             return resolution, labels
         if found < target:
             low = middle

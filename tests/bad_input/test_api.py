@@ -212,6 +212,20 @@ CASES = [
         data="tiny_ref",
     ),
     Case(
+        "cluster: scanpy_neighbors='yes'",
+        lambda d: mp.tl.cluster(d.adata, scanpy_neighbors="yes"),
+        ValueError,
+        r"scanpy_neighbors must be True, False or None, got 'yes'",
+        data="tiny_ref",
+    ),
+    Case(
+        "cluster: scanpy_neighbors=1",
+        lambda d: mp.tl.cluster(d.adata, scanpy_neighbors=1),
+        ValueError,
+        r"scanpy_neighbors must be True, False or None, got 1",
+        data="tiny_ref",
+    ),
+    Case(
         "validate_potency: level=95 (the issue's ci_level=95)",
         lambda d: mp.tl.validate_potency(d.adata, "vegf", level=95),
         ValueError,

@@ -114,7 +114,7 @@ def cluster(
     >>> sc.tl.umap(adata)  # the default graph is tl.cluster's  # doctest: +SKIP
     >>> sc.tl.umap(adata, neighbors_key="cluster_neighbors")  # always tl.cluster's  # doctest: +SKIP
     """
-    _check_cluster_options(adata, use_rep, n_clusters, knn_method, flavor)
+    _check_cluster_options(adata, use_rep, n_clusters, knn_method, flavor, scanpy_neighbors)
     adata = adata.copy() if copy else adata
     neighbors_key = f"{key_added}_neighbors"
     graph = _neighbour_graph(
@@ -158,7 +158,12 @@ def cluster(
 
 
 def _check_cluster_options(
-    adata: AnnData, use_rep: str, n_clusters: int | None, knn_method: str, flavor: str
+    adata: AnnData,
+    use_rep: str,
+    n_clusters: int | None,
+    knn_method: str,
+    flavor: str,
+    scanpy_neighbors: bool | None,
 ) -> None:
     """Raise on a missing embedding or an option out of range, before anything is computed."""
     if use_rep not in adata.obsm:
@@ -172,6 +177,9 @@ def _check_cluster_options(
         raise ValueError(msg)
     if flavor not in _FLAVORS:
         msg = f"flavor must be 'igraph' or 'leidenalg', got {flavor!r}"
+        raise ValueError(msg)
+    if not (scanpy_neighbors is None or isinstance(scanpy_neighbors, (bool, np.bool_))):
+        msg = f"scanpy_neighbors must be True, False or None, got {scanpy_neighbors!r}"
         raise ValueError(msg)
 
 
@@ -216,7 +224,7 @@ def _store_default_graph(
     adata: AnnData, neighbors_key: str, key_added: str, scanpy_neighbors: bool | None
 ) -> bool:
     """Put the graph of ``neighbors_key`` in scanpy's default slots too, unless that would clobber the user's."""
-    if scanpy_neighbors is False:
+    if scanpy_neighbors is not None and not scanpy_neighbors:
         return False
     current = adata.uns.get("neighbors")
     ours = isinstance(current, dict) and current.get("params", {}).get("written_by") == _WRITTEN_BY
@@ -354,7 +362,9 @@ def _search_resolution(
         if best is None or abs(found - target) < abs(best[0] - target):
             best = (found, resolution, labels)
         if found == target:
-            logger.info("resolution %.4f gives %d clusters (Leiden run %d)", resolution, found, step + 1)
+            logger.info(
+                "resolution %.4f gives %d clusters (Leiden run %d)", resolution, found, step + 1
+            )
             return resolution, labels
         if found < target:
             low = middle

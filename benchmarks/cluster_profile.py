@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--no-knn", action="store_true", help="skip the separate kNN timings")
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "mscpotency-bench"))
     args = parser.parse_args()
+    import mscpotency as mp
+
+    mp.settings.progress = False  # a report, not a terminal session
     adata = _adata(_prepare(args))
     from sklearn.metrics import adjusted_rand_score, f1_score
 

@@ -131,3 +131,19 @@ def test_rerun_rewrites_its_own_entry_silently(ref):
     assert (
         len(sc.get.rank_genes_groups_df(adata, group=adata.uns["potency_markers"]["cluster"])) == 7
     )
+
+
+def test_h5ad_round_trip_keeps_both_formats_and_ownership(ref, tmp_path):
+    import anndata as ad
+
+    path = tmp_path / "ref.h5ad"
+    ref.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    cluster = back.uns["potency_markers"]["cluster"]
+    frame = sc.get.rank_genes_groups_df(back, group=cluster)
+    assert frame["names"].tolist() == back.uns["potency_markers"]["table"]["gene"].tolist()
+    sc.tl.umap(back, random_state=0)
+    # still recognised as the package's own: rewritten without a warning (filterwarnings=error)
+    mp.tl.cluster(back, resolution=0.5, key_added="again")
+    mp.tl.potency_markers(back, n_genes=5)
+    assert back.uns["neighbors"]["params"]["key_added"] == "again"

@@ -34,6 +34,7 @@ CT_CUTOFF = 35.0
 _TRUTH_PREFIX = "true_"
 
 
+@doc_params
 def ips_lines_hard_config(*, n_genes: int = 15000, **overrides) -> LinesConfig:
     """Settings of the harder preset: 39 planted genes, two platforms with artefacts.
 

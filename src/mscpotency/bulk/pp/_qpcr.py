@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..._docs import doc_params
+from ..._provenance import record
+
 logger = logging.getLogger("mscpotency")
 
 QpcrValues = Literal["ct", "delta_ct", "neg_delta_ct"]
@@ -123,6 +126,8 @@ def _check_sign(neg_delta: np.ndarray, values: str) -> None:
         )
 
 
+@doc_params
+@record("bulk.pp.qpcr_panel")
 def qpcr_panel(
     table: pd.DataFrame,
     *,

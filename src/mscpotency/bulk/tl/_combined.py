@@ -13,7 +13,7 @@ The FDR of every list ``|T| >= t`` is estimated by permuting the lines' labels j
 across platforms and outcomes (the outcome rows move together, every platform sees the
 same permutation), which keeps the correlation between genes, between platforms and
 between outcomes: expected false calls ``V(t) = mean_b #{|T*_b| >= t}``, FDR
-``min(1, V(t) / #{|T| >= t})``, q-values monotone. Every feature counts as null in the
+``min(1, V(t) / #{|T| >= t})``, q-values step-down (see :func:`qvalues`). Every feature counts as null in the
 permutations, so the estimate is conservative.
 """
 
@@ -181,15 +181,23 @@ def permutation_counts(
 
 
 def qvalues(statistic: np.ndarray, expected_false: np.ndarray) -> np.ndarray:
-    """Monotone permutation q-values: ``min over t <= |T| of min(1, V(t) / #{|T| >= t})``."""
+    """Step-down permutation q-values: the largest FDR estimate of any list down to a feature.
+
+    ``FDR(t) = min(1, V(t) / #{|T| >= t})`` at each feature's own ``t = |T|``; a feature's
+    q-value is the largest FDR among the lists from the top down to it (the cumulative
+    maximum from the top), so a list ``q <= alpha`` is the longest top list whose every
+    shorter list also has an estimated FDR at most ``alpha``. This is more conservative
+    than the step-up minimum, which picks the luckiest threshold when few features are
+    called and gene-gene correlation makes ``V`` vary.
+    """
     magnitude = np.abs(statistic)
     if magnitude.size == 0:
         return np.zeros(0)
     ascending = np.sort(magnitude)
     called = len(magnitude) - np.searchsorted(ascending, magnitude, side="left")
     fdr = np.minimum(1.0, expected_false / np.maximum(called, 1))
-    order = np.argsort(magnitude, kind="stable")
-    monotone = np.minimum.accumulate(fdr[order])
+    order = np.argsort(-magnitude, kind="stable")
+    stepped = np.maximum.accumulate(fdr[order])
     out = np.empty_like(fdr)
-    out[order] = monotone
+    out[order] = stepped
     return out

@@ -113,10 +113,15 @@ def _fill_undetermined(numbers, undetermined, values: str, ct_cutoff: float) -> 
     return out
 
 
+#: Above this share of positive -ΔCt values a panel is taken for ΔCt or Ct (lineage genes
+#: are less abundant than the reference gene, so their -ΔCt are mostly negative).
+POSITIVE_SHARE = 0.75
+
+
 def _check_sign(neg_delta: np.ndarray, values: str) -> None:
     """Warn when -ΔCt values are mostly positive (the table was probably not what was declared)."""
     positive = float(np.mean(neg_delta > 0))
-    if positive > 0.9:
+    if positive > POSITIVE_SHARE:
         warnings.warn(
             f"qpcr_panel: {positive:.0%} of the -ΔCt values are positive (genes more abundant than "
             f"the reference); with values={values!r} this usually means the table holds the other "

@@ -77,19 +77,24 @@ def _oriented_pc1(Z: np.ndarray, orient_mask: np.ndarray, orient: list[str]):
 DISAGREEING_SHARE = 0.25
 
 
+#: Above this share of positive -ΔCt values a panel is taken for ΔCt or Ct (lineage genes
+#: are less abundant than the reference gene, so their -ΔCt are mostly negative).
+POSITIVE_SHARE = 0.75
+
+
 def _check_values_sign(adata: AnnData, X: np.ndarray) -> None:
     """Warn when the panel looks like ΔCt or Ct (higher = less expressed) instead of -ΔCt.
 
     A panel read by :func:`mscpotency.bulk.pp.qpcr_panel` is -ΔCt by construction. Otherwise
     lineage genes are less abundant than the reference gene, so their -ΔCt are negative and
-    their ΔCt (or Ct) positive: a panel of almost only positive values was probably passed
+    their ΔCt (or Ct) positive: a panel of mostly (> 75%) positive values was probably passed
     with the wrong sign, and PC1 would rank the least differentiated lines highest.
     """
     record_ = adata.uns.get("qpcr")
     if isinstance(record_, dict) and record_.get("unit") == "-dct":
         return
     positive = float(np.mean(X > 0))
-    if positive > 0.9:
+    if positive > POSITIVE_SHARE:
         warnings.warn(
             f"fit_propensity: {positive:.0%} of the panel's values are positive, as ΔCt or Ct are "
             "(higher = LESS expressed). The propensity needs -ΔCt (higher = more expressed), or "
@@ -194,7 +199,7 @@ def fit_propensity(
     differentiation) positive: higher score = more differentiated. Score held-out lines on
     this scale with :func:`apply_propensity`.
 
-    Two checks warn instead of scoring silently: a panel whose values are almost all
+    Two checks warn instead of scoring silently: a panel whose values are mostly (> 75%)
     positive (ΔCt or Ct passed instead of -ΔCt, which flips the propensity; panels read by
     :func:`mscpotency.bulk.pp.qpcr_panel` are -ΔCt), and more than a quarter of the
     ``orient_by`` genes loading against PC1 (mixed lineages, or genes that fall with

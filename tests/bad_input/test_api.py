@@ -376,6 +376,29 @@ CASES = [
         r"bulk\.tl\.consensus: use must be 'pvalue' or 'fdr', got 'q'",
         data=_lines,
     ),
+    Case(
+        "bulk consensus: combine='sum'",
+        lambda d: mp.bulk.tl.consensus({"mrna": d.adata}, rules={"up": {"mrna": 1}}, combine="sum"),
+        ValueError,
+        r"bulk\.tl\.consensus: combine must be 'all_significant' or 'stouffer', got 'sum'",
+        data=_lines,
+    ),
+    Case(
+        "bulk consensus: n_permutations=0",
+        lambda d: mp.bulk.tl.consensus(
+            {"mrna": d.adata}, rules={"up": {"mrna": 1}}, combine="stouffer", n_permutations=0
+        ),
+        ValueError,
+        r"n_permutations must be at least 1 \(an integer\), got 0",
+        data=_lines,
+    ),
+    Case(
+        "bulk qpcr_panel: values='cq'",
+        lambda d: mp.bulk.pp.qpcr_panel(pd.DataFrame({"PAX6": [25.0, 26.0]}), values="cq"),
+        ValueError,
+        r"bulk\.pp\.qpcr_panel: values must be one of 'ct', 'delta_ct'.*got 'cq'",
+        data=None,
+    ),
     # item 9 (CLI): validated before any work, exit 2, one line, no traceback
     Case(
         "CLI: --out is a file",
@@ -483,7 +506,7 @@ def test_replay_refuses_before_running_anything(tiny_train, tiny_ref, tmp_path):
 # -- the mechanism itself, over the whole public API -------------------------------------
 
 NAMESPACES = [mp.pp, mp.tl, mp.pl, mp.get, mp.io, mp.datasets]
-NAMESPACES += [mp.bulk.tl, mp.bulk.pl, mp.bulk.get, mp.bulk.datasets]
+NAMESPACES += [mp.bulk.tl, mp.bulk.pl, mp.bulk.get, mp.bulk.datasets, mp.bulk.pp]
 PUBLIC = [
     (f"{ns.__name__.removeprefix('mscpotency.')}.{name}", getattr(ns, name))
     for ns in NAMESPACES

@@ -63,6 +63,10 @@ class Consensus:
         The record of the call: function, parameters (each input AnnData as its
         fingerprint and shape), package versions, time; empty when called from inside
         another recorded call.
+    summary
+        With ``combine="stouffer"``, per rule: n_tested, n_called, expected_false (false
+        calls expected by chance in the list, from the joint permutations), fdr, fdr_level,
+        n_lines, n_permutations (empty otherwise).
     """
 
     table: pd.DataFrame
@@ -72,6 +76,7 @@ class Consensus:
     associations: dict[str, pd.DataFrame]
     params: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def input_fingerprints(self) -> dict[str, str]:

@@ -157,6 +157,12 @@ class LinesConfig:
     panel_loading: tuple[float, float] = (0.5, 0.9)
     neural_panel_loading: tuple[float, float] = (0.9, 0.97)
     n_undetected_mirnas: int = 3
+    #: Shared biological modules of the genes (0: none): line-level factors unrelated to
+    #: differentiation that each move a share of the genes together on every platform, so
+    #: chance correlations of ten lines come in correlated blocks.
+    n_modules: int = 0
+    module_share: float = 0.3
+    module_loading: tuple[float, float] = (0.3, 0.7)
     preset: str = "custom"
     extra: dict = field(default_factory=dict)
 
@@ -516,8 +522,38 @@ def _gene_features(
     loadings, factor_of = loadings[order], factor_of[order]
     genes = [genes[i] for i in order]
     biology = _biology(factors, loadings, rng)
+    if config.n_modules:
+        biology = _with_modules(biology, loadings, factor_of, config, rng)
     gene_of = np.asarray(genes, dtype=object)
     return _Features(genes, loadings, factor_of, biology, gene_of, np.flatnonzero(factor_of != ""))
+
+
+def _with_modules(
+    biology: np.ndarray,
+    loadings: np.ndarray,
+    factor_of: np.ndarray,
+    config: LinesConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Replace part of the free variation of unplanted genes by shared module factors.
+
+    Each module is a line-level factor; ``module_share`` of the unplanted genes load on one
+    module each (loading drawn from ``module_loading``), keeping unit variance.
+    """
+    n_lines = biology.shape[0]
+    modules = rng.normal(size=(n_lines, config.n_modules))
+    free = np.flatnonzero(factor_of == "")
+    members = free[rng.random(free.size) < config.module_share]
+    module_of = rng.integers(0, config.n_modules, size=members.size)
+    weight = rng.uniform(*config.module_loading, size=members.size) * rng.choice(
+        [-1.0, 1.0], size=members.size
+    )
+    out = biology.copy()
+    rest = np.sqrt(1 - (loadings[members] ** 2).sum(axis=1) - weight**2)
+    out[:, members] = modules[:, module_of] * weight + rest * rng.normal(
+        size=(n_lines, members.size)
+    )
+    return out
 
 
 def _mirna_features(

@@ -158,7 +158,7 @@ def marker_counts(
 
 
 @doc_params
-def consensus(result: Consensus, *, rule: str, outcome: str) -> pd.DataFrame:
+def consensus(result: Consensus, *, rule: str, outcome: str | None = None) -> pd.DataFrame:
     """The markers of one consensus rule with their sign for one outcome, ready to validate.
 
     Parameters
@@ -168,24 +168,29 @@ def consensus(result: Consensus, *, rule: str, outcome: str) -> pd.DataFrame:
     rule
         Rule name.
     outcome
-        One outcome of the rule's pattern.
+        One outcome of the rule's pattern; ``None``: every outcome's direction.
 
     Returns
     -------
     DataFrame indexed by feature with ``sign`` (+1/-1, the expected direction of the
     association with ``outcome``) and ``rho`` (the mean training rho over the rule's
-    platforms), as :func:`mscpotency.bulk.tl.validate_markers` takes it.
+    platforms), as :func:`mscpotency.bulk.tl.validate_markers` takes it; with
+    ``combine="stouffer"`` also ``statistic``, ``qvalue`` and ``expected_false`` (false
+    calls expected by chance down to this marker). With ``outcome=None``: per outcome of
+    the pattern ``sign:<outcome>`` and ``rho:<outcome>`` instead of sign and rho.
     """
     if rule not in result.rules:
         msg = f"the consensus has no rule {rule!r}; its rules are {list(result.rules)}"
         raise KeyError(msg)
     pattern = result.rules[rule].pattern
+    if outcome is None:
+        return _every_direction(result, rule)
     if outcome not in pattern:
         msg = f"rule {rule!r} has no outcome {outcome!r}; its outcomes are {list(pattern)}"
         raise KeyError(msg)
     part = result.table[result.table["rule"].astype(str) == rule]
     rho = part[[f"rho:{p}:{outcome}" for p in result.rules[rule].platforms]]
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "sign": part[f"sign:{outcome}"].astype(int).to_numpy()
             if len(part)
@@ -194,3 +199,24 @@ def consensus(result: Consensus, *, rule: str, outcome: str) -> pd.DataFrame:
         },
         index=pd.Index(part["feature"].astype(str), name="feature"),
     )
+    for column in _COMBINED_COLUMNS:
+        if column in part.columns:
+            out[column] = part[column].to_numpy()
+    return out
+
+
+_COMBINED_COLUMNS = ("statistic", "qvalue", "expected_false")
+
+
+def _every_direction(result: Consensus, rule: str) -> pd.DataFrame:
+    """One rule's markers with their sign and mean training rho for every outcome."""
+    part = result.table[result.table["rule"].astype(str) == rule]
+    out = pd.DataFrame(index=pd.Index(part["feature"].astype(str), name="feature"))
+    for outcome in result.rules[rule].pattern:
+        out[f"sign:{outcome}"] = part[f"sign:{outcome}"].astype(int).to_numpy()
+        columns = [f"rho:{p}:{outcome}" for p in result.rules[rule].platforms]
+        out[f"rho:{outcome}"] = part[columns].mean(axis=1).to_numpy()
+    for column in _COMBINED_COLUMNS:
+        if column in part.columns:
+            out[column] = part[column].to_numpy()
+    return out

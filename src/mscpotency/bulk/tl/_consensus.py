@@ -14,6 +14,9 @@ from ..._docs import doc_params
 from ..._provenance import record
 from .._platforms import association_tables
 from .._types import Consensus, SignRule
+from . import _combined
+
+Combine = Literal["all_significant", "stouffer"]
 
 
 def _as_rule(name: str, rule) -> SignRule:
@@ -167,6 +170,92 @@ def _lines_per_cell(tables: dict[str, pd.DataFrame]) -> dict[str, int]:
     }
 
 
+def _combined_frame(
+    name: str, rule: SignRule, where, statistic, cell_z, expected, q, *, alpha: float, n: int
+) -> pd.DataFrame:
+    """One row per feature with ``q <= alpha``: direction, signs, statistic, q, cells' rho."""
+    keep = q <= alpha
+    direction = np.sign(statistic[keep]).astype(int)
+    out = pd.DataFrame(
+        {"rule": name, "feature": where.entities[keep].astype(str), "direction": direction}
+    )
+    for outcome, sign in rule.pattern.items():
+        out[f"sign:{outcome}"] = direction * sign
+    out["n_cells"] = len(where.cells)
+    out["statistic"] = np.abs(statistic[keep])
+    out["qvalue"] = q[keep]
+    out["expected_false"] = expected[keep]
+    z = cell_z[keep]
+    out["n_agree"] = (np.sign(z) == direction[:, None]).sum(axis=1)
+    out["min_abs_rho"] = np.abs(z).min(axis=1) / np.sqrt(n - 1) if len(out) else np.zeros(0)
+    outcomes = list(rule.pattern)
+    for j, (p, _, sign) in enumerate(where.cells):
+        out[f"rho:{p}:{outcomes[j % len(outcomes)]}"] = z[:, j] * sign / np.sqrt(n - 1)
+    return out.sort_values(["statistic"], ascending=False, kind="stable")
+
+
+def _combined_consensus(
+    results: Mapping[str, AnnData],
+    tables: dict[str, pd.DataFrame],
+    resolved: dict[str, SignRule],
+    *,
+    key: str,
+    alpha: float,
+    n_permutations: int,
+    random_state: int,
+) -> tuple[list[pd.DataFrame], dict[str, int], pd.DataFrame]:
+    """The Stouffer consensus of every rule with its permutation FDR (see ``_combined``)."""
+    used = list(dict.fromkeys(p for rule in resolved.values() for p in rule.platforms))
+    outcomes = list(dict.fromkeys(o for rule in resolved.values() for o in rule.pattern))
+    frame = _combined.common_lines({p: results[p] for p in used}, key, outcomes)
+    lines, n = frame.index.astype(str).tolist(), len(frame)
+    matches = {p: tables[p].drop_duplicates("feature").set_index("feature")["match"] for p in used}
+    data = {p: _combined.platform_data(results[p], lines, key, matches[p]) for p in used}
+    Y = _combined.standardized_ranks(frame.to_numpy(dtype=float))
+    where = {
+        r: _combined.rule_cells(rule.pattern, list(rule.platforms), data, outcomes)
+        for r, rule in resolved.items()
+    }
+    scores = _combined.all_scores(data, Y, n)
+    observed = {r: _combined.rule_statistic(scores, w) for r, w in where.items()}
+    expected = _combined.permutation_counts(
+        {r: s for r, (s, _) in observed.items()},
+        data,
+        where,
+        Y,
+        n_permutations=n_permutations,
+        random_state=random_state,
+    )
+    frames, n_tested, rows = [], {}, []
+    for r, rule in resolved.items():
+        statistic, cell_z = observed[r]
+        q = _combined.qvalues(statistic, expected[r])
+        out = _combined_frame(
+            r, rule, where[r], statistic, cell_z, expected[r], q, alpha=alpha, n=n
+        )
+        frames.append(out)
+        n_tested[r] = len(where[r].entities)
+        rows.append(_rule_summary(r, out, n_tested[r], alpha, n, n_permutations))
+    return frames, n_tested, pd.DataFrame(rows).set_index("rule")
+
+
+def _rule_summary(
+    rule: str, out: pd.DataFrame, n_tested: int, alpha: float, n: int, n_permutations: int
+) -> dict:
+    """The list's size, the false calls expected by chance and its estimated FDR."""
+    expected = float(out["expected_false"].max()) if len(out) else 0.0
+    return {
+        "rule": rule,
+        "n_tested": n_tested,
+        "n_called": len(out),
+        "expected_false": expected,
+        "fdr": min(1.0, expected / len(out)) if len(out) else 0.0,
+        "fdr_level": alpha,
+        "n_lines": n,
+        "n_permutations": n_permutations,
+    }
+
+
 @doc_params
 @record("bulk.tl.consensus")
 def consensus(
@@ -179,6 +268,9 @@ def consensus(
     use: Literal["pvalue", "fdr"] = "pvalue",
     min_significant: int | None = None,
     match_on: str | None = None,
+    combine: Combine = "all_significant",
+    n_permutations: int = 1000,
+    random_state: int = 0,
 ) -> Consensus:
     """Features whose association follows a sign rule on every platform and outcome asked.
 
@@ -211,7 +303,24 @@ def consensus(
     match_on
         var column that names the same entity across platforms (``"gene"`` for CAGE
         promoters and array probes); default: feature names. Where a platform has several
-        features per entity, the one with the smallest p in that cell speaks for it.
+        features per entity, the one with the smallest p (largest ``|rho|``) in that cell
+        speaks for it.
+    combine
+        ``"all_significant"`` (the rule above: every cell's sign as in the pattern and
+        ``min_significant`` cells with p below ``alpha``) or ``"stouffer"``: on each
+        platform the Stouffer sum of the normal scores ``z = rho * sqrt(n - 1)`` over the
+        rule's outcomes with their signs, ``S_p = sum(sign_o * z) / sqrt(outcomes)``; the
+        weakest platform in the better overall direction is the statistic
+        (``|T| = max(min_p S_p, min_p -S_p, 0)``: every platform must agree); features
+        whose permutation q-value is at most ``alpha`` (the FDR level of the list) are kept. The
+        FDR is estimated by permuting the lines' labels jointly across platforms and
+        outcomes, which keeps the correlation between genes and platforms; every
+        platform x outcome must then stand on the same lines.
+    n_permutations
+        {n_permutations}
+        Here the joint permutations of the lines behind ``combine="stouffer"``'s FDR.
+    random_state
+        {random_state}
 
     Returns
     -------
@@ -226,6 +335,13 @@ def consensus(
     was not profiled on every platform and :func:`rank_association` used
     ``on_missing="intersect"``), the platforms' association tables, the parameters and the
     record of the call (``provenance``, with the fingerprint of every input).
+
+    With ``combine="stouffer"`` the table has, instead of n_significant and max_pvalue,
+    ``statistic`` (``|T|``), ``qvalue``, ``expected_false`` (the false calls expected by
+    chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
+    direction) and per cell ``rho:<platform>:<outcome>``; ``summary`` gives per rule
+    n_tested, n_called, expected_false, fdr (``expected_false / n_called``), fdr_level,
+    n_lines and n_permutations.
     """
     if use not in ("pvalue", "fdr"):
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
@@ -235,13 +351,25 @@ def consensus(
         raise ValueError(msg)
     tables = association_tables(results, key=key, match_on=match_on)
     default_platforms = list(tables) if platforms is None else [str(p) for p in platforms]
-    resolved, frames, n_tested = {}, [], {}
-    for name, raw in rules.items():
-        rule = _resolved(str(name), raw, default_platforms, min_significant, list(tables))
-        frame, n_tested[str(name)] = _apply_rule(
-            str(name), rule, tables, alpha=alpha, use=use, match_on=match_on
+    resolved = {
+        str(name): _resolved(str(name), raw, default_platforms, min_significant, list(tables))
+        for name, raw in rules.items()
+    }
+    frames, n_tested, summary = [], {}, pd.DataFrame()
+    if combine == "stouffer":
+        frames, n_tested, summary = _combined_consensus(
+            results,
+            tables,
+            resolved,
+            key=key,
+            alpha=alpha,
+            n_permutations=n_permutations,
+            random_state=random_state,
         )
-        resolved[str(name)] = rule
+    for name, rule in resolved.items() if combine == "all_significant" else ():
+        frame, n_tested[name] = _apply_rule(
+            name, rule, tables, alpha=alpha, use=use, match_on=match_on
+        )
         frames.append(frame)
     return Consensus(
         table=_stacked(frames),
@@ -255,5 +383,9 @@ def consensus(
             "match_on": match_on,
             "key": key,
             "min_significant": min_significant,
+            "combine": combine,
+            "n_permutations": n_permutations,
+            "random_state": random_state,
         },
+        summary=summary,
     )

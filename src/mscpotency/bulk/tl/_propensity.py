@@ -73,6 +73,54 @@ def _oriented_pc1(Z: np.ndarray, orient_mask: np.ndarray, orient: list[str]):
     return loading, variance / variance.sum()
 
 
+#: Share of the orient_by genes that may load against the propensity before a warning.
+DISAGREEING_SHARE = 0.25
+
+
+#: Above this share of positive -ΔCt values a panel is taken for ΔCt or Ct (lineage genes
+#: are less abundant than the reference gene, so their -ΔCt are mostly negative).
+POSITIVE_SHARE = 0.75
+
+
+def _check_values_sign(adata: AnnData, X: np.ndarray) -> None:
+    """Warn when the panel looks like ΔCt or Ct (higher = less expressed) instead of -ΔCt.
+
+    A panel read by :func:`mscpotency.bulk.pp.qpcr_panel` is -ΔCt by construction. Otherwise
+    lineage genes are less abundant than the reference gene, so their -ΔCt are negative and
+    their ΔCt (or Ct) positive: a panel of mostly (> 75%) positive values was probably passed
+    with the wrong sign, and PC1 would rank the least differentiated lines highest.
+    """
+    record_ = adata.uns.get("qpcr")
+    if isinstance(record_, dict) and record_.get("unit") == "-dct":
+        return
+    positive = float(np.mean(X > 0))
+    if positive > POSITIVE_SHARE:
+        warnings.warn(
+            f"fit_propensity: {positive:.0%} of the panel's values are positive, as ΔCt or Ct are "
+            "(higher = LESS expressed). The propensity needs -ΔCt (higher = more expressed), or "
+            "PC1 ranks the least differentiated lines highest. Read the table with "
+            "bulk.pp.qpcr_panel(values='delta_ct' or 'ct'), or negate ΔCt; ignore this for "
+            "expression values where higher means more.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _check_directions(loadings: pd.DataFrame, orient: list[str]) -> None:
+    """Warn when many of the genes that should rise together load against the propensity."""
+    oriented = loadings.loc[orient, "loading"]
+    against = oriented[oriented < 0]
+    if len(orient) >= 3 and len(against) > DISAGREEING_SHARE * len(orient):
+        warnings.warn(
+            f"fit_propensity: {len(against)} of the {len(orient)} orient_by genes load against the "
+            f"propensity (e.g. {against.index[:5].tolist()}): they do not rise together. The panel "
+            "may mix lineages (markers=None on a whole embryoid-body panel?) or genes that fall "
+            "with differentiation (leave those out of orient_by); give one lineage's markers.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _variance_ratios(shares: np.ndarray) -> pd.DataFrame:
     """Share of the panel's variance of the first (at most five, non-null) PCs."""
     keep = min(5, int((shares > 1e-12).sum()) or 1)
@@ -151,6 +199,12 @@ def fit_propensity(
     differentiation) positive: higher score = more differentiated. Score held-out lines on
     this scale with :func:`apply_propensity`.
 
+    Two checks warn instead of scoring silently: a panel whose values are mostly (> 75%)
+    positive (ΔCt or Ct passed instead of -ΔCt, which flips the propensity; panels read by
+    :func:`mscpotency.bulk.pp.qpcr_panel` are -ΔCt), and more than a quarter of the
+    ``orient_by`` genes loading against PC1 (mixed lineages, or genes that fall with
+    differentiation among ``orient_by``).
+
     Parameters
     ----------
     adata
@@ -187,6 +241,8 @@ def fit_propensity(
         raise ValueError(msg)
     X = _panel_values(adata, genes, layer)
     loadings, score, ratios, excluded = _fit_pc1(X, genes, list(orient))
+    _check_values_sign(adata, X)
+    _check_directions(loadings, list(orient))
     fields = {
         "loadings": loadings,
         "variance_ratio": ratios,

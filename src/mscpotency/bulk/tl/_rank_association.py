@@ -33,6 +33,29 @@ def unrankable(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return non_finite, constant
 
 
+#: Line totals above this, with only non-negative integers, mean raw sequencing counts.
+RAW_COUNT_TOTAL = 1e5
+
+
+def refuse_raw_counts(X: np.ndarray) -> None:
+    """Raw tag/read counts (non-negative integers, library-sized line totals) are refused.
+
+    Lines sequenced to different depths rank their features by depth, not biology.
+    """
+    finite = X[np.isfinite(X)]
+    if not finite.size or (finite < 0).any() or not np.all(finite == np.round(finite)):
+        return
+    totals = np.nansum(X, axis=1)
+    if np.median(totals) > RAW_COUNT_TOTAL:
+        msg = (
+            f"the values look like raw counts (non-negative integers, median line total "
+            f"{np.median(totals):,.0f}): lines sequenced to different depths would be ranked by "
+            "depth. Normalise them first (CAGE: bulk.pp.normalize_cage, with the promoter -> gene "
+            "table to aggregate genes) or pass the layer that holds normalised values."
+        )
+        raise ValueError(msg)
+
+
 def _associate_outcome(
     name: str, lines: list[str], X: np.ndarray, y: np.ndarray, features: pd.Index, **options
 ) -> tuple[pd.DataFrame, list[tuple[str, str, str]], str]:
@@ -124,6 +147,9 @@ def rank_association(
     it, and the Benjamini-Hochberg FDR over the features of that outcome. This is the same
     kernel as :func:`mscpotency.tl.potency_association`.
 
+    Raw sequencing counts (non-negative integers with library-sized line totals) are
+    refused: normalise them first (:func:`mscpotency.bulk.pp.normalize_cage`).
+
     Features with a missing value, or constant over the lines used, cannot be ranked: they
     are left out of the test and of the FDR, listed in ``uns[key_added]['excluded']`` and a
     warning says how many.
@@ -163,6 +189,7 @@ def rank_association(
     frame = outcome_frame(adata, outcome)
     used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
     X = dense_matrix(adata, layer)
+    refuse_raw_counts(X)
     features = adata.var_names.astype(str)
     test = {
         "method": method,

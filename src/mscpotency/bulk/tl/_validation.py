@@ -66,9 +66,41 @@ def _check_candidates_present(adata: AnnData, signs: pd.Series) -> None:
     if absent:
         msg = (
             f"{len(absent)} candidates are not features of the held-out data: {absent[:10]}. Use the "
-            "same platform and feature names (for CAGE vs gene names, map them first)."
+            "same platform and feature names, pass annotation= (feature -> gene) to validate genes "
+            "on probe-level data, or collapse it with bulk.pp.collapse_probes / normalize_cage."
         )
         raise KeyError(msg)
+
+
+def _matched_data(
+    adata: AnnData, signs: pd.Series, annotation, layer: str | None
+) -> tuple[AnnData, pd.Series, str | None]:
+    """The held-out data whose features are the candidates' names, and each candidate's feature.
+
+    With ``annotation`` (feature -> gene) the held-out features are first collapsed to genes
+    by :func:`mscpotency.bulk.pp.collapse_probes`' rule; candidates that are features
+    (probes, promoters) of data already collapsed are mapped to their gene through
+    ``uns['feature_mapping']``.
+    """
+    if annotation is not None:
+        from ..pp import collapse_probes
+
+        adata, layer = collapse_probes(adata, annotation, layer=layer), None
+    matched = pd.Series(signs.index, index=signs.index)
+    mapping = adata.uns.get("feature_mapping", {})
+    table = mapping.get("table") if isinstance(mapping, dict) else None
+    absent = ~matched.isin(adata.var_names.astype(str))
+    if absent.any() and table is not None:
+        genes = table["gene"].astype(str).reindex(matched[absent].to_numpy())
+        matched[absent] = np.where(genes.notna(), genes.to_numpy(), matched[absent].to_numpy())
+    _check_candidates_present(adata, matched.set_axis(matched.to_numpy()))
+    if matched.duplicated().any():
+        msg = (
+            f"candidates {matched.index[matched.duplicated(keep=False)].tolist()[:6]} map to the same "
+            "held-out gene; give one candidate per gene"
+        )
+        raise ValueError(msg)
+    return adata, matched, layer
 
 
 def _single_outcome(adata: AnnData, outcome) -> tuple[str, pd.DataFrame]:
@@ -133,12 +165,16 @@ def _validation_table(
     return table
 
 
-def _summary(table: pd.DataFrame, outcome: str) -> pd.DataFrame:
+def _summary(table: pd.DataFrame, outcome: str, alpha: float) -> pd.DataFrame:
+    """Counts, the validations expected by chance alone and those that pass BH at ``alpha``."""
+    testable = int(table["pvalue"].notna().sum())
     return pd.DataFrame(
         {
             "candidates": [len(table)],
             "validated": [int(table["validated"].sum())],
             "share": [float(table["validated"].mean())],
+            "expected_by_chance": [alpha * testable],
+            "validated_fdr": [int((table["validated"] & (table["fdr"] <= alpha)).sum())],
         },
         index=pd.Index([outcome], name="outcome"),
     )
@@ -159,6 +195,7 @@ def validate_markers(
     exact_max_n: int = _stats.EXACT_MAX_N,
     random_state: int = 0,
     on_missing: OnMissing = "error",
+    annotation: pd.DataFrame | pd.Series | None = None,
     key_added: str = _registry.MARKER_VALIDATION.key,
     copy: bool = False,
 ) -> AnnData | None:
@@ -190,13 +227,22 @@ def validate_markers(
         ``"two-sided"``.
     on_missing
         Lines without an outcome value or without a profile: ``"error"`` or ``"intersect"``.
+    annotation
+        feature -> gene table (a DataFrame with a ``gene_symbol`` column or a Series) of
+        probe-level held-out data: the features are collapsed to genes by
+        :func:`mscpotency.bulk.pp.collapse_probes`' rule before gene candidates are tested.
+        Candidates that are probes or promoters of held-out data already collapsed are
+        mapped to their gene through its ``uns['feature_mapping']`` (the table's ``tested``
+        column names the held-out gene).
 
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
     ``'table'`` : DataFrame (one row per candidate: expected_sign, rho_train (when given),
     rho, pvalue, pvalue_method, fdr, same_sign, significant, validated, n_lines),
-    ``'summary'`` : DataFrame (candidates, validated, share), ``'outcome'`` : DataFrame
+    ``'summary'`` : DataFrame (candidates, validated, share, expected_by_chance: ``alpha``
+    x testable candidates, the validations chance alone gives; validated_fdr: validated
+    with BH FDR <= ``alpha`` among the candidates), ``'outcome'`` : DataFrame
     (lines x outcome used), ``'missing_lines'`` and ``'params'``.
     """
     require_unique_lines(adata)
@@ -204,7 +250,7 @@ def validate_markers(
         msg = f"alternative must be 'directional' or 'two-sided', got {alternative!r}"
         raise ValueError(msg)
     signs, rho_train = _candidate_signs(candidates)
-    _check_candidates_present(adata, signs)
+    data, matched, data_layer = _matched_data(adata, signs, annotation, layer)
     name, frame = _single_outcome(adata, outcome)
     used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
     lines = used[name]
@@ -212,7 +258,7 @@ def validate_markers(
     if np.ptp(y) == 0:
         msg = f"outcome {name!r} is the same for every held-out line; nothing can be validated"
         raise ValueError(msg)
-    X = dense_matrix(adata[:, signs.index.tolist()], layer)[line_rows(adata, lines)]
+    X = dense_matrix(data[:, matched.tolist()], data_layer)[line_rows(data, lines)]
     options = {
         "method": method,
         "n_permutations": n_permutations,
@@ -221,10 +267,12 @@ def validate_markers(
     }
     tested = _held_out_test(X, y, signs, alternative=alternative, **options)
     table = _validation_table(signs, rho_train, tested, alpha=alpha, n_lines=len(lines))
+    if not matched.index.equals(pd.Index(matched.to_numpy())):
+        table.insert(0, "tested", matched.to_numpy())
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
-        "summary": _summary(table, name),
+        "summary": _summary(table, name, alpha),
         "outcome": frame.loc[lines, [name]].rename_axis(index="line"),
         "missing_lines": missing_lines,
         "params": {
@@ -234,6 +282,7 @@ def validate_markers(
             "layer": layer,
             **options,
             "on_missing": on_missing,
+            "annotation": annotation is not None,
         },
     }
     return adata if copy else None

@@ -1,0 +1,203 @@
+"""The combined consensus: signed agreement across platforms and outcomes, permutation FDR.
+
+For every platform x outcome cell of a rule, a feature's Spearman rho becomes a normal
+score ``z = rho * sqrt(n - 1)`` (the permutation null of rho has variance ``1 / (n - 1)``).
+Within a platform the outcomes combine as a Stouffer sum with the rule's signs,
+``S_p = sum(sign_o * z_po) / sqrt(outcomes)`` (the opposite-lineage pattern is one
+combined one-sided test); across platforms the weakest counts, ``T = min_p S_p`` in the
+better of the two overall directions, so a feature scores high only when every platform
+agrees (an artefact that follows the outcome on one platform only does not carry it).
+Features are ranked by ``|T|``.
+
+The FDR of every list ``|T| >= t`` is estimated by permuting the lines' labels jointly
+across platforms and outcomes (the outcome rows move together, every platform sees the
+same permutation), which keeps the correlation between genes, between platforms and
+between outcomes: expected false calls ``V(t) = mean_b #{|T*_b| >= t}``, FDR
+``min(1, V(t) / #{|T| >= t})``, q-values step-down (see :func:`qvalues`). Every feature counts as null in the
+permutations, so the estimate is conservative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import stats
+
+from ..._settings import progress
+from .._lines import dense_matrix, line_rows
+
+
+def standardized_ranks(X: np.ndarray) -> np.ndarray:
+    """Column-wise average ranks, centred and scaled to unit norm (Spearman = dot product)."""
+    R = stats.rankdata(X, axis=0)
+    R = R - R.mean(axis=0)
+    norm = np.sqrt((R**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return R / norm
+
+
+class PlatformData(NamedTuple):
+    """One platform's standardised ranks over the common lines and its entity grouping."""
+
+    ranks: np.ndarray  # lines x features (usable features only)
+    entities: pd.Index  # sorted unique entities
+    starts: np.ndarray  # start of each entity's block in the entity-sorted feature order
+    order: np.ndarray  # feature order that groups features by entity
+    features: np.ndarray  # usable feature names, in the original order
+
+
+def common_lines(results: Mapping[str, AnnData], key: str, outcomes: list[str]) -> pd.DataFrame:
+    """Lines x outcomes every platform used for every outcome; an error where they differ.
+
+    The permutation moves whole rows of outcomes and applies to every platform at once, so
+    every platform x outcome cell must stand on the same lines with the same values.
+    """
+    frames = {}
+    for platform, adata in results.items():
+        stored = adata.uns[key]["outcomes"]
+        absent = [o for o in outcomes if o not in stored.columns]
+        if absent:
+            msg = f"platform {platform!r} has no rank association for outcomes {absent}"
+            raise KeyError(msg)
+        frames[platform] = stored[outcomes].dropna(how="any")
+    first_name, first = next(iter(frames.items()))
+    for platform, frame in frames.items():
+        same_lines = frame.index.equals(first.index)
+        if not same_lines or not np.allclose(frame.to_numpy(), first.to_numpy()):
+            msg = (
+                "combine='stouffer' permutes lines jointly across platforms and outcomes, so every "
+                f"platform x outcome must use the same lines and values; {platform!r} uses "
+                f"{frame.index.tolist()} and {first_name!r} {first.index.tolist()} (or their values "
+                "differ). Subset every platform to the common lines and rerun rank_association."
+            )
+            raise ValueError(msg)
+    for outcome in outcomes:
+        if np.ptp(first[outcome].to_numpy()) == 0:
+            msg = f"outcome {outcome!r} is the same for every line; nothing can correlate with it"
+            raise ValueError(msg)
+    return first
+
+
+def platform_data(adata: AnnData, lines: list[str], key: str, match: pd.Series) -> PlatformData:
+    """Standardised ranks of the rankable features over ``lines`` and their entities."""
+    layer = adata.uns[key]["params"].get("layer")
+    X = dense_matrix(adata, layer)[line_rows(adata, lines)]
+    usable = np.isfinite(X).all(axis=0)
+    usable[usable] = np.ptp(X[:, usable], axis=0) > 0
+    features = adata.var_names.astype(str).to_numpy()[usable]
+    entity = match.reindex(features).astype(str).to_numpy()
+    order = np.argsort(entity, kind="stable")
+    unique, starts = np.unique(entity[order], return_index=True)
+    return PlatformData(standardized_ranks(X[:, usable]), pd.Index(unique), starts, order, features)
+
+
+def entity_scores(z: np.ndarray, data: PlatformData) -> np.ndarray:
+    """Per entity and outcome: the score of its feature with the largest ``|z|``."""
+    grouped = z[data.order]
+    high = np.maximum.reduceat(grouped, data.starts, axis=0)
+    low = np.minimum.reduceat(grouped, data.starts, axis=0)
+    return np.where(np.abs(high) >= np.abs(low), high, low)
+
+
+class RuleCells(NamedTuple):
+    """Where a rule reads: per cell (platform, outcome column, sign) and the entity rows."""
+
+    cells: list[tuple[str, int, int]]
+    rows: dict[str, np.ndarray]  # platform -> row of each common entity in its entity index
+    entities: pd.Index
+
+
+def rule_cells(pattern: Mapping[str, int], platforms: list[str], data: dict, outcomes: list[str]):
+    """The cells of a rule and the entities measured on every one of its platforms."""
+    common = data[platforms[0]].entities
+    for platform in platforms[1:]:
+        common = common.intersection(data[platform].entities, sort=False)
+    common = common.sort_values()
+    rows = {p: data[p].entities.get_indexer(common) for p in platforms}
+    cells = [(p, outcomes.index(o), int(s)) for p in platforms for o, s in pattern.items()]
+    return RuleCells(cells, rows, common)
+
+
+def rule_statistic(
+    scores: dict[str, np.ndarray], where: RuleCells
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signed agreement statistic of every entity, and the cells' signed scores.
+
+    Per platform the Stouffer score over the rule's outcomes, ``S_p = sum(sign_o * z) /
+    sqrt(outcomes)``; across platforms the weakest: ``|T| = max(min_p S_p, min_p -S_p, 0)``
+    with the sign of the direction that wins (0 when the platforms disagree). Returns (signed ``T``, entities x cells of
+    ``sign_o * z``).
+    """
+    columns = [scores[p][where.rows[p], j] * sign for p, j, sign in where.cells]
+    if not columns:
+        return np.zeros(len(where.entities)), np.zeros((len(where.entities), 0))
+    cell_z = np.column_stack(columns)
+    n_platforms = len(where.rows)
+    per_platform = cell_z.reshape(len(where.entities), n_platforms, -1)
+    stouffer = per_platform.sum(axis=2) / np.sqrt(per_platform.shape[2])
+    up, down = stouffer.min(axis=1), (-stouffer).min(axis=1)
+    magnitude = np.maximum(np.maximum(up, down), 0.0)  # platforms that disagree score 0
+    return np.where(up >= down, magnitude, -magnitude), cell_z
+
+
+def all_scores(data: dict, Y: np.ndarray, n_lines: int) -> dict[str, np.ndarray]:
+    """Per platform: entities x outcomes normal scores ``rho * sqrt(n - 1)``."""
+    scale = np.sqrt(n_lines - 1)
+    return {p: entity_scores((d.ranks.T @ Y) * scale, d) for p, d in data.items()}
+
+
+def permutation_counts(
+    observed: dict[str, np.ndarray],
+    data: dict,
+    where: dict[str, RuleCells],
+    Y: np.ndarray,
+    *,
+    n_permutations: int,
+    random_state: int,
+) -> dict[str, np.ndarray]:
+    """Per rule and observed entity: the mean number of permuted ``|T*| >= |T|``.
+
+    Line labels are permuted jointly: one permutation of the outcome rows for every
+    platform and outcome.
+    """
+    rng = np.random.default_rng(random_state)
+    thresholds = {r: np.sort(np.abs(s)) for r, s in observed.items()}
+    counts = {r: np.zeros(len(s)) for r, s in observed.items()}
+    n = Y.shape[0]
+    for _ in progress(range(n_permutations), desc="consensus permutations"):
+        scores = all_scores(data, Y[rng.permutation(n)], n)
+        for rule, cells in where.items():
+            null = np.sort(np.abs(rule_statistic(scores, cells)[0]))
+            counts[rule] += len(null) - np.searchsorted(null, thresholds[rule], side="left")
+    expected = {}
+    for rule, s in observed.items():
+        position = np.searchsorted(thresholds[rule], np.abs(s), side="left")
+        expected[rule] = counts[rule][position] / n_permutations
+    return expected
+
+
+def qvalues(statistic: np.ndarray, expected_false: np.ndarray) -> np.ndarray:
+    """Step-down permutation q-values: the largest FDR estimate of any list down to a feature.
+
+    ``FDR(t) = min(1, V(t) / #{|T| >= t})`` at each feature's own ``t = |T|``; a feature's
+    q-value is the largest FDR among the lists from the top down to it (the cumulative
+    maximum from the top), so a list ``q <= alpha`` is the longest top list whose every
+    shorter list also has an estimated FDR at most ``alpha``. This is more conservative
+    than the step-up minimum, which picks the luckiest threshold when few features are
+    called and gene-gene correlation makes ``V`` vary.
+    """
+    magnitude = np.abs(statistic)
+    if magnitude.size == 0:
+        return np.zeros(0)
+    ascending = np.sort(magnitude)
+    called = len(magnitude) - np.searchsorted(ascending, magnitude, side="left")
+    fdr = np.minimum(1.0, expected_false / np.maximum(called, 1))
+    order = np.argsort(-magnitude, kind="stable")
+    stepped = np.maximum.accumulate(fdr[order])
+    out = np.empty_like(fdr)
+    out[order] = stepped
+    return out

@@ -28,6 +28,7 @@ NAMESPACES = {
     "get": mp.get,
     "io": mp.io,
     "datasets": mp.datasets,
+    "bulk.pp": mp.bulk.pp,
     "bulk.tl": mp.bulk.tl,
     "bulk.pl": mp.bulk.pl,
     "bulk.get": mp.bulk.get,
@@ -45,11 +46,11 @@ def _public(namespaces):
 
 
 FUNCTIONS = _public(NAMESPACES)
-TOOLS = _public(["pp", "tl", "bulk.tl"])
+TOOLS = _public(["pp", "tl", "bulk.pp", "bulk.tl"])
 PLOTS = _public(["pl", "bulk.pl"])
 ACCESSORS = _public(["get", "bulk.get"])
 # build one result from several AnnData objects (or none), so no single adata comes first
-CREATORS = {"pp.pool_lots", "bulk.tl.consensus"}
+CREATORS = {"pp.pool_lots", "bulk.pp.qpcr_panel", "bulk.tl.consensus"}
 #: accessors that read no stored result of one tool (views of the data or the log)
 VIEWS = {"get.lot_table", "get.provenance", "bulk.get.marker_counts", "bulk.get.consensus"}
 #: plots of no stored result

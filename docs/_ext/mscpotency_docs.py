@@ -74,6 +74,7 @@ SECTIONS = [
 
 #: The bulk namespace: lines x genes panels, its own data model.
 BULK_SECTIONS = [
+    ("bulk.pp", "Inputs: probes, promoters, qRT-PCR", None),
     ("bulk.tl", "Tools", None),
     ("bulk.get", "Results as tables", None),
     ("bulk.pl", "Plots", None),

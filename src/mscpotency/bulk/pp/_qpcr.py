@@ -134,7 +134,7 @@ def _check_sign(neg_delta: np.ndarray, values: str) -> None:
 @doc_params
 @record("bulk.pp.qpcr_panel")
 def qpcr_panel(
-    table: pd.DataFrame,
+    ct_table: pd.DataFrame,
     *,
     values: QpcrValues,
     reference_genes: Sequence[str] | None = None,
@@ -146,7 +146,7 @@ def qpcr_panel(
 
     Parameters
     ----------
-    table
+    ct_table
         Lines (index) x genes (columns) as exported: numbers, ``"Undetermined"`` and blanks.
     values
         What the numbers are, stated (there is no safe guess): ``"ct"`` (raw cycles, with
@@ -176,11 +176,11 @@ def qpcr_panel(
     if undetermined not in ("cutoff", "drop", "error") or missing not in ("error", "drop"):
         msg = f"undetermined must be 'cutoff', 'drop' or 'error' and missing 'error' or 'drop', got {undetermined!r}, {missing!r}"
         raise ValueError(msg)
-    if not isinstance(table, pd.DataFrame) or table.empty:
-        msg = "table must be a non-empty DataFrame: lines (index) x genes (columns)"
+    if not isinstance(ct_table, pd.DataFrame) or ct_table.empty:
+        msg = "ct_table must be a non-empty DataFrame: lines (index) x genes (columns)"
         raise TypeError(msg)
-    genes, lines = table.columns.astype(str), table.index.astype(str)
-    numbers, undet, blank = _parse(table)
+    genes, lines = ct_table.columns.astype(str), ct_table.index.astype(str)
+    numbers, undet, blank = _parse(ct_table)
     keep = np.ones(len(genes), dtype=bool)
     reference = list(reference_genes or [])
     if values == "ct":

@@ -23,7 +23,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import stats
 
-from .. import _registry, get, pp, tl
+from .. import _keys, _registry, get, pp, tl
 from .._stored import potency_cluster
 from ._analyse import WORKFLOW_KEY, collected_warnings, record_inputs
 from ._settings import Settings
@@ -49,7 +49,7 @@ def write_lot_model(adata: AnnData, frozen: AnnData, path: str | os.PathLike) ->
     refuses a lot model that belongs to another reference.
     """
     model = AnnData(obs=get.lot_table(adata))
-    for key in (*LOT_MODEL_KEYS, *OPTIONAL_KEYS):
+    for key in (*LOT_MODEL_KEYS, *OPTIONAL_KEYS, _keys.PACKAGE):  # the package key: the log
         if key in adata.uns:
             model.uns[key] = adata.uns[key]
     model.uns[WORKFLOW_KEY] = {
@@ -96,7 +96,11 @@ def share_interval(probabilities: np.ndarray, level: float = 0.95) -> tuple[floa
     ``Binomial(n, p)`` (each draw is a label of a uniformly chosen cell: Bernoulli(``p``)),
     so the interval is the Clopper-Pearson interval of ``k = n p`` successes in ``n``
     (beta quantiles, valid for a fractional ``k``). Certain labels (all 0/1) give the usual
-    exact binomial interval of the observed count.
+    exact binomial interval of the observed count, which covers the lot's population share
+    at least at ``level``; with calibrated uncertain labels the interval is conservative
+    (the mean probability varies less than certain labels would). It does not correct a
+    mapping that is biased (miscalibrated): the off-reference and low-confidence shares of
+    the release table say when to distrust the labels.
     """
     p = np.asarray(probabilities, dtype=float)
     n = p.size

@@ -67,7 +67,7 @@ def summary_text(adata: AnnData) -> list[str]:
     n_cells = int(get.lot_fractions(adata, kind="n_cells").to_numpy().sum())
     lines = [
         f"{fractions.shape[0]} reference lots, {n_cells:,} cells after QC, "
-        f"{fractions.shape[1]} clusters. The cluster whose share of each lot tracks potency "
+        f"{fractions.shape[1]} clusters. The cluster whose share of each lot tracks {_potency_name(adata)} "
         f"is {cluster}: Spearman rho = {row['rho']:.2f}, {row['pvalue_method']} p = {row['pvalue']:.2g}, "
         f"FDR = {row['fdr']:.2g} ({'significant' if significant else 'NOT significant'} at FDR {alpha:g}), "
         f"95% bootstrap CI of rho {row['ci_low']:.2f} to {row['ci_high']:.2f}; leaving out one lot at a "
@@ -84,6 +84,14 @@ def summary_text(adata: AnnData) -> list[str]:
     if "association_stability" in adata.uns:
         lines.append(_stability_text(adata))
     return lines
+
+
+def _potency_name(adata: AnnData) -> str:
+    """The potency assay's column, as the analysis recorded it."""
+    settings = adata.uns.get(WORKFLOW_KEY, {}).get("settings", {})
+    if settings.get("potency"):
+        return str(settings["potency"])
+    return str(stored(adata, _registry.POTENCY_ASSOCIATION)["params"].get("potency", "potency"))
 
 
 def _search_text(adata: AnnData, cluster: str) -> str:
@@ -241,7 +249,9 @@ def _release_sections(report: Report, query: AnnData, model: AnnData, figures: P
     items.append(
         "Share interval: Clopper-Pearson interval of n x mean label probability in n cells, "
         "which is exactly the distribution of the count when cells are resampled and each "
-        "resampled cell's label is drawn from its probability (label and sampling uncertainty). "
+        "resampled cell's label is drawn from its probability (label and sampling uncertainty; "
+        "exact for certain labels, conservative for calibrated uncertain ones; it cannot correct "
+        "a biased mapping, which off_reference and low_confidence flag). "
         "outside_by: how far the share lies outside the reference lots' tolerance limits "
         "(0 inside; share units)."
     )
@@ -258,8 +268,13 @@ def _release_sections(report: Report, query: AnnData, model: AnnData, figures: P
         items.append(str(query.uns[_registry.VALIDATE_POTENCY.key].get("note", "")))
 
 
-def settings_and_provenance(report: Report, adata: AnnData, query: AnnData | None = None) -> None:
-    """The last sections: every resolved setting, versions, inputs' fingerprints, the log."""
+def settings_and_provenance(
+    report: Report, adata: AnnData, query: AnnData | None = None, *, tables: Path | None = None
+) -> None:
+    """The last sections: every resolved setting, versions, inputs' fingerprints, the log.
+
+    With ``tables``, the settings and the provenance log are also written there as CSV.
+    """
     from ._settings import SECTIONS
 
     flow = (query if query is not None else adata).uns.get(WORKFLOW_KEY, {})
@@ -271,7 +286,8 @@ def settings_and_provenance(report: Report, adata: AnnData, query: AnnData | Non
         if name in settings
     ]
     items = report.section("Settings (resolved, defaults included)")
-    items.append(pd.DataFrame(rows, columns=["section", "setting", "value"]).set_index("setting"))
+    resolved = pd.DataFrame(rows, columns=["section", "setting", "value"]).set_index("setting")
+    items.append(resolved)
     prov = report.section("Provenance")
     versions = package_versions()
     prov.append(", ".join(f"{k} {v}" for k, v in versions.items()))
@@ -282,8 +298,16 @@ def settings_and_provenance(report: Report, adata: AnnData, query: AnnData | Non
         inputs.update({f"new {k}": v for k, v in query.uns.get(WORKFLOW_KEY, {}).get("inputs", {}).items()})
         inputs["frozen reference hash"] = flow.get("reference_hash", "")
     prov.append(pd.DataFrame({"fingerprint": inputs}).rename_axis("input"))
-    log = get.provenance(query if query is not None else adata)
-    prov.append(log[["function", "input_fingerprint", "random_state", "seconds"]])
+    logs = {"reference": adata} if query is None else {"reference": adata, "new lots": query}
+    log = pd.concat(
+        [get.provenance(data).assign(data=name) for name, data in logs.items()], ignore_index=True
+    )
+    prov.append(log[["data", "function", "input_fingerprint", "random_state", "seconds"]])
+    if tables is not None:
+        resolved.to_csv(tables / "settings.csv")
+        log.assign(params=log["params"].map(str), versions=log["versions"].map(str)).to_csv(
+            tables / "provenance.csv", index=False
+        )
 
 
 def write_report(report: Report, out: Path) -> Path:
@@ -325,5 +349,5 @@ def report(
     """
     out = Path(out)
     document = build_report(adata, out, query=query, title=title)
-    settings_and_provenance(document, adata, query)
+    settings_and_provenance(document, adata, query, tables=out / "tables")
     return write_report(document, out)

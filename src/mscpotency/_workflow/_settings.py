@@ -213,8 +213,11 @@ def load_settings(path: str | os.PathLike, **overrides: Any) -> Settings:
     except tomllib.TOMLDecodeError as error:
         msg = f"settings file {str(path)!r} is not valid TOML: {error}"
         raise ValueError(msg) from error
-    flat = _flatten(raw, path)
-    return Settings().replace(**_typed(flat, path)).replace(**overrides)
+    flat = _typed(_flatten(raw, path), path)
+    settings = Settings().replace(**flat)
+    if "resolution" in flat and "n_clusters" not in flat:  # a fixed resolution, no target k
+        settings = dataclasses.replace(settings, n_clusters=None)
+    return settings.replace(**overrides)
 
 
 def _flatten(raw: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -228,22 +228,97 @@ def _user_error_args(args: list[str], tmp_path: Path) -> list[str]:
     (tmp_path / "lots.csv").write_text("lot,vegf\nBM01,500\n")
     (tmp_path / "bad.toml").write_text("clustrs = 3\n")
     (tmp_path / "afile").write_text("keep")
-    names = {"{missing}": "nowhere", "{table}": "lots.csv", "{dir}": "lots", "{file}": "afile", "{bad_toml}": "bad.toml"}
+    names = {
+        "{missing}": "nowhere",
+        "{table}": "lots.csv",
+        "{dir}": "lots",
+        "{file}": "afile",
+        "{bad_toml}": "bad.toml",
+    }
     return [str(tmp_path / names[a]) if a in names else a for a in args]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["analyse", "--lots", "{missing}", "--lot-table", "{table}", "--out", "o"], r"--lots '.*' does not exist"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{missing}", "--out", "o"], r"--lot-table '.*' does not exist"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "{file}"], r"--out '.*' is a file"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "o", "--clusters", "1"], r"n_clusters must be at least 2"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "o", "--config", "{bad_toml}"], r"unknown settings \['clustrs'\]"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "o", "--potency", "ido"], r"has no potency column 'ido'"),
-        (["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "o", "--clusters", "4", "--resolution", "1"], r"not allowed with argument"),
-        (["map", "--reference", "{missing}", "--lots", "{dir}", "--out", "o"], r"--reference '.*' does not exist"),
-        (["map", "--reference", "{table}", "--lots", "{dir}", "--out", "o", "--min-share", "2"], r"min_share must lie in \[0, 1\)"),
+        (
+            ["analyse", "--lots", "{missing}", "--lot-table", "{table}", "--out", "o"],
+            r"--lots '.*' does not exist",
+        ),
+        (
+            ["analyse", "--lots", "{dir}", "--lot-table", "{missing}", "--out", "o"],
+            r"--lot-table '.*' does not exist",
+        ),
+        (
+            ["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "{file}"],
+            r"--out '.*' is a file",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--clusters",
+                "1",
+            ],
+            r"n_clusters must be at least 2",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--config",
+                "{bad_toml}",
+            ],
+            r"unknown settings \['clustrs'\]",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--potency",
+                "ido",
+            ],
+            r"has no potency column 'ido'",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--clusters",
+                "4",
+                "--resolution",
+                "1",
+            ],
+            r"not allowed with argument",
+        ),
+        (
+            ["map", "--reference", "{missing}", "--lots", "{dir}", "--out", "o"],
+            r"--reference '.*' does not exist",
+        ),
+        (
+            ["map", "--reference", "{table}", "--lots", "{dir}", "--out", "o", "--min-share", "2"],
+            r"min_share must lie in \[0, 1\)",
+        ),
     ],
 )
 def test_analyse_and_map_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
@@ -259,9 +334,24 @@ def test_analyse_and_map_user_errors_exit_2_with_one_line(args, message, tmp_pat
 
 
 def test_a_data_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
-    args = ["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "o", "--potency", "ido"]
+    args = [
+        "analyse",
+        "--lots",
+        "{dir}",
+        "--lot-table",
+        "{table}",
+        "--out",
+        "o",
+        "--potency",
+        "ido",
+    ]
     args = _user_error_args(args, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "mscpotency._cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "mscpotency._cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "has no potency column 'ido'" in done.stderr

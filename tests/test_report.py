@@ -108,13 +108,17 @@ def runs(tmp_path_factory) -> dict:
     write_lots(study, root / "reference_lots", sorted(lots["BM-train"]))
     write_lots(study, root / "new_lots", sorted(lots["BM-test"]))
     mp.get.lot_table(study)[["set", "vegf"]].to_csv(root / "lots.csv")
-    (root / "settings.toml").write_text("[cluster]\nn_clusters = 6\n[association]\nn_permutations = 999\n")
+    (root / "settings.toml").write_text(
+        "[cluster]\nn_clusters = 6\n[association]\nn_permutations = 999\n"
+    )
     analysed = _run(
         "analyse", "--lots", str(root / "reference_lots"), "--lot-table", str(root / "lots.csv"),
         "--potency", "vegf", "--out", str(root / "analysis"), "--config", str(root / "settings.toml"),
     )  # fmt: skip
     assert analysed.returncode == 0, analysed.stderr[-3000:]
-    hash_ = ad.read_h5ad(root / "analysis" / "reference_lots.h5ad").uns["workflow"]["reference_hash"]
+    hash_ = ad.read_h5ad(root / "analysis" / "reference_lots.h5ad").uns["workflow"][
+        "reference_hash"
+    ]
     mapped = _run(
         "map", "--reference", str(root / "analysis" / "reference.h5ad"), "--expected-hash", str(hash_),
         "--lots", str(root / "new_lots"), "--lot-table", str(root / "lots.csv"),
@@ -127,14 +131,23 @@ def runs(tmp_path_factory) -> dict:
 def test_analyse_finds_the_true_potency_population(runs):
     root, study = runs["root"], runs["study"]
     analysis = root / "analysis"
-    for name in ("report.html", "report.md", "analysed.h5ad", "reference.h5ad", "reference_lots.h5ad"):
+    for name in (
+        "report.html",
+        "report.md",
+        "analysed.h5ad",
+        "reference.h5ad",
+        "reference_lots.h5ad",
+    ):
         assert (analysis / name).is_file(), name
     assert (analysis / "figures" / "umap.png").is_file()
     association = pd.read_csv(analysis / "tables" / "potency_association.csv", index_col=0)
     cluster = association.index[0]
     analysed = ad.read_h5ad(analysis / "analysed.h5ad")
     assert analysed.uns["potency_association"]["potency_cluster"] == cluster
-    truth = pd.Series(study.obs["true_potency_cell"].to_numpy(), index=study.obs["lot"].astype(str) + "_" + study.obs_names)
+    truth = pd.Series(
+        study.obs["true_potency_cell"].to_numpy(),
+        index=study.obs["lot"].astype(str) + "_" + study.obs_names,
+    )
     found = (analysed.obs["cluster"] == cluster).to_numpy()
     true = truth.reindex(analysed.obs_names).to_numpy(dtype=bool)
     f1 = 2 * (found & true).sum() / (found.sum() + true.sum())
@@ -151,8 +164,12 @@ def test_map_reports_shares_within_their_intervals_and_verdicts_by_the_rule(runs
     release = pd.read_csv(root / "release" / "release.csv", index_col=0)
     assert sorted(release.index) == ["BM11", "BM12", "BM13", "BM14"]
     truth = study.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
-    inside = (release["share_low"] <= truth[release.index]) & (truth[release.index] <= release["share_high"])
-    assert inside.sum() >= 3, pd.concat([release[["share", "share_low", "share_high"]], truth], axis=1)
+    inside = (release["share_low"] <= truth[release.index]) & (
+        truth[release.index] <= release["share_high"]
+    )
+    assert inside.sum() >= 3, pd.concat(
+        [release[["share", "share_low", "share_high"]], truth], axis=1
+    )
     settings = Settings(min_share=0.05)
     for lot, row in release.iterrows():
         assert verdict(row, settings)[0] == row["verdict"], lot
@@ -205,7 +222,9 @@ def browser_check(page: Path, tmp_path: Path) -> dict:
     """Open ``page`` at 1,400 px in headless Chromium; the images and overflow it reports."""
     binary = _chromium()
     probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK + "</body>"), encoding="utf-8")
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", _CHECK + "</body>"), encoding="utf-8"
+    )
     command = [
         binary, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
@@ -216,7 +235,9 @@ def browser_check(page: Path, tmp_path: Path) -> dict:
         pytest.skip("Chromium did not finish within 120 s: browser check not run")
     found = re.search(r'<pre id="mscpotency-check">(.*?)</pre>', done.stdout, re.S)
     if done.returncode != 0 and found is None:
-        pytest.skip(f"Chromium cannot run here ({done.stderr.strip()[-300:]}): browser check not run")
+        pytest.skip(
+            f"Chromium cannot run here ({done.stderr.strip()[-300:]}): browser check not run"
+        )
     assert found is not None, done.stdout[-2000:]
     import html
 

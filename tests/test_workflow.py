@@ -128,7 +128,12 @@ def _row(**changes) -> pd.Series:
         ({}, {"min_potency": 800}, "REVIEW", "contains the minimum 800"),
         ({"off_reference": 0.3}, {}, "REVIEW", "30% of cells off the reference"),
         ({"off_reference": 0.3}, {"max_off_reference": 0.5}, "PASS", "every check"),
-        ({"comparable": False, "comparability": "share low"}, {}, "REVIEW", "not comparable: share low"),
+        (
+            {"comparable": False, "comparability": "share low"},
+            {},
+            "REVIEW",
+            "not comparable: share low",
+        ),
         ({"extrapolating": True}, {}, "REVIEW", "extrapolates"),
         ({"share_high": 0.04, "extrapolating": True}, {"min_share": 0.05}, "FAIL", "extrapolates"),
     ],

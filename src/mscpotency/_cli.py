@@ -40,8 +40,12 @@ def _add_reproduce(commands) -> argparse.ArgumentParser:
         "the bulk iPS-line analysis; writes report.html, figures, tables and the reference.",
     )
     reproduce.add_argument("--out", default="results", help="output folder (default: results)")
-    reproduce.add_argument("--seed", type=int, default=0, help="random seed, a non-negative integer (default: 0)")
-    reproduce.add_argument("--clusters", type=int, default=8, help="target number of clusters, at least 2 (default: 8)")
+    reproduce.add_argument(
+        "--seed", type=int, default=0, help="random seed, a non-negative integer (default: 0)"
+    )
+    reproduce.add_argument(
+        "--clusters", type=int, default=8, help="target number of clusters, at least 2 (default: 8)"
+    )
     reproduce.add_argument(
         "--preset",
         choices=["study", "tiny"],
@@ -68,16 +72,24 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
     analyse.add_argument("--config", help="settings file (TOML); options given here win")
     group = analyse.add_mutually_exclusive_group()
     group.add_argument("--clusters", type=int, help="target number of clusters (default: 8)")
-    group.add_argument("--resolution", type=float, help="fixed Leiden resolution instead of --clusters")
+    group.add_argument(
+        "--resolution", type=float, help="fixed Leiden resolution instead of --clusters"
+    )
     analyse.add_argument("--seed", type=int, help="random seed (default: 0)")
     analyse.add_argument("--title", help="report title (default: named after the inputs)")
     analyse.add_argument("--lot-key", help="lot column of the lot table (default: lot)")
     analyse.add_argument("--min-genes", type=int, help="QC: fewest genes per cell (default: 200)")
-    analyse.add_argument("--max-pct-mito", type=float, help="QC: highest mitochondrial %% (default: 20)")
-    analyse.add_argument("--qc-thresholds", choices=["fixed", "mad"], help="QC thresholds (default: fixed)")
+    analyse.add_argument(
+        "--max-pct-mito", type=float, help="QC: highest mitochondrial %% (default: 20)"
+    )
+    analyse.add_argument(
+        "--qc-thresholds", choices=["fixed", "mad"], help="QC thresholds (default: fixed)"
+    )
     analyse.add_argument("--min-cells-per-lot", type=int, help="smallest lot kept (default: 50)")
     analyse.add_argument("--batch-key", help="obs column of a lot effect for gene selection")
-    analyse.add_argument("--no-search", action="store_true", help="skip the potency-population search")
+    analyse.add_argument(
+        "--no-search", action="store_true", help="skip the potency-population search"
+    )
     return analyse
 
 
@@ -98,12 +110,20 @@ def _add_map(commands) -> argparse.ArgumentParser:
     mapping.add_argument("--out", required=True, help="output folder (created)")
     mapping.add_argument("--config", help="settings file (TOML); options given here win")
     mapping.add_argument("--title", help="report title (default: named after the inputs)")
-    mapping.add_argument("--min-share", type=float, help="verdict: minimum potency-like share (default: none)")
-    mapping.add_argument("--min-potency", type=float, help="verdict: minimum predicted potency (default: none)")
     mapping.add_argument(
-        "--max-off-reference", type=float, help="verdict: highest off-reference share (default: 0.25)"
+        "--min-share", type=float, help="verdict: minimum potency-like share (default: none)"
     )
-    mapping.add_argument("--share-level", type=float, help="confidence level of the share (default: 0.95)")
+    mapping.add_argument(
+        "--min-potency", type=float, help="verdict: minimum predicted potency (default: none)"
+    )
+    mapping.add_argument(
+        "--max-off-reference",
+        type=float,
+        help="verdict: highest off-reference share (default: 0.25)",
+    )
+    mapping.add_argument(
+        "--share-level", type=float, help="confidence level of the share (default: 0.95)"
+    )
     return mapping
 
 
@@ -233,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     checks = {
         "reproduce": _check_reproduce,
         "analyse": lambda a: _check_inputs(a, ("lots", "lot-table", "config")),
-        "map": lambda a: _check_inputs(a, ("reference", "lot-model", "lots", "lot-table", "config")),
+        "map": lambda a: _check_inputs(
+            a, ("reference", "lot-model", "lots", "lot-table", "config")
+        ),
     }
     problem = checks[args.command](args)
     if problem is not None:

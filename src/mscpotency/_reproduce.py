@@ -19,7 +19,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 
 from . import _stored, bulk, datasets, get
@@ -228,7 +227,9 @@ def reproduce(
     path = save_reference(reference, settings, out)
     query = None
     if mapping:
-        query, _ = release_lots(study[study.obs["set"] != "BM-train"].copy(), path, settings=settings)
+        query, _ = release_lots(
+            study[study.obs["set"] != "BM-train"].copy(), path, settings=settings
+        )
     document = build_report(reference, out, query=query)
     truth = document.section("Check against the simulator's truth")
     truth.append(truth_summary(reference))

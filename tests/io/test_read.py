@@ -711,7 +711,9 @@ def test_cellranger_h5_in_sample_folders(tmp_path, lots):
 def test_one_cellranger_sample_folder_is_not_a_folder_of_lots(tmp_path, lots):
     (tmp_path / "BM01" / "outs").mkdir(parents=True)
     write_h5(tmp_path / "BM01" / "outs" / "filtered_feature_bc_matrix.h5", lots["BM01"])
-    with pytest.raises(ValueError, match=r"is a single Cell Ranger sample folder, not a folder of lots"):
+    with pytest.raises(
+        ValueError, match=r"is a single Cell Ranger sample folder, not a folder of lots"
+    ):
         mp.io.read_lots(tmp_path / "BM01")
 
 

@@ -33,7 +33,9 @@ logger = logging.getLogger("mscpotency")
 WORKFLOW_KEY = "workflow"
 
 
-def read_inputs(lots: str | os.PathLike, lot_table: str | os.PathLike, settings: Settings) -> AnnData:
+def read_inputs(
+    lots: str | os.PathLike, lot_table: str | os.PathLike, settings: Settings
+) -> AnnData:
     """Read the lots and join the lot table; the potency column must be there and numeric."""
     table = io.read_lot_table(lot_table, lot_key=settings.lot_key)
     if settings.potency not in table.columns:
@@ -72,7 +74,9 @@ def file_digest(path: str | os.PathLike) -> str:
 def record_inputs(adata: AnnData, settings: Settings, **inputs: str | os.PathLike | None) -> None:
     """Store the settings and a fingerprint of each input in ``uns['workflow']``."""
     stored = adata.uns.setdefault(WORKFLOW_KEY, {})
-    stored["settings"] = {k: ("" if v is None else v) for k, v in dataclasses.asdict(settings).items()}
+    stored["settings"] = {
+        k: ("" if v is None else v) for k, v in dataclasses.asdict(settings).items()
+    }
     fingerprints = stored.setdefault("inputs", {})
     for name, path in inputs.items():
         if path is not None:
@@ -96,8 +100,11 @@ def collected_warnings(adata: AnnData) -> Iterator[None]:
 
 
 def prediction_interval(settings: Settings, n_lots: int) -> str:
-    """The interval type: ``settings.prediction_interval``, or for ``"auto"`` jackknife+
-    where ``floor((1 - level)(n + 1)) >= 1`` (enough lots for the level), else ``"t"``."""
+    """The prediction interval type for ``n_lots`` reference lots.
+
+    ``settings.prediction_interval``, or for ``"auto"`` jackknife+ where
+    ``floor((1 - level)(n + 1)) >= 1`` (enough lots for the level), else ``"t"``.
+    """
     if settings.prediction_interval != "auto":
         return settings.prediction_interval
     return "jackknife+" if np.floor((1 - settings.prediction_level) * (n_lots + 1)) >= 1 else "t"

@@ -91,7 +91,11 @@ def _html_item(item: object, root: Path, embed: bool) -> str:
         return f'<div class="tbl">{table}</div>'
     if isinstance(item, Path):
         link = _url(item, root)
-        src = "data:image/png;base64," + base64.b64encode(item.read_bytes()).decode() if embed else link
+        src = (
+            "data:image/png;base64," + base64.b64encode(item.read_bytes()).decode()
+            if embed
+            else link
+        )
         return f'<img src="{_html_text(src)}" alt="{_html_text(item.stem)}">'
     return f"<p>{_html_text(item)}</p>"
 

@@ -56,7 +56,9 @@ def write_lot_model(adata: AnnData, frozen: AnnData, path: str | os.PathLike) ->
         **adata.uns.get(WORKFLOW_KEY, {}),
         "reference_hash": str(frozen.uns[_registry.FROZEN_REFERENCE.key]["hash"]),
     }
-    model.obs = model.obs.astype({c: str for c in model.obs.columns if model.obs[c].dtype == object})
+    model.obs = model.obs.astype(
+        {c: str for c in model.obs.columns if model.obs[c].dtype == object}
+    )
     path = Path(path)
     model.write_h5ad(path, compression="gzip")
     return path
@@ -116,12 +118,15 @@ def share_interval(probabilities: np.ndarray, level: float = 0.95) -> tuple[floa
 def verdict_rule(settings: Settings) -> str:
     """The rule, in words, that :func:`verdict` applies with these settings."""
     s = settings
-    fail, review = [], [
-        f"more than {s.max_off_reference:.0%} of its cells are off the reference",
-        "its composition lies outside the reference lots' tolerance limits "
-        f"({s.tolerance_coverage:.0%} coverage, {s.tolerance_level:.0%} confidence)",
-        "its potency prediction extrapolates beyond the reference lots' range",
-    ]
+    fail, review = (
+        [],
+        [
+            f"more than {s.max_off_reference:.0%} of its cells are off the reference",
+            "its composition lies outside the reference lots' tolerance limits "
+            f"({s.tolerance_coverage:.0%} coverage, {s.tolerance_level:.0%} confidence)",
+            "its potency prediction extrapolates beyond the reference lots' range",
+        ],
+    )
     if s.min_share is not None:
         fail.append(f"its whole {s.share_level:.0%} share interval lies below {s.min_share:.1%}")
         review.append(f"its share interval contains {s.min_share:.1%}")
@@ -130,7 +135,11 @@ def verdict_rule(settings: Settings) -> str:
             f"its whole {s.prediction_level:.0%} prediction interval lies below {s.min_potency:g}"
         )
         review.append(f"its prediction interval contains {s.min_potency:g}")
-    text = "FAIL if " + " or ".join(fail) + "; " if fail else "No FAIL rule (no minimum share or potency set); "
+    text = (
+        "FAIL if " + " or ".join(fail) + "; "
+        if fail
+        else "No FAIL rule (no minimum share or potency set); "
+    )
     return text + "REVIEW if " + "; or ".join(review) + "; PASS otherwise."
 
 
@@ -139,12 +148,16 @@ def verdict(row: pd.Series, settings: Settings) -> tuple[str, str]:
     s, fails, reviews = settings, [], []
     if s.min_share is not None:
         if row["share_high"] < s.min_share:
-            fails.append(f"share {row['share']:.1%} (up to {row['share_high']:.1%}) below {s.min_share:.1%}")
+            fails.append(
+                f"share {row['share']:.1%} (up to {row['share_high']:.1%}) below {s.min_share:.1%}"
+            )
         elif row["share_low"] <= s.min_share:
             reviews.append(f"share interval contains the minimum {s.min_share:.1%}")
     if s.min_potency is not None:
         if row["prediction_high"] < s.min_potency:
-            fails.append(f"predicted potency {row['prediction']:.3g} (up to {row['prediction_high']:.3g}) below {s.min_potency:g}")
+            fails.append(
+                f"predicted potency {row['prediction']:.3g} (up to {row['prediction_high']:.3g}) below {s.min_potency:g}"
+            )
         elif row["prediction_low"] <= s.min_potency:
             reviews.append(f"prediction interval contains the minimum {s.min_potency:g}")
     if row["off_reference"] > s.max_off_reference:
@@ -226,8 +239,10 @@ def _plain(value):
 
 
 def _measured(query: AnnData, potency: str) -> bool:
-    return potency in query.obs and pd.api.types.is_numeric_dtype(query.obs[potency]) and bool(
-        query.obs[potency].notna().all()
+    return (
+        potency in query.obs
+        and pd.api.types.is_numeric_dtype(query.obs[potency])
+        and bool(query.obs[potency].notna().all())
     )
 
 
@@ -243,7 +258,11 @@ def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.
     }
     table = pd.DataFrame(shares, index=["share", "share_low", "share_high"]).T
     table.index.name = s.lot_key
-    prediction = get.predict_potency(query).set_index(s.lot_key) if s.lot_key in get.predict_potency(query) else get.predict_potency(query)
+    prediction = (
+        get.predict_potency(query).set_index(s.lot_key)
+        if s.lot_key in get.predict_potency(query)
+        else get.predict_potency(query)
+    )
     comparability = get.comparability(query)
     mapping = get.map_to_reference(query)
     mapping = mapping.set_index(s.lot_key) if s.lot_key in mapping.columns else mapping
@@ -256,7 +275,9 @@ def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.
         table["measured_potency"] = prediction["observed"].reindex(table.index)
     table["tolerance_low"] = comparability["potency_low"].reindex(table.index)
     table["tolerance_high"] = comparability["potency_high"].reindex(table.index)
-    table["outside_by"] = _outside_by(table["share"], table["tolerance_low"], table["tolerance_high"])
+    table["outside_by"] = _outside_by(
+        table["share"], table["tolerance_low"], table["tolerance_high"]
+    )
     table["comparable"] = comparability["comparable"].reindex(table.index).astype(bool)
     table["comparability"] = comparability["reason"].reindex(table.index)
     table["off_reference"] = mapping["share_off_reference"].reindex(table.index)

@@ -106,7 +106,9 @@ def _search_text(adata: AnnData, cluster: str) -> str:
         f"({int(summary['n_cells'])} cells, rho = {summary['rho']:.2f})"
     )
     if bool(summary["changed"]):
-        return text + f", which CHANGES the fixed-k answer ({cluster}); the steps below use {cluster}."
+        return (
+            text + f", which CHANGES the fixed-k answer ({cluster}); the steps below use {cluster}."
+        )
     return text + f", which agrees with the fixed-k cluster {cluster}."
 
 
@@ -206,8 +208,17 @@ def _reference_sections(report: Report, adata: AnnData, figures: Path, tables: P
     qc.append(frames["qc_per_lot"])
     qc.append(save_figure(pl.qc(adata, show=False), figures / "qc_per_lot.png"))
     clusters = report.section("Clusters and the composition of each lot")
-    clusters.append(save_figure(pl.umap(adata, color=["cluster", "lot"], return_fig=True, show=False), figures / "umap.png"))
-    clusters.append(save_figure(pl.lot_fractions(adata, return_fig=True, show=False), figures / "lot_composition.png"))
+    clusters.append(
+        save_figure(
+            pl.umap(adata, color=["cluster", "lot"], return_fig=True, show=False),
+            figures / "umap.png",
+        )
+    )
+    clusters.append(
+        save_figure(
+            pl.lot_fractions(adata, return_fig=True, show=False), figures / "lot_composition.png"
+        )
+    )
     clusters.append(
         "Distance of each lot's composition from the pooled population (Jensen-Shannon, bits); "
         "sampling_p: share of same-size draws from the pool at least as far away."
@@ -216,16 +227,31 @@ def _reference_sections(report: Report, adata: AnnData, figures: Path, tables: P
     assoc = report.section("Association of cluster shares with potency")
     assoc.append(str(stored(adata, _registry.POTENCY_ASSOCIATION).get("note", "")))
     assoc.append(frames["potency_association"].drop(columns=["n_lots"], errors="ignore"))
-    assoc.append(save_figure(pl.potency_scatter(adata, return_fig=True, show=False), figures / "potency_scatter.png"))
-    assoc.append(save_figure(pl.potency_association(adata, return_fig=True, show=False), figures / "association_overview.png"))
+    assoc.append(
+        save_figure(
+            pl.potency_scatter(adata, return_fig=True, show=False), figures / "potency_scatter.png"
+        )
+    )
+    assoc.append(
+        save_figure(
+            pl.potency_association(adata, return_fig=True, show=False),
+            figures / "association_overview.png",
+        )
+    )
     if _registry.POTENCY_POPULATION.key in adata.uns:
         search = get.potency_population(adata).head(10)
         search.to_csv(tables / "potency_population.csv")
         assoc.append("The strongest candidates of the potency-population search:")
         assoc.append(search)
     mark = report.section(f"Marker genes of {cluster}")
-    mark.append(frames["potency_markers"].set_index("rank") if "rank" in frames["potency_markers"] else frames["potency_markers"])
-    mark.append(save_figure(pl.potency_markers(adata, return_fig=True, show=False), figures / "markers.png"))
+    mark.append(
+        frames["potency_markers"].set_index("rank")
+        if "rank" in frames["potency_markers"]
+        else frames["potency_markers"]
+    )
+    mark.append(
+        save_figure(pl.potency_markers(adata, return_fig=True, show=False), figures / "markers.png")
+    )
     _model_section(report, adata, figures, tables)
 
 
@@ -234,12 +260,21 @@ def _model_section(report: Report, adata: AnnData, figures: Path, tables: Path) 
         model = report.section("Potency model (predicting a lot's potency from its share)")
         cv = get.fit_potency_model(adata, kind="cv")
         cv.to_csv(tables / "potency_model_cv.csv")
-        model.append("Each reference lot predicted by the model fitted without it (leave-one-lot-out):")
+        model.append(
+            "Each reference lot predicted by the model fitted without it (leave-one-lot-out):"
+        )
         model.append(cv)
-        model.append(save_figure(pl.fit_potency_model(adata, return_fig=True, show=False), figures / "potency_model.png"))
+        model.append(
+            save_figure(
+                pl.fit_potency_model(adata, return_fig=True, show=False),
+                figures / "potency_model.png",
+            )
+        )
 
 
-def _release_sections(report: Report, query: AnnData, model: AnnData, figures: Path, tables: Path) -> None:
+def _release_sections(
+    report: Report, query: AnnData, model: AnnData, figures: Path, tables: Path
+) -> None:
     flow = query.uns[WORKFLOW_KEY]
     release = flow["release"]
     release.to_csv(tables / "release.csv")
@@ -258,8 +293,17 @@ def _release_sections(report: Report, query: AnnData, model: AnnData, figures: P
     items.append(release.drop(columns=["reasons"]))
     items.append("Mapping QC per lot (off-reference: cells the reference does not represent):")
     items.append(mapping)
-    items.append(save_figure(pl.predict_potency(query, model, return_fig=True, show=False), figures / "potency_prediction.png"))
-    items.append(save_figure(pl.comparability(query, return_fig=True, show=False), figures / "comparability.png"))
+    items.append(
+        save_figure(
+            pl.predict_potency(query, model, return_fig=True, show=False),
+            figures / "potency_prediction.png",
+        )
+    )
+    items.append(
+        save_figure(
+            pl.comparability(query, return_fig=True, show=False), figures / "comparability.png"
+        )
+    )
     if _registry.VALIDATE_POTENCY.key in query.uns:
         per_set = get.validate_potency(query)
         per_set.to_csv(tables / "validation.csv")
@@ -295,7 +339,9 @@ def settings_and_provenance(
     if adata.uns.get(WORKFLOW_KEY, {}).get("reference_hash"):
         inputs["frozen reference hash"] = str(adata.uns[WORKFLOW_KEY]["reference_hash"])
     if query is not None:
-        inputs.update({f"new {k}": v for k, v in query.uns.get(WORKFLOW_KEY, {}).get("inputs", {}).items()})
+        inputs.update(
+            {f"new {k}": v for k, v in query.uns.get(WORKFLOW_KEY, {}).get("inputs", {}).items()}
+        )
         inputs["frozen reference hash"] = flow.get("reference_hash", "")
     prov.append(pd.DataFrame({"fingerprint": inputs}).rename_axis("input"))
     logs = {"reference": adata} if query is None else {"reference": adata, "new lots": query}

@@ -99,7 +99,9 @@ def release_lots(
     frozen = io.read_reference(reference, expected_hash=expected_hash)
     from .._registry import FROZEN_REFERENCE
 
-    model = read_lot_model(lot_model or lot_model_path(reference), str(frozen.uns[FROZEN_REFERENCE.key]["hash"]))
+    model = read_lot_model(
+        lot_model or lot_model_path(reference), str(frozen.uns[FROZEN_REFERENCE.key]["hash"])
+    )
     from ._release import _stored_settings
 
     settings = (settings or Settings(**_stored_settings(model))).replace(**(overrides or {}))
@@ -114,7 +116,9 @@ def release_lots(
 
             pp.add_lot_table(query, table, lot_key=settings.lot_key, extra_lots="ignore")
         record_inputs(query, settings, lots=lots, lot_table=lot_table)
-    query.uns.setdefault("workflow", {}).setdefault("inputs", {})["frozen reference"] = str(reference)
+    query.uns.setdefault("workflow", {}).setdefault("inputs", {})["frozen reference"] = str(
+        reference
+    )
     release(query, frozen, model, settings=settings, expected_hash=expected_hash)
     return query, model
 

@@ -243,7 +243,11 @@ def _typed(flat: dict[str, Any], path: Path) -> dict[str, Any]:
         kind = _field_types()[name]
         ok = (
             (isinstance(value, bool) and "bool" in kind)
-            or (isinstance(value, int) and not isinstance(value, bool) and ("int" in kind or "float" in kind))
+            or (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and ("int" in kind or "float" in kind)
+            )
             or (isinstance(value, float) and "float" in kind)
             or (isinstance(value, str) and ("str" in kind or "Literal" in kind))
         )

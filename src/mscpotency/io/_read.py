@@ -455,7 +455,9 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
         msg = f"{str(folder)!r} is a file, not a folder of lots.{hint}"
         raise ValueError(msg)
     if _mtx_folder(folder) is not None or _h5_in_folder(folder) is not None:
-        kind = "10x matrix folder" if _mtx_folder(folder) is not None else "Cell Ranger sample folder"
+        kind = (
+            "10x matrix folder" if _mtx_folder(folder) is not None else "Cell Ranger sample folder"
+        )
         msg = (
             f"{str(folder)!r} is a single {kind}, not a folder of lots; "
             "pass {'lot name': path} instead, or barcodes_to_lots= (a barcode -> lot table) "

@@ -152,6 +152,71 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+_VERDICT_COLOURS = {"PASS": "#2e7d32", "REVIEW": "#e69f00", "FAIL": "#c62828"}
+
+
+def release_figure(query: AnnData) -> plt.Figure:
+    """The release at a glance: one row per new lot, coloured by verdict.
+
+    Lot names are on the axis, so they never overlap: each lot's share with its interval
+    against the reference lots' tolerance limits, and its predicted potency with its
+    prediction interval (measured potency as x).
+    """
+    table = query.uns[WORKFLOW_KEY]["release"]
+    settings = query.uns[WORKFLOW_KEY]["settings"]
+    rows = np.arange(len(table))[::-1]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11, 1.2 + 0.38 * len(table)), sharey=True, layout="constrained"
+    )
+    colours = [_VERDICT_COLOURS[v] for v in table["verdict"]]
+    left.axvspan(table["tolerance_low"].iloc[0] * 100, table["tolerance_high"].iloc[0] * 100,
+                 color="#e3ecf7", label="reference tolerance limits")  # fmt: skip
+    for row, colour, (_, lot) in zip(rows, colours, table.iterrows(), strict=True):
+        left.plot([lot["share_low"] * 100, lot["share_high"] * 100], [row, row], color=colour, lw=2)
+        right.plot([lot["prediction_low"], lot["prediction_high"]], [row, row], color=colour, lw=2)
+    left.scatter(table["share"] * 100, rows, c=colours, zorder=3, edgecolor="black", linewidth=0.5)
+    right.scatter(table["prediction"], rows, c=colours, zorder=3, edgecolor="black", linewidth=0.5)
+    if "measured_potency" in table:
+        right.scatter(
+            table["measured_potency"], rows, marker="x", color="black", zorder=4, label="measured"
+        )
+    for ax, key in ((left, "min_share"), (right, "min_potency")):
+        value = settings.get(key, "")
+        if value != "" and value is not None:
+            ax.axvline(
+                float(value) * (100 if key == "min_share" else 1),
+                color="#c62828",
+                ls="--",
+                label="minimum",
+            )
+    cluster = table.attrs.get("cluster", "potency cluster")
+    left.set(yticks=rows, yticklabels=table.index.astype(str), xlabel=f"{cluster}-like cells (% of the lot's cells)",
+             title=f"Share, {float(settings['share_level']):.0%} CI")  # fmt: skip
+    potency = settings.get("potency", "potency")
+    right.set(
+        xlabel=f"{potency} (units of the lot table)",
+        title=f"Predicted {potency}, {float(settings['prediction_level']):.0%} PI",
+    )
+    handles = {}
+    for ax in (left, right):
+        handles.update(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
+    handles.update(
+        {
+            f"verdict {v}": plt.Line2D([], [], marker="o", ls="", color=c)
+            for v, c in _VERDICT_COLOURS.items()
+        }
+    )
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=4,
+        fontsize=8,
+        frameon=False,
+    )
+    return fig
+
+
 def build_report(
     adata: AnnData, out: Path, *, query: AnnData | None = None, title: str | None = None
 ) -> Report:
@@ -161,7 +226,7 @@ def build_report(
     summary = report.section("Summary")
     summary.extend(summary_text(adata))
     if query is not None:
-        _release_summary(summary, query)
+        _release_summary(summary, query, figures)
     warned = [str(w) for w in adata.uns.get(WORKFLOW_KEY, {}).get("warnings", [])]
     if query is not None:
         warned += [f"(new lots) {w}" for w in query.uns.get(WORKFLOW_KEY, {}).get("warnings", [])]
@@ -176,7 +241,7 @@ def build_report(
     return report
 
 
-def _release_summary(items: list, query: AnnData) -> None:
+def _release_summary(items: list, query: AnnData, figures: Path) -> None:
     flow = query.uns[WORKFLOW_KEY]
     settings = flow["settings"]
     items.append(
@@ -187,6 +252,7 @@ def _release_summary(items: list, query: AnnData) -> None:
         "the reference does not represent. Verdict rule: " + flow["verdict_rule"]
     )
     items.append(verdict_summary(query))
+    items.append(save_figure(release_figure(query), figures / "release.png"))
 
 
 def _reference_sections(report: Report, adata: AnnData, figures: Path, tables: Path) -> None:
@@ -293,12 +359,6 @@ def _release_sections(
     items.append(release.drop(columns=["reasons"]))
     items.append("Mapping QC per lot (off-reference: cells the reference does not represent):")
     items.append(mapping)
-    items.append(
-        save_figure(
-            pl.predict_potency(query, model, return_fig=True, show=False),
-            figures / "potency_prediction.png",
-        )
-    )
     items.append(
         save_figure(
             pl.comparability(query, return_fig=True, show=False), figures / "comparability.png"

@@ -90,6 +90,11 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
     analyse.add_argument(
         "--no-search", action="store_true", help="skip the potency-population search"
     )
+    analyse.add_argument(
+        "--no-stability",
+        action="store_true",
+        help="skip the stability check across resolutions and cell subsamples",
+    )
     return analyse
 
 
@@ -199,6 +204,8 @@ def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
     given = {field: getattr(args, option) for option, field in options.items()}
     if getattr(args, "no_search", False):
         given["search"] = False
+    if getattr(args, "no_stability", False):
+        given["stability"] = False
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -138,6 +138,8 @@ def analyse_adata(adata: AnnData, settings: Settings) -> AnnData:
         ("population search", lambda: s.search and tl.potency_population(
             adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, n_permutations=s.n_permutations,
             random_state=s.random_state)),
+        ("stability", lambda: s.stability and tl.association_stability(
+            adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, random_state=s.random_state)),
         ("markers", lambda: tl.potency_markers(adata, lot_key=s.lot_key)),
         ("potency model", lambda: tl.fit_potency_model(
             adata, s.potency, level=s.prediction_level,

@@ -113,10 +113,8 @@ def _search_text(adata: AnnData, cluster: str) -> str:
 
 
 def _stability_text(adata: AnnData) -> str:
-    summary = get.association_stability(adata, kind="summary")
-    return "Stability across resolutions and subsamples: " + "; ".join(
-        f"{k} = {v}" for k, v in summary.iloc[0].items()
-    )
+    row = get.association_stability(adata, kind="summary").iloc[0]
+    return f"Robustness: {row['text']}"
 
 
 def _folders(out: Path) -> tuple[Path, Path]:
@@ -304,6 +302,17 @@ def _reference_sections(report: Report, adata: AnnData, figures: Path, tables: P
             figures / "association_overview.png",
         )
     )
+    if "association_stability" in adata.uns:
+        stability = get.association_stability(adata)
+        stability.to_csv(tables / "association_stability.csv")
+        assoc.append("Stability across Leiden resolutions (is the potency cluster recovered?):")
+        assoc.append(stability)
+        assoc.append(
+            save_figure(
+                pl.association_stability(adata, return_fig=True, show=False),
+                figures / "association_stability.png",
+            )
+        )
     if _registry.POTENCY_POPULATION.key in adata.uns:
         search = get.potency_population(adata).head(10)
         search.to_csv(tables / "potency_population.csv")

@@ -36,7 +36,7 @@ SECTIONS = {
     "data": ("title", "potency", "lot_key", "random_state"),
     "qc": ("min_genes", "max_pct_mito", "qc_thresholds", "min_cells_per_lot"),
     "cluster": ("n_clusters", "resolution", "n_top_genes", "n_comps", "batch_key"),
-    "association": ("alpha", "n_permutations", "search"),
+    "association": ("alpha", "n_permutations", "search", "stability"),
     "release": (
         "mapping_method",
         "prediction_level",
@@ -74,9 +74,11 @@ class Settings:
     n_top_genes, n_comps, batch_key
         Preprocessing (:func:`mscpotency.pp.preprocess`); ``batch_key`` names an ``obs``
         column of a lot effect (e.g. sequencing run) for highly variable gene selection.
-    alpha, n_permutations, search
+    alpha, n_permutations, search, stability
         Association: FDR level and permutations; ``search`` also runs
-        :func:`mscpotency.tl.potency_population` (resolution scan, sub-clusters).
+        :func:`mscpotency.tl.potency_population` (resolution scan, sub-clusters);
+        ``stability`` also runs :func:`mscpotency.tl.association_stability` (is the potency
+        cluster recovered across resolutions and cell subsamples?).
     mapping_method
         Backend of :func:`mscpotency.tl.map_to_reference`.
     prediction_level, prediction_interval
@@ -114,6 +116,7 @@ class Settings:
     alpha: float = 0.05
     n_permutations: int = 9999
     search: bool = True
+    stability: bool = True
     mapping_method: Literal["anchors", "fast", "scvi"] = "anchors"
     prediction_level: float = 0.9
     prediction_interval: Literal["auto", "jackknife+", "t"] = "auto"

@@ -164,3 +164,23 @@ def test_a_lot_model_of_another_reference_is_refused(tmp_path):
     assert read_lot_model(tmp_path / "m.h5ad", "a" * 32).n_obs == 2
     with pytest.raises(FileNotFoundError, match="--lot-model"):
         read_lot_model(tmp_path / "none.h5ad", "a" * 32)
+
+
+# -- the report from a notebook ------------------------------------------------------------
+
+
+def test_report_of_a_notebook_analysis(tiny_ref, tmp_path):
+    """``mp.report`` on AnnData analysed step by step (no workflow record, no UMAP)."""
+    import mscpotency as mp
+
+    adata = tiny_ref.copy()
+    path = mp.report(adata, tmp_path / "out", title="Lots <2024> & co")
+    page = path.read_text()
+    cluster = adata.uns["potency_association"]["potency_cluster"]
+    assert "<h1>Lots &lt;2024&gt; &amp; co</h1>" in page
+    assert f"tracks vegf is {cluster}" in page
+    assert "search (resolution scan, sub-clusters) was not run" in page
+    assert "No UMAP in obsm" in page
+    assert page.count("data:image/png;base64,") >= 4
+    assert (tmp_path / "out" / "tables" / "potency_association.csv").is_file()
+    assert adata.obs.equals(tiny_ref.obs)  # the report changes nothing

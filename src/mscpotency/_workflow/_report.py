@@ -272,12 +272,15 @@ def _reference_sections(report: Report, adata: AnnData, figures: Path, tables: P
     qc.append(frames["qc_per_lot"])
     qc.append(save_figure(pl.qc(adata, show=False), figures / "qc_per_lot.png"))
     clusters = report.section("Clusters and the composition of each lot")
-    clusters.append(
-        save_figure(
-            pl.umap(adata, color=["cluster", "lot"], return_fig=True, show=False),
-            figures / "umap.png",
+    if "X_umap" in adata.obsm:
+        clusters.append(
+            save_figure(
+                pl.umap(adata, color=["cluster", "lot"], return_fig=True, show=False),
+                figures / "umap.png",
+            )
         )
-    )
+    else:
+        clusters.append("No UMAP in obsm['X_umap'] (run scanpy.tl.umap to add the cluster map).")
     clusters.append(
         save_figure(
             pl.lot_fractions(adata, return_fig=True, show=False), figures / "lot_composition.png"

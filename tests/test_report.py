@@ -198,8 +198,10 @@ window.addEventListener('load', function () {
   var images = Array.from(document.images).map(function (i) {
     return {alt: i.alt, complete: i.complete, width: i.naturalWidth};
   });
+  // a table may scroll inside its own box (div.tbl); nothing else may reach past the page
   var wide = Array.from(document.querySelectorAll('body *')).filter(function (e) {
-    return e.getBoundingClientRect().right > document.documentElement.clientWidth + 1;
+    var inside = e.parentElement && e.parentElement.closest('.tbl');
+    return !inside && e.getBoundingClientRect().right > document.documentElement.clientWidth + 1;
   }).map(function (e) { return e.tagName + ' ' + (e.className || ''); });
   var out = document.createElement('pre');
   out.id = 'mscpotency-check';
@@ -249,7 +251,7 @@ def test_reports_load_in_a_browser_with_every_figure_and_no_overflow(runs, repor
     page = runs["root"] / report / "report.html"
     assert page.stat().st_size < 5_000_000
     result = browser_check(page, tmp_path)
-    assert len(result["images"]) >= 3
+    assert len(result["images"]) >= 2
     broken = [i["alt"] for i in result["images"] if not i["complete"] or i["width"] == 0]
     assert broken == [], broken
     assert result["scrollWidth"] <= result["innerWidth"], result

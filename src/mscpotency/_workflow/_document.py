@@ -24,7 +24,7 @@ _STYLE = (
     ".tbl{max-width:100%;overflow-x:auto;margin:1em 0}"
     "table{border-collapse:collapse;font-size:.88em}"
     "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;vertical-align:top;"
-    "max-width:28em;overflow-wrap:anywhere}"
+    "max-width:28em;overflow-wrap:break-word}"
     "th{background:#f4f4f4}"
     "p{overflow-wrap:anywhere}"
     "img{max-width:100%;height:auto;margin:1em 0;display:block}"

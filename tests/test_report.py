@@ -122,7 +122,7 @@ def runs(tmp_path_factory) -> dict:
     mapped = _run(
         "map", "--reference", str(root / "analysis" / "reference.h5ad"), "--expected-hash", str(hash_),
         "--lots", str(root / "new_lots"), "--lot-table", str(root / "lots.csv"),
-        "--out", str(root / "release"), "--min-share", "0.05",
+        "--out", str(root / "release"), "--min-share", "0.05", "--title", "Release <batch 7>",
     )  # fmt: skip
     assert mapped.returncode == 0, mapped.stderr[-3000:]
     return {"root": root, "study": study, "hash": str(hash_)}
@@ -178,6 +178,7 @@ def test_map_reports_shares_within_their_intervals_and_verdicts_by_the_rule(runs
     page = (root / "release" / "report.html").read_text()
     assert "FAIL if its whole 95% share interval lies below 5.0%" in page
     assert runs["hash"] in page
+    assert "<title>Release &lt;batch 7&gt;</title>" in page
 
 
 def test_map_refuses_another_reference_hash_with_exit_2(runs):

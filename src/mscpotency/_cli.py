@@ -1,4 +1,4 @@
-"""Command line: ``mscpotency analyse``, ``mscpotency map`` and ``mscpotency reproduce``.
+"""Command line: mscpotency analyse, mscpotency map and mscpotency reproduce.
 
 Arguments are checked before any work starts; a user error (a missing file, an unreadable
 lot, a bad setting) ends with exit status 2 and one line on stderr

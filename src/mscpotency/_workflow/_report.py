@@ -42,6 +42,8 @@ def default_title(adata: AnnData, query: AnnData | None = None) -> str:
     """A title naming the data: the user's, else the lots' source and the potency assay."""
     flow = adata.uns.get(WORKFLOW_KEY, {})
     settings = flow.get("settings", {})
+    if query is not None and query.uns.get(WORKFLOW_KEY, {}).get("settings", {}).get("title"):
+        return str(query.uns[WORKFLOW_KEY]["settings"]["title"])  # the release's own title
     if settings.get("title"):
         return str(settings["title"])
     inputs = flow.get("inputs", {})

@@ -135,6 +135,12 @@ def _row(**changes) -> pd.Series:
             "not comparable: share low",
         ),
         ({"extrapolating": True}, {}, "REVIEW", "extrapolates"),
+        (
+            {"prediction": np.nan, "comparable": np.nan},
+            {"min_share": 0.05},
+            "REVIEW",
+            "not assessed",
+        ),
         ({"share_high": 0.04, "extrapolating": True}, {"min_share": 0.05}, "FAIL", "extrapolates"),
     ],
 )

@@ -140,12 +140,22 @@ def verdict_rule(settings: Settings) -> str:
         if fail
         else "No FAIL rule (no minimum share or potency set); "
     )
+    review.append(f"it has fewer than {s.min_cells_per_lot} cells after QC (not assessed)")
     return text + "REVIEW if " + "; or ".join(review) + "; PASS otherwise."
 
 
 def verdict(row: pd.Series, settings: Settings) -> tuple[str, str]:
-    """(verdict, reasons) of one lot of the release table, by :func:`verdict_rule`."""
+    """(verdict, reasons) of one lot of the release table, by :func:`verdict_rule`.
+
+    A lot without a prediction (fewer cells after QC than ``min_cells_per_lot``: no share
+    was computed for it) is not assessed, and is for review, never passed.
+    """
     s, fails, reviews = settings, [], []
+    if pd.isna(row["prediction"]) or pd.isna(row["comparable"]):
+        return "REVIEW", (
+            f"not assessed: fewer than {s.min_cells_per_lot} cells after QC "
+            "(min_cells_per_lot), so no share, prediction or comparability"
+        )
     if s.min_share is not None:
         if row["share_high"] < s.min_share:
             fails.append(
@@ -258,19 +268,15 @@ def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.
     }
     table = pd.DataFrame(shares, index=["share", "share_low", "share_high"]).T
     table.index.name = s.lot_key
-    prediction = (
-        get.predict_potency(query).set_index(s.lot_key)
-        if s.lot_key in get.predict_potency(query)
-        else get.predict_potency(query)
-    )
+    prediction = _by_lot(get.predict_potency(query), s.lot_key)
     comparability = get.comparability(query)
     mapping = get.map_to_reference(query)
-    mapping = mapping.set_index(s.lot_key) if s.lot_key in mapping.columns else mapping
+    mapping = _by_lot(mapping, s.lot_key)
     table["n_cells"] = mapping["n_cells"].reindex(table.index)
     table["prediction"] = prediction["prediction"].reindex(table.index)
     table["prediction_low"] = prediction["low"].reindex(table.index)
     table["prediction_high"] = prediction["high"].reindex(table.index)
-    table["extrapolating"] = prediction["outside_range"].reindex(table.index).astype(bool)
+    table["extrapolating"] = prediction["outside_range"].reindex(table.index)
     if "observed" in prediction:
         table["measured_potency"] = prediction["observed"].reindex(table.index)
     table["tolerance_low"] = comparability["potency_low"].reindex(table.index)
@@ -278,7 +284,7 @@ def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.
     table["outside_by"] = _outside_by(
         table["share"], table["tolerance_low"], table["tolerance_high"]
     )
-    table["comparable"] = comparability["comparable"].reindex(table.index).astype(bool)
+    table["comparable"] = comparability["comparable"].reindex(table.index)  # NaN: not assessed
     table["comparability"] = comparability["reason"].reindex(table.index)
     table["off_reference"] = mapping["share_off_reference"].reindex(table.index)
     table["low_confidence"] = mapping["share_low_confidence"].reindex(table.index)
@@ -286,6 +292,12 @@ def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.
     table["verdict"], table["reasons"] = decided[0], decided[1]
     table.attrs["cluster"] = cluster
     return table
+
+
+def _by_lot(table: pd.DataFrame, lot_key: str) -> pd.DataFrame:
+    """``table`` indexed by lot name (str), whether the lots are a column or the index."""
+    table = table.set_index(lot_key) if lot_key in table.columns else table
+    return table.set_axis(table.index.astype(str), axis=0)
 
 
 def _outside_by(share: pd.Series, low: pd.Series, high: pd.Series) -> pd.Series:

@@ -139,7 +139,7 @@ def verdict_summary(query: AnnData) -> pd.DataFrame:
                 f"{_num(r.prediction)} [{_num(r.prediction_low)}, {_num(r.prediction_high)}]"
                 for r in table.itertuples()
             ],
-            "comparable": np.where(table["comparable"], "yes", "no"),
+            "comparable": table["comparable"].map({True: "yes", False: "no"}).fillna("n/a"),
             "off-reference": [f"{v:.1%}" for v in table["off_reference"]],
             "reasons": table["reasons"],
         },

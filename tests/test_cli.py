@@ -16,7 +16,7 @@ from PIL import Image
 
 import mscpotency
 from mscpotency._cli import main
-from mscpotency._reproduce import Report
+from mscpotency._workflow._document import Report
 
 
 def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys):
@@ -25,7 +25,8 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
     report = (tmp_path / "report.md").read_text()
     association = pd.read_csv(tmp_path / "tables" / "potency_association.csv", index_col=0)
     top = association.index[0]
-    assert f"tracks VEGF under ischemia is {top}" in report
+    assert f"tracks vegf is {top}" in report
+    assert "tiny preset" in report.splitlines()[0]  # the title names the data
     assert "LRRC75A" in report
     assert "| rank of the planted marker LRRC75A | 1 |" in report
     for figure in (
@@ -40,10 +41,18 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
         with Image.open(path) as image:
             width, height = image.size
         assert width > 300 and height > 200
-        assert f"figures/{figure}.png" in (tmp_path / "report.html").read_text()
+        assert f"figures/{figure}.png" in report
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 6  # one self-contained file
+    for section in ("Verdict rule", "iPS lines", "Check against the simulator", "Provenance"):
+        assert section in page
+    assert "expected by chance" in page
+    release = pd.read_csv(tmp_path / "tables" / "release.csv", index_col=0)
+    assert set(release["verdict"]) <= {"PASS", "REVIEW", "FAIL"} and len(release) == 7
     provenance = pd.read_csv(tmp_path / "tables" / "provenance.csv")
     assert "tl.potency_association" in set(provenance["function"])
-    assert (tmp_path / "reference.h5ad").exists()
+    for name in ("reference.h5ad", "reference_lots.h5ad", "analysed.h5ad"):
+        assert (tmp_path / name).exists()
 
 
 def test_unknown_command_exits_with_usage():
@@ -141,9 +150,9 @@ def _nasty_report(root: Path) -> Report:
 
 
 def test_html_report_escapes_every_user_string(tmp_path):
-    page = _nasty_report(tmp_path).html(tmp_path)
+    page = _nasty_report(tmp_path).html(tmp_path, embed=False)
     parsed = _parse(page)
-    allowed = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p"}
+    allowed = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "div"}
     allowed |= {"table", "thead", "tbody", "tr", "th", "td", "img"}
     assert {tag for tag, _ in parsed.tags} <= allowed
     images = [attrs for tag, attrs in parsed.tags if tag == "img"]
@@ -157,6 +166,20 @@ def test_html_report_escapes_every_user_string(tmp_path):
     for name in NASTY:  # every name is shown as the text it is
         assert name in text
     assert "<script" not in page.lower()
+
+
+def test_html_report_embeds_figures_as_base64(tmp_path):
+    import base64
+
+    figure = tmp_path / "figures" / 'umap " onerror="alert(1) <x>.png'
+    figure.parent.mkdir()
+    Image.new("RGB", (4, 3), "red").save(figure, format="PNG")
+    parsed = _parse(_nasty_report(tmp_path).html(tmp_path))
+    (image,) = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    assert image["alt"] == 'umap " onerror="alert(1) <x>'
+    prefix = "data:image/png;base64,"
+    assert image["src"].startswith(prefix)
+    assert base64.b64decode(image["src"][len(prefix) :]) == figure.read_bytes()
 
 
 def test_markdown_report_escapes_every_user_string(tmp_path):
@@ -186,3 +209,149 @@ def test_report_refuses_a_figure_outside_its_folder(tmp_path):
         report.html(tmp_path)
     with pytest.raises(ValueError, match="outside the report folder"):
         report.markdown(tmp_path)
+
+
+# -- analyse / map: --help lists every command, user errors exit 2 (issue 15) --------------
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("analyse", "map", "reproduce"):
+        assert command in text
+
+
+def _user_error_args(args: list[str], tmp_path: Path) -> list[str]:
+    (tmp_path / "lots").mkdir(exist_ok=True)
+    (tmp_path / "lots.csv").write_text("lot,vegf\nBM01,500\n")
+    (tmp_path / "bad.toml").write_text("clustrs = 3\n")
+    (tmp_path / "afile").write_text("keep")
+    names = {
+        "{missing}": "nowhere",
+        "{table}": "lots.csv",
+        "{dir}": "lots",
+        "{file}": "afile",
+        "{bad_toml}": "bad.toml",
+    }
+    return [str(tmp_path / names[a]) if a in names else a for a in args]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["analyse", "--lots", "{missing}", "--lot-table", "{table}", "--out", "o"],
+            r"--lots '.*' does not exist",
+        ),
+        (
+            ["analyse", "--lots", "{dir}", "--lot-table", "{missing}", "--out", "o"],
+            r"--lot-table '.*' does not exist",
+        ),
+        (
+            ["analyse", "--lots", "{dir}", "--lot-table", "{table}", "--out", "{file}"],
+            r"--out '.*' is a file",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--clusters",
+                "1",
+            ],
+            r"n_clusters must be at least 2",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--config",
+                "{bad_toml}",
+            ],
+            r"unknown settings \['clustrs'\]",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--potency",
+                "ido",
+            ],
+            r"has no potency column 'ido'",
+        ),
+        (
+            [
+                "analyse",
+                "--lots",
+                "{dir}",
+                "--lot-table",
+                "{table}",
+                "--out",
+                "o",
+                "--clusters",
+                "4",
+                "--resolution",
+                "1",
+            ],
+            r"not allowed with argument",
+        ),
+        (
+            ["map", "--reference", "{missing}", "--lots", "{dir}", "--out", "o"],
+            r"--reference '.*' does not exist",
+        ),
+        (
+            ["map", "--reference", "{table}", "--lots", "{dir}", "--out", "o", "--min-share", "2"],
+            r"min_share must lie in \[0, 1\)",
+        ),
+    ],
+)
+def test_analyse_and_map_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    args = _user_error_args(args, tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert re.match(rf"mscpotency {args[0]}: error: .*{message}", lines[0]), lines[0]
+
+
+def test_a_data_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
+    args = [
+        "analyse",
+        "--lots",
+        "{dir}",
+        "--lot-table",
+        "{table}",
+        "--out",
+        "o",
+        "--potency",
+        "ido",
+    ]
+    args = _user_error_args(args, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "mscpotency._cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "has no potency column 'ido'" in done.stderr

@@ -693,3 +693,33 @@ def test_10x_lots_keep_their_symbols_in_a_column(tmp_path, lots):
     mp.pp.qc(pooled, min_genes=0, min_cells_per_gene=0)
     assert pooled.uns["qc"]["params"]["symbols_from"] == "var['gene_symbols']"
     assert pooled.var["mt"].sum() == 8
+
+
+def test_cellranger_h5_in_sample_folders(tmp_path, lots):
+    """Cell Ranger's <lot>/outs/filtered_feature_bc_matrix.h5 is one lot named after <lot>."""
+    (tmp_path / "lots" / "BM01" / "outs").mkdir(parents=True)
+    write_h5(tmp_path / "lots" / "BM01" / "outs" / "filtered_feature_bc_matrix.h5", lots["BM01"])
+    write_mtx(tmp_path / "lots" / "BM02" / "outs" / "filtered_feature_bc_matrix", lots["BM02"])
+    (tmp_path / "lots" / "AD01").mkdir()
+    write_h5(tmp_path / "lots" / "AD01" / "filtered_feature_bc_matrix.h5", lots["AD01"])
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    assert_lots_equal(pooled, {k: lots[k] for k in ["AD01", "BM01", "BM02"]})
+    formats = pooled.uns["read_lots"]["formats"]
+    assert formats == {"AD01": "10x_h5", "BM01": "10x_h5", "BM02": "10x_mtx"}
+
+
+def test_one_cellranger_sample_folder_is_not_a_folder_of_lots(tmp_path, lots):
+    (tmp_path / "BM01" / "outs").mkdir(parents=True)
+    write_h5(tmp_path / "BM01" / "outs" / "filtered_feature_bc_matrix.h5", lots["BM01"])
+    with pytest.raises(
+        ValueError, match=r"is a single Cell Ranger sample folder, not a folder of lots"
+    ):
+        mp.io.read_lots(tmp_path / "BM01")
+
+
+def test_a_sample_folder_without_matrix_is_not_lot_data(tmp_path, lots):
+    write_h5(tmp_path / "BM01.h5", lots["BM01"])
+    (tmp_path / "BM02" / "outs").mkdir(parents=True)
+    (tmp_path / "BM02" / "outs" / "web_summary.html").write_text("<html></html>")
+    with pytest.raises(ValueError, match=r"entries \['BM02'\] .* are not lot data"):
+        mp.io.read_lots(tmp_path)

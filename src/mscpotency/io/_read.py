@@ -30,7 +30,8 @@ ACCEPTED_FORMATS = (
     "a 10x matrix folder (matrix.mtx.gz + features.tsv.gz + barcodes.tsv.gz, or the "
     "Cell Ranger v2 matrix.mtx + genes.tsv + barcodes.tsv; the folder itself or its "
     "filtered_feature_bc_matrix/ or outs/filtered_feature_bc_matrix/), "
-    "a 10x '.h5' file, an '.h5ad' file, or a count matrix as CSV/TSV text (.csv, .tsv, "
+    "a 10x '.h5' file (or a Cell Ranger sample folder holding "
+    "outs/filtered_feature_bc_matrix.h5), an '.h5ad' file, or a count matrix as CSV/TSV text (.csv, .tsv, "
     ".tab, .txt, optionally .gz; genes x cells or cells x genes, names in the first row "
     "and column)"
 )
@@ -51,6 +52,8 @@ _TEXT_CHUNK_ROWS = 2000
 _MTX_V3 = ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz")
 _MTX_V2 = ("matrix.mtx", "genes.tsv", "barcodes.tsv")
 _MTX_SUBFOLDERS = ((), ("filtered_feature_bc_matrix",), ("outs", "filtered_feature_bc_matrix"))
+# Cell Ranger's 10x .h5 inside a sample folder (used when the folder holds no matrix folder).
+_H5_IN_FOLDER = (("filtered_feature_bc_matrix.h5",), ("outs", "filtered_feature_bc_matrix.h5"))
 
 # AnnData warns while a reader builds an object with duplicate names; read_lots makes the
 # gene names unique itself (and reports it) and rejects duplicate barcodes with an error.
@@ -214,7 +217,9 @@ def _single_source(source, lot_key: str, barcodes_to_lots) -> tuple[Path, str] |
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         path = Path(source)
         fmt = _detect_format(path)
-        single = fmt is not None and (not path.is_dir() or _mtx_folder(path) is not None)
+        single = fmt is not None and (
+            not path.is_dir() or _mtx_folder(path) is not None or _h5_in_folder(path) is not None
+        )
         if single and (fmt == "h5ad" or barcodes_to_lots is not None):
             return path, fmt
     if barcodes_to_lots is not None:
@@ -449,9 +454,12 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
         )
         msg = f"{str(folder)!r} is a file, not a folder of lots.{hint}"
         raise ValueError(msg)
-    if _mtx_folder(folder) is not None:
+    if _mtx_folder(folder) is not None or _h5_in_folder(folder) is not None:
+        kind = (
+            "10x matrix folder" if _mtx_folder(folder) is not None else "Cell Ranger sample folder"
+        )
         msg = (
-            f"{str(folder)!r} is a single 10x matrix folder, not a folder of lots; "
+            f"{str(folder)!r} is a single {kind}, not a folder of lots; "
             "pass {'lot name': path} instead, or barcodes_to_lots= (a barcode -> lot table) "
             "if it holds many lots."
         )
@@ -487,7 +495,7 @@ def _folder_source(source) -> dict[str, tuple[Path, str]]:
 
 
 def _lot_name(path: Path, fmt: str) -> str:
-    if fmt == "10x_mtx":
+    if fmt == "10x_mtx" or path.is_dir():
         return path.name
     if fmt in ("csv", "tsv"):
         name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
@@ -497,7 +505,9 @@ def _lot_name(path: Path, fmt: str) -> str:
 
 def _detect_format(path: Path) -> str | None:
     if path.is_dir():
-        return "10x_mtx" if _mtx_folder(path) is not None else None
+        if _mtx_folder(path) is not None:
+            return "10x_mtx"
+        return "10x_h5" if _h5_in_folder(path) is not None else None
     suffix = path.name.lower()
     if suffix.endswith(".h5ad"):
         return "h5ad"
@@ -543,6 +553,15 @@ def _text_matrix_format(path: Path) -> str | None:
     return "tsv" if sep == "\t" else "csv"
 
 
+def _h5_in_folder(path: Path) -> Path | None:
+    """Cell Ranger's ``filtered_feature_bc_matrix.h5`` in a sample folder (or its ``outs/``)."""
+    for parts in _H5_IN_FOLDER:
+        candidate = path.joinpath(*parts)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _mtx_folder(path: Path) -> Path | None:
     """Find the folder with the 10x matrix files: ``path`` or its Cell Ranger sub-folder."""
     for parts in _MTX_SUBFOLDERS:
@@ -572,7 +591,7 @@ def _read_one(
             if fmt == "10x_mtx":
                 part = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False)
             elif fmt == "10x_h5":
-                part = sc.read_10x_h5(path)
+                part = sc.read_10x_h5(_h5_in_folder(path) if path.is_dir() else path)
             elif fmt in ("csv", "tsv"):
                 part, how = _read_text_matrix(path, orientation)
             else:

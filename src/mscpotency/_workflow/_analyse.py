@@ -1,0 +1,158 @@
+"""``analyse``: the reference analysis of a lab's own lots, from files to a frozen reference.
+
+read -> pool -> QC -> preprocess -> cluster -> lot fractions -> composition deviation ->
+potency association -> potency-population search -> markers -> potency model -> freeze.
+Every step is a public ``io``/``pp``/``tl`` call, logged in the provenance record; the
+resolved :class:`~mscpotency._workflow._settings.Settings` and the inputs' fingerprints
+are kept in ``uns['workflow']`` for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import io, pp, tl
+from .._provenance import fingerprint
+from .._settings import progress
+from ._settings import Settings
+
+logger = logging.getLogger("mscpotency")
+
+#: Key of the workflow's record in ``uns``.
+WORKFLOW_KEY = "workflow"
+
+
+def read_inputs(
+    lots: str | os.PathLike, lot_table: str | os.PathLike, settings: Settings
+) -> AnnData:
+    """Read the lots and join the lot table; the potency column must be there and numeric."""
+    table = io.read_lot_table(lot_table, lot_key=settings.lot_key)
+    if settings.potency not in table.columns:
+        msg = (
+            f"the lot table {str(lot_table)!r} has no potency column {settings.potency!r}; "
+            f"its columns are {list(table.columns)}. Name it with --potency."
+        )
+        raise KeyError(msg)
+    if not pd.api.types.is_numeric_dtype(table[settings.potency]):
+        msg = f"potency column {settings.potency!r} of {str(lot_table)!r} is not numeric in every row."
+        raise ValueError(msg)
+    adata = io.read_lots(
+        lots,
+        lot_key=settings.lot_key,
+        min_cells_per_lot=settings.min_cells_per_lot,
+        random_state=settings.random_state,
+    )
+    pp.add_lot_table(adata, table, lot_key=settings.lot_key, extra_lots="ignore")
+    record_inputs(adata, settings, lots=lots, lot_table=lot_table)
+    return adata
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """BLAKE2b (128 bits) of a file, or of every file under a folder (names and bytes)."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def record_inputs(adata: AnnData, settings: Settings, **inputs: str | os.PathLike | None) -> None:
+    """Store the settings and a fingerprint of each input in ``uns['workflow']``."""
+    stored = adata.uns.setdefault(WORKFLOW_KEY, {})
+    stored["settings"] = {
+        k: ("" if v is None else v) for k, v in dataclasses.asdict(settings).items()
+    }
+    fingerprints = stored.setdefault("inputs", {})
+    for name, path in inputs.items():
+        if path is not None:
+            fingerprints[name] = f"{Path(path).name}: {file_digest(path)}"
+    fingerprints["cells (after reading)"] = fingerprint(adata)
+
+
+@contextmanager
+def collected_warnings(adata: AnnData) -> Iterator[None]:
+    """Catch warnings of the steps, log them and keep them for the report (none is lost)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    kept = list(adata.uns.setdefault(WORKFLOW_KEY, {}).get("warnings", []))
+    for warning in caught:
+        text = f"{warning.category.__name__}: {warning.message}"
+        if text not in kept:
+            logger.warning(text)
+            kept.append(text)
+    adata.uns[WORKFLOW_KEY]["warnings"] = kept
+
+
+def prediction_interval(settings: Settings, n_lots: int) -> str:
+    """The prediction interval type for ``n_lots`` reference lots.
+
+    ``settings.prediction_interval``, or for ``"auto"`` jackknife+ where
+    ``floor((1 - level)(n + 1)) >= 1`` (enough lots for the level), else ``"t"``.
+    """
+    if settings.prediction_interval != "auto":
+        return settings.prediction_interval
+    return "jackknife+" if np.floor((1 - settings.prediction_level) * (n_lots + 1)) >= 1 else "t"
+
+
+def analyse_adata(adata: AnnData, settings: Settings) -> AnnData:
+    """Run the reference analysis on pooled raw counts (in place) and return them.
+
+    ``adata`` holds raw counts (cells x genes), ``obs[settings.lot_key]`` and
+    ``obs[settings.potency]`` (one value per lot). Warnings of the steps are logged and kept
+    in ``uns['workflow']['warnings']``.
+    """
+    import scanpy as sc
+
+    s = settings
+    if "settings" not in adata.uns.get(WORKFLOW_KEY, {}):
+        record_inputs(adata, s)
+    steps = [
+        ("qc", lambda: pp.qc(adata, lot_key=s.lot_key, thresholds=s.qc_thresholds, min_genes=s.min_genes,
+                             max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)),
+        ("preprocess", lambda: pp.preprocess(adata, n_top_genes=s.n_top_genes, n_comps=s.n_comps,
+                                             batch_key=s.batch_key, random_state=s.random_state)),
+        ("cluster", lambda: tl.cluster(adata, n_clusters=s.n_clusters, resolution=s.resolution,
+                                       random_state=s.random_state)),
+        ("umap", lambda: sc.tl.umap(adata, neighbors_key="cluster_neighbors", random_state=s.random_state)),
+        ("lot fractions", lambda: tl.lot_fractions(adata, lot_key=s.lot_key, min_cells_per_lot=s.min_cells_per_lot)),
+        ("composition deviation", lambda: tl.composition_deviation(adata, random_state=s.random_state)),
+        ("association", lambda: tl.potency_association(adata, s.potency, alpha=s.alpha,
+                                                       n_permutations=s.n_permutations,
+                                                       random_state=s.random_state)),
+        ("population search", lambda: s.search and tl.potency_population(
+            adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, n_permutations=s.n_permutations,
+            random_state=s.random_state)),
+        ("stability", lambda: s.stability and tl.association_stability(
+            adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, random_state=s.random_state)),
+        ("markers", lambda: tl.potency_markers(adata, lot_key=s.lot_key)),
+        ("potency model", lambda: tl.fit_potency_model(
+            adata, s.potency, level=s.prediction_level,
+            interval=prediction_interval(s, adata.obs[s.lot_key].nunique()))),
+    ]  # fmt: skip
+    with collected_warnings(adata):
+        for name, step in progress(steps, desc="analyse"):
+            logger.info("analyse: %s", name)
+            step()
+    return adata
+
+
+def freeze(adata: AnnData, settings: Settings) -> AnnData:
+    """The frozen reference of an analysed AnnData (what mapping needs, with its hash)."""
+    with collected_warnings(adata):
+        return tl.freeze_reference(adata, lot_key=settings.lot_key)

@@ -1,0 +1,192 @@
+"""The workflow layer: settings from TOML, the share interval, the verdict rule, the lot model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mscpotency._workflow import Settings, load_settings, share_interval, verdict_rule
+from mscpotency._workflow._release import read_lot_model, verdict
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def test_settings_from_toml_sections_and_top_level(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'potency = "ido"\n[qc]\nmin_genes = 150\nmax_pct_mito = 15\n'
+        "[cluster]\nn_clusters = 6\n[release]\nmin_share = 0.05\n"
+    )
+    settings = load_settings(path, random_state=3, min_genes=None)
+    assert settings.potency == "ido"
+    assert settings.min_genes == 150  # None = "not given": the file's value stays
+    assert settings.max_pct_mito == 15.0
+    assert settings.n_clusters == 6 and settings.min_share == 0.05
+    assert settings.random_state == 3
+    table = {name: value for _, name, value in settings.table()}
+    assert table["min_potency"] == "not set" and table["potency"] == "ido"
+    assert len(table) == len(Settings.__dataclass_fields__)  # every setting is printed
+
+
+def test_a_resolution_in_the_file_means_no_target_number_of_clusters(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[cluster]\nresolution = 0.6\n")
+    settings = load_settings(path)
+    assert settings.n_clusters is None and settings.resolution == 0.6
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("min_gens = 3\n", r"unknown settings \['min_gens'\]"),
+        ("[qc]\nmin_genes = 'many'\n", r"min_genes = 'many' should be int"),
+        ("min_genes = 100\n[qc]\nmin_genes = 200\n", r"sets 'min_genes' twice"),
+        ("alpha = 1.5\n", r"alpha must lie between 0 and 1, got 1.5"),
+        ("n_clusters = 1\n", r"n_clusters must be at least 2"),
+        ("qc_thresholds = 'median'\n", r"qc_thresholds must be one of \['fixed', 'mad'\]"),
+        ("potency = \n", r"is not valid TOML"),
+    ],
+)
+def test_bad_settings_files_are_errors_naming_the_setting(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_settings(path)
+
+
+def test_a_missing_settings_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_settings(tmp_path / "none.toml")
+
+
+# -- the share interval --------------------------------------------------------------------
+
+
+def test_certain_labels_give_the_exact_binomial_interval():
+    labels = np.r_[np.ones(17), np.zeros(183)]
+    share, low, high = share_interval(labels, 0.95)
+    exact = stats.binomtest(17, 200).proportion_ci(0.95, method="exact")
+    assert share == pytest.approx(17 / 200)
+    assert (low, high) == pytest.approx((exact.low, exact.high))
+    assert share_interval(np.zeros(50))[1:] == (0.0, pytest.approx(stats.beta.ppf(0.975, 1, 50)))
+
+
+@pytest.mark.parametrize("certain", [True, False])
+def test_the_share_interval_covers_the_population_share_at_its_level(certain):
+    """Cells drawn from a lot whose population share of potency cells is known: with certain
+    labels the interval covers it at about its level (Clopper-Pearson: 95-98%); with
+    calibrated uncertain labels at least at its level (conservative: the mean probability
+    varies less than certain labels would)."""
+    rng = np.random.default_rng(0)
+    covered = []
+    for _ in range(600):
+        a, b = rng.uniform(0.2, 2.0, size=2)
+        population_share = a / (a + b) * 0.3  # mean of the probabilities below
+        p = rng.beta(a, b, size=300) * 0.3
+        if certain:
+            p = (rng.random(300) < p).astype(float)  # labels drawn from calibrated probabilities
+        _, low, high = share_interval(p, 0.95)
+        covered.append(low <= population_share <= high)
+    # Binomial(600, 0.95) lies above 0.93 with probability > 0.99.
+    assert np.mean(covered) >= 0.93
+    if certain:
+        assert np.mean(covered) <= 0.99
+
+
+def test_label_uncertainty_widens_nothing_it_should_not():
+    """The interval depends on n and the mean probability only (the bootstrap identity)."""
+    certain = np.r_[np.ones(30), np.zeros(170)]
+    uncertain = np.full(200, 0.15)
+    assert share_interval(certain) == pytest.approx(share_interval(uncertain))
+
+
+# -- the verdict rule ----------------------------------------------------------------------
+
+
+def _row(**changes) -> pd.Series:
+    row = {
+        "share": 0.12, "share_low": 0.08, "share_high": 0.17,
+        "prediction": 900.0, "prediction_low": 700.0, "prediction_high": 1100.0,
+        "extrapolating": False, "comparable": True, "comparability": "within",
+        "off_reference": 0.01,
+    }  # fmt: skip
+    row.update(changes)
+    return pd.Series(row)
+
+
+@pytest.mark.parametrize(
+    ("changes", "settings", "expected", "reason"),
+    [
+        ({}, {}, "PASS", "every check within its limit"),
+        ({}, {"min_share": 0.05, "min_potency": 600}, "PASS", "every check"),
+        ({"share_high": 0.04}, {"min_share": 0.05}, "FAIL", "below 5.0%"),
+        ({"share_low": 0.04}, {"min_share": 0.05}, "REVIEW", "contains the minimum 5.0%"),
+        ({"share_high": 0.04}, {}, "PASS", "every check"),  # no minimum set: no rule
+        ({"prediction_high": 500.0}, {"min_potency": 600}, "FAIL", "below 600"),
+        ({}, {"min_potency": 800}, "REVIEW", "contains the minimum 800"),
+        ({"off_reference": 0.3}, {}, "REVIEW", "30% of cells off the reference"),
+        ({"off_reference": 0.3}, {"max_off_reference": 0.5}, "PASS", "every check"),
+        (
+            {"comparable": False, "comparability": "share low"},
+            {},
+            "REVIEW",
+            "not comparable: share low",
+        ),
+        ({"extrapolating": True}, {}, "REVIEW", "extrapolates"),
+        (
+            {"prediction": np.nan, "comparable": np.nan},
+            {"min_share": 0.05},
+            "REVIEW",
+            "not assessed",
+        ),
+        ({"share_high": 0.04, "extrapolating": True}, {"min_share": 0.05}, "FAIL", "extrapolates"),
+    ],
+)
+def test_verdicts_follow_the_stated_rule(changes, settings, expected, reason):
+    decided, reasons = verdict(_row(**changes), Settings(**settings))
+    assert decided == expected
+    assert reason in reasons
+
+
+def test_the_rule_in_words_names_every_threshold():
+    rule = verdict_rule(Settings(min_share=0.05, min_potency=600, max_off_reference=0.2))
+    for text in ("below 5.0%", "below 600", "more than 20%", "95% coverage", "PASS otherwise"):
+        assert text in rule
+    assert verdict_rule(Settings()).startswith("No FAIL rule")
+
+
+def test_a_lot_model_of_another_reference_is_refused(tmp_path):
+    import anndata as ad
+
+    model = ad.AnnData(obs=pd.DataFrame(index=["L1", "L2"]))
+    for key in ("lot_fractions", "potency_association", "potency_markers", "potency_model"):
+        model.uns[key] = {"params": {"x": 1}}
+    model.uns["workflow"] = {"reference_hash": "a" * 32}
+    model.write_h5ad(tmp_path / "m.h5ad")
+    with pytest.raises(ValueError, match="belongs to the reference with hash a{32}"):
+        read_lot_model(tmp_path / "m.h5ad", "b" * 32)
+    assert read_lot_model(tmp_path / "m.h5ad", "a" * 32).n_obs == 2
+    with pytest.raises(FileNotFoundError, match="--lot-model"):
+        read_lot_model(tmp_path / "none.h5ad", "a" * 32)
+
+
+# -- the report from a notebook ------------------------------------------------------------
+
+
+def test_report_of_a_notebook_analysis(tiny_ref, tmp_path):
+    """``mp.report`` on AnnData analysed step by step (no workflow record, no UMAP)."""
+    import mscpotency as mp
+
+    adata = tiny_ref.copy()
+    path = mp.report(adata, tmp_path / "out", title="Lots <2024> & co")
+    page = path.read_text()
+    cluster = adata.uns["potency_association"]["potency_cluster"]
+    assert "<h1>Lots &lt;2024&gt; &amp; co</h1>" in page
+    assert f"tracks vegf is {cluster}" in page
+    assert "search (resolution scan, sub-clusters) was not run" in page
+    assert "No UMAP in obsm" in page
+    assert page.count("data:image/png;base64,") >= 4
+    assert (tmp_path / "out" / "tables" / "potency_association.csv").is_file()
+    assert adata.obs.equals(tiny_ref.obs)  # the report changes nothing

@@ -22,6 +22,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _keys
+from .._docs import doc_params
 from ._simulate import SetSpec, SimulationConfig, simulate_lots
 
 #: The arms of the cross-technology preset: the reference, and the query on another technology.
@@ -54,6 +55,7 @@ class TechnologySpec:
             raise ValueError(msg)
 
 
+@doc_params
 def crosstech_config(
     *,
     n_reference_lots: int = 8,
@@ -99,6 +101,7 @@ def crosstech_config(
     return SimulationConfig(**params)
 
 
+@doc_params
 def crosstech(
     config: SimulationConfig | None = None,
     *,
@@ -118,7 +121,8 @@ def crosstech(
     novel
         The population the reference lots lose.
     random_state
-        Seed; the same seed gives the same counts bit for bit.
+        {random_state}
+        The same seed gives the same counts bit for bit.
 
     Returns
     -------

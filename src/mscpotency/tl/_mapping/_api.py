@@ -312,6 +312,7 @@ def map_to_reference(
         transfer.calibration,
         probabilities,
         score_map,
+        lots,
         novelty_alpha=novelty_alpha,
         set_alpha=set_alpha if calibrate else None,
         min_mapping_score=min_mapping_score,
@@ -570,6 +571,7 @@ def _cell_flags(
     calibration: dict[str, Any],
     probabilities: np.ndarray,
     score_map: np.ndarray,
+    lots: np.ndarray | None,
     *,
     novelty_alpha: float,
     set_alpha: float | None,
@@ -579,8 +581,13 @@ def _cell_flags(
     random_state: int,
 ) -> _Flags:
     """Novelty p-values and flags, conformal prediction sets, and the label each cell keeps."""
+    sizes = np.unique(lots, return_counts=True)[1] if lots is not None else [score_map.size]
     scores = held_out_mapping_scores(
-        model, n_comps_own=n_comps_own, knn_method=knn_method, random_state=random_state
+        model,
+        n_comps_own=n_comps_own,
+        knn_method=knn_method,
+        random_state=random_state,
+        lot_size=int(np.median(sizes)),
     )
     novelty_p = novelty_pvalues(score_map, scores)
     novel = novelty_p <= novelty_alpha

@@ -57,6 +57,7 @@ def held_out_mapping_scores(
     n_comps_own: int,
     knn_method: str,
     random_state: int,
+    lot_size: int | None = None,
     n_folds: int = NOVELTY_FOLDS,
 ) -> np.ndarray:
     """Mapping scores of reference cells scored with their lots held out (sorted; cached).
@@ -67,19 +68,31 @@ def held_out_mapping_scores(
         The reference.
     n_comps_own, knn_method, random_state
         As the query is scored (:func:`._scoring.mapping_score`).
+    lot_size
+        The query's typical cells per lot: held-out lots larger than it are split at random
+        into parts of this size, each centred and smoothed as a lot of its own, since the
+        score of a cell depends on the size of the lot it is smoothed within (a 50-cell lot
+        averages each cell with 40% of its lot). ``None``: lots as they are.
     n_folds
         Folds of reference lots (random cells when the reference has fewer lots).
     """
-    key = (model.hash, n_comps_own, knn_method, random_state, n_folds)
+    key = (model.hash, n_comps_own, knn_method, random_state, lot_size, n_folds)
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _score_held_out_folds(model, n_comps_own, knn_method, random_state, n_folds)
+        _CACHE[key] = _score_held_out_folds(
+            model, n_comps_own, knn_method, random_state, lot_size, n_folds
+        )
     return _CACHE[key].copy()
 
 
 def _score_held_out_folds(
-    model: ReferenceModel, n_comps_own: int, knn_method: str, random_state: int, n_folds: int
+    model: ReferenceModel,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+    lot_size: int | None,
+    n_folds: int,
 ) -> np.ndarray:
     n = model.expression.shape[0]
     rng = np.random.default_rng([random_state, 3])
@@ -91,7 +104,9 @@ def _score_held_out_folds(
         cells = np.flatnonzero(held_out)
         if cells.size > NOVELTY_MAX_CELLS:
             cells = np.sort(rng.choice(cells, NOVELTY_MAX_CELLS, replace=False))
-        lots = model.lots[cells] if model.lots is not None else None
+        lots = _parts(
+            model.lots[cells] if model.lots is not None else None, cells.size, lot_size, rng
+        )
         by_lot = centred(
             model.expression[cells], centre="lot", reference_mean=model.pca_mean, lots=lots
         )
@@ -102,6 +117,21 @@ def _score_held_out_folds(
     calibration = np.sort(np.concatenate(scores))
     logger.info("novelty calibration: %d held-out reference cells", calibration.size)
     return calibration
+
+
+def _parts(
+    lots: np.ndarray | None, n: int, lot_size: int | None, rng: np.random.Generator
+) -> np.ndarray | None:
+    """Each cell's lot, lots larger than ``lot_size`` split at random into parts of about that size."""
+    if lot_size is None:
+        return lots
+    lots = np.full(n, "all") if lots is None else np.asarray(lots, dtype=str)
+    part = np.zeros(n, dtype=np.int64)
+    for lot in np.unique(lots):
+        members = np.flatnonzero(lots == lot)
+        n_parts = max(1, members.size // max(lot_size, 1))
+        part[members] = rng.permutation(members.size) % n_parts
+    return np.char.add(np.char.add(lots, "/"), part.astype(str))
 
 
 def _refitted_loadings(model: ReferenceModel, rows: np.ndarray, random_state: int) -> np.ndarray:

@@ -220,8 +220,24 @@ def map_to_reference(
         missing, the 45% of genes listed first) of their labels.
     min_score
         Cells whose prediction score is below this count as low-confidence.
+    novelty_alpha
+        False-flag rate of the novelty p-values: cells with ``p <= novelty_alpha`` are
+        flagged novel (and labelled ``"Unassigned"``). Default 0.01: a known-population lot
+        loses about 1% of its cells to Unassigned, which moves its fractions by well under
+        a percentage point, while a population the reference lacks is still flagged (98% of
+        left-out SP3 cells on the study preset; measured in ``benchmarks/mapping_crosstech.py``).
+    set_alpha
+        Level of the conformal prediction sets: each label's true cells keep it in their set
+        with probability at least ``1 - set_alpha``. Default 0.01: above the error rate of
+        the labels (about 2% on the presets), a level would have to exclude true labels of
+        confidently right cells; at 0.01 sets are mostly single labels, two for cells between
+        populations, empty (Unassigned) for about 1% of known cells. Not computed when
+        ``calibrate=False`` (no held-out probabilities).
     min_mapping_score
-        Cells whose mapping score is below this count as off-reference.
+        ``None`` (default): off-reference cells are the cells flagged novel. A number: the
+        fixed cut-off of versions before 0.2.0 (cells whose mapping score is below it are
+        off-reference), for comparison with earlier runs; it does not carry over between
+        data sets (issue 16), and the novelty flags and labels do not depend on it.
     warn_off_reference
         Warn when more than this share of the query's cells, or of a lot's (lots of at least
         ``min_cells_per_lot`` cells), are off-reference, naming the likely causes. Default
@@ -249,15 +265,25 @@ def map_to_reference(
     -------
     ``None``, or the copy when ``copy=True``. Writes
 
-    - ``obs[key_added]`` : categorical, the predicted label (the reference's categories);
-    - ``obs[key_added + '_score']`` : its probability (the prediction score);
+    - ``obs[key_added]`` : categorical, the predicted label (the reference's categories and
+      ``"Unassigned"``: an empty prediction set or a novel cell);
+    - ``obs[key_added + '_score']`` : the largest probability (the prediction score);
+    - ``obs[key_added + '_novelty_p']``, ``obs[key_added + '_novel']`` : the novelty
+      p-value and the flag at ``novelty_alpha``;
+    - ``obsm[key_added + '_set']`` (DataFrame, cells x labels, booleans) and
+      ``obs[key_added + '_set_size']`` : the prediction sets (when calibrated);
     - ``obsm[key_added + '_probabilities']`` : DataFrame (cells x reference labels, rows
       sum to 1);
     - ``obs[key_added + '_mapping_score']`` : in [0, 1], low = not represented by the
       reference;
     - ``obsm[key_added + '_umap']`` : placement on the reference UMAP (when it has one);
     - ``uns[key_added]`` : ``'per_lot'`` DataFrame (cells, mean scores, shares of
-      low-confidence and off-reference cells, per lot), ``'reliability_after'`` and
+      low-confidence, off-reference and Unassigned cells, mean set size, and the novelty
+      test: ``n_novel``, ``share_novel``, ``expected_share_novel`` (= ``novelty_alpha``),
+      ``novelty_pvalue`` (one-sided binomial), ``excess_novel`` (Bonferroni over lots at
+      0.05)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
+      the share flagged), ``'prediction_sets'`` (``set_alpha`` and each label's threshold
+      and calibration cells), ``'reliability_after'`` and
       ``'reliability_before'`` DataFrames (held-out reference reliability per score bin
       after and before scaling; empty when not calibrated), ``'summary'`` (shares over all
       cells), ``'genes_missing'``, ``'n_genes_shared'``, ``'share_genes_missing'``,
@@ -363,6 +389,12 @@ def _read_reference(
         umap_key=umap_key,
         expected_hash=expected_hash,
     )
+    if UNASSIGNED in {str(c) for c in model.categories}:
+        msg = (
+            f"the reference has a label {UNASSIGNED!r} in obs[{cluster_key!r}]; mapping "
+            "writes it for cells it cannot assign. Rename that label in the reference."
+        )
+        raise ValueError(msg)
     return reference, model
 
 

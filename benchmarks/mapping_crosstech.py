@@ -77,7 +77,13 @@ def scenario(name: str, seed: int) -> dict:
         query = data[data.obs["set"] != "reference"].copy()
         mp.pp.qc(query)
         novel = query.obs["true_novel"].to_numpy()
-        return {"labels": reference, "novelty": reference, "query": query, "novel": novel}
+        return {
+            "labels": reference,
+            "novelty": reference,
+            "query": query,
+            "novel": novel,
+            "known": ~novel,
+        }
     data = mp.datasets.study(random_state=seed)
     train = data[data.obs["set"] == "BM-train"]
     full = build_reference(train.copy(), 8)
@@ -85,7 +91,8 @@ def scenario(name: str, seed: int) -> dict:
     query = data[data.obs["set"] != "BM-train"].copy()
     mp.pp.qc(query)
     novel = (query.obs["true_subpopulation"] == "SP3").to_numpy()
-    return {"labels": full, "novelty": without, "query": query, "novel": novel}
+    known = np.ones(query.n_obs, dtype=bool)  # the label reference knows every population
+    return {"labels": full, "novelty": without, "query": query, "novel": novel, "known": known}
 
 
 def label_metrics(reference, query, predicted: np.ndarray, known: np.ndarray) -> dict:
@@ -106,7 +113,7 @@ def label_metrics(reference, query, predicted: np.ndarray, known: np.ndarray) ->
 
 
 def ours(setting: dict, method: str) -> dict:
-    query, known = setting["query"], ~setting["novel"]
+    query, known = setting["query"], setting["known"]
     _pca_backends._CALIBRATIONS.clear()
     _novelty._CACHE.clear()
     with warnings.catch_warnings():
@@ -156,9 +163,10 @@ def ingest(setting: dict, *, warm_up: bool = True) -> dict:
             "labels": setting["labels"][:300].copy(),
             "query": setting["query"][:100].copy(),
             "novel": setting["novel"][:100],
+            "known": setting["known"][:100],
         }
         ingest(small, warm_up=False)
-    reference, query, known = setting["labels"], setting["query"], ~setting["novel"]
+    reference, query, known = setting["labels"], setting["query"], setting["known"]
     genes = reference.var_names[reference.var["highly_variable"].to_numpy()]
     start = time.perf_counter()
     ref = sc.AnnData(reference.layers["counts"], obs=reference.obs[["cluster"]].copy())

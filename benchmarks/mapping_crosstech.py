@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         "Seurat is not installed on this machine (see mapping_vs_seurat.md for Seurat 4.3 on "
         "the study preset). Label figures on known cells (argmax label); novelty figures from "
         "the p-values (study: reference without SP3); coverage of the true label by the "
-        "prediction sets at set_alpha 0.01. Command: `python benchmarks/mapping_crosstech.py "
+        "prediction sets at set_alpha 0.01. Seconds: ours include the calibrations on the "
+        "reference (cache cleared); ingest's include its reference PCA and neighbours (its "
+        "first, compiling call untimed). Machine shared with other jobs: times are loose. "
+        "Command: `python benchmarks/mapping_crosstech.py "
         f"--presets {args.presets} --seeds {args.seeds}`.",
         "",
     ]

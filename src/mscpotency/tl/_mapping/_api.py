@@ -198,8 +198,9 @@ def map_to_reference(
         ingest and Seurat 4.3 where ``fast`` fell behind (issue 16: accuracy/macro-F1
         0.910/0.814 against 0.819/0.651); on the simulated presets both are within 0.003 of
         each other (``benchmarks/results/mapping_crosstech.md``), and anchors costs about
-        twice the time of fast (e.g. 21 s vs 11 s for the cross-technology preset's 2,400
-        cells, calibration included). Pass ``"fast"`` for query lots of the reference's batch.
+        twice the time of fast (28 s vs 16 s for the cross-technology preset's 2,400 cells,
+        100 s vs 45 s for the study's 19,000 query cells, calibrations included, on a busy
+        2-core machine). Pass ``"fast"`` for query lots of the reference's batch.
     options
         The backend's options: :class:`~mscpotency.tl.FastOptions`,
         :class:`~mscpotency.tl.AnchorOptions` or :class:`~mscpotency.tl.ScviOptions`,

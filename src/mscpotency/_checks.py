@@ -127,6 +127,8 @@ RULES: dict[str, Rule] = {
     "min_jaccard": _share(),
     "min_lots_expressed": _share(),
     "min_share": _share(),
+    "novelty_alpha": _share(low_open=True, high_open=True),
+    "set_alpha": _share(low_open=True, high_open=True),
     "subsample_fraction": _share(low_open=True),
     "prop": _share(low_open=True),
     # other magnitudes

@@ -35,6 +35,15 @@ def bad_mapped(bad_query, tiny_ref) -> AnnData:
 
 
 @pytest.fixture(scope="module")
+def bad_unassigned_reference(tiny_ref) -> AnnData:
+    """The tiny reference with one of its labels named like the label mapping writes."""
+    reference = tiny_ref.copy()
+    first = reference.obs["cluster"].cat.categories[0]
+    reference.obs["cluster"] = reference.obs["cluster"].cat.rename_categories({first: "Unassigned"})
+    return reference
+
+
+@pytest.fixture(scope="module")
 def bad_frozen(tiny_ref) -> AnnData:
     return mp.tl.freeze_reference(tiny_ref)
 
@@ -300,6 +309,34 @@ CASES = [
         ValueError,
         r"warn_off_reference must lie in \[0, 1\], got 25",
         data=_pair("bad_query"),
+    ),
+    Case(
+        "map: novelty_alpha of 0",
+        lambda d: mp.tl.map_to_reference(d.adata[0], d.adata[1], novelty_alpha=0),
+        ValueError,
+        r"novelty_alpha must .*got 0",
+        data=_pair("bad_query"),
+    ),
+    Case(
+        "map: set_alpha of 1",
+        lambda d: mp.tl.map_to_reference(d.adata[0], d.adata[1], set_alpha=1.0),
+        ValueError,
+        r"set_alpha must .*got 1",
+        data=_pair("bad_query"),
+    ),
+    Case(
+        "map: min_mapping_score above 1",
+        lambda d: mp.tl.map_to_reference(d.adata[0], d.adata[1], min_mapping_score=2.0),
+        ValueError,
+        r"min_mapping_score must .*got 2",
+        data=_pair("bad_query"),
+    ),
+    Case(
+        "map: a reference label named Unassigned",
+        lambda d: mp.tl.map_to_reference(d.adata[0], d.adata[1]),
+        ValueError,
+        r"label 'Unassigned' in obs\['cluster'\].*Rename",
+        data=_pair("bad_query", "bad_unassigned_reference"),
     ),
     Case(
         "map: negative max_variance_missing",

@@ -53,14 +53,32 @@ def test_schema_and_truth(mapped, tiny_ref):
     categories = list(tiny_ref.obs["cluster"].cat.categories)
     labels = mapped.obs["predicted"]
     assert isinstance(labels.dtype, pd.CategoricalDtype)
-    assert list(labels.cat.categories) == categories
+    assert list(labels.cat.categories) == [*categories, "Unassigned"]
     probabilities = mapped.obsm["predicted_probabilities"]
     assert isinstance(probabilities, pd.DataFrame)
     assert list(probabilities.columns) == categories
     assert probabilities.index.equals(mapped.obs_names)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
     np.testing.assert_allclose(mapped.obs["predicted_score"], probabilities.max(axis=1))
-    assert (probabilities.idxmax(axis=1).to_numpy() == labels.astype(str).to_numpy()).all()
+    # a cell keeps the most probable label of its prediction set; Unassigned when the set
+    # is empty or the cell is flagged novel (none of these known populations: at most a few)
+    in_set = mapped.obsm["predicted_set"]
+    assert list(in_set.columns) == categories
+    assert (mapped.obs["predicted_set_size"].to_numpy() == in_set.sum(axis=1).to_numpy()).all()
+    unassigned = (labels == "Unassigned").to_numpy()
+    assert (unassigned == (mapped.obs["predicted_novel"] | (in_set.sum(axis=1) == 0))).all()
+    assert unassigned.mean() < 0.03
+    masked = probabilities.where(in_set.to_numpy(), -1.0)
+    assigned = ~unassigned
+    assert (
+        masked.idxmax(axis=1).to_numpy()[assigned] == labels.astype(str).to_numpy()[assigned]
+    ).all()
+    assert (
+        probabilities.idxmax(axis=1).to_numpy()[assigned] == labels.astype(str).to_numpy()[assigned]
+    ).mean() > 0.99
+    novelty_p = mapped.obs["predicted_novelty_p"]
+    assert novelty_p.between(0, 1).all()
+    assert (mapped.obs["predicted_novel"] == (novelty_p <= 0.01)).all()
     mapping = mapped.obs["predicted_mapping_score"]
     assert mapping.between(0, 1).all()
     stored = mapped.uns["predicted"]
@@ -241,7 +259,7 @@ def test_off_reference_warning(tiny_query, tiny_ref):
     """
     query = tiny_query.copy()
     query.var_names = np.random.default_rng(0).permutation(query.var_names.to_numpy())
-    with pytest.warns(UserWarning, match=r"off-reference") as record:
+    with pytest.warns(UserWarning) as record:  # also the novelty warnings (below)
         out = mp.tl.map_to_reference(query, tiny_ref, method="fast", calibrate=False, copy=True)
     (message,) = [str(w.message) for w in record if "off-reference" in str(w.message)]
     assert re.search(r"(9\d|100)% of the query cells are off-reference", message)
@@ -252,13 +270,18 @@ def test_off_reference_warning(tiny_query, tiny_ref):
     stored = out.uns["predicted"]
     assert stored["params"]["warn_off_reference"] == 0.25
     assert message in stored["warnings"]
-    # the threshold is the user's: at 1.0 nothing warns
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # the threshold is the user's: at 1.0 no off-reference warning; the calibrated novelty
+    # flags still name every lot as holding far more novel cells than the rate allows
+    with pytest.warns(UserWarning) as record:
         quiet = mp.tl.map_to_reference(
             query, tiny_ref, method="fast", calibrate=False, warn_off_reference=1.0, copy=True
         )
-    assert quiet.uns["predicted"]["warnings"] == []
+    issued = quiet.uns["predicted"]["warnings"]
+    assert [str(w.message) for w in record] == issued
+    assert not any("off-reference" in m for m in issued)
+    (excess,) = [m for m in issued if "flagged novel" in m]
+    assert all(f"'{lot}'" in excess for lot in query.obs["lot"].unique())
+    assert any("scores lower than held-out reference cells" in m for m in issued)
     # the matching query does not warn (filterwarnings = error) and stays far below
     out = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", calibrate=False, copy=True)
     assert mp.get.map_to_reference(out)["share_off_reference"].max() < 0.05
@@ -514,9 +537,10 @@ def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, t
     scores = {}
     for cap in (_project.OWN_AXES_MAX_CELLS, tiny_query.n_obs // 3):
         monkeypatch.setattr(_project, "OWN_AXES_MAX_CELLS", cap)
-        mapped = mp.tl.map_to_reference(
-            tiny_query, reference, method="fast", calibrate=False, copy=True
-        )
+        with pytest.warns(UserWarning, match="flagged novel"):  # SP3 is new to the reference
+            mapped = mp.tl.map_to_reference(
+                tiny_query, reference, method="fast", calibrate=False, copy=True
+            )
         scores[cap] = mapped.obs["predicted_mapping_score"].to_numpy()
     full, subset = scores.values()
     assert not np.array_equal(full, subset)  # the subset path ran

@@ -147,17 +147,27 @@ def test_all_lots_as_one_set_track_potency(mapped):
 
 def test_exclude_off_reference_cells(mapped):
     query = mapped.copy()
-    query.obs.loc[query.obs_names[:40], "predicted_mapping_score"] = 0.0
+    # off-reference cells are the cells flagged novel (min_mapping_score=None, the default)
+    assert query.uns["predicted"]["params"]["min_mapping_score"] is None
+    query.obs.loc[query.obs_names[:40], "predicted_novel"] = True
     out = mp.tl.validate_potency(
         query, "vegf", exclude_off_reference=True, n_bootstrap=100, copy=True
     )
     lots = mp.get.validate_potency(out, kind="lots")
     first_lot = query.obs["lot"].astype(str).iloc[0]
     assert lots.loc[first_lot, "share_off_reference"] > 0
-    threshold = query.uns["predicted"]["params"]["min_mapping_score"]
+    assert lots["n_cells"].sum() == (~query.obs["predicted_novel"]).sum() < query.n_obs - 40 + 1
+    # with a fixed cut-off, the mapping score decides
+    query.uns["predicted"] = dict(query.uns["predicted"])
+    query.uns["predicted"]["params"] = dict(query.uns["predicted"]["params"], min_mapping_score=0.5)
+    query.obs.loc[query.obs_names[:40], "predicted_mapping_score"] = 0.0
+    out = mp.tl.validate_potency(
+        query, "vegf", exclude_off_reference=True, n_bootstrap=100, copy=True
+    )
+    lots = mp.get.validate_potency(out, kind="lots")
     assert (
         lots["n_cells"].sum()
-        == (query.obs["predicted_mapping_score"] >= threshold).sum()
+        == (query.obs["predicted_mapping_score"] >= 0.5).sum()
         < query.n_obs - 40 + 1
     )
 

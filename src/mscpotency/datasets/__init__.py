@@ -1,5 +1,6 @@
 """Simulated MSC lots with known truth (bulk lines: :mod:`mscpotency.bulk.datasets`)."""
 
+from ._crosstech import TechnologySpec, crosstech, crosstech_config
 from ._simulate import (
     SetSpec,
     SimulationConfig,
@@ -16,6 +17,9 @@ from ._simulate import (
 __all__ = [
     "SetSpec",
     "SimulationConfig",
+    "TechnologySpec",
+    "crosstech",
+    "crosstech_config",
     "hard",
     "hard_config",
     "iter_lots",

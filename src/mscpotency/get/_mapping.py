@@ -66,8 +66,10 @@ def map_to_reference(
         Query cells after :func:`mscpotency.tl.map_to_reference`.
     kind
         {kind}
-        ``"per_lot"``: cells, mean prediction and mapping scores and shares of
-        low-confidence cells per query lot; ``"reliability_after"`` /
+        ``"per_lot"``: cells, mean prediction and mapping scores, shares of
+        low-confidence, off-reference and Unassigned cells, the mean prediction-set size
+        and the novelty test (``n_novel``, ``share_novel``, ``expected_share_novel``,
+        ``novelty_pvalue``, ``excess_novel``) per query lot; ``"reliability_after"`` /
         ``"reliability_before"``: per score bin, the held-out reference cells' mean score
         and accuracy after / before temperature scaling (empty when not calibrated).
 

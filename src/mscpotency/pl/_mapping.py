@@ -229,10 +229,8 @@ def mapping_confidence(
     boxes = ax.boxplot(data, tick_labels=names, **kwargs)
     for patch in boxes["boxes"]:
         patch.set_facecolor("#a6cee3")
-    threshold = float(mapping["params"]["min_mapping_score"])
-    ax.axhline(
-        threshold, color="#d62728", ls="--", lw=1, label=f"off-reference below {threshold:g}"
-    )
+    threshold, label = _off_reference_line(mapping)
+    ax.axhline(threshold, color="#d62728", ls="--", lw=1, label=label)
     for i, name in enumerate(names, start=1):
         share = per_lot.loc[name, "share_low_confidence"] if name in per_lot.index else np.nan
         ax.annotate(
@@ -251,6 +249,16 @@ def mapping_confidence(
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(loc="lower left", frameon=False, fontsize="small")
     return _finish(fig, ax, show, return_fig)
+
+
+def _off_reference_line(mapping: dict) -> tuple[float, str]:
+    """Where off-reference starts on the mapping-score axis, and the line's legend."""
+    fixed = mapping["params"].get("min_mapping_score")
+    if fixed is not None:
+        return float(fixed), f"off-reference below {float(fixed):g}"
+    novelty = mapping.get("novelty", {})
+    alpha = float(novelty.get("novelty_alpha", np.nan))
+    return float(novelty.get("score_at_alpha", np.nan)), f"novel below (p <= {alpha:g})"
 
 
 @doc_params

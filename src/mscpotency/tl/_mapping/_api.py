@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,9 +29,11 @@ from ..._registry import MAPPING
 from ..._validate import lots_of, require_unique_cell_names
 from ...io._reference import read_reference
 from ._calibration import apply_temperature
+from ._conformal import class_thresholds, prediction_sets, set_labels
 from ._fast import gaussian_weights
 from ._harmonise import Harmonised, harmonise, most_important, variance_weights
 from ._neighbors import knn
+from ._novelty import held_out_mapping_scores, lot_novelty, novelty_pvalues, novelty_summary
 from ._project import centred
 from ._scoring import mapping_score
 from ._transfer import MappingInput, Transfer, TransferOptions, backend_options
@@ -47,6 +50,38 @@ MAX_VARIANCE_MISSING = 0.35
 #: Default share of off-reference cells (overall or in a lot) above which mapping warns;
 #: measured in tests/tl/test_mapping.py (``test_off_reference_warning``).
 WARN_OFF_REFERENCE = 0.25
+
+#: Default false-flag rate of the novelty p-values (see ``novelty_alpha``).
+NOVELTY_ALPHA = 0.01
+#: Default level of the conformal prediction sets (see ``set_alpha``).
+SET_ALPHA = 0.01
+#: The label of cells with an empty prediction set or flagged novel.
+UNASSIGNED = "Unassigned"
+#: Warn that the query differs from the reference as a whole when its median novelty p-value
+#: is below this (known cells exchangeable with the reference's give a median near 0.5).
+WARN_MEDIAN_NOVELTY_P = 0.2
+
+#: The arguments stored in ``uns[key_added]['params']`` as given (after method and options).
+_PARAMS = (
+    "cluster_key",
+    "layer",
+    "lot_key",
+    "calibrate",
+    "min_shared_genes",
+    "warn_variance_missing",
+    "max_variance_missing",
+    "min_cells_per_lot",
+    "min_score",
+    "novelty_alpha",
+    "set_alpha",
+    "min_mapping_score",
+    "warn_off_reference",
+    "expected_hash",
+    "n_comps_own",
+    "umap_key",
+    "knn_method",
+    "random_state",
+)
 
 #: Columns of a reliability table (also of the empty one an uncalibrated mapping stores).
 _RELIABILITY_COLUMNS = ["low", "high", "n_cells", "mean_score", "accuracy"]
@@ -112,7 +147,9 @@ def map_to_reference(
     max_variance_missing: float = MAX_VARIANCE_MISSING,
     min_cells_per_lot: int = 50,
     min_score: float = 0.5,
-    min_mapping_score: float = 0.5,
+    novelty_alpha: float = NOVELTY_ALPHA,
+    set_alpha: float = SET_ALPHA,
+    min_mapping_score: float | None = None,
     warn_off_reference: float = WARN_OFF_REFERENCE,
     expected_hash: str | None = None,
     n_comps_own: int = 20,
@@ -156,7 +193,14 @@ def map_to_reference(
         signature: see ``expected_hash``).
     method
         {method}
-        The backend: ``"fast"``, ``"anchors"`` or ``"scvi"`` (above).
+        The backend: ``"fast"``, ``"anchors"`` or ``"scvi"`` (above). ``"anchors"`` by
+        default: on real data from other technologies it was as accurate as or more than
+        ingest and Seurat 4.3 where ``fast`` fell behind (issue 16: accuracy/macro-F1
+        0.910/0.814 against 0.819/0.651); on the simulated presets both are within 0.003 of
+        each other (``benchmarks/results/mapping_crosstech.md``), and anchors costs about
+        twice the time of fast (28 s vs 16 s for the cross-technology preset's 2,400 cells,
+        100 s vs 45 s for the study's 19,000 query cells, calibrations included, on a busy
+        2-core machine). Pass ``"fast"`` for query lots of the reference's batch.
     options
         The backend's options: :class:`~mscpotency.tl.FastOptions`,
         :class:`~mscpotency.tl.AnchorOptions` or :class:`~mscpotency.tl.ScviOptions`,
@@ -183,8 +227,24 @@ def map_to_reference(
         missing, the 45% of genes listed first) of their labels.
     min_score
         Cells whose prediction score is below this count as low-confidence.
+    novelty_alpha
+        False-flag rate of the novelty p-values: cells with ``p <= novelty_alpha`` are
+        flagged novel (and labelled ``"Unassigned"``). Default 0.01: a known-population lot
+        loses about 1% of its cells to Unassigned, which moves its fractions by well under
+        a percentage point, while a population the reference lacks is still flagged (98% of
+        left-out SP3 cells on the study preset; measured in ``benchmarks/mapping_crosstech.py``).
+    set_alpha
+        Level of the conformal prediction sets: each label's true cells keep it in their set
+        with probability at least ``1 - set_alpha``. Default 0.01: above the error rate of
+        the labels (about 2% on the presets), a level would have to exclude true labels of
+        confidently right cells; at 0.01 sets are mostly single labels, two for cells between
+        populations, empty (Unassigned) for about 1% of known cells. Not computed when
+        ``calibrate=False`` (no held-out probabilities).
     min_mapping_score
-        Cells whose mapping score is below this count as off-reference.
+        ``None`` (default): off-reference cells are the cells flagged novel. A number: the
+        fixed cut-off of versions before 0.2.0 (cells whose mapping score is below it are
+        off-reference), for comparison with earlier runs; it does not carry over between
+        data sets (issue 16), and the novelty flags and labels do not depend on it.
     warn_off_reference
         Warn when more than this share of the query's cells, or of a lot's (lots of at least
         ``min_cells_per_lot`` cells), are off-reference, naming the likely causes. Default
@@ -212,15 +272,25 @@ def map_to_reference(
     -------
     ``None``, or the copy when ``copy=True``. Writes
 
-    - ``obs[key_added]`` : categorical, the predicted label (the reference's categories);
-    - ``obs[key_added + '_score']`` : its probability (the prediction score);
+    - ``obs[key_added]`` : categorical, the predicted label (the reference's categories and
+      ``"Unassigned"``: an empty prediction set or a novel cell);
+    - ``obs[key_added + '_score']`` : the largest probability (the prediction score);
+    - ``obs[key_added + '_novelty_p']``, ``obs[key_added + '_novel']`` : the novelty
+      p-value and the flag at ``novelty_alpha``;
+    - ``obsm[key_added + '_set']`` (DataFrame, cells x labels, booleans) and
+      ``obs[key_added + '_set_size']`` : the prediction sets (when calibrated);
     - ``obsm[key_added + '_probabilities']`` : DataFrame (cells x reference labels, rows
       sum to 1);
     - ``obs[key_added + '_mapping_score']`` : in [0, 1], low = not represented by the
       reference;
     - ``obsm[key_added + '_umap']`` : placement on the reference UMAP (when it has one);
     - ``uns[key_added]`` : ``'per_lot'`` DataFrame (cells, mean scores, shares of
-      low-confidence and off-reference cells, per lot), ``'reliability_after'`` and
+      low-confidence, off-reference and Unassigned cells, mean set size, and the novelty
+      test: ``n_novel``, ``share_novel``, ``expected_share_novel`` (= ``novelty_alpha``),
+      ``novelty_pvalue`` (one-sided binomial), ``excess_novel`` (Bonferroni over lots at
+      0.05)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
+      the share flagged), ``'prediction_sets'`` (``set_alpha`` and each label's threshold
+      and calibration cells), ``'reliability_after'`` and
       ``'reliability_before'`` DataFrames (held-out reference reliability per score bin
       after and before scaling; empty when not calibrated), ``'summary'`` (shares over all
       cells), ``'genes_missing'``, ``'n_genes_shared'``, ``'share_genes_missing'``,
@@ -233,10 +303,12 @@ def map_to_reference(
     options = backend_options(method, options)
     _check_thresholds(
         min_score=min_score,
-        min_mapping_score=min_mapping_score,
+        novelty_alpha=novelty_alpha,
+        set_alpha=set_alpha,
         warn_variance_missing=warn_variance_missing,
         max_variance_missing=max_variance_missing,
         warn_off_reference=warn_off_reference,
+        **({} if min_mapping_score is None else {"min_mapping_score": min_mapping_score}),
     )
     reference, model = _read_reference(
         reference, cluster_key=cluster_key, umap_key=umap_key, expected_hash=expected_hash
@@ -268,38 +340,34 @@ def map_to_reference(
     probabilities = transfer.probabilities
     if calibrate:
         probabilities = apply_temperature(probabilities, transfer.calibration["temperature"])
+    flags = _cell_flags(
+        model,
+        transfer.calibration,
+        probabilities,
+        score_map,
+        lots,
+        novelty_alpha=novelty_alpha,
+        set_alpha=set_alpha if calibrate else None,
+        min_mapping_score=min_mapping_score,
+        n_comps_own=n_comps_own,
+        knn_method=knn_method,
+        random_state=random_state,
+    )
     placement = _umap_placement(model, transfer, knn_method, random_state)
-    per_lot, summary = _summaries(
-        lots, probabilities.max(axis=1), score_map, min_score, min_mapping_score
-    )
+    per_lot, summary = _summaries(lots, probabilities.max(axis=1), flags, min_score, novelty_alpha)
     issued += _warn_off_reference(
-        per_lot, summary, warn_off_reference, min_cells_per_lot, min_mapping_score
+        per_lot, summary, warn_off_reference, min_cells_per_lot, min_mapping_score, novelty_alpha
     )
-    params = {
-        "method": method,
-        "options": options.as_params(),
-        "cluster_key": cluster_key,
-        "layer": layer,
-        "lot_key": lot_key,
-        "calibrate": calibrate,
-        "min_shared_genes": min_shared_genes,
-        "warn_variance_missing": warn_variance_missing,
-        "max_variance_missing": max_variance_missing,
-        "min_cells_per_lot": min_cells_per_lot,
-        "min_score": min_score,
-        "min_mapping_score": min_mapping_score,
-        "warn_off_reference": warn_off_reference,
-        "expected_hash": expected_hash,
-        "n_comps_own": n_comps_own,
-        "umap_key": umap_key,
-        "umap_placed": placement is not None,
-        "knn_method": knn_method,
-        "random_state": random_state,
-        "reference_frozen": model.frozen,
-    }
+    issued += _warn_novel_lots(per_lot, flags, novelty_alpha, min_cells_per_lot)
+    arguments = locals()
+    params = {"method": method, "options": options.as_params()}
+    params |= {name: arguments[name] for name in _PARAMS}
+    params |= {"umap_placed": placement is not None, "reference_frozen": model.frozen}
     adata = adata.copy() if copy else adata
-    _write_cells(adata, key_added, probabilities, model.categories, score_map, placement)
+    _write_cells(adata, key_added, probabilities, model.categories, flags, placement)
     adata.uns[key_added] = _stored_result(model, harmonised, transfer, per_lot, summary, params)
+    adata.uns[key_added]["novelty"] = novelty_summary(flags.calibration, flags.novel, novelty_alpha)
+    adata.uns[key_added]["prediction_sets"] = _set_record(model.categories, flags, set_alpha)
     adata.uns[key_added]["warnings"] = issued
     return adata if copy else None
 
@@ -328,6 +396,12 @@ def _read_reference(
         umap_key=umap_key,
         expected_hash=expected_hash,
     )
+    if UNASSIGNED in {str(c) for c in model.categories}:
+        msg = (
+            f"the reference has a label {UNASSIGNED!r} in obs[{cluster_key!r}]; mapping "
+            "writes it for cells it cannot assign. Rename that label in the reference."
+        )
+        raise ValueError(msg)
     return reference, model
 
 
@@ -356,7 +430,8 @@ def _warn_off_reference(
     summary: dict[str, float],
     threshold: float,
     min_cells: int,
-    min_mapping_score: float,
+    min_mapping_score: float | None,
+    novelty_alpha: float,
 ) -> list[str]:
     """Warn when many cells, overall or in a lot, are off-reference; the warnings issued."""
     lots = per_lot[(per_lot["n_cells"] >= min_cells) & (per_lot["share_off_reference"] > threshold)]
@@ -364,12 +439,17 @@ def _warn_off_reference(
     if share <= threshold and lots.empty:
         return []
     named = ", ".join(f"{lot!r} ({v:.0%})" for lot, v in lots["share_off_reference"].items())
+    rule = (
+        f"novelty p-value at most novelty_alpha={novelty_alpha}"
+        if min_mapping_score is None
+        else f"mapping score below min_mapping_score={min_mapping_score}"
+    )
     msg = (
-        f"map_to_reference: {share:.0%} of the query cells are off-reference (mapping score "
-        f"below min_mapping_score={min_mapping_score}; above warn_off_reference="
-        f"{threshold:.0%}{'; lots: ' + named if named else ''}), with a mean prediction score "
-        f"of {summary['mean_score']:.2f}: the reference does not represent these cells, so "
-        "their labels are not trustworthy however confident they look. Likely causes: the "
+        f"map_to_reference: {share:.0%} of the query cells are off-reference ({rule}; above "
+        f"warn_off_reference={threshold:.0%}{'; lots: ' + named if named else ''}), with a "
+        f"mean prediction score of {summary['mean_score']:.2f}: the reference does not "
+        "represent these cells, so their labels are not trustworthy however confident they "
+        "look. Likely causes: the "
         "query's gene identifiers do not match the reference's (another annotation, symbols "
         "vs Ensembl IDs, misaligned var_names); the query comes from another tissue or "
         "technology than the reference; or its counts are not raw counts as the reference's "
@@ -377,6 +457,40 @@ def _warn_off_reference(
     )
     warnings.warn(msg, UserWarning, stacklevel=6)
     return [msg]
+
+
+def _warn_novel_lots(
+    per_lot: pd.DataFrame, flags: _Flags, novelty_alpha: float, min_cells: int
+) -> list[str]:
+    """Warn about lots with more novel cells than the rate allows, and a query shifted as a whole."""
+    issued = []
+    excess = per_lot[per_lot["excess_novel"] & (per_lot["n_cells"] >= min_cells)]
+    if not excess.empty:
+        named = ", ".join(
+            f"{lot!r} ({row.share_novel:.1%}, p = {row.novelty_pvalue:.2g})"
+            for lot, row in excess.iterrows()
+        )
+        issued.append(
+            f"map_to_reference: lot(s) {named} hold more cells flagged novel than the "
+            f"false-flag rate novelty_alpha={novelty_alpha:.0%} allows (one-sided binomial "
+            "test, Bonferroni over lots): cells the reference does not represent, e.g. a "
+            "population it lacks. They are labelled 'Unassigned'. Per lot: "
+            "`get.map_to_reference`."
+        )
+    median_p = float(np.nanmedian(flags.novelty_p)) if np.isfinite(flags.novelty_p).any() else 1.0
+    if median_p < WARN_MEDIAN_NOVELTY_P:
+        issued.append(
+            f"map_to_reference: the query as a whole scores lower than held-out reference "
+            f"cells (median novelty p-value {median_p:.2g}, where cells measured like the "
+            "reference's give about 0.5): it differs from the reference beyond new cell "
+            "types (another technology or chemistry, depth, or many cells the reference "
+            "lacks). The novelty p-values are calibrated for cells measured like the "
+            "reference's, so here more known cells than novelty_alpha are flagged; check the "
+            "flagged cells' labels and the per-lot table before trusting the flags."
+        )
+    for msg in issued:
+        warnings.warn(msg, UserWarning, stacklevel=6)
+    return issued
 
 
 def _query_lots(adata: AnnData, lot_key: str | None, min_cells_per_lot: int) -> np.ndarray | None:
@@ -476,24 +590,85 @@ def _umap_placement(
     return np.einsum("ij,ijk->ik", weights, model.umap[indices])
 
 
+@dataclass(frozen=True)
+class _Flags:
+    """What a mapping says about each cell beyond its probabilities."""
+
+    score_map: np.ndarray  # mapping score
+    calibration: np.ndarray  # sorted held-out reference mapping scores
+    novelty_p: np.ndarray  # split-conformal novelty p-value
+    novel: np.ndarray  # flagged at novelty_alpha
+    off_reference: np.ndarray  # novel, or below a fixed min_mapping_score when one is given
+    in_set: np.ndarray | None  # (cells, labels) conformal prediction sets (None: not calibrated)
+    thresholds: np.ndarray | None  # per label, the probability that keeps it in a set
+    n_per_label: np.ndarray | None  # held-out reference cells per label
+    codes: np.ndarray  # the label code of each cell, -1 = Unassigned
+
+
+def _cell_flags(
+    model: ReferenceModel,
+    calibration: dict[str, Any],
+    probabilities: np.ndarray,
+    score_map: np.ndarray,
+    lots: np.ndarray | None,
+    *,
+    novelty_alpha: float,
+    set_alpha: float | None,
+    min_mapping_score: float | None,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> _Flags:
+    """Novelty p-values and flags, conformal prediction sets, and the label each cell keeps."""
+    sizes = np.unique(lots, return_counts=True)[1] if lots is not None else [score_map.size]
+    scores = held_out_mapping_scores(
+        model,
+        n_comps_own=n_comps_own,
+        knn_method=knn_method,
+        random_state=random_state,
+        lot_size=int(np.median(sizes)),
+    )
+    novelty_p = novelty_pvalues(score_map, scores)
+    novel = novelty_p <= novelty_alpha
+    off = novel if min_mapping_score is None else score_map < min_mapping_score
+    in_set = thresholds = n_per_label = None
+    codes = probabilities.argmax(axis=1)
+    if set_alpha is not None and "held_out_labels" in calibration:
+        held_out = np.asarray(calibration["held_out_labels"])
+        n_per_label = np.bincount(held_out, minlength=len(model.categories))
+        thresholds = class_thresholds(
+            np.asarray(calibration["held_out_true_probability"]),
+            held_out,
+            len(model.categories),
+            set_alpha,
+        )
+        in_set = prediction_sets(probabilities, thresholds)
+        codes = set_labels(probabilities, in_set)
+    codes = np.where(novel, -1, codes)
+    return _Flags(score_map, scores, novelty_p, novel, off, in_set, thresholds, n_per_label, codes)
+
+
 def _summaries(
     lots: np.ndarray | None,
     score: np.ndarray,
-    score_map: np.ndarray,
+    flags: _Flags,
     min_score: float,
-    min_mapping: float,
+    novelty_alpha: float,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Per lot and over all cells: scores and the shares of low-confidence cells."""
+    """Per lot and over all cells: scores, shares of low-confidence, novel, unassigned cells."""
     low_score = score < min_score
-    off = score_map < min_mapping
+    off = flags.off_reference
+    set_size = flags.in_set.sum(axis=1) if flags.in_set is not None else np.full(score.size, np.nan)
     frame = pd.DataFrame(
         {
             "lot": lots if lots is not None else np.full(score.size, "all"),
             "score": score,
-            "mapping_score": score_map,
+            "mapping_score": flags.score_map,
             "low_score": low_score,
             "off_reference": off,
             "low_confidence": low_score | off,
+            "unassigned": flags.codes < 0,
+            "set_size": set_size,
         }
     )
     grouped = frame.groupby("lot", sort=True)
@@ -505,18 +680,24 @@ def _summaries(
             "mean_mapping_score": grouped["mapping_score"].mean(),
             "share_off_reference": grouped["off_reference"].mean(),
             "share_low_confidence": grouped["low_confidence"].mean(),
+            "share_unassigned": grouped["unassigned"].mean(),
+            "mean_set_size": grouped["set_size"].mean(),
         }
     )
+    per_lot = per_lot.join(lot_novelty(lots, flags.novel, novelty_alpha))
     per_lot.index.name = "lot"
+    finite = np.isfinite(flags.score_map)
     summary = {
         "n_cells": int(score.size),
         "mean_score": float(score.mean()),
         "share_low_score": float(low_score.mean()),
-        "mean_mapping_score": float(np.nanmean(score_map))
-        if np.isfinite(score_map).any()
-        else float("nan"),
+        "mean_mapping_score": float(flags.score_map[finite].mean()) if finite.any() else np.nan,
         "share_off_reference": float(off.mean()),
         "share_low_confidence": float((low_score | off).mean()),
+        "share_novel": float(flags.novel.mean()),
+        "median_novelty_p": float(np.nanmedian(flags.novelty_p)) if finite.any() else np.nan,
+        "share_unassigned": float((flags.codes < 0).mean()),
+        "mean_set_size": float(np.mean(set_size)),
     }
     return per_lot, summary
 
@@ -526,21 +707,47 @@ def _write_cells(
     key_added: str,
     probabilities: np.ndarray,
     categories: pd.Index,
-    score_map: np.ndarray,
+    flags: _Flags,
     placement: np.ndarray | None,
 ) -> None:
-    """The per-cell fields: label, its score, the probabilities, mapping score, placement."""
-    predicted = pd.Categorical.from_codes(probabilities.argmax(axis=1), categories=categories)
-    adata.obs[key_added] = pd.Categorical(np.asarray(predicted), categories=categories)
+    """The per-cell fields: label, scores, probabilities, novelty, prediction sets, placement."""
+    labels = [*map(str, categories), UNASSIGNED]
+    codes = np.where(flags.codes < 0, len(categories), flags.codes)
+    adata.obs[key_added] = pd.Categorical.from_codes(codes, categories=labels)
     adata.obs[f"{key_added}_score"] = probabilities.max(axis=1)
-    adata.obs[f"{key_added}_mapping_score"] = score_map
+    adata.obs[f"{key_added}_mapping_score"] = flags.score_map
+    adata.obs[f"{key_added}_novelty_p"] = flags.novelty_p
+    adata.obs[f"{key_added}_novel"] = flags.novel
     adata.obsm[f"{key_added}_probabilities"] = pd.DataFrame(
         probabilities, index=adata.obs_names, columns=categories
     )
+    if flags.in_set is not None:
+        adata.obsm[f"{key_added}_set"] = pd.DataFrame(
+            flags.in_set, index=adata.obs_names, columns=categories
+        )
+        adata.obs[f"{key_added}_set_size"] = flags.in_set.sum(axis=1)
+    else:  # sets left by an earlier, calibrated mapping would no longer match
+        adata.obsm.pop(f"{key_added}_set", None)
+        if f"{key_added}_set_size" in adata.obs:
+            del adata.obs[f"{key_added}_set_size"]
     if placement is not None:
         adata.obsm[f"{key_added}_umap"] = placement
     else:  # a placement left by an earlier mapping would no longer match these labels
         adata.obsm.pop(f"{key_added}_umap", None)
+
+
+def _set_record(categories: pd.Index, flags: _Flags, set_alpha: float) -> dict[str, Any]:
+    """``uns[key_added]['prediction_sets']``: the level and each label's threshold."""
+    if flags.thresholds is None:
+        return {"set_alpha": set_alpha, "calibrated": False}
+    return {
+        "set_alpha": set_alpha,
+        "calibrated": True,
+        "thresholds": pd.DataFrame(
+            {"threshold": flags.thresholds, "n_calibration_cells": flags.n_per_label},
+            index=pd.Index([str(c) for c in categories], name="label"),
+        ),
+    }
 
 
 def _stored_result(
@@ -553,6 +760,8 @@ def _stored_result(
 ) -> dict[str, Any]:
     """``uns[key_added]``: the tables, the reference it was mapped onto, the calibration."""
     calibration = dict(transfer.calibration)
+    calibration.pop("held_out_true_probability", None)  # per-cell arrays: in the sets' record
+    calibration.pop("held_out_labels", None)
     empty = pd.DataFrame(columns=_RELIABILITY_COLUMNS)
     after = calibration.pop("reliability_after", empty)
     before = calibration.pop("reliability_before", empty.copy())

@@ -128,8 +128,10 @@ def calibration_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Fit the temperature on held-out reference cells and describe the fit.
 
     Returns the temperature, the held-out cells' accuracy, the expected calibration error
-    before and after scaling and the reliability tables (``reliability_before``,
-    ``reliability_after``).
+    before and after scaling, the reliability tables (``reliability_before``,
+    ``reliability_after``), and for the conformal prediction sets the held-out cells'
+    scaled probability of their true label (``held_out_true_probability``) and their label
+    (``held_out_labels``).
     """
     temperature = fit_temperature(probabilities, labels)
     scaled = apply_temperature(probabilities, temperature)
@@ -144,4 +146,6 @@ def calibration_summary(probabilities: np.ndarray, labels: np.ndarray) -> dict:
         "ece_after": expected_calibration_error(scaled.max(axis=1), correct_after),
         "reliability_before": reliability_table(probabilities.max(axis=1), correct_before),
         "reliability_after": reliability_table(scaled.max(axis=1), correct_after),
+        "held_out_true_probability": scaled[np.arange(labels.size), labels],
+        "held_out_labels": np.asarray(labels),
     }

@@ -53,8 +53,14 @@ def mapped_probability(adata: AnnData, mapping_key: str, cluster: str) -> np.nda
 
 
 def on_reference(adata: AnnData, mapping_key: str) -> np.ndarray:
-    """Cells whose mapping score reaches the mapping's ``min_mapping_score``."""
-    threshold = float(stored(adata, MAPPING, mapping_key)["params"]["min_mapping_score"])
+    """Cells not flagged novel, or reaching the mapping's fixed ``min_mapping_score`` if it had one."""
+    threshold = stored(adata, MAPPING, mapping_key)["params"].get("min_mapping_score")
+    if threshold is None:
+        novel = require_obs_column(
+            adata, f"{mapping_key}_novel", what="novelty flags", hint=_RUN_FIRST
+        )
+        return ~novel.to_numpy(dtype=bool)
+    threshold = float(threshold)
     scores = require_obs_column(
         adata, f"{mapping_key}_mapping_score", what="mapping scores", hint=_RUN_FIRST
     )

@@ -138,7 +138,9 @@ def held_out_calibration(
             model, options, n_comps_own, knn_method, random_state
         )
     stored = _CALIBRATIONS[cache_key]
-    return {k: (v.copy() if isinstance(v, pd.DataFrame) else v) for k, v in stored.items()}
+    return {
+        k: (v.copy() if isinstance(v, (pd.DataFrame, np.ndarray)) else v) for k, v in stored.items()
+    }
 
 
 def _fit_on_held_out_lots(

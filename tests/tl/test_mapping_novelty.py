@@ -1,0 +1,267 @@
+"""Calibrated novelty flags, conformal prediction sets and the cross-technology preset (issue 16).
+
+Truth: ``true_subpopulation`` (a population left out of the reference is novel) and
+``true_novel`` (the cross-technology preset's population the reference lacks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import stats
+
+import mscpotency as mp
+from mscpotency.tl._mapping._conformal import class_thresholds, prediction_sets, set_labels
+from mscpotency.tl._mapping._novelty import lot_novelty, novelty_pvalues
+
+from .test_mapping import truth_labels
+
+
+def _reference(adata: AnnData, n_clusters: int) -> AnnData:
+    mp.pp.qc(adata)
+    mp.pp.preprocess(adata)
+    mp.tl.cluster(adata, n_clusters=n_clusters)
+    return adata
+
+
+def _f1(predicted: np.ndarray, true: np.ndarray) -> float:
+    return float(2 * (predicted & true).sum() / (predicted.sum() + true.sum()))
+
+
+# --- kernels ---------------------------------------------------------------------------------
+def test_novelty_pvalues_match_their_definition_and_are_valid():
+    rng = np.random.default_rng(0)
+    calibration = np.sort(rng.random(999))
+    scores = np.array([-1.0, 0.0, calibration[10], 0.5, 2.0, np.nan])
+    p = novelty_pvalues(scores, calibration)
+    expected = [(1 + (calibration <= s).sum()) / 1000 for s in scores[:-1]]
+    np.testing.assert_allclose(p[:-1], expected)
+    assert np.isnan(p[-1])
+    # exchangeable scores: P(p <= alpha) <= alpha over calibration draws (and close to it)
+    flagged = {0.01: [], 0.05: [], 0.2: []}
+    for _ in range(300):
+        p = novelty_pvalues(rng.random(1000), np.sort(rng.random(199)))
+        for alpha, shares in flagged.items():
+            shares.append((p <= alpha).mean())
+    for alpha, shares in flagged.items():
+        assert alpha - 0.005 <= np.mean(shares) <= alpha + 0.002, alpha
+
+
+def test_lot_novelty_binomial_test():
+    lots = np.repeat(["a", "b"], [400, 400])
+    novel = np.zeros(800, dtype=bool)
+    novel[:40] = True  # lot a: 10% flagged
+    novel[400:403] = True  # lot b: 0.75% flagged
+    table = lot_novelty(lots, novel, 0.01)
+    assert table.loc["a", "n_novel"] == 40 and table.loc["b", "n_novel"] == 3
+    assert table.loc["a", "novelty_pvalue"] == pytest.approx(
+        stats.binomtest(40, 400, 0.01, alternative="greater").pvalue
+    )
+    assert table.loc["a", "excess_novel"] and not table.loc["b", "excess_novel"]
+    assert (table["expected_share_novel"] == 0.01).all()
+
+
+def test_class_conditional_sets_cover_every_label():
+    rng = np.random.default_rng(1)
+    n_labels, n = 4, 40_000
+
+    def draw(size):
+        labels = rng.choice(n_labels, size=size, p=[0.6, 0.25, 0.1, 0.05])
+        logits = rng.normal(0, 1, (size, n_labels))
+        logits[np.arange(size), labels] += rng.normal(1.5, 1.0, size)
+        probabilities = np.exp(logits)
+        return probabilities / probabilities.sum(axis=1, keepdims=True), labels
+
+    calibration, calibration_labels = draw(n)
+    thresholds = class_thresholds(
+        calibration[np.arange(n), calibration_labels], calibration_labels, n_labels, 0.1
+    )
+    test, test_labels = draw(n)
+    in_set = prediction_sets(test, thresholds)
+    for label in range(n_labels):
+        mine = test_labels == label
+        assert in_set[mine, label].mean() >= 0.9 - 0.01, label
+    chosen = set_labels(test, in_set)
+    assert (chosen[~in_set.any(axis=1)] == -1).all()
+    assert in_set[np.arange(n), np.maximum(chosen, 0)][chosen >= 0].all()
+    # a label with too few calibration cells to be excluded at this level stays in every set
+    few = class_thresholds(np.array([0.9, 0.8]), np.array([0, 0]), 2, 0.1)
+    assert (few == 0).all()
+
+
+# --- on the tiny preset ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seeds_mapped(tiny_ref, tiny_query) -> list[tuple[AnnData, AnnData]]:
+    """(mapped query, reference) of the tiny preset for seeds 0 and 1 (default backend)."""
+    out = [(mp.tl.map_to_reference(tiny_query, tiny_ref, copy=True), tiny_ref)]
+    other = mp.datasets.tiny(random_state=1)
+    reference = _reference(other[other.obs["set"] == "BM-train"].copy(), 8)
+    query = other[other.obs["set"] != "BM-train"].copy()
+    mp.pp.qc(query)
+    out.append((mp.tl.map_to_reference(query, reference, copy=True), reference))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_query(tiny_all) -> AnnData:
+    query = tiny_all[tiny_all.obs["set"] != "BM-train"].copy()
+    mp.pp.qc(query)
+    return query
+
+
+def test_known_cells_are_flagged_at_most_at_the_rate(seeds_mapped):
+    """Known cells (held-out lots of the reference's populations): flagged share <= 1.5 alpha."""
+    for alpha in (0.01, 0.05):
+        shares = [(m.obs["predicted_novelty_p"] <= alpha).mean() for m, _ in seeds_mapped]
+        assert np.mean(shares) <= 1.5 * alpha, (alpha, shares)
+    for mapped, _ in seeds_mapped:
+        per_lot = mp.get.map_to_reference(mapped)
+        assert not per_lot["excess_novel"].any()
+        assert mapped.uns["predicted"]["warnings"] == []
+
+
+def test_prediction_sets_cover_the_true_label(seeds_mapped):
+    """Held-out lots: coverage of the true label >= 1 - set_alpha - 0.02 (per seed, per label)."""
+    for mapped, reference in seeds_mapped:
+        truth = truth_labels(reference, mapped)
+        in_set = mapped.obsm["predicted_set"]
+        known = np.isin(truth, in_set.columns)
+        columns = in_set.columns.get_indexer(truth[known])
+        covered = in_set.to_numpy()[np.flatnonzero(known), columns]
+        assert covered.mean() >= 0.99 - 0.02
+        record = mapped.uns["predicted"]["prediction_sets"]
+        assert record["set_alpha"] == 0.01
+        # a label with fewer than 1 / 0.01 - 1 held-out cells cannot be excluded at this level
+        thresholds = record["thresholds"]
+        few = thresholds["n_calibration_cells"] < 99
+        assert (thresholds.loc[few, "threshold"] == 0).all()
+        assert (thresholds.loc[~few, "threshold"] > 0).all()
+        assert in_set.loc[:, few.to_numpy()].all().all()
+
+
+def test_a_left_out_population_is_flagged_and_unassigned(tiny_train, tiny_query):
+    reference = _reference(tiny_train[tiny_train.obs["true_subpopulation"] != "SP3"].copy(), 7)
+    with pytest.warns(UserWarning, match="flagged novel") as record:
+        mapped = mp.tl.map_to_reference(tiny_query, reference, novelty_alpha=0.05, copy=True)
+    novel = (mapped.obs["true_subpopulation"] == "SP3").to_numpy()
+    flagged = mapped.obs["predicted_novel"].to_numpy()
+    assert flagged[novel].mean() >= 0.8
+    assert flagged[~novel].mean() <= 1.5 * 0.05
+    labels = mapped.obs["predicted"].astype(str).to_numpy()
+    assert (labels[flagged] == "Unassigned").all()
+    # per lot: the share flagged tracks the true share of the left-out population
+    per_lot = mp.get.map_to_reference(mapped)
+    true_share = mapped.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
+    assert stats.spearmanr(per_lot["share_novel"], true_share.loc[per_lot.index])[0] > 0.8
+    assert per_lot.loc[true_share.loc[per_lot.index] >= 0.1, "excess_novel"].all()
+    excess = [str(w.message) for w in record if "flagged novel" in str(w.message)]
+    assert all(f"'{lot}'" in excess[0] for lot in per_lot.index[per_lot["excess_novel"]])
+    assert excess[0] in mapped.uns["predicted"]["warnings"]
+
+
+def test_fixed_cut_off_is_still_an_option(tiny_query, tiny_ref):
+    mapped = mp.tl.map_to_reference(
+        tiny_query, tiny_ref, method="fast", calibrate=False, min_mapping_score=0.5, copy=True
+    )
+    score = mapped.obs["predicted_mapping_score"].to_numpy()
+    per_lot = mp.get.map_to_reference(mapped)
+    lots = mapped.obs["lot"].astype(str).to_numpy()
+    expected = pd.Series(score < 0.5).groupby(lots).mean()
+    np.testing.assert_allclose(per_lot["share_off_reference"], expected.loc[per_lot.index])
+    # not calibrated: no prediction sets; labels are the argmax unless flagged novel
+    assert "predicted_set" not in mapped.obsm and "predicted_set_size" not in mapped.obs
+    assert not mapped.uns["predicted"]["prediction_sets"]["calibrated"]
+    assigned = (mapped.obs["predicted"] != "Unassigned").to_numpy()
+    assert (assigned == ~mapped.obs["predicted_novel"].to_numpy()).all()
+
+
+def test_small_reference_and_small_query_lots(tiny_all):
+    """A 3-lot, ~400-cell reference and query lots of 50 cells map, with sets and p-values."""
+    train = tiny_all[tiny_all.obs["lot"].isin(["BM01", "BM02", "BM03"]).to_numpy()].copy()
+    reference = _reference(train, 8)
+    lots = ["BM09", "BM10", "AD01"]
+    query = tiny_all[tiny_all.obs["lot"].isin(lots).to_numpy()].copy()
+    keep = query.obs.groupby("lot", observed=True).cumcount().to_numpy() < 50
+    query = query[keep].copy()
+    mp.pp.qc(query)
+    assert query.obs["lot"].value_counts().max() <= 50
+    mapped = mp.tl.map_to_reference(query, reference, copy=True)
+    truth = truth_labels(reference, mapped)
+    labels = mapped.obs["predicted"].astype(str).to_numpy()
+    assert (labels == truth).mean() > 0.85
+    assert np.isfinite(mapped.obs["predicted_novelty_p"]).all()
+    assert mapped.obs["predicted_novel"].mean() <= 0.05
+    assert mapped.uns["predicted"]["novelty"]["n_calibration_cells"] == reference.n_obs
+
+
+# --- the cross-technology preset -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def crosstech() -> tuple[AnnData, AnnData]:
+    data = mp.datasets.crosstech()
+    reference = _reference(data[data.obs["set"] == "reference"].copy(), 8)
+    query = data[data.obs["set"] != "reference"].copy()
+    mp.pp.qc(query)
+    return reference, query
+
+
+def test_crosstech_preset_truth():
+    data = mp.datasets.crosstech(random_state=3)
+    reference = data.obs["technology"] == "reference"
+    assert not data.obs.loc[reference, "true_novel"].any()
+    assert 0.02 < data.obs.loc[~reference, "true_novel"].mean() < 0.15
+    depth = np.asarray(data.layers["counts"].sum(axis=1)).ravel()
+    ratio = np.median(depth[~reference.to_numpy()]) / np.median(depth[reference.to_numpy()])
+    assert 0.25 < ratio < 0.6  # the other technology captures fewer molecules
+    share = data.obs.groupby("lot", observed=True)["true_potency_cell"].mean()
+    fraction = data.obs.groupby("lot", observed=True)["true_potency_fraction"].first()
+    np.testing.assert_allclose(share, fraction.loc[share.index])
+    again = mp.datasets.crosstech(random_state=3)
+    assert (again.layers["counts"] != data.layers["counts"]).nnz == 0
+    with pytest.raises(ValueError, match="novel must be one of"):
+        mp.datasets.crosstech(mp.datasets.crosstech_config(), novel="SP42")
+    with pytest.raises(ValueError, match="depth"):
+        mp.datasets.TechnologySpec(depth=0)
+
+
+def test_default_backend_on_another_technology(crosstech):
+    """The default backend: potency-like F1 >= 0.9 and per-lot share rho >= 0.9 against truth."""
+    reference, query = crosstech
+    with pytest.warns(UserWarning, match="flagged novel"):  # SP9 is new to the reference
+        mapped = mp.tl.map_to_reference(query, reference, copy=True)
+    assert mapped.uns["predicted"]["params"]["method"] == "anchors"
+    truth = truth_labels(reference, mapped)
+    potency = pd.crosstab(truth, mapped.obs["true_subpopulation"].astype(str))["SP3"].idxmax()
+    labels = mapped.obs["predicted"].astype(str).to_numpy()
+    assert _f1(labels == potency, truth == potency) >= 0.9
+    # per lot, among the cells not flagged novel (validate_potency(exclude_off_reference=True))
+    # against the true share among the cells of known populations
+    lots = mapped.obs["lot"].astype(str).to_numpy()
+    kept = ~mapped.obs["predicted_novel"].to_numpy()
+    share = pd.Series(labels[kept] == potency).groupby(lots[kept]).mean()
+    known = ~mapped.obs["true_novel"].to_numpy()
+    true_share = (
+        pd.Series(mapped.obs["true_potency_cell"].to_numpy()[known]).groupby(lots[known]).mean()
+    )
+    assert stats.spearmanr(share, true_share.loc[share.index])[0] >= 0.9
+    # the novel population is ranked low and flagged far more often than known cells
+    novel = mapped.obs["true_novel"].to_numpy()
+    flagged = mapped.obs["predicted_novel"].to_numpy()
+    assert flagged[novel].mean() > 10 * flagged[~novel].mean()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16 not met on another technology: at 40% depth the mapping score of known "
+    "cells drops (1.8 x alpha flagged) and 69% of the novel population is flagged at 0.05",
+)
+def test_novelty_on_another_technology_meets_the_issue(crosstech):
+    reference, query = crosstech
+    with pytest.warns(UserWarning):
+        mapped = mp.tl.map_to_reference(
+            query, reference, method="fast", novelty_alpha=0.05, copy=True
+        )
+    novel = mapped.obs["true_novel"].to_numpy()
+    flagged = mapped.obs["predicted_novel"].to_numpy()
+    assert flagged[novel].mean() >= 0.8 and flagged[~novel].mean() <= 1.5 * 0.05

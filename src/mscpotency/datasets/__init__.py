@@ -1,5 +1,6 @@
 """Simulated MSC lots with known truth (bulk lines: :mod:`mscpotency.bulk.datasets`)."""
 
+from ._donor import donor, donor_config, simulate_donor_lots
 from ._simulate import (
     SetSpec,
     SimulationConfig,
@@ -16,9 +17,12 @@ from ._simulate import (
 __all__ = [
     "SetSpec",
     "SimulationConfig",
+    "donor",
+    "donor_config",
     "hard",
     "hard_config",
     "iter_lots",
+    "simulate_donor_lots",
     "simulate_lots",
     "study",
     "study_config",

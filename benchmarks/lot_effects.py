@@ -1,4 +1,4 @@
-"""Lot effects on the donor preset: uncorrected vs Harmony (vs scVI with ``--scvi``), over seeds.
+"""Lot effects on the donor preset: uncorrected vs Harmony (theta 2, its default, and 4) vs scVI (``--scvi``).
 
 For every seed of :func:`mscpotency.datasets.donor` and every representation (``X_pca``
 uncorrected, ``X_pca_harmony``, ``X_scvi``): Leiden with 9 clusters (8 populations and the
@@ -93,16 +93,25 @@ def run_seed(seed: int, use_scvi: bool) -> list[dict]:
     mp.pp.qc(adata)
     mp.pp.preprocess(adata)
     rows = []
-    methods = [("uncorrected", "X_pca", None), ("harmony", "X_pca_harmony", "harmony")]
+    methods = [
+        ("uncorrected", "X_pca", None, {}),
+        ("harmony", "X_pca_harmony", "harmony", {}),
+        ("harmony_theta4", "X_pca_harmony_theta4", "harmony", {"theta": 4.0}),
+    ]
     if use_scvi:
-        methods.append(("scvi", "X_scvi", "scvi"))
-    for name, rep, method in methods:
+        methods.append(("scvi", "X_scvi", "scvi", {}))
+    for name, rep, method, options in methods:
         seconds = 0.0
         metrics = {}
         if method is not None:
             start = time.perf_counter()
             mp.pp.integrate(
-                adata, method=method, cluster_key="true_subpopulation", key_added=f"int_{name}"
+                adata,
+                method=method,
+                cluster_key="true_subpopulation",
+                rep_added=rep,
+                key_added=f"int_{name}",
+                **options,
             )
             seconds = time.perf_counter() - start
             table = mp.get.integrate(adata, key=f"int_{name}")

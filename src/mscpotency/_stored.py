@@ -110,8 +110,10 @@ def potency_cluster(
     its FDR is at most the association's ``alpha`` it is only a candidate, and the
     lookup says so (``if_not_significant``): ``"warn"`` (a :class:`NotSignificantWarning`, the default
     for tools building on it: markers, validation, prediction), ``"raise"`` (a
-    ``ValueError``) or ``"ignore"`` (plots, which show the p-value themselves). An
-    explicit ``cluster`` is the user's choice and is never questioned.
+    ``ValueError``) or ``"ignore"`` (plots, which show the p-value themselves). Unless
+    ``"ignore"``, a potency cluster the association found lot-dominated (made of one or a
+    few lots' cells) raises a :class:`LotDominatedWarning` too. An explicit ``cluster`` is
+    the user's choice and is never questioned.
 
     Raises
     ------

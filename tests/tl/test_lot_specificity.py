@@ -146,3 +146,27 @@ def test_plots(tiny_ref):
     fig = mp.pl.lot_specificity(tiny_ref.copy(), return_fig=True)
     assert fig is not None
     plt.close("all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_donor_lot_specific_cluster_flagged_and_never_silent(seed):
+    """Seeds beyond the one tests/pp/test_integrate.py runs: flagged, and warned when named."""
+    import warnings
+
+    adata = mp.datasets.donor(random_state=seed)
+    mp.pp.qc(adata)
+    mp.pp.preprocess(adata)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.tl.cluster(adata, n_clusters=9)
+        mp.tl.lot_fractions(adata)
+        mp.tl.potency_association(adata, "vegf")
+    obs = adata.obs
+    specific = str(obs.loc[obs["true_lot_specific"], "cluster"].value_counts().idxmax())
+    table = mp.get.lot_specificity(adata)
+    assert table.loc[specific, "lot_dominated"]
+    assert table.loc[specific, "top_lot"] == adata.uns["simulation"]["lot_specific_lot"]
+    named = adata.uns["potency_association"]["potency_cluster"]
+    warned = any(issubclass(w.category, LotDominatedWarning) for w in caught)
+    assert warned == bool(table.loc[named, "lot_dominated"])

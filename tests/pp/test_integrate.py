@@ -172,3 +172,14 @@ def test_scvi_latent_space(tiny_ref):
     assert list(mp.get.integrate(adata).index) == ["uncorrected", "scvi"]
     again = mp.pp.integrate(adata, method="scvi", n_latent=5, max_epochs=3, copy=True)
     np.testing.assert_array_equal(adata.obsm["X_scvi"], again.obsm["X_scvi"])
+
+
+def test_plot_and_missing_result(donor_runs, tiny_ref):
+    import matplotlib.pyplot as plt
+
+    _, _, corrected = donor_runs
+    fig = mp.pl.integrate(corrected, return_fig=True)
+    assert len(fig.axes[0].patches) == 4  # 2 runs x (iLISI, cLISI)
+    plt.close("all")
+    with pytest.raises(KeyError, match=r"Run `pp\.integrate` first"):
+        mp.get.integrate(tiny_ref)

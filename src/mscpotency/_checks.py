@@ -142,6 +142,12 @@ RULES: dict[str, Rule] = {
     "size": _POSITIVE,
     "z_threshold": _POSITIVE,
     "min_shift": Rule("real", "be a non-negative number", low=0),
+    "max_top_share": _share(low_open=True),
+    "min_entropy": _share(),
+    "theta": Rule("real", "be a non-negative number", low=0),
+    "max_iter": _at_least(1),
+    "n_latent": _at_least(1),
+    "max_epochs": _at_least(1),
 }
 
 

@@ -104,6 +104,8 @@ POTENCY_MARKERS = _named("tl.potency_markers", "potency_markers", ("table",))
 POTENCY_POPULATION = _named(
     "tl.potency_population", "potency_population", ("candidates", "summary", "lots", "overlap")
 )
+LOT_SPECIFICITY = _named("tl.lot_specificity", "lot_specificity", ("table", "summary"))
+INTEGRATE = _named("pp.integrate", "integrate", ("metrics",))
 
 # --- new lots: frozen reference, mapping, validation --------------------------------------
 FROZEN_REFERENCE = _named(
@@ -200,5 +202,7 @@ RESULTS: dict[str, Result] = {
         PROPENSITY,
         RANK_ASSOCIATION,
         MARKER_VALIDATION,
+        LOT_SPECIFICITY,
+        INTEGRATE,
     )
 }

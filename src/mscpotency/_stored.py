@@ -92,6 +92,10 @@ class NotSignificantWarning(UserWarning):
     """A potency cluster or population was looked up or named without being significant."""
 
 
+class LotDominatedWarning(UserWarning):
+    """A potency cluster was named or looked up although one or a few lots make up its cells."""
+
+
 def potency_cluster(
     adata: AnnData,
     *,
@@ -106,8 +110,10 @@ def potency_cluster(
     its FDR is at most the association's ``alpha`` it is only a candidate, and the
     lookup says so (``if_not_significant``): ``"warn"`` (a :class:`NotSignificantWarning`, the default
     for tools building on it: markers, validation, prediction), ``"raise"`` (a
-    ``ValueError``) or ``"ignore"`` (plots, which show the p-value themselves). An
-    explicit ``cluster`` is the user's choice and is never questioned.
+    ``ValueError``) or ``"ignore"`` (plots, which show the p-value themselves). Unless
+    ``"ignore"``, a potency cluster the association found lot-dominated (made of one or a
+    few lots' cells) raises a :class:`LotDominatedWarning` too. An explicit ``cluster`` is
+    the user's choice and is never questioned.
 
     Raises
     ------
@@ -141,6 +147,14 @@ def potency_cluster(
         if if_not_significant == "raise":
             raise ValueError(msg)
         warnings.warn(msg, NotSignificantWarning, stacklevel=3)
+    if if_not_significant != "ignore" and association.get("lot_dominated", False):
+        msg = (
+            f"the potency cluster {name!r} of adata.uns[{key!r}] is lot-dominated (one or a "
+            "few lots make up its cells; see get.lot_specificity): what is built on it may "
+            "describe a donor, not potency. Correct lot effects (pp.integrate) and cluster "
+            "again, or pass cluster= to choose one explicitly."
+        )
+        warnings.warn(msg, LotDominatedWarning, stacklevel=3)
     return name
 
 

@@ -477,6 +477,48 @@ CASES = [
         for name in ("os.system", "tl._population.np.save", "tl.lot_fractions.__globals__", 42)
     ],
     Case(
+        "integrate: misspelt method",
+        lambda d: mp.pp.integrate(d.adata, method="harmonypy"),
+        ValueError,
+        r"method must be 'harmony' or 'scvi', got 'harmonypy'",
+        data="tiny_ref",
+    ),
+    Case(
+        "integrate: negative theta",
+        lambda d: mp.pp.integrate(d.adata, theta=-1.0),
+        ValueError,
+        r"theta must be a non-negative number.*-1",
+        data="tiny_ref",
+    ),
+    Case(
+        "integrate: no such lot column",
+        lambda d: mp.pp.integrate(d.adata, batch_key="donor"),
+        KeyError,
+        r"obs has no column 'donor'",
+        data="tiny_ref",
+    ),
+    Case(
+        "integrate: no such basis",
+        lambda d: mp.pp.integrate(d.adata, basis="X_umap"),
+        KeyError,
+        r"obsm has no 'X_umap'.*pp\.preprocess",
+        data="tiny_ref",
+    ),
+    Case(
+        "lot_specificity: max_top_share=0",
+        lambda d: mp.tl.lot_specificity(d.adata, max_top_share=0.0),
+        ValueError,
+        r"max_top_share must lie between 0 and 1 \(0 excluded\)",
+        data="tiny_ref",
+    ),
+    Case(
+        "lot_specificity: before lot_fractions",
+        lambda d: mp.tl.lot_specificity(d.adata),
+        KeyError,
+        r"Run `tl\.lot_fractions` first",
+        data="tiny_train",
+    ),
+    Case(
         "replay: other data",
         lambda d: mp.replay(d.adata[:-1].copy(), d.request.getfixturevalue("tiny_ref")),
         ValueError,

@@ -7,6 +7,8 @@ holds several tables, ``kind``. The results are declared in :mod:`mscpotency._re
 
 from ._decisions import *  # noqa: F403
 from ._decisions import __all__ as _decisions_accessors
+from ._lots import *  # noqa: F403
+from ._lots import __all__ as _lots_accessors
 from ._mapping import *  # noqa: F403
 from ._mapping import __all__ as _mapping_accessors
 from ._population import *  # noqa: F403
@@ -19,4 +21,5 @@ __all__ = [
     *_mapping_accessors,
     *_robustness_accessors,
     *_decisions_accessors,
+    *_lots_accessors,
 ]

@@ -15,6 +15,8 @@ from ._decisions import *  # noqa: F403
 from ._decisions import __all__ as _decisions_plots
 from ._embedding import *  # noqa: F403
 from ._embedding import __all__ as _embedding_plots
+from ._lots import *  # noqa: F403
+from ._lots import __all__ as _lots_plots
 from ._mapping import *  # noqa: F403
 from ._mapping import __all__ as _mapping_plots
 from ._markers import *  # noqa: F403
@@ -33,4 +35,5 @@ __all__ = [
     *_mapping_plots,
     *_robustness_plots,
     *_decisions_plots,
+    *_lots_plots,
 ]

@@ -4,6 +4,7 @@ from ._association import potency_association
 from ._cluster import cluster
 from ._deviation import composition_deviation
 from ._fractions import lot_fractions
+from ._lot_specificity import lot_specificity
 from ._markers import potency_markers
 from ._search import potency_population
 
@@ -11,6 +12,7 @@ __all__ = [
     "cluster",
     "composition_deviation",
     "lot_fractions",
+    "lot_specificity",
     "potency_association",
     "potency_markers",
     "potency_population",

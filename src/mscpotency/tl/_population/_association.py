@@ -13,8 +13,12 @@ from anndata import AnnData
 from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
-from ..._stored import NotSignificantWarning, stored
+from ..._stored import LotDominatedWarning, NotSignificantWarning, stored
 from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots
+from ._lot_specificity import default_settings, specificity_result
+
+#: Columns of the lot-specificity diagnostics the association table carries.
+_SPECIFICITY_COLUMNS = ("n_lots_contributing", "top_lot", "top_lot_share", "lot_dominated")
 
 
 def lot_outcome(
@@ -88,7 +92,10 @@ def potency_association(
     loo_most_influential_lot, mean_fraction, n_lots, significant), ``'lots'`` : DataFrame
     (lots x [potency, fraction of every cluster]), ``'potency_cluster'`` (the cluster with
     the largest positive rho, a candidate until ``'found'`` says it is significant),
-    ``'found'`` (whether its FDR is at most ``alpha``), ``'message'`` (a plain sentence:
+    ``'found'`` (whether its FDR is at most ``alpha``), ``'lot_dominated'`` (whether it is
+    made of one or a few lots' cells; the table carries n_lots_contributing, top_lot,
+    top_lot_share and lot_dominated for every cluster, from
+    :func:`mscpotency.tl.lot_specificity`), ``'message'`` (a plain sentence:
     the potency cluster found, or that no cluster's share tracks potency at that FDR and
     which candidate came closest), ``'note'`` (what the lot count allows) and ``'params'``.
 
@@ -98,6 +105,15 @@ def potency_association(
         A ``UserWarning``, when no cluster's share tracks potency at FDR <= ``alpha`` although the lots could
         reach it (with 4 lots or fewer no test can; ``'note'`` says so instead). Tools
         that look the potency cluster up (markers, validation, prediction) warn again.
+    LotDominatedWarning
+        A ``UserWarning``, when the potency cluster is lot-dominated (its cells come from one
+        or a few lots); tools that look it up warn again.
+
+    Notes
+    -----
+    On clusters of a lot-corrected representation (:func:`mscpotency.pp.integrate`, then
+    ``tl.cluster(adata, use_rep="X_pca_harmony")`` and ``tl.lot_fractions``) nothing
+    changes here: the association reads the fractions, whatever made the labels.
     """
     fractions_result = stored(adata, _registry.LOT_FRACTIONS, fractions_key)
     fractions: pd.DataFrame = fractions_result["fractions"]
@@ -127,14 +143,19 @@ def potency_association(
     table["mean_fraction"] = fractions.mean(axis=0).to_numpy()
     table["n_lots"] = result.n_lots
     table["significant"] = table["pvalue"] < alpha
+    table = table.join(_lot_flags(adata, fractions_result, fractions_key))
     named = _strongest_positive(table["rho"])
     found, message = _honesty(table, named, potency_name, alpha, result.n_lots, alternative)
+    dominated = bool(named != "" and table.loc[named, "lot_dominated"])
+    if dominated:
+        message = f"{message} {_dominated_sentence(table, named)}"
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
         "lots": _lots_table(fractions, potency_name, y),
         "potency_cluster": named,
         "found": found,
+        "lot_dominated": dominated,
         "message": message,
         "note": _small_n_note(result.n_lots, alternative, alpha),
         "params": {
@@ -154,7 +175,47 @@ def potency_association(
     }
     if not found and _stats.minimum_attainable_pvalue(result.n_lots, alternative) < alpha:
         warnings.warn(message, NotSignificantWarning, stacklevel=3)
+    if dominated:
+        warnings.warn(_dominated_sentence(table, named), LotDominatedWarning, stacklevel=3)
     return adata if copy else None
+
+
+def _lot_flags(adata: AnnData, fractions_result: Mapping, fractions_key: str) -> pd.DataFrame:
+    """Per cluster: the lot-specificity columns the association carries.
+
+    Read from ``uns[specificity_key]`` when :func:`tl.lot_fractions` (or
+    :func:`tl.lot_specificity`) wrote them for these fractions; otherwise computed from the
+    stored counts with the default thresholds.
+    """
+    counts: pd.DataFrame = fractions_result["counts"]
+    clusters = pd.Index(counts.columns.astype(str), name="cluster")
+    key = fractions_result["params"].get("specificity_key")
+    found = adata.uns.get(key) if key is not None else None
+    if (
+        isinstance(found, Mapping)
+        and isinstance(found.get("table"), pd.DataFrame)
+        and found.get("params", {}).get("fractions_key") == fractions_key
+        and found["table"].index.astype(str).equals(clusters)
+    ):
+        table = found["table"]
+    else:
+        table = specificity_result(counts, default_settings())["table"]
+    flags = table.loc[:, list(_SPECIFICITY_COLUMNS)].copy()
+    flags.index = clusters
+    flags["lot_dominated"] = flags["lot_dominated"].astype(bool)
+    return flags
+
+
+def _dominated_sentence(table: pd.DataFrame, named: str) -> str:
+    """Why the named potency cluster is not to be reported as a quality attribute."""
+    row = table.loc[named]
+    return (
+        f"The potency cluster {named!r} is lot-dominated: {row['top_lot_share']:.0%} of its "
+        f"cells come from lot {row['top_lot']} and {int(row['n_lots_contributing'])} lot(s) "
+        "contribute, so its share can track potency through one lot (a donor artefact, not a "
+        "quality attribute). See get.lot_specificity; correct lot effects with pp.integrate "
+        "and cluster again, or pass cluster= to choose one explicitly."
+    )
 
 
 def _features(fractions: pd.DataFrame, counts: pd.DataFrame, transform: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from ... import _keys, _registry
 from ..._docs import doc_params
 from ..._provenance import record
 from ..._validate import lots_of, require_obs_column, require_unique_cell_names, warn_small_lots
+from ._lot_specificity import default_settings, specificity_result
 
 
 @doc_params
@@ -21,6 +22,7 @@ def lot_fractions(
     cluster_key: str = _keys.CLUSTER,
     weights_key: str | None = None,
     min_cells_per_lot: int = 50,
+    specificity_key: str | None = _registry.LOT_SPECIFICITY.key,
     key_added: str = _registry.LOT_FRACTIONS.key,
     copy: bool = False,
 ) -> AnnData | None:
@@ -38,12 +40,23 @@ def lot_fractions(
     min_cells_per_lot
         {min_cells_per_lot}
         None is dropped.
+    specificity_key
+        Where the lot-specificity diagnostics of these clusters are written
+        (``adata.uns[specificity_key]``, as :func:`mscpotency.tl.lot_specificity` with its
+        default thresholds writes them: which clusters are made of one or a few lots'
+        cells); ``None``: not computed. :func:`mscpotency.tl.potency_association` reads
+        them to flag lot-dominated clusters.
+
+    Clusters built on a lot-corrected representation (:func:`mscpotency.pp.integrate`,
+    then ``tl.cluster(adata, use_rep="X_pca_harmony")``) are counted the same way: the
+    fractions count cells per label, whatever representation made the labels.
 
     Returns
     -------
     ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
     ``'counts'`` : DataFrame (lots x clusters, cells), ``'fractions'`` : DataFrame
-    (lots x clusters, rows sum to 1), ``'n_cells'`` : per-lot cell numbers and ``'params'``.
+    (lots x clusters, rows sum to 1), ``'n_cells'`` : per-lot cell numbers and ``'params'``;
+    unless ``specificity_key`` is ``None``, ``adata.uns[specificity_key]`` too.
     """
     require_unique_cell_names(adata)
     lots = lots_of(adata, lot_key)
@@ -75,9 +88,19 @@ def lot_fractions(
             "cluster_key": cluster_key,
             "weights_key": weights_key,
             "min_cells_per_lot": min_cells_per_lot,
+            "specificity_key": specificity_key,
         },
     }
+    if specificity_key is not None:
+        adata.uns[specificity_key] = _specificity(counts, key_added, lot_key, cluster_key)
     return adata if copy else None
+
+
+def _specificity(counts: pd.DataFrame, key_added: str, lot_key: str, cluster_key: str) -> dict:
+    """Lot-specificity diagnostics with the default thresholds, as tl.lot_specificity stores them."""
+    settings = default_settings()
+    settings.update(fractions_key=key_added, lot_key=lot_key, cluster_key=cluster_key)
+    return specificity_result(counts, settings)
 
 
 def _label_counts(lots: pd.Series, labels: pd.Series) -> pd.DataFrame:

@@ -135,6 +135,7 @@ def freeze_reference(
     ``'versions'``, ``'source_fingerprint'``, ``'params'`` and the provenance log) changes no
     answer and is not hashed.
     """
+    options = _scvi_options(scvi)
     model = reference_model(
         adata,
         cluster_key=cluster_key,
@@ -155,7 +156,7 @@ def freeze_reference(
         "scvi": scvi if isinstance(scvi, bool) else "ScviOptions",
         "random_state": random_state,
     }
-    stored = _trained_model(adata, frozen, model, scvi, random_state)
+    stored = _trained_model(adata, frozen, model, options, random_state)
     record = _record(adata, frozen, model, cluster_key, lot_key, called_with)
     record["expression_encoding"] = encoding
     if stored is not None:
@@ -170,20 +171,28 @@ def freeze_reference(
     return frozen
 
 
+def _scvi_options(scvi: bool | ScviOptions) -> ScviOptions | None:
+    """The options to train the scVI model with (``None``: no model)."""
+    if scvi is False:
+        return None
+    if scvi is True:
+        return ScviOptions()
+    if not isinstance(scvi, ScviOptions):
+        msg = f"scvi must be True, False or a tl.ScviOptions, got {type(scvi).__name__}"
+        raise TypeError(msg)
+    return scvi
+
+
 def _trained_model(
     adata: AnnData,
     frozen: AnnData,
     model: ReferenceModel,
-    scvi: bool | ScviOptions,
+    options: ScviOptions | None,
     random_state: int,
 ) -> dict[str, Any] | None:
     """The scvi backend's reference model, trained on the counts of the embedding genes."""
-    if scvi is False:
+    if options is None:
         return None
-    if scvi is not True and not isinstance(scvi, ScviOptions):
-        msg = f"scvi must be True, False or a tl.ScviOptions, got {type(scvi).__name__}"
-        raise TypeError(msg)
-    options = ScviOptions() if scvi is True else scvi
     counts = stored_counts(frozen)
     counts = counts if counts is not None else reference_counts(adata, model)
     start = time.perf_counter()

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="scVI (default: step budget)")
     parser.add_argument("--scanvi-epochs", type=int, default=None)
     parser.add_argument("--query-epochs", type=int, default=None)
+    parser.add_argument("--tag", default=None, help="suffix of the results' file names")
     args = parser.parse_args(argv)
     reference, queries = prepare(args.preset, args.fraction)
     potency = reference.uns["potency_association"]["potency_cluster"]
@@ -140,9 +141,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(args, reference, frozen, rows, freeze_seconds, size, epochs) -> None:
     table = summarise(rows)
-    suffix = "" if args.fraction >= 1 else f"_{args.fraction:g}"
+    suffix = "" if args.fraction >= 1 else f"_fraction{args.fraction:g}".replace(".", "_")
+    suffix += "" if args.tag is None else f"_{args.tag}"
     stem = HERE / "results" / f"scvi_frozen_{args.preset}{suffix}"
-    table.to_csv(stem.with_suffix(".csv"))
+    table.to_csv(f"{stem}.csv")
     header = [
         f"# scvi backend from a frozen reference ({args.preset} preset, seed 0"
         + (f", {args.fraction:.0%} of every lot's cells" if args.fraction < 1 else "")
@@ -165,7 +167,7 @@ def write(args, reference, frozen, rows, freeze_seconds, size, epochs) -> None:
         "",
     ]
     text = to_markdown(table, header)
-    stem.with_suffix(".md").write_text(text)
+    Path(f"{stem}.md").write_text(text)
     print(text)
 
 

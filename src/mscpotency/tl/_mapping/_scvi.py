@@ -400,7 +400,7 @@ def rebuild(scvi, stored: dict[str, Any], genes: pd.Index):
     setup = json.loads(str(stored["setup"]))
     batches, labels = setup["batches"], setup["labels"]
     known = [label for label in labels if label != setup["unlabeled_category"]]
-    n = max(len(batches), len(known))
+    n = 3 * max(len(batches), len(known))  # scvi-tools warns about categories under 3 cells
     dummy = _scvi_input(
         sparse.csr_matrix(np.ones((n, len(genes)), dtype=np.float32)),
         np.array([batches[i % len(batches)] for i in range(n)]),

@@ -87,11 +87,7 @@ def lognormalise(counts, target_sum: float) -> sparse.csr_matrix:
         )
     else:
         X = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(
-        np.float32
-    )
-    _scale_rows(X.data, X.indptr, scale)
+    _scale_rows(X.data, X.indptr, _row_scale(X, target_sum))
     np.log1p(X.data, out=X.data)
     return X
 
@@ -140,7 +136,7 @@ def reference_model(
     used, loadings, embedding = _embedding(reference)
     genes = reference.var_names[used]
     pca_mean = reference.var["pca_mean"].to_numpy(dtype=np.float64)[used]
-    expression = _reference_expression(reference, used, layer, target_sum, record is not None)
+    expression = _reference_expression(reference, used, layer, target_sum, record)
     categorical = labels.astype("category")
     categories = pd.Index([str(c) for c in categorical.cat.categories])
     codes = categorical.cat.codes.to_numpy().astype(np.int64)
@@ -160,6 +156,7 @@ def reference_model(
         embedding=embedding,
         expression=expression,
         umap=umap,
+        scvi_model=None if record is None else record.get("scvi"),
     )
     digest = content_hash(parts)
     _check_hash(record, digest, parts, cluster_key=cluster_key, lot_key=lot_key)
@@ -291,15 +288,21 @@ def _associated_cluster(reference: AnnData, association_key: str, cluster_key: s
 
 
 def _reference_expression(
-    reference: AnnData, used: np.ndarray, layer: str, target_sum: float, frozen: bool
+    reference: AnnData, used: np.ndarray, layer: str, target_sum: float, record: Mapping | None
 ) -> sparse.csr_matrix:
     """Log-normalised expression of the embedding genes, recomputed from counts when available.
 
-    Recomputing from the counts normalises the reference exactly as the query will be.
+    Recomputing from the counts normalises the reference exactly as the query will be. A
+    frozen reference stores either that expression or (smaller) the counts of the embedding
+    genes with each cell's normalisation factor, from which it is recomputed bit for bit.
     """
-    if not frozen and layer in reference.layers:
+    if record is None and layer in reference.layers:
         expression = lognormalise(reference.layers[layer], target_sum)
         return expression if used.all() else expression[:, np.flatnonzero(used)].tocsr()
+    counts = stored_counts(reference, record)
+    if counts is not None:
+        scale = reference.obs[SCALE_COLUMN].to_numpy(dtype=np.float32)
+        return scaled_log(counts, scale)
     X = reference.X
     if not used.all():
         X = X[:, np.flatnonzero(used)]
@@ -308,10 +311,82 @@ def _reference_expression(
     return sparse.csr_matrix(X, dtype=np.float32)
 
 
+# --------------------------------------------------------------------------- compact storage
+#: ``expression_encoding`` of a frozen reference whose ``X`` holds counts (see below).
+COUNTS_ENCODING = "counts"
+#: ``expression_encoding`` of a frozen reference whose ``X`` is the log-normalised expression.
+LOG_ENCODING = "log-normalised"
+#: obs column of a counts-encoded frozen reference: each cell's normalisation factor
+#: (``target_sum`` / its total counts over all genes, float32).
+SCALE_COLUMN = "normalisation_scale"
+
+
+def stored_counts(reference: AnnData, record: Mapping | None = None) -> sparse.csr_matrix | None:
+    """The counts a counts-encoded frozen reference keeps in ``X`` (``None`` for any other)."""
+    record = frozen_record(reference) if record is None else record
+    if record is None or str(record.get("expression_encoding", LOG_ENCODING)) != COUNTS_ENCODING:
+        return None
+    if SCALE_COLUMN not in reference.obs.columns:
+        msg = (
+            f"this frozen reference stores counts but not their normalisation factors "
+            f"(obs[{SCALE_COLUMN!r}]); it was edited after `tl.freeze_reference`. Use the "
+            "original file or freeze the reference again."
+        )
+        raise ValueError(msg)
+    X = reference.X
+    return X if sparse.issparse(X) else sparse.csr_matrix(X)
+
+
+def scaled_log(counts, scale: np.ndarray) -> sparse.csr_matrix:
+    """``log1p(counts * scale)`` per row in float32, exactly as :func:`lognormalise` computes it."""
+    X = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
+    X.sort_indices()
+    _scale_rows(X.data, X.indptr, np.asarray(scale, dtype=np.float32))
+    np.log1p(X.data, out=X.data)
+    return X
+
+
+def normalisation_scale(counts, target_sum: float) -> np.ndarray:
+    """Each cell's factor in :func:`lognormalise`: ``target_sum / total`` as float32 (0 if empty)."""
+    if hasattr(counts, "compute"):
+        counts = counts.compute()
+    if sparse.issparse(counts) and counts.format == "csr" and counts.has_canonical_format:
+        X = sparse.csr_matrix(
+            (counts.data.astype(np.float32), counts.indices, counts.indptr), shape=counts.shape
+        )
+    else:
+        X = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
+    return _row_scale(X, target_sum)
+
+
+def _row_scale(X: sparse.csr_matrix, target_sum: float) -> np.ndarray:
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    return np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0).astype(
+        np.float32
+    )
+
+
+def compact_counts(counts) -> sparse.csr_matrix:
+    """Counts in the smallest type that holds them exactly (uint16/uint32, else float32)."""
+    counts = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
+    counts.eliminate_zeros()
+    counts.sort_indices()
+    data = counts.data
+    if data.size and (np.any(data < 0) or np.any(data != np.round(data))):
+        return counts
+    largest = float(data.max()) if data.size else 0.0
+    dtype = np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
+    if largest > np.iinfo(np.uint32).max:
+        return counts
+    return sparse.csr_matrix(
+        (data.astype(dtype), counts.indices, counts.indptr), shape=counts.shape
+    )
+
+
 # --------------------------------------------------------------------------- the hash
 #: Version of the hash's definition; a record without it (or with another) was frozen by a
 #: release whose hash covered less, and must be frozen again.
-HASH_VERSION = 2
+HASH_VERSION = 3
 
 #: What each part of the hash covers, as the refusal names it.
 _PART_NAMES = {
@@ -324,6 +399,7 @@ _PART_NAMES = {
     "embedding": "the reference cells' embedding (obsm['X_pca'])",
     "expression": "the expression matrix (X)",
     "umap": "the reference UMAP (obsm['X_umap'])",
+    "scvi": "the stored scVI model (the record's 'scvi')",
 }
 
 
@@ -355,9 +431,10 @@ def _check_hash(
     if record.get("hash_version") != HASH_VERSION:
         msg = (
             f"this frozen reference's hash {record['hash']!r} was computed by an earlier "
-            "mscpotency whose hash covered less than this version's (labels, lots, potency "
-            "cluster, parameters and UMAP are now included). Freeze it again from the "
-            "processed reference with `tl.freeze_reference`."
+            f"mscpotency (hash version {record.get('hash_version')!r}; this one reads version "
+            f"{HASH_VERSION}, which also covers a stored scVI model and reads the compact "
+            "counts encoding). Freeze it again from the processed reference with "
+            "`tl.freeze_reference`."
         )
         raise ValueError(msg)
     stored_parts = record.get("hash_parts")
@@ -449,6 +526,7 @@ def hash_parts(
     embedding: np.ndarray,
     expression: sparse.csr_matrix,
     umap: np.ndarray | None,
+    scvi_model: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """A digest of each part of a reference that can change a mapping's answer.
 
@@ -465,9 +543,27 @@ def hash_parts(
         "parameters": _digest(_json(dict(sorted(parameters.items())))),
         "pca": _digest(_float32(pca_mean), _float32(loadings)),
         "embedding": _digest(_float32(embedding)),
-        "expression": _expression_digest(expression),
+        "expression": expression_digest(expression),
         "umap": _digest(_json(None) if umap is None else _float32(umap)),
+        "scvi": model_digest(scvi_model),
     }
+
+
+def model_digest(stored: Mapping[str, Any] | None) -> str:
+    """The digest of a stored scVI model: everything of it a mapping reads.
+
+    Its setup, options, weights (by name, float32), reference latent coordinates and
+    held-out calibration predictions; ``null`` when there is none.
+    """
+    if stored is None:
+        return _digest(_json(None))
+    options = {str(k): str(_plain(v)) for k, v in dict(stored.get("options", {})).items()}
+    chunks = [_json([str(stored.get("format")), str(stored.get("setup")), options])]
+    weights = stored.get("weights", {})
+    for name in sorted(weights):
+        chunks += [name.encode(), _float32(weights[name])]
+    chunks += [_float32(stored.get("latent", [])), _float32(stored.get("held_out", []))]
+    return _digest(*chunks)
 
 
 def content_hash(parts: Mapping[str, str]) -> str:
@@ -500,14 +596,18 @@ def _digest(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
-def _expression_digest(expression: sparse.csr_matrix) -> str:
-    """The expression's digest, streamed: shape, row pointers, column indices (as int64), values."""
+def expression_digest(expression: sparse.csr_matrix) -> str:
+    """The expression's digest, streamed: shape, row pointers (int64), column indices (int32), values.
+
+    Column indices are hashed as int32 (since hash version 3; exact for any gene count):
+    half the bytes of int64, and the hash is the largest part of reading a reference.
+    """
     expression = _canonical_float32(expression)
     h = hashlib.blake2b(digest_size=16)
     h.update(_json(list(expression.shape)))
     h.update(expression.indptr.astype(np.int64).tobytes())
     for start in range(0, expression.indices.size, _HASH_CHUNK):
-        h.update(expression.indices[start : start + _HASH_CHUNK].astype(np.int64))
+        h.update(expression.indices[start : start + _HASH_CHUNK].astype(np.int32))
     h.update(np.ascontiguousarray(expression.data))
     return h.hexdigest()
 

@@ -68,6 +68,12 @@ def _unlabelled(request) -> AnnData:
     return reference
 
 
+def _without_counts(request) -> AnnData:
+    reference = request.getfixturevalue("tiny_ref").copy()
+    del reference.layers["counts"]
+    return reference
+
+
 def _pca_mismatch(request) -> AnnData:
     reference = request.getfixturevalue("tiny_ref").copy()
     reference.obsm["X_pca"] = reference.obsm["X_pca"][:, :5].copy()
@@ -175,6 +181,27 @@ CASES = [
         lambda d: mp.tl.freeze_reference(pd.DataFrame({"cluster": ["a"]})),
         TypeError,
         "AnnData",
+        data=None,
+    ),
+    Case(
+        "freeze: scvi neither a flag nor options",
+        lambda d: mp.tl.freeze_reference(d.adata, scvi="yes"),
+        TypeError,
+        r"scvi must be True, False or a tl.ScviOptions, got str",
+        data="tiny_ref",
+    ),
+    Case(
+        "freeze: scvi without raw counts to train on",
+        lambda d: mp.tl.freeze_reference(d.adata, scvi=True),
+        ValueError,
+        r"scVI reference model needs the reference's raw counts",
+        data=_without_counts,
+    ),
+    Case(
+        "freeze: one calibration fold",
+        lambda d: mp.tl.ScviOptions(n_calibration_folds=1),
+        ValueError,
+        r"n_calibration_folds must be 0 \(no calibration\) or >= 2, got 1",
         data=None,
     ),
     # --- io.write_reference

@@ -73,7 +73,7 @@ def _scale_centring(adata):
 
 def _scale_x(adata):
     adata.X = adata.X.copy()
-    adata.X.data[0] *= 1.5
+    adata.X.data[0] += 1  # a count (integer X) or an expression value
 
 
 #: Each edit of a frozen reference and the part the refusal must name. Before the hash
@@ -101,6 +101,7 @@ EDITS = {
     "expression": (_scale_x, "expression"),
     "UMAP": (_scale("obsm", "X_umap", 2.0), "UMAP"),
     "UMAP removed": (lambda a: a.obsm.pop("X_umap"), "UMAP"),
+    "normalisation factors": (_scale("obs", "normalisation_scale"), "expression"),
 }
 
 
@@ -143,6 +144,7 @@ def test_the_hash_survives_a_round_trip_and_names_each_part(written, frozen, ref
         "embedding",
         "expression",
         "umap",
+        "scvi",
     }
     loaded = mp.io.read_reference(written, expected_hash=record["hash"])
     assert loaded.uns["reference"]["hash"] == record["hash"]
@@ -220,6 +222,48 @@ def test_an_older_hash_is_refused_with_what_to_do(tmp_path, frozen):
         mp.io.write_reference(old, tmp_path / "old.h5ad")
 
 
+def test_the_frozen_reference_stores_integer_counts_that_give_back_the_expression(
+    reference, frozen, written
+):
+    """Compact: the embedding genes' counts as uint16 and a factor per cell, exact."""
+    assert frozen.uns["reference"]["expression_encoding"] == "counts"
+    assert frozen.X.dtype == np.uint16
+    processed = mp._frozen.reference_model(reference, cluster_key="cluster")
+    loaded = mp._frozen.reference_model(mp.io.read_reference(written), cluster_key="cluster")
+    difference = processed.expression - loaded.expression
+    assert difference.count_nonzero() == 0
+    counts = reference.layers["counts"][:, reference.var_names.get_indexer(frozen.var_names)]
+    assert (abs(counts - frozen.X.astype(np.float32)) > 0).sum() == 0
+
+
+def test_a_reference_without_counts_stores_its_expression(tmp_path, reference):
+    no_counts = reference.copy()
+    del no_counts.layers["counts"]
+    no_counts.X = mp._frozen.lognormalise(reference.layers["counts"], 1e4)
+    frozen = mp.tl.freeze_reference(no_counts)
+    assert frozen.uns["reference"]["expression_encoding"] == "log-normalised"
+    assert frozen.X.dtype == np.float32 and "normalisation_scale" not in frozen.obs
+    loaded = mp.io.read_reference(mp.io.write_reference(frozen, tmp_path / "r.h5ad"))
+    assert loaded.uns["reference"]["hash"] == frozen.uns["reference"]["hash"]
+
+
+def test_counts_without_their_factors_are_refused(tmp_path, frozen):
+    edited = frozen.copy()
+    del edited.obs["normalisation_scale"]
+    with pytest.raises(ValueError, match="normalisation factors"):
+        mp.io.write_reference(edited, tmp_path / "edited.h5ad")
+
+
+def test_a_version_2_file_is_refused_with_what_to_do(tmp_path, frozen):
+    """A file frozen before the scVI model and the counts encoding: refused, not misread."""
+    old = frozen.copy()
+    record = old.uns["reference"]
+    record["hash_version"] = 2
+    record["hash"] = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ValueError, match=r"hash version 2.*Freeze it again"):
+        mp.io.write_reference(old, tmp_path / "old.h5ad")
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.01, 0.0])
 def test_a_truncated_file_names_the_file_and_what_to_do(tmp_path, written, keep):
     content = written.read_bytes()
@@ -237,12 +281,12 @@ def test_write_is_atomic_and_checks_its_folder(tmp_path, frozen, monkeypatch):
     path = mp.io.write_reference(frozen, tmp_path / "reference.h5ad")
     before = path.read_bytes()
 
-    def interrupted(self, filename, **kwargs):
+    def interrupted(adata, filename):
         with open(filename, "wb") as handle:
             handle.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(anndata.AnnData, "write_h5ad", interrupted)
+    monkeypatch.setattr(mp.io._reference, "_write_compact", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mp.io.write_reference(frozen, path, overwrite=True)
     assert path.read_bytes() == before  # the old file is intact

@@ -12,18 +12,39 @@ reference it used.
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from ... import _keys
 from ..._docs import doc_params
-from ..._frozen import HASH_VERSION, ReferenceModel, reference_model
+from ..._frozen import (
+    COUNTS_ENCODING,
+    HASH_VERSION,
+    LOG_ENCODING,
+    SCALE_COLUMN,
+    ReferenceModel,
+    compact_counts,
+    content_hash,
+    expression_digest,
+    frozen_record,
+    model_digest,
+    normalisation_scale,
+    reference_model,
+    scaled_log,
+    stored_counts,
+)
 from ..._provenance import append_log, fingerprint, package_versions, record
 from ..._registry import FROZEN_REFERENCE, POTENCY_ASSOCIATION, PREPROCESS
+from ._scvi import ScviOptions, reference_counts, train_reference
+
+logger = logging.getLogger("mscpotency")
 
 
 @doc_params
@@ -36,6 +57,8 @@ def freeze_reference(
     layer: str = _keys.COUNTS_LAYER,
     umap_key: str = "X_umap",
     association_key: str = POTENCY_ASSOCIATION.key,
+    scvi: bool | ScviOptions = False,
+    random_state: int = 0,
     key_added: str = FROZEN_REFERENCE.key,
 ) -> AnnData:
     """A slim, hashed copy of a processed reference, ready to save and to map onto.
@@ -59,19 +82,35 @@ def freeze_reference(
         will be.
     umap_key
         ``obsm`` key of a UMAP to ship for plotting queries on it (skipped when absent).
+    scvi
+        Train the scvi backend's model (scVI -> scANVI on the reference counts, lots as
+        batches, plus one model per fold of lots for the calibration) and store it in the
+        frozen reference, so that ``map_to_reference(..., method="scvi")`` maps onto it by
+        query surgery alone. ``True``: :class:`~mscpotency.tl.ScviOptions` defaults; or
+        the options to train with. Needs ``scvi-tools``; minutes on a CPU.
+    random_state
+        {random_state}
+        Here: the seed of the scVI training.
     key_added
         {key_added}
         Here: of the frozen reference returned, for its record.
 
     Returns
     -------
-    A new AnnData (reference cells x embedding genes) with ``X`` (log-normalised expression),
+    A new AnnData (reference cells x embedding genes) with ``X`` (the raw counts of the
+    embedding genes in the smallest exact integer type, and ``obs['normalisation_scale']``,
+    each cell's ``target_sum`` / total counts, from which the log-normalised expression is
+    recomputed bit for bit; or, for a reference without raw counts, the log-normalised
+    expression itself: ``uns[key_added]['expression_encoding']`` says which),
     ``obs[cluster_key]``, ``obs[lot_key]``, ``obsm['X_pca']``, ``obsm['X_umap']`` (if present),
     ``varm['PCs']``, ``var['pca_mean']``, ``var['highly_variable']``,
     ``uns['preprocess']['params']`` and ``uns[key_added]`` with the content ``'hash'``,
     ``'hash_version'``, ``'hash_parts'`` (a digest per part, to name what changed),
     ``'cluster_key'``, ``'lot_key'``, ``'potency_cluster'``, ``'labels'``, ``'n_cells'``,
-    ``'n_genes'``, ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``.
+    ``'n_genes'``, ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``;
+    with ``scvi``, also ``uns[key_added]['scvi']``: the trained model as plain arrays
+    (``'weights'``, ``'setup'`` as JSON, the reference cells' ``'latent'`` coordinates,
+    the ``'held_out'`` calibration predictions, ``'options'``).
 
     Notes
     -----
@@ -80,10 +119,12 @@ def freeze_reference(
     :func:`mscpotency.tl.map_to_reference` refuse the reference: the embedding genes, the
     labels (values, categories and ``cluster_key``), the potency cluster, the reference lots,
     the normalisation and embedding parameters (``uns['preprocess']['params']``), the PCA
-    centring and loadings, the cells' embedding, the expression matrix and the UMAP (BLAKE2b,
+    centring and loadings, the cells' embedding, the expression matrix, the UMAP and the stored
+    scVI model (BLAKE2b,
     128 bits, arrays rounded to float32 so a save/load round trip keeps it). The record's
     description of that content (``'labels'``, ``'n_cells'``, ``'n_genes'``) is checked
-    against it. The same reference, processed or frozen, has the same hash.
+    against it. The same reference, processed or frozen, has the same hash (unless a scVI
+    model is stored, which the processed reference lacks).
 
     What it does not guarantee: it is an integrity check, not a signature. It detects a
     reference changed after freezing, but whoever changes the content can also store a
@@ -94,6 +135,7 @@ def freeze_reference(
     ``'versions'``, ``'source_fingerprint'``, ``'params'`` and the provenance log) changes no
     answer and is not hashed.
     """
+    options = _scvi_options(scvi)
     model = reference_model(
         adata,
         cluster_key=cluster_key,
@@ -102,7 +144,7 @@ def freeze_reference(
         umap_key=umap_key,
         association_key=association_key,
     )
-    frozen = _slim_copy(adata, model, cluster_key, lot_key)
+    frozen, encoding = _slim_copy(adata, model, cluster_key, lot_key, layer)
     source = adata.uns.get(PREPROCESS.key, {}).get("params", {})
     frozen.uns[PREPROCESS.key] = {"params": {k: v for k, v in source.items() if v is not None}}
     called_with = {
@@ -111,19 +153,62 @@ def freeze_reference(
         "layer": layer,
         "umap_key": umap_key,
         "association_key": association_key,
+        "scvi": scvi if isinstance(scvi, bool) else "ScviOptions",
+        "random_state": random_state,
     }
-    frozen.uns[key_added] = _record(adata, frozen, model, cluster_key, lot_key, called_with)
+    stored = _trained_model(adata, frozen, model, options, random_state)
+    record = _record(adata, frozen, model, cluster_key, lot_key, called_with)
+    record["expression_encoding"] = encoding
+    if stored is not None:
+        record["scvi"] = stored
+        parts = {**model.hash_parts, "scvi": model_digest(stored)}
+        record.update(hash=content_hash(parts), hash_parts=parts)
+    frozen.uns[key_added] = record
     for entry in adata.uns.get(_keys.PACKAGE, {}).get(_keys.LOG, []):
         append_log(frozen, str(entry))
-    # the hash is taken on float32 values, so the slim float32 copy must reproduce it exactly
+    # the hash is taken on float32 values, so the slim copy must reproduce it exactly
     reference_model(frozen, cluster_key=cluster_key)
     return frozen
 
 
+def _scvi_options(scvi: bool | ScviOptions) -> ScviOptions | None:
+    """The options to train the scVI model with (``None``: no model)."""
+    if scvi is False:
+        return None
+    if scvi is True:
+        return ScviOptions()
+    if not isinstance(scvi, ScviOptions):
+        msg = f"scvi must be True, False or a tl.ScviOptions, got {type(scvi).__name__}"
+        raise TypeError(msg)
+    return scvi
+
+
+def _trained_model(
+    adata: AnnData,
+    frozen: AnnData,
+    model: ReferenceModel,
+    options: ScviOptions | None,
+    random_state: int,
+) -> dict[str, Any] | None:
+    """The scvi backend's reference model, trained on the counts of the embedding genes."""
+    if options is None:
+        return None
+    counts = stored_counts(frozen)
+    counts = counts if counts is not None else reference_counts(adata, model)
+    start = time.perf_counter()
+    stored = train_reference(counts, model, options, random_state=random_state)
+    logger.info("scvi reference model trained in %.1f s", time.perf_counter() - start)
+    return stored
+
+
 def _slim_copy(
-    adata: AnnData, model: ReferenceModel, cluster_key: str, lot_key: str | None
-) -> AnnData:
-    """The reference cells on the embedding genes, with only what mapping reads (float32)."""
+    adata: AnnData, model: ReferenceModel, cluster_key: str, lot_key: str | None, layer: str
+) -> tuple[AnnData, str]:
+    """The reference cells on the embedding genes, with only what mapping reads, and its encoding.
+
+    ``X`` holds the embedding genes' counts (compressible integers) and ``obs`` each cell's
+    normalisation factor when that recomputes the expression exactly; else the expression.
+    """
     obs = pd.DataFrame(index=adata.obs_names.copy())
     obs[cluster_key] = pd.Categorical.from_codes(model.labels, categories=list(model.categories))
     if model.lots is not None and lot_key is not None:
@@ -131,12 +216,40 @@ def _slim_copy(
     var = pd.DataFrame(index=pd.Index(model.genes, name=None))
     var["pca_mean"] = model.pca_mean.astype(np.float32)
     var["highly_variable"] = True
-    frozen = AnnData(X=model.expression.astype(np.float32), obs=obs, var=var)
+    X, scale = _counts_encoding(adata, model, layer)
+    if scale is not None:
+        obs[SCALE_COLUMN] = scale
+    frozen = AnnData(X=X, obs=obs, var=var)
     frozen.varm["PCs"] = model.loadings.astype(np.float32)
     frozen.obsm["X_pca"] = model.embedding.astype(np.float32)
     if model.umap is not None:
         frozen.obsm["X_umap"] = model.umap.astype(np.float32)
-    return frozen
+    return frozen, LOG_ENCODING if scale is None else COUNTS_ENCODING
+
+
+def _counts_encoding(adata: AnnData, model: ReferenceModel, layer: str):
+    """The embedding genes' counts and each cell's factor, if they give back the expression exactly.
+
+    ``(expression, None)`` when the reference has no counts, or when they do not
+    reproduce the expression bit for bit.
+    """
+    record = frozen_record(adata)
+    if record is not None:
+        counts = stored_counts(adata, record)
+        if counts is None:
+            return model.expression.astype(np.float32), None
+        return counts, adata.obs[SCALE_COLUMN].to_numpy(dtype=np.float32)
+    if layer not in adata.layers:
+        return model.expression.astype(np.float32), None
+    counts = adata.layers[layer]
+    counts = counts.compute() if hasattr(counts, "compute") else counts
+    scale = normalisation_scale(counts, model.target_sum)
+    columns = adata.var_names.get_indexer(model.genes)
+    compact = compact_counts(sparse.csr_matrix(counts)[:, columns])
+    if expression_digest(scaled_log(compact, scale)) != model.hash_parts["expression"]:
+        logger.info("counts do not reproduce the expression exactly: storing the expression")
+        return model.expression.astype(np.float32), None
+    return compact, scale
 
 
 def _record(

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 import mscpotency as mp
-from mscpotency._workflow import Settings, release_lots
+from mscpotency._workflow import AnalysisSettings, release_lots
 from mscpotency._workflow._analyse import analyse_adata
 from mscpotency._workflow._run import save_reference
 
@@ -43,7 +43,7 @@ def one_seed(seed: int, cells: int) -> pd.DataFrame:
         n_cells_per_lot=cells,
     )
     study = mp.datasets.simulate_lots(config, random_state=seed)
-    settings = Settings(
+    settings = AnalysisSettings(
         n_clusters=8, random_state=seed, n_permutations=999, search=False, stability=False
     )
     reference = study[study.obs["set"] == "BM-train"].copy()

@@ -26,7 +26,7 @@ import scipy.io
 from scipy import sparse
 
 import mscpotency as mp
-from mscpotency._workflow import Settings
+from mscpotency._workflow import AnalysisSettings
 from mscpotency._workflow._release import verdict
 
 SRC = Path(mp.__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_map_reports_shares_within_their_intervals_and_verdicts_by_the_rule(runs
     assert inside.sum() >= 3, pd.concat(
         [release[["share", "share_low", "share_high"]], truth], axis=1
     )
-    settings = Settings(min_share=0.05)
+    settings = AnalysisSettings(min_share=0.05)
     for lot, row in release.iterrows():
         assert verdict(row, settings)[0] == row["verdict"], lot
     assert set(release["verdict"]) <= {"PASS", "REVIEW", "FAIL"}

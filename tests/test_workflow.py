@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mscpotency._workflow import Settings, load_settings, share_interval, verdict_rule
+from mscpotency._workflow import AnalysisSettings, load_settings, share_interval, verdict_rule
 from mscpotency._workflow._release import read_lot_model, verdict
 
 # -- settings ------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def test_settings_from_toml_sections_and_top_level(tmp_path):
     assert settings.random_state == 3
     table = {name: value for _, name, value in settings.table()}
     assert table["min_potency"] == "not set" and table["potency"] == "ido"
-    assert len(table) == len(Settings.__dataclass_fields__)  # every setting is printed
+    assert len(table) == len(AnalysisSettings.__dataclass_fields__)  # every setting is printed
 
 
 def test_a_resolution_in_the_file_means_no_target_number_of_clusters(tmp_path):
@@ -145,16 +145,16 @@ def _row(**changes) -> pd.Series:
     ],
 )
 def test_verdicts_follow_the_stated_rule(changes, settings, expected, reason):
-    decided, reasons = verdict(_row(**changes), Settings(**settings))
+    decided, reasons = verdict(_row(**changes), AnalysisSettings(**settings))
     assert decided == expected
     assert reason in reasons
 
 
 def test_the_rule_in_words_names_every_threshold():
-    rule = verdict_rule(Settings(min_share=0.05, min_potency=600, max_off_reference=0.2))
+    rule = verdict_rule(AnalysisSettings(min_share=0.05, min_potency=600, max_off_reference=0.2))
     for text in ("below 5.0%", "below 600", "more than 20%", "95% coverage", "PASS otherwise"):
         assert text in rule
-    assert verdict_rule(Settings()).startswith("No FAIL rule")
+    assert verdict_rule(AnalysisSettings()).startswith("No FAIL rule")
 
 
 def test_a_lot_model_of_another_reference_is_refused(tmp_path):

@@ -161,12 +161,18 @@ def api_page() -> str:
     ]
     for namespace, title, intro in BULK_SECTIONS:
         lines += _section(namespace, title, intro, None, "^")
-    # mscpotency.__all__: the subpackages and the functions at the top (replay)
-    top = [name for name, obj in _public("") if callable(obj) and not isinstance(obj, type)]
+    # mscpotency.__all__ beyond the subpackages: the workflow, and replay (provenance)
+    top = [name for name, obj in _public("") if callable(obj) and name != "replay"]
     if top:
-        lines += _heading("Provenance", "-")
-        lines += ["Every ``pp``/``tl`` call is logged in ``adata.uns['mscpotency']['log']``.", ""]
+        lines += _heading("Workflow: lots on disk to a report", "-")
+        lines += [
+            "What ``mscpotency analyse`` and ``mscpotency map`` run, callable from a notebook.",
+            "",
+        ]
         lines += _table("", top)
+    lines += _heading("Provenance", "-")
+    lines += ["Every ``pp``/``tl`` call is logged in ``adata.uns['mscpotency']['log']``.", ""]
+    lines += _table("", ["replay"])
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from . import (  # _numba_cache first: numba's cache directory is set before any
 )
 from ._provenance import replay
 from ._settings import settings
-from ._workflow import Settings, analyse, load_settings, release_lots, report
+from ._workflow import AnalysisSettings, analyse, load_settings, release_lots, report
 
 try:
     __version__ = version("mscpotency")
@@ -27,4 +27,4 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["bulk", "datasets", "get", "io", "pl", "pp", "replay", "settings", "tl"]
-__all__ += ["Settings", "analyse", "load_settings", "release_lots", "report"]
+__all__ += ["AnalysisSettings", "analyse", "load_settings", "release_lots", "report"]

@@ -213,10 +213,10 @@ def _settings(args: argparse.Namespace, options: dict[str, str]):
     """The resolved settings: defaults, then --config, then options (ValueError: a bad one)."""
     import dataclasses
 
-    from ._workflow import Settings, load_settings
+    from ._workflow import AnalysisSettings, load_settings
 
     overrides = _overrides(args, options)
-    settings = load_settings(args.config) if args.config else Settings()
+    settings = load_settings(args.config) if args.config else AnalysisSettings()
     settings = settings.replace(**overrides)
     if getattr(args, "resolution", None) is not None:  # a fixed resolution, no target k
         settings = dataclasses.replace(settings, n_clusters=None)

@@ -22,7 +22,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _stored, bulk, datasets, get
-from ._workflow import Settings, release_lots
+from ._workflow import AnalysisSettings, release_lots
 from ._workflow._analyse import analyse_adata
 from ._workflow._document import Report
 from ._workflow._report import build_report, save_figure, settings_and_provenance, write_report
@@ -217,7 +217,7 @@ def reproduce(
         msg = f"preset must be one of {sorted(presets)}, got {preset!r}"
         raise ValueError(msg)
     study = presets[preset](random_state=random_state)
-    settings = Settings(
+    settings = AnalysisSettings(
         title=f"Potency population of simulated MSC lots ({preset} preset, seed {random_state})",
         n_clusters=n_clusters,
         random_state=random_state,

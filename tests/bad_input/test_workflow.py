@@ -17,29 +17,31 @@ def _lot_table(d, text: str = "lot,vegf\nBM01,500\n"):
 
 CASES = [
     Case(
-        "Settings: share level out of range",
-        lambda d: mp.Settings(share_level=95),
+        "AnalysisSettings: share level out of range",
+        lambda d: mp.AnalysisSettings(share_level=95),
         ValueError,
         r"share_level must lie between 0 and 1, got 95",
         data=None,
     ),
     Case(
-        "Settings: misspelt mapping method",
-        lambda d: mp.Settings(mapping_method="anchor"),
+        "AnalysisSettings: misspelt mapping method",
+        lambda d: mp.AnalysisSettings(mapping_method="anchor"),
         ValueError,
         r"mapping_method must be one of \['anchors', 'fast', 'scvi'\], got 'anchor'",
         data=None,
     ),
     Case(
-        "Settings.replace: unknown setting",
-        lambda d: mp.Settings().replace(min_shares=0.1),
+        "AnalysisSettings.replace: unknown setting",
+        lambda d: mp.AnalysisSettings().replace(min_shares=0.1),
         ValueError,
         r"unknown settings \['min_shares'\]",
         data=None,
     ),
     Case(
         "analyse: lot table without the potency column",
-        lambda d: mp.analyse(d.tmp_path, _lot_table(d), settings=mp.Settings(potency="ido")),
+        lambda d: mp.analyse(
+            d.tmp_path, _lot_table(d), settings=mp.AnalysisSettings(potency="ido")
+        ),
         KeyError,
         r"has no potency column 'ido'; its columns are \['vegf'\]",
         data=None,

@@ -3,10 +3,10 @@
 from ._release import read_lot_model, share_interval, verdict_rule, write_lot_model
 from ._report import report
 from ._run import analyse, release_lots, write_analysis, write_release
-from ._settings import Settings, load_settings
+from ._settings import AnalysisSettings, load_settings
 
 __all__ = [
-    "Settings",
+    "AnalysisSettings",
     "analyse",
     "load_settings",
     "read_lot_model",

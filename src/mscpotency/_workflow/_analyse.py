@@ -3,7 +3,7 @@
 read -> pool -> QC -> preprocess -> cluster -> lot fractions -> composition deviation ->
 potency association -> potency-population search -> markers -> potency model -> freeze.
 Every step is a public ``io``/``pp``/``tl`` call, logged in the provenance record; the
-resolved :class:`~mscpotency._workflow._settings.Settings` and the inputs' fingerprints
+resolved :class:`~mscpotency._workflow._settings.AnalysisSettings` and the inputs' fingerprints
 are kept in ``uns['workflow']`` for the report.
 """
 
@@ -25,7 +25,7 @@ from anndata import AnnData
 from .. import io, pp, tl
 from .._provenance import fingerprint
 from .._settings import progress
-from ._settings import Settings
+from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
 
@@ -34,7 +34,7 @@ WORKFLOW_KEY = "workflow"
 
 
 def read_inputs(
-    lots: str | os.PathLike, lot_table: str | os.PathLike, settings: Settings
+    lots: str | os.PathLike, lot_table: str | os.PathLike, settings: AnalysisSettings
 ) -> AnnData:
     """Read the lots and join the lot table; the potency column must be there and numeric."""
     table = io.read_lot_table(lot_table, lot_key=settings.lot_key)
@@ -71,7 +71,9 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def record_inputs(adata: AnnData, settings: Settings, **inputs: str | os.PathLike | None) -> None:
+def record_inputs(
+    adata: AnnData, settings: AnalysisSettings, **inputs: str | os.PathLike | None
+) -> None:
     """Store the settings and a fingerprint of each input in ``uns['workflow']``."""
     stored = adata.uns.setdefault(WORKFLOW_KEY, {})
     stored["settings"] = {
@@ -99,7 +101,7 @@ def collected_warnings(adata: AnnData) -> Iterator[None]:
     adata.uns[WORKFLOW_KEY]["warnings"] = kept
 
 
-def prediction_interval(settings: Settings, n_lots: int) -> str:
+def prediction_interval(settings: AnalysisSettings, n_lots: int) -> str:
     """The prediction interval type for ``n_lots`` reference lots.
 
     ``settings.prediction_interval``, or for ``"auto"`` jackknife+ where
@@ -110,7 +112,7 @@ def prediction_interval(settings: Settings, n_lots: int) -> str:
     return "jackknife+" if np.floor((1 - settings.prediction_level) * (n_lots + 1)) >= 1 else "t"
 
 
-def analyse_adata(adata: AnnData, settings: Settings) -> AnnData:
+def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     """Run the reference analysis on pooled raw counts (in place) and return them.
 
     ``adata`` holds raw counts (cells x genes), ``obs[settings.lot_key]`` and
@@ -152,7 +154,7 @@ def analyse_adata(adata: AnnData, settings: Settings) -> AnnData:
     return adata
 
 
-def freeze(adata: AnnData, settings: Settings) -> AnnData:
+def freeze(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     """The frozen reference of an analysed AnnData (what mapping needs, with its hash)."""
     with collected_warnings(adata):
         return tl.freeze_reference(adata, lot_key=settings.lot_key)

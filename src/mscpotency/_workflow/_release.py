@@ -26,7 +26,7 @@ from scipy import stats
 from .. import _keys, _registry, get, pp, tl
 from .._stored import potency_cluster
 from ._analyse import WORKFLOW_KEY, collected_warnings, record_inputs
-from ._settings import Settings
+from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
 
@@ -115,7 +115,7 @@ def share_interval(probabilities: np.ndarray, level: float = 0.95) -> tuple[floa
     return share, low, high
 
 
-def verdict_rule(settings: Settings) -> str:
+def verdict_rule(settings: AnalysisSettings) -> str:
     """The rule, in words, that :func:`verdict` applies with these settings."""
     s = settings
     fail, review = (
@@ -144,7 +144,7 @@ def verdict_rule(settings: Settings) -> str:
     return text + "REVIEW if " + "; or ".join(review) + "; PASS otherwise."
 
 
-def verdict(row: pd.Series, settings: Settings) -> tuple[str, str]:
+def verdict(row: pd.Series, settings: AnalysisSettings) -> tuple[str, str]:
     """(verdict, reasons) of one lot of the release table, by :func:`verdict_rule`.
 
     A lot without a prediction (fewer cells after QC than ``min_cells_per_lot``: no share
@@ -189,7 +189,7 @@ def release(
     reference: str | os.PathLike,
     lot_model: AnnData,
     *,
-    settings: Settings | None = None,
+    settings: AnalysisSettings | None = None,
     expected_hash: str | None = None,
 ) -> pd.DataFrame:
     """Map new lots onto a frozen reference and give each a verdict (``query`` in place).
@@ -212,7 +212,7 @@ def release(
     -------
     The release table (one row per lot; also in ``query.uns['workflow']['release']``).
     """
-    s = settings or Settings(**_stored_settings(lot_model))
+    s = settings or AnalysisSettings(**_stored_settings(lot_model))
     if "settings" not in query.uns.get(WORKFLOW_KEY, {}):
         record_inputs(query, s)
     with collected_warnings(query):
@@ -240,7 +240,7 @@ def release(
 
 def _stored_settings(lot_model: AnnData) -> dict:
     stored = dict(lot_model.uns.get(WORKFLOW_KEY, {}).get("settings", {}))
-    names = set(Settings.__dataclass_fields__)
+    names = set(AnalysisSettings.__dataclass_fields__)
     return {k: (None if v == "" else _plain(v)) for k, v in stored.items() if k in names}
 
 
@@ -256,7 +256,7 @@ def _measured(query: AnnData, potency: str) -> bool:
     )
 
 
-def release_table(query: AnnData, lot_model: AnnData, settings: Settings) -> pd.DataFrame:
+def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings) -> pd.DataFrame:
     """One row per new lot: share and interval, prediction, comparability, mapping QC, verdict."""
     s, key = settings, _registry.MAPPING.key
     cluster = potency_cluster(lot_model, if_not_significant="ignore")

@@ -18,7 +18,7 @@ from .. import io
 from ._analyse import analyse_adata, freeze, read_inputs, record_inputs
 from ._release import read_lot_model, release, write_lot_model
 from ._report import report
-from ._settings import Settings
+from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
 
@@ -36,7 +36,7 @@ def analyse(
     lots: str | os.PathLike,
     lot_table: str | os.PathLike,
     *,
-    settings: Settings | None = None,
+    settings: AnalysisSettings | None = None,
 ) -> AnnData:
     """Read a lab's lots and lot table and run the reference analysis.
 
@@ -48,17 +48,17 @@ def analyse(
     lot_table
         CSV/TSV/Excel with one row per lot and the potency column ``settings.potency``.
     settings
-        Every setting (:class:`mscpotency.Settings`); default: the documented defaults.
+        Every setting (:class:`mscpotency.AnalysisSettings`); default: the documented defaults.
 
     Returns
     -------
     The analysed cells; the settings, input fingerprints and warnings in ``uns['workflow']``.
     """
-    settings = settings or Settings()
+    settings = settings or AnalysisSettings()
     return analyse_adata(read_inputs(lots, lot_table, settings), settings)
 
 
-def save_reference(adata: AnnData, settings: Settings, out: str | os.PathLike) -> Path:
+def save_reference(adata: AnnData, settings: AnalysisSettings, out: str | os.PathLike) -> Path:
     """Freeze and write the reference, its lot model and the analysed data under ``out``.
 
     Returns the path of the frozen reference (its lot model lies beside it).
@@ -74,7 +74,7 @@ def save_reference(adata: AnnData, settings: Settings, out: str | os.PathLike) -
     return path
 
 
-def write_analysis(adata: AnnData, settings: Settings, out: str | os.PathLike) -> Path:
+def write_analysis(adata: AnnData, settings: AnalysisSettings, out: str | os.PathLike) -> Path:
     """Freeze, write the reference, lot model, analysed data and report under ``out``."""
     save_reference(adata, settings, out)
     return report(adata, out)
@@ -86,13 +86,13 @@ def release_lots(
     *,
     lot_model: str | os.PathLike | None = None,
     lot_table: str | os.PathLike | None = None,
-    settings: Settings | None = None,
+    settings: AnalysisSettings | None = None,
     overrides: dict | None = None,
     expected_hash: str | None = None,
 ) -> tuple[AnnData, AnnData]:
     """Release new lots against a frozen reference: (new lots with results, the lot model).
 
-    ``lots``: a folder of lots (as :func:`analyse`) or AnnData of raw counts. Settings
+    ``lots``: a folder of lots (as :func:`analyse`) or AnnData of raw counts. AnalysisSettings
     default to those the reference was analysed with; ``overrides`` (e.g. verdict
     thresholds) are applied on top.
     """
@@ -104,7 +104,9 @@ def release_lots(
     )
     from ._release import _stored_settings
 
-    settings = (settings or Settings(**_stored_settings(model))).replace(**(overrides or {}))
+    settings = (settings or AnalysisSettings(**_stored_settings(model))).replace(
+        **(overrides or {})
+    )
     if isinstance(lots, AnnData):
         query = lots
     else:

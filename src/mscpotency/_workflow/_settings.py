@@ -52,7 +52,7 @@ SECTIONS = {
 
 
 @dataclass
-class Settings:
+class AnalysisSettings:
     """The settings of :func:`mscpotency.analyse` and :func:`mscpotency.release`.
 
     Attributes
@@ -132,7 +132,7 @@ class Settings:
         if problem is not None:
             raise ValueError(problem)
 
-    def replace(self, **changes: Any) -> Settings:
+    def replace(self, **changes: Any) -> AnalysisSettings:
         """A copy with ``changes`` (``None`` values are ignored: "not given")."""
         given = {k: v for k, v in changes.items() if v is not None}
         unknown = sorted(set(given) - {f.name for f in dataclasses.fields(self)})
@@ -156,13 +156,13 @@ def _show(value: object) -> str:
 
 
 def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(Settings)}
+    return {f.name: str(f.type) for f in dataclasses.fields(AnalysisSettings)}
 
 
 _PROBABILITIES = ("alpha", "prediction_level", "share_level", "tolerance_coverage")
 
 
-def _first_problem(settings: Settings) -> str | None:
+def _first_problem(settings: AnalysisSettings) -> str | None:
     """The first impossible value in ``settings``, or ``None``."""
     for name in (*_PROBABILITIES, "tolerance_level", "max_off_reference"):
         value = getattr(settings, name)
@@ -192,7 +192,7 @@ def _first_problem(settings: Settings) -> str | None:
     return None
 
 
-def load_settings(path: str | os.PathLike, **overrides: Any) -> Settings:
+def load_settings(path: str | os.PathLike, **overrides: Any) -> AnalysisSettings:
     """Settings from a TOML file, then ``overrides`` (command-line options; ``None`` = not given).
 
     Parameters
@@ -201,11 +201,11 @@ def load_settings(path: str | os.PathLike, **overrides: Any) -> Settings:
         A TOML file of settings (top-level keys or keys under ``[data]``, ``[qc]``,
         ``[cluster]``, ``[association]``, ``[release]``).
     **overrides
-        Settings that take precedence over the file.
+        AnalysisSettings that take precedence over the file.
 
     Returns
     -------
-    The resolved :class:`Settings`.
+    The resolved :class:`AnalysisSettings`.
     """
     path = Path(path)
     try:
@@ -217,7 +217,7 @@ def load_settings(path: str | os.PathLike, **overrides: Any) -> Settings:
         msg = f"settings file {str(path)!r} is not valid TOML: {error}"
         raise ValueError(msg) from error
     flat = _typed(_flatten(raw, path), path)
-    settings = Settings().replace(**flat)
+    settings = AnalysisSettings().replace(**flat)
     if "resolution" in flat and "n_clusters" not in flat:  # a fixed resolution, no target k
         settings = dataclasses.replace(settings, n_clusters=None)
     return settings.replace(**overrides)

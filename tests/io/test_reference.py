@@ -198,6 +198,9 @@ def test_a_hand_edited_and_restamped_file_is_refused_when_pinned(tmp_path, writt
         mp.io.read_reference(written, expected_hash=digest)
 
 
+# an adipose lot onto the bone-marrow reference: a few more cells flagged novel than the rate
+# allows is a finding of the mapping, not of the pinning checked here
+@pytest.mark.filterwarnings("ignore:map_to_reference. lot.s. .* hold more cells flagged novel")
 def test_map_to_reference_pins_the_hash(tiny_all, written, frozen):
     lot = tiny_all.obs.loc[tiny_all.obs["set"] == "AD", "lot"].iloc[0]
     query = tiny_all[tiny_all.obs["lot"] == lot].copy()

@@ -408,6 +408,7 @@ def test_options_belong_to_their_method(tiny_query, tiny_ref):
     assert mp.tl.ScviOptions().as_params() == {
         "n_latent": 10,
         "n_layers": 2,
+        "n_calibration_folds": 3,
         "batch_size": 128,
         "accelerator": "auto",
         "torch_threads": 1,

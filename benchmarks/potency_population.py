@@ -35,6 +35,8 @@ from sklearn.metrics import adjusted_rand_score
 
 import mscpotency as mp
 
+mp.settings.progress = False
+
 RESULTS = Path(__file__).parent / "results"
 MARKER = "LRRC75A"
 
@@ -51,10 +53,10 @@ def _f1(found: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (found & truth).sum() / total) if total else 0.0
 
 
-def _marker_rank(adata, cluster: str, cluster_key: str) -> int:
+def _marker_rank(adata, cluster: str, cluster_key: str, rank_by: str = "score") -> int:
     """Rank (1-based) of the planted marker among the cluster's top 50 markers; 51 if absent."""
     b = adata.copy()
-    mp.tl.potency_markers(b, cluster, cluster_key=cluster_key, n_genes=50)
+    mp.tl.potency_markers(b, cluster, cluster_key=cluster_key, n_genes=50, rank_by=rank_by)
     genes = list(mp.get.potency_markers(b)["gene"])
     return genes.index(MARKER) + 1 if MARKER in genes else 51
 
@@ -102,6 +104,9 @@ def one_seed(preset: str, seed: int, null: bool) -> dict:
         "n_candidates": summary["n_candidates"],
         "changed": bool(summary["changed"]),
         "f1_search": round(_f1(found_cells, truth), 3),
+        "f1_candidate": round(_f1(_candidate_cells(adata), truth), 3),
+        "boundary_added": summary.get("boundary_added"),
+        "boundary_removed": summary.get("boundary_removed"),
         "seconds_search": round(seconds, 2),
     }
     # F1 of the best candidate even when nothing is named (how close the search came)
@@ -113,7 +118,24 @@ def one_seed(preset: str, seed: int, null: bool) -> dict:
             out["marker_rank_search"] = (
                 _marker_rank(adata, "potency", "potency_population") if summary["found"] else None
             )
+            out["marker_rank_search_lfc"] = (
+                _marker_rank(adata, "potency", "potency_population", "logfoldchange")
+                if summary["found"]
+                else None
+            )
     return out
+
+
+def _candidate_cells(adata) -> np.ndarray:
+    """The cells of the chosen candidate before its boundary was refined."""
+    table = adata.uns["potency_population"]["candidates"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = mp.tl.potency_population(
+            adata, "vegf", alpha=0.999999, boundary_quantile=None, n_permutations=99, copy=True
+        )
+    assert raw.uns["potency_population"]["summary"]["population"] == table.index[table["chosen"]][0]
+    return (raw.obs["potency_population"] == "potency").to_numpy()
 
 
 def _best_cells(adata) -> np.ndarray:
@@ -170,8 +192,14 @@ def _summary(table: pd.DataFrame, args) -> str:
             f"best candidate {table['f1_best'].median():.3f}; median ARI fixed-k {table['ari_fixed_k'].median():.3f}"
         )
         lines.append(
+            f"- F1 >= 0.9 of the chosen candidate before boundary refinement: "
+            f"{int((table['f1_candidate'] >= 0.9).sum())}/{n} (median {table['f1_candidate'].median():.3f})"
+        )
+        lines.append(
             f"- marker 1st: fixed-k {int((table['marker_rank_fixed_k'] == 1).sum())}/{n}, "
-            f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found"
+            f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found "
+            f"(rank_by='score'), {int((table['marker_rank_search_lfc'] == 1).sum())}/"
+            f"{int(table['found'].sum())} (rank_by='logfoldchange')"
         )
     lines.append(
         f"- seconds of the search: median {table['seconds_search'].median():.1f}, max {table['seconds_search'].max():.1f}"

@@ -47,7 +47,7 @@ def test_hard_seeds_that_failed_reach_f1_and_marker_first(seed):
     found = (adata.obs["potency_population"] == "potency").to_numpy()
     assert _f1(found, truth) >= 0.9
     mp.tl.potency_markers(
-        adata, cluster_key="potency_population", n_genes=5, rank_by="logfoldchange"
+        adata, "potency", cluster_key="potency_population", n_genes=5, rank_by="logfoldchange"
     )
     assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"
 

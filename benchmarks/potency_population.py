@@ -28,12 +28,15 @@ import time
 import warnings
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
 import mscpotency as mp
+
+mp.settings.progress = False
 
 RESULTS = Path(__file__).parent / "results"
 MARKER = "LRRC75A"
@@ -51,21 +54,22 @@ def _f1(found: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (found & truth).sum() / total) if total else 0.0
 
 
-def _marker_rank(adata, cluster: str, cluster_key: str) -> int:
+def _marker_rank(adata, cluster: str, cluster_key: str, rank_by: str = "score") -> int:
     """Rank (1-based) of the planted marker among the cluster's top 50 markers; 51 if absent."""
     b = adata.copy()
-    mp.tl.potency_markers(b, cluster, cluster_key=cluster_key, n_genes=50)
+    mp.tl.potency_markers(b, cluster, cluster_key=cluster_key, n_genes=50, rank_by=rank_by)
     genes = list(mp.get.potency_markers(b)["gene"])
     return genes.index(MARKER) + 1 if MARKER in genes else 51
 
 
-def one_seed(preset: str, seed: int, null: bool) -> dict:
+def _reference(preset: str, seed: int, null: bool, cache: Path | None):
+    """The fixed-k reference analysis of one seed (read from ``cache`` when saved there)."""
+    cached = cache / f"{preset}{'_null' if null else ''}{seed}.h5ad" if cache else None
+    if cached is not None and cached.exists():
+        return ad.read_h5ad(cached)
     simulate = getattr(mp.datasets, preset)
     adata = simulate(random_state=seed, potency_slope=0 if null else None)
     adata = adata[adata.obs["set"] == "BM-train"].copy()
-    truth = adata.obs["true_potency_cell"].to_numpy()
-    per_lot = adata.obs.groupby("lot", observed=True)
-    true_rho = stats.spearmanr(per_lot["true_potency_cell"].mean(), per_lot["vegf"].first())[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mp.pp.qc(adata)
@@ -73,6 +77,17 @@ def one_seed(preset: str, seed: int, null: bool) -> dict:
         mp.tl.cluster(adata, n_clusters=8)
         mp.tl.lot_fractions(adata)
         mp.tl.potency_association(adata, "vegf")
+    if cached is not None:
+        adata.write_h5ad(cached)
+    return adata
+
+
+def one_seed(preset: str, seed: int, null: bool, cache: Path | None = None) -> dict:
+    adata = _reference(preset, seed, null, cache)
+    per_lot = adata.obs.groupby("lot", observed=True)
+    true_rho = stats.spearmanr(per_lot["true_potency_cell"].mean(), per_lot["vegf"].first())[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         start = time.perf_counter()
         mp.tl.potency_population(adata, "vegf")
         seconds = time.perf_counter() - start
@@ -102,6 +117,8 @@ def one_seed(preset: str, seed: int, null: bool) -> dict:
         "n_candidates": summary["n_candidates"],
         "changed": bool(summary["changed"]),
         "f1_search": round(_f1(found_cells, truth), 3),
+        "boundary_added": summary.get("boundary_added"),
+        "boundary_removed": summary.get("boundary_removed"),
         "seconds_search": round(seconds, 2),
     }
     # F1 of the best candidate even when nothing is named (how close the search came)
@@ -112,6 +129,11 @@ def one_seed(preset: str, seed: int, null: bool) -> dict:
             out["marker_rank_fixed_k"] = _marker_rank(adata, fixed, "cluster")
             out["marker_rank_search"] = (
                 _marker_rank(adata, "potency", "potency_population") if summary["found"] else None
+            )
+            out["marker_rank_search_lfc"] = (
+                _marker_rank(adata, "potency", "potency_population", "logfoldchange")
+                if summary["found"]
+                else None
             )
     return out
 
@@ -132,18 +154,27 @@ def main() -> None:
     parser.add_argument("--preset", default="hard", choices=["hard", "study", "tiny"])
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--null", action="store_true", help="potency_slope=0 (null studies)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder of saved reference analyses (h5ad)"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows of the results file already there"
+    )
+    parser.add_argument("--suffix", default="", help="added to the results files' names")
     args = parser.parse_args()
     rows = []
-    for seed in _seeds(args.seeds):
-        rows.append(one_seed(args.preset, seed, args.null))
-        print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    name = f"potency_population_{args.preset}{'_null' if args.null else ''}"
-    table.to_csv(RESULTS / f"{name}.csv", index=False)
-    (RESULTS / f"{name}.md").write_text(
-        _summary(table, args) + "\n\n" + table.to_markdown(index=False) + "\n"
-    )
+    name = f"potency_population_{args.preset}{'_null' if args.null else ''}{args.suffix}"
+    if args.append and (RESULTS / f"{name}.csv").exists():
+        rows = pd.read_csv(RESULTS / f"{name}.csv").to_dict("records")
+    for seed in _seeds(args.seeds):  # the files are rewritten after every seed
+        rows.append(one_seed(args.preset, seed, args.null, args.cache))
+        print(rows[-1], flush=True)
+        table = pd.DataFrame(rows).sort_values("seed")
+        table.to_csv(RESULTS / f"{name}.csv", index=False)
+        (RESULTS / f"{name}.md").write_text(
+            _summary(table, args) + "\n\n" + table.to_markdown(index=False) + "\n"
+        )
     print(_summary(table, args))
 
 
@@ -171,7 +202,9 @@ def _summary(table: pd.DataFrame, args) -> str:
         )
         lines.append(
             f"- marker 1st: fixed-k {int((table['marker_rank_fixed_k'] == 1).sum())}/{n}, "
-            f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found"
+            f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found "
+            f"(rank_by='score'), {int((table['marker_rank_search_lfc'] == 1).sum())}/"
+            f"{int(table['found'].sum())} (rank_by='logfoldchange')"
         )
     lines.append(
         f"- seconds of the search: median {table['seconds_search'].median():.1f}, max {table['seconds_search'].max():.1f}"

@@ -261,6 +261,20 @@ CASES = [
         data="tiny_ref",
     ),
     Case(
+        "potency_markers: rank_by='pvalue'",
+        lambda d: mp.tl.potency_markers(d.adata, rank_by="pvalue"),
+        ValueError,
+        r"tl\.potency_markers: rank_by must be 'score' or 'logfoldchange', got 'pvalue'",
+        data="tiny_ref",
+    ),
+    Case(
+        "potency_population: boundary_quantile=0.4",
+        lambda d: mp.tl.potency_population(d.adata, boundary_quantile=0.4),
+        ValueError,
+        r"boundary_quantile must be None or in \(0\.5, 1\), got 0\.4",
+        data="tiny_ref",
+    ),
+    Case(
         "map_to_reference: method='seurat'",
         lambda d: mp.tl.map_to_reference(d.adata, d.adata, method="seurat"),
         ValueError,

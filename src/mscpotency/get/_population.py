@@ -168,9 +168,12 @@ def potency_population(
         {kind}
         ``"candidates"``: one row per candidate population, the strongest first (rho,
         per-candidate permutation p, size, overlap with the population found);
-        ``"summary"``: one row, what was found (``found``, ``population``, ``rho``,
-        ``pvalue`` selection-aware, ``pvalue_naive``, the fixed-k cluster beside it,
-        ``changed``); ``"lots"``: lots x (potency, share of the population found, share
+        ``"summary"``: one row, what was found beside the fixed-k potency cluster
+        (``found``, ``population``, ``n_cells``, ``rho``, ``pvalue`` selection-aware,
+        ``pvalue_naive``; the candidate before boundary refinement, ``candidate_n_cells``,
+        ``candidate_rho``, ``boundary_added``, ``boundary_removed``; ``fixed_k_cluster``,
+        ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
+        False when the search kept the fixed-k cluster); ``"lots"``: lots x (potency, share of the population found, share
         of the fixed-k potency cluster); ``"overlap"``: every fixed-k cluster's cells
         inside the population found and its Jaccard index with it.
 

@@ -1,0 +1,136 @@
+"""The search on the hard preset: every seed's population found with F1 >= 0.9 and its
+planted marker first (issue 12), and the pieces that get it there (boundary refinement,
+markers ranked by fold change)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse, stats
+
+import mscpotency as mp
+from mscpotency.tl._population import _search
+
+
+def _f1(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
+
+
+def _hard_reference(seed: int):
+    adata = mp.datasets.hard(random_state=seed)
+    adata = adata[adata.obs["set"] == "BM-train"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.pp.qc(adata)
+        mp.pp.preprocess(adata)
+        mp.tl.cluster(adata, n_clusters=8)
+        mp.tl.lot_fractions(adata)
+        mp.tl.potency_association(adata, "vegf")
+    return adata
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [9, 3])
+def test_hard_seeds_that_failed_reach_f1_and_marker_first(seed):
+    """Seed 9: the chosen sub-cluster left out the transitional potency cells (F1 0.881
+    before boundary refinement); seed 3: the planted marker ranked 2nd by score, behind a
+    programme gene up a little in nearly every cell. Both now: F1 >= 0.9, marker 1st."""
+    adata = _hard_reference(seed)
+    mp.tl.potency_population(adata, "vegf", n_permutations=999)
+    summary = adata.uns["potency_population"]["summary"]
+    assert summary["found"] and summary["changed"]
+    assert summary["boundary_added"] > 0
+    truth = adata.obs["true_potency_cell"].to_numpy()
+    found = (adata.obs["potency_population"] == "potency").to_numpy()
+    assert _f1(found, truth) >= 0.9
+    mp.tl.potency_markers(
+        adata, "potency", cluster_key="potency_population", n_genes=5, rank_by="logfoldchange"
+    )
+    assert mp.get.potency_markers(adata)["gene"].iloc[0] == "LRRC75A"
+
+
+def _continuum(rng, n_core=300, n_other=600, n_between=150, dims=5):
+    """A core population, its neighbour, and cells on a line between them (the truth:
+    core and in-between cells up to 80% of the way are the population)."""
+    core = rng.normal(size=(n_core, dims)) + np.r_[6.0, np.zeros(dims - 1)]
+    other = rng.normal(size=(n_other, dims))
+    t = rng.uniform(0.2, 0.8, n_between)
+    between = rng.normal(size=(n_between, dims)) * 0.7 + np.outer(
+        1 - t, np.r_[6.0, [0] * (dims - 1)]
+    )
+    X = np.vstack([core, other, between])
+    truth = np.r_[np.ones(n_core, bool), np.zeros(n_other, bool), np.ones(n_between, bool)]
+    return X, truth
+
+
+def _knn_graph(X: np.ndarray, k: int = 15) -> sparse.csr_matrix:
+    d = ((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1)[:, :k]
+    rows = np.repeat(np.arange(X.shape[0]), k)
+    graph = sparse.csr_matrix((np.ones(rows.size), (rows, nearest.ravel())), shape=(len(X),) * 2)
+    return ((graph + graph.T) > 0).astype(float).tocsr()
+
+
+def test_boundary_refinement_takes_in_the_continuum_and_leaves_a_separate_tail():
+    rng = np.random.default_rng(0)
+    X, truth = _continuum(rng)
+    graph = _knn_graph(X)
+    # a cut that keeps only the core (the Leiden cut on the hard preset); one fixed-k
+    # cluster holds the neighbour and the in-between cells
+    candidate = np.r_[np.ones(300, bool), np.zeros(750, bool)]
+    base = pd.Categorical(np.where(candidate, "A", "B"))
+    refined = _search._refined_population(candidate, X, graph, base, 0.975)
+    assert _f1(candidate, truth) < 0.85
+    assert _f1(refined, truth) >= 0.9
+    assert (refined & ~truth).sum() <= 0.03 * (~truth).sum()
+    # nothing between two separate populations: the refinement adds (almost) nothing
+    far = np.vstack([X[:300], X[300:900]])
+    far_graph = _knn_graph(far)
+    alone = np.r_[np.ones(300, bool), np.zeros(600, bool)]
+    kept = _search._refined_population(
+        alone, far, far_graph, pd.Categorical(np.where(alone, "A", "B")), 0.975
+    )
+    assert (kept != alone).sum() <= 3
+    # None switches it off
+    assert _search._refined_population(candidate, X, graph, base, None) is candidate
+    assert stats.norm.ppf(0.975) == pytest.approx(1.96, abs=1e-3)
+
+
+def test_boundary_quantile_is_recorded_and_none_keeps_the_candidate(tiny_ref):
+    off = mp.tl.potency_population(
+        tiny_ref, "vegf", n_permutations=199, boundary_quantile=None, copy=True
+    )
+    summary = off.uns["potency_population"]["summary"]
+    assert summary["boundary_added"] == summary["boundary_removed"] == 0
+    assert summary["n_cells"] == summary["candidate_n_cells"]
+    on = mp.tl.potency_population(tiny_ref, "vegf", n_permutations=199, copy=True)
+    assert on.uns["potency_population"]["params"]["boundary_quantile"] == 0.975
+    # the refinement never changes the test: same candidates, same p
+    assert on.uns["potency_population"]["summary"]["pvalue"] == summary["pvalue"]
+    with pytest.raises(ValueError, match="boundary_quantile"):
+        mp.tl.potency_population(tiny_ref, boundary_quantile=0.4, copy=True)
+
+
+def test_markers_by_fold_change_put_specific_significant_genes_first(tiny_ref):
+    by_score = mp.tl.potency_markers(tiny_ref, n_genes=tiny_ref.n_vars, copy=True)
+    by_lfc = mp.tl.potency_markers(
+        tiny_ref, n_genes=tiny_ref.n_vars, rank_by="logfoldchange", copy=True
+    )
+    score_table = mp.get.potency_markers(by_score).set_index("gene")
+    table = mp.get.potency_markers(by_lfc).set_index("gene")
+    # the same genes and statistics, another order
+    pd.testing.assert_frame_equal(
+        table.drop(columns="rank").sort_index(), score_table.drop(columns="rank").sort_index()
+    )
+    specific = (
+        (table["pvalue_adj"] <= 0.05) & (table["pct_in"] >= 0.25) & (table["logfoldchange"] > 0)
+    )
+    n = int(specific.sum())
+    assert n > 0 and specific.iloc[:n].all()
+    assert table["logfoldchange"].iloc[:n].is_monotonic_decreasing
+    assert table["score"].iloc[n:].is_monotonic_decreasing
+    assert by_lfc.uns["potency_markers"]["params"]["rank_by"] == "logfoldchange"

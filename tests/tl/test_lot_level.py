@@ -226,3 +226,17 @@ def test_lot_table_leaves_out_per_cell_qc_metrics_even_when_constant(tiny_train)
     table = mp.get.lot_table(adata)
     assert list(table.columns) == ["set", "tissue", "vegf"]
     assert table.index.tolist() == sorted(adata.obs["lot"].unique().tolist())
+
+
+def test_markers_are_named_by_symbol_when_the_gene_names_are_ensembl_ids(tiny_ref):
+    adata = tiny_ref.copy()
+    symbols = adata.var_names.to_numpy()
+    adata.var["gene_symbols"] = symbols
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    mp.tl.potency_markers(adata)
+    table = mp.get.potency_markers(adata)
+    assert table["gene"].iloc[0].startswith("ENSG")
+    assert table["symbol"].iloc[0] == "LRRC75A"
+    assert list(table.columns[:3]) == ["rank", "gene", "symbol"]
+    # gene names that are the symbols: no extra column
+    assert "symbol" not in mp.get.potency_markers(tiny_ref).columns

@@ -78,9 +78,10 @@ def summary_text(adata: AnnData) -> list[str]:
     lines.append(_search_text(adata, cluster))
     if _registry.POTENCY_MARKERS.key in adata.uns:
         markers = get.potency_markers(adata)
+        name = "symbol" if "symbol" in markers.columns else "gene"
         top = ", ".join(
             f"{g} (up in {int(u)}/{int(t)} lots)"
-            for g, u, t in markers[["gene", "n_lots_up", "n_lots_tested"]].head(5).to_numpy()
+            for g, u, t in markers[[name, "n_lots_up", "n_lots_tested"]].head(5).to_numpy()
         )
         lines.append(f"Top marker genes of {cluster} (by symbol): {top}.")
     if "association_stability" in adata.uns:

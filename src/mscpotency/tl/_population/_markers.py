@@ -15,7 +15,7 @@ from ..._docs import doc_params
 from ..._provenance import record
 from ..._stats import benjamini_hochberg
 from ..._stored import potency_cluster
-from ..._validate import lots_of, require_obs_column
+from ..._validate import gene_symbols, lots_of, require_obs_column
 from ._scanpy_markers import store_rank_genes_groups
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
@@ -86,7 +86,9 @@ def potency_markers(
     -------
     ``None``, or the copy when ``copy=True``. Writes ``adata.uns[key_added]`` with
     ``'table'`` : DataFrame (rank, gene, score, logfoldchange, pvalue, pvalue_adj,
-    pct_in, pct_out, n_lots_up, n_lots_tested, lot_sign_pvalue, median_lot_log2fc),
+    pct_in, pct_out, n_lots_up, n_lots_tested, lot_sign_pvalue, median_lot_log2fc; and
+    ``symbol`` after ``gene`` when ``var['gene_symbols']`` holds symbols other than the
+    gene names, e.g. for Ensembl ids),
     ``'cluster'`` and ``'params'``.
 
     Notes
@@ -120,6 +122,7 @@ def potency_markers(
     table = table.join(_per_lot_consistency(moments, table.index, adata.var_names, min_cells))
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.insert(1, "gene", table.index.to_numpy())
+    _add_symbols(table, adata.var)
     table.index.name = None
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
@@ -137,6 +140,13 @@ def potency_markers(
     }
     store_rank_genes_groups(adata, key_added)
     return adata if copy else None
+
+
+def _add_symbols(table: pd.DataFrame, var: pd.DataFrame) -> None:
+    """A ``symbol`` column beside ``gene`` where the gene names are not the symbols (e.g. Ensembl ids)."""
+    symbols, _ = gene_symbols(var, None)
+    if not symbols.equals(pd.Index(var.index.astype(str))):
+        table.insert(2, "symbol", symbols[var.index.get_indexer(table.index)].to_numpy())
 
 
 def _marker_order(table: pd.DataFrame, rank_by: str) -> np.ndarray:

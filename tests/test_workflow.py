@@ -190,3 +190,27 @@ def test_report_of_a_notebook_analysis(tiny_ref, tmp_path):
     assert page.count("data:image/png;base64,") >= 4
     assert (tmp_path / "out" / "tables" / "potency_association.csv").is_file()
     assert adata.obs.equals(tiny_ref.obs)  # the report changes nothing
+
+
+def test_analyse_with_harmony_clusters_the_corrected_cells_and_keeps_the_potency_population(
+    tiny_train,
+):
+    """``integrate="harmony"``: clusters on the lot-corrected PCA, same potency population."""
+    from mscpotency._workflow._analyse import analyse_adata
+
+    adata = tiny_train.copy()
+    settings = AnalysisSettings(
+        integrate="harmony", search=False, stability=False, n_permutations=999
+    )
+    analyse_adata(adata, settings)
+    assert adata.uns["cluster"]["params"]["use_rep"] == "X_pca_harmony"
+    assert "X_pca_harmony" in adata.obsm and "metrics" in adata.uns["integrate"]
+    potency = adata.obs["cluster"] == adata.uns["potency_association"]["potency_cluster"]
+    true = adata.obs["true_potency_cell"].to_numpy(dtype=bool)
+    assert 2 * (potency & true).sum() / (potency.sum() + true.sum()) >= 0.9
+    assert ("cluster", "integrate", "harmony") in settings.table()
+
+
+def test_an_unknown_integration_method_is_refused():
+    with pytest.raises(ValueError, match="integrate must be one of"):
+        AnalysisSettings(integrate="combat")

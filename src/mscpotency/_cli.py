@@ -88,6 +88,12 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
     analyse.add_argument("--min-cells-per-lot", type=int, help="smallest lot kept (default: 50)")
     analyse.add_argument("--batch-key", help="obs column of a lot effect for gene selection")
     analyse.add_argument(
+        "--integrate",
+        choices=("none", "harmony", "scvi"),
+        help="correct lot effects before clustering (Harmony or the scVI latent space, "
+        "lots as batches; default none)",
+    )
+    analyse.add_argument(
         "--no-search", action="store_true", help="skip the potency-population search"
     )
     analyse.add_argument(
@@ -189,6 +195,7 @@ _ANALYSE_OPTIONS = {
     "qc_thresholds": "qc_thresholds",
     "min_cells_per_lot": "min_cells_per_lot",
     "batch_key": "batch_key",
+    "integrate": "integrate",
 }
 _MAP_OPTIONS = {
     "title": "title",

@@ -1,6 +1,6 @@
 """``analyse``: the reference analysis of a lab's own lots, from files to a frozen reference.
 
-read -> pool -> QC -> preprocess -> cluster -> lot fractions -> composition deviation ->
+read -> pool -> QC -> preprocess -> (lot-effect correction) -> cluster -> lot fractions -> composition deviation ->
 potency association -> potency-population search -> markers -> potency model -> freeze.
 Every step is a public ``io``/``pp``/``tl`` call, logged in the provenance record; the
 resolved :class:`~mscpotency._workflow._settings.AnalysisSettings` and the inputs' fingerprints
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .. import io, pp, tl
+from .. import _registry, io, pp, tl
 from .._provenance import fingerprint
 from .._settings import progress
 from ._settings import AnalysisSettings
@@ -112,6 +112,13 @@ def prediction_interval(settings: AnalysisSettings, n_lots: int) -> str:
     return "jackknife+" if np.floor((1 - settings.prediction_level) * (n_lots + 1)) >= 1 else "t"
 
 
+def clustering_representation(adata: AnnData, settings: AnalysisSettings) -> str:
+    """The ``obsm`` key clustering uses: the PCA, or the lot-corrected one ``pp.integrate`` wrote."""
+    if settings.integrate == "none":
+        return "X_pca"
+    return adata.uns[_registry.INTEGRATE.key]["params"]["rep_added"]
+
+
 def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     """Run the reference analysis on pooled raw counts (in place) and return them.
 
@@ -129,7 +136,10 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
                              max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)),
         ("preprocess", lambda: pp.preprocess(adata, n_top_genes=s.n_top_genes, n_comps=s.n_comps,
                                              batch_key=s.batch_key, random_state=s.random_state)),
+        ("lot-effect correction", lambda: s.integrate != "none" and pp.integrate(
+            adata, method=s.integrate, batch_key=s.lot_key, random_state=s.random_state)),
         ("cluster", lambda: tl.cluster(adata, n_clusters=s.n_clusters, resolution=s.resolution,
+                                       use_rep=clustering_representation(adata, s),
                                        random_state=s.random_state)),
         ("umap", lambda: sc.tl.umap(adata, neighbors_key="cluster_neighbors", random_state=s.random_state)),
         ("lot fractions", lambda: tl.lot_fractions(adata, lot_key=s.lot_key, min_cells_per_lot=s.min_cells_per_lot)),

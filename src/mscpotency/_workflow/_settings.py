@@ -35,7 +35,7 @@ else:  # pragma: no cover - Python 3.10
 SECTIONS = {
     "data": ("title", "potency", "lot_key", "random_state"),
     "qc": ("min_genes", "max_pct_mito", "qc_thresholds", "min_cells_per_lot"),
-    "cluster": ("n_clusters", "resolution", "n_top_genes", "n_comps", "batch_key"),
+    "cluster": ("n_clusters", "resolution", "n_top_genes", "n_comps", "batch_key", "integrate"),
     "association": ("alpha", "n_permutations", "search", "stability"),
     "release": (
         "mapping_method",
@@ -74,6 +74,13 @@ class AnalysisSettings:
     n_top_genes, n_comps, batch_key
         Preprocessing (:func:`mscpotency.pp.preprocess`); ``batch_key`` names an ``obs``
         column of a lot effect (e.g. sequencing run) for highly variable gene selection.
+    integrate
+        Lot-effect correction before clustering (:func:`mscpotency.pp.integrate`):
+        ``"none"`` (default), ``"harmony"`` or ``"scvi"``, with the lots as batches; the
+        clusters are then found on the corrected cells, the counts and each lot's
+        composition are untouched, and mapping transfers those labels in the reference PCA.
+        Use it when ``tl.lot_specificity`` flags lot-dominated clusters from donor or site
+        effects.
     alpha, n_permutations, search, stability
         Association: FDR level and permutations; ``search`` also runs
         :func:`mscpotency.tl.potency_population` (resolution scan, sub-clusters);
@@ -113,6 +120,7 @@ class AnalysisSettings:
     n_top_genes: int = 2000
     n_comps: int = 30
     batch_key: str | None = None
+    integrate: Literal["none", "harmony", "scvi"] = "none"
     alpha: float = 0.05
     n_permutations: int = 9999
     search: bool = True
@@ -183,6 +191,7 @@ def _first_problem(settings: AnalysisSettings) -> str | None:
         return f"max_pct_mito must lie in (0, 100], got {settings.max_pct_mito!r}"
     choices = {
         "qc_thresholds": ("fixed", "mad"),
+        "integrate": ("none", "harmony", "scvi"),
         "mapping_method": ("anchors", "fast", "scvi"),
         "prediction_interval": ("auto", "jackknife+", "t"),
     }

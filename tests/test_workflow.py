@@ -214,3 +214,15 @@ def test_analyse_with_harmony_clusters_the_corrected_cells_and_keeps_the_potency
 def test_an_unknown_integration_method_is_refused():
     with pytest.raises(ValueError, match="integrate must be one of"):
         AnalysisSettings(integrate="combat")
+
+
+def test_the_report_says_which_lots_make_up_the_potency_cluster(tiny_ref):
+    from mscpotency._workflow._report import summary_text
+
+    text = " ".join(summary_text(tiny_ref))
+    cluster = tiny_ref.uns["potency_association"]["potency_cluster"]
+    assert f"{cluster} holds cells of" in text and "not dominated by any lot" in text
+    adata = tiny_ref.copy()
+    table = adata.uns["potency_association"]["table"]
+    table.loc[cluster, ["lot_dominated", "top_lot_share"]] = [True, 0.9]
+    assert "possible lot artefact" in " ".join(summary_text(adata))

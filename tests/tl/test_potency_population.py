@@ -347,3 +347,21 @@ def test_on_the_hard_preset_the_search_finds_what_fixed_k_merges():
     assert _f1(found, truth) >= 0.9
     assert _marker_rank(adata, "potency", "potency_population") == 1
     assert _marker_rank(adata, fixed, "cluster") > 1
+
+
+def test_a_population_of_one_lots_cells_is_flagged_as_a_possible_artefact():
+    lots = pd.Series(pd.Categorical(np.repeat([f"L{i}" for i in range(8)], 100)))
+    result = {"summary": {"found": True}, "message": "Found it."}
+    one_lot = (lots == "L3").to_numpy() & (np.arange(800) % 100 < 40)
+    _search._flag_lot_domination(result, lots, one_lot, 0)
+    assert result["summary"]["lot_dominated"] and result["summary"]["top_lot"] == "L3"
+    assert result["summary"]["top_lot_share"] == 1.0
+    assert "donor or lot artefact" in result["message"]
+    mixed = {"summary": {"found": True}, "message": "Found it."}
+    _search._flag_lot_domination(mixed, lots, np.arange(800) % 100 < 10, 0)
+    assert not mixed["summary"]["lot_dominated"] and mixed["message"] == "Found it."
+
+
+def test_the_search_on_mixed_lots_flags_nothing(searched):
+    summary = searched.uns["potency_population"]["summary"]
+    assert summary["lot_dominated"] is False and 0 < summary["top_lot_share"] < 0.5

@@ -75,6 +75,7 @@ def summary_text(adata: AnnData) -> list[str]:
         f"95% bootstrap CI of rho {row['ci_low']:.2f} to {row['ci_high']:.2f}; leaving out one lot at a "
         f"time, rho ranges {row['loo_min']:.2f} to {row['loo_max']:.2f}."
     ]
+    lines.append(_lot_mix_text(row, cluster))
     lines.append(_search_text(adata, cluster))
     if _registry.POTENCY_MARKERS.key in adata.uns:
         markers = get.potency_markers(adata)
@@ -97,6 +98,23 @@ def _potency_name(adata: AnnData) -> str:
     return str(stored(adata, _registry.POTENCY_ASSOCIATION)["params"].get("potency", "potency"))
 
 
+def _lot_mix_text(row: pd.Series, cluster: str) -> str:
+    """Which lots make up the potency cluster, and the warning when one or a few dominate."""
+    if "lot_dominated" not in row.index:
+        return "The lots making up the potency cluster were not checked (no tl.lot_specificity)."
+    mix = (
+        f"{cluster} holds cells of {int(row['n_lots_contributing'])} lots; the largest, "
+        f"{row['top_lot']}, makes up {row['top_lot_share']:.0%} of them."
+    )
+    if bool(row["lot_dominated"]):
+        return (
+            f"WARNING: {mix} The cluster is dominated by few lots, so its share may track "
+            "potency only because one lot (a donor or site) carries it: a possible lot artefact, "
+            "not a quality attribute. Consider --integrate harmony."
+        )
+    return mix + " It is not dominated by any lot."
+
+
 def _search_text(adata: AnnData, cluster: str) -> str:
     if _registry.POTENCY_POPULATION.key not in adata.uns:
         return "The potency-population search (resolution scan, sub-clusters) was not run."
@@ -108,6 +126,11 @@ def _search_text(adata: AnnData, cluster: str) -> str:
         f"permutation p = {summary['pvalue']:.2g}) found {summary['population']} "
         f"({int(summary['n_cells'])} cells, rho = {summary['rho']:.2f})"
     )
+    if bool(summary.get("lot_dominated", False)):
+        text += (
+            f" (WARNING: {summary['top_lot']} holds {summary['top_lot_share']:.0%} of its cells, "
+            "a possible lot artefact)"
+        )
     if bool(summary["changed"]):
         return (
             text + f", which CHANGES the fixed-k answer ({cluster}); the steps below use {cluster}."

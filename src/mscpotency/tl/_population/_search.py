@@ -46,10 +46,11 @@ from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
 from ..._settings import progress
-from ..._stored import NotSignificantWarning, stored
+from ..._stored import LotDominatedWarning, NotSignificantWarning, stored
 from ..._validate import lots_of, require_min_lots, require_obs_column
 from ._association import lot_outcome
 from ._cluster import _igraph_of, _leiden
+from ._lot_specificity import lot_specificity_table
 
 logger = logging.getLogger("mscpotency")
 
@@ -193,7 +194,9 @@ def potency_population(
     exact, as if it were the only candidate), pvalue (selection-aware), n_candidates,
     candidate_n_cells and candidate_rho (before refinement), boundary_added and
     boundary_removed (cells), fixed_k_cluster with its fixed_k_n_cells and fixed_k_rho,
-    jaccard_with_fixed_k, changed, seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population
+    jaccard_with_fixed_k, changed, lot_dominated with top_lot and top_lot_share (the
+    rule of :func:`mscpotency.tl.lot_specificity`, applied to the population; a
+    ``LotDominatedWarning`` when it holds), seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population
     found, share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
     clusters x [n_cells, n_in_population, jaccard]), ``'null_max'`` (the permutation maxima),
     ``'message'`` (one plain sentence) and ``'params'``.
@@ -254,6 +257,7 @@ def potency_population(
         alpha,
         alternative,
     )
+    _flag_lot_domination(result, lots, chosen_cells, random_state)
     result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
     result["params"] = {
         "potency": potency_name,
@@ -274,6 +278,8 @@ def potency_population(
     adata.uns[key_added] = result
     if not result["summary"]["found"]:
         warnings.warn(result["message"], PopulationNotFoundWarning, stacklevel=3)
+    elif result["summary"]["lot_dominated"]:
+        warnings.warn(result["message"], LotDominatedWarning, stacklevel=3)
     logger.info("potency population search: %s", result["message"])
     return adata if copy else None
 
@@ -720,6 +726,30 @@ def _population_result(
         "null_max": search.null_max,
         "message": _message(summary, potency_name),
     }
+
+
+def _flag_lot_domination(
+    result: dict, lots: pd.Series, chosen_cells: np.ndarray, random_state: int
+) -> None:
+    """Is the population found made of one or a few lots' cells? (``tl.lot_specificity``'s rule)
+
+    A population of one lot's cells "tracks" that lot's potency trivially (a donor artefact,
+    not a quality attribute): the summary says so and the message and a warning name it.
+    """
+    counts = pd.crosstab(lots.to_numpy(), np.where(chosen_cells, "population", "rest")).reindex(
+        columns=["population", "rest"], fill_value=0
+    )
+    row = lot_specificity_table(counts, random_state=random_state).loc["population"]
+    summary = result["summary"]
+    summary["lot_dominated"] = bool(row["lot_dominated"])
+    summary["top_lot"] = str(row["top_lot"])
+    summary["top_lot_share"] = float(row["top_lot_share"])
+    if summary["lot_dominated"] and summary["found"]:
+        result["message"] += (
+            f" Its cells come mostly from few lots ({summary['top_lot']} holds "
+            f"{summary['top_lot_share']:.0%}): it may be a donor or lot artefact, not a quality "
+            "attribute (see tl.lot_specificity; pp.integrate corrects lot effects)."
+        )
 
 
 def _candidates_table(

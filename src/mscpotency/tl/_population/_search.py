@@ -731,7 +731,7 @@ def _population_result(
 def _flag_lot_domination(
     result: dict, lots: pd.Series, chosen_cells: np.ndarray, random_state: int
 ) -> None:
-    """Is the population found made of one or a few lots' cells? (``tl.lot_specificity``'s rule)
+    """Flag a population made of one or a few lots' cells (``tl.lot_specificity``'s rule).
 
     A population of one lot's cells "tracks" that lot's potency trivially (a donor artefact,
     not a quality attribute): the summary says so and the message and a warning name it.

@@ -104,7 +104,7 @@ mp.pl.potency_markers(adata, show=False)
 
 # %%
 potency_cluster = adata.uns["potency_markers"]["cluster"]
-sc.pl.rank_genes_groups_dotplot(adata, n_genes=8, show=False)
+sc.pl.rank_genes_groups_dotplot(adata, n_genes=8, dendrogram=False, show=False)
 sc.get.rank_genes_groups_df(adata, group=potency_cluster).head()
 
 # %% [markdown]

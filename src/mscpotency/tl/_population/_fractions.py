@@ -28,6 +28,10 @@ def lot_fractions(
 ) -> AnnData | None:
     """Count the cells of each cluster in each lot and turn counts into fractions.
 
+    Clusters built on a lot-corrected representation (:func:`mscpotency.pp.integrate`,
+    then ``tl.cluster(adata, use_rep="X_pca_harmony")``) are counted the same way: the
+    fractions count cells per label, whatever representation made the labels.
+
     Parameters
     ----------
     adata
@@ -46,10 +50,6 @@ def lot_fractions(
         default thresholds writes them: which clusters are made of one or a few lots'
         cells); ``None``: not computed. :func:`mscpotency.tl.potency_association` reads
         them to flag lot-dominated clusters.
-
-    Clusters built on a lot-corrected representation (:func:`mscpotency.pp.integrate`,
-    then ``tl.cluster(adata, use_rep="X_pca_harmony")``) are counted the same way: the
-    fractions count cells per label, whatever representation made the labels.
 
     Returns
     -------

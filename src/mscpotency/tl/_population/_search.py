@@ -276,10 +276,7 @@ def potency_population(
     }
     adata.obs[key_added] = _population_labels(base, chosen_cells, result["summary"]["found"])
     adata.uns[key_added] = result
-    if not result["summary"]["found"]:
-        warnings.warn(result["message"], PopulationNotFoundWarning, stacklevel=3)
-    elif result["summary"]["lot_dominated"]:
-        warnings.warn(result["message"], LotDominatedWarning, stacklevel=3)
+    _warn_if_not_a_quality_attribute(result)
     logger.info("potency population search: %s", result["message"])
     return adata if copy else None
 
@@ -726,6 +723,14 @@ def _population_result(
         "null_max": search.null_max,
         "message": _message(summary, potency_name),
     }
+
+
+def _warn_if_not_a_quality_attribute(result: dict) -> None:
+    """Warn when nothing was found, or when what was found is made of few lots' cells."""
+    if not result["summary"]["found"]:
+        warnings.warn(result["message"], PopulationNotFoundWarning, stacklevel=4)
+    elif result["summary"]["lot_dominated"]:
+        warnings.warn(result["message"], LotDominatedWarning, stacklevel=4)
 
 
 def _flag_lot_domination(

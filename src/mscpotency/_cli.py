@@ -8,11 +8,12 @@ lot, a bad setting) ends with exit status 2 and one line on stderr
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from ._settings import settings
 
 #: Exit status of a user error (as argparse's own).
 USAGE_ERROR = 2
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = checks[args.command](args)
     if problem is not None:
         commands[args.command].error(problem)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings.verbosity = "info"  # one line per step, through the package's own handler
     if args.command == "reproduce":
         from ._reproduce import reproduce as run
 

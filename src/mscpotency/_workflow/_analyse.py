@@ -136,7 +136,7 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
                              max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)),
         ("preprocess", lambda: pp.preprocess(adata, n_top_genes=s.n_top_genes, n_comps=s.n_comps,
                                              batch_key=s.batch_key, random_state=s.random_state)),
-        ("lot-effect correction", lambda: s.integrate != "none" and pp.integrate(
+        ("lot-effect correction", lambda: pp.integrate(
             adata, method=s.integrate, batch_key=s.lot_key, random_state=s.random_state)),
         ("cluster", lambda: tl.cluster(adata, n_clusters=s.n_clusters, resolution=s.resolution,
                                        use_rep=clustering_representation(adata, s),
@@ -147,16 +147,22 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
         ("association", lambda: tl.potency_association(adata, s.potency, alpha=s.alpha,
                                                        n_permutations=s.n_permutations,
                                                        random_state=s.random_state)),
-        ("population search", lambda: s.search and tl.potency_population(
+        ("population search", lambda: tl.potency_population(
             adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, n_permutations=s.n_permutations,
             random_state=s.random_state)),
-        ("stability", lambda: s.stability and tl.association_stability(
+        ("stability", lambda: tl.association_stability(
             adata, s.potency, lot_key=s.lot_key, alpha=s.alpha, random_state=s.random_state)),
         ("markers", lambda: tl.potency_markers(adata, lot_key=s.lot_key)),
         ("potency model", lambda: tl.fit_potency_model(
             adata, s.potency, level=s.prediction_level,
             interval=prediction_interval(s, adata.obs[s.lot_key].nunique()))),
     ]  # fmt: skip
+    skipped = {
+        "lot-effect correction": s.integrate == "none",
+        "population search": not s.search,
+        "stability": not s.stability,
+    }
+    steps = [(name, step) for name, step in steps if not skipped.get(name, False)]
     with collected_warnings(adata):
         for name, step in progress(steps, desc="analyse"):
             logger.info("analyse: %s", name)

@@ -19,6 +19,7 @@ from scipy import sparse
 
 from .. import _keys, _registry
 from .._docs import doc_params
+from .._optional import require_scvi
 from .._provenance import record
 from .._validate import require_obs_column
 
@@ -171,19 +172,6 @@ def _harmony(
     return np.ascontiguousarray(corrected, dtype=np.float32)
 
 
-def _require_scvi():
-    try:
-        import scvi
-    except ImportError as error:  # pragma: no cover - exercised only without the extra
-        msg = (
-            "method='scvi' needs scvi-tools: pip install 'mscpotency[scvi]' (without a GPU, "
-            "first pip install torch==2.13.0 for the CPU build, so that pip does not fetch a "
-            "CUDA one)."
-        )
-        raise ImportError(msg) from error
-    return scvi
-
-
 def _scvi(
     adata: AnnData,
     batch_key: str,
@@ -193,7 +181,7 @@ def _scvi(
     random_state: int,
 ) -> np.ndarray:
     """ScVI latent means of every cell, lots as batches, trained on the raw counts."""
-    scvi = _require_scvi()
+    scvi = require_scvi()
     genes = (
         adata.var["highly_variable"].to_numpy(dtype=bool)
         if "highly_variable" in adata.var

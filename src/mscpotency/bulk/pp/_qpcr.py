@@ -170,12 +170,6 @@ def qpcr_panel(
     (as given), ``'unit'`` ``'-dct'``, reference_genes, undetermined, ct_cutoff, missing,
     ``'n_undetermined'`` and ``'dropped'`` (genes dropped, with the reason).
     """
-    if values not in ("ct", "delta_ct", "neg_delta_ct"):
-        msg = f"values must be 'ct', 'delta_ct' or 'neg_delta_ct', got {values!r}"
-        raise ValueError(msg)
-    if undetermined not in ("cutoff", "drop", "error") or missing not in ("error", "drop"):
-        msg = f"undetermined must be 'cutoff', 'drop' or 'error' and missing 'error' or 'drop', got {undetermined!r}, {missing!r}"
-        raise ValueError(msg)
     if not isinstance(ct_table, pd.DataFrame) or ct_table.empty:
         msg = "ct_table must be a non-empty DataFrame: lines (index) x genes (columns)"
         raise TypeError(msg)

@@ -27,6 +27,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from ..._frozen import ReferenceModel, frozen_record, stored_counts
+from ..._optional import require_scvi
 from ..._settings import progress
 from ..._validate import count_matrix
 from ._calibration import calibration_summary, lot_folds
@@ -38,18 +39,6 @@ logger = logging.getLogger("mscpotency")
 _UNLABELLED = "Unknown"
 #: Version of the stored model's layout (``uns[<record>]['scvi']``).
 STORED_FORMAT = 1
-
-
-def _require_scvi():
-    try:
-        import scvi
-    except ImportError as error:  # pragma: no cover - exercised only without the extra
-        msg = (
-            "method='scvi' needs scvi-tools: pip install 'mscpotency[scvi]' (without a GPU, first "
-            "pip install torch==2.13.0 for the CPU build, so that pip does not fetch a CUDA one)."
-        )
-        raise ImportError(msg) from error
-    return scvi
 
 
 def _on_genes(counts, names: pd.Index, genes: pd.Index) -> sparse.csr_matrix:
@@ -137,7 +126,7 @@ class ScviOptions(TransferOptions, method="scvi"):
         written); scvi itself reads the query's counts of the reference genes, missing ones
         zero-padded.
         """
-        scvi = _require_scvi()
+        scvi = require_scvi()
         with _torch_threads(self.torch_threads):
             stored = stored_model(mapping.reference)
             if stored is None:
@@ -329,7 +318,7 @@ def train_reference(
     cell's label probabilities from the model of the fold that held its lot out; 0 rows
     without calibration), ``'options'`` and ``'format'``.
     """
-    scvi = _require_scvi()
+    scvi = require_scvi()
     everyone = np.arange(model.labels.size)
     with _torch_threads(options.torch_threads):
         scvi.settings.seed = random_state

@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scanvi-epochs", type=int, default=None)
     parser.add_argument("--query-epochs", type=int, default=None)
     parser.add_argument("--tag", default=None, help="suffix of the results' file names")
+    parser.add_argument(
+        "--frozen",
+        default=None,
+        help="frozen reference file: written there after training, or read from there when "
+        "it exists (skips the training; freeze seconds then refer to the earlier run)",
+    )
     args = parser.parse_args(argv)
     reference, queries = prepare(args.preset, args.fraction)
     potency = reference.uns["potency_association"]["potency_cluster"]
@@ -89,12 +95,9 @@ def main(argv: list[str] | None = None) -> None:
         scanvi_epochs=args.scanvi_epochs,
         query_epochs=args.query_epochs,
     )
-    start = time.perf_counter()
-    frozen = mp.tl.freeze_reference(reference, scvi=options)
-    freeze_seconds = time.perf_counter() - start
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        path = mp.io.write_reference(frozen, Path(folder) / "reference.h5ad")
+        path, freeze_seconds = frozen_file(reference, options, args.frozen or folder)
         size = path.stat().st_size / 1e6
         for method in args.methods.split(","):
             for name, query in queries.items():
@@ -136,10 +139,24 @@ def main(argv: list[str] | None = None) -> None:
             for n, q in queries.items()
         },
     }
-    write(args, reference, frozen, rows, freeze_seconds, size, epochs)
+    write(args, reference, rows, freeze_seconds, size, epochs)
 
 
-def write(args, reference, frozen, rows, freeze_seconds, size, epochs) -> None:
+def frozen_file(reference, options, where: str) -> tuple[Path, float | None]:
+    """The frozen reference file: trained and written now, or an earlier run's file."""
+    path = Path(where)
+    path = path / "reference.h5ad" if path.is_dir() else path
+    if path.exists():
+        print(f"reading the frozen reference {path} (no training)", flush=True)
+        return path, None
+    start = time.perf_counter()
+    frozen = mp.tl.freeze_reference(reference, scvi=options)
+    seconds = time.perf_counter() - start
+    print(f"freeze_reference: {seconds:.0f} s", flush=True)
+    return mp.io.write_reference(frozen, path), seconds
+
+
+def write(args, reference, rows, freeze_seconds, size, epochs) -> None:
     table = summarise(rows)
     suffix = "" if args.fraction >= 1 else f"_fraction{args.fraction:g}".replace(".", "_")
     suffix += "" if args.tag is None else f"_{args.tag}"
@@ -160,7 +177,8 @@ def write(args, reference, frozen, rows, freeze_seconds, size, epochs) -> None:
         "",
         f"- Reference: {reference.n_obs} BM-train cells. `tl.freeze_reference(scvi=...)` "
         f"trained the model once plus {args.folds} calibration-fold models in "
-        f"{freeze_seconds:.0f} s; the file is {size:.1f} MB.",
+        + (f"{freeze_seconds:.0f} s" if freeze_seconds is not None else "an earlier run")
+        + f"; the file is {size:.1f} MB.",
         f"- Epochs (default step budgets {STEPS}, batch 128): {epochs}.",
         "- Each row maps one set from the file (read, verify, rebuild the model, surgery); "
         "anchors and fast map from the same file.",

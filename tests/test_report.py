@@ -27,7 +27,7 @@ from scipy import sparse
 
 import mscpotency as mp
 from mscpotency._workflow import AnalysisSettings
-from mscpotency._workflow._release import verdict
+from mscpotency._workflow._release import lot_model_hash, verdict
 
 SRC = Path(mp.__file__).resolve().parents[1]
 
@@ -178,6 +178,11 @@ def test_map_reports_shares_within_their_intervals_and_verdicts_by_the_rule(runs
     page = (root / "release" / "report.html").read_text()
     assert "FAIL if its whole 95% share interval lies below 5.0%" in page
     assert runs["hash"] in page
+    lot_model = ad.read_h5ad(root / "analysis" / "reference_lots.h5ad")
+    stamped = lot_model.uns["workflow"]["lot_model_hash"]
+    assert stamped == lot_model_hash(lot_model)  # the file as written still hashes to its stamp
+    for report in (root / "release" / "report.html", root / "analysis" / "report.html"):
+        assert stamped in report.read_text(), report  # both reports name the pair they used
     assert "<title>Release &lt;batch 7&gt;</title>" in page
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from mscpotency._workflow import AnalysisSettings, load_settings, share_interval, verdict_rule
-from mscpotency._workflow._release import read_lot_model, verdict
+from mscpotency._workflow._release import lot_model_hash, read_lot_model, verdict
 
 # -- settings ------------------------------------------------------------------------------
 
@@ -157,19 +157,51 @@ def test_the_rule_in_words_names_every_threshold():
     assert verdict_rule(AnalysisSettings()).startswith("No FAIL rule")
 
 
-def test_a_lot_model_of_another_reference_is_refused(tmp_path):
+def _stamped_lot_model(path, **uns):
+    """A minimal lot model written and stamped as `write_lot_model` does."""
     import anndata as ad
 
-    model = ad.AnnData(obs=pd.DataFrame(index=["L1", "L2"]))
+    model = ad.AnnData(obs=pd.DataFrame({"vegf": [500.0, 700.0]}, index=["L1", "L2"]))
     for key in ("lot_fractions", "potency_association", "potency_markers", "potency_model"):
-        model.uns[key] = {"params": {"x": 1}}
-    model.uns["workflow"] = {"reference_hash": "a" * 32}
-    model.write_h5ad(tmp_path / "m.h5ad")
+        model.uns[key] = {"params": {"x": 1}, "coef": np.array([0.5, 2.0])}
+    model.uns["workflow"] = {"reference_hash": "a" * 32, **uns}
+    model.write_h5ad(path)
+    written = ad.read_h5ad(path)
+    written.uns["workflow"]["lot_model_hash"] = lot_model_hash(written)
+    written.write_h5ad(path)
+    return path
+
+
+def test_a_lot_model_of_another_reference_is_refused(tmp_path):
+    _stamped_lot_model(tmp_path / "m.h5ad")
     with pytest.raises(ValueError, match="belongs to the reference with hash a{32}"):
         read_lot_model(tmp_path / "m.h5ad", "b" * 32)
     assert read_lot_model(tmp_path / "m.h5ad", "a" * 32).n_obs == 2
     with pytest.raises(FileNotFoundError, match="--lot-model"):
         read_lot_model(tmp_path / "none.h5ad", "a" * 32)
+
+
+def test_a_lot_model_edited_after_writing_or_unstamped_is_refused(tmp_path):
+    import anndata as ad
+
+    path = _stamped_lot_model(tmp_path / "m.h5ad", settings={"min_share": 0.05})
+    model = read_lot_model(path, "a" * 32)
+    assert len(model.uns["workflow"]["lot_model_hash"]) == 32
+    for edit in (
+        lambda m: m.uns["potency_model"]["coef"].__setitem__(1, 2.5),  # a coefficient
+        lambda m: m.obs.__setitem__("vegf", [500.0, 701.0]),  # a lot's potency
+        lambda m: m.uns["workflow"]["settings"].__setitem__("min_share", 0.01),  # a setting
+    ):
+        edited = ad.read_h5ad(path)
+        edit(edited)
+        edited.write_h5ad(tmp_path / "edited.h5ad")
+        with pytest.raises(ValueError, match="modified after it was written"):
+            read_lot_model(tmp_path / "edited.h5ad", "a" * 32)
+    unstamped = ad.read_h5ad(path)
+    del unstamped.uns["workflow"]["lot_model_hash"]
+    unstamped.write_h5ad(tmp_path / "old.h5ad")
+    with pytest.raises(ValueError, match="no content hash"):
+        read_lot_model(tmp_path / "old.h5ad", "a" * 32)
 
 
 # -- the report from a notebook ------------------------------------------------------------

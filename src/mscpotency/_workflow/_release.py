@@ -7,15 +7,18 @@ limits of the reference lots) -> mapping QC -> a verdict in plain words.
 
 The reference analysis leaves two files: the frozen reference (cells, for mapping; see
 :func:`mscpotency.tl.freeze_reference`) and a small *lot model* (the reference lots' cluster
-counts, potency association and fitted potency model, tied to the frozen reference's hash),
-written by :func:`write_lot_model`.
+counts, potency association and fitted potency model, tied to the frozen reference's hash
+and stamped with a content hash of its own), written by :func:`write_lot_model`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -61,7 +64,58 @@ def write_lot_model(adata: AnnData, frozen: AnnData, path: str | os.PathLike) ->
     )
     path = Path(path)
     model.write_h5ad(path, compression="gzip")
+    written = ad.read_h5ad(path)  # the hash covers what a release will read back
+    written.uns[WORKFLOW_KEY]["lot_model_hash"] = lot_model_hash(written)
+    written.write_h5ad(path, compression="gzip")
     return path
+
+
+def lot_model_hash(model: AnnData) -> str:
+    """The lot model's content hash: its lot table and every ``uns`` entry but the hash itself.
+
+    32 hexadecimal digits (BLAKE2b) over a canonical walk of the content (mappings by sorted
+    key, tables column by column, arrays with dtype and shape, numbers by value), so it is the
+    same after a write and a read. :func:`read_lot_model` refuses a file whose content no
+    longer hashes to the value stamped in it.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    _digest(h, model.obs)
+    uns = {k: v for k, v in model.uns.items() if k != WORKFLOW_KEY}
+    uns[WORKFLOW_KEY] = {
+        k: v for k, v in model.uns.get(WORKFLOW_KEY, {}).items() if k != "lot_model_hash"
+    }
+    _digest(h, uns)
+    return h.hexdigest()
+
+
+def _digest(h: Any, value: Any) -> None:
+    """Feed ``value`` to the hash ``h`` in a canonical form (see :func:`lot_model_hash`)."""
+    if isinstance(value, Mapping):
+        for key in sorted(value, key=str):
+            h.update(f"k:{key}\x1f".encode())
+            _digest(h, value[key])
+    elif isinstance(value, pd.DataFrame):
+        h.update(b"df:")
+        _digest(h, np.asarray(value.index.astype(str)))
+        for column in value.columns:
+            h.update(f"c:{column}\x1f".encode())
+            _digest(h, value[column].to_numpy())
+    elif isinstance(value, (np.ndarray, list, tuple, pd.Series, pd.Index)):
+        array = np.asarray(value)
+        if array.dtype.kind in "biufc":
+            h.update(f"a:{array.dtype.str}:{array.shape}\x1f".encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+        else:  # strings, categories, mixed: by text
+            h.update(f"t:{array.shape}\x1f".encode())
+            h.update("\x1f".join(map(str, array.ravel().tolist())).encode())
+    elif isinstance(value, (bool, np.bool_)):
+        h.update(f"b:{bool(value)}\x1e".encode())
+    elif isinstance(value, (int, np.integer)):
+        h.update(f"i:{int(value)}\x1e".encode())
+    elif isinstance(value, (float, np.floating)):
+        h.update(f"f:{float(value)!r}\x1e".encode())
+    else:
+        h.update(f"s:{value}\x1e".encode())
 
 
 def read_lot_model(path: str | os.PathLike, reference_hash: str) -> AnnData:
@@ -85,7 +139,27 @@ def read_lot_model(path: str | os.PathLike, reference_hash: str) -> AnnData:
             f"the one given ({reference_hash}); use the pair written by the same analysis."
         )
         raise ValueError(msg)
+    _check_lot_model_hash(model, path)
     return model
+
+
+def _check_lot_model_hash(model: AnnData, path: Path) -> None:
+    """Refuse a lot model without its content hash, or whose content no longer matches it."""
+    stamped = model.uns[WORKFLOW_KEY].get("lot_model_hash")
+    if stamped is None:
+        msg = (
+            f"lot model {str(path)!r} carries no content hash (written by an earlier "
+            "mscpotency); run `mscpotency analyse` again to write a stamped pair."
+        )
+        raise ValueError(msg)
+    digest = lot_model_hash(model)
+    if str(stamped) != digest:
+        msg = (
+            f"lot model {str(path)!r} was modified after it was written: its content hashes to "
+            f"{digest}, not to the {stamped} stamped in it. Use the file `mscpotency analyse` "
+            "wrote; a lot model is never edited by hand."
+        )
+        raise ValueError(msg)
 
 
 # ----------------------------------------------------------------------------- kernels

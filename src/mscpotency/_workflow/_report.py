@@ -176,6 +176,9 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+#: How the provenance table names the content hashes of the written reference pair.
+_HASH_NAMES = {"reference_hash": "frozen reference hash", "lot_model_hash": "lot model hash"}
+
 _VERDICT_COLOURS = {"PASS": "#2e7d32", "REVIEW": "#e69f00", "FAIL": "#c62828"}
 
 
@@ -431,8 +434,9 @@ def settings_and_provenance(
     versions = package_versions()
     prov.append(", ".join(f"{k} {v}" for k, v in versions.items()))
     inputs = {**adata.uns.get(WORKFLOW_KEY, {}).get("inputs", {})}
-    if adata.uns.get(WORKFLOW_KEY, {}).get("reference_hash"):
-        inputs["frozen reference hash"] = str(adata.uns[WORKFLOW_KEY]["reference_hash"])
+    for name in ("reference_hash", "lot_model_hash"):  # the written pair's content hashes
+        if adata.uns.get(WORKFLOW_KEY, {}).get(name):
+            inputs[_HASH_NAMES[name]] = str(adata.uns[WORKFLOW_KEY][name])
     if query is not None:
         inputs.update(
             {f"new {k}": v for k, v in query.uns.get(WORKFLOW_KEY, {}).get("inputs", {}).items()}

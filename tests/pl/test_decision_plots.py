@@ -110,3 +110,46 @@ def test_plots_name_the_tool_to_run_first(tiny_ref):
     ]:
         with pytest.raises(KeyError, match=tool):
             plot(tiny_ref, show=False)
+
+
+def _overlapping_pairs(texts, renderer) -> list[tuple[str, str]]:
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [
+        (a, b)
+        for i, (a, box_a) in enumerate(boxes)
+        for b, box_b in boxes[i + 1 :]
+        if box_a.overlaps(box_b)
+    ]
+
+
+def test_crowded_lot_labels_do_not_overlap():
+    """Six lots predicted within a few pixels of each other: every name stays readable."""
+    from mscpotency.pl._utils import _label_points
+
+    fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    x = np.array([1.0, 1.01, 1.02, 1.0, 1.01, 3.0])
+    y = np.array([5.0, 5.02, 4.98, 5.05, 5.0, 1.0])
+    ax.scatter(x, y)
+    naive = [
+        ax.annotate(f"BM{i:02d}", xy, xytext=(5, 3), textcoords="offset points", fontsize="x-small")
+        for i, xy in enumerate(np.column_stack([x, y]))
+    ]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert _overlapping_pairs(naive, renderer)  # one fixed offset: the names collide
+    for text in naive:
+        text.remove()
+    labels = _label_points(ax, x, y, [f"BM{i:02d}" for i in range(len(x))])
+    fig.canvas.draw()
+    assert [t.get_text() for t in labels] == [f"BM{i:02d}" for i in range(len(x))]
+    assert _overlapping_pairs(labels, renderer) == []
+    plt.close(fig)
+
+
+def test_decision_plots_name_every_lot_without_overlaps(decided):
+    for plot in (mp.pl.fit_potency_model, mp.pl.predict_potency):
+        fig = plot(decided, return_fig=True)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        assert _overlapping_pairs(ax.texts, fig.canvas.get_renderer()) == [], plot.__name__
+        plt.close(fig)

@@ -371,6 +371,12 @@ def _model_section(report: Report, adata: AnnData, figures: Path, tables: Path) 
             "Each reference lot predicted by the model fitted without it (leave-one-lot-out):"
         )
         model.append(cv)
+        model.append(
+            save_figure(
+                pl.fit_potency_model(adata, return_fig=True, show=False),
+                figures / "potency_model.png",
+            )
+        )
         lots = get.fit_potency_model(adata, kind="lots")
         lots.to_csv(tables / "potency_model_lots.csv")
         model.append(lots)

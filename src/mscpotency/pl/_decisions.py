@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from .. import _registry, get
 from .._docs import doc_params
 from .._stored import stored
-from ._utils import _axes, _finish, _outside_legend, potency_label, potency_name
+from ._utils import _axes, _finish, _label_points, _outside_legend, potency_label, potency_name
 
 __all__ = ["comparability", "fit_potency_model", "predict_potency"]
 
@@ -64,9 +64,9 @@ def _training_by_loo_prediction(
 
 
 def _intervals(
-    ax: Axes, x: np.ndarray, prediction: np.ndarray, low, high, colors, names, *, zorder: int = 4
+    ax: Axes, x: np.ndarray, prediction: np.ndarray, low, high, colors, *, zorder: int = 4
 ) -> None:
-    """One point per lot at its prediction, with its interval as error bar and its name."""
+    """One point per lot at its prediction, with its interval as error bar."""
     below = prediction - np.asarray(low, dtype=float)
     above = np.asarray(high, dtype=float) - prediction
     for xi, yi, lo, hi, color in zip(x, prediction, below, above, colors, strict=True):
@@ -81,8 +81,6 @@ def _intervals(
             ms=6,
             zorder=zorder,
         )
-    for xi, yi, name in zip(x, prediction, names, strict=True):
-        ax.annotate(name, (xi, yi), xytext=(5, 3), textcoords="offset points", fontsize="x-small")
 
 
 @doc_params
@@ -139,7 +137,6 @@ def predict_potency(
         table["low"],
         table["high"],
         colors,
-        table.index.astype(str),
     )
     if by_fraction and "observed" in table:
         ax.scatter(
@@ -155,6 +152,7 @@ def predict_potency(
     ax.legend(handles, labels, fontsize="x-small", frameon=False, loc="upper left")
     ax.set_title("Predicted potency of new lots", fontsize="medium")
     ax.spines[["top", "right"]].set_visible(False)
+    _label_points(ax, x_query, table["prediction"].to_numpy(dtype=float), table.index.astype(str))
     return _finish(fig, ax, show, return_fig)
 
 
@@ -197,7 +195,7 @@ def fit_potency_model(
     colors = np.where(covered, _PASS, _FAIL) if has_interval else np.full(len(lots), _REFERENCE)
     low = lots["loo_low"] if has_interval else prediction
     high = lots["loo_high"] if has_interval else prediction
-    _intervals(ax, measured, prediction, low, high, colors, lots.index.astype(str))
+    _intervals(ax, measured, prediction, low, high, colors)
     finite = np.concatenate([measured, prediction, np.asarray(low), np.asarray(high)])
     span = [float(np.nanmin(finite)), float(np.nanmax(finite))]
     ax.plot(span, span, color="#555555", lw=1, ls="--", zorder=2)
@@ -218,6 +216,7 @@ def fit_potency_model(
             loc="upper left",
         )
     ax.spines[["top", "right"]].set_visible(False)
+    _label_points(ax, measured, prediction, lots.index.astype(str))  # once the layout is set
     return _finish(fig, ax, show, return_fig)
 
 

@@ -141,6 +141,62 @@ def format_association(row: pd.Series) -> str:
     return f"{RHO} = {row['rho']:.2f}, p = {format_pvalue(row['pvalue'])} ({row['pvalue_method']})"
 
 
+#: Where a point's label may go (offset in points, alignment), in order of preference.
+_LABEL_PLACES = [
+    (dx * reach, dy * reach, ha, va)
+    for reach in (1, 2.5)
+    for dx, dy, ha, va in (
+        (4, 2, "left", "bottom"),
+        (4, -2, "left", "top"),
+        (-4, 2, "right", "bottom"),
+        (-4, -2, "right", "top"),
+        (0, 5, "center", "bottom"),
+        (0, -5, "center", "top"),
+    )
+]
+
+
+def _label_points(ax: Axes, x, y, names: Sequence[str], *, fontsize: str = "x-small") -> list:
+    """Name each point, each label where it overlaps no label already placed.
+
+    Labels are placed in display units after a first draw has settled the layout, in the
+    order given, each at the first place of :data:`_LABEL_PLACES` that overlaps no earlier
+    label (the least overlapping place when none is free). They take no part in the layout,
+    so later draws keep them where they were placed. Returns the annotations.
+    """
+    fig = ax.get_figure()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list = []
+    for xi, yi, name in zip(x, y, names, strict=True):
+        if not (np.isfinite(xi) and np.isfinite(yi)):
+            continue
+        best = None
+        for dx, dy, ha, va in _LABEL_PLACES:
+            label = ax.annotate(str(name), (xi, yi), xytext=(dx, dy), textcoords="offset points",
+                                fontsize=fontsize, ha=ha, va=va)  # fmt: skip
+            label.set_in_layout(False)
+            box = label.get_window_extent(renderer)
+            overlap = sum(_overlap_area(box, other.get_window_extent(renderer)) for other in placed)
+            if best is None or overlap < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (overlap, label)
+            else:
+                label.remove()
+            if overlap == 0:
+                break
+        placed.append(best[1])
+    return placed
+
+
+def _overlap_area(a, b) -> float:
+    """The area two display boxes share (0 when they do not overlap)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
 def _outside_legend(ax: Axes, **kwargs) -> None:
     """Draw the legend to the right of the axes, outside the data."""
     kwargs.setdefault("frameon", False)

@@ -119,3 +119,38 @@ def test_bad_lot_specific_and_covariate_options():
         mp.pp.integrate(adata, lot_specific_key="nope")
     with pytest.raises(ValueError, match="covariate_theta"):
         mp.pp.integrate(adata, covariate_keys=("lot",), covariate_theta=-1.0)
+
+
+def test_held_out_lots_map_onto_the_integrated_reference():
+    """Two held-out lots (one per site) get the corrected clustering's labels by mapping.
+
+    Today's route (``tl.map_to_reference``: projection into the reference PCA, labels of
+    the corrected clusters transferred) against truth; Symphony is compared in
+    benchmarks/results/lot_effects_mapping.md.
+    """
+    adata = mp.datasets.donor(random_state=0)
+    held = adata.obs["lot"].isin(["A02", "B08"])
+    assert adata.uns["simulation"]["lot_specific_lot"] not in ("A02", "B08")
+    ref, query = adata[~held].copy(), adata[held].copy()
+    mp.pp.qc(ref)
+    mp.pp.preprocess(ref)
+    mp.tl.cluster(ref, use_rep="X_pca", n_clusters=9, key_added="cluster_uncorrected")
+    mp.pp.integrate(
+        ref, covariate_keys=("site",), theta=4.0, lot_specific_key="cluster_uncorrected"
+    )
+    _chain(ref, "X_pca_harmony")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp.tl.map_to_reference(query, mp.tl.freeze_reference(ref))
+    obs = ref.obs
+    clusters = obs["cluster"].astype(str)
+    majority = pd.crosstab(clusters, obs["true_subpopulation"].astype(str)).idxmax(axis=1)
+    labels = query.obs["predicted"].astype(str)
+    truth = query.obs["true_subpopulation"].astype(str)
+    assert (labels.map(majority) == truth).mean() >= 0.95
+    potency = (labels == ref.uns["potency_association"]["potency_cluster"]).to_numpy()
+    true_potency = query.obs["true_potency_cell"].to_numpy(dtype=bool)
+    assert 2 * (potency & true_potency).sum() / (potency.sum() + true_potency.sum()) >= 0.9
+    share = pd.Series(potency).groupby(query.obs["lot"].to_numpy()).mean()
+    true_share = pd.Series(true_potency).groupby(query.obs["lot"].to_numpy()).mean()
+    assert (share - true_share).abs().max() <= 0.02

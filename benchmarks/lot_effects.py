@@ -1,8 +1,21 @@
-"""Lot effects on the donor preset: uncorrected vs Harmony (theta 2, its default, and 4) vs scVI (``--scvi``).
+"""Lot effects on the donor preset: uncorrected vs Harmony variants vs scVI (``--scvi``).
 
-For every seed of :func:`mscpotency.datasets.donor` and every representation (``X_pca``
-uncorrected, ``X_pca_harmony``, ``X_scvi``): Leiden with 9 clusters (8 populations and the
-lot-specific state), lot fractions, potency association; then
+For every seed of :func:`mscpotency.datasets.donor` and every representation: Leiden with 9
+clusters (8 populations and the lot-specific state), lot fractions, potency association,
+the potency-population search; the representations (``method`` column):
+
+- ``uncorrected``: ``X_pca``;
+- ``harmony``: Harmony with the lots as batch, theta 2 (its default), every cell corrected
+  (the route measured before); ``harmony_theta4``: theta 4;
+- ``*_held_out``: the lot-specific states of the uncorrected clustering (9 clusters;
+  ``lot_specific_key`` of ``pp.integrate``) held out of Harmony's fit and moved by their
+  lot's mean correction;
+- ``harmony_site*``: lots and site (``covariate_keys=('site',)``, ``covariate_theta=2``)
+  corrected together, states held out; ``_theta4``: theta 4 for the lots;
+- ``scvi``: the scVI latent space (lots as batch), every cell (``--scvi``,
+  ``--scvi-epochs``).
+
+Columns:
 
 - ``ari``: adjusted Rand index of clusters against the true populations; ``ari_lot``:
   against the lots (how far clusters follow lots);
@@ -13,6 +26,9 @@ lot-specific state), lot fractions, potency association; then
   (low: the state was mixed into a shared cluster); ``potency_flagged_warned``: the potency
   cluster is lot-dominated and a ``LotDominatedWarning`` was raised (never silently);
   ``n_flagged``: flagged clusters;
+- ``search_f1``: F1 of the population ``tl.potency_population`` names (0 when none);
+- ``held_out_recall`` / ``held_out_precision``: of the true lot-specific cells among the
+  cells held out of the fit (``*_held_out`` and ``harmony_site*`` rows only);
 - ``ilisi_norm``/``clisi_norm``: scaled median iLISI (lots) and cLISI (true populations);
 - ``sp3_error``: largest per-lot error of the potency population's fraction (clusters
   mapped to their majority population); ``max_error_other_lots``: largest error of any
@@ -24,7 +40,7 @@ lot-specific state), lot fractions, potency association; then
 
 Run::
 
-    nice -n 10 .venv/bin/python benchmarks/lot_effects.py --seeds 0 1 2 3 4 [--scvi]
+    nice -n 10 .venv/bin/python benchmarks/lot_effects.py --seeds 0 1 2 3 4 [--scvi --scvi-epochs N]
 
 Writes ``benchmarks/results/lot_effects.csv`` and ``.md``.
 """
@@ -48,8 +64,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _fraction_errors(adata) -> tuple[float, float]:
     obs = adata.obs
-    majority = pd.crosstab(obs["cluster"], obs["true_subpopulation"]).idxmax(axis=1)
-    found = obs["cluster"].map(majority).astype(str)
+    clusters = obs["cluster"].astype(str)
+    majority = pd.crosstab(clusters, obs["true_subpopulation"].astype(str)).idxmax(axis=1)
+    found = clusters.map(majority)  # (mapping the categorical column mislabelled clusters)
     estimated = pd.crosstab(obs["lot"], found, normalize="index")
     true = pd.crosstab(obs["lot"], obs["true_subpopulation"].astype(str), normalize="index")
     estimated = estimated.reindex(columns=true.columns, fill_value=0.0)
@@ -83,6 +100,7 @@ def evaluate(adata, rep: str, seconds: float) -> dict:
         mp.tl.cluster(adata, use_rep=rep, n_clusters=9)
         mp.tl.lot_fractions(adata)
         mp.tl.potency_association(adata, "vegf")
+        mp.tl.potency_population(adata, "vegf")
     obs = adata.obs
     spec = mp.get.lot_specificity(adata)
     association = adata.uns["potency_association"]
@@ -91,12 +109,14 @@ def evaluate(adata, rep: str, seconds: float) -> dict:
     truth = obs["true_potency_cell"].to_numpy(dtype=bool)
     ls_cluster = str(obs.loc[obs["true_lot_specific"], "cluster"].value_counts().idxmax())
     warned = any(issubclass(w.category, LotDominatedWarning) for w in caught)
+    search = (obs["potency_population"].astype(str) == "potency").to_numpy()
     sp3_error, other_error = _fraction_errors(adata)
     return {
         "ari": adjusted_rand_score(obs["true_subpopulation"], obs["cluster"]),
         "ari_lot": adjusted_rand_score(obs["lot"], obs["cluster"]),
         "found": bool(association["found"]),
         "f1": 2 * (cells & truth).sum() / (cells.sum() + truth.sum()),
+        "search_f1": 2 * (search & truth).sum() / (search.sum() + truth.sum()),
         "ls_flagged": bool(spec.loc[ls_cluster, "lot_dominated"]),
         "ls_purity": float(
             obs.loc[obs["cluster"].astype(str) == ls_cluster, "true_lot_specific"].mean()
@@ -111,43 +131,59 @@ def evaluate(adata, rep: str, seconds: float) -> dict:
     }
 
 
-def run_seed(seed: int, use_scvi: bool) -> list[dict]:
+HELD = {"lot_specific_key": "cluster_uncorrected"}
+SITE = {"covariate_keys": ("site",), "covariate_theta": 2.0}
+HARMONY = [
+    ("harmony", {}),
+    ("harmony_theta4", {"theta": 4.0}),
+    ("harmony_held_out", HELD),
+    ("harmony_theta4_held_out", {"theta": 4.0, **HELD}),
+    ("harmony_site", {**SITE, **HELD}),
+    ("harmony_site_theta4", {"theta": 4.0, **SITE, **HELD}),
+]
+
+
+def _held_out(adata, key: str) -> dict:
+    if adata.uns[key]["params"]["lot_specific_key"] is None:
+        return {}
+    from mscpotency.pp._integrate import lot_specific_cells
+
+    held = lot_specific_cells(adata, "cluster_uncorrected", "lot")["mask"]
+    truth = adata.obs["true_lot_specific"].to_numpy(dtype=bool)
+    return {
+        "held_out_recall": (held & truth).sum() / truth.sum(),
+        "held_out_precision": (held & truth).sum() / max(held.sum(), 1),
+    }
+
+
+def run_seed(seed: int, use_scvi: bool, scvi_epochs: int | None) -> list[dict]:
     adata = mp.datasets.donor(random_state=seed)
     mp.pp.qc(adata)
     mp.pp.preprocess(adata)
-    rows = []
-    methods = [
-        ("uncorrected", "X_pca", None, {}),
-        ("harmony", "X_pca_harmony", "harmony", {}),
-        ("harmony_theta4", "X_pca_harmony_theta4", "harmony", {"theta": 4.0}),
-    ]
+    mp.tl.cluster(adata, use_rep="X_pca", n_clusters=9, key_added="cluster_uncorrected")
+    methods = [("harmony", name, options) for name, options in HARMONY]
     if use_scvi:
-        methods.append(("scvi", "X_scvi", "scvi", {}))
-    for name, rep, method, options in methods:
-        seconds = 0.0
-        metrics = {}
-        if method is not None:
-            start = time.perf_counter()
-            mp.pp.integrate(
-                adata,
-                method=method,
-                cluster_key="true_subpopulation",
-                rep_added=rep,
-                key_added=f"int_{name}",
-                **options,
-            )
-            seconds = time.perf_counter() - start
-            table = mp.get.integrate(adata, key=f"int_{name}")
-            metrics = {
-                "ilisi_norm": table.loc[method, "ilisi_norm"],
-                "clisi_norm": table.loc[method, "clisi_norm"],
-            }
-            uncorrected = {
-                "ilisi_norm": table.loc["uncorrected", "ilisi_norm"],
-                "clisi_norm": table.loc["uncorrected", "clisi_norm"],
-            }
-            rows[0].update({k: v for k, v in uncorrected.items() if k not in rows[0]})
+        methods.append(("scvi", "scvi", {"max_epochs": scvi_epochs}))
+    row = {"seed": seed, "method": "uncorrected", **evaluate(adata, "X_pca", 0.0)}
+    rows = [row]
+    print(row, flush=True)
+    for method, name, options in methods:
+        rep = f"X_{name}"
+        start = time.perf_counter()
+        mp.pp.integrate(
+            adata,
+            method=method,
+            cluster_key="true_subpopulation",
+            rep_added=rep,
+            key_added=f"int_{name}",
+            **options,
+        )
+        seconds = time.perf_counter() - start
+        table = mp.get.integrate(adata, key=f"int_{name}")
+        metrics = {c: table.loc[method, c] for c in ("ilisi_norm", "clisi_norm")}
+        rows[0].update({c: table.loc["uncorrected", c] for c in ("ilisi_norm", "clisi_norm")})
         row = {"seed": seed, "method": name, **evaluate(adata, rep, seconds), **metrics}
+        row.update(_held_out(adata, f"int_{name}"))
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -157,10 +193,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--scvi", action="store_true")
+    parser.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (None: auto)")
     parser.add_argument("--name", default="lot_effects", help="file name of the results")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    rows = [row for seed in args.seeds for row in run_seed(seed, args.scvi)]
+    rows = [row for seed in args.seeds for row in run_seed(seed, args.scvi, args.scvi_epochs)]
     table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     table.to_csv(RESULTS / f"{args.name}.csv", index=False)
@@ -171,7 +208,8 @@ def main() -> None:
         f"Seeds {args.seeds} of `datasets.donor` (12 lots, 2 sites, one lot-specific state); "
         "Leiden with 9 clusters on each representation. Command: "
         f"`nice -n 10 .venv/bin/python benchmarks/lot_effects.py --seeds {' '.join(map(str, args.seeds))}"
-        f"{' --scvi' if args.scvi else ''}{'' if args.name == 'lot_effects' else ' --name ' + args.name}`. Columns: see the script's docstring.",
+        f"{' --scvi' if args.scvi else ''}"
+        f"{f' --scvi-epochs {args.scvi_epochs}' if args.scvi_epochs else ''}{'' if args.name == 'lot_effects' else ' --name ' + args.name}`. Columns: see the script's docstring.",
         "",
         "## Mean over seeds",
         "",

@@ -237,6 +237,9 @@ def test_analyse_with_harmony_clusters_the_corrected_cells_and_keeps_the_potency
     analyse_adata(adata, settings)
     assert adata.uns["cluster"]["params"]["use_rep"] == "X_pca_harmony"
     assert "X_pca_harmony" in adata.obsm and "metrics" in adata.uns["integrate"]
+    params = adata.uns["integrate"]["params"]  # states of single lots held out of the fit
+    assert params["lot_specific_key"] == "cluster_uncorrected" and params["theta"] == 4.0
+    assert adata.uns["cluster_uncorrected"]["params"]["use_rep"] == "X_pca"
     potency = adata.obs["cluster"] == adata.uns["potency_association"]["potency_cluster"]
     true = adata.obs["true_potency_cell"].to_numpy(dtype=bool)
     assert 2 * (potency & true).sum() / (potency.sum() + true.sum()) >= 0.9

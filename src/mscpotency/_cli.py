@@ -95,6 +95,15 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
         "lots as batches; default none)",
     )
     analyse.add_argument(
+        "--integrate-covariate",
+        help="obs column of a technical covariate corrected with the lots (e.g. site)",
+    )
+    analyse.add_argument(
+        "--integrate-theta",
+        type=float,
+        help="Harmony's diversity penalty for the lots (default: 4)",
+    )
+    analyse.add_argument(
         "--no-search", action="store_true", help="skip the potency-population search"
     )
     analyse.add_argument(
@@ -197,6 +206,8 @@ _ANALYSE_OPTIONS = {
     "min_cells_per_lot": "min_cells_per_lot",
     "batch_key": "batch_key",
     "integrate": "integrate",
+    "integrate_covariate": "integrate_covariate",
+    "integrate_theta": "integrate_theta",
 }
 _MAP_OPTIONS = {
     "title": "title",

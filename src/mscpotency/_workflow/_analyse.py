@@ -119,6 +119,24 @@ def clustering_representation(adata: AnnData, settings: AnalysisSettings) -> str
     return adata.uns[_registry.INTEGRATE.key]["params"]["rep_added"]
 
 
+#: obs key of the uncorrected clustering whose lot-specific states Harmony holds out.
+UNCORRECTED_KEY = "cluster_uncorrected"
+
+
+def integrate(adata: AnnData, settings: AnalysisSettings) -> None:
+    """``pp.integrate`` as the settings ask (Harmony: the uncorrected states held out)."""
+    s = settings
+    pp.integrate(
+        adata,
+        method=s.integrate,
+        batch_key=s.lot_key,
+        covariate_keys=() if s.integrate_covariate is None else (s.integrate_covariate,),
+        theta=s.integrate_theta,
+        lot_specific_key=UNCORRECTED_KEY if s.integrate == "harmony" else None,
+        random_state=s.random_state,
+    )
+
+
 def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     """Run the reference analysis on pooled raw counts (in place) and return them.
 
@@ -136,8 +154,10 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
                              max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)),
         ("preprocess", lambda: pp.preprocess(adata, n_top_genes=s.n_top_genes, n_comps=s.n_comps,
                                              batch_key=s.batch_key, random_state=s.random_state)),
-        ("lot-effect correction", lambda: pp.integrate(
-            adata, method=s.integrate, batch_key=s.lot_key, random_state=s.random_state)),
+        ("uncorrected clusters", lambda: tl.cluster(
+            adata, n_clusters=s.n_clusters, resolution=s.resolution, use_rep="X_pca",
+            random_state=s.random_state, key_added=UNCORRECTED_KEY)),
+        ("lot-effect correction", lambda: integrate(adata, s)),
         ("cluster", lambda: tl.cluster(adata, n_clusters=s.n_clusters, resolution=s.resolution,
                                        use_rep=clustering_representation(adata, s),
                                        random_state=s.random_state)),
@@ -159,6 +179,7 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     ]  # fmt: skip
     skipped = {
         "lot-effect correction": s.integrate == "none",
+        "uncorrected clusters": s.integrate != "harmony",
         "population search": not s.search,
         "stability": not s.stability,
     }

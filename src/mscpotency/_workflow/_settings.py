@@ -35,7 +35,16 @@ else:  # pragma: no cover - Python 3.10
 SECTIONS = {
     "data": ("title", "potency", "lot_key", "random_state"),
     "qc": ("min_genes", "max_pct_mito", "qc_thresholds", "min_cells_per_lot"),
-    "cluster": ("n_clusters", "resolution", "n_top_genes", "n_comps", "batch_key", "integrate"),
+    "cluster": (
+        "n_clusters",
+        "resolution",
+        "n_top_genes",
+        "n_comps",
+        "batch_key",
+        "integrate",
+        "integrate_covariate",
+        "integrate_theta",
+    ),
     "association": ("alpha", "n_permutations", "search", "stability"),
     "release": (
         "mapping_method",
@@ -80,7 +89,15 @@ class AnalysisSettings:
         clusters are then found on the corrected cells, the counts and each lot's
         composition are untouched, and mapping transfers those labels in the reference PCA.
         Use it when ``tl.lot_specificity`` flags lot-dominated clusters from donor or site
-        effects.
+        effects. With Harmony the lots are first clustered uncorrected
+        (``obs['cluster_uncorrected']``) and the states of single lots found there are held
+        out of the correction (``pp.integrate``'s ``lot_specific_key``), so they stay
+        clusters of their own and are flagged.
+    integrate_covariate, integrate_theta
+        An ``obs`` column of a technical covariate corrected with the lots (e.g. ``"site"``;
+        ``None``: the lots only) and Harmony's diversity penalty for the lots (4: on the
+        donor preset, 5 seeds, Harmony's default 2 left the close pair SP6/SP7 merged in
+        one seed; benchmarks/results/lot_effects.md).
     alpha, n_permutations, search, stability
         Association: FDR level and permutations; ``search`` also runs
         :func:`mscpotency.tl.potency_population` (resolution scan, sub-clusters);
@@ -121,6 +138,8 @@ class AnalysisSettings:
     n_comps: int = 30
     batch_key: str | None = None
     integrate: Literal["none", "harmony", "scvi"] = "none"
+    integrate_covariate: str | None = None
+    integrate_theta: float = 4.0
     alpha: float = 0.05
     n_permutations: int = 9999
     search: bool = True
@@ -180,6 +199,8 @@ def _first_problem(settings: AnalysisSettings) -> str | None:
         return f"min_share must lie in [0, 1), got {settings.min_share!r}"
     if settings.n_clusters is not None and settings.n_clusters < 2:
         return f"n_clusters must be at least 2 (a potency cluster needs others), got {settings.n_clusters}"
+    if settings.integrate_theta < 0:
+        return f"integrate_theta must be non-negative, got {settings.integrate_theta!r}"
     if settings.resolution <= 0:
         return f"resolution must be positive, got {settings.resolution!r}"
     if settings.random_state < 0:

@@ -10,6 +10,7 @@ after, so the user sees whether correction helped or erased biology.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from scipy import sparse
 
 from .. import _keys, _registry
 from .._docs import doc_params
+from .._lot_specificity import lot_specificity_table
 from .._optional import require_scvi
 from .._provenance import record
 from .._validate import require_obs_column
@@ -36,9 +38,12 @@ def integrate(
     *,
     method: Literal["harmony", "scvi"] = "harmony",
     batch_key: str = _keys.LOT,
+    covariate_keys: Sequence[str] = (),
     basis: str = "X_pca",
     cluster_key: str | None = None,
+    lot_specific_key: str | None = None,
     theta: float = 2.0,
+    covariate_theta: float = 2.0,
     max_iter: int = 20,
     n_latent: int = 20,
     max_epochs: int | None = None,
@@ -71,6 +76,13 @@ def integrate(
     batch_key
         obs column whose effect is removed: the lot (default), or e.g. ``'site'`` to remove
         only a site effect and keep lot-to-lot differences.
+    covariate_keys
+        Further technical covariates removed with it (Harmony: more batch variables, each
+        with its own diversity penalty; scVI: categorical covariates), e.g. ``('site',)``.
+        Lots nested in sites: on the donor preset Harmony with the lots alone left every
+        population split by site (seed 4: SP3 of site B clustered with SP2 of site B),
+        with lots and site together the populations came back (see
+        benchmarks/results/lot_effects.md).
     basis
         obsm key Harmony corrects; also the uncorrected representation the metrics compare
         against.
@@ -78,8 +90,20 @@ def integrate(
         {cluster_key}
         Labels for cLISI (label purity), e.g. clusters of the uncorrected run or an
         annotation; ``None``: cLISI is not computed.
+    lot_specific_key
+        obs column of a clustering of the *uncorrected* ``obsm[basis]`` (``tl.cluster``
+        before correcting). Its clusters that :func:`mscpotency.tl.lot_specificity`'s rule
+        flags and that hold at most half of their top lot's cells (a state of that lot,
+        not the whole lot shifted by its donor) are held out of the correction: Harmony is
+        fitted on the other cells and the held-out cells move by the mean correction of
+        their lot's other cells. Harmony is built to mix lots, so a state of one lot is
+        otherwise pulled into the shared clusters (donor preset, 5 seeds: flagged in 0
+        of 5 after correction); held out it stays a cluster of its own, which the flag
+        finds again. ``None``: every cell is corrected (Harmony only).
     theta
-        Harmony's diversity penalty (larger: stronger mixing of lots).
+        Harmony's diversity penalty for ``batch_key`` (larger: stronger mixing of lots).
+    covariate_theta
+        Harmony's diversity penalty for each of ``covariate_keys``.
     max_iter
         Harmony's largest number of iterations.
     n_latent, max_epochs
@@ -99,43 +123,47 @@ def integrate(
     ``uncorrected`` and the method; columns ilisi, ilisi_norm, n_batches and, with
     ``cluster_key``, clisi, clisi_norm, n_labels: medians over cells; ``ilisi_norm`` =
     (iLISI - 1) / (batches - 1), 1 = perfectly mixed; ``clisi_norm`` = (labels - cLISI) /
-    (labels - 1), 1 = pure) and ``'params'`` (``rep_added`` among them).
+    (labels - 1), 1 = pure), ``'held_out'`` : DataFrame (with ``lot_specific_key``: the
+    clusters held out, their lot, cells and share of their lot's cells) and ``'params'``
+    (``rep_added`` among them).
     """
-    batches = require_obs_column(adata, batch_key, what="batches (lots)", hint="")
-    if batches.isna().any():
-        msg = f"{int(batches.isna().sum())} cells have no value in obs[{batch_key!r}]"
-        raise ValueError(msg)
-    if batches.nunique() < 2:
-        msg = f"obs[{batch_key!r}] has one value only; there is no lot effect to remove"
-        raise ValueError(msg)
+    batches = _batches(adata, [batch_key, *covariate_keys])
+    thetas = _thetas(theta, covariate_theta, len(covariate_keys))
     labels = None
     if cluster_key is not None:
         labels = require_obs_column(adata, cluster_key, what="labels for cLISI", hint="")
     if basis not in adata.obsm:
         msg = f"adata.obsm has no {basis!r}. Run `pp.preprocess` first (or pass basis=)."
         raise KeyError(msg)
-    rep_added = rep_added or (f"{basis}_harmony" if method == "harmony" else "X_scvi")
-    if method == "harmony":
-        corrected = _harmony(adata, batch_key, basis, theta, max_iter, random_state)
-    elif method == "scvi":
-        corrected = _scvi(adata, batch_key, layer, n_latent, max_epochs, random_state)
-    else:
-        msg = f"method must be 'harmony' or 'scvi', got {method!r}"
+    if method not in ("harmony", "scvi") or (method == "scvi" and lot_specific_key):
+        msg = f"method must be 'harmony' or 'scvi' (lot_specific_key: Harmony only), got {method!r}"
         raise ValueError(msg)
-    before = lisi_summary(np.asarray(adata.obsm[basis]), batches, labels, random_state)
-    after = lisi_summary(corrected, batches, labels, random_state)
+    rep_added = rep_added or (f"{basis}_harmony" if method == "harmony" else "X_scvi")
+    held_out = lot_specific_cells(adata, lot_specific_key, batch_key, random_state)
+    if method == "harmony":
+        keep = ~held_out["mask"]
+        corrected = _harmony(adata, batches, basis, thetas, max_iter, random_state, keep)
+    else:
+        corrected = _scvi(adata, batches, layer, n_latent, max_epochs, random_state)
+    lots = batches[batch_key]
+    before = lisi_summary(np.asarray(adata.obsm[basis]), lots, labels, random_state)
+    after = lisi_summary(corrected, lots, labels, random_state)
     metrics = pd.DataFrame([before, after], index=pd.Index(["uncorrected", method], name="run"))
     logger.info("pp.integrate (%s): iLISI %.2f -> %.2f", method, before["ilisi"], after["ilisi"])
     adata = adata.copy() if copy else adata
     adata.obsm[rep_added] = corrected
     adata.uns[key_added] = {
         "metrics": metrics,
+        "held_out": held_out["table"],
         "params": {
             "method": method,
             "batch_key": batch_key,
+            "covariate_keys": list(covariate_keys),
             "basis": basis,
             "cluster_key": cluster_key,
+            "lot_specific_key": lot_specific_key,
             "theta": theta,
+            "covariate_theta": covariate_theta,
             "max_iter": max_iter,
             "n_latent": n_latent,
             "max_epochs": max_epochs,
@@ -148,39 +176,114 @@ def integrate(
     return adata if copy else None
 
 
+def _batches(adata: AnnData, keys: list[str]) -> pd.DataFrame:
+    """The batch variables (lots first, then covariates) as strings, validated."""
+    columns = {}
+    for key in keys:
+        values = require_obs_column(adata, key, what="batches (lots or covariates)", hint="")
+        if values.isna().any():
+            msg = f"{int(values.isna().sum())} cells have no value in obs[{key!r}]"
+            raise ValueError(msg)
+        if values.nunique() < 2:
+            msg = f"obs[{key!r}] has one value only; there is no lot effect to remove"
+            raise ValueError(msg)
+        columns[key] = values.astype(str).to_numpy()
+    return pd.DataFrame(columns, index=adata.obs_names)
+
+
+def _thetas(theta: float, covariate_theta: float, n_covariates: int) -> list[float]:
+    """One diversity penalty per batch variable (the lots first)."""
+    if not np.isfinite(covariate_theta) or covariate_theta < 0:
+        msg = f"covariate_theta must be a non-negative number, got {covariate_theta!r}"
+        raise ValueError(msg)
+    return [float(theta)] + [float(covariate_theta)] * n_covariates
+
+
+#: A flagged cluster is a lot-specific state (held out) when it holds at most this share of
+#: its top lot's cells; above it the lot as a whole is shifted, which correction removes.
+MAX_LOT_SHARE = 0.5
+
+
+def lot_specific_cells(
+    adata: AnnData, cluster_key: str | None, lot_key: str, random_state: int = 0
+) -> dict:
+    """Cells of the lot-specific states of an uncorrected clustering (``mask`` and ``table``).
+
+    A cluster of ``obs[cluster_key]`` counts when ``tl.lot_specificity``'s rule flags it
+    (default thresholds) and it holds at most :data:`MAX_LOT_SHARE` of its top lot's cells.
+    """
+    columns = ["cluster", "lot", "n_cells", "share_of_lot"]
+    if cluster_key is None:
+        return {"mask": np.zeros(adata.n_obs, dtype=bool), "table": pd.DataFrame(columns=columns)}
+    clusters = require_obs_column(
+        adata, cluster_key, what="clusters of the uncorrected cells", hint="Run `tl.cluster` first."
+    ).astype(str)
+    lots = adata.obs[lot_key].astype(str)
+    table = lot_specificity_table(pd.crosstab(lots, clusters), random_state=random_state)
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    rows = []
+    for name, row in table[table["lot_dominated"]].iterrows():
+        members = (clusters == name).to_numpy()
+        of_lot = (lots == row["top_lot"]).to_numpy()
+        share = float((members & of_lot).sum() / of_lot.sum())
+        if share <= MAX_LOT_SHARE:
+            mask |= members
+            rows.append([name, row["top_lot"], int(members.sum()), share])
+    return {"mask": mask, "table": pd.DataFrame(rows, columns=columns)}
+
+
 def _harmony(
-    adata: AnnData, batch_key: str, basis: str, theta: float, max_iter: int, random_state: int
+    adata: AnnData,
+    batches: pd.DataFrame,
+    basis: str,
+    thetas: list[float],
+    max_iter: int,
+    random_state: int,
+    keep: np.ndarray,
 ) -> np.ndarray:
-    """Harmony-corrected ``obsm[basis]`` (cells x dimensions), deterministic for a seed."""
+    """Harmony-corrected ``obsm[basis]`` (cells x dimensions), deterministic for a seed.
+
+    Fitted on the cells in ``keep``; every other cell moves by the mean correction of the
+    kept cells of its lot (the first batch variable).
+    """
     import harmonypy
 
     data = np.ascontiguousarray(np.asarray(adata.obsm[basis], dtype=np.float64))
-    meta = pd.DataFrame({batch_key: adata.obs[batch_key].astype(str).to_numpy()})
     result = harmonypy.run_harmony(
-        data,
-        meta,
-        batch_key,
-        theta=theta,
+        data[keep],
+        batches[keep].reset_index(drop=True),
+        list(batches.columns),
+        theta=thetas if len(thetas) > 1 else thetas[0],
         max_iter_harmony=max_iter,
         verbose=False,
         random_state=random_state,
         ncores=1,
     )
-    corrected = np.asarray(result.Z_corr, dtype=np.float64)
-    if corrected.shape != data.shape:  # older harmonypy returns dimensions x cells
-        corrected = corrected.T
+    fitted = np.asarray(result.Z_corr, dtype=np.float64)
+    if fitted.shape != data[keep].shape:  # older harmonypy returns dimensions x cells
+        fitted = fitted.T
+    corrected = data.copy()
+    corrected[keep] = fitted
+    lots = batches.iloc[:, 0].to_numpy()
+    for lot in np.unique(lots[~keep]):
+        kept = keep & (lots == lot)
+        if not kept.any():
+            msg = f"every cell of lot {lot!r} is held out; no correction to carry to them"
+            raise ValueError(msg)
+        shift = (corrected[kept] - data[kept]).mean(axis=0)
+        corrected[~keep & (lots == lot)] += shift
     return np.ascontiguousarray(corrected, dtype=np.float32)
 
 
 def _scvi(
     adata: AnnData,
-    batch_key: str,
+    batches: pd.DataFrame,
     layer: str,
     n_latent: int,
     max_epochs: int | None,
     random_state: int,
 ) -> np.ndarray:
-    """ScVI latent means of every cell, lots as batches, trained on the raw counts."""
+    """ScVI latent means of every cell, lots as batches (covariates as such), raw counts."""
     scvi = require_scvi()
     genes = (
         adata.var["highly_variable"].to_numpy(dtype=bool)
@@ -192,10 +295,11 @@ def _scvi(
     if counts.nnz and not np.array_equal(counts.data, np.round(counts.data)):
         msg = f"scVI needs raw integer counts; layers[{layer!r}] (or X) holds other values"
         raise ValueError(msg)
-    train = AnnData(X=counts, obs=pd.DataFrame({"batch": adata.obs[batch_key].astype(str)}))
-    train.obs_names = adata.obs_names
+    obs = batches.rename(columns={batches.columns[0]: "batch"})
+    train = AnnData(X=counts, obs=obs.set_index(adata.obs_names))
     scvi.settings.seed = random_state
-    scvi.model.SCVI.setup_anndata(train, batch_key="batch")
+    covariates = list(obs.columns[1:]) or None
+    scvi.model.SCVI.setup_anndata(train, batch_key="batch", categorical_covariate_keys=covariates)
     model = scvi.model.SCVI(train, n_latent=n_latent)
     batch_size = 128
     if max_epochs is None:

@@ -24,6 +24,7 @@ What it does
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scanvi-epochs", type=int, default=None)
     parser.add_argument("--query-epochs", type=int, default=None)
     parser.add_argument("--tag", default=None, help="suffix of the results' file names")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--frozen",
         default=None,
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         max_epochs=args.max_epochs,
         scanvi_epochs=args.scanvi_epochs,
         query_epochs=args.query_epochs,
+        torch_threads=args.torch_threads,
     )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -167,13 +170,16 @@ def write(args, reference, rows, freeze_seconds, size, epochs) -> None:
         + (f", {args.fraction:.0%} of every lot's cells" if args.fraction < 1 else "")
         + ")",
         "",
-        f"Machine: {platform.machine()}, 2 cores shared with other sessions' jobs (load "
-        "average above 10 while this ran: times are upper bounds), torch 1 thread "
-        f"(`ScviOptions.torch_threads`), Python {sys.version.split()[0]}. Command: `nice -n 10 "
-        f"python benchmarks/scvi_frozen.py --preset {args.preset} --fraction {args.fraction:g} "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} / {os.getloadavg()[2]:.1f} (1 / 15 min) when the run ended "
+        f"(nice {os.nice(0)}), torch {args.torch_threads} thread(s) "
+        f"(`ScviOptions.torch_threads`), Python {sys.version.split()[0]}. Command: `python "
+        f"benchmarks/scvi_frozen.py --preset {args.preset} --fraction {args.fraction:g} "
         f"--folds {args.folds} --max-epochs {args.max_epochs} --scanvi-epochs "
-        f"{args.scanvi_epochs} --query-epochs {args.query_epochs}` (None: the default step "
-        "budget).",
+        f"{args.scanvi_epochs} --query-epochs {args.query_epochs} --torch-threads "
+        f"{args.torch_threads} --methods {args.methods}"
+        + (" --frozen <file>" if args.frozen else "")
+        + "` (None: the default step budget).",
         "",
         f"- Reference: {reference.n_obs} BM-train cells. `tl.freeze_reference(scvi=...)` "
         f"trained the model once plus {args.folds} calibration-fold models in "

@@ -90,8 +90,8 @@ def depth_model(
 ) -> DepthModel:
     """The query's depth relative to the reference, and per-gene capture efficiencies.
 
-    Counts are recovered from the log-normalised expression of both (``expm1``, divided by
-    each cell's smallest non-zero value: a count of one). The efficiency of gene ``g`` is
+    Counts are recovered exactly from the log-normalised expression of both (:func:`_counts`;
+    nothing beyond what a frozen reference keeps is needed). The efficiency of gene ``g`` is
     ``min(1, mean query count / mean reference count)``, kept when the depth ratio (over
     the genes the query measures) is below ``below``. Genes the query does not measure
     (``measured`` False: zero-padded) get efficiency 0 whatever the depth: the calibration

@@ -117,6 +117,7 @@ def ours(setting: dict, method: str) -> dict:
     query, known = setting["query"], setting["known"]
     _pca_backends._CALIBRATIONS.clear()
     _novelty._CACHE.clear()
+    _novelty._MEANS.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()

@@ -41,6 +41,7 @@ from ._novelty import (
     lot_novelty,
     novelty_pvalues,
     novelty_summary,
+    reference_mean_counts,
     scoring_sets,
 )
 from ._project import centred
@@ -634,7 +635,12 @@ def _novelty_scores(
     their size (:func:`._novelty.scoring_sets`); otherwise ``score_map`` as it is.
     """
     measured = ~model.genes.isin(harmonised.missing)
-    depth = depth_model(harmonised.expression, model.expression, measured=measured)
+    depth = depth_model(
+        harmonised.expression,
+        model.expression,
+        measured=measured,
+        reference_mean=reference_mean_counts(model),
+    )
     n = score_map.size
     sets = scoring_sets(lots, n, calibration_set_size(model, random_state), random_state)
     if sets.max() == 0:

@@ -68,6 +68,7 @@ DEPTH_MATCH_BELOW = 0.8
 _MAX_SMALLEST = 8
 
 _CACHE: dict[tuple, np.ndarray] = {}
+_MEANS: dict[str, np.ndarray] = {}
 _CACHE_MAX = 16
 
 
@@ -86,6 +87,7 @@ def depth_model(
     reference_expression: sparse.csr_matrix,
     *,
     measured: np.ndarray | None = None,
+    reference_mean: np.ndarray | None = None,
     below: float = DEPTH_MATCH_BELOW,
 ) -> DepthModel:
     """The query's depth relative to the reference, and per-gene capture efficiencies.
@@ -99,8 +101,8 @@ def depth_model(
     of genes with the smallest loadings had 3.6% of its known cells flagged at 0.01 when
     they were kept, 0.7% when dropped; the missing genes are reported by their own warning).
     """
-    query_mean = np.asarray(_counts(query_expression)[0].mean(axis=0)).ravel()
-    reference_mean = np.asarray(_counts(reference_expression)[0].mean(axis=0)).ravel()
+    query_mean = mean_counts(query_expression)
+    reference_mean = mean_counts(reference_expression) if reference_mean is None else reference_mean
     measured = np.ones(query_mean.size, dtype=bool) if measured is None else measured
     total = reference_mean[measured].sum()
     ratio = float(query_mean[measured].sum() / total) if total > 0 else 1.0
@@ -113,6 +115,20 @@ def depth_model(
     efficiency = np.where(measured, np.clip(efficiency, 0.0, 1.0), 0.0)
     key = hashlib.sha1(np.round(efficiency, 4).tobytes()).hexdigest()[:16]
     return DepthModel(ratio, efficiency, key, matched)
+
+
+def reference_mean_counts(model: ReferenceModel) -> np.ndarray:
+    """:func:`mean_counts` of the reference's cells (cached by the reference's hash)."""
+    if model.hash not in _MEANS:
+        if len(_MEANS) >= _CACHE_MAX:
+            _MEANS.pop(next(iter(_MEANS)))
+        _MEANS[model.hash] = mean_counts(model.expression)
+    return _MEANS[model.hash]
+
+
+def mean_counts(expression: sparse.csr_matrix) -> np.ndarray:
+    """Each gene's mean count over the cells (counts recovered by :func:`_counts`)."""
+    return np.asarray(_counts(expression)[0].mean(axis=0)).ravel()
 
 
 def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -131,14 +147,19 @@ def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarra
     smallest[filled] = np.minimum.reduceat(X.data, starts)
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     ratio = X.data / smallest[rows]
-    multiple = np.zeros(X.shape[0])
-    for m in range(_MAX_SMALLEST, 0, -1):  # the smallest m whose multiples are all whole wins
-        value = ratio * m
-        whole = (np.abs(value - np.rint(value)) < 1e-3 * np.maximum(value, 1.0)).astype(np.int8)
-        row_whole = np.ones(X.shape[0], dtype=bool)
-        row_whole[filled] = np.minimum.reduceat(whole, starts).astype(bool)
-        multiple[row_whole] = m
-    multiple[multiple == 0] = 1.0
+    multiple = np.ones(X.shape[0])
+    pending = filled.copy()  # rows whose values are not yet all whole multiples
+    for m in range(1, _MAX_SMALLEST + 1):  # the smallest m whose multiples are all whole wins
+        entries = pending[rows]
+        value = ratio[entries] * m
+        off = np.abs(value - np.rint(value)) >= 1e-3 * np.maximum(value, 1.0)
+        still = np.zeros(X.shape[0], dtype=bool)
+        still[rows[entries][off]] = True
+        multiple[pending & ~still] = m
+        pending &= still
+        if not pending.any():
+            break
+    multiple[pending] = 1.0  # no whole multiple found: as if the smallest count were one
     X.data = np.maximum(np.rint(ratio * multiple[rows]), 1.0)
     return X, np.divide(smallest, multiple)
 

@@ -33,7 +33,17 @@ from ._conformal import class_thresholds, prediction_sets, set_labels
 from ._fast import gaussian_weights
 from ._harmonise import Harmonised, harmonise, most_important, variance_weights
 from ._neighbors import knn
-from ._novelty import held_out_mapping_scores, lot_novelty, novelty_pvalues, novelty_summary
+from ._novelty import (
+    DepthModel,
+    calibration_set_size,
+    depth_model,
+    held_out_mapping_scores,
+    lot_novelty,
+    novelty_pvalues,
+    novelty_summary,
+    reference_mean_counts,
+    scoring_sets,
+)
 from ._project import centred
 from ._scoring import mapping_score
 from ._transfer import MappingInput, Transfer, TransferOptions, backend_options
@@ -282,15 +292,17 @@ def map_to_reference(
     - ``obsm[key_added + '_probabilities']`` : DataFrame (cells x reference labels, rows
       sum to 1);
     - ``obs[key_added + '_mapping_score']`` : in [0, 1], low = not represented by the
-      reference;
+      reference (a query larger than 1.5 novelty-calibration folds is scored in sets of
+      whole lots of a fold's size, as the calibration cells are);
     - ``obsm[key_added + '_umap']`` : placement on the reference UMAP (when it has one);
     - ``uns[key_added]`` : ``'per_lot'`` DataFrame (cells, mean scores, shares of
       low-confidence, off-reference and Unassigned cells, mean set size, and the novelty
       test: ``n_novel``, ``share_novel``, ``expected_share_novel`` (= ``novelty_alpha``),
       ``novelty_pvalue`` (one-sided binomial), ``excess_novel`` (Bonferroni over lots at
       0.05)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
-      the share flagged), ``'prediction_sets'`` (``set_alpha`` and each label's threshold
-      and calibration cells), ``'reliability_after'`` and
+      the query's ``depth_ratio`` and whether the calibration cells were thinned to it,
+      ``depth_matched``, the share flagged), ``'prediction_sets'`` (``set_alpha`` and
+      each label's threshold and calibration cells), ``'reliability_after'`` and
       ``'reliability_before'`` DataFrames (held-out reference reliability per score bin
       after and before scaling; empty when not calibrated), ``'summary'`` (shares over all
       cells), ``'genes_missing'``, ``'n_genes_shared'``, ``'share_genes_missing'``,
@@ -344,7 +356,7 @@ def map_to_reference(
         model,
         transfer.calibration,
         probabilities,
-        score_map,
+        _novelty_scores(model, harmonised, lots, score_map, n_comps_own, knn_method, random_state),
         lots,
         novelty_alpha=novelty_alpha,
         set_alpha=set_alpha if calibrate else None,
@@ -366,7 +378,9 @@ def map_to_reference(
     adata = adata.copy() if copy else adata
     _write_cells(adata, key_added, probabilities, model.categories, flags, placement)
     adata.uns[key_added] = _stored_result(model, harmonised, transfer, per_lot, summary, params)
-    adata.uns[key_added]["novelty"] = novelty_summary(flags.calibration, flags.novel, novelty_alpha)
+    adata.uns[key_added]["novelty"] = novelty_summary(
+        flags.calibration, flags.novel, novelty_alpha, flags.depth
+    )
     adata.uns[key_added]["prediction_sets"] = _set_record(model.categories, flags, set_alpha)
     adata.uns[key_added]["warnings"] = issued
     return adata if copy else None
@@ -603,13 +617,58 @@ class _Flags:
     thresholds: np.ndarray | None  # per label, the probability that keeps it in a set
     n_per_label: np.ndarray | None  # held-out reference cells per label
     codes: np.ndarray  # the label code of each cell, -1 = Unassigned
+    depth: DepthModel  # the query's depth relative to the reference (novelty calibration)
+
+
+def _novelty_scores(
+    model: ReferenceModel,
+    harmonised: Harmonised,
+    lots: np.ndarray | None,
+    score_map: np.ndarray,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> tuple[np.ndarray, DepthModel]:
+    """The mapping score computed as the calibration computes it, and the query's depth.
+
+    A query larger than the calibration's sets is scored in sets of whole lots of about
+    their size (:func:`._novelty.scoring_sets`); otherwise ``score_map`` as it is.
+    """
+    measured = ~model.genes.isin(harmonised.missing)
+    depth = depth_model(
+        harmonised.expression,
+        model.expression,
+        measured=measured,
+        reference_mean=reference_mean_counts(model),
+    )
+    n = score_map.size
+    sets = scoring_sets(lots, n, calibration_set_size(model, random_state), random_state)
+    if sets.max() == 0:
+        return score_map, depth
+    score = np.empty(n)
+    for part in np.unique(sets):
+        cells = np.flatnonzero(sets == part)
+        by_lot = centred(
+            harmonised.expression[cells],
+            centre="lot",
+            reference_mean=model.pca_mean,
+            lots=lots[cells] if lots is not None else None,
+        )
+        score[cells], _, _ = mapping_score(
+            by_lot,
+            model.loadings,
+            n_comps=n_comps_own,
+            knn_method=knn_method,
+            random_state=random_state,
+        )
+    return score, depth
 
 
 def _cell_flags(
     model: ReferenceModel,
     calibration: dict[str, Any],
     probabilities: np.ndarray,
-    score_map: np.ndarray,
+    scored: tuple[np.ndarray, DepthModel],
     lots: np.ndarray | None,
     *,
     novelty_alpha: float,
@@ -620,6 +679,7 @@ def _cell_flags(
     random_state: int,
 ) -> _Flags:
     """Novelty p-values and flags, conformal prediction sets, and the label each cell keeps."""
+    score_map, depth = scored
     sizes = np.unique(lots, return_counts=True)[1] if lots is not None else [score_map.size]
     scores = held_out_mapping_scores(
         model,
@@ -627,6 +687,7 @@ def _cell_flags(
         knn_method=knn_method,
         random_state=random_state,
         lot_size=int(np.median(sizes)),
+        depth=depth,
     )
     novelty_p = novelty_pvalues(score_map, scores)
     novel = novelty_p <= novelty_alpha
@@ -645,7 +706,9 @@ def _cell_flags(
         in_set = prediction_sets(probabilities, thresholds)
         codes = set_labels(probabilities, in_set)
     codes = np.where(novel, -1, codes)
-    return _Flags(score_map, scores, novelty_p, novel, off, in_set, thresholds, n_per_label, codes)
+    return _Flags(
+        score_map, scores, novelty_p, novel, off, in_set, thresholds, n_per_label, codes, depth
+    )
 
 
 def _summaries(

@@ -53,7 +53,9 @@ def test_map_to_reference(query, reference, color):
     if color == "label":
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert legend[0] == "reference"
-        assert set(legend[1:]) <= set(reference.obs["cluster"].cat.categories)
+        labels = set(reference.obs["cluster"].cat.categories)
+        assert set(legend[1:]) <= labels | {"Unassigned"}
+        assert set(query.obs["predicted"].astype(str)) <= set(legend[1:])  # none left out
         # the reference's colours are used for its labels
         colours = dict(
             zip(

@@ -46,6 +46,10 @@ _SCORE_TITLES = {
 }
 
 
+#: Colour of query cells whose label is none of the reference's (e.g. "Unassigned").
+_NOT_A_REFERENCE_LABEL = "#000000"
+
+
 @doc_params
 def map_to_reference(
     adata: AnnData,
@@ -143,15 +147,21 @@ def _draw_labels(
     size: float,
     **kwargs,
 ) -> None:
-    """Query cells in the colour of their transferred label (the reference's colours)."""
+    """Query cells in the colour of their transferred label (the reference's colours).
+
+    Cells with a label the reference does not have ("Unassigned": novel, or an empty
+    prediction set) are drawn too, in black, last (on top), so no cell is left out.
+    """
     cluster_key = str(mapping["params"]["cluster_key"])
     categories = [str(c) for c in mapping["reference_labels"]]
     colors = _category_colors(reference, cluster_key, categories)
     labels = adata.obs[key].astype(str).to_numpy()
-    for category in categories:
+    others = sorted(set(labels) - set(categories))
+    for category in [*categories, *others]:
         chosen = labels == category
         if chosen.any():
-            _cells(ax, placed[chosen], size, colors[category], category, **kwargs)
+            color = colors.get(category, _NOT_A_REFERENCE_LABEL)
+            _cells(ax, placed[chosen], size, color, category, **kwargs)
     _outside_legend(ax, markerscale=max(1.0, 6 / np.sqrt(size)), title="transferred label")
 
 

@@ -96,14 +96,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--cache", type=Path, default=None, help="saved reference analyses")
+    parser.add_argument("--append", action="store_true", help="keep the rows already there")
     args = parser.parse_args()
     rows = []
-    for seed in _seeds(args.seeds):
+    csv = RESULTS / "potency_population_mapping_hard.csv"
+    if args.append and csv.exists():
+        rows = pd.read_csv(csv).to_dict("records")
+    for seed in _seeds(args.seeds):  # the files are rewritten after every seed
         rows.append(one(seed, args.cache))
         print(rows[-1], flush=True)
-        table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows).sort_values("seed")
         RESULTS.mkdir(exist_ok=True)
-        table.to_csv(RESULTS / "potency_population_mapping_hard.csv", index=False)
+        table.to_csv(csv, index=False)
+        _write(table)
+
+
+def _write(table: pd.DataFrame) -> None:
     text = "# Held-out lots of the hard preset mapped onto the search's labels\n\n"
     text += (
         f"- F1 >= 0.9: with the boundary rule {int((table['f1_rule'] >= 0.9).sum())}/"
@@ -114,7 +122,6 @@ def main() -> None:
     )
     text += table.to_markdown(index=False) + "\n"
     (RESULTS / "potency_population_mapping_hard.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

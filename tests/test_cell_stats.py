@@ -96,7 +96,9 @@ def test_kernels_reject_bad_groups():
 
 @pytest.mark.parametrize("method", ["wilcoxon", "t-test", "t-test_overestim_var"])
 def test_potency_markers_equal_scanpys_rank_genes_groups(tiny_ref, small_chunks, method):
-    adata = mp.tl.potency_markers(tiny_ref, method=method, n_genes=tiny_ref.n_vars, copy=True)
+    adata = mp.tl.potency_markers(
+        tiny_ref, method=method, n_genes=tiny_ref.n_vars, rank_by="score", copy=True
+    )
     ours = mp.get.potency_markers(adata).set_index("gene")
     cluster = adata.uns["potency_markers"]["cluster"]
     view = AnnData(

@@ -73,6 +73,7 @@ def test_markers_in_rank_genes_groups_format(ref):
 
 def test_markers_agree_with_scanpys_own_rank_genes_groups(ref):
     adata = ref.copy()
+    mp.tl.potency_markers(adata, rank_by="score")  # scanpy's order (the default: fold change)
     cluster = adata.uns["potency_markers"]["cluster"]
     ours = sc.get.rank_genes_groups_df(adata, group=cluster)
     sc.tl.rank_genes_groups(

@@ -52,6 +52,7 @@ class ReferenceModel:
     hash: str
     frozen: bool
     hash_parts: dict[str, str]  # a digest per part (what :func:`content_hash` combines)
+    boundary: dict[str, Any] | None = None  # the potency population's boundary rule, if any
 
 
 # --------------------------------------------------------------------------- frozen record
@@ -143,6 +144,7 @@ def reference_model(
     lots = _reference_lots(reference, lot_key)
     umap = _reference_umap(reference, umap_key)
     potency = _potency_cluster(reference, record, association_key, cluster_key, categories)
+    boundary = _population_boundary(reference, record, cluster_key, categories)
     parts = hash_parts(
         genes=genes,
         categories=categories,
@@ -158,6 +160,8 @@ def reference_model(
         umap=umap,
         scvi_model=None if record is None else record.get("scvi"),
     )
+    if boundary is not None:  # only then: references without one keep their hash
+        parts["boundary"] = boundary_digest(boundary)
     digest = content_hash(parts)
     _check_hash(record, digest, parts, cluster_key=cluster_key, lot_key=lot_key)
     _check_record(record, categories, n_cells=reference.n_obs, n_genes=len(genes))
@@ -178,6 +182,7 @@ def reference_model(
         hash=digest,
         frozen=record is not None,
         hash_parts=parts,
+        boundary=boundary,
     )
 
 
@@ -272,6 +277,32 @@ def _potency_cluster(
     else:
         name = _associated_cluster(reference, association_key, cluster_key)
     return name if name in categories else None
+
+
+def _population_boundary(
+    reference: AnnData, record: Mapping | None, cluster_key: str, categories: pd.Index
+) -> dict[str, Any] | None:
+    """The boundary rule of the potency population in these labels, if they carry one.
+
+    A frozen reference's record holds it; a processed one has it in ``uns[cluster_key]``
+    when ``obs[cluster_key]`` holds the labels of ``tl.potency_population`` (which writes
+    both under its ``key_added``). Used only when both its labels are among the categories
+    and its axis lives in the reference PCA (``obsm['X_pca']``), where queries are projected.
+    """
+    source = record if record is not None else reference.uns.get(cluster_key)
+    rule = source.get("boundary") if isinstance(source, Mapping) else None
+    if not isinstance(rule, Mapping):
+        return None
+    labels = {str(rule.get("population")), str(rule.get("neighbour"))}
+    if str(rule.get("representation")) != "X_pca" or not labels <= set(categories):
+        return None
+    return {
+        "population": str(rule["population"]),
+        "neighbour": str(rule["neighbour"]),
+        "representation": "X_pca",
+        "axis": np.asarray(rule["axis"], dtype=np.float64),
+        **{name: float(rule[name]) for name in ("centre", "spread", "threshold", "quantile")},
+    }
 
 
 def _associated_cluster(reference: AnnData, association_key: str, cluster_key: str) -> str | None:
@@ -400,6 +431,7 @@ _PART_NAMES = {
     "expression": "the expression matrix (X)",
     "umap": "the reference UMAP (obsm['X_umap'])",
     "scvi": "the stored scVI model (the record's 'scvi')",
+    "boundary": "the potency population's boundary rule (the record's 'boundary')",
 }
 
 
@@ -439,7 +471,7 @@ def _check_hash(
         raise ValueError(msg)
     stored_parts = record.get("hash_parts")
     changed = (
-        [name for name in _PART_NAMES if str(stored_parts.get(name)) != parts[name]]
+        [name for name in _PART_NAMES if str(stored_parts.get(name)) != str(parts.get(name))]
         if isinstance(stored_parts, Mapping)
         else []
     )
@@ -564,6 +596,13 @@ def model_digest(stored: Mapping[str, Any] | None) -> str:
         chunks += [name.encode(), _float32(weights[name])]
     chunks += [_float32(stored.get("latent", [])), _float32(stored.get("held_out", []))]
     return _digest(*chunks)
+
+
+def boundary_digest(boundary: Mapping[str, Any]) -> str:
+    """The digest of a population's boundary rule: its labels, axis and threshold (float32)."""
+    names = [str(boundary[k]) for k in ("population", "neighbour", "representation")]
+    numbers = [float(boundary[k]) for k in ("centre", "spread", "threshold", "quantile")]
+    return _digest(_json(names), _float32(boundary["axis"]), _float32(np.asarray(numbers)))
 
 
 def content_hash(parts: Mapping[str, str]) -> str:

@@ -102,7 +102,9 @@ POTENCY_ASSOCIATION = _named(
 )
 POTENCY_MARKERS = _named("tl.potency_markers", "potency_markers", ("table",))
 POTENCY_POPULATION = _named(
-    "tl.potency_population", "potency_population", ("candidates", "summary", "lots", "overlap")
+    "tl.potency_population",
+    "potency_population",
+    ("candidates", "summary", "lots", "overlap", "boundary"),
 )
 LOT_SPECIFICITY = _named("tl.lot_specificity", "lot_specificity", ("table", "summary"))
 INTEGRATE = _named("pp.integrate", "integrate", ("metrics",))

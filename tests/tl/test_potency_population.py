@@ -216,6 +216,75 @@ def test_plot_draws_the_search(searched):
         mp.pl.potency_population(searched, key="absent")
 
 
+# --------------------------------------------------------------------------- boundary rule
+def test_the_boundary_rule_is_stored_frozen_hashed_and_applied_to_queries(
+    searched, tiny_all, tmp_path
+):
+    """The rule that drew the population's boundary travels with the frozen reference: the
+    record carries it, the hash covers it (an edited threshold is refused), and mapping
+    re-decides the query cells labelled population or neighbour by it, counting the moves."""
+    rule = searched.uns["potency_population"]["boundary"]
+    table = mp.get.potency_population(searched, kind="boundary")
+    assert table.shape[0] == 1 and table.loc[0, "neighbour"] == rule["neighbour"]
+    assert rule["population"] == "potency" and rule["representation"] == "X_pca"
+    assert rule["neighbour"] in searched.obs["potency_population"].cat.categories
+    # the rule reproduces the reference's own labels on population + neighbour cells
+    labels = searched.obs["potency_population"].astype(str).to_numpy()
+    pair = np.isin(labels, ["potency", rule["neighbour"]])
+    beyond = searched.obsm["X_pca"] @ rule["axis"] > rule["threshold"]
+    assert (beyond[pair] == (labels[pair] == "potency")).mean() >= 0.97
+    frozen = mp.tl.freeze_reference(searched, cluster_key="potency_population")
+    assert "boundary" in frozen.uns["reference"]["hash_parts"]
+    np.testing.assert_allclose(frozen.uns["reference"]["boundary"]["axis"], rule["axis"])
+    mp.io.write_reference(frozen, tmp_path / "ref.h5ad")
+    frozen = mp.io.read_reference(tmp_path / "ref.h5ad")
+    query = tiny_all[tiny_all.obs["set"] == "BM-test"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.tl.map_to_reference(query, frozen, cluster_key="potency_population")
+    moved = query.uns["predicted"]["boundary"]
+    assert moved["applied"] and moved["neighbour"] == rule["neighbour"]
+    predicted = query.obs["predicted"].astype(str).to_numpy()
+    assert _f1(predicted == "potency", query.obs["true_potency_cell"].to_numpy()) >= 0.9
+    # the same labels without the rule: only population <-> neighbour labels differ, as counted
+    bare = searched.copy()
+    bare.uns["potency_population"] = dict(bare.uns["potency_population"])
+    del bare.uns["potency_population"]["boundary"]
+    alone = query.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.tl.map_to_reference(
+            alone,
+            mp.tl.freeze_reference(bare, cluster_key="potency_population"),
+            cluster_key="potency_population",
+        )
+    assert not alone.uns["predicted"]["boundary"]["applied"]
+    before = alone.obs["predicted"].astype(str).to_numpy()
+    changed = before != predicted
+    assert changed.sum() == moved["n_to_population"] + moved["n_to_neighbour"]
+    pair = {"potency", rule["neighbour"]}
+    assert set(before[changed]) <= pair and set(predicted[changed]) <= pair
+    assert (predicted[changed] == "potency").sum() == moved["n_to_population"]
+    edited = frozen.copy()
+    edited.uns["reference"]["boundary"]["threshold"] = rule["threshold"] + 1.0
+    with pytest.raises(ValueError, match="boundary rule"):
+        mp.tl.map_to_reference(query.copy(), edited, cluster_key="potency_population")
+
+
+def test_a_reference_without_the_rule_keeps_its_hash_and_maps_by_transfer_alone(searched):
+    """Labels without a boundary rule (fixed-k clusters, or the rule switched off) freeze to
+    the same hash as before the rule existed, and mapping says it applied none."""
+    plain = mp.tl.freeze_reference(searched, cluster_key="cluster")
+    assert "boundary" not in plain.uns["reference"]["hash_parts"]
+    assert "boundary" not in plain.uns["reference"]
+    off = mp.tl.potency_population(
+        searched, "vegf", n_permutations=999, boundary_quantile=None, copy=True
+    )
+    assert "boundary" not in off.uns["potency_population"]
+    with pytest.raises(KeyError, match="boundary"):
+        mp.get.potency_population(off, kind="boundary")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -158,7 +158,7 @@ def potency_population(
     adata: AnnData,
     *,
     key: str = _registry.POTENCY_POPULATION.key,
-    kind: Literal["candidates", "summary", "lots", "overlap"] = "candidates",
+    kind: Literal["candidates", "summary", "lots", "overlap", "boundary"] = "candidates",
 ) -> pd.DataFrame:
     """The search for the potency population (:func:`mscpotency.tl.potency_population`).
 
@@ -175,7 +175,12 @@ def potency_population(
         ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
         False when the search kept the fixed-k cluster); ``"lots"``: lots x (potency, share of the population found, share
         of the fixed-k potency cluster); ``"overlap"``: every fixed-k cluster's cells
-        inside the population found and its Jaccard index with it.
+        inside the population found and its Jaccard index with it; ``"boundary"``: one
+        row, the population's boundary rule (``population`` and ``neighbour`` labels, the
+        ``representation``, the discriminant ``axis`` in it, the neighbour's ``centre``
+        and ``spread`` on it, the ``threshold`` and ``quantile``), which
+        ``tl.freeze_reference`` ships and ``tl.map_to_reference`` applies to query cells
+        (absent when nothing was found or ``boundary_quantile=None``).
 
     Returns
     -------

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +46,13 @@ from ._novelty import (
 )
 from ._project import centred
 from ._scoring import mapping_score
-from ._transfer import MappingInput, Transfer, TransferOptions, backend_options
+from ._transfer import (
+    MappingInput,
+    Transfer,
+    TransferOptions,
+    backend_options,
+    boundary_labels,
+)
 
 logger = logging.getLogger("mscpotency")
 
@@ -310,7 +316,10 @@ def map_to_reference(
       genes carry), ``'warnings'`` (the warnings this mapping issued), ``'reference_hash'``,
       ``'reference_labels'``, ``'potency_cluster'`` (the reference's, if it had one),
       ``'calibration'`` (the temperature and the expected calibration error before and after
-      scaling), ``'anchors'`` (anchor counts, anchors backend) and ``'params'``.
+      scaling), ``'anchors'`` (anchor counts, anchors backend), ``'boundary'`` (whether
+      the potency population's boundary rule, shipped by a reference of
+      ``tl.potency_population`` labels, re-decided the cells labelled the population or
+      its neighbour: ``applied``, ``n_to_population``, ``n_to_neighbour``) and ``'params'``.
     """
     options = backend_options(method, options)
     _check_thresholds(
@@ -365,6 +374,8 @@ def map_to_reference(
         knn_method=knn_method,
         random_state=random_state,
     )
+    codes, in_set, boundary = boundary_labels(model, transfer, flags.codes, flags.in_set)
+    flags = replace(flags, codes=codes, in_set=in_set)
     placement = _umap_placement(model, transfer, knn_method, random_state)
     per_lot, summary = _summaries(lots, probabilities.max(axis=1), flags, min_score, novelty_alpha)
     issued += _warn_off_reference(
@@ -383,6 +394,7 @@ def map_to_reference(
     )
     adata.uns[key_added]["prediction_sets"] = _set_record(model.categories, flags, set_alpha)
     adata.uns[key_added]["warnings"] = issued
+    adata.uns[key_added]["boundary"] = boundary
     return adata if copy else None
 
 

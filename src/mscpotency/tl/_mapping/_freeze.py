@@ -108,6 +108,10 @@ def freeze_reference(
     ``'hash_version'``, ``'hash_parts'`` (a digest per part, to name what changed),
     ``'cluster_key'``, ``'lot_key'``, ``'potency_cluster'``, ``'labels'``, ``'n_cells'``,
     ``'n_genes'``, ``'source_fingerprint'``, ``'created'``, ``'versions'`` and ``'params'``;
+    with labels of :func:`mscpotency.tl.potency_population` (``cluster_key`` its
+    ``key_added``), also ``'boundary'``: the population's boundary rule (population and
+    neighbour labels, ``'axis'`` in the reference PCA, ``'threshold'``), which
+    :func:`mscpotency.tl.map_to_reference` applies to query cells;
     with ``scvi``, also ``uns[key_added]['scvi']``: the trained model as plain arrays
     (``'weights'``, ``'setup'`` as JSON, the reference cells' ``'latent'`` coordinates,
     the ``'held_out'`` calibration predictions, ``'options'``).
@@ -119,8 +123,8 @@ def freeze_reference(
     :func:`mscpotency.tl.map_to_reference` refuse the reference: the embedding genes, the
     labels (values, categories and ``cluster_key``), the potency cluster, the reference lots,
     the normalisation and embedding parameters (``uns['preprocess']['params']``), the PCA
-    centring and loadings, the cells' embedding, the expression matrix, the UMAP and the stored
-    scVI model (BLAKE2b,
+    centring and loadings, the cells' embedding, the expression matrix, the UMAP, the stored
+    scVI model and the potency population's boundary rule (BLAKE2b,
     128 bits, arrays rounded to float32 so a save/load round trip keeps it). The record's
     description of that content (``'labels'``, ``'n_cells'``, ``'n_genes'``) is checked
     against it. The same reference, processed or frozen, has the same hash (unless a scVI
@@ -159,6 +163,8 @@ def freeze_reference(
     stored = _trained_model(adata, frozen, model, options, random_state)
     record = _record(adata, frozen, model, cluster_key, lot_key, called_with)
     record["expression_encoding"] = encoding
+    if model.boundary is not None:
+        record["boundary"] = model.boundary
     if stored is not None:
         record["scvi"] = stored
         parts = {**model.hash_parts, "scvi": model_digest(stored)}

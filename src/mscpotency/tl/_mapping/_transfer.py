@@ -103,3 +103,50 @@ def backend_options(method: str, options: TransferOptions | None) -> TransferOpt
         )
         raise TypeError(msg)
     return options
+
+
+def boundary_labels(
+    model: ReferenceModel, transfer: Transfer, codes: np.ndarray, in_set: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Query labels re-decided by the potency population's boundary rule, and what it did.
+
+    :func:`mscpotency.tl.potency_population` defines its population partly by a boundary
+    with its neighbour (cells not typical of the neighbour on the discriminant axis
+    between them); a frozen reference of its labels carries that rule
+    (``model.boundary``). Label transfer alone hands transitional cells (partly committed
+    towards the neighbour) to the neighbour, so every query cell labelled the population
+    or its neighbour is re-decided by the same rule, in the reference PCA: the population
+    when its score on the axis exceeds the threshold, else the neighbour. Unassigned cells
+    (novel, empty prediction set) and other labels are left alone; a moved cell's new label
+    joins its prediction set (a larger set keeps the set's coverage). Backends that do not
+    transfer in the reference PCA (scvi) are left alone, and the record says so.
+    """
+    rule = model.boundary
+    if rule is None:
+        return codes, in_set, {"applied": False, "reason": "the reference has no boundary rule"}
+    axis = np.asarray(rule["axis"], dtype=np.float64)
+    embedding = np.asarray(transfer.query_embedding)
+    if transfer.reference_embedding is not model.embedding or embedding.shape[1] != axis.size:
+        reason = "the labels were transferred outside the reference PCA"
+        return codes, in_set, {"applied": False, "reason": reason}
+    population = model.categories.get_loc(rule["population"])
+    neighbour = model.categories.get_loc(rule["neighbour"])
+    beyond = embedding @ axis > float(rule["threshold"])
+    decided = np.where(beyond, population, neighbour)
+    new = np.where(np.isin(codes, [population, neighbour]), decided, codes)
+    moved = np.flatnonzero(new != codes)
+    if in_set is not None and moved.size:
+        in_set = in_set.copy()
+        in_set[moved, new[moved]] = True
+    return (
+        new,
+        in_set,
+        {
+            "applied": True,
+            "population": str(rule["population"]),
+            "neighbour": str(rule["neighbour"]),
+            "threshold": float(rule["threshold"]),
+            "n_to_population": int((new[moved] == population).sum()),
+            "n_to_neighbour": int((new[moved] == neighbour).sum()),
+        },
+    )

@@ -26,6 +26,8 @@ looks at many cuts at once and pays for doing so:
    partly committed towards the neighbour) leaves those cells out; on the hard preset
    this took the population found from F1 >= 0.9 in 7 to 10 of 10 seeds. The refinement
    does not read potency, so the p-value of step 3 holds for the refined population.
+   The rule (axis, threshold, neighbour) is part of the population's definition: it is
+   stored, frozen with the reference (and hashed) and applied to mapped query cells.
 """
 
 from __future__ import annotations
@@ -199,6 +201,10 @@ def potency_population(
     ``LotDominatedWarning`` when it holds), seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population
     found, share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
     clusters x [n_cells, n_in_population, jaccard]), ``'null_max'`` (the permutation maxima),
+    ``'boundary'`` (when a population was found and refined: the rule that draws its
+    boundary with its neighbour, population and neighbour labels, representation, axis,
+    centre, spread, threshold, quantile; ``tl.freeze_reference`` ships it and
+    ``tl.map_to_reference`` re-decides query cells labelled either by it),
     ``'message'`` (one plain sentence) and ``'params'``.
     """
     start = time.perf_counter()
@@ -240,7 +246,7 @@ def potency_population(
         preferred=np.flatnonzero(np.asarray(candidates.kind) == "cluster"),
     )
     candidate_cells = _members(candidates, search.chosen, adata.n_obs)
-    chosen_cells = _boundary_refined(
+    chosen_cells, boundary = _boundary_refined(
         adata, candidate_cells, cluster_params, (connectivities, base), boundary_quantile
     )
     adata = adata.copy() if copy else adata
@@ -258,6 +264,8 @@ def potency_population(
         alternative,
     )
     _flag_lot_domination(result, lots, chosen_cells, random_state)
+    if boundary is not None and result["summary"]["found"]:
+        result["boundary"] = boundary  # the rule mapping carries to query cells
     result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
     result["params"] = {
         "potency": potency_name,
@@ -484,12 +492,16 @@ def _boundary_refined(
     cluster_params: dict,
     graph: tuple[sparse.csr_matrix, pd.Categorical],
     quantile: float | None,
-) -> np.ndarray:
-    """The chosen candidate's cells after boundary refinement (unchanged when ``None``)."""
+) -> tuple[np.ndarray, dict | None]:
+    """The chosen candidate's cells after boundary refinement, and the boundary's rule.
+
+    Unchanged, and no rule, when ``quantile`` is ``None``.
+    """
     if quantile is None:
-        return candidate
+        return candidate, None
     embedding = _representation(adata, cluster_params)
-    return _refined_population(candidate, embedding, graph[0], graph[1], quantile)
+    cells = _refined_population(candidate, embedding, graph[0], graph[1], quantile)
+    return cells, _boundary_record(adata, cells, cluster_params, graph, quantile)
 
 
 def _refined_population(
@@ -533,6 +545,50 @@ def _refined_population(
     return mask
 
 
+@dataclass(frozen=True)
+class _Boundary:
+    """The boundary between a population and its neighbour: an axis and a threshold."""
+
+    neighbour: int  # code of the neighbouring fixed-k cluster
+    axis: np.ndarray  # Fisher's discriminant axis (population minus neighbour), embedding space
+    centre: float  # median of the neighbour's scores on the axis
+    spread: float  # their robust standard deviation (1.4826 x MAD)
+    threshold: float  # centre + z x spread: cells scoring above it are not typical of it
+
+
+def _fit_boundary(
+    inside: np.ndarray,
+    embedding: np.ndarray,
+    connectivities: sparse.csr_matrix,
+    codes: np.ndarray,
+    z: float,
+    min_cells: int,
+) -> _Boundary | None:
+    """The boundary of ``inside`` with its neighbour, or ``None`` when it has no usable one.
+
+    The neighbour is the rest of the fixed-k cluster the population's kNN edges reach most.
+    """
+    reach = np.asarray(connectivities[inside].sum(axis=0)).ravel()
+    reach[inside] = 0
+    weight = np.bincount(codes, weights=reach)
+    if not (weight > 0).any():
+        return None
+    code = int(np.argmax(weight))
+    neighbour = (codes == code) & ~inside
+    if neighbour.sum() < min_cells or inside.sum() < 2:
+        return None
+    a, b = embedding[inside], embedding[neighbour]
+    pooled = np.cov(np.vstack([a - a.mean(axis=0), b - b.mean(axis=0)]).T)
+    pooled = np.atleast_2d(pooled) + 1e-6 * np.eye(embedding.shape[1])
+    axis = np.linalg.solve(pooled, a.mean(axis=0) - b.mean(axis=0))
+    own = embedding[neighbour] @ axis
+    centre = float(np.median(own))
+    spread = float(1.4826 * np.median(np.abs(own - centre)))
+    if not spread > 0:
+        return None
+    return _Boundary(code, axis, centre, spread, centre + z * spread)
+
+
 def _refine(
     inside: np.ndarray,
     embedding: np.ndarray,
@@ -542,29 +598,50 @@ def _refine(
     min_cells: int,
 ) -> np.ndarray | None:
     """Indices of the refined candidate, or ``None`` when it has no usable neighbour."""
-    reach = np.asarray(connectivities[inside].sum(axis=0)).ravel()
-    reach[inside] = 0
-    weight = np.bincount(codes, weights=reach)
-    if not (weight > 0).any():
+    boundary = _fit_boundary(inside, embedding, connectivities, codes, z, min_cells)
+    if boundary is None:
         return None
-    neighbour = (codes == int(np.argmax(weight))) & ~inside
-    if neighbour.sum() < min_cells or inside.sum() < 2:
-        return None
-    a, b = embedding[inside], embedding[neighbour]
-    pooled = np.cov(np.vstack([a - a.mean(axis=0), b - b.mean(axis=0)]).T)
-    pooled = np.atleast_2d(pooled) + 1e-6 * np.eye(embedding.shape[1])
-    axis = np.linalg.solve(pooled, a.mean(axis=0) - b.mean(axis=0))
-    cells = np.flatnonzero(inside | neighbour)
-    score = embedding[cells] @ axis
-    own = score[neighbour[cells]]
-    centre = np.median(own)
-    spread = 1.4826 * np.median(np.abs(own - centre))
-    if not spread > 0:
-        return None
+    cells = np.flatnonzero(inside | (codes == boundary.neighbour))
+    score = embedding[cells] @ boundary.axis
     degree = np.asarray(connectivities[cells].sum(axis=1)).ravel()
     linked = np.asarray(connectivities[cells] @ inside.astype(float)).ravel()
     joins = inside[cells] | (linked >= _REFINE_MIN_LINK * np.maximum(degree, 1e-12))
-    return cells[(score > centre + z * spread) & joins]
+    return cells[(score > boundary.threshold) & joins]
+
+
+def _boundary_record(
+    adata: AnnData,
+    chosen_cells: np.ndarray,
+    cluster_params: dict,
+    graph: tuple[sparse.csr_matrix, pd.Categorical],
+    quantile: float | None,
+) -> dict | None:
+    """The population's boundary rule as stored for mapping (``None``: no refinement, no rule).
+
+    Fitted once more on the refined population, in the representation ``tl.cluster`` built
+    its graph on (the population's definition, carried to new lots):
+    ``tl.freeze_reference`` ships it and ``tl.map_to_reference`` applies it to query
+    cells in the reference PCA (when the representation is ``obsm['X_pca']``).
+    """
+    if quantile is None:
+        return None
+    use_rep = str(cluster_params.get("use_rep", "X_pca"))
+    embedding = _representation(adata, cluster_params)
+    codes = np.asarray(graph[1].codes, dtype=np.int64)
+    z = float(stats.norm.ppf(quantile))
+    boundary = _fit_boundary(chosen_cells, embedding, graph[0], codes, z, min_cells=10)
+    if boundary is None:
+        return None
+    return {
+        "population": POPULATION_LABEL,
+        "neighbour": str(graph[1].categories[boundary.neighbour]),
+        "representation": use_rep,
+        "axis": boundary.axis.astype(np.float64),
+        "centre": boundary.centre,
+        "spread": boundary.spread,
+        "threshold": boundary.threshold,
+        "quantile": float(quantile),
+    }
 
 
 # --------------------------------------------------------------------------- statistic

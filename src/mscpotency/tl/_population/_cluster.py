@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("mscpotency")
 
 _RESOLUTION_BOUNDS = (0.01, 5.0)
-#: Up to this many cells ``knn_method="auto"`` uses exact neighbours.
-_EXACT_KNN_MAX_CELLS = 50_000
+#: Up to this many cells ``knn_method="auto"`` uses exact neighbours. The approximate
+#: search (pynndescent) compiles kernels numba cannot cache (about 20 CPU-seconds in every
+#: new process); at 10^5 cells the exact search costs 29 CPU-s end to end on 2 threads
+#: against 31 for the approximate one's first call in a process (11 once compiled), with
+#: the same ARI vs truth (``benchmarks/results/cluster_profile.md``).
+_EXACT_KNN_MAX_CELLS = 150_000
 
 
 Flavor = Literal["igraph", "leidenalg"]
@@ -78,7 +82,7 @@ def cluster(
         Leiden iterations (``-1``: until stable).
     knn_method
         ``"exact"`` (scikit-learn, deterministic), ``"approximate"`` (pynndescent, fast on
-        large data) or ``"auto"``: exact up to 50,000 cells.
+        large data once compiled) or ``"auto"``: exact up to 150,000 cells.
     max_search_steps
         Bisection steps of the resolution search.
     scanpy_neighbors

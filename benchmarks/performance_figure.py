@@ -78,27 +78,37 @@ def collect(results: Path) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame) -> str:
     """The summary table, with ours / bare ratios per size."""
     lines = [
-        "| cells | tool | wall, whole process (s) | peak RSS (MiB) | ARI vs truth | potency F1 "
-        "| wall ours / bare | RSS ours / bare | load average at start |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cells | tool | wall, whole process (s) | CPU, whole process (s) | peak RSS (MiB) "
+        "| ARI vs truth | potency F1 | wall ours / bare | CPU ours / bare | RSS ours / bare "
+        "| load average at start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = table.reindex(columns=[*table.columns, *(c for c in _COLUMNS if c not in table)])
     for cells, group in table.groupby("cells", sort=True):
         rows = group.set_index("pipeline")
         for pipeline, row in rows.iterrows():
-            ratio_wall = ratio_rss = ""
+            ratios = ["", "", ""]
             if pipeline == "ours" and "bare" in rows.index:
-                ratio_wall = f"{row['process_wall_s'] / rows.loc['bare', 'process_wall_s']:.2f}"
-                ratio_rss = (
-                    f"{row['process_max_rss_mb'] / rows.loc['bare', 'process_max_rss_mb']:.2f}"
-                )
-            f1 = "" if pd.isna(row.get("potency_f1")) else f"{row['potency_f1']:.3f}"
-            load = "" if pd.isna(row.get("load_average")) else f"{row['load_average']:.1f}"
+                bare = rows.loc["bare"]
+                ratios = [
+                    _fmt(row[c] / bare[c], ".2f")
+                    for c in ("process_wall_s", "process_cpu_s", "process_max_rss_mb")
+                ]
             lines.append(
-                f"| {cells:,} | {LABELS[pipeline]} | {row['process_wall_s']:.1f} "
-                f"| {row['process_max_rss_mb']:,.0f} | {row['ari_vs_truth']:.3f} | {f1} "
-                f"| {ratio_wall} | {ratio_rss} | {load} |"
+                f"| {cells:,} | {LABELS[pipeline]} | {_fmt(row['process_wall_s'], '.1f')} "
+                f"| {_fmt(row['process_cpu_s'], '.1f')} | {_fmt(row['process_max_rss_mb'], ',.0f')} "
+                f"| {_fmt(row['ari_vs_truth'], '.3f')} | {_fmt(row['potency_f1'], '.3f')} "
+                f"| {' | '.join(ratios)} | {_fmt(row['load_average'], '.1f')} |"
             )
     return "\n".join(lines)
+
+
+_COLUMNS = ("process_wall_s", "process_cpu_s", "process_max_rss_mb", "potency_f1", "load_average")
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted, or empty when missing."""
+    return "" if value is None or pd.isna(value) else format(value, spec)
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:

@@ -760,13 +760,15 @@ GNU_TIME = Path("/usr/bin/time")
 
 
 def _parse_gnu_time(path: Path) -> dict:
-    """Whole-process wall seconds and peak RSS (bytes) from ``/usr/bin/time -v -o path``."""
+    """Whole-process wall and CPU (user + system) seconds and peak RSS (bytes) from ``/usr/bin/time -v -o path``."""
     out: dict = {}
     for line in path.read_text().splitlines():
         key, _, value = line.strip().rpartition(": ")
         if key.startswith("Elapsed (wall clock) time"):
             parts = [float(x) for x in value.split(":")]
             out["process_wall_s"] = sum(x * 60**i for i, x in enumerate(reversed(parts)))
+        elif key in ("User time (seconds)", "System time (seconds)"):
+            out["process_cpu_s"] = out.get("process_cpu_s", 0.0) + float(value)
         elif key == "Maximum resident set size (kbytes)":
             out["process_max_rss"] = int(value) * 1024
     return out
@@ -879,6 +881,7 @@ def _process_figures(runs: list[dict]) -> dict:
     best = min(timed, key=lambda r: r["process_wall_s"])
     return {
         "process_wall_s": best["process_wall_s"],
+        "process_cpu_s": min(r.get("process_cpu_s", float("nan")) for r in timed),
         "process_max_rss_mb": best["process_max_rss"] / 2**20,
         "load_average": best.get("load_average_start"),
     }
@@ -893,6 +896,7 @@ def write_process_table(path: Path, n_cells: int, memory: dict) -> None:
             "cells": n_cells,
             "pipeline": p,
             "process_wall_s": m.get("process_wall_s"),
+            "process_cpu_s": m.get("process_cpu_s"),
             "process_max_rss_mb": m.get("process_max_rss_mb"),
             "analysis_s": m.get("analysis_s"),
             "peak_rss_mb": m["peak_rss_mb"],
@@ -966,7 +970,7 @@ def write_markdown(path: Path, args, table, memory, ari, runs) -> None:
         "",
     ]
     process = pd.DataFrame(memory).T.reindex(
-        columns=["process_wall_s", "process_max_rss_mb", "load_average"]
+        columns=["process_wall_s", "process_cpu_s", "process_max_rss_mb", "load_average"]
     )
     if process["process_wall_s"].notna().any():
         lines += ["## Whole process (`/usr/bin/time -v`: imports, warm-up, load and steps)", ""]

@@ -109,9 +109,7 @@ def _true_neighbours(X: np.ndarray, k: int) -> np.ndarray:
 @pytest.mark.parametrize("knn_method", ["exact", "auto"])
 def test_exact_and_auto_graphs_hold_every_true_neighbour(tiny_ref, knn_method):
     # below _EXACT_KNN_MAX_CELLS "auto" is the exact search: recall 1.0 against brute force
-    adata = mp.tl.cluster(
-        tiny_ref, n_clusters=8, knn_method=knn_method, key_added="knn", copy=True
-    )
+    adata = mp.tl.cluster(tiny_ref, n_clusters=8, knn_method=knn_method, key_added="knn", copy=True)
     distances = adata.obsp["knn_neighbors_distances"].tocsr()
     found = np.sort(distances.indices.reshape(adata.n_obs, -1), axis=1)
     truth = _true_neighbours(adata.obsm["X_pca"], found.shape[1])

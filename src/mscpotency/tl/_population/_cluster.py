@@ -29,9 +29,10 @@ logger = logging.getLogger("mscpotency")
 _RESOLUTION_BOUNDS = (0.01, 5.0)
 #: Up to this many cells ``knn_method="auto"`` uses exact neighbours. The approximate
 #: search (pynndescent) compiles kernels numba cannot cache (about 20 CPU-seconds in every
-#: new process); at 10^5 cells the exact search costs 29 CPU-s end to end on 2 threads
-#: against 31 for the approximate one's first call in a process (11 once compiled), with
-#: the same ARI vs truth (``benchmarks/results/cluster_profile.md``).
+#: new process, on one core); at 10^5 cells ``tl.cluster`` costs about the same CPU time
+#: either way in a fresh process (28-29 CPU-s exact, 27-31 approximate; 11 once compiled),
+#: but the exact search spreads it over the cores: half the wall time on 2 cores, with the
+#: same ARI vs truth (``benchmarks/results/cluster_profile.md``).
 _EXACT_KNN_MAX_CELLS = 150_000
 
 

@@ -2,8 +2,8 @@
 
 Usage (from the repository root, after ``reference_analysis.py`` at each size)::
 
-    .venv/bin/python benchmarks/reference_analysis.py --cells 10000 --repeat 1 --pipelines ours,bare --out benchmarks/results/performance
-    .venv/bin/python benchmarks/reference_analysis.py --cells 100000 --repeat 1 --pipelines ours,bare --out benchmarks/results/performance
+    .venv/bin/python benchmarks/reference_analysis.py --cells 10000 --repeat 2 --pipelines ours,bare --out benchmarks/results/performance
+    .venv/bin/python benchmarks/reference_analysis.py --cells 100000 --repeat 2 --pipelines ours,bare --out benchmarks/results/performance
     .venv/bin/python benchmarks/performance_figure.py
 
 Reads ``benchmarks/results/performance/reference_<cells>_process.csv`` (whole-process wall time and

@@ -121,6 +121,40 @@ def _search_profile(adata, rows: list, leiden_rows: list) -> None:
         logger.setLevel(old)
 
 
+def _compare_methods(adata, methods: list[str]) -> list[tuple]:
+    """``tl.cluster(n_clusters=8)`` once per ``knn_method``, back to back in this process.
+
+    Wall and CPU seconds (CPU time is the fairer figure on a shared machine: it does not
+    count the time other processes hold the cores), the load average, and the quality of
+    the labels against the simulated truth.
+    """
+    import os
+
+    import mscpotency as mp
+
+    rows = []
+    for method in methods:
+        work = adata.copy()
+        wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+        mp.tl.cluster(work, n_clusters=8, knn_method=method)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        ari, f1 = _quality(work)
+        rows.append((method, wall, cpu, load, ari, f1, work.uns["cluster"]["resolution"]))
+    return rows
+
+
+def _quality(adata) -> tuple[float, float]:
+    """ARI vs the true subpopulations, F1 of the most potency-rich cluster vs the potency cells."""
+    from sklearn.metrics import adjusted_rand_score, f1_score
+
+    labels = adata.obs["cluster"].astype(str)
+    share = adata.obs.groupby("cluster", observed=True)["potency"].mean()
+    return (
+        adjusted_rand_score(adata.obs["truth"], labels),
+        f1_score(adata.obs["potency"], labels == share.idxmax()),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=10_000)
@@ -128,6 +162,11 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-knn", action="store_true", help="skip the separate kNN timings")
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated knn_method values: time tl.cluster end to end with each, then stop",
+    )
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "mscpotency-bench"))
     args = parser.parse_args()
     import mscpotency as mp
@@ -136,6 +175,19 @@ def main() -> None:
     adata = _adata(_prepare(args))
     from sklearn.metrics import adjusted_rand_score, f1_score
 
+    if args.methods:
+        print(f"\n### {adata.n_obs} cells: tl.cluster(n_clusters=8) per knn_method\n")
+        print(
+            "| knn_method | wall s | CPU s | load average | ARI vs truth | potency F1 | resolution |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for method, wall, cpu, load, ari, f1, res in _compare_methods(
+            adata, args.methods.split(",")
+        ):
+            print(
+                f"| {method} | {wall:.1f} | {cpu:.1f} | {load:.1f} | {ari:.3f} | {f1:.3f} | {res:.4f} |"
+            )
+        return
     rows: list = []
     leiden_rows: list = []
     if not args.no_knn:

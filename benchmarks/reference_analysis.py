@@ -261,7 +261,9 @@ def _bare_preprocess(adata):
 def _bare_neighbors(adata):
     import scanpy as sc
 
-    exact = adata.n_obs <= 50_000  # the same choice as tl.cluster(knn_method="auto")
+    from mscpotency.tl._population._cluster import _EXACT_KNN_MAX_CELLS
+
+    exact = adata.n_obs <= _EXACT_KNN_MAX_CELLS  # the same choice as tl.cluster(knn_method="auto")
     sc.pp.neighbors(
         adata,
         n_neighbors=15,
@@ -361,12 +363,15 @@ def warm_up(args) -> None:
     First calls compile numba kernels (umap's fuzzy simplicial set, pynndescent, scanpy's
     sparse mean/variance) and import lazily loaded modules: 10-30 s that both pipelines pay
     once per process and that says nothing about how either scales. The approximate kNN
-    path (pynndescent, used above 50,000 cells) is compiled too.
+    path (pynndescent, used above 150,000 cells) is compiled too when the data are that large.
     """
     import anndata as ad
     import scanpy as sc
 
+    from mscpotency.tl._population._cluster import _EXACT_KNN_MAX_CELLS
+
     backed = ad.read_h5ad(args.data, backed="r")
+    n_cells = backed.n_obs
     lots = backed.obs["lot"].cat.categories[:3]
     small = backed[backed.obs["lot"].isin(lots).to_numpy()].to_memory()
     backed.file.close()
@@ -376,9 +381,10 @@ def warm_up(args) -> None:
     )
     for _, call in steps:
         call()
-    sc.pp.neighbors(
-        small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm"
-    )
+    if n_cells > _EXACT_KNN_MAX_CELLS:
+        sc.pp.neighbors(
+            small, n_neighbors=15, use_rep="X_pca", transformer="pynndescent", key_added="warm"
+        )
 
 
 def _count_bytes_on_disk(folder: Path) -> int:
@@ -728,16 +734,46 @@ def worker(args) -> None:
         "n_clusters": int(labels.nunique()),
         "ari_vs_truth": float(adjusted_rand_score(truth, labels)),
         "potency_cluster": ctx.get("potency_cluster"),
+        "potency_f1": _potency_f1(adata, labels, ctx.get("potency_cluster")),
         "top_markers": ctx.get("top_markers"),
+        "load_average": os.getloadavg()[0],
         "steps": records,
     }
     labels.to_frame("label").to_csv(Path(args.json).with_suffix(".labels.csv"))
     Path(args.json).write_text(json.dumps(summary, default=str))
 
 
+def _potency_f1(adata, labels, potency_cluster) -> float | None:
+    """F1 of the potency cluster (the one the association names) vs the simulated potency cells."""
+    if potency_cluster is None or "true_potency_cell" not in adata.obs:
+        return None
+    inside = (labels.astype(str) == str(potency_cluster)).to_numpy()
+    truth = adata.obs["true_potency_cell"].to_numpy(dtype=bool)
+    return float(2 * (inside & truth).sum() / (inside.sum() + truth.sum()))
+
+
 # --------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------
+#: GNU time, for the whole process's wall time and peak RSS (imports and warm-up included)
+GNU_TIME = Path("/usr/bin/time")
+
+
+def _parse_gnu_time(path: Path) -> dict:
+    """Whole-process wall and CPU (user + system) seconds and peak RSS (bytes) from ``/usr/bin/time -v -o path``."""
+    out: dict = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        if key.startswith("Elapsed (wall clock) time"):
+            parts = [float(x) for x in value.split(":")]
+            out["process_wall_s"] = sum(x * 60**i for i, x in enumerate(reversed(parts)))
+        elif key in ("User time (seconds)", "System time (seconds)"):
+            out["process_cpu_s"] = out.get("process_cpu_s", 0.0) + float(value)
+        elif key == "Maximum resident set size (kbytes)":
+            out["process_max_rss"] = int(value) * 1024
+    return out
+
+
 def run_worker(
     pipeline: str,
     data: Path,
@@ -751,9 +787,17 @@ def run_worker(
         cmd.append("--no-warmup")
     if resolution is not None:
         cmd += ["--resolution", repr(resolution)]
+    timed = out.with_suffix(".time.txt")
+    if GNU_TIME.exists():
+        cmd = [str(GNU_TIME), "-v", "-o", str(timed), *cmd]
     print("  running", pipeline, "...", flush=True)
+    load = os.getloadavg()[0]
     subprocess.run(cmd, check=True, env=env)
-    return json.loads(out.read_text())
+    run = json.loads(out.read_text())
+    run["load_average_start"] = load
+    if timed.exists():
+        run.update(_parse_gnu_time(timed))
+    return run
 
 
 def run_seurat_pipeline(data: Path, json_path: Path, timeout: int) -> dict:
@@ -814,6 +858,8 @@ def summarise(runs: list[dict], n_cells: int):
             "n_clusters": rs[0]["n_clusters"],
             "potency_cluster": rs[0]["potency_cluster"],
             "resolution": rs[0]["resolution"],
+            "potency_f1": rs[0].get("potency_f1"),
+            **_process_figures(rs),
         }
     ari = {}
     labels = {
@@ -825,6 +871,43 @@ def summarise(runs: list[dict], n_cells: int):
             if p != "ours":
                 ari[p] = float(adjusted_rand_score(labels["ours"], labels[p]))
     return long, table, memory, ari
+
+
+def _process_figures(runs: list[dict]) -> dict:
+    """Whole-process wall and peak RSS (GNU time; best run) and the load average around them."""
+    timed = [r for r in runs if "process_wall_s" in r]
+    if not timed:
+        return {}
+    best = min(timed, key=lambda r: r["process_wall_s"])
+    return {
+        "process_wall_s": best["process_wall_s"],
+        "process_cpu_s": min(r.get("process_cpu_s", float("nan")) for r in timed),
+        "process_max_rss_mb": best["process_max_rss"] / 2**20,
+        "load_average": best.get("load_average_start"),
+    }
+
+
+def write_process_table(path: Path, n_cells: int, memory: dict) -> None:
+    """One row per pipeline: the figures of ``benchmarks/performance_figure.py``."""
+    import pandas as pd
+
+    rows = [
+        {
+            "cells": n_cells,
+            "pipeline": p,
+            "process_wall_s": m.get("process_wall_s"),
+            "process_cpu_s": m.get("process_cpu_s"),
+            "process_max_rss_mb": m.get("process_max_rss_mb"),
+            "analysis_s": m.get("analysis_s"),
+            "peak_rss_mb": m["peak_rss_mb"],
+            "count_matrix_mb": m["count_matrix_mb"],
+            "ari_vs_truth": m["ari_vs_truth"],
+            "potency_f1": m.get("potency_f1"),
+            "load_average": m.get("load_average"),
+        }
+        for p, m in memory.items()
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def to_markdown(frame, floatfmt: str = ".2f") -> str:
@@ -886,8 +969,17 @@ def write_markdown(path: Path, args, table, memory, ari, runs) -> None:
         "included.",
         "",
     ]
+    process = pd.DataFrame(memory).T.reindex(
+        columns=["process_wall_s", "process_cpu_s", "process_max_rss_mb", "load_average"]
+    )
+    if process["process_wall_s"].notna().any():
+        lines += ["## Whole process (`/usr/bin/time -v`: imports, warm-up, load and steps)", ""]
+        lines.append(to_markdown(process.astype(float)))
+        lines += [""]
     lines += ["## Results agree", ""]
-    res = pd.DataFrame(memory).T[["n_clusters", "resolution", "ari_vs_truth", "potency_cluster"]]
+    res = pd.DataFrame(memory).T.reindex(
+        columns=["n_clusters", "resolution", "ari_vs_truth", "potency_f1", "potency_cluster"]
+    )
     lines.append(to_markdown(res, ".3f"))
     for p, value in ari.items():
         lines.append(f"\nARI(ours, {p}) = {value:.4f}")
@@ -1022,6 +1114,10 @@ def main(argv=None) -> None:
     long, table, memory, ari = summarise(runs, args.cells)
     stem = out / f"reference_{args.cells}"
     long.to_csv(stem.with_suffix(".csv"), index=False)
+    for p in memory:
+        if p in table.columns:
+            memory[p]["analysis_s"] = float(table.loc["total (qc → markers)", p])
+    write_process_table(out / f"reference_{args.cells}_process.csv", args.cells, memory)
     write_markdown(stem.with_suffix(".md"), args, table, memory, ari, runs)
     print(stem.with_suffix(".md").read_text())
 

@@ -95,3 +95,43 @@ def test_both_flavors_recover_the_same_clusters_on_the_study(study_ref):
     potency_cells = study_ref.obs["true_potency_cell"].to_numpy()
     f1 = 2 * (potency_cells & found).sum() / (potency_cells.sum() + found.sum())
     assert f1 >= 0.95
+
+
+def _true_neighbours(X: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest other cells of every cell, by brute force in float64 (sorted indices)."""
+    X = X.astype(np.float64)
+    squared = (X**2).sum(1)
+    distances = squared[:, None] + squared[None, :] - 2 * X @ X.T
+    np.fill_diagonal(distances, np.inf)
+    return np.sort(np.argsort(distances, axis=1)[:, :k], axis=1)
+
+
+@pytest.mark.parametrize("knn_method", ["exact", "auto"])
+def test_exact_and_auto_graphs_hold_every_true_neighbour(tiny_ref, knn_method):
+    # below _EXACT_KNN_MAX_CELLS "auto" is the exact search: recall 1.0 against brute force
+    adata = mp.tl.cluster(tiny_ref, n_clusters=8, knn_method=knn_method, key_added="knn", copy=True)
+    distances = adata.obsp["knn_neighbors_distances"].tocsr()
+    found = np.sort(distances.indices.reshape(adata.n_obs, -1), axis=1)
+    truth = _true_neighbours(adata.obsm["X_pca"], found.shape[1])
+    assert found.shape[1] == 14  # n_neighbors=15 counts the cell itself, as scanpy does
+    assert (found == truth).all()
+
+
+def test_labels_equal_scanpys_neighbors_and_leiden_at_the_found_resolution(tiny_ref):
+    import scanpy as sc
+
+    adata = tiny_ref.copy()
+    resolution = adata.uns["cluster"]["resolution"]
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", random_state=0, transformer="sklearn")
+    sc.tl.leiden(
+        adata,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=0,
+        key_added="bare",
+    )
+    ours = tiny_ref.obsp["cluster_neighbors_connectivities"]
+    assert abs(ours - adata.obsp["connectivities"]).max() == 0
+    assert adjusted_rand_score(tiny_ref.obs["cluster"], adata.obs["bare"]) == 1.0

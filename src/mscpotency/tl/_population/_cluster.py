@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("mscpotency")
 
 _RESOLUTION_BOUNDS = (0.01, 5.0)
-#: Up to this many cells ``knn_method="auto"`` uses exact neighbours.
-_EXACT_KNN_MAX_CELLS = 50_000
+#: Up to this many cells ``knn_method="auto"`` uses exact neighbours. The approximate
+#: search (pynndescent) compiles kernels numba cannot cache (about 20 CPU-seconds in every
+#: new process, on one core); at 10^5 cells ``tl.cluster`` costs about the same CPU time
+#: either way in a fresh process (28-29 CPU-s exact, 27-31 approximate; 11 once compiled),
+#: but the exact search spreads it over the cores: half the wall time on 2 cores, with the
+#: same ARI vs truth (``benchmarks/results/cluster_profile.md``).
+_EXACT_KNN_MAX_CELLS = 150_000
 
 
 Flavor = Literal["igraph", "leidenalg"]
@@ -78,7 +83,7 @@ def cluster(
         Leiden iterations (``-1``: until stable).
     knn_method
         ``"exact"`` (scikit-learn, deterministic), ``"approximate"`` (pynndescent, fast on
-        large data) or ``"auto"``: exact up to 50,000 cells.
+        large data once compiled) or ``"auto"``: exact up to 150,000 cells.
     max_search_steps
         Bisection steps of the resolution search.
     scanpy_neighbors

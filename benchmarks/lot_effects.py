@@ -164,6 +164,8 @@ def run_seed(seed: int, use_scvi: bool, scvi_epochs: int | None) -> list[dict]:
     methods = [("harmony", name, options) for name, options in HARMONY]
     if use_scvi:
         methods.append(("scvi", "scvi", {"max_epochs": scvi_epochs}))
+        site = {"max_epochs": scvi_epochs, "covariate_keys": ("site",)}
+        methods.append(("scvi", "scvi_site", site))  # the site as a categorical covariate
     row = {"seed": seed, "method": "uncorrected", **evaluate(adata, "X_pca", 0.0)}
     rows = [row]
     print(row, flush=True)

@@ -307,3 +307,25 @@ def test_the_frozen_umap_is_read_whatever_umap_key_says(frozen):
     info = mp.get.freeze_reference(frozen)
     assert isinstance(info, pd.DataFrame)
     assert info.loc[0, "hash_version"] == mp._frozen.HASH_VERSION
+
+
+def test_the_written_reference_has_the_permissions_of_any_new_file(tmp_path, frozen):
+    """Written through a private temporary file, it still gets 0666 minus the umask (a
+    frozen reference is shipped to other people), not the temporary file's 0600."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        path = mp.io.write_reference(frozen, tmp_path / "shared.h5ad")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    ordinary = tmp_path / "ordinary.txt"
+    previous = os.umask(0o027)
+    try:
+        path = mp.io.write_reference(frozen, tmp_path / "group.h5ad")
+        ordinary.write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(ordinary.stat().st_mode) == 0o640

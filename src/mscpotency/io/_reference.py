@@ -61,6 +61,9 @@ def write_reference(adata: AnnData, path: str | os.PathLike, *, overwrite: bool 
     os.close(handle)
     try:
         _write_compact(adata, partial)
+        umask = os.umask(0)  # read the file-creation mask (and restore it at once)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp's 0600 would keep a shared file private
         os.replace(partial, path)
     finally:
         Path(partial).unlink(missing_ok=True)

@@ -42,6 +42,7 @@ from ._novelty import (
     novelty_pvalues,
     novelty_summary,
     reference_mean_counts,
+    scored_as_a_query,
     scoring_sets,
 )
 from ._project import centred
@@ -660,18 +661,14 @@ def _novelty_scores(
     score = np.empty(n)
     for part in np.unique(sets):
         cells = np.flatnonzero(sets == part)
-        by_lot = centred(
+        score[cells] = scored_as_a_query(
             harmonised.expression[cells],
-            centre="lot",
-            reference_mean=model.pca_mean,
-            lots=lots[cells] if lots is not None else None,
-        )
-        score[cells], _, _ = mapping_score(
-            by_lot,
+            lots[cells] if lots is not None else None,
+            model.pca_mean,
             model.loadings,
-            n_comps=n_comps_own,
-            knn_method=knn_method,
-            random_state=random_state,
+            n_comps_own,
+            knn_method,
+            random_state,
         )
     return score, depth
 

@@ -252,14 +252,34 @@ def _score_held_out_folds(
         expression = model.expression[cells]
         if depth is not None and depth.efficiency is not None:
             expression = thinned(expression, depth.efficiency, thinning)
-        by_lot = centred(expression, centre="lot", reference_mean=model.pca_mean, lots=lots)
-        score, _, _ = mapping_score(
-            by_lot, loadings, n_comps=n_comps_own, knn_method=knn_method, random_state=random_state
+        score = scored_as_a_query(
+            expression, lots, model.pca_mean, loadings, n_comps_own, knn_method, random_state
         )
         scores.append(score[np.isfinite(score)])
     calibration = np.sort(np.concatenate(scores))
     logger.info("novelty calibration: %d held-out reference cells", calibration.size)
     return calibration
+
+
+def scored_as_a_query(
+    expression: sparse.csr_matrix,
+    lots: np.ndarray | None,
+    pca_mean: np.ndarray,
+    loadings: np.ndarray,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> np.ndarray:
+    """The mapping score of cells scored together as one query set (centred per lot).
+
+    The one scoring both sides of the novelty p-value use: held-out reference cells here,
+    and a query's scoring sets in :func:`mscpotency.tl.map_to_reference`.
+    """
+    by_lot = centred(expression, centre="lot", reference_mean=pca_mean, lots=lots)
+    score, _, _ = mapping_score(
+        by_lot, loadings, n_comps=n_comps_own, knn_method=knn_method, random_state=random_state
+    )
+    return score
 
 
 def calibration_set_size(

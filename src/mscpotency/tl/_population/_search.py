@@ -68,6 +68,8 @@ _REFINE_ROUNDS = 5
 _REFINE_TOLERANCE = 0.005
 #: A neighbour's cell joins only with at least this share of its kNN weight in the population.
 _REFINE_MIN_LINK = 0.2
+#: Fewest cells the neighbour must have for a boundary to be fitted against it.
+_REFINE_MIN_CELLS = 10
 
 
 class PopulationNotFoundWarning(NotSignificantWarning):
@@ -501,7 +503,8 @@ def _boundary_refined(
         return candidate, None
     embedding = _representation(adata, cluster_params)
     cells = _refined_population(candidate, embedding, graph[0], graph[1], quantile)
-    return cells, _boundary_record(adata, cells, cluster_params, graph, quantile)
+    use_rep = str(cluster_params.get("use_rep", "X_pca"))
+    return cells, _boundary_record(cells, embedding, use_rep, graph, quantile)
 
 
 def _refined_population(
@@ -533,7 +536,7 @@ def _refined_population(
     z = float(stats.norm.ppf(quantile))
     mask = candidate
     for _ in range(_REFINE_ROUNDS):  # to a fixed point: the axis moves with the boundary
-        cells = _refine(mask, embedding, connectivities, codes, z, min_cells=10)
+        cells = _refine(mask, embedding, connectivities, codes, z, _REFINE_MIN_CELLS)
         if cells is None:
             break
         refined = np.zeros_like(candidate)
@@ -610,26 +613,22 @@ def _refine(
 
 
 def _boundary_record(
-    adata: AnnData,
     chosen_cells: np.ndarray,
-    cluster_params: dict,
+    embedding: np.ndarray,
+    use_rep: str,
     graph: tuple[sparse.csr_matrix, pd.Categorical],
-    quantile: float | None,
+    quantile: float,
 ) -> dict | None:
-    """The population's boundary rule as stored for mapping (``None``: no refinement, no rule).
+    """The population's boundary rule as stored for mapping (``None``: no usable neighbour).
 
-    Fitted once more on the refined population, in the representation ``tl.cluster`` built
-    its graph on (the population's definition, carried to new lots):
-    ``tl.freeze_reference`` ships it and ``tl.map_to_reference`` applies it to query
-    cells in the reference PCA (when the representation is ``obsm['X_pca']``).
+    Fitted once more on the refined population, in ``embedding`` (``obsm[use_rep]``, the
+    representation ``tl.cluster`` built its graph on: the population's definition, carried
+    to new lots): ``tl.freeze_reference`` ships it and ``tl.map_to_reference`` applies it
+    to query cells in the reference PCA (when the representation is ``obsm['X_pca']``).
     """
-    if quantile is None:
-        return None
-    use_rep = str(cluster_params.get("use_rep", "X_pca"))
-    embedding = _representation(adata, cluster_params)
     codes = np.asarray(graph[1].codes, dtype=np.int64)
     z = float(stats.norm.ppf(quantile))
-    boundary = _fit_boundary(chosen_cells, embedding, graph[0], codes, z, min_cells=10)
+    boundary = _fit_boundary(chosen_cells, embedding, graph[0], codes, z, _REFINE_MIN_CELLS)
     if boundary is None:
         return None
     return {

@@ -49,7 +49,9 @@ def write_lot_model(adata: AnnData, frozen: AnnData, path: str | os.PathLike) ->
 
     The lot table, the reference lots' cluster counts, the potency association, the fitted
     potency model and the resolved settings, with the frozen reference's hash: a release
-    refuses a lot model that belongs to another reference.
+    refuses a lot model that belongs to another reference. The file is stamped with its own
+    content hash (:func:`lot_model_hash`), which is also recorded in
+    ``adata.uns['workflow']['lot_model_hash']`` (the report names it).
     """
     model = AnnData(obs=get.lot_table(adata))
     for key in (*LOT_MODEL_KEYS, *OPTIONAL_KEYS, _keys.PACKAGE):  # the package key: the log
@@ -65,8 +67,10 @@ def write_lot_model(adata: AnnData, frozen: AnnData, path: str | os.PathLike) ->
     path = Path(path)
     model.write_h5ad(path, compression="gzip")
     written = ad.read_h5ad(path)  # the hash covers what a release will read back
-    written.uns[WORKFLOW_KEY]["lot_model_hash"] = lot_model_hash(written)
+    stamp = lot_model_hash(written)
+    written.uns[WORKFLOW_KEY]["lot_model_hash"] = stamp
     written.write_h5ad(path, compression="gzip")
+    adata.uns.setdefault(WORKFLOW_KEY, {})["lot_model_hash"] = stamp
     return path
 
 

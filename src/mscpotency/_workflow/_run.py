@@ -12,7 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-import anndata as ad
 from anndata import AnnData
 
 from .. import io
@@ -68,11 +67,8 @@ def save_reference(adata: AnnData, settings: AnalysisSettings, out: str | os.Pat
     out.mkdir(parents=True, exist_ok=True)
     frozen = freeze(adata, settings)
     path = io.write_reference(frozen, out / REFERENCE_FILE, overwrite=True)
-    lot_model = write_lot_model(adata, frozen, lot_model_path(path))
+    write_lot_model(adata, frozen, lot_model_path(path))  # records its hash in adata too
     adata.uns["workflow"]["reference_hash"] = str(frozen.uns["reference"]["hash"])
-    adata.uns["workflow"]["lot_model_hash"] = str(
-        ad.read_h5ad(lot_model).uns["workflow"]["lot_model_hash"]
-    )
     adata.strings_to_categoricals()
     adata.write_h5ad(out / "analysed.h5ad", compression="gzip")
     return path

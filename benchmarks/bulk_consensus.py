@@ -173,12 +173,14 @@ def _row(seed, rule, stage, genes, ok, n_true, seconds) -> dict:
 
 
 def _validated(seed, rule, name, cands, data, outcome, truth, sign, n_true) -> dict:
+    # the held-out lines are read on the array: a candidate without an annotated probe
+    # (called on CAGE alone) cannot be tested there and counts as not validated
+    annotation = data["annotation"]["array"]
+    cands = cands[cands.index.isin(annotation["gene_symbol"])]
     if not len(cands):
         return _row(seed, rule, f"{name} + validation", [], np.zeros(0, bool), n_true, None)
     test = data["test"]["array"].copy()
-    B.tl.validate_markers(
-        test, cands[["sign", "rho"]], outcome=outcome, annotation=data["annotation"]["array"]
-    )
+    B.tl.validate_markers(test, cands[["sign", "rho"]], outcome=outcome, annotation=annotation)
     table = B.get.validate_markers(test)
     kept = table.index[table["validated"] & (table["fdr"] <= 0.1)]
     ok = true_calls(kept, cands.loc[kept, "sign"].to_numpy() * sign, rule, truth)

@@ -203,3 +203,21 @@ def test_n_top_is_checked(kwargs, match):
     platforms = _two_platforms(lines)
     with pytest.raises(ValueError, match=match):
         mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, **kwargs)
+
+
+def test_candidates_the_held_out_platform_lacks_can_be_listed_untested():
+    lines = [f"T{i}" for i in range(10)]
+    held_out = _platform(lines, 4)
+    held_out.X[:, 0] = np.arange(10.0)
+    held_out.obs["y"] = np.arange(10.0)
+    candidates = {"g0": 1, "CAGE only": 1}
+    with pytest.raises(KeyError, match="on_absent='untested'"):
+        mp.bulk.tl.validate_markers(held_out, candidates, outcome="y")
+    mp.bulk.tl.validate_markers(held_out, candidates, outcome="y", on_absent="untested")
+    table = mp.bulk.get.validate_markers(held_out)
+    assert table.loc["g0", "validated"] and table.loc["g0", "rho"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["CAGE only", "pvalue"]) and not table.loc["CAGE only", "validated"]
+    summary = mp.bulk.get.validate_markers(held_out, kind="summary")
+    assert summary["expected_by_chance"].item() == pytest.approx(0.05)  # one testable
+    with pytest.raises(KeyError, match="names do not match"):
+        mp.bulk.tl.validate_markers(held_out, {"x": 1}, outcome="y", on_absent="untested")

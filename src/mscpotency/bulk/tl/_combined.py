@@ -144,12 +144,13 @@ def platform_calibrated(magnitude: np.ndarray, measured: np.ndarray, n_platforms
     as rare among entities on all ``K``: ``log sf(t') = k_eff(k) / k_eff(K) * log sf(t)``.
     Entities on every platform keep their score; those on fewer must be stronger.
     """
-    k_eff = 1 + (measured - 1) * PLATFORM_CORRELATION
+    out = np.where(measured > 0, magnitude, 0.0)
+    partial = (measured < n_platforms) & (out > 0)  # only these need the (slow) transform
+    k_eff = 1 + (measured[partial] - 1) * PLATFORM_CORRELATION
     k_full = 1 + (n_platforms - 1) * PLATFORM_CORRELATION
-    with np.errstate(divide="ignore"):
-        shrunk = -special.ndtri_exp(k_eff / k_full * special.log_ndtr(-magnitude))
-    out = np.where(measured >= n_platforms, magnitude, np.maximum(shrunk, 0.0))
-    return np.where(measured > 0, out, 0.0)
+    shrunk = -special.ndtri_exp(k_eff / k_full * special.log_ndtr(-out[partial]))
+    out[partial] = np.maximum(shrunk, 0.0)
+    return out
 
 
 def rule_statistic(
@@ -167,17 +168,18 @@ def rule_statistic(
     n_entities = len(where.entities)
     if not where.cells:
         return np.zeros(n_entities), np.zeros((n_entities, 0))
-    columns = []
-    for p, j, sign in where.cells:
-        rows = where.rows[p]
-        column = np.full(n_entities, np.nan)
-        column[rows >= 0] = scores[p][rows[rows >= 0], j] * sign
-        columns.append(column)
-    cell_z = np.column_stack(columns)
-    n_platforms = len(where.rows)
-    per_platform = cell_z.reshape(n_entities, n_platforms, -1)
+    blocks = []
+    for platform, rows in where.rows.items():  # cells are platform-major
+        cells = [(j, sign) for p, j, sign in where.cells if p == platform]
+        columns = [j for j, _ in cells]
+        block = scores[platform][np.maximum(rows, 0)][:, columns] * [s for _, s in cells]
+        block[rows < 0] = np.nan
+        blocks.append(block)
+    cell_z = np.hstack(blocks)
+    per_platform = np.stack(blocks, axis=1)
     stouffer = per_platform.sum(axis=2) / np.sqrt(per_platform.shape[2])  # NaN where absent
     measured = np.isfinite(stouffer).sum(axis=1)
+    n_platforms = len(blocks)
     finite = np.isfinite(stouffer)
     up = np.where(finite, stouffer, np.inf).min(axis=1)
     down = np.where(finite, -stouffer, np.inf).min(axis=1)

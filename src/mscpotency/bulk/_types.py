@@ -65,8 +65,8 @@ class Consensus:
         another recorded call.
     summary
         With ``combine="stouffer"``, per rule: n_tested, n_called, expected_false (false
-        calls expected by chance in the list, from the joint permutations), fdr, fdr_level,
-        n_lines, n_permutations (empty otherwise).
+        calls expected by chance in the list, from the joint permutations), fdr, fdr_level
+        (NaN for a list of a chosen size), n_top, n_lines, n_permutations (empty otherwise).
     """
 
     table: pd.DataFrame

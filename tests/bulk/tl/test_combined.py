@@ -108,3 +108,116 @@ def test_probe_candidates_validate_on_collapsed_held_out_data():
     assert mp.bulk.get.validate_markers(probes).loc["A", "validated"]
     with pytest.raises(KeyError, match="annotation="):
         mp.bulk.tl.validate_markers(probes, {"A": 1}, outcome="y")
+
+
+def test_an_entity_missing_on_one_platform_is_judged_by_the_others():
+    where = _combined.RuleCells(
+        cells=[("a", 0, 1), ("b", 0, 1)],
+        rows={"a": np.arange(4), "b": np.array([0, -1, 1, 2])},
+        entities=pd.Index(["agree", "only a", "disagree", "weak only a"]),
+    )
+    scores = {"a": np.array([[3.0], [4.0], [3.0], [1.0]]), "b": np.array([[2.0], [-3.0], [0.5]])}
+    statistic, cell_z = _combined.rule_statistic(scores, where)
+    # one platform's 4.0 is as rare as the weaker of two correlated platforms' t' (k_eff 1.5)
+    alone = stats.norm.isf(stats.norm.sf(4.0) ** (1 / (1 + _combined.PLATFORM_CORRELATION)))
+    np.testing.assert_allclose(statistic[:3], [2.0, alone, 0.0])
+    assert 0 < statistic[1] < 4.0 and 0 <= statistic[3] < 1.0
+    assert np.isnan(cell_z[1, 1]) and not np.isnan(cell_z[1, 0])
+
+
+def test_platform_calibration_matches_tails_and_keeps_full_entities():
+    t = np.linspace(1.0, 6.0, 12)  # (a weak one-platform score may reach 0: clipped)
+    full = _combined.platform_calibrated(t, np.full(12, 3), 3)
+    np.testing.assert_array_equal(full, t)
+    c = _combined.PLATFORM_CORRELATION
+    for k in (1, 2):
+        shrunk = _combined.platform_calibrated(t, np.full(12, k), 3)
+        # P(min of k_eff(k) iid N >= t) == P(min of k_eff(3) iid N >= t')
+        lhs = stats.norm.logsf(t) * (1 + (k - 1) * c)
+        rhs = stats.norm.logsf(shrunk) * (1 + 2 * c)
+        np.testing.assert_allclose(lhs, rhs, rtol=1e-8)
+        assert (np.diff(shrunk) > 0).all() and (shrunk < t).all()
+    assert _combined.platform_calibrated(np.array([3.0]), np.array([0]), 2)[0] == 0.0
+
+
+def _two_platforms(lines, drop_from_second=()):
+    y = pd.Series(np.arange(float(len(lines))), index=lines, name="y")
+    platforms = {}
+    for seed in (0, 1):
+        adata = _platform(lines, seed)
+        adata.X[:, 0] = y.to_numpy() + np.random.default_rng(seed).normal(0, 0.1, len(lines))
+        adata.X[:, 1] = y.to_numpy() + np.random.default_rng(seed + 5).normal(0, 0.1, len(lines))
+        if seed == 1 and drop_from_second:
+            adata = adata[:, ~adata.var_names.isin(drop_from_second)].copy()
+        mp.bulk.tl.rank_association(adata, y)
+        platforms[f"p{seed}"] = adata
+    return platforms
+
+
+def test_stouffer_keeps_a_feature_one_platform_lacks():
+    lines = [f"L{i}" for i in range(10)]
+    platforms = _two_platforms(lines, drop_from_second=["g1"])
+    result = mp.bulk.tl.consensus(
+        platforms, rules={"r": {"y": 1}}, combine="stouffer", alpha=0.5, n_permutations=50
+    )
+    table = result.table.set_index("feature")
+    assert result.summary.loc["r", "n_tested"] == 30  # the union, not the 29 on both
+    assert table.loc["g0", "n_platforms"] == 2 and table.loc["g1", "n_platforms"] == 1
+    assert np.isnan(table.loc["g1", "rho:p1:y"]) and table.loc["g1", "rho:p0:y"] > 0.9
+    # the same perfect rank order on one platform only counts for less than on two
+    assert table.loc["g1", "statistic"] < table.loc["g0", "statistic"]
+    assert list(table.index[:2]) == ["g0", "g1"]
+
+
+def test_n_top_gives_a_list_of_the_chosen_size_with_its_fdr():
+    lines = [f"L{i}" for i in range(10)]
+    platforms = _two_platforms(lines)
+    result = mp.bulk.tl.consensus(
+        platforms, rules={"r": {"y": 1}}, combine="stouffer", n_top=5, n_permutations=50
+    )
+    table, summary = result.table, result.summary.loc["r"]
+    statistic = table["statistic"].to_numpy()
+    assert len(table) == 5 == summary["n_called"] and (np.diff(statistic) <= 0).all()
+    assert set(table["feature"][:2]) == {"g0", "g1"}
+    assert summary["fdr"] == pytest.approx(table["expected_false"].max() / 5)
+    assert np.isnan(summary["fdr_level"]) and summary["n_top"] == 5
+    assert result.params["n_top"] == 5
+    by_q = mp.bulk.tl.consensus(
+        platforms, rules={"r": {"y": 1}}, combine="stouffer", alpha=0.5, n_permutations=50
+    )
+    by_q = by_q.table.set_index("feature")["statistic"]  # q falls with |T|: the same top
+    assert 0 < len(by_q) <= 5
+    pd.testing.assert_series_equal(table.set_index("feature")["statistic"].iloc[: len(by_q)], by_q)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_top": 5}, "needs combine='stouffer'"),
+        ({"n_top": 0, "combine": "stouffer"}, "positive integer"),
+        ({"n_top": 2.5, "combine": "stouffer"}, "positive integer"),
+    ],
+)
+def test_n_top_is_checked(kwargs, match):
+    lines = [f"L{i}" for i in range(8)]
+    platforms = _two_platforms(lines)
+    with pytest.raises(ValueError, match=match):
+        mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, **kwargs)
+
+
+def test_candidates_the_held_out_platform_lacks_can_be_listed_untested():
+    lines = [f"T{i}" for i in range(10)]
+    held_out = _platform(lines, 4)
+    held_out.X[:, 0] = np.arange(10.0)
+    held_out.obs["y"] = np.arange(10.0)
+    candidates = {"g0": 1, "CAGE only": 1}
+    with pytest.raises(KeyError, match="on_absent='untested'"):
+        mp.bulk.tl.validate_markers(held_out, candidates, outcome="y")
+    mp.bulk.tl.validate_markers(held_out, candidates, outcome="y", on_absent="untested")
+    table = mp.bulk.get.validate_markers(held_out)
+    assert table.loc["g0", "validated"] and table.loc["g0", "rho"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["CAGE only", "pvalue"]) and not table.loc["CAGE only", "validated"]
+    summary = mp.bulk.get.validate_markers(held_out, kind="summary")
+    assert summary["expected_by_chance"].item() == pytest.approx(0.05)  # one testable
+    with pytest.raises(KeyError, match="names do not match"):
+        mp.bulk.tl.validate_markers(held_out, {"x": 1}, outcome="y", on_absent="untested")

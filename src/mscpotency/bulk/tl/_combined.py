@@ -7,6 +7,9 @@ Within a platform the outcomes combine as a Stouffer sum with the rule's signs,
 combined one-sided test); across platforms the weakest counts, ``T = min_p S_p`` in the
 better of the two overall directions, so a feature scores high only when every platform
 agrees (an artefact that follows the outcome on one platform only does not carry it).
+An entity that a platform does not measure (an unannotated probe, a gene without a CAGE
+promoter) is judged by the platforms that do, its score put on the all-platform scale so
+that one platform's word must be stronger (:func:`platform_calibrated`).
 Features are ranked by ``|T|``.
 
 The FDR of every list ``|T| >= t`` is estimated by permuting the lines' labels jointly
@@ -25,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import stats
+from scipy import special, stats
 
 from ..._settings import progress
 from .._lines import dense_matrix, line_rows
@@ -107,19 +110,47 @@ class RuleCells(NamedTuple):
     """Where a rule reads: per cell (platform, outcome column, sign) and the entity rows."""
 
     cells: list[tuple[str, int, int]]
-    rows: dict[str, np.ndarray]  # platform -> row of each common entity in its entity index
+    rows: dict[str, np.ndarray]  # platform -> row of each entity in its entity index (-1: absent)
     entities: pd.Index
 
 
+#: How much of a second platform's evidence an entity's weakest-platform score is worth
+#: when the platforms measure the same biology (see :func:`platform_calibrated`).
+PLATFORM_CORRELATION = 0.5
+
+
 def rule_cells(pattern: Mapping[str, int], platforms: list[str], data: dict, outcomes: list[str]):
-    """The cells of a rule and the entities measured on every one of its platforms."""
-    common = data[platforms[0]].entities
+    """The cells of a rule and the entities measured on at least one of its platforms.
+
+    An entity absent from a platform (an unannotated probe, a gene without a CAGE promoter)
+    is judged by the platforms that measure it (its row there is -1), not dropped.
+    """
+    union = data[platforms[0]].entities
     for platform in platforms[1:]:
-        common = common.intersection(data[platform].entities, sort=False)
-    common = common.sort_values()
-    rows = {p: data[p].entities.get_indexer(common) for p in platforms}
+        union = union.union(data[platform].entities, sort=False)
+    union = union.sort_values()
+    rows = {p: data[p].entities.get_indexer(union) for p in platforms}
     cells = [(p, outcomes.index(o), int(s)) for p in platforms for o, s in pattern.items()]
-    return RuleCells(cells, rows, common)
+    return RuleCells(cells, rows, union)
+
+
+def platform_calibrated(magnitude: np.ndarray, measured: np.ndarray, n_platforms: int):
+    """The weakest-platform score of entities seen on fewer platforms, on the full scale.
+
+    Under the null, the minimum of ``k`` platform scores is about as rare as the minimum
+    of ``k_eff = 1 + (k - 1) * c`` independent normal scores (``c``:
+    :data:`PLATFORM_CORRELATION`; the platforms share the line's biology, so their scores
+    correlate). A score ``t`` from ``k`` of ``K`` platforms becomes the ``t'`` whose tail is
+    as rare among entities on all ``K``: ``log sf(t') = k_eff(k) / k_eff(K) * log sf(t)``.
+    Entities on every platform keep their score; those on fewer must be stronger.
+    """
+    out = np.where(measured > 0, magnitude, 0.0)
+    partial = (measured < n_platforms) & (out > 0)  # only these need the (slow) transform
+    k_eff = 1 + (measured[partial] - 1) * PLATFORM_CORRELATION
+    k_full = 1 + (n_platforms - 1) * PLATFORM_CORRELATION
+    shrunk = -special.ndtri_exp(k_eff / k_full * special.log_ndtr(-out[partial]))
+    out[partial] = np.maximum(shrunk, 0.0)
+    return out
 
 
 def rule_statistic(
@@ -128,19 +159,32 @@ def rule_statistic(
     """Signed agreement statistic of every entity, and the cells' signed scores.
 
     Per platform the Stouffer score over the rule's outcomes, ``S_p = sum(sign_o * z) /
-    sqrt(outcomes)``; across platforms the weakest: ``|T| = max(min_p S_p, min_p -S_p, 0)``
-    with the sign of the direction that wins (0 when the platforms disagree). Returns (signed ``T``, entities x cells of
-    ``sign_o * z``).
+    sqrt(outcomes)``; across the platforms that measure the entity the weakest:
+    ``|T| = max(min_p S_p, min_p -S_p, 0)`` with the sign of the direction that wins (0
+    when the platforms disagree), put on the all-platform scale by
+    :func:`platform_calibrated` where a platform lacks the entity. Returns (signed ``T``,
+    entities x cells of ``sign_o * z``, NaN where a platform lacks the entity).
     """
-    columns = [scores[p][where.rows[p], j] * sign for p, j, sign in where.cells]
-    if not columns:
-        return np.zeros(len(where.entities)), np.zeros((len(where.entities), 0))
-    cell_z = np.column_stack(columns)
-    n_platforms = len(where.rows)
-    per_platform = cell_z.reshape(len(where.entities), n_platforms, -1)
-    stouffer = per_platform.sum(axis=2) / np.sqrt(per_platform.shape[2])
-    up, down = stouffer.min(axis=1), (-stouffer).min(axis=1)
+    n_entities = len(where.entities)
+    if not where.cells:
+        return np.zeros(n_entities), np.zeros((n_entities, 0))
+    blocks = []
+    for platform, rows in where.rows.items():  # cells are platform-major
+        cells = [(j, sign) for p, j, sign in where.cells if p == platform]
+        columns = [j for j, _ in cells]
+        block = scores[platform][np.maximum(rows, 0)][:, columns] * [s for _, s in cells]
+        block[rows < 0] = np.nan
+        blocks.append(block)
+    cell_z = np.hstack(blocks)
+    per_platform = np.stack(blocks, axis=1)
+    stouffer = per_platform.sum(axis=2) / np.sqrt(per_platform.shape[2])  # NaN where absent
+    measured = np.isfinite(stouffer).sum(axis=1)
+    n_platforms = len(blocks)
+    finite = np.isfinite(stouffer)
+    up = np.where(finite, stouffer, np.inf).min(axis=1)
+    down = np.where(finite, -stouffer, np.inf).min(axis=1)
     magnitude = np.maximum(np.maximum(up, down), 0.0)  # platforms that disagree score 0
+    magnitude = platform_calibrated(np.where(measured > 0, magnitude, 0.0), measured, n_platforms)
     return np.where(up >= down, magnitude, -magnitude), cell_z
 
 

@@ -170,11 +170,21 @@ def _lines_per_cell(tables: dict[str, pd.DataFrame]) -> dict[str, int]:
     }
 
 
+def _kept(statistic: np.ndarray, q: np.ndarray, alpha: float, n_top: int | None) -> np.ndarray:
+    """The list: ``q <= alpha``, or the ``n_top`` largest ``|T|`` (ties at the edge kept)."""
+    if n_top is None:
+        return q <= alpha
+    magnitude = np.abs(statistic)
+    if n_top >= len(magnitude):
+        return magnitude > 0
+    edge = np.sort(magnitude)[::-1][n_top - 1]
+    return (magnitude >= edge) & (magnitude > 0)
+
+
 def _combined_frame(
-    name: str, rule: SignRule, where, statistic, cell_z, expected, q, *, alpha: float, n: int
+    name: str, rule: SignRule, where, statistic, cell_z, expected, q, *, keep, n: int
 ) -> pd.DataFrame:
-    """One row per feature with ``q <= alpha``: direction, signs, statistic, q, cells' rho."""
-    keep = q <= alpha
+    """One row per kept feature: direction, signs, statistic, q, platforms, cells' rho."""
     direction = np.sign(statistic[keep]).astype(int)
     out = pd.DataFrame(
         {"rule": name, "feature": where.entities[keep].astype(str), "direction": direction}
@@ -187,11 +197,22 @@ def _combined_frame(
     out["expected_false"] = expected[keep]
     z = cell_z[keep]
     out["n_agree"] = (np.sign(z) == direction[:, None]).sum(axis=1)
-    out["min_abs_rho"] = np.abs(z).min(axis=1) / np.sqrt(n - 1) if len(out) else np.zeros(0)
+    out["n_platforms"] = _measured(z, len(where.rows))
+    with np.errstate(invalid="ignore"):
+        smallest = np.nanmin(np.abs(z), axis=1) if len(out) else np.zeros(0)
+    out["min_abs_rho"] = smallest / np.sqrt(n - 1)
     outcomes = list(rule.pattern)
     for j, (p, _, sign) in enumerate(where.cells):
         out[f"rho:{p}:{outcomes[j % len(outcomes)]}"] = z[:, j] * sign / np.sqrt(n - 1)
     return out.sort_values(["statistic"], ascending=False, kind="stable")
+
+
+def _measured(cell_z: np.ndarray, n_platforms: int) -> np.ndarray:
+    """Per entity, the platforms that measure it (cells are platform-major)."""
+    if cell_z.size == 0:
+        return np.zeros(len(cell_z), dtype=int)
+    per_platform = np.isfinite(cell_z).reshape(len(cell_z), n_platforms, -1)
+    return per_platform.all(axis=2).sum(axis=1)
 
 
 def _combined_consensus(
@@ -203,6 +224,7 @@ def _combined_consensus(
     alpha: float,
     n_permutations: int,
     random_state: int,
+    n_top: int | None = None,
 ) -> tuple[list[pd.DataFrame], dict[str, int], pd.DataFrame]:
     """The Stouffer consensus of every rule with its permutation FDR (see ``_combined``)."""
     used = list(dict.fromkeys(p for rule in resolved.values() for p in rule.platforms))
@@ -230,17 +252,22 @@ def _combined_consensus(
     for r, rule in resolved.items():
         statistic, cell_z = observed[r]
         q = _combined.qvalues(statistic, expected[r])
-        out = _combined_frame(
-            r, rule, where[r], statistic, cell_z, expected[r], q, alpha=alpha, n=n
-        )
+        keep = _kept(statistic, q, alpha, n_top)
+        out = _combined_frame(r, rule, where[r], statistic, cell_z, expected[r], q, keep=keep, n=n)
         frames.append(out)
         n_tested[r] = len(where[r].entities)
-        rows.append(_rule_summary(r, out, n_tested[r], alpha, n, n_permutations))
+        rows.append(_rule_summary(r, out, n_tested[r], alpha, n, n_permutations, n_top))
     return frames, n_tested, pd.DataFrame(rows).set_index("rule")
 
 
 def _rule_summary(
-    rule: str, out: pd.DataFrame, n_tested: int, alpha: float, n: int, n_permutations: int
+    rule: str,
+    out: pd.DataFrame,
+    n_tested: int,
+    alpha: float,
+    n: int,
+    n_permutations: int,
+    n_top: int | None = None,
 ) -> dict:
     """The list's size, the false calls expected by chance and its estimated FDR."""
     expected = float(out["expected_false"].max()) if len(out) else 0.0
@@ -250,10 +277,22 @@ def _rule_summary(
         "n_called": len(out),
         "expected_false": expected,
         "fdr": min(1.0, expected / len(out)) if len(out) else 0.0,
-        "fdr_level": alpha,
+        "fdr_level": alpha if n_top is None else np.nan,
+        "n_top": n_top,
         "n_lines": n,
         "n_permutations": n_permutations,
     }
+
+
+def _check_n_top(n_top, combine: str) -> None:
+    if n_top is None:
+        return
+    if combine != "stouffer":
+        msg = f"n_top (a list of a chosen size) needs combine='stouffer', got combine={combine!r}"
+        raise ValueError(msg)
+    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
+        msg = f"n_top must be a positive integer (features per rule) or None, got {n_top!r}"
+        raise ValueError(msg)
 
 
 @doc_params
@@ -271,6 +310,7 @@ def consensus(
     combine: Combine = "all_significant",
     n_permutations: int = 1000,
     random_state: int = 0,
+    n_top: int | None = None,
 ) -> Consensus:
     """Features whose association follows a sign rule on every platform and outcome asked.
 
@@ -315,12 +355,20 @@ def consensus(
         whose permutation q-value is at most ``alpha`` (the FDR level of the list) are kept. The
         FDR is estimated by permuting the lines' labels jointly across platforms and
         outcomes, which keeps the correlation between genes and platforms; every
-        platform x outcome must then stand on the same lines.
+        platform x outcome must then stand on the same lines. An entity that a platform
+        does not measure (an unannotated probe, a gene without a CAGE promoter) is judged by
+        the platforms that do; its score is put on the all-platform scale first, so one
+        platform's word must be stronger than two platforms' agreement.
     n_permutations
         {n_permutations}
         Here the joint permutations of the lines behind ``combine="stouffer"``'s FDR.
     random_state
         {random_state}
+    n_top
+        With ``combine="stouffer"``: keep the ``n_top`` features with the largest ``|T|``
+        per rule (ties at the edge kept) instead of those with ``q <= alpha``: a list of a
+        chosen size, for a given recall or a follow-up budget, with its permutation FDR
+        estimate in ``summary`` (``fdr``; ``fdr_level`` is then NaN).
 
     Returns
     -------
@@ -339,13 +387,15 @@ def consensus(
     With ``combine="stouffer"`` the table has, instead of n_significant and max_pvalue,
     ``statistic`` (``|T|``), ``qvalue``, ``expected_false`` (the false calls expected by
     chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
-    direction) and per cell ``rho:<platform>:<outcome>``; ``summary`` gives per rule
-    n_tested, n_called, expected_false, fdr (``expected_false / n_called``), fdr_level,
-    n_lines and n_permutations.
+    direction), ``n_platforms`` (platforms that measure the feature) and per cell
+    ``rho:<platform>:<outcome>`` (NaN where the platform lacks it); ``summary`` gives per
+    rule n_tested, n_called, expected_false, fdr (``expected_false / n_called``),
+    fdr_level, n_top, n_lines and n_permutations.
     """
     if use not in ("pvalue", "fdr"):
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)
+    _check_n_top(n_top, combine)
     if not isinstance(rules, Mapping) or not rules:
         msg = "rules must be a non-empty mapping of rule name -> {outcome: +1/-1} (or SignRule)"
         raise ValueError(msg)
@@ -365,6 +415,7 @@ def consensus(
             alpha=alpha,
             n_permutations=n_permutations,
             random_state=random_state,
+            n_top=n_top,
         )
     for name, rule in resolved.items() if combine == "all_significant" else ():
         frame, n_tested[name] = _apply_rule(
@@ -386,6 +437,7 @@ def consensus(
             "combine": combine,
             "n_permutations": n_permutations,
             "random_state": random_state,
+            "n_top": n_top,
         },
         summary=summary,
     )

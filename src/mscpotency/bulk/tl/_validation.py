@@ -61,19 +61,22 @@ def _candidate_signs(candidates) -> tuple[pd.Series, pd.Series | None]:
     return numeric.astype(int), rho_train
 
 
-def _check_candidates_present(adata: AnnData, signs: pd.Series) -> None:
+def _check_candidates_present(adata: AnnData, signs: pd.Series, on_absent: str) -> None:
     absent = [f for f in signs.index if f not in adata.var_names]
-    if absent:
+    if absent and (on_absent == "error" or len(absent) == len(signs)):
+        hint = "" if on_absent == "error" else " (none of them is: names do not match)"
         msg = (
-            f"{len(absent)} candidates are not features of the held-out data: {absent[:10]}. Use the "
-            "same platform and feature names, pass annotation= (feature -> gene) to validate genes "
-            "on probe-level data, or collapse it with bulk.pp.collapse_probes / normalize_cage."
+            f"{len(absent)} candidates are not features of the held-out data{hint}: "
+            f"{absent[:10]}. Use the same platform and feature names, pass annotation= (feature "
+            "-> gene) to validate genes on probe-level data, or collapse it with "
+            "bulk.pp.collapse_probes / normalize_cage; on_absent='untested' lists candidates "
+            "the held-out platform does not measure as untested."
         )
         raise KeyError(msg)
 
 
 def _matched_data(
-    adata: AnnData, signs: pd.Series, annotation, layer: str | None
+    adata: AnnData, signs: pd.Series, annotation, layer: str | None, on_absent: str = "error"
 ) -> tuple[AnnData, pd.Series, str | None]:
     """The held-out data whose features are the candidates' names, and each candidate's feature.
 
@@ -93,7 +96,7 @@ def _matched_data(
     if absent.any() and table is not None:
         genes = table["gene"].astype(str).reindex(matched[absent].to_numpy())
         matched[absent] = np.where(genes.notna(), genes.to_numpy(), matched[absent].to_numpy())
-    _check_candidates_present(adata, matched.set_axis(matched.to_numpy()))
+    _check_candidates_present(adata, matched.set_axis(matched.to_numpy()), on_absent)
     if matched.duplicated().any():
         msg = (
             f"candidates {matched.index[matched.duplicated(keep=False)].tolist()[:6]} map to the same "
@@ -101,6 +104,15 @@ def _matched_data(
         )
         raise ValueError(msg)
     return adata, matched, layer
+
+
+def _candidate_matrix(data: AnnData, matched: pd.Series, layer: str | None, rows) -> np.ndarray:
+    """Lines x candidates of the held-out data; NaN columns for candidates it lacks."""
+    present = matched.isin(data.var_names.astype(str)).to_numpy()
+    measured = dense_matrix(data[:, matched[present].tolist()], layer)[rows]
+    X = np.full((measured.shape[0], len(matched)), np.nan)
+    X[:, present] = measured
+    return X
 
 
 def _single_outcome(adata: AnnData, outcome) -> tuple[str, pd.DataFrame]:
@@ -196,6 +208,7 @@ def validate_markers(
     random_state: int = 0,
     on_missing: OnMissing = "error",
     annotation: pd.DataFrame | pd.Series | None = None,
+    on_absent: Literal["error", "untested"] = "error",
     key_added: str = _registry.MARKER_VALIDATION.key,
     copy: bool = False,
 ) -> AnnData | None:
@@ -234,6 +247,10 @@ def validate_markers(
         Candidates that are probes or promoters of held-out data already collapsed are
         mapped to their gene through its ``uns['feature_mapping']`` (the table's ``tested``
         column names the held-out gene).
+    on_absent
+        Candidates the held-out data does not measure (a gene called on CAGE alone and
+        validated on an array without a probe for it): ``"error"`` or ``"untested"`` (kept
+        in the table with NaN rho and p, never validated). None measured is always an error.
 
     Returns
     -------
@@ -250,7 +267,10 @@ def validate_markers(
         msg = f"alternative must be 'directional' or 'two-sided', got {alternative!r}"
         raise ValueError(msg)
     signs, rho_train = _candidate_signs(candidates)
-    data, matched, data_layer = _matched_data(adata, signs, annotation, layer)
+    if on_absent not in ("error", "untested"):
+        msg = f"on_absent must be 'error' or 'untested', got {on_absent!r}"
+        raise ValueError(msg)
+    data, matched, data_layer = _matched_data(adata, signs, annotation, layer, on_absent)
     name, frame = _single_outcome(adata, outcome)
     used, missing_lines = align_lines(adata.obs_names, frame, on_missing)
     lines = used[name]
@@ -258,7 +278,7 @@ def validate_markers(
     if np.ptp(y) == 0:
         msg = f"outcome {name!r} is the same for every held-out line; nothing can be validated"
         raise ValueError(msg)
-    X = dense_matrix(data[:, matched.tolist()], data_layer)[line_rows(data, lines)]
+    X = _candidate_matrix(data, matched, data_layer, line_rows(data, lines))
     options = {
         "method": method,
         "n_permutations": n_permutations,
@@ -283,6 +303,7 @@ def validate_markers(
             **options,
             "on_missing": on_missing,
             "annotation": annotation is not None,
+            "on_absent": on_absent,
         },
     }
     return adata if copy else None

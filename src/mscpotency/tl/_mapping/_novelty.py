@@ -41,8 +41,9 @@ cells at that depth: the query's own axes do not find it (best single axis AUROC
 11-25% of it is flagged at 0.05 where known cells are held at 2.1-4.8% (seeds 0-2). Label-free
 alternatives tried on the same cells (kNN distance in the reference PCA, the residual after
 reconstruction from reference neighbours, a PCA of the residual whitened by the thinned
-reference) reach AUROC <= 0.8 against 0.98 for the population's true direction
-(``benchmarks/novelty_crosstech_diagnosis.py``).
+reference) reach AUROC <= 0.8 against 0.98 for the population's true direction; scoring
+each calibration fold inside the whole query (transductively, so both share the query's own
+axes) flags 19-50% with known cells at 3.2-4.4% (``benchmarks/novelty_crosstech_diagnosis.py``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,18 @@ cells: exact when the query's technology is binomial thinning of the reference's
 efficiencies the query's gene means reveal; approximate otherwise (composition differences
 between query and reference enter ``e_g`` too; the benchmark says by how much). The depth
 ratio, whether matching was applied, and the efficiencies' spread are recorded.
+
+What calibration cannot do is make the score see a population it cannot see. On
+``datasets.crosstech`` (40% depth) the ninth population's programme lies off the reference
+PCs (7% of its mean shift spanned) but adds a variance of only ~0.97 along its direction in
+a scoring set of ~1,180 cells, below the ~2.7 of the largest noise direction of the known
+cells at that depth: the query's own axes do not find it (best single axis AUROC 0.74), and
+11-25% of it is flagged at 0.05 where known cells are held at 2.1-4.8% (seeds 0-2). Label-free
+alternatives tried on the same cells (kNN distance in the reference PCA, the residual after
+reconstruction from reference neighbours, a PCA of the residual whitened by the thinned
+reference) reach AUROC <= 0.8 against 0.98 for the population's true direction; scoring
+each calibration fold inside the whole query (transductively, so both share the query's own
+axes) flags 19-50% with known cells at 3.2-4.4% (``benchmarks/novelty_crosstech_diagnosis.py``).
 """
 
 from __future__ import annotations

@@ -651,9 +651,9 @@ def _valley_ratio(inside: np.ndarray, neighbour: np.ndarray) -> float:
     every draw (of 60 cells: 0.56 at worst, skewed); two equal Gaussians 4 SD apart score
     about 0.4, 3 SD apart about 0.75 (the limit of what it tells apart), a 20:80 pair 4 SD
     apart about 0.6; on the hard preset the potency population and its transitional
-    neighbour score 0.28-0.54 (10 seeds), on issue 13's donor route (seed 0) the two halves of the
-    potency population 1.0. It reads the scores only, never potency. Medians in the wrong
-    order (no separation at all) give 1.
+    neighbour score 0.28-0.54 (10 seeds), on issue 13's donor route (seed 0) the two
+    halves of the potency population 1.0. It reads the scores only, never potency.
+    Medians in the wrong order (no separation at all) give 1.
     """
     low, high = float(np.median(neighbour)), float(np.median(inside))
     if not high > low:

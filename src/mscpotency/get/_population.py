@@ -171,7 +171,8 @@ def potency_population(
         ``"summary"``: one row, what was found beside the fixed-k potency cluster
         (``found``, ``population``, ``n_cells``, ``rho``, ``pvalue`` selection-aware,
         ``pvalue_naive``; the candidate before boundary refinement, ``candidate_n_cells``,
-        ``candidate_rho``, ``boundary_added``, ``boundary_removed``; ``fixed_k_cluster``,
+        ``candidate_rho``, ``boundary_added``, ``boundary_removed``, ``boundary_merged``
+        (fixed-k clusters merged whole as one population with it); ``fixed_k_cluster``,
         ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
         False when the search kept the fixed-k cluster); ``"lots"``: lots x (potency, share of the population found, share
         of the fixed-k potency cluster); ``"overlap"``: every fixed-k cluster's cells

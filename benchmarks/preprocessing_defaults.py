@@ -21,7 +21,12 @@ recipes) are kept, and so is the "## Reading" section of the md.
 At 10^5 cells (``--preset hard_100k``): the hard preset's biology on 11 bone-marrow lots
 of 9,100 cells (100,100 cells) with 4,000 genes instead of 2,000, so that the 2,000 HVGs
 are a real choice and the HVG flavours can differ (the preset itself has exactly 2,000
-genes); nothing else of the preset is changed.
+genes); no other parameter of the preset is changed. The signal is, though: the simulator
+spreads the same library (6,000 counts) over twice the genes, so each programme gene gets
+about half the counts (the per-cell Poisson information telling the potency population from
+its transitional neighbour has median 51 over seeds 0-9 instead of 119 with 2,000 genes),
+and the programmes are drawn anew (a different random stream). Diagnose a seed with
+``benchmarks/scale_diagnose_hard_100k.py``.
 
     .venv/bin/python benchmarks/preprocessing_defaults.py --preset hard_100k --seeds 0-0
 """
@@ -142,7 +147,9 @@ def _merged(rows: pd.DataFrame, path: Path) -> pd.DataFrame:
     from an older run without it takes it from a row of the same seed that has it.
     """
     if path.exists():
-        rows = pd.concat([pd.read_csv(path), rows], ignore_index=True)
+        earlier = pd.read_csv(path)
+        columns = [*rows.columns, *(c for c in earlier.columns if c not in rows.columns)]
+        rows = pd.concat([earlier, rows], ignore_index=True)[columns]
     rows = rows.drop_duplicates(["preset", "seed", "recipe"], keep="last")
     rows = rows.sort_values(["seed", "recipe"], kind="stable").reset_index(drop=True)
     if "true_rho" in rows:

@@ -13,6 +13,12 @@ as one JSON line (and the contingency table before it):
   (its rho, its rank by rho) -- is the population among the candidates at all?
 
     python benchmarks/scale_diagnose_hard_100k.py --seed 0 --n-genes 4000
+
+``--information``: no cells, only the simulated population of seeds 0-9 with 2,000 and
+4,000 genes: the per-cell Poisson information telling SP3 from SP4 (sum over genes of the
+mean count at the library size times the squared log-fold-change difference).
+
+    python benchmarks/scale_diagnose_hard_100k.py --information
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from sklearn.metrics import adjusted_rand_score
 import mscpotency as mp
 import mscpotency.tl._population._search as search_module
 from mscpotency.datasets import SetSpec, hard_config, simulate_lots
+from mscpotency.datasets._simulate import _population
 
 mp.settings.progress = False
 
@@ -73,6 +80,16 @@ def _hvg_coverage(adata) -> dict:
     return out
 
 
+def _information(n_genes: int, seed: int, library_size: float) -> float:
+    """Per-cell Poisson information separating SP3 from SP4 in one simulated population."""
+    config = hard_config(sets=(SetSpec("BM-train", 11, "BM", "BM"),), n_genes=n_genes)
+    population = _population(config, np.random.default_rng(seed))
+    sp3, sp4 = (config.subpopulations.index(s) for s in ("SP3", "SP4"))
+    difference = population.programs[sp3] - population.programs[sp4]
+    level = np.exp(population.base_log + (population.programs[sp3] + population.programs[sp4]) / 2)
+    return float((library_size * level / level.sum() * difference**2).sum())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -81,7 +98,13 @@ def main() -> None:
     parser.add_argument("--n-top-genes", type=int, default=2000)
     parser.add_argument("--n-comps", type=int, default=30)
     parser.add_argument("--library-size", type=float, default=6000.0)
+    parser.add_argument("--information", action="store_true")
     args = parser.parse_args()
+    if args.information:
+        for n_genes in (2000, 4000):
+            values = [_information(n_genes, seed, args.library_size) for seed in range(10)]
+            print(n_genes, "genes:", np.round(values, 1), f"median {np.median(values):.1f}")
+        return
     warnings.simplefilter("ignore")
     start = time.perf_counter()
     config = hard_config(

@@ -136,26 +136,30 @@ def _covariance_pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray
     """Exact PCA of the genes ``hvg`` of sparse ``X`` from their covariance, chunk by chunk.
 
     Pass 1 densifies ``X[rows][:, hvg]`` to float64 for one chunk of rows at a time and
-    adds its Gram matrix (one BLAS ``syrk``, both cores); the covariance (``ddof=1``) is
-    the Gram matrix less ``n * mean * mean.T``, its top ``n_comps`` eigenvectors the
-    components. Pass 2 projects the centred chunks. Scratch memory is one chunk (at most
-    ``_CHUNK_VALUES`` float64 values) and two genes x genes matrices; ``X`` is not copied.
+    adds its Gram matrix (one BLAS ``syrk``, both cores) and column sums; the covariance
+    (``ddof=1``) is the Gram matrix less ``n * mean * mean.T``, its top ``n_comps``
+    eigenvectors the components. Pass 2 projects the sparse chunks on the loadings (zero
+    outside ``hvg``, so no column subset) and subtracts the projected mean. Scratch memory
+    is one dense chunk (at most ``_CHUNK_VALUES`` float64 values) and two genes x genes
+    matrices; the chunks are views of ``X``, which is never copied.
     """
     X = adata.X if adata.X.format == "csr" else adata.X.tocsr()
     columns = None if hvg.all() else np.flatnonzero(hvg)
     n_genes = int(hvg.sum())
     rows = _chunk_rows(n_genes)
     gram, total = np.zeros((n_genes, n_genes)), np.zeros(n_genes)
-    for chunk in _dense_chunks(X, columns, rows):
+    for _, block in _row_blocks(X, rows):
+        chunk = _dense_float64(block if columns is None else block[:, columns])
         gram += _gram(chunk)
         total += chunk.sum(axis=0)
     mean = total / X.shape[0]
     components, variance, ratio = _top_components(gram, mean, X.shape[0], n_comps)
+    loadings = np.zeros((X.shape[1], n_comps))
+    loadings[hvg] = components.T
+    offset = mean @ components.T
     x_pca = np.empty((X.shape[0], n_comps), dtype=np.float32)
-    start = 0
-    for chunk in _dense_chunks(X, columns, rows):
-        x_pca[start : start + chunk.shape[0]] = _project(chunk, mean, components)
-        start += chunk.shape[0]
+    for start, block in _row_blocks(X, rows):
+        x_pca[start : start + block.shape[0]] = block @ loadings - offset
     _write_pca(adata, x_pca, components, hvg, variance, ratio, svd_solver="covariance_eigh")
     return mean
 
@@ -165,11 +169,16 @@ def _chunk_rows(n_genes: int) -> int:
     return max(1, _CHUNK_VALUES // max(n_genes, 1))
 
 
-def _dense_chunks(X: sparse.csr_matrix, columns: np.ndarray | None, rows: int):
-    """Float64 dense blocks of ``rows`` cells of ``X`` (restricted to ``columns``), in order."""
+def _row_blocks(X: sparse.csr_matrix, rows: int):
+    """``(start, X[start:start + rows])`` for consecutive blocks of rows, as views of ``X``."""
     for start in range(0, X.shape[0], rows):
-        block = X[start : start + rows]
-        yield _dense_float64(block if columns is None else block[:, columns])
+        stop = min(start + rows, X.shape[0])
+        first, last = X.indptr[start], X.indptr[stop]
+        indptr = X.indptr[start : stop + 1] - first
+        block = sparse.csr_matrix(
+            (X.data[first:last], X.indices[first:last], indptr), shape=(stop - start, X.shape[1])
+        )
+        yield start, block
 
 
 def _dense_float64(block) -> np.ndarray:

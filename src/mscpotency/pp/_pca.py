@@ -61,12 +61,15 @@ def pca_of_hvg(
     svd_solver
         For sparse ``X`` in memory: ``"covariance_eigh"`` (default) accumulates the
         genes x genes covariance from dense float64 chunks of cells and takes its top
-        eigenvectors, an exact PCA that at 10^5 cells x 2,000 genes is several times faster
-        than ARPACK and agrees with it to float precision (see ``docs/performance.md``);
-        its cost grows with the square of the number of genes, so for many thousands of
-        genes ``"arpack"`` (scikit-learn's ``PCA(svd_solver="arpack")``, what
-        ``sc.tl.pca`` runs on sparse data, bit for bit) can be faster. Dask arrays always
-        use the covariance kernel, dense arrays ``sc.tl.pca``.
+        eigenvectors: an exact PCA, 5.9x faster than ARPACK in wall time (3.6x in CPU
+        time) at 99,385 cells x 2,000 genes on 2 cores, equal to it to 1e-13 on float64
+        values; on float32 ``X`` it is the more accurate of the two (scikit-learn runs
+        ARPACK in float32: about 1e-4 relative on the variances, ARI 0.9998 of the
+        clusters downstream). Its cost grows with the square of the number of genes, so
+        for many thousands of genes ``"arpack"`` (scikit-learn's
+        ``PCA(svd_solver="arpack")``, what ``sc.tl.pca`` runs on sparse data, bit for bit)
+        can be faster. Dask arrays always use the covariance kernel, dense arrays
+        ``sc.tl.pca``. The solver is recorded in ``uns['pca']['params']['svd_solver']``.
     """
     if svd_solver not in _SOLVERS:
         msg = f"svd_solver must be one of {_SOLVERS}, got {svd_solver!r}"
@@ -183,6 +186,7 @@ def _row_blocks(X: sparse.csr_matrix, rows: int):
 
 
 def _dense_float64(block) -> np.ndarray:
+    """A block of cells as a dense float64 array (float32 values convert exactly)."""
     return (
         block.toarray().astype(np.float64)
         if sparse.issparse(block)

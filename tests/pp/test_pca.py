@@ -4,7 +4,9 @@
 to float64 and eigendecomposes the genes x genes covariance; ``"arpack"`` is what
 ``sc.tl.pca`` runs. On float64 data both are exact, so they agree to float precision; on
 float32 data ARPACK iterates in float32 (about 1e-4 relative on the variances) while the
-covariance kernel still computes in float64, so it equals ARPACK run on the float64 copy.
+covariance kernel still computes in float64, so it equals ARPACK run on the float64 copy
+(its loadings and centring then rounded to float32, the precision of ``X``, as
+scikit-learn returns them).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def test_covariance_pca_equals_arpack_on_the_exact_values(lognorm, dtype):
     expected, expected_mean = _run(lognorm, "arpack", dtype=np.float64)
     _assert_same_pca(found, expected, rtol=1e-6, min_corr=1 - 1e-7)  # X_pca is float32
     np.testing.assert_allclose(found.varm["PCs"], expected.varm["PCs"], atol=1e-6)
-    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    # float32 X: the centring is stored at X's precision (half a float32 ulp: 6e-8 relative)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12 if dtype == np.float64 else 1e-7)
     assert found.uns["pca"]["params"]["svd_solver"] == "covariance_eigh"
     assert expected.uns["pca"]["params"]["svd_solver"] == "arpack"
 
@@ -73,7 +76,7 @@ def test_covariance_pca_equals_float32_arpack_within_its_precision(lognorm):
 
 def test_covariance_pca_is_the_pca_of_the_hvg_matrix(lognorm):
     """From first principles on the dense matrix: centring, projection, variances, ratio, sign."""
-    adata, mean = _run(lognorm, "covariance_eigh")
+    adata, mean = _run(lognorm, "covariance_eigh", dtype=np.float64)
     hvg = lognorm.var["highly_variable"].to_numpy()
     dense = lognorm.X[:, hvg].toarray().astype(np.float64)
     np.testing.assert_allclose(mean, dense.mean(axis=0), rtol=1e-12)
@@ -90,6 +93,22 @@ def test_covariance_pca_is_the_pca_of_the_hvg_matrix(lognorm):
     largest = components[np.argmax(np.abs(components), axis=0), np.arange(20)]
     assert (largest > 0).all()  # scikit-learn's sign convention
     assert np.all(np.diff(adata.uns["pca"]["variance"]) <= 0)
+
+
+def test_float32_x_gets_float32_loadings_and_centring_that_project_its_cells(lognorm):
+    """As scikit-learn returns them for float32 input: a frozen (float32) reference maps alike."""
+    adata, mean = _run(lognorm, "covariance_eigh")
+    exact, exact_mean = _run(lognorm, "covariance_eigh", dtype=np.float64)
+    loadings = adata.varm["PCs"]
+    np.testing.assert_array_equal(loadings.astype(np.float32).astype(np.float64), loadings)
+    np.testing.assert_array_equal(mean.astype(np.float32).astype(np.float64), mean)
+    np.testing.assert_array_equal(loadings, exact.varm["PCs"].astype(np.float32))
+    np.testing.assert_array_equal(mean, exact_mean.astype(np.float32))
+    # the coordinates are the cells projected with the stored (rounded) values
+    hvg = lognorm.var["highly_variable"].to_numpy()
+    dense = lognorm.X[:, hvg].toarray().astype(np.float64)
+    projected = (dense - mean[None, :]) @ loadings[hvg]
+    np.testing.assert_allclose(adata.obsm["X_pca"], projected, rtol=1e-5, atol=1e-5)
 
 
 def test_all_hvg_mask_and_almost_as_many_comps_as_genes(lognorm):

@@ -156,8 +156,8 @@ def _covariance_pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray
         chunk = _dense_float64(block if columns is None else block[:, columns])
         gram += _gram(chunk)
         total += chunk.sum(axis=0)
-    mean = total / X.shape[0]
-    components, variance, ratio = _top_components(gram, mean, X.shape[0], n_comps)
+    components, variance, ratio = _top_components(gram, total / X.shape[0], X.shape[0], n_comps)
+    components, mean = _at_precision_of(X.dtype, components, total / X.shape[0])
     loadings = np.zeros((X.shape[1], n_comps))
     loadings[hvg] = components.T
     offset = mean @ components.T
@@ -166,6 +166,21 @@ def _covariance_pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray
         x_pca[start : start + block.shape[0]] = block @ loadings - offset
     _write_pca(adata, x_pca, components, hvg, variance, ratio, svd_solver="covariance_eigh")
     return mean
+
+
+def _at_precision_of(
+    dtype: np.dtype, components: np.ndarray, mean: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Components and centring rounded to the precision of ``X`` (float32 stays float32).
+
+    scikit-learn returns them in the input's precision too; the frozen reference stores
+    them as float32, so a reference frozen from float32 ``X`` maps exactly as the live one
+    (the cells are projected with the rounded values, so the coordinates agree with them).
+    """
+    if np.dtype(dtype) != np.float32:
+        return components, mean
+    rounded = (components.astype(np.float32), mean.astype(np.float32))
+    return rounded[0].astype(np.float64), rounded[1].astype(np.float64)
 
 
 def _chunk_rows(n_genes: int) -> int:
@@ -253,6 +268,7 @@ def _dask_pca(adata: AnnData, n_comps: int, hvg: np.ndarray) -> np.ndarray:
     gram, mean = dask.compute(grams.sum(axis=0), dense.mean(axis=0))
     mean = np.asarray(mean, dtype=np.float64)
     components, variance, ratio = _top_components(gram, mean, dense.shape[0], n_comps)
+    components, mean = _at_precision_of(X.dtype, components, mean)
     x_pca = da.map_blocks(
         _project,
         dense,

@@ -24,32 +24,19 @@ import numpy as np
 import pandas as pd
 
 import mscpotency as mp
-from mscpotency.bulk._platforms import association_tables
 from mscpotency.bulk.tl import _combined as C
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bulk_consensus as bc
+from bulk_consensus_fdr import training_platforms
 
 B = mp.bulk
 RESULTS = Path(__file__).parent / "results"
 
 
 def one_seed(seed: int, n_genes: int) -> list[dict]:
-    data = B.datasets.ips_lines_hard(n_genes=n_genes, random_state=seed)
-    prop, _ = bc.propensity(data, "train")
-    train = {
-        "array": B.pp.collapse_probes(data["train"]["array"], data["annotation"]["array"]),
-        "cage": B.pp.normalize_cage(data["train"]["cage"], data["annotation"]["cage"]),
-    }
-    for adata in train.values():
-        B.tl.rank_association(adata, prop, random_state=seed)
-    key = "rank_association"
-    tables = association_tables(train, key=key, match_on=None)
-    outcomes = list(dict.fromkeys(o for p in bc.RULES.values() for o in p))
-    frame = C.common_lines(train, key, outcomes)
-    lines, n = frame.index.astype(str).tolist(), len(frame)
-    matches = {p: tables[p].drop_duplicates("feature").set_index("feature")["match"] for p in train}
-    platforms = {p: C.platform_data(train[p], lines, key, matches[p]) for p in train}
+    _, train, tables, outcomes, frame, platforms = training_platforms(seed, n_genes)
+    n = len(frame)
     scores = C.all_scores(platforms, C.standardized_ranks(frame.to_numpy(dtype=float)), n)
     rows = []
     for gene, rule in bc.FLAGSHIPS.items():

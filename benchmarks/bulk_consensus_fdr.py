@@ -43,8 +43,15 @@ LEVELS = (0.1, 0.2, 0.5)
 RESULTS = Path(__file__).parent / "results"
 
 
-def one_seed(seed: int, n_genes: int, n_permutations: int) -> dict:
-    """Per rule: entities, observed ``T``, truth of each call, top-K null ``|T*|`` per permutation."""
+def training_platforms(seed: int, n_genes: int):
+    """The harder preset's training lines, ranked per platform as the consensus reads them.
+
+    Returns ``(data, train, tables, outcomes, frame, platforms)``: the simulation, the array
+    (probes collapsed to genes) and CAGE (promoters normalised and collapsed) with their rank
+    association to the propensity outcomes, their association tables, the outcomes every
+    rule reads, the lines x outcomes table and each platform's data for
+    :mod:`mscpotency.bulk.tl._combined`.
+    """
     data = B.datasets.ips_lines_hard(n_genes=n_genes, random_state=seed)
     prop, _ = bc.propensity(data, "train")
     train = {
@@ -57,9 +64,16 @@ def one_seed(seed: int, n_genes: int, n_permutations: int) -> dict:
     tables = association_tables(train, key=key, match_on=None)
     outcomes = list(dict.fromkeys(o for p in bc.RULES.values() for o in p))
     frame = C.common_lines(train, key, outcomes)
-    lines, n = frame.index.astype(str).tolist(), len(frame)
+    lines = frame.index.astype(str).tolist()
     matches = {p: tables[p].drop_duplicates("feature").set_index("feature")["match"] for p in train}
     platforms = {p: C.platform_data(train[p], lines, key, matches[p]) for p in train}
+    return data, train, tables, outcomes, frame, platforms
+
+
+def one_seed(seed: int, n_genes: int, n_permutations: int) -> dict:
+    """Per rule: entities, observed ``T``, truth of each call, top-K null ``|T*|`` per permutation."""
+    data, train, _, outcomes, frame, platforms = training_platforms(seed, n_genes)
+    n = len(frame)
     Y = C.standardized_ranks(frame.to_numpy(dtype=float))
     where = {r: C.rule_cells(pat, list(train), platforms, outcomes) for r, pat in bc.RULES.items()}
     observed = {r: C.rule_statistic(C.all_scores(platforms, Y, n), w)[0] for r, w in where.items()}

@@ -117,15 +117,19 @@ def _limits(X, loadings, novel, sets) -> dict[str, float]:
     }
 
 
-def _one_seed(seed: int) -> dict[str, float]:
-    reference, query = _data(seed)
+def _mapped_flags(reference, query):
+    """The query mapped (``fast``, novelty at 0.05), its true novel cells and its flagged ones."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         mapped = mp.tl.map_to_reference(
             query, reference, method="fast", novelty_alpha=0.05, copy=True
         )
-    novel = mapped.obs["true_novel"].to_numpy()
-    flagged = mapped.obs["predicted_novel"].to_numpy()
+    return mapped, mapped.obs["true_novel"].to_numpy(), mapped.obs["predicted_novel"].to_numpy()
+
+
+def _one_seed(seed: int) -> dict[str, float]:
+    reference, query = _data(seed)
+    mapped, novel, flagged = _mapped_flags(reference, query)
     row = {
         "seed": seed,
         "SP9 flagged @0.05": float(flagged[novel].mean()),
@@ -248,13 +252,7 @@ def _flagged(seed: int, depth: float, capture_sd: float) -> dict[str, float]:
     """Shares of SP9 and of known cells flagged at 0.05 on a query of that technology."""
     technology = mp.datasets.TechnologySpec(depth=depth, capture_sd=capture_sd)
     reference, query = _data(seed, technology)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        mapped = mp.tl.map_to_reference(
-            query, reference, method="fast", novelty_alpha=0.05, copy=True
-        )
-    novel = mapped.obs["true_novel"].to_numpy()
-    flagged = mapped.obs["predicted_novel"].to_numpy()
+    mapped, novel, flagged = _mapped_flags(reference, query)
     return {
         "seed": seed,
         "depth": depth,

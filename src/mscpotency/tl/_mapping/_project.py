@@ -32,6 +32,18 @@ def _csr_dot(data, indices, indptr, right, out):  # pragma: no cover - compiled
                 out[row, c] += value * right[column, c]
 
 
+def csr_dot(X: sparse.csr_matrix, right: np.ndarray) -> np.ndarray:
+    """``X @ right`` in double precision, rows in parallel; scipy's sums, bit for bit.
+
+    scipy upcasts single-precision ``X`` to a double-precision copy and walks the rows on
+    one thread; here each row is summed in the same order, without the copy, on every core.
+    """
+    right = np.ascontiguousarray(right, dtype=np.float64)
+    product = np.zeros((X.shape[0], right.shape[1]))
+    _csr_dot(X.data, X.indices, X.indptr, right, product)
+    return product
+
+
 @dataclass(frozen=True)
 class CentredMatrix:
     """``X - G @ M``: sparse expression minus per-group means, never formed densely."""
@@ -43,9 +55,7 @@ class CentredMatrix:
     def dot(self, right: np.ndarray) -> np.ndarray:
         """``(X - G M) @ right`` (in double precision, rows in parallel; scipy's sums, bit for bit)."""
         right = np.ascontiguousarray(right, dtype=np.float64)
-        product = np.zeros((self.X.shape[0], right.shape[1]))
-        _csr_dot(self.X.data, self.X.indices, self.X.indptr, right, product)
-        return product - (self.means @ right)[self.groups]
+        return csr_dot(self.X, right) - (self.means @ right)[self.groups]
 
     def rdot(self, left: np.ndarray) -> np.ndarray:
         """``left @ (X - G M)`` for ``left`` of shape (r, n)."""

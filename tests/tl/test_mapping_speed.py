@@ -10,7 +10,7 @@ from scipy import sparse
 import mscpotency as mp
 from mscpotency.tl._mapping import _anchors, _pca_backends
 from mscpotency.tl._mapping._anchors import find_transfer_anchors, within_set_neighbours
-from mscpotency.tl._mapping._project import csr_dot
+from mscpotency.tl._mapping._project import csr_dot, csr_rdot
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,14 @@ def tiny_query(tiny_all) -> AnnData:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_csr_dot_is_scipys_product_bit_for_bit(dtype):
+def test_csr_products_are_scipys_bit_for_bit(dtype):
     rng = np.random.default_rng(0)
     X = sparse.random(300, 120, density=0.2, format="csr", dtype=dtype, random_state=1)
     X.data = rng.lognormal(size=X.nnz).astype(dtype)
     right = rng.normal(size=(120, 7))
     np.testing.assert_array_equal(csr_dot(X, right), np.asarray(X @ right))
+    for left in (rng.normal(size=(5, 300)), np.full((1, 300), 1 / 300)):
+        np.testing.assert_array_equal(csr_rdot(X, left), np.asarray((X.T @ left.T).T))
 
 
 def test_given_reference_neighbours_give_the_same_anchors():

@@ -32,6 +32,39 @@ def _csr_dot(data, indices, indptr, right, out):  # pragma: no cover - compiled
                 out[row, c] += value * right[column, c]
 
 
+@numba.njit(parallel=True, cache=True)
+def _csr_rdot(data, indices, indptr, left_t, out, n_parts):  # pragma: no cover - compiled
+    """``out = X.T @ left_t`` for CSR ``X``: each thread the columns of ``X`` in its share.
+
+    Every entry of ``out`` is summed over the rows of ``X`` in stored order, as scipy's
+    ``X.T @ left_t`` (its CSC kernel, walking the rows of ``X`` in order) sums it.
+    """
+    n_columns = out.shape[0]
+    width = left_t.shape[1]
+    for part in numba.prange(n_parts):
+        low, high = part * n_columns // n_parts, (part + 1) * n_columns // n_parts
+        for row in range(indptr.size - 1):
+            for k in range(indptr[row], indptr[row + 1]):
+                column = indices[k]
+                if column >= low and column < high:
+                    value = np.float64(data[k])
+                    for c in range(width):
+                        out[column, c] += value * left_t[row, c]
+
+
+def csr_rdot(X: sparse.csr_matrix, left: np.ndarray) -> np.ndarray:
+    """``left @ X`` in double precision on every core: scipy's ``(X.T @ left.T).T`` bit for bit.
+
+    Without scipy's double-precision copy of ``X``.
+    """
+    from ..._cell_stats import worker_threads
+
+    left_t = np.ascontiguousarray(np.asarray(left, dtype=np.float64).T)
+    out = np.zeros((X.shape[1], left_t.shape[1]))
+    _csr_rdot(X.data, X.indices, X.indptr, left_t, out, worker_threads())
+    return out.T
+
+
 def csr_dot(X: sparse.csr_matrix, right: np.ndarray) -> np.ndarray:
     """``X @ right`` in double precision, rows in parallel; scipy's sums, bit for bit.
 
@@ -62,9 +95,7 @@ class CentredMatrix:
         group_sums = np.zeros((left.shape[0], self.means.shape[0]))
         for g in range(self.means.shape[0]):
             group_sums[:, g] = left[:, self.groups == g].sum(axis=1)
-        return (
-            np.asarray((self.X.T @ left.T).T) - group_sums @ self.means
-        )  # scipy upcasts float32 X
+        return csr_rdot(self.X, left) - group_sums @ self.means
 
 
 def centred(

@@ -23,6 +23,7 @@ too); here the nearest anchor counts.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,7 +161,7 @@ def within_set_neighbours(
     return np.hstack([np.arange(points.shape[0])[:, None], nearest])
 
 
-#: The reference's own within-set neighbours, by reference hash and search options: every
+#: The reference's own within-set neighbours, by embedding digest and search options: every
 #: query mapped onto one reference in this process needs the same ones.
 _REFERENCE_NEIGHBOURS: dict[tuple, np.ndarray] = {}
 _REFERENCE_NEIGHBOURS_MAX = 4
@@ -169,8 +170,14 @@ _REFERENCE_NEIGHBOURS_MAX = 4
 def reference_neighbours(
     model: ReferenceModel, k_score: int, knn_method: str, random_state: int
 ) -> np.ndarray:
-    """:func:`within_set_neighbours` of all the reference's cells (cached per reference)."""
-    key = (model.hash, model.embedding.shape, k_score, knn_method, random_state)
+    """:func:`within_set_neighbours` of all the reference's cells (cached per embedding).
+
+    The key is a digest of the embedding itself: two references of one content hash may
+    hold it at different precisions (a frozen reference read back from a file).
+    """
+    embedding = np.ascontiguousarray(model.embedding)
+    digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
+    key = (digest, embedding.shape, embedding.dtype.str, k_score, knn_method, random_state)
     if key not in _REFERENCE_NEIGHBOURS:
         if len(_REFERENCE_NEIGHBOURS) >= _REFERENCE_NEIGHBOURS_MAX:
             _REFERENCE_NEIGHBOURS.pop(next(iter(_REFERENCE_NEIGHBOURS)))

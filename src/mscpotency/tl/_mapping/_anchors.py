@@ -23,6 +23,7 @@ too); here the nearest anchor counts.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..._frozen import ReferenceModel
 from ._fast import vote
 from ._neighbors import knn
 from ._pca_backends import Neighbours, ProjectionOptions
-from ._project import CentredMatrix
+from ._project import CentredMatrix, csr_dot
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def find_transfer_anchors(
     k_score: int = 30,
     knn_method: str = "auto",
     random_state: int = 0,
+    reference_neighbours: np.ndarray | None = None,
 ) -> Anchors:
     """Mutual nearest neighbours between reference and query, filtered and scored.
 
@@ -102,17 +104,18 @@ def find_transfer_anchors(
         Seurat's parameters of the same names.
     knn_method, random_state
         See :func:`._neighbors.knn`.
+    reference_neighbours
+        :func:`within_set_neighbours` of ``reference_embedding`` when already known (they
+        depend on the reference alone).
     """
     ref = l2_normalise(np.asarray(reference_embedding, dtype=np.float64))
     qry = l2_normalise(np.asarray(query_embedding, dtype=np.float64))
     k_nn = max(k_anchor, k_score)
     kw = {"method": knn_method, "random_state": random_state}
-    rr, _ = knn(ref, ref, k_score - 1, exclude_self=True, **kw)
-    rr = np.hstack(
-        [np.arange(ref.shape[0])[:, None], rr]
-    )  # Seurat's within-set neighbours include the cell
-    qq, _ = knn(qry, qry, k_score - 1, exclude_self=True, **kw)
-    qq = np.hstack([np.arange(qry.shape[0])[:, None], qq])
+    rr = reference_neighbours
+    if rr is None:
+        rr = within_set_neighbours(ref, k_score, knn_method, random_state, normalised=True)
+    qq = within_set_neighbours(qry, k_score, knn_method, random_state, normalised=True)
     rq, _ = knn(qry, ref, k_nn, **kw)  # reference cell -> its nearest query cells
     qr, _ = knn(ref, qry, k_nn, **kw)  # query cell -> its nearest reference cells
     # mutual nearest neighbours
@@ -137,6 +140,51 @@ def find_transfer_anchors(
     low, high = np.quantile(raw, [0.01, 0.9])
     score = np.clip((raw - low) / (high - low), 0.0, 1.0) if high > low else np.ones(raw.size)
     return Anchors(reference=ref_cells, query=query_cells, score=score, n_mnn=n_mnn)
+
+
+def within_set_neighbours(
+    embedding: np.ndarray,
+    k_score: int,
+    knn_method: str,
+    random_state: int,
+    *,
+    normalised: bool = False,
+) -> np.ndarray:
+    """Each cell and its ``k_score - 1`` nearest cells of the same set (L2-normalised space).
+
+    Seurat's within-set neighbours include the cell itself, first.
+    """
+    points = embedding if normalised else l2_normalise(np.asarray(embedding, dtype=np.float64))
+    nearest, _ = knn(
+        points, points, k_score - 1, exclude_self=True, method=knn_method, random_state=random_state
+    )
+    return np.hstack([np.arange(points.shape[0])[:, None], nearest])
+
+
+#: The reference's own within-set neighbours, by embedding digest and search options: every
+#: query mapped onto one reference in this process needs the same ones.
+_REFERENCE_NEIGHBOURS: dict[tuple, np.ndarray] = {}
+_REFERENCE_NEIGHBOURS_MAX = 4
+
+
+def reference_neighbours(
+    model: ReferenceModel, k_score: int, knn_method: str, random_state: int
+) -> np.ndarray:
+    """:func:`within_set_neighbours` of all the reference's cells (cached per embedding).
+
+    The key is a digest of the embedding itself: two references of one content hash may
+    hold it at different precisions (a frozen reference read back from a file).
+    """
+    embedding = np.ascontiguousarray(model.embedding)
+    digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
+    key = (digest, embedding.shape, embedding.dtype.str, k_score, knn_method, random_state)
+    if key not in _REFERENCE_NEIGHBOURS:
+        if len(_REFERENCE_NEIGHBOURS) >= _REFERENCE_NEIGHBOURS_MAX:
+            _REFERENCE_NEIGHBOURS.pop(next(iter(_REFERENCE_NEIGHBOURS)))
+        _REFERENCE_NEIGHBOURS[key] = within_set_neighbours(
+            model.embedding, k_score, knn_method, random_state
+        )
+    return _REFERENCE_NEIGHBOURS[key]
 
 
 def _filter(
@@ -250,13 +298,15 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
         random_state: int,
     ) -> tuple[np.ndarray, dict[str, int], Neighbours]:
         """Anchor-weighted votes; the anchor counts come back beside the probabilities."""
-        reference_embedding = model.embedding[rows]
+        every_cell = rows.size == model.embedding.shape[0] and (rows == np.arange(rows.size)).all()
+        reference_embedding = model.embedding if every_cell else model.embedding[rows]
         reference_filter = query_filter = None
         if self.k_filter > 0:
-            expression, mean = model.expression[rows], model.pca_mean
+            expression = model.expression if every_cell else model.expression[rows]
+            mean = model.pca_mean
 
             def reference_dot(basis: np.ndarray) -> np.ndarray:
-                return np.asarray(expression @ basis) - mean @ basis
+                return csr_dot(expression, basis) - mean @ basis
 
             reference_filter, query_filter = filter_space(
                 reference_dot, query.dot, model.loadings, own
@@ -271,11 +321,16 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             k_score=self.k_score,
             knn_method=knn_method,
             random_state=random_state,
+            reference_neighbours=(
+                reference_neighbours(model, self.k_score, knn_method, random_state)
+                if every_cell
+                else None
+            ),
         )
         probabilities = transfer_data(
             query_embedding,
             anchors,
-            model.labels[rows],
+            model.labels if every_cell else model.labels[rows],
             len(model.categories),
             k_weight=self.k_weight,
             sd_weight=self.sd_weight,

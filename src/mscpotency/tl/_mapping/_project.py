@@ -32,6 +32,51 @@ def _csr_dot(data, indices, indptr, right, out):  # pragma: no cover - compiled
                 out[row, c] += value * right[column, c]
 
 
+@numba.njit(parallel=True, cache=True)
+def _csr_rdot(data, indices, indptr, left_t, out, n_parts):  # pragma: no cover - compiled
+    """``out = X.T @ left_t`` for CSR ``X``: each thread the columns of ``X`` in its share.
+
+    Every entry of ``out`` is summed over the rows of ``X`` in stored order, as scipy's
+    ``X.T @ left_t`` (its CSC kernel, walking the rows of ``X`` in order) sums it.
+    """
+    n_columns = out.shape[0]
+    width = left_t.shape[1]
+    for part in numba.prange(n_parts):
+        low, high = part * n_columns // n_parts, (part + 1) * n_columns // n_parts
+        for row in range(indptr.size - 1):
+            for k in range(indptr[row], indptr[row + 1]):
+                column = indices[k]
+                if column >= low and column < high:
+                    value = np.float64(data[k])
+                    for c in range(width):
+                        out[column, c] += value * left_t[row, c]
+
+
+def csr_rdot(X: sparse.csr_matrix, left: np.ndarray) -> np.ndarray:
+    """``left @ X`` in double precision on every core: scipy's ``(X.T @ left.T).T`` bit for bit.
+
+    Without scipy's double-precision copy of ``X``.
+    """
+    from ..._cell_stats import worker_threads
+
+    left_t = np.ascontiguousarray(np.asarray(left, dtype=np.float64).T)
+    out = np.zeros((X.shape[1], left_t.shape[1]))
+    _csr_rdot(X.data, X.indices, X.indptr, left_t, out, worker_threads())
+    return out.T
+
+
+def csr_dot(X: sparse.csr_matrix, right: np.ndarray) -> np.ndarray:
+    """``X @ right`` in double precision, rows in parallel; scipy's sums, bit for bit.
+
+    scipy upcasts single-precision ``X`` to a double-precision copy and walks the rows on
+    one thread; here each row is summed in the same order, without the copy, on every core.
+    """
+    right = np.ascontiguousarray(right, dtype=np.float64)
+    product = np.zeros((X.shape[0], right.shape[1]))
+    _csr_dot(X.data, X.indices, X.indptr, right, product)
+    return product
+
+
 @dataclass(frozen=True)
 class CentredMatrix:
     """``X - G @ M``: sparse expression minus per-group means, never formed densely."""
@@ -43,18 +88,14 @@ class CentredMatrix:
     def dot(self, right: np.ndarray) -> np.ndarray:
         """``(X - G M) @ right`` (in double precision, rows in parallel; scipy's sums, bit for bit)."""
         right = np.ascontiguousarray(right, dtype=np.float64)
-        product = np.zeros((self.X.shape[0], right.shape[1]))
-        _csr_dot(self.X.data, self.X.indices, self.X.indptr, right, product)
-        return product - (self.means @ right)[self.groups]
+        return csr_dot(self.X, right) - (self.means @ right)[self.groups]
 
     def rdot(self, left: np.ndarray) -> np.ndarray:
         """``left @ (X - G M)`` for ``left`` of shape (r, n)."""
         group_sums = np.zeros((left.shape[0], self.means.shape[0]))
         for g in range(self.means.shape[0]):
             group_sums[:, g] = left[:, self.groups == g].sum(axis=1)
-        return (
-            np.asarray((self.X.T @ left.T).T) - group_sums @ self.means
-        )  # scipy upcasts float32 X
+        return csr_rdot(self.X, left) - group_sums @ self.means
 
 
 def centred(

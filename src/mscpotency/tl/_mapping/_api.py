@@ -214,10 +214,12 @@ def map_to_reference(
         default: on real data from other technologies it was as accurate as or more than
         ingest and Seurat 4.3 where ``fast`` fell behind (issue 16: accuracy/macro-F1
         0.910/0.814 against 0.819/0.651); on the simulated presets both are within 0.003 of
-        each other (``benchmarks/results/mapping_crosstech.md``), and anchors costs about
-        twice the time of fast (28 s vs 16 s for the cross-technology preset's 2,400 cells,
-        100 s vs 45 s for the study's 19,000 query cells, calibrations included, on a busy
-        2-core machine). Pass ``"fast"`` for query lots of the reference's batch.
+        each other (``benchmarks/results/mapping_crosstech.md``). Anchors costs more: on
+        the study preset (16,314 reference cells, sets of 5,900-7,400 query cells, 2 cores)
+        2.5-2.8 s per set against 1.5-1.8 s for fast once the reference's calibrations are
+        cached, 12-13 s against 8 s for a first call that computes them
+        (``benchmarks/results/mapping_profile.md``). Pass ``"fast"`` for query lots of the
+        reference's batch.
     options
         The backend's options: :class:`~mscpotency.tl.FastOptions`,
         :class:`~mscpotency.tl.AnchorOptions` or :class:`~mscpotency.tl.ScviOptions`,

@@ -116,8 +116,7 @@ def label_metrics(reference, query, predicted: np.ndarray, known: np.ndarray) ->
 def ours(setting: dict, method: str) -> dict:
     query, known = setting["query"], setting["known"]
     _pca_backends._CALIBRATIONS.clear()
-    _novelty._CACHE.clear()
-    _novelty._MEANS.clear()
+    _novelty.clear_caches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()

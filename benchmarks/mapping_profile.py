@@ -131,8 +131,7 @@ class StepTimer:
 def clear_caches() -> None:
     """Forget every per-reference calibration fitted in this process."""
     _pca_backends._CALIBRATIONS.clear()
-    _novelty._CACHE.clear()
-    _novelty._MEANS.clear()
+    _novelty.clear_caches()
 
 
 def prepare(cache: Path, preset: str, seed: int) -> tuple[ad.AnnData, dict[str, ad.AnnData]]:

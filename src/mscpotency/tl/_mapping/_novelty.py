@@ -81,7 +81,17 @@ _MAX_SMALLEST = 8
 
 _CACHE: dict[tuple, np.ndarray] = {}
 _MEANS: dict[str, np.ndarray] = {}
+#: The reference PCA refitted without each fold: it depends on the reference and the folds
+#: only, not on the query (its depth or lot size), so later query sets reuse it.
+_LOADINGS: dict[tuple, np.ndarray] = {}
 _CACHE_MAX = 16
+
+
+def clear_caches() -> None:
+    """Forget every calibration of this module (benchmarks time first calls with it)."""
+    _CACHE.clear()
+    _MEANS.clear()
+    _LOADINGS.clear()
 
 
 @dataclass(frozen=True)
@@ -252,9 +262,16 @@ def _score_held_out_folds(
     thinning = np.random.default_rng([random_state, 4])
     scores = []
     folds = lot_folds(model.lots, n, n_folds, random_state)
-    for held_out in progress(folds, desc="novelty calibration (held-out reference lots)"):
+    for fold, held_out in enumerate(
+        progress(folds, desc="novelty calibration (held-out reference lots)")
+    ):
         rest = np.flatnonzero(~held_out)
-        loadings = _refitted_loadings(model, rest, random_state)
+        key = (model.hash, n_folds, random_state, fold, rest.size)
+        if key not in _LOADINGS:
+            if len(_LOADINGS) >= _CACHE_MAX * n_folds:
+                _LOADINGS.pop(next(iter(_LOADINGS)))
+            _LOADINGS[key] = _refitted_loadings(model, rest, random_state)
+        loadings = _LOADINGS[key]
         cells = np.flatnonzero(held_out)
         if cells.size > NOVELTY_MAX_CELLS:
             cells = np.sort(rng.choice(cells, NOVELTY_MAX_CELLS, replace=False))

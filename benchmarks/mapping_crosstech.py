@@ -47,7 +47,7 @@ from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
 import mscpotency as mp
-from mscpotency.tl._mapping import _novelty, _pca_backends
+from mscpotency.tl._mapping import _cache
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,8 +115,7 @@ def label_metrics(reference, query, predicted: np.ndarray, known: np.ndarray) ->
 
 def ours(setting: dict, method: str) -> dict:
     query, known = setting["query"], setting["known"]
-    _pca_backends._CALIBRATIONS.clear()
-    _novelty.clear_caches()
+    _cache.clear_caches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()

@@ -48,6 +48,7 @@ import mscpotency as mp
 from mscpotency.tl._mapping import (
     _anchors,
     _api,
+    _cache,
     _fast,
     _novelty,
     _pca_backends,
@@ -130,8 +131,7 @@ class StepTimer:
 
 def clear_caches() -> None:
     """Forget every per-reference calibration fitted in this process."""
-    _pca_backends._CALIBRATIONS.clear()
-    _novelty.clear_caches()
+    _cache.clear_caches()
 
 
 def prepare(cache: Path, preset: str, seed: int) -> tuple[ad.AnnData, dict[str, ad.AnnData]]:

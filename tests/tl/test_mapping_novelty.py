@@ -154,18 +154,18 @@ def test_scoring_sets_gather_whole_lots():
 def test_refitted_loadings_are_computed_once_per_fold_whatever_the_query(tiny_ref, monkeypatch):
     """The fold PCAs depend on the reference only: a second query set reuses them, same result."""
     from mscpotency._frozen import reference_model
-    from mscpotency.tl._mapping import _novelty
+    from mscpotency.tl._mapping import _cache, _novelty
 
     model = reference_model(tiny_ref, cluster_key="cluster")
     options = {"n_comps_own": 20, "knn_method": "exact", "random_state": 0, "n_folds": 3}
-    _novelty.clear_caches()
+    _cache.clear_caches()
     first = _novelty.held_out_mapping_scores(model, lot_size=200, depth=None, **options)
     refits = []
     original = _novelty._refitted_loadings
     monkeypatch.setattr(_novelty, "_refitted_loadings", lambda *a: refits.append(1) or original(*a))
     second = _novelty.held_out_mapping_scores(model, lot_size=80, depth=None, **options)
     assert refits == []  # another lot size: new calibration scores, the same fold PCAs
-    _novelty.clear_caches()
+    _cache.clear_caches()
     fresh = _novelty.held_out_mapping_scores(model, lot_size=80, depth=None, **options)
     assert len(refits) == 3
     np.testing.assert_array_equal(second, fresh)

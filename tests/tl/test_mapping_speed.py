@@ -8,7 +8,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import mscpotency as mp
-from mscpotency.tl._mapping import _anchors, _pca_backends
+from mscpotency.tl._mapping import _anchors, _cache
 from mscpotency.tl._mapping._anchors import find_transfer_anchors, within_set_neighbours
 from mscpotency.tl._mapping._project import csr_dot, csr_rdot
 
@@ -50,8 +50,7 @@ def test_given_reference_neighbours_give_the_same_anchors():
 
 
 def test_a_warm_anchors_mapping_equals_a_cold_one(tiny_query, tiny_ref):
-    _anchors._REFERENCE_NEIGHBOURS.clear()
-    _pca_backends._CALIBRATIONS.clear()
+    _cache.clear_caches()  # a cold call: every per-reference cache forgotten
     cold = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", copy=True)
     # the reference's own neighbours were kept for the next query
     assert len(_anchors._REFERENCE_NEIGHBOURS) == 1
@@ -64,3 +63,16 @@ def test_a_warm_anchors_mapping_equals_a_cold_one(tiny_query, tiny_ref):
         np.testing.assert_array_equal(cold.obsm[key].to_numpy(), warm.obsm[key].to_numpy())
     for key in ("predicted_score", "predicted_novelty_p", "predicted_mapping_score"):
         np.testing.assert_array_equal(cold.obs[key].to_numpy(), warm.obs[key].to_numpy())
+
+
+def test_bounded_caches_drop_the_oldest_and_clear_together():
+    from mscpotency.tl._mapping._cache import BoundedCache
+
+    first, second = BoundedCache(2), BoundedCache(2)
+    calls = []
+    for key in ("a", "b", "a", "c"):
+        first.get(key, lambda key=key: calls.append(key) or key.upper())
+    assert calls == ["a", "b", "c"] and list(first.values()) == ["B", "C"]  # "a" left first
+    second.get("x", lambda: 1)
+    _cache.clear_caches()
+    assert len(first) == 0 and len(second) == 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..._frozen import ReferenceModel
+from ._cache import BoundedCache
 from ._fast import vote
 from ._neighbors import knn
 from ._pca_backends import Neighbours, ProjectionOptions
@@ -163,8 +164,7 @@ def within_set_neighbours(
 
 #: The reference's own within-set neighbours, by embedding digest and search options: every
 #: query mapped onto one reference in this process needs the same ones.
-_REFERENCE_NEIGHBOURS: dict[tuple, np.ndarray] = {}
-_REFERENCE_NEIGHBOURS_MAX = 4
+_REFERENCE_NEIGHBOURS: BoundedCache[np.ndarray] = BoundedCache(4)
 
 
 def reference_neighbours(
@@ -178,13 +178,9 @@ def reference_neighbours(
     embedding = np.ascontiguousarray(model.embedding)
     digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
     key = (digest, embedding.shape, embedding.dtype.str, k_score, knn_method, random_state)
-    if key not in _REFERENCE_NEIGHBOURS:
-        if len(_REFERENCE_NEIGHBOURS) >= _REFERENCE_NEIGHBOURS_MAX:
-            _REFERENCE_NEIGHBOURS.pop(next(iter(_REFERENCE_NEIGHBOURS)))
-        _REFERENCE_NEIGHBOURS[key] = within_set_neighbours(
-            model.embedding, k_score, knn_method, random_state
-        )
-    return _REFERENCE_NEIGHBOURS[key]
+    return _REFERENCE_NEIGHBOURS.get(
+        key, lambda: within_set_neighbours(model.embedding, k_score, knn_method, random_state)
+    )
 
 
 def _filter(

@@ -59,6 +59,7 @@ from scipy import sparse, stats
 
 from ..._frozen import ReferenceModel
 from ..._settings import progress
+from ._cache import BoundedCache
 from ._calibration import lot_folds
 from ._project import centred, own_axes
 from ._scoring import mapping_score
@@ -79,19 +80,12 @@ DEPTH_MATCH_BELOW = 0.8
 #: Largest smallest-count of a cell that :func:`_counts` recognises.
 _MAX_SMALLEST = 8
 
-_CACHE: dict[tuple, np.ndarray] = {}
-_MEANS: dict[str, np.ndarray] = {}
+_CACHE_MAX = 16
+_CACHE: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX)
+_MEANS: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX)
 #: The reference PCA refitted without each fold: it depends on the reference and the folds
 #: only, not on the query (its depth or lot size), so later query sets reuse it.
-_LOADINGS: dict[tuple, np.ndarray] = {}
-_CACHE_MAX = 16
-
-
-def clear_caches() -> None:
-    """Forget every calibration of this module (benchmarks time first calls with it)."""
-    _CACHE.clear()
-    _MEANS.clear()
-    _LOADINGS.clear()
+_LOADINGS: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX * NOVELTY_FOLDS)
 
 
 @dataclass(frozen=True)
@@ -141,11 +135,7 @@ def depth_model(
 
 def reference_mean_counts(model: ReferenceModel) -> np.ndarray:
     """:func:`mean_counts` of the reference's cells (cached by the reference's hash)."""
-    if model.hash not in _MEANS:
-        if len(_MEANS) >= _CACHE_MAX:
-            _MEANS.pop(next(iter(_MEANS)))
-        _MEANS[model.hash] = mean_counts(model.expression)
-    return _MEANS[model.hash]
+    return _MEANS.get(model.hash, lambda: mean_counts(model.expression))
 
 
 def mean_counts(expression: sparse.csr_matrix) -> np.ndarray:
@@ -239,13 +229,12 @@ def held_out_mapping_scores(
     """
     depth_key = depth.key if depth is not None else "unmatched"
     key = (model.hash, n_comps_own, knn_method, random_state, lot_size, n_folds, depth_key)
-    if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _score_held_out_folds(
+    return _CACHE.get(
+        key,
+        lambda: _score_held_out_folds(
             model, n_comps_own, knn_method, random_state, lot_size, n_folds, depth
-        )
-    return _CACHE[key].copy()
+        ),
+    ).copy()
 
 
 def _score_held_out_folds(
@@ -266,12 +255,10 @@ def _score_held_out_folds(
         progress(folds, desc="novelty calibration (held-out reference lots)")
     ):
         rest = np.flatnonzero(~held_out)
-        key = (model.hash, n_folds, random_state, fold, rest.size)
-        if key not in _LOADINGS:
-            if len(_LOADINGS) >= _CACHE_MAX * n_folds:
-                _LOADINGS.pop(next(iter(_LOADINGS)))
-            _LOADINGS[key] = _refitted_loadings(model, rest, random_state)
-        loadings = _LOADINGS[key]
+        loadings = _LOADINGS.get(
+            (model.hash, n_folds, random_state, fold, rest.size),
+            lambda rest=rest: _refitted_loadings(model, rest, random_state),
+        )
         cells = np.flatnonzero(held_out)
         if cells.size > NOVELTY_MAX_CELLS:
             cells = np.sort(rng.choice(cells, NOVELTY_MAX_CELLS, replace=False))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..._frozen import ReferenceModel
+from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
 from ._project import Centre, CentredMatrix, centred, own_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
@@ -114,8 +115,7 @@ class ProjectionOptions(TransferOptions):
 
 #: Calibrations already fitted in this process, by reference hash and options: mapping
 #: several query sets onto one reference fits the temperature once (the fit is deterministic).
-_CALIBRATIONS: dict[tuple, dict[str, Any]] = {}
-_CALIBRATIONS_MAX = 16
+_CALIBRATIONS: BoundedCache[dict[str, Any]] = BoundedCache(16)
 
 #: Held-out reference cells mapped per calibration fold, at most (a random subset above):
 #: one temperature is fitted, and 10^4 cells per fold pin it down.
@@ -131,13 +131,10 @@ def held_out_calibration(
 ) -> dict[str, Any]:
     """Temperature from reference lots held out in turn and mapped onto the rest (cached)."""
     cache_key = (model.hash, options, n_comps_own, knn_method, random_state)
-    if cache_key not in _CALIBRATIONS:
-        if len(_CALIBRATIONS) >= _CALIBRATIONS_MAX:
-            _CALIBRATIONS.pop(next(iter(_CALIBRATIONS)))
-        _CALIBRATIONS[cache_key] = _fit_on_held_out_lots(
-            model, options, n_comps_own, knn_method, random_state
-        )
-    stored = _CALIBRATIONS[cache_key]
+    stored = _CALIBRATIONS.get(
+        cache_key,
+        lambda: _fit_on_held_out_lots(model, options, n_comps_own, knn_method, random_state),
+    )
     return {
         k: (v.copy() if isinstance(v, (pd.DataFrame, np.ndarray)) else v) for k, v in stored.items()
     }

@@ -139,6 +139,46 @@ def test_thinning_matches_a_shallower_technology():
     assert partial.depth_ratio == pytest.approx(kept_ratio, rel=0.1)
 
 
+def _counts_by_hand(expression: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_counts` cell by cell in plain Python (the definition its kernel implements)."""
+    X = sparse.csr_matrix(expression, dtype=np.float64)
+    X.eliminate_zeros()
+    counts, scale = np.zeros(X.shape), np.zeros(X.shape[0])
+    for row in range(X.shape[0]):
+        start, stop = X.indptr[row], X.indptr[row + 1]
+        values = np.expm1(X.data[start:stop])
+        if values.size == 0:
+            continue
+        ratio = values / values.min()
+        whole = [
+            m
+            for m in range(1, 9)
+            if all(abs(r * m - np.rint(r * m)) < 1e-3 * max(r * m, 1.0) for r in ratio)
+        ]
+        multiple = whole[0] if whole else 1
+        counts[row, X.indices[start:stop]] = np.maximum(np.rint(ratio * multiple), 1.0)
+        scale[row] = values.min() / multiple
+    return counts, scale
+
+
+def test_counts_kernel_matches_its_definition():
+    """Cells whose smallest count is 1, 2..8, above 8, empty cells and non-count cells."""
+    rng = np.random.default_rng(11)
+    dense = rng.integers(1, 60, (300, 40)) * (rng.random((300, 40)) < 0.3)
+    dense[:, 0] = rng.integers(1, 12, 300)  # smallest counts up to 11 (> 8: read as one)
+    dense[5] = 0  # an empty cell
+    expression = lognormalise(sparse.csr_matrix(dense.astype(np.float32)), 1e4)
+    expression.data[expression.indptr[10] : expression.indptr[20]] += 0.37  # not counts
+    recovered, scale = _counts(expression)
+    expected, expected_scale = _counts_by_hand(expression)
+    np.testing.assert_array_equal(recovered.toarray(), expected)
+    np.testing.assert_array_equal(scale, expected_scale)
+    cells = np.setdiff1d(np.arange(300), np.arange(10, 20))
+    small = dense[cells][:, 0] <= 8
+    np.testing.assert_array_equal(recovered.toarray()[cells][small], dense[cells][small])
+    assert scale[5] == 0
+
+
 def test_scoring_sets_gather_whole_lots():
     lots = np.repeat(["a", "b", "c", "d", "e", "f"], [400, 380, 420, 390, 410, 100])
     sets = scoring_sets(lots, lots.size, 1000, 0)

@@ -53,6 +53,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
@@ -148,32 +149,46 @@ def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarra
 
     A cell's smallest value is ``m * scale`` for its smallest count ``m``: the smallest
     ``m`` (up to :data:`_MAX_SMALLEST`) that makes every value of the cell a whole multiple
-    of ``scale`` is taken (a cell without integer multiples keeps ``m = 1``).
+    of ``scale`` is taken (a cell without integer multiples keeps ``m = 1``). The cells are
+    read in parallel by a compiled kernel (:func:`_whole_counts`).
     """
     X = sparse.csr_matrix(expression, dtype=np.float64, copy=True)
     X.eliminate_zeros()
     np.expm1(X.data, out=X.data)
-    filled = np.diff(X.indptr) > 0
-    starts = X.indptr[:-1][filled]
-    smallest = np.zeros(X.shape[0])
-    smallest[filled] = np.minimum.reduceat(X.data, starts)
-    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    ratio = X.data / smallest[rows]
-    multiple = np.ones(X.shape[0])
-    pending = filled.copy()  # rows whose values are not yet all whole multiples
-    for m in range(1, _MAX_SMALLEST + 1):  # the smallest m whose multiples are all whole wins
-        entries = pending[rows]
-        value = ratio[entries] * m
-        off = np.abs(value - np.rint(value)) >= 1e-3 * np.maximum(value, 1.0)
-        still = np.zeros(X.shape[0], dtype=bool)
-        still[rows[entries][off]] = True
-        multiple[pending & ~still] = m
-        pending &= still
-        if not pending.any():
-            break
-    multiple[pending] = 1.0  # no whole multiple found: as if the smallest count were one
-    X.data = np.maximum(np.rint(ratio * multiple[rows]), 1.0)
-    return X, np.divide(smallest, multiple)
+    scale = np.zeros(X.shape[0])
+    _whole_counts(X.data, X.indptr, _MAX_SMALLEST, scale)
+    return X, scale
+
+
+@numba.njit(parallel=True, cache=True)
+def _whole_counts(data, indptr, max_smallest, scale):  # pragma: no cover - compiled
+    """In place: each row's values divided by its ``scale``, rounded to whole counts >= 1.
+
+    Row by row what :func:`_counts` documents: ``ratio = value / smallest``; the first
+    ``m <= max_smallest`` whose multiples ``ratio * m`` are all within ``1e-3 * max(., 1)``
+    of a whole number is the smallest count (``1`` if none), ``scale = smallest / m``.
+    """
+    for row in numba.prange(indptr.size - 1):
+        start, stop = indptr[row], indptr[row + 1]
+        if stop == start:
+            continue
+        smallest = data[start]
+        for k in range(start + 1, stop):
+            smallest = min(smallest, data[k])
+        multiple = 1.0
+        for m in range(1, max_smallest + 1):
+            whole = True
+            for k in range(start, stop):
+                value = data[k] / smallest * m
+                if abs(value - np.rint(value)) >= 1e-3 * max(value, 1.0):
+                    whole = False
+                    break
+            if whole:
+                multiple = float(m)
+                break
+        for k in range(start, stop):
+            data[k] = max(np.rint(data[k] / smallest * multiple), 1.0)
+        scale[row] = smallest / multiple
 
 
 def thinned(

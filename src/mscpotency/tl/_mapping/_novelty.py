@@ -155,7 +155,9 @@ def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarra
     A cell's smallest value is ``m * scale`` for its smallest count ``m``: the smallest
     ``m`` (up to :data:`_MAX_SMALLEST`) that makes every value of the cell a whole multiple
     of ``scale`` is taken (a cell without integer multiples keeps ``m = 1``). The cells are
-    read in parallel by a compiled kernel (:func:`_whole_counts`).
+    read by a compiled kernel (:func:`_whole_counts`; serial: a parallel one ran 0.068 s
+    instead of 0.096 s on 2 million values on 2 cores, but took 6.7 s instead of 2.4 s to
+    compile into an empty cache).
     """
     X = sparse.csr_matrix(expression, dtype=np.float64, copy=True)
     X.eliminate_zeros()
@@ -165,7 +167,7 @@ def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarra
     return X, scale
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _whole_counts(data, indptr, max_smallest, scale):  # pragma: no cover - compiled
     """In place: each row's values divided by its ``scale``, rounded to whole counts >= 1.
 
@@ -173,7 +175,7 @@ def _whole_counts(data, indptr, max_smallest, scale):  # pragma: no cover - comp
     ``m <= max_smallest`` whose multiples ``ratio * m`` are all within ``1e-3 * max(., 1)``
     of a whole number is the smallest count (``1`` if none), ``scale = smallest / m``.
     """
-    for row in numba.prange(indptr.size - 1):
+    for row in range(indptr.size - 1):
         start, stop = indptr[row], indptr[row + 1]
         if stop == start:
             continue

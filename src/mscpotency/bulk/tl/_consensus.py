@@ -422,7 +422,9 @@ def consensus(
     ``statistic`` (``|T|``), ``qvalue``, ``expected_false`` (the false calls expected by
     chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
     direction), ``n_platforms`` (platforms that measure the feature) and per cell
-    ``rho:<platform>:<outcome>`` (NaN where the platform lacks it); ``summary`` gives per
+    ``rho:<platform>:<outcome>`` (NaN where the platform lacks it; Pearson's r with
+    ``correlation="pearson"``, as are ``min_abs_rho`` and the ``rho`` of
+    :func:`~mscpotency.bulk.get.consensus`); ``summary`` gives per
     rule n_tested, n_called, expected_false, fdr (``expected_false / n_called``),
     fdr_level, n_top, n_lines and n_permutations.
     """

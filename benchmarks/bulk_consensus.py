@@ -20,7 +20,9 @@ standard error (SD / sqrt(lists)); at 15,000 genes most lists hold 0-2 genes, so
 list's FDP is 0 or 1 and ten seeds (50 lists) leave an error of about 0.05.
 
 Usage: ``python benchmarks/bulk_consensus.py [--seeds 5] [--first-seed 0] [--genes 15000]
-[--permutations 500] [--top 40]`` writes ``benchmarks/results/bulk_consensus.md`` and ``.csv``.
+[--permutations 500] [--top 40] [--correlation spearman|pearson] [--agreement weakest|mean]``
+writes ``benchmarks/results/bulk_consensus.md`` and ``.csv`` (with other ``consensus``
+options for the Stouffer lists: ``bulk_consensus_<correlation>_<agreement>.md``/``.csv``).
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def true_set(rule: str, truth: pd.DataFrame) -> int:
     return int(hits.sum())
 
 
-def one_seed(seed: int, n_genes: int, n_permutations: int, n_top: int) -> list[dict]:
+def one_seed(
+    seed: int, n_genes: int, n_permutations: int, n_top: int, options: dict | None = None
+) -> list[dict]:
     data = B.datasets.ips_lines_hard(n_genes=n_genes, random_state=seed)
     truth = data["truth"]["genes"]
     prop, panels = propensity(data, "train")
@@ -111,6 +115,7 @@ def one_seed(seed: int, n_genes: int, n_permutations: int, n_top: int) -> list[d
         n_top=n_top,
         n_permutations=n_permutations,
         random_state=seed,
+        **(options or {}),
     )
     seconds = time.perf_counter() - start
     rows = []
@@ -194,17 +199,24 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
+    options = {"correlation": args.correlation, "agreement": args.agreement}
+    default = args.correlation == "spearman" and args.agreement == "weakest"
+    args.tag = "" if default else f"_{args.correlation}_{args.agreement}"
+    if args.first_seed:  # other seeds than the quoted 0-(n-1): their own files
+        args.tag += f"_seeds{args.first_seed}-{args.first_seed + args.seeds - 1}"
     mp.settings.verbosity = 0
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # unannotated probes, constant genes
-            rows += one_seed(seed, args.genes, args.permutations, args.top)
+            rows += one_seed(seed, args.genes, args.permutations, args.top, options)
         print(f"seed {seed} done", flush=True)
     table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    table.to_csv(RESULTS / "bulk_consensus.csv", index=False)
+    table.to_csv(RESULTS / f"bulk_consensus{args.tag}.csv", index=False)
     write_markdown(table, args)
 
 
@@ -237,7 +249,8 @@ def write_markdown(table: pd.DataFrame, args) -> None:
         "# bulk consensus on the harder iPS preset",
         "",
         f"`python benchmarks/bulk_consensus.py --seeds {args.seeds} --first-seed {args.first_seed} "
-        f"--genes {args.genes} --permutations {args.permutations} --top {args.top}` (seeds "
+        f"--genes {args.genes} --permutations {args.permutations} --top {args.top} "
+        f"--correlation {args.correlation} --agreement {args.agreement}` (seeds "
         f"{seeds}; 5 rules; {args.genes} genes; `stouffer top {args.top}`: the {args.top} "
         "genes with the largest combined statistic per rule, a list of a chosen size).",
         "",
@@ -263,7 +276,7 @@ def write_markdown(table: pd.DataFrame, args) -> None:
         f"Stouffer consensus time per seed (all rules, {args.permutations} joint permutations): "
         f"{table['seconds'].dropna().mean():.1f} s.",
     ]
-    (RESULTS / "bulk_consensus.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"bulk_consensus{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -9,8 +9,10 @@ by the rule's pattern), each platform's Stouffer score ``S_p``, its rank among a
 ``|T|`` (1 = first), and whether it passes ``combine="all_significant"`` (every cell in the
 pattern's sign with p < 0.05).
 
-Usage: ``python benchmarks/bulk_consensus_diagnose.py [--seeds 10] [--genes 15000] [--top 40]``
-writes ``benchmarks/results/bulk_consensus_diagnosis.md``.
+Usage: ``python benchmarks/bulk_consensus_diagnose.py [--seeds 10] [--first-seed 0]
+[--genes 15000] [--top 40] [--correlation spearman|pearson] [--agreement weakest|mean]``
+writes ``benchmarks/results/bulk_consensus_diagnosis.md`` (other options or first seeds:
+``bulk_consensus_diagnosis_<correlation>_<agreement>_seeds<first>-<last>.md``).
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ B = mp.bulk
 RESULTS = Path(__file__).parent / "results"
 
 
-def one_seed(seed: int, n_genes: int) -> list[dict]:
-    _, train, tables, outcomes, frame, platforms = training_platforms(seed, n_genes)
+def one_seed(seed: int, n_genes: int, options: dict) -> list[dict]:
+    correlation = options["correlation"]
+    _, train, tables, outcomes, frame, platforms = training_platforms(seed, n_genes, correlation)
     n = len(frame)
-    scores = C.all_scores(platforms, C.standardized_ranks(frame.to_numpy(dtype=float)), n)
+    scores = C.all_scores(platforms, C.standardized(frame.to_numpy(dtype=float), correlation), n)
     rows = []
     for gene, rule in bc.FLAGSHIPS.items():
         pattern = bc.RULES[rule]
-        where = C.rule_cells(pattern, list(train), platforms, outcomes)
+        where = C.rule_cells(pattern, list(train), platforms, outcomes, options["agreement"])
         statistic, cell_z = C.rule_statistic(scores, where)
         i = where.entities.get_loc(gene)
         rank = int((np.abs(statistic) > np.abs(statistic[i])).sum()) + 1
@@ -73,20 +76,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
+    options = {"correlation": args.correlation, "agreement": args.agreement}
+    default = args.correlation == "spearman" and args.agreement == "weakest"
+    tag = "" if default else f"_{args.correlation}_{args.agreement}"
+    tag += f"_seeds{args.first_seed}-{args.first_seed + args.seeds - 1}" if args.first_seed else ""
     mp.settings.verbosity = 0
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # unannotated probes, constant genes
-            rows += one_seed(seed, args.genes)
+            rows += one_seed(seed, args.genes, options)
         print(f"seed {seed} done", flush=True)
     table = pd.DataFrame(rows)
     lines = [
         "# Why are planted markers missed? (harder iPS preset)",
         "",
-        f"`python benchmarks/bulk_consensus_diagnose.py --seeds {args.seeds} --genes "
-        f"{args.genes} --top {args.top}`. rho signed by the rule's pattern (the marker's true "
+        f"`python benchmarks/bulk_consensus_diagnose.py --seeds {args.seeds} --first-seed "
+        f"{args.first_seed} --genes {args.genes} --top {args.top} --correlation "
+        f"{args.correlation} --agreement {args.agreement}`. rho signed by the rule's pattern (the marker's true "
         "direction is +); `S`: the platform's Stouffer score over the rule's outcomes; rank by "
         "the combined `|T|` among all genes (NaN rho: the platform does not measure it).",
         "",
@@ -101,7 +112,7 @@ def main() -> None:
             part.drop(columns=["rule"]).round(2).to_markdown(index=False),
             "",
         ]
-    (RESULTS / "bulk_consensus_diagnosis.md").write_text("\n".join(lines))
+    (RESULTS / f"bulk_consensus_diagnosis{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

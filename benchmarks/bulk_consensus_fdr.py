@@ -16,7 +16,9 @@ Per-seed results are cached as pickles in ``--cache`` (the permutation count and
 ``seed + 1000`` of each are stored with it), so more seeds can be added later.
 
 Usage: ``python benchmarks/bulk_consensus_fdr.py --seeds 0-39 [--genes 15000]
-[--permutations 500] [--cache /tmp/bulkwork]`` writes ``results/bulk_consensus_fdr.md``.
+[--permutations 500] [--cache /tmp/bulkwork] [--correlation spearman|pearson]
+[--agreement weakest|mean]`` writes ``results/bulk_consensus_fdr.md`` (with other
+``consensus`` options: ``results/bulk_consensus_fdr_<correlation>_<agreement>.md``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ LEVELS = (0.1, 0.2, 0.5)
 RESULTS = Path(__file__).parent / "results"
 
 
-def training_platforms(seed: int, n_genes: int):
+def training_platforms(seed: int, n_genes: int, correlation: str = "spearman"):
     """The harder preset's training lines, ranked per platform as the consensus reads them.
 
     Returns ``(data, train, tables, outcomes, frame, platforms)``: the simulation, the array
@@ -66,16 +68,20 @@ def training_platforms(seed: int, n_genes: int):
     frame = C.common_lines(train, key, outcomes)
     lines = frame.index.astype(str).tolist()
     matches = {p: tables[p].drop_duplicates("feature").set_index("feature")["match"] for p in train}
-    platforms = {p: C.platform_data(train[p], lines, key, matches[p]) for p in train}
+    platforms = {p: C.platform_data(train[p], lines, key, matches[p], correlation) for p in train}
     return data, train, tables, outcomes, frame, platforms
 
 
-def one_seed(seed: int, n_genes: int, n_permutations: int) -> dict:
+def one_seed(seed: int, n_genes: int, n_permutations: int, options: dict) -> dict:
     """Per rule: entities, observed ``T``, truth of each call, top-K null ``|T*|`` per permutation."""
-    data, train, _, outcomes, frame, platforms = training_platforms(seed, n_genes)
+    correlation, agreement = options["correlation"], options["agreement"]
+    data, train, _, outcomes, frame, platforms = training_platforms(seed, n_genes, correlation)
     n = len(frame)
-    Y = C.standardized_ranks(frame.to_numpy(dtype=float))
-    where = {r: C.rule_cells(pat, list(train), platforms, outcomes) for r, pat in bc.RULES.items()}
+    Y = C.standardized(frame.to_numpy(dtype=float), correlation)
+    where = {
+        r: C.rule_cells(pat, list(train), platforms, outcomes, agreement)
+        for r, pat in bc.RULES.items()
+    }
     observed = {r: C.rule_statistic(C.all_scores(platforms, Y, n), w)[0] for r, w in where.items()}
     rng = np.random.default_rng(seed + 1000)
     null = {r: np.zeros((n_permutations, K)) for r in where}
@@ -112,17 +118,27 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bulkwork"))
+    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
+    options = {"correlation": args.correlation, "agreement": args.agreement}
+    tag = (
+        ""
+        if args.correlation == "spearman" and args.agreement == "weakest"
+        else (f"_{args.correlation}_{args.agreement}")
+    )
     first, last = (int(x) for x in args.seeds.split("-"))
     mp.settings.verbosity = 0
     args.cache.mkdir(parents=True, exist_ok=True)
     rows, permutations = [], {}
     for seed in range(first, last + 1):
-        path = args.cache / f"dump_{args.genes}_{seed}.pkl"
+        path = args.cache / f"dump{tag}_{args.genes}_{seed}.pkl"
         if not path.exists():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                path.write_bytes(pickle.dumps(one_seed(seed, args.genes, args.permutations)))
+                path.write_bytes(
+                    pickle.dumps(one_seed(seed, args.genes, args.permutations, options))
+                )
         result = pickle.loads(path.read_bytes())
         for rule, part in result.items():
             permutations[seed] = part["null"].shape[0]
@@ -139,6 +155,7 @@ def main() -> None:
                         "recall": (called - false) / part["n_true"],
                     }
                 )
+    args.tag = tag
     write_markdown(pd.DataFrame(rows), args, permutations)
 
 
@@ -163,7 +180,8 @@ def write_markdown(table: pd.DataFrame, args, permutations: dict) -> None:
     lines = [
         "# Is the combined consensus FDR honest? (harder iPS preset)",
         "",
-        f"`python benchmarks/bulk_consensus_fdr.py --seeds {args.seeds} --genes {args.genes}` "
+        f"`python benchmarks/bulk_consensus_fdr.py --seeds {args.seeds} --genes {args.genes} "
+        f"--correlation {args.correlation} --agreement {args.agreement}` "
         f"(5 rules per seed; joint permutations -> number of seeds: {perms}).",
         "",
         "Mean false discovery proportion of the `q <= alpha` lists over every rule x seed "
@@ -181,7 +199,7 @@ def write_markdown(table: pd.DataFrame, args, permutations: dict) -> None:
         per_block.round(3).to_markdown(),
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bulk_consensus_fdr.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"bulk_consensus_fdr{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -22,6 +22,51 @@ def test_standardized_ranks_give_spearman():
     np.testing.assert_allclose(rho.ravel(), expected)
 
 
+def test_standardized_values_give_pearson():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(10, 6)), rng.normal(size=(10, 1))
+    r = _combined.standardized(X).T @ _combined.standardized(y)
+    expected = [stats.pearsonr(X[:, j], y[:, 0]).statistic for j in range(6)]
+    np.testing.assert_allclose(r.ravel(), expected)
+    spearman = _combined.standardized(X, "spearman")
+    np.testing.assert_allclose(spearman, _combined.standardized_ranks(X))
+
+
+def test_mean_agreement_counts_both_platforms_above_the_bar_only():
+    # entities x platforms S_p; brute force of the rule in across_platforms' docstring
+    stouffer = np.array(
+        [
+            [2.6, 1.9],  # a marker moderately weaker on one platform
+            [2.0, 2.0],  # even, weaker in sum
+            [4.5, 0.5],  # an artefact of one platform: fails the bar
+            [-3.0, -2.0],  # agrees in the flipped direction
+            [3.0, np.nan],  # measured on one platform only
+            [1.0, -1.0],  # disagrees
+        ]
+    )
+    up, down = _combined.across_platforms(stouffer, "mean")
+    floor = _combined.MEAN_FLOOR
+    for i, row in enumerate(stouffer):
+        seen = row[np.isfinite(row)]
+        for signed, got in ((seen, up[i]), (-seen, down[i])):
+            expected = signed.mean() if signed.min() >= floor else signed.min()
+            assert got == pytest.approx(expected)
+    weakest_up, _ = _combined.across_platforms(stouffer, "weakest")
+    np.testing.assert_allclose(weakest_up, np.nanmin(stouffer, axis=1))
+    assert up[0] > up[1] and weakest_up[0] < weakest_up[1]  # the order the mean changes
+    assert up[2] == pytest.approx(0.5) and up[2] < up[1]  # the artefact stays below
+    where = _combined.RuleCells(
+        cells=[("a", 0, 1), ("b", 0, 1)],
+        rows={"a": np.arange(6), "b": np.array([0, 1, 2, 3, -1, 5])},
+        entities=pd.Index([f"e{i}" for i in range(6)]),
+        agreement="mean",
+    )
+    scores = {"a": stouffer[:, :1], "b": np.nan_to_num(stouffer[:, 1:])}
+    statistic, _ = _combined.rule_statistic(scores, where)
+    np.testing.assert_allclose(statistic[[0, 1, 2, 3, 5]], [2.25, 2.0, 0.5, -2.5, 0.0])
+    assert 0 < statistic[4] < 3.0  # one platform's word must be stronger
+
+
 def test_step_down_qvalues_match_brute_force():
     rng = np.random.default_rng(1)
     statistic = rng.normal(size=40)
@@ -201,6 +246,44 @@ def test_n_top_gives_a_list_of_the_chosen_size_with_its_fdr():
 def test_n_top_is_checked(kwargs, match):
     lines = [f"L{i}" for i in range(8)]
     platforms = _two_platforms(lines)
+    with pytest.raises(ValueError, match=match):
+        mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, **kwargs)
+
+
+def test_pearson_mean_consensus_ranks_planted_features_and_records_its_options():
+    lines = [f"L{i}" for i in range(10)]
+    platforms = _two_platforms(lines)
+    kwargs = {"rules": {"r": {"y": 1}}, "combine": "stouffer", "n_top": 5, "n_permutations": 50}
+    options = {"correlation": "pearson", "agreement": "mean"}
+    result = mp.bulk.tl.consensus(platforms, **kwargs, **options)
+    again = mp.bulk.tl.consensus(platforms, **kwargs, **options)
+    pd.testing.assert_frame_equal(result.table, again.table)
+    table = result.table.set_index("feature")
+    assert set(table.index[:2]) == {"g0", "g1"}
+    y = np.arange(10.0)
+    for p, adata in platforms.items():  # the cells' rho are Pearson's r on the values
+        expected = stats.pearsonr(adata[:, "g0"].X.ravel(), y).statistic
+        assert table.loc["g0", f"rho:{p}:y"] == pytest.approx(expected)
+    assert {k: result.params[k] for k in options} == options
+    default = mp.bulk.tl.consensus(platforms, **kwargs)
+    assert default.params["correlation"] == "spearman"
+    assert default.params["agreement"] == "weakest"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"correlation": "pearson"}, "needs combine='stouffer'"),
+        ({"agreement": "mean"}, "needs combine='stouffer'"),
+        (
+            {"correlation": "kendall", "combine": "stouffer"},
+            "correlation must be 'spearman' or 'pearson'",
+        ),
+        ({"agreement": "max", "combine": "stouffer"}, "agreement must be 'weakest' or 'mean'"),
+    ],
+)
+def test_combined_options_are_checked(kwargs, match):
+    platforms = _two_platforms([f"L{i}" for i in range(8)])
     with pytest.raises(ValueError, match=match):
         mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, **kwargs)
 

@@ -1,12 +1,18 @@
 """The combined consensus: signed agreement across platforms and outcomes, permutation FDR.
 
-For every platform x outcome cell of a rule, a feature's Spearman rho becomes a normal
-score ``z = rho * sqrt(n - 1)`` (the permutation null of rho has variance ``1 / (n - 1)``).
+For every platform x outcome cell of a rule, a feature's Spearman rho (or, with
+``correlation="pearson"``, Pearson's r on the values as given, e.g. log-scale) becomes a
+normal score ``z = rho * sqrt(n - 1)`` (the permutation null of either has variance
+``1 / (n - 1)``).
 Within a platform the outcomes combine as a Stouffer sum with the rule's signs,
 ``S_p = sum(sign_o * z_po) / sqrt(outcomes)`` (the opposite-lineage pattern is one
 combined one-sided test); across platforms the weakest counts, ``T = min_p S_p`` in the
 better of the two overall directions, so a feature scores high only when every platform
 agrees (an artefact that follows the outcome on one platform only does not carry it).
+With ``agreement="mean"`` the features whose weakest platform passes a one-sided 5% bar
+(``min_p S_p >= 1.645``, :data:`MEAN_FLOOR`) are ranked by the mean of their platform scores
+instead, above every feature that fails the bar (scored by its weakest platform as before):
+agreement is still required, but both platforms' strength counts.
 An entity that a platform does not measure (an unannotated probe, a gene without a CAGE
 promoter) is judged by the platforms that do, its score put on the all-platform scale so
 that one platform's word must be stronger (:func:`platform_calibrated`).
@@ -23,7 +29,7 @@ permutations, so the estimate is conservative.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,11 +39,24 @@ from scipy import special, stats
 from ..._settings import progress
 from .._lines import dense_matrix, line_rows
 
+Correlation = Literal["spearman", "pearson"]
+Agreement = Literal["weakest", "mean"]
+
+#: The bar every platform's score must pass before ``agreement="mean"`` ranks a feature by
+#: the mean of its platform scores (a one-sided 5% normal quantile).
+MEAN_FLOOR = 1.645
+
 
 def standardized_ranks(X: np.ndarray) -> np.ndarray:
     """Column-wise average ranks, centred and scaled to unit norm (Spearman = dot product)."""
-    R = stats.rankdata(X, axis=0)
-    R = R - R.mean(axis=0)
+    return standardized(stats.rankdata(X, axis=0))
+
+
+def standardized(X: np.ndarray, correlation: Correlation = "pearson") -> np.ndarray:
+    """Columns centred and scaled to unit norm (Pearson = dot product); ranks first for Spearman."""
+    if correlation == "spearman":
+        return standardized_ranks(X)
+    R = X - X.mean(axis=0)
     norm = np.sqrt((R**2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return R / norm
@@ -46,7 +65,7 @@ def standardized_ranks(X: np.ndarray) -> np.ndarray:
 class PlatformData(NamedTuple):
     """One platform's standardised ranks over the common lines and its entity grouping."""
 
-    ranks: np.ndarray  # lines x features (usable features only)
+    ranks: np.ndarray  # lines x features (usable only), standardised ranks (or values: Pearson)
     entities: pd.Index  # sorted unique entities
     starts: np.ndarray  # start of each entity's block in the entity-sorted feature order
     order: np.ndarray  # feature order that groups features by entity
@@ -85,8 +104,14 @@ def common_lines(results: Mapping[str, AnnData], key: str, outcomes: list[str]) 
     return first
 
 
-def platform_data(adata: AnnData, lines: list[str], key: str, match: pd.Series) -> PlatformData:
-    """Standardised ranks of the rankable features over ``lines`` and their entities."""
+def platform_data(
+    adata: AnnData,
+    lines: list[str],
+    key: str,
+    match: pd.Series,
+    correlation: Correlation = "spearman",
+) -> PlatformData:
+    """Standardised ranks (or values, ``correlation="pearson"``) of the usable features."""
     layer = adata.uns[key]["params"].get("layer")
     X = dense_matrix(adata, layer)[line_rows(adata, lines)]
     usable = np.isfinite(X).all(axis=0)
@@ -95,7 +120,8 @@ def platform_data(adata: AnnData, lines: list[str], key: str, match: pd.Series) 
     entity = match.reindex(features).astype(str).to_numpy()
     order = np.argsort(entity, kind="stable")
     unique, starts = np.unique(entity[order], return_index=True)
-    return PlatformData(standardized_ranks(X[:, usable]), pd.Index(unique), starts, order, features)
+    ranks = standardized(X[:, usable], correlation)
+    return PlatformData(ranks, pd.Index(unique), starts, order, features)
 
 
 def entity_scores(z: np.ndarray, data: PlatformData) -> np.ndarray:
@@ -112,6 +138,7 @@ class RuleCells(NamedTuple):
     cells: list[tuple[str, int, int]]
     rows: dict[str, np.ndarray]  # platform -> row of each entity in its entity index (-1: absent)
     entities: pd.Index
+    agreement: Agreement = "weakest"  # how the platforms' scores combine (rule_statistic)
 
 
 #: How much of a second platform's evidence an entity's weakest-platform score is worth
@@ -119,7 +146,13 @@ class RuleCells(NamedTuple):
 PLATFORM_CORRELATION = 0.5
 
 
-def rule_cells(pattern: Mapping[str, int], platforms: list[str], data: dict, outcomes: list[str]):
+def rule_cells(
+    pattern: Mapping[str, int],
+    platforms: list[str],
+    data: dict,
+    outcomes: list[str],
+    agreement: Agreement = "weakest",
+):
     """The cells of a rule and the entities measured on at least one of its platforms.
 
     An entity absent from a platform (an unannotated probe, a gene without a CAGE promoter)
@@ -131,7 +164,7 @@ def rule_cells(pattern: Mapping[str, int], platforms: list[str], data: dict, out
     union = union.sort_values()
     rows = {p: data[p].entities.get_indexer(union) for p in platforms}
     cells = [(p, outcomes.index(o), int(s)) for p in platforms for o, s in pattern.items()]
-    return RuleCells(cells, rows, union)
+    return RuleCells(cells, rows, union, agreement)
 
 
 def platform_calibrated(magnitude: np.ndarray, measured: np.ndarray, n_platforms: int):
@@ -153,6 +186,29 @@ def platform_calibrated(magnitude: np.ndarray, measured: np.ndarray, n_platforms
     return out
 
 
+def across_platforms(
+    stouffer: np.ndarray, agreement: Agreement = "weakest"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per entity, the platforms' agreement in the pattern's direction and in the flipped one.
+
+    ``stouffer``: entities x platforms ``S_p`` (NaN where a platform lacks the entity).
+    ``"weakest"``: ``min_p S_p`` (and ``min_p -S_p``). ``"mean"``: where the weakest passes
+    :data:`MEAN_FLOOR`, the mean of ``S_p`` over the platforms that measure the entity (at
+    least the weakest, so these entities rank above every one below the bar); elsewhere the
+    weakest, as with ``"weakest"``.
+    """
+    finite = np.isfinite(stouffer)
+    measured = np.maximum(finite.sum(axis=1), 1)
+    out = []
+    for signed in (stouffer, -stouffer):
+        weakest = np.where(finite, signed, np.inf).min(axis=1)
+        if agreement == "mean":
+            mean = np.where(finite, signed, 0.0).sum(axis=1) / measured
+            weakest = np.where(weakest >= MEAN_FLOOR, mean, weakest)
+        out.append(weakest)
+    return out[0], out[1]
+
+
 def rule_statistic(
     scores: dict[str, np.ndarray], where: RuleCells
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -161,9 +217,11 @@ def rule_statistic(
     Per platform the Stouffer score over the rule's outcomes, ``S_p = sum(sign_o * z) /
     sqrt(outcomes)``; across the platforms that measure the entity the weakest:
     ``|T| = max(min_p S_p, min_p -S_p, 0)`` with the sign of the direction that wins (0
-    when the platforms disagree), put on the all-platform scale by
-    :func:`platform_calibrated` where a platform lacks the entity. Returns (signed ``T``,
-    entities x cells of ``sign_o * z``, NaN where a platform lacks the entity).
+    when the platforms disagree), or with ``where.agreement == "mean"`` the mean of ``S_p``
+    where the weakest passes :data:`MEAN_FLOOR` (:func:`across_platforms`); put on the
+    all-platform scale by :func:`platform_calibrated` where a platform lacks the entity.
+    Returns (signed ``T``, entities x cells of ``sign_o * z``, NaN where a platform lacks
+    the entity).
     """
     n_entities = len(where.entities)
     if not where.cells:
@@ -179,12 +237,9 @@ def rule_statistic(
     per_platform = np.stack(blocks, axis=1)
     stouffer = per_platform.sum(axis=2) / np.sqrt(per_platform.shape[2])  # NaN where absent
     measured = np.isfinite(stouffer).sum(axis=1)
-    n_platforms = len(blocks)
-    finite = np.isfinite(stouffer)
-    up = np.where(finite, stouffer, np.inf).min(axis=1)
-    down = np.where(finite, -stouffer, np.inf).min(axis=1)
+    up, down = across_platforms(stouffer, where.agreement)
     magnitude = np.maximum(np.maximum(up, down), 0.0)  # platforms that disagree score 0
-    magnitude = platform_calibrated(np.where(measured > 0, magnitude, 0.0), measured, n_platforms)
+    magnitude = platform_calibrated(np.where(measured > 0, magnitude, 0.0), measured, len(blocks))
     return np.where(up >= down, magnitude, -magnitude), cell_z
 
 

@@ -225,6 +225,8 @@ def _combined_consensus(
     n_permutations: int,
     random_state: int,
     n_top: int | None = None,
+    correlation: _combined.Correlation = "spearman",
+    agreement: _combined.Agreement = "weakest",
 ) -> tuple[list[pd.DataFrame], dict[str, int], pd.DataFrame]:
     """The Stouffer consensus of every rule with its permutation FDR (see ``_combined``)."""
     used = list(dict.fromkeys(p for rule in resolved.values() for p in rule.platforms))
@@ -232,10 +234,12 @@ def _combined_consensus(
     frame = _combined.common_lines({p: results[p] for p in used}, key, outcomes)
     lines, n = frame.index.astype(str).tolist(), len(frame)
     matches = {p: tables[p].drop_duplicates("feature").set_index("feature")["match"] for p in used}
-    data = {p: _combined.platform_data(results[p], lines, key, matches[p]) for p in used}
-    Y = _combined.standardized_ranks(frame.to_numpy(dtype=float))
+    data = {
+        p: _combined.platform_data(results[p], lines, key, matches[p], correlation) for p in used
+    }
+    Y = _combined.standardized(frame.to_numpy(dtype=float), correlation)
     where = {
-        r: _combined.rule_cells(rule.pattern, list(rule.platforms), data, outcomes)
+        r: _combined.rule_cells(rule.pattern, list(rule.platforms), data, outcomes, agreement)
         for r, rule in resolved.items()
     }
     scores = _combined.all_scores(data, Y, n)
@@ -284,6 +288,17 @@ def _rule_summary(
     }
 
 
+def _check_combined_options(correlation: str, agreement: str, combine: str) -> None:
+    """``correlation`` and ``agreement`` other than their defaults need ``combine="stouffer"``."""
+    for name, value, default in (
+        ("correlation", correlation, "spearman"),
+        ("agreement", agreement, "weakest"),
+    ):
+        if value != default and combine != "stouffer":
+            msg = f"{name}={value!r} needs combine='stouffer', got combine={combine!r}"
+            raise ValueError(msg)
+
+
 def _check_n_top(n_top, combine: str) -> None:
     if n_top is None:
         return
@@ -311,6 +326,8 @@ def consensus(
     n_permutations: int = 1000,
     random_state: int = 0,
     n_top: int | None = None,
+    correlation: _combined.Correlation = "spearman",
+    agreement: _combined.Agreement = "weakest",
 ) -> Consensus:
     """Features whose association follows a sign rule on every platform and outcome asked.
 
@@ -369,6 +386,23 @@ def consensus(
         per rule (ties at the edge kept) instead of those with ``q <= alpha``: a list of a
         chosen size, for a given recall or a follow-up budget, with its permutation FDR
         estimate in ``summary`` (``fdr``; ``fdr_level`` is then NaN).
+    correlation
+        With ``combine="stouffer"``: the correlation behind each cell's normal score,
+        ``"spearman"`` (the ranks, as :func:`rank_association` reports) or ``"pearson"``
+        (Pearson's r on the values as the platforms hold them, which should then be on a
+        log scale, e.g. after :func:`~mscpotency.bulk.pp.collapse_probes` and
+        :func:`~mscpotency.bulk.pp.normalize_cage`, and on the outcome values). At 10 lines
+        Spearman's ranks give away power and tie; Pearson's r has the same permutation null
+        variance, and the permutation FDR stays exact for it, but one outlying line weighs
+        more.
+    agreement
+        With ``combine="stouffer"``: how the platforms' scores ``S_p`` combine.
+        ``"weakest"``: ``min_p S_p`` (every platform must agree, the weakest decides).
+        ``"mean"``: features whose weakest platform passes a one-sided 5% bar
+        (``S_p >= 1.645`` on every platform) rank by the mean of their platform scores,
+        above every feature that fails it (ranked by its weakest platform): agreement is
+        still required, so an artefact of one platform stays out, but a marker that is
+        moderately weaker on one platform is not judged by that platform alone.
 
     Returns
     -------
@@ -388,7 +422,9 @@ def consensus(
     ``statistic`` (``|T|``), ``qvalue``, ``expected_false`` (the false calls expected by
     chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
     direction), ``n_platforms`` (platforms that measure the feature) and per cell
-    ``rho:<platform>:<outcome>`` (NaN where the platform lacks it); ``summary`` gives per
+    ``rho:<platform>:<outcome>`` (NaN where the platform lacks it; Pearson's r with
+    ``correlation="pearson"``, as are ``min_abs_rho`` and the ``rho`` of
+    :func:`~mscpotency.bulk.get.consensus`); ``summary`` gives per
     rule n_tested, n_called, expected_false, fdr (``expected_false / n_called``),
     fdr_level, n_top, n_lines and n_permutations.
     """
@@ -396,6 +432,7 @@ def consensus(
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)
     _check_n_top(n_top, combine)
+    _check_combined_options(correlation, agreement, combine)
     if not isinstance(rules, Mapping) or not rules:
         msg = "rules must be a non-empty mapping of rule name -> {outcome: +1/-1} (or SignRule)"
         raise ValueError(msg)
@@ -416,6 +453,8 @@ def consensus(
             n_permutations=n_permutations,
             random_state=random_state,
             n_top=n_top,
+            correlation=correlation,
+            agreement=agreement,
         )
     for name, rule in resolved.items() if combine == "all_significant" else ():
         frame, n_tested[name] = _apply_rule(
@@ -438,6 +477,8 @@ def consensus(
             "n_permutations": n_permutations,
             "random_state": random_state,
             "n_top": n_top,
+            "correlation": correlation,
+            "agreement": agreement,
         },
         summary=summary,
     )

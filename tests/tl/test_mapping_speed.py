@@ -76,3 +76,56 @@ def test_bounded_caches_drop_the_oldest_and_clear_together():
     second.get("x", lambda: 1)
     _cache.clear_caches()
     assert len(first) == 0 and len(second) == 0
+
+
+def test_checksum_changes_with_any_byte_and_order():
+    from mscpotency._frozen import checksum
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 50, size=1003).astype(np.uint16)  # 2,006 bytes: a 6-byte tail
+    reference = checksum(values)
+    assert checksum(values.copy()) == reference
+    for position in (0, 1, 500, 1000, 1002):  # in a word, across words, in the tail
+        changed = values.copy()
+        changed[position] += 1
+        assert checksum(changed) != reference, position
+    swapped = values.copy()
+    swapped[[10, 700]] = swapped[[700, 10]]
+    assert swapped[10] != swapped[700] and checksum(swapped) != reference
+    assert checksum(values.view(np.int16)) != reference  # same bytes, other type
+    assert checksum(values[1:]) != checksum(values[:-1])  # unaligned views are read too
+
+
+def test_a_reference_edited_after_a_mapping_is_still_refused(tiny_query, tiny_ref, monkeypatch):
+    """The expression is normalised and hashed once per content, and any edit is still caught."""
+    from mscpotency import _frozen
+
+    frozen = mp.tl.freeze_reference(tiny_ref)
+    _cache.clear_caches()
+    first = _frozen.reference_model(frozen, cluster_key="cluster")
+    digests = []
+    real_digest = _frozen.expression_digest
+    monkeypatch.setattr(_frozen, "expression_digest", lambda x: digests.append(1) or real_digest(x))
+    again = _frozen.reference_model(frozen, cluster_key="cluster")
+    assert digests == [] and again.hash == first.hash  # not hashed again: its bytes are the same
+    assert (again.expression != first.expression).nnz == 0
+    mapped = mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+    edits = {  # the arrays to edit in place (after the reference was verified and kept)
+        "counts": lambda a: a.X.data,
+        "normalisation factors": lambda a: a.obs["normalisation_scale"].to_numpy(),
+        "embedding": lambda a: a.obsm["X_pca"].reshape(-1),
+    }
+    for name, values in edits.items():
+        kept = values(frozen).copy()
+        values(frozen)[7] += 1
+        assert not np.array_equal(values(frozen), kept), name  # edited in place
+        with pytest.raises(ValueError, match="modified after `tl.freeze_reference`"):
+            mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+        values(frozen)[:] = kept
+        assert _frozen.reference_model(frozen, cluster_key="cluster").hash == first.hash, name
+    assert digests, "an edited expression was hashed again"
+    remapped = mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+    np.testing.assert_array_equal(
+        mapped.obsm["predicted_probabilities"].to_numpy(),
+        remapped.obsm["predicted_probabilities"].to_numpy(),
+    )

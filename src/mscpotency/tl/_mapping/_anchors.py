@@ -24,6 +24,7 @@ too); here the nearest anchor counts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +54,13 @@ def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / norms
 
 
+#: Reference cells in the filtering space: all of them, or a function of the cells asked for.
+ReferenceFilter = np.ndarray | Callable[[np.ndarray], np.ndarray]
+
+
 def filter_space(
     reference_centred_dot, query_centred_dot, reference_axes: np.ndarray, query_axes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[ReferenceFilter, np.ndarray]:
     """Reference and query cells in the span of both datasets' principal axes, L2-normalised.
 
     Seurat filters anchors by cosine distances over all anchor genes. Those distances are
@@ -63,10 +68,17 @@ def filter_space(
     span); the rest is per-cell noise that adds about the same amount to every distance.
     Distances in the span of the reference axes and the query's own axes therefore rank
     neighbours as the gene space does, at a fraction of the cost (tens instead of
-    thousands of dimensions). Both callables map a ``(genes, d)`` basis to coordinates.
+    thousands of dimensions). Both callables map a ``(genes, d)`` basis to coordinates;
+    ``reference_centred_dot`` also takes the reference cells to place (``None``: all), and
+    the reference comes back as a function of those cells: only the cells of anchor pairs
+    are ever placed (each cell's coordinates do not depend on the others').
     """
     basis, _ = np.linalg.qr(np.hstack([reference_axes, query_axes]))
-    return l2_normalise(reference_centred_dot(basis)), l2_normalise(query_centred_dot(basis))
+
+    def reference_filter(cells: np.ndarray) -> np.ndarray:
+        return l2_normalise(reference_centred_dot(basis, cells))
+
+    return reference_filter, l2_normalise(query_centred_dot(basis))
 
 
 def _shared_counts(left: np.ndarray, right: np.ndarray, chunk: int = 20_000) -> np.ndarray:
@@ -83,7 +95,7 @@ def find_transfer_anchors(
     reference_embedding: np.ndarray,
     query_embedding: np.ndarray,
     *,
-    reference_filter: np.ndarray | None,
+    reference_filter: ReferenceFilter | None,
     query_filter: np.ndarray | None,
     k_anchor: int = 5,
     k_filter: int = 200,
@@ -99,8 +111,9 @@ def find_transfer_anchors(
     reference_embedding, query_embedding
         Reference PCA and the query's projection onto it (normalised here).
     reference_filter, query_filter
-        The cells in the filtering space (:func:`filter_space`); ``None`` or
-        ``k_filter=0`` skips filtering.
+        The cells in the filtering space (:func:`filter_space`; the reference's may be a
+        function of the reference cells to place); ``None`` or ``k_filter=0`` skips
+        filtering.
     k_anchor, k_filter, k_score
         Seurat's parameters of the same names.
     knn_method, random_state
@@ -186,14 +199,18 @@ def reference_neighbours(
 def _filter(
     ref_cells: np.ndarray,
     query_cells: np.ndarray,
-    reference_filter: np.ndarray,
+    reference_filter: ReferenceFilter,
     query_filter: np.ndarray,
     k_filter: int,
     kw: dict,
 ) -> np.ndarray:
     """Keep an anchor when its query cell is among its reference cell's k_filter nearest query cells."""
     unique_ref, position = np.unique(ref_cells, return_inverse=True)
-    nearest, _ = knn(query_filter, reference_filter[unique_ref], k_filter, **kw)
+    if callable(reference_filter):
+        points = reference_filter(unique_ref)
+    else:
+        points = reference_filter[unique_ref]
+    nearest, _ = knn(query_filter, points, k_filter, **kw)
     return (nearest[position] == query_cells[:, None]).any(axis=1)
 
 
@@ -301,8 +318,9 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             expression = model.expression if every_cell else model.expression[rows]
             mean = model.pca_mean
 
-            def reference_dot(basis: np.ndarray) -> np.ndarray:
-                return csr_dot(expression, basis) - mean @ basis
+            def reference_dot(basis: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
+                placed = expression if cells is None else expression[cells]
+                return csr_dot(placed, basis) - mean @ basis
 
             reference_filter, query_filter = filter_space(
                 reference_dot, query.dot, model.loadings, own

@@ -55,7 +55,7 @@ def test_a_warm_anchors_mapping_equals_a_cold_one(tiny_query, tiny_ref):
     # the reference's own neighbours were kept for the next query
     assert len(_anchors._REFERENCE_NEIGHBOURS) == 1
     (kept,) = _anchors._REFERENCE_NEIGHBOURS.values()
-    assert kept.shape == (tiny_ref.n_obs, 30)
+    assert kept.shape == (tiny_ref.n_obs, 30 * _anchors._WIDTH)  # k_score, widened for folds
     assert (kept[:, 0] == np.arange(tiny_ref.n_obs)).all()
     warm = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", copy=True)
     assert (cold.obs["predicted"] == warm.obs["predicted"]).all()
@@ -129,3 +129,24 @@ def test_a_reference_edited_after_a_mapping_is_still_refused(tiny_query, tiny_re
         mapped.obsm["predicted_probabilities"].to_numpy(),
         remapped.obsm["predicted_probabilities"].to_numpy(),
     )
+
+
+@pytest.mark.parametrize("width", [2, 1])
+def test_neighbours_within_a_fold_equal_a_search_of_the_fold(monkeypatch, width):
+    """Read off the cached search of every cell, or searched again: what the fold's own search gives."""
+    monkeypatch.setattr(_anchors, "_WIDTH", width)  # 1: every fold cell short of neighbours
+    _cache.clear_caches()
+    rng = np.random.default_rng(7)
+    centres = rng.normal(scale=4.0, size=(6, 5))
+    lots = np.repeat(np.arange(12), 50)
+    embedding = centres[rng.integers(0, 6, size=600)] + rng.normal(size=(600, 5))
+    embedding[lots == 3] += 2.0  # a lot effect: some cells' neighbours are mostly in their lot
+    embedding[[10, 11, 12]] = embedding[9]  # exact ties
+    for held_out in ([0, 1, 2, 3], [3], list(range(11))):
+        rows = np.flatnonzero(~np.isin(lots, held_out))
+        found = _anchors.reference_neighbours(embedding, rows, 20, "exact", 0)
+        expected = within_set_neighbours(embedding[rows], 20, "exact", 0)
+        np.testing.assert_array_equal(found, expected)
+    every = _anchors.reference_neighbours(embedding, np.arange(600), 20, "exact", 0)
+    np.testing.assert_array_equal(every, within_set_neighbours(embedding, 20, "exact", 0))
+    assert _anchors.reference_neighbours(embedding, rows, 20, "approximate", 0) is None

@@ -32,7 +32,7 @@ import numpy as np
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._fast import vote
-from ._neighbors import knn
+from ._neighbors import EXACT_MAX_PAIRS, knn
 from ._pca_backends import Neighbours, ProjectionOptions
 from ._project import CentredMatrix, csr_dot
 
@@ -176,24 +176,61 @@ def within_set_neighbours(
 
 
 #: The reference's own within-set neighbours, by embedding digest and search options: every
-#: query mapped onto one reference in this process needs the same ones.
+#: query mapped onto one reference in this process needs the same ones. ``_WIDTH`` times
+#: ``k_score`` of them are kept per cell, so that those of a calibration fold (the reference
+#: without some of its lots) come from the same search.
 _REFERENCE_NEIGHBOURS: BoundedCache[np.ndarray] = BoundedCache(4)
+_WIDTH = 2
 
 
 def reference_neighbours(
-    model: ReferenceModel, k_score: int, knn_method: str, random_state: int
-) -> np.ndarray:
-    """:func:`within_set_neighbours` of all the reference's cells (cached per embedding).
+    embedding: np.ndarray, rows: np.ndarray, k_score: int, knn_method: str, random_state: int
+) -> np.ndarray | None:
+    """:func:`within_set_neighbours` of the reference cells ``rows`` among themselves.
 
-    The key is a digest of the embedding itself: two references of one content hash may
-    hold it at different precisions (a frozen reference read back from a file).
+    Indices into ``rows`` (sorted). One exact search of every reference cell, ``_WIDTH *
+    k_score`` wide, is cached per embedding (a digest of the embedding itself: two
+    references of one content hash may hold it at different precisions). A cell's nearest
+    cells among ``rows`` are its nearest cells that are in ``rows``, in order, so the
+    neighbours within a subset are read off that search (ties by position either way);
+    a cell with fewer than ``k_score`` of them in ``rows`` is searched again among
+    ``rows``. ``None`` when the search of every cell would not be exact (``knn_method``).
     """
-    embedding = np.ascontiguousarray(model.embedding)
+    n = embedding.shape[0]
+    if knn_method == "approximate" or (knn_method == "auto" and n * n > EXACT_MAX_PAIRS):
+        return None
+    embedding = np.ascontiguousarray(embedding)
     digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
-    key = (digest, embedding.shape, embedding.dtype.str, k_score, knn_method, random_state)
-    return _REFERENCE_NEIGHBOURS.get(
-        key, lambda: within_set_neighbours(model.embedding, k_score, knn_method, random_state)
+    width = min(_WIDTH * k_score, n)
+    key = (digest, embedding.shape, embedding.dtype.str, width, knn_method, random_state)
+    wide = _REFERENCE_NEIGHBOURS.get(
+        key, lambda: within_set_neighbours(embedding, width, knn_method, random_state)
     )
+    if rows.size == n:
+        return wide[:, :k_score]
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    mapped = position[wide[rows]]  # -1: not in ``rows``; column 0: the cell itself
+    inside = mapped >= 0
+    width = min(k_score, rows.size)
+    first = np.argsort(~inside, axis=1, kind="stable")[:, :width]
+    found = np.take_along_axis(mapped, first, axis=1)
+    short = np.flatnonzero(inside.sum(axis=1) < width)
+    if short.size:
+        points = l2_normalise(np.asarray(embedding[rows], dtype=np.float64))
+        found[short] = _searched_again(points, short, width, knn_method, random_state)
+    return found
+
+
+def _searched_again(
+    points: np.ndarray, cells: np.ndarray, k_score: int, knn_method: str, random_state: int
+) -> np.ndarray:
+    """:func:`within_set_neighbours` of ``points`` for the rows ``cells`` only."""
+    nearest, _ = knn(points, points[cells], k_score, method=knn_method, random_state=random_state)
+    is_self = nearest == cells[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # as ``knn(exclude_self=True)`` drops it
+    rest = nearest[~is_self].reshape(cells.size, nearest.shape[1] - 1)
+    return np.hstack([cells[:, None], rest])
 
 
 def _filter(
@@ -335,10 +372,8 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             k_score=self.k_score,
             knn_method=knn_method,
             random_state=random_state,
-            reference_neighbours=(
-                reference_neighbours(model, self.k_score, knn_method, random_state)
-                if every_cell
-                else None
+            reference_neighbours=reference_neighbours(
+                model.embedding, rows, self.k_score, knn_method, random_state
             ),
         )
         probabilities = transfer_data(

@@ -6,6 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/mapping_profile.py --save before.npz       # also keep every result
     .venv/bin/python benchmarks/mapping_profile.py --compare before.npz after.npz
     .venv/bin/python benchmarks/mapping_profile.py --cprofile              # + cProfile, top functions
+    .venv/bin/python benchmarks/mapping_profile.py --methods anchors --kinds warm   # one pass only
 
 What it does
 ------------
@@ -200,10 +201,11 @@ def timed_call(query, reference, method: str, timer: StepTimer, profile: bool):
     """One mapping call: its seconds, its step times and (optionally) its cProfile table."""
     timer.reset()
     profiler = cProfile.Profile() if profile else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with profiler if profiler is not None else contextlib.nullcontext():
         mapped = mp.tl.map_to_reference(query, reference, method=method, copy=True)
     seconds = time.perf_counter() - start
+    timer.seconds["CPU seconds (all threads)"] = time.process_time() - cpu_start
     table = ""
     if profiler is not None:
         stream = io.StringIO()
@@ -212,7 +214,14 @@ def timed_call(query, reference, method: str, timer: StepTimer, profile: bool):
     return mapped, seconds, dict(timer.seconds), table
 
 
-def run(reference, queries, methods, profile: bool, save: Path | None) -> None:
+def run(
+    reference,
+    queries,
+    methods,
+    profile: bool,
+    save: Path | None,
+    kinds=("sequence", "warm", "cold"),
+) -> None:
     """Per backend and set: the call in sequence, a warm repeat, a cold call; step tables."""
     saved = {}
     with StepTimer() as timer:
@@ -221,7 +230,7 @@ def run(reference, queries, methods, profile: bool, save: Path | None) -> None:
             mp.tl.map_to_reference(first, reference, method=method, copy=True)  # untimed
             clear_caches()
             steps_by_call = {}
-            for kind in ("sequence", "warm", "cold"):
+            for kind in kinds:
                 for name, query in queries.items():
                     if kind == "cold":
                         clear_caches()
@@ -231,8 +240,10 @@ def run(reference, queries, methods, profile: bool, save: Path | None) -> None:
                         query, reference, method, timer, profile and name == SETS[0]
                     )
                     steps_by_call[f"{kind} {name}"] = (seconds, steps)
+                    cpu = steps["CPU seconds (all threads)"]
                     print(
-                        f"{method:8s} {kind:8s} {name:8s} {query.n_obs:6d} cells {seconds:6.2f} s",
+                        f"{method:8s} {kind:8s} {name:8s} {query.n_obs:6d} cells {seconds:6.2f} s "
+                        f"(CPU {cpu:6.2f} s, load {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
                     if table and kind != "sequence":
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="fast,anchors")
     parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--kinds", default="sequence,warm,cold", help="which passes to run")
     parser.add_argument("--preset", choices=("study", "tiny"), default="study")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mscpotency_mapping_profile"))
@@ -284,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         f"reference {reference.n_obs} cells; "
         + ", ".join(f"{k} {v.n_obs}" for k, v in queries.items())
     )
-    run(reference, queries, args.methods.split(","), args.cprofile, args.save)
+    kinds = tuple(args.kinds.split(","))
+    run(reference, queries, args.methods.split(","), args.cprofile, args.save, kinds)
     print(f"load average at the end {os.getloadavg()}")
 
 

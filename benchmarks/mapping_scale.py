@@ -5,6 +5,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/mapping_scale.py --cells 10000        # ~15 min on 2 cores, ~7 of them Seurat
     .venv/bin/python benchmarks/mapping_scale.py --cells 100000       # Seurat skipped (--seurat-max-cells)
     .venv/bin/python benchmarks/mapping_scale.py --cells 100000 --methods fast --repeat 3
+    .venv/bin/python benchmarks/mapping_scale.py --cells 100000 --methods anchors --prepared DIR
+        # DIR: the scratch a run with --keep-scratch kept: the same reference and query again
 
 What it does
 ------------
@@ -27,10 +29,13 @@ What it does
    imports; the approximate neighbour search used at scale is compiled too):
 
    ``fast``, ``anchors``
-       ``tl.map_to_reference(query, frozen, method=...)`` with defaults, the in-process
-       calibration cache cleared first, so the time includes the query's normalisation and
-       gene harmonisation, the mapping score, the transfer and the calibration on held-out
-       reference lots (``tl._mapping._pca_backends._CALIBRATIONS``, as ``mapping_vs_seurat.py``).
+       ``tl.map_to_reference(query, frozen, method=...)`` with defaults, every in-process
+       mapping cache cleared first (``tl._mapping._cache.clear_caches``: the calibrations,
+       the reference's neighbours and mean counts, its verified expression), so the time
+       includes the query's normalisation and gene harmonisation, the reference's check
+       against its hash, the mapping score, the transfer and the calibrations on held-out
+       reference lots. CPU seconds (all threads) are kept beside the wall time: on a shared
+       machine, CPU seconds / cores bounds what an idle machine would take.
    ``ingest``
        bare scanpy, as its tutorial maps onto a reference: ``normalize_total`` (the
        reference's ``target_sum``) + ``log1p`` of the query, its genes aligned to the
@@ -259,7 +264,7 @@ def worker(args) -> None:
     import pandas as pd
 
     import mscpotency as mp
-    from mscpotency.tl._mapping import _pca_backends
+    from mscpotency.tl._mapping import _cache
 
     scratch = Path(args.scratch)
     method = args.worker
@@ -284,13 +289,15 @@ def worker(args) -> None:
         call = lambda: map_ingest(query, reference)  # noqa: E731
     phases["load_and_warmup"] = time.perf_counter() - clock
     del small, warm_query
-    _pca_backends._CALIBRATIONS.clear()
+    _cache.clear_caches()  # every per-reference cache, and the reference's verified expression
     gc.collect()
     rss_before = sampler.rss()
     sampler.reset()
-    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    start, cpu_start = time.perf_counter(), time.process_time()
     call()
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak = sampler.peak()
     sampler.stop()
     if method in OURS:
@@ -307,6 +314,8 @@ def worker(args) -> None:
             {
                 "method": method,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "load_average": [load_before, os.getloadavg()[0]],
                 "peak_rss": peak,
                 "rss_before": rss_before,
                 "rss_start": rss_start,
@@ -449,6 +458,8 @@ def summarise(runs: list[dict], seurat: dict | None, n_reference: int):
                 "query_cells": r["n_query"],
                 "reference_cells": r["n_reference"],
                 "seconds": r["seconds"],
+                "cpu_seconds": r.get("cpu_seconds", np.nan),
+                "load_average": r.get("load_average", [np.nan, np.nan])[1],
                 "peak_rss_above_baseline_mib": (r["peak_rss"] - r["rss_before"]) / 2**20,
                 "rss_before_mib": r["rss_before"] / 2**20,
                 "ru_maxrss_mib": r["ru_maxrss"] / 2**20,
@@ -498,6 +509,8 @@ def _format(best) -> object:
         "query_cells": ("query cells", "{:,.0f}"),
         "reference_cells": ("reference cells", "{:,.0f}"),
         "seconds": ("seconds (best)", "{:.1f}"),
+        "cpu_seconds": ("CPU seconds", "{:.1f}"),
+        "load_average": ("load average after", "{:.1f}"),
         "runs": ("runs", "{:.0f}"),
         "cells/s": ("cells/s", "{:,.0f}"),
         "speed-up vs ingest": ("speed-up vs ingest", "{:.3g}x"),
@@ -549,6 +562,10 @@ def main(argv=None) -> None:
         "--no-warmup", action="store_true", help="time first calls (numba compilation) too"
     )
     parser.add_argument(
+        "--prepared",
+        help="a scratch folder kept by --keep-scratch: map its reference and query (no preparation)",
+    )
+    parser.add_argument(
         "--keep-scratch",
         action="store_true",
         help="keep the prepared reference, query and predictions (under --data-dir)",
@@ -573,13 +590,18 @@ def main(argv=None) -> None:
     import pandas as pd
 
     wall = time.perf_counter()
-    args.data = ensure_data(args)
-    scratch = Path(tempfile.mkdtemp(prefix="mscpotency-mapping-", dir=args.data_dir))
-    print(
-        "preparing the reference (qc, preprocess, cluster, association, freeze; ingest's neighbours) ...",
-        flush=True,
-    )
-    _subprocess(args, "prepare", scratch)
+    if args.prepared:
+        scratch = Path(args.prepared)
+        args.keep_scratch = True  # not this run's to remove
+    else:
+        args.data = ensure_data(args)
+        scratch = Path(tempfile.mkdtemp(prefix="mscpotency-mapping-", dir=args.data_dir))
+        print(
+            "preparing the reference (qc, preprocess, cluster, association, freeze; ingest's "
+            "neighbours) ...",
+            flush=True,
+        )
+        _subprocess(args, "prepare", scratch)
     info = json.loads((scratch / "prepare.json").read_text())
     potency = info["potency_cluster"]
     print(
@@ -633,7 +655,7 @@ def main(argv=None) -> None:
         f"{info['freeze_seconds']:.1f} s; for ingest, `sc.pp.neighbors` on the reference (15 neighbours, 30 PCs) "
         f"{info['ingest_neighbors_seconds']:.1f} s (ingest needs the reference's neighbour graph)",
         "- mscpotency times: `tl.map_to_reference(query, frozen, method=...)` with defaults (normalisation, gene "
-        "harmonisation, projection, mapping score, transfer, calibration on held-out reference lots; calibration "
+        "harmonisation, projection, mapping score, transfer, calibration on held-out reference lots; every mapping "
         "cache cleared); ingest times: `normalize_total` + `log1p` + gene alignment + `sc.tl.ingest(obs='cluster', "
         "embedding_method='pca')`",
         *[f"- {note}" for note in seurat_notes],

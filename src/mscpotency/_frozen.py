@@ -137,7 +137,7 @@ def reference_model(
     used, loadings, embedding = _embedding(reference)
     genes = reference.var_names[used]
     pca_mean = reference.var["pca_mean"].to_numpy(dtype=np.float64)[used]
-    expression = _reference_expression(reference, used, layer, target_sum, record)
+    expression, expression_part = _verified_expression(reference, used, layer, target_sum, record)
     categorical = labels.astype("category")
     categories = pd.Index([str(c) for c in categorical.cat.categories])
     codes = categorical.cat.codes.to_numpy().astype(np.int64)
@@ -159,6 +159,7 @@ def reference_model(
         expression=expression,
         umap=umap,
         scvi_model=None if record is None else record.get("scvi"),
+        expression_part=expression_part,
     )
     if boundary is not None:  # only then: references without one keep their hash
         parts["boundary"] = boundary_digest(boundary)
@@ -340,6 +341,127 @@ def _reference_expression(
     if sparse.issparse(X) and X.format == "csr" and X.dtype == np.float32:
         return X  # a frozen reference's own matrix: read-only here, no copy
     return sparse.csr_matrix(X, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- verified once per content
+#: Expressions (and their digests) recomputed from stored bytes, keyed by a checksum of those
+#: bytes (:func:`_expression_key`): a reference mapped again, unchanged, is neither
+#: re-normalised nor re-hashed; a reference whose bytes changed in any way misses and is
+#: recomputed and verified in full. The oldest of at most :data:`_EXPRESSIONS_KEPT` leaves first.
+_EXPRESSIONS: dict[tuple, tuple[sparse.csr_matrix | None, str]] = {}
+_EXPRESSIONS_KEPT = 2
+
+
+def forget_expressions() -> None:
+    """Forget every expression and digest :func:`reference_model` kept (a cold call's state)."""
+    _EXPRESSIONS.clear()
+
+
+def _verified_expression(
+    reference: AnnData, used: np.ndarray, layer: str, target_sum: float, record: Mapping | None
+) -> tuple[sparse.csr_matrix, str]:
+    """:func:`_reference_expression` and its :func:`expression_digest`, computed once per content.
+
+    The key checksums every byte the expression is computed from (the matrix's buffers, the
+    normalisation factors, the genes used, ``target_sum``), so reusing an entry gives what
+    recomputing would. A matrix used as it is (a frozen reference's own ``X``) is not kept,
+    only its digest: the caller gets its own object back.
+    """
+    key = _expression_key(reference, used, layer, target_sum, record)
+    if key is not None and key in _EXPRESSIONS:
+        kept, digest = _EXPRESSIONS[key]
+        if kept is not None:
+            return kept, digest
+        return _reference_expression(reference, used, layer, target_sum, record), digest
+    expression = _reference_expression(reference, used, layer, target_sum, record)
+    digest = expression_digest(expression)
+    if key is not None:
+        if len(_EXPRESSIONS) >= _EXPRESSIONS_KEPT:
+            _EXPRESSIONS.pop(next(iter(_EXPRESSIONS)))
+        owned = not _is_stored_matrix(reference, expression)
+        if owned:  # shared by later calls: nothing may write to it
+            for buffer in (expression.data, expression.indices, expression.indptr):
+                buffer.flags.writeable = False
+        _EXPRESSIONS[key] = (expression if owned else None, digest)
+    return expression, digest
+
+
+def _is_stored_matrix(reference: AnnData, expression) -> bool:
+    """Whether ``expression`` is one of the reference's own matrices (not a computed copy)."""
+    return expression is reference.X or any(expression is m for m in reference.layers.values())
+
+
+def _expression_key(
+    reference: AnnData, used: np.ndarray, layer: str, target_sum: float, record: Mapping | None
+) -> tuple | None:
+    """A checksum of what :func:`_reference_expression` reads, or ``None`` (not in memory)."""
+    if record is None and layer in reference.layers:
+        source, kind = reference.layers[layer], f"layer {layer}"
+    elif stored_counts(reference, record) is not None:
+        source, kind = reference.X, "counts"
+    else:
+        source, kind = reference.X, "expression"
+    parts = [_matrix_checksum(source), checksum(np.asarray(used, dtype=bool))]
+    if kind == "counts":
+        parts.append(checksum(reference.obs[SCALE_COLUMN].to_numpy(dtype=np.float32)))
+    if any(part is None for part in parts):
+        return None
+    return (kind, float(target_sum), *parts)
+
+
+def _matrix_checksum(matrix) -> tuple | None:
+    """A checksum of an in-memory numpy array or scipy CSR/CSC matrix; ``None`` for others."""
+    if isinstance(matrix, np.ndarray):
+        return ("dense", checksum(matrix))
+    if sparse.issparse(matrix) and matrix.format in ("csr", "csc"):
+        buffers = (matrix.data, matrix.indices, matrix.indptr)
+        return (matrix.format, matrix.shape, *(checksum(b) for b in buffers))
+    return None
+
+
+def checksum(values: np.ndarray) -> str:
+    """A 128-bit checksum of an array's bytes, dtype and shape (not cryptographic; fast).
+
+    Each 8-byte word ``w`` at position ``i`` adds ``mix(w + i * c)`` to two sums with
+    different mixers (bijections of the word): a change of any single word always changes
+    both sums, and a reordering of words changes them. Several times faster than BLAKE2b,
+    for verifying that bytes already hashed with it have not changed.
+    """
+    values = np.ascontiguousarray(values)
+    raw = values.reshape(-1).view(np.uint8)
+    n_words = raw.size // 8
+    words = raw[: n_words * 8].view(np.uint64)
+    if words.ctypes.data % 8:  # numba reads aligned words
+        words = words.copy()
+    first, second = _word_sums(words)
+    tail = raw[n_words * 8 :].tobytes().hex()
+    return f"{values.dtype.str}{values.shape}:{first:016x}{second:016x}:{tail}"
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = tuple(np.uint64(c) for c in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+_FMIX = tuple(np.uint64(c) for c in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53))
+_SHIFTS = tuple(np.uint64(s) for s in (30, 27, 31, 33))
+
+
+@numba.njit(nogil=True, cache=True)
+def _word_sums(words):  # pragma: no cover - compiled
+    """Two sums over ``words`` of position-salted, bijectively mixed words (wrapping uint64)."""
+    s30, s27, s31, s33 = _SHIFTS
+    first = np.uint64(0)
+    second = np.uint64(0)
+    salt = np.uint64(0)
+    for i in range(words.size):
+        salt += _GOLDEN
+        z = words[i] + salt
+        z = (z ^ (z >> s30)) * _MIX[0]
+        z = (z ^ (z >> s27)) * _MIX[1]
+        first += z ^ (z >> s31)
+        y = words[i] ^ salt
+        y = (y ^ (y >> s33)) * _FMIX[0]
+        y = (y ^ (y >> s33)) * _FMIX[1]
+        second += y ^ (y >> s33)
+    return first, second
 
 
 # --------------------------------------------------------------------------- compact storage
@@ -559,11 +681,13 @@ def hash_parts(
     expression: sparse.csr_matrix,
     umap: np.ndarray | None,
     scvi_model: Mapping[str, Any] | None = None,
+    expression_part: str | None = None,
 ) -> dict[str, str]:
     """A digest of each part of a reference that can change a mapping's answer.
 
     Names are hashed as JSON lists, arrays as float32 (so a save/load round trip keeps the
     digests) with their shapes, absent parts (no lots, no UMAP) as ``null``.
+    ``expression_part``: :func:`expression_digest` of ``expression``, when already known.
     """
     return {
         "genes": _digest(_json([str(g) for g in genes])),
@@ -575,7 +699,7 @@ def hash_parts(
         "parameters": _digest(_json(dict(sorted(parameters.items())))),
         "pca": _digest(_float32(pca_mean), _float32(loadings)),
         "embedding": _digest(_float32(embedding)),
-        "expression": expression_digest(expression),
+        "expression": expression_part or expression_digest(expression),
         "umap": _digest(_json(None) if umap is None else _float32(umap)),
         "scvi": model_digest(scvi_model),
     }

@@ -55,7 +55,7 @@ def test_a_warm_anchors_mapping_equals_a_cold_one(tiny_query, tiny_ref):
     # the reference's own neighbours were kept for the next query
     assert len(_anchors._REFERENCE_NEIGHBOURS) == 1
     (kept,) = _anchors._REFERENCE_NEIGHBOURS.values()
-    assert kept.shape == (tiny_ref.n_obs, 30)
+    assert kept.shape == (tiny_ref.n_obs, 30 * _anchors._WIDTH)  # k_score, widened for folds
     assert (kept[:, 0] == np.arange(tiny_ref.n_obs)).all()
     warm = mp.tl.map_to_reference(tiny_query, tiny_ref, method="anchors", copy=True)
     assert (cold.obs["predicted"] == warm.obs["predicted"]).all()
@@ -76,3 +76,77 @@ def test_bounded_caches_drop_the_oldest_and_clear_together():
     second.get("x", lambda: 1)
     _cache.clear_caches()
     assert len(first) == 0 and len(second) == 0
+
+
+def test_checksum_changes_with_any_byte_and_order():
+    from mscpotency._frozen import checksum
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 50, size=1003).astype(np.uint16)  # 2,006 bytes: a 6-byte tail
+    reference = checksum(values)
+    assert checksum(values.copy()) == reference
+    for position in (0, 1, 500, 1000, 1002):  # in a word, across words, in the tail
+        changed = values.copy()
+        changed[position] += 1
+        assert checksum(changed) != reference, position
+    swapped = values.copy()
+    swapped[[10, 700]] = swapped[[700, 10]]
+    assert swapped[10] != swapped[700] and checksum(swapped) != reference
+    assert checksum(values.view(np.int16)) != reference  # same bytes, other type
+    assert checksum(values[1:]) != checksum(values[:-1])  # unaligned views are read too
+
+
+def test_a_reference_edited_after_a_mapping_is_still_refused(tiny_query, tiny_ref, monkeypatch):
+    """The expression is normalised and hashed once per content, and any edit is still caught."""
+    from mscpotency import _frozen
+
+    frozen = mp.tl.freeze_reference(tiny_ref)
+    _cache.clear_caches()
+    first = _frozen.reference_model(frozen, cluster_key="cluster")
+    digests = []
+    real_digest = _frozen.expression_digest
+    monkeypatch.setattr(_frozen, "expression_digest", lambda x: digests.append(1) or real_digest(x))
+    again = _frozen.reference_model(frozen, cluster_key="cluster")
+    assert digests == [] and again.hash == first.hash  # not hashed again: its bytes are the same
+    assert (again.expression != first.expression).nnz == 0
+    mapped = mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+    edits = {  # the arrays to edit in place (after the reference was verified and kept)
+        "counts": lambda a: a.X.data,
+        "normalisation factors": lambda a: a.obs["normalisation_scale"].to_numpy(),
+        "embedding": lambda a: a.obsm["X_pca"].reshape(-1),
+    }
+    for name, values in edits.items():
+        kept = values(frozen).copy()
+        values(frozen)[7] += 1
+        assert not np.array_equal(values(frozen), kept), name  # edited in place
+        with pytest.raises(ValueError, match="modified after `tl.freeze_reference`"):
+            mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+        values(frozen)[:] = kept
+        assert _frozen.reference_model(frozen, cluster_key="cluster").hash == first.hash, name
+    assert digests, "an edited expression was hashed again"
+    remapped = mp.tl.map_to_reference(tiny_query, frozen, method="fast", copy=True)
+    np.testing.assert_array_equal(
+        mapped.obsm["predicted_probabilities"].to_numpy(),
+        remapped.obsm["predicted_probabilities"].to_numpy(),
+    )
+
+
+@pytest.mark.parametrize("width", [2, 1])
+def test_neighbours_within_a_fold_equal_a_search_of_the_fold(monkeypatch, width):
+    """Read off the cached search of every cell, or searched again: what the fold's own search gives."""
+    monkeypatch.setattr(_anchors, "_WIDTH", width)  # 1: every fold cell short of neighbours
+    _cache.clear_caches()
+    rng = np.random.default_rng(7)
+    centres = rng.normal(scale=4.0, size=(6, 5))
+    lots = np.repeat(np.arange(12), 50)
+    embedding = centres[rng.integers(0, 6, size=600)] + rng.normal(size=(600, 5))
+    embedding[lots == 3] += 2.0  # a lot effect: some cells' neighbours are mostly in their lot
+    embedding[[10, 11, 12]] = embedding[9]  # exact ties
+    for held_out in ([0, 1, 2, 3], [3], list(range(11))):
+        rows = np.flatnonzero(~np.isin(lots, held_out))
+        found = _anchors.reference_neighbours(embedding, rows, 20, "exact", 0)
+        expected = within_set_neighbours(embedding[rows], 20, "exact", 0)
+        np.testing.assert_array_equal(found, expected)
+    every = _anchors.reference_neighbours(embedding, np.arange(600), 20, "exact", 0)
+    np.testing.assert_array_equal(every, within_set_neighbours(embedding, 20, "exact", 0))
+    assert _anchors.reference_neighbours(embedding, rows, 20, "approximate", 0) is None

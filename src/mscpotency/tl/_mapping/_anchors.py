@@ -24,6 +24,7 @@ too); here the nearest anchor counts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ import numpy as np
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._fast import vote
-from ._neighbors import knn
+from ._neighbors import EXACT_MAX_PAIRS, knn
 from ._pca_backends import Neighbours, ProjectionOptions
 from ._project import CentredMatrix, csr_dot
 
@@ -53,9 +54,13 @@ def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / norms
 
 
+#: Reference cells in the filtering space: all of them, or a function of the cells asked for.
+ReferenceFilter = np.ndarray | Callable[[np.ndarray], np.ndarray]
+
+
 def filter_space(
     reference_centred_dot, query_centred_dot, reference_axes: np.ndarray, query_axes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[ReferenceFilter, np.ndarray]:
     """Reference and query cells in the span of both datasets' principal axes, L2-normalised.
 
     Seurat filters anchors by cosine distances over all anchor genes. Those distances are
@@ -63,10 +68,17 @@ def filter_space(
     span); the rest is per-cell noise that adds about the same amount to every distance.
     Distances in the span of the reference axes and the query's own axes therefore rank
     neighbours as the gene space does, at a fraction of the cost (tens instead of
-    thousands of dimensions). Both callables map a ``(genes, d)`` basis to coordinates.
+    thousands of dimensions). Both callables map a ``(genes, d)`` basis to coordinates;
+    ``reference_centred_dot`` also takes the reference cells to place (``None``: all), and
+    the reference comes back as a function of those cells: only the cells of anchor pairs
+    are ever placed (each cell's coordinates do not depend on the others').
     """
     basis, _ = np.linalg.qr(np.hstack([reference_axes, query_axes]))
-    return l2_normalise(reference_centred_dot(basis)), l2_normalise(query_centred_dot(basis))
+
+    def reference_filter(cells: np.ndarray) -> np.ndarray:
+        return l2_normalise(reference_centred_dot(basis, cells))
+
+    return reference_filter, l2_normalise(query_centred_dot(basis))
 
 
 def _shared_counts(left: np.ndarray, right: np.ndarray, chunk: int = 20_000) -> np.ndarray:
@@ -83,7 +95,7 @@ def find_transfer_anchors(
     reference_embedding: np.ndarray,
     query_embedding: np.ndarray,
     *,
-    reference_filter: np.ndarray | None,
+    reference_filter: ReferenceFilter | None,
     query_filter: np.ndarray | None,
     k_anchor: int = 5,
     k_filter: int = 200,
@@ -99,8 +111,9 @@ def find_transfer_anchors(
     reference_embedding, query_embedding
         Reference PCA and the query's projection onto it (normalised here).
     reference_filter, query_filter
-        The cells in the filtering space (:func:`filter_space`); ``None`` or
-        ``k_filter=0`` skips filtering.
+        The cells in the filtering space (:func:`filter_space`; the reference's may be a
+        function of the reference cells to place); ``None`` or ``k_filter=0`` skips
+        filtering.
     k_anchor, k_filter, k_score
         Seurat's parameters of the same names.
     knn_method, random_state
@@ -163,37 +176,78 @@ def within_set_neighbours(
 
 
 #: The reference's own within-set neighbours, by embedding digest and search options: every
-#: query mapped onto one reference in this process needs the same ones.
+#: query mapped onto one reference in this process needs the same ones. ``_WIDTH`` times
+#: ``k_score`` of them are kept per cell, so that those of a calibration fold (the reference
+#: without some of its lots) come from the same search.
 _REFERENCE_NEIGHBOURS: BoundedCache[np.ndarray] = BoundedCache(4)
+_WIDTH = 2
 
 
 def reference_neighbours(
-    model: ReferenceModel, k_score: int, knn_method: str, random_state: int
-) -> np.ndarray:
-    """:func:`within_set_neighbours` of all the reference's cells (cached per embedding).
+    embedding: np.ndarray, rows: np.ndarray, k_score: int, knn_method: str, random_state: int
+) -> np.ndarray | None:
+    """:func:`within_set_neighbours` of the reference cells ``rows`` among themselves.
 
-    The key is a digest of the embedding itself: two references of one content hash may
-    hold it at different precisions (a frozen reference read back from a file).
+    Indices into ``rows`` (sorted). One exact search of every reference cell, ``_WIDTH *
+    k_score`` wide, is cached per embedding (a digest of the embedding itself: two
+    references of one content hash may hold it at different precisions). A cell's nearest
+    cells among ``rows`` are its nearest cells that are in ``rows``, in order, so the
+    neighbours within a subset are read off that search (ties by position either way);
+    a cell with fewer than ``k_score`` of them in ``rows`` is searched again among
+    ``rows``. ``None`` when the search of every cell would not be exact (``knn_method``).
     """
-    embedding = np.ascontiguousarray(model.embedding)
+    n = embedding.shape[0]
+    if knn_method == "approximate" or (knn_method == "auto" and n * n > EXACT_MAX_PAIRS):
+        return None
+    embedding = np.ascontiguousarray(embedding)
     digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
-    key = (digest, embedding.shape, embedding.dtype.str, k_score, knn_method, random_state)
-    return _REFERENCE_NEIGHBOURS.get(
-        key, lambda: within_set_neighbours(model.embedding, k_score, knn_method, random_state)
+    width = min(_WIDTH * k_score, n)
+    key = (digest, embedding.shape, embedding.dtype.str, width, knn_method, random_state)
+    wide = _REFERENCE_NEIGHBOURS.get(
+        key, lambda: within_set_neighbours(embedding, width, knn_method, random_state)
     )
+    if rows.size == n:
+        return wide[:, :k_score]
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    mapped = position[wide[rows]]  # -1: not in ``rows``; column 0: the cell itself
+    inside = mapped >= 0
+    width = min(k_score, rows.size)
+    first = np.argsort(~inside, axis=1, kind="stable")[:, :width]
+    found = np.take_along_axis(mapped, first, axis=1)
+    short = np.flatnonzero(inside.sum(axis=1) < width)
+    if short.size:
+        points = l2_normalise(np.asarray(embedding[rows], dtype=np.float64))
+        found[short] = _searched_again(points, short, width, knn_method, random_state)
+    return found
+
+
+def _searched_again(
+    points: np.ndarray, cells: np.ndarray, k_score: int, knn_method: str, random_state: int
+) -> np.ndarray:
+    """:func:`within_set_neighbours` of ``points`` for the rows ``cells`` only."""
+    nearest, _ = knn(points, points[cells], k_score, method=knn_method, random_state=random_state)
+    is_self = nearest == cells[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # as ``knn(exclude_self=True)`` drops it
+    rest = nearest[~is_self].reshape(cells.size, nearest.shape[1] - 1)
+    return np.hstack([cells[:, None], rest])
 
 
 def _filter(
     ref_cells: np.ndarray,
     query_cells: np.ndarray,
-    reference_filter: np.ndarray,
+    reference_filter: ReferenceFilter,
     query_filter: np.ndarray,
     k_filter: int,
     kw: dict,
 ) -> np.ndarray:
     """Keep an anchor when its query cell is among its reference cell's k_filter nearest query cells."""
     unique_ref, position = np.unique(ref_cells, return_inverse=True)
-    nearest, _ = knn(query_filter, reference_filter[unique_ref], k_filter, **kw)
+    if callable(reference_filter):
+        points = reference_filter(unique_ref)
+    else:
+        points = reference_filter[unique_ref]
+    nearest, _ = knn(query_filter, points, k_filter, **kw)
     return (nearest[position] == query_cells[:, None]).any(axis=1)
 
 
@@ -301,8 +355,9 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             expression = model.expression if every_cell else model.expression[rows]
             mean = model.pca_mean
 
-            def reference_dot(basis: np.ndarray) -> np.ndarray:
-                return csr_dot(expression, basis) - mean @ basis
+            def reference_dot(basis: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
+                placed = expression if cells is None else expression[cells]
+                return csr_dot(placed, basis) - mean @ basis
 
             reference_filter, query_filter = filter_space(
                 reference_dot, query.dot, model.loadings, own
@@ -317,10 +372,8 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             k_score=self.k_score,
             knn_method=knn_method,
             random_state=random_state,
-            reference_neighbours=(
-                reference_neighbours(model, self.k_score, knn_method, random_state)
-                if every_cell
-                else None
+            reference_neighbours=reference_neighbours(
+                model.embedding, rows, self.k_score, knn_method, random_state
             ),
         )
         probabilities = transfer_data(

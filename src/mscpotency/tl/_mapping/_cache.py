@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
+from ..._frozen import forget_expressions
+
 T = TypeVar("T")
 
 
@@ -45,6 +47,11 @@ _REGISTERED: list[BoundedCache] = []
 
 
 def clear_caches() -> None:
-    """Forget everything every mapping cache of this process holds."""
+    """Forget everything every mapping cache of this process holds.
+
+    Also the reference expressions (and digests) :func:`mscpotency._frozen.reference_model`
+    keeps, so a cold call normalises and hashes its reference again.
+    """
     for cache in _REGISTERED:
         cache.clear()
+    forget_expressions()

@@ -5,7 +5,8 @@ populations that differ by a weak programme (a potency state and its transitiona
 neighbour) can share one cluster because no global component separates them. Practitioners
 then sub-cluster: re-select the highly variable genes on the cluster's cells alone, run a
 PCA of those, build a kNN graph and run Leiden on it. Within one cluster the variance is
-the difference between what it merged, so the local PCA sees it.
+the difference between what it merged, so the local PCA sees it; lot effects, which can
+then be the largest variance left, are removed from the local PCA first (Harmony).
 
 This module does that for every fixed-k cluster with the package's own kernels (the HVG
 selection of :func:`mscpotency.pp.preprocess`, its covariance PCA, the kNN graph and Leiden
@@ -22,10 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
 from ... import _dask
+from ...pp._integrate import _harmony
 from ...pp._pca import pca_of_hvg
 from ...pp._preprocess import _select_hvg
 from ._cluster import _leiden, _neighbour_graph
@@ -58,6 +61,7 @@ def local_view(
     seed: int,
     n_iterations: int,
     flavor: str,
+    lots: np.ndarray | None = None,
 ) -> LocalView | None:
     """The local representation of the cells ``cells`` of log-normalised ``X`` and its parts.
 
@@ -81,6 +85,16 @@ def local_view(
         Seed of the graph and of Leiden.
     n_iterations, flavor
         Leiden options, as :func:`mscpotency.tl.cluster` used them.
+    lots
+        The lot of each of the cells: when they come from two or more lots, the local PCA
+        is corrected for lot effects with Harmony (``pp.integrate``'s kernel and defaults:
+        theta 2, 20 iterations) before the graph is built. Within a cluster the lot
+        effects can be the largest variance left: on hard_100k seed 0 the potency
+        population and its neighbour share cluster CL1 (18,430 cells), its second local
+        PC carries the difference (R^2 0.70 with the truth) but PCs 3-10 carry lots (R^2
+        0.47-0.74) and the local Leiden parts were lot groups (ARI 0.85 with the lots,
+        0.01 with the truth); corrected, a part holds the potency population (F1 0.90,
+        ARI 0.68 with the truth, 0.007 with the lots), at 2.4 s for the correction.
 
     Returns
     -------
@@ -104,6 +118,8 @@ def local_view(
     if n_comps < 2:
         return None
     pca_of_hvg(local, n_comps, hvg, seed)
+    if lots is not None and np.unique(lots).size > 1:
+        local.obsm["X_pca"] = _lot_corrected(local, np.asarray(lots), seed)
     graph = _neighbour_graph(
         local,
         n_neighbors=n_neighbors,
@@ -125,14 +141,28 @@ def local_view(
     )
 
 
+def _lot_corrected(local: AnnData, lots: np.ndarray, seed: int) -> np.ndarray:
+    """The local PCA corrected for lot effects by Harmony (theta 2, 20 iterations)."""
+    batches = pd.DataFrame({"lot": pd.Categorical(lots.astype(str))})
+    keep = np.ones(local.n_obs, dtype=bool)
+    return _harmony(local, batches, "X_pca", [2.0], 20, seed, keep)
+
+
 def local_views(
     X,
     groups: Sequence[np.ndarray],
+    lot_codes: np.ndarray | None = None,
     **options,
 ) -> list[LocalView | None]:
-    """:func:`local_view` of every group of cells (one per fixed-k cluster), timed."""
+    """:func:`local_view` of every group of cells (one per fixed-k cluster), timed.
+
+    ``lot_codes``: the lot of every cell, for the lot correction of each local PCA.
+    """
     start = time.perf_counter()
-    views = [local_view(X, cells, **options) for cells in groups]
+    views = [
+        local_view(X, cells, lots=None if lot_codes is None else lot_codes[cells], **options)
+        for cells in groups
+    ]
     logger.info(
         "local sub-clustering of %d clusters (%d cells) in %.2f s",
         len(groups),

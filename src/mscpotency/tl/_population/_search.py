@@ -260,33 +260,17 @@ def potency_population(
     base, lots, connectivities, cluster_params = _search_inputs(adata, cluster_key, lot_key)
     outcome, potency_name = lot_outcome(adata, potency, pd.Index(lots.cat.categories), lot_key)
     local_representation = _uses_local(local_representation, cluster_params)
-    views = (
-        _local_views_of(adata, base, lots, sub_resolutions, cluster_params, random_state)
-        if local_representation
-        else []
-    )
-    candidates = _generate_candidates(
-        _igraph_of(connectivities),
-        base,
-        lots.cat.codes.to_numpy(),
-        len(lots.cat.categories),
+    candidates = _search_candidates(
+        adata,
+        (base, lots, connectivities, cluster_params),
         resolutions=resolutions,
         sub_resolutions=sub_resolutions,
         n_graph_neighbours=n_graph_neighbours,
+        local_representation=local_representation,
         min_cells=max(10, int(np.ceil(min_fraction * adata.n_obs))),
         seed=random_state,
-        n_iterations=int(cluster_params.get("n_iterations", 2)),
-        flavor=str(cluster_params.get("flavor", "igraph")),
-        connectivities=connectivities,
-        views=views,
     )
-    shares = candidates.counts / np.bincount(lots.cat.codes, minlength=lots.cat.categories.size)
-    if not (np.ptp(shares, axis=1) > 0).any():
-        msg = (
-            f"no candidate population of at least {min_fraction:.0%} of the cells has a "
-            "share that varies across lots; lower min_fraction or check the clustering."
-        )
-        raise ValueError(msg)
+    shares = _lot_shares(candidates, lots, min_fraction)
     y = outcome.to_numpy(dtype=float)
     search = _selection_aware_search(
         shares,
@@ -470,6 +454,53 @@ def _local_parts(
             part = (view.cells, labels, "local sub-cluster", f"{names[k]} local", float(r))
             local.append((part, (view, float(r))))
     return local
+
+
+def _lot_shares(candidates: _Candidates, lots: pd.Series, min_fraction: float) -> np.ndarray:
+    """Candidates x lots shares; raise when no candidate's share varies across lots."""
+    shares = candidates.counts / np.bincount(lots.cat.codes, minlength=lots.cat.categories.size)
+    if not (np.ptp(shares, axis=1) > 0).any():
+        msg = (
+            f"no candidate population of at least {min_fraction:.0%} of the cells has a "
+            "share that varies across lots; lower min_fraction or check the clustering."
+        )
+        raise ValueError(msg)
+    return shares
+
+
+def _search_candidates(
+    adata: AnnData,
+    inputs: tuple[pd.Categorical, pd.Series, sparse.csr_matrix, dict],
+    *,
+    resolutions: Sequence[float],
+    sub_resolutions: Sequence[float],
+    n_graph_neighbours: int,
+    local_representation: bool,
+    min_cells: int,
+    seed: int,
+) -> _Candidates:
+    """The candidates of the search (``inputs``: what :func:`_search_inputs` returns)."""
+    base, lots, connectivities, cluster_params = inputs
+    views = (
+        _local_views_of(adata, base, lots, sub_resolutions, cluster_params, seed)
+        if local_representation
+        else []
+    )
+    return _generate_candidates(
+        _igraph_of(connectivities),
+        base,
+        lots.cat.codes.to_numpy(),
+        len(lots.cat.categories),
+        resolutions=resolutions,
+        sub_resolutions=sub_resolutions,
+        n_graph_neighbours=n_graph_neighbours,
+        min_cells=min_cells,
+        seed=seed,
+        n_iterations=int(cluster_params.get("n_iterations", 2)),
+        flavor=str(cluster_params.get("flavor", "igraph")),
+        connectivities=connectivities,
+        views=views,
+    )
 
 
 def _uses_local(local_representation: bool | None, cluster_params: dict) -> bool:

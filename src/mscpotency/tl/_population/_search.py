@@ -192,7 +192,8 @@ def potency_population(
         lot again in a PCA of ``X``). Needs log-normalised ``X``. Cost: one covariance
         PCA of the HVGs per cluster (its eigendecomposition dominates); on 2 busy cores
         (load 20) 158 s for the 8 clusters at the study size against 81 s for the rest of
-        the search, 33 s for one cluster of 18,430 cells at 10^5 cells.
+        the search, 33 s for one cluster of 18,430 cells at 10^5 cells (the lot
+        correction adds about 2.4 s there).
     boundary_quantile
         Boundary refinement of the chosen candidate (``None``: off). Its neighbour is the
         rest of the fixed-k cluster its kNN edges reach most; both are scored on Fisher's

@@ -186,8 +186,8 @@ def potency_population(
         programme can share a cluster because no global PC separates them, while within
         the cluster their difference is the main variance. Every cluster is sub-clustered,
         not only the potency cluster, so the candidates still do not depend on potency.
-        A chosen local part has its boundary refined in its local view and stores no
-        boundary rule for mapping. ``None`` (default): on when the graph of ``tl.cluster``
+        A chosen local part has its boundary refined in its local view; the rule stored
+        for mapping is fitted in the graph's representation, as for any population. ``None`` (default): on when the graph of ``tl.cluster``
         was built on ``obsm['X_pca']`` (a lot-corrected representation would be split by
         lot again in a PCA of ``X``). Needs log-normalised ``X``. Cost: one covariance
         PCA of the HVGs per cluster (its eigendecomposition dominates); on 2 busy cores
@@ -668,25 +668,28 @@ def _boundary_refined(
     """
     if quantile is None:
         return candidate, None, []
-    if local is not None:
-        return _local_refined(candidate, *local, quantile)
     embedding = _representation(adata, cluster_params)
-    cells, merged = _refinement_rounds(candidate, embedding, graph[0], graph[1], quantile)
+    if local is not None:
+        cells, merged = _local_refined(candidate, *local, quantile)
+    else:
+        cells, merged = _refinement_rounds(candidate, embedding, graph[0], graph[1], quantile)
     use_rep = str(cluster_params.get("use_rep", "X_pca"))
     return cells, _boundary_record(cells, embedding, use_rep, graph, quantile), merged
 
 
 def _local_refined(
     candidate: np.ndarray, view: LocalView, labels: np.ndarray, quantile: float
-) -> tuple[np.ndarray, None, list[str]]:
-    """A local sub-cluster refined in its local view; no boundary rule is stored for it.
+) -> tuple[np.ndarray, list[str]]:
+    """A local sub-cluster refined in its local view, and the local parts it merged whole.
 
     The same rounds as for a global candidate (:func:`_refinement_rounds`), with the local
     PCA as the embedding, the local kNN graph as the graph and the other local Leiden parts
     (``local #j``) in the role of the fixed-k clusters: the global PCA did not separate
     the population from its neighbour (else a global candidate would have found it), so a
-    boundary drawn there would not either. The rule lives in the local PCA, which query
-    cells are not projected on, so none is stored for mapping (the mapped labels decide).
+    boundary drawn there would not either. The rule stored for mapping is still fitted in
+    the graph's representation (:func:`_boundary_record`, which query cells are projected
+    on), against the refined population's fixed-k neighbour: none when the two show no
+    density valley there.
     """
     names = [f"local #{j}" for j in range(int(labels.max()) + 1)]
     parts = pd.Categorical.from_codes(labels, names)
@@ -695,7 +698,7 @@ def _local_refined(
     )
     mask = np.zeros_like(candidate)
     mask[view.cells[inside]] = True
-    return mask, None, merged
+    return mask, merged
 
 
 def _refined_population(

@@ -32,7 +32,7 @@ import numpy as np
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._fast import vote
-from ._neighbors import EXACT_MAX_PAIRS, knn
+from ._neighbors import EXACT_MAX_PAIRS, _drop_self, knn
 from ._pca_backends import Neighbours, ProjectionOptions
 from ._project import CentredMatrix, csr_dot
 
@@ -226,10 +226,10 @@ def _searched_again(
     points: np.ndarray, cells: np.ndarray, k_score: int, knn_method: str, random_state: int
 ) -> np.ndarray:
     """:func:`within_set_neighbours` of ``points`` for the rows ``cells`` only."""
-    nearest, _ = knn(points, points[cells], k_score, method=knn_method, random_state=random_state)
-    is_self = nearest == cells[:, None]
-    is_self[~is_self.any(axis=1), -1] = True  # as ``knn(exclude_self=True)`` drops it
-    rest = nearest[~is_self].reshape(cells.size, nearest.shape[1] - 1)
+    nearest, distances = knn(
+        points, points[cells], k_score, method=knn_method, random_state=random_state
+    )
+    rest, _ = _drop_self(nearest, distances, own=cells)  # as ``knn(exclude_self=True)``
     return np.hstack([cells[:, None], rest])
 
 

@@ -286,9 +286,12 @@ def _approximate(
     return indices.astype(np.int64), distances.astype(np.float64)
 
 
-def _drop_self(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.arange(indices.shape[0])[:, None]
-    is_self = indices == rows
+def _drop_self(
+    indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's neighbours without itself (``own``: its index in the data; its row)."""
+    rows = np.arange(indices.shape[0]) if own is None else np.asarray(own)
+    is_self = indices == rows[:, None]
     # where a point is not among its own candidates (exact duplicates), drop the last one instead
     missing = ~is_self.any(axis=1)
     is_self[missing, -1] = True

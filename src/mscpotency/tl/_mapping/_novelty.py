@@ -156,8 +156,8 @@ def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarra
     ``m`` (up to :data:`_MAX_SMALLEST`) that makes every value of the cell a whole multiple
     of ``scale`` is taken (a cell without integer multiples keeps ``m = 1``). The cells are
     read by a compiled kernel (:func:`_whole_counts`; serial: a parallel one ran 0.068 s
-    instead of 0.096 s on 2 million values on 2 cores, but took 6.7 s instead of 2.4 s to
-    compile into an empty cache).
+    instead of 0.096 s on 2 million values on 2 cores, but took 6.7 s instead of 1.0 s to
+    compile into an empty cache, back to back under load).
     """
     X = sparse.csr_matrix(expression, dtype=np.float64, copy=True)
     X.eliminate_zeros()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from potency_population_mapping import _seeds
 from sklearn.neighbors import NearestNeighbors
 
 import mscpotency as mp
@@ -187,13 +188,6 @@ def one(seed: int, cache: Path | None) -> dict:
     row["FN_overlap_committed_gt_0.5"] = int(((cause == "overlap") & truth & committed).sum())
     assert row["f1_rule"] == _f1(called, truth)  # the offline rule is the package's
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        low, high = text.split("-")
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def main() -> None:

@@ -49,14 +49,13 @@ MEAN_FLOOR = 1.645
 
 def standardized_ranks(X: np.ndarray) -> np.ndarray:
     """Column-wise average ranks, centred and scaled to unit norm (Spearman = dot product)."""
-    return standardized(stats.rankdata(X, axis=0))
+    return standardized(X, "spearman")
 
 
 def standardized(X: np.ndarray, correlation: Correlation = "pearson") -> np.ndarray:
     """Columns centred and scaled to unit norm (Pearson = dot product); ranks first for Spearman."""
-    if correlation == "spearman":
-        return standardized_ranks(X)
-    R = X - X.mean(axis=0)
+    R = stats.rankdata(X, axis=0) if correlation == "spearman" else X
+    R = R - R.mean(axis=0)
     norm = np.sqrt((R**2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return R / norm

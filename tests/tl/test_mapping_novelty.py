@@ -93,9 +93,10 @@ def test_class_conditional_sets_cover_every_label():
     for label in range(n_labels):
         mine = test_labels == label
         assert in_set[mine, label].mean() >= 0.9 - 0.01, label
-    chosen = set_labels(test, in_set)
+    chosen, grown = set_labels(test, in_set)
     assert (chosen[~in_set.any(axis=1)] == -1).all()
-    assert in_set[np.arange(n), np.maximum(chosen, 0)][chosen >= 0].all()
+    assert (chosen[in_set.any(axis=1)] == test.argmax(axis=1)[in_set.any(axis=1)]).all()
+    assert grown[np.arange(n), np.maximum(chosen, 0)][chosen >= 0].all() and (grown >= in_set).all()
     # a label with too few calibration cells to be excluded at this level stays in every set
     few = class_thresholds(np.array([0.9, 0.8]), np.array([0, 0]), 2, 0.1)
     assert (few == 0).all()

@@ -10,7 +10,7 @@ by the rule's pattern), each platform's Stouffer score ``S_p``, its rank among a
 pattern's sign with p < 0.05).
 
 Usage: ``python benchmarks/bulk_consensus_diagnose.py [--seeds 10] [--first-seed 0]
-[--genes 15000] [--top 40] [--correlation spearman|pearson] [--agreement weakest|mean]``
+[--genes 15000] [--top 40] [--correlation spearman|pearson|winsorized] [--agreement weakest|mean]``
 writes ``benchmarks/results/bulk_consensus_diagnosis.md`` (other options or first seeds:
 ``bulk_consensus_diagnosis_<correlation>_<agreement>_seeds<first>-<last>.md``).
 """
@@ -77,7 +77,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument(
+        "--correlation", choices=["spearman", "pearson", "winsorized"], default="spearman"
+    )
     parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
     options = {"correlation": args.correlation, "agreement": args.agreement}

@@ -391,10 +391,13 @@ def consensus(
         ``"spearman"`` (the ranks, as :func:`rank_association` reports) or ``"pearson"``
         (Pearson's r on the values as the platforms hold them, which should then be on a
         log scale, e.g. after :func:`~mscpotency.bulk.pp.collapse_probes` and
-        :func:`~mscpotency.bulk.pp.normalize_cage`, and on the outcome values). At 10 lines
+        :func:`~mscpotency.bulk.pp.normalize_cage`, and on the outcome values) or
+        ``"winsorized"`` (Pearson's r after each feature's and each outcome's values are
+        clipped to their median +/- 2 robust SDs, ``1.4826 * MAD``). At 10 lines
         Spearman's ranks give away power and tie; Pearson's r has the same permutation null
         variance, and the permutation FDR stays exact for it, but one outlying line weighs
-        more.
+        more; winsorised, that line weighs as one 2 SDs out, with most of Pearson's power
+        kept (``benchmarks/results/bulk_consensus_options.md``).
     agreement
         With ``combine="stouffer"``: how the platforms' scores ``S_p`` combine.
         ``"weakest"``: ``min_p S_p`` (every platform must agree, the weakest decides).
@@ -423,8 +426,9 @@ def consensus(
     chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
     direction), ``n_platforms`` (platforms that measure the feature) and per cell
     ``rho:<platform>:<outcome>`` (NaN where the platform lacks it; Pearson's r with
-    ``correlation="pearson"``, as are ``min_abs_rho`` and the ``rho`` of
-    :func:`~mscpotency.bulk.get.consensus`); ``summary`` gives per
+    ``correlation="pearson"``, on the clipped values with ``"winsorized"``, as are
+    ``min_abs_rho`` and the ``rho`` of :func:`~mscpotency.bulk.get.consensus`);
+    ``summary`` gives per
     rule n_tested, n_called, expected_false, fdr (``expected_false / n_called``),
     fdr_level, n_top, n_lines and n_permutations.
     """

@@ -360,7 +360,10 @@ def test_pearson_mean_agreement_top_list_holds_more_true_markers(studies):
 
     Chosen at 15,000 genes on seeds 0-9 and confirmed on 10-19
     (``benchmarks/results/bulk_consensus_pearson_mean.md``); at 3,000 genes seeds 1-2 gave
-    70 true of 200 against 57 of 206, seeds 3-6 137 against 114.
+    70 true of 200 against 57 of 206, seeds 3-6 137 against 114; winsorised (chosen in
+    ``benchmarks/results/bulk_consensus_options.md``) 61 of 200 on seeds 1-2: it gives up some
+    of Pearson's gain for robustness to one outlying line
+    (``benchmarks/results/bulk_consensus_outliers_seeds*.md``).
     """
     true = {"default": 0, "pearson_mean": 0, "winsorized_mean": 0}
     called = dict(true)

@@ -106,7 +106,7 @@ def one_seed(
     }
     for adata in train.values():
         B.tl.rank_association(adata, prop, random_state=seed)
-    lists = {"all_significant": B.tl.consensus(train, rules=RULES)}
+    lists = {"all_significant": B.tl.consensus(train, rules=RULES, combine="all_significant")}
     start = time.perf_counter()
     stouffer = B.tl.consensus(
         train,

@@ -299,7 +299,7 @@ def test_n_top_gives_a_list_of_the_chosen_size_with_its_fdr():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_top": 5}, "needs combine='stouffer'"),
+        ({"n_top": 5, "combine": "all_significant"}, "needs combine='stouffer'"),
         ({"n_top": 0, "combine": "stouffer"}, "positive integer"),
         ({"n_top": 2.5, "combine": "stouffer"}, "positive integer"),
     ],
@@ -327,20 +327,22 @@ def test_pearson_mean_consensus_ranks_planted_features_and_records_its_options()
         assert table.loc["g0", f"rho:{p}:y"] == pytest.approx(expected)
     assert {k: result.params[k] for k in options} == options
     default = mp.bulk.tl.consensus(platforms, **kwargs)
-    assert default.params["correlation"] == "spearman"
-    assert default.params["agreement"] == "weakest"
+    assert default.params["correlation"] == "winsorized"
+    assert default.params["agreement"] == "mean"
+    old = mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, combine="all_significant")
+    assert old.params["correlation"] is None and old.params["agreement"] is None
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"correlation": "pearson"}, "needs combine='stouffer'"),
-        ({"agreement": "mean"}, "needs combine='stouffer'"),
+        ({"correlation": "pearson", "combine": "all_significant"}, "needs combine='stouffer'"),
+        ({"agreement": "mean", "combine": "all_significant"}, "needs combine='stouffer'"),
         (
             {"correlation": "kendall", "combine": "stouffer"},
             "correlation must be one of 'spearman', 'pearson', 'winsorized'",
         ),
-        ({"agreement": "max", "combine": "stouffer"}, "agreement must be 'weakest' or 'mean'"),
+        ({"agreement": "max", "combine": "stouffer"}, "agreement must be one of 'weakest', 'mean'"),
     ],
 )
 def test_combined_options_are_checked(kwargs, match):

@@ -20,7 +20,7 @@ standard error (SD / sqrt(lists)); at 15,000 genes most lists hold 0-2 genes, so
 list's FDP is 0 or 1 and ten seeds (50 lists) leave an error of about 0.05.
 
 Usage: ``python benchmarks/bulk_consensus.py [--seeds 5] [--first-seed 0] [--genes 15000]
-[--permutations 500] [--top 40] [--correlation spearman|pearson] [--agreement weakest|mean]``
+[--permutations 500] [--top 40] [--correlation spearman|pearson|winsorized] [--agreement weakest|mean]``
 writes ``benchmarks/results/bulk_consensus.md`` and ``.csv`` (with other ``consensus``
 options for the Stouffer lists: ``bulk_consensus_<correlation>_<agreement>.md``/``.csv``).
 """
@@ -106,7 +106,7 @@ def one_seed(
     }
     for adata in train.values():
         B.tl.rank_association(adata, prop, random_state=seed)
-    lists = {"all_significant": B.tl.consensus(train, rules=RULES)}
+    lists = {"all_significant": B.tl.consensus(train, rules=RULES, combine="all_significant")}
     start = time.perf_counter()
     stouffer = B.tl.consensus(
         train,
@@ -199,7 +199,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument(
+        "--correlation", choices=["spearman", "pearson", "winsorized"], default="spearman"
+    )
     parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
     options = {"correlation": args.correlation, "agreement": args.agreement}

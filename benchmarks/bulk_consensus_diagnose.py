@@ -7,10 +7,14 @@ combined statistic ``|T|`` for the marker's rule. Per marker: whether each platf
 measures it (an array gene needs an annotated probe), each platform x outcome rho (signed
 by the rule's pattern), each platform's Stouffer score ``S_p``, its rank among all genes by
 ``|T|`` (1 = first), and whether it passes ``combine="all_significant"`` (every cell in the
-pattern's sign with p < 0.05).
+pattern's sign with p < 0.05); beside it the ``|T|`` of the gene ranked ``--top``, the
+rank the gene would have if the mean ``S_p`` of the platforms that measure it were taken
+at face value (no one-platform calibration: for a gene one platform lacks, the most any
+missing-platform rule could give), and for rules over several outcomes the correlation
+of the first outcome with the others among the training lines.
 
 Usage: ``python benchmarks/bulk_consensus_diagnose.py [--seeds 10] [--first-seed 0]
-[--genes 15000] [--top 40] [--correlation spearman|pearson] [--agreement weakest|mean]``
+[--genes 15000] [--top 40] [--correlation spearman|pearson|winsorized] [--agreement weakest|mean]``
 writes ``benchmarks/results/bulk_consensus_diagnosis.md`` (other options or first seeds:
 ``bulk_consensus_diagnosis_<correlation>_<agreement>_seeds<first>-<last>.md``).
 """
@@ -36,7 +40,7 @@ B = mp.bulk
 RESULTS = Path(__file__).parent / "results"
 
 
-def one_seed(seed: int, n_genes: int, options: dict) -> list[dict]:
+def one_seed(seed: int, n_genes: int, options: dict, top: int = 40) -> list[dict]:
     correlation = options["correlation"]
     _, train, tables, outcomes, frame, platforms = training_platforms(seed, n_genes, correlation)
     n = len(frame)
@@ -49,12 +53,21 @@ def one_seed(seed: int, n_genes: int, options: dict) -> list[dict]:
         i = where.entities.get_loc(gene)
         rank = int((np.abs(statistic) > np.abs(statistic[i])).sum()) + 1
         row = {"seed": seed, "marker": gene, "rule": rule, "rank": rank, "T": abs(statistic[i])}
+        row[f"T of rank {top}"] = np.sort(np.abs(statistic))[::-1][top - 1]
         for j, (p, o, _) in enumerate(where.cells):
             row[f"rho {p}:{outcomes[o]}"] = cell_z[i, j] / np.sqrt(n - 1)  # signed by pattern
         for p in train:
             cells = [j for j, c in enumerate(where.cells) if c[0] == p]
             row[f"measured {p}"] = bool(np.isfinite(cell_z[i, cells]).all())
             row[f"S {p}"] = cell_z[i, cells].sum() / np.sqrt(len(cells))
+        measured = [row[f"S {p}"] for p in train if row[f"measured {p}"]]
+        # the rank its measured platforms' mean S would have with no one-platform calibration
+        face = abs(np.mean(measured)) if measured else 0.0
+        row["rank uncalibrated"] = int((np.abs(statistic) > face).sum()) + 1
+        if len(pattern) > 1:  # how collinear the rule's outcomes are in this seed's lines
+            first = next(iter(pattern))
+            for other in list(pattern)[1:]:
+                row[f"corr {first}:{other}"] = frame[first].corr(frame[other])
         row["all_significant"] = _passes_all(tables, gene, pattern)
         rows.append(row)
     return rows
@@ -77,7 +90,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument(
+        "--correlation", choices=["spearman", "pearson", "winsorized"], default="spearman"
+    )
     parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
     options = {"correlation": args.correlation, "agreement": args.agreement}
@@ -89,7 +104,7 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # unannotated probes, constant genes
-            rows += one_seed(seed, args.genes, options)
+            rows += one_seed(seed, args.genes, options, args.top)
         print(f"seed {seed} done", flush=True)
     table = pd.DataFrame(rows)
     lines = [

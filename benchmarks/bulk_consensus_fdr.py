@@ -16,7 +16,7 @@ Per-seed results are cached as pickles in ``--cache`` (the permutation count and
 ``seed + 1000`` of each are stored with it), so more seeds can be added later.
 
 Usage: ``python benchmarks/bulk_consensus_fdr.py --seeds 0-39 [--genes 15000]
-[--permutations 500] [--cache /tmp/bulkwork] [--correlation spearman|pearson]
+[--permutations 500] [--cache /tmp/bulkwork] [--correlation spearman|pearson|winsorized]
 [--agreement weakest|mean]`` writes ``results/bulk_consensus_fdr.md`` (with other
 ``consensus`` options: ``results/bulk_consensus_fdr_<correlation>_<agreement>.md``).
 """
@@ -118,7 +118,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=15000)
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bulkwork"))
-    parser.add_argument("--correlation", choices=["spearman", "pearson"], default="spearman")
+    parser.add_argument(
+        "--correlation", choices=["spearman", "pearson", "winsorized"], default="spearman"
+    )
     parser.add_argument("--agreement", choices=["weakest", "mean"], default="weakest")
     args = parser.parse_args()
     options = {"correlation": args.correlation, "agreement": args.agreement}

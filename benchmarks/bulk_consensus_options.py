@@ -33,7 +33,7 @@ import bulk_consensus as bc
 from bulk_consensus_fdr import training_platforms
 
 RESULTS = Path(__file__).parent / "results"
-OPTIONS = [(c, a) for c in ("spearman", "pearson") for a in ("weakest", "mean")]
+OPTIONS = [(c, a) for c in ("spearman", "pearson", "winsorized") for a in ("weakest", "mean")]
 SIZES = (20, 30, 40)
 
 

@@ -32,6 +32,67 @@ def test_standardized_values_give_pearson():
     np.testing.assert_allclose(spearman, _combined.standardized_ranks(X))
 
 
+def _clipped_brute_force(x: np.ndarray, sds: float = 2.0) -> np.ndarray:
+    """The winsorisation rule, one column at a time, from scipy's MAD."""
+    median = np.median(x)
+    scale = stats.median_abs_deviation(x, scale="normal")
+    if scale == 0:
+        scale = np.sqrt(np.pi / 2) * np.mean(np.abs(x - median))
+    return np.clip(x, median - sds * scale, median + sds * scale)
+
+
+def test_winsorized_is_pearson_on_values_clipped_at_two_robust_sds():
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_t(df=2, size=(10, 8)), rng.normal(size=(10, 1))
+    X[:, 3] = [0, 0, 0, 0, 0, 0, 1, 2, 3, 4]  # MAD 0: the mean absolute deviation scales
+    y[4, 0] = 9.0  # the outcome is clipped too
+    r = _combined.standardized(X, "winsorized").T @ _combined.standardized(y, "winsorized")
+    clipped_y = _clipped_brute_force(y[:, 0])
+    assert clipped_y[4] < 9.0
+    expected = [
+        stats.pearsonr(_clipped_brute_force(X[:, j]), clipped_y).statistic for j in range(8)
+    ]
+    np.testing.assert_allclose(r.ravel(), expected)
+    # hand-checked: median 0, mean absolute deviation 1 -> values above 2.5066 clipped
+    np.testing.assert_allclose(
+        _combined.winsorized(X[:, [3]]).ravel(),
+        [0, 0, 0, 0, 0, 0, 1, 2, 2.5066, 2.5066],
+        atol=1e-4,
+    )
+
+
+def test_winsorized_keeps_one_outlying_line_from_making_a_correlation():
+    rng = np.random.default_rng(4)
+    y = np.arange(10.0)[:, None]
+    X = rng.normal(size=(10, 200))
+    X[9, :100] += 8.0  # one line far out (the one with the largest outcome)
+    pearson = (_combined.standardized(X).T @ _combined.standardized(y)).ravel()
+    robust = (_combined.standardized(X, "winsorized").T @ _combined.standardized(y)).ravel()
+    ranks = (_combined.standardized(X, "spearman").T @ _combined.standardized_ranks(y)).ravel()
+    assert np.median(pearson[:100]) > 0.5  # Pearson follows the one line
+    # clipped, the line weighs about as much as the top rank does for Spearman
+    assert np.median(robust[:100]) < np.median(pearson[:100]) - 0.1
+    assert np.median(robust[:100]) < np.median(ranks[:100]) + 0.1
+    # on well-behaved features the two nearly agree
+    assert np.corrcoef(pearson[100:], robust[100:])[0, 1] > 0.9
+
+
+def test_winsorized_permutation_null_has_variance_one_over_n_minus_one():
+    # exact: every one of the 7! orderings of the lines; the transform is per variable,
+    # so the normal score z = r * sqrt(n - 1) keeps unit null variance
+    from itertools import permutations
+
+    rng = np.random.default_rng(5)
+    n = 7
+    x = rng.standard_t(df=2, size=(n, 1))
+    x[0, 0] = 30.0
+    a = _combined.standardized(x, "winsorized")[:, 0]
+    b = _combined.standardized(rng.normal(size=(n, 1)), "winsorized")[:, 0]
+    r = np.array([a[list(order)] @ b for order in permutations(range(n))])
+    assert r.mean() == pytest.approx(0.0, abs=1e-12)
+    assert r.var() == pytest.approx(1 / (n - 1))
+
+
 def test_mean_agreement_counts_both_platforms_above_the_bar_only():
     # entities x platforms S_p; brute force of the rule in across_platforms' docstring
     stouffer = np.array(
@@ -238,7 +299,7 @@ def test_n_top_gives_a_list_of_the_chosen_size_with_its_fdr():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_top": 5}, "needs combine='stouffer'"),
+        ({"n_top": 5, "combine": "all_significant"}, "needs combine='stouffer'"),
         ({"n_top": 0, "combine": "stouffer"}, "positive integer"),
         ({"n_top": 2.5, "combine": "stouffer"}, "positive integer"),
     ],
@@ -266,20 +327,22 @@ def test_pearson_mean_consensus_ranks_planted_features_and_records_its_options()
         assert table.loc["g0", f"rho:{p}:y"] == pytest.approx(expected)
     assert {k: result.params[k] for k in options} == options
     default = mp.bulk.tl.consensus(platforms, **kwargs)
-    assert default.params["correlation"] == "spearman"
-    assert default.params["agreement"] == "weakest"
+    assert default.params["correlation"] == "winsorized"
+    assert default.params["agreement"] == "mean"
+    old = mp.bulk.tl.consensus(platforms, rules={"r": {"y": 1}}, combine="all_significant")
+    assert old.params["correlation"] is None and old.params["agreement"] is None
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"correlation": "pearson"}, "needs combine='stouffer'"),
-        ({"agreement": "mean"}, "needs combine='stouffer'"),
+        ({"correlation": "pearson", "combine": "all_significant"}, "needs combine='stouffer'"),
+        ({"agreement": "mean", "combine": "all_significant"}, "needs combine='stouffer'"),
         (
             {"correlation": "kendall", "combine": "stouffer"},
-            "correlation must be 'spearman' or 'pearson'",
+            "correlation must be one of 'spearman', 'pearson', 'winsorized'",
         ),
-        ({"agreement": "max", "combine": "stouffer"}, "agreement must be 'weakest' or 'mean'"),
+        ({"agreement": "max", "combine": "stouffer"}, "agreement must be one of 'weakest', 'mean'"),
     ],
 )
 def test_combined_options_are_checked(kwargs, match):

@@ -1,12 +1,16 @@
 """The iPS recipe against the simulator's truth: recovery, agreement rules, held-out validation.
 
-The false-discovery share of a candidate list is the share of its (feature, sign) calls
+These tests are about ``combine="all_significant"`` (the reference work's rule: every cell
+significant with the pattern's signs), so every call names it (:func:`all_significant`);
+the default combined consensus is tested in ``test_combined.py`` and
+``test_hard_consensus.py``. The false-discovery share of a candidate list is the share of its (feature, sign) calls
 whose sign is not the feature's true sign for that lineage (0 = no true association).
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -15,6 +19,8 @@ from anndata import AnnData
 
 import mscpotency as mp
 
+#: ``bulk.tl.consensus`` with the all-significant rule (a call may still name another).
+all_significant = partial(mp.bulk.tl.consensus, combine="all_significant")
 LINEAGES = ["ectoderm", "mesoderm", "endoderm"]
 NEURAL = ["neural_suspension", "neural_adhesion"]
 TRUTH = {
@@ -61,7 +67,7 @@ def run(random_state: int) -> dict:
         for adata in data["train"].values():
             mp.bulk.tl.rank_association(adata, propensity)
     rules = {q: dict.fromkeys(outcomes, 1) for q, outcomes in QUESTIONS.items()}
-    consensus = mp.bulk.tl.consensus(
+    consensus = all_significant(
         data["train"], rules=rules, platforms=["mrna", "cage"], match_on="gene"
     )
     return {
@@ -142,7 +148,7 @@ def test_flagship_markers(study):
         and sall3["mesoderm", "SALL3"] < -0.6
         and sall3["endoderm", "SALL3"] < -0.6
     )
-    opposite = mp.bulk.tl.consensus(
+    opposite = all_significant(
         study["data"]["train"],
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
@@ -159,7 +165,7 @@ def test_flagship_markers(study):
 
 def test_opposite_direction_rule_keeps_true_pattern_markers(study):
     var = study["data"]["train"]["mrna"].var
-    table = mp.bulk.tl.consensus(
+    table = all_significant(
         study["data"]["train"],
         rules={"SALL3": SALL3_RULE},
         platforms=["mrna", "cage"],
@@ -201,7 +207,7 @@ def test_cross_method_rule_on_one_platform(study):
             len(hits),
             false_calls(mrna.var, hits.index, hits["direction"], "true_neural"),
         )
-    both = mp.bulk.tl.consensus(
+    both = all_significant(
         study["data"]["train"], rules={"neural": dict.fromkeys(NEURAL, 1)}, platforms=["mrna"]
     )
     both = mp.bulk.get.consensus(both, rule="neural", outcome="neural_suspension")
@@ -289,7 +295,7 @@ def toy():
 
 
 def test_consensus_signs_directions_and_matching(toy):
-    table = mp.bulk.tl.consensus(
+    table = all_significant(
         toy,
         rules={"same": {"up": 1}, "opposite": {"up": 1, "down": -1}},
         match_on=None,
@@ -300,9 +306,9 @@ def test_consensus_signs_directions_and_matching(toy):
     assert opposite.loc["X", "direction"] == 1 and opposite.loc["Y", "direction"] == -1
     assert opposite.loc["Y", "sign:up"] == -1 and opposite.loc["Y", "sign:down"] == 1
     with pytest.raises(KeyError, match=r"results\['one'\].var has no column 'gene'"):
-        mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
+        all_significant(toy, rules={"same": {"up": 1}}, match_on="gene")
     toy["one"].var["gene"] = toy["one"].var_names
-    result = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, match_on="gene")
+    result = all_significant(toy, rules={"same": {"up": 1}}, match_on="gene")
     across = result.table.set_index("feature")
     assert set(across.index) == {"X", "Y"}  # W flips sign between platforms
     assert across.loc["X", "feature:two:up"] == "p1@X"  # the better promoter speaks for the gene
@@ -317,14 +323,14 @@ def test_consensus_reports_lines_per_platform_when_one_is_missing(toy):
     with pytest.raises(ValueError, match=r"lines \['L7'\] have an outcome value but no profile"):
         mp.bulk.tl.rank_association(one, outcomes)
     mp.bulk.tl.rank_association(one, outcomes, on_missing="intersect")
-    result = mp.bulk.tl.consensus({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
+    result = all_significant({"one": one, "two": toy["two"]}, rules={"same": {"up": 1}})
     assert result.n_lines["one:up"] == 7 and result.n_lines["two:up"] == 8
 
 
 def test_min_significant(toy):
     toy["one"].var["gene"] = toy["one"].var_names
-    strict = mp.bulk.tl.consensus(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene").table
-    loose = mp.bulk.tl.consensus(
+    strict = all_significant(toy, rules={"r": {"up": 1, "other": 1}}, match_on="gene").table
+    loose = all_significant(
         toy,
         rules={"r": mp.bulk.tl.SignRule({"up": 1, "other": 1}, min_significant=2)},
         match_on="gene",
@@ -355,16 +361,16 @@ def test_min_significant(toy):
 )
 def test_consensus_bad_input(toy, kwargs, error, match):
     with pytest.raises(error, match=match):
-        mp.bulk.tl.consensus(toy, **kwargs)
+        all_significant(toy, **kwargs)
 
 
 def test_consensus_needs_rank_association_results(toy):
     with pytest.raises(KeyError, match="Run `bulk.tl.rank_association` first"):
-        mp.bulk.tl.consensus({"bare": AnnData(np.zeros((3, 2)))}, rules={"r": {"up": 1}})
+        all_significant({"bare": AnnData(np.zeros((3, 2)))}, rules={"r": {"up": 1}})
 
 
 def test_consensus_accessor(toy):
-    table = mp.bulk.tl.consensus(
+    table = all_significant(
         toy, rules={"empty": {"other": 1}, "same": {"up": 1}}, platforms=["one"]
     )
     empty = mp.bulk.get.consensus(table, rule="empty", outcome="other")
@@ -378,7 +384,7 @@ def test_consensus_accessor(toy):
 
 
 def test_consensus_is_a_typed_result_with_its_provenance(toy):
-    result = mp.bulk.tl.consensus(toy, rules={"same": {"up": 1}}, alpha=0.1)
+    result = all_significant(toy, rules={"same": {"up": 1}}, alpha=0.1)
     assert isinstance(result, mp.bulk.tl.Consensus) and not result.table.attrs
     assert result.rules["same"] == mp.bulk.tl.SignRule({"up": 1}, ["one", "two"], 2)
     assert result.params["alpha"] == 0.1 and set(result.associations) == {"one", "two"}
@@ -390,7 +396,7 @@ def test_consensus_is_a_typed_result_with_its_provenance(toy):
         name: mp._provenance.fingerprint(adata) for name, adata in toy.items()
     }
     rule = mp.bulk.tl.SignRule({"up": 1}, platforms=["one"])
-    again = mp.bulk.tl.consensus(toy, rules={"r": rule})
+    again = all_significant(toy, rules={"r": rule})
     assert again.provenance["params"]["rules"] == {
         "r": {"pattern": {"up": 1}, "platforms": ["one"], "min_significant": None}
     }

@@ -288,15 +288,24 @@ def _rule_summary(
     }
 
 
-def _check_combined_options(correlation: str, agreement: str, combine: str) -> None:
-    """``correlation`` and ``agreement`` other than their defaults need ``combine="stouffer"``."""
-    for name, value, default in (
-        ("correlation", correlation, "spearman"),
-        ("agreement", agreement, "weakest"),
-    ):
-        if value != default and combine != "stouffer":
-            msg = f"{name}={value!r} needs combine='stouffer', got combine={combine!r}"
-            raise ValueError(msg)
+#: ``correlation`` and ``agreement`` of ``combine="stouffer"`` when the call names none.
+COMBINED_DEFAULTS = {"correlation": "winsorized", "agreement": "mean"}
+
+
+def _combined_options(correlation: str | None, agreement: str | None, combine: str):
+    """The options in force: the defaults of ``combine="stouffer"`` where none is named.
+
+    With ``combine="all_significant"`` neither applies (its cells are the rank associations
+    as stored), so naming one is an error.
+    """
+    given = {"correlation": correlation, "agreement": agreement}
+    if combine != "stouffer":
+        for name, value in given.items():
+            if value is not None:
+                msg = f"{name}={value!r} needs combine='stouffer', got combine={combine!r}"
+                raise ValueError(msg)
+        return None, None
+    return tuple(COMBINED_DEFAULTS[k] if v is None else v for k, v in given.items())
 
 
 def _check_n_top(n_top, combine: str) -> None:
@@ -322,20 +331,26 @@ def consensus(
     use: Literal["pvalue", "fdr"] = "pvalue",
     min_significant: int | None = None,
     match_on: str | None = None,
-    combine: Combine = "all_significant",
+    combine: Combine = "stouffer",
     n_permutations: int = 1000,
     random_state: int = 0,
     n_top: int | None = None,
-    correlation: _combined.Correlation = "spearman",
-    agreement: _combined.Agreement = "weakest",
+    correlation: _combined.Correlation | None = None,
+    agreement: _combined.Agreement | None = None,
 ) -> Consensus:
     """Features whose association follows a sign rule on every platform and outcome asked.
 
-    Each rule is a sign pattern over outcomes (see :class:`SignRule`). A feature is a
-    consensus marker of a rule when, on every platform of the rule and for every outcome of
-    its pattern, the sign of its rho follows the pattern (in one overall direction) and
+    Each rule is a sign pattern over outcomes (see :class:`SignRule`). By default
+    (``combine="stouffer"``) every feature gets a combined statistic of its agreement with
+    the pattern on every platform of the rule (a one-sided Stouffer score per platform over
+    the pattern's outcomes; the platforms must agree), and the list of a rule is the
+    features whose permutation q-value is at most ``alpha``, the FDR estimated by
+    permuting the lines jointly across platforms and outcomes (or, with ``n_top``, the
+    ``n_top`` strongest). With ``combine="all_significant"`` (the rule of the reference
+    work) a feature is a consensus marker when, on every platform and for every outcome of
+    the pattern, the sign of its rho follows the pattern (in one overall direction) and
     enough of these platform x outcome cells are significant (all of them by default).
-    This removes the false candidates of one platform (measurement noise, platform
+    Either removes the false candidates of one platform (measurement noise, platform
     artefacts), of one differentiation method, and those without the expected opposite
     behaviour between lineages; held-out lines (:func:`validate_markers`) remove the rest.
 
@@ -352,23 +367,28 @@ def consensus(
         Here the key of the rank associations in every platform's ``uns``.
     alpha
         {alpha}
-        Here the level a platform x outcome cell's p (or FDR, see ``use``) must be below.
+        Here the FDR level of the list (``combine="stouffer"``), or the level a platform x
+        outcome cell's p (or FDR, see ``use``) must be below (``"all_significant"``).
     use
-        Compare ``"pvalue"`` (as in the reference work) or the BH ``"fdr"`` with ``alpha``.
+        With ``combine="all_significant"``: compare ``"pvalue"`` (as in the reference work)
+        or the BH ``"fdr"`` with ``alpha``.
     min_significant
-        Default for rules without their own: cells that must be significant (default: all).
+        With ``combine="all_significant"``, the default for rules without their own: cells
+        that must be significant (default: all).
     match_on
         var column that names the same entity across platforms (``"gene"`` for CAGE
         promoters and array probes); default: feature names. Where a platform has several
         features per entity, the one with the smallest p (largest ``|rho|``) in that cell
         speaks for it.
     combine
-        ``"all_significant"`` (the rule above: every cell's sign as in the pattern and
-        ``min_significant`` cells with p below ``alpha``) or ``"stouffer"``: on each
+        ``"stouffer"`` (the default) or ``"all_significant"`` (the rule above: every cell's
+        sign as in the pattern and ``min_significant`` cells with p below ``alpha``). With
+        ``"stouffer"``: on each
         platform the Stouffer sum of the normal scores ``z = rho * sqrt(n - 1)`` over the
         rule's outcomes with their signs, ``S_p = sum(sign_o * z) / sqrt(outcomes)``; the
         weakest platform in the better overall direction is the statistic
-        (``|T| = max(min_p S_p, min_p -S_p, 0)``: every platform must agree); features
+        (``|T| = max(min_p S_p, min_p -S_p, 0)``: every platform must agree; with
+        ``agreement="mean"``, the default, the mean where every platform passes a bar); features
         whose permutation q-value is at most ``alpha`` (the FDR level of the list) are kept. The
         FDR is estimated by permuting the lines' labels jointly across platforms and
         outcomes, which keeps the correlation between genes and platforms; every
@@ -387,16 +407,20 @@ def consensus(
         chosen size, for a given recall or a follow-up budget, with its permutation FDR
         estimate in ``summary`` (``fdr``; ``fdr_level`` is then NaN).
     correlation
-        With ``combine="stouffer"``: the correlation behind each cell's normal score,
-        ``"spearman"`` (the ranks, as :func:`rank_association` reports) or ``"pearson"``
-        (Pearson's r on the values as the platforms hold them, which should then be on a
+        With ``combine="stouffer"``: the correlation behind each cell's normal score
+        (default ``"winsorized"``), ``"spearman"`` (the ranks, as
+        :func:`rank_association` reports) or ``"pearson"`` (Pearson's r on the values as the platforms hold them, which should then be on a
         log scale, e.g. after :func:`~mscpotency.bulk.pp.collapse_probes` and
-        :func:`~mscpotency.bulk.pp.normalize_cage`, and on the outcome values). At 10 lines
+        :func:`~mscpotency.bulk.pp.normalize_cage`, and on the outcome values) or
+        ``"winsorized"`` (Pearson's r after each feature's and each outcome's values are
+        clipped to their median +/- 2 robust SDs, ``1.4826 * MAD``). At 10 lines
         Spearman's ranks give away power and tie; Pearson's r has the same permutation null
         variance, and the permutation FDR stays exact for it, but one outlying line weighs
-        more.
+        more; winsorised, that line weighs as one 2 SDs out, with most of Pearson's power
+        kept (``benchmarks/results/bulk_consensus_options.md``).
     agreement
-        With ``combine="stouffer"``: how the platforms' scores ``S_p`` combine.
+        With ``combine="stouffer"``: how the platforms' scores ``S_p`` combine (default
+        ``"mean"``).
         ``"weakest"``: ``min_p S_p`` (every platform must agree, the weakest decides).
         ``"mean"``: features whose weakest platform passes a one-sided 5% bar
         (``S_p >= 1.645`` on every platform) rank by the mean of their platform scores,
@@ -409,7 +433,8 @@ def consensus(
     A :class:`Consensus`. Its ``table`` has one row per rule and consensus feature: rule,
     feature (the feature name or the ``match_on`` entity), direction (+1 when the signs are
     as in the pattern, -1 when all flipped), ``sign:<outcome>`` (the sign of the association
-    with each outcome), n_cells, n_significant, max_pvalue (the largest p, or FDR, over the
+    with each outcome), n_cells and, with ``combine="all_significant"``, n_significant,
+    max_pvalue (the largest p, or FDR, over the
     cells), min_abs_rho, and per cell ``rho:<platform>:<outcome>``,
     ``<use>:<platform>:<outcome>`` and, with ``match_on``, ``feature:<platform>:<outcome>``.
     Beside it: the rules applied, ``n_tested`` (per rule, the features measured in every
@@ -423,8 +448,9 @@ def consensus(
     chance in the list down to this feature), ``n_agree`` (cells whose sign follows the
     direction), ``n_platforms`` (platforms that measure the feature) and per cell
     ``rho:<platform>:<outcome>`` (NaN where the platform lacks it; Pearson's r with
-    ``correlation="pearson"``, as are ``min_abs_rho`` and the ``rho`` of
-    :func:`~mscpotency.bulk.get.consensus`); ``summary`` gives per
+    ``correlation="pearson"``, on the clipped values with ``"winsorized"``, as are
+    ``min_abs_rho`` and the ``rho`` of :func:`~mscpotency.bulk.get.consensus`);
+    ``summary`` gives per
     rule n_tested, n_called, expected_false, fdr (``expected_false / n_called``),
     fdr_level, n_top, n_lines and n_permutations.
     """
@@ -432,7 +458,7 @@ def consensus(
         msg = f"use must be 'pvalue' or 'fdr', got {use!r}"
         raise ValueError(msg)
     _check_n_top(n_top, combine)
-    _check_combined_options(correlation, agreement, combine)
+    correlation, agreement = _combined_options(correlation, agreement, combine)
     if not isinstance(rules, Mapping) or not rules:
         msg = "rules must be a non-empty mapping of rule name -> {outcome: +1/-1} (or SignRule)"
         raise ValueError(msg)

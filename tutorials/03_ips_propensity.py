@@ -189,7 +189,9 @@ rules = {
     "neural (both methods)": {"neural_suspension": 1, "neural_adhesion": 1},
     "SALL3 pattern": {"ectoderm": 1, "mesoderm": -1, "endoderm": -1},
 }
-consensus = mp.bulk.tl.consensus(train, rules=rules, platforms=["mrna", "cage"], match_on="gene")
+consensus = mp.bulk.tl.consensus(
+    train, rules=rules, platforms=["mrna", "cage"], match_on="gene", combine="all_significant"
+)
 consensus.table.groupby("rule", sort=False).size()
 
 # %%
@@ -360,8 +362,9 @@ print(caught[0].message)
 
 # %% [markdown]
 # ## A consensus with its own FDR
-# `combine="stouffer"` scores each gene by its agreement with the rule on every platform
-# (Stouffer over the rule's outcomes within a platform, the weakest platform across them)
+# `combine="stouffer"` (the default) scores each gene by its agreement with the rule on
+# every platform (Stouffer over the rule's outcomes within a platform on winsorised
+# Pearson correlations; the platforms must each pass a bar, then their mean counts)
 # and estimates the FDR of every list by permuting the lines jointly across platforms and
 # outcomes. `summary` says how many calls chance alone would give. A gene one platform does
 # not measure (an unannotated probe) is judged by the others, which must then be stronger

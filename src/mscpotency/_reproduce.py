@@ -114,7 +114,11 @@ def ips_analysis(report: Report, figures: Path, tables: Path, *, random_state: i
         excluded[platform] = len(adata.uns["rank_association"]["excluded"])
     counts = bulk.get.marker_counts(train)
     consensus = bulk.tl.consensus(
-        train, rules=IPS_RULES, platforms=["mrna", "cage"], match_on="gene"
+        train,
+        rules=IPS_RULES,
+        platforms=["mrna", "cage"],
+        match_on="gene",
+        combine="all_significant",  # the report's narrative: every cell significant
     )
     rows = []
     for rule, signs in IPS_RULES.items():

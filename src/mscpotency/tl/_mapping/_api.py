@@ -366,6 +366,7 @@ def map_to_reference(
         warn_off_reference=warn_off_reference,
         **({} if min_mapping_score is None else {"min_mapping_score": min_mapping_score}),
     )
+    _check_novelty_groups(adata, novelty_groups)
     reference, model = _read_reference(
         reference, cluster_key=cluster_key, umap_key=umap_key, expected_hash=expected_hash
     )
@@ -757,6 +758,22 @@ def _cell_flags(
     )
 
 
+def _check_novelty_groups(adata: AnnData, novelty_groups: bool | str) -> None:
+    """``novelty_groups`` is ``True``, ``False`` or a column of the query's ``obs``."""
+    if isinstance(novelty_groups, bool):
+        return
+    if not isinstance(novelty_groups, str):
+        msg = f"novelty_groups must be True, False or an obs key, got {novelty_groups!r}"
+        raise TypeError(msg)
+    if novelty_groups not in adata.obs:
+        msg = (
+            f"novelty_groups={novelty_groups!r} is not a column of the query's obs; pass "
+            "the key of its clusters (e.g. from tl.cluster on the query), True to cluster "
+            "the query on its own genes, or False."
+        )
+        raise KeyError(msg)
+
+
 def _grouped(
     flags: _Flags,
     adata: AnnData,
@@ -772,21 +789,11 @@ def _grouped(
     """
     if novelty_groups is False:
         return flags
-    if isinstance(novelty_groups, str):
-        if novelty_groups not in adata.obs:
-            msg = (
-                f"novelty_groups={novelty_groups!r} is not a column of the query's obs; pass "
-                "the key of its clusters (e.g. from tl.cluster on the query), True to cluster "
-                "the query on its own genes, or False."
-            )
-            raise KeyError(msg)
-        groups = adata.obs[novelty_groups].astype(str).to_numpy()
-    elif novelty_groups is True:
+    if novelty_groups is True:
         expression = lognormalise(query_counts(adata, layer), model.target_sum)
         groups = query_groups(expression, random_state=random_state)
     else:
-        msg = f"novelty_groups must be True, False or an obs key, got {novelty_groups!r}"
-        raise TypeError(msg)
+        groups = adata.obs[novelty_groups].astype(str).to_numpy()
     table, in_group = group_novelty(groups, flags.novel, novelty_alpha)
     novel = flags.novel | in_group
     fixed_cut_off = flags.off_reference is not flags.novel  # _cell_flags: the same array

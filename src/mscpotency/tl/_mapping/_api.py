@@ -269,12 +269,13 @@ def map_to_reference(
         cells, not population by population, and a group mixing novel and known cells is
         flagged whole, so the control is approximate. Measured at ``alpha = 0.05``
         (``benchmarks/results/novelty_crosstech_groups_notes.md``): cross-technology preset,
-        seeds 0-5, left-out population flagged at 91/11/87/93/97/95% (11-37% cell by cell),
-        known cells at 2.4/3.2/6.0/8.9/3.4/6.9% (2.1-5.8%); its query without the novel
-        population, a known group flagged on 1 seed of 10 (known cells 5.6% -> 9.7%); study
-        preset with SP3 left out, known cells 4.6% -> 4.6% (seed 0) and 5.0% -> 15.5%
-        (seed 1: a known population of the other tissues, flagged at 30% cell by cell, was
-        flagged whole). Hence not the default. Costs a clustering of the query (about 50 s for
+        seeds 0-9, left-out population flagged at 91/11/87/93/97/95/96/93/90/57% (11-37%
+        cell by cell), known cells at 2.4/3.2/6.0/8.9/3.4/6.9/3.4/6.9/3.3/5.2% (2.1-5.8%);
+        its query without the novel population, a known group flagged on 1 seed of 10
+        (known cells 5.6% -> 9.7%); study preset with SP3 left out, known cells 4.6% ->
+        4.6%, 5.0% -> 15.5% and 2.8% -> 5.0% (seeds 0-2; on seed 1 a known population of
+        the other tissues, flagged at 30% cell by cell, was flagged whole). Hence not the
+        default. Costs a clustering of the query (about 50 s for
         20,000 cells on 2 cores).
     set_alpha
         Level of the conformal prediction sets: each label's true cells keep it in their set

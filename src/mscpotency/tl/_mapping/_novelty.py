@@ -433,7 +433,11 @@ def lot_novelty(lots: np.ndarray | None, novel: np.ndarray, alpha: float) -> pd.
 
 
 def novelty_summary(
-    calibration: np.ndarray, novel: np.ndarray, alpha: float, depth: DepthModel | None = None
+    calibration: np.ndarray,
+    novel: np.ndarray,
+    alpha: float,
+    depth: DepthModel | None = None,
+    groups: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """What the stored result says about the novelty calibration.
 
@@ -441,6 +445,8 @@ def novelty_summary(
     for the calibration cells to flag anything: ``alpha < 1 / (n + 1)``). ``depth_ratio``:
     the query's depth relative to the reference's; ``depth_matched``: whether the
     calibration cells were thinned to it; ``median_capture_efficiency`` (NaN if not).
+    ``groups`` (only when the query's groups were tested, ``novelty_groups``): the table of
+    :func:`._novel_groups.group_novelty`.
     """
     rank = int(np.floor(alpha * (calibration.size + 1) - 1))
     matched = depth is not None and depth.matched
@@ -452,4 +458,4 @@ def novelty_summary(
         "depth_ratio": depth.depth_ratio if depth is not None else np.nan,
         "depth_matched": bool(matched),
         "median_capture_efficiency": float(np.median(depth.efficiency)) if matched else np.nan,
-    }
+    } | ({} if groups is None else {"groups": groups})

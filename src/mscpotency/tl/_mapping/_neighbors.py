@@ -262,7 +262,7 @@ def _partition(
 
 
 #: Share of the data clusters each query row compares itself with (approximate search).
-_PROBE_SHARE = 0.1
+_PROBE_SHARE = 0.2
 
 
 #: Candidates kept beyond ``k`` before the direct distances decide (guards against rounding).

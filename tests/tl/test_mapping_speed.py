@@ -149,7 +149,10 @@ def test_neighbours_within_a_fold_equal_a_search_of_the_fold(monkeypatch, width)
         np.testing.assert_array_equal(found, expected)
     every = _anchors.reference_neighbours(embedding, np.arange(600), 20, "exact", 0)
     np.testing.assert_array_equal(every, within_set_neighbours(embedding, 20, "exact", 0))
-    # approximate: the wide search read off equals a search of that width
-    approximate = _anchors.reference_neighbours(embedding, np.arange(600), 20, "approximate", 0)
-    direct = within_set_neighbours(embedding, 20, "approximate", 0)
-    np.testing.assert_array_equal(approximate, direct)
+    # approximate: read off an approximate wide search, near the fold's exact neighbours
+    rows = np.flatnonzero(~np.isin(lots, [0, 1, 2, 3]))
+    approximate = _anchors.reference_neighbours(embedding, rows, 20, "approximate", 0)
+    exact = within_set_neighbours(embedding[rows], 20, "exact", 0)
+    np.testing.assert_array_equal(approximate[:, 0], np.arange(rows.size))  # the cell first
+    shared = [np.intersect1d(a, b).size for a, b in zip(approximate, exact, strict=True)]
+    assert np.mean(shared) / 20 >= 0.95

@@ -171,35 +171,40 @@ def _probed_candidates(
 
     An inverted-file search: the data are partitioned into clusters (:func:`_partition`);
     each query row compares itself with the points of its :data:`_PROBE_SHARE` nearest
-    clusters by centre only. Clusters are visited one at a time, each with all the rows
-    probing it (one matrix product); the rows are taken in parts run in parallel threads.
-    A row keeps its smallest by (value, data row), whatever order the clusters come in, so
-    the result does not depend on the threads. Rows whose probed clusters hold fewer than
-    ``keep`` points are searched by brute force.
+    clusters by centre only. The rows, ordered by their nearest centre, are taken in parts
+    (run in parallel threads); a part visits the clusters nearest its own mean first, each
+    with all the part's rows probing it (one matrix product), so a row's running smallest
+    fill with near values early and later values rarely enter. A row keeps its smallest by
+    (value, data row), whatever order the clusters come in, so the result depends on
+    neither the order nor the threads. Rows whose probed clusters hold fewer than ``keep``
+    points are searched by brute force.
     """
     centres, order, bounds = _partition(data32, random_state)
     n_clusters, n_query = centres.shape[0], query32.shape[0]
     n_probe = min(n_clusters, int(np.ceil(_PROBE_SHARE * n_clusters)))
     probes = _nearest_centres(query32, centres, n_probe)
-    # the rows probing each cluster, ascending
+    by_centre = np.argsort(_nearest_centres(query32, centres, 1), kind="stable")
+    sorted_query, probes = query32[by_centre], probes[by_centre]
+    # the (sorted) rows probing each cluster, ascending
     pairs = np.argsort(probes.ravel(), kind="stable")
     probing = pairs // n_probe
     starts = np.searchsorted(probes.ravel()[pairs], np.arange(n_clusters + 1))
     members = data32[order]
     member_norms = np.einsum("ij,ij->i", members, members)
-    query_norms = np.einsum("ij,ij->i", query32, query32)
+    query_norms = np.einsum("ij,ij->i", sorted_query, sorted_query)
     best = np.full((n_query, keep), np.inf, dtype=np.float32)
     where = np.full((n_query, keep), -1, dtype=np.int64)
-    step = max(1, -(-n_query // (4 * worker_threads())))
+    step = max(1, min(_PART_ROWS, -(-n_query // worker_threads())))
 
     def visit(low: int) -> None:
-        for cluster in range(n_clusters):
+        mean = sorted_query[low : low + step].mean(axis=0, keepdims=True)
+        for cluster in _nearest_centres(mean, centres, n_clusters, ordered=True)[0]:
             rows = probing[starts[cluster] : starts[cluster + 1]]
             rows = rows[np.searchsorted(rows, low) : np.searchsorted(rows, low + step)]
             first, last = bounds[cluster], bounds[cluster + 1]
             if rows.size == 0 or first == last:
                 continue
-            products = query32[rows] @ members[first:last].T
+            products = sorted_query[rows] @ members[first:last].T
             _merge_smallest(
                 products,
                 query_norms[rows],
@@ -211,16 +216,21 @@ def _probed_candidates(
             )
 
     _in_threads(visit, range(0, n_query, step))
-    short = np.flatnonzero(where[:, -1] < 0)
+    candidates = np.empty_like(where)
+    candidates[by_centre] = where
+    short = np.flatnonzero(candidates[:, -1] < 0)
     if short.size:
-        where[short] = _brute_candidates(data32, query32[short], keep)
-    return where
+        candidates[short] = _brute_candidates(data32, query32[short], keep)
+    return candidates
 
 
-def _nearest_centres(points: np.ndarray, centres: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` nearest centres of every point (any order; ``n = 1``: a vector), in row chunks.
+def _nearest_centres(
+    points: np.ndarray, centres: np.ndarray, n: int, *, ordered: bool = False
+) -> np.ndarray:
+    """The ``n`` nearest centres of every point (``n = 1``: a vector), in row chunks.
 
-    Ranked by ``|c|^2 - 2 p.c`` in single precision (the point's own norm ranks nothing).
+    Ranked by ``|c|^2 - 2 p.c`` in single precision (the point's own norm ranks nothing);
+    in any order, or nearest first when ``ordered``.
     """
     centres32 = centres.astype(np.float32)
     norms = np.einsum("ij,ij->i", centres32, centres32)
@@ -229,6 +239,8 @@ def _nearest_centres(points: np.ndarray, centres: np.ndarray, n: int) -> np.ndar
         ranked = norms - 2.0 * (points[start : start + 8192] @ centres32.T)
         if n == 1:
             out[start : start + 8192] = ranked.argmin(axis=1)
+        elif ordered:
+            out[start : start + 8192] = np.argsort(ranked, axis=1, kind="stable")[:, :n]
         elif n < centres.shape[0]:
             out[start : start + 8192] = np.argpartition(ranked, n - 1, axis=1)[:, :n]
         else:
@@ -263,6 +275,8 @@ def _partition(
 
 #: Share of the data clusters each query row compares itself with (approximate search).
 _PROBE_SHARE = 0.2
+#: Query rows per part of the approximate search (rows near one another, ordered by centre).
+_PART_ROWS = 2048
 
 
 #: Candidates kept beyond ``k`` before the direct distances decide (guards against rounding).
@@ -389,13 +403,18 @@ def _merge_smallest(
     the blocks come in.
     """
     keep = best.shape[1]
+    values = np.empty(products.shape[1], dtype=products.dtype)
     for i in range(products.shape[0]):
         row = rows[i]
         worst, worst_id = best[row, keep - 1], where[row, keep - 1]
+        for j in range(products.shape[1]):  # vectorised; the scan below mostly compares
+            values[j] = query_norms[i] + data_norms[j] - np.float32(2.0) * products[i, j]
         for j in range(products.shape[1]):
-            value = query_norms[i] + data_norms[j] - np.float32(2.0) * products[i, j]
+            value = values[j]
+            if value > worst:
+                continue
             cell = ids[j]
-            if value < worst or (value == worst and worst_id >= 0 and cell < worst_id):
+            if value < worst or (worst_id >= 0 and cell < worst_id):
                 position = keep - 1
                 while position > 0 and (
                     best[row, position - 1] > value

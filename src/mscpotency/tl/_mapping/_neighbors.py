@@ -175,8 +175,8 @@ def _probed_candidates(
     (run in parallel threads); a part visits the clusters nearest its own mean first, each
     with all the part's rows probing it (one matrix product), so a row's running smallest
     fill with near values early and later values rarely enter. A row keeps its smallest by
-    (value, data row), whatever order the clusters come in, so the result depends on
-    neither the order nor the threads. Rows whose probed clusters hold fewer than ``keep``
+    (value, data row) in a max-heap (:func:`_heap_smallest`), whatever order the clusters
+    come in, so the result depends on neither the order nor the threads. Rows whose probed clusters hold fewer than ``keep``
     points are searched by brute force.
     """
     centres, order, bounds = _partition(data32, random_state)
@@ -205,7 +205,7 @@ def _probed_candidates(
             if rows.size == 0 or first == last:
                 continue
             products = sorted_query[rows] @ members[first:last].T
-            _merge_smallest(
+            _heap_smallest(
                 products,
                 query_norms[rows],
                 member_norms[first:last],
@@ -218,7 +218,7 @@ def _probed_candidates(
     _in_threads(visit, range(0, n_query, step))
     candidates = np.empty_like(where)
     candidates[by_centre] = where
-    short = np.flatnonzero(candidates[:, -1] < 0)
+    short = np.flatnonzero((candidates < 0).any(axis=1))
     if short.size:
         candidates[short] = _brute_candidates(data32, query32[short], keep)
     return candidates
@@ -426,6 +426,52 @@ def _merge_smallest(
                 best[row, position] = value
                 where[row, position] = cell
                 worst, worst_id = best[row, keep - 1], where[row, keep - 1]
+
+
+@numba.njit(nogil=True, cache=True)
+def _heap_smallest(
+    products, query_norms, data_norms, ids, rows, best, where
+):  # pragma: no cover - compiled
+    """:func:`_merge_smallest`'s result, each row's smallest kept in a max-heap (any order).
+
+    The heap's root is the row's largest kept (value, data row); a smaller pair replaces it
+    and sinks, ``O(log keep)`` where a sorted insertion shifts up to ``keep`` entries.
+    """
+    keep = best.shape[1]
+    values = np.empty(products.shape[1], dtype=products.dtype)
+    for i in range(products.shape[0]):
+        row = rows[i]
+        for j in range(products.shape[1]):  # vectorised; the scan below mostly compares
+            values[j] = query_norms[i] + data_norms[j] - np.float32(2.0) * products[i, j]
+        for j in range(products.shape[1]):
+            value, cell = values[j], ids[j]
+            root, root_cell = best[row, 0], where[row, 0]
+            if value > root or (value == root and cell >= root_cell >= 0):
+                continue
+            position = 0
+            while True:  # sink the new pair from the root
+                child = 2 * position + 1
+                if child >= keep:
+                    break
+                other = child + 1
+                if other < keep and (
+                    best[row, other] > best[row, child]
+                    or (
+                        best[row, other] == best[row, child]
+                        and where[row, other] > where[row, child]
+                    )
+                ):
+                    child = other
+                if best[row, child] > value or (
+                    best[row, child] == value and where[row, child] > cell
+                ):
+                    best[row, position] = best[row, child]
+                    where[row, position] = where[row, child]
+                    position = child
+                else:
+                    break
+            best[row, position] = value
+            where[row, position] = cell
 
 
 @numba.njit(parallel=True, cache=True)

@@ -309,8 +309,10 @@ def map_to_reference(
         Reference ``obsm`` key of a UMAP to place query cells on (skipped when absent).
     knn_method
         ``"exact"`` (brute force: deterministic; 10^5 query onto 10^5 reference cells in
-        about 15 s on 2 cores), ``"approximate"`` (pynndescent) or ``"auto"`` (exact up to
-        2 x 10^10 query x reference pairs).
+        about 15 s on 2 cores), ``"approximate"`` (an inverted file: each query cell
+        against the reference cells of its nearest 20% of reference clusters; deterministic,
+        recall@30 0.9997 on a 10^5-cell reference) or ``"auto"`` (exact up to 2 x 10^10
+        query x reference pairs; the anchors backend's searches up to 10^9).
     key_added
         {key_added}
         Also the prefix of the obs/obsm fields written.

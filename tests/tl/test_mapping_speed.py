@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scanpy as sc
 from anndata import AnnData
 from scipy import sparse
 
@@ -193,3 +194,24 @@ def test_anchors_searches_go_approximate_above_their_own_limit(monkeypatch):
     monkeypatch.setattr(_anchors, "EXACT_MAX_PAIRS", 900 * 300)
     for expected, found in zip(exact, _anchors._knn(data, query, 10), strict=True):
         np.testing.assert_array_equal(found, expected)
+
+
+def test_mapping_leaves_the_references_own_matrices_writable(tiny_query, tiny_ref):
+    """The kept expression is read-only, the reference's own counts and X stay writable.
+
+    The expression computed from the counts layer shares its ``indices``/``indptr``: freezing
+    those in place made the user's reference read-only, and scanpy's ``rank_genes_groups`` on
+    it then failed (``WRITEBACKIFCOPY base is read-only``).
+    """
+    from mscpotency import _frozen
+
+    reference = tiny_ref.copy()  # buffers of its own
+    _cache.clear_caches()
+    _frozen.forget_expressions()
+    mp.tl.map_to_reference(tiny_query, reference, method="fast", copy=True)
+    kept = [entry for entry, _ in _frozen._EXPRESSIONS.values() if entry is not None]
+    assert kept and not any(entry.indices.flags.writeable for entry in kept)
+    for matrix in (reference.X, *reference.layers.values()):
+        for buffer in (matrix.data, matrix.indices, matrix.indptr):
+            assert buffer.flags.writeable
+    sc.tl.rank_genes_groups(reference, "cluster", method="wilcoxon", use_raw=False)

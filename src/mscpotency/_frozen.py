@@ -380,17 +380,19 @@ def _verified_expression(
             _EXPRESSIONS.pop(next(iter(_EXPRESSIONS)))
         owned = not _is_stored_matrix(reference, expression)
         if owned:  # shared by later calls: nothing may write to it
-            expression = _frozen_copy(expression, reference)
+            _protect_own_buffers(expression, reference)
         _EXPRESSIONS[key] = (expression if owned else None, digest)
     return expression, digest
 
 
-def _frozen_copy(expression: sparse.csr_matrix, reference: AnnData) -> sparse.csr_matrix:
-    """``expression`` with read-only buffers, none of them shared with the reference's matrices.
+def _protect_own_buffers(expression: sparse.csr_matrix, reference: AnnData) -> None:
+    """Make the buffers of ``expression`` read-only, except those the reference's matrices share.
 
     :func:`lognormalise` keeps the counts' ``indices``/``indptr``: made read-only in place,
     they would make the user's own counts (and an ``X`` sharing them) read-only too, and
-    scanpy's in-place calls on them fail (``WRITEBACKIFCOPY base is read-only``).
+    scanpy's in-place calls on them fail (``WRITEBACKIFCOPY base is read-only``). A shared
+    buffer needs no guard here: the cache key checksums the reference's bytes, so an edit
+    to it misses the cache.
     """
     stored = [
         buffer
@@ -398,18 +400,9 @@ def _frozen_copy(expression: sparse.csr_matrix, reference: AnnData) -> sparse.cs
         if sparse.issparse(matrix)
         for buffer in (matrix.data, matrix.indices, matrix.indptr)
     ]
-    buffers = {}
-    for name in ("data", "indices", "indptr"):
-        buffer = getattr(expression, name)
-        if any(np.may_share_memory(buffer, other) for other in stored):
-            buffer = buffer.copy()
-        buffer.flags.writeable = False
-        buffers[name] = buffer
-    return sparse.csr_matrix(
-        (buffers["data"], buffers["indices"], buffers["indptr"]),
-        shape=expression.shape,
-        copy=False,
-    )
+    for buffer in (expression.data, expression.indices, expression.indptr):
+        if not any(np.may_share_memory(buffer, other) for other in stored):
+            buffer.flags.writeable = False
 
 
 def _is_stored_matrix(reference: AnnData, expression) -> bool:

@@ -197,7 +197,7 @@ def test_anchors_searches_go_approximate_above_their_own_limit(monkeypatch):
 
 
 def test_mapping_leaves_the_references_own_matrices_writable(tiny_query, tiny_ref):
-    """The kept expression is read-only, the reference's own counts and X stay writable.
+    """The kept expression's own values are read-only, the reference's counts and X stay writable.
 
     The expression computed from the counts layer shares its ``indices``/``indptr``: freezing
     those in place made the user's reference read-only, and scanpy's ``rank_genes_groups`` on
@@ -210,7 +210,7 @@ def test_mapping_leaves_the_references_own_matrices_writable(tiny_query, tiny_re
     _frozen.forget_expressions()
     mp.tl.map_to_reference(tiny_query, reference, method="fast", copy=True)
     kept = [entry for entry, _ in _frozen._EXPRESSIONS.values() if entry is not None]
-    assert kept and not any(entry.indices.flags.writeable for entry in kept)
+    assert kept and not any(entry.data.flags.writeable for entry in kept)
     for matrix in (reference.X, *reference.layers.values()):
         for buffer in (matrix.data, matrix.indices, matrix.indptr):
             assert buffer.flags.writeable

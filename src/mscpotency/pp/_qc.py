@@ -129,8 +129,8 @@ def qc(
         (``min_genes``, ``min_counts``, ``max_pct_mito``), which fit whole-transcriptome
         droplet data (10x) and may remove most cells of plate-based or targeted-panel data,
         or keep damaged cells of a deeply sequenced lot (on the simulator's presets they
-        keep about 70% of its low-quality cells, a tenth of the counts with many
-        mitochondrial reads, which then form a cluster of their own;
+        keep 125-155 of the ~300 low-quality cells of a reference, a tenth of the counts
+        with many mitochondrial reads, which then form a cluster of their own;
         ``benchmarks/results/potency_population_*_qcfixed.md``). The thresholds chosen for
         every lot are stated in ``uns[key_added]['thresholds']``.
     min_genes

@@ -346,6 +346,12 @@ def test_removing_most_of_a_lot_warns_and_is_flagged(tiny_train):
         mp.pp.qc(tiny_train.copy(), max_removed_share=50)
 
 
+def test_the_heavy_removal_warning_names_the_rule_in_use(tiny_train):
+    with pytest.warns(UserWarning, match=r"remove more than 0%.*consider a larger n_mads") as got:
+        mp.pp.qc(tiny_train.copy(), max_removed_share=0.001)
+    assert not any("consider thresholds='mad'" in str(w.message) for w in got)
+
+
 def test_a_lot_taken_below_the_minimum_is_flagged(small_lot):
     adata = small_lot.copy()
     with pytest.warns(UserWarning, match=r"Cells before -> after QC: \{'BM08': '12 -> \d+'\}"):

@@ -2,9 +2,10 @@
 
 The pipeline of ``potency_population_mapping.py`` (anchors, defaults, the boundary rule),
 except that the reference and the held-out query are QC'd with per-lot MAD thresholds
-instead of the default fixed ones (200 genes, 20% mitochondrial reads), which keep most of
-the simulator's low-quality cells (a tenth of the counts): they end up in a cluster of their
-own and their potency cells are never mapped to the population
+instead of the fixed ones (200 genes, 20% mitochondrial reads; the default until
+2026-12-03, when "mad" became it), which keep most of the simulator's low-quality cells (a
+tenth of the counts): they end up in a cluster of their own and their potency cells are
+never mapped to the population
 (``maptrans_decomposition.md``). F1 of the search's population on the training lots and of
 the mapped query cells (scored on the cells QC keeps), against the truth.
 

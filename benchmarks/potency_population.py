@@ -13,12 +13,17 @@ then ``tl.potency_population``. Per seed, against the simulator's truth:
   (of the best candidate when nothing is found: ``f1_best``), the planted marker's rank
   among the markers of the population found, seconds of the search.
 
+``low_quality_kept``: the simulator's low-quality cells that ``pp.qc`` kept. With
+``--qc-thresholds fixed|mad`` every QC call passes that rule (``pp.qc(thresholds=...)``) and
+the results files' names gain ``_qc<rule>``; without it, the package's default.
+
 Writes ``results/potency_population_<preset>.csv`` (one row per seed) and ``.md``
 (the table and a summary).
 
     .venv/bin/python benchmarks/potency_population.py --preset hard --seeds 0-9
     .venv/bin/python benchmarks/potency_population.py --preset study --seeds 0-9
     .venv/bin/python benchmarks/potency_population.py --preset hard --seeds 0-19 --null
+    .venv/bin/python benchmarks/potency_population.py --preset hard --seeds 0-9 --qc-thresholds mad
 """
 
 from __future__ import annotations
@@ -62,9 +67,15 @@ def _marker_rank(adata, cluster: str, cluster_key: str, rank_by: str = "score") 
     return genes.index(MARKER) + 1 if MARKER in genes else 51
 
 
-def _reference(preset: str, seed: int, null: bool, cache: Path | None):
+def _qc_kwargs(qc: str | None) -> dict:
+    """``pp.qc``'s keyword for the QC rule (none: the package default)."""
+    return {} if qc is None else {"thresholds": qc}
+
+
+def _reference(preset: str, seed: int, null: bool, cache: Path | None, qc: str | None = None):
     """The fixed-k reference analysis of one seed (read from ``cache`` when saved there)."""
-    cached = cache / f"{preset}{'_null' if null else ''}{seed}.h5ad" if cache else None
+    name = f"{preset}{'_null' if null else ''}{seed}{'' if qc is None else '_qc' + qc}"
+    cached = cache / f"{name}.h5ad" if cache else None
     if cached is not None and cached.exists():
         return ad.read_h5ad(cached)
     simulate = getattr(mp.datasets, preset)
@@ -72,7 +83,7 @@ def _reference(preset: str, seed: int, null: bool, cache: Path | None):
     adata = adata[adata.obs["set"] == "BM-train"].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mp.pp.qc(adata)
+        mp.pp.qc(adata, **_qc_kwargs(qc))
         mp.pp.preprocess(adata)
         mp.tl.cluster(adata, n_clusters=8)
         mp.tl.lot_fractions(adata)
@@ -82,8 +93,10 @@ def _reference(preset: str, seed: int, null: bool, cache: Path | None):
     return adata
 
 
-def one_seed(preset: str, seed: int, null: bool, cache: Path | None = None) -> dict:
-    adata = _reference(preset, seed, null, cache)
+def one_seed(
+    preset: str, seed: int, null: bool, cache: Path | None = None, qc: str | None = None
+) -> dict:
+    adata = _reference(preset, seed, null, cache, qc)
     per_lot = adata.obs.groupby("lot", observed=True)
     true_rho = stats.spearmanr(per_lot["true_potency_cell"].mean(), per_lot["vegf"].first())[0]
     with warnings.catch_warnings():
@@ -120,6 +133,7 @@ def one_seed(preset: str, seed: int, null: bool, cache: Path | None = None) -> d
         "boundary_added": summary.get("boundary_added"),
         "boundary_removed": summary.get("boundary_removed"),
         "seconds_search": round(seconds, 2),
+        "low_quality_kept": int(adata.obs["true_low_quality"].sum()),
     }
     # F1 of the best candidate even when nothing is named (how close the search came)
     out["f1_best"] = round(_f1(_best_cells(adata), truth), 3)
@@ -161,14 +175,22 @@ def main() -> None:
         "--append", action="store_true", help="keep the rows of the results file already there"
     )
     parser.add_argument("--suffix", default="", help="added to the results files' names")
+    parser.add_argument(
+        "--qc-thresholds",
+        choices=["fixed", "mad"],
+        default=None,
+        help="pp.qc(thresholds=...) (default: the package's; the files' names gain _qc<rule>)",
+    )
     args = parser.parse_args()
     rows = []
     RESULTS.mkdir(exist_ok=True)
+    qc = args.qc_thresholds
     name = f"potency_population_{args.preset}{'_null' if args.null else ''}{args.suffix}"
+    name += "" if qc is None else f"_qc{qc}"
     if args.append and (RESULTS / f"{name}.csv").exists():
         rows = pd.read_csv(RESULTS / f"{name}.csv").to_dict("records")
     for seed in _seeds(args.seeds):  # the files are rewritten after every seed
-        rows.append(one_seed(args.preset, seed, args.null, args.cache))
+        rows.append(one_seed(args.preset, seed, args.null, args.cache, qc))
         print(rows[-1], flush=True)
         table = pd.DataFrame(rows).sort_values("seed")
         table.to_csv(RESULTS / f"{name}.csv", index=False)
@@ -180,8 +202,9 @@ def main() -> None:
 
 def _summary(table: pd.DataFrame, args) -> str:
     n = len(table)
+    qc = "" if args.qc_thresholds is None else f", pp.qc(thresholds={args.qc_thresholds!r})"
     lines = [
-        f"# tl.potency_population on the {args.preset} preset{' (null)' if args.null else ''}, {n} seeds",
+        f"# tl.potency_population on the {args.preset} preset{' (null)' if args.null else ''}{qc}, {n} seeds",
         "",
     ]
     lines.append(f"- found (selection-aware p <= 0.05): {int(table['found'].sum())}/{n}")
@@ -205,6 +228,10 @@ def _summary(table: pd.DataFrame, args) -> str:
             f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found "
             f"(rank_by='score'), {int((table['marker_rank_search_lfc'] == 1).sum())}/"
             f"{int(table['found'].sum())} (rank_by='logfoldchange')"
+        )
+    if "low_quality_kept" in table:
+        lines.append(
+            f"- simulated low-quality cells kept by QC: median {table['low_quality_kept'].median():.0f}"
         )
     lines.append(
         f"- seconds of the search: median {table['seconds_search'].median():.1f}, max {table['seconds_search'].max():.1f}"

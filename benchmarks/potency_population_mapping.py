@@ -13,10 +13,14 @@ lost: ``*_rule_qc``, the query QC'd by ``pp.qc`` first (as ``mscpotency map`` do
 reference is QC'd too), scored on the cells kept; ``n_low_quality_potency(_mapped)``, the
 potency cells the simulator made low quality (a tenth of the counts, mitochondrial reads
 up); ``*_reference``, the search's population on the training lots against the truth (the
-labels the mapping transfers: a ceiling for the mapped cells).
+labels the mapping transfers: a ceiling for the mapped cells). With ``--qc-thresholds
+fixed|mad`` both QC calls (the reference's and the query's) pass that rule
+(``pp.qc(thresholds=...)``) and the results files' names gain ``_qc<rule>``; without it,
+the package's default.
 
     .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-4
     .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-4 --cache /tmp/ref
+    .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-9 --qc-thresholds mad
 """
 
 from __future__ import annotations
@@ -37,13 +41,18 @@ mp.settings.progress = False
 RESULTS = Path(__file__).parent / "results"
 
 
-def _reference(adata, seed: int, cache: Path | None):
+def _qc_kwargs(qc: str | None) -> dict:
+    """``pp.qc``'s keyword for the QC rule (none: the package default)."""
+    return {} if qc is None else {"thresholds": qc}
+
+
+def _reference(adata, seed: int, cache: Path | None, qc: str | None = None):
     """The reference analysis of the training lots (read from ``cache`` when saved there)."""
-    cached = cache / f"hard{seed}.h5ad" if cache else None
+    cached = cache / f"hard{seed}{'' if qc is None else '_qc' + qc}.h5ad" if cache else None
     if cached is not None and cached.exists():
         return ad.read_h5ad(cached)
     ref = adata[adata.obs["set"] == "BM-train"].copy()
-    mp.pp.qc(ref)
+    mp.pp.qc(ref, **_qc_kwargs(qc))
     mp.pp.preprocess(ref)
     mp.tl.cluster(ref, n_clusters=8)
     mp.tl.lot_fractions(ref)
@@ -77,12 +86,12 @@ def _low_quality(query) -> dict:
     }
 
 
-def one(seed: int, cache: Path | None = None) -> dict:
+def one(seed: int, cache: Path | None = None, qc: str | None = None) -> dict:
     adata = mp.datasets.hard(random_state=seed)
     query = adata[adata.obs["set"] == "BM-test"].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = _reference(adata, seed, cache)
+        ref = _reference(adata, seed, cache, qc)
         mp.tl.potency_population(ref, "vegf")
         found = bool(ref.uns["potency_population"]["summary"]["found"])
         frozen = mp.tl.freeze_reference(ref, cluster_key="potency_population")
@@ -93,7 +102,7 @@ def one(seed: int, cache: Path | None = None) -> dict:
         mp.tl.map_to_reference(query, frozen_bare, cluster_key="potency_population")
         row = {"seed": seed, "found": found, **_scores(query, "")}
         screened = query.copy()
-        mp.pp.qc(screened)  # as `mscpotency map` does before mapping (the reference's QC)
+        mp.pp.qc(screened, **_qc_kwargs(qc))  # as `mscpotency map` does (the reference's QC)
         mp.tl.map_to_reference(screened, frozen, cluster_key="potency_population")
         mp.tl.map_to_reference(query, frozen, cluster_key="potency_population")
     row |= _scores(query, "_rule")
@@ -121,18 +130,26 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--cache", type=Path, default=None, help="saved reference analyses")
     parser.add_argument("--append", action="store_true", help="keep the rows already there")
+    parser.add_argument(
+        "--qc-thresholds",
+        choices=["fixed", "mad"],
+        default=None,
+        help="pp.qc(thresholds=...) on both sides (default: the package's; files gain _qc<rule>)",
+    )
     args = parser.parse_args()
     rows = []
-    csv = RESULTS / "potency_population_mapping_hard.csv"
+    qc = args.qc_thresholds
+    name = "potency_population_mapping_hard" + ("" if qc is None else f"_qc{qc}")
+    csv = RESULTS / f"{name}.csv"
     if args.append and csv.exists():
         rows = pd.read_csv(csv).to_dict("records")
     for seed in _seeds(args.seeds):  # the files are rewritten after every seed
-        rows.append(one(seed, args.cache))
+        rows.append(one(seed, args.cache, qc))
         print(rows[-1], flush=True)
         table = pd.DataFrame(rows).sort_values("seed")
         RESULTS.mkdir(exist_ok=True)
         table.to_csv(csv, index=False)
-        _write(table)
+        _write(table, name, qc)
 
 
 _CEILING = [
@@ -159,8 +176,9 @@ def _count(table: pd.DataFrame, column: str) -> str:
     return f"{int((values >= 0.9).sum())}/{len(table)} (lowest {values.min():.3f})"
 
 
-def _write(table: pd.DataFrame) -> None:
-    text = "# Held-out lots of the hard preset mapped onto the search's labels\n\n"
+def _write(table: pd.DataFrame, name: str, qc: str | None) -> None:
+    text = "# Held-out lots of the hard preset mapped onto the search's labels"
+    text += "\n\n" if qc is None else f", pp.qc(thresholds={qc!r}) on both sides\n\n"
     text += (
         f"- F1 >= 0.9: with the boundary rule {_count(table, 'f1_rule')}, label transfer alone "
         f"{_count(table, 'f1')}; the query QC'd first (as `mscpotency map` does) "
@@ -177,7 +195,7 @@ def _write(table: pd.DataFrame) -> None:
         "Where it is lost: the query QC'd, low-quality potency cells, the reference population\n\n"
     )
     text += table[[c for c in _CEILING if c in table]].to_markdown(index=False) + "\n"
-    (RESULTS / "potency_population_mapping_hard.md").write_text(text)
+    (RESULTS / f"{name}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -79,12 +79,18 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
     analyse.add_argument("--seed", type=int, help="random seed (default: 0)")
     analyse.add_argument("--title", help="report title (default: named after the inputs)")
     analyse.add_argument("--lot-key", help="lot column of the lot table (default: lot)")
-    analyse.add_argument("--min-genes", type=int, help="QC: fewest genes per cell (default: 200)")
     analyse.add_argument(
-        "--max-pct-mito", type=float, help="QC: highest mitochondrial %% (default: 20)"
+        "--min-genes", type=int, help="QC: fewest genes per cell (fixed thresholds; default: 200)"
     )
     analyse.add_argument(
-        "--qc-thresholds", choices=["fixed", "mad"], help="QC thresholds (default: fixed)"
+        "--max-pct-mito",
+        type=float,
+        help="QC: highest mitochondrial %% (fixed thresholds; default: 20)",
+    )
+    analyse.add_argument(
+        "--qc-thresholds",
+        choices=["fixed", "mad"],
+        help="QC thresholds: per lot, 3 MADs from its median, or fixed (default: mad)",
     )
     analyse.add_argument("--min-cells-per-lot", type=int, help="smallest lot kept (default: 50)")
     analyse.add_argument("--batch-key", help="obs column of a lot effect for gene selection")

@@ -344,7 +344,7 @@ PP_CASES = [
     ),
     Case(
         "qc: thresholds that empty every lot",
-        lambda d: mp.pp.qc(d.adata, min_genes=10**6),
+        lambda d: mp.pp.qc(d.adata, thresholds="fixed", min_genes=10**6),
         ValueError,
         r"QC would remove every cell of lots \['BM01'.*\{'BM01': \{'cells_below_min_genes': 150,.*"
         r"Relax the thresholds",

@@ -140,7 +140,7 @@ def test_folder_round_trip(tmp_path, lots, fmt):
     assert pooled.uns["pool_lots"]["genes_dropped"] == {}
     # the pooled counts are raw counts the rest of the pipeline accepts
     totals = pd.Series(np.asarray(pooled.X.sum(axis=1)).ravel(), index=pooled.obs_names)
-    mp.pp.qc(pooled, min_genes=1)
+    mp.pp.qc(pooled, thresholds="fixed", min_genes=1)
     assert pooled.n_obs > 0
     np.testing.assert_array_equal(pooled.obs["total_counts"], totals[pooled.obs_names])
 
@@ -690,7 +690,7 @@ def test_10x_lots_keep_their_symbols_in_a_column(tmp_path, lots):
     write_folder(tmp_path / "lots", lots, "mtx")
     pooled = mp.io.read_lots(tmp_path / "lots")
     assert list(pooled.var["gene_symbols"]) == list(lots["BM01"].var_names)
-    mp.pp.qc(pooled, min_genes=0, min_cells_per_gene=0)
+    mp.pp.qc(pooled, thresholds="fixed", min_genes=0, min_cells_per_gene=0)
     assert pooled.uns["qc"]["params"]["symbols_from"] == "var['gene_symbols']"
     assert pooled.var["mt"].sum() == 8
 

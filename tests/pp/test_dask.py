@@ -211,7 +211,7 @@ def test_qc_after_preprocess_keeps_x_and_counts_consistent(tiny_train, small_chu
     mp.pp.preprocess(adata, n_top_genes=300, n_comps=10)
     assert np.shares_memory(adata.X.indices, adata.layers["counts"].indices)
     expected = adata.copy()
-    mp.pp.qc(adata, min_genes=300, min_cells_per_gene=100)
+    mp.pp.qc(adata, thresholds="fixed", min_genes=300, min_cells_per_gene=100)
     keep = expected.obs_names.isin(adata.obs_names)
     expected = expected[keep][:, expected.var_names.isin(adata.var_names)]
     assert adata.n_obs < tiny_train.n_obs and adata.n_vars < tiny_train.n_vars

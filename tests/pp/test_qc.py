@@ -46,7 +46,7 @@ def test_copy_leaves_input_untouched_and_matches_inplace(tiny_train):
 def test_lot_emptied_by_qc_is_an_error_naming_it(tiny_train):
     adata = tiny_train.copy()
     with pytest.raises(ValueError, match="every cell of lots"):
-        mp.pp.qc(adata, min_genes=10**6)
+        mp.pp.qc(adata, thresholds="fixed", min_genes=10**6)
 
 
 def test_non_count_data_is_rejected(tiny_train):
@@ -77,7 +77,7 @@ def test_missing_lot_key_is_an_error(tiny_train):
 
 def test_adaptive_threshold_is_per_lot(tiny_train):
     adata = tiny_train.copy()
-    mp.pp.qc(adata, min_genes=0, max_pct_mito=None, mad_counts=3)
+    mp.pp.qc(adata, thresholds="fixed", min_genes=0, max_pct_mito=None, mad_counts=3)
     report = mp.get.qc(adata)
     assert "cells_below_mad_counts" in report
     assert report["cells_below_mad_counts"].sum() > 0
@@ -118,7 +118,7 @@ def test_metrics_equal_scanpys_calculate_qc_metrics(tiny_all, monkeypatch):
 
 def test_report_columns_are_counts_of_failing_cells_and_thresholds_are_stated(tiny_train):
     adata = tiny_train.copy()
-    mp.pp.qc(adata, min_counts=500)
+    mp.pp.qc(adata, thresholds="fixed", min_counts=500)
     report = mp.get.qc(adata)
     assert list(report.columns) == [
         "cells_before",
@@ -161,7 +161,7 @@ def test_report_columns_are_counts_of_failing_cells_and_thresholds_are_stated(ti
 def test_refused_qc_leaves_the_input_untouched(tiny_train):
     adata = tiny_train.copy()
     with pytest.raises(ValueError, match="every cell of lots"):
-        mp.pp.qc(adata, min_genes=10**6)
+        mp.pp.qc(adata, thresholds="fixed", min_genes=10**6)
     pd.testing.assert_frame_equal(adata.obs, tiny_train.obs)
     assert list(adata.var.columns) == list(tiny_train.var.columns) and "qc" not in adata.uns
 
@@ -271,13 +271,35 @@ def test_no_mito_gene_found_warns_where_it_searched_and_how_to_point_at_symbols(
             r"symbol_key='symbol'.*max_pct_mito=None"
         ),
     ):
-        mp.pp.qc(named)
+        mp.pp.qc(named, thresholds="fixed")
     assert named.var["mt"].sum() == 0
     assert mp.get.qc(named)["cells_above_max_pct_mito"].sum() == 0
     # saying there are none silences it
-    mp.pp.qc(_with_ensembl_ids(tiny_train, symbol_key="symbol"), max_pct_mito=None)
+    mp.pp.qc(
+        _with_ensembl_ids(tiny_train, symbol_key="symbol"), thresholds="fixed", max_pct_mito=None
+    )
     with pytest.raises(KeyError, match=r"adata.var has no column 'symbols'.*'symbol'"):
         mp.pp.qc(_with_ensembl_ids(tiny_train, symbol_key="symbol"), symbol_key="symbols")
+
+
+def test_no_mito_gene_found_warns_with_the_default_mad_thresholds_too(tiny_train):
+    named = _with_ensembl_ids(tiny_train, symbol_key="symbol")
+    with pytest.warns(UserWarning, match=r"no mitochondrial gene found.*max_pct_mito=None"):
+        mp.pp.qc(named)
+    assert "cells_above_mad_pct_mito" not in mp.get.qc(named)  # no mitochondrial filter
+    # saying there are none silences it (warnings are errors here), with the same cells kept
+    silent = _with_ensembl_ids(tiny_train, symbol_key="symbol")
+    mp.pp.qc(silent, max_pct_mito=None)
+    assert silent.obs_names.equals(named.obs_names)
+
+
+def test_default_thresholds_are_per_lot_mads(tiny_train):
+    default = mp.pp.qc(tiny_train, copy=True)
+    mad = mp.pp.qc(tiny_train, thresholds="mad", copy=True)
+    assert default.uns["qc"]["params"]["thresholds"] == "mad"
+    assert default.obs_names.equals(mad.obs_names)
+    pd.testing.assert_frame_equal(mp.get.qc(default), mp.get.qc(mad))
+    assert "cells_below_min_genes" not in mp.get.qc(default)
 
 
 def test_ribosomal_genes_are_measured_by_symbol(tiny_train):
@@ -286,7 +308,7 @@ def test_ribosomal_genes_are_measured_by_symbol(tiny_train):
     symbols[[10, 11, 12]] = ["RPS3", "RPL7", "rpl13"]
     adata.var["gene_symbols"] = symbols
     counts = adata.layers["counts"]
-    mp.pp.qc(adata, min_genes=0, max_pct_mito=None, min_cells_per_gene=0)
+    mp.pp.qc(adata, thresholds="fixed", min_genes=0, max_pct_mito=None, min_cells_per_gene=0)
     assert adata.var["ribo"].sum() == 3
     ribo = np.asarray(counts[:, [10, 11, 12]].sum(axis=1)).ravel()
     total = np.asarray(counts.sum(axis=1)).ravel()
@@ -306,7 +328,7 @@ def test_removing_most_of_a_lot_warns_and_is_flagged(tiny_train):
         match=r"the cell filters remove more than 50% of the cells of lots \{'BM0\d': '\d+ of "
         r"150 \(\d+%\), most by cells_below_min_genes'.*thresholds='mad'",
     ):
-        mp.pp.qc(adata, min_genes=threshold)
+        mp.pp.qc(adata, thresholds="fixed", min_genes=threshold)
     flagged = adata.uns["qc"]["lots_flagged"]
     report = mp.get.qc(adata)
     share = report["cells_removed"] / report["cells_before"]
@@ -315,13 +337,19 @@ def test_removing_most_of_a_lot_warns_and_is_flagged(tiny_train):
     assert flagged["above_max_removed_share"].all()
     # the share is an option; None never warns but still lists the lots
     quiet = tiny_train.copy()
-    mp.pp.qc(quiet, min_genes=threshold, max_removed_share=0.9)
+    mp.pp.qc(quiet, thresholds="fixed", min_genes=threshold, max_removed_share=0.9)
     assert quiet.uns["qc"]["lots_flagged"].empty
     silent = tiny_train.copy()
-    mp.pp.qc(silent, min_genes=threshold, max_removed_share=None)
+    mp.pp.qc(silent, thresholds="fixed", min_genes=threshold, max_removed_share=None)
     assert silent.uns["qc"]["lots_flagged"].empty
     with pytest.raises(ValueError, match=r"max_removed_share must lie between 0 and 1"):
         mp.pp.qc(tiny_train.copy(), max_removed_share=50)
+
+
+def test_the_heavy_removal_warning_names_the_rule_in_use(tiny_train):
+    with pytest.warns(UserWarning, match=r"remove more than 0%.*consider a larger n_mads") as got:
+        mp.pp.qc(tiny_train.copy(), max_removed_share=0.001)
+    assert not any("consider thresholds='mad'" in str(w.message) for w in got)
 
 
 def test_a_lot_taken_below_the_minimum_is_flagged(small_lot):

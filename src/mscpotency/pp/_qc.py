@@ -93,7 +93,7 @@ def qc(
     *,
     lot_key: str = _keys.LOT,
     layer: str | None = _keys.COUNTS_LAYER,
-    thresholds: Literal["fixed", "mad"] = "fixed",
+    thresholds: Literal["mad", "fixed"] = "mad",
     min_genes: int = 200,
     min_counts: int | None = None,
     max_pct_mito: float | None = 20.0,
@@ -118,24 +118,30 @@ def qc(
         {lot_key}
         Removals are reported per lot.
     thresholds
-        ``"fixed"``: the same thresholds for every cell (``min_genes``, ``min_counts``,
-        ``max_pct_mito``), which fit whole-transcriptome droplet data (10x) and may remove
-        most cells of plate-based or targeted-panel data. ``"mad"``: data-adaptive
-        thresholds per lot, as scater's ``isOutlier`` (``perCellQCFilters``): a cell is
-        removed when its ``log1p(total_counts)`` or ``log1p(n_genes_by_counts)`` lies more
-        than ``n_mads`` median absolute deviations (MAD, scaled by 1.4826 as R's ``mad``)
-        below its lot's median, or its ``pct_counts_mt`` more than ``n_mads`` MADs above it
-        (when mitochondrial genes are found). ``min_genes``, ``min_counts`` and
-        ``max_pct_mito`` are then not applied; a metric with a MAD of 0 in a lot (it does
-        not vary there) gets no threshold in that lot. The thresholds chosen for every lot
-        are stated in ``uns[key_added]['thresholds']``.
+        ``"mad"`` (default): data-adaptive thresholds per lot, as scater's ``isOutlier``
+        (``perCellQCFilters``) and the single-cell best practices: a cell is removed when
+        its ``log1p(total_counts)`` or ``log1p(n_genes_by_counts)`` lies more than
+        ``n_mads`` median absolute deviations (MAD, scaled by 1.4826 as R's ``mad``) below
+        its lot's median, or its ``pct_counts_mt`` more than ``n_mads`` MADs above it (when
+        mitochondrial genes are found). ``min_genes``, ``min_counts`` and ``max_pct_mito``
+        are then not applied; a metric with a MAD of 0 in a lot (it does not vary there)
+        gets no threshold in that lot. ``"fixed"``: the same thresholds for every cell
+        (``min_genes``, ``min_counts``, ``max_pct_mito``), which fit whole-transcriptome
+        droplet data (10x) and may remove most cells of plate-based or targeted-panel data,
+        or keep damaged cells of a deeply sequenced lot (on the simulator's presets they
+        keep 125-155 of the ~300 low-quality cells of a reference, a tenth of the counts
+        with many mitochondrial reads, which then form a cluster of their own;
+        ``benchmarks/results/potency_population_*_qcfixed.md``). The thresholds chosen for
+        every lot are stated in ``uns[key_added]['thresholds']``.
     min_genes
-        Cells with fewer detected genes are removed (``thresholds="fixed"``).
+        Cells with fewer detected genes are removed (``thresholds="fixed"`` only).
     min_counts
-        Cells with fewer total counts are removed (``None``: no threshold; ``"fixed"``).
+        Cells with fewer total counts are removed (``None``: no threshold;
+        ``thresholds="fixed"`` only).
     max_pct_mito
         Cells with a larger percentage of counts in mitochondrial genes are removed
-        (``None``: no threshold; ``"fixed"``).
+        (``thresholds="fixed"`` only). ``None``: no threshold, and no warning when no
+        mitochondrial gene is found (with either rule: say so for a targeted panel).
     n_mads
         How many MADs from the lot's median a cell may lie (``thresholds="mad"``); 3 as scater.
     mito_prefix
@@ -209,7 +215,7 @@ def qc(
     mito, ribo, symbols_from = _mito_and_ribo(adata.var, symbol_key, mito_prefix)
     obs_metrics, var_metrics = qc_metrics(X, mito, ribo)
     obs_metrics.index = adata.obs_names
-    if not mito.any() and (max_pct_mito is not None or thresholds == "mad"):
+    if not mito.any() and max_pct_mito is not None:
         _warn_no_mito(adata.var, mito_prefix, symbols_from)
     fixed = {"min_genes": min_genes, "min_counts": min_counts, "max_pct_mito": max_pct_mito}
     if thresholds == "mad":
@@ -222,7 +228,7 @@ def qc(
             reasons[name] = _fails(obs_metrics, lots, name, by_lot)
     removed = reasons.any(axis=1).to_numpy()
     _per_lot_report(reasons, removed, lots, lot_key)  # refuses before anything is written
-    flagged = _flag_lots(reasons, removed, lots, max_removed_share, min_cells_per_lot)
+    flagged = _flag_lots(reasons, removed, lots, max_removed_share, min_cells_per_lot, thresholds)
     in_small = _small_lots(lots, removed, min_cells_per_lot, small_lots)
     if in_small is not None:
         reasons["cells_in_small_lot"] = in_small
@@ -345,6 +351,7 @@ def _flag_lots(
     lots: pd.Series,
     max_share: float | None,
     minimum: int,
+    rule: str = "mad",
 ) -> pd.DataFrame:
     """Lots the cell filters take above ``max_share`` of or below ``minimum`` cells; warn of the first."""
     by_lot = lots.to_numpy()
@@ -371,12 +378,18 @@ def _flag_lots(
             f"{failing.loc[lot].idxmax()}"
             for lot in heavy.index
         }
+        hint = (
+            "(min_genes=200 assumes whole-transcriptome droplet data): check "
+            "mp.get.qc(adata), consider thresholds='mad' (per-lot thresholds)"
+            if rule == "fixed"
+            else "(a lot whose cells' counts are not one population: check mp.get.qc(adata) "
+            "and pl.qc, consider a larger n_mads or thresholds='fixed' with thresholds "
+            "that fit the technology)"
+        )
         warnings.warn(
             f"qc: the cell filters remove more than {max_share:.0%} of the cells of lots "
-            f"{listed}. The thresholds may not fit these data (min_genes=200 assumes "
-            "whole-transcriptome droplet data): check mp.get.qc(adata), consider "
-            "thresholds='mad' (per-lot thresholds), or pass max_removed_share=None if "
-            "this is expected.",
+            f"{listed}. The thresholds may not fit these data {hint}, or pass "
+            "max_removed_share=None if this is expected.",
             UserWarning,
             stacklevel=4,
         )
@@ -467,7 +480,7 @@ def _small_lots(lots: pd.Series, removed: np.ndarray, minimum: int, rule: str) -
         warnings.warn(
             f"qc: after QC, lots {small} have fewer than min_cells_per_lot={minimum} cells and "
             f"are kept. {SMALL_LOT_EFFECT} Cells before -> after QC: {taken}. To remove them, "
-            "pass small_lots='drop'; if the thresholds took them there, see thresholds='mad'.",
+            "pass small_lots='drop'; if the thresholds took them there, see mp.get.qc(adata).",
             UserWarning,
             stacklevel=4,
         )

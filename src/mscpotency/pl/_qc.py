@@ -26,6 +26,9 @@ _REASON_LABELS = {
     "cells_below_min_counts": "too few counts",
     "cells_above_max_pct_mito": "too much mitochondrial RNA",
     "cells_below_mad_counts": "low counts for the lot (MAD)",
+    "cells_below_mad_log_counts": "low counts for the lot (MADs)",
+    "cells_below_mad_log_genes": "few genes for the lot (MADs)",
+    "cells_above_mad_pct_mito": "much mitochondrial RNA for the lot (MADs)",
     "cells_in_small_lot": "lot below the minimum size",
 }
 

@@ -90,7 +90,7 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
     analyse.add_argument(
         "--qc-thresholds",
         choices=["fixed", "mad"],
-        help="QC thresholds: per lot, 3 MADs from its median, or fixed (default: mad)",
+        help="QC thresholds: fixed, or per lot, 3 MADs from its median (default: fixed)",
     )
     analyse.add_argument("--min-cells-per-lot", type=int, help="smallest lot kept (default: 50)")
     analyse.add_argument("--batch-key", help="obs column of a lot effect for gene selection")

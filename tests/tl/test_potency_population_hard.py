@@ -385,3 +385,36 @@ def test_local_view_removes_lot_effects_before_its_graph():
     corrected = _local.local_view(adata.X, cells, lots=lots, **options)
     assert _best_part_f1(cells, plain.partitions.values(), a1) < 0.7
     assert _best_part_f1(cells, corrected.partitions.values(), a1) >= 0.9
+
+
+def test_a_refinement_that_loses_the_association_is_undone():
+    """The refinement reads no potency: one that grows the candidate into a population whose
+    share no longer tracks potency (hard-preset null seeds 11 and 14: +1,500 cells, rho -0.28
+    and 0.17) is undone; one that adds a continuum's cells is kept."""
+    n_lots = 10
+    y = np.arange(n_lots, dtype=float)
+    lot_codes = np.repeat(np.arange(n_lots), 200)
+    rng = np.random.default_rng(0)
+    # the candidate: a share rising with potency (2% to 20% of each lot)
+    candidate = np.zeros(lot_codes.size, dtype=bool)
+    for lot in range(n_lots):
+        cells = np.flatnonzero(lot_codes == lot)
+        candidate[rng.choice(cells, 4 + 4 * lot, replace=False)] = True
+    assert _search._refinement_kept(candidate, candidate, lot_codes, y, "two-sided", 0.05)
+    # a few more cells in every lot: the association stays
+    grown = candidate.copy()
+    grown[np.flatnonzero(~candidate)[::40]] = True
+    assert _search._refinement_kept(candidate, grown, lot_codes, y, "two-sided", 0.05)
+    # many cells, most in the low-potency lots: the refined share falls with potency
+    swallowed = candidate.copy()
+    for lot in range(n_lots):
+        outside = np.flatnonzero((lot_codes == lot) & ~candidate)
+        swallowed[outside[: 150 - 15 * lot]] = True
+    assert not _search._refinement_kept(candidate, swallowed, lot_codes, y, "two-sided", 0.05)
+    assert not _search._refinement_kept(candidate, swallowed, lot_codes, y, "greater", 0.05)
+    # many cells spread evenly: the refined share no longer tracks potency at all
+    flat = candidate.copy()
+    for lot in range(n_lots):
+        outside = np.flatnonzero((lot_codes == lot) & ~candidate)
+        flat[outside[: 150 - 4 * lot + int(rng.integers(-20, 20))]] = True
+    assert not _search._refinement_kept(candidate, flat, lot_codes, y, "two-sided", 0.05)

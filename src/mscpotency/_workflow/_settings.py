@@ -4,7 +4,7 @@ A lab keeps its settings in a small, versioned TOML file::
 
     potency = "vegf"
     [qc]
-    qc_thresholds = "fixed"   # the default, "mad", sets thresholds per lot
+    qc_thresholds = "fixed"   # the default; "mad" sets thresholds per lot
     min_genes = 200
     max_pct_mito = 20.0
     [cluster]
@@ -76,8 +76,8 @@ class AnalysisSettings:
     random_state
         Seed of every random step (identical re-runs).
     min_genes, max_pct_mito, qc_thresholds, min_cells_per_lot
-        Cell QC (:func:`mscpotency.pp.qc`): ``"mad"`` (default: per-lot thresholds, 3
-        median absolute deviations from the lot's median) or ``"fixed"`` thresholds; with
+        Cell QC (:func:`mscpotency.pp.qc`): ``"fixed"`` (default) or ``"mad"`` (per-lot
+        thresholds, 3 median absolute deviations from the lot's median) thresholds; with
         ``"fixed"``, the fewest genes per cell and the highest mitochondrial percentage;
         the smallest lot kept.
     n_clusters, resolution
@@ -133,7 +133,7 @@ class AnalysisSettings:
     random_state: int = 0
     min_genes: int = 200
     max_pct_mito: float = 20.0
-    qc_thresholds: Literal["fixed", "mad"] = "mad"
+    qc_thresholds: Literal["fixed", "mad"] = "fixed"
     min_cells_per_lot: int = 50
     n_clusters: int | None = 8
     resolution: float = 1.0

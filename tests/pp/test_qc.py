@@ -293,13 +293,14 @@ def test_no_mito_gene_found_warns_with_the_default_mad_thresholds_too(tiny_train
     assert silent.obs_names.equals(named.obs_names)
 
 
-def test_default_thresholds_are_per_lot_mads(tiny_train):
+def test_default_thresholds_are_fixed(tiny_train):
+    """Fixed thresholds stay the default (per-lot MADs are measured in benchmarks/results/*_qcmad.md)."""
     default = mp.pp.qc(tiny_train, copy=True)
-    mad = mp.pp.qc(tiny_train, thresholds="mad", copy=True)
-    assert default.uns["qc"]["params"]["thresholds"] == "mad"
-    assert default.obs_names.equals(mad.obs_names)
-    pd.testing.assert_frame_equal(mp.get.qc(default), mp.get.qc(mad))
-    assert "cells_below_min_genes" not in mp.get.qc(default)
+    fixed = mp.pp.qc(tiny_train, thresholds="fixed", copy=True)
+    assert default.uns["qc"]["params"]["thresholds"] == "fixed"
+    assert default.obs_names.equals(fixed.obs_names)
+    pd.testing.assert_frame_equal(mp.get.qc(default), mp.get.qc(fixed))
+    assert "cells_below_min_genes" in mp.get.qc(default)
 
 
 def test_ribosomal_genes_are_measured_by_symbol(tiny_train):
@@ -348,8 +349,10 @@ def test_removing_most_of_a_lot_warns_and_is_flagged(tiny_train):
 
 def test_the_heavy_removal_warning_names_the_rule_in_use(tiny_train):
     with pytest.warns(UserWarning, match=r"remove more than 0%.*consider a larger n_mads") as got:
-        mp.pp.qc(tiny_train.copy(), max_removed_share=0.001)
+        mp.pp.qc(tiny_train.copy(), thresholds="mad", max_removed_share=0.001)
     assert not any("consider thresholds='mad'" in str(w.message) for w in got)
+    with pytest.warns(UserWarning, match=r"remove more than 0%.*consider thresholds='mad'"):
+        mp.pp.qc(tiny_train.copy(), max_removed_share=0.001)
 
 
 def test_a_lot_taken_below_the_minimum_is_flagged(small_lot):

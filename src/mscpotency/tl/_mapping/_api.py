@@ -218,10 +218,11 @@ def map_to_reference(
         ingest and Seurat 4.3 where ``fast`` fell behind (issue 16: accuracy/macro-F1
         0.910/0.814 against 0.819/0.651); on the simulated presets both are within 0.003 of
         each other (``benchmarks/results/mapping_crosstech.md``). Anchors costs more: on
-        the study preset (16,314 reference cells, sets of 5,900-7,400 query cells, 2 cores)
-        2.5-2.8 s per set against 1.5-1.8 s for fast once the reference's calibrations are
-        cached, 12-13 s against 8 s for a first call that computes them
-        (``benchmarks/results/mapping_profile.md``). Pass ``"fast"`` for query lots of the
+        the study preset (16,314 reference cells, sets of 5,900-7,400 query cells, 2 idle
+        cores) 1.4-1.8 s per set against 0.6-0.8 s for fast once the reference's
+        calibrations are cached, about 9 s against 5 s for a first call that computes them
+        (Seurat 4.3's transfer with ``k.filter=NA``: 16-19 s per set;
+        ``benchmarks/results/mapping_profile.md``). Pass ``"fast"`` for query lots of the
         reference's batch.
     options
         The backend's options: :class:`~mscpotency.tl.FastOptions`,

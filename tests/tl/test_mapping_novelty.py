@@ -22,6 +22,7 @@ from mscpotency.tl._mapping._novel_groups import group_novelty, query_groups
 from mscpotency.tl._mapping._novelty import (
     _counts,
     depth_model,
+    mean_counts,
     lot_novelty,
     novelty_pvalues,
     scoring_sets,
@@ -204,6 +205,25 @@ def test_counts_kernel_matches_its_definition():
     small = dense[cells][:, 0] <= 8
     np.testing.assert_array_equal(recovered.toarray()[cells][small], dense[cells][small])
     assert scale[5] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mean_counts_are_the_mean_of_the_recovered_counts(threads, monkeypatch):
+    """The compiled pass sums the counts ``_counts`` recovers, whatever the threads."""
+    from mscpotency import _cell_stats
+
+    monkeypatch.setattr(_cell_stats, "worker_threads", lambda: threads)
+    rng = np.random.default_rng(12)
+    dense = rng.integers(1, 60, (301, 40)) * (rng.random((301, 40)) < 0.3)
+    dense[:, 0] = rng.integers(1, 12, 301)
+    dense[5] = 0  # an empty cell
+    expression = lognormalise(sparse.csr_matrix(dense.astype(np.float32)), 1e4)
+    expression.data[expression.indptr[10] : expression.indptr[20]] += 0.37  # not counts
+    expression.data[expression.indptr[30] + 1] = 0.0  # an explicit zero
+    recovered, _ = _counts(expression)
+    expected = recovered.toarray().sum(axis=0) / 301
+    np.testing.assert_array_equal(mean_counts(expression), expected)
+    assert mean_counts(expression[:0]).tolist() == [0.0] * 40
 
 
 def test_scoring_sets_gather_whole_lots():

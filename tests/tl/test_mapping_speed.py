@@ -215,3 +215,22 @@ def test_mapping_leaves_the_references_own_matrices_writable(tiny_query, tiny_re
         for buffer in (matrix.data, matrix.indices, matrix.indptr):
             assert buffer.flags.writeable
     sc.tl.rank_genes_groups(reference, "cluster", method="wilcoxon", use_raw=False)
+
+
+def test_shared_counts_count_the_entries_of_each_left_row_in_its_right_row():
+    rng = np.random.default_rng(3)
+    left, right = rng.integers(0, 40, (500, 30)), rng.integers(0, 40, (500, 30))
+    expected = (left[:, :, None] == right[:, None, :]).any(axis=2).sum(axis=1)
+    np.testing.assert_array_equal(_anchors._shared_counts(left, right), expected)
+
+
+@pytest.mark.parametrize("n_anchors", [6, 4000])
+def test_nearest_anchors_equal_a_search_over_every_anchors_point(n_anchors):
+    """Searching the distinct anchored cells and expanding them gives the same anchors."""
+    rng = np.random.default_rng(4)
+    embedding = rng.standard_normal((3000, 30))
+    cells = rng.integers(0, 40 if n_anchors < 10 else 3000, n_anchors)  # cells repeat
+    expected = knn(embedding[cells], embedding, 50, method="exact")
+    found = _anchors._nearest_anchors(embedding, cells, 50, knn_method="exact", random_state=0)
+    np.testing.assert_array_equal(found[0], expected[0])
+    np.testing.assert_array_equal(found[1], expected[1])

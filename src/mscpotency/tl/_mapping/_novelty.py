@@ -145,8 +145,47 @@ def reference_mean_counts(model: ReferenceModel) -> np.ndarray:
 
 
 def mean_counts(expression: sparse.csr_matrix) -> np.ndarray:
-    """Each gene's mean count over the cells (counts recovered by :func:`_counts`)."""
-    return np.asarray(_counts(expression)[0].mean(axis=0)).ravel()
+    """Each gene's mean count over the cells (counts recovered as :func:`_counts` recovers them).
+
+    One compiled pass over the stored values, row chunks in parallel (:func:`_count_sums`),
+    without the double-precision copy and temporaries of ``_counts(X)[0].mean(0)`` (+5.5 GiB
+    and 15 CPU s on a 10^5-cell reference). The counts are summed as integers, so the mean
+    (the exact sum over the number of cells) does not depend on the number of threads.
+    """
+    from ..._cell_stats import worker_threads
+
+    X = sparse.csr_matrix(expression)
+    if X.shape[0] == 0:
+        return np.zeros(X.shape[1])
+    n_parts = max(1, min(worker_threads(), X.shape[0]))
+    sums = np.zeros((n_parts, X.shape[1]), dtype=np.int64)
+    _count_sums(X.data, X.indices, X.indptr, _MAX_SMALLEST, sums)
+    return sums.sum(axis=0) / X.shape[0]
+
+
+@numba.njit(parallel=True, cache=True)
+def _count_sums(data, indices, indptr, max_smallest, sums):  # pragma: no cover - compiled
+    """``sums[part, g]``: the counts of gene ``g`` in the rows of ``part`` (parts: row chunks).
+
+    Each row's counts as :func:`_whole_counts` recovers them from ``expm1`` of its stored
+    non-zero values (zeros stored explicitly are skipped, as ``eliminate_zeros`` drops them).
+    """
+    n_rows, n_parts = indptr.size - 1, sums.shape[0]
+    for part in numba.prange(n_parts):
+        values = np.empty(sums.shape[1])
+        columns = np.empty(sums.shape[1], dtype=np.int64)
+        for row in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
+            n = 0
+            for k in range(indptr[row], indptr[row + 1]):
+                if data[k] != 0:
+                    values[n] = np.expm1(np.float64(data[k]))
+                    columns[n] = indices[k]
+                    n += 1
+            if n == 0:
+                continue
+            _whole_counts(values[:n], np.array([0, n]), max_smallest, np.zeros(1))
+            for i in range(n):
+                sums[part, columns[i]] += np.int64(values[i])
 
 
 def _counts(expression: sparse.csr_matrix) -> tuple[sparse.csr_matrix, np.ndarray]:

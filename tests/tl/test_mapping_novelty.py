@@ -22,8 +22,8 @@ from mscpotency.tl._mapping._novel_groups import group_novelty, query_groups
 from mscpotency.tl._mapping._novelty import (
     _counts,
     depth_model,
-    mean_counts,
     lot_novelty,
+    mean_counts,
     novelty_pvalues,
     scoring_sets,
     thinned,

@@ -114,6 +114,7 @@ def _shared_counts(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 @numba.njit(parallel=True, cache=True)
 def _count_shared(left, right, out):  # pragma: no cover - compiled
+    """``out[i]``: entries of ``left[i]`` found in ``right[i]`` (rows in parallel)."""
     for i in numba.prange(left.shape[0]):
         shared = 0
         for a in range(left.shape[1]):

@@ -36,6 +36,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from _results import write_results
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
@@ -194,8 +195,10 @@ def main() -> None:
         print(rows[-1], flush=True)
         table = pd.DataFrame(rows).sort_values("seed")
         table.to_csv(RESULTS / f"{name}.csv", index=False)
-        (RESULTS / f"{name}.md").write_text(
-            _summary(table, args) + "\n\n" + table.to_markdown(index=False) + "\n"
+        write_results(
+            RESULTS / f"{name}.md",
+            _summary(table, args) + "\n\n" + table.to_markdown(index=False),
+            keep_notes=args.append,
         )
     print(_summary(table, args))
 

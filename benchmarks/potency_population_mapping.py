@@ -33,6 +33,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from _results import write_results
 
 import mscpotency as mp
 
@@ -149,7 +150,7 @@ def main() -> None:
         table = pd.DataFrame(rows).sort_values("seed")
         RESULTS.mkdir(exist_ok=True)
         table.to_csv(csv, index=False)
-        _write(table, name, qc)
+        _write(table, name, qc, keep_notes=args.append)
 
 
 _CEILING = [
@@ -176,7 +177,7 @@ def _count(table: pd.DataFrame, column: str) -> str:
     return f"{int((values >= 0.9).sum())}/{len(table)} (lowest {values.min():.3f})"
 
 
-def _write(table: pd.DataFrame, name: str, qc: str | None) -> None:
+def _write(table: pd.DataFrame, name: str, qc: str | None, *, keep_notes: bool) -> None:
     text = "# Held-out lots of the hard preset mapped onto the search's labels"
     text += "\n\n" if qc is None else f", pp.qc(thresholds={qc!r}) on both sides\n\n"
     text += (
@@ -195,7 +196,7 @@ def _write(table: pd.DataFrame, name: str, qc: str | None) -> None:
         "Where it is lost: the query QC'd, low-quality potency cells, the reference population\n\n"
     )
     text += table[[c for c in _CEILING if c in table]].to_markdown(index=False) + "\n"
-    (RESULTS / f"{name}.md").write_text(text)
+    write_results(RESULTS / f"{name}.md", text, keep_notes=keep_notes)
 
 
 if __name__ == "__main__":

@@ -234,3 +234,19 @@ def test_nearest_anchors_equal_a_search_over_every_anchors_point(n_anchors):
     found = _anchors._nearest_anchors(embedding, cells, 50, knn_method="exact", random_state=0)
     np.testing.assert_array_equal(found[0], expected[0])
     np.testing.assert_array_equal(found[1], expected[1])
+
+
+@pytest.mark.parametrize("cap", [10_000, 150])
+def test_principal_axes_are_own_axes_without_the_coordinates(cap, monkeypatch):
+    """Axes alone (calibration folds) equal those own_axes returns, with or without a subset."""
+    from mscpotency.tl._mapping import _project
+
+    monkeypatch.setattr(_project, "OWN_AXES_MAX_CELLS", cap)
+    rng = np.random.default_rng(7)
+    X = sparse.random(400, 60, density=0.2, random_state=7, format="csr", dtype=np.float32)
+    A = _project.centred(X, centre="lot", reference_mean=np.zeros(60), lots=rng.integers(0, 3, 400))
+    axes, scores = _project.own_axes(A, 5, random_state=1)
+    np.testing.assert_array_equal(_project.principal_axes(A, 5, random_state=1), axes)
+    centred = A.X.toarray() - A.means[A.groups]
+    spread = scores - (centred @ axes)
+    np.testing.assert_allclose(spread, np.broadcast_to(spread[:1], spread.shape), atol=1e-10)

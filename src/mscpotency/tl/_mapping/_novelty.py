@@ -67,7 +67,7 @@ from ..._frozen import ReferenceModel
 from ..._settings import progress
 from ._cache import BoundedCache
 from ._calibration import lot_folds
-from ._project import centred, own_axes
+from ._project import centred, principal_axes
 from ._scoring import mapping_score
 
 logger = logging.getLogger("mscpotency")
@@ -414,8 +414,7 @@ def _refitted_loadings(model: ReferenceModel, rows: np.ndarray, random_state: in
     """The reference PCA refitted on ``rows`` (as many components as the reference's)."""
     rest = centred(model.expression[rows], centre="query", reference_mean=model.pca_mean, lots=None)
     n_comps = int(min(model.loadings.shape[1], rows.size - 2, rest.X.shape[1] - 1))
-    axes, _ = own_axes(rest, max(1, n_comps), random_state=random_state)
-    return axes
+    return principal_axes(rest, max(1, n_comps), random_state=random_state)
 
 
 def novelty_pvalues(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import pandas as pd
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
-from ._project import Centre, CentredMatrix, centred, own_axes
+from ._project import Centre, CentredMatrix, centred, principal_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
 
 _CENTRES = ("reference", "query", "lot")
@@ -208,5 +208,4 @@ def _held_out_own_axes(
             model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots
         )
     n_own = int(min(n_comps_own, max(1, by_lot.X.shape[0] - 2), by_lot.X.shape[1] - 1))
-    own, _ = own_axes(by_lot, n_own, random_state=random_state)
-    return own
+    return principal_axes(by_lot, n_own, random_state=random_state)

@@ -136,12 +136,10 @@ OWN_AXES_MAX_CELLS = 20_000
 def own_axes(
     A: CentredMatrix, n_comps: int, *, random_state: int = 0, n_iter: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top principal axes of the (centred) query itself, by a randomised range finder.
+    """Top principal axes of the (centred) query itself, and every cell's coordinates on them.
 
-    Above :data:`OWN_AXES_MAX_CELLS` cells the axes are fitted on a random subset of that
-    many cells (the leading axes of 10^4 cells are those of the population), and every
-    cell's coordinates are then computed in one pass: the cost stays that of 2 x 10^4
-    cells plus two passes over the query, whatever its size.
+    The axes are :func:`principal_axes`'s; the coordinates are computed in one pass over all
+    cells of ``A``, whatever the subset the axes were fitted on.
 
     Returns
     -------
@@ -150,8 +148,27 @@ def own_axes(
     scores
         ``(n, n_comps)`` the cells' coordinates on them.
     """
+    axes, overall = _principal_axes(A, n_comps, random_state=random_state, n_iter=n_iter)
+    return axes, A.dot(axes) - overall @ axes
+
+
+def principal_axes(
+    A: CentredMatrix, n_comps: int, *, random_state: int = 0, n_iter: int = 4
+) -> np.ndarray:
+    """Top principal axes of the (centred) cells, by a randomised range finder: ``(genes, n_comps)``.
+
+    Above :data:`OWN_AXES_MAX_CELLS` cells the axes are fitted on a random subset of that
+    many cells (the leading axes of 10^4 cells are those of the population): the cost stays
+    that of 2 x 10^4 cells, whatever the number of cells.
+    """
+    return _principal_axes(A, n_comps, random_state=random_state, n_iter=n_iter)[0]
+
+
+def _principal_axes(
+    A: CentredMatrix, n_comps: int, *, random_state: int, n_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The axes of :func:`principal_axes` and the mean they are centred on, ``(1, genes)``."""
     rng = np.random.default_rng(random_state)
-    full = A
     if A.X.shape[0] > OWN_AXES_MAX_CELLS:
         subset = np.sort(
             np.random.default_rng([random_state, 1]).choice(
@@ -177,6 +194,4 @@ def own_axes(
     # deterministic signs: largest loading positive
     signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
     signs[signs == 0] = 1
-    axes = axes * signs
-    scores = full.dot(axes) - overall @ axes
-    return axes, scores
+    return axes * signs, overall

@@ -223,7 +223,7 @@ def map_to_reference(
         calibrations are cached, about 9 s against 5 s for a first call that computes them
         (Seurat 4.3's transfer with ``k.filter=NA``: 16-19 s per set;
         ``benchmarks/results/mapping_profile.md``); 10^5 query onto 10^5 reference cells,
-        cold, 56-60 s on 2 cores (``benchmarks/results/mapping_scale_100000_anchors.md``).
+        cold, 56-70 s on 2 cores (``benchmarks/results/mapping_scale_100000_anchors.md``).
         Pass ``"fast"`` for query lots of the reference's batch.
     options
         The backend's options: :class:`~mscpotency.tl.FastOptions`,

@@ -224,6 +224,11 @@ def test_mean_counts_are_the_mean_of_the_recovered_counts(threads, monkeypatch):
     expected = recovered.toarray().sum(axis=0) / 301
     np.testing.assert_array_equal(mean_counts(expression), expected)
     assert mean_counts(expression[:0]).tolist() == [0.0] * 40
+    # a row storing one gene twice (non-canonical CSR) is read whole, as scipy sums it
+    doubled = sparse.csr_matrix(
+        (np.log1p([1.0, 1.0, 3.0]), [0, 0, 1], [0, 3]), shape=(1, 2), dtype=np.float32
+    )
+    np.testing.assert_array_equal(mean_counts(doubled), [2.0, 3.0])
 
 
 def test_scoring_sets_gather_whole_lots():

@@ -159,12 +159,13 @@ def mean_counts(expression: sparse.csr_matrix) -> np.ndarray:
         return np.zeros(X.shape[1])
     n_parts = max(1, min(worker_threads(), X.shape[0]))
     sums = np.zeros((n_parts, X.shape[1]), dtype=np.int64)
-    _count_sums(X.data, X.indices, X.indptr, _MAX_SMALLEST, sums)
+    longest = int(np.diff(X.indptr).max())  # a row's stored values (duplicates included)
+    _count_sums(X.data, X.indices, X.indptr, _MAX_SMALLEST, longest, sums)
     return sums.sum(axis=0) / X.shape[0]
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_sums(data, indices, indptr, max_smallest, sums):  # pragma: no cover - compiled
+def _count_sums(data, indices, indptr, max_smallest, longest, sums):  # pragma: no cover
     """``sums[part, g]``: the counts of gene ``g`` in the rows of ``part`` (parts: row chunks).
 
     Each row's counts as :func:`_whole_counts` recovers them from ``expm1`` of its stored
@@ -172,8 +173,8 @@ def _count_sums(data, indices, indptr, max_smallest, sums):  # pragma: no cover 
     """
     n_rows, n_parts = indptr.size - 1, sums.shape[0]
     for part in numba.prange(n_parts):
-        values = np.empty(sums.shape[1])
-        columns = np.empty(sums.shape[1], dtype=np.int64)
+        values = np.empty(longest)
+        columns = np.empty(longest, dtype=np.int64)
         for row in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
             n = 0
             for k in range(indptr[row], indptr[row + 1]):

@@ -155,7 +155,7 @@ def _brute_candidates(data32: np.ndarray, query32: np.ndarray, keep: int) -> np.
                 _squared_distances(out, query_norms, norms, values[:, first : first + block])
             else:
                 ids = np.arange(first, first + part.shape[0])
-                _merge_smallest(out, query_norms, norms, ids, every, best, where)
+                _heap_smallest(out, query_norms, norms, ids, every, best, where)
         if select:
             _select_smallest(values, where)
         candidates[start : start + chunk.shape[0]] = where
@@ -287,7 +287,7 @@ _DATA_BLOCK = 1024
 
 
 #: From this many candidates per query row, they are selected from each row's full list of
-#: values (linear time) rather than merged block by block (an insertion costs ``keep``):
+#: values (linear time) rather than merged into a heap block by block:
 #: the anchor filter keeps 208 of every reference cell's distances to the query cells.
 _SELECT_MIN_KEEP = 64
 #: ... when a query block's full rows of values stay this small (256 x 65,536 x 4 bytes).
@@ -296,7 +296,7 @@ _SELECT_MAX_DATA = 65_536
 
 @numba.njit(nogil=True, cache=True)
 def _squared_distances(products, query_norms, data_norms, out):  # pragma: no cover - compiled
-    """``out = |q|^2 + |r|^2 - 2 q.r``, the values :func:`_merge_smallest` forms."""
+    """``out = |q|^2 + |r|^2 - 2 q.r``, the values :func:`_heap_smallest` forms."""
     for i in range(products.shape[0]):
         for j in range(products.shape[1]):
             out[i, j] = query_norms[i] + data_norms[j] - np.float32(2.0) * products[i, j]
@@ -393,49 +393,16 @@ def _select_smallest(values, where):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_smallest(
+def _heap_smallest(
     products, query_norms, data_norms, ids, rows, best, where
 ):  # pragma: no cover - compiled
     """Merge a block's ``|q|^2 + |r|^2 - 2 q.r`` into each row's running smallest.
 
     Row ``i`` of the block is row ``rows[i]`` of ``best`` and ``where``; column ``j`` is
-    data row ``ids[j]``. Rows keep their smallest by (value, data row), whatever order
-    the blocks come in.
-    """
-    keep = best.shape[1]
-    values = np.empty(products.shape[1], dtype=products.dtype)
-    for i in range(products.shape[0]):
-        row = rows[i]
-        worst, worst_id = best[row, keep - 1], where[row, keep - 1]
-        for j in range(products.shape[1]):  # vectorised; the scan below mostly compares
-            values[j] = query_norms[i] + data_norms[j] - np.float32(2.0) * products[i, j]
-        for j in range(products.shape[1]):
-            value = values[j]
-            if value > worst:
-                continue
-            cell = ids[j]
-            if value < worst or (worst_id >= 0 and cell < worst_id):
-                position = keep - 1
-                while position > 0 and (
-                    best[row, position - 1] > value
-                    or (best[row, position - 1] == value and where[row, position - 1] > cell)
-                ):
-                    best[row, position] = best[row, position - 1]
-                    where[row, position] = where[row, position - 1]
-                    position -= 1
-                best[row, position] = value
-                where[row, position] = cell
-                worst, worst_id = best[row, keep - 1], where[row, keep - 1]
-
-
-@numba.njit(nogil=True, cache=True)
-def _heap_smallest(
-    products, query_norms, data_norms, ids, rows, best, where
-):  # pragma: no cover - compiled
-    """:func:`_merge_smallest`'s result, each row's smallest kept in a max-heap (any order).
-
-    The heap's root is the row's largest kept (value, data row); a smaller pair replaces it
-    and sinks, ``O(log keep)`` where a sorted insertion shifts up to ``keep`` entries.
+    data row ``ids[j]``. Each row keeps its smallest by (value, data row) in a max-heap,
+    whatever order the blocks come in: the root is the row's largest kept pair, and a
+    smaller pair replaces it and sinks, ``O(log keep)`` where a sorted insertion shifts up to
+    ``keep`` entries.
     """
     keep = best.shape[1]
     values = np.empty(products.shape[1], dtype=products.dtype)

@@ -713,16 +713,19 @@ def _refinement_kept(
     if np.array_equal(candidate, refined):
         return True
     n_lots = int(lot_codes.max()) + 1
-    per_lot = np.bincount(lot_codes, minlength=n_lots)
     shares = np.column_stack(
-        [
-            np.bincount(lot_codes[cells], minlength=n_lots) / per_lot
-            for cells in (candidate, refined)
-        ]
+        [_share_per_lot(cells, lot_codes, n_lots) for cells in (candidate, refined)]
     )
     rho = _stats.spearman_rho(shares, y)
     test = _stats.spearman_test(shares[:, 1:], y, alternative=alternative)
     return bool(test.pvalue[0] <= alpha and np.sign(rho[1]) == np.sign(rho[0]))
+
+
+def _share_per_lot(cells: np.ndarray, lot_codes: np.ndarray, n_lots: int) -> np.ndarray:
+    """Per lot, the share of its cells that are in ``cells`` (a boolean mask over the cells)."""
+    return np.bincount(lot_codes[cells], minlength=n_lots) / np.bincount(
+        lot_codes, minlength=n_lots
+    )
 
 
 def _record_refinement(result: dict, refined: bool, potency_name: str) -> None:
@@ -1090,9 +1093,7 @@ def _population_result(
     fixed_best = fixed[int(np.argmax(search.statistic[fixed]))] if fixed else search.chosen
     jaccard = _jaccard(chosen_cells, _members(candidates, fixed_best, adata.n_obs))
     n_lots = shares.shape[1]
-    share = np.bincount(lot_codes[chosen_cells], minlength=n_lots) / np.bincount(
-        lot_codes, minlength=n_lots
-    )
+    share = _share_per_lot(chosen_cells, lot_codes, n_lots)
     y = outcome.to_numpy(dtype=float)
     naive = _stats.spearman_test(share[:, None], y, alternative=alternative)
     summary = {

@@ -415,7 +415,9 @@ def map_to_reference(
         knn_method=knn_method,
         random_state=random_state,
     )
-    flags = _grouped(flags, adata, novelty_groups, layer, model, novelty_alpha, random_state)
+    flags = _grouped(
+        flags, adata, novelty_groups, layer, model, novelty_alpha, min_mapping_score, random_state
+    )
     codes, in_set, boundary = boundary_labels(model, transfer, flags.codes, flags.in_set)
     flags = replace(flags, codes=codes, in_set=in_set)
     placement = _umap_placement(model, transfer, knn_method, random_state)
@@ -786,6 +788,7 @@ def _grouped(
     layer: str | None,
     model: ReferenceModel,
     novelty_alpha: float,
+    min_mapping_score: float | None,
     random_state: int,
 ) -> _Flags:
     """The flags with every cell of a group novel as a whole flagged (``novelty_groups``).
@@ -801,8 +804,7 @@ def _grouped(
         groups = adata.obs[novelty_groups].astype(str).to_numpy()
     table, in_group = group_novelty(groups, flags.novel, novelty_alpha)
     novel = flags.novel | in_group
-    fixed_cut_off = flags.off_reference is not flags.novel  # _cell_flags: the same array
-    off = flags.off_reference if fixed_cut_off else novel
+    off = novel if min_mapping_score is None else flags.off_reference  # as _cell_flags
     codes = np.where(novel, -1, flags.codes)
     return replace(
         flags, novel=novel, off_reference=off, codes=codes, groups=groups, group_table=table

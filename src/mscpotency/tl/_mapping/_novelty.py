@@ -175,6 +175,7 @@ def _count_sums(data, indices, indptr, max_smallest, longest, sums):  # pragma: 
     for part in numba.prange(n_parts):
         values = np.empty(longest)
         columns = np.empty(longest, dtype=np.int64)
+        bounds, scale = np.zeros(2, dtype=indptr.dtype), np.zeros(1)  # one row for _whole_counts
         for row in range(part * n_rows // n_parts, (part + 1) * n_rows // n_parts):
             n = 0
             for k in range(indptr[row], indptr[row + 1]):
@@ -184,7 +185,8 @@ def _count_sums(data, indices, indptr, max_smallest, longest, sums):  # pragma: 
                     n += 1
             if n == 0:
                 continue
-            _whole_counts(values[:n], np.array([0, n]), max_smallest, np.zeros(1))
+            bounds[1] = n
+            _whole_counts(values[:n], bounds, max_smallest, scale)
             for i in range(n):
                 sums[part, columns[i]] += np.int64(values[i])
 

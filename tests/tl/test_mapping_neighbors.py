@@ -9,6 +9,15 @@ import pytest
 from mscpotency.tl._mapping import _neighbors
 
 
+def tied_points(seed: int, n_data: int, n_query: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points on a small integer grid (many exact ties), 200 duplicates, queries among the data."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-2, 3, size=(n_data, 3)).astype(float)
+    data[100:300] = data[5]
+    query = np.vstack([rng.integers(-2, 3, size=(n_query, 3)).astype(float), data[:5]])
+    return data, query
+
+
 def brute_force(data: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Every distance by the kernel the search uses, the ``k`` nearest by (distance, position)."""
     every = np.tile(np.arange(data.shape[0]), (query.shape[0], 1))
@@ -32,10 +41,7 @@ def test_selected_candidates_equal_brute_force(k):
 def test_selection_with_ties_duplicates_and_blocks(monkeypatch):
     monkeypatch.setattr(_neighbors, "_QUERY_BLOCK", 16)
     monkeypatch.setattr(_neighbors, "_DATA_BLOCK", 50)
-    rng = np.random.default_rng(4)
-    data = rng.integers(-2, 3, size=(2437, 3)).astype(float)  # many exact ties
-    data[100:300] = data[5]  # duplicated points
-    query = np.vstack([rng.integers(-2, 3, size=(60, 3)).astype(float), data[:5]])
+    data, query = tied_points(4, 2437, 60)
     for k in (70, 250):
         indices, distances = _neighbors.knn(data, query, k, method="exact")
         full = np.linalg.norm(query[:, None] - data[None], axis=2)
@@ -107,10 +113,7 @@ def test_approximate_is_deterministic_and_seeded():
 def test_probing_every_cluster_is_the_exact_search(monkeypatch):
     """Clusters merged in any order keep each row's smallest by (value, position): brute force's."""
     monkeypatch.setattr(_neighbors, "_PROBE_SHARE", 1.0)
-    rng = np.random.default_rng(6)
-    data = rng.integers(-2, 3, size=(3000, 3)).astype(float)  # many exact ties
-    data[100:300] = data[5]  # duplicated points
-    query = np.vstack([rng.integers(-2, 3, size=(200, 3)).astype(float), data[:5]])
+    data, query = tied_points(6, 3000, 200)
     for k in (10, 70):
         probed = _neighbors.knn(data, query, k, method="approximate")
         exact = _neighbors.knn(data, query, k, method="exact")

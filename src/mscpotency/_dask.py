@@ -12,6 +12,7 @@ it unless a lazy array is met.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -48,3 +49,38 @@ def check_cell_chunks(X, *, where: str) -> None:
 def as_float32(X):
     """Lazy float32 values (the counts stay as they are)."""
     return X.map_blocks(lambda b: b.astype(np.float32), dtype=np.float32)
+
+
+def subset_cells(X, keep: np.ndarray):
+    """Rows ``keep`` (a boolean mask over all cells) of a cell-chunked Dask array, block by block.
+
+    Each block keeps its own rows (its chunk shrinks, possibly to zero rows), so the result
+    has the blocks of ``X``: Dask's own boolean indexing (``X[keep]``) rebalances the chunks
+    with a shuffle, after which every block is read from two of the source's and every
+    pass over the data reads it about twice (with worker processes, also sends it between
+    them). Only the block's slice of the mask travels with its task.
+    """
+    da = require_dask()
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (X.shape[0],):
+        msg = f"the cell mask must have one entry per row ({X.shape[0]}), got shape {keep.shape}"
+        raise ValueError(msg)
+    check_cell_chunks(X, where="the matrix to subset")
+    mask = da.from_array(keep, chunks=(X.chunks[0],))
+    bounds = np.cumsum((0, *X.chunks[0]))
+    kept = tuple(int(keep[a:b].sum()) for a, b in itertools.pairwise(bounds))
+    return da.blockwise(
+        _rows_of_block,
+        "ij",
+        X,
+        "ij",
+        mask,
+        "i",
+        dtype=X.dtype,
+        adjust_chunks={"i": kept},
+        meta=X._meta,
+    )
+
+
+def _rows_of_block(block, mask: np.ndarray):
+    return block[np.asarray(mask, dtype=bool)]

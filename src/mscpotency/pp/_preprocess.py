@@ -16,6 +16,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .. import _dask, _keys, _registry
+from .._cell_stats import reduce_rows
 from .._docs import doc_params
 from .._provenance import record
 from .._validate import check_counts, lots_of
@@ -88,9 +89,10 @@ def preprocess(
     Out of core: with a Dask array of CSR blocks chunked along cells (e.g. from
     :func:`mscpotency.io.read_lots_lazy`) in ``X`` or the counts layer, ``X`` and the counts
     layer stay lazy Dask arrays, normalisation, ``log1p`` and HVG run block by block
-    (scanpy's Dask support), and the PCA (scanpy's Dask ``covariance_eigh`` solver on
-    densified float64 blocks) brings only ``obsm['X_pca']`` into memory; see
-    ``docs/scale.md``.
+    with the in-memory kernels (the same values; scanpy's own Dask normalisation builds
+    tasks that each carry the whole source graph, slow on worker processes), and the PCA
+    (the covariance kernel on densified float64 blocks) brings only ``obsm['X_pca']``
+    into memory; see ``docs/scale.md``.
 
     Memory: for CSR counts, ``X`` shares the sparsity structure (``indices``, ``indptr``)
     of ``layers[layer]`` and holds only its own values, so the two cost 1.5x the
@@ -158,7 +160,16 @@ def _normalise_log1p(adata: AnnData, layer: str, target_sum: float) -> None:
     if layer not in adata.layers:
         # the counts move to the layer (no copy): X is rebuilt from them just below
         adata.layers[layer] = adata.X
-    adata.X = _float_values(adata.layers[layer])
+    counts = adata.layers[layer]
+    if _dask.is_dask(counts) and _is_csr(counts._meta):
+        # block by block with the in-memory kernel (scanpy's Dask normalize_total builds
+        # tasks that each carry the whole source graph: slow to send to worker processes)
+        adata.X = counts.map_blocks(
+            _normalised_log1p_block, target_sum=target_sum, dtype=np.float32
+        )
+        adata.uns["log1p"] = {"base": None}
+        return
+    adata.X = _float_values(counts)
     if _is_csr(adata.X):
         _normalize_log1p_inplace(adata.X, target_sum)
     else:
@@ -168,9 +179,17 @@ def _normalise_log1p(adata: AnnData, layer: str, target_sum: float) -> None:
     adata.uns["log1p"] = {"base": None}
 
 
+def _normalised_log1p_block(block, target_sum: float) -> sparse.csr_matrix:
+    """One Dask block of counts, normalised and ``log1p``-transformed (float32, a new matrix)."""
+    values = sparse.csr_matrix(block, dtype=np.float32, copy=True)
+    _normalize_log1p_inplace(values, target_sum)
+    return values
+
+
 def _select_hvg(adata: AnnData, n_top: int, flavor: str, batch_key: str | None) -> None:
-    """``sc.pp.highly_variable_genes``; seurat on one CSR batch runs on chunked statistics."""
-    if flavor == "seurat" and batch_key is None and _is_csr(adata.X):
+    """``sc.pp.highly_variable_genes``; seurat on one CSR batch (in memory or on Dask) runs on chunked statistics."""
+    csr = _is_csr(adata.X) or (_dask.is_dask(adata.X) and _is_csr(adata.X._meta))
+    if flavor == "seurat" and batch_key is None and csr:
         _write_hvg(adata, _seurat_hvg(adata.X, n_top), flavor)
     else:
         sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, batch_key=batch_key)
@@ -224,24 +243,28 @@ def _seurat_mean_var(X) -> tuple[np.ndarray, np.ndarray]:
 
     The quantities of scanpy's ``highly_variable_genes(flavor="seurat")`` (which first
     copies the whole matrix and then makes a second, ``expm1``-transformed copy), with a
-    scratch memory of one chunk: one pass accumulates per-gene sums and sums of squares
-    in float64 (the values are non-negative and the variance is a sizeable part of the
-    second moment here, so the one-pass formula loses nothing that matters).
+    scratch memory of one chunk: one pass (:func:`~mscpotency._cell_stats.reduce_rows`:
+    chunks in threads in memory, blocks on the workers on Dask) accumulates per-gene sums
+    and sums of squares in float64 (the values are non-negative and the variance is a
+    sizeable part of the second moment here, so the one-pass formula loses nothing that
+    matters).
     """
     n_obs, n_vars = X.shape
-    sums = np.zeros(n_vars)
-    squares = np.zeros(n_vars)
-    for start in range(0, n_obs, _CHUNK_ROWS):
-        lo, hi = int(X.indptr[start]), int(X.indptr[min(start + _CHUNK_ROWS, n_obs)])
-        values = np.expm1(X.data[lo:hi]).astype(np.float64)
-        columns = X.indices[lo:hi]
-        sums += np.bincount(columns, weights=values, minlength=n_vars)
-        squares += np.bincount(columns, weights=values * values, minlength=n_vars)
+    sums, squares = reduce_rows(X, _expm1_moments, shared=n_vars)
     mean = sums / n_obs
     var = np.maximum(squares / n_obs - mean**2, 0.0)
     if n_obs > 1:
         var *= n_obs / (n_obs - 1)
     return mean, var
+
+
+def _expm1_moments(rows: sparse.csr_matrix, n_vars: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene sums and sums of squares of ``expm1`` of a chunk of CSR log data (float64)."""
+    values = np.expm1(rows.data).astype(np.float64)
+    return (
+        np.bincount(rows.indices, weights=values, minlength=n_vars),
+        np.bincount(rows.indices, weights=values * values, minlength=n_vars),
+    )
 
 
 def _seurat_hvg(X, n_top: int, n_bins: int = 20) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .. import _keys, _registry
+from .. import _dask, _keys, _registry
 from .._cell_stats import map_rows, reduce_rows
 from .._docs import doc_params
 from .._provenance import record
@@ -643,6 +643,7 @@ def _subset_inplace(adata: AnnData, keep_obs: np.ndarray, keep_var: np.ndarray) 
     """
     if keep_obs.all() and keep_var.all():
         return
+    lazy = _subset_lazy(adata, keep_obs, keep_var)
     inplace = {}
     if not adata.is_view:
         candidates = {"X": adata.X, **{f"layers/{k}": v for k, v in adata.layers.items()}}
@@ -659,11 +660,38 @@ def _subset_inplace(adata: AnnData, keep_obs: np.ndarray, keep_var: np.ndarray) 
         adata._inplace_subset_obs(keep_obs)
     if not keep_var.all():
         adata._inplace_subset_var(keep_var)
-    for key, matrix in zip(inplace, compacted, strict=True):
+    for key, matrix in [*zip(inplace, compacted, strict=True), *lazy.items()]:
         if key == "X":
             adata.X = matrix
         else:
             adata.layers[key.removeprefix("layers/")] = matrix
+
+
+def _subset_lazy(adata: AnnData, keep_obs: np.ndarray, keep_var: np.ndarray) -> dict:
+    """Dask ``X``/layers, taken out of ``adata`` and subset block by block (``_dask.subset_cells``).
+
+    AnnData's own subsetting of a Dask matrix rebalances its blocks with a shuffle, which
+    doubles the cost of every later pass over the data.
+    """
+    lazy = {}
+    if adata.is_view:
+        return lazy
+    if _dask.is_dask(adata.X):
+        lazy["X"] = adata.X
+        adata.X = None
+    for name in [k for k, v in adata.layers.items() if _dask.is_dask(v)]:
+        lazy[f"layers/{name}"] = adata.layers.pop(name)
+    subset = {}
+    for key, X in lazy.items():  # a matrix held twice (X and a layer) is subset once
+        same = next((subset[k] for k in subset if lazy[k] is X), None)
+        subset[key] = same if same is not None else _subset_dask(X, keep_obs, keep_var)
+    return subset
+
+
+def _subset_dask(X, keep_obs: np.ndarray, keep_var: np.ndarray):
+    if not keep_obs.all():
+        X = _dask.subset_cells(X, keep_obs)
+    return X if keep_var.all() else X[:, keep_var]
 
 
 def _shares_cleanly(matrices: list) -> bool:

@@ -17,6 +17,7 @@ from mscpotency import _cell_stats
 def small_chunks(monkeypatch):
     """Row chunks of a few hundred entries, so every walk crosses many chunk borders."""
     monkeypatch.setattr(_cell_stats, "CHUNK_ENTRIES", 300)
+    monkeypatch.setattr(_cell_stats, "STREAM_ENTRIES", 300)
 
 
 def _tied_matrix(seed: int = 0, n_obs: int = 230, n_genes: int = 17) -> np.ndarray:
@@ -61,10 +62,45 @@ def test_rank_sum_z_equals_mann_whitney(small_chunks, share, layout):
         assert matrix.nnz == before.nnz and (matrix != before).nnz == 0
 
 
-def test_group_moments_equal_direct_sums(small_chunks):
+def test_galloping_skip_equals_searchsorted():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        side = np.sort(rng.integers(0, 40, size=rng.integers(0, 400)).astype(np.float32) / 4)
+        low = int(rng.integers(0, side.size + 1))
+        high = int(rng.integers(low, side.size + 1))
+        value = np.float32(rng.integers(-2, 42) / 4)
+        part = side[low:high]
+        assert _cell_stats._skip(side, low, high, value, False) == low + np.searchsorted(
+            part, value, side="left"
+        )
+        assert _cell_stats._skip(side, low, high, value, True) == low + np.searchsorted(
+            part, value, side="right"
+        )
+
+
+def test_merge_counts_of_a_short_chunk_against_a_long_side():
+    """A few values merged into a long, tied side (the shape of one block at 10^6 cells)."""
+    rng = np.random.default_rng(4)
+    side = np.sort(rng.integers(-3, 200, size=20_000).astype(np.float32) / 8)
+    values = np.sort(rng.integers(-3, 200, size=25).astype(np.float32) / 8)
+    twice_u = np.zeros(1, dtype=np.int64)
+    zeros = np.array([17])
+    _cell_stats._merge_counts(
+        values, np.array([0, values.size]), side, np.array([0, side.size]), zeros, twice_u
+    )
+    expected = sum(
+        2 * ((side < v).sum() + (zeros[0] if v > 0 else 0)) + (side == v).sum() for v in values
+    )
+    assert twice_u[0] == expected
+
+
+@pytest.mark.parametrize("order", ["shuffled", "by_group"])
+def test_group_moments_equal_direct_sums(small_chunks, order):
     X = _tied_matrix(seed=2)
     codes = np.random.default_rng(3).integers(0, 5, X.shape[0])
     codes[codes == 2] = 3  # an empty group
+    if order == "by_group":  # as lots come: each chunk holds one or two of the groups
+        codes = np.sort(codes)
     for matrix in (X, sparse.csr_matrix(X)):
         moments = _cell_stats.group_moments(matrix, codes, 5)
         for g in range(5):
@@ -155,3 +191,11 @@ def test_potency_markers_rejects_unknown_method_and_layer(tiny_ref):
         mp.tl.potency_markers(tiny_ref, method="logreg", copy=True)
     with pytest.raises(KeyError, match="layer 'missing' not found"):
         mp.tl.potency_markers(tiny_ref, layer="missing", copy=True)
+
+
+def test_task_groups_cover_the_blocks_in_order():
+    chunks = (5, 0, 7, 3, 9, 1)
+    assert _cell_stats._task_groups(chunks, None) == [(i, i + 1) for i in range(6)]
+    groups = _cell_stats._task_groups(chunks, 10)
+    assert groups == [(0, 3), (3, 5), (5, 6)]  # 12, 12, then the rest
+    assert _cell_stats._task_groups(chunks, 1) == [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)]

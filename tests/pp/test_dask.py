@@ -184,8 +184,19 @@ def test_dask_path_finds_the_markers_the_in_memory_path_finds(both_paths, monkey
         mp.tl.potency_association(adata, "vegf")
     # a small sorted-side budget: several gene passes over the blocks
     monkeypatch.setattr(_cell_stats, "SORTED_ENTRIES", 8_000)
+    # the streamed side in tasks of about 3 blocks (~380 entries per cell, 64-cell blocks)
+    monkeypatch.setattr(_cell_stats, "STREAM_ENTRIES", 70_000)
+    tasks, block_tasks = [], _cell_stats._block_tasks
+
+    def counted(walk, X, *args):
+        tasks.append(block_tasks(walk, X, *args))
+        return tasks[-1]
+
+    monkeypatch.setattr(_cell_stats, "_block_tasks", counted)
     mp.tl.potency_markers(lazy, n_genes=50)
     mp.tl.potency_markers(memory, n_genes=50)
+    blocks = len(lazy.X.chunks[0])
+    assert min(len(t) for t in tasks) < blocks / 2  # the streamed passes stacked blocks
     ours, expected = mp.get.potency_markers(lazy), mp.get.potency_markers(memory)
     assert ours["gene"].iloc[0] == "LRRC75A"
     assert list(ours["gene"]) == list(expected["gene"])

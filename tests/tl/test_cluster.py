@@ -117,6 +117,27 @@ def test_exact_and_auto_graphs_hold_every_true_neighbour(tiny_ref, knn_method):
     assert (found == truth).all()
 
 
+def test_approximate_graph_uses_every_thread_and_leaves_the_settings_as_they_were(tiny_ref):
+    import numba
+    import scanpy as sc
+
+    from mscpotency._cell_stats import worker_threads
+
+    n_jobs, numba_threads = sc.settings.n_jobs, numba.get_num_threads()
+    runs = [
+        mp.tl.cluster(tiny_ref, n_clusters=8, knn_method="approximate", key_added="nn", copy=True)
+        for _ in range(2)
+    ]
+    # pynndescent used to set numba's thread count to scanpy's n_jobs (1) for good
+    assert sc.settings.n_jobs == n_jobs and numba.get_num_threads() == numba_threads
+    assert runs[0].uns["nn"]["params"]["knn_threads"] == worker_threads()
+    assert tiny_ref.uns["cluster"]["params"]["knn_threads"] == 1  # the exact search
+    graphs = [r.obsp["nn_neighbors_distances"] for r in runs]
+    assert (graphs[0] != graphs[1]).nnz == 0  # deterministic for a given number of threads
+    assert (runs[0].obs["nn"] == runs[1].obs["nn"]).all()
+    assert adjusted_rand_score(tiny_ref.obs["true_subpopulation"], runs[0].obs["nn"]) >= 0.8
+
+
 def test_labels_equal_scanpys_neighbors_and_leiden_at_the_found_resolution(tiny_ref):
     import scanpy as sc
 

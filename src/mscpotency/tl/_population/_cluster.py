@@ -7,9 +7,11 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
+import numba
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -17,6 +19,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from ... import _registry
+from ..._cell_stats import worker_threads
 from ..._docs import doc_params
 from ..._provenance import record
 from ..._settings import progress
@@ -154,6 +157,7 @@ def cluster(
             "flavor": flavor,
             "n_iterations": n_iterations,
             "knn_method": knn_method,
+            "knn_threads": adata.uns[neighbors_key]["params"]["knn_threads"],
             "random_state": random_state,
             "neighbors_key": neighbors_key,
             "scanpy_neighbors": in_default_slots,
@@ -199,19 +203,23 @@ def _neighbour_graph(
 ) -> igraph.Graph:
     """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph."""
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
+    threads = 1 if exact else worker_threads()
     start = time.perf_counter()
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=n_neighbors,
-        use_rep=use_rep,
-        random_state=random_state,
-        key_added=neighbors_key,
-        transformer="sklearn" if exact else None,
-    )
+    with _knn_threads(threads):
+        sc.pp.neighbors(
+            adata,
+            n_neighbors=n_neighbors,
+            use_rep=use_rep,
+            random_state=random_state,
+            key_added=neighbors_key,
+            transformer="sklearn" if exact else None,
+        )
+    adata.uns[neighbors_key]["params"]["knn_threads"] = threads
     logger.info(
-        "kNN graph (%s, k=%d) of %d cells in %.2f s",
+        "kNN graph (%s, k=%d, %d thread(s)) of %d cells in %.2f s",
         "exact" if exact else "approximate",
         n_neighbors,
+        threads,
         adata.n_obs,
         time.perf_counter() - start,
     )
@@ -219,6 +227,24 @@ def _neighbour_graph(
     graph = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
     logger.debug("igraph graph built in %.2f s", time.perf_counter() - start)
     return graph
+
+
+@contextmanager
+def _knn_threads(threads: int) -> Iterator[None]:
+    """Run with scanpy's ``n_jobs`` at ``threads``, then restore it and numba's thread count.
+
+    pynndescent takes ``n_jobs`` from scanpy's settings (1 by default: the 10^6-cell graph
+    took 129 s on one core) and sets numba's thread count to it for good, which left every
+    parallel kernel after it on one thread. Its graph is deterministic for a given number
+    of threads but differs between thread counts (``knn_threads`` in the parameters).
+    """
+    n_jobs, numba_threads = sc.settings.n_jobs, numba.get_num_threads()
+    sc.settings.n_jobs = threads
+    try:
+        yield
+    finally:
+        sc.settings.n_jobs = n_jobs
+        numba.set_num_threads(numba_threads)
 
 
 #: Marks scanpy's default neighbour slots as written by ``tl.cluster`` (free to rewrite).

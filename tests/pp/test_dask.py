@@ -240,9 +240,11 @@ def test_lazy_reader_errors_name_the_problem(client, lot_files, tmp_path, tiny_t
 # --------------------------------------------------------------------------------------
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of 37 rows, so that every kernel crosses many chunk borders on tiny data."""
+    """Small chunks, so that every kernel crosses many chunk borders on tiny data."""
+    from mscpotency import _cell_stats
+
     monkeypatch.setattr(_qc, "_CHUNK_ROWS", 37)
-    monkeypatch.setattr(_preprocess, "_CHUNK_ROWS", 37)
+    monkeypatch.setattr(_cell_stats, "CHUNK_ENTRIES", 5_000)  # the HVG statistics
 
 
 def _reference_qc(adata: AnnData, removed: np.ndarray, min_cells: int) -> AnnData:
@@ -279,6 +281,23 @@ def test_qc_after_preprocess_keeps_x_and_counts_consistent(tiny_train, small_chu
     assert adata.n_obs < tiny_train.n_obs and adata.n_vars < tiny_train.n_vars
     assert (adata.layers["counts"] != expected.layers["counts"]).nnz == 0
     assert (adata.X != expected.X).nnz == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalise_log1p_kernel_equals_scanpy_bit_for_bit(tiny_train, dtype):
+    counts = sparse.csr_matrix(tiny_train.X, dtype=dtype, copy=True)
+    counts.data[counts.indptr[7] : counts.indptr[8]] = 0  # a cell with no counts: scanpy
+    counts.eliminate_zeros()  # divides it by 1 and warns
+    expected = AnnData(X=counts.copy())
+    with pytest.warns(UserWarning, match="zero counts"):
+        sc.pp.normalize_total(expected, target_sum=1e4)
+    sc.pp.log1p(expected)
+    ours = counts.copy()
+    with pytest.warns(UserWarning, match="zero counts"):
+        _preprocess._normalize_log1p_inplace(ours, 1e4)
+    assert ours.dtype == dtype
+    np.testing.assert_array_equal(ours.data, expected.X.data)
+    assert (ours != expected.X).nnz == 0
 
 
 def test_preprocess_normalisation_and_pca_equal_scanpys(tiny_train, small_chunks):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import numba
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -23,9 +24,6 @@ from .._validate import check_counts, lots_of
 from ._pca import pca_of_hvg
 
 logger = logging.getLogger("mscpotency")
-
-#: Rows per chunk of the chunked sparse kernels below (bounds their scratch memory).
-_CHUNK_ROWS = 8192
 
 
 @doc_params
@@ -219,23 +217,38 @@ def _float_values(counts):
 
 
 def _normalize_log1p_inplace(X, target_sum: float) -> None:
-    """``sc.pp.normalize_total`` then ``sc.pp.log1p`` on CSR ``X``, in row chunks, in place.
+    """``sc.pp.normalize_total`` then ``sc.pp.log1p`` on CSR ``X``, in place.
 
-    scanpy's own call allocates two temporaries of the size of ``X.data`` (the repeated
-    scale factors and the quotient); here scanpy's function runs on one chunk of rows at
-    a time (rows are independent, ``target_sum`` is fixed), so the result is the same,
-    bit for bit, with a scratch memory of one chunk.
+    The same arithmetic as scanpy's (each row's counts summed in float64 and stored in the
+    matrix's precision, the scale ``count / target_sum`` in that precision, a zero scale
+    taken as 1, each value divided by it; then numpy's ``log1p``), so the result is the
+    same, bit for bit (tested), without scanpy's two temporaries of the size of ``X.data``
+    and without its per-call overhead (an AnnData per call: 16 of the 18 ms a 1,500-cell
+    Dask block took). Like scanpy, warns when a cell has no counts.
     """
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, X.shape[0])
-        lo, hi = int(X.indptr[start]), int(X.indptr[stop])
-        chunk = sparse.csr_matrix(
-            (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo),
-            shape=(stop - start, X.shape[1]),
-        )
-        part = AnnData(X=chunk)
-        sc.pp.normalize_total(part, target_sum=target_sum)
-        np.log1p(part.X.data, out=X.data[lo:hi])
+    empty = _normalise_rows(X.data, X.indptr, X.data.dtype.type(target_sum))
+    if empty:
+        warnings.warn("Some cells have zero counts", UserWarning, stacklevel=4)
+    np.log1p(X.data, out=X.data)
+
+
+@numba.njit(nogil=True, cache=True)
+def _normalise_rows(data, indptr, target_sum):  # pragma: no cover - compiled
+    """Divide each row of CSR values by its sum over ``target_sum`` (scanpy's arithmetic); rows with no counts."""
+    empty = 0
+    stored = np.empty(1, dtype=data.dtype)  # the row's count in the values' precision
+    for row in range(indptr.size - 1):
+        count = 0.0
+        for k in range(indptr[row], indptr[row + 1]):
+            count += data[k]
+        stored[0] = count
+        scale = stored[0] / target_sum
+        if scale == 0:
+            empty += 1
+            scale += 1
+        for k in range(indptr[row], indptr[row + 1]):
+            data[k] = data[k] / scale
+    return empty
 
 
 def _seurat_mean_var(X) -> tuple[np.ndarray, np.ndarray]:

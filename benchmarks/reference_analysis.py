@@ -5,6 +5,9 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/reference_analysis.py --cells 10000
     .venv/bin/python benchmarks/reference_analysis.py --cells 100000
     .venv/bin/python benchmarks/reference_analysis.py --cells 1000000 --dask   # out-of-core path
+    # ... on two worker processes, as on a real cluster (the measured configuration)
+    .venv/bin/python benchmarks/reference_analysis.py --cells 1000000 --dask --processes \
+        --workers 2 --threads 1 --memory-limit 2GiB
 
 What it does
 ------------
@@ -49,7 +52,11 @@ marker consistency); those are lot-level computations whose cost does not grow w
 Memory: at 10^6 cells the count matrix alone is ~8.6 GB (2,000 genes, ~54% non-zero), so
 the in-memory pipelines are not run there; ``--dask`` runs the out-of-core path
 (``docs/scale.md``) with a ``LocalCluster`` whose worker memory limit keeps the whole run
-below ~10 GiB (``--memory-limit``): this machine is shared.
+below ~10 GiB (``--memory-limit``): this machine is shared. By default the one worker is
+in the benchmark process (threads); ``--processes`` starts ``--workers`` worker processes
+instead and the memory reported is the benchmark process plus its workers. The package's
+own timing lines (each pass of the preprocessing, the kNN graph, each Leiden run) go to
+stderr; ``--save-pca`` keeps the embedding for ``benchmarks/cluster_profile.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -90,18 +98,28 @@ CHUNKED_ABOVE = 200_000
 class RssSampler:
     """Largest resident set size seen since the last ``reset`` (sampled every ``interval`` s)."""
 
-    def __init__(self, interval: float = 0.005) -> None:
+    def __init__(self, interval: float = 0.005, *, children: bool = False) -> None:
         import psutil
 
         self._process = psutil.Process()
         self._interval = interval
+        self._children = children
         self._peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def rss(self) -> int:
-        return self._process.memory_info().rss
+        """This process's RSS, plus its descendants' (Dask worker processes) with ``children=True``."""
+        total = self._process.memory_info().rss
+        if not self._children:
+            return total
+        for child in self._process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:  # a worker process that just exited
+                continue
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -122,15 +140,6 @@ class RssSampler:
 def ru_maxrss_bytes() -> int:
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return value if sys.platform == "darwin" else value * 1024
-
-
-def include_children_peak(sampler: RssSampler) -> int:
-    """RSS of this process plus its children (dask worker processes, when there are any)."""
-    try:
-        children = sampler._process.children(recursive=True)
-    except Exception:  # pragma: no cover - psutil race
-        children = []
-    return sampler.rss() + sum(c.memory_info().rss for c in children if c.is_running())
 
 
 # --------------------------------------------------------------------------------------
@@ -420,11 +429,35 @@ def _potency_summary(adata, potency_cluster: str) -> dict:
     return summary
 
 
+def _cluster_options(args) -> dict:
+    """The ``LocalCluster`` keywords of a ``--dask`` run."""
+    return {
+        "n_workers": args.workers if args.processes else 1,
+        "threads_per_worker": args.threads,
+        "processes": bool(args.processes),
+        "memory_limit": args.memory_limit,
+    }
+
+
+def _save_embedding(adata, path: Path) -> None:
+    """``obsm['X_pca']`` and the truth columns, as ``cluster_profile.py`` caches them."""
+    import numpy as np
+
+    np.savez(
+        path,
+        X_pca=adata.obsm["X_pca"],
+        truth=adata.obs["true_subpopulation"].astype(str).to_numpy(),
+        potency=adata.obs["true_potency_cell"].to_numpy(dtype=bool),
+    )
+
+
 def worker_dask(args) -> None:
     """The out-of-core path on a LocalCluster inside this process, and (--compare-lots) the
     in-memory path on the first lots beside it.
     """
-    sampler = RssSampler()
+    # with worker processes, the sampler adds their RSS (every 50 ms: walking the process tree
+    # costs more than reading one RSS)
+    sampler = RssSampler(0.05, children=True) if args.processes else RssSampler()
     rss_start = sampler.rss()
     # imported before the baseline RSS is read
     import anndata  # noqa: F401
@@ -436,17 +469,15 @@ def worker_dask(args) -> None:
 
     import mscpotency as mp
 
+    # the package's per-step timings (normalise, HVG, PCA passes, kNN, each Leiden run, ...)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("mscpotency").setLevel(logging.DEBUG)
     rss_imports = sampler.rss()
     folder = Path(args.data)
-    # one in-process worker, 2 threads: every byte is in this process, where the sampler sees it;
-    # the worker's memory limit makes Dask spill to disk before the machine's shared memory runs out
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=args.threads,
-        processes=False,
-        memory_limit=args.memory_limit,
-        dashboard_address=None,
-    )
+    # in-process (one worker, its threads share this process's memory) or, with --processes,
+    # worker processes as a user with a real cluster runs them; each worker's memory limit
+    # makes Dask spill to disk before the machine's memory runs out
+    cluster = LocalCluster(**_cluster_options(args), dashboard_address=None)
     client = Client(cluster)
     dask.config.set({"array.slicing.split_large_chunks": False})
     records: list[dict] = []
@@ -479,6 +510,8 @@ def worker_dask(args) -> None:
     adata = state["adata"]
     timed("qc", lambda: mp.pp.qc(adata))
     timed("preprocess", lambda: mp.pp.preprocess(adata))
+    if args.save_pca:
+        _save_embedding(adata, Path(args.save_pca))
     timed("cluster", lambda: mp.tl.cluster(adata, n_clusters=N_CLUSTERS))
     timed("lot_fractions", lambda: mp.tl.lot_fractions(adata))
     timed("composition_deviation", lambda: mp.tl.composition_deviation(adata))
@@ -538,7 +571,8 @@ def _compare_with_in_memory(folder: Path, lots: list[str], chunk_cells: int) -> 
     paths = {lot: folder / f"{lot}.h5ad" for lot in lots}
     lazy = mp.io.read_lots_lazy(paths, chunk_cells=chunk_cells)
     memory = lazy.copy()
-    memory.X = memory.X.compute()
+    # read here, not through one worker (its memory limit is sized for blocks, not the data)
+    memory.X = memory.X.compute(scheduler="threads")
     for part in (lazy, memory):
         mp.pp.qc(part)
         mp.pp.preprocess(part)
@@ -609,6 +643,10 @@ def main_dask(args, folder: Path) -> None:
         str(args.chunk_cells),
         "--compare-lots",
         str(args.compare_lots),
+        "--workers",
+        str(args.workers),
+        *(["--processes"] if args.processes else []),
+        *(["--save-pca", args.save_pca] if args.save_pca else []),
     ]
     print("  running the Dask path ...", flush=True)
     done = subprocess.run(cmd, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -635,8 +673,14 @@ def main_dask(args, folder: Path) -> None:
         "",
         f"- {run['n_lots']} lots from per-lot .h5ad files (`io.read_lots_lazy`, {args.chunk_cells:,} cells per "
         f"block); cells after QC {run['n_cells_after_qc']:,}, genes {run['n_genes_after_qc']:,}",
-        f"- `dask.distributed.LocalCluster(n_workers=1, threads_per_worker={args.threads}, processes=False, "
-        f"memory_limit={args.memory_limit!r})` in the benchmark process; {os.cpu_count()} cores",
+        "- `dask.distributed.LocalCluster("
+        + ", ".join(f"{k}={v!r}" for k, v in _cluster_options(args).items())
+        + f")`; {os.cpu_count()} cores"
+        + (
+            "; RSS = the benchmark process + its worker processes"
+            if args.processes
+            else "; every byte in the benchmark process"
+        ),
         f"- count matrix (CSR data+indices+indptr, on disk): {counts_mb:,.0f} MiB; peak RSS of the whole run "
         f"{peak:,.0f} MiB = {peak / counts_mb:.2f}x the counts (interpreter and imports included)",
         f"- clusters: {run['n_clusters']} at resolution {run['resolution']:.4f}, ARI vs truth "
@@ -1049,7 +1093,20 @@ def main(argv=None) -> None:
         "--memory-limit", default="6GiB", help="the Dask worker's memory limit (with --dask)"
     )
     parser.add_argument(
-        "--threads", type=int, default=2, help="threads of the Dask worker (with --dask)"
+        "--threads", type=int, default=2, help="threads per Dask worker (with --dask)"
+    )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="with --dask: worker processes (--workers of them) instead of one in-process worker",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes (with --dask --processes)"
+    )
+    parser.add_argument(
+        "--save-pca",
+        help="with --dask: save X_pca and the truth to this .npz after preprocessing "
+        "(the cache benchmarks/cluster_profile.py reads)",
     )
     parser.add_argument(
         "--chunk-cells", type=int, default=10_000, help="cells per Dask block (with --dask)"

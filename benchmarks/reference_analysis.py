@@ -1090,7 +1090,7 @@ def main(argv=None) -> None:
         "--dask", action="store_true", help="run the out-of-core Dask path on per-lot files"
     )
     parser.add_argument(
-        "--memory-limit", default="6GiB", help="the Dask worker's memory limit (with --dask)"
+        "--memory-limit", default="6GiB", help="each Dask worker's memory limit (with --dask)"
     )
     parser.add_argument(
         "--threads", type=int, default=2, help="threads per Dask worker (with --dask)"

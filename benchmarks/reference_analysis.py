@@ -8,6 +8,10 @@ Usage (from the repository root)::
     # ... on two worker processes, as on a real cluster (the measured configuration)
     .venv/bin/python benchmarks/reference_analysis.py --cells 1000000 --dask --processes \
         --workers 2 --threads 1 --memory-limit 2GiB
+    # ... the same script against a running scheduler (a real cluster's, or one started with
+    # `dask scheduler` and `dask worker tcp://HOST:8786` on machines that see the files)
+    .venv/bin/python benchmarks/reference_analysis.py --cells 1000000 --dask \
+        --scheduler tcp://HOST:8786 --data-dir /shared/mscpotency-bench
 
 What it does
 ------------
@@ -451,6 +455,22 @@ def _save_embedding(adata, path: Path) -> None:
     )
 
 
+def _cluster_line(args) -> str:
+    """How the Dask workers ran, for the report."""
+    if args.scheduler:
+        return (
+            f"- `dask.distributed.Client({args.scheduler!r})`: workers started outside the "
+            f"benchmark; RSS = the benchmark process only; {os.cpu_count()} cores on this machine"
+        )
+    options = ", ".join(f"{k}={v!r}" for k, v in _cluster_options(args).items())
+    where = (
+        "RSS = the benchmark process + its worker processes"
+        if args.processes
+        else "every byte in the benchmark process"
+    )
+    return f"- `dask.distributed.LocalCluster({options})`; {os.cpu_count()} cores; {where}"
+
+
 def worker_dask(args) -> None:
     """The out-of-core path on a LocalCluster inside this process, and (--compare-lots) the
     in-memory path on the first lots beside it.
@@ -477,8 +497,11 @@ def worker_dask(args) -> None:
     # in-process (one worker, its threads share this process's memory) or, with --processes,
     # worker processes as a user with a real cluster runs them; each worker's memory limit
     # makes Dask spill to disk before the machine's memory runs out
-    cluster = LocalCluster(**_cluster_options(args), dashboard_address=None)
-    client = Client(cluster)
+    # --scheduler: the same script against a running scheduler (workers started elsewhere)
+    cluster = (
+        None if args.scheduler else LocalCluster(**_cluster_options(args), dashboard_address=None)
+    )
+    client = Client(args.scheduler or cluster)
     dask.config.set({"array.slicing.split_large_chunks": False})
     records: list[dict] = []
     state: dict = {}
@@ -558,7 +581,8 @@ def worker_dask(args) -> None:
         Path(args.json).write_text(json.dumps(summary, default=str))
     sampler.stop()
     client.close()
-    cluster.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def _compare_with_in_memory(folder: Path, lots: list[str], chunk_cells: int) -> dict:
@@ -647,6 +671,7 @@ def main_dask(args, folder: Path) -> None:
         str(args.workers),
         *(["--processes"] if args.processes else []),
         *(["--save-pca", args.save_pca] if args.save_pca else []),
+        *(["--scheduler", args.scheduler] if args.scheduler else []),
     ]
     print("  running the Dask path ...", flush=True)
     done = subprocess.run(cmd, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -673,14 +698,7 @@ def main_dask(args, folder: Path) -> None:
         "",
         f"- {run['n_lots']} lots from per-lot .h5ad files (`io.read_lots_lazy`, {args.chunk_cells:,} cells per "
         f"block); cells after QC {run['n_cells_after_qc']:,}, genes {run['n_genes_after_qc']:,}",
-        "- `dask.distributed.LocalCluster("
-        + ", ".join(f"{k}={v!r}" for k, v in _cluster_options(args).items())
-        + f")`; {os.cpu_count()} cores"
-        + (
-            "; RSS = the benchmark process + its worker processes"
-            if args.processes
-            else "; every byte in the benchmark process"
-        ),
+        _cluster_line(args),
         f"- count matrix (CSR data+indices+indptr, on disk): {counts_mb:,.0f} MiB; peak RSS of the whole run "
         f"{peak:,.0f} MiB = {peak / counts_mb:.2f}x the counts (interpreter and imports included)",
         f"- clusters: {run['n_clusters']} at resolution {run['resolution']:.4f}, ARI vs truth "
@@ -1102,6 +1120,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes (with --dask --processes)"
+    )
+    parser.add_argument(
+        "--scheduler",
+        help="with --dask: connect to this running Dask scheduler (e.g. tcp://host:8786) "
+        "instead of starting a LocalCluster; the files must be readable by its workers",
     )
     parser.add_argument(
         "--save-pca",

@@ -165,15 +165,13 @@ def _normalise_log1p(adata: AnnData, layer: str, target_sum: float) -> None:
         adata.X = counts.map_blocks(
             _normalised_log1p_block, target_sum=target_sum, dtype=np.float32
         )
-        adata.uns["log1p"] = {"base": None}
-        return
-    adata.X = _float_values(counts)
-    if _is_csr(adata.X):
-        _normalize_log1p_inplace(adata.X, target_sum)
     else:
-        sc.pp.normalize_total(adata, target_sum=target_sum)
-        sc.pp.log1p(adata)
-    adata.uns.pop("log1p", None)
+        adata.X = _float_values(counts)
+        if _is_csr(adata.X):
+            _normalize_log1p_inplace(adata.X, target_sum)
+        else:
+            sc.pp.normalize_total(adata, target_sum=target_sum)
+            sc.pp.log1p(adata)
     adata.uns["log1p"] = {"base": None}
 
 

@@ -132,6 +132,12 @@ def test_approximate_graph_uses_every_thread_and_leaves_the_settings_as_they_wer
     assert sc.settings.n_jobs == n_jobs and numba.get_num_threads() == numba_threads
     assert runs[0].uns["nn"]["params"]["knn_threads"] == worker_threads()
     assert tiny_ref.uns["cluster"]["params"]["knn_threads"] == 1  # the exact search
+    sc.settings.n_jobs = 2
+    try:  # the exact search keeps the user's n_jobs
+        exact = mp.tl.cluster(tiny_ref, n_clusters=8, knn_method="exact", key_added="ex", copy=True)
+        assert exact.uns["ex"]["params"]["knn_threads"] == 2 and sc.settings.n_jobs == 2
+    finally:
+        sc.settings.n_jobs = n_jobs
     graphs = [r.obsp["nn_neighbors_distances"] for r in runs]
     assert (graphs[0] != graphs[1]).nnz == 0  # deterministic for a given number of threads
     assert (runs[0].obs["nn"] == runs[1].obs["nn"]).all()

@@ -203,7 +203,8 @@ def _neighbour_graph(
 ) -> igraph.Graph:
     """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph."""
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
-    threads = 1 if exact else worker_threads()
+    # the exact search keeps the user's n_jobs (its graph does not depend on it)
+    threads = sc.settings.n_jobs if exact else worker_threads()
     start = time.perf_counter()
     with _knn_threads(threads):
         sc.pp.neighbors(
@@ -216,7 +217,7 @@ def _neighbour_graph(
         )
     adata.uns[neighbors_key]["params"]["knn_threads"] = threads
     logger.info(
-        "kNN graph (%s, k=%d, %d thread(s)) of %d cells in %.2f s",
+        "kNN graph (%s, k=%d, %s thread(s)) of %d cells in %.2f s",
         "exact" if exact else "approximate",
         n_neighbors,
         threads,

@@ -53,13 +53,18 @@ def _prepare(args) -> Path:
     mp.pp.preprocess(adata)
     print(f"preprocessed in {time.perf_counter() - start:.1f} s", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
+    save_embedding(adata, path)
+    return path
+
+
+def save_embedding(adata, path: Path) -> None:
+    """``obsm['X_pca']`` and the truth columns: the cache this profile starts from."""
     np.savez(
         path,
         X_pca=adata.obsm["X_pca"],
         truth=adata.obs["true_subpopulation"].astype(str).to_numpy(),
         potency=adata.obs["true_potency_cell"].to_numpy(dtype=bool),
     )
-    return path
 
 
 def _adata(path: Path):

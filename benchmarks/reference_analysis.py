@@ -443,18 +443,6 @@ def _cluster_options(args) -> dict:
     }
 
 
-def _save_embedding(adata, path: Path) -> None:
-    """``obsm['X_pca']`` and the truth columns, as ``cluster_profile.py`` caches them."""
-    import numpy as np
-
-    np.savez(
-        path,
-        X_pca=adata.obsm["X_pca"],
-        truth=adata.obs["true_subpopulation"].astype(str).to_numpy(),
-        potency=adata.obs["true_potency_cell"].to_numpy(dtype=bool),
-    )
-
-
 def _cluster_line(args) -> str:
     """How the Dask workers ran, for the report."""
     if args.scheduler:
@@ -534,7 +522,9 @@ def worker_dask(args) -> None:
     timed("qc", lambda: mp.pp.qc(adata))
     timed("preprocess", lambda: mp.pp.preprocess(adata))
     if args.save_pca:
-        _save_embedding(adata, Path(args.save_pca))
+        from cluster_profile import save_embedding  # its cache format, written once
+
+        save_embedding(adata, Path(args.save_pca))
     timed("cluster", lambda: mp.tl.cluster(adata, n_clusters=N_CLUSTERS))
     timed("lot_fractions", lambda: mp.tl.lot_fractions(adata))
     timed("composition_deviation", lambda: mp.tl.composition_deviation(adata))

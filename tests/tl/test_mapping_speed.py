@@ -31,6 +31,34 @@ def test_csr_products_are_scipys_bit_for_bit(dtype):
     np.testing.assert_array_equal(csr_dot(X, right), np.asarray(X @ right))
     for left in (rng.normal(size=(5, 300)), np.full((1, 300), 1 / 300)):
         np.testing.assert_array_equal(csr_rdot(X, left), np.asarray((X.T @ left.T).T))
+    # rows taken in place: the products of the copied rows, in their order (repeats too)
+    rows = np.r_[rng.permutation(300)[:150], 7, 7]
+    taken = X[rows]
+    np.testing.assert_array_equal(csr_dot(X, right, rows), np.asarray(taken @ right))
+    left = rng.normal(size=(4, rows.size))
+    np.testing.assert_array_equal(csr_rdot(X, left, rows), np.asarray((taken.T @ left.T).T))
+
+
+def test_cells_taken_in_place_equal_their_copy():
+    """A calibration fold's cells, read where they are, give the axes of a copy of them."""
+    from mscpotency.tl._mapping import _project
+
+    rng = np.random.default_rng(3)
+    X = sparse.random(500, 80, density=0.2, random_state=3, format="csr", dtype=np.float32)
+    A = _project.centred(X, centre="lot", reference_mean=np.zeros(80), lots=rng.integers(0, 3, 500))
+    cells = np.sort(rng.choice(500, 320, replace=False))
+    taken = A.take(cells)
+    copied = _project.CentredMatrix(X[cells], A.groups[cells], A.means)
+    assert taken.shape == copied.shape == (320, 80)
+    right, left = rng.normal(size=(80, 6)), rng.normal(size=(2, 320))
+    np.testing.assert_array_equal(taken.dot(right), copied.dot(right))
+    np.testing.assert_array_equal(taken.rdot(left), copied.rdot(left))
+    np.testing.assert_array_equal(
+        _project.principal_axes(taken, 5, random_state=2),
+        _project.principal_axes(copied, 5, random_state=2),
+    )
+    twice = taken.take(np.arange(0, 320, 2))  # a subset of a subset
+    np.testing.assert_array_equal(twice.dot(right), copied.dot(right)[::2])
 
 
 def test_given_reference_neighbours_give_the_same_anchors():

@@ -429,12 +429,11 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
         reference_embedding = model.embedding if every_cell else model.embedding[rows]
         reference_filter = query_filter = None
         if self.k_filter > 0:
-            expression = model.expression if every_cell else model.expression[rows]
             mean = model.pca_mean
 
             def reference_dot(basis: np.ndarray, cells: np.ndarray | None) -> np.ndarray:
-                placed = expression if cells is None else expression[cells]
-                return csr_dot(placed, basis) - mean @ basis
+                placed = rows if cells is None else rows[cells]  # rows of the whole reference
+                return csr_dot(model.expression, basis, placed) - mean @ basis
 
             reference_filter, query_filter = filter_space(
                 reference_dot, query.dot, model.loadings, own

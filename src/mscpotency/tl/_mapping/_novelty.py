@@ -414,9 +414,14 @@ def _parts(
 
 
 def _refitted_loadings(model: ReferenceModel, rows: np.ndarray, random_state: int) -> np.ndarray:
-    """The reference PCA refitted on ``rows`` (as many components as the reference's)."""
-    rest = centred(model.expression[rows], centre="query", reference_mean=model.pca_mean, lots=None)
-    n_comps = int(min(model.loadings.shape[1], rows.size - 2, rest.X.shape[1] - 1))
+    """The reference PCA refitted on ``rows`` (as many components as the reference's).
+
+    The rows are taken where they are (no copy of the fold); they are centred on their own
+    mean by :func:`principal_axes`, so the reference's mean they start from shifts nothing.
+    """
+    every = centred(model.expression, centre="reference", reference_mean=model.pca_mean, lots=None)
+    rest = every.take(rows)
+    n_comps = int(min(model.loadings.shape[1], rows.size - 2, rest.shape[1] - 1))
     return principal_axes(rest, max(1, n_comps), random_state=random_state)
 
 

@@ -163,7 +163,7 @@ def _fit_on_held_out_lots(
             reference_mean=model.pca_mean,
             lots=lots,
         )
-        own = np.zeros((query.X.shape[1], 0))
+        own = np.zeros((query.shape[1], 0))
         if options.uses_own_axes:
             own = _held_out_own_axes(model, held_out, query, options, n_comps_own, random_state)
         probabilities, _, _ = options.label_probabilities(
@@ -207,5 +207,5 @@ def _held_out_own_axes(
         by_lot = centred(
             model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots
         )
-    n_own = int(min(n_comps_own, max(1, by_lot.X.shape[0] - 2), by_lot.X.shape[1] - 1))
+    n_own = int(min(n_comps_own, max(1, by_lot.shape[0] - 2), by_lot.shape[1] - 1))
     return principal_axes(by_lot, n_own, random_state=random_state)

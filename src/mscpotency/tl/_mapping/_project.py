@@ -22,80 +22,106 @@ Centre = Literal["reference", "query", "lot"]
 
 
 @numba.njit(parallel=True, cache=True)
-def _csr_dot(data, indices, indptr, right, out):  # pragma: no cover - compiled
-    """``out = X @ right`` for CSR ``X``, rows in parallel, each row summed in stored order."""
-    for row in numba.prange(indptr.size - 1):
+def _csr_dot(data, indices, indptr, rows, right, out):  # pragma: no cover - compiled
+    """``out = X[rows] @ right`` for CSR ``X``, rows in parallel, each row summed in stored order."""
+    for i in numba.prange(rows.size):
+        row = rows[i]
         for k in range(indptr[row], indptr[row + 1]):
             value = np.float64(data[k])
             column = indices[k]
             for c in range(right.shape[1]):
-                out[row, c] += value * right[column, c]
+                out[i, c] += value * right[column, c]
 
 
 @numba.njit(parallel=True, cache=True)
-def _csr_rdot(data, indices, indptr, left_t, out, n_parts):  # pragma: no cover - compiled
-    """``out = X.T @ left_t`` for CSR ``X``: each thread the columns of ``X`` in its share.
+def _csr_rdot(data, indices, indptr, rows, left_t, out, n_parts):  # pragma: no cover - compiled
+    """``out = X[rows].T @ left_t`` for CSR ``X``: each thread the columns of ``X`` in its share.
 
-    Every entry of ``out`` is summed over the rows of ``X`` in stored order, as scipy's
-    ``X.T @ left_t`` (its CSC kernel, walking the rows of ``X`` in order) sums it.
+    Every entry of ``out`` is summed over ``rows`` in their order, as scipy's
+    ``X[rows].T @ left_t`` (its CSC kernel, walking the rows of ``X[rows]`` in order) sums it.
     """
     n_columns = out.shape[0]
     width = left_t.shape[1]
     for part in numba.prange(n_parts):
         low, high = part * n_columns // n_parts, (part + 1) * n_columns // n_parts
-        for row in range(indptr.size - 1):
+        for i in range(rows.size):
+            row = rows[i]
             for k in range(indptr[row], indptr[row + 1]):
                 column = indices[k]
                 if column >= low and column < high:
                     value = np.float64(data[k])
                     for c in range(width):
-                        out[column, c] += value * left_t[row, c]
+                        out[column, c] += value * left_t[i, c]
 
 
-def csr_rdot(X: sparse.csr_matrix, left: np.ndarray) -> np.ndarray:
-    """``left @ X`` in double precision on every core: scipy's ``(X.T @ left.T).T`` bit for bit.
+def _row_index(X: sparse.csr_matrix, rows: np.ndarray | None) -> np.ndarray:
+    """``rows`` as the kernels take them (every row of ``X`` when ``None``)."""
+    if rows is None:
+        return np.arange(X.shape[0], dtype=np.int64)
+    return np.ascontiguousarray(rows, dtype=np.int64)
 
-    Without scipy's double-precision copy of ``X``.
+
+def csr_rdot(X: sparse.csr_matrix, left: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``left @ X[rows]`` in double precision on every core, bit for bit scipy's product.
+
+    scipy's ``(X[rows].T @ left.T).T``, without scipy's double-precision copy of ``X``, nor a copy of its ``rows`` (``None``: all).
     """
     from ..._cell_stats import worker_threads
 
     left_t = np.ascontiguousarray(np.asarray(left, dtype=np.float64).T)
     out = np.zeros((X.shape[1], left_t.shape[1]))
-    _csr_rdot(X.data, X.indices, X.indptr, left_t, out, worker_threads())
+    _csr_rdot(X.data, X.indices, X.indptr, _row_index(X, rows), left_t, out, worker_threads())
     return out.T
 
 
-def csr_dot(X: sparse.csr_matrix, right: np.ndarray) -> np.ndarray:
-    """``X @ right`` in double precision, rows in parallel; scipy's sums, bit for bit.
+def csr_dot(X: sparse.csr_matrix, right: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``X[rows] @ right`` in double precision, rows in parallel; scipy's sums, bit for bit.
 
     scipy upcasts single-precision ``X`` to a double-precision copy and walks the rows on
-    one thread; here each row is summed in the same order, without the copy, on every core.
+    one thread; here each row is summed in the same order, without the copy (nor one of
+    the ``rows`` taken; ``None``: every row), on every core.
     """
+    rows = _row_index(X, rows)
     right = np.ascontiguousarray(right, dtype=np.float64)
-    product = np.zeros((X.shape[0], right.shape[1]))
-    _csr_dot(X.data, X.indices, X.indptr, right, product)
+    product = np.zeros((rows.size, right.shape[1]))
+    _csr_dot(X.data, X.indices, X.indptr, rows, right, product)
     return product
 
 
 @dataclass(frozen=True)
 class CentredMatrix:
-    """``X - G @ M``: sparse expression minus per-group means, never formed densely."""
+    """``X[rows] - G @ M``: sparse expression minus per-group means, never formed densely.
+
+    ``rows`` (``None``: every row of ``X``) selects cells without copying them: a
+    calibration fold or a subset is the rows of the reference's own matrix.
+    """
 
     X: sparse.csr_matrix  # (n, genes), float32 or float64 values
-    groups: np.ndarray  # (n,) group code of each cell
+    groups: np.ndarray  # (n_cells,) group code of each cell
     means: np.ndarray  # (n_groups, genes)
+    rows: np.ndarray | None = None  # (n_cells,) the rows of X these cells are
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(cells, genes)``."""
+        return (self.X.shape[0] if self.rows is None else self.rows.size), self.X.shape[1]
+
+    def take(self, cells: np.ndarray) -> CentredMatrix:
+        """The cells ``cells`` (positions among this matrix's cells), with their groups."""
+        rows = cells if self.rows is None else self.rows[cells]
+        return CentredMatrix(self.X, self.groups[cells], self.means, rows)
 
     def dot(self, right: np.ndarray) -> np.ndarray:
         """``(X - G M) @ right`` (in double precision, rows in parallel; scipy's sums, bit for bit)."""
         right = np.ascontiguousarray(right, dtype=np.float64)
-        return csr_dot(self.X, right) - (self.means @ right)[self.groups]
+        return csr_dot(self.X, right, self.rows) - (self.means @ right)[self.groups]
 
     def rdot(self, left: np.ndarray) -> np.ndarray:
         """``left @ (X - G M)`` for ``left`` of shape (r, n)."""
         group_sums = np.zeros((left.shape[0], self.means.shape[0]))
         for g in range(self.means.shape[0]):
             group_sums[:, g] = left[:, self.groups == g].sum(axis=1)
-        return csr_rdot(self.X, left) - group_sums @ self.means
+        return csr_rdot(self.X, left, self.rows) - group_sums @ self.means
 
 
 def centred(
@@ -169,14 +195,14 @@ def _principal_axes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The axes of :func:`principal_axes` and the mean they are centred on, ``(1, genes)``."""
     rng = np.random.default_rng(random_state)
-    if A.X.shape[0] > OWN_AXES_MAX_CELLS:
+    if A.shape[0] > OWN_AXES_MAX_CELLS:
         subset = np.sort(
             np.random.default_rng([random_state, 1]).choice(
-                A.X.shape[0], OWN_AXES_MAX_CELLS, replace=False
+                A.shape[0], OWN_AXES_MAX_CELLS, replace=False
             )
         )
-        A = CentredMatrix(A.X[subset], A.groups[subset], A.means)
-    n, genes = A.X.shape
+        A = A.take(subset)
+    n, genes = A.shape
     # the reference-mean shift is a constant per group; remove the overall mean for a true PCA
     overall = A.rdot(np.full((1, n), 1.0 / n))  # (1, genes)
     width = min(n_comps + 10, n, genes)

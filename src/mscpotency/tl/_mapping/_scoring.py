@@ -70,8 +70,8 @@ def mapping_score(
         The query's own axes (genes x n_comps) and the cells' coordinates on them
         (reused by the anchor filter).
     """
-    n = A.X.shape[0]
-    n_comps = int(min(n_comps, max(1, n - 2), A.X.shape[1] - 1))
+    n = A.shape[0]
+    n_comps = int(min(n_comps, max(1, n - 2), A.shape[1] - 1))
     axes, coordinates = own_axes(A, n_comps, random_state=random_state)
     if n < 3:
         return np.full(n, np.nan), axes, coordinates

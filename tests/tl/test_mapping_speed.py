@@ -278,3 +278,16 @@ def test_principal_axes_are_own_axes_without_the_coordinates(cap, monkeypatch):
     centred = A.X.toarray() - A.means[A.groups]
     spread = scores - (centred @ axes)
     np.testing.assert_allclose(spread, np.broadcast_to(spread[:1], spread.shape), atol=1e-10)
+
+
+def test_grouped_positions_are_a_stable_argsort():
+    """The approximate search's probes grouped by cluster: a stable sort and its bounds."""
+    from mscpotency.tl._mapping._neighbors import _grouped_positions
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 40, size=5000)
+    values[values == 7] = 8  # a value with no position
+    starts, order = _grouped_positions(values, 41)
+    np.testing.assert_array_equal(order, np.argsort(values, kind="stable"))
+    np.testing.assert_array_equal(starts, np.searchsorted(values[order], np.arange(42)))
+    assert starts[7] == starts[8] and starts[-1] == values.size

@@ -6,6 +6,8 @@ points of its nearest data clusters only), deterministic and in numpy/numba.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from scipy import sparse
@@ -114,13 +116,23 @@ def _in_threads(work, starts) -> None:
     """``work(start)`` for every start, in parallel threads (one BLAS thread each)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
     with (
-        threadpool_limits(limits=1, user_api="blas"),
+        _blas_controller().limit(limits=1, user_api="blas"),
         ThreadPoolExecutor(max_workers=worker_threads()) as pool,
     ):
         list(pool.map(work, starts))
+
+
+@functools.cache
+def _blas_controller():
+    """One ``threadpoolctl`` controller for the process, built at the first search.
+
+    Building one scans every loaded library: ~25 ms a search in a mapping process, ~1.3 s
+    of a 10^5 x 10^5 call.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _brute_candidates(data32: np.ndarray, query32: np.ndarray, keep: int) -> np.ndarray:
@@ -186,9 +198,8 @@ def _probed_candidates(
     by_centre = np.argsort(_nearest_centres(query32, centres, 1), kind="stable")
     sorted_query, probes = query32[by_centre], probes[by_centre]
     # the (sorted) rows probing each cluster, ascending
-    pairs = np.argsort(probes.ravel(), kind="stable")
+    starts, pairs = _grouped_positions(probes.ravel(), n_clusters)
     probing = pairs // n_probe
-    starts = np.searchsorted(probes.ravel()[pairs], np.arange(n_clusters + 1))
     members = data32[order]
     member_norms = np.einsum("ij,ij->i", members, members)
     query_norms = np.einsum("ij,ij->i", sorted_query, sorted_query)
@@ -222,6 +233,29 @@ def _probed_candidates(
     if short.size:
         candidates[short] = _brute_candidates(data32, query32[short], keep)
     return candidates
+
+
+def _grouped_positions(values: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``values`` (integers ``0 .. n_values - 1``) grouped by value, in order.
+
+    ``np.argsort(values, kind="stable")`` and where each value's positions start
+    (``n_values + 1`` bounds), by a counting sort: linear time where the sort of the
+    approximate search's probes (10^5 rows x 63 clusters) took ~0.5 s.
+    """
+    starts = np.zeros(n_values + 1, dtype=np.int64)
+    np.cumsum(np.bincount(values, minlength=n_values), out=starts[1:])
+    return starts, _counting_order(np.ascontiguousarray(values, dtype=np.int64), starts)
+
+
+@numba.njit(cache=True)
+def _counting_order(values, starts):  # pragma: no cover - compiled
+    """Each value's positions, in order, placed from its start on."""
+    filled = starts[:-1].copy()
+    order = np.empty(values.size, dtype=np.int64)
+    for i in range(values.size):
+        order[filled[values[i]]] = i
+        filled[values[i]] += 1
+    return order
 
 
 def _nearest_centres(

@@ -162,3 +162,26 @@ def test_labels_equal_scanpys_neighbors_and_leiden_at_the_found_resolution(tiny_
     ours = tiny_ref.obsp["cluster_neighbors_connectivities"]
     assert abs(ours - adata.obsp["connectivities"]).max() == 0
     assert adjusted_rand_score(tiny_ref.obs["cluster"], adata.obs["bare"]) == 1.0
+
+
+@pytest.mark.parametrize("flavor", ["igraph", "leidenalg"])
+def test_leiden_with_weights_as_an_array_equals_the_edge_attribute(tiny_ref, flavor):
+    """tl.cluster passes the weights as an array (no Python float per edge): same labels."""
+    from mscpotency.tl._population import _cluster
+
+    connectivities = tiny_ref.obsp["cluster_neighbors_connectivities"]
+    graph, weights = _cluster._igraph_of(connectivities)
+    assert graph.es.attributes() == [] and weights.dtype == np.float64
+    assert weights.size == graph.ecount() == connectivities.nnz
+    weighted = _cluster._weighted_igraph_of(connectivities)
+    np.testing.assert_array_equal(weighted.es["weight"], weights)
+    for resolution in (0.1, 0.5):
+        by_array = _cluster._leiden(
+            graph, resolution, weights=weights, n_iterations=2, seed=3, flavor=flavor
+        )
+        by_attribute = _cluster._leiden(weighted, resolution, n_iterations=2, seed=3, flavor=flavor)
+        np.testing.assert_array_equal(by_array, by_attribute)
+    unweighted = _cluster._leiden(
+        graph, 0.5, weights=np.ones_like(weights), n_iterations=2, seed=3, flavor=flavor
+    )
+    assert not np.array_equal(unweighted, by_array)  # the weights are used

@@ -113,7 +113,7 @@ def test_selection_aware_p_is_calibrated_on_a_fixed_candidate_set(searched):
     table = mp.get.potency_population(searched)
     base, lot_series, graph, _ = _search._search_inputs(searched, "cluster", "lot")
     candidates = _search._generate_candidates(
-        _search._igraph_of(graph),
+        _search._weighted_igraph_of(graph),
         base,
         lot_series.cat.codes.to_numpy(),
         len(lot_series.cat.categories),

@@ -326,7 +326,7 @@ def test_local_sub_clustering_separates_a_pair_the_global_pca_merges():
     pair = clusters == pd.Series(clusters[a1]).mode()[0]
     assert a1[pair].mean() > 0.4 and (adata.obs["true_type"].to_numpy()[pair] == 7).mean() > 0.4
     cells = np.flatnonzero(pair)
-    graph = _search._igraph_of(adata.obsp["cluster_neighbors_connectivities"])
+    graph = _search._weighted_igraph_of(adata.obsp["cluster_neighbors_connectivities"])
     sub = graph.induced_subgraph(cells)
     leiden = (
         _search._leiden(sub, r, n_iterations=2, seed=0, flavor="igraph") for r in (0.1, 0.25, 0.5)

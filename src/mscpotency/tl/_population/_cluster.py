@@ -125,7 +125,7 @@ def cluster(
     _check_cluster_options(adata, use_rep, n_clusters, knn_method, flavor, scanpy_neighbors)
     adata = adata.copy() if copy else adata
     neighbors_key = f"{key_added}_neighbors"
-    graph = _neighbour_graph(
+    graph, weights = _neighbour_graph(
         adata,
         n_neighbors=n_neighbors,
         use_rep=use_rep,
@@ -135,7 +135,12 @@ def cluster(
     )
     in_default_slots = _store_default_graph(adata, neighbors_key, key_added, scanpy_neighbors)
     leiden = functools.partial(
-        _leiden, graph, n_iterations=n_iterations, seed=random_state, flavor=flavor
+        _leiden,
+        graph,
+        weights=weights,
+        n_iterations=n_iterations,
+        seed=random_state,
+        flavor=flavor,
     )
     if n_clusters is None:
         labels = leiden(resolution)
@@ -200,8 +205,11 @@ def _neighbour_graph(
     knn_method: str,
     random_state: int,
     neighbors_key: str,
-) -> igraph.Graph:
-    """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph."""
+) -> tuple[igraph.Graph, np.ndarray]:
+    """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph.
+
+    Returns the graph and its edge weights (:func:`_igraph_of`).
+    """
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
     # the exact search keeps the user's n_jobs (its graph does not depend on it)
     threads = sc.settings.n_jobs if exact else worker_threads()
@@ -225,9 +233,9 @@ def _neighbour_graph(
         time.perf_counter() - start,
     )
     start = time.perf_counter()
-    graph = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
+    graph, weights = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
     logger.debug("igraph graph built in %.2f s", time.perf_counter() - start)
-    return graph
+    return graph, weights
 
 
 @contextmanager
@@ -302,12 +310,15 @@ class _IgraphRandom:
         return getattr(self._rng, "normal" if attr == "gauss" else attr)
 
 
-def _igraph_of(adjacency) -> igraph.Graph:
-    """The weighted undirected igraph graph of a kNN connectivity matrix, built once.
+def _igraph_of(adjacency) -> tuple[igraph.Graph, np.ndarray]:
+    """The undirected igraph graph of a kNN connectivity matrix, built once, and its edge weights.
 
     Edges and weights in the order ``scanpy.tl.leiden`` builds them (every stored non-zero
     of the CSR matrix, row by row), so Leiden on it gives scanpy's labels; building it from
     arrays instead of a Python list of tuples is what makes repeated Leiden runs cheap.
+    The weights stay an array, passed to each Leiden run: as an igraph edge attribute they
+    would be a Python float per edge (~0.7 GB and ~10 s to build at 10^6 cells). Set
+    ``graph.es["weight"] = weights`` where subgraphs must carry them.
     """
     import igraph
 
@@ -321,21 +332,41 @@ def _igraph_of(adjacency) -> igraph.Graph:
     graph = igraph.Graph(directed=False)
     graph.add_vertices(adjacency.shape[0])
     graph.add_edges(edges)  # (add_edges takes the array as is; Graph(edges=array) is 10x slower)
-    graph.es["weight"] = adjacency.data[nonzero].astype(np.float64)
+    return graph, adjacency.data[nonzero].astype(np.float64)
+
+
+def _weighted_igraph_of(adjacency) -> igraph.Graph:
+    """:func:`_igraph_of` with the weights as the edge attribute ``"weight"``.
+
+    For graphs whose subgraphs must carry their weights (``induced_subgraph``): the
+    population search's sub-clusterings, the stability resampling.
+    """
+    graph, weights = _igraph_of(adjacency)
+    graph.es["weight"] = weights
     return graph
 
 
+#: Edge weights for Leiden: an array in edge order, or the name of an edge attribute.
+Weights = np.ndarray | str
+
+
 def _leiden(
-    graph: igraph.Graph, resolution: float, *, n_iterations: int, seed: int, flavor: Flavor
+    graph: igraph.Graph,
+    resolution: float,
+    *,
+    weights: Weights = "weight",
+    n_iterations: int,
+    seed: int,
+    flavor: Flavor,
 ) -> np.ndarray:
     """Leiden labels of ``graph`` at ``resolution`` with the chosen implementation."""
     if flavor == "leidenalg":
-        return _leiden_leidenalg(graph, resolution, n_iterations, seed)
-    return _leiden_igraph(graph, resolution, n_iterations, seed)
+        return _leiden_leidenalg(graph, resolution, weights, n_iterations, seed)
+    return _leiden_igraph(graph, resolution, weights, n_iterations, seed)
 
 
 def _leiden_igraph(
-    graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
+    graph: igraph.Graph, resolution: float, weights: Weights, n_iterations: int, seed: int
 ) -> np.ndarray:
     """Leiden of igraph (modularity, edge weights) with its own seeded random source."""
     import igraph
@@ -344,7 +375,7 @@ def _leiden_igraph(
     try:
         partition = graph.community_leiden(
             objective_function="modularity",
-            weights="weight",
+            weights=weights,
             resolution=resolution,
             n_iterations=n_iterations,
         )
@@ -354,7 +385,7 @@ def _leiden_igraph(
 
 
 def _leiden_leidenalg(
-    graph: igraph.Graph, resolution: float, n_iterations: int, seed: int
+    graph: igraph.Graph, resolution: float, weights: Weights, n_iterations: int, seed: int
 ) -> np.ndarray:
     """Leiden of the ``leidenalg`` package (RB configuration model, edge weights), seeded."""
     try:
@@ -365,7 +396,7 @@ def _leiden_leidenalg(
     partition = leidenalg.find_partition(
         graph,
         leidenalg.RBConfigurationVertexPartition,
-        weights="weight",
+        weights=weights,
         resolution_parameter=resolution,
         n_iterations=n_iterations,
         seed=seed,

@@ -120,7 +120,7 @@ def local_view(
     pca_of_hvg(local, n_comps, hvg, seed)
     if lots is not None and np.unique(lots).size > 1:
         local.obsm["X_pca"] = _lot_corrected(local, np.asarray(lots), seed)
-    graph = _neighbour_graph(
+    graph, weights = _neighbour_graph(
         local,
         n_neighbors=n_neighbors,
         use_rep="X_pca",
@@ -129,7 +129,9 @@ def local_view(
         neighbors_key="local",
     )
     partitions = {
-        float(r): _leiden(graph, r, n_iterations=n_iterations, seed=seed, flavor=flavor)
+        float(r): _leiden(
+            graph, r, weights=weights, n_iterations=n_iterations, seed=seed, flavor=flavor
+        )
         for r in resolutions
     }
     return LocalView(

@@ -64,7 +64,7 @@ from ..._settings import progress
 from ..._stored import LotDominatedWarning, NotSignificantWarning, stored
 from ..._validate import lots_of, require_min_lots, require_obs_column
 from ._association import lot_outcome
-from ._cluster import _igraph_of, _leiden
+from ._cluster import _leiden, _weighted_igraph_of
 from ._local import LocalView, local_views
 from ._lot_specificity import lot_specificity_table
 
@@ -497,7 +497,7 @@ def _search_candidates(
         else []
     )
     return _generate_candidates(
-        _igraph_of(connectivities),
+        _weighted_igraph_of(connectivities),
         base,
         lots.cat.codes.to_numpy(),
         len(lots.cat.categories),

@@ -28,7 +28,7 @@ from ..._provenance import record
 from ..._settings import progress
 from ..._stored import potency_cluster, stored
 from ..._validate import lots_of, require_obs_column
-from .._population._cluster import _igraph_of, _leiden, _name_by_size
+from .._population._cluster import _leiden, _name_by_size, _weighted_igraph_of
 from ._inputs import Potency, lot_counts, lot_potency, reference_graph
 
 logger = logging.getLogger("mscpotency")
@@ -43,7 +43,7 @@ DISSOLVED_JACCARD = 0.5
 # --------------------------------------------------------------------------- kernels
 def igraph_from_connectivities(connectivities: sparse.spmatrix):
     """The weighted igraph graph of a kNN connectivity matrix, built as :func:`mscpotency.tl.cluster` builds it."""
-    return _igraph_of(connectivities)
+    return _weighted_igraph_of(connectivities)
 
 
 def leiden_labels(

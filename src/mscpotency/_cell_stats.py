@@ -27,6 +27,7 @@ import numpy as np
 from scipy import sparse
 
 from . import _dask
+from ._memory import release_freed_memory
 
 #: Stored entries per row chunk of the in-memory walks (bounds their scratch memory:
 #: about 40 bytes per entry, i.e. ~80 MB).
@@ -423,6 +424,7 @@ def _sorted_side(X, cells: np.ndarray, start: int, stop: int) -> _SortedSide:
             values[fill[j] : fill[j] + part.size] = part
             fill[j] += part.size
     del pieces
+    release_freed_memory()  # the pieces: one per chunk or block, freed but still mapped
     _sort_segments(values, offsets)
     # each gene's values are sorted: its positives follow its last value <= 0 (no per-value
     # temporaries: the sorted side is the largest allocation of the markers step)

@@ -37,6 +37,8 @@ def test_csr_products_are_scipys_bit_for_bit(dtype):
     np.testing.assert_array_equal(csr_dot(X, right, rows), np.asarray(taken @ right))
     left = rng.normal(size=(4, rows.size))
     np.testing.assert_array_equal(csr_rdot(X, left, rows), np.asarray((taken.T @ left.T).T))
+    with pytest.raises(TypeError, match="integer positions"):
+        csr_dot(X, right, np.ones(300, dtype=bool))
 
 
 def test_cells_taken_in_place_equal_their_copy():

@@ -58,6 +58,10 @@ def _row_index(X: sparse.csr_matrix, rows: np.ndarray | None) -> np.ndarray:
     """``rows`` as the kernels take them (every row of ``X`` when ``None``)."""
     if rows is None:
         return np.arange(X.shape[0], dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.dtype.kind not in "iu":  # a boolean mask would be read as rows 0 and 1
+        msg = f"rows must be integer positions, got an array of {rows.dtype}"
+        raise TypeError(msg)
     return np.ascontiguousarray(rows, dtype=np.int64)
 
 

@@ -170,11 +170,14 @@ def test_leiden_with_weights_as_an_array_equals_the_edge_attribute(tiny_ref, fla
     from mscpotency.tl._population import _cluster
 
     connectivities = tiny_ref.obsp["cluster_neighbors_connectivities"]
-    graph, weights = _cluster._igraph_of(connectivities)
-    assert graph.es.attributes() == []
-    assert weights.size == graph.ecount() == connectivities.nnz
-    assert np.shares_memory(weights, connectivities.data)  # no copy of the graph's values
-    weighted = _cluster._weighted_igraph_of(connectivities)
+    graph, weights = _cluster._igraph_of(connectivities, flavor)
+    assert graph.es.attributes() == [] and weights.size == graph.ecount()
+    if flavor == "leidenalg":  # scanpy's graph: every stored entry, the matrix's own values
+        assert graph.ecount() == connectivities.nnz
+        assert np.shares_memory(weights, connectivities.data)
+    else:  # each pair of cells once
+        assert graph.ecount() == connectivities.nnz // 2
+    weighted = _cluster._weighted_igraph_of(connectivities, flavor)
     np.testing.assert_array_equal(weighted.es["weight"], weights)
     for resolution in (0.1, 0.5):
         by_array = _cluster._leiden(
@@ -186,3 +189,47 @@ def test_leiden_with_weights_as_an_array_equals_the_edge_attribute(tiny_ref, fla
         graph, 0.5, weights=np.ones_like(weights), n_iterations=2, seed=3, flavor=flavor
     )
     assert not np.array_equal(unweighted, by_array)  # the weights are used
+
+
+def test_each_pair_once_gives_the_labels_of_scanpys_graph(tiny_ref):
+    """igraph's Leiden on each pair of cells once (weights summed) and on scanpy's graph
+    (each undirected edge twice): the same modularity, the same labels."""
+    from mscpotency.tl._population import _cluster
+
+    connectivities = tiny_ref.obsp["cluster_neighbors_connectivities"]
+    once, once_weights = _cluster._igraph_of(connectivities, "igraph")
+    twice, twice_weights = _cluster._igraph_of(connectivities, "leidenalg")
+    assert 2 * once.ecount() == twice.ecount()
+    np.testing.assert_allclose(once_weights.sum(), twice_weights.sum(dtype=np.float64))
+    for resolution in (0.05, 0.2, 0.5, 1.0):
+        for seed in (0, 1):
+            np.testing.assert_array_equal(
+                _cluster._leiden(
+                    once,
+                    resolution,
+                    weights=once_weights,
+                    n_iterations=2,
+                    seed=seed,
+                    flavor="igraph",
+                ),
+                _cluster._leiden(
+                    twice,
+                    resolution,
+                    weights=twice_weights,
+                    n_iterations=2,
+                    seed=seed,
+                    flavor="igraph",
+                ),
+            )
+
+
+def test_each_pair_once_sums_both_directions():
+    from scipy import sparse
+
+    from mscpotency.tl._population import _cluster
+
+    dense = np.array([[0.5, 0.25, 0.0], [0.75, 0.0, 0.0], [0.0, 0.125, 0.0]], dtype=np.float32)
+    once = _cluster._each_pair_once(sparse.csr_matrix(dense))
+    expected = np.array([[0.5, 1.0, 0.0], [0.0, 0.0, 0.125], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(once.toarray(), expected)
+    assert once.dtype == np.float64 and once.nnz == 3

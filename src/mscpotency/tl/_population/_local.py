@@ -127,6 +127,7 @@ def local_view(
         knn_method="auto",
         random_state=seed,
         neighbors_key="local",
+        flavor=flavor,
     )
     partitions = {
         float(r): _leiden(

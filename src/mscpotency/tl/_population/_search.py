@@ -497,7 +497,7 @@ def _search_candidates(
         else []
     )
     return _generate_candidates(
-        _weighted_igraph_of(connectivities),
+        _weighted_igraph_of(connectivities, str(cluster_params.get("flavor", "igraph"))),
         base,
         lots.cat.codes.to_numpy(),
         len(lots.cat.categories),

@@ -41,9 +41,9 @@ DISSOLVED_JACCARD = 0.5
 
 
 # --------------------------------------------------------------------------- kernels
-def igraph_from_connectivities(connectivities: sparse.spmatrix):
-    """The weighted igraph graph of a kNN connectivity matrix, built as :func:`mscpotency.tl.cluster` builds it."""
-    return _weighted_igraph_of(connectivities)
+def igraph_from_connectivities(connectivities: sparse.spmatrix, flavor: str = "igraph"):
+    """The weighted igraph graph of a kNN connectivity matrix, built as :func:`mscpotency.tl.cluster` builds it for ``flavor``."""
+    return _weighted_igraph_of(connectivities, flavor)
 
 
 def leiden_labels(
@@ -254,7 +254,7 @@ def _subsamples(
             if n_keep < n_cells
             else np.arange(n_cells)
         )
-        subgraph = igraph_from_connectivities(connectivities[keep][:, keep])
+        subgraph = igraph_from_connectivities(connectivities[keep][:, keep], leiden["flavor"])
         new = _by_size(leiden_labels(subgraph, resolution, **{**leiden, "seed": int(seed)}))
         match = _match(reference, new, keep)
         present = np.bincount(reference.codes[keep], minlength=n_categories) > 0
@@ -497,7 +497,10 @@ def association_stability(
 
     adata = adata.copy() if copy else adata
     by_resolution = _sweep(
-        reference, igraph_from_connectivities(connectivities), resolutions, leiden=leiden
+        reference,
+        igraph_from_connectivities(connectivities, leiden["flavor"]),
+        resolutions,
+        leiden=leiden,
     )
     by_resolution["recovered"] = _recovered(by_resolution, min_jaccard, alpha)
     by_subsample, best_jaccard = _subsamples(

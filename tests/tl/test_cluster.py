@@ -233,3 +233,24 @@ def test_each_pair_once_sums_both_directions():
     expected = np.array([[0.5, 1.0, 0.0], [0.0, 0.0, 0.125], [0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(once.toarray(), expected)
     assert once.dtype == np.float64 and once.nnz == 3
+
+
+def test_each_pair_once_of_a_symmetric_matrix_equals_the_general_sum(tiny_ref):
+    """scanpy's symmetric connectivities take the compiled path: the same matrix as
+    triu(A + A.T) plus the diagonal; one entry changed makes the matrix asymmetric."""
+    from scipy import sparse
+
+    from mscpotency.tl._population import _cluster
+
+    A = sparse.csr_matrix(tiny_ref.obsp["cluster_neighbors_connectivities"])
+    A = A + sparse.diags(np.linspace(0.1, 0.2, A.shape[0]), format="csr").astype(A.dtype)
+    A.sort_indices()
+    assert _cluster._is_symmetric(A.indptr, A.indices, A.data)
+    A64 = A.astype(np.float64)
+    general = sparse.triu(A64, k=1) + sparse.triu(A64.T, k=1) + sparse.diags(A64.diagonal())
+    once = _cluster._each_pair_once(A)
+    assert once.dtype == np.float64 and once.has_sorted_indices
+    assert abs(once - general).max() == 0 and once.nnz == sparse.csr_matrix(general).nnz
+    B = A.copy()
+    B.data[np.flatnonzero(B.indices > np.repeat(np.arange(B.shape[0]), np.diff(B.indptr)))[0]] *= 2
+    assert not _cluster._is_symmetric(B.indptr, B.indices, B.data)

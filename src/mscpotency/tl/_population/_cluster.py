@@ -354,14 +354,56 @@ def _each_pair_once(adjacency: sparse.csr_matrix) -> sparse.csr_matrix:
     """The upper triangle of ``A + A.T`` (in double precision) and the diagonal of ``A``.
 
     An undirected graph with the edges ``(i, j, a_ij)`` and ``(j, i, a_ji)`` is, for
-    modularity, the graph with one edge ``(i, j, a_ij + a_ji)``.
+    modularity, the graph with one edge ``(i, j, a_ij + a_ji)``. ``A`` in canonical CSR
+    form. A symmetric ``A`` (scanpy's connectivities) is read in one compiled pass (its
+    upper triangle, doubled: ~0.13 GB at 10^6 cells where scipy's ``triu`` and transpose
+    held ~1 GB of intermediates); any other goes through scipy.
     """
+    if _is_symmetric(adjacency.indptr, adjacency.indices, adjacency.data):
+        indptr, indices, data = _upper_doubled(adjacency.indptr, adjacency.indices, adjacency.data)
+        return sparse.csr_matrix((data, indices, indptr), shape=adjacency.shape)
     adjacency = adjacency.astype(np.float64)
     once = sparse.triu(adjacency, k=1, format="csr") + sparse.triu(adjacency.T, k=1, format="csr")
     once = (once + sparse.diags(adjacency.diagonal(), format="csr")).tocsr()
     once.sum_duplicates()
     once.eliminate_zeros()
     return once
+
+
+@numba.njit(cache=True)
+def _is_symmetric(indptr, indices, data):  # pragma: no cover - compiled
+    """Whether every stored ``(i, j, a)`` has a stored ``(j, i, a)`` (sorted indices)."""
+    for i in range(indptr.size - 1):
+        for k in range(indptr[i], indptr[i + 1]):
+            j = indices[k]
+            row = indices[indptr[j] : indptr[j + 1]]
+            at = np.searchsorted(row, i)
+            if at == row.size or row[at] != i or data[indptr[j] + at] != data[k]:
+                return False
+    return True
+
+
+@numba.njit(cache=True)
+def _upper_doubled(indptr, indices, data):  # pragma: no cover - compiled
+    """CSR arrays of a symmetric matrix's upper triangle doubled, its diagonal once (float64)."""
+    n = indptr.size - 1
+    out_indptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        kept = 0
+        for k in range(indptr[i], indptr[i + 1]):
+            kept += indices[k] >= i and data[k] != 0
+        out_indptr[i + 1] = out_indptr[i] + kept
+    out_indices = np.empty(out_indptr[n], dtype=indices.dtype)
+    out_data = np.empty(out_indptr[n], dtype=np.float64)
+    for i in range(n):
+        at = out_indptr[i]
+        for k in range(indptr[i], indptr[i + 1]):
+            j = indices[k]
+            if j >= i and data[k] != 0:
+                out_indices[at] = j
+                out_data[at] = np.float64(data[k]) * (2.0 if j > i else 1.0)
+                at += 1
+    return out_indptr, out_indices, out_data
 
 
 def _weighted_igraph_of(adjacency, flavor: Flavor = "igraph") -> igraph.Graph:

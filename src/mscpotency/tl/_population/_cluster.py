@@ -323,11 +323,11 @@ def _igraph_of(adjacency, flavor: Flavor = "igraph") -> tuple[igraph.Graph, np.n
     the sum of its two entries (:func:`_each_pair_once`): the same modularity, half the
     edges; igraph's Leiden gave the labels of scanpy's graph on every graph tried (3 x
     10^4 and 10^5 cells at four resolutions, the same clusters at 10^6; degree sums may
-    differ in their last bit) in 0.7-0.9x its time and half the graph's memory. Building from arrays instead of a Python
-    list of tuples is what makes repeated Leiden runs cheap. The weights stay an array,
-    passed to each Leiden run: as an igraph edge attribute they would be a Python float per
-    edge (~0.35 GB at 10^6 cells); :func:`_weighted_igraph_of` sets them where subgraphs
-    must carry them.
+    differ in their last bit) in 0.7-0.9x its time and half the graph's memory. Building
+    from arrays instead of a Python list of tuples is what makes repeated Leiden runs
+    cheap. The weights stay an array, passed to each Leiden run: as an igraph edge
+    attribute they would be a Python float per edge (~0.35 GB at 10^6 cells);
+    :func:`_weighted_igraph_of` sets them where subgraphs must carry them.
     """
     import igraph
 

@@ -216,7 +216,6 @@ def _neighbour_graph(
     exact = knn_method == "exact" or (knn_method == "auto" and adata.n_obs <= _EXACT_KNN_MAX_CELLS)
     # the exact search keeps the user's n_jobs (its graph does not depend on it)
     threads = sc.settings.n_jobs if exact else worker_threads()
-    release_freed_memory()  # what earlier steps freed, before the search that sets the peak
     start = time.perf_counter()
     with _knn_threads(threads):
         sc.pp.neighbors(

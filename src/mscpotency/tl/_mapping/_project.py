@@ -68,7 +68,8 @@ def _row_index(X: sparse.csr_matrix, rows: np.ndarray | None) -> np.ndarray:
 def csr_rdot(X: sparse.csr_matrix, left: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """``left @ X[rows]`` in double precision on every core, bit for bit scipy's product.
 
-    scipy's ``(X[rows].T @ left.T).T``, without scipy's double-precision copy of ``X``, nor a copy of its ``rows`` (``None``: all).
+    scipy's ``(X[rows].T @ left.T).T``, without scipy's double-precision copy of ``X``, nor
+    a copy of its ``rows`` (``None``: all).
     """
     from ..._cell_stats import worker_threads
 

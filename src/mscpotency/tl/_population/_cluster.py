@@ -327,7 +327,7 @@ def _igraph_of(adjacency, flavor: Flavor = "igraph") -> tuple[igraph.Graph, np.n
     from arrays instead of a Python list of tuples is what makes repeated Leiden runs
     cheap. The weights stay an array, passed to each Leiden run: as an igraph edge
     attribute they would be a Python float per edge (~0.35 GB at 10^6 cells);
-    :func:`_weighted_igraph_of` sets them where subgraphs must carry them.
+    :func:`_weighted_igraph_of` sets them where a graph travels without them.
     """
     import igraph
 
@@ -409,11 +409,13 @@ def _upper_doubled(indptr, indices, data):  # pragma: no cover - compiled
 def _weighted_igraph_of(adjacency, flavor: Flavor = "igraph") -> igraph.Graph:
     """:func:`_igraph_of` with the weights as the edge attribute ``"weight"``.
 
-    For graphs whose subgraphs must carry their weights (``induced_subgraph``): the
-    population search's sub-clusterings, the stability resampling.
+    For graphs that travel without their weights: the population search's induced
+    subgraphs carry the attribute, and the stability kernels
+    (:func:`mscpotency.tl._robustness._stability.leiden_labels`) take a graph alone.
     """
     graph, weights = _igraph_of(adjacency, flavor)
-    graph.es["weight"] = weights.astype(np.float64)  # Python floats, as scanpy stores them
+    # Python floats, as scanpy stores them
+    graph.es["weight"] = weights.astype(np.float64, copy=False)
     return graph
 
 

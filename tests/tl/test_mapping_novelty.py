@@ -264,6 +264,30 @@ def test_refitted_loadings_are_computed_once_per_fold_whatever_the_query(tiny_re
     assert first.size > 0
 
 
+def test_lot_sizes_that_split_the_held_out_lots_alike_share_one_calibration(tiny_ref, monkeypatch):
+    """Keyed by what is scored: any lot size >= the largest reference lot leaves lots whole."""
+    from mscpotency._frozen import reference_model
+    from mscpotency.tl._mapping import _cache, _novelty
+
+    model = reference_model(tiny_ref, cluster_key="cluster")
+    largest = int(np.unique(model.lots, return_counts=True)[1].max())
+    options = {"n_comps_own": 20, "knn_method": "exact", "random_state": 0, "n_folds": 3}
+    _cache.clear_caches()
+    first = _novelty.held_out_mapping_scores(model, lot_size=largest, depth=None, **options)
+    scored = []
+    original = _novelty.scored_as_a_query
+    monkeypatch.setattr(_novelty, "scored_as_a_query", lambda *a: scored.append(1) or original(*a))
+    again = _novelty.held_out_mapping_scores(model, lot_size=3 * largest, depth=None, **options)
+    assert scored == []  # every held-out lot whole in both: the same cells, the same sets
+    np.testing.assert_array_equal(first, again)
+    smaller = _novelty.held_out_mapping_scores(model, lot_size=largest // 3, depth=None, **options)
+    assert len(scored) == 3  # lots split into parts: scored anew
+    _cache.clear_caches()
+    fresh = _novelty.held_out_mapping_scores(model, lot_size=3 * largest, depth=None, **options)
+    np.testing.assert_array_equal(fresh, again)
+    assert not np.array_equal(np.sort(smaller), np.sort(again))
+
+
 @pytest.fixture(scope="module")
 def seeds_mapped(tiny_ref, tiny_query) -> list[tuple[AnnData, AnnData]]:
     """(mapped query, reference) of the tiny preset for seeds 0 and 1 (default backend)."""

@@ -274,6 +274,11 @@ def held_out_mapping_scores(
 ) -> np.ndarray:
     """Mapping scores of reference cells scored with their lots held out (sorted; cached).
 
+    The cache is keyed by the cells scored and the lot (or part of a lot) each is centred
+    in, not by ``lot_size`` itself: query sets whose lot sizes split the held-out lots alike
+    (on the study preset, every set: its query lots are no smaller than the reference's)
+    share one calibration, bit for bit the one each would compute.
+
     Parameters
     ----------
     model
@@ -292,48 +297,81 @@ def held_out_mapping_scores(
         held-out cells are thinned to them (and lose the genes the query lacks) first.
     """
     depth_key = depth.key if depth is not None else "unmatched"
-    key = (model.hash, n_comps_own, knn_method, random_state, lot_size, n_folds, depth_key)
+    folds = _held_out_sets(model, random_state, lot_size, n_folds)
+    key = (model.hash, n_comps_own, knn_method, random_state, n_folds, depth_key, _digest(folds))
     return _CACHE.get(
         key,
         lambda: _score_held_out_folds(
-            model, n_comps_own, knn_method, random_state, lot_size, n_folds, depth
+            model, folds, n_comps_own, knn_method, random_state, n_folds, depth
         ),
     ).copy()
 
 
-def _score_held_out_folds(
-    model: ReferenceModel,
-    n_comps_own: int,
-    knn_method: str,
-    random_state: int,
-    lot_size: int | None,
-    n_folds: int,
-    depth: DepthModel | None,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _HeldOutSet:
+    """One fold's held-out reference cells and the lot (or part of a lot) each is centred in."""
+
+    fold: int
+    rest: np.ndarray  # the other cells, which the fold's PCA is refitted on
+    cells: np.ndarray
+    lots: np.ndarray | None
+
+
+def _held_out_sets(
+    model: ReferenceModel, random_state: int, lot_size: int | None, n_folds: int
+) -> list[_HeldOutSet]:
+    """The cells each fold scores and how they are grouped: all the scoring depends on.
+
+    Cheap (random draws only), so the calibration cache is keyed by what is scored rather
+    than by the query's lot size: lot sizes that split the held-out lots alike (e.g. every
+    query lot at least as large as the reference's lots) share one calibration.
+    """
     n = model.expression.shape[0]
     rng = np.random.default_rng([random_state, 3])
-    thinning = np.random.default_rng([random_state, 4])
-    scores = []
-    folds = lot_folds(model.lots, n, n_folds, random_state)
-    for fold, held_out in enumerate(
-        progress(folds, desc="novelty calibration (held-out reference lots)")
-    ):
-        rest = np.flatnonzero(~held_out)
-        loadings = _LOADINGS.get(
-            (model.hash, n_folds, random_state, fold, rest.size),
-            lambda rest=rest: _refitted_loadings(model, rest, random_state),
-        )
+    out = []
+    for fold, held_out in enumerate(lot_folds(model.lots, n, n_folds, random_state)):
         cells = np.flatnonzero(held_out)
         if cells.size > NOVELTY_MAX_CELLS:
             cells = np.sort(rng.choice(cells, NOVELTY_MAX_CELLS, replace=False))
         lots = _parts(
             model.lots[cells] if model.lots is not None else None, cells.size, lot_size, rng
         )
-        expression = model.expression[cells]
+        out.append(_HeldOutSet(fold, np.flatnonzero(~held_out), cells, lots))
+    return out
+
+
+def _digest(folds: list[_HeldOutSet]) -> str:
+    """A digest of every fold's cells and the lot (part) each is centred in."""
+    sha = hashlib.sha1()
+    for fold in folds:
+        sha.update(fold.cells.astype(np.int64).tobytes())
+        if fold.lots is not None:
+            sha.update(np.asarray(fold.lots, dtype=str).tobytes())
+        sha.update(b"|")
+    return sha.hexdigest()
+
+
+def _score_held_out_folds(
+    model: ReferenceModel,
+    folds: list[_HeldOutSet],
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+    n_folds: int,
+    depth: DepthModel | None,
+) -> np.ndarray:
+    thinning = np.random.default_rng([random_state, 4])
+    scores = []
+    for held in progress(folds, desc="novelty calibration (held-out reference lots)"):
+        loadings = _LOADINGS.get(
+            (model.hash, n_folds, random_state, held.fold, held.rest.size),
+            lambda rest=held.rest: _refitted_loadings(model, rest, random_state),
+        )
+        expression = model.expression[held.cells]
         if depth is not None and depth.efficiency is not None:
             expression = thinned(expression, depth.efficiency, thinning)
         score = scored_as_a_query(
-            expression, lots, model.pca_mean, loadings, n_comps_own, knn_method, random_state
+            expression, held.lots, model.pca_mean, loadings, n_comps_own, knn_method, random_state
         )
         scores.append(score[np.isfinite(score)])
     calibration = np.sort(np.concatenate(scores))

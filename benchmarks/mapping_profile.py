@@ -18,7 +18,8 @@ What it does
 2. Per backend: one untimed call (compilation), every in-process cache cleared, then per
    set, in three passes: **sequence** (the sets mapped one after the other, as a study
    does: the temperature calibration is fitted by the first and reused; the novelty
-   calibration depends on each set's depth and lot size), **warm** (the set mapped once
+   calibration depends on each set's depth and on how its lot size splits the held-out
+   reference lots), **warm** (the set mapped once
    just before: every calibration cached) and **cold** (every in-process cache cleared
    first: the temperature and novelty calibrations are fitted again).
 3. Per-step wall times: the mapping's steps are wrapped in timers (inclusive seconds; a
@@ -26,8 +27,9 @@ What it does
    functions by cumulative time for one warm and one cold call (compiled kernels run in
    threads; their time shows in the Python function that waits for them).
 4. ``--save`` keeps every written result (labels, scores, probabilities, novelty p-values,
-   prediction sets, mapping scores, UMAP placement, temperature) of the warm calls, and
-   ``--compare`` checks two such files are identical (floats to 1e-10).
+   prediction sets, mapping scores, UMAP placement, temperature) of the warm and sequence
+   calls, and ``--compare`` checks two such files are identical (floats to 1e-10; a file
+   with no results compares as different).
 """
 
 from __future__ import annotations
@@ -179,6 +181,9 @@ def result_arrays(mapped: ad.AnnData, key: str = "predicted") -> dict[str, np.nd
 def compare(before: Path, after: Path) -> bool:
     """Whether two ``--save`` files hold the same results (floats to :data:`TOLERANCE`)."""
     a, b = np.load(before, allow_pickle=True), np.load(after, allow_pickle=True)
+    if not a.files or not b.files:
+        print("nothing to compare: a file holds no results (run a warm or sequence pass)")
+        return False
     same = sorted(a.files) == sorted(b.files)
     if not same:
         print("different fields:", sorted(set(a.files) ^ set(b.files)))
@@ -248,10 +253,9 @@ def run(
                     )
                     if table and kind != "sequence":
                         print(table)
-                    if kind == "warm":
-                        saved |= {
-                            f"{method}/{name}/{k}": v for k, v in result_arrays(mapped).items()
-                        }
+                    if kind in ("warm", "sequence"):  # a cold call repeats a warm one's results
+                        prefix = f"{method}/{name}" if kind == "warm" else f"{kind}/{method}/{name}"
+                        saved |= {f"{prefix}/{k}": v for k, v in result_arrays(mapped).items()}
             print_steps(method, steps_by_call)
     if save is not None:
         np.savez(save, **saved)

@@ -53,6 +53,8 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
     assert "tl.potency_association" in set(provenance["function"])
     for name in ("reference.h5ad", "reference_lots.h5ad", "analysed.h5ad"):
         assert (tmp_path / name).exists()
+    shipped = mscpotency.io.read_reference(tmp_path / "reference.h5ad").uns["reference"]
+    assert list(shipped["calibrations"]["methods"]) == ["anchors"]  # the default backend's
 
 
 def test_unknown_command_exits_with_usage():

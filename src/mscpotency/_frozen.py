@@ -53,6 +53,10 @@ class ReferenceModel:
     frozen: bool
     hash_parts: dict[str, str]  # a digest per part (what :func:`content_hash` combines)
     boundary: dict[str, Any] | None = None  # the potency population's boundary rule, if any
+    #: the hash of everything but shipped calibrations: what those are computed from, and
+    #: the key of mapping's caches (equal to ``hash`` when none are shipped)
+    data_hash: str = ""
+    calibrations: Mapping[str, Any] | None = None  # the record's shipped calibrations, if any
 
 
 # --------------------------------------------------------------------------- frozen record
@@ -163,6 +167,10 @@ def reference_model(
     )
     if boundary is not None:  # only then: references without one keep their hash
         parts["boundary"] = boundary_digest(boundary)
+    data_hash = content_hash(parts)
+    calibrations = None if record is None else record.get("calibrations")
+    if calibrations is not None:  # likewise
+        parts["calibrations"] = calibrations_digest(calibrations)
     digest = content_hash(parts)
     _check_hash(record, digest, parts, cluster_key=cluster_key, lot_key=lot_key)
     _check_record(record, categories, n_cells=reference.n_obs, n_genes=len(genes))
@@ -184,6 +192,8 @@ def reference_model(
         frozen=record is not None,
         hash_parts=parts,
         boundary=boundary,
+        data_hash=data_hash,
+        calibrations=calibrations,
     )
 
 
@@ -573,6 +583,7 @@ _PART_NAMES = {
     "umap": "the reference UMAP (obsm['X_umap'])",
     "scvi": "the stored scVI model (the record's 'scvi')",
     "boundary": "the potency population's boundary rule (the record's 'boundary')",
+    "calibrations": "the shipped mapping calibrations (the record's 'calibrations')",
 }
 
 
@@ -746,6 +757,29 @@ def boundary_digest(boundary: Mapping[str, Any]) -> str:
     names = [str(boundary[k]) for k in ("population", "neighbour", "representation")]
     numbers = [float(boundary[k]) for k in ("centre", "spread", "threshold", "quantile")]
     return _digest(_json(names), _float32(boundary["axis"]), _float32(np.asarray(numbers)))
+
+
+def calibrations_digest(calibrations: Mapping[str, Any]) -> str:
+    """The digest of shipped mapping calibrations: every array exactly, by cache and key.
+
+    Not rounded to float32 (unlike the reference's own arrays): they are stored and read
+    back at the precision they were computed in, and are used as they are.
+    """
+    chunks = [_json([str(calibrations.get("stamp")), str(calibrations.get("owner"))])]
+    entries = calibrations.get("entries", {})
+    for name in sorted(entries):
+        for key in sorted(entries[name]):
+            chunks.append(f"{name}/{key}".encode())
+            value = entries[name][key]
+            parts = (
+                [value[i] for i in sorted(value, key=int)]
+                if isinstance(value, Mapping)
+                else [value]
+            )
+            for array in parts:
+                array = np.ascontiguousarray(np.asarray(array))
+                chunks += [_json([array.dtype.str, list(array.shape)]), array.tobytes()]
+    return _digest(*chunks)
 
 
 def content_hash(parts: Mapping[str, str]) -> str:

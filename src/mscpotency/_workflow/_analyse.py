@@ -192,6 +192,11 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
 
 
 def freeze(adata: AnnData, settings: AnalysisSettings) -> AnnData:
-    """The frozen reference of an analysed AnnData (what mapping needs, with its hash)."""
+    """The frozen reference of an analysed AnnData (what mapping needs, with its hash).
+
+    It ships the calibrations of the settings' mapping backend (``fast`` or ``anchors``),
+    so that ``mscpotency map`` does not compute them again in every new process.
+    """
+    shipped = (settings.mapping_method,) if settings.mapping_method != "scvi" else ()
     with collected_warnings(adata):
-        return tl.freeze_reference(adata, lot_key=settings.lot_key)
+        return tl.freeze_reference(adata, lot_key=settings.lot_key, calibrations=shipped)

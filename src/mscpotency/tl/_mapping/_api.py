@@ -48,6 +48,7 @@ from ._novelty import (
 )
 from ._project import centred
 from ._scoring import mapping_score
+from ._shipped import install as install_shipped
 from ._transfer import (
     MappingInput,
     Transfer,
@@ -221,7 +222,8 @@ def map_to_reference(
         the study preset (16,314 reference cells, sets of 5,900-7,400 query cells, 2 idle
         cores) 1.4-1.8 s per set against 0.6-0.8 s for fast once the reference's
         calibrations are cached, about 9 s against 5 s for a first call that computes them
-        (Seurat 4.3's transfer with ``k.filter=NA``: 16-19 s per set;
+        (not onto a reference frozen with ``tl.freeze_reference(..., calibrations=...)``,
+        which ships them; Seurat 4.3's transfer with ``k.filter=NA``: 16-19 s per set;
         ``benchmarks/results/mapping_profile.md``); 10^5 query onto 10^5 reference cells,
         cold, 56-70 s on 2 cores (``benchmarks/results/mapping_scale_100000_anchors.md``).
         Pass ``"fast"`` for query lots of the reference's batch.
@@ -466,6 +468,7 @@ def _read_reference(
         umap_key=umap_key,
         expected_hash=expected_hash,
     )
+    install_shipped(model)
     if UNASSIGNED in {str(c) for c in model.categories}:
         msg = (
             f"the reference has a label {UNASSIGNED!r} in obs[{cluster_key!r}]; mapping "

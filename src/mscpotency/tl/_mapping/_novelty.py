@@ -87,11 +87,14 @@ DEPTH_MATCH_BELOW = 0.8
 _MAX_SMALLEST = 8
 
 _CACHE_MAX = 16
-_CACHE: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX)
-_MEANS: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX)
+#: (A frozen reference can ship each of these three, :mod:`._shipped`.)
+_CACHE: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX, shipped_as="novelty_scores")
+_MEANS: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX, shipped_as="mean_counts")
 #: The reference PCA refitted without each fold: it depends on the reference and the folds
 #: only, not on the query (its depth or lot size), so later query sets reuse it.
-_LOADINGS: BoundedCache[np.ndarray] = BoundedCache(_CACHE_MAX * NOVELTY_FOLDS)
+_LOADINGS: BoundedCache[np.ndarray] = BoundedCache(
+    _CACHE_MAX * NOVELTY_FOLDS, shipped_as="fold_loadings"
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def depth_model(
 
 def reference_mean_counts(model: ReferenceModel) -> np.ndarray:
     """:func:`mean_counts` of the reference's cells (cached by the reference's hash)."""
-    return _MEANS.get(model.hash, lambda: mean_counts(model.expression))
+    return _MEANS.get((model.data_hash,), lambda: mean_counts(model.expression))
 
 
 def mean_counts(expression: sparse.csr_matrix) -> np.ndarray:
@@ -297,8 +300,9 @@ def held_out_mapping_scores(
         held-out cells are thinned to them (and lose the genes the query lacks) first.
     """
     depth_key = depth.key if depth is not None else "unmatched"
-    folds = _held_out_sets(model, random_state, lot_size, n_folds)
-    key = (model.hash, n_comps_own, knn_method, random_state, n_folds, depth_key, _digest(folds))
+    folds = held_out_sets(model, random_state, lot_size, n_folds)
+    key = (model.data_hash, n_comps_own, knn_method, random_state, n_folds, depth_key)
+    key += (_digest(folds),)
     return _CACHE.get(
         key,
         lambda: _score_held_out_folds(
@@ -308,7 +312,7 @@ def held_out_mapping_scores(
 
 
 @dataclass(frozen=True)
-class _HeldOutSet:
+class HeldOutSet:
     """One fold's held-out reference cells and the lot (or part of a lot) each is centred in."""
 
     fold: int
@@ -317,9 +321,9 @@ class _HeldOutSet:
     lots: np.ndarray | None
 
 
-def _held_out_sets(
+def held_out_sets(
     model: ReferenceModel, random_state: int, lot_size: int | None, n_folds: int
-) -> list[_HeldOutSet]:
+) -> list[HeldOutSet]:
     """The cells each fold scores and how they are grouped: all the scoring depends on.
 
     Cheap (random draws only), so the calibration cache is keyed by what is scored rather
@@ -336,11 +340,21 @@ def _held_out_sets(
         lots = _parts(
             model.lots[cells] if model.lots is not None else None, cells.size, lot_size, rng
         )
-        out.append(_HeldOutSet(fold, np.flatnonzero(~held_out), cells, lots))
+        out.append(HeldOutSet(fold, np.flatnonzero(~held_out), cells, lots))
     return out
 
 
-def _digest(folds: list[_HeldOutSet]) -> str:
+def fold_loadings(
+    model: ReferenceModel, held: HeldOutSet, n_folds: int, random_state: int
+) -> np.ndarray:
+    """The reference PCA refitted on the cells ``held`` leaves out of its fold (cached)."""
+    return _LOADINGS.get(
+        (model.data_hash, n_folds, random_state, held.fold, held.rest.size),
+        lambda: _refitted_loadings(model, held.rest, random_state),
+    )
+
+
+def _digest(folds: list[HeldOutSet]) -> str:
     """A digest of every fold's cells and the lot (part) each is centred in."""
     sha = hashlib.sha1()
     for fold in folds:
@@ -353,7 +367,7 @@ def _digest(folds: list[_HeldOutSet]) -> str:
 
 def _score_held_out_folds(
     model: ReferenceModel,
-    folds: list[_HeldOutSet],
+    folds: list[HeldOutSet],
     n_comps_own: int,
     knn_method: str,
     random_state: int,
@@ -363,10 +377,7 @@ def _score_held_out_folds(
     thinning = np.random.default_rng([random_state, 4])
     scores = []
     for held in progress(folds, desc="novelty calibration (held-out reference lots)"):
-        loadings = _LOADINGS.get(
-            (model.hash, n_folds, random_state, held.fold, held.rest.size),
-            lambda rest=held.rest: _refitted_loadings(model, rest, random_state),
-        )
+        loadings = fold_loadings(model, held, n_folds, random_state)
         expression = model.expression[held.cells]
         if depth is not None and depth.efficiency is not None:
             expression = thinned(expression, depth.efficiency, thinning)

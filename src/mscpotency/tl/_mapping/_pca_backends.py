@@ -113,9 +113,14 @@ class ProjectionOptions(TransferOptions):
         )
 
 
-#: Calibrations already fitted in this process, by reference hash and options: mapping
-#: several query sets onto one reference fits the temperature once (the fit is deterministic).
+#: Calibrations already fitted in this process, by reference and options: mapping several
+#: query sets onto one reference fits the temperature once (the fit is deterministic).
 _CALIBRATIONS: BoundedCache[dict[str, Any]] = BoundedCache(16)
+#: What they are fitted on: the held-out cells' label probabilities and true labels (a
+#: frozen reference can ship them, :mod:`._shipped`).
+_HELD_OUT: BoundedCache[tuple[np.ndarray, np.ndarray]] = BoundedCache(
+    16, shipped_as="held_out_predictions"
+)
 
 #: Held-out reference cells mapped per calibration fold, at most (a random subset above):
 #: one temperature is fitted. On a 10^5-cell reference (3 folds) 6,000 per fold gave
@@ -133,23 +138,41 @@ def held_out_calibration(
     random_state: int,
 ) -> dict[str, Any]:
     """Temperature from reference lots held out in turn and mapped onto the rest (cached)."""
-    cache_key = (model.hash, options, n_comps_own, knn_method, random_state)
-    stored = _CALIBRATIONS.get(
-        cache_key,
-        lambda: _fit_on_held_out_lots(model, options, n_comps_own, knn_method, random_state),
-    )
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state)
+
+    def fitted() -> dict[str, Any]:
+        probabilities, labels = held_out_predictions(
+            model, options, n_comps_own, knn_method, random_state
+        )
+        return calibration_summary(probabilities, labels) | {"n_folds": options.n_calibration_folds}
+
+    stored = _CALIBRATIONS.get(key, fitted)
     return {
         k: (v.copy() if isinstance(v, (pd.DataFrame, np.ndarray)) else v) for k, v in stored.items()
     }
 
 
-def _fit_on_held_out_lots(
+def held_out_predictions(
     model: ReferenceModel,
     options: ProjectionOptions,
     n_comps_own: int,
     knn_method: str,
     random_state: int,
-) -> dict[str, Any]:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label probabilities of held-out reference cells mapped onto the rest, and their labels (cached)."""
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state)
+    return _HELD_OUT.get(
+        key, lambda: _mapped_held_out_lots(model, options, n_comps_own, knn_method, random_state)
+    )
+
+
+def _mapped_held_out_lots(
+    model: ReferenceModel,
+    options: ProjectionOptions,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> tuple[np.ndarray, np.ndarray]:
     n = model.embedding.shape[0]
     collected, truth = [], []
     rng = np.random.default_rng([random_state, 2])
@@ -177,9 +200,7 @@ def _fit_on_held_out_lots(
         )
         collected.append(probabilities)
         truth.append(model.labels[held_out])
-    summary = calibration_summary(np.vstack(collected), np.concatenate(truth))
-    summary["n_folds"] = options.n_calibration_folds
-    return summary
+    return np.vstack(collected), np.concatenate(truth)
 
 
 def _at_most(mask: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:

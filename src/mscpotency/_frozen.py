@@ -765,7 +765,8 @@ def calibrations_digest(calibrations: Mapping[str, Any]) -> str:
     Not rounded to float32 (unlike the reference's own arrays): they are stored and read
     back at the precision they were computed in, and are used as they are.
     """
-    chunks = [_json([str(calibrations.get("stamp")), str(calibrations.get("owner"))])]
+    fields = [str(calibrations.get(k)) for k in ("format", "stamp", "owner")]
+    chunks = [_json(fields)]
     entries = calibrations.get("entries", {})
     for name in sorted(entries):
         for key in sorted(entries[name]):

@@ -148,3 +148,13 @@ def test_shipped_entries_round_trip_as_arrays(frozen_pair, tmp_path):
                 stored = back[name][digest][part] if part else back[name][digest]
                 assert np.asarray(stored).dtype == np.asarray(array).dtype
                 np.testing.assert_array_equal(stored, array)
+
+
+def test_freezing_a_frozen_reference_ships_anew(frozen_pair):
+    """Re-freezing drops what was shipped unless asked again, and then ships the same."""
+    plain, shipped = frozen_pair
+    bare = mp.tl.freeze_reference(shipped, cluster_key="cluster")
+    assert "calibrations" not in bare.uns["reference"]
+    assert bare.uns["reference"]["hash"] == plain.uns["reference"]["hash"]
+    again = mp.tl.freeze_reference(shipped, cluster_key="cluster", calibrations=("anchors", "fast"))
+    assert again.uns["reference"]["hash"] == shipped.uns["reference"]["hash"]

@@ -97,8 +97,9 @@ def freeze_reference(
         to compute now and ship in the frozen reference (``uns[key_added]['calibrations']``),
         so that mapping onto the saved reference in a new process does not compute them on
         its first call (study preset, ``anchors``: ~2 s instead of ~9.6 s for the first set;
-        freezing takes that much longer). The same results either way, bit for bit; used
-        only by the package version that computed them (:mod:`._shipped`). ``()``: none.
+        freezing takes about one such first call longer per backend). The same results
+        either way, bit for bit; used only by the package version that computed them (the
+        record's ``'stamp'``: another version computes them again). ``()``: none.
     random_state
         {random_state}
         Here: the seed of the scVI training.
@@ -183,7 +184,7 @@ def freeze_reference(
         record["boundary"] = model.boundary
     if stored is not None:
         record["scvi"] = stored
-        parts = {**model.hash_parts, "scvi": model_digest(stored)}
+        parts = {**_data_parts(model), "scvi": model_digest(stored)}
         record.update(hash=content_hash(parts), hash_parts=parts)
     frozen.uns[key_added] = record
     for entry in adata.uns.get(_keys.PACKAGE, {}).get(_keys.LOG, []):
@@ -195,6 +196,11 @@ def freeze_reference(
         frozen.uns[key_added] = record
         reference_model(frozen, cluster_key=cluster_key)
     return frozen
+
+
+def _data_parts(model: ReferenceModel) -> dict[str, str]:
+    """The hash parts of ``model`` but shipped calibrations (freezing a frozen one ships anew)."""
+    return {name: digest for name, digest in model.hash_parts.items() if name != "calibrations"}
 
 
 def _backends(calibrations: Sequence[str]) -> tuple[str, ...]:
@@ -310,9 +316,9 @@ def _record(
 ) -> dict[str, Any]:
     """The frozen reference's record: its hash, what it carries, where it came from."""
     return {
-        "hash": model.hash,
+        "hash": model.data_hash,
         "hash_version": HASH_VERSION,
-        "hash_parts": dict(model.hash_parts),
+        "hash_parts": _data_parts(model),
         "cluster_key": cluster_key,
         "lot_key": lot_key if model.lots is not None and lot_key is not None else "",
         "potency_cluster": model.potency_cluster or "",

@@ -127,7 +127,13 @@ def test_what_ships_does_not_depend_on_what_the_process_mapped_before(tiny_ref, 
         name: sorted(values)
         for name, values in first.uns["reference"]["calibrations"]["entries"].items()
     }
-    assert set(names) == {"held_out_predictions", "fold_loadings", "novelty_scores", "mean_counts"}
+    assert set(names) == {
+        "held_out_predictions",
+        "fold_loadings",
+        "novelty_scores",
+        "mean_counts",
+        "reference_neighbours",
+    }
 
 
 @pytest.mark.parametrize("calibrations", [("scvi",), ("nope",), "anchor"])

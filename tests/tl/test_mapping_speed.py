@@ -176,14 +176,14 @@ def test_neighbours_within_a_fold_equal_a_search_of_the_fold(monkeypatch, width)
     embedding[[10, 11, 12]] = embedding[9]  # exact ties
     for held_out in ([0, 1, 2, 3], [3], list(range(11))):
         rows = np.flatnonzero(~np.isin(lots, held_out))
-        found = _anchors.reference_neighbours(embedding, rows, 20, "exact", 0)
+        found = _anchors.reference_neighbours(embedding, rows, 20, "exact", 0, owner="t")
         expected = within_set_neighbours(embedding[rows], 20, "exact", 0)
         np.testing.assert_array_equal(found, expected)
-    every = _anchors.reference_neighbours(embedding, np.arange(600), 20, "exact", 0)
+    every = _anchors.reference_neighbours(embedding, np.arange(600), 20, "exact", 0, owner="t")
     np.testing.assert_array_equal(every, within_set_neighbours(embedding, 20, "exact", 0))
     # approximate: read off an approximate wide search, near the fold's exact neighbours
     rows = np.flatnonzero(~np.isin(lots, [0, 1, 2, 3]))
-    approximate = _anchors.reference_neighbours(embedding, rows, 20, "approximate", 0)
+    approximate = _anchors.reference_neighbours(embedding, rows, 20, "approximate", 0, owner="t")
     exact = within_set_neighbours(embedding[rows], 20, "exact", 0)
     np.testing.assert_array_equal(approximate[:, 0], np.arange(rows.size))  # the cell first
     shared = [np.intersect1d(a, b).size for a, b in zip(approximate, exact, strict=True)]

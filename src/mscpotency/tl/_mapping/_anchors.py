@@ -213,12 +213,18 @@ def within_set_neighbours(
 #: query mapped onto one reference in this process needs the same ones. ``_WIDTH`` times
 #: ``k_score`` of them are kept per cell, so that those of a calibration fold (the reference
 #: without some of its lots) come from the same search.
-_REFERENCE_NEIGHBOURS: BoundedCache[np.ndarray] = BoundedCache(4)
+_REFERENCE_NEIGHBOURS: BoundedCache[np.ndarray] = BoundedCache(4, shipped_as="reference_neighbours")
 _WIDTH = 2
 
 
 def reference_neighbours(
-    embedding: np.ndarray, rows: np.ndarray, k_score: int, knn_method: str, random_state: int
+    embedding: np.ndarray,
+    rows: np.ndarray,
+    k_score: int,
+    knn_method: str,
+    random_state: int,
+    *,
+    owner: str,
 ) -> np.ndarray:
     """:func:`within_set_neighbours` of the reference cells ``rows`` among themselves.
 
@@ -229,13 +235,15 @@ def reference_neighbours(
     neighbours within a subset are read off that search (ties by position either way);
     a cell with fewer than ``k_score`` of them in ``rows`` is searched again among
     ``rows``. With an approximate search (``knn_method``; ``"auto"`` above
-    :data:`EXACT_MAX_PAIRS` pairs), those read off are the approximate ones.
+    :data:`EXACT_MAX_PAIRS` pairs), those read off are the approximate ones. ``owner``: the
+    reference's ``data_hash``, first in the cache key (a frozen reference can ship the search,
+    :mod:`._shipped`).
     """
     n = embedding.shape[0]
     embedding = np.ascontiguousarray(embedding)
     digest = hashlib.blake2b(embedding.view(np.uint8).ravel(), digest_size=16).hexdigest()
     width = min(_WIDTH * k_score, n)
-    key = (digest, embedding.shape, embedding.dtype.str, width, knn_method, random_state)
+    key = (owner, digest, embedding.shape, embedding.dtype.str, width, knn_method, random_state)
     wide = _REFERENCE_NEIGHBOURS.get(
         key, lambda: within_set_neighbours(embedding, width, knn_method, random_state)
     )
@@ -449,7 +457,7 @@ class AnchorOptions(ProjectionOptions, method="anchors"):
             knn_method=knn_method,
             random_state=random_state,
             reference_neighbours=reference_neighbours(
-                model.embedding, rows, self.k_score, knn_method, random_state
+                model.embedding, rows, self.k_score, knn_method, random_state, owner=model.data_hash
             ),
         )
         probabilities = transfer_data(

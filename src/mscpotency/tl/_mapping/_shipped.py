@@ -2,7 +2,8 @@
 
 What mapping computes from the reference alone — the held-out reference cells' label
 probabilities that the temperature and the prediction sets are fitted on, the novelty
-calibration's refitted fold PCAs and held-out mapping scores, the reference's mean counts —
+calibration's refitted fold PCAs and held-out mapping scores, the reference's mean counts
+and (``anchors``) its cells' own neighbours —
 depends on nothing a query brings, yet every process pays for it on its first call (on the
 study preset ~7.5 s of a 9.6 s first call with ``anchors``). :func:`calibrations_for`
 computes it once, when the reference is frozen, with :func:`mscpotency.tl.map_to_reference`'s
@@ -37,6 +38,7 @@ import numpy as np
 
 from ..._frozen import ReferenceModel
 from ..._provenance import package_versions
+from ._anchors import AnchorOptions, reference_neighbours
 from ._cache import key_digest, recording, ship
 from ._novelty import (
     NOVELTY_FOLDS,
@@ -88,6 +90,12 @@ def calibrations_for(model: ReferenceModel, methods: Sequence[str]) -> dict[str,
         for method in methods:
             options = projection_options(method)
             held_out_predictions(model, options, **defaults)
+            if isinstance(options, AnchorOptions):  # the reference's own search, every cell
+                every = np.arange(model.embedding.shape[0])
+                k_score, owner = options.k_score, model.data_hash
+                reference_neighbours(
+                    model.embedding, every, k_score, **_search(defaults), owner=owner
+                )
         folds = held_out_sets(model, defaults["random_state"], _whole_lots(model), NOVELTY_FOLDS)
         for held in folds:
             fold_loadings(model, held, NOVELTY_FOLDS, defaults["random_state"])
@@ -139,6 +147,10 @@ def _mapping_defaults() -> dict[str, Any]:
     return {
         name: parameters[name].default for name in ("n_comps_own", "knn_method", "random_state")
     }
+
+
+def _search(defaults: dict[str, Any]) -> dict[str, Any]:
+    return {"knn_method": defaults["knn_method"], "random_state": defaults["random_state"]}
 
 
 def projection_options(method: str) -> ProjectionOptions:

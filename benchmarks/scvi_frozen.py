@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         size = path.stat().st_size / 1e6
         for method in args.methods.split(","):
             for name, query in queries.items():
-                _pca_backends._CALIBRATIONS.clear()
+                _pca_backends._CALIBRATIONS.clear()  # the temperature is fitted anew for each set
+                _pca_backends._HELD_OUT.clear()
                 begin = time.perf_counter()
                 mapped = mp.tl.map_to_reference(
                     query,

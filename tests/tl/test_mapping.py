@@ -555,13 +555,13 @@ def test_own_axes_of_a_large_query_come_from_a_subset(monkeypatch, tiny_query, t
 def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(
     monkeypatch, tiny_query, tiny_ref
 ):
-    from mscpotency.tl._mapping import _pca_backends
+    from mscpotency.tl._mapping import _cache, _pca_backends
 
     monkeypatch.setattr(_pca_backends, "CALIBRATION_MAX_CELLS", 100)
-    _pca_backends._CALIBRATIONS.clear()
+    _cache.clear_caches()  # the summaries and the held-out predictions they are fitted on
     mapped = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", copy=True)
     calibration = mapped.uns["predicted"]["calibration"]
-    _pca_backends._CALIBRATIONS.clear()
+    _cache.clear_caches()
     assert calibration["fitted"] and calibration["n_cells"] == 100 * calibration["n_folds"]
     assert 0.05 < calibration["temperature"] < 20
 

@@ -311,7 +311,7 @@ def held_out_mapping_scores(
     ).copy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeldOutSet:
     """One fold's held-out reference cells and the lot (or part of a lot) each is centred in."""
 

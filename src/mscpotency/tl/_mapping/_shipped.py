@@ -179,6 +179,7 @@ def _encoded(value: Hashable | np.ndarray | tuple) -> Any:
 
 
 def _decoded(value: Any) -> Any:
+    """A shipped entry as the cache holds it, copied (apart from the reference's own ``uns``)."""
     if isinstance(value, Mapping):
-        return tuple(np.asarray(value[str(i)]) for i in range(len(value)))
-    return np.asarray(value)
+        return tuple(np.array(value[str(i)]) for i in range(len(value)))
+    return np.array(value)

@@ -103,6 +103,11 @@ def ship(owner: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
         _SHIPPED.popitem(last=False)
 
 
+def is_shipped(owner: str) -> bool:
+    """Whether the entries of the frozen reference ``owner`` are available already."""
+    return owner in _SHIPPED
+
+
 def _shipped_value(name: str | None, key: Hashable) -> Any:
     if name is None or not isinstance(key, tuple) or not key or key[0] not in _SHIPPED:
         return None

@@ -107,6 +107,13 @@ POTENCY_POPULATION = _named(
     ("candidates", "summary", "lots", "overlap", "boundary"),
 )
 LOT_SPECIFICITY = _named("tl.lot_specificity", "lot_specificity", ("table", "summary"))
+CLUSTER_QUALITY = _named(
+    "tl.cluster_quality",
+    "cluster_quality",
+    ("table", "summary"),
+    no_plot="sc.pl.violin(adata, ['n_genes_by_counts', 'total_counts'], groupby=cluster_key) "
+    "draws the metrics per cluster",
+)
 INTEGRATE = _named("pp.integrate", "integrate", ("metrics",))
 
 # --- new lots: frozen reference, mapping, validation --------------------------------------
@@ -205,6 +212,7 @@ RESULTS: dict[str, Result] = {
         RANK_ASSOCIATION,
         MARKER_VALIDATION,
         LOT_SPECIFICITY,
+        CLUSTER_QUALITY,
         INTEGRATE,
     )
 }

@@ -96,6 +96,10 @@ class LotDominatedWarning(UserWarning):
     """A potency cluster was named or looked up although one or a few lots make up its cells."""
 
 
+class LowQualityClusterWarning(UserWarning):
+    """Clusters made of low-quality cells (damaged cells that QC kept, not a cell state)."""
+
+
 def potency_cluster(
     adata: AnnData,
     *,

@@ -14,6 +14,7 @@ from .._stored import stored_table
 from .._validate import lots_of
 
 __all__ = [
+    "cluster_quality",
     "composition_deviation",
     "lot_fractions",
     "lot_table",
@@ -52,6 +53,31 @@ def qc(
     The table, a copy.
     """
     return stored_table(adata, _registry.QC, kind, key)
+
+
+@doc_params
+def cluster_quality(
+    adata: AnnData,
+    *,
+    key: str = _registry.CLUSTER_QUALITY.key,
+    kind: Literal["table", "summary"] = "table",
+) -> pd.DataFrame:
+    """Which clusters are made of low-quality cells, from :func:`mscpotency.tl.cluster_quality`.
+
+    Parameters
+    ----------
+    kind
+        {kind}
+        ``"table"``: one row per cluster (n_cells, median_genes, median_counts,
+        median_pct_mito, genes_mads, counts_mads, pct_mito_mads, low_quality);
+        ``"summary"``: one row (n_clusters, the low-quality clusters, n_cells_low_quality,
+        share_low_quality).
+
+    Returns
+    -------
+    The table, a copy.
+    """
+    return stored_table(adata, _registry.CLUSTER_QUALITY, kind, key)
 
 
 @doc_params

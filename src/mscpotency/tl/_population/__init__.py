@@ -2,6 +2,7 @@
 
 from ._association import potency_association
 from ._cluster import cluster
+from ._cluster_quality import cluster_quality
 from ._deviation import composition_deviation
 from ._fractions import lot_fractions
 from ._lot_specificity import lot_specificity
@@ -10,6 +11,7 @@ from ._search import potency_population
 
 __all__ = [
     "cluster",
+    "cluster_quality",
     "composition_deviation",
     "lot_fractions",
     "lot_specificity",

@@ -49,6 +49,7 @@ def test_reproduce_tiny_writes_report_figures_and_tables(tmp_path: Path, capsys)
     assert "expected by chance" in page
     release = pd.read_csv(tmp_path / "tables" / "release.csv", index_col=0)
     assert set(release["verdict"]) <= {"PASS", "REVIEW", "FAIL"} and len(release) == 7
+    assert (release["low_quality"] == 0).all()  # the tiny preset's QC leaves no damaged cluster
     provenance = pd.read_csv(tmp_path / "tables" / "provenance.csv")
     assert "tl.potency_association" in set(provenance["function"])
     for name in ("reference.h5ad", "reference_lots.h5ad", "analysed.h5ad"):

@@ -161,6 +161,7 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
         ("cluster", lambda: tl.cluster(adata, n_clusters=s.n_clusters, resolution=s.resolution,
                                        use_rep=clustering_representation(adata, s),
                                        random_state=s.random_state)),
+        ("cluster quality", lambda: tl.cluster_quality(adata, lot_key=s.lot_key)),
         ("umap", lambda: sc.tl.umap(adata, neighbors_key="cluster_neighbors", random_state=s.random_state)),
         ("lot fractions", lambda: tl.lot_fractions(adata, lot_key=s.lot_key, min_cells_per_lot=s.min_cells_per_lot)),
         ("composition deviation", lambda: tl.composition_deviation(adata, random_state=s.random_state)),

@@ -1,6 +1,7 @@
 """``release``: new lots against a frozen reference, with one verdict per lot and its rule.
 
-map -> lot fractions on the mapped labels -> each lot's potency-like share with a confidence
+map -> cells mapped onto a reference cluster of damaged cells (``tl.cluster_quality``) -> lot
+fractions on the mapped labels -> each lot's potency-like share with a confidence
 interval carrying label uncertainty -> predicted potency with a prediction interval (the
 model fitted on the reference lots) and an extrapolation flag -> comparability (tolerance
 limits of the reference lots) -> mapping QC -> a verdict in plain words.
@@ -300,6 +301,7 @@ def release(
                             expected_hash=expected_hash, warn_off_reference=s.max_off_reference,
                             random_state=s.random_state)  # fmt: skip
         key = _registry.MAPPING.key
+        tl.cluster_quality(query, cluster_key=key, lot_key=s.lot_key)
         tl.lot_fractions(query, lot_key=s.lot_key, cluster_key=key,
                          weights_key=f"{key}_probabilities", min_cells_per_lot=s.min_cells_per_lot)  # fmt: skip
         measured = s.potency if _measured(query, s.potency) else None
@@ -335,7 +337,12 @@ def _measured(query: AnnData, potency: str) -> bool:
 
 
 def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings) -> pd.DataFrame:
-    """One row per new lot: share and interval, prediction, comparability, mapping QC, verdict."""
+    """One row per new lot: share and interval, prediction, comparability, mapping QC, verdict.
+
+    ``low_quality``: the share of the lot's cells whose transferred label is a cluster of
+    low-quality cells (:func:`mscpotency.tl.cluster_quality`); they stay in the share's
+    denominator, as the reference lots' damaged cells stay in theirs.
+    """
     s, key = settings, _registry.MAPPING.key
     cluster = potency_cluster(lot_model, if_not_significant="ignore")
     probabilities = query.obsm[f"{key}_probabilities"]
@@ -366,6 +373,8 @@ def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings
     table["comparability"] = comparability["reason"].reindex(table.index)
     table["off_reference"] = mapping["share_off_reference"].reindex(table.index)
     table["low_confidence"] = mapping["share_low_confidence"].reindex(table.index)
+    damaged = query.obs[_registry.CLUSTER_QUALITY.key].groupby(lots, observed=True).mean()
+    table["low_quality"] = damaged.reindex(table.index)
     decided = table.apply(lambda row: verdict(row, s), axis=1, result_type="expand")
     table["verdict"], table["reasons"] = decided[0], decided[1]
     table.attrs["cluster"] = cluster

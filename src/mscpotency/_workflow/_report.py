@@ -165,6 +165,7 @@ def verdict_summary(query: AnnData) -> pd.DataFrame:
             ],
             "comparable": table["comparable"].map({True: "yes", False: "no"}).fillna("n/a"),
             "off-reference": [f"{v:.1%}" for v in table["off_reference"]],
+            "low quality": [f"{v:.1%}" for v in table["low_quality"]],
             "reasons": table["reasons"],
         },
         index=table.index,
@@ -397,6 +398,8 @@ def _release_sections(
         "resampled cell's label is drawn from its probability (label and sampling uncertainty; "
         "exact for certain labels, conservative for calibrated uncertain ones; it cannot correct "
         "a biased mapping, which off_reference and low_confidence flag). "
+        "low_quality: the share of the lot's cells mapped onto a reference cluster of damaged "
+        "cells (tl.cluster_quality); they count in the share as the reference's do. "
         "outside_by: how far the share lies outside the reference lots' tolerance limits "
         "(0 inside; share units)."
     )

@@ -13,7 +13,9 @@ lost: ``*_rule_qc``, the query QC'd by ``pp.qc`` first (as ``mscpotency map`` do
 reference is QC'd too), scored on the cells kept; ``n_low_quality_potency(_mapped)``, the
 potency cells the simulator made low quality (a tenth of the counts, mitochondrial reads
 up); ``*_reference``, the search's population on the training lots against the truth (the
-labels the mapping transfers: a ceiling for the mapped cells). With ``--qc-thresholds
+labels the mapping transfers: a ceiling for the mapped cells); ``*_quality``, the same with
+the cells of labels ``tl.cluster_quality`` flags as damaged removed (the QC'd query's
+transferred labels, the reference's population labels), as its warning asks. With ``--qc-thresholds
 fixed|mad`` both QC calls (the reference's and the query's) pass that rule
 (``pp.qc(thresholds=...)``) and the results files' names gain ``_qc<rule>``; without it,
 the package's default.
@@ -115,8 +117,31 @@ def one(seed: int, cache: Path | None = None, qc: str | None = None) -> dict:
     row |= _low_quality(query)
     row |= {k: v for k, v in _scores(screened, "_rule_qc").items() if "committed" not in k}
     row["n_removed_by_qc"] = int(query.n_obs - screened.n_obs)
+    row |= _damaged_removed(screened, "_rule_qc_quality", "predicted")
     row |= _scores(ref, "_reference", key="potency_population")
+    row |= _damaged_removed(ref, "_reference_quality", "potency_population")
     return row
+
+
+def _damaged_removed(adata, suffix: str, key: str) -> dict:
+    """F1 once the cells of labels ``tl.cluster_quality`` flags as damaged are removed.
+
+    What its warning asks a user to do; the flagged cells are counted, and how many of
+    them the simulator made low quality.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flagged = mp.tl.cluster_quality(adata, cluster_key=key, copy=True).obs["cluster_quality"]
+    flagged = flagged.to_numpy()
+    scores = {
+        k: v for k, v in _scores(adata[~flagged], suffix, key).items() if "committed" not in k
+    }
+    return scores | {
+        f"n_flagged{suffix}": int(flagged.sum()),
+        f"n_flagged_simulated_low_quality{suffix}": int(
+            adata.obs["true_low_quality"][flagged].sum()
+        ),
+    }
 
 
 def _seeds(text: str) -> list[int]:
@@ -162,6 +187,12 @@ _CEILING = [
     "recall_core_rule_qc",
     "recall_transitional_rule_qc",
     "n_removed_by_qc",
+    "f1_rule_qc_quality",
+    "precision_rule_qc_quality",
+    "recall_core_rule_qc_quality",
+    "recall_transitional_rule_qc_quality",
+    "n_flagged_rule_qc_quality",
+    "n_flagged_simulated_low_quality_rule_qc_quality",
     "n_low_quality_potency",
     "n_low_quality_potency_mapped",
     "f1_reference",
@@ -169,6 +200,12 @@ _CEILING = [
     "recall_core_reference",
     "recall_transitional_reference",
     "recall_committed_gt_0.5_reference",
+    "f1_reference_quality",
+    "precision_reference_quality",
+    "recall_core_reference_quality",
+    "recall_transitional_reference_quality",
+    "n_flagged_reference_quality",
+    "n_flagged_simulated_low_quality_reference_quality",
 ]
 
 
@@ -183,8 +220,11 @@ def _write(table: pd.DataFrame, name: str, qc: str | None, *, keep_notes: bool) 
     text += (
         f"- F1 >= 0.9: with the boundary rule {_count(table, 'f1_rule')}, label transfer alone "
         f"{_count(table, 'f1')}; the query QC'd first (as `mscpotency map` does) "
-        f"{_count(table, 'f1_rule_qc')}\n"
-        f"- the reference population itself (training lots): {_count(table, 'f1_reference')}; "
+        f"{_count(table, 'f1_rule_qc')}; the query QC'd and the cells of labels "
+        "`tl.cluster_quality` flags as damaged removed (what its warning asks) "
+        f"{_count(table, 'f1_rule_qc_quality')}\n"
+        f"- the reference population itself (training lots): {_count(table, 'f1_reference')}"
+        f" (damaged cells removed: {_count(table, 'f1_reference_quality')}); "
         f"mapped minus reference F1: median "
         f"{np.median(table['f1_rule'] - table['f1_reference']):+.3f}\n"
         f"- median recall of transitional potency cells: {np.median(table['recall_transitional_rule']):.3f}"

@@ -94,6 +94,10 @@ def _reference(preset: str, seed: int, null: bool, cache: Path | None, qc: str |
     return adata
 
 
+#: Options passed to every ``tl.potency_population`` call (``--local-representation``).
+SEARCH_OPTIONS: dict = {}
+
+
 def one_seed(
     preset: str, seed: int, null: bool, cache: Path | None = None, qc: str | None = None
 ) -> dict:
@@ -103,7 +107,7 @@ def one_seed(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        mp.tl.potency_population(adata, "vegf")
+        mp.tl.potency_population(adata, "vegf", **SEARCH_OPTIONS)
         seconds = time.perf_counter() - start
     truth = adata.obs["true_potency_cell"].to_numpy()
     association = adata.uns["potency_association"]
@@ -160,7 +164,9 @@ def _best_cells(adata) -> np.ndarray:
         return (labels == "potency").to_numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        forced = mp.tl.potency_population(adata, "vegf", alpha=0.999999, copy=True)
+        forced = mp.tl.potency_population(
+            adata, "vegf", alpha=0.999999, copy=True, **SEARCH_OPTIONS
+        )
     return (forced.obs["potency_population"] == "potency").to_numpy()
 
 
@@ -182,7 +188,14 @@ def main() -> None:
         default=None,
         help="pp.qc(thresholds=...) (default: the package's; the files' names gain _qc<rule>)",
     )
+    parser.add_argument(
+        "--local-representation",
+        action="store_true",
+        help="tl.potency_population(local_representation=True) (name it with --suffix)",
+    )
     args = parser.parse_args()
+    if args.local_representation:
+        SEARCH_OPTIONS["local_representation"] = True
     rows = []
     RESULTS.mkdir(exist_ok=True)
     qc = args.qc_thresholds
@@ -206,6 +219,7 @@ def main() -> None:
 def _summary(table: pd.DataFrame, args) -> str:
     n = len(table)
     qc = "" if args.qc_thresholds is None else f", pp.qc(thresholds={args.qc_thresholds!r})"
+    qc += ", local_representation=True" if args.local_representation else ""
     lines = [
         f"# tl.potency_population on the {args.preset} preset{' (null)' if args.null else ''}{qc}, {n} seeds",
         "",

@@ -134,3 +134,22 @@ def test_bad_input(tiny_ref):
         mp.tl.cluster_quality(tiny_ref, cluster_key="leiden", copy=True)
     with pytest.raises(ValueError, match="n_mads"):
         mp.tl.cluster_quality(tiny_ref, n_mads=0, copy=True)
+
+
+def test_the_association_says_when_its_potency_cluster_is_damaged_cells(study_ref):
+    """Potency made to follow the damaged cells' share: the association names their cluster,
+    and says it is damaged cells when tl.cluster_quality flagged it on the same labels."""
+    adata = study_ref.copy()
+    with pytest.warns(LowQualityClusterWarning):
+        mp.tl.cluster_quality(adata)
+    share = adata.obs.groupby("lot", observed=True)["cluster_quality"].mean()
+    adata.obs["viability_driven"] = adata.obs["lot"].map(share).astype(float)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.tl.potency_association(adata, "viability_driven")
+    result = adata.uns["potency_association"]
+    assert result["potency_cluster"] == "CL7" and result["low_quality"]
+    assert "cluster of damaged cells" in result["message"]
+    assert any(issubclass(w.category, LowQualityClusterWarning) for w in caught)
+    mp.tl.potency_association(adata, "vegf")  # the true potency cluster: nothing said
+    assert not adata.uns["potency_association"]["low_quality"]

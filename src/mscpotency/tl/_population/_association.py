@@ -13,7 +13,12 @@ from anndata import AnnData
 from ... import _keys, _registry, _stats
 from ..._docs import doc_params
 from ..._provenance import record
-from ..._stored import LotDominatedWarning, NotSignificantWarning, stored
+from ..._stored import (
+    LotDominatedWarning,
+    LowQualityClusterWarning,
+    NotSignificantWarning,
+    stored,
+)
 from ..._validate import finite_outcome, lot_level_values, match_lots, require_min_lots
 from ._lot_specificity import default_settings, specificity_result
 
@@ -95,7 +100,9 @@ def potency_association(
     ``'found'`` (whether its FDR is at most ``alpha``), ``'lot_dominated'`` (whether it is
     made of one or a few lots' cells; the table carries n_lots_contributing, top_lot,
     top_lot_share and lot_dominated for every cluster, from
-    :func:`mscpotency.tl.lot_specificity`), ``'message'`` (a plain sentence:
+    :func:`mscpotency.tl.lot_specificity`), ``'low_quality'`` (whether
+    :func:`mscpotency.tl.cluster_quality`, run on the same labels before, flagged it as a
+    cluster of damaged cells), ``'message'`` (a plain sentence:
     the potency cluster found, or that no cluster's share tracks potency at that FDR and
     which candidate came closest), ``'note'`` (what the lot count allows) and ``'params'``.
 
@@ -108,6 +115,9 @@ def potency_association(
     LotDominatedWarning
         A ``UserWarning``, when the potency cluster is lot-dominated (its cells come from one
         or a few lots); tools that look it up warn again.
+    LowQualityClusterWarning
+        A ``UserWarning``, when :func:`mscpotency.tl.cluster_quality` flagged the potency
+        cluster as a cluster of damaged cells.
 
     Notes
     -----
@@ -149,6 +159,9 @@ def potency_association(
     dominated = bool(named != "" and table.loc[named, "lot_dominated"])
     if dominated:
         message = f"{message} {_dominated_sentence(table, named)}"
+    damaged = _damaged_sentence(adata, fractions_result["params"]["cluster_key"], named)
+    if damaged:
+        message = f"{message} {damaged}"
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = {
         "table": table,
@@ -156,6 +169,7 @@ def potency_association(
         "potency_cluster": named,
         "found": found,
         "lot_dominated": dominated,
+        "low_quality": bool(damaged),
         "message": message,
         "note": _small_n_note(result.n_lots, alternative, alpha),
         "params": {
@@ -177,7 +191,30 @@ def potency_association(
         warnings.warn(message, NotSignificantWarning, stacklevel=3)
     if dominated:
         warnings.warn(_dominated_sentence(table, named), LotDominatedWarning, stacklevel=3)
+    if damaged:
+        warnings.warn(damaged, LowQualityClusterWarning, stacklevel=3)
     return adata if copy else None
+
+
+def _damaged_sentence(adata: AnnData, cluster_key: str, named: str) -> str:
+    """Why the named cluster is no quality attribute, if ``tl.cluster_quality`` flagged it.
+
+    Read from ``uns['cluster_quality']`` when it was computed on the same labels; ``""``
+    when it was not, or did not flag the named cluster.
+    """
+    quality = adata.uns.get(_registry.CLUSTER_QUALITY.key)
+    if (
+        named == ""
+        or not isinstance(quality, Mapping)
+        or quality.get("params", {}).get("cluster_key") != cluster_key
+        or named not in [str(c) for c in quality.get("summary", {}).get("low_quality", [])]
+    ):
+        return ""
+    return (
+        f"The potency cluster {named!r} is a cluster of damaged cells (tl.cluster_quality): "
+        "its share tracks lot quality (viability, handling), not a cell state. Remove its "
+        "cells or QC with thresholds='mad', and cluster again."
+    )
 
 
 def _lot_flags(adata: AnnData, fractions_result: Mapping, fractions_key: str) -> pd.DataFrame:

@@ -189,9 +189,13 @@ def potency_population(
         A chosen local part has its boundary refined in its local view; the rule stored
         for mapping is fitted in the graph's representation, as for any population.
         ``False`` (default) for now: it costs 2-4x the rest of the search at the study
-        size and, at 10^5 cells, recovers the potency population on one of three hard
-        seeds tried (F1 0.884); turn it on (``True``) when the fixed-k clusters look
-        merged. ``None``: on when the graph of ``tl.cluster``
+        size (idle machine, hard preset seeds 0-19: 10.4-15.9 s a search against 4.2-5.4 s)
+        and, at 10^5 cells, recovers the potency population on one of three hard seeds
+        tried (F1 0.884). On hard seeds 0-19 it reaches F1 >= 0.9 on 18 instead of 17:
+        seed 15's fixed-k cluster merges the potency population with its neighbour and no
+        global candidate separates them (F1 0.665 -> 0.913;
+        ``benchmarks/results/potency_population_hard_local_seeds0-19.md``). Turn it on
+        (``True``) when the fixed-k clusters look merged. ``None``: on when the graph of ``tl.cluster``
         was built on ``obsm['X_pca']`` (a lot-corrected representation would be split by
         lot again in a PCA of ``X``). Needs log-normalised ``X``. Cost: one covariance
         PCA of the HVGs per cluster (its eigendecomposition dominates); on 2 busy cores

@@ -115,7 +115,7 @@ def _message(table: pd.DataFrame, cluster_key: str, key_added: str, n_mads: floa
         f"{typical}): their median cell lies at least {n_mads:g} MADs below its lot's median "
         "in genes and counts. They are damaged cells, not a state: remove their cells "
         f"(adata = adata[~adata.obs[{key_added!r}]].copy()) or use stricter QC "
-        "(mp.pp.qc(adata, thresholds='mad')), then analyse again."
+        "(mp.pp.qc(adata, thresholds='mad')), then analyse (or map) again."
     )
 
 

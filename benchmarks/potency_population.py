@@ -97,6 +97,9 @@ def _reference(preset: str, seed: int, null: bool, cache: Path | None, qc: str |
 #: Options passed to every ``tl.potency_population`` call (``--local-representation``).
 SEARCH_OPTIONS: dict = {}
 
+#: ``--local-representation`` choices -> ``tl.potency_population(local_representation=...)``.
+LOCAL = {"on": True, "off": False, "default": None}
+
 
 def one_seed(
     preset: str, seed: int, null: bool, cache: Path | None = None, qc: str | None = None
@@ -190,12 +193,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--local-representation",
-        action="store_true",
-        help="tl.potency_population(local_representation=True) (name it with --suffix)",
+        choices=sorted(LOCAL),
+        default="default",
+        help="tl.potency_population(local_representation=...): on (True), off (False) or "
+        "the package's default (name the files with --suffix)",
     )
     args = parser.parse_args()
-    if args.local_representation:
-        SEARCH_OPTIONS["local_representation"] = True
+    if args.local_representation != "default":
+        SEARCH_OPTIONS["local_representation"] = LOCAL[args.local_representation]
     rows = []
     RESULTS.mkdir(exist_ok=True)
     qc = args.qc_thresholds
@@ -219,7 +224,8 @@ def main() -> None:
 def _summary(table: pd.DataFrame, args) -> str:
     n = len(table)
     qc = "" if args.qc_thresholds is None else f", pp.qc(thresholds={args.qc_thresholds!r})"
-    qc += ", local_representation=True" if args.local_representation else ""
+    if args.local_representation != "default":
+        qc += f", local_representation={LOCAL[args.local_representation]}"
     lines = [
         f"# tl.potency_population on the {args.preset} preset{' (null)' if args.null else ''}{qc}, {n} seeds",
         "",

@@ -23,6 +23,7 @@ the package's default.
     .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-4
     .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-4 --cache /tmp/ref
     .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-9 --qc-thresholds mad
+    .venv/bin/python benchmarks/potency_population_mapping.py --seeds 0-19 --local-representation off
 """
 
 from __future__ import annotations
@@ -89,13 +90,19 @@ def _low_quality(query) -> dict:
     }
 
 
-def one(seed: int, cache: Path | None = None, qc: str | None = None) -> dict:
+#: ``--local-representation`` choices -> ``tl.potency_population(local_representation=...)``.
+LOCAL = {"on": True, "off": False, "default": None}
+
+
+def one(
+    seed: int, cache: Path | None = None, qc: str | None = None, local: str = "default"
+) -> dict:
     adata = mp.datasets.hard(random_state=seed)
     query = adata[adata.obs["set"] == "BM-test"].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = _reference(adata, seed, cache, qc)
-        mp.tl.potency_population(ref, "vegf")
+        mp.tl.potency_population(ref, "vegf", local_representation=LOCAL[local])
         found = bool(ref.uns["potency_population"]["summary"]["found"])
         frozen = mp.tl.freeze_reference(ref, cluster_key="potency_population")
         bare = ref.copy()
@@ -162,15 +169,24 @@ def main() -> None:
         default=None,
         help="pp.qc(thresholds=...) on both sides (default: the package's; files gain _qc<rule>)",
     )
+    parser.add_argument(
+        "--local-representation",
+        choices=sorted(LOCAL),
+        default="default",
+        help="tl.potency_population(local_representation=...): on, off or the package's "
+        "default (files gain _local<choice> unless default)",
+    )
     args = parser.parse_args()
     rows = []
     qc = args.qc_thresholds
+    local = args.local_representation
     name = "potency_population_mapping_hard" + ("" if qc is None else f"_qc{qc}")
+    name += "" if local == "default" else f"_local{local}"
     csv = RESULTS / f"{name}.csv"
     if args.append and csv.exists():
         rows = pd.read_csv(csv).to_dict("records")
     for seed in _seeds(args.seeds):  # the files are rewritten after every seed
-        rows.append(one(seed, args.cache, qc))
+        rows.append(one(seed, args.cache, qc, local))
         print(rows[-1], flush=True)
         table = pd.DataFrame(rows).sort_values("seed")
         RESULTS.mkdir(exist_ok=True)

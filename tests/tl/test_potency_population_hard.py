@@ -445,3 +445,28 @@ def test_a_refinement_that_loses_the_association_is_undone():
         outside = np.flatnonzero((lot_codes == lot) & ~candidate)
         flat[outside[: 150 - 4 * lot + int(rng.integers(-20, 20))]] = True
     assert not _search._refinement_kept(candidate, flat, lot_codes, y, "two-sided", 0.05)
+
+
+def test_the_local_view_is_on_by_default_on_the_pca_graph_and_off_on_a_corrected_one():
+    """By default (``local_representation=None``) the search sub-clusters every fixed-k
+    cluster in its own representation when the graph is on ``X_pca`` (and so separates
+    the merged pair), and not when the graph is on a lot-corrected representation, whose
+    clusters a PCA of ``X`` would split by the lot effects the correction removed."""
+    adata = _merged_pair(2)
+    a1 = adata.obs["true_type"].to_numpy() == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        default = mp.tl.potency_population(adata, "vegf", n_permutations=999, copy=True)
+    result = default.uns["potency_population"]
+    assert result["params"]["local_representation"] is True
+    assert result["summary"]["found"] and "local" in result["summary"]["population"]
+    assert _f1((default.obs["potency_population"] == "potency").to_numpy(), a1) >= 0.9
+    corrected = adata.copy()
+    corrected.obsm["X_corrected"] = corrected.obsm["X_pca"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mp.tl.cluster(corrected, n_clusters=7, use_rep="X_corrected")
+        mp.tl.potency_population(corrected, "vegf", n_permutations=999)
+    result = corrected.uns["potency_population"]
+    assert result["params"]["local_representation"] is False
+    assert not result["candidates"].index.str.contains("local").any()

@@ -118,7 +118,7 @@ def potency_population(
     resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
     sub_resolutions: Sequence[float] = DEFAULT_SUB_RESOLUTIONS,
     n_graph_neighbours: int = 2,
-    local_representation: bool | None = False,
+    local_representation: bool | None = None,
     min_fraction: float = 0.02,
     boundary_quantile: float | None = 0.975,
     tolerance: float = 0.03,
@@ -188,20 +188,22 @@ def potency_population(
         not only the potency cluster, so the candidates still do not depend on potency.
         A chosen local part has its boundary refined in its local view; the rule stored
         for mapping is fitted in the graph's representation, as for any population.
-        ``False`` (default) for now: it costs 2-4x the rest of the search at the study
-        size (idle machine, hard preset seeds 0-19: 10.4-15.9 s a search against 4.2-5.4 s)
-        and, at 10^5 cells, recovers the potency population on one of three hard seeds
-        tried (F1 0.884). On hard seeds 0-19 it reaches F1 >= 0.9 on 18 instead of 17:
-        seed 15's fixed-k cluster merges the potency population with its neighbour and no
-        global candidate separates them (F1 0.665 -> 0.913;
-        ``benchmarks/results/potency_population_hard_local_seeds0-19.md``). Turn it on
-        (``True``) when the fixed-k clusters look merged. ``None``: on when the graph of ``tl.cluster``
-        was built on ``obsm['X_pca']`` (a lot-corrected representation would be split by
-        lot again in a PCA of ``X``). Needs log-normalised ``X``. Cost: one covariance
-        PCA of the HVGs per cluster (its eigendecomposition dominates); on 2 busy cores
-        (load 20) 158 s for the 8 clusters at the study size against 81 s for the rest of
-        the search, 33 s for one cluster of 18,430 cells at 10^5 cells (the lot
-        correction adds about 2.4 s there).
+        ``None`` (default): on when the graph of ``tl.cluster`` was built on
+        ``obsm['X_pca']``, off on a lot-corrected representation (Harmony, scVI: the
+        clusters found there are the correction's, and a PCA of ``X`` would see the lot
+        effects it removed). ``True``/``False``: always on/off. Needs log-normalised
+        ``X``. What it buys (hard preset, 20 seeds): F1 >= 0.9 on 18 instead of 17 seeds
+        (seed 15's fixed-k cluster merges the potency population with its neighbour and
+        no global candidate separates them: F1 0.665 -> 0.913), no seed falling below
+        0.9 (seeds 4 and 9 lose 0.011-0.013); null studies (20 seeds each) name a
+        population in 1 of 20 on the hard preset (as without) and 1 of 20 on the study
+        preset (0 without): within ``alpha``; study preset F1 >= 0.9 on 10/10 as without
+        (``benchmarks/results/potency_population_*local*.md``). What it costs: one
+        covariance PCA of the HVGs per cluster (its eigendecomposition dominates): a
+        search of 10.4-15.9 s instead of 4.2-5.4 s at the study size, 69.5-76.6 s instead
+        of 42.8-51.5 s at 10^5 cells (hard seeds 0-2, same F1 there;
+        ``benchmarks/results/potency_population_scale.md``), on 2 idle cores. ``False``
+        for a quick look.
     boundary_quantile
         Boundary refinement of the chosen candidate (``None``: off). Its neighbour is the
         rest of the fixed-k cluster its kNN edges reach most; both are scored on Fisher's

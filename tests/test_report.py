@@ -156,6 +156,7 @@ def test_analyse_finds_the_true_potency_population(runs):
     assert set(formats.values()) == {"10x_h5", "10x_mtx"}
     page = (analysis / "report.html").read_text()
     assert f"tracks vegf is {cluster}" in page
+    assert "each cluster sub-clustered in a PCA of its own" in page  # the search's local view
     assert "n_clusters</th>" in page or ">n_clusters<" in page  # the resolved settings are printed
 
 

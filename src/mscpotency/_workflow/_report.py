@@ -115,6 +115,14 @@ def _lot_mix_text(row: pd.Series, cluster: str) -> str:
     return mix + " It is not dominated by any lot."
 
 
+def _search_scope(adata: AnnData) -> str:
+    """What the search scanned: with its local view, each cluster's own representation too."""
+    params = stored(adata, _registry.POTENCY_POPULATION).get("params", {})
+    if params.get("local_representation", False):
+        return "resolution scan, sub-clusters, and each cluster sub-clustered in a PCA of its own"
+    return "resolution scan and sub-clusters"
+
+
 def _search_text(adata: AnnData, cluster: str) -> str:
     if _registry.POTENCY_POPULATION.key not in adata.uns:
         return "The potency-population search (resolution scan, sub-clusters) was not run."
@@ -122,7 +130,7 @@ def _search_text(adata: AnnData, cluster: str) -> str:
     if not bool(summary["found"]):
         return f"The potency-population search found no population whose share tracks potency: {summary.get('message', '')}"
     text = (
-        f"The potency-population search (resolution scan and sub-clusters, selection-aware "
+        f"The potency-population search ({_search_scope(adata)}, selection-aware "
         f"permutation p = {summary['pvalue']:.2g}) found {summary['population']} "
         f"({int(summary['n_cells'])} cells, rho = {summary['rho']:.2f})"
     )

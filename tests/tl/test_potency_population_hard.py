@@ -450,8 +450,9 @@ def test_a_refinement_that_loses_the_association_is_undone():
 def test_the_local_view_is_on_by_default_on_the_pca_graph_and_off_on_a_corrected_one():
     """By default (``local_representation=None``) the search sub-clusters every fixed-k
     cluster in its own representation when the graph is on ``X_pca`` (and so separates
-    the merged pair), and not when the graph is on a lot-corrected representation, whose
-    clusters a PCA of ``X`` would split by the lot effects the correction removed."""
+    the merged pair), and not when the graph is on a corrected representation, whose
+    correction (of the lots and perhaps of other covariates) the local views would not
+    repeat."""
     adata = _merged_pair(2)
     a1 = adata.obs["true_type"].to_numpy() == 6
     with warnings.catch_warnings():

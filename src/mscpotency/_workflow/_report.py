@@ -139,6 +139,12 @@ def _search_text(adata: AnnData, cluster: str) -> str:
             f" (WARNING: {summary['top_lot']} holds {summary['top_lot_share']:.0%} of its cells, "
             "a possible lot artefact)"
         )
+    if bool(summary.get("lot_split", False)):
+        text += (
+            f" (WARNING: once lot effects are removed its cells mix with the rest of "
+            f"{summary['lot_split_cluster']}: possibly that cluster split by a group of lots, "
+            "not a cell state)"
+        )
     if bool(summary["changed"]):
         return (
             text + f", which CHANGES the fixed-k answer ({cluster}); the steps below use {cluster}."

@@ -173,3 +173,23 @@ def local_views(
         time.perf_counter() - start,
     )
     return views
+
+
+def cohesion_lift(view: LocalView, inside: np.ndarray) -> float:
+    """How much of a group's kNN weight stays inside it, beyond what its share would give.
+
+    ``inside``: the group's cells among ``view.cells`` (boolean). Per cell of the group, the
+    share of its kNN weight in the view's graph that reaches the group; their mean ``c``
+    against the group's share ``s`` of the view's cells: ``(c - s) / (1 - s)``, 1 when the
+    group's cells link only among themselves, 0 when they link as a random draw of the
+    view's cells would. ``NaN`` when the group is empty or the whole view.
+    """
+    inside = np.asarray(inside, dtype=bool)
+    share = float(inside.mean()) if inside.size else 0.0
+    if not 0 < share < 1:
+        return float("nan")
+    graph = view.connectivities
+    degree = np.asarray(graph.sum(axis=1)).ravel()[inside]
+    linked = np.asarray(graph[inside] @ inside.astype(float)).ravel()
+    cohesion = float(np.mean(linked / np.maximum(degree, 1e-12)))
+    return (cohesion - share) / (1 - share)

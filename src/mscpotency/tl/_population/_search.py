@@ -1209,7 +1209,8 @@ def _flag_lot_split(
     recipe); a state keeps its cells linked among themselves there, a lot split mixes with
     the rest of the cluster. ``summary['lot_split']`` when the cohesion lift is at most
     :data:`LOT_SPLIT_MAX_LIFT`; the lift and the cluster are in the summary, the message
-    says so and a ``LotDominatedWarning`` is issued. Reads no potency.
+    says so and a ``LotDominatedWarning`` is issued. Reads no potency. Cost: one local view,
+    1.4-1.5 s at the study size, ~20 s at 10^5 cells (a cluster of ~18,000 cells).
     """
     summary = result["summary"]
     summary.update(lot_split=False, lot_split_lift=float("nan"), lot_split_cluster="")

@@ -2,9 +2,9 @@
 
 The hard preset's biology on 11 bone-marrow lots of 9,100 cells (100,100 cells, 2,000
 genes), seed 0: the reference analysis with defaults (approximate kNN above 50,000 cells),
-then the search with defaults and, with ``--local-representation``, the search with
-``local_representation=True`` on the same analysis. Prints the seconds of each and what
-each search found.
+then the search with ``local_representation=False`` and, with ``--local-representation``,
+with ``True`` (the default on this graph) on the same analysis. Prints the seconds of each
+and what each search found.
 
     .venv/bin/python benchmarks/potency_population_scale.py [--seed 0] [--local-representation]
 """

@@ -138,6 +138,9 @@ def one_seed(
         "n_candidates": summary["n_candidates"],
         "changed": bool(summary["changed"]),
         "f1_search": round(_f1(found_cells, truth), 3),
+        "lot_splits_skipped": summary.get("lot_splits_skipped", ""),
+        "lot_split": bool(summary.get("lot_split", False)),
+        "lot_split_lift": round(float(summary.get("lot_split_lift", np.nan)), 3),
         "boundary_added": summary.get("boundary_added"),
         "boundary_removed": summary.get("boundary_removed"),
         "seconds_search": round(seconds, 2),
@@ -251,6 +254,12 @@ def _summary(table: pd.DataFrame, args) -> str:
             f"search {int((table['marker_rank_search'] == 1).sum())}/{int(table['found'].sum())} found "
             f"(rank_by='score'), {int((table['marker_rank_search_lfc'] == 1).sum())}/"
             f"{int(table['found'].sum())} (rank_by='logfoldchange')"
+        )
+    if "lot_splits_skipped" in table:
+        skipped = table["lot_splits_skipped"].fillna("").astype(str).str.len() > 0
+        lines.append(
+            f"- stronger candidates set aside as lot splits: {int(skipped.sum())}/{n} seeds; "
+            f"population named flagged lot_split: {int(table['lot_split'].sum())}/{n}"
         )
     if "low_quality_kept" in table:
         lines.append(

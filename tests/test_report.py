@@ -26,7 +26,7 @@ import scipy.io
 from scipy import sparse
 
 import mscpotency as mp
-from mscpotency._workflow import AnalysisSettings
+from mscpotency._workflow import AnalysisSettings, _report
 from mscpotency._workflow._release import lot_model_hash, verdict
 
 SRC = Path(mp.__file__).resolve().parents[1]
@@ -263,3 +263,28 @@ def test_reports_load_in_a_browser_with_every_figure_and_no_overflow(runs, repor
     assert broken == [], broken
     assert result["scrollWidth"] <= result["innerWidth"], result
     assert result["wide"] == [], result["wide"]
+
+
+def test_the_search_sentence_names_lot_splits_set_aside_and_a_population_flagged_as_one():
+    adata = ad.AnnData(np.zeros((2, 2)))
+    summary = {
+        "found": True,
+        "pvalue": 0.027,
+        "population": "leiden r=2 #1",
+        "n_cells": 1419,
+        "rho": 0.845,
+        "lot_dominated": False,
+        "lot_split": False,
+        "lot_splits_skipped": "CL2 r=0.5 #3",
+        "changed": True,
+    }
+    adata.uns["potency_population"] = {"summary": summary, "params": {}}
+    text = _report._search_text(adata, "CL1")
+    assert (
+        "set aside as their cluster split by a group of lots, not cell states: CL2 r=0.5 #3" in text
+    )
+    assert "WARNING" not in text
+    summary.update(lot_splits_skipped="", lot_split=True, lot_split_cluster="CL2")
+    text = _report._search_text(adata, "CL1")
+    assert "set aside" not in text
+    assert "WARNING: once lot effects are removed its cells mix with the rest of CL2" in text

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from anndata import AnnData
 from matplotlib.figure import Figure
 
 import mscpotency as mp
@@ -103,6 +104,88 @@ def test_a_fixed_k_cluster_within_tolerance_is_kept():
         shares, y, "greater", 199, 0.01, rng, sizes=sizes, preferred=np.array([0])
     )
     assert strict.chosen == 1
+
+
+def _split_check(monkeypatch, shares, lifts, alpha=0.05):
+    """``_skip_lot_splits`` on a given shares matrix, with candidate i's lift ``lifts[i]``."""
+    n = shares.shape[0]
+    candidates = _search._Candidates(
+        partitions=[],
+        source=[f"C{i}" for i in range(n)],
+        kind=["leiden"] * n,
+        resolution=[1.0] * n,
+        members=[],
+        counts=np.full((n, shares.shape[1]), 100),
+    )
+    monkeypatch.setattr(_search, "_members", lambda c, i, n_obs: np.array([i]))
+    monkeypatch.setattr(
+        _search, "_lot_split_lift", lambda adata, cells, inputs, seed: (lifts[cells[0]], "CL0")
+    )
+    y = np.arange(10.0)
+    search = _search._selection_aware_search(
+        shares, y, "greater", 999, 0.0, np.random.default_rng(0)
+    )
+    choice = (alpha, 0.0, np.array([], dtype=int))
+    checked, splits = _search._skip_lot_splits(
+        AnnData(np.zeros((1, 1))), candidates, search, None, choice, 0
+    )
+    return candidates, search, checked, splits
+
+
+def test_a_lot_split_is_set_aside_and_the_next_candidate_keeps_a_selection_aware_p(
+    monkeypatch,
+):
+    """C0 (rho 1) is a lot split (lift 0.1): C1 (rho 0.94) is named; its p counts the
+    permutation maxima over all candidates, C0 included, so it is at least C0's; C2, weak,
+    is never checked."""
+    y = np.arange(10.0)
+    rng = np.random.default_rng(1)
+    shares = np.vstack([y, y + np.r_[0, 0, 2.5, -2.5, 0, 0, 0, 0, 0, 0], rng.random(10)])
+    candidates, search, checked, splits = _split_check(monkeypatch, shares, [0.1, 0.8, 0.9])
+    assert search.chosen == 0 and checked.chosen == 1
+    assert checked.pvalue == pytest.approx(
+        (1 + (search.null_max >= search.statistic[1] - 1e-12).sum()) / 1000
+    )
+    assert search.pvalue <= checked.pvalue <= 0.05
+    assert splits.skipped == [0]
+    np.testing.assert_allclose(splits.lifts, [0.1, 0.8, np.nan])
+    result = {"summary": {"found": True}, "message": "Population found."}
+    _search._flag_lot_split(result, candidates, splits, checked.chosen)
+    assert result["summary"]["lot_splits_skipped"] == "C0"
+    assert not result["summary"]["lot_split"] and result["summary"]["lot_split_lift"] == 0.8
+    assert "set aside as their cluster split by a group of lots" in result["message"]
+    assert "C0 (lift 0.10 in CL0)" in result["message"]
+
+
+def test_when_only_lot_splits_are_significant_nothing_is_named(monkeypatch):
+    y = np.arange(10.0)
+    rng = np.random.default_rng(1)
+    shares = np.vstack([y, y[::-1] * 0 + rng.random(10)])
+    _, search, checked, splits = _split_check(monkeypatch, shares, [0.1, 0.9])
+    assert search.pvalue <= 0.05 < checked.pvalue
+    assert checked.chosen == 1 and splits.skipped == [0]
+
+
+def test_when_every_candidate_is_a_lot_split_the_strongest_is_named_and_flagged(monkeypatch):
+    y = np.arange(10.0)
+    shares = np.vstack([y, y + np.r_[0, 0, 2.5, -2.5, 0, 0, 0, 0, 0, 0]])
+    _, search, checked, splits = _split_check(monkeypatch, shares, [0.1, 0.2])
+    assert checked == search and checked.chosen == 0 and splits.skipped == []
+    assert np.isfinite(splits.lifts).all()
+
+
+def test_when_the_checks_run_out_the_strongest_is_named_and_flagged(monkeypatch):
+    monkeypatch.setattr(_search, "MAX_LOT_SPLIT_CHECKS", 2)
+    y = np.arange(10.0)
+    shares = np.vstack([y, y + 0.5 * np.r_[0, 3, -3, 0, 0, 0, 0, 0, 0, 0], y**2 + 1, y])
+    candidates, search, checked, splits = _split_check(monkeypatch, shares, [0.1, 0.2, 0.3, 0.3])
+    assert checked == search and splits.skipped == []
+    assert np.isfinite(splits.lifts).sum() == 2
+    result = {"summary": {"found": True}, "message": "Population found."}
+    _search._flag_lot_split(result, candidates, splits, checked.chosen)
+    assert result["summary"]["lot_split"]
+    assert result["summary"]["lot_split_lift"] == splits.lifts[search.chosen] <= 0.3
+    assert "split by a group of lots" in result["message"]
 
 
 def test_selection_aware_p_is_calibrated_on_a_fixed_candidate_set(searched):

@@ -139,6 +139,11 @@ def _search_text(adata: AnnData, cluster: str) -> str:
             f" (WARNING: {summary['top_lot']} holds {summary['top_lot_share']:.0%} of its cells, "
             "a possible lot artefact)"
         )
+    if str(summary.get("lot_splits_skipped", "")):
+        text += (
+            f" (stronger candidates set aside as their cluster split by a group of lots, not "
+            f"cell states: {summary['lot_splits_skipped']})"
+        )
     if bool(summary.get("lot_split", False)):
         text += (
             f" (WARNING: once lot effects are removed its cells mix with the rest of "

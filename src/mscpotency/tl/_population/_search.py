@@ -22,6 +22,12 @@ looks at many cuts at once and pays for doing so:
    thousands of permutations over thousands of candidates cost well under a second.
    ``p = (1 + #{max* >= observed}) / (1 + n_permutations)`` controls the chance of naming
    any population when potency is unrelated to composition (exchangeable lots).
+   **Lot splits set aside.** Donor effects can split a population by lot, and a part held
+   by the potent lots tracks potency without being a cell state. While the chosen
+   candidate is significant, a lot-corrected local view of its cluster tells whether its
+   cells stay a group once lot effects are removed (:func:`_skip_lot_splits`); a split is
+   set aside and the next candidate chosen, its p still taken against the maximum over
+   all candidates (so no larger than the best's chance under the null).
 4. **Boundary.** The chosen candidate's boundary with its neighbour is refined: cells of
    both are scored on the discriminant axis between them and the population is every
    cell not typical of the neighbour (beyond ``boundary_quantile`` of its scores) that is
@@ -49,7 +55,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -247,9 +253,11 @@ def potency_population(
     readable name such as ``CL3``, ``leiden r=0.5 #2``, ``CL3 r=0.25 #1`` or
     ``CL3+CL5``: kind, resolution, n_cells, mean_share, rho, pvalue (per-candidate
     permutation p, not selection-aware), jaccard_with_chosen (with the chosen candidate
-    before boundary refinement), chosen), ``'summary'`` : dict (found, population (the
-    chosen candidate), n_cells, rho and pvalue_naive (of the refined population's share;
-    exact, as if it were the only candidate), pvalue (selection-aware), n_candidates,
+    before boundary refinement), lot_split_lift (the candidates checked for a lot split,
+    :func:`_skip_lot_splits`; ``NaN``: not checked), chosen), ``'summary'`` : dict (found,
+    population (the chosen candidate), n_cells, rho and pvalue_naive (of the refined
+    population's share; exact, as if it were the only candidate), pvalue
+    (selection-aware), n_candidates,
     candidate_n_cells and candidate_rho (before refinement), refinement_undone (the refined
     population's own share did not track potency at ``alpha``, so the candidate is the
     population: the refinement reads no potency and may grow a candidate into another
@@ -259,10 +267,12 @@ def potency_population(
     fixed_k_cluster with its fixed_k_n_cells and fixed_k_rho,
     jaccard_with_fixed_k, changed, lot_dominated with top_lot and top_lot_share (the
     rule of :func:`mscpotency.tl.lot_specificity`, applied to the population; a
-    ``LotDominatedWarning`` when it holds), lot_split with lot_split_lift and
-    lot_split_cluster (the population is its fixed-k cluster split by a group of lots:
-    :func:`_flag_lot_split`; a ``LotDominatedWarning`` too), seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population
-    found, share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
+    ``LotDominatedWarning`` when it holds), lot_splits_skipped (the stronger candidates
+    set aside as their cluster split by a group of lots, ``'; '``-separated; ``''``:
+    none), lot_split_lift and lot_split_cluster of the population named, lot_split (it is
+    itself a split: every candidate checked was one; a ``LotDominatedWarning`` too),
+    seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population found,
+    share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
     clusters x [n_cells, n_in_population, jaccard]), ``'null_max'`` (the permutation maxima),
     ``'boundary'`` (when a population was found and refined against a different
     population: the rule that draws its boundary with its neighbour, population and neighbour labels, representation, axis,
@@ -290,15 +300,9 @@ def potency_population(
     )
     shares = _lot_shares(candidates, lots, min_fraction)
     y = outcome.to_numpy(dtype=float)
-    search = _selection_aware_search(
-        shares,
-        y,
-        alternative,
-        n_permutations,
-        tolerance,
-        np.random.default_rng(random_state),
-        sizes=candidates.counts.sum(axis=1),
-        preferred=np.flatnonzero(np.asarray(candidates.kind) == "cluster"),
+    options = (alternative, n_permutations, tolerance, alpha)
+    search, splits = _choose_population(
+        adata, candidates, inputs, (shares, y), options, random_state
     )
     candidate_cells = _members(candidates, search.chosen, adata.n_obs)
     chosen_cells, boundary, merged, refined = _boundary_refined(
@@ -324,10 +328,11 @@ def potency_population(
         alpha,
         alternative,
         refinement=(boundary, merged),
+        lifts=splits.lifts,
     )
     _record_refinement(result, refined, potency_name)
     _flag_lot_domination(result, lots, chosen_cells, random_state)
-    _flag_lot_split(result, adata, chosen_cells, inputs, random_state)
+    _flag_lot_split(result, candidates, splits, search.chosen)
     result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
     result["params"] = {
         "potency": potency_name,
@@ -1100,14 +1105,16 @@ def _population_result(
     alpha: float,
     alternative: str,
     refinement: tuple[dict | None, Sequence[str]] = (None, ()),
+    lifts: np.ndarray | None = None,
 ) -> dict:
     """The stored result: candidates, summary, lots, overlap with the fixed-k clusters.
 
     ``refinement``: the boundary rule (stored when a population was found: the rule mapping
     carries to query cells) and the fixed-k clusters the refinement merged whole.
+    ``lifts``: the candidates' lot-split lifts (``NaN``: not checked).
     """
     candidate_cells, chosen_cells = cells
-    table = _candidates_table(candidates, shares, search, candidate_cells)
+    table = _candidates_table(candidates, shares, search, candidate_cells, lifts)
     fixed = [i for i, kind in enumerate(candidates.kind) if kind == "cluster"]
     fixed_best = fixed[int(np.argmax(search.statistic[fixed]))] if fixed else search.chosen
     jaccard = _jaccard(chosen_cells, _members(candidates, fixed_best, adata.n_obs))
@@ -1184,50 +1191,163 @@ def _flag_lot_domination(
         )
 
 
-#: A population found whose cells, in a lot-corrected view of its cluster, keep less than
-#: this cohesion lift (:func:`~._local.cohesion_lift`) is flagged as its cluster split by
-#: lots. Hard preset seed 27, a part of SP2 that a group of donor lots split off: 0.06;
-#: hard null seed 36, named at p 0.0039: 0.34; the true populations found on hard seeds
-#: 0-29 (28 of them): 0.73-0.91; study seeds 0-9: 0.94-0.99 (the bar sits in the gap).
+#: A candidate whose cells, in a lot-corrected view of its cluster, keep less than this
+#: cohesion lift (:func:`~._local.cohesion_lift`) is its cluster split by lots. Hard preset
+#: seed 27, a part of SP2 that a group of donor lots split off: 0.06; hard null seed 36,
+#: named at p 0.0039: 0.34; the true populations found on hard seeds 0-29 (28 of them):
+#: 0.73-0.91; study seeds 0-9: 0.94-0.99 (the bar sits in the gap).
 LOT_SPLIT_MAX_LIFT = 0.4
+#: At most this many of the strongest candidates are checked for a lot split (one local
+#: view each); when all of them are splits the strongest is named, flagged.
+MAX_LOT_SPLIT_CHECKS = 5
 
 
-def _flag_lot_split(
-    result: dict,
+@dataclass(frozen=True)
+class _LotSplits:
+    """Cohesion lifts of the candidates checked (``NaN``: not checked) and their clusters."""
+
+    lifts: np.ndarray
+    clusters: dict[int, str]
+    skipped: list[int]
+
+
+def _choose_population(
     adata: AnnData,
-    chosen_cells: np.ndarray,
+    candidates: _Candidates,
     inputs: tuple[pd.Categorical, pd.Series, sparse.csr_matrix, dict],
+    data: tuple[np.ndarray, np.ndarray],
+    options: tuple[str, int, float, float],
     seed: int,
-) -> None:
-    """Flag a population that is its fixed-k cluster split by lots, not a cell state.
+) -> tuple[_Search, _LotSplits]:
+    """The selection-aware search (:func:`_selection_aware_search`), lot splits set aside.
+
+    ``data``: the candidates x lots shares and the lots' potency; ``options``:
+    ``(alternative, n_permutations, tolerance, alpha)``.
+    """
+    shares, y = data
+    alternative, n_permutations, tolerance, alpha = options
+    preferred = np.flatnonzero(np.asarray(candidates.kind) == "cluster")
+    search = _selection_aware_search(
+        shares,
+        y,
+        alternative,
+        n_permutations,
+        tolerance,
+        np.random.default_rng(seed),
+        sizes=candidates.counts.sum(axis=1),
+        preferred=preferred,
+    )
+    return _skip_lot_splits(adata, candidates, search, inputs, (alpha, tolerance, preferred), seed)
+
+
+def _skip_lot_splits(
+    adata: AnnData,
+    candidates: _Candidates,
+    search: _Search,
+    inputs: tuple[pd.Categorical, pd.Series, sparse.csr_matrix, dict],
+    choice: tuple[float, float, np.ndarray],
+    seed: int,
+) -> tuple[_Search, _LotSplits]:
+    """Name the strongest candidate that is a cell state, not its cluster split by lots.
 
     Donor or site effects can split a large population by lot, and when the lots on one
     side happen to be the potent ones the part's share tracks potency (hard preset seed 27:
-    rho 0.88, above the true population's 0.845). The population and the fixed-k cluster
-    it is compared with (:func:`_comparison_cluster`) are put in a local view corrected for
-    lot effects (:func:`~._local.local_view` with Harmony over the lots, the search's local
-    recipe); a state keeps its cells linked among themselves there, a lot split mixes with
-    the rest of the cluster. ``summary['lot_split']`` when the cohesion lift is at most
-    :data:`LOT_SPLIT_MAX_LIFT`; the lift and the cluster are in the summary, the message
-    says so and a ``LotDominatedWarning`` is issued. Reads no potency. Cost: one local view,
+    rho 0.88, above the true population's 0.845). While the chosen candidate is
+    significant, its lot-split lift is measured (:func:`_lot_split_lift`); a split is set
+    aside and the next strongest candidate chosen, up to :data:`MAX_LOT_SPLIT_CHECKS`
+    checks (when all are splits the first is named and flagged). The check reads no
+    potency, and the candidate named keeps the selection-aware p of its own statistic
+    against the maximum over *all* candidates, splits included: a smaller statistic than
+    the best, so its p is at least the best's and the chance of naming any population
+    under the null does not grow. ``choice``: ``(alpha, tolerance, preferred)``.
+    """
+    alpha, tolerance, preferred = choice
+    lifts = np.full(len(candidates.source), np.nan)
+    clusters: dict[int, str] = {}
+    current = search
+    while current.pvalue <= alpha and len(clusters) < MAX_LOT_SPLIT_CHECKS:
+        i = current.chosen
+        cells = _members(candidates, i, adata.n_obs)
+        lifts[i], clusters[i] = _lot_split_lift(adata, cells, inputs, seed)
+        if not lifts[i] <= LOT_SPLIT_MAX_LIFT:  # a state (NaN: no view, not judged a split)
+            return current, _LotSplits(lifts, clusters, [j for j in clusters if j != i])
+        excluded = np.isin(np.arange(lifts.size), list(clusters))
+        current = _excluding(search, excluded, tolerance, candidates.counts.sum(axis=1), preferred)
+    if current.pvalue > alpha and current.chosen >= 0:  # none significant left: none named
+        return current, _LotSplits(lifts, clusters, list(clusters))
+    return search, _LotSplits(lifts, clusters, [])  # checks (or candidates) ran out: flagged
+
+
+def _excluding(
+    search: _Search, excluded: np.ndarray, tolerance: float, sizes: np.ndarray, preferred
+) -> _Search:
+    """The search's choice and selection-aware p with the ``excluded`` candidates set aside."""
+    statistic = np.where(excluded, -np.inf, search.statistic)
+    best = float(statistic.max())
+    exceed = (search.null_max >= best - 1e-12).sum()
+    return replace(
+        search,
+        best=best,
+        pvalue=float((1 + exceed) / (1 + search.null_max.size)),
+        chosen=_choose(statistic, best, tolerance, sizes, preferred),
+    )
+
+
+def _lot_split_lift(
+    adata: AnnData,
+    cells: np.ndarray,
+    inputs: tuple[pd.Categorical, pd.Series, sparse.csr_matrix, dict],
+    seed: int,
+) -> tuple[float, str]:
+    """Cohesion lift of ``cells`` in a lot-corrected local view of their cluster, and its name.
+
+    The cells and the fixed-k cluster they are compared with (:func:`_comparison_cluster`)
+    are put in a local view corrected for lot effects (:func:`~._local.local_view` with
+    Harmony over the lots, the search's local recipe); a state keeps its cells linked among
+    themselves there, a lot split mixes with the rest of the cluster. Cost: one local view,
     1.4-1.5 s at the study size, ~20 s at 10^5 cells (a cluster of ~18,000 cells).
     """
-    summary = result["summary"]
-    summary.update(lot_split=False, lot_split_lift=float("nan"), lot_split_cluster="")
-    if not summary["found"]:
-        return
     base, lots, connectivities, cluster_params = inputs  # what _search_inputs returns
     codes = np.asarray(base.codes, dtype=np.int64)
-    parent = _comparison_cluster(codes, chosen_cells, connectivities)
-    cells = np.flatnonzero((codes == parent) | chosen_cells)
-    lot_codes = np.asarray(lots.cat.codes, dtype=np.int64)[cells]
+    parent = _comparison_cluster(codes, cells, connectivities)
+    members = np.flatnonzero((codes == parent) | cells)
+    lot_codes = np.asarray(lots.cat.codes, dtype=np.int64)[members]
     options = _local_options(adata, cluster_params, seed)
-    view = local_view(adata.X, cells, resolutions=(), lots=lot_codes, **options)
-    lift = float("nan") if view is None else cohesion_lift(view, chosen_cells[cells])
-    name = str(base.categories[parent])
-    summary.update(lot_split=bool(lift <= LOT_SPLIT_MAX_LIFT), lot_split_lift=lift)
-    summary["lot_split_cluster"] = name
+    view = local_view(adata.X, members, resolutions=(), lots=lot_codes, **options)
+    lift = float("nan") if view is None else cohesion_lift(view, cells[members])
+    return lift, str(base.categories[parent])
+
+
+def _flag_lot_split(result: dict, candidates: _Candidates, splits: _LotSplits, chosen: int) -> None:
+    """Record the lot-split check: the candidates set aside, and whether the named one is one.
+
+    ``summary['lot_splits_skipped']`` names the stronger candidates set aside
+    (:func:`_skip_lot_splits`); ``summary['lot_split']`` holds when the population named is
+    itself a split (every candidate checked was one), with ``lot_split_lift`` and
+    ``lot_split_cluster`` of the population named; the message says so and a
+    ``LotDominatedWarning`` is issued.
+    """
+    summary = result["summary"]
+    found = summary["found"] and chosen in splits.clusters
+    lift = float(splits.lifts[chosen]) if found else float("nan")
+    summary.update(
+        lot_split=bool(found and lift <= LOT_SPLIT_MAX_LIFT),
+        lot_split_lift=lift,
+        lot_split_cluster=splits.clusters.get(chosen, "") if found else "",
+        lot_splits_skipped="; ".join(candidates.source[i] for i in splits.skipped),
+    )
+    if splits.skipped:
+        names = ", ".join(
+            f"{candidates.source[i]} (lift {splits.lifts[i]:.2f} in {splits.clusters[i]})"
+            for i in splits.skipped
+        )
+        result["message"] += (
+            f" Stronger candidates set aside as their cluster split by a group of lots (donors, "
+            f"sites), not cell states (cohesion lift at most {LOT_SPLIT_MAX_LIFT} once lot "
+            f"effects are removed): {names}."
+        )
     if summary["lot_split"]:
+        name = summary["lot_split_cluster"]
         result["message"] += (
             f" Once lot effects are removed its cells mix with the rest of {name} (cohesion "
             f"lift {lift:.2f} in a lot-corrected view of {name}, at most "
@@ -1258,10 +1378,15 @@ def _comparison_cluster(
 
 
 def _candidates_table(
-    candidates: _Candidates, shares: np.ndarray, search: _Search, chosen_cells: np.ndarray
+    candidates: _Candidates,
+    shares: np.ndarray,
+    search: _Search,
+    chosen_cells: np.ndarray,
+    lifts: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per candidate, the strongest first."""
+    """One row per candidate, the strongest first (``lot_split_lift``: ``NaN`` if not checked)."""
     sizes = candidates.counts.sum(axis=1)
+    lifts = np.full(sizes.size, np.nan) if lifts is None else lifts
     table = pd.DataFrame(
         {
             "kind": candidates.kind,
@@ -1271,6 +1396,7 @@ def _candidates_table(
             "rho": search.rho,
             "pvalue": search.pvalue_candidate,
             "jaccard_with_chosen": _jaccard_with(candidates, chosen_cells, sizes),
+            "lot_split_lift": lifts,
             "chosen": np.arange(sizes.size) == search.chosen,
         },
         index=pd.Index(candidates.source, name="candidate"),

@@ -1192,10 +1192,13 @@ def _flag_lot_domination(
 
 
 #: A candidate whose cells, in a lot-corrected view of its cluster, keep less than this
-#: cohesion lift (:func:`~._local.cohesion_lift`) is its cluster split by lots. Hard preset
-#: seed 27, a part of SP2 that a group of donor lots split off: 0.06; hard null seed 36,
-#: named at p 0.0039: 0.34; the true populations found on hard seeds 0-29 (28 of them):
-#: 0.73-0.91; study seeds 0-9: 0.94-0.99 (the bar sits in the gap).
+#: cohesion lift (:func:`~._local.cohesion_lift`) is its cluster split by lots. Set on the
+#: refined populations (hard seed 27's split of SP2: 0.06; hard null seed 36's find: 0.34;
+#: the true populations of hard seeds 0-29: 0.73-0.91) and not moved since. On the
+#: candidates it now judges (before refinement): the splits 0.06 (hard seed 27), 0.34 and
+#: 0.38 (hard null seeds 36 and 14); the candidates named on hard seeds 0-29 (29 found)
+#: 0.50-0.92 (seed 17, a union with its transitional neighbour: 0.50), study seeds 0-19
+#: 0.79-0.99 (``benchmarks/results/potency_population_*_seeds0-*.md``). A thin margin.
 LOT_SPLIT_MAX_LIFT = 0.4
 #: At most this many of the strongest candidates are checked for a lot split (one local
 #: view each); when all of them are splits the strongest is named, flagged.

@@ -1196,7 +1196,7 @@ def _flag_lot_domination(
 #: refined populations (hard seed 27's split of SP2: 0.06; hard null seed 36's find: 0.34;
 #: the true populations of hard seeds 0-29: 0.73-0.91) and not moved since. On the
 #: candidates it now judges (before refinement): the splits 0.06 (hard seed 27), 0.34 and
-#: 0.38 (hard null seeds 36 and 14); the candidates named on hard seeds 0-29 (29 found)
+#: 0.38 (hard null seeds 36 and 14), 0.004 (study null seed 6); the candidates named on hard seeds 0-29 (29 found)
 #: 0.50-0.92 (seed 17, a union with its transitional neighbour: 0.50), study seeds 0-19
 #: 0.79-0.99 (``benchmarks/results/potency_population_*_seeds0-*.md``). A thin margin.
 LOT_SPLIT_MAX_LIFT = 0.4

@@ -1282,7 +1282,11 @@ def _skip_lot_splits(
 
 
 def _excluding(
-    search: _Search, excluded: np.ndarray, tolerance: float, sizes: np.ndarray, preferred
+    search: _Search,
+    excluded: np.ndarray,
+    tolerance: float,
+    sizes: np.ndarray,
+    preferred: np.ndarray | None,
 ) -> _Search:
     """The search's choice and selection-aware p with the ``excluded`` candidates set aside."""
     statistic = np.where(excluded, -np.inf, search.statistic)

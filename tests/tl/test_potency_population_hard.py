@@ -500,6 +500,24 @@ def test_a_population_split_off_by_a_group_of_lots_is_set_aside_for_the_true_one
     assert f"{skipped[0]} (lift " in result["message"]
 
 
+@pytest.mark.slow
+def test_on_a_null_study_a_lot_split_is_set_aside_and_nothing_is_named():
+    """Study preset, potency unrelated to composition (seed 6): a part of a cluster held by
+    some lots (rho 0.87, selection-aware p 0.024) had been named; its cells mix with the
+    rest of their cluster once lot effects are removed (cohesion lift ~0.004), so it is
+    set aside, no candidate behind it is significant, and nothing is named."""
+    adata = _hard_reference(6, simulated=mp.datasets.study(random_state=6, potency_slope=0))
+    with pytest.warns(_search.PopulationNotFoundWarning, match="set aside"):
+        mp.tl.potency_population(adata, "vegf", n_permutations=999)
+    result = adata.uns["potency_population"]
+    summary = result["summary"]
+    assert not summary["found"] and not summary["lot_split"]
+    assert summary["lot_splits_skipped"]
+    split = result["candidates"].loc[summary["lot_splits_skipped"].split("; ")[0]]
+    assert split["lot_split_lift"] < 0.1 and split["rho"] > 0.8
+    assert (adata.obs["potency_population"] == "potency").sum() == 0
+
+
 def test_cohesion_lift_is_one_for_a_closed_group_and_near_zero_for_a_random_one():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(200, 5)), rng.normal(size=(300, 5)) + 8.0])

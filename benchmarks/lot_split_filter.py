@@ -61,14 +61,12 @@ def one_seed(path: Path) -> dict:
     shares = _search._lot_shares(candidates, lots, 0.02)
     y = outcome.to_numpy(dtype=float)
     start = time.perf_counter()
-    lifts = np.array(
-        [
-            _search._lot_split_lift(adata, _search._members(candidates, i, adata.n_obs), inputs, 0)[
-                0
-            ]
-            for i in range(len(candidates.source))
-        ]
-    )
+    lifts = []
+    for i in range(len(candidates.source)):
+        cells = _search._members(candidates, i, adata.n_obs)
+        lift, _ = _search._lot_split_lift(adata, cells, inputs, 0)
+        lifts.append(lift)
+    lifts = np.array(lifts)
     seconds = time.perf_counter() - start
     row = {"data": path.stem, "n_candidates": lifts.size, "seconds_lifts": round(seconds, 1)}
     cohesive = ~(lifts <= _search.LOT_SPLIT_MAX_LIFT)

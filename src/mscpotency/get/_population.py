@@ -204,8 +204,8 @@ def potency_population(
         False when the search kept the fixed-k cluster; ``lot_splits_skipped``, the
         stronger candidates set aside as their cluster split by lots, and ``lot_split``,
         the population named is one); ``"lots"``: lots x (potency, share of the
-        population found, share of the fixed-k potency cluster); ``"overlap"``: every fixed-k cluster's cells
-        inside the population found and its Jaccard index with it; ``"boundary"``: one
+        population found, share of the fixed-k potency cluster); ``"overlap"``: every
+        fixed-k cluster's cells inside the population found and its Jaccard index with it; ``"boundary"``: one
         row, the population's boundary rule (``population`` and ``neighbour`` labels, the
         ``representation``, the discriminant ``axis`` in it, the neighbour's ``centre``
         and ``spread`` on it, the ``threshold`` and ``quantile``), which

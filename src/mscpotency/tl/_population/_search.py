@@ -1050,7 +1050,7 @@ def _selection_aware_search(
         null[~valid] = -np.inf
         null_max[start : start + size] = null.max(axis=0)
         exceed += (null >= statistic[:, None] - 1e-12).sum(axis=1)
-    pvalue = float((1 + (null_max >= best - 1e-12).sum()) / (1 + n_permutations))
+    pvalue = _max_statistic_pvalue(null_max, best)
     sizes = shares.sum(axis=1) if sizes is None else sizes
     return _Search(
         rho=rho,
@@ -1061,6 +1061,11 @@ def _selection_aware_search(
         pvalue=pvalue,
         chosen=_choose(statistic, best, tolerance, sizes, preferred),
     )
+
+
+def _max_statistic_pvalue(null_max: np.ndarray, statistic: float) -> float:
+    """Selection-aware p of ``statistic``: ``(1 + #{max* >= statistic}) / (1 + permutations)``."""
+    return float((1 + (null_max >= statistic - 1e-12).sum()) / (1 + null_max.size))
 
 
 def _choose(
@@ -1196,9 +1201,10 @@ def _flag_lot_domination(
 #: refined populations (hard seed 27's split of SP2: 0.06; hard null seed 36's find: 0.34;
 #: the true populations of hard seeds 0-29: 0.73-0.91) and not moved since. On the
 #: candidates it now judges (before refinement): the splits 0.06 (hard seed 27), 0.34 and
-#: 0.38 (hard null seeds 36 and 14), 0.004 (study null seed 6); the candidates named on hard seeds 0-29 (29 found)
-#: 0.50-0.92 (seed 17, a union with its transitional neighbour: 0.50), study seeds 0-19
-#: 0.79-0.99 (``benchmarks/results/potency_population_*_seeds0-*.md``). A thin margin.
+#: 0.38 (hard null seeds 36 and 14), 0.004 (study null seed 6); the candidates named on
+#: hard seeds 0-29 (29 found) 0.50-0.92 (seed 17, a union with its transitional neighbour:
+#: 0.50), study seeds 0-19 0.79-0.99 (``benchmarks/results/potency_population_*_seeds0-*.md``).
+#: A thin margin.
 LOT_SPLIT_MAX_LIFT = 0.4
 #: At most this many of the strongest candidates are checked for a lot split (one local
 #: view each); when all of them are splits the strongest is named, flagged.
@@ -1265,6 +1271,7 @@ def _skip_lot_splits(
     under the null does not grow. ``choice``: ``(alpha, tolerance, preferred)``.
     """
     alpha, tolerance, preferred = choice
+    sizes = candidates.counts.sum(axis=1)
     lifts = np.full(len(candidates.source), np.nan)
     clusters: dict[int, str] = {}
     current = search
@@ -1275,7 +1282,7 @@ def _skip_lot_splits(
         if not lifts[i] <= LOT_SPLIT_MAX_LIFT:  # a state (NaN: no view, not judged a split)
             return current, _LotSplits(lifts, clusters, [j for j in clusters if j != i])
         excluded = np.isin(np.arange(lifts.size), list(clusters))
-        current = _excluding(search, excluded, tolerance, candidates.counts.sum(axis=1), preferred)
+        current = _excluding(search, excluded, tolerance, sizes, preferred)
     if current.pvalue > alpha and current.chosen >= 0:  # none significant left: none named
         return current, _LotSplits(lifts, clusters, list(clusters))
     return search, _LotSplits(lifts, clusters, [])  # checks (or candidates) ran out: flagged
@@ -1291,11 +1298,10 @@ def _excluding(
     """The search's choice and selection-aware p with the ``excluded`` candidates set aside."""
     statistic = np.where(excluded, -np.inf, search.statistic)
     best = float(statistic.max())
-    exceed = (search.null_max >= best - 1e-12).sum()
     return replace(
         search,
         best=best,
-        pvalue=float((1 + exceed) / (1 + search.null_max.size)),
+        pvalue=_max_statistic_pvalue(search.null_max, best),
         chosen=_choose(statistic, best, tolerance, sizes, preferred),
     )
 
@@ -1335,12 +1341,12 @@ def _flag_lot_split(result: dict, candidates: _Candidates, splits: _LotSplits, c
     ``LotDominatedWarning`` is issued.
     """
     summary = result["summary"]
-    found = summary["found"] and chosen in splits.clusters
-    lift = float(splits.lifts[chosen]) if found else float("nan")
+    named = summary["found"] and chosen in splits.clusters  # found, hence checked
+    lift = float(splits.lifts[chosen]) if named else float("nan")
     summary.update(
-        lot_split=bool(found and lift <= LOT_SPLIT_MAX_LIFT),
+        lot_split=bool(named and lift <= LOT_SPLIT_MAX_LIFT),
         lot_split_lift=lift,
-        lot_split_cluster=splits.clusters.get(chosen, "") if found else "",
+        lot_split_cluster=splits.clusters[chosen] if named else "",
         lot_splits_skipped="; ".join(candidates.source[i] for i in splits.skipped),
     )
     if splits.skipped:

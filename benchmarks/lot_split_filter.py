@@ -26,6 +26,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from _results import write_results
+from potency_population import _seeds  # the same --seeds syntax and cache layout
 
 import mscpotency as mp
 from mscpotency.tl._population import _search
@@ -33,13 +34,6 @@ from mscpotency.tl._population._association import lot_outcome
 
 mp.settings.progress = False
 RESULTS = Path(__file__).parent / "results"
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        low, high = text.split("-")
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def one_seed(path: Path) -> dict:

@@ -265,7 +265,7 @@ def test_reports_load_in_a_browser_with_every_figure_and_no_overflow(runs, repor
     assert result["wide"] == [], result["wide"]
 
 
-def test_the_search_sentence_names_lot_splits_set_aside_and_a_population_flagged_as_one():
+def test_the_search_sentence_names_the_lot_splits_set_aside():
     adata = ad.AnnData(np.zeros((2, 2)))
     summary = {
         "found": True,
@@ -274,17 +274,16 @@ def test_the_search_sentence_names_lot_splits_set_aside_and_a_population_flagged
         "n_cells": 1419,
         "rho": 0.845,
         "lot_dominated": False,
-        "lot_split": False,
-        "lot_splits_skipped": "CL2 r=0.5 #3",
+        "lot_splits_skipped": "CL2 r=0.5 #3; leiden r=2 #6",
         "changed": True,
     }
     adata.uns["potency_population"] = {"summary": summary, "params": {}}
     text = _report._search_text(adata, "CL1")
     assert (
-        "set aside as their cluster split by a group of lots, not cell states: CL2 r=0.5 #3" in text
+        "set aside before the test as not cell states of their own, their cells mixing with "
+        "the rest of their cluster once lot effects are removed: CL2 r=0.5 #3; leiden r=2 #6"
+        in text
     )
     assert "WARNING" not in text
-    summary.update(lot_splits_skipped="", lot_split=True, lot_split_cluster="CL2")
-    text = _report._search_text(adata, "CL1")
-    assert "set aside" not in text
-    assert "WARNING: once lot effects are removed its cells mix with the rest of CL2" in text
+    summary.update(lot_splits_skipped="")
+    assert "set aside" not in _report._search_text(adata, "CL1")

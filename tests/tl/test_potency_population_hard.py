@@ -35,17 +35,19 @@ def _hard_reference(seed: int, simulated=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [9, 3])
+@pytest.mark.parametrize("seed", [9, 3, 11])
 def test_hard_seeds_that_failed_reach_f1_and_marker_first(seed):
     """Seed 9: the chosen sub-cluster left out the transitional potency cells (F1 0.881
     before boundary refinement); seed 3: the planted marker ranked 2nd by score, behind a
-    programme gene up a little in nearly every cell. Both now: F1 >= 0.9, marker 1st."""
+    programme gene up a little in nearly every cell; seed 11: the true population (rho
+    0.82) was not significant over all candidates (p 0.051), and is once the lot splits
+    are set aside before the test (p 0.033). All now: F1 >= 0.9, marker 1st."""
     adata = _hard_reference(seed)
     mp.tl.potency_population(adata, "vegf", n_permutations=999)
     summary = adata.uns["potency_population"]["summary"]
     assert summary["found"] and summary["changed"]
     assert summary["boundary_added"] > 0
-    assert not summary["lot_split"] and summary["lot_split_lift"] > 0.7
+    assert summary["lot_split_lift"] > 0.7
     truth = adata.obs["true_potency_cell"].to_numpy()
     found = (adata.obs["potency_population"] == "potency").to_numpy()
     assert _f1(found, truth) >= 0.9
@@ -462,7 +464,7 @@ def test_the_local_view_is_on_by_default_on_the_pca_graph_and_off_on_a_corrected
     result = default.uns["potency_population"]
     assert result["params"]["local_representation"] is True
     assert result["summary"]["found"] and "local" in result["summary"]["population"]
-    assert not result["summary"]["lot_split"]
+    assert not result["candidates"].loc[result["summary"]["population"], "lot_split"]
     assert _f1((default.obs["potency_population"] == "potency").to_numpy(), a1) >= 0.9
     corrected = adata.copy()
     corrected.obsm["X_corrected"] = corrected.obsm["X_pca"].copy()
@@ -480,24 +482,26 @@ def test_a_population_split_off_by_a_group_of_lots_is_set_aside_for_the_true_one
     """Hard seed 27: donor effects split SP2 by lot, and the part held by five of the six
     most potent lots has a share with rho 0.88, above the true population's 0.845; named
     as it was, F1 0. In a lot-corrected view of its cluster its cells mix with the rest of
-    SP2 (cohesion lift ~0.06): it is set aside, said so, and the true population named."""
+    SP2 (cohesion lift ~0.06): it is set aside before the test, said so, and the true
+    population named."""
     adata = _hard_reference(27)
     mp.tl.potency_population(adata, "vegf", n_permutations=999)
     result = adata.uns["potency_population"]
     summary = result["summary"]
-    assert summary["found"] and not summary["lot_split"]
+    assert summary["found"]
     truth = adata.obs["true_potency_cell"].to_numpy()
     found = (adata.obs["potency_population"] == "potency").to_numpy()
     assert _f1(found, truth) >= 0.9
     skipped = summary["lot_splits_skipped"].split("; ")
-    assert len(skipped) == 1
     table = result["candidates"]
-    split = table.loc[skipped[0]]
-    assert split["rho"] > table.loc[table["chosen"], "rho"].iloc[0]
-    assert split["lot_split_lift"] < 0.2
-    assert table.loc[table["chosen"], "lot_split_lift"].iloc[0] > 0.7
-    assert "set aside as their cluster split by a group of lots" in result["message"]
-    assert f"{skipped[0]} (lift " in result["message"]
+    chosen = table.loc[table["chosen"]].iloc[0]
+    assert not chosen["lot_split"] and chosen["lot_split_lift"] > 0.7
+    assert table.loc[skipped, "lot_split"].all()
+    assert (table.loc[skipped, "rho"] >= chosen["rho"]).all()
+    assert (table.loc[skipped, "lot_split_lift"] <= _search.LOT_SPLIT_MAX_LIFT).all()
+    assert table.loc[skipped[0], "lot_split_lift"] < 0.2
+    assert "Set aside before the test as not cell states of their own" in result["message"]
+    assert f"{skipped[0]} (rho " in result["message"]
 
 
 @pytest.mark.slow
@@ -505,13 +509,13 @@ def test_on_a_null_study_a_lot_split_is_set_aside_and_nothing_is_named():
     """Study preset, potency unrelated to composition (seed 6): a part of a cluster held by
     some lots (rho 0.87, selection-aware p 0.024) had been named; its cells mix with the
     rest of their cluster once lot effects are removed (cohesion lift ~0.004), so it is
-    set aside, no candidate behind it is significant, and nothing is named."""
+    set aside before the test, no other candidate is significant, and nothing is named."""
     adata = _hard_reference(6, simulated=mp.datasets.study(random_state=6, potency_slope=0))
-    with pytest.warns(_search.PopulationNotFoundWarning, match="set aside"):
+    with pytest.warns(_search.PopulationNotFoundWarning, match="Set aside before the test"):
         mp.tl.potency_population(adata, "vegf", n_permutations=999)
     result = adata.uns["potency_population"]
     summary = result["summary"]
-    assert not summary["found"] and not summary["lot_split"]
+    assert not summary["found"]
     assert summary["lot_splits_skipped"]
     split = result["candidates"].loc[summary["lot_splits_skipped"].split("; ")[0]]
     assert split["lot_split_lift"] < 0.1 and split["rho"] > 0.8

@@ -141,14 +141,9 @@ def _search_text(adata: AnnData, cluster: str) -> str:
         )
     if str(summary.get("lot_splits_skipped", "")):
         text += (
-            f" (stronger candidates set aside as their cluster split by a group of lots, not "
-            f"cell states: {summary['lot_splits_skipped']})"
-        )
-    if bool(summary.get("lot_split", False)):
-        text += (
-            f" (WARNING: once lot effects are removed its cells mix with the rest of "
-            f"{summary['lot_split_cluster']}: possibly that cluster split by a group of lots, "
-            "not a cell state)"
+            f" (stronger candidates set aside before the test as not cell states of their own, "
+            f"their cells mixing with the rest of their cluster once lot effects are removed: "
+            f"{summary['lot_splits_skipped']})"
         )
     if bool(summary["changed"]):
         return (

@@ -194,7 +194,8 @@ def potency_population(
         {kind}
         ``"candidates"``: one row per candidate population, the strongest first (rho,
         per-candidate permutation p, size, overlap with the population found,
-        ``lot_split_lift`` of the candidates checked for a split by lots);
+        ``lot_split_lift`` and ``lot_split``, set aside before the test as its cluster
+        split by lots);
         ``"summary"``: one row, what was found beside the fixed-k potency cluster
         (``found``, ``population``, ``n_cells``, ``rho``, ``pvalue`` selection-aware,
         ``pvalue_naive``; the candidate before boundary refinement, ``candidate_n_cells``,
@@ -202,8 +203,7 @@ def potency_population(
         (fixed-k clusters merged whole as one population with it); ``fixed_k_cluster``,
         ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
         False when the search kept the fixed-k cluster; ``lot_splits_skipped``, the
-        stronger candidates set aside as their cluster split by lots, and ``lot_split``,
-        the population named is one); ``"lots"``: lots x (potency, share of the
+        stronger candidates set aside as their cluster split by lots); ``"lots"``: lots x (potency, share of the
         population found, share of the fixed-k potency cluster); ``"overlap"``: every
         fixed-k cluster's cells inside the population found and its Jaccard index with it; ``"boundary"``: one
         row, the population's boundary rule (``population`` and ``neighbour`` labels, the

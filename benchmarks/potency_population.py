@@ -139,7 +139,7 @@ def one_seed(
         "changed": bool(summary["changed"]),
         "f1_search": round(_f1(found_cells, truth), 3),
         "lot_splits_skipped": summary.get("lot_splits_skipped", ""),
-        "lot_split": bool(summary.get("lot_split", False)),
+        "n_lot_splits": int(table["lot_split"].sum()) if "lot_split" in table else None,
         "lot_split_lift": round(float(summary.get("lot_split_lift", np.nan)), 3),
         "boundary_added": summary.get("boundary_added"),
         "boundary_removed": summary.get("boundary_removed"),
@@ -258,8 +258,13 @@ def _summary(table: pd.DataFrame, args) -> str:
     if "lot_splits_skipped" in table:
         skipped = table["lot_splits_skipped"].fillna("").astype(str).str.len() > 0
         lines.append(
-            f"- stronger candidates set aside as lot splits: {int(skipped.sum())}/{n} seeds; "
-            f"population named flagged lot_split: {int(table['lot_split'].sum())}/{n}"
+            f"- seeds where a candidate stronger than the one named was set aside as a lot "
+            f"split: {int(skipped.sum())}/{n}"
+        )
+    if "n_lot_splits" in table:
+        lines.append(
+            f"- candidates set aside as lot splits before the test: median "
+            f"{table['n_lot_splits'].median():.0f} per seed"
         )
     if "low_quality_kept" in table:
         lines.append(

@@ -194,8 +194,8 @@ def potency_population(
         {kind}
         ``"candidates"``: one row per candidate population, the strongest first (rho,
         per-candidate permutation p, size, overlap with the population found,
-        ``lot_split_lift`` and ``lot_split``, set aside before the test as its cluster
-        split by lots);
+        ``lot_split_lift`` and ``lot_split``, set aside before the test as not a cell state
+        of its own);
         ``"summary"``: one row, what was found beside the fixed-k potency cluster
         (``found``, ``population``, ``n_cells``, ``rho``, ``pvalue`` selection-aware,
         ``pvalue_naive``; the candidate before boundary refinement, ``candidate_n_cells``,
@@ -203,7 +203,7 @@ def potency_population(
         (fixed-k clusters merged whole as one population with it); ``fixed_k_cluster``,
         ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
         False when the search kept the fixed-k cluster; ``lot_splits_skipped``, the
-        stronger candidates set aside as their cluster split by lots); ``"lots"``: lots x (potency, share of the
+        candidates set aside before the test at least as strong as the one named); ``"lots"``: lots x (potency, share of the
         population found, share of the fixed-k potency cluster); ``"overlap"``: every
         fixed-k cluster's cells inside the population found and its Jaccard index with it; ``"boundary"``: one
         row, the population's boundary rule (``population`` and ``neighbour`` labels, the

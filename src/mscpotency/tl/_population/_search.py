@@ -285,8 +285,8 @@ def potency_population(
     jaccard_with_fixed_k, changed, lot_dominated with top_lot and top_lot_share (the
     rule of :func:`mscpotency.tl.lot_specificity`, applied to the population; a
     ``LotDominatedWarning`` when it holds), lot_splits_skipped (the candidates set aside
-    as their cluster split by a group of lots whose rho beat the population named,
-    ``'; '``-separated, strongest first; ``''``: none), lot_split_lift and
+    before the test whose rho is at least the population named's, ``'; '``-separated,
+    strongest first; ``''``: none), lot_split_lift and
     lot_split_cluster of the population named (the best candidate when none is named),
     seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population found,
     share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
@@ -1062,8 +1062,8 @@ def _selection_aware_search(
     valid = np.abs(ranks).sum(axis=1) > 0
     rho = np.where(valid, np.clip(rho, -1, 1), np.nan)
     statistic = np.where(valid, _directed(np.nan_to_num(rho), alternative), -np.inf)
-    competing = np.zeros(rho.size, bool) if excluded is None else np.asarray(excluded, bool)
-    competing = valid & ~competing
+    aside = np.zeros(rho.size, bool) if excluded is None else np.asarray(excluded, bool)
+    competing = valid & ~aside
     best = float(np.max(statistic, where=competing, initial=-np.inf))
     exceed = np.zeros(rho.size, dtype=np.int64)
     null_max = np.empty(n_permutations)
@@ -1086,15 +1086,10 @@ def _selection_aware_search(
         pvalue_candidate=np.where(valid, (1 + exceed) / (1 + n_permutations), np.nan),
         null_max=null_max,
         best=best,
-        pvalue=_max_statistic_pvalue(null_max, best),
+        pvalue=float((1 + (null_max >= best - 1e-12).sum()) / (1 + n_permutations)),
         chosen=chosen,
         excluded=~competing & valid,
     )
-
-
-def _max_statistic_pvalue(null_max: np.ndarray, statistic: float) -> float:
-    """Selection-aware p of ``statistic``: ``(1 + #{max* >= statistic}) / (1 + permutations)``."""
-    return float((1 + (null_max >= statistic - 1e-12).sum()) / (1 + null_max.size))
 
 
 def _choose(
@@ -1138,8 +1133,8 @@ def _population_result(
     potency_name: str,
     alpha: float,
     alternative: str,
-    refinement: tuple[dict | None, Sequence[str]] = (None, ()),
-    lifts: np.ndarray | None = None,
+    refinement: tuple[dict | None, Sequence[str]],
+    lifts: np.ndarray,
 ) -> dict:
     """The stored result: candidates, summary, lots, overlap with the fixed-k clusters.
 
@@ -1389,11 +1384,10 @@ def _candidates_table(
     shares: np.ndarray,
     search: _Search,
     chosen_cells: np.ndarray,
-    lifts: np.ndarray | None = None,
+    lifts: np.ndarray,
 ) -> pd.DataFrame:
     """One row per candidate, the strongest first (``lot_split``: set aside before the test)."""
     sizes = candidates.counts.sum(axis=1)
-    lifts = np.full(sizes.size, np.nan) if lifts is None else lifts
     table = pd.DataFrame(
         {
             "kind": candidates.kind,

@@ -28,6 +28,7 @@ the unsupervised search and the mapping reach:
   ``f1_mapped_quality``); ``transfer_search_labels``: the same classifier trained on the
   search's labels instead of the truth (does the mapping step lose what a classifier
   keeps?).
+- ``seconds_ceilings``: everything after the search (the classifiers and the mapping).
 
 Reference analyses are read from ``--cache`` (written there when absent), as in
 ``potency_population_mapping.py``.

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from _results import write_results
 from bulk_consensus import FLAGSHIPS, RULES, B, propensity
+from potency_population import _seeds  # the same --seeds syntax (0-39 or 0,3,5)
 
 import mscpotency as mp
 
@@ -71,11 +72,6 @@ def one(seed: int) -> dict:
     for gene in FLAGSHIPS:
         row[f"{gene}_on_array"] = bool(gene in train["array"].var_names)
     return row
-
-
-def _seeds(text: str) -> list[int]:
-    low, _, high = text.partition("-")
-    return list(range(int(low), int(high or low) + 1))
 
 
 def _summary(table: pd.DataFrame, top: int) -> str:

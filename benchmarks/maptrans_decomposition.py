@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from potency_population_mapping import _seeds
+from potency_population import _seeds
 from sklearn.neighbors import NearestNeighbors
 
 import mscpotency as mp

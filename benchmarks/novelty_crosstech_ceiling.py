@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _results import write_results
+from potency_population import _seeds  # the same --seeds syntax (0-9 or 1,9)
 from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -101,11 +102,6 @@ def one(seed: int) -> dict:
         row[f"flagged_{features}"] = round(float((scores[novel] > threshold).mean()), 3)
         row[f"auroc_{features}"] = round(float(roc_auc_score(novel, scores)), 3)
     return row
-
-
-def _seeds(text: str) -> list[int]:
-    low, _, high = text.partition("-")
-    return list(range(int(low), int(high or low) + 1))
 
 
 def main() -> None:

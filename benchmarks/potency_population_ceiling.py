@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _results import write_results
-from potency_population_mapping import _damaged_removed, _reference, _seeds
+from potency_population import _seeds
+from potency_population_mapping import _reference
 from scipy import sparse, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
@@ -113,10 +114,9 @@ def _mapped(ref, query) -> dict:
     ceiling = _transferred(ref, query_pca, subpopulations, potency)
     search_labels = ref.obs["potency_population"].astype(str).to_numpy()
     transfer = _transferred(ref, query_pca, search_labels, ["potency"])
-    quality = _damaged_removed(query, "_quality", "predicted")
     return {
         "f1_mapped": _f1(truth, mapped),
-        "f1_mapped_quality": quality["f1_quality"],
+        "f1_mapped_quality": _f1(truth[kept], mapped[kept]),
         "ceiling_mapped": _f1(truth, ceiling),
         "ceiling_mapped_quality": _f1(truth[kept], ceiling[kept]),
         "transfer_search_labels": _f1(truth, transfer),

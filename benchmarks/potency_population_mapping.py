@@ -37,6 +37,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from _results import write_results
+from potency_population import _seeds  # the same --seeds syntax
 
 import mscpotency as mp
 
@@ -149,13 +150,6 @@ def _damaged_removed(adata, suffix: str, key: str) -> dict:
             adata.obs["true_low_quality"][flagged].sum()
         ),
     }
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        low, high = text.split("-")
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def main() -> None:

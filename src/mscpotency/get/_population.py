@@ -203,9 +203,10 @@ def potency_population(
         (fixed-k clusters merged whole as one population with it); ``fixed_k_cluster``,
         ``fixed_k_n_cells``, ``fixed_k_rho``, ``jaccard_with_fixed_k`` and ``changed``,
         False when the search kept the fixed-k cluster; ``lot_splits_skipped``, the
-        candidates set aside before the test at least as strong as the one named); ``"lots"``: lots x (potency, share of the
-        population found, share of the fixed-k potency cluster); ``"overlap"``: every
-        fixed-k cluster's cells inside the population found and its Jaccard index with it; ``"boundary"``: one
+        candidates set aside before the test at least as strong as the one named);
+        ``"lots"``: lots x (potency, share of the population found, share of the fixed-k
+        potency cluster); ``"overlap"``: every fixed-k cluster's cells inside the
+        population found and its Jaccard index with it; ``"boundary"``: one
         row, the population's boundary rule (``population`` and ``neighbour`` labels, the
         ``representation``, the discriminant ``axis`` in it, the neighbour's ``centre``
         and ``spread`` on it, the ``threshold`` and ``quantile``), which

@@ -270,9 +270,7 @@ def potency_population(
     before boundary refinement), lot_split_lift (cohesion lift in a lot-corrected local
     view of its clusters, :func:`_lot_split_lifts`; ``NaN``: too few cells for a view),
     lot_split (set aside before the test: lift at most 0.4, not a cell state of its own),
-    chosen),
-    ``'summary'`` : dict (found,
-    population (the chosen candidate), n_cells, rho and pvalue_naive (of the refined
+    chosen), ``'summary'`` : dict (found, population (the chosen candidate), n_cells, rho and pvalue_naive (of the refined
     population's share; exact, as if it were the only candidate), pvalue
     (selection-aware), n_candidates,
     candidate_n_cells and candidate_rho (before refinement), refinement_undone (the refined

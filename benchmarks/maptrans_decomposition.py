@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _truth import population_f1
 from potency_population import _seeds
 from sklearn.neighbors import NearestNeighbors
 
@@ -103,10 +104,6 @@ def _load(seed: int, cache: Path | None) -> dict:
     return record
 
 
-def _f1(called: np.ndarray, truth: np.ndarray) -> float:
-    return float(2 * (called & truth).sum() / (called.sum() + truth.sum()))
-
-
 def _rule(record: dict, codes: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
     """Cells called the population: the rule re-decides population and neighbour labels."""
     categories, rule = record["categories"], record["boundary"]
@@ -155,7 +152,7 @@ def _variants(record: dict) -> dict:
     neighbour = record["categories"].index(rule["neighbour"])
     threshold = float(rule["threshold"])
     grid = np.linspace(score.min(), score.max(), 400)
-    best = max(grid, key=lambda t: _f1(_rule(record, codes, score, t), truth))
+    best = max(grid, key=lambda t: population_f1(_rule(record, codes, score, t), truth))
     nearest = NearestNeighbors(n_neighbors=11).fit(record["q_emb"])
     smooth = score[nearest.kneighbors(record["q_emb"], return_distance=False)].mean(axis=1)
     own = record["r_emb"] @ axis
@@ -163,12 +160,14 @@ def _variants(record: dict) -> dict:
     place = (threshold - rule["centre"]) / (np.median(own[labels == "potency"]) - rule["centre"])
     low, high = np.median(score[codes == neighbour]), np.median(score[codes == population])
     return {
-        "f1_no_rule": _f1(codes == population, truth),
-        "f1_rule": _f1(_rule(record, codes, score, threshold), truth),
-        "f1_oracle_threshold": _f1(_rule(record, codes, score, best), truth),
-        "f1_most_probable_label": _f1(_rule(record, top, score, threshold), truth),
-        "f1_smoothed_10": _f1(_rule(record, codes, smooth, threshold), truth),
-        "f1_two_medians": _f1(_rule(record, codes, score, low + place * (high - low)), truth),
+        "f1_no_rule": population_f1(codes == population, truth),
+        "f1_rule": population_f1(_rule(record, codes, score, threshold), truth),
+        "f1_oracle_threshold": population_f1(_rule(record, codes, score, best), truth),
+        "f1_most_probable_label": population_f1(_rule(record, top, score, threshold), truth),
+        "f1_smoothed_10": population_f1(_rule(record, codes, smooth, threshold), truth),
+        "f1_two_medians": population_f1(
+            _rule(record, codes, score, low + place * (high - low)), truth
+        ),
     }
 
 
@@ -179,14 +178,17 @@ def one(seed: int, cache: Path | None) -> dict:
     truth = query.obs["true_potency_cell"].to_numpy()
     committed = query.obs["true_commitment"].to_numpy() > 0.5
     labelled = (ref.obs["potency_population"].astype(str) == "potency").to_numpy()
-    row = {"seed": seed, "f1_reference": _f1(labelled, ref.obs["true_potency_cell"].to_numpy())}
+    row = {
+        "seed": seed,
+        "f1_reference": population_f1(labelled, ref.obs["true_potency_cell"].to_numpy()),
+    }
     row |= _variants(record)
     row["n_potency"] = int(truth.sum())
     for name in CAUSES:
         row[f"FN_{name}"] = int(((cause == name) & truth).sum())
         row[f"FP_{name}"] = int(((cause == name) & ~truth).sum())
     row["FN_overlap_committed_gt_0.5"] = int(((cause == "overlap") & truth & committed).sum())
-    assert row["f1_rule"] == _f1(called, truth)  # the offline rule is the package's
+    assert row["f1_rule"] == population_f1(called, truth)  # the offline rule is the package's
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
 

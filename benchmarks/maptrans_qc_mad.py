@@ -17,15 +17,11 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import numpy as np
+from _truth import population_f1
 
 import mscpotency as mp
 
 mp.settings.progress = False
-
-
-def _f1(called: np.ndarray, truth: np.ndarray) -> float:
-    return round(float(2 * (called & truth).sum() / (called.sum() + truth.sum())), 3)
 
 
 def one(seed: int) -> dict:
@@ -47,8 +43,10 @@ def one(seed: int) -> dict:
     mapped = (query.obs["predicted"].astype(str) == "potency").to_numpy()
     return {
         "seed": seed,
-        "f1_reference": _f1(population, ref.obs["true_potency_cell"].to_numpy()),
-        "f1_mapped": _f1(mapped, query.obs["true_potency_cell"].to_numpy()),
+        "f1_reference": population_f1(
+            population, ref.obs["true_potency_cell"].to_numpy(), digits=3
+        ),
+        "f1_mapped": population_f1(mapped, query.obs["true_potency_cell"].to_numpy(), digits=3),
         "low_quality_left": int(
             ref.obs["true_low_quality"].sum() + query.obs["true_low_quality"].sum()
         ),

@@ -29,11 +29,8 @@ import mscpotency as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _truth import population_f1
 from novelty_crosstech_groups import scenario
-
-
-def _f1(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def _embedded(query, flavor: str, n_top_genes: int, k: int):
@@ -77,11 +74,11 @@ def one_seed(seed: int, flavors, genes, ks, resolutions) -> None:
                         directed=False,
                     )
                     labels = a.obs["leiden"].to_numpy()
-                    best = max(np.unique(labels), key=lambda c: _f1(labels == c, novel))
+                    best = max(np.unique(labels), key=lambda c: population_f1(labels == c, novel))
                     cluster = labels == best
                     print(
                         f"seed {seed} {flavor} genes {n_top_genes} k {k} res {resolution}: "
-                        f"F1 {_f1(cluster, novel):.3f} recall {(cluster & novel).sum() / novel.sum():.3f} "
+                        f"F1 {population_f1(cluster, novel):.3f} recall {(cluster & novel).sum() / novel.sum():.3f} "
                         f"size {cluster.sum()} (SP9 {novel.sum()}) flagged in it "
                         f"{flagged[cluster].mean():.3f} (SP9 {flagged[novel].mean():.3f}, known "
                         f"{flagged[~novel].mean():.3f}); smoothed-flag AUROC "

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _truth import population_f1
 
 import mscpotency as mp
 from mscpotency._frozen import lognormalise
@@ -74,10 +75,6 @@ def scenario(name: str, seed: int):
         return _reference(train.copy(), 8), query, np.zeros(query.n_obs, dtype=bool)
     without = train[train.obs["true_subpopulation"] != "SP3"].copy()
     return _reference(without, 7), query, (query.obs["true_subpopulation"] == "SP3").to_numpy()
-
-
-def _f1(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def _share(x: np.ndarray, where: np.ndarray) -> float:
@@ -119,7 +116,7 @@ def one_seed(name: str, seed: int, genes: list[int], resolutions: list[float]) -
                     "genes": n_genes,
                     "resolution": resolution,
                     "n_groups": len(table),
-                    "best group F1": max(_f1(groups == g, novel) for g in table.index)
+                    "best group F1": max(population_f1(groups == g, novel) for g in table.index)
                     if novel.any()
                     else np.nan,
                     "novel flagged, cells": _share(flagged, novel),

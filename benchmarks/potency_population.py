@@ -37,6 +37,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from _results import write_results
+from _truth import population_f1
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
@@ -53,11 +54,6 @@ def _seeds(text: str) -> list[int]:
         low, high = text.split("-")
         return list(range(int(low), int(high) + 1))
     return [int(s) for s in text.split(",")]
-
-
-def _f1(found: np.ndarray, truth: np.ndarray) -> float:
-    total = found.sum() + truth.sum()
-    return float(2 * (found & truth).sum() / total) if total else 0.0
 
 
 def _marker_rank(adata, cluster: str, cluster_key: str, rank_by: str = "score") -> int:
@@ -127,7 +123,7 @@ def one_seed(
         "ari_fixed_k": round(
             adjusted_rand_score(adata.obs["true_subpopulation"], adata.obs["cluster"]), 3
         ),
-        "f1_fixed_k": round(_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
+        "f1_fixed_k": round(population_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
         "p_fixed_k": float(row["pvalue"]),
         "fdr_fixed_k": float(row["fdr"]),
         "association_found": bool(association["found"]),
@@ -137,7 +133,7 @@ def one_seed(
         "population": best,
         "n_candidates": summary["n_candidates"],
         "changed": bool(summary["changed"]),
-        "f1_search": round(_f1(found_cells, truth), 3),
+        "f1_search": round(population_f1(found_cells, truth), 3),
         "lot_splits_skipped": summary.get("lot_splits_skipped", ""),
         "n_lot_splits": int(table["lot_split"].sum()) if "lot_split" in table else None,
         "lot_split_lift": round(float(summary.get("lot_split_lift", np.nan)), 3),
@@ -147,7 +143,7 @@ def one_seed(
         "low_quality_kept": int(adata.obs["true_low_quality"].sum()),
     }
     # F1 of the best candidate even when nothing is named (how close the search came)
-    out["f1_best"] = round(_f1(_best_cells(adata), truth), 3)
+    out["f1_best"] = round(population_f1(_best_cells(adata), truth), 3)
     if not null:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

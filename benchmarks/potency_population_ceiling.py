@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _results import write_results
+from _truth import population_f1
 from potency_population import _seeds
 from potency_population_mapping import _reference
 from scipy import sparse, stats
@@ -59,10 +60,6 @@ mp.settings.progress = False
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "potency_population_ceiling"
-
-
-def _f1(truth: np.ndarray, called: np.ndarray) -> float:
-    return round(float(2 * (truth & called).sum() / (truth.sum() + called.sum())), 3)
 
 
 def _classifier(kind: str):
@@ -115,11 +112,11 @@ def _mapped(ref, query) -> dict:
     search_labels = ref.obs["potency_population"].astype(str).to_numpy()
     transfer = _transferred(ref, query_pca, search_labels, ["potency"])
     return {
-        "f1_mapped": _f1(truth, mapped),
-        "f1_mapped_quality": _f1(truth[kept], mapped[kept]),
-        "ceiling_mapped": _f1(truth, ceiling),
-        "ceiling_mapped_quality": _f1(truth[kept], ceiling[kept]),
-        "transfer_search_labels": _f1(truth, transfer),
+        "f1_mapped": population_f1(mapped, truth, digits=3),
+        "f1_mapped_quality": population_f1(mapped[kept], truth[kept], digits=3),
+        "ceiling_mapped": population_f1(ceiling, truth, digits=3),
+        "ceiling_mapped_quality": population_f1(ceiling[kept], truth[kept], digits=3),
+        "transfer_search_labels": population_f1(transfer, truth, digits=3),
     }
 
 
@@ -141,12 +138,12 @@ def one(seed: int, cache: Path | None) -> dict:
             3,
         ),
         "found": bool(ref.uns["potency_population"]["summary"]["found"]),
-        "f1_search": _f1(
-            truth, (ref.obs["potency_population"].astype(str) == "potency").to_numpy()
+        "f1_search": population_f1(
+            (ref.obs["potency_population"].astype(str) == "potency").to_numpy(), truth, digits=3
         ),
-        "ceiling_linear": _f1(truth, _cross_validated(ref, "linear")),
-        "ceiling_mlp": _f1(truth, _cross_validated(ref, "mlp")),
-        "f1_commitment_below_half": _f1(truth, truth & (commitment < 0.5)),
+        "ceiling_linear": population_f1(_cross_validated(ref, "linear"), truth, digits=3),
+        "ceiling_mlp": population_f1(_cross_validated(ref, "mlp"), truth, digits=3),
+        "f1_commitment_below_half": population_f1(truth & (commitment < 0.5), truth, digits=3),
     }
     row |= _mapped(ref, query)
     row["seconds_ceilings"] = round(time.perf_counter() - start, 1)

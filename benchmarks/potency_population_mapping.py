@@ -37,7 +37,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from _results import write_results
-from potency_population import _seeds  # the same --seeds syntax
+from potency_population import LOCAL, _seeds  # the same --seeds and --local-representation
 
 import mscpotency as mp
 
@@ -89,10 +89,6 @@ def _low_quality(query) -> dict:
         "n_low_quality_potency": int(low.sum()),
         "n_low_quality_potency_mapped": int(mapped[low].sum()),
     }
-
-
-#: ``--local-representation`` choices -> ``tl.potency_population(local_representation=...)``.
-LOCAL = {"on": True, "off": False, "default": None}
 
 
 def one(

@@ -38,9 +38,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import scanpy as sc
+from _truth import population_f1
 from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
@@ -50,10 +50,6 @@ from mscpotency.datasets import SetSpec, hard_config, simulate_lots
 mp.settings.progress = False
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _f1(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
 
 
 def _true_rho(adata) -> float:
@@ -111,14 +107,14 @@ def one(simulated, preset: str, seed: int, recipe: str) -> dict:
         "recipe": recipe,
         "true_rho": round(_true_rho(adata), 3),
         "ari": round(adjusted_rand_score(adata.obs["true_subpopulation"], adata.obs["cluster"]), 3),
-        "f1_fixed_k": round(_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
+        "f1_fixed_k": round(population_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
         "fixed_k_rho": round(float(summary["fixed_k_rho"]), 3),
         "found": bool(summary["found"]),
         "search_candidate": summary["population"],
         "search_rho": round(float(summary["candidate_rho"]), 3),
         "search_p": round(float(summary["pvalue"]), 4),
         "f1_search": round(
-            _f1((adata.obs["potency_population"] == "potency").to_numpy(), truth), 3
+            population_f1((adata.obs["potency_population"] == "potency").to_numpy(), truth), 3
         ),
         "seconds": round(time.perf_counter() - start, 1),
     }

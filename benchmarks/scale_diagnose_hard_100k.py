@@ -36,6 +36,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from _truth import population_f1
 from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
@@ -45,10 +46,6 @@ from mscpotency.datasets import SetSpec, hard_config, simulate_lots
 from mscpotency.datasets._simulate import _population
 
 mp.settings.progress = False
-
-
-def _f1(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(2 * (found & truth).sum() / max(found.sum() + truth.sum(), 1))
 
 
 def _capture_candidates() -> dict:
@@ -67,7 +64,7 @@ def _capture_candidates() -> dict:
 def _candidate_f1(candidates, truth: np.ndarray) -> np.ndarray:
     return np.array(
         [
-            _f1(search_module._members(candidates, i, truth.size), truth)
+            population_f1(search_module._members(candidates, i, truth.size), truth)
             for i in range(len(candidates.source))
         ]
     )
@@ -183,7 +180,7 @@ def _diagnose(adata, candidates) -> dict:
         **_hvg_coverage(adata),
         "ari": round(adjusted_rand_score(adata.obs["true_subpopulation"], adata.obs["cluster"]), 3),
         "fixed_k_cluster": str(fixed),
-        "f1_fixed_k": round(_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
+        "f1_fixed_k": round(population_f1((adata.obs["cluster"] == fixed).to_numpy(), truth), 3),
         "fixed_k_rho": round(float(summary["fixed_k_rho"]), 3),
         "selection_aware_p": round(float(summary["pvalue"]), 4),
         "null_max_q95": round(
@@ -195,7 +192,7 @@ def _diagnose(adata, candidates) -> dict:
         "chosen_n_cells": int(summary["candidate_n_cells"]),
         "chosen_f1": round(float(f1[chosen]), 3),
         "refined_f1": round(
-            _f1((adata.obs["potency_population"] == "potency").to_numpy(), truth), 3
+            population_f1((adata.obs["potency_population"] == "potency").to_numpy(), truth), 3
         ),
         "best_f1_candidate": candidates.source[best],
         "best_f1": round(float(f1[best]), 3),

@@ -433,3 +433,26 @@ def test_mad_of_zero_sets_no_threshold_in_that_lot(tiny_train):
     assert rows.loc["BM01", "rule"].startswith("not applied")
     assert np.isfinite(rows.loc["BM02", "threshold"])
     assert mp.get.qc(adata).loc["BM01", "cells_above_mad_pct_mito"] == 0
+
+
+def test_a_cell_without_counts_leaves_its_lots_mito_threshold_in_place(tiny_train):
+    """An empty droplet's mitochondrial share is 0/0; it must not switch the lot's MAD filter
+    off (it did: the lot's MAD became NaN, its threshold inf, 9 of 10 damaged cells kept)."""
+    adata = tiny_train[tiny_train.obs["lot"].isin(["BM01", "BM02"]).to_numpy()].copy()
+    with_empty = adata.copy()
+    counts = with_empty.layers["counts"].tolil()
+    empty = np.flatnonzero((with_empty.obs["lot"] == "BM01").to_numpy())[-1]
+    empty_name = with_empty.obs_names[empty]
+    counts[empty, :] = 0
+    with_empty.layers["counts"] = counts.tocsr()
+    for data in (adata, with_empty):
+        mp.pp.qc(data, thresholds="mad", min_cells_per_lot=0)
+    mito = "cells_above_mad_pct_mito"
+    rows = with_empty.uns["qc"]["thresholds"].loc[mito].set_index("lot")
+    before = adata.uns["qc"]["thresholds"].loc[mito].set_index("lot")
+    assert np.isfinite(rows.loc["BM01", "threshold"])
+    # one cell fewer in BM01's median and MAD (the empty one replaced a measured cell)
+    np.testing.assert_allclose(rows["threshold"], before["threshold"], rtol=0.01)
+    assert mp.get.qc(with_empty).loc["BM01", mito] == mp.get.qc(adata).loc["BM01", mito] > 0
+    # the empty cell is removed (by the counts filter); every other decision is unchanged
+    assert with_empty.obs_names.equals(adata.obs_names.drop(empty_name, errors="ignore"))

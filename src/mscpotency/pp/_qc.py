@@ -321,7 +321,9 @@ def _mad_thresholds(
 
     As scater's ``isOutlier`` (``nmads``, ``type="lower"``/``"higher"``, ``batch=lot``) on
     ``log1p`` of the counts and genes and on the mitochondrial percentage. A lot whose MAD
-    is 0 gets no threshold (``-inf`` or ``inf``).
+    is 0 gets no threshold (``-inf`` or ``inf``). A cell without counts has no
+    mitochondrial percentage (0/0): it is left out of its lot's median and MAD (it fails
+    the counts filter), as scater's ``na.rm``, instead of making the lot's MAD undefined.
     """
     metrics = {
         "cells_below_mad_log_counts": (np.log1p(obs["total_counts"].to_numpy(float)), -1),
@@ -333,10 +335,17 @@ def _mad_thresholds(
     for name, (values, sign) in metrics.items():
         grouped = pd.Series(values).groupby(lots.to_numpy(), observed=True)
         median = grouped.median()
-        mad = MAD_SCALE * grouped.apply(lambda v: np.median(np.abs(v - np.median(v))))
+        mad = MAD_SCALE * grouped.apply(_median_absolute_deviation)
         limit = median + sign * n_mads * mad
         found[name] = limit.where(mad > 0, sign * np.inf).astype(float)
     return found
+
+
+def _median_absolute_deviation(values: pd.Series) -> float:
+    """``median(|v - median(v)|)`` over the values that are not NaN (NaN when none is)."""
+    v = values.to_numpy(float)
+    v = v[~np.isnan(v)]
+    return float(np.median(np.abs(v - np.median(v)))) if v.size else np.nan
 
 
 def _fails(obs: pd.DataFrame, lots: pd.Series, name: str, by_lot: pd.Series) -> np.ndarray:

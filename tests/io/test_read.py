@@ -220,6 +220,40 @@ def test_gene_mismatch_inner_drops_and_reports_outer_fills_zeros(tmp_path, lots)
     assert missing.nnz == 0
 
 
+def test_a_symbol_with_other_ids_in_another_lot_never_pools_different_genes(tmp_path, lots):
+    """Two Cell Ranger references: lot A lists two ids for one symbol, lot B only the second.
+    Made unique lot by lot, A's first id and B's only id were both named by the bare symbol
+    and pooled as one gene (a review's reproducer: mean 50 counts in A, 1 in B), and
+    var['gene_ids'] was dropped for every gene."""
+    a, b = lots["BM01"].copy(), lots["BM02"].copy()
+    names = a.var_names.tolist()
+    symbol = names[3]
+    names[5] = symbol  # lot A: the symbol has two ids, 3 and 5
+    a.var_names = names
+    b = b[:, [g for g in range(b.n_vars) if g != 3]].copy()  # lot B: id 3 is gone
+    b.var_names = [
+        symbol if g == 5 else name for g, name in enumerate(lots["BM02"].var_names) if g != 3
+    ]
+    write_folder(tmp_path / "lots", {"A": a, "B": b}, "mtx")
+    pooled = mp.io.read_lots(tmp_path / "lots")
+    ids = pooled.var["gene_ids"]
+    assert ids.is_unique and len(ids) == pooled.n_vars
+    # every pooled name stands for one id, the same in both lots
+    id5 = a.var["gene_ids"].iloc[5]
+    name5 = ids.index[ids == id5][0]
+    assert name5 == f"{symbol}-1"
+    for lot, part in (("A", a), ("B", b)):
+        column = list(part.var["gene_ids"]).index(id5)
+        cells = (pooled.obs["lot"] == lot).to_numpy()
+        np.testing.assert_array_equal(
+            pooled[cells, name5].X.toarray().ravel(), part.X[:, column].toarray().ravel()
+        )
+    assert symbol not in pooled.var_names  # id 3 was measured in lot A only (join='inner')
+    assert pooled.uns["read_lots"]["symbols_with_several_ids"] == {
+        symbol: [a.var["gene_ids"].iloc[3], id5]
+    }
+
+
 def test_duplicate_gene_symbols_are_made_unique_and_reported(tmp_path, lots):
     part = lots["BM01"].copy()
     names = part.var_names.tolist()
@@ -428,9 +462,17 @@ def test_duplicate_barcodes_within_a_lot(tmp_path, lots):
 def test_lots_sharing_no_genes(tmp_path, lots):
     other = lots["BM02"].copy()
     other.var_names = other.var["gene_ids"].to_numpy()
-    paths = write_folder(tmp_path / "lots", {"BM01": lots["BM01"], "BM02": other}, "h5ad")
+    bare = {"BM01": lots["BM01"].copy(), "BM02": other.copy()}
+    for part in bare.values():
+        del part.var["gene_ids"]
+    paths = write_folder(tmp_path / "bare", bare, "h5ad")
     with pytest.raises(ValueError, match=r"the lots share no gene names"):
         mp.io.read_lots(paths)
+    # with gene ids in both, the lots are pooled by id, named as the first lot names them
+    paths = write_folder(tmp_path / "lots", {"BM01": lots["BM01"], "BM02": other}, "h5ad")
+    pooled = mp.io.read_lots(paths)
+    assert pooled.var_names.equals(lots["BM01"].var_names)
+    assert_lots_equal(pooled, {"BM01": lots["BM01"], "BM02": lots["BM02"]})
 
 
 def test_options_are_checked_before_reading(tmp_path):
@@ -492,6 +534,21 @@ def test_lazy_reader_makes_repeated_gene_names_unique_and_reports_them(tmp_path,
     assert list(lazy.var_names[[3, 5]]) == [names[3], f"{names[3]}-1"]
     assert lazy.uns["read_lots_lazy"]["genes_made_unique"] == [names[3]]
     assert f"['{names[3]}']" in caplog.text and "not summed" in caplog.text
+
+
+def test_lazy_reader_keeps_gene_annotations_the_files_disagree_on_and_says_so(tmp_path, lots):
+    """Files that disagree on one gene's id kept no var['gene_ids'] at all, silently."""
+    pytest.importorskip("dask")
+    a, b = lots["BM01"].copy(), lots["BM02"].copy()
+    b.var.loc[b.var_names[2], "gene_ids"] = "ENSG99999999999"
+    a.write_h5ad(tmp_path / "BM01.h5ad")
+    b.write_h5ad(tmp_path / "BM02.h5ad")
+    with pytest.warns(UserWarning, match=r"read_lots_lazy: the lots disagree on var\['gene_ids'\]"):
+        lazy = mp.io.read_lots_lazy(tmp_path)
+    assert lazy.var["gene_ids"].tolist() == a.var["gene_ids"].tolist()
+    assert lazy.uns["read_lots_lazy"]["var_disagreements"] == {
+        "gene_ids": {a.var_names[2]: {"BM01": a.var["gene_ids"].iloc[2], "BM02": "ENSG99999999999"}}
+    }
 
 
 def test_read_lots_says_repeated_symbols_are_kept_apart(tmp_path, lots, caplog):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -384,9 +386,40 @@ def test_outer_join_reports_the_genes_added_per_lot_and_keeps_symbols(lots, capl
     assert "pass join='outer'" in caplog.text
 
 
-def test_a_var_column_the_lots_disagree_on_is_left_out(lots):
+def test_a_gene_annotation_the_lots_disagree_on_is_kept_and_said(lots):
+    """Symbols that differ in some genes are kept (the first lot's), not dropped for every
+    gene (dropping them switched pp.qc's mitochondrial filter off without a word); a
+    per-lot statistic that differs is left out."""
     a, b = lots["BM01"].copy(), lots["BM02"][:, 10:].copy()
     a.var["gene_symbols"] = a.var_names.to_numpy()
-    b.var["gene_symbols"] = [f"other{i}" for i in range(b.n_vars)]
-    outer = mp.pp.pool_lots({"A": a, "B": b}, join="outer")
-    assert "gene_symbols" not in outer.var.columns
+    b.var["gene_symbols"] = b.var_names.to_numpy()
+    b.var.loc[b.var_names[0], "gene_symbols"] = "RENAMED"
+    a.var["mean_counts"] = 1.0
+    b.var["mean_counts"] = 2.0
+    with pytest.warns(UserWarning, match=r"disagree on var\['gene_symbols'\] for 1 genes") as got:
+        outer = mp.pp.pool_lots({"A": a, "B": b}, join="outer")
+    assert not any("Cell Ranger" in str(w.message) for w in got)  # not an id column
+    assert outer.var.loc[a.var_names, "gene_symbols"].tolist() == a.var_names.tolist()
+    gene = b.var_names[0]
+    assert outer.uns["pool_lots"]["var_disagreements"] == {
+        "gene_symbols": {gene: {"A": gene, "B": "RENAMED"}}
+    }
+    assert "mean_counts" not in outer.var.columns
+
+
+def test_one_name_for_different_gene_ids_is_a_warning(lots):
+    """The same name standing for other ids in another lot pools different genes' counts."""
+    a, b = lots["BM01"].copy(), lots["BM02"].copy()
+    a.var["gene_ids"] = [f"ENSG{i:011d}.1" for i in range(a.n_vars)]
+    b.var["gene_ids"] = [f"ENSG{i:011d}.2" for i in range(b.n_vars)]  # versions only: agree
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = mp.pp.pool_lots({"A": a, "B": b})
+    assert same.uns["pool_lots"]["var_disagreements"] == {}
+    b.var.loc[b.var_names[3], "gene_ids"] = "ENSG00000285053"
+    with pytest.warns(UserWarning, match=r"var\['gene_ids'\] for 1 genes.*different genes' counts"):
+        pooled = mp.pp.pool_lots({"A": a, "B": b})
+    assert pooled.var["gene_ids"].iloc[3] == "ENSG00000000003.1"
+    assert pooled.uns["pool_lots"]["var_disagreements"]["gene_ids"] == {
+        b.var_names[3]: {"A": "ENSG00000000003.1", "B": "ENSG00000285053"}
+    }

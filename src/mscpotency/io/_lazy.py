@@ -17,6 +17,7 @@ from .. import _dask, _keys
 from .._docs import doc_params
 from .._provenance import record
 from .._validate import unreadable_file
+from ..pp._pool import merged_var_columns, warn_var_disagreements
 from ._read import _unique_names
 
 logger = logging.getLogger("mscpotency")
@@ -66,7 +67,8 @@ def read_lots_lazy(
     -------
     AnnData with ``X`` a Dask array of CSR blocks (the raw counts: each file's
     ``layers['counts']`` if it has one, else its ``X``), cell names ``{lot}_{cell}``, the
-    ``var`` columns every file agrees on (gene symbols, ids), and
+    files' ``var`` columns (gene symbols, ids: a text annotation the files disagree on keeps
+    the first file's value, with a warning; a numeric one is left out), and
 
     `adata.obs[lot_key]` : categorical
         The lot of each cell, lots in the order read (a folder: sorted by name).
@@ -74,7 +76,8 @@ def read_lots_lazy(
         ``'sources'`` (lot -> path), ``'count_source'`` (lot -> ``'X'`` or
         ``"layers['counts']"``), ``'genes_made_unique'`` (gene names that occurred more
         than once and were suffixed ``-1``, ``-2``, ... as :func:`mscpotency.io.read_lots`
-        does, counts kept apart), ``'params'``.
+        does, counts kept apart), ``'var_disagreements'`` (column -> gene -> lot -> value,
+        as :func:`mscpotency.pp.pool_lots`), ``'params'``.
     """
     da = _dask.require_dask()
     _check_chunk_cells(chunk_cells)
@@ -91,7 +94,8 @@ def read_lots_lazy(
             len(made_unique),
             made_unique[:20],
         )
-    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=_shared_var(lots, genes))
+    var, disagreements = _shared_var(lots, genes)
+    adata = AnnData(X=X, obs=_pooled_obs(lots, lot_key), var=var)
     adata.uns["read_lots_lazy"] = {
         "sources": {lot: str(path) for lot, path in sources.items()},
         "count_source": {
@@ -99,19 +103,30 @@ def read_lots_lazy(
             for lot, part in lots.items()
         },
         "genes_made_unique": made_unique,
+        "var_disagreements": disagreements,
         "params": {"lot_key": lot_key, "chunk_cells": int(chunk_cells)},
     }
     return adata
 
 
-def _shared_var(lots: Mapping[str, _LazyLot], genes: pd.Index) -> pd.DataFrame:
-    """The gene annotations every lot agrees on (e.g. ``gene_symbols``, ``gene_ids``)."""
-    parts = [part.var for part in lots.values()]
-    first = parts[0]
-    same = [c for c in first.columns if all(c in v and v[c].equals(first[c]) for v in parts[1:])]
-    var = first[same].copy()
-    var.index = genes
-    return var
+def _shared_var(
+    lots: Mapping[str, _LazyLot], genes: pd.Index
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The lots' gene annotations (e.g. ``gene_symbols``, ``gene_ids``), as ``pp.pool_lots``.
+
+    A text annotation the lots disagree on keeps the first lot's value, with a warning (one
+    gene name for different gene ids pools different genes' counts); a numeric column they
+    disagree on is left out. Also the disagreements (column -> gene -> lot -> value).
+    """
+    frames = {}
+    for lot, part in lots.items():
+        frame = part.var.copy()
+        frame.index = genes
+        frames[lot] = frame
+    columns = list(dict.fromkeys(c for frame in frames.values() for c in frame.columns))
+    var, disagreements = merged_var_columns(frames, genes, columns)
+    warn_var_disagreements(disagreements, "read_lots_lazy")
+    return var, disagreements
 
 
 def _check_chunk_cells(chunk_cells) -> None:

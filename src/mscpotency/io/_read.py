@@ -392,8 +392,72 @@ def _read_all(
                 duplicated[:20],
             )
         parts[name] = (part, used)
-    info = {"lots_from": "files", "cells_without_lot": 0, "orientation": orientations}
+    several = _name_by_gene_id([part for part, _ in parts.values()])
+    info = {
+        "lots_from": "files",
+        "cells_without_lot": 0,
+        "orientation": orientations,
+        "symbols_with_several_ids": several,
+    }
     return parts, made_unique, info
+
+
+def _name_by_gene_id(parts: list[AnnData]) -> dict[str, list[str]]:
+    """Name every lot's genes by one map gene id -> name; the symbols with several ids.
+
+    Each lot makes its repeated symbols unique on its own (``TBCE``, ``TBCE-1``), so lots
+    quantified with different references (one lists two ids for a symbol, the other one)
+    could give one name to different ids and pool different genes' counts under it. When
+    every lot has unique ``var['gene_ids']``, the names are given once over all lots, in
+    the order the ids are met: an id's name is its symbol (``var['gene_symbols']``, else
+    the lot's name for it), suffixed ``-1``, ``-2``, ... when another id took it. Lots
+    that agree get the names they had (a lot named by Ensembl ids takes the names of the
+    lot read before it, by id). Returns symbol -> its ids in naming order, for the symbols
+    with more than one.
+    """
+    if len(parts) < 2 or not all(
+        "gene_ids" in part.var.columns and part.var["gene_ids"].is_unique for part in parts
+    ):
+        return {}
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    ids_of: dict[str, list[str]] = {}
+    for part in parts:
+        symbols = part.var.get("gene_symbols", pd.Series(part.var_names, index=part.var_names))
+        for gene_id, symbol in zip(
+            part.var["gene_ids"].astype(str), symbols.astype(str), strict=True
+        ):
+            if gene_id in names:
+                continue
+            name, k = symbol, 0
+            while name in taken:
+                k += 1
+                name = f"{symbol}-{k}"
+            names[gene_id] = name
+            taken.add(name)
+            ids_of.setdefault(symbol, []).append(gene_id)
+    renamed = {}
+    for lot, part in enumerate(parts):
+        new = pd.Index([names[i] for i in part.var["gene_ids"].astype(str)])
+        renamed[lot] = int((new != part.var_names).sum())
+        part.var_names = new
+    if any(renamed.values()):
+        logger.warning(
+            "read_lots: genes renamed so that one gene id has one name in every lot (genes "
+            "renamed per lot, in the order read: %s)",
+            list(renamed.values()),
+        )
+    several = {symbol: ids for symbol, ids in ids_of.items() if len(ids) > 1}
+    if several:
+        logger.warning(
+            "read_lots: %d gene symbols stand for more than one gene id across the lots: %s; "
+            "each id has one name in every lot (the first id met keeps the symbol, the others "
+            "are suffixed -1, -2, ...), so a name never pools different ids (see "
+            "uns['read_lots']['symbols_with_several_ids'])",
+            len(several),
+            dict(list(several.items())[:5]),
+        )
+    return several
 
 
 def _resolve_source(source) -> dict[str, tuple[Path, str]]:

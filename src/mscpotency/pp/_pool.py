@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,8 +92,13 @@ def pool_lots(
     and ``'cells_removed'`` (lot -> cells; a dropped lot keeps 0), ``'lots_dropped'`` (lot
     -> cells, by ``small_lots="drop"``), ``'genes_dropped'`` (lot -> genes the join left
     out), ``'genes_added'`` (lot -> genes ``join="outer"`` added with zero counts) and
-    ``'params'``. A ``var`` column (gene ids, ``gene_symbols``) is kept when every lot that
-    measured a gene gives it the same value.
+    ``'var_disagreements'`` (``var`` column -> gene -> lot -> value, below) and
+    ``'params'``. Each gene's ``var`` annotations are those of the first lot that measured
+    it. A text column (gene ids, ``gene_symbols``) is kept even where lots disagree on a
+    gene, with a warning: the same gene name standing for different gene ids in different
+    lots pools different genes' counts. A numeric column the lots disagree on (a per-lot
+    statistic), or a text column they disagree on in most genes (a per-lot note), is left
+    out, with a logged warning.
     """
     named = _name_lots(lots, lot_key)
     if not named:
@@ -113,7 +119,7 @@ def pool_lots(
     parts = {name: _subsample(part, target, random_state, name) for name, part in named.items()}
     if join == "inner":
         _require_shared_genes(parts)
-    pooled = _concat(parts, lot_key, join)
+    pooled, disagreements = _concat(parts, lot_key, join)
     params = {
         "cells_per_lot": cells_per_lot,
         "min_cells_per_lot": int(min_cells_per_lot),
@@ -122,6 +128,8 @@ def pool_lots(
         "random_state": random_state,
     }
     _report(pooled, parts, sizes, dropped, join, params)
+    pooled.uns["pool_lots"]["var_disagreements"] = disagreements
+    warn_var_disagreements(disagreements, "pool_lots")
     _warn_removed(pooled.uns["pool_lots"], target, small, small_lots, min_cells_per_lot)
     return pooled
 
@@ -208,8 +216,13 @@ def _require_shared_genes(parts: Mapping[str, AnnData]) -> None:
         raise ValueError(msg)
 
 
-def _concat(parts: Mapping[str, AnnData], lot_key: str, join: str) -> AnnData:
-    """One AnnData of every lot's cells, named ``{lot}_{barcode}``, lots categorical in order."""
+def _concat(
+    parts: Mapping[str, AnnData], lot_key: str, join: str
+) -> tuple[AnnData, dict[str, dict]]:
+    """One AnnData of every lot's cells, named ``{lot}_{barcode}``, lots categorical in order.
+
+    Also the gene annotations the lots disagree on (:func:`merged_var_columns`).
+    """
     # fill_value=0: a gene not measured in a lot has zero counts there (dense X would get NaN).
     pooled = ad.concat(
         parts, join=join, label=lot_key, index_unique="_", merge="same", fill_value=0
@@ -226,30 +239,112 @@ def _concat(parts: Mapping[str, AnnData], lot_key: str, join: str) -> AnnData:
         raise ValueError(msg)
     pooled.obs_names = names
     pooled.obs[lot_key] = pd.Categorical(pooled.obs[lot_key], categories=list(parts))
-    _keep_var_columns(pooled, parts)
-    return pooled
+    return pooled, _keep_var_columns(pooled, parts)
 
 
-def _keep_var_columns(pooled: AnnData, parts: Mapping[str, AnnData]) -> None:
-    """Restore the ``var`` columns every lot that measured a gene agrees on.
+def _keep_var_columns(pooled: AnnData, parts: Mapping[str, AnnData]) -> dict[str, dict]:
+    """Restore the ``var`` columns of the lots; return the gene annotations they disagree on.
 
     ``anndata.concat(merge="same")`` drops a column when a lot lacks some genes (an outer
-    join), so gene symbols and ids would be lost exactly where lots differ.
+    join) or when lots disagree on one gene, so gene symbols and ids would be lost exactly
+    where lots differ (and with the symbols, ``pp.qc``'s mitochondrial filter).
     """
     names = {c for a in parts.values() for c in a.var.columns} - set(pooled.var.columns)
-    for column in sorted(names, key=str):
-        values = [
-            a.var[column].astype(object).reindex(pooled.var_names)
-            for a in parts.values()
-            if column in a.var.columns
-        ]
-        stacked = pd.concat(values, axis=1)
-        if (stacked.nunique(axis=1, dropna=True) > 1).any():
-            continue  # lots disagree on a gene: as merge="same", the column is left out
+    frames = {name: a.var for name, a in parts.items()}
+    merged, disagreements = merged_var_columns(frames, pooled.var_names, sorted(names, key=str))
+    for column in merged.columns:
+        pooled.var[column] = merged[column]
+    return disagreements
+
+
+def merged_var_columns(
+    frames: Mapping[str, pd.DataFrame], genes: pd.Index, columns: Iterable
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The lots' ``var`` columns over ``genes``, and where text annotations disagree.
+
+    Each gene takes the value of the first lot that measured it. A column whose lots agree
+    on every gene is kept. A text column (gene ids, symbols) that they disagree on in some
+    genes is kept too, and the disagreement is returned (column -> gene -> lot -> value;
+    Ensembl ids that differ only in their ``.version`` agree): one name that stands for
+    different gene ids in different lots pools different genes' counts, which the caller
+    must say. A numeric column that disagrees (a per-lot statistic), or a text column that
+    disagrees in more than half of the genes two lots annotate (a per-lot note), is left
+    out, with a logged warning.
+    """
+    merged, disagreements = {}, {}
+    for column in columns:
+        present = {lot: v[column] for lot, v in frames.items() if column in v.columns}
+        stacked = pd.concat(
+            {lot: values.astype(object).reindex(genes) for lot, values in present.items()}, axis=1
+        )
+        text = all(_is_text(values) for values in present.values())
+        compared = stacked.map(_without_version) if text else stacked
+        differs = (compared.nunique(axis=1, dropna=True) > 1).to_numpy()
+        shared = int((stacked.notna().sum(axis=1) > 1).sum())  # genes two lots annotate
+        if differs.any() and (not text or differs.sum() > shared / 2):
+            logger.warning(
+                "pooling lots: var[%r] differs between them in %d of %d genes and is left out "
+                "(a per-lot statistic or note, not one annotation of the genes)",
+                column,
+                int(differs.sum()),
+                shared,
+            )
+            continue
         table = stacked.to_numpy(dtype=object)
         first = np.argmax(~pd.isna(table), axis=1)  # the first lot that measured the gene
-        merged = pd.Series(table[np.arange(len(table)), first], index=pooled.var_names)
-        pooled.var[column] = merged.infer_objects()
+        merged[column] = pd.Series(table[np.arange(len(table)), first], index=genes).infer_objects()
+        if differs.any():
+            disagreements[str(column)] = {
+                str(gene): {str(lot): value for lot, value in row.dropna().items()}
+                for gene, row in stacked[differs].iterrows()
+            }
+    return pd.DataFrame(merged, index=genes), disagreements
+
+
+def _is_text(values: pd.Series) -> bool:
+    return (
+        pd.api.types.is_object_dtype(values)
+        or pd.api.types.is_string_dtype(values)
+        or (
+            isinstance(values.dtype, pd.CategoricalDtype)
+            and pd.api.types.is_object_dtype(values.cat.categories)
+        )
+    )
+
+
+_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d{6,})\.\d+$")
+
+
+def _without_version(value):
+    """An Ensembl id without its ``.version`` (other values as they are)."""
+    if isinstance(value, str):
+        match = _ENSEMBL_VERSION.match(value)
+        return match.group(1) if match else value
+    return value
+
+
+def warn_var_disagreements(disagreements: Mapping[str, dict], caller: str) -> None:
+    """Warn of gene annotations the lots disagree on (kept as the first lot has them)."""
+    for column, genes in disagreements.items():
+        examples = "; ".join(
+            f"{gene}: " + ", ".join(f"{lot} {value!r}" for lot, value in values.items())
+            for gene, values in list(genes.items())[:3]
+        )
+        consequence = (
+            " One gene name then holds different genes' counts in different lots (e.g. Cell "
+            "Ranger references of different versions map a symbol to other ids): pool the "
+            "lots by gene id (var_names from var['gene_ids']) or quantify them with one "
+            "reference."
+            if "id" in column.lower()
+            else ""
+        )
+        warnings.warn(
+            f"{caller}: the lots disagree on var[{column!r}] for {len(genes)} genes ({examples}); "
+            f"the column keeps the first lot's value for each gene.{consequence} The genes are "
+            f"listed in uns[{caller!r}]['var_disagreements'].",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _report(

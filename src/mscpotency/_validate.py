@@ -50,11 +50,16 @@ def count_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmat
     return adata.X
 
 
-def check_counts(X, *, where: str) -> None:
+#: What :func:`check_counts` advises by default (the functions that take ``layer=``).
+PASS_THE_COUNTS_LAYER = "pass the layer that holds them (e.g. layer='counts')"
+
+
+def check_counts(X, *, where: str, advice: str = PASS_THE_COUNTS_LAYER) -> None:
     """Raise unless ``X`` holds non-negative integers (raw UMI counts).
 
     Checks every stored value (sparse ``data`` is cheap to scan). Lazy (dask) arrays are
-    checked on their first chunk only, so as not to load the whole matrix.
+    checked on their first chunk only, so as not to load the whole matrix. ``advice``
+    ends the message on non-integer values: what the caller can do.
     """
     if is_dask(X):
         X = X.blocks[0, 0].compute() if X.ndim == 2 else X.compute()
@@ -71,8 +76,7 @@ def check_counts(X, *, where: str) -> None:
     if not np.array_equal(sample, np.round(sample)):
         msg = (
             f"{where} contains non-integer values (e.g. {sample[sample != np.round(sample)][:3].tolist()}); "
-            "it looks normalised or log-transformed. Raw integer counts are required: pass the "
-            "layer that holds them (e.g. layer='counts')."
+            f"it looks normalised or log-transformed. Raw integer counts are required: {advice}."
         )
         raise ValueError(msg)
 

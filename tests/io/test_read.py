@@ -421,19 +421,43 @@ def test_non_integer_counts_are_refused(tmp_path, lots):
     write_h5ad(tmp_path / "BM01.h5ad", part)
     with pytest.raises(
         ValueError,
-        match=r"X of lot 'BM01' .* contains non-integer values.*Raw integer counts are required",
+        match=r"lot 'BM01' .* holds no raw counts \(X: contains non-integer values.*"
+        r"layers\['counts'\]: absent; .raw: absent\). Raw integer counts are required",
     ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
     # a counts layer that is not counts either does not rescue it
     part.layers["counts"] = part.X.copy()
     write_h5ad(tmp_path / "BM01.h5ad", part)
-    with pytest.raises(ValueError, match=r"Raw integer counts are required"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers\['counts'\]: contains non-integer.*Raw integer counts are required",
+    ):
         mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
     part = lots["BM01"].copy()
     part.X = -part.X.astype(np.float32)
     write_h5ad(tmp_path / "neg.h5ad", part)
-    with pytest.raises(ValueError, match=r"negative values; raw counts are required"):
+    with pytest.raises(ValueError, match=r"X: contains negative values"):
         mp.io.read_lots({"BM01": tmp_path / "neg.h5ad"})
+
+
+def test_counts_are_found_in_raw_and_an_absent_x_is_said(tmp_path, lots):
+    """scanpy keeps the data before normalisation in .raw (genes may be more than X's); an
+    .h5ad with X=None and no counts anywhere was a bare TypeError from numpy."""
+    part = lots["BM01"].copy()
+    analysed = part[:, 5:].copy()  # X: normalised, fewer genes (as after an HVG subset)
+    analysed.X = analysed.X.astype(np.float32) * 0.5
+    analysed.raw = part
+    write_h5ad(tmp_path / "BM01.h5ad", analysed)
+    pooled = mp.io.read_lots({"BM01": tmp_path / "BM01.h5ad"})
+    assert pooled.uns["read_lots"]["count_source"] == {"BM01": ".raw"}
+    assert pooled.var_names.equals(part.var_names)
+    np.testing.assert_array_equal(pooled.X.toarray(), part.X.toarray())
+    empty = ad.AnnData(obs=part.obs.copy(), var=part.var.copy())
+    write_h5ad(tmp_path / "empty.h5ad", empty)
+    with pytest.raises(
+        ValueError, match=r"holds no raw counts \(X: absent; layers\['counts'\]: absent"
+    ):
+        mp.io.read_lots({"BM01": tmp_path / "empty.h5ad"})
 
 
 def test_incomplete_or_broken_files(tmp_path, lots):
@@ -549,6 +573,22 @@ def test_lazy_reader_keeps_gene_annotations_the_files_disagree_on_and_says_so(tm
     assert lazy.uns["read_lots_lazy"]["var_disagreements"] == {
         "gene_ids": {a.var_names[2]: {"BM01": a.var["gene_ids"].iloc[2], "BM02": "ENSG99999999999"}}
     }
+
+
+def test_lazy_reader_checks_every_lots_counts(tmp_path, lots):
+    """A log-normalised file among raw ones went through the lazy reader, pp.qc and
+    pp.preprocess (only the pooled matrix's first block, the first lot's, was checked)."""
+    pytest.importorskip("dask")
+    lots["BM01"].write_h5ad(tmp_path / "BM01.h5ad")
+    analysed = lots["BM02"].copy()
+    analysed.X = np.log1p(analysed.X.astype(np.float32))
+    analysed.write_h5ad(tmp_path / "BM02.h5ad")
+    with pytest.raises(
+        ValueError,
+        match=r"X of lot 'BM02' \('.*BM02\.h5ad', its first \d+ cells\) contains non-integer"
+        r".*the lazy reader reads layers\['counts'\], else X",
+    ):
+        mp.io.read_lots_lazy(tmp_path)
 
 
 def test_read_lots_says_repeated_symbols_are_kept_apart(tmp_path, lots, caplog):

@@ -16,7 +16,7 @@ from anndata import AnnData
 from .. import _dask, _keys
 from .._docs import doc_params
 from .._provenance import record
-from .._validate import unreadable_file
+from .._validate import check_counts, unreadable_file
 from ..pp._pool import merged_var_columns, warn_var_disagreements
 from ._read import _unique_names
 
@@ -197,6 +197,13 @@ def _open_lot(lot: str, path: Path, chunk_cells: int) -> _LazyLot:
             msg = f"lot {lot!r} ({str(path)!r}) has no cells; remove it."
             raise ValueError(msg)
         block = read_elem_lazy(element, chunks=(min(chunk_cells, len(obs)), len(var)))
+    # every lot's first block (pp.qc checks the pooled matrix's first block only, which is
+    # the first lot's): an analysed file among raw ones is an error naming it
+    check_counts(
+        block,
+        where=f"{key} of lot {lot!r} ({str(path)!r}, its first {block.chunks[0][0]} cells)",
+        advice="the lazy reader reads layers['counts'], else X; write the lot's counts there",
+    )
     return _LazyLot(obs=obs, var=var, block=block, count_key=key)
 
 

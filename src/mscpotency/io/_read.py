@@ -9,7 +9,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -688,18 +688,10 @@ def _read_one(
             "one sample. Split it, or load it yourself and pool with `pp.pool_lots`."
         )
         raise ValueError(msg)
-    X, used = part.X, "X"
-    try:
-        check_counts(X, where=f"X of {where}")
-    except ValueError:
-        counts = part.layers[_keys.COUNTS_LAYER] if _keys.COUNTS_LAYER in part.layers else None
-        if counts is None or not _is_counts(counts):
-            raise
-        X, used = counts, f"layers[{_keys.COUNTS_LAYER!r}]"
-        logger.info("read_lots: %s has normalised X; using its raw counts in %s", where, used)
+    X, used, var = _raw_counts(part, where)
     X = sparse.csr_matrix(X, dtype=np.float32)
     obs = part.obs.copy()
-    var = part.var.copy()
+    var = var.copy()
     if fmt in ("10x_mtx", "10x_h5") and "gene_symbols" not in var.columns:
         var["gene_symbols"] = var.index.astype(str)  # the symbols, before being made unique
     var.index, duplicated = _unique_names(var.index)
@@ -789,6 +781,40 @@ def _orientation(rows: pd.Index, cols: pd.Index, orientation: str) -> tuple[bool
         shape,
     )
     return genes_on_rows, f"{shape} (auto: the longer axis taken for genes)"
+
+
+def _raw_counts(part: AnnData, where: str) -> tuple[Any, str, pd.DataFrame]:
+    """The lot's raw counts, where they were found, and their genes' ``var``.
+
+    ``X``, else ``layers['counts']``, else ``.raw`` (scanpy's place for the data before
+    normalisation; its genes may be more than ``X``'s): the first that holds non-negative
+    integers. None: an error naming the file and what each place holds.
+    """
+    places = {
+        "X": (part.X, part.var),
+        f"layers[{_keys.COUNTS_LAYER!r}]": (part.layers.get(_keys.COUNTS_LAYER), part.var),
+        ".raw": (None, None) if part.raw is None else (part.raw.X, part.raw.var),
+    }
+    found = {}
+    for place, (X, var) in places.items():
+        if X is None:
+            found[place] = "absent"
+            continue
+        try:
+            check_counts(X, where=place)
+        except ValueError as error:
+            found[place] = str(error).split(";")[0].removeprefix(f"{place} ")
+            continue
+        if place != "X":
+            logger.info("read_lots: %s has no raw counts in X; using those in %s", where, place)
+        return X, place, var
+    described = "; ".join(f"{place}: {what}" for place, what in found.items())
+    msg = (
+        f"{where} holds no raw counts ({described}). Raw integer counts are required: "
+        "io.read_lots reads X, else layers['counts'], else .raw; write the lot's counts to one "
+        "of them (e.g. adata.layers['counts'] = the counts matrix) or read its Cell Ranger output."
+    )
+    raise ValueError(msg)
 
 
 def _is_counts(X) -> bool:

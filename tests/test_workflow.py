@@ -261,3 +261,38 @@ def test_the_report_says_which_lots_make_up_the_potency_cluster(tiny_ref):
     table = adata.uns["potency_association"]["table"]
     table.loc[cluster, ["lot_dominated", "top_lot_share"]] = [True, 0.9]
     assert "possible lot artefact" in " ".join(summary_text(adata))
+
+
+# -- reading the inputs ----------------------------------------------------------------------
+def _lots_and_table(tmp_path, tiny_train, rows: str):
+    folder = tmp_path / "lots"
+    folder.mkdir()
+    for lot in ("BM01", "BM02", "BM03"):
+        part = tiny_train[(tiny_train.obs["lot"] == lot).to_numpy()].copy()
+        part.obs = part.obs[[]]
+        part.X = part.layers.pop("counts")
+        part.write_h5ad(folder / f"{lot}.h5ad")
+    (tmp_path / "lots.csv").write_text("lot,vegf\n" + rows)
+    return folder, tmp_path / "lots.csv"
+
+
+def test_a_lot_without_potency_is_an_error_before_the_analysis(tmp_path, tiny_train):
+    """An empty potency value failed only after QC, clustering and the association."""
+    from mscpotency._workflow._analyse import read_inputs
+
+    lots, table = _lots_and_table(tmp_path, tiny_train, "BM01,500\nBM02,\nBM03,700\n")
+    with pytest.raises(ValueError, match=r"potency 'vegf' is missing.*\['BM02'\]"):
+        read_inputs(lots, table, AnalysisSettings())
+
+
+def test_lots_of_the_table_without_cells_are_in_the_reports_warnings(tmp_path, tiny_train):
+    """A lot in the lot table with no cells was left out with one log line only."""
+    from mscpotency._workflow._analyse import read_inputs
+
+    rows = "BM01,500\nBM02,600\nBM03,700\nBM99,5000\n"
+    lots, table = _lots_and_table(tmp_path, tiny_train, rows)
+    adata = read_inputs(lots, table, AnalysisSettings())
+    record = adata.uns["workflow"]
+    assert record["lots_without_cells"] == ["BM99"]
+    assert any("BM99" in w and "no cells" in w for w in record["warnings"])
+    assert sorted(adata.obs["lot"].unique()) == ["BM01", "BM02", "BM03"]

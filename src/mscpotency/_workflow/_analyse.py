@@ -25,6 +25,7 @@ from anndata import AnnData
 from .. import _registry, io, pp, tl
 from .._provenance import fingerprint
 from .._settings import progress
+from .._validate import finite_outcome
 from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
@@ -54,8 +55,27 @@ def read_inputs(
         random_state=settings.random_state,
     )
     pp.add_lot_table(adata, table, lot_key=settings.lot_key, extra_lots="ignore")
+    present = pd.Index(adata.obs[settings.lot_key].astype(str).unique())
+    # before the analysis, not after it: a lot with cells needs a potency value
+    finite_outcome(table.loc[present, settings.potency], name=f"potency {settings.potency!r}")
     record_inputs(adata, settings, lots=lots, lot_table=lot_table)
+    _record_lots_without_cells(adata, table.index.difference(present).tolist(), lot_table)
     return adata
+
+
+def _record_lots_without_cells(adata: AnnData, lots: list, lot_table) -> None:
+    """Lots of the lot table with no cells among the lots read: said in the report's warnings."""
+    if not lots:
+        return
+    text = (
+        f"UserWarning: the lot table {str(lot_table)!r} names {len(lots)} lots with no cells "
+        f"among the lots read: {lots[:20]}; they are left out of every statistic (check the "
+        "lots folder and the lot names)."
+    )
+    logger.warning(text)
+    stored = adata.uns.setdefault(WORKFLOW_KEY, {})
+    stored["lots_without_cells"] = [str(lot) for lot in lots]
+    stored["warnings"] = [*stored.get("warnings", []), text]
 
 
 def file_digest(path: str | os.PathLike) -> str:

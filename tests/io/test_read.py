@@ -678,18 +678,34 @@ def test_text_count_matrices_are_read_in_either_orientation(tmp_path, lots, capl
     assert len(pooled.uns["pool_lots"]["genes_added"]["AD01"]) == N_GENES
 
 
-def test_text_matrix_orientation_falls_back_on_the_longer_axis_or_is_stated(tmp_path, lots, caplog):
+def test_repeated_names_in_a_text_matrix_header_are_seen(tmp_path, lots):
+    """pandas renames a repeated header name (TBCE -> TBCE.1): a repeated gene was not
+    reported as made unique, and a repeated barcode passed the duplicate-cell check."""
+    part = lots["BM01"].copy()
+    genes = part.var_names.tolist()
+    genes[5] = genes[3]
+    _dense_frame(part, genes_on_rows=False, genes=genes).to_csv(tmp_path / "genes.csv")
+    pooled = mp.io.read_lots({"BM01": tmp_path / "genes.csv"})
+    assert list(pooled.var_names[[3, 5]]) == [genes[3], f"{genes[3]}-1"]
+    assert pooled.uns["read_lots"]["genes_made_unique"] == {"BM01": [genes[3]]}
+    cells = part.obs_names.tolist()
+    cells[2] = cells[1]
+    _dense_frame(part, genes_on_rows=True, cells=cells).to_csv(tmp_path / "cells.csv")
+    with pytest.raises(ValueError, match=rf"duplicate cell barcodes \(e.g. \['{cells[1]}'\]\)"):
+        mp.io.read_lots({"BM01": tmp_path / "cells.csv"})
+
+
+def test_text_matrix_orientation_falls_back_on_the_longer_axis_or_is_stated(tmp_path, lots):
     part = lots["BM01"][:, 40:].copy()  # G001.. only: no known gene symbol
     wells = [f"plate1_{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 6)]  # 40 cells
     _dense_frame(part, genes_on_rows=False, cells=wells).to_csv(tmp_path / "P1.csv")
-    with caplog.at_level("WARNING", logger="mscpotency"):
+    with pytest.warns(UserWarning, match=r"read as genes x cells.*Pass orientation= if"):
         guessed = mp.io.read_lots({"P1": tmp_path / "P1.csv"}, min_cells_per_lot=0)
     # 40 cells x 20 genes: the longer axis (the rows) is taken for genes, and said so
     assert guessed.shape == (20, 40)
     assert guessed.uns["read_lots"]["orientation"]["P1"] == (
         "genes x cells (auto: the longer axis taken for genes)"
     )
-    assert "Pass orientation= if that is wrong" in caplog.text
     stated = mp.io.read_lots(
         {"P1": tmp_path / "P1.csv"}, orientation="cells_x_genes", min_cells_per_lot=0
     )

@@ -722,12 +722,32 @@ def _read_text_matrix(path: Path, orientation: str) -> tuple[AnnData, str]:
         msg = "the file holds a header only; a count matrix needs one row per gene or per cell."
         raise ValueError(msg)
     X = sparse.vstack(chunks, format="csr")
-    rows, cols = pd.Index(row_names), pd.Index(columns.astype(str).str.strip())
+    rows, cols = pd.Index(row_names), _header_as_written(path, columns)
     genes_on_rows, how = _orientation(rows, cols, orientation)
     logger.info("read_lots: %r read as %s", str(path), how)
     if genes_on_rows:
         X, rows, cols = X.T.tocsr(), cols, rows
     return AnnData(X=X, obs=pd.DataFrame(index=rows), var=pd.DataFrame(index=cols)), how
+
+
+def _header_as_written(path: Path, columns: pd.Index) -> pd.Index:
+    """The column names as the file writes them (stripped).
+
+    pandas renames a repeated header name (``TBCE``, ``TBCE.1``), which would hide a
+    repeated gene from :func:`_unique_names` and a repeated barcode from the duplicate-cell
+    check; the first line is read once more as data to get the names as written (all of
+    them after the corner field, or all of them when the header is one field short, as R's
+    ``write.table`` writes it).
+    """
+    first = pd.read_csv(
+        path, sep=_separator(path), header=None, nrows=1, dtype=str, keep_default_na=False
+    )
+    written = [str(v).strip() for v in first.iloc[0].tolist()]
+    if len(written) == len(columns) + 1:
+        written = written[1:]
+    if len(written) != len(columns):
+        return pd.Index(columns.astype(str).str.strip())
+    return pd.Index(written)
 
 
 def _numeric_chunk(chunk: pd.DataFrame) -> sparse.csr_matrix:
@@ -772,13 +792,12 @@ def _orientation(rows: pd.Index, cols: pd.Index, orientation: str) -> tuple[bool
             return genes_on_rows, f"{shape} (auto: {what} name the {axis})"
     genes_on_rows = len(rows) >= len(cols)
     shape = "genes x cells" if genes_on_rows else "cells x genes"
-    logger.warning(
-        "read_lots: no gene ids, barcodes or known gene symbols tell the orientation of a "
-        "%d x %d count matrix; read as %s (the longer axis as genes). Pass orientation= if "
-        "that is wrong",
-        len(rows),
-        len(cols),
-        shape,
+    warnings.warn(
+        f"read_lots: no gene ids, barcodes or known gene symbols tell the orientation of a "
+        f"{len(rows)} x {len(cols)} count matrix; read as {shape} (the longer axis as genes). "
+        "Pass orientation= if that is wrong (a small gene panel has fewer genes than cells).",
+        UserWarning,
+        stacklevel=6,
     )
     return genes_on_rows, f"{shape} (auto: the longer axis taken for genes)"
 

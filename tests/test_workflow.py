@@ -296,3 +296,12 @@ def test_lots_of_the_table_without_cells_are_in_the_reports_warnings(tmp_path, t
     assert record["lots_without_cells"] == ["BM99"]
     assert any("BM99" in w and "no cells" in w for w in record["warnings"])
     assert sorted(adata.obs["lot"].unique()) == ["BM01", "BM02", "BM03"]
+
+
+def test_a_decimal_comma_in_the_potency_column_is_named(tmp_path, tiny_train):
+    from mscpotency._workflow._analyse import read_inputs
+
+    lots, table = _lots_and_table(tmp_path, tiny_train, "")
+    table.write_text("lot;vegf\nBM01;12,5\nBM02;8\nBM03;7\n")
+    with pytest.raises(ValueError, match=r"not numeric in every row: \{'BM01': '12,5'\}.*decimal"):
+        read_inputs(lots, table, AnalysisSettings())

@@ -200,3 +200,24 @@ def test_binary_file_named_csv_names_the_file(tmp_path):
     (tmp_path / "lots.csv").write_bytes((tmp_path / "lots.xlsx").read_bytes())
     with pytest.raises(ValueError, match=r"could not read '.*lots\.csv' \(a lot table as comma"):
         mp.io.read_lot_table(tmp_path / "lots.csv")
+
+
+def test_lot_tables_as_european_excel_writes_them(tmp_path):
+    """Excel in a decimal-comma locale writes ';'-separated '.csv' in Windows-1252; a lot
+    may be named NA or None. Before: 'its columns are ['lot;vegf;passage']', 'truncated or
+    corrupt', and 'rows without a lot name'."""
+    path = tmp_path / "lots.csv"
+    path.write_bytes(
+        "lot;vegf;tissue\nA;12.5;Knochenmark (µ)\nNA;8;Fett\nNone;;Nabelschnur\n".encode("cp1252")
+    )
+    table = mp.io.read_lot_table(path)
+    assert table.index.tolist() == ["A", "NA", "None"]
+    assert table["tissue"].tolist() == ["Knochenmark (µ)", "Fett", "Nabelschnur"]
+    assert table["vegf"].iloc[:2].tolist() == [12.5, 8.0] and np.isnan(table["vegf"].iloc[2])
+    # missing-value codes in value columns are still missing
+    (tmp_path / "codes.csv").write_text("lot,vegf\nA,12.5\nB,NA\nC,n/a\n")
+    assert mp.io.read_lot_table(tmp_path / "codes.csv")["vegf"].isna().tolist() == [
+        False,
+        True,
+        True,
+    ]

@@ -46,7 +46,13 @@ def read_inputs(
         )
         raise KeyError(msg)
     if not pd.api.types.is_numeric_dtype(table[settings.potency]):
-        msg = f"potency column {settings.potency!r} of {str(lot_table)!r} is not numeric in every row."
+        values = table[settings.potency]
+        bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+        msg = (
+            f"potency column {settings.potency!r} of {str(lot_table)!r} is not numeric in every "
+            f"row: {dict(list(bad.items())[:5])}. Write numbers with a decimal point and no "
+            "thousands separator (12.5, 1250), and leave a missing value empty."
+        )
         raise ValueError(msg)
     adata = io.read_lots(
         lots,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ _READERS = {
     ".xlsx": "xlsx",
     ".xlsm": "xlsx",
 }
+
+logger = logging.getLogger("mscpotency")
 
 
 @doc_params
@@ -151,7 +154,14 @@ def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
             msg = "reading .xlsx lot tables needs openpyxl: pip install openpyxl (or mscpotency[excel])."
             raise ImportError(msg) from error
         try:
-            return pd.read_excel(path, sheet_name=sheet_name, dtype=str, engine="openpyxl")
+            return pd.read_excel(
+                path,
+                sheet_name=sheet_name,
+                dtype=str,
+                engine="openpyxl",
+                keep_default_na=False,  # a lot named "NA" is a name; see MISSING
+                na_values=[""],
+            )
         except (zipfile.BadZipFile, OSError, KeyError) as error:
             what = "a lot table in .xlsx format; an old .xls or a CSV renamed .xlsx is not one"
             raise ValueError(unreadable_file(path, what, error)) from error
@@ -164,21 +174,79 @@ def _read_text(path: Path, kind: str, sheet_name: str | int) -> pd.DataFrame:
                 raise  # the sheet exists: the error is about its content
             msg = f"lot table {str(path)!r} has no sheet {sheet_name!r}; its sheets are {sheets}."
             raise ValueError(msg) from error
-    sep = "," if kind == "csv" else "\t"
+    encoding = _text_encoding(path)
+    sep = _text_separator(path, kind, encoding)
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, skipinitialspace=True)
+        return pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            skipinitialspace=True,
+            encoding=encoding,
+            keep_default_na=False,  # a lot named "NA" or "None" is a name; see MISSING
+            na_values=[""],
+        )
     except pd.errors.EmptyDataError as error:
         msg = f"lot table {str(path)!r} is empty; it needs a header and one row per lot."
         raise ValueError(msg) from error
     except (UnicodeDecodeError, pd.errors.ParserError) as error:
-        what = f"a lot table as {'comma' if kind == 'csv' else 'tab'}-separated text"
+        what = f"a lot table as {_SEPARATOR_NAMES[sep]}-separated text"
         raise ValueError(unreadable_file(path, what, error)) from error
 
 
+#: Values that mean "missing" in a lot table's value columns (pandas' defaults); in the
+#: column of lot names they are names.
+MISSING = frozenset(
+    {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
+    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+
+_SEPARATOR_NAMES = {",": "comma", "\t": "tab", ";": "semicolon"}
+
+
+def _text_encoding(path: Path) -> str:
+    """UTF-8 (a byte-order mark skipped), else Windows-1252 (Excel's CSV export in Europe)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        if b"\x00" in data:  # binary, not text in another encoding
+            return "utf-8-sig"
+        logger.info("read_lot_table: %r is not UTF-8; read as Windows-1252", str(path))
+        return "cp1252"
+    return "utf-8-sig"
+
+
+def _text_separator(path: Path, kind: str, encoding: str) -> str:
+    """The suffix's separator, unless the header has none of it and another one instead.
+
+    Excel writes ``;``-separated ".csv" files where the decimal mark is a comma, and a
+    ".txt" may be comma-separated.
+    """
+    with open(path, encoding=encoding, errors="replace") as handle:
+        header = handle.readline()
+    expected = "," if kind == "csv" else "\t"
+    if expected in header:
+        return expected
+    for other in ("\t", ";", ","):
+        if other != expected and other in header:
+            logger.info(
+                "read_lot_table: %r has no %s in its header; read as %s-separated",
+                str(path),
+                _SEPARATOR_NAMES[expected],
+                _SEPARATOR_NAMES[other],
+            )
+            return other
+    return expected
+
+
 def _numeric_if_all(column: pd.Series) -> pd.Series:
-    """Return the column as numbers when every non-empty value is one, else as stripped text."""
+    """Return the column as numbers when every non-empty value is one, else as stripped text.
+
+    Empty cells and the :data:`MISSING` codes (``NA``, ``n/a``, ...) are missing values.
+    """
     text = column.str.strip()
-    text = text.where(text != "")
+    text = text.where((text != "") & ~text.isin(MISSING))
     numbers = pd.to_numeric(text, errors="coerce")
     if text.notna().any() and numbers.notna().sum() == text.notna().sum():
         return numbers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -305,3 +306,22 @@ def test_a_decimal_comma_in_the_potency_column_is_named(tmp_path, tiny_train):
     table.write_text("lot;vegf\nBM01;12,5\nBM02;8\nBM03;7\n")
     with pytest.raises(ValueError, match=r"not numeric in every row: \{'BM01': '12,5'\}.*decimal"):
         read_inputs(lots, table, AnalysisSettings())
+
+
+def test_lots_carrying_their_own_potency_column_take_the_lot_tables(tmp_path, tiny_train):
+    """.h5ad lots with an old obs['vegf'] made analyse say "pass overwrite=True", an option
+    of pp.add_lot_table that the command line does not have."""
+    from mscpotency._workflow._analyse import read_inputs
+
+    lots, table = _lots_and_table(tmp_path, tiny_train, "BM01,500\nBM02,600\nBM03,700\n")
+    for lot in ("BM01", "BM02", "BM03"):
+        part = ad.read_h5ad(lots / f"{lot}.h5ad")
+        part.obs["vegf"] = 1.0
+        part.write_h5ad(lots / f"{lot}.h5ad")
+    adata = read_inputs(lots, table, AnalysisSettings())
+    assert adata.obs.groupby("lot", observed=True)["vegf"].first().to_dict() == {
+        "BM01": 500,
+        "BM02": 600,
+        "BM03": 700,
+    }
+    assert any("obs columns ['vegf'] were replaced" in w for w in adata.uns["workflow"]["warnings"])

@@ -60,27 +60,36 @@ def read_inputs(
         min_cells_per_lot=settings.min_cells_per_lot,
         random_state=settings.random_state,
     )
-    pp.add_lot_table(adata, table, lot_key=settings.lot_key, extra_lots="ignore")
+    # the lot table is the analysis's source of lot values: it replaces the lots' own
+    clash = [c for c in table.columns if c in adata.obs.columns]
+    pp.add_lot_table(adata, table, lot_key=settings.lot_key, extra_lots="ignore", overwrite=True)
     present = pd.Index(adata.obs[settings.lot_key].astype(str).unique())
     # before the analysis, not after it: a lot with cells needs a potency value
     finite_outcome(table.loc[present, settings.potency], name=f"potency {settings.potency!r}")
     record_inputs(adata, settings, lots=lots, lot_table=lot_table)
-    _record_lots_without_cells(adata, table.index.difference(present).tolist(), lot_table)
+    without_cells = table.index.difference(present).tolist()
+    if without_cells:
+        adata.uns[WORKFLOW_KEY]["lots_without_cells"] = [str(lot) for lot in without_cells]
+        _record_warning(
+            adata,
+            f"the lot table {str(lot_table)!r} names {len(without_cells)} lots with no cells "
+            f"among the lots read: {without_cells[:20]}; they are left out of every statistic "
+            "(check the lots folder and the lot names).",
+        )
+    if clash:
+        _record_warning(
+            adata,
+            f"the lots' own obs columns {clash} were replaced by the lot table's values "
+            f"({str(lot_table)!r} is the source of lot values in this analysis).",
+        )
     return adata
 
 
-def _record_lots_without_cells(adata: AnnData, lots: list, lot_table) -> None:
-    """Lots of the lot table with no cells among the lots read: said in the report's warnings."""
-    if not lots:
-        return
-    text = (
-        f"UserWarning: the lot table {str(lot_table)!r} names {len(lots)} lots with no cells "
-        f"among the lots read: {lots[:20]}; they are left out of every statistic (check the "
-        "lots folder and the lot names)."
-    )
+def _record_warning(adata: AnnData, text: str) -> None:
+    """Log a warning about the inputs and keep it for the report (as collected_warnings does)."""
+    text = f"UserWarning: {text}"
     logger.warning(text)
     stored = adata.uns.setdefault(WORKFLOW_KEY, {})
-    stored["lots_without_cells"] = [str(lot) for lot in lots]
     stored["warnings"] = [*stored.get("warnings", []), text]
 
 

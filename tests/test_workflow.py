@@ -325,3 +325,13 @@ def test_lots_carrying_their_own_potency_column_take_the_lot_tables(tmp_path, ti
         "BM03": 700,
     }
     assert any("obs columns ['vegf'] were replaced" in w for w in adata.uns["workflow"]["warnings"])
+
+
+def test_a_lot_table_kept_in_the_lots_folder_is_not_read_as_a_lot(tmp_path, tiny_train):
+    from mscpotency._workflow._analyse import read_inputs
+
+    lots, table = _lots_and_table(tmp_path, tiny_train, "BM01,500\nBM02,600\nBM03,700\n")
+    inside = lots / "lot_table.csv"
+    inside.write_text(table.read_text())
+    adata = read_inputs(lots, inside, AnalysisSettings())
+    assert sorted(adata.obs["lot"].unique()) == ["BM01", "BM02", "BM03"]

@@ -26,6 +26,7 @@ from .. import _registry, io, pp, tl
 from .._provenance import fingerprint
 from .._settings import progress
 from .._validate import finite_outcome
+from ..io import _read
 from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
@@ -55,7 +56,7 @@ def read_inputs(
         )
         raise ValueError(msg)
     adata = io.read_lots(
-        lots,
+        _lots_besides_the_table(lots, lot_table),
         lot_key=settings.lot_key,
         min_cells_per_lot=settings.min_cells_per_lot,
         random_state=settings.random_state,
@@ -83,6 +84,22 @@ def read_inputs(
             f"({str(lot_table)!r} is the source of lot values in this analysis).",
         )
     return adata
+
+
+def _lots_besides_the_table(lots: str | os.PathLike, lot_table: str | os.PathLike):
+    """The lots folder, or its lots without the lot table when the table was saved in it.
+
+    Every entry of a lots folder is read as a lot; a lot table kept there (a natural place
+    for it) would be read as a count matrix and fail as "the lots share no gene names".
+    """
+    folder, table = Path(lots), Path(lot_table)
+    if not folder.is_dir() or table.resolve().parent != folder.resolve():
+        return lots
+    entries = _read._resolve_source(folder)
+    kept = {name: path for name, (path, _) in entries.items() if path.resolve() != table.resolve()}
+    if len(kept) < len(entries):
+        logger.info("analyse: the lot table %r in the lots folder is not read as a lot", str(table))
+    return kept
 
 
 def _record_warning(adata: AnnData, text: str) -> None:

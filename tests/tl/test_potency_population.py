@@ -132,6 +132,48 @@ def test_candidates_set_aside_leave_the_test_as_if_they_had_never_been_candidate
     np.testing.assert_array_equal(aside.excluded, excluded)
 
 
+def _cluster_and_part(part_shift: float, statistic: list[float]):
+    """A fixed-k cluster (candidate 0) of 400 cells and a tied candidate inside it (1): its
+    first 150 cells, shifted ``part_shift`` SDs away from the rest on the first PC."""
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(400, 5))
+    embedding[:150, 0] += part_shift
+    if part_shift == 0:  # one population cut in two: the part is the low end of the PC
+        embedding = embedding[np.argsort(embedding[:, 0])]
+    adata = AnnData(np.zeros((400, 1)), obsm={"X_pca": embedding})
+    cells = np.arange(400)
+    candidates = _search._Candidates(
+        partitions=[(cells, np.zeros(400, int)), (cells, (cells >= 150).astype(int))],
+        source=["CL1", "CL1 local r=0.25 #0"],
+        kind=["cluster", "local sub-cluster"],
+        resolution=[np.nan, 0.25],
+        members=[(0, 0), (1, 0)],
+        counts=np.array([[200, 200], [75, 75]]),
+    )
+    stat = np.asarray(statistic)
+    search = _search._Search(
+        rho=stat,
+        statistic=stat,
+        pvalue_candidate=np.full(2, 0.001),
+        null_max=np.zeros(9),
+        best=float(stat.max()),
+        pvalue=0.001,
+        chosen=0,
+        excluded=np.zeros(2, bool),
+    )
+    inputs = (None, None, None, {"use_rep": "X_pca"})
+    return _search._population_within(adata, candidates, search, 0.03, inputs)
+
+
+def test_a_tied_population_inside_the_fixed_k_cluster_is_named_when_the_cluster_is_two():
+    """Among ties the fixed-k cluster is named, unless it merged two populations and one of
+    them is among the ties (15-lot hard seeds 9, 15: the potency population merged with its
+    neighbour, F1 0.62 on the held-out lots, named over the potency population itself)."""
+    assert _cluster_and_part(5.0, [0.818, 0.829]) == 1  # two populations: the part
+    assert _cluster_and_part(0.0, [0.818, 0.829]) == 0  # one population cut: the cluster
+    assert _cluster_and_part(5.0, [0.860, 0.818]) == 0  # the part not tied: the cluster
+
+
 def _stub_candidates(n: int, n_lots: int) -> _search._Candidates:
     return _search._Candidates(
         partitions=[],

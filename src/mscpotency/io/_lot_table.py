@@ -244,10 +244,17 @@ def _numeric_if_all(column: pd.Series) -> pd.Series:
     """Return the column as numbers when every non-empty value is one, else as stripped text.
 
     Empty cells and the :data:`MISSING` codes (``NA``, ``n/a``, ...) are missing values.
+    Decimal numbers are parsed by Python's ``float`` (correctly rounded; pandas' fast parser
+    can be a few ulp off, e.g. ``0.014131167639463269``), integers stay integers.
     """
     text = column.str.strip()
     text = text.where((text != "") & ~text.isin(MISSING))
     numbers = pd.to_numeric(text, errors="coerce")
-    if text.notna().any() and numbers.notna().sum() == text.notna().sum():
-        return numbers
-    return text
+    if not (text.notna().any() and numbers.notna().sum() == text.notna().sum()):
+        return text
+    if pd.api.types.is_float_dtype(numbers):
+        try:
+            return text.map(float, na_action="ignore").astype(float)
+        except ValueError:  # a form pandas reads and Python does not: pandas' value
+            return numbers
+    return numbers

@@ -143,6 +143,9 @@ def _row(**changes) -> pd.Series:
             "not assessed",
         ),
         ({"share_high": 0.04, "extrapolating": True}, {"min_share": 0.05}, "FAIL", "extrapolates"),
+        # a small lot QC kept with a warning still has a share and a prediction: not passed
+        ({"n_cells": 30}, {}, "REVIEW", "not assessed: fewer than 50 cells"),
+        ({"n_cells": 50}, {}, "PASS", "every check"),
     ],
 )
 def test_verdicts_follow_the_stated_rule(changes, settings, expected, reason):
@@ -335,3 +338,18 @@ def test_a_lot_table_kept_in_the_lots_folder_is_not_read_as_a_lot(tmp_path, tiny
     inside.write_text(table.read_text())
     adata = read_inputs(lots, inside, AnalysisSettings())
     assert sorted(adata.obs["lot"].unique()) == ["BM01", "BM02", "BM03"]
+
+
+def test_lots_without_a_measured_potency_say_the_validation_was_skipped():
+    """A blank or text potency for one new lot silently dropped the validation of all."""
+    from anndata import AnnData
+
+    from mscpotency._workflow._release import _measured
+
+    obs = pd.DataFrame({"lot": ["A", "A", "B", "C"], "vegf": [1.0, 1.0, np.nan, 3.0]})
+    query = AnnData(np.zeros((4, 1)), obs=obs)
+    assert not _measured(query, "vegf", "lot")
+    assert "lots ['B'] have no numeric value" in query.uns["workflow"]["warnings"][0]
+    query.obs["vegf"] = [1.0, 1.0, 2.0, 3.0]
+    del query.uns["workflow"]
+    assert _measured(query, "vegf", "lot") and "workflow" not in query.uns

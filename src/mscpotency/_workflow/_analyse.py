@@ -61,29 +61,43 @@ def read_inputs(
         min_cells_per_lot=settings.min_cells_per_lot,
         random_state=settings.random_state,
     )
-    # the lot table is the analysis's source of lot values: it replaces the lots' own
-    clash = [c for c in table.columns if c in adata.obs.columns]
-    pp.add_lot_table(adata, table, lot_key=settings.lot_key, extra_lots="ignore", overwrite=True)
+    join_lot_table(adata, table, settings.lot_key, lot_table)
     present = pd.Index(adata.obs[settings.lot_key].astype(str).unique())
     # before the analysis, not after it: a lot with cells needs a potency value
     finite_outcome(table.loc[present, settings.potency], name=f"potency {settings.potency!r}")
     record_inputs(adata, settings, lots=lots, lot_table=lot_table)
+    return adata
+
+
+def join_lot_table(
+    adata: AnnData, table: pd.DataFrame, lot_key: str, lot_table: str | os.PathLike
+) -> None:
+    """Join the lot table as the command line does, saying in the report what it changed.
+
+    The lot table is the source of lot values: it replaces columns of the same name that
+    the lots' own ``obs`` carry. Its lots without cells are left out
+    (``uns['workflow']['lots_without_cells']``). Both go to the report's warnings.
+    """
+    clash = [c for c in table.columns if c in adata.obs.columns]
+    pp.add_lot_table(adata, table, lot_key=lot_key, extra_lots="ignore", overwrite=True)
+    present = pd.Index(adata.obs[lot_key].astype(str).unique())
     without_cells = table.index.difference(present).tolist()
     if without_cells:
-        adata.uns[WORKFLOW_KEY]["lots_without_cells"] = [str(lot) for lot in without_cells]
-        _record_warning(
+        adata.uns.setdefault(WORKFLOW_KEY, {})["lots_without_cells"] = [
+            str(lot) for lot in without_cells
+        ]
+        record_warning(
             adata,
             f"the lot table {str(lot_table)!r} names {len(without_cells)} lots with no cells "
             f"among the lots read: {without_cells[:20]}; they are left out of every statistic "
             "(check the lots folder and the lot names).",
         )
     if clash:
-        _record_warning(
+        record_warning(
             adata,
             f"the lots' own obs columns {clash} were replaced by the lot table's values "
             f"({str(lot_table)!r} is the source of lot values in this analysis).",
         )
-    return adata
 
 
 def _lots_besides_the_table(lots: str | os.PathLike, lot_table: str | os.PathLike):
@@ -102,7 +116,7 @@ def _lots_besides_the_table(lots: str | os.PathLike, lot_table: str | os.PathLik
     return kept
 
 
-def _record_warning(adata: AnnData, text: str) -> None:
+def record_warning(adata: AnnData, text: str) -> None:
     """Log a warning about the inputs and keep it for the report (as collected_warnings does)."""
     text = f"UserWarning: {text}"
     logger.warning(text)

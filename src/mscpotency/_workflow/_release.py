@@ -29,7 +29,7 @@ from scipy import stats
 
 from .. import _keys, _registry, get, pp, tl
 from .._stored import potency_cluster
-from ._analyse import WORKFLOW_KEY, collected_warnings, record_inputs
+from ._analyse import WORKFLOW_KEY, collected_warnings, record_inputs, record_warning
 from ._settings import AnalysisSettings
 
 logger = logging.getLogger("mscpotency")
@@ -226,10 +226,17 @@ def verdict_rule(settings: AnalysisSettings) -> str:
 def verdict(row: pd.Series, settings: AnalysisSettings) -> tuple[str, str]:
     """(verdict, reasons) of one lot of the release table, by :func:`verdict_rule`.
 
-    A lot without a prediction (fewer cells after QC than ``min_cells_per_lot``: no share
-    was computed for it) is not assessed, and is for review, never passed.
+    A lot with fewer cells after QC than ``min_cells_per_lot`` is not assessed, and is for
+    review, never passed, whether or not a share and prediction were computed for it (QC
+    keeps a small lot with a warning, and its share is then computed).
     """
     s, fails, reviews = settings, [], []
+    if "n_cells" in row.index and row["n_cells"] < s.min_cells_per_lot:
+        return "REVIEW", (
+            f"not assessed: fewer than {s.min_cells_per_lot} cells after QC "
+            f"(min_cells_per_lot; {int(row['n_cells'])} cells): its share and prediction are "
+            "shown but too uncertain to pass it"
+        )
     if pd.isna(row["prediction"]) or pd.isna(row["comparable"]):
         return "REVIEW", (
             f"not assessed: fewer than {s.min_cells_per_lot} cells after QC "
@@ -304,7 +311,7 @@ def release(
         tl.cluster_quality(query, cluster_key=key, lot_key=s.lot_key)
         tl.lot_fractions(query, lot_key=s.lot_key, cluster_key=key,
                          weights_key=f"{key}_probabilities", min_cells_per_lot=s.min_cells_per_lot)  # fmt: skip
-        measured = s.potency if _measured(query, s.potency) else None
+        measured = s.potency if _measured(query, s.potency, s.lot_key) else None
         tl.predict_potency(query, lot_model, potency=measured)
         tl.comparability(query, lot_model, coverage=s.tolerance_coverage, level=s.tolerance_level)
         if measured is not None and query.obs[s.lot_key].nunique() >= 3:
@@ -328,12 +335,25 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _measured(query: AnnData, potency: str) -> bool:
-    return (
-        potency in query.obs
-        and pd.api.types.is_numeric_dtype(query.obs[potency])
-        and bool(query.obs[potency].notna().all())
-    )
+def _measured(query: AnnData, potency: str, lot_key: str) -> bool:
+    """Whether every lot has a measured potency to validate against; said when some lack it.
+
+    With some lots blank or not numbers (e.g. decimal commas), the validation against
+    measured potency is skipped, and the report's warnings name those lots.
+    """
+    if potency not in query.obs:
+        return False
+    values = query.obs.groupby(lot_key, observed=True)[potency].first()
+    missing = values.index[pd.to_numeric(values, errors="coerce").isna()].astype(str).tolist()
+    if missing:
+        record_warning(
+            query,
+            f"the validation against measured potency ({potency!r}) was skipped: lots "
+            f"{missing[:20]} have no numeric value (blank, or written as text such as a decimal "
+            "comma); give every lot a number to validate.",
+        )
+        return False
+    return pd.api.types.is_numeric_dtype(query.obs[potency])
 
 
 def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 from anndata import AnnData
 
 from .. import io
-from ._analyse import analyse_adata, freeze, read_inputs, record_inputs
+from ._analyse import analyse_adata, freeze, join_lot_table, read_inputs, record_inputs
 from ._release import read_lot_model, release, write_lot_model
 from ._report import report
 from ._settings import AnalysisSettings
@@ -114,9 +114,7 @@ def release_lots(
                              random_state=settings.random_state)  # fmt: skip
         if lot_table is not None:
             table = io.read_lot_table(lot_table, lot_key=settings.lot_key)
-            from .. import pp
-
-            pp.add_lot_table(query, table, lot_key=settings.lot_key, extra_lots="ignore")
+            join_lot_table(query, table, settings.lot_key, lot_table)
         record_inputs(query, settings, lots=lots, lot_table=lot_table)
     query.uns.setdefault("workflow", {}).setdefault("inputs", {})["frozen reference"] = str(
         reference

@@ -346,7 +346,9 @@ def test_lots_without_a_measured_potency_say_the_validation_was_skipped():
 
     from mscpotency._workflow._release import _measured
 
-    obs = pd.DataFrame({"lot": ["A", "A", "B", "C"], "vegf": [1.0, 1.0, np.nan, 3.0]})
+    obs = pd.DataFrame(
+        {"lot": ["A", "A", "B", "C"], "vegf": [1.0, 1.0, np.nan, 3.0]}, index=list("abcd")
+    )
     query = AnnData(np.zeros((4, 1)), obs=obs)
     assert not _measured(query, "vegf", "lot")
     assert "lots ['B'] have no numeric value" in query.uns["workflow"]["warnings"][0]

@@ -183,6 +183,11 @@ def test_validate_potency_errors(mapped, tiny_ref):
         mp.tl.validate_potency(mapped, "vegf", n_bootstrap=0, copy=True)
     with pytest.raises(ValueError, match="have cells but no potency value"):
         mp.tl.validate_potency(mapped, {"BM09": 1.0, "BM10": 2.0}, copy=True)
+    # lots without a set were dropped from every set, said only as "too few lots"
+    unset = mapped.copy()
+    unset.obs["set"] = unset.obs["set"].astype(object).where(unset.obs["set"] != "BM-test")
+    with pytest.raises(ValueError, match=r"obs\['set'\] is missing for lots \['BM09'"):
+        mp.tl.validate_potency(unset, "vegf", set_key="set", copy=True)
     no_label = mapped.copy()
     no_label.uns["predicted"] = dict(no_label.uns["predicted"], potency_cluster="")
     with pytest.raises(KeyError, match="pass cluster="):

@@ -71,7 +71,16 @@ def sets_of_lots(adata: AnnData, set_key: str | None, lot_key: str, lots: pd.Ind
     """The set (study arm) of every lot in ``lots``; ``"all"`` when ``set_key`` is ``None``."""
     if set_key is None:
         return pd.Series("all", index=lots)
-    values = lot_level_values(adata, set_key, lot_key).astype(str)
+    values = lot_level_values(adata, set_key, lot_key)
+    unnamed = values.index[values.isna()].astype(str).tolist()
+    if unnamed:
+        msg = (
+            f"obs[{set_key!r}] is missing for lots {unnamed[:20]}: every lot needs its set (study "
+            "arm) to be validated in it; fill them in, or pass set_key=None to validate all lots "
+            "as one set."
+        )
+        raise ValueError(msg)
+    values = values.astype(str)
     values.index = values.index.astype(str)
     return values.reindex(lots)
 

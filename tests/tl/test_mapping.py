@@ -669,3 +669,13 @@ def test_a_lot_of_unusual_make_up_keeps_its_share(tiny_query, tiny_ref):
             mapped = mp.tl.map_to_reference(query, tiny_ref, method=method, copy=True)
         share = float((mapped.obs["predicted"].astype(str) == potency).mean())
         assert abs(share - 0.8) < 0.15, (method, share)
+
+
+def test_cells_without_counts_are_refused_not_labelled(tiny_query, tiny_ref):
+    """Ten empty cells were labelled CL5 at 0.76 (anchors) or CL1 at 0.93 (fast)."""
+    query = tiny_query[:200].copy()
+    counts = query.layers["counts"].tolil()
+    counts[:10, :] = 0
+    query.layers["counts"] = counts.tocsr()
+    with pytest.raises(ValueError, match=r"10 query cells have no counts on the reference's"):
+        mp.tl.map_to_reference(query, tiny_ref, copy=True)

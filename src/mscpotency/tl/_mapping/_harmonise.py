@@ -105,12 +105,14 @@ def harmonise(
     normalised = lognormalise(counts, target_sum)
     if shared == query.n_vars == len(reference_genes) and (positions == np.arange(shared)).all():
         # the same genes in the same order: nothing to align
+        _refuse_empty_cells(query, normalised)
         return Harmonised(expression=normalised, shared=shared, missing=[], share=1.0)
     select = sparse.csr_matrix(
         (np.ones(shared, dtype=np.float32), (positions[found], np.flatnonzero(found))),
         shape=(query.n_vars, len(reference_genes)),
     )
     expression = (normalised @ select).tocsr()
+    _refuse_empty_cells(query, expression)
     return Harmonised(
         expression=expression,
         shared=shared,
@@ -118,6 +120,22 @@ def harmonise(
         share=share,
         share_variance_missing=variance_missing,
     )
+
+
+def _refuse_empty_cells(query: AnnData, expression: sparse.csr_matrix) -> None:
+    """Refuse cells with no counts on the embedding genes, naming them.
+
+    Such a cell lands where its lot's centring puts it and would get a confident label from
+    nothing (ten empty cells were labelled at probability 0.76-0.93); ``pp.qc`` removes them.
+    """
+    empty = np.flatnonzero(np.asarray(expression.sum(axis=1)).ravel() == 0)
+    if empty.size:
+        msg = (
+            f"{empty.size} query cells have no counts on the reference's embedding genes (e.g. "
+            f"{query.obs_names[empty[:3]].tolist()}), so nothing places them; remove them "
+            "first, e.g. with pp.qc (min_genes), as `mscpotency map` does."
+        )
+        raise ValueError(msg)
 
 
 def variance_weights(loadings: np.ndarray, embedding: np.ndarray) -> np.ndarray:

@@ -358,3 +358,25 @@ def test_a_data_error_in_a_real_process_is_one_line_without_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "has no potency column 'ido'" in done.stderr
+
+
+def test_map_config_changes_only_the_settings_it_names(tmp_path, monkeypatch):
+    """A --config holding one key replaced every setting the reference was analysed with."""
+    import mscpotency._workflow as workflow
+
+    seen = {}
+
+    def fake_release(lots, reference, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(workflow, "release_lots", fake_release)
+    (tmp_path / "lots").mkdir()
+    (tmp_path / "ref.h5ad").write_text("not read")
+    (tmp_path / "release.toml").write_text("[release]\nmin_share = 0.07\n")
+    args = ["map", "--reference", str(tmp_path / "ref.h5ad"), "--lots", str(tmp_path / "lots")]
+    args += ["--out", str(tmp_path / "out"), "--config", str(tmp_path / "release.toml")]
+    with pytest.raises(SystemExit):
+        main([*args, "--max-off-reference", "0.2"])
+    assert seen["settings"] is None  # the stored settings, then the overrides
+    assert seen["overrides"] == {"min_share": 0.07, "max_off_reference": 0.2}

@@ -260,15 +260,19 @@ def _run_analyse(args: argparse.Namespace) -> Path:
 
 def _run_map(args: argparse.Namespace) -> Path:
     from ._workflow import release_lots, write_release
+    from ._workflow._settings import settings_file_values
 
-    settings, overrides = _settings(args, _MAP_OPTIONS)
+    _, overrides = _settings(args, _MAP_OPTIONS)
+    # the settings the reference was analysed with, changed only where the file or the
+    # command line says so (a --config with one key had replaced every stored setting)
+    from_file = settings_file_values(args.config) if args.config else {}
     query, model = release_lots(
         args.lots,
         args.reference,
         lot_model=args.lot_model,
         lot_table=args.lot_table,
-        settings=settings if args.config else None,
-        overrides=overrides,
+        settings=None,
+        overrides={**from_file, **overrides},
         expected_hash=args.expected_hash,
     )
     return write_release(query, model, args.out)

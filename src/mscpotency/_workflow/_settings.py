@@ -225,6 +225,20 @@ def _first_problem(settings: AnalysisSettings) -> str | None:
     return None
 
 
+def settings_file_values(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings a TOML file gives (flattened, checked, typed), and only those."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        msg = f"settings file {str(path)!r} does not exist"
+        raise FileNotFoundError(msg) from error
+    except tomllib.TOMLDecodeError as error:
+        msg = f"settings file {str(path)!r} is not valid TOML: {error}"
+        raise ValueError(msg) from error
+    return _typed(_flatten(raw, path), path)
+
+
 def load_settings(path: str | os.PathLike, **overrides: Any) -> AnalysisSettings:
     """Settings from a TOML file, then ``overrides`` (command-line options; ``None`` = not given).
 
@@ -240,16 +254,7 @@ def load_settings(path: str | os.PathLike, **overrides: Any) -> AnalysisSettings
     -------
     The resolved :class:`AnalysisSettings`.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        msg = f"settings file {str(path)!r} does not exist"
-        raise FileNotFoundError(msg) from error
-    except tomllib.TOMLDecodeError as error:
-        msg = f"settings file {str(path)!r} is not valid TOML: {error}"
-        raise ValueError(msg) from error
-    flat = _typed(_flatten(raw, path), path)
+    flat = settings_file_values(path)
     settings = AnalysisSettings().replace(**flat)
     if "resolution" in flat and "n_clusters" not in flat:  # a fixed resolution, no target k
         settings = dataclasses.replace(settings, n_clusters=None)

@@ -135,7 +135,11 @@ def _add_map(commands) -> argparse.ArgumentParser:
     mapping.add_argument("--lots", required=True, help="folder with one entry per new lot")
     mapping.add_argument("--lot-table", help="table of the new lots (measured potency: validation)")
     mapping.add_argument("--out", required=True, help="output folder (created)")
-    mapping.add_argument("--config", help="settings file (TOML); options given here win")
+    mapping.add_argument(
+        "--config",
+        help="settings file (TOML) changing the reference's stored settings it names; "
+        "options given here win",
+    )
     mapping.add_argument("--title", help="report title (default: named after the inputs)")
     mapping.add_argument(
         "--min-share", type=float, help="verdict: minimum potency-like share (default: none)"

@@ -353,7 +353,14 @@ def _measured(query: AnnData, potency: str, lot_key: str) -> bool:
             "comma); give every lot a number to validate.",
         )
         return False
-    return pd.api.types.is_numeric_dtype(query.obs[potency])
+    if not pd.api.types.is_numeric_dtype(query.obs[potency]):
+        record_warning(
+            query,
+            f"the validation against measured potency ({potency!r}) was skipped: the column "
+            "holds text; convert it to numbers to validate.",
+        )
+        return False
+    return True
 
 
 def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings) -> pd.DataFrame:

@@ -836,14 +836,6 @@ def _raw_counts(part: AnnData, where: str) -> tuple[Any, str, pd.DataFrame]:
     raise ValueError(msg)
 
 
-def _is_counts(X) -> bool:
-    try:
-        check_counts(X, where="layer")
-    except ValueError:
-        return False
-    return True
-
-
 def _check_mtx_files(folder: Path, where: str) -> None:
     """Require the complete file set scanpy.read_10x_mtx needs; name what is missing."""
     present = {p.name for p in folder.iterdir()}

@@ -40,7 +40,10 @@ def read_lot_table(
     zeros; then each other column whose every non-empty value is a number becomes numeric,
     and the rest stay text. Column names and lot names are stripped of surrounding
     whitespace, and empty unnamed columns (trailing separators, spreadsheet debris) are
-    dropped. Join the result into the cells with :func:`mscpotency.pp.add_lot_table`.
+    dropped. An empty cell or a code such as ``NA`` or ``n/a`` is a missing value, except in
+    the column of lot names (a lot may be named ``NA``). A ``.csv`` whose header holds no
+    comma but semicolons (Excel where the decimal mark is a comma) is read as
+    ``;``-separated, and text that is not UTF-8 as Windows-1252. Join the result into the cells with :func:`mscpotency.pp.add_lot_table`.
 
     A numeric column with negative values gets a warning naming the column and the lots:
     most assays (secreted protein, potency readouts, passage) are non-negative, so a

@@ -679,3 +679,21 @@ def test_cells_without_counts_are_refused_not_labelled(tiny_query, tiny_ref):
     query.layers["counts"] = counts.tocsr()
     with pytest.raises(ValueError, match=r"10 query cells have no counts on the reference's"):
         mp.tl.map_to_reference(query, tiny_ref, copy=True)
+
+
+def test_one_lot_mapped_alone_is_calibrated_like_lots_mapped_together(tiny_query, tiny_ref):
+    """A lot released alone is scored as a set of its own size; calibrated at a reference
+    fold's size, 22-33% of its known cells were flagged at alpha 0.05 (median p 0.10-0.22).
+    The held-out reference cells are now scored in sets of the query's size."""
+    flagged, medians = [], []
+    for lot in ("BM09", "BM10", "BM11"):
+        query = tiny_query[(tiny_query.obs["lot"] == lot).to_numpy()].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mapped = mp.tl.map_to_reference(query, tiny_ref, novelty_alpha=0.05, copy=True)
+        p = mapped.obs["predicted_novelty_p"].to_numpy()
+        flagged.append((p <= 0.05).mean())
+        medians.append(np.median(p))
+    assert np.mean(flagged) <= 1.5 * 0.05 and max(flagged) <= 0.1, flagged
+    assert np.mean(flagged) >= 0.2 * 0.05, flagged  # not made conservative either
+    assert min(medians) > 0.3, medians

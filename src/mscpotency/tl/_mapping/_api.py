@@ -745,6 +745,7 @@ def _cell_flags(
         random_state=random_state,
         lot_size=int(np.median(sizes)),
         depth=depth,
+        set_size=score_map.size,  # a query smaller than a fold: calibration in sets its size
     )
     novelty_p = novelty_pvalues(score_map, scores)
     novel = novelty_p <= novelty_alpha

@@ -43,7 +43,8 @@ def read_lot_table(
     dropped. An empty cell or a code such as ``NA`` or ``n/a`` is a missing value, except in
     the column of lot names (a lot may be named ``NA``). A ``.csv`` whose header holds no
     comma but semicolons (Excel where the decimal mark is a comma) is read as
-    ``;``-separated, and text that is not UTF-8 as Windows-1252. Join the result into the cells with :func:`mscpotency.pp.add_lot_table`.
+    ``;``-separated, and text that is not UTF-8 as Windows-1252. Join the result into the
+    cells with :func:`mscpotency.pp.add_lot_table`.
 
     A numeric column with negative values gets a warning naming the column and the lots:
     most assays (secreted protein, potency readouts, passage) are non-negative, so a

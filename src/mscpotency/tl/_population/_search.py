@@ -269,37 +269,33 @@ def potency_population(
     ``None``, or the copy when ``copy=True``. Writes ``obs[key_added]`` (categorical): the
     labels of ``obs[cluster_key]`` with the cells of the population found relabelled
     ``'potency'`` (unchanged when nothing is found), and ``uns[key_added]`` with
-    ``'candidates'`` : DataFrame (one row per candidate, best first, indexed by a
-    readable name such as ``CL3``, ``leiden r=0.5 #2``, ``CL3 r=0.25 #1`` or
-    ``CL3+CL5``: kind, resolution, n_cells, mean_share, rho, pvalue (per-candidate
-    permutation p, not selection-aware), jaccard_with_chosen (with the chosen candidate
-    before boundary refinement), lot_split_lift (cohesion lift in a lot-corrected local
-    view of its clusters, :func:`_lot_split_lifts`; ``NaN``: too few cells for a view),
-    lot_split (set aside before the test: lift at most 0.4, not a cell state of its own),
-    chosen), ``'summary'`` : dict (found, population (the chosen candidate), n_cells, rho and pvalue_naive (of the refined
-    population's share; exact, as if it were the only candidate), pvalue
-    (selection-aware), n_candidates,
-    candidate_n_cells and candidate_rho (before refinement), refinement_undone (the refined
-    population's own share did not track potency at ``alpha``, so the candidate is the
-    population: the refinement reads no potency and may grow a candidate into another
-    population), boundary_added and
-    boundary_removed (cells), boundary_merged (the fixed-k clusters whose part the
-    refinement merged whole as one population with it, comma-separated; ``''``: none),
-    fixed_k_cluster with its fixed_k_n_cells and fixed_k_rho,
-    jaccard_with_fixed_k, changed, lot_dominated with top_lot and top_lot_share (the
-    rule of :func:`mscpotency.tl.lot_specificity`, applied to the population; a
-    ``LotDominatedWarning`` when it holds), lot_splits_skipped (the candidates set aside
-    before the test whose rho is at least the population named's, ``'; '``-separated,
-    strongest first; ``''``: none), lot_split_lift and
-    lot_split_cluster of the population named (the best candidate when none is named),
-    seconds), ``'lots'`` : DataFrame (lots x [potency, share of the population found,
-    share of the fixed-k potency cluster]), ``'overlap'`` : DataFrame (fixed-k
-    clusters x [n_cells, n_in_population, jaccard]), ``'null_max'`` (the permutation maxima),
-    ``'boundary'`` (when a population was found and refined against a different
-    population: the rule that draws its boundary with its neighbour, population and neighbour labels, representation, axis,
-    centre, spread, threshold, quantile; ``tl.freeze_reference`` ships it and
-    ``tl.map_to_reference`` re-decides query cells labelled either by it),
-    ``'message'`` (one plain sentence) and ``'params'``.
+    ``'candidates'`` : DataFrame (one row per candidate, best first, indexed by a readable name
+    such as ``CL3``, ``leiden r=0.5 #2``, ``CL3 r=0.25 #1`` or ``CL3+CL5``: kind, resolution,
+    n_cells, mean_share, rho, pvalue (per-candidate permutation p, not selection-aware),
+    jaccard_with_chosen (with the chosen candidate before boundary refinement), lot_split_lift
+    (cohesion lift in a lot-corrected local view of its clusters, :func:`_lot_split_lifts`;
+    ``NaN``: too few cells for a view), lot_split (set aside before the test: lift at most 0.4,
+    not a cell state of its own), chosen), ``'summary'`` : dict (found, population (the chosen
+    candidate), n_cells, rho and pvalue_naive (of the refined population's share; exact, as if
+    it were the only candidate), pvalue (selection-aware), n_candidates, candidate_n_cells and
+    candidate_rho (before refinement), refinement_undone (the refined population's own share did
+    not track potency at ``alpha``, so the candidate is the population: the refinement reads no
+    potency and may grow a candidate into another population), boundary_added and
+    boundary_removed (cells), boundary_merged (the fixed-k clusters whose part the refinement
+    merged whole as one population with it, comma-separated; ``''``: none), fixed_k_cluster with
+    its fixed_k_n_cells and fixed_k_rho, jaccard_with_fixed_k, changed, lot_dominated with
+    top_lot and top_lot_share (the rule of :func:`mscpotency.tl.lot_specificity`, applied to the
+    population; a ``LotDominatedWarning`` when it holds), lot_splits_skipped (the candidates set
+    aside before the test whose rho is at least the population named's, ``'; '``-separated,
+    strongest first; ``''``: none), lot_split_lift and lot_split_cluster of the population named
+    (the best candidate when none is named), seconds), ``'lots'`` : DataFrame (lots x [potency,
+    share of the population found, share of the fixed-k potency cluster]), ``'overlap'`` :
+    DataFrame (fixed-k clusters x [n_cells, n_in_population, jaccard]), ``'null_max'`` (the
+    permutation maxima), ``'boundary'`` (when a population was found and refined against a
+    different population: the rule that draws its boundary with its neighbour, population and
+    neighbour labels, representation, axis, centre, spread, threshold, quantile;
+    ``tl.freeze_reference`` ships it and ``tl.map_to_reference`` re-decides query cells labelled
+    either by it), ``'message'`` (one plain sentence) and ``'params'``.
     """
     start = time.perf_counter()
     _check_search_options(
@@ -1307,8 +1303,9 @@ def _population_within(
     (>= 90% of its cells, <= 80% of the cluster) is named instead when it and the rest of
     the cluster are two populations: a valley in the density of their scores on the
     discriminant axis between them (:func:`_valley_ratio` at most
-    :data:`_ONE_POPULATION_VALLEY`, the boundary refinement's test). Ties are tried by statistic, then size. Reads no potency beyond
-    the ties, so the p-value (the maximum statistic) is unchanged.
+    :data:`_ONE_POPULATION_VALLEY`, the boundary refinement's test). Ties are tried by
+    statistic, then size. Reads no potency beyond the ties, so the p-value (the maximum
+    statistic) is unchanged.
     """
     chosen = search.chosen
     if chosen < 0 or candidates.kind[chosen] != "cluster":

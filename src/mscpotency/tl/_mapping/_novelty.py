@@ -458,14 +458,11 @@ def scoring_sets(
     0.05). A query up to 1.5 times ``size`` is one set; a larger one is split into
     ``round(n / size)`` sets of whole lots, largest lots first into the smallest set (random
     cells when there are no lots). A lot larger than ``size`` stays whole. With
-    ``whole=False`` (held-out reference cells scored like a small query) any ``n`` larger
-    than ``size`` is split, into ``max(1, round(n / size))`` sets.
+    ``whole=False`` (held-out reference cells scored like a small query) the 1.5 margin is
+    dropped: any ``n`` that makes two or more sets of ``size`` is split.
     """
     n_sets = round(n / max(size, 1))
-    if whole and (n <= 1.5 * size or n_sets < 2):
-        return np.zeros(n, dtype=np.int64)
-    n_sets = max(n_sets, 1)
-    if n_sets == 1:
+    if n_sets < 2 or (whole and n <= 1.5 * size):
         return np.zeros(n, dtype=np.int64)
     rng = np.random.default_rng([random_state, 5])
     if lots is None:

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from _truth import population_f1
 from potency_population import _seeds
+from potency_population_mapping import _reference
 from sklearn.neighbors import NearestNeighbors
 
 import mscpotency as mp
@@ -62,16 +63,11 @@ def _build(seed: int) -> dict:
 
     adata = mp.datasets.hard(random_state=seed)
     query = adata[adata.obs["set"] == "BM-test"].copy()
-    ref = adata[adata.obs["set"] == "BM-train"].copy()
     mapping_api.boundary_labels = spy
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mp.pp.qc(ref)
-            mp.pp.preprocess(ref)
-            mp.tl.cluster(ref, n_clusters=8)
-            mp.tl.lot_fractions(ref)
-            mp.tl.potency_association(ref, "vegf")
+            ref = _reference(adata, seed, None)
             mp.tl.potency_population(ref, "vegf")
             frozen = mp.tl.freeze_reference(ref, cluster_key="potency_population")
             mp.tl.map_to_reference(query, frozen, cluster_key="potency_population")

@@ -51,12 +51,18 @@ def _qc_kwargs(qc: str | None) -> dict:
     return {} if qc is None else {"thresholds": qc}
 
 
-def _reference(adata, seed: int, cache: Path | None, qc: str | None = None):
-    """The reference analysis of the training lots (read from ``cache`` when saved there)."""
-    cached = cache / f"hard{seed}{'' if qc is None else '_qc' + qc}.h5ad" if cache else None
+def _reference(adata, seed: int, cache: Path | None, qc: str | None = None, sets=("BM-train",)):
+    """The reference analysis of the lots of ``sets`` (read from ``cache`` when saved there).
+
+    ``pp.qc``, ``pp.preprocess``, ``tl.cluster`` (8 clusters), ``tl.lot_fractions`` and
+    ``tl.potency_association`` with the package's defaults; by default the training lots.
+    """
+    lots = "" if tuple(sets) == ("BM-train",) else "_" + "+".join(sets)
+    name = f"hard{seed}{lots}{'' if qc is None else '_qc' + qc}.h5ad"
+    cached = cache / name if cache else None
     if cached is not None and cached.exists():
         return ad.read_h5ad(cached)
-    ref = adata[adata.obs["set"] == "BM-train"].copy()
+    ref = adata[adata.obs["set"].isin(sets).to_numpy()].copy()
     mp.pp.qc(ref, **_qc_kwargs(qc))
     mp.pp.preprocess(ref)
     mp.tl.cluster(ref, n_clusters=8)

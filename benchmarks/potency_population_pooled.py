@@ -31,6 +31,7 @@ import pandas as pd
 from _results import write_results
 from _truth import population_f1
 from potency_population import _seeds
+from potency_population_mapping import _reference
 
 import mscpotency as mp
 
@@ -43,14 +44,9 @@ CEILING = RESULTS / "potency_population_ceiling.csv"
 
 def _pooled_analysis(seed: int):
     adata = mp.datasets.hard(random_state=seed)
-    pooled = adata[adata.obs["set"].isin(["BM-train", "BM-test"])].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mp.pp.qc(pooled)
-        mp.pp.preprocess(pooled)
-        mp.tl.cluster(pooled, n_clusters=8)
-        mp.tl.lot_fractions(pooled)
-        mp.tl.potency_association(pooled, "vegf")
+        pooled = _reference(adata, seed, None, sets=("BM-train", "BM-test"))
         mp.tl.potency_population(pooled, "vegf")
         damaged = mp.tl.cluster_quality(pooled, cluster_key="potency_population", copy=True)
     return pooled, damaged.obs["cluster_quality"].to_numpy()

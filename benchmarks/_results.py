@@ -29,3 +29,26 @@ def write_results(path: Path, generated: str, *, keep_notes: bool) -> None:
     if notes and keep_notes:
         text += "\n" + notes + "\n"
     path.write_text(text)
+
+
+def write_table(
+    stem: Path,
+    table,
+    *,
+    title: str,
+    command: str,
+    summary: str,
+    remark: str = "",
+    keep_notes: bool = False,
+) -> None:
+    """Write ``<stem>.csv`` (the table) and ``<stem>.md``: title, command, summary, table.
+
+    The markdown names the command that made it ("the docstring says what each column
+    is", then ``remark``), a summary and the table; ``keep_notes`` as :func:`write_results`.
+    """
+    table.to_csv(f"{stem}.csv", index=False)
+    generated = (
+        f"# {title}\n\nCommand: `{command}` (the docstring says what each column is).{remark}"
+        "\n\n" + summary.rstrip("\n") + "\n\n" + table.to_markdown(index=False)
+    )
+    write_results(Path(f"{stem}.md"), generated, keep_notes=keep_notes)

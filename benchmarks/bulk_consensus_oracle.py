@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _results import write_results
+from _results import write_table
 from bulk_consensus import FLAGSHIPS, RULES, B, propensity
 from potency_population import _seeds  # the same --seeds syntax (0-39 or 0,3,5)
 
@@ -97,16 +97,13 @@ def main() -> None:
             rows.append(one(seed))
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(RESULTS / f"{NAME}.csv", index=False)
-    generated = (
-        "# Planted markers with the estimated and the true propensity (issue 18)\n\n"
-        f"Command: `python benchmarks/{NAME}.py --seeds {args.seeds} --top {args.top}` "
-        "(the docstring says what each column is).\n\n"
-        + _summary(table, args.top)
-        + "\n"
-        + table.to_markdown(index=False)
+    write_table(
+        RESULTS / NAME,
+        table,
+        title="Planted markers with the estimated and the true propensity (issue 18)",
+        command=f"python benchmarks/{NAME}.py --seeds {args.seeds} --top {args.top}",
+        summary=_summary(table, args.top),
     )
-    write_results(RESULTS / f"{NAME}.md", generated, keep_notes=False)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _results import write_results
+from _results import write_table
 from potency_population import _seeds  # the same --seeds syntax (0-9 or 1,9)
 from scipy import sparse
 from sklearn.decomposition import PCA
@@ -113,22 +113,20 @@ def main() -> None:
         rows.append(one(seed))
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(RESULTS / f"{NAME}.csv", index=False)
     flagged = [c for c in table.columns if c.startswith("flagged_")]
     summary = "\n".join(
         f"- {c.removeprefix('flagged_')}: >= 80% of the novel cells flagged on "
         f"{int((table[c] >= 0.8).sum())}/{len(table)} seeds (median {table[c].median():.2f})"
         for c in flagged
     )
-    generated = (
-        "# The left-out population against detectors trained on the truth (issue 16)\n\n"
-        f"Command: `python benchmarks/{NAME}.py --seeds {args.seeds}` (the docstring says "
-        "what each column is). Known cells flagged at 5% by construction.\n\n"
-        + summary
-        + "\n\n"
-        + table.to_markdown(index=False)
+    write_table(
+        RESULTS / NAME,
+        table,
+        title="The left-out population against detectors trained on the truth (issue 16)",
+        command=f"python benchmarks/{NAME}.py --seeds {args.seeds}",
+        summary=summary,
+        remark=" Known cells flagged at 5% by construction.",
     )
-    write_results(RESULTS / f"{NAME}.md", generated, keep_notes=False)
 
 
 if __name__ == "__main__":

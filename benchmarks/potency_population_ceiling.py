@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _results import write_results
+from _results import write_table
 from _truth import population_f1
 from potency_population import _seeds
 from potency_population_mapping import _reference
@@ -178,16 +178,14 @@ def main() -> None:
         rows.append(one(seed, args.cache))
         print(rows[-1], flush=True)
         table = pd.DataFrame(rows).sort_values("seed")
-        table.to_csv(csv, index=False)
-        generated = (
-            "# The hard preset's potency population against classifiers trained on the truth\n\n"
-            f"Command: `python benchmarks/{NAME}.py --seeds {args.seeds} --cache DIR`"
-            " (the docstring says what each column is).\n\n"
-            + _summary(table)
-            + "\n"
-            + table.to_markdown(index=False)
+        write_table(
+            RESULTS / NAME,
+            table,
+            title="The hard preset's potency population against classifiers trained on the truth",
+            command=f"python benchmarks/{NAME}.py --seeds {args.seeds} --cache DIR",
+            summary=_summary(table),
+            keep_notes=args.append,
         )
-        write_results(RESULTS / f"{NAME}.md", generated, keep_notes=args.append)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _results import write_results
+from _results import write_table
 from _truth import population_f1
 from potency_population import _seeds
 from potency_population_mapping import _reference
@@ -101,13 +101,13 @@ def main() -> None:
         rows.append(one(seed))
         print(rows[-1], flush=True)
         table = _beside_the_mapping(pd.DataFrame(rows).sort_values("seed"))
-        table.to_csv(RESULTS / f"{NAME}.csv", index=False)
-        generated = (
-            "# The search on the training and held-out lots pooled: the bar for the mapping\n\n"
-            f"Command: `python benchmarks/{NAME}.py --seeds {args.seeds}` (the docstring says "
-            "what each column is).\n\n" + _summary(table) + "\n" + table.to_markdown(index=False)
+        write_table(
+            RESULTS / NAME,
+            table,
+            title="The search on the training and held-out lots pooled: the bar for the mapping",
+            command=f"python benchmarks/{NAME}.py --seeds {args.seeds}",
+            summary=_summary(table),
         )
-        write_results(RESULTS / f"{NAME}.md", generated, keep_notes=False)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,10 @@ def map_to_reference(
         {kind}
         ``"per_lot"``: cells, mean prediction and mapping scores, shares of
         low-confidence, off-reference and Unassigned cells, the mean prediction-set size
-        and the novelty test (``n_novel``, ``share_novel``, ``expected_share_novel``,
-        ``novelty_pvalue``, ``excess_novel``) per query lot; ``"reliability_after"`` /
+        the novelty test (``n_novel``, ``share_novel``, ``expected_share_novel``,
+        ``novelty_pvalue``, ``excess_novel``), and the lot's estimated shift from the
+        reference (``lot_shift``) and whether its make-up was ambiguous
+        (``make_up_ambiguous``) per query lot; ``"reliability_after"`` /
         ``"reliability_before"``: per score bin, the held-out reference cells' mean score
         and accuracy after / before temperature scaling (empty when not calibrated).
 

@@ -32,6 +32,7 @@ from ._calibration import apply_temperature
 from ._conformal import class_thresholds, prediction_sets, set_labels
 from ._fast import gaussian_weights
 from ._harmonise import Harmonised, harmonise, most_important, query_counts, variance_weights
+from ._make_up import MakeUp
 from ._neighbors import knn
 from ._novel_groups import group_novelty, query_groups
 from ._novelty import (
@@ -345,7 +346,10 @@ def map_to_reference(
       low-confidence, off-reference and Unassigned cells, mean set size, and the novelty
       test: ``n_novel``, ``share_novel``, ``expected_share_novel`` (= ``novelty_alpha``),
       ``novelty_pvalue`` (one-sided binomial), ``excess_novel`` (Bonferroni over lots at
-      0.05)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
+      0.05)), ``lot_shift`` (the lot's shift from the reference net of its make-up, in
+      within-population standard deviations; NaN unless ``centre="lot_shift"``) and
+      ``make_up_ambiguous`` (other make-ups fit the lot about as well: the one needing the
+      smallest shift was taken; warned)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
       the query's ``depth_ratio`` and whether the calibration cells were thinned to it,
       ``depth_matched``, the share flagged; with ``novelty_groups``, ``'groups'``: per
       group ``n_cells``, ``n_novel``, ``share_novel``, ``novelty_pvalue``,
@@ -405,17 +409,13 @@ def map_to_reference(
     if calibrate:
         probabilities = apply_temperature(probabilities, transfer.calibration["temperature"])
     flags = _cell_flags(
-        model,
+        mapping,
         transfer.calibration,
         probabilities,
-        _novelty_scores(model, harmonised, lots, score_map, n_comps_own, knn_method, random_state),
-        lots,
+        _novelty_scores(mapping, score_map),
         novelty_alpha=novelty_alpha,
         set_alpha=set_alpha if calibrate else None,
         min_mapping_score=min_mapping_score,
-        n_comps_own=n_comps_own,
-        knn_method=knn_method,
-        random_state=random_state,
     )
     flags = _grouped(
         flags, adata, novelty_groups, layer, model, novelty_alpha, min_mapping_score, random_state
@@ -423,11 +423,14 @@ def map_to_reference(
     codes, in_set, boundary = boundary_labels(model, transfer, flags.codes, flags.in_set)
     flags = replace(flags, codes=codes, in_set=in_set)
     placement = _umap_placement(model, transfer, knn_method, random_state)
-    per_lot, summary = _summaries(lots, probabilities.max(axis=1), flags, min_score, novelty_alpha)
+    per_lot, summary = _summaries(
+        lots, probabilities.max(axis=1), flags, transfer.make_up, min_score, novelty_alpha
+    )
     issued += _warn_off_reference(
         per_lot, summary, warn_off_reference, min_cells_per_lot, min_mapping_score, novelty_alpha
     )
     issued += _warn_novel_lots(per_lot, flags, novelty_alpha, min_cells_per_lot)
+    issued += _warn_ambiguous_make_up(per_lot, min_cells_per_lot)
     arguments = locals()
     params = {"method": method, "options": options.as_params()}
     params |= {name: arguments[name] for name in _PARAMS}
@@ -566,6 +569,24 @@ def _warn_novel_lots(
     return issued
 
 
+def _warn_ambiguous_make_up(per_lot: pd.DataFrame, min_cells: int) -> list[str]:
+    """Warn about lots whose make-up was decided by the size of their shift alone."""
+    ambiguous = per_lot[per_lot["make_up_ambiguous"] & (per_lot["n_cells"] >= min_cells)]
+    if ambiguous.empty:
+        return []
+    named = ", ".join(repr(lot) for lot in ambiguous.index)
+    msg = (
+        f"map_to_reference: lot(s) {named} fit other make-ups about as well as the one "
+        "taken (a lot made almost entirely of one population fits any population once "
+        "shifted onto it): the make-up needing the smallest shift from the reference was "
+        "taken (column lot_shift of `get.map_to_reference`). Confirm such a lot's identity "
+        "by its marker genes, or map it together with lots of usual make-up from the same "
+        "site and technology with lot_key=None."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=6)
+    return [msg]
+
+
 def _query_lots(adata: AnnData, lot_key: str | None, min_cells_per_lot: int) -> np.ndarray | None:
     """The lot of every query cell (or ``None``), warning about lots too small to summarise."""
     require_unique_cell_names(adata)
@@ -681,20 +702,16 @@ class _Flags:
     group_table: pd.DataFrame | None = None  # per group: the test of its flagged cells
 
 
-def _novelty_scores(
-    model: ReferenceModel,
-    harmonised: Harmonised,
-    lots: np.ndarray | None,
-    score_map: np.ndarray,
-    n_comps_own: int,
-    knn_method: str,
-    random_state: int,
-) -> tuple[np.ndarray, DepthModel]:
+def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.ndarray, DepthModel]:
     """The mapping score computed as the calibration computes it, and the query's depth.
 
     A query larger than the calibration's sets is scored in sets of whole lots of about
     their size (:func:`._novelty.scoring_sets`); otherwise ``score_map`` as it is.
     """
+    model, harmonised, lots = mapping.model, mapping.harmonised, mapping.lots
+    n_comps_own, knn_method, random_state = (
+        mapping.n_comps_own, mapping.knn_method, mapping.random_state
+    )  # fmt: skip
     measured = ~model.genes.isin(harmonised.missing)
     depth = depth_model(
         harmonised.expression,
@@ -722,27 +739,24 @@ def _novelty_scores(
 
 
 def _cell_flags(
-    model: ReferenceModel,
+    mapping: MappingInput,
     calibration: dict[str, Any],
     probabilities: np.ndarray,
     scored: tuple[np.ndarray, DepthModel],
-    lots: np.ndarray | None,
     *,
     novelty_alpha: float,
     set_alpha: float | None,
     min_mapping_score: float | None,
-    n_comps_own: int,
-    knn_method: str,
-    random_state: int,
 ) -> _Flags:
     """Novelty p-values and flags, conformal prediction sets, and the label each cell keeps."""
     score_map, depth = scored
+    model, lots = mapping.model, mapping.lots
     sizes = np.unique(lots, return_counts=True)[1] if lots is not None else [score_map.size]
     scores = held_out_mapping_scores(
         model,
-        n_comps_own=n_comps_own,
-        knn_method=knn_method,
-        random_state=random_state,
+        n_comps_own=mapping.n_comps_own,
+        knn_method=mapping.knn_method,
+        random_state=mapping.random_state,
         lot_size=int(np.median(sizes)),
         depth=depth,
         set_size=score_map.size,  # a query smaller than a fold: calibration in sets its size
@@ -819,10 +833,16 @@ def _summaries(
     lots: np.ndarray | None,
     score: np.ndarray,
     flags: _Flags,
+    make_up: MakeUp | None,
     min_score: float,
     novelty_alpha: float,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Per lot and over all cells: scores, shares of low-confidence, novel, unassigned cells."""
+    """Per lot and over all cells: scores, shares of low-confidence, novel, unassigned cells.
+
+    Per lot also the lot's estimated shift and whether its make-up was ambiguous (rows of
+    ``make_up``: the lots in sorted order, as the table's); a backend that does not
+    estimate them (``centre`` other than ``"lot_shift"``, scvi) leaves NaN and False.
+    """
     low_score = score < min_score
     off = flags.off_reference
     set_size = flags.in_set.sum(axis=1) if flags.in_set is not None else np.full(score.size, np.nan)
@@ -852,6 +872,8 @@ def _summaries(
         }
     )
     per_lot = per_lot.join(lot_novelty(lots, flags.novel, novelty_alpha))
+    per_lot["lot_shift"] = np.nan if make_up is None else make_up.shift
+    per_lot["make_up_ambiguous"] = False if make_up is None else make_up.ambiguous
     per_lot.index.name = "lot"
     finite = np.isfinite(flags.score_map)
     summary = {

@@ -1,7 +1,8 @@
 """What the backends that transfer labels in the reference PCA share (``fast``, ``anchors``).
 
-The query is centred (per lot, on its own mean or on the reference mean) and projected onto
-the reference PCA; the backend turns that into label probabilities. The temperature is
+The query is centred (per lot on its shift net of its make-up, by default; or on the lot's,
+the query's or the reference's mean) and projected onto the reference PCA; the backend turns
+that into label probabilities. The temperature is
 fitted on the reference itself: its lots are held out in turn and mapped onto the others by
 the same backend with the same options (:func:`held_out_calibration`, cached per reference
 and options, since the fit is deterministic).
@@ -18,10 +19,11 @@ import pandas as pd
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
+from ._make_up import net_of_make_up
 from ._project import Centre, CentredMatrix, centred, principal_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
 
-_CENTRES = ("reference", "query", "lot")
+_CENTRES = ("reference", "query", "lot", "lot_shift")
 
 #: Neighbours of a reference cell and their distances, nearest first (or ``None``).
 Neighbours = tuple[np.ndarray, np.ndarray] | None
@@ -34,21 +36,25 @@ class ProjectionOptions(TransferOptions):
     Attributes
     ----------
     centre
-        Where query cells are centred before projection: on each lot's mean (``"lot"``,
-        removes donor/tissue shifts), on the query's mean (``"query"``) or on the reference
-        mean (``"reference"``, as Seurat and ingest do).
+        Where query cells are centred before projection: on each lot's shift net of its
+        make-up (``"lot_shift"``, the default: removes donor, site, tissue and technology
+        shifts and keeps each lot's make-up, estimated with the shift by a mixture of the
+        reference's populations; see the concepts page), on each lot's own mean
+        (``"lot"``: also removes a make-up unlike the reference's, pulling such a lot
+        towards the reference's average), on the query's mean (``"query"``) or on the
+        reference mean (``"reference"``, as Seurat and ingest do).
     n_calibration_folds
         Folds of reference lots for the calibration (each maps at most
         ``CALIBRATION_MAX_CELLS`` of its held-out cells, drawn at random: one temperature
         is fitted).
     """
 
-    centre: Centre = "lot"
+    centre: Centre = "lot_shift"
     n_calibration_folds: int = 3
 
     def __post_init__(self) -> None:
         if self.centre not in _CENTRES:
-            msg = f"centre must be 'reference', 'query' or 'lot', got {self.centre!r}"
+            msg = f"centre must be one of {_CENTRES}, got {self.centre!r}"
             raise ValueError(msg)
 
     @property
@@ -78,17 +84,18 @@ class ProjectionOptions(TransferOptions):
     def transfer(self, mapping: MappingInput) -> Transfer:
         """Centre the query as asked, transfer labels from every reference cell, calibrate."""
         model = mapping.model
-        query = mapping.by_lot
-        if self.centre != "lot":
+        query, query_embedding, make_up = mapping.by_lot, mapping.projected, None
+        if self.centre == "lot_shift":
+            every = np.arange(model.embedding.shape[0])
+            query, query_embedding, make_up = net_of_make_up(model, query, query_embedding, every)
+        elif self.centre != "lot":
             query = centred(
                 mapping.harmonised.expression,
                 centre=self.centre,
                 reference_mean=model.pca_mean,
                 lots=mapping.lots,
             )
-        query_embedding = (
-            mapping.projected if query is mapping.by_lot else query.dot(model.loadings)
-        )
+            query_embedding = query.dot(model.loadings)
         probabilities, anchors, neighbours = self.label_probabilities(
             model,
             np.arange(model.embedding.shape[0]),
@@ -110,6 +117,7 @@ class ProjectionOptions(TransferOptions):
             reference_embedding=model.embedding,
             neighbours=neighbours,
             anchors=anchors,
+            make_up=make_up,
         )
 
 
@@ -189,12 +197,15 @@ def _mapped_held_out_lots(
         own = np.zeros((query.shape[1], 0))
         if options.uses_own_axes:
             own = _held_out_own_axes(model, held_out, query, options, n_comps_own, random_state)
+        embedding = query.dot(model.loadings)
+        if options.centre == "lot_shift":
+            query, embedding, _ = net_of_make_up(model, query, embedding, rows)
         probabilities, _, _ = options.label_probabilities(
             model,
             rows,
             query,
             own,
-            query.dot(model.loadings),
+            embedding,
             knn_method=knn_method,
             random_state=random_state,
         )
@@ -223,7 +234,7 @@ def _held_out_own_axes(
 ) -> np.ndarray:
     """The held-out cells' own axes, found on them centred per lot (as the query's are)."""
     by_lot = query
-    if options.centre != "lot":
+    if options.centre not in ("lot", "lot_shift"):
         lots = model.lots[held_out] if model.lots is not None else None
         by_lot = centred(
             model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots

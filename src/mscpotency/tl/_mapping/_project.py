@@ -18,7 +18,7 @@ from scipy import sparse
 
 from ..._cell_stats import group_moments
 
-Centre = Literal["reference", "query", "lot"]
+Centre = Literal["reference", "query", "lot", "lot_shift"]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -148,7 +148,7 @@ def centred(
         )
     if centre == "query" or lots is None:
         groups = np.zeros(n, dtype=np.int64)
-    elif centre == "lot":
+    elif centre in ("lot", "lot_shift"):  # lot_shift: :mod:`._make_up` moves the lots on
         _, groups = np.unique(np.asarray(lots, dtype=str), return_inverse=True)
     else:
         msg = f"centre must be 'reference', 'query' or 'lot', got {centre!r}"

@@ -24,6 +24,7 @@ from anndata import AnnData
 
 from ..._frozen import ReferenceModel
 from ._harmonise import Harmonised
+from ._make_up import MakeUp
 from ._project import CentredMatrix
 
 
@@ -56,6 +57,7 @@ class Transfer:
     reference_embedding: np.ndarray  # reference cells in that space
     neighbours: tuple[np.ndarray, np.ndarray] | None = None  # reference neighbours, nearest first
     anchors: dict[str, int] = field(default_factory=dict)  # anchor counts (anchors backend)
+    make_up: MakeUp | None = None  # each lot's make-up and shift (centre="lot_shift")
 
 
 #: The calibration of a mapping that fitted no temperature.

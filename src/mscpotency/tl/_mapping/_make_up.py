@@ -35,6 +35,9 @@ from ._project import CentredMatrix
 #: EM steps at most, and the change of every lot's weights (largest absolute) that stops it.
 MAX_STEPS = 200
 TOLERANCE = 1e-4
+#: Cells of a lot the make-up is estimated from, at most (a random subset above: the shares
+#: of 5,000 cells are within a point of the lot's; the cost stays that of 5,000 cells).
+MAX_CELLS = 5_000
 
 
 def population_centroids(
@@ -111,7 +114,7 @@ def lot_make_up(
     shares, shift = np.zeros((n_groups, n_labels)), np.zeros(n_groups)
     ambiguous = np.zeros(n_groups, dtype=bool)
     for group in range(n_groups):
-        white = _whitened(factor, projected[groups == group])
+        white = _whitened(factor, _at_most(projected[groups == group], MAX_CELLS, group))
         fits = [_em(white, white_centroids, start) for start in _starts(prior)]
         weights = np.array([fit[0] for fit in fits])
         per_cell = np.array([fit[1] for fit in fits]) / max(white.shape[0], 1)
@@ -122,6 +125,13 @@ def lot_make_up(
         differ = np.abs(weights[close] - weights[chosen]).max(axis=1) > 0.1
         ambiguous[group] = bool(differ.any())
     return MakeUp(shares, shift, ambiguous)
+
+
+def _at_most(cells: np.ndarray, n_max: int, seed: int) -> np.ndarray:
+    """``cells``, or ``n_max`` of them drawn at random (seeded) when there are more."""
+    if cells.shape[0] <= n_max:
+        return cells
+    return cells[np.sort(np.random.default_rng([seed, 11]).choice(cells.shape[0], n_max, False))]
 
 
 def _whitened(factor: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -146,31 +156,36 @@ def _starts(prior: np.ndarray) -> list[np.ndarray]:
 def _em(cells: np.ndarray, centroids: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float]:
     """The mixing weights of ``cells`` (whitened, centred on their mean) over ``centroids``.
 
-    Returns the weights and the mixture's log-likelihood at them (up to a constant).
+    Returns the weights and the mixture's log-likelihood at them (up to a constant). With
+    the offset ``w @ C``, ``(x + w C) . c_k = x . c_k + (w C C^T)_k``: the cells' products
+    with the centroids are formed once, each step is cells x populations.
     """
     weights = start.copy()
-    squared_centroids = (centroids**2).sum(axis=1)
+    products = cells @ centroids.T  # (n, k)
+    gram = centroids @ centroids.T  # (k, k)
+    half_squared = 0.5 * np.diag(gram)
     for _ in range(MAX_STEPS):
-        log_responsibility = _log_joint(cells, centroids, squared_centroids, weights)
-        log_responsibility -= special.logsumexp(log_responsibility, axis=1, keepdims=True)
-        new = np.exp(log_responsibility).mean(axis=0)
+        joint = _log_joint(products, gram, half_squared, weights)
+        joint -= joint.max(axis=1, keepdims=True)
+        responsibility = np.exp(joint)
+        responsibility /= responsibility.sum(axis=1, keepdims=True)
+        new = responsibility.mean(axis=0)
         done = np.abs(new - weights).max() < TOLERANCE
         weights = new
         if done:
             break
+    joint = _log_joint(products, gram, half_squared, weights)
     shifted = cells + weights @ centroids
-    log_joint = _log_joint(cells, centroids, squared_centroids, weights)
-    log_likelihood = special.logsumexp(log_joint, axis=1) - 0.5 * (shifted**2).sum(axis=1)
+    log_likelihood = special.logsumexp(joint, axis=1) - 0.5 * (shifted**2).sum(axis=1)
     return weights, float(log_likelihood.sum())
 
 
 def _log_joint(
-    cells: np.ndarray, centroids: np.ndarray, squared_centroids: np.ndarray, weights: np.ndarray
+    products: np.ndarray, gram: np.ndarray, half_squared: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
     """``log p_k + log N(x + offset; c_k, I)`` up to a per-cell term, at the offset of ``weights``."""
-    shifted = cells + weights @ centroids
-    log_density = shifted @ centroids.T - 0.5 * squared_centroids
-    return np.log(np.maximum(weights, 1e-300)) + log_density
+    log_density = products + (weights @ gram - half_squared)[None, :]
+    return np.log(np.maximum(weights, 1e-300))[None, :] + log_density
 
 
 def gene_offsets(
@@ -199,19 +214,49 @@ def make_up_centred(
     return CentredMatrix(by_lot.X, by_lot.groups, by_lot.means - shares @ offsets, by_lot.rows)
 
 
-def net_of_make_up(
-    model: ReferenceModel, by_lot: CentredMatrix, projected: np.ndarray, rows: np.ndarray
-) -> tuple[CentredMatrix, np.ndarray, MakeUp]:
-    """The query centred on each lot's shift net of its make-up, from the reference cells ``rows``.
+@dataclass(frozen=True)
+class Populations:
+    """The reference's populations in one PCA: what a lot's make-up is estimated against."""
 
-    Returns the recentred query, its projection onto the reference PCA and the lots'
-    estimated make-up and shift.
-    """
-    n_labels = len(model.categories)
-    lot_means = (by_lot.means - model.pca_mean) @ model.loadings
-    make_up = lot_make_up(
-        projected, by_lot.groups, lot_means, model.embedding[rows], model.labels[rows], n_labels
+    pca_mean: np.ndarray  # (genes,) the mean the PCA's coordinates are relative to
+    loadings: np.ndarray  # (genes, n_comps)
+    embedding: np.ndarray  # (n, n_comps) the reference cells in that PCA
+    labels: np.ndarray  # (n,) their label codes
+    offsets: np.ndarray  # (n_labels, genes) each population's centroid minus ``pca_mean``
+
+
+def reference_populations(model: ReferenceModel, rows: np.ndarray | None = None) -> Populations:
+    """The populations of the reference cells ``rows`` (``None``: all) in the reference PCA."""
+    embedding, labels = model.embedding, model.labels
+    if rows is not None:
+        embedding, labels = embedding[rows], labels[rows]
+    offsets = gene_offsets(
+        model.expression, model.labels, len(model.categories), model.pca_mean, rows
     )
-    offsets = gene_offsets(model.expression, model.labels, n_labels, model.pca_mean, rows)
-    query = make_up_centred(by_lot, make_up.shares, offsets)
-    return query, query.dot(model.loadings), make_up
+    return Populations(model.pca_mean, model.loadings, embedding, labels, offsets)
+
+
+def net_of_make_up(
+    by_lot: CentredMatrix, projected: np.ndarray, populations: Populations
+) -> tuple[CentredMatrix, np.ndarray, MakeUp]:
+    """The cells centred on each lot's shift net of its make-up (rather than on its mean).
+
+    ``by_lot`` are the cells centred on each lot's own mean and ``projected`` their
+    coordinates in the populations' PCA. Returns the recentred cells, their coordinates
+    and the lots' estimated make-up and shift.
+    """
+    lot_means = (by_lot.means - populations.pca_mean) @ populations.loadings
+    make_up = lot_make_up(
+        projected,
+        by_lot.groups,
+        lot_means,
+        populations.embedding,
+        populations.labels,
+        populations.offsets.shape[0],
+    )
+    cells = make_up_centred(by_lot, make_up.shares, populations.offsets)
+    return (
+        cells,
+        projected + make_up.shares[by_lot.groups] @ (populations.offsets @ populations.loadings),
+        make_up,
+    )

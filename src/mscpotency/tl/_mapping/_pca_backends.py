@@ -19,7 +19,7 @@ import pandas as pd
 from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
-from ._make_up import net_of_make_up
+from ._make_up import net_of_make_up, reference_populations
 from ._project import Centre, CentredMatrix, centred, principal_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
 
@@ -86,8 +86,8 @@ class ProjectionOptions(TransferOptions):
         model = mapping.model
         query, query_embedding, make_up = mapping.by_lot, mapping.projected, None
         if self.centre == "lot_shift":
-            every = np.arange(model.embedding.shape[0])
-            query, query_embedding, make_up = net_of_make_up(model, query, query_embedding, every)
+            populations = reference_populations(model)
+            query, query_embedding, make_up = net_of_make_up(query, query_embedding, populations)
         elif self.centre != "lot":
             query = centred(
                 mapping.harmonised.expression,
@@ -199,7 +199,9 @@ def _mapped_held_out_lots(
             own = _held_out_own_axes(model, held_out, query, options, n_comps_own, random_state)
         embedding = query.dot(model.loadings)
         if options.centre == "lot_shift":
-            query, embedding, _ = net_of_make_up(model, query, embedding, rows)
+            query, embedding, _ = net_of_make_up(
+                query, embedding, reference_populations(model, rows)
+            )
         probabilities, _, _ = options.label_probabilities(
             model,
             rows,

@@ -706,3 +706,37 @@ def test_one_lot_mapped_alone_is_calibrated_like_lots_mapped_together(tiny_query
     assert np.mean(flagged) <= 1.5 * 0.05 and max(flagged) <= 0.1, flagged
     assert np.mean(flagged) >= 0.2 * 0.05, flagged  # not made conservative either
     assert min(medians) > 0.3, medians
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the novelty score still depends on a lot's make-up: it centres each lot on its "
+    "own mean and asks how much of each cell's local deviation from it the reference "
+    "embedding represents, and in a lot made mostly of one population that deviation is "
+    "mostly within-population noise. Here 20% of a 48-in-60 potency lot's known cells are "
+    "flagged at alpha 0.05 (a random lot mapped beside it 5%); on the study preset lots of 150 "
+    "cells drawn from one lot had 27-51% flagged at alpha 0.01 at 80-100% potency cells "
+    "(benchmarks/results/mapping_make_up.md, column novel). Scoring in the make-up-net frame "
+    "instead lost the warning on a query with shuffled gene names (test_off_reference_warning "
+    "failed: the lot's offset, in the reference's span, made every cell look represented). "
+    "What would fix it: calibration cells drawn with the query lot's make-up",
+)
+def test_a_lot_of_unusual_make_up_is_not_flagged_novel(tiny_query, tiny_ref):
+    """Known cells are flagged at most at about the rate, whatever their lot's make-up."""
+    potency = tiny_ref.uns["potency_association"]["potency_cluster"]
+    bone_marrow = (tiny_query.obs["set"] == "BM-test").to_numpy()
+    truth = truth_labels(tiny_ref, tiny_query) == potency
+    rng = np.random.default_rng(0)
+    rich = np.concatenate(
+        [rng.choice(np.flatnonzero(truth & bone_marrow), 48, replace=False),
+         rng.choice(np.flatnonzero(~truth & bone_marrow), 12, replace=False)]
+    )  # fmt: skip
+    usual = rng.choice(np.flatnonzero(bone_marrow), 60, replace=False)
+    query = anndata.concat(
+        [tiny_query[np.sort(rich)], tiny_query[np.sort(usual)]], merge="same", index_unique="-"
+    )
+    query.obs["lot"] = ["RICH"] * 60 + ["USUAL"] * 60
+    mapped = mp.tl.map_to_reference(query, tiny_ref, method="fast", novelty_alpha=0.05, copy=True)
+    flagged = (mapped.obs["predicted_novelty_p"] <= 0.05).groupby(mapped.obs["lot"]).mean()
+    assert flagged["USUAL"] <= 1.5 * 0.05
+    assert flagged["RICH"] <= 1.5 * 0.05, flagged.to_dict()

@@ -15,11 +15,16 @@ mixing weights ``p`` and one translation of the lot: the cells of a lot centred 
 mean sit at the reference's centroids after adding ``sum_k p_k C_k`` (``C_k`` the centroids
 in the PCA), so each step computes the cells' population responsibilities at that offset,
 their mean as the new ``p``, and the new offset (Saerens et al. 2002, Neural Computation
-14:21, for the weights; the translation is the mixture's location). It starts from the
-reference's make-up (offset zero: centring on the lot's own mean), so a lot of the
-reference's make-up stays where it was, and a lot of another make-up moves to it. A shift
-of every cell (donor, tissue) moves every mode of the mixture, which a change of weights
-cannot mimic; a change of make-up changes the modes' weights, which a shift cannot.
+14:21, for the weights; the translation is the mixture's location). A shift of every
+cell (donor, tissue) moves every mode of the mixture, which a change of weights cannot
+mimic; a change of make-up changes the modes' weights, which a shift cannot.
+
+The likelihood has local maxima (a lot of two populations can sit, translated, on two
+others), so EM starts from the reference's make-up (offset zero: centring on the lot's own
+mean) and from each population making up 90% of the lot. A lot of one population fits any
+population once translated onto it: among the fits within :data:`AMBIGUOUS` nats per cell
+of the best, the one needing the smallest shift is taken, and the lot is marked ambiguous.
+The make-up is estimated from at most :data:`MAX_CELLS` cells of a lot.
 """
 
 from __future__ import annotations
@@ -72,10 +77,11 @@ class MakeUp:
 
 #: Fits whose log-likelihood is within this many nats per cell of the best explain the lot's
 #: cells about as well; the one needing the smallest shift is taken. On the study and
-#: cross-technology presets, lots of 300 cells made of one population (plus 0-1% of others)
-#: fitted every population within 0.04-0.16 nats per cell (its location cannot tell them
-#: apart, only the shift each needs: 0.7-3.8 for the true one, 6.2-10 for the others);
-#: lots with 5% or more of other populations fitted the true make-up best by 0.8-1.1.
+#: cross-technology presets, lots of 300 cells of one population fitted every population
+#: but the low-quality cluster within 0.01-0.15 nats per cell (a lot's location cannot tell
+#: them apart, only the shift each needs: 0.7-3.8 within-population SDs for the true one,
+#: 6.5-10 for the others); lots with 5% of other populations fitted their true make-up best
+#: by 0.8-1.1.
 AMBIGUOUS = 0.25
 
 
@@ -140,11 +146,7 @@ def _whitened(factor: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def _starts(prior: np.ndarray) -> list[np.ndarray]:
-    """Where EM starts: the reference's make-up, then each population making up 90% of the lot.
-
-    The likelihood has local maxima (a lot of two populations can sit, translated, on two
-    others; a lot of one population on any population).
-    """
+    """Where EM starts: the reference's make-up, then each population making up 90% of the lot."""
     starts = [prior]
     for k in range(prior.size):
         rest = np.delete(prior, k)

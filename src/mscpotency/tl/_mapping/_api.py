@@ -346,12 +346,12 @@ def map_to_reference(
       low-confidence, off-reference and Unassigned cells, mean set size, and the novelty
       test: ``n_novel``, ``share_novel``, ``expected_share_novel`` (= ``novelty_alpha``),
       ``novelty_pvalue`` (one-sided binomial), ``excess_novel`` (Bonferroni over lots at
-      0.05)), ``lot_shift`` (the lot's shift from the reference net of its make-up, in
+      0.05), ``lot_shift`` (the lot's shift from the reference net of its make-up, in
       within-population standard deviations; NaN unless ``centre="lot_shift"``) and
       ``make_up_ambiguous`` (other make-ups fit the lot about as well: the one needing the
-      smallest shift was taken; warned)), ``'novelty'`` (calibration cells, the score below which cells are flagged,
-      the query's ``depth_ratio`` and whether the calibration cells were thinned to it,
-      ``depth_matched``, the share flagged; with ``novelty_groups``, ``'groups'``: per
+      smallest shift was taken; warned)), ``'novelty'`` (calibration cells, the score
+      below which cells are flagged, the query's ``depth_ratio`` and whether the
+      calibration cells were thinned to it, ``depth_matched``, the share flagged; with ``novelty_groups``, ``'groups'``: per
       group ``n_cells``, ``n_novel``, ``share_novel``, ``novelty_pvalue``,
       ``excess_novel``), ``'prediction_sets'`` (``set_alpha`` and
       each label's threshold and calibration cells), ``'reliability_after'`` and
@@ -709,9 +709,6 @@ def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.nd
     their size (:func:`._novelty.scoring_sets`); otherwise ``score_map`` as it is.
     """
     model, harmonised, lots = mapping.model, mapping.harmonised, mapping.lots
-    n_comps_own, knn_method, random_state = (
-        mapping.n_comps_own, mapping.knn_method, mapping.random_state
-    )  # fmt: skip
     measured = ~model.genes.isin(harmonised.missing)
     depth = depth_model(
         harmonised.expression,
@@ -720,6 +717,7 @@ def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.nd
         reference_mean=reference_mean_counts(model),
     )
     n = score_map.size
+    random_state = mapping.random_state
     sets = scoring_sets(lots, n, calibration_set_size(model, random_state), random_state)
     if sets.max() == 0:
         return score_map, depth
@@ -731,8 +729,8 @@ def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.nd
             lots[cells] if lots is not None else None,
             model.pca_mean,
             model.loadings,
-            n_comps_own,
-            knn_method,
+            mapping.n_comps_own,
+            mapping.knn_method,
             random_state,
         )
     return score, depth

@@ -35,7 +35,8 @@ import numpy as np
 from scipy import linalg, sparse, special
 
 from ..._frozen import ReferenceModel
-from ._project import CentredMatrix
+from ._cache import BoundedCache
+from ._project import CentredMatrix, csr_rdot
 
 #: EM steps at most, and the change of every lot's weights (largest absolute) that stops it.
 MAX_STEPS = 200
@@ -197,15 +198,16 @@ def gene_offsets(
     reference_mean: np.ndarray,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Each population's centroid minus the reference's mean, on every gene: ``(n_labels, genes)``."""
-    if rows is not None:
-        expression, labels = expression[rows], labels[rows]
+    """Each population's centroid minus the reference's mean, on every gene: ``(n_labels, genes)``.
+
+    Over the cells ``rows`` (``None``: all), in double precision without a copy of the
+    expression (:func:`._project.csr_rdot`); a label without cells gets zeros.
+    """
+    labels = labels if rows is None else labels[rows]
     counts = np.bincount(labels, minlength=n_labels)
-    indicator = sparse.csr_matrix(
-        (np.ones(labels.size), (labels, np.arange(labels.size))), shape=(n_labels, labels.size)
-    )
-    sums = np.asarray((indicator @ expression.astype(np.float64)).todense())
-    centroids = sums / np.maximum(counts, 1)[:, None]
+    indicator = np.zeros((n_labels, labels.size))
+    indicator[labels, np.arange(labels.size)] = 1.0 / np.maximum(counts, 1)[labels]
+    centroids = csr_rdot(expression, indicator, rows)
     return np.where(counts[:, None] > 0, centroids - reference_mean[None, :], 0.0)
 
 
@@ -227,8 +229,19 @@ class Populations:
     offsets: np.ndarray  # (n_labels, genes) each population's centroid minus ``pca_mean``
 
 
+#: Every reference cell's populations, by reference (``data_hash``): each mapping onto one
+#: reference in this process needs the same.
+_POPULATIONS: BoundedCache[Populations] = BoundedCache(4)
+
+
 def reference_populations(model: ReferenceModel, rows: np.ndarray | None = None) -> Populations:
-    """The populations of the reference cells ``rows`` (``None``: all) in the reference PCA."""
+    """The populations of the reference cells ``rows`` (``None``: all, cached) in its PCA."""
+    if rows is None:
+        return _POPULATIONS.get(model.data_hash, lambda: _populations(model, None))
+    return _populations(model, rows)
+
+
+def _populations(model: ReferenceModel, rows: np.ndarray | None) -> Populations:
     embedding, labels = model.embedding, model.labels
     if rows is not None:
         embedding, labels = embedding[rows], labels[rows]

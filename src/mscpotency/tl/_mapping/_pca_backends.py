@@ -2,10 +2,10 @@
 
 The query is centred (per lot on its shift net of its make-up, by default; or on the lot's,
 the query's or the reference's mean) and projected onto the reference PCA; the backend turns
-that into label probabilities. The temperature is
-fitted on the reference itself: its lots are held out in turn and mapped onto the others by
-the same backend with the same options (:func:`held_out_calibration`, cached per reference
-and options, since the fit is deterministic).
+that into label probabilities. The temperature is fitted on the reference itself: its lots
+are held out in turn and mapped onto the others by the same backend with the same options,
+centred the same way (:func:`held_out_calibration`, cached per reference and options, since
+the fit is deterministic).
 """
 
 from __future__ import annotations

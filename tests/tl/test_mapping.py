@@ -37,6 +37,21 @@ def truth_labels(reference: AnnData, query: AnnData, cluster_key: str = "cluster
     return np.array([majority.get(p, "") for p in population(query)])
 
 
+def potency_rich_cells(
+    reference: AnnData, query: AnnData, n_potency: int, n_other: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions (sorted) of ``n_potency`` bone-marrow query cells of the reference's potency
+    cluster and ``n_other`` others, drawn in that order from ``rng``: a lot of unusual make-up."""
+    potency = reference.uns["potency_association"]["potency_cluster"]
+    bone_marrow = (query.obs["set"] == "BM-test").to_numpy()
+    truth = truth_labels(reference, query) == potency
+    cells = np.concatenate(
+        [rng.choice(np.flatnonzero(truth & bone_marrow), n_potency, replace=False),
+         rng.choice(np.flatnonzero(~truth & bone_marrow), n_other, replace=False)]
+    )  # fmt: skip
+    return np.sort(cells)
+
+
 @pytest.fixture(scope="module")
 def tiny_query(tiny_all) -> AnnData:
     query = tiny_all[tiny_all.obs["set"] != "BM-train"].copy()
@@ -643,14 +658,8 @@ def test_a_lot_of_unusual_make_up_keeps_its_share(tiny_query, tiny_ref):
     must be mapped as such, not pulled towards the reference's average make-up. Centred on
     its own mean (centre="lot", the default before) it mapped 0.38 (anchors) / 0.12 (fast)."""
     potency = tiny_ref.uns["potency_association"]["potency_cluster"]
-    bone_marrow = (tiny_query.obs["set"] == "BM-test").to_numpy()
-    truth = truth_labels(tiny_ref, tiny_query) == potency
-    rng = np.random.default_rng(2)
-    cells = np.concatenate(
-        [rng.choice(np.flatnonzero(truth & bone_marrow), 48, replace=False),
-         rng.choice(np.flatnonzero(~truth & bone_marrow), 12, replace=False)]
-    )  # fmt: skip
-    query = tiny_query[np.sort(cells)].copy()
+    cells = potency_rich_cells(tiny_ref, tiny_query, 48, 12, np.random.default_rng(2))
+    query = tiny_query[cells].copy()
     query.obs["lot"] = "NEW"
     for method in ("anchors", "fast"):
         with warnings.catch_warnings():
@@ -666,10 +675,8 @@ def test_a_lot_of_one_population_is_placed_by_its_smallest_shift_and_said(tiny_q
     needing the smallest shift is taken (the truth here), the lot marked and warned about.
     Centred on its own mean it sat at the reference's centre: 0.02 potency-like (fast)."""
     potency = tiny_ref.uns["potency_association"]["potency_cluster"]
-    bone_marrow = (tiny_query.obs["set"] == "BM-test").to_numpy()
-    truth = truth_labels(tiny_ref, tiny_query) == potency
-    cells = np.random.default_rng(2).choice(np.flatnonzero(truth & bone_marrow), 60, replace=False)
-    query = tiny_query[np.sort(cells)].copy()
+    cells = potency_rich_cells(tiny_ref, tiny_query, 60, 0, np.random.default_rng(2))
+    query = tiny_query[cells].copy()
     query.obs["lot"] = "PURE"
     with pytest.warns(UserWarning, match=r"lot\(s\) 'PURE' fit other make-ups about as well"):
         mapped = mp.tl.map_to_reference(query, tiny_ref, method="fast", copy=True)
@@ -723,17 +730,12 @@ def test_one_lot_mapped_alone_is_calibrated_like_lots_mapped_together(tiny_query
 )
 def test_a_lot_of_unusual_make_up_is_not_flagged_novel(tiny_query, tiny_ref):
     """Known cells are flagged at most at about the rate, whatever their lot's make-up."""
-    potency = tiny_ref.uns["potency_association"]["potency_cluster"]
-    bone_marrow = (tiny_query.obs["set"] == "BM-test").to_numpy()
-    truth = truth_labels(tiny_ref, tiny_query) == potency
     rng = np.random.default_rng(0)
-    rich = np.concatenate(
-        [rng.choice(np.flatnonzero(truth & bone_marrow), 48, replace=False),
-         rng.choice(np.flatnonzero(~truth & bone_marrow), 12, replace=False)]
-    )  # fmt: skip
+    rich = potency_rich_cells(tiny_ref, tiny_query, 48, 12, rng)
+    bone_marrow = (tiny_query.obs["set"] == "BM-test").to_numpy()
     usual = rng.choice(np.flatnonzero(bone_marrow), 60, replace=False)
     query = anndata.concat(
-        [tiny_query[np.sort(rich)], tiny_query[np.sort(usual)]], merge="same", index_unique="-"
+        [tiny_query[rich], tiny_query[np.sort(usual)]], merge="same", index_unique="-"
     )
     query.obs["lot"] = ["RICH"] * 60 + ["USUAL"] * 60
     mapped = mp.tl.map_to_reference(query, tiny_ref, method="fast", novelty_alpha=0.05, copy=True)

@@ -44,7 +44,7 @@ from ._novelty import (
     novelty_pvalues,
     novelty_summary,
     reference_mean_counts,
-    scored_as_a_query,
+    scored_in_sets,
     scoring_sets,
 )
 from ._project import centred
@@ -721,18 +721,16 @@ def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.nd
     sets = scoring_sets(lots, n, calibration_set_size(model, random_state), random_state)
     if sets.max() == 0:
         return score_map, depth
-    score = np.empty(n)
-    for part in np.unique(sets):
-        cells = np.flatnonzero(sets == part)
-        score[cells] = scored_as_a_query(
-            harmonised.expression[cells],
-            lots[cells] if lots is not None else None,
-            model.pca_mean,
-            model.loadings,
-            mapping.n_comps_own,
-            mapping.knn_method,
-            random_state,
-        )
+    score = scored_in_sets(
+        harmonised.expression,
+        lots,
+        sets,
+        model.pca_mean,
+        model.loadings,
+        mapping.n_comps_own,
+        mapping.knn_method,
+        random_state,
+    )
     return score, depth
 
 

@@ -400,18 +400,17 @@ def _score_held_out_folds(
             if set_size is None
             else scoring_sets(held.lots, n, set_size, random_state, whole=False)
         )
-        for part in np.unique(sets):
-            cells = np.flatnonzero(sets == part)
-            score = scored_as_a_query(
-                expression[cells],
-                held.lots[cells] if held.lots is not None else None,
-                model.pca_mean,
-                loadings,
-                n_comps_own,
-                knn_method,
-                random_state,
-            )
-            scores.append(score[np.isfinite(score)])
+        score = scored_in_sets(
+            expression,
+            held.lots,
+            sets,
+            model.pca_mean,
+            loadings,
+            n_comps_own,
+            knn_method,
+            random_state,
+        )
+        scores.append(score[np.isfinite(score)])
     calibration = np.sort(np.concatenate(scores))
     logger.info("novelty calibration: %d held-out reference cells", calibration.size)
     return calibration
@@ -435,6 +434,32 @@ def scored_as_a_query(
     score, _, _ = mapping_score(
         by_lot, loadings, n_comps=n_comps_own, knn_method=knn_method, random_state=random_state
     )
+    return score
+
+
+def scored_in_sets(
+    expression: sparse.csr_matrix,
+    lots: np.ndarray | None,
+    sets: np.ndarray,
+    pca_mean: np.ndarray,
+    loadings: np.ndarray,
+    n_comps_own: int,
+    knn_method: str,
+    random_state: int,
+) -> np.ndarray:
+    """Each cell's :func:`scored_as_a_query` score, the cells of each of ``sets`` scored together."""
+    score = np.empty(expression.shape[0])
+    for part in np.unique(sets):
+        cells = np.flatnonzero(sets == part)
+        score[cells] = scored_as_a_query(
+            expression[cells],
+            lots[cells] if lots is not None else None,
+            pca_mean,
+            loadings,
+            n_comps_own,
+            knn_method,
+            random_state,
+        )
     return score
 
 

@@ -380,3 +380,38 @@ def test_map_config_changes_only_the_settings_it_names(tmp_path, monkeypatch):
         main([*args, "--max-off-reference", "0.2"])
     assert seen["settings"] is None  # the stored settings, then the overrides
     assert seen["overrides"] == {"min_share": 0.07, "max_off_reference": 0.2}
+
+
+def _analyse_settings(extra: list[str], tmp_path: Path):
+    """The settings ``mscpotency analyse ... extra`` resolves (nothing is read)."""
+    from mscpotency._cli import _ANALYSE_OPTIONS, _parser, _settings
+
+    args = ["analyse", "--lots", str(tmp_path), "--lot-table", "t.csv", "--out", "o", *extra]
+    return _settings(_parser()[0].parse_args(args), _ANALYSE_OPTIONS)[0]
+
+
+def test_qc_of_a_panel_without_mitochondrial_genes_is_said_on_the_command_line(tmp_path):
+    """pp.qc's no-mitochondrial-gene warning advised max_pct_mito=None and symbol_key=, which
+    neither the command line nor a settings file could say: a lab with a targeted panel got a
+    warning it could not act on."""
+    data = mscpotency.datasets.tiny()
+    panel = data[:, ~data.var_names.str.startswith("MT-")].copy()
+    with pytest.warns(UserWarning, match="no mitochondrial gene found") as record:
+        mscpotency.pp.qc(panel, **_analyse_settings([], tmp_path).qc_arguments(), copy=True)
+    assert "--no-mito-filter" in str(record[0].message)
+    settings = _analyse_settings(["--no-mito-filter"], tmp_path)
+    assert not settings.mito_filter
+    out = mscpotency.pp.qc(panel, **settings.qc_arguments(), copy=True)  # no warning
+    assert out.uns["qc"]["params"]["max_pct_mito"] is None
+    # Ensembl ids as gene names, the symbols in a column of their own (an h5ad from a portal)
+    ids = data.copy()
+    ids.var["feature_name"] = ids.var_names.to_numpy()
+    ids.var_names = [f"ENSG{i:011d}" for i in range(ids.n_vars)]
+    settings = _analyse_settings(["--symbol-key", "feature_name"], tmp_path)
+    found = mscpotency.pp.qc(ids, **settings.qc_arguments(), copy=True)
+    expected = mscpotency.pp.qc(data, **_analyse_settings([], tmp_path).qc_arguments(), copy=True)
+    assert found.uns["qc"]["params"]["symbols_from"] == "var['feature_name']"
+    assert found.n_obs == expected.n_obs < data.n_obs  # the same cells, mitochondrial ones out
+    np.testing.assert_array_equal(found.obs["pct_counts_mt"], expected.obs["pct_counts_mt"])
+    prefixed = _analyse_settings(["--mito-prefix", "mt-"], tmp_path)
+    assert prefixed.qc_arguments()["mito_prefix"] == "mt-"

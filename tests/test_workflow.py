@@ -31,6 +31,27 @@ def test_settings_from_toml_sections_and_top_level(tmp_path):
     assert len(table) == len(AnalysisSettings.__dataclass_fields__)  # every setting is printed
 
 
+def test_qc_settings_of_a_panel_from_a_file_reach_pp_qc_and_the_lot_model(tmp_path):
+    """The mitochondrial settings a file gives are pp.qc's arguments, and survive the lot model
+    (``release`` runs the same QC on new lots from the settings stored there)."""
+    from mscpotency._workflow._analyse import record_inputs
+    from mscpotency._workflow._release import _stored_settings
+
+    path = tmp_path / "s.toml"
+    path.write_text('[qc]\nmito_filter = false\nsymbol_key = "feature_name"\n')
+    settings = load_settings(path)
+    arguments = settings.qc_arguments()
+    assert arguments["max_pct_mito"] is None and arguments["symbol_key"] == "feature_name"
+    assert AnalysisSettings().qc_arguments()["max_pct_mito"] == 20.0
+    model = ad.AnnData(np.zeros((1, 1)))
+    record_inputs(model, settings)
+    stored = tmp_path / "m.h5ad"
+    model.write_h5ad(stored)
+    assert AnalysisSettings(**_stored_settings(ad.read_h5ad(stored))) == settings
+    again = AnalysisSettings(**_stored_settings(ad.read_h5ad(stored))).qc_arguments()
+    assert again == arguments
+
+
 def test_a_resolution_in_the_file_means_no_target_number_of_clusters(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text("[cluster]\nresolution = 0.6\n")
@@ -47,6 +68,8 @@ def test_a_resolution_in_the_file_means_no_target_number_of_clusters(tmp_path):
         ("alpha = 1.5\n", r"alpha must lie between 0 and 1, got 1.5"),
         ("n_clusters = 1\n", r"n_clusters must be at least 2"),
         ("qc_thresholds = 'median'\n", r"qc_thresholds must be one of \['fixed', 'mad'\]"),
+        ("[qc]\nmito_prefix = ' '\n", r"mito_prefix must not be empty"),
+        ("[qc]\nmito_filter = 'no'\n", r"mito_filter = 'no' should be bool"),
         ("potency = \n", r"is not valid TOML"),
     ],
 )

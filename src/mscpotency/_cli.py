@@ -88,6 +88,19 @@ def _add_analyse(commands) -> argparse.ArgumentParser:
         help="QC: highest mitochondrial %% (fixed thresholds; default: 20)",
     )
     analyse.add_argument(
+        "--no-mito-filter",
+        action="store_true",
+        help="QC: the data hold no mitochondrial genes (a targeted panel): no mitochondrial "
+        "threshold, no warning that none was found",
+    )
+    analyse.add_argument(
+        "--mito-prefix", help="QC: prefix of mitochondrial gene symbols (default: MT-)"
+    )
+    analyse.add_argument(
+        "--symbol-key",
+        help="QC: var column of gene symbols when the gene names are ids (e.g. feature_name)",
+    )
+    analyse.add_argument(
         "--qc-thresholds",
         choices=["fixed", "mad"],
         help="QC thresholds: fixed, or per lot, 3 MADs from its median (default: fixed)",
@@ -212,6 +225,8 @@ _ANALYSE_OPTIONS = {
     "lot_key": "lot_key",
     "min_genes": "min_genes",
     "max_pct_mito": "max_pct_mito",
+    "mito_prefix": "mito_prefix",
+    "symbol_key": "symbol_key",
     "qc_thresholds": "qc_thresholds",
     "min_cells_per_lot": "min_cells_per_lot",
     "batch_key": "batch_key",
@@ -235,6 +250,8 @@ def _overrides(args: argparse.Namespace, options: dict[str, str]) -> dict:
         given["search"] = False
     if getattr(args, "no_stability", False):
         given["stability"] = False
+    if getattr(args, "no_mito_filter", False):
+        given["mito_filter"] = False
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -216,8 +216,7 @@ def analyse_adata(adata: AnnData, settings: AnalysisSettings) -> AnnData:
     if "settings" not in adata.uns.get(WORKFLOW_KEY, {}):
         record_inputs(adata, s)
     steps = [
-        ("qc", lambda: pp.qc(adata, lot_key=s.lot_key, thresholds=s.qc_thresholds, min_genes=s.min_genes,
-                             max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)),
+        ("qc", lambda: pp.qc(adata, **s.qc_arguments())),
         ("preprocess", lambda: pp.preprocess(adata, n_top_genes=s.n_top_genes, n_comps=s.n_comps,
                                              batch_key=s.batch_key, random_state=s.random_state)),
         ("uncorrected clusters", lambda: tl.cluster(

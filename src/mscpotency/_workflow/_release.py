@@ -302,8 +302,7 @@ def release(
     if "settings" not in query.uns.get(WORKFLOW_KEY, {}):
         record_inputs(query, s)
     with collected_warnings(query):
-        pp.qc(query, lot_key=s.lot_key, thresholds=s.qc_thresholds, min_genes=s.min_genes,
-              max_pct_mito=s.max_pct_mito, min_cells_per_lot=s.min_cells_per_lot)  # fmt: skip
+        pp.qc(query, **s.qc_arguments())
         tl.map_to_reference(query, reference, method=s.mapping_method, lot_key=s.lot_key,
                             expected_hash=expected_hash, warn_off_reference=s.max_off_reference,
                             random_state=s.random_state)  # fmt: skip

@@ -7,6 +7,8 @@ A lab keeps its settings in a small, versioned TOML file::
     qc_thresholds = "fixed"   # the default; "mad" sets thresholds per lot
     min_genes = 200
     max_pct_mito = 20.0
+    # mito_filter = false     # a targeted panel without mitochondrial genes
+    # symbol_key = "feature_name"   # var column of symbols when the gene names are ids
     [cluster]
     n_clusters = 8
     [release]
@@ -35,7 +37,15 @@ else:  # pragma: no cover - Python 3.10
 #: The section each field belongs to, for the report and the TOML file.
 SECTIONS = {
     "data": ("title", "potency", "lot_key", "random_state"),
-    "qc": ("min_genes", "max_pct_mito", "qc_thresholds", "min_cells_per_lot"),
+    "qc": (
+        "min_genes",
+        "max_pct_mito",
+        "mito_filter",
+        "mito_prefix",
+        "symbol_key",
+        "qc_thresholds",
+        "min_cells_per_lot",
+    ),
     "cluster": (
         "n_clusters",
         "resolution",
@@ -80,6 +90,17 @@ class AnalysisSettings:
         thresholds, 3 median absolute deviations from the lot's median) thresholds; with
         ``"fixed"``, the fewest genes per cell and the highest mitochondrial percentage;
         the smallest lot kept.
+    mito_filter
+        ``False``: the data hold no mitochondrial genes (a targeted panel), so there is no
+        mitochondrial threshold and no warning that none was found (``pp.qc``'s
+        ``max_pct_mito=None``; on the command line ``--no-mito-filter``).
+    mito_prefix, symbol_key
+        Where ``pp.qc`` finds the mitochondrial genes: the prefix of their symbols
+        (case-insensitive; ``"MT-"`` finds mouse ``mt-`` genes too), and the ``var`` column
+        of gene symbols when the gene names are not symbols (e.g. Ensembl ids in an h5ad
+        with symbols in ``var['feature_name']``; ``None``: ``var['gene_symbols']`` when the
+        files have it, as 10x files do, else the gene names). When no mitochondrial gene is
+        found, ``pp.qc`` warns and names the column to set.
     n_clusters, resolution
         Clustering (:func:`mscpotency.tl.cluster`): a target number of clusters (searched
         over the Leiden resolution), or ``n_clusters=None`` and a fixed ``resolution``.
@@ -133,6 +154,9 @@ class AnalysisSettings:
     random_state: int = 0
     min_genes: int = 200
     max_pct_mito: float = 20.0
+    mito_filter: bool = True
+    mito_prefix: str = "MT-"
+    symbol_key: str | None = None
     qc_thresholds: Literal["fixed", "mad"] = "fixed"
     min_cells_per_lot: int = 50
     n_clusters: int | None = 8
@@ -170,6 +194,18 @@ class AnalysisSettings:
             msg = f"unknown settings {unknown}; known: {sorted(_field_types())}"
             raise ValueError(msg)
         return dataclasses.replace(self, **given)
+
+    def qc_arguments(self) -> dict[str, Any]:
+        """The arguments of :func:`mscpotency.pp.qc` these settings give (lots of either step)."""
+        return {
+            "lot_key": self.lot_key,
+            "thresholds": self.qc_thresholds,
+            "min_genes": self.min_genes,
+            "max_pct_mito": self.max_pct_mito if self.mito_filter else None,
+            "mito_prefix": self.mito_prefix,
+            "symbol_key": self.symbol_key,
+            "min_cells_per_lot": self.min_cells_per_lot,
+        }
 
     def table(self) -> list[tuple[str, str, str]]:
         """(section, setting, value) for every setting, defaults included."""
@@ -213,6 +249,8 @@ def _first_problem(settings: AnalysisSettings) -> str | None:
             return f"{name} must be a positive integer, got {getattr(settings, name)!r}"
     if not 0 < settings.max_pct_mito <= 100:
         return f"max_pct_mito must lie in (0, 100], got {settings.max_pct_mito!r}"
+    if not settings.mito_prefix.strip():
+        return "mito_prefix must not be empty (it would count every gene as mitochondrial)"
     choices = {
         "qc_thresholds": ("fixed", "mad"),
         "integrate": ("none", "harmony", "scvi"),

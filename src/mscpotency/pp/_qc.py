@@ -308,7 +308,9 @@ def _warn_no_mito(var: pd.DataFrame, mito_prefix: str, symbols_from: str) -> Non
         f"qc: no mitochondrial gene found: no gene in {symbols_from} starts with "
         f"{mito_prefix!r} (case-insensitive), so the mitochondrial filter removes no cell. "
         f"Gene names searched: {hint}; or set mito_prefix=; or, if the data hold no "
-        "mitochondrial genes (a targeted panel), pass max_pct_mito=None to say so.",
+        "mitochondrial genes (a targeted panel), pass max_pct_mito=None to say so (the "
+        "command line and settings files of `mscpotency analyse`: --symbol-key, "
+        "--mito-prefix, --no-mito-filter; symbol_key, mito_prefix, mito_filter = false).",
         UserWarning,
         stacklevel=4,
     )

@@ -579,6 +579,7 @@ def test_calibration_maps_at_most_a_capped_number_of_cells_per_fold(
     _cache.clear_caches()
     assert calibration["fitted"] and calibration["n_cells"] == 100 * calibration["n_folds"]
     assert 0.05 < calibration["temperature"] < 20
+    assert not calibration["thinned_to_query"]  # the same technology: cells as they are
 
 
 def test_anchors_pair_matching_populations_and_weights_follow_seurat():

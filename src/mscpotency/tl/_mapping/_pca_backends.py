@@ -20,6 +20,7 @@ from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
 from ._make_up import net_of_make_up, reference_populations
+from ._novelty import DepthModel, thinned
 from ._project import Centre, CentredMatrix, centred, principal_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
 
@@ -108,7 +109,12 @@ class ProjectionOptions(TransferOptions):
         calibration = dict(NOT_CALIBRATED)
         if mapping.calibrate:
             calibration = held_out_calibration(
-                model, self, mapping.n_comps_own, mapping.knn_method, mapping.random_state
+                model,
+                self,
+                mapping.n_comps_own,
+                mapping.knn_method,
+                mapping.random_state,
+                depth=mapping.depth,
             )
         return Transfer(
             probabilities=probabilities,
@@ -144,15 +150,25 @@ def held_out_calibration(
     n_comps_own: int,
     knn_method: str,
     random_state: int,
+    depth: DepthModel | None = None,
 ) -> dict[str, Any]:
-    """Temperature from reference lots held out in turn and mapped onto the rest (cached)."""
-    key = (model.data_hash, options, n_comps_own, knn_method, random_state)
+    """Temperature from reference lots held out in turn and mapped onto the rest (cached).
+
+    With a ``depth`` that has efficiencies (a query of clearly lower depth, or lacking
+    genes), the held-out cells are first measured as the query's technology measures them
+    (:func:`._novelty.thinned`), as the novelty calibration's are: the temperature and the
+    prediction sets then carry the label uncertainty of the query's depth.
+    """
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state, _depth_key(depth))
 
     def fitted() -> dict[str, Any]:
         probabilities, labels = held_out_predictions(
-            model, options, n_comps_own, knn_method, random_state
+            model, options, n_comps_own, knn_method, random_state, depth
         )
-        return calibration_summary(probabilities, labels) | {"n_folds": options.n_calibration_folds}
+        return calibration_summary(probabilities, labels) | {
+            "n_folds": options.n_calibration_folds,
+            "thinned_to_query": _depth_key(depth) != "unmatched",
+        }
 
     stored = _CALIBRATIONS.get(key, fitted)
     return {
@@ -166,12 +182,19 @@ def held_out_predictions(
     n_comps_own: int,
     knn_method: str,
     random_state: int,
+    depth: DepthModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label probabilities of held-out reference cells mapped onto the rest, and their labels (cached)."""
-    key = (model.data_hash, options, n_comps_own, knn_method, random_state)
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state, _depth_key(depth))
     return _HELD_OUT.get(
-        key, lambda: _mapped_held_out_lots(model, options, n_comps_own, knn_method, random_state)
+        key,
+        lambda: _mapped_held_out_lots(model, options, n_comps_own, knn_method, random_state, depth),
     )
+
+
+def _depth_key(depth: DepthModel | None) -> str:
+    """The part of the calibration caches' key the query's depth sets ("unmatched": none)."""
+    return "unmatched" if depth is None or depth.efficiency is None else depth.key
 
 
 def _mapped_held_out_lots(
@@ -180,16 +203,21 @@ def _mapped_held_out_lots(
     n_comps_own: int,
     knn_method: str,
     random_state: int,
+    depth: DepthModel | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = model.embedding.shape[0]
     collected, truth = [], []
     rng = np.random.default_rng([random_state, 2])
+    thinning = np.random.default_rng([random_state, 6])
     for held_out in lot_folds(model.lots, n, options.n_calibration_folds, random_state):
         rows = np.flatnonzero(~held_out)
         held_out = _at_most(held_out, CALIBRATION_MAX_CELLS, rng)
         lots = model.lots[held_out] if model.lots is not None else None
+        expression = model.expression[held_out]
+        if _depth_key(depth) != "unmatched":
+            expression = thinned(expression, depth.efficiency, thinning)
         query = centred(
-            model.expression[held_out],
+            expression,
             centre=options.centre,
             reference_mean=model.pca_mean,
             lots=lots,
@@ -234,12 +262,14 @@ def _held_out_own_axes(
     n_comps_own: int,
     random_state: int,
 ) -> np.ndarray:
-    """The held-out cells' own axes, found on them centred per lot (as the query's are)."""
+    """The held-out cells' own axes, found on them centred per lot (as the query's are).
+
+    ``query`` holds the held-out cells as they are mapped (thinned to the query's depth when
+    it is lower), each row one of ``held_out``.
+    """
     by_lot = query
     if options.centre not in ("lot", "lot_shift"):
         lots = model.lots[held_out] if model.lots is not None else None
-        by_lot = centred(
-            model.expression[held_out], centre="lot", reference_mean=model.pca_mean, lots=lots
-        )
+        by_lot = centred(query.X, centre="lot", reference_mean=model.pca_mean, lots=lots)
     n_own = int(min(n_comps_own, max(1, by_lot.shape[0] - 2), by_lot.shape[1] - 1))
     return principal_axes(by_lot, n_own, random_state=random_state)

@@ -25,6 +25,7 @@ from anndata import AnnData
 from ..._frozen import ReferenceModel
 from ._harmonise import Harmonised
 from ._make_up import MakeUp
+from ._novelty import DepthModel
 from ._project import CentredMatrix
 
 
@@ -45,6 +46,7 @@ class MappingInput:
     n_comps_own: int
     knn_method: str
     random_state: int
+    depth: DepthModel | None = None  # the query's depth relative to the reference's
 
 
 @dataclass(frozen=True)

@@ -368,12 +368,13 @@ def map_to_reference(
       genes carry), ``'warnings'`` (the warnings this mapping issued), ``'reference_hash'``,
       ``'reference_labels'``, ``'potency_cluster'`` (the reference's, if it had one),
       ``'calibration'`` (the temperature and the expected calibration error before and after
-      scaling; ``thinned_to_query``: the held-out reference cells it was fitted on, as the
-      novelty calibration's, were first thinned to the query's depth and genes; the
-      prediction sets are calibrated on the same cells), ``'anchors'`` (anchor counts, anchors backend), ``'boundary'`` (whether
-      the potency population's boundary rule, shipped by a reference of
-      ``tl.potency_population`` labels, re-decided the cells labelled the population or
-      its neighbour: ``applied``, ``n_to_population``, ``n_to_neighbour``) and ``'params'``.
+      scaling; ``thinned_to_query`` (fast, anchors): the held-out reference cells it was
+      fitted on, as the novelty calibration's, were first thinned to the query's depth and
+      genes; the prediction sets are calibrated on the same cells), ``'anchors'`` (anchor
+      counts, anchors backend), ``'boundary'`` (whether the potency population's boundary
+      rule, shipped by a reference of ``tl.potency_population`` labels, re-decided the
+      cells labelled the population or its neighbour: ``applied``, ``n_to_population``,
+      ``n_to_neighbour``) and ``'params'``.
     """
     options = backend_options(method, options)
     _check_thresholds(

@@ -108,6 +108,11 @@ class DepthModel:
     matched: bool = False  # whether the measured genes are thinned to the query's depth
 
 
+def depth_key(depth: DepthModel | None) -> str:
+    """The part of a calibration cache's key the query's depth sets (``"unmatched"``: none)."""
+    return "unmatched" if depth is None else depth.key
+
+
 def depth_model(
     query_expression: sparse.csr_matrix,
     reference_expression: sparse.csr_matrix,
@@ -307,13 +312,12 @@ def held_out_mapping_scores(
         lower (one lot released alone had 4-8% of its known cells flagged at alpha 1%
         against fold-size calibration). ``None``: each fold as one set.
     """
-    depth_key = depth.key if depth is not None else "unmatched"
     folds = held_out_sets(model, random_state, lot_size, n_folds)
     if set_size is not None and 1.5 * set_size >= calibration_set_size(
         model, random_state, n_folds
     ):
         set_size = None  # a fold is scored as one set, as the query is
-    key = (model.data_hash, n_comps_own, knn_method, random_state, n_folds, depth_key)
+    key = (model.data_hash, n_comps_own, knn_method, random_state, n_folds, depth_key(depth))
     key += (_digest(folds),) if set_size is None else (_digest(folds), set_size)
     return _CACHE.get(
         key,

@@ -20,7 +20,7 @@ from ..._frozen import ReferenceModel
 from ._cache import BoundedCache
 from ._calibration import calibration_summary, lot_folds
 from ._make_up import net_of_make_up, reference_populations
-from ._novelty import DepthModel, thinned
+from ._novelty import DepthModel, depth_key, thinned
 from ._project import Centre, CentredMatrix, centred, principal_axes
 from ._transfer import NOT_CALIBRATED, MappingInput, Transfer, TransferOptions
 
@@ -159,7 +159,7 @@ def held_out_calibration(
     (:func:`._novelty.thinned`), as the novelty calibration's are: the temperature and the
     prediction sets then carry the label uncertainty of the query's depth.
     """
-    key = (model.data_hash, options, n_comps_own, knn_method, random_state, _depth_key(depth))
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state, depth_key(depth))
 
     def fitted() -> dict[str, Any]:
         probabilities, labels = held_out_predictions(
@@ -167,7 +167,7 @@ def held_out_calibration(
         )
         return calibration_summary(probabilities, labels) | {
             "n_folds": options.n_calibration_folds,
-            "thinned_to_query": _depth_key(depth) != "unmatched",
+            "thinned_to_query": depth_key(depth) != "unmatched",
         }
 
     stored = _CALIBRATIONS.get(key, fitted)
@@ -185,16 +185,11 @@ def held_out_predictions(
     depth: DepthModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label probabilities of held-out reference cells mapped onto the rest, and their labels (cached)."""
-    key = (model.data_hash, options, n_comps_own, knn_method, random_state, _depth_key(depth))
+    key = (model.data_hash, options, n_comps_own, knn_method, random_state, depth_key(depth))
     return _HELD_OUT.get(
         key,
         lambda: _mapped_held_out_lots(model, options, n_comps_own, knn_method, random_state, depth),
     )
-
-
-def _depth_key(depth: DepthModel | None) -> str:
-    """The part of the calibration caches' key the query's depth sets ("unmatched": none)."""
-    return "unmatched" if depth is None or depth.efficiency is None else depth.key
 
 
 def _mapped_held_out_lots(
@@ -214,7 +209,7 @@ def _mapped_held_out_lots(
         held_out = _at_most(held_out, CALIBRATION_MAX_CELLS, rng)
         lots = model.lots[held_out] if model.lots is not None else None
         expression = model.expression[held_out]
-        if _depth_key(depth) != "unmatched":
+        if depth_key(depth) != "unmatched":
             expression = thinned(expression, depth.efficiency, thinning)
         query = centred(
             expression,

@@ -26,8 +26,8 @@ Columns: ``preset``, ``seed``, ``set``, ``source`` (the lot drawn from), ``true_
 (the lot's share of potency cells), ``method``, ``centre``, ``share`` (its cells whose most
 probable label is the reference's potency cluster), ``unassigned`` (its cells labelled
 ``Unassigned``), ``novel`` (its cells flagged novel at the default ``novelty_alpha``
-0.01), ``lot_shift`` and ``make_up_ambiguous`` (from ``get.map_to_reference``; NaN/False
-for ``centre="lot"``).
+0.01), ``lot_shift``, ``make_up_ambiguous`` and ``make_up_unusual`` (from
+``get.map_to_reference``; NaN/False for ``centre="lot"``).
 Writes ``benchmarks/results/mapping_make_up.csv`` and ``.md``.
 """
 
@@ -119,6 +119,7 @@ def mapped_rows(reference: ad.AnnData, lots: ad.AnnData, method: str, centre: st
                 "novel": float(cells["novel"].mean()),
                 "lot_shift": float(per_lot.loc[lot, "lot_shift"]),
                 "make_up_ambiguous": bool(per_lot.loc[lot, "make_up_ambiguous"]),
+                "make_up_unusual": bool(per_lot.loc[lot, "make_up_unusual"]),
             }
         )
     return rows

@@ -71,7 +71,8 @@ def map_to_reference(
         the novelty test (``n_novel``, ``share_novel``, ``expected_share_novel``,
         ``novelty_pvalue``, ``excess_novel``), and the lot's estimated shift from the
         reference (``lot_shift``) and whether its make-up was ambiguous
-        (``make_up_ambiguous``) per query lot; ``"reliability_after"`` /
+        (``make_up_ambiguous``) or unlike any reference lot's (``make_up_unusual``) per
+        query lot; ``"reliability_after"`` /
         ``"reliability_before"``: per score bin, the held-out reference cells' mean score
         and accuracy after / before temperature scaling (empty when not calibrated).
 

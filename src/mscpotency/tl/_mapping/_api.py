@@ -355,7 +355,10 @@ def map_to_reference(
       0.05), ``lot_shift`` (the lot's shift from the reference net of its make-up, in
       within-population standard deviations; NaN unless ``centre="lot_shift"``) and
       ``make_up_ambiguous`` (other make-ups fit the lot about as well: the one needing the
-      smallest shift was taken; warned)), ``'novelty'`` (calibration cells, the score
+      smallest shift was taken; warned) and ``make_up_unusual`` (a population's share in
+      the lot is more than 0.25 above its largest share in any reference lot: the novelty
+      flags, calibrated on reference lots, flag such a lot's known cells above the rate;
+      said in the excess-novel warning)), ``'novelty'`` (calibration cells, the score
       below which cells are flagged, the query's ``depth_ratio`` and whether the
       calibration cells were thinned to it, ``depth_matched``, the share flagged; with ``novelty_groups``, ``'groups'``: per
       group ``n_cells``, ``n_novel``, ``share_novel``, ``novelty_pvalue``,
@@ -562,6 +565,17 @@ def _warn_novel_lots(
             "population it lacks. They are labelled 'Unassigned'. Per lot: "
             "`get.map_to_reference`."
         )
+        unusual = excess.index[excess["make_up_unusual"]]
+        if unusual.size:
+            issued[-1] += (
+                f" Lot(s) {', '.join(map(repr, unusual))} have a make-up unlike any reference "
+                "lot's (a population's share more than 0.25 above its largest share in a "
+                "reference lot, column make_up_unusual): the flags are calibrated on reference "
+                "lots, and in a lot made mostly of one population known cells are flagged "
+                "above the rate (study preset: 4-12% at 0.01 in lots of 80-100% potency cells), "
+                "so part of such a lot's excess may be its make-up; check its flagged cells' "
+                "marker genes."
+            )
     median_p = float(np.nanmedian(flags.novelty_p)) if np.isfinite(flags.novelty_p).any() else 1.0
     if median_p < WARN_MEDIAN_NOVELTY_P:
         issued.append(
@@ -844,8 +858,8 @@ def _summaries(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per lot and over all cells: scores, shares of low-confidence, novel, unassigned cells.
 
-    Per lot also the lot's estimated shift and whether its make-up was ambiguous (rows of
-    ``make_up``: the lots in sorted order, as the table's); a backend that does not
+    Per lot also the lot's estimated shift and whether its make-up was ambiguous or unusual
+    (rows of ``make_up``: the lots in sorted order, as the table's); a backend that does not
     estimate them (``centre`` other than ``"lot_shift"``, scvi) leaves NaN and False.
     """
     low_score = score < min_score
@@ -879,6 +893,7 @@ def _summaries(
     per_lot = per_lot.join(lot_novelty(lots, flags.novel, novelty_alpha))
     per_lot["lot_shift"] = np.nan if make_up is None else make_up.shift
     per_lot["make_up_ambiguous"] = False if make_up is None else make_up.ambiguous
+    per_lot["make_up_unusual"] = False if make_up is None else make_up.unusual
     per_lot.index.name = "lot"
     finite = np.isfinite(flags.score_map)
     summary = {

@@ -32,7 +32,7 @@ from ._calibration import apply_temperature
 from ._conformal import class_thresholds, prediction_sets, set_labels
 from ._fast import gaussian_weights
 from ._harmonise import Harmonised, harmonise, most_important, query_counts, variance_weights
-from ._make_up import MakeUp
+from ._make_up import UNUSUAL, MakeUp
 from ._neighbors import knn
 from ._novel_groups import group_novelty, query_groups
 from ._novelty import (
@@ -569,7 +569,7 @@ def _warn_novel_lots(
         if unusual.size:
             issued[-1] += (
                 f" Lot(s) {', '.join(map(repr, unusual))} have a make-up unlike any reference "
-                "lot's (a population's share more than 0.25 above its largest share in a "
+                f"lot's (a population's share more than {UNUSUAL} above its largest share in a "
                 "reference lot, column make_up_unusual): the flags are calibrated on reference "
                 "lots, and in a lot made mostly of one population known cells are flagged "
                 "above the rate (study preset: 4-12% at 0.01 in lots of 80-100% potency cells), "
@@ -893,7 +893,9 @@ def _summaries(
     per_lot = per_lot.join(lot_novelty(lots, flags.novel, novelty_alpha))
     per_lot["lot_shift"] = np.nan if make_up is None else make_up.shift
     per_lot["make_up_ambiguous"] = False if make_up is None else make_up.ambiguous
-    per_lot["make_up_unusual"] = False if make_up is None else make_up.unusual
+    per_lot["make_up_unusual"] = (
+        False if make_up is None or make_up.unusual is None else make_up.unusual
+    )
     per_lot.index.name = "lot"
     finite = np.isfinite(flags.score_map)
     summary = {

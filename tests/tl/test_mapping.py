@@ -770,7 +770,9 @@ def test_a_lot_of_unusual_make_up_is_marked_and_said_in_the_excess_novel_warning
     "Calibration cells drawn with each lot's estimated make-up from held-out reference lots "
     "fixed these lots (0-3% at 0.01) but lost power where a held-out lot lacked the cells and "
     "others lent them (tiny preset, a population left out: 91% -> 81% flagged at 0.05, 70% -> "
-    "28% at 0.01; scratch, docs/concepts.md)",
+    "28% at 0.01); drawn only for lots marked make_up_unusual, they fixed this test but "
+    "explained away a lot made mostly of a new population (marked unusual too: 11% -> 1% of "
+    "its new cells flagged at 0.01; docs/concepts.md)",
 )
 def test_a_lot_of_unusual_make_up_is_not_flagged_novel(tiny_query, tiny_ref):
     """Known cells are flagged at most at about the rate, whatever their lot's make-up."""

@@ -36,7 +36,6 @@ from ._make_up import UNUSUAL, MakeUp
 from ._neighbors import knn
 from ._novel_groups import group_novelty, query_groups
 from ._novelty import (
-    DepthModel,
     calibration_set_size,
     depth_model,
     held_out_mapping_scores,
@@ -451,7 +450,7 @@ def map_to_reference(
     _write_cells(adata, key_added, probabilities, model.categories, flags, placement)
     adata.uns[key_added] = _stored_result(model, harmonised, transfer, per_lot, summary, params)
     adata.uns[key_added]["novelty"] = novelty_summary(
-        flags.calibration, flags.novel, novelty_alpha, flags.depth, flags.group_table
+        flags.calibration, flags.novel, novelty_alpha, mapping.depth, flags.group_table
     )
     adata.uns[key_added]["prediction_sets"] = _set_record(model.categories, flags, set_alpha)
     adata.uns[key_added]["warnings"] = issued
@@ -727,23 +726,22 @@ class _Flags:
     thresholds: np.ndarray | None  # per label, the probability that keeps it in a set
     n_per_label: np.ndarray | None  # held-out reference cells per label
     codes: np.ndarray  # the label code of each cell, -1 = Unassigned
-    depth: DepthModel  # the query's depth relative to the reference (novelty calibration)
     groups: np.ndarray | None = None  # the query's groups tested for novelty as a whole
     group_table: pd.DataFrame | None = None  # per group: the test of its flagged cells
 
 
-def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.ndarray, DepthModel]:
-    """The mapping score computed as the calibration computes it, and the query's depth.
+def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> np.ndarray:
+    """The mapping score computed as the calibration computes it.
 
     A query larger than the calibration's sets is scored in sets of whole lots of about
     their size (:func:`._novelty.scoring_sets`); otherwise ``score_map`` as it is.
     """
-    model, harmonised, lots, depth = mapping.model, mapping.harmonised, mapping.lots, mapping.depth
+    model, harmonised, lots = mapping.model, mapping.harmonised, mapping.lots
     n = score_map.size
     random_state = mapping.random_state
     sets = scoring_sets(lots, n, calibration_set_size(model, random_state), random_state)
     if sets.max() == 0:
-        return score_map, depth
+        return score_map
     score = scored_in_sets(
         harmonised.expression,
         lots,
@@ -754,21 +752,20 @@ def _novelty_scores(mapping: MappingInput, score_map: np.ndarray) -> tuple[np.nd
         mapping.knn_method,
         random_state,
     )
-    return score, depth
+    return score
 
 
 def _cell_flags(
     mapping: MappingInput,
     calibration: dict[str, Any],
     probabilities: np.ndarray,
-    scored: tuple[np.ndarray, DepthModel],
+    score_map: np.ndarray,
     *,
     novelty_alpha: float,
     set_alpha: float | None,
     min_mapping_score: float | None,
 ) -> _Flags:
     """Novelty p-values and flags, conformal prediction sets, and the label each cell keeps."""
-    score_map, depth = scored
     model, lots = mapping.model, mapping.lots
     sizes = np.unique(lots, return_counts=True)[1] if lots is not None else [score_map.size]
     scores = held_out_mapping_scores(
@@ -777,7 +774,7 @@ def _cell_flags(
         knn_method=mapping.knn_method,
         random_state=mapping.random_state,
         lot_size=int(np.median(sizes)),
-        depth=depth,
+        depth=mapping.depth,
         set_size=score_map.size,  # a query smaller than a fold: calibration in sets its size
     )
     novelty_p = novelty_pvalues(score_map, scores)
@@ -797,9 +794,7 @@ def _cell_flags(
         in_set = prediction_sets(probabilities, thresholds)
         codes, in_set = set_labels(probabilities, in_set)
     codes = np.where(novel, -1, codes)
-    return _Flags(
-        score_map, scores, novelty_p, novel, off, in_set, thresholds, n_per_label, codes, depth
-    )
+    return _Flags(score_map, scores, novelty_p, novel, off, in_set, thresholds, n_per_label, codes)
 
 
 def _check_novelty_groups(adata: AnnData, novelty_groups: bool | str) -> None:

@@ -21,13 +21,7 @@ class FastOptions(ProjectionOptions, method="fast"):
     Attributes
     ----------
     centre
-        Where query cells are centred before projection: on each lot's shift net of its
-        make-up (``"lot_shift"``, the default: removes donor, site, tissue and technology
-        shifts and keeps each lot's make-up, estimated with the shift by a mixture of the
-        reference's populations; see the concepts page), on each lot's own mean
-        (``"lot"``: also removes a make-up unlike the reference's, pulling such a lot
-        towards the reference's average), on the query's mean (``"query"``) or on the
-        reference mean (``"reference"``, as Seurat and ingest do).
+        {centre}
     n_calibration_folds
         Folds of reference lots held out in turn to fit the temperature.
     n_neighbors

@@ -10,6 +10,8 @@ the fit is deterministic).
 
 from __future__ import annotations
 
+import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,30 @@ _CENTRES = ("reference", "query", "lot", "lot_shift")
 #: Neighbours of a reference cell and their distances, nearest first (or ``None``).
 Neighbours = tuple[np.ndarray, np.ndarray] | None
 
+#: The ``centre`` attribute as every backend working in the reference PCA documents it: a
+#: ``{centre}`` line in the docstring of :class:`ProjectionOptions` or of a subclass stands
+#: for it (filled when the class is defined), so the three texts cannot drift apart.
+CENTRE_DOC = """\
+Where query cells are centred before projection: on each lot's shift net of its
+make-up (``"lot_shift"``, the default: removes donor, site, tissue and technology
+shifts and keeps each lot's make-up, estimated with the shift by a mixture of the
+reference's populations; see the concepts page), on each lot's own mean
+(``"lot"``: also removes a make-up unlike the reference's, pulling such a lot
+towards the reference's average), on the query's mean (``"query"``) or on the
+reference mean (``"reference"``, as Seurat and ingest do)."""
+
+
+def _with_centre(doc: str | None) -> str | None:
+    """``doc`` with its ``{centre}`` line replaced by :data:`CENTRE_DOC`, indented as that line."""
+    if doc is None:
+        return None
+    return re.sub(
+        r"^([ \t]*)\{centre\}$",
+        lambda line: textwrap.indent(CENTRE_DOC, line.group(1)),
+        doc,
+        flags=re.MULTILINE,
+    )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProjectionOptions(TransferOptions):
@@ -37,13 +63,7 @@ class ProjectionOptions(TransferOptions):
     Attributes
     ----------
     centre
-        Where query cells are centred before projection: on each lot's shift net of its
-        make-up (``"lot_shift"``, the default: removes donor, site, tissue and technology
-        shifts and keeps each lot's make-up, estimated with the shift by a mixture of the
-        reference's populations; see the concepts page), on each lot's own mean
-        (``"lot"``: also removes a make-up unlike the reference's, pulling such a lot
-        towards the reference's average), on the query's mean (``"query"``) or on the
-        reference mean (``"reference"``, as Seurat and ingest do).
+        {centre}
     n_calibration_folds
         Folds of reference lots for the calibration (each maps at most
         ``CALIBRATION_MAX_CELLS`` of its held-out cells, drawn at random: one temperature
@@ -52,6 +72,10 @@ class ProjectionOptions(TransferOptions):
 
     centre: Centre = "lot_shift"
     n_calibration_folds: int = 3
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = _with_centre(cls.__doc__)
 
     def __post_init__(self) -> None:
         if self.centre not in _CENTRES:
@@ -126,6 +150,8 @@ class ProjectionOptions(TransferOptions):
             make_up=make_up,
         )
 
+
+ProjectionOptions.__doc__ = _with_centre(ProjectionOptions.__doc__)
 
 #: Calibrations already fitted in this process, by reference and options: mapping several
 #: query sets onto one reference fits the temperature once (the fit is deterministic).

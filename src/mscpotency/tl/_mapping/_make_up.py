@@ -267,15 +267,13 @@ def _populations(model: ReferenceModel, rows: np.ndarray | None) -> Populations:
     return Populations(model.pca_mean, model.loadings, embedding, labels, offsets, largest)
 
 
-def net_of_make_up(
+def estimated_make_up(
     by_lot: CentredMatrix, projected: np.ndarray, populations: Populations
-) -> tuple[CentredMatrix, np.ndarray, MakeUp]:
-    """The cells centred on each lot's shift net of its make-up (rather than on its mean).
+) -> MakeUp:
+    """Each lot's estimated make-up and shift, and whether the make-up is unusual (:data:`UNUSUAL`).
 
-    ``by_lot`` are the cells centred on each lot's own mean and ``projected`` their
-    coordinates in the populations' PCA. Returns the recentred cells, their coordinates
-    and the lots' estimated make-up and shift (and whether each make-up is unusual,
-    :data:`UNUSUAL`).
+    ``by_lot`` are the cells centred on each lot's own mean (its groups are the lots) and
+    ``projected`` their coordinates in the populations' PCA.
     """
     lot_means = (by_lot.means - populations.pca_mean) @ populations.loadings
     make_up = lot_make_up(
@@ -287,7 +285,19 @@ def net_of_make_up(
         populations.offsets.shape[0],
     )
     unusual = (make_up.shares > populations.largest_shares[None, :] + UNUSUAL).any(axis=1)
-    make_up = replace(make_up, unusual=unusual)
+    return replace(make_up, unusual=unusual)
+
+
+def net_of_make_up(
+    by_lot: CentredMatrix, projected: np.ndarray, populations: Populations
+) -> tuple[CentredMatrix, np.ndarray, MakeUp]:
+    """The cells centred on each lot's shift net of its make-up (rather than on its mean).
+
+    ``by_lot`` are the cells centred on each lot's own mean and ``projected`` their
+    coordinates in the populations' PCA. Returns the recentred cells, their coordinates
+    and the lots' make-up (:func:`estimated_make_up`).
+    """
+    make_up = estimated_make_up(by_lot, projected, populations)
     cells = make_up_centred(by_lot, make_up.shares, populations.offsets)
     return (
         cells,

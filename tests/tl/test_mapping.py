@@ -699,9 +699,10 @@ def test_cells_without_counts_are_refused_not_labelled(tiny_query, tiny_ref):
 
 
 def test_one_lot_mapped_alone_is_calibrated_like_lots_mapped_together(tiny_query, tiny_ref):
-    """A lot released alone is scored as a set of its own size; calibrated at a reference
-    fold's size, 22-33% of its known cells were flagged at alpha 0.05 (median p 0.10-0.22).
-    The held-out reference cells are now scored in sets of the query's size."""
+    """A lot released alone is scored with fewer cells than a calibration fold; calibrated at
+    a fold's size, 22-33% of its known cells were flagged at alpha 0.05 (median p 0.10-0.22).
+    It is now scored beside reference cells that fill it up to a fold's size, the held-out
+    reference cells in sets of its size beside as many cells of the fold's other lots."""
     flagged, medians = [], []
     for lot in ("BM09", "BM10", "BM11"):
         query = tiny_query[(tiny_query.obs["lot"] == lot).to_numpy()].copy()
@@ -738,6 +739,10 @@ def test_a_lot_of_unusual_make_up_is_marked_and_said_in_the_excess_novel_warning
     mapped = mp.tl.map_to_reference(query, tiny_ref, method="fast", novelty_alpha=0.05, copy=True)
     per_lot = mp.get.map_to_reference(mapped)
     assert per_lot["make_up_unusual"].to_dict() == {"RICH": True, "USUAL": False}
+    # a small query is scored beside reference cells, but not with a lot of unusual make-up:
+    # beside them, 40% of this lot's known cells were flagged at 0.05 (12% scored alone)
+    assert mapped.uns["predicted"]["novelty"]["n_scored_beside"] == 0
+    assert per_lot.loc["RICH", "share_novel"] <= 0.25
     # the lots of the tiny query, other tissues included, are not unusual
     whole = mp.tl.map_to_reference(tiny_query, tiny_ref, method="fast", copy=True)
     assert not mp.get.map_to_reference(whole)["make_up_unusual"].any()

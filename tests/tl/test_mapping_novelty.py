@@ -15,12 +15,13 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 import mscpotency as mp
-from mscpotency._frozen import lognormalise
+from mscpotency._frozen import lognormalise, reference_model
 from mscpotency.tl._mapping._conformal import class_thresholds, prediction_sets, set_labels
 from mscpotency.tl._mapping._harmonise import query_counts
 from mscpotency.tl._mapping._novel_groups import group_novelty, query_groups
 from mscpotency.tl._mapping._novelty import (
     _counts,
+    calibration_set_size,
     depth_model,
     lot_novelty,
     mean_counts,
@@ -393,6 +394,31 @@ def test_small_reference_and_small_query_lots(tiny_all):
     assert np.isfinite(mapped.obs["predicted_novelty_p"]).all()
     assert mapped.obs["predicted_novel"].mean() <= 0.05
     assert mapped.uns["predicted"]["novelty"]["n_calibration_cells"] == reference.n_obs
+
+
+def test_a_lot_released_alone_is_scored_beside_reference_cells(tiny_train, tiny_query):
+    """One lot mapped alone, its own axes fitted on ~150 cells, had 0-37% of a population
+    the reference lacks flagged at 0.05 (mean 26% over these four lots); scored beside
+    reference cells that fill it up to a calibration fold's size, 83-100%."""
+    reference = _reference(tiny_train[tiny_train.obs["true_subpopulation"] != "SP3"].copy(), 7)
+    new_flagged, known_flagged, sizes = [], [], []
+    for lot in ("BM10", "AD01", "AD02", "UC02"):
+        query = tiny_query[(tiny_query.obs["lot"] == lot).to_numpy()].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mapped = mp.tl.map_to_reference(query, reference, novelty_alpha=0.05, copy=True)
+        novel = (mapped.obs["true_subpopulation"] == "SP3").to_numpy()
+        flagged = mapped.obs["predicted_novel"].to_numpy()
+        new_flagged.append(flagged[novel].mean())
+        known_flagged.append(flagged[~novel].mean())
+        sizes.append((query.n_obs, mapped.uns["predicted"]["novelty"]["n_scored_beside"]))
+        if novel.mean() >= 0.1:
+            assert mp.get.map_to_reference(mapped).loc[lot, "excess_novel"], lot
+    assert np.mean(new_flagged) >= 0.8 and min(new_flagged) >= 0.5, new_flagged
+    assert np.mean(known_flagged) <= 1.5 * 0.05, known_flagged
+    # each lot scored beside as many reference cells as fill it up to a calibration fold
+    fold = calibration_set_size(reference_model(reference, cluster_key="cluster"), 0)
+    assert all(n + beside == fold and beside > n for n, beside in sizes), (sizes, fold)
 
 
 # --- the cross-technology preset -------------------------------------------------------------

@@ -509,7 +509,7 @@ def scored_in_sets(
 
 @dataclass(frozen=True)
 class Background:
-    """Reference cells a small query set is scored beside: the set's own axes, not its scores."""
+    """Reference cells a small query set is scored beside: they shape its own axes, unscored."""
 
     expression: sparse.csr_matrix
     lots: np.ndarray  # each cell's reference lot (one group for a reference without lots)

@@ -175,6 +175,8 @@ def test_map_reports_shares_within_their_intervals_and_verdicts_by_the_rule(runs
     for lot, row in release.iterrows():
         assert verdict(row, settings)[0] == row["verdict"], lot
     assert set(release["verdict"]) <= {"PASS", "REVIEW", "FAIL"}
+    # the mapping's per-lot novelty test reaches the release table (and so the verdict)
+    assert release["excess_novel"].dtype == bool and release["share_novel"].between(0, 1).all()
     assert release["measured_potency"].notna().all()  # the lot table's potency: validation
     page = (root / "release" / "report.html").read_text()
     assert "FAIL if its whole 95% share interval lies below 5.0%" in page

@@ -152,6 +152,16 @@ def _row(**changes) -> pd.Series:
         ({}, {"min_potency": 800}, "REVIEW", "contains the minimum 800"),
         ({"off_reference": 0.3}, {}, "REVIEW", "30% of cells off the reference"),
         ({"off_reference": 0.3}, {"max_off_reference": 0.5}, "PASS", "every check"),
+        # a lot failing the mapping's excess-novel test holds what the reference may lack
+        ({"excess_novel": True, "share_novel": 0.06}, {}, "REVIEW", "6.0% of cells flagged"),
+        (
+            {"excess_novel": True, "share_novel": 0.3, "make_up_unusual": True},
+            {},
+            "REVIEW",
+            "part of the excess may be its make-up",
+        ),
+        ({"excess_novel": False, "share_novel": 0.02}, {}, "PASS", "every check"),
+        ({"excess_novel": np.nan, "share_novel": np.nan}, {}, "PASS", "every check"),
         (
             {"comparable": False, "comparability": "share low"},
             {},
@@ -179,7 +189,14 @@ def test_verdicts_follow_the_stated_rule(changes, settings, expected, reason):
 
 def test_the_rule_in_words_names_every_threshold():
     rule = verdict_rule(AnalysisSettings(min_share=0.05, min_potency=600, max_off_reference=0.2))
-    for text in ("below 5.0%", "below 600", "more than 20%", "95% coverage", "PASS otherwise"):
+    for text in (
+        "below 5.0%",
+        "below 600",
+        "more than 20%",
+        "95% coverage",
+        "excess-novel test",
+        "PASS otherwise",
+    ):
         assert text in rule
     assert verdict_rule(AnalysisSettings()).startswith("No FAIL rule")
 

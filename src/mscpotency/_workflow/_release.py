@@ -201,6 +201,8 @@ def verdict_rule(settings: AnalysisSettings) -> str:
         [],
         [
             f"more than {s.max_off_reference:.0%} of its cells are off the reference",
+            "more of its cells are flagged novel than the novelty rate allows (the mapping's "
+            "per-lot excess-novel test)",
             "its composition lies outside the reference lots' tolerance limits "
             f"({s.tolerance_coverage:.0%} coverage, {s.tolerance_level:.0%} confidence)",
             "its potency prediction extrapolates beyond the reference lots' range",
@@ -258,6 +260,8 @@ def verdict(row: pd.Series, settings: AnalysisSettings) -> tuple[str, str]:
             reviews.append(f"prediction interval contains the minimum {s.min_potency:g}")
     if row["off_reference"] > s.max_off_reference:
         reviews.append(f"{row['off_reference']:.0%} of cells off the reference")
+    if _is_true(row.get("excess_novel")):
+        reviews.append(_excess_novel_reason(row))
     if not row["comparable"]:
         reviews.append(f"not comparable: {row['comparability']}")
     if row["extrapolating"]:
@@ -267,6 +271,25 @@ def verdict(row: pd.Series, settings: AnalysisSettings) -> tuple[str, str]:
     if reviews:
         return "REVIEW", "; ".join(reviews)
     return "PASS", "every check within its limit"
+
+
+def _is_true(value: Any) -> bool:
+    """Whether a table cell holds True (NaN and None, not assessed, are not)."""
+    return value is not None and not pd.isna(value) and bool(value)
+
+
+def _excess_novel_reason(row: pd.Series) -> str:
+    """Why a lot failing the excess-novel test is for review (with the make-up caveat)."""
+    reason = (
+        f"{row['share_novel']:.1%} of cells flagged novel, more than the novelty rate allows "
+        "(excess-novel test): cells the reference may not represent"
+    )
+    if _is_true(row.get("make_up_unusual")):
+        reason += (
+            " (its make-up is unlike any reference lot's, and part of the excess may be its "
+            "make-up)"
+        )
+    return reason
 
 
 # ----------------------------------------------------------------------------- the release
@@ -398,6 +421,9 @@ def release_table(query: AnnData, lot_model: AnnData, settings: AnalysisSettings
     table["comparable"] = comparability["comparable"].reindex(table.index)  # NaN: not assessed
     table["comparability"] = comparability["reason"].reindex(table.index)
     table["off_reference"] = mapping["share_off_reference"].reindex(table.index)
+    table["share_novel"] = mapping["share_novel"].reindex(table.index)
+    table["excess_novel"] = mapping["excess_novel"].reindex(table.index)
+    table["make_up_unusual"] = mapping["make_up_unusual"].reindex(table.index)
     table["low_confidence"] = mapping["share_low_confidence"].reindex(table.index)
     damaged = query.obs[_registry.CLUSTER_QUALITY.key].groupby(lots, observed=True).mean()
     table["low_quality"] = damaged.reindex(table.index)

@@ -424,7 +424,7 @@ def map_to_reference(
     probabilities = transfer.probabilities
     if calibrate:
         probabilities = apply_temperature(probabilities, transfer.calibration["temperature"])
-    n_beside = _scored_beside(mapping)
+    n_beside = _scored_beside(mapping, transfer.make_up)
     flags = _cell_flags(
         mapping,
         transfer.calibration,
@@ -737,7 +737,7 @@ class _Flags:
     group_table: pd.DataFrame | None = None  # per group: the test of its flagged cells
 
 
-def _scored_beside(mapping: MappingInput) -> int:
+def _scored_beside(mapping: MappingInput, make_up: MakeUp | None) -> int:
     """Reference cells a query clearly smaller than a calibration fold is scored beside.
 
     It fills the query up to a fold's size (:func:`._novelty.padding`): in a lot of 300
@@ -748,12 +748,17 @@ def _scored_beside(mapping: MappingInput) -> int:
     a lot made mostly of one population fits their axes poorly, and its known cells were
     flagged far beyond the rate (study preset, lots of 150 cells with 80-100% potency
     cells: 33-52% at alpha 0.01, against 6-10% scored alone). 0: the query is scored alone.
+
+    ``make_up``: the lots' make-up the transfer already estimated (``centre="lot_shift"``,
+    from the same cells), or ``None``: estimated here, so the rule does not depend on the
+    backend.
     """
     n_beside = padding(mapping.model, mapping.random_state, mapping.by_lot.shape[0])
     if n_beside == 0:
         return 0
-    populations = reference_populations(mapping.model)
-    make_up = estimated_make_up(mapping.by_lot, mapping.projected, populations)
+    if make_up is None:
+        populations = reference_populations(mapping.model)
+        make_up = estimated_make_up(mapping.by_lot, mapping.projected, populations)
     return 0 if make_up.unusual.any() else n_beside
 
 

@@ -174,9 +174,10 @@ def ingest(setting: dict, *, warm_up: bool = True) -> dict:
     reference, query, known = setting["labels"], setting["query"], setting["known"]
     genes = reference.var_names[reference.var["highly_variable"].to_numpy()]
     start = time.perf_counter()
-    ref = sc.AnnData(reference.layers["counts"], obs=reference.obs[["cluster"]].copy())
+    # copies: normalize_total and log1p work in place, and the counts are the scenario's
+    ref = sc.AnnData(reference.layers["counts"].copy(), obs=reference.obs[["cluster"]].copy())
     ref.var_names = reference.var_names
-    qry = sc.AnnData(query.layers["counts"], obs=query.obs[["lot"]].copy())
+    qry = sc.AnnData(query.layers["counts"].copy(), obs=query.obs[["lot"]].copy())
     qry.var_names = query.var_names
     for adata in (ref, qry):
         sc.pp.normalize_total(adata, target_sum=1e4)

@@ -9,8 +9,12 @@ Usage (from the repository root)::
 What it does
 ------------
 Two scenarios, each mapped by ``tl.map_to_reference`` (``fast`` and ``anchors``, default
-options, calibration cache cleared before every run so times include it) and by scanpy's
-``tl.ingest`` (the same reference genes, log-normalised, 50 PCs, 15 neighbours):
+options, calibration cache cleared before every run so times include it), by scanpy's
+``tl.ingest`` (the same reference genes, log-normalised, 50 PCs, 15 neighbours) and, where
+R loads Seurat (Debian's ``r-cran-seurat``, 4.3), by Seurat's FindTransferAnchors +
+TransferData on the same counts (``seurat_transfer.R``; k.filter NA, the fast setting,
+by default; ``--seurat-k-filter NA,200`` adds Seurat 4.3's default, ``''`` skips Seurat),
+with Seurat's MappingScore as its novelty score:
 
 - ``study``: ``datasets.study()`` with the 11 BM-train lots as reference (SP3, the potency
   population, left out of it, so one population is novel) and the 13 BM-test, AD and UC lots
@@ -27,6 +31,11 @@ second, full reference), Spearman's rho of each lot's potency-like share with it
 novelty AUROC of the mapping score, the share of known and of novel cells flagged at
 novelty_alpha 0.01 and 0.05; the share of known cells left ``Unassigned``; coverage of the
 true label by the prediction sets (set_alpha 0.01) and their mean size; seconds per run.
+Seurat has no calibrated flag: its rows give the novelty AUROC of MappingScore. For ours
+and Seurat's, the label confidence (the largest label probability; Seurat's
+prediction.score.max) read as a novelty score: its AUROC, the shares of known and novel
+cells under the usual cut-off 0.5, and the share of novel cells under the known cells' 5th
+percentile (an oracle cut-off: what a flag at 5% of known cells could reach on it).
 Writes ``benchmarks/results/mapping_crosstech.csv`` and ``.md``.
 """
 
@@ -36,6 +45,7 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -50,6 +60,8 @@ import mscpotency as mp
 from mscpotency.tl._mapping import _cache
 
 HERE = Path(__file__).resolve().parent
+#: Seurat users' usual cut-off on TransferData's prediction.score.max
+SEURAT_CUTOFF = 0.5
 
 
 def population(adata) -> np.ndarray:
@@ -143,6 +155,8 @@ def ours(setting: dict, method: str) -> dict:
         "mean set size": float(mapped.obs["predicted_set_size"].to_numpy()[known].mean()),
         "known Unassigned": float(unassigned[known].mean()),
     }
+    confidence = novelty.obsm["predicted_probabilities"].to_numpy().max(axis=1)
+    row |= confidence_metrics(confidence, setting["novel"])
     return row | novelty_metrics(novelty, setting["novel"])
 
 
@@ -159,6 +173,69 @@ def novelty_metrics(mapped, novel: np.ndarray) -> dict:
         row[f"known flagged @{alpha}"] = float((p[~novel] <= alpha).mean())
         row[f"novel flagged @{alpha}"] = float((p[novel] <= alpha).mean())
     return row
+
+
+def seurat(setting: dict, k_filter: str) -> dict:
+    """Seurat 4.3: labels by TransferData; novelty by MappingScore and prediction.score.max.
+
+    The study scenario runs twice (labels from the full reference, novelty from the one
+    without SP3); seconds are the label run's FindTransferAnchors + TransferData.
+    """
+    from mapping_vs_seurat import seurat_predictions
+
+    query = setting["query"]
+    with tempfile.TemporaryDirectory(prefix="crosstech-seurat-") as folder:
+        labels, timing, version = seurat_predictions(
+            setting["labels"],
+            {"query": query},
+            Path(folder) / "labels",
+            3600,
+            k_filter=k_filter,
+            mapping_score=setting["novelty"] is setting["labels"],
+        )
+        novelty = labels
+        if setting["novelty"] is not setting["labels"]:
+            novelty, _, _ = seurat_predictions(
+                setting["novelty"],
+                {"query": query},
+                Path(folder) / "novelty",
+                3600,
+                k_filter=k_filter,
+                mapping_score=True,
+            )
+    predicted = labels["query"]["predicted.id"].astype(str).to_numpy()
+    seconds = float(timing.loc[timing["step"] == "map", "seconds"].iloc[0])
+    row = {"backend": f"Seurat {version} (k.filter={k_filter})", "seconds": seconds}
+    row |= label_metrics(setting["labels"], query, predicted, setting["known"])
+    return row | seurat_novelty_metrics(novelty["query"], setting["novel"])
+
+
+def seurat_novelty_metrics(predictions: pd.DataFrame, novel: np.ndarray) -> dict:
+    """The AUROC of Seurat's MappingScore, and :func:`confidence_metrics` of its labels."""
+    mapping_score = predictions["mapping.score"].to_numpy(dtype=float)
+    auroc = (
+        float(roc_auc_score(novel, -mapping_score)) if np.isfinite(mapping_score).all() else np.nan
+    )
+    return {"novelty AUROC": auroc} | confidence_metrics(
+        predictions["prediction.score.max"].to_numpy(), novel
+    )
+
+
+def confidence_metrics(confidence: np.ndarray, novel: np.ndarray) -> dict:
+    """The label confidence (the largest label probability) as a novelty score.
+
+    Its AUROC; the shares of known and novel cells under the usual cut-off (0.5); and the
+    share of novel cells under the 5th percentile of the known cells' confidence: what a
+    cut-off knowing the truth would flag at 5% of the known cells (an oracle, not a flag).
+    """
+    under = confidence < SEURAT_CUTOFF
+    oracle = confidence[novel] < np.quantile(confidence[~novel], 0.05)
+    return {
+        "novelty AUROC (label confidence)": float(roc_auc_score(novel, -confidence)),
+        f"known under {SEURAT_CUTOFF}": float(under[~novel].mean()),
+        f"novel under {SEURAT_CUTOFF}": float(under[novel].mean()),
+        "novel under known's 5% (oracle)": float(oracle.mean()),
+    }
 
 
 def ingest(setting: dict, *, warm_up: bool = True) -> dict:
@@ -193,13 +270,44 @@ def ingest(setting: dict, *, warm_up: bool = True) -> dict:
     return {"seconds": seconds, **label_metrics(reference, query, predicted, known)}
 
 
+SEURAT_NOTE = (
+    "Seurat 4.3 (seurat_transfer.R: LogNormalize, 2,000 vst genes, 30 PCs, FindTransferAnchors "
+    "pcaproject, TransferData k.weight 50) on the same counts; its seconds are "
+    "FindTransferAnchors + TransferData only (the reference's normalisation, genes, scaling and "
+    "PCA not counted); its novelty AUROC is of MappingScore(anchors, ndim=30), "
+    "beside that of prediction.score.max and the shares of known and novel cells under the "
+    f"usual cut-off prediction.score.max < {SEURAT_CUTOFF} (Seurat has no calibrated flag). "
+    "'label confidence': the largest label probability (ours: predicted_probabilities, "
+    "study: onto the reference without SP3) as a novelty score; 'oracle': the share of novel "
+    "cells under the known cells' 5th percentile of it (a cut-off that knows the truth)."
+)
+
+
+def seurat_runs(k_filters: str) -> list[str]:
+    """The k.filter of every Seurat run asked for, none when R cannot load Seurat."""
+    from mapping_vs_seurat import seurat_available
+
+    wanted = [k for k in k_filters.split(",") if k]
+    available, detail = seurat_available() if wanted else (False, "")
+    if wanted and not available:
+        print(f"Seurat skipped: {detail}", flush=True)
+        return []
+    return wanted
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="study,crosstech")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--study-seeds", default=None, help="seeds of the study preset (--seeds)")
+    parser.add_argument(
+        "--seurat-k-filter",
+        default="NA",
+        help="Seurat runs, one per FindTransferAnchors k.filter ('' for none)",
+    )
     args = parser.parse_args(argv)
     study_seeds = args.seeds if args.study_seeds is None else args.study_seeds
+    k_filters = seurat_runs(args.seurat_k_filter)
     rows = []
     for name in args.presets.split(","):
         seeds = study_seeds if name == "study" else args.seeds
@@ -215,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
                 {"preset": name, "seed": seed, "backend": "scanpy ingest"} | ingest(setting)
             )
             print(rows[-1], flush=True)
+            for k_filter in k_filters:
+                rows.append({"preset": name, "seed": seed} | seurat(setting, k_filter))
+                print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     out = HERE / "results" / "mapping_crosstech"
     table.to_csv(out.with_suffix(".csv"), index=False)
@@ -229,15 +340,16 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {platform.machine()}, Python {platform.python_version()}, "
         f"mscpotency {mp.__version__}, scanpy {importlib.metadata.version('scanpy')}; seeds "
         f"{args.seeds} (study: {study_seeds}; means, per seed below). "
-        "Seurat is not installed on this machine (see mapping_vs_seurat.md for Seurat 4.3 on "
-        "the study preset). Label figures on known cells (argmax label); novelty figures from "
+        f"{SEURAT_NOTE if k_filters else 'Seurat not run (not installed or not asked for).'} "
+        "Label figures on known cells (argmax label); novelty figures from "
         "the p-values (study: reference without SP3); coverage of the true label by the "
         "prediction sets at set_alpha 0.01. Seconds: ours include the calibrations on the "
         "reference (cache cleared); ingest's include its reference PCA and neighbours (its "
         "first, compiling call untimed). Machine shared with other jobs: times are loose "
         f"(load average at the end {os.getloadavg()[0]:.1f}). "
         "Command: `python benchmarks/mapping_crosstech.py "
-        f"--presets {args.presets} --seeds {args.seeds} --study-seeds {study_seeds}`.",
+        f"--presets {args.presets} --seeds {args.seeds} --study-seeds {study_seeds} "
+        f"--seurat-k-filter '{args.seurat_k_filter}'`.",
         "",
     ]
     body = mean.reset_index().to_markdown(index=False, floatfmt=".3f")
@@ -246,12 +358,20 @@ def main(argv: list[str] | None = None) -> None:
     per_seed = ours_rows[["preset", "seed", *novelty_columns]].to_markdown(
         index=False, floatfmt=".3f"
     )
+    scores = [c for c in table.columns if "AUROC" in c or "under" in c]
+    scored = table[table["backend"] != "scanpy ingest"]
+    per_seed_scores = scored[["preset", "seed", "backend", *scores]].to_markdown(
+        index=False, floatfmt=".3f"
+    )
     text = (
         "\n".join(header)
         + body
         + "\n\nNovelty per seed (fast; the flags do not depend on the backend):\n\n"
+        + per_seed
+        + "\n\nNovelty scores per seed (no flag: AUROCs, fixed and oracle cut-offs):\n\n"
+        + per_seed_scores
     )
-    out.with_suffix(".md").write_text(text + per_seed + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
     print(body)
 
 

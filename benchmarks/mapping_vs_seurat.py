@@ -187,9 +187,15 @@ def _on_genes(query, genes) -> sparse.csr_matrix:
     return sparse.csr_matrix(query.layers["counts"]) @ select
 
 
-def run_seurat(
-    reference, queries, potency, data_dir: Path, timeout: int
-) -> tuple[list[dict], float, str]:
+def seurat_predictions(
+    reference, queries, data_dir: Path, timeout: int, *, k_filter: str = "200", mapping_score=False
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, str]:
+    """Seurat's transfer of ``reference.obs["cluster"]`` to every query (``seurat_transfer.R``).
+
+    Returns each query's predictions (indexed by its cells, in its order; ``mapping.score``
+    too when ``mapping_score``), the R script's timing table and Seurat's version.
+    ``k_filter`` is FindTransferAnchors' (``"NA"``: no anchor filtering).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     genes = reference.var_names
     (data_dir / "genes.txt").write_text("\n".join(genes) + "\n")
@@ -201,19 +207,37 @@ def run_seurat(
         _write_counts(data_dir, f"query_{name}", _on_genes(query, genes), query.obs_names)
     (data_dir / "sets.txt").write_text("\n".join(queries) + "\n")
     out_dir = data_dir / "out"
-    print("running Seurat (FindTransferAnchors + TransferData) ...", flush=True)
+    print(
+        f"running Seurat (FindTransferAnchors k.filter={k_filter} + TransferData) ...", flush=True
+    )
     subprocess.run(
-        ["Rscript", str(HERE / "seurat_transfer.R"), str(data_dir), str(out_dir)],
+        [
+            "Rscript",
+            str(HERE / "seurat_transfer.R"),
+            str(data_dir),
+            str(out_dir),
+            k_filter,
+            str(bool(mapping_score)).upper(),
+        ],
         check=True,
         timeout=timeout,
     )
     timing = pd.read_csv(out_dir / "seurat_timing.csv")
     version = (out_dir / "seurat_version.txt").read_text().strip()
+    predictions = {
+        name: pd.read_csv(out_dir / f"seurat_{name}.csv").set_index("cell").loc[query.obs_names]
+        for name, query in queries.items()
+    }
+    return predictions, timing, version
+
+
+def run_seurat(
+    reference, queries, potency, data_dir: Path, timeout: int
+) -> tuple[list[dict], float, str]:
+    all_predictions, timing, version = seurat_predictions(reference, queries, data_dir, timeout)
     rows = []
     for name, query in queries.items():
-        predictions = (
-            pd.read_csv(out_dir / f"seurat_{name}.csv").set_index("cell").loc[query.obs_names]
-        )
+        predictions = all_predictions[name]
         seconds = float(
             timing.loc[(timing["step"] == "map") & (timing["set"] == name), "seconds"].iloc[0]
         )

@@ -2,19 +2,23 @@
 #
 # Called by benchmarks/mapping_vs_seurat.py; not meant to be run by hand, but it can be:
 #
-#   Rscript benchmarks/seurat_transfer.R <data_dir> <out_dir>
+#   Rscript benchmarks/seurat_transfer.R <data_dir> <out_dir> [k_filter] [mapping_score]
 #
 # <data_dir> holds, for the reference and every query set, a CSC count matrix written by the
 # Python side as raw binary vectors (<name>_i.bin int32, <name>_p.bin int32, <name>_x.bin
 # float64, <name>_shape.txt "genes cells"), gene names (genes.txt), cell names
 # (<name>_cells.txt), the reference labels (reference_labels.txt) and the query set names
 # (sets.txt). Writes <out_dir>/seurat_<set>.csv (cell, predicted.id, prediction.score.max)
-# and <out_dir>/seurat_timing.csv (step, set, seconds).
+# and <out_dir>/seurat_timing.csv (step, set, seconds). With mapping_score "TRUE", each
+# set's csv also has mapping.score: Seurat's MappingScore(anchors, ndim = 30), its other
+# arguments default (its default ndim, 50, exceeds the 30 dims the anchors were found in and
+# fails with "subscript out of bounds"); NA, with the error in the log, where MappingScore
+# fails. Its seconds are not in "map".
 #
 # Parameters are Seurat's defaults as the study used them: LogNormalize (scale.factor 1e4),
 # 2,000 vst features, ScaleData, 30 PCs; FindTransferAnchors(reduction = "pcaproject",
 # dims = 1:30, k.anchor = 5, k.filter = 200, k.score = 30); TransferData(dims = 1:30,
-# k.weight = 50).
+# k.weight = 50). k_filter "NA" skips anchor filtering (Seurat 5's default, the fast setting).
 
 suppressPackageStartupMessages({
   library(Matrix)
@@ -24,6 +28,8 @@ suppressPackageStartupMessages({
 args <- commandArgs(trailingOnly = TRUE)
 data_dir <- args[[1]]
 out_dir <- args[[2]]
+k_filter <- if (length(args) < 3) 200 else if (args[[3]] == "NA") NA else as.numeric(args[[3]])
+with_mapping_score <- length(args) >= 4 && args[[4]] == "TRUE"
 dir.create(out_dir, showWarnings = FALSE, recursive = TRUE)
 
 read_counts <- function(name, genes) {
@@ -57,13 +63,25 @@ for (set in sets) {
   query <- NormalizeData(query, normalization.method = "LogNormalize", scale.factor = 1e4, verbose = FALSE)
   anchors <- FindTransferAnchors(
     reference = reference, query = query, reduction = "pcaproject", dims = 1:30,
-    k.anchor = 5, k.filter = 200, k.score = 30, verbose = FALSE
+    k.anchor = 5, k.filter = k_filter, k.score = 30, verbose = FALSE
   )
   predictions <- TransferData(anchorset = anchors, refdata = reference$label, dims = 1:30, k.weight = 50, verbose = FALSE)
   seconds <- elapsed(start)
   timing <- rbind(timing, data.frame(step = "map", set = set, seconds = seconds))
   out <- data.frame(cell = rownames(predictions), predicted.id = predictions$predicted.id,
                     prediction.score.max = predictions$prediction.score.max)
+  if (with_mapping_score) {
+    start <- Sys.time()
+    score <- tryCatch(
+      MappingScore(anchors = anchors, ndim = 30, verbose = FALSE),  # ndim = dims,
+      error = function(e) {
+        message(sprintf("MappingScore failed on %s: %s", set, conditionMessage(e)))
+        NULL
+      }
+    )
+    out$mapping.score <- if (is.null(score)) NA_real_ else unname(score[out$cell])
+    timing <- rbind(timing, data.frame(step = "mapping_score", set = set, seconds = elapsed(start)))
+  }
   write.csv(out, file.path(out_dir, paste0("seurat_", set, ".csv")), row.names = FALSE)
   message(sprintf("Seurat %s: %d cells in %.1f s", set, ncol(query), seconds))
 }

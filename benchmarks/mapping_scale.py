@@ -53,8 +53,10 @@ What it does
    are available and ``cells <= --seurat-max-cells``. Its map time is ``Sys.time`` around
    those three calls.
 5. Scores every backend against the simulator's truth (``score`` of
-   ``mapping_vs_seurat.py``): F1 of the potency-like cells (the reference's potency
-   cluster), accuracy of all labels, ECE of the prediction score (ingest has none) and
+   ``mapping_vs_seurat.py``; ours by the most probable label, as Seurat's and ingest's, with
+   the share ``obs['predicted']`` leaves ``Unassigned`` beside): F1 of the potency-like
+   cells (the reference's potency cluster), accuracy of all labels, ECE of the prediction
+   score (ingest has none) and
    Spearman's rho of each query lot's potency-like share with its true share.
 6. Writes ``benchmarks/results/mapping_scale_<cells>.csv`` (one row per backend x run) and
    ``.md`` (best time, cells/s, speed-ups vs ingest and Seurat, peak RSS above baseline,

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from mapping_vs_seurat import argmax_labels, seurat_available, seurat_predictions
 from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -139,8 +140,7 @@ def ours(setting: dict, method: str) -> dict:
             if setting["novelty"] is setting["labels"]
             else mp.tl.map_to_reference(query, setting["novelty"], method=method, copy=True)
         )
-    probabilities = mapped.obsm["predicted_probabilities"]
-    predicted = probabilities.idxmax(axis=1).to_numpy()
+    predicted, _ = argmax_labels(mapped)
     row = {"seconds": seconds, **label_metrics(setting["labels"], mapped, predicted, known)}
     truth = true_labels(setting["labels"], mapped)
     in_set = mapped.obsm["predicted_set"]
@@ -156,8 +156,7 @@ def ours(setting: dict, method: str) -> dict:
         "mean set size": float(mapped.obs["predicted_set_size"].to_numpy()[known].mean()),
         "known Unassigned": float(unassigned[known].mean()),
     }
-    confidence = novelty.obsm["predicted_probabilities"].to_numpy().max(axis=1)
-    row |= confidence_metrics(confidence, setting["novel"])
+    row |= confidence_metrics(argmax_labels(novelty)[1], setting["novel"])
     row["mean set size, novel"] = float(
         novelty.obs["predicted_set_size"].to_numpy()[setting["novel"]].mean()
     )
@@ -185,28 +184,21 @@ def seurat(setting: dict, k_filter: str) -> dict:
     The study scenario runs twice (labels from the full reference, novelty from the one
     without SP3); seconds are the label run's FindTransferAnchors + TransferData.
     """
-    from mapping_vs_seurat import seurat_predictions
-
-    query = setting["query"]
+    query, same = setting["query"], setting["novelty"] is setting["labels"]
     with tempfile.TemporaryDirectory(prefix="crosstech-seurat-") as folder:
-        labels, timing, version = seurat_predictions(
-            setting["labels"],
-            {"query": query},
-            Path(folder) / "labels",
-            3600,
-            k_filter=k_filter,
-            mapping_score=setting["novelty"] is setting["labels"],
-        )
-        novelty = labels
-        if setting["novelty"] is not setting["labels"]:
-            novelty, _, _ = seurat_predictions(
-                setting["novelty"],
+
+        def transfer(reference, name: str, mapping_score: bool):
+            return seurat_predictions(
+                reference,
                 {"query": query},
-                Path(folder) / "novelty",
+                Path(folder) / name,
                 3600,
                 k_filter=k_filter,
-                mapping_score=True,
+                mapping_score=mapping_score,
             )
+
+        labels, timing, version = transfer(setting["labels"], "labels", same)
+        novelty = labels if same else transfer(setting["novelty"], "novelty", True)[0]
     predicted = labels["query"]["predicted.id"].astype(str).to_numpy()
     seconds = float(timing.loc[timing["step"] == "map", "seconds"].iloc[0])
     row = {"backend": f"Seurat {version} (k.filter={k_filter})", "seconds": seconds}
@@ -289,8 +281,6 @@ SEURAT_NOTE = (
 
 def seurat_runs(k_filters: str) -> list[str]:
     """The k.filter of every Seurat run asked for, none when R cannot load Seurat."""
-    from mapping_vs_seurat import seurat_available
-
     wanted = [k for k in k_filters.split(",") if k]
     available, detail = seurat_available() if wanted else (False, "")
     if wanted and not available:
